@@ -1,0 +1,43 @@
+//! Protocol limits, in one place. Every limit that untrusted bytes can push against is here,
+//! with the reason for its value; related limits are tied together by compile-time asserts.
+
+/// Version of the client protocol, sent in `Hello`; the server refuses other versions.
+pub const CLIENT_PROTOCOL_VERSION: u32 = 1;
+
+/// Version of the peer protocol, sent in the peer `Hello`; peers refuse other versions.
+pub const PEER_PROTOCOL_VERSION: u32 = 1;
+
+/// Bytes of the length prefix in front of every frame (a u32, little-endian).
+pub const FRAME_PREFIX_BYTES: usize = 4;
+
+/// Largest frame payload (the flatbuffer after the prefix). Bounds the memory one connection
+/// can make the receiver hold, and therefore the largest batch, reply or raft message batch.
+pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Largest key. Keys are compared, hashed and kept in memory per entry; 4 KiB is far above any
+/// sensible key and keeps per-key overhead predictable.
+pub const KEY_BYTES_MAX: usize = 4 * 1024;
+
+/// Largest value. Values travel inside raft entries; 1 MiB matches the raft message size target
+/// so that one value never forces an oversized append.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Most keys in one batch request or transaction (compares plus ops). Bounds the table count the
+/// verifier must walk and the work one request can ask of a shard.
+pub const BATCH_KEYS_MAX: usize = 10_000;
+
+/// Most entries one scan reply carries; a client asking for more pages through continuations.
+pub const SCAN_LIMIT_MAX: usize = 10_000;
+
+/// Deepest table nesting a valid frame has (frame → request → txn → op is 4); the verifier
+/// refuses deeper buffers instead of recursing on attacker-chosen depth.
+pub const VERIFIER_DEPTH_MAX: usize = 16;
+
+/// Most tables the verifier walks in one frame: a batch-get reply holds two tables per key
+/// (result and entry), a transaction one per compare and op, plus a handful of envelopes.
+pub const VERIFIER_TABLES_MAX: usize = 4 * BATCH_KEYS_MAX + 64;
+
+const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX < FRAME_BYTES_MAX);
+const _: () = assert!(SCAN_LIMIT_MAX <= BATCH_KEYS_MAX);
+const _: () = assert!(VERIFIER_TABLES_MAX >= 2 * BATCH_KEYS_MAX + 16);
+const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);

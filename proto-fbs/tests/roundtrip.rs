@@ -1,0 +1,320 @@
+//! Every message of both protocols survives build → frame → decode with the same fields.
+
+mod common;
+
+use corekv_proto::client::{
+    CompareOp, CompareTarget, Consistency, ErrorKind, KeyMeta, Reply, Request, Role, TxnOpKind,
+};
+use corekv_proto::constants::{CLIENT_PROTOCOL_VERSION, PEER_PROTOCOL_VERSION};
+use corekv_proto::encode::{
+    CompareSpec, EntryRef, ErrorInfo, PeerEncoder, ReplyEncoder, RequestEncoder, ScanSpec,
+    StatusInfo, TxnOpSpec, TxnResultRef,
+};
+use corekv_proto::frame::{
+    decode_frame, verify_peer, verify_reply, verify_request, Decoded, FrameBuffer,
+};
+use corekv_proto::peer::PeerMessage;
+
+/// Checks that the encoder produced exactly one whole frame, and returns it.
+fn payload(frame: &[u8]) -> &[u8] {
+    match decode_frame(frame).expect("valid prefix") {
+        Decoded::Frame { len } => {
+            assert_eq!(len, frame.len(), "the encoder produced exactly one frame");
+            frame
+        }
+        Decoded::Incomplete { needed } => panic!("whole frame reported incomplete ({needed})"),
+    }
+}
+
+// Shows: every request kind decodes to the fields it was built from.
+#[test]
+fn requests_round_trip() {
+    let mut e = RequestEncoder::new();
+
+    let f = e.hello(1, "local").to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    assert_eq!((r.id(), r.request_type()), (1, Request::Hello));
+    let hello = r.request_as_hello().unwrap();
+    assert_eq!(hello.cluster(), "local");
+    assert_eq!(hello.protocol_version(), CLIENT_PROTOCOL_VERSION);
+
+    let f = e.get(2, b"key", Consistency::Stale).to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    let get = r.request_as_get_request().unwrap();
+    assert_eq!(
+        (r.id(), get.key().bytes(), get.consistency()),
+        (2, &b"key"[..], Consistency::Stale)
+    );
+
+    let f = e.put(3, b"k", b"value").to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    let put = r.request_as_put_request().unwrap();
+    assert_eq!((put.key().bytes(), put.value().bytes()), (&b"k"[..], &b"value"[..]));
+
+    let f = e.delete(4, b"gone").to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    assert_eq!(r.request_as_delete_request().unwrap().key().bytes(), b"gone");
+
+    let f = e.batch_get(5, &[b"a", b"bb"], Consistency::Linearizable).to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    let bg = r.request_as_batch_get_request().unwrap();
+    let keys: Vec<&[u8]> = bg.keys().iter().map(|k| k.key().bytes()).collect();
+    assert_eq!(keys, vec![&b"a"[..], &b"bb"[..]]);
+    assert_eq!(bg.consistency(), Consistency::Linearizable);
+
+    let f = e.batch_put(6, &[(b"a", b"1"), (b"b", b"22")]).to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    let items: Vec<(&[u8], &[u8])> = r
+        .request_as_batch_put_request()
+        .unwrap()
+        .items()
+        .iter()
+        .map(|i| (i.key().bytes(), i.value().bytes()))
+        .collect();
+    assert_eq!(items, vec![(&b"a"[..], &b"1"[..]), (&b"b"[..], &b"22"[..])]);
+
+    let f = e.batch_delete(7, &[b"x", b"y"]).to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    assert_eq!(r.request_as_batch_delete_request().unwrap().keys().len(), 2);
+
+    let spec = ScanSpec {
+        start: Some(b"a"),
+        end: None,
+        prefix: Some(b"ab"),
+        continuation: Some(b"abc"),
+        limit: 25,
+        keys_only: true,
+        consistency: Consistency::Stale,
+    };
+    let f = e.scan(8, &spec).to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    let scan = r.request_as_scan_request().unwrap();
+    assert_eq!(scan.start().map(|v| v.bytes()), Some(&b"a"[..]));
+    assert!(scan.end().is_none());
+    assert_eq!(scan.prefix().map(|v| v.bytes()), Some(&b"ab"[..]));
+    assert_eq!(scan.continuation().map(|v| v.bytes()), Some(&b"abc"[..]));
+    assert_eq!(
+        (scan.limit(), scan.keys_only(), scan.consistency()),
+        (25, true, Consistency::Stale)
+    );
+
+    let compares = [CompareSpec {
+        key: b"{t}a",
+        target: CompareTarget::ModIndex,
+        op: CompareOp::Less,
+        value: None,
+        number: 42,
+    }];
+    let success = [TxnOpSpec { kind: TxnOpKind::Put, key: b"{t}a", value: Some(b"v") }];
+    let failure = [TxnOpSpec { kind: TxnOpKind::Get, key: b"{t}a", value: None }];
+    let f = e.txn(9, &compares, &success, &failure).to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    let txn = r.request_as_txn_request().unwrap();
+    let c = txn.compares().unwrap().get(0);
+    assert_eq!(
+        (c.key().bytes(), c.target(), c.op(), c.number()),
+        (&b"{t}a"[..], CompareTarget::ModIndex, CompareOp::Less, 42)
+    );
+    let s = txn.success().unwrap().get(0);
+    assert_eq!((s.kind(), s.value().map(|v| v.bytes())), (TxnOpKind::Put, Some(&b"v"[..])));
+    assert_eq!(txn.failure().unwrap().get(0).kind(), TxnOpKind::Get);
+
+    let f = e.status(10).to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    assert_eq!((r.id(), r.request_type()), (10, Request::StatusRequest));
+}
+
+// Shows: every reply kind, each error kind included, decodes to the fields it was built from.
+#[test]
+fn replies_round_trip() {
+    let mut e = ReplyEncoder::new();
+    let meta = KeyMeta::new(3, 7, 2);
+    let entry = EntryRef { key: b"k", value: Some(b"v"), meta };
+
+    let f = e.hello(1, 2, 1, 4).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let h = r.reply_as_hello_reply().unwrap();
+    assert_eq!((h.node_id(), h.shard(), h.shards()), (2, 1, 4));
+
+    let f = e.get(2, Some(&entry), true, 77).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let g = r.reply_as_get_reply().unwrap();
+    let got = g.entry().unwrap();
+    assert_eq!((got.key().bytes(), got.value().unwrap().bytes()), (&b"k"[..], &b"v"[..]));
+    assert_eq!(*got.meta(), meta);
+    assert_eq!((g.stale(), g.read_index()), (true, 77));
+
+    let f = e.get(3, None, false, 1).to_vec();
+    assert!(verify_reply(payload(&f)).unwrap().reply_as_get_reply().unwrap().entry().is_none());
+
+    let f = e.put(4, meta).to_vec();
+    assert_eq!(*verify_reply(payload(&f)).unwrap().reply_as_put_reply().unwrap().meta(), meta);
+
+    let f = e.delete(5, true, 9).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let d = r.reply_as_delete_reply().unwrap();
+    assert_eq!((d.deleted(), d.index()), (true, 9));
+
+    let f = e.batch_get(6, [Some(entry), None], false, 5).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let bg = r.reply_as_batch_get_reply().unwrap();
+    assert_eq!(bg.results().len(), 2);
+    assert!(bg.results().get(0).entry().is_some() && bg.results().get(1).entry().is_none());
+
+    let f = e.batch_put(7, &[meta, KeyMeta::new(1, 1, 1)]).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let metas: Vec<KeyMeta> =
+        r.reply_as_batch_put_reply().unwrap().metas().iter().copied().collect();
+    assert_eq!(metas, vec![meta, KeyMeta::new(1, 1, 1)]);
+
+    let f = e.batch_delete(8, &[true, false], 3).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let flags: Vec<bool> = r.reply_as_batch_delete_reply().unwrap().deleted().iter().collect();
+    assert_eq!(flags, vec![true, false]);
+
+    let keys_only = EntryRef { key: b"k2", value: None, meta };
+    let f = e.scan(9, [entry, keys_only], Some(b"k2"), true, 4).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let s = r.reply_as_scan_reply().unwrap();
+    assert_eq!(s.entries().len(), 2);
+    assert!(s.entries().get(1).value().is_none());
+    assert_eq!(s.continuation().map(|c| c.bytes()), Some(&b"k2"[..]));
+    assert!(s.stale());
+
+    let results = [TxnResultRef::Get(None), TxnResultRef::Put(meta), TxnResultRef::Delete(false)];
+    let f = e.txn(10, false, &results, 12).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let t = r.reply_as_txn_reply().unwrap();
+    assert_eq!((t.succeeded(), t.index(), t.results().len()), (false, 12, 3));
+    assert_eq!(t.results().get(0).kind(), TxnOpKind::Get);
+    assert_eq!(t.results().get(1).meta().copied(), Some(meta));
+    assert!(!t.results().get(2).deleted());
+
+    let status = StatusInfo {
+        node_id: 3,
+        shard: 1,
+        role: Role::Follower,
+        term: 4,
+        leader_id: 2,
+        commit_index: 100,
+        applied_index: 99,
+        first_index: 1,
+        last_index: 101,
+        wal_bytes: 8192,
+        keys: 10,
+        peers: &[(1, 100)],
+    };
+    let f = e.status(11, &status).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let s = r.reply_as_status_reply().unwrap();
+    assert_eq!((s.role(), s.term(), s.leader_id(), s.applied_index()), (Role::Follower, 4, 2, 99));
+    assert_eq!(s.peers().unwrap().get(0).match_index(), 100);
+
+    let expected_kinds = [
+        ErrorKind::NotLeader,
+        ErrorKind::NotLeader,
+        ErrorKind::WrongShard,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::InvalidRequest,
+        ErrorKind::TooLarge,
+        ErrorKind::CompareFailed,
+        ErrorKind::Busy,
+    ];
+    for (error, kind) in common::sample_errors().iter().zip(expected_kinds) {
+        let f = e.error(12, error).to_vec();
+        let r = verify_reply(payload(&f)).unwrap();
+        assert_eq!(r.reply_type(), Reply::ErrorReply);
+        let er = r.reply_as_error_reply().unwrap();
+        assert_eq!(er.kind_type(), kind);
+        match *error {
+            ErrorInfo::NotLeader { leader_id, leader_addr } => {
+                let nl = er.kind_as_not_leader().unwrap();
+                assert_eq!((nl.leader_id(), nl.leader_addr()), (leader_id, leader_addr));
+            }
+            ErrorInfo::WrongShard { shard } => {
+                assert_eq!(er.kind_as_wrong_shard().unwrap().shard(), shard)
+            }
+            ErrorInfo::Unavailable { reason } => {
+                assert_eq!(er.kind_as_unavailable().unwrap().reason(), Some(reason))
+            }
+            ErrorInfo::Timeout => assert!(er.kind_as_timeout().is_some()),
+            ErrorInfo::InvalidRequest { reason } => {
+                assert_eq!(er.kind_as_invalid_request().unwrap().reason(), Some(reason))
+            }
+            ErrorInfo::TooLarge { what, size, limit } => {
+                let t = er.kind_as_too_large().unwrap();
+                assert_eq!((t.what(), t.size(), t.limit()), (Some(what), size, limit));
+            }
+            ErrorInfo::CompareFailed { compare } => {
+                assert_eq!(er.kind_as_compare_failed().unwrap().compare(), compare)
+            }
+            ErrorInfo::Busy { retry_after_ms } => {
+                assert_eq!(er.kind_as_busy().unwrap().retry_after_ms(), retry_after_ms)
+            }
+        }
+    }
+}
+
+// Shows: every peer message kind decodes to the fields it was built from.
+#[test]
+fn peer_frames_round_trip() {
+    let mut e = PeerEncoder::new();
+
+    let f = e.hello("prod", 3, 1).to_vec();
+    let h = verify_peer(payload(&f)).unwrap().message_as_hello().unwrap();
+    assert_eq!((h.cluster(), h.node_id(), h.shard()), ("prod", 3, 1));
+    assert_eq!(h.protocol_version(), PEER_PROTOCOL_VERSION);
+
+    let f = e.hello_ack(1, Some("wrong cluster")).to_vec();
+    let a = verify_peer(payload(&f)).unwrap().message_as_hello_ack().unwrap();
+    assert_eq!((a.accepted(), a.reason()), (false, Some("wrong cluster")));
+
+    let f = e.raft_batch([&b"one"[..], &b"two"[..], &b""[..]]).to_vec();
+    let frame = verify_peer(payload(&f)).unwrap();
+    assert_eq!(frame.message_type(), PeerMessage::RaftBatch);
+    let messages: Vec<&[u8]> = frame
+        .message_as_raft_batch()
+        .unwrap()
+        .messages()
+        .iter()
+        .map(|m| m.data().bytes())
+        .collect();
+    assert_eq!(messages, vec![&b"one"[..], &b"two"[..], &b""[..]]);
+
+    let f = e.snapshot_chunk(100, 3, 4096, 10_000, b"chunk", true).to_vec();
+    let c = verify_peer(payload(&f)).unwrap().message_as_snapshot_chunk().unwrap();
+    assert_eq!(
+        (c.index(), c.term(), c.offset(), c.total_size(), c.data().bytes(), c.last()),
+        (100, 3, 4096, 10_000, &b"chunk"[..], true)
+    );
+
+    let f = e.snapshot_ack(100, 3, 4101, true, None).to_vec();
+    let a = verify_peer(payload(&f)).unwrap().message_as_snapshot_ack().unwrap();
+    assert_eq!((a.received(), a.done(), a.error()), (4101, true, None));
+}
+
+// Shows: a stream of many frames, cut at arbitrary points, comes out of FrameBuffer intact
+// and in order.
+#[test]
+fn stream_of_frames_through_frame_buffer() {
+    let frames = common::sample_requests();
+    let stream: Vec<u8> = frames.iter().flatten().copied().collect();
+    for chunk in [1, 3, 7, 64, 1000] {
+        let mut buffer = FrameBuffer::new(64);
+        let mut ids = Vec::new();
+        for mut piece in stream.chunks(chunk) {
+            while !piece.is_empty() {
+                let spare = buffer.spare();
+                let n = spare.len().min(piece.len());
+                spare[..n].copy_from_slice(&piece[..n]);
+                buffer.commit(n);
+                piece = &piece[n..];
+                while let Some(frame) = buffer.next_frame().unwrap() {
+                    ids.push(verify_request(frame).unwrap().id());
+                }
+            }
+        }
+        assert_eq!(ids, (1..=10).collect::<Vec<u64>>(), "chunk size {chunk}");
+    }
+}
