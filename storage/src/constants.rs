@@ -1,0 +1,52 @@
+//! Storage limits and sizes, in one place, each with the reason for its value.
+
+/// The unit of O_DIRECT I/O: every WAL write starts and ends on a multiple of it. 4 KiB covers
+/// devices with 512-byte and 4 KiB logical blocks, and is the page size.
+pub const BLOCK_BYTES: usize = 4096;
+
+/// Size of one WAL segment file. Large enough that rolling over (seal, sync, activate the next
+/// file) happens once per 64 MiB of writes; small enough that preparing a segment by writing it
+/// whole takes a fraction of a second and that compaction frees disk in useful steps.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The first block of every segment holds its header; records start after it.
+pub const SEGMENT_HEADER_BYTES: u64 = BLOCK_BYTES as u64;
+
+/// Bytes of a record header (crc, length, kind, flush sequence, flush base).
+pub const RECORD_HEADER_BYTES: usize = 32;
+
+/// Records start on multiples of this, so the header's u64 fields are aligned in memory when a
+/// segment is read into an aligned buffer, and the torn-tail scan can step by it.
+pub const RECORD_ALIGN_BYTES: usize = 8;
+
+/// Largest record payload. A raft entry carries at most one client frame (16 MiB) plus the
+/// command header; a record may carry several entries, and callers split larger batches.
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = 20 * 1024 * 1024;
+
+/// Most unflushed bytes the WAL buffers. Beyond it `append` answers `Full` (backpressure);
+/// the caller waits for the flush in flight. Bounds the memory one shard's WAL can take.
+pub const WRITE_BUFFER_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Most raft entry bytes the log store keeps in memory. Older entries are read back from their
+/// segment when a lagging follower needs them. Bounds one shard's log cache.
+pub const ENTRY_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Prepared (written, synced) segments kept ready for the next roll-over, so the hot path never
+/// writes into never-written blocks (DESIGN.md §9).
+pub const SPARE_SEGMENTS: usize = 1;
+
+/// Compacted segments kept for reuse instead of being deleted: recycling one costs a header
+/// rewrite, preparing one costs writing 64 MiB.
+pub const RECYCLED_SEGMENTS_MAX: usize = 2;
+
+const _: () = assert!(SEGMENT_HEADER_BYTES as usize % BLOCK_BYTES == 0);
+const _: () = assert!(BLOCK_BYTES % RECORD_ALIGN_BYTES == 0);
+const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN_BYTES == 0);
+// A maximal record, the seal after it, and the header block fit in one segment.
+const _: () = assert!(
+    (SEGMENT_HEADER_BYTES as usize) + 2 * (RECORD_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX)
+        <= SEGMENT_BYTES as usize
+);
+// One maximal record always fits in an empty write buffer.
+const _: () =
+    assert!(RECORD_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX + BLOCK_BYTES <= WRITE_BUFFER_BYTES_MAX);

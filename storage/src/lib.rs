@@ -1,0 +1,19 @@
+//! corekv's storage: everything a shard keeps on disk.
+//!
+//! - [`wal`]: the write-ahead log — segment files written with O_DIRECT through glommio, records
+//!   with crc32c, group commit, recovery that truncates torn tails and refuses corruption.
+//! - [`raft_log`]: raft-rs's [`raft::Storage`] on top of the WAL: entries, hard state,
+//!   compaction, and the hooks for asynchronous persistence.
+//! - [`constants`]: sizes and limits.
+//!
+//! The write path is sans-IO: [`wal::WalWriter`] and [`raft_log::RaftLogStore`] decide what to
+//! write; a shell (the server's glommio runtime via [`wal::dma::DmaFlusher`], or
+//! [`wal::StdFlusher`] in tools and tests, or a simulator) performs it and reports back.
+#![deny(missing_docs)]
+
+pub mod constants;
+pub mod error;
+pub mod raft_log;
+pub mod wal;
+
+pub use error::{Result, StorageError};
