@@ -99,6 +99,8 @@ pub struct RaftLogStore {
     /// The newest entries, ending at `last_index`.
     cache: VecDeque<Entry>,
     cache_bytes: usize,
+    /// Most bytes `cache` holds; [`ENTRY_CACHE_BYTES_MAX`] unless set otherwise.
+    cache_bytes_max: usize,
     /// Segments in the log, and the highest entry index each one holds (0 for none).
     segments: BTreeMap<u64, u64>,
     /// Compaction points whose marker record is not durable yet.
@@ -241,6 +243,7 @@ impl RaftLogStore {
             locs: replay.locs,
             cache: replay.cache,
             cache_bytes: replay.cache_bytes,
+            cache_bytes_max: ENTRY_CACHE_BYTES_MAX,
             segments,
             pending_compactions: VecDeque::new(),
             durable_compact_index: replay.compact_index,
@@ -296,6 +299,20 @@ impl RaftLogStore {
     pub fn has_room(&self, bytes: usize) -> bool {
         self.wal.buffered_bytes() + bytes + 4 * RECORD_HEADER_BYTES
             <= crate::constants::WRITE_BUFFER_BYTES_MAX
+    }
+
+    /// Changes how many bytes of entries are kept in memory (tests use a small cache to
+    /// exercise reads from disk).
+    pub fn set_cache_limit(&mut self, bytes: usize) {
+        self.cache_bytes_max = bytes;
+        self.evict();
+    }
+
+    fn evict(&mut self) {
+        while self.cache_bytes > self.cache_bytes_max && self.cache.len() > 1 {
+            let old = self.cache.pop_front().expect("non-empty");
+            self.cache_bytes -= entry_bytes(&old);
+        }
     }
 
     /// Sets the snapshot that [`raft::Storage::snapshot`] hands out.
@@ -395,10 +412,7 @@ impl RaftLogStore {
     fn cache_push(&mut self, entry: Entry) {
         self.cache_bytes += entry_bytes(&entry);
         self.cache.push_back(entry);
-        while self.cache_bytes > ENTRY_CACHE_BYTES_MAX && self.cache.len() > 1 {
-            let old = self.cache.pop_front().expect("non-empty");
-            self.cache_bytes -= entry_bytes(&old);
-        }
+        self.evict();
     }
 
     /// Drops entries at and after `index` from the in-memory log.
@@ -444,7 +458,8 @@ impl RaftLogStore {
     }
 
     /// Replaces the whole log with a snapshot at `(index, term)` (a follower installing a
-    /// snapshot from its leader). The hard state's commit moves up to `index`.
+    /// snapshot from its leader). The hard state that goes with it comes from raft's Ready
+    /// through [`RaftLogStore::set_hard_state`].
     pub fn reset_to_snapshot(&mut self, snapshot: Snapshot) -> Result<Lsn, AppendRefused> {
         let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
         let lsn = self.append_record(KIND_SNAPSHOT_RESET, &encode_pair(index, term))?;
@@ -453,9 +468,6 @@ impl RaftLogStore {
         self.cache_bytes = 0;
         self.compact_index = index;
         self.compact_term = term;
-        if self.hard_state.commit < index {
-            self.hard_state.commit = index;
-        }
         self.pending_compactions.push_back((lsn, index));
         self.snapshot = snapshot;
         Ok(lsn)
@@ -468,7 +480,7 @@ impl RaftLogStore {
 
     /// Records that `job` is durable. Returns the durable position and the segments that can
     /// now be retired (already removed from the log's own bookkeeping).
-    pub fn on_flush_complete(&mut self, job: &FlushJob) -> FlushDone {
+    pub fn on_flush_complete(&mut self, job: FlushJob) -> FlushDone {
         let durable = self.wal.complete(job);
         while let Some(&(lsn, index)) = self.pending_compactions.front() {
             if lsn > durable {
@@ -633,7 +645,9 @@ impl Replay {
             KIND_COMPACT => {
                 let (index, term) = parse_pair(payload).ok_or("compact record of wrong size")?;
                 self.marker_index = self.marker_index.max(index);
-                if index > self.compact_index {
+                // At equal indexes the marker still matters: after a gap (entries before it
+                // retired) the compaction point is known but its term is not.
+                if index >= self.compact_index {
                     let drop = ((index - self.compact_index) as usize).min(self.locs.len());
                     self.locs.drain(..drop);
                     while self.cache.front().is_some_and(|e| e.index <= index) {

@@ -42,12 +42,12 @@ fn build(dir: &Path, count: usize, flush_every: usize) -> Vec<Written> {
         if (i + 1) % flush_every == 0 {
             let job = wal.take_flush_job().unwrap();
             flusher.run(&job).unwrap();
-            wal.complete(&job);
+            wal.complete(job);
         }
     }
     if let Some(job) = wal.take_flush_job() {
         flusher.run(&job).unwrap();
-        wal.complete(&job);
+        wal.complete(job);
     }
     written
 }

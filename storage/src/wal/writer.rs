@@ -127,8 +127,9 @@ impl PendingSegment {
         self.buf_offset + self.buf.len() as u64
     }
 
-    fn to_write(&self) -> SegmentWrite {
-        let mut bytes = self.buf.clone();
+    /// Moves the buffered bytes into a write, padded to whole blocks.
+    fn into_write(self) -> SegmentWrite {
+        let mut bytes = self.buf;
         bytes.resize(align_up(bytes.len(), BLOCK_BYTES), 0);
         SegmentWrite {
             seq: self.seq,
@@ -138,6 +139,9 @@ impl PendingSegment {
         }
     }
 }
+
+/// Buffers handed back by completed jobs, reused so steady-state flushing allocates nothing.
+const RECYCLED_BUFFERS_MAX: usize = 2;
 
 /// The write side of one shard's WAL. See the module docs.
 #[derive(Debug)]
@@ -156,6 +160,8 @@ pub struct WalWriter {
     in_flight: Option<Lsn>,
     durable: Lsn,
     failed: Option<String>,
+    /// Emptied buffers of completed jobs, ready for reuse.
+    recycled: Vec<Vec<u8>>,
 }
 
 impl WalWriter {
@@ -209,6 +215,7 @@ impl WalWriter {
             in_flight: None,
             durable,
             failed: None,
+            recycled: Vec::new(),
         }
     }
 
@@ -328,17 +335,27 @@ impl WalWriter {
         if self.in_flight.is_some() || !self.has_unflushed() || self.failed.is_some() {
             return None;
         }
-        let mut writes: Vec<SegmentWrite> = self.sealed.drain(..).map(|s| s.to_write()).collect();
+        let mut writes: Vec<SegmentWrite> =
+            self.sealed.drain(..).map(PendingSegment::into_write).collect();
         if self.active_dirty {
-            writes.push(self.active.to_write());
+            // The job takes the buffer; the active segment keeps a copy of the partly filled
+            // last block only, which the next job writes again with what follows it.
+            let append_offset = self.active.append_offset();
+            let keep_from = append_offset - append_offset % BLOCK_BYTES as u64;
+            let mut next = self.recycled.pop().unwrap_or_default();
+            next.clear();
+            let keep = (keep_from - self.active.buf_offset) as usize;
+            next.extend_from_slice(&self.active.buf[keep..]);
+            let taken = PendingSegment {
+                seq: self.active.seq,
+                buf: std::mem::replace(&mut self.active.buf, next),
+                buf_offset: self.active.buf_offset,
+                needs_activation: self.active.needs_activation,
+            };
+            writes.push(taken.into_write());
+            self.active.buf_offset = keep_from;
             self.active.needs_activation = false;
         }
-        // Keep only the partly filled last block: the next job rewrites it with what follows.
-        let append_offset = self.active.append_offset();
-        let keep_from = append_offset - append_offset % BLOCK_BYTES as u64;
-        let drop = (keep_from - self.active.buf_offset) as usize;
-        self.active.buf.drain(..drop);
-        self.active.buf_offset = keep_from;
         self.active_dirty = false;
         self.buffered_bytes = 0;
         self.next_flush_seq += 1;
@@ -348,15 +365,20 @@ impl WalWriter {
     }
 
     /// Records that `job` finished: every write and sync succeeded. Returns the new durable
-    /// position.
+    /// position. The job's buffers are kept for reuse.
     ///
     /// # Panics
     /// If `job` is not the job in flight (a shell bug).
-    pub fn complete(&mut self, job: &FlushJob) -> Lsn {
+    pub fn complete(&mut self, job: FlushJob) -> Lsn {
         assert_eq!(self.in_flight, Some(job.durable), "completed a job that is not in flight");
         self.in_flight = None;
         assert!(job.durable >= self.durable, "durable position went backwards");
         self.durable = job.durable;
+        for write in job.writes {
+            if self.recycled.len() < RECYCLED_BUFFERS_MAX {
+                self.recycled.push(write.bytes);
+            }
+        }
         self.durable
     }
 
@@ -405,7 +427,7 @@ mod tests {
         let second = wal.append(1, b"b").unwrap();
         let third = wal.append(1, b"c").unwrap();
         assert!(wal.durable() < first);
-        assert_eq!(wal.complete(&job1), first);
+        assert_eq!(wal.complete(job1.clone()), first);
         let job2 = wal.take_flush_job().unwrap();
         assert_eq!(job2.writes.len(), 1);
         assert!(!job2.writes[0].activate);
@@ -413,7 +435,7 @@ mod tests {
         assert!(second < third);
         // The second job rewrites the partial block the first one ended in.
         assert_eq!(job2.writes[0].offset, SEGMENT_HEADER_BYTES);
-        wal.complete(&job2);
+        wal.complete(job2.clone());
         assert!(wal.take_flush_job().is_none(), "nothing new to flush");
     }
 
@@ -431,12 +453,12 @@ mod tests {
             if i % 7 == 0 {
                 let job = wal.take_flush_job().unwrap();
                 apply(&mut files, &job, size);
-                wal.complete(&job);
+                wal.complete(job);
             }
         }
         let job = wal.take_flush_job().unwrap();
         apply(&mut files, &job, size);
-        wal.complete(&job);
+        wal.complete(job);
         assert!(files.len() > 3, "small segments rolled over ({} files)", files.len());
         let mut got = Vec::new();
         for (seq, file) in &files {
@@ -474,7 +496,7 @@ mod tests {
         assert!(wal.buffered_bytes() <= WRITE_BUFFER_BYTES_MAX);
         let job = wal.take_flush_job().unwrap();
         assert!(wal.append(1, &payload).is_ok(), "room again once a job took the bytes");
-        wal.complete(&job);
+        wal.complete(job);
         assert_eq!(
             wal.append(1, &vec![0u8; RECORD_PAYLOAD_BYTES_MAX + 1]),
             Err(AppendRefused::TooLarge { size: RECORD_PAYLOAD_BYTES_MAX + 1 })
