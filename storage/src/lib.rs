@@ -4,6 +4,9 @@
 //!   with crc32c, group commit, recovery that truncates torn tails and refuses corruption.
 //! - [`raft_log`]: raft-rs's [`raft::Storage`] on top of the WAL: entries, hard state,
 //!   compaction, and the hooks for asynchronous persistence.
+//! - [`command`]: what a raft entry carries — a batch of writes.
+//! - [`state_machine`]: the ordered map of keys, values and per-key metadata that applying
+//!   committed entries builds.
 //! - [`constants`]: sizes and limits.
 //!
 //! The write path is sans-IO: [`wal::WalWriter`] and [`raft_log::RaftLogStore`] decide what to
@@ -11,9 +14,11 @@
 //! [`wal::StdFlusher`] in tools and tests, or a simulator) performs it and reports back.
 #![deny(missing_docs)]
 
+pub mod command;
 pub mod constants;
 pub mod error;
 pub mod raft_log;
+pub mod state_machine;
 pub mod wal;
 
 pub use error::{Result, StorageError};

@@ -6,14 +6,17 @@
 //! - [`files`]: the directory on a real file system (prepare, activate, retire, read) and a
 //!   blocking flusher for tools and tests.
 //! - [`dma`]: the glommio O_DIRECT flusher the server runs.
+//! - [`memory`]: an in-memory disk for tests and the simulator.
 
 pub mod dma;
 pub mod files;
 pub mod format;
+pub mod memory;
 pub mod recovery;
 pub mod writer;
 
 pub use files::{SegmentDir, StdFlusher};
 pub use format::SegmentIdentity;
+pub use memory::MemSegments;
 pub use recovery::{recover, Recovered, RecoveredRecord, RecoveryMode, SegmentSource};
 pub use writer::{AppendRefused, FlushJob, Lsn, SegmentWrite, WalTail, WalWriter};

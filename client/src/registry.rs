@@ -1,0 +1,307 @@
+//! The static registry file (DESIGN.md §3): which nodes make up the cluster, how many shards
+//! each runs, and where each listens. Every node and every client reads the same file, with the
+//! same rules: unknown keys are errors, and every inconsistency is refused with one clear line
+//! that names the file.
+//!
+//! ```
+//! use corekv_client::registry::Registry;
+//! let registry = Registry::parse(r#"
+//!     cluster = "local"
+//!     shards = 2
+//!     [[node]]
+//!     id = 1
+//!     host = "127.0.0.1"
+//!     client_port = 7100
+//!     peer_port = 7200
+//!     http_port = 7300
+//! "#, "corekv.toml").unwrap();
+//! assert_eq!(registry.node(1).unwrap().client_addr(1), "127.0.0.1:7101");
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Longest cluster name (it is written into every WAL segment header).
+pub const CLUSTER_NAME_BYTES_MAX: usize = 256;
+
+/// Most shards per node: each shard needs a core, a raft group and two ports.
+pub const SHARDS_MAX: u32 = 1024;
+
+/// Why a registry file was refused: one line, naming the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct RegistryError {
+    /// The file (or the name given to [`Registry::parse`]).
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// One node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Unique, greater than 0; also the node's raft id.
+    pub id: u64,
+    /// Host name or IP address the node is reached at.
+    pub host: String,
+    /// Shard `s` serves clients on `client_port + s`.
+    pub client_port: u16,
+    /// Shard `s` exchanges raft messages on `peer_port + s`.
+    pub peer_port: u16,
+    /// `/health`, `/status` and `/metrics`.
+    pub http_port: u16,
+}
+
+impl Node {
+    /// `host:port` of shard `shard`'s client port.
+    pub fn client_addr(&self, shard: u32) -> String {
+        format!("{}:{}", self.host, self.client_port as u32 + shard)
+    }
+
+    /// `host:port` of shard `shard`'s peer port.
+    pub fn peer_addr(&self, shard: u32) -> String {
+        format!("{}:{}", self.host, self.peer_port as u32 + shard)
+    }
+
+    /// `host:port` of the HTTP endpoint.
+    pub fn http_addr(&self) -> String {
+        format!("{}:{}", self.host, self.http_port)
+    }
+}
+
+/// A validated registry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Cluster name, checked on every peer and client handshake.
+    pub cluster: String,
+    /// Raft groups per node.
+    pub shards: u32,
+    /// The nodes, in file order.
+    #[serde(rename = "node", default)]
+    pub nodes: Vec<Node>,
+}
+
+impl Registry {
+    /// Reads and validates the registry file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, RegistryError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| RegistryError {
+            path: path.display().to_string(),
+            reason: format!("cannot read registry file: {e}"),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates registry text; `path` is used in error messages.
+    pub fn parse(text: &str, path: &str) -> Result<Self, RegistryError> {
+        let fail = |reason: String| RegistryError { path: path.to_string(), reason };
+        let registry: Registry = toml::from_str(text).map_err(|e| {
+            // toml's message spans several lines (with a source excerpt); keep it to one.
+            let message = e.message().trim().to_string();
+            match e.span().map(|span| line_of(text, span.start)) {
+                Some(line) => fail(format!("line {line}: {message}")),
+                None => fail(message),
+            }
+        })?;
+        registry.validate().map_err(fail)?;
+        Ok(registry)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.cluster.is_empty() {
+            return Err("cluster name is empty".to_string());
+        }
+        if self.cluster.len() > CLUSTER_NAME_BYTES_MAX {
+            return Err(format!("cluster name is over {CLUSTER_NAME_BYTES_MAX} bytes"));
+        }
+        if self.shards == 0 {
+            return Err("shards = 0: every node needs at least one shard".to_string());
+        }
+        if self.shards > SHARDS_MAX {
+            return Err(format!("shards = {} is over the maximum of {SHARDS_MAX}", self.shards));
+        }
+        if self.nodes.is_empty() {
+            return Err("no [[node]] entries".to_string());
+        }
+        let mut ids = HashSet::new();
+        for node in &self.nodes {
+            if node.id == 0 {
+                return Err("node id 0: ids must be greater than 0".to_string());
+            }
+            if !ids.insert(node.id) {
+                return Err(format!("duplicate node id {}", node.id));
+            }
+            if node.host.trim().is_empty() {
+                return Err(format!("node {}: host is empty", node.id));
+            }
+            for (name, base) in [("client_port", node.client_port), ("peer_port", node.peer_port)] {
+                if base == 0 || base as u32 + self.shards - 1 > u16::MAX as u32 {
+                    return Err(format!(
+                        "node {}: {name} {base} + {} shards does not fit in 1..=65535",
+                        node.id, self.shards
+                    ));
+                }
+            }
+            if node.http_port == 0 {
+                return Err(format!("node {}: http_port 0", node.id));
+            }
+        }
+        self.check_ports()
+    }
+
+    /// Ports used on one host must not overlap: each shard needs its own client and peer port.
+    fn check_ports(&self) -> Result<(), String> {
+        let mut by_host: BTreeMap<&str, Vec<(u32, u32, String)>> = BTreeMap::new();
+        for node in &self.nodes {
+            let ranges = by_host.entry(node.host.as_str()).or_default();
+            let n = self.shards;
+            ranges.push((
+                node.client_port as u32,
+                node.client_port as u32 + n,
+                format!("node {} client ports", node.id),
+            ));
+            ranges.push((
+                node.peer_port as u32,
+                node.peer_port as u32 + n,
+                format!("node {} peer ports", node.id),
+            ));
+            ranges.push((
+                node.http_port as u32,
+                node.http_port as u32 + 1,
+                format!("node {} http port", node.id),
+            ));
+        }
+        for (host, ranges) in by_host {
+            for (i, a) in ranges.iter().enumerate() {
+                for b in &ranges[i + 1..] {
+                    if a.0 < b.1 && b.0 < a.1 {
+                        return Err(format!(
+                            "duplicate port on {host}: {} ({}-{}) overlap {} ({}-{})",
+                            a.2,
+                            a.0,
+                            a.1 - 1,
+                            b.2,
+                            b.0,
+                            b.1 - 1
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The node with id `id`.
+    pub fn node(&self, id: u64) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Node ids, ascending.
+    pub fn node_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The node shard `shard` prefers as its leader: the `shard mod N`-th node by ascending id
+    /// (DESIGN.md §4), so leaders spread across nodes.
+    pub fn preferred_leader(&self, shard: u32) -> u64 {
+        let ids = self.node_ids();
+        ids[shard as usize % ids.len()]
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster = "local"
+shards = 2
+
+[[node]]
+id = 1
+host = "127.0.0.1"
+client_port = 7100
+peer_port = 7200
+http_port = 7300
+
+[[node]]
+id = 2
+host = "127.0.0.1"
+client_port = 7110
+peer_port = 7210
+http_port = 7310
+"#;
+
+    // Shows: a valid file loads, and addresses follow the port rules.
+    #[test]
+    fn loads_valid_file() {
+        let r = Registry::parse(GOOD, "r.toml").unwrap();
+        assert_eq!((r.cluster.as_str(), r.shards, r.nodes.len()), ("local", 2, 2));
+        assert_eq!(r.node(2).unwrap().peer_addr(1), "127.0.0.1:7211");
+        assert_eq!(r.preferred_leader(0), 1);
+        assert_eq!(r.preferred_leader(1), 2);
+        assert_eq!(r.preferred_leader(2), 1);
+    }
+
+    fn error_for(text: &str) -> String {
+        Registry::parse(text, "r.toml").unwrap_err().to_string()
+    }
+
+    // Shows: each kind of mistake gets its own one-line message naming the file.
+    #[test]
+    fn refuses_bad_files() {
+        let cases = [
+            (GOOD.replace("shards = 2", "shards = 2\nreplicas = 3"), "unknown field `replicas`"),
+            (
+                GOOD.replace("http_port = 7300", "http_port = 7300\nzone = \"a\""),
+                "unknown field `zone`",
+            ),
+            (GOOD.replace("id = 2", "id = 1"), "duplicate node id 1"),
+            (GOOD.replace("shards = 2", "shards = 0"), "shards = 0"),
+            (
+                GOOD.replace("client_port = 7110", "client_port = 7101"),
+                "duplicate port on 127.0.0.1",
+            ),
+            (GOOD.replace("http_port = 7310", "http_port = 7200"), "duplicate port"),
+            (GOOD.replace("id = 2", "id = 0"), "node id 0"),
+            (GOOD.replace("cluster = \"local\"", "cluster = \"\""), "cluster name is empty"),
+            (GOOD.replace("client_port = 7100", "client_port = 65535"), "does not fit"),
+            (GOOD.replace("shards = 2", "shards = \"two\""), "line 3"),
+            ("cluster = \"x\"\nshards = 1\n".to_string(), "no [[node]] entries"),
+        ];
+        for (text, expected) in cases {
+            let message = error_for(&text);
+            assert!(message.starts_with("r.toml: "), "{message}");
+            assert!(message.contains(expected), "expected {expected:?} in {message:?}");
+            assert!(!message.contains('\n'), "one line: {message:?}");
+        }
+    }
+
+    // Shows: the same ports on different hosts are fine.
+    #[test]
+    fn same_ports_on_different_hosts() {
+        let text = GOOD.replace("client_port = 7110", "client_port = 7100")
+            .replace("peer_port = 7210", "peer_port = 7200")
+            .replace("http_port = 7310", "http_port = 7300")
+            .replacen("host = \"127.0.0.1\"\nclient_port = 7100\npeer_port = 7200\nhttp_port = 7300\n\n[[node]]\nid = 2\nhost = \"127.0.0.1\"", "host = \"127.0.0.1\"\nclient_port = 7100\npeer_port = 7200\nhttp_port = 7300\n\n[[node]]\nid = 2\nhost = \"127.0.0.2\"", 1);
+        let r = Registry::parse(&text, "r.toml").unwrap();
+        assert_eq!(r.node(2).unwrap().host, "127.0.0.2");
+    }
+
+    // Shows: a missing file is reported with its path.
+    #[test]
+    fn missing_file() {
+        let e = Registry::load("/nonexistent/corekv.toml").unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/corekv.toml: cannot read registry file"));
+    }
+}

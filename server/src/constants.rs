@@ -1,0 +1,95 @@
+//! Server limits and timings, in one place, each with the reason for its value. Every queue a
+//! peer or client can fill has a stated maximum here.
+
+use corekv_proto::constants::FRAME_BYTES_MAX;
+use corekv_storage::constants::{RECORD_PAYLOAD_BYTES_MAX, WRITE_BUFFER_BYTES_MAX};
+
+/// Raft tick period. Heartbeats go out every [`HEARTBEAT_TICKS`] ticks (100 ms) and elections
+/// start after 10–20 ticks (0.5–1 s) without a leader, so a failed leader is replaced in
+/// about a second while a busy 2-core machine does not trigger false elections.
+pub const TICK_MS: u64 = 50;
+
+/// Ticks without hearing from a leader before a follower campaigns (raft-rs randomises it
+/// between this and twice this).
+pub const ELECTION_TICKS: usize = 10;
+
+/// Ticks between leader heartbeats.
+pub const HEARTBEAT_TICKS: usize = 2;
+
+/// A proposal batch is proposed once it holds this many bytes, without waiting for the end of
+/// the loop iteration: bigger entries gain little and delay the first write in them.
+pub const BATCH_BYTES_TARGET: usize = 1024 * 1024;
+
+/// Largest raft entry: one client frame's worth of writes plus the batch header.
+pub const ENTRY_BYTES_MAX: usize = FRAME_BYTES_MAX + 64 * 1024;
+
+/// Largest AppendEntries message raft-rs builds (it always sends at least one entry).
+pub const RAFT_MESSAGE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// AppendEntries messages in flight to one follower: deep enough to pipeline a fast stream of
+/// batches, bounded so a slow follower costs at most ~64 MiB of leader memory.
+pub const RAFT_INFLIGHT_MESSAGES_MAX: usize = 64;
+
+/// Bytes of uncommitted entries a leader accepts before it drops proposals (answered Busy).
+pub const UNCOMMITTED_BYTES_MAX: u64 = 128 * 1024 * 1024;
+
+/// Bytes of committed entries applied per Ready, so one loop iteration stays short.
+pub const COMMITTED_BYTES_PER_READY_MAX: u64 = 16 * 1024 * 1024;
+
+/// Client writes in flight on one shard (batched, proposed or awaiting apply). Beyond it new
+/// writes get `Busy`.
+pub const WRITES_IN_FLIGHT_MAX: usize = 32 * 1024;
+
+/// Linearizable reads waiting for a ReadIndex round on one shard. Beyond it, `Busy`.
+pub const READS_WAITING_MAX: usize = 64 * 1024;
+
+/// Unflushed WAL bytes above which new writes get `Busy`: the disk is behind.
+pub const WAL_BACKLOG_BYTES_BUSY: usize = WRITE_BUFFER_BYTES_MAX / 4;
+
+/// `retry_after_ms` sent with `Busy`.
+pub const BUSY_RETRY_AFTER_MS: u32 = 5;
+
+/// A ReadIndex round without an answer is issued again after this many ticks (raft-rs drops
+/// requests it cannot serve yet, DESIGN.md §9).
+pub const READ_RETRY_TICKS: u64 = 2;
+
+/// A linearizable read is answered `Timeout` after waiting this long.
+pub const READ_TIMEOUT_MS: u64 = 5_000;
+
+/// A proposed write whose entry has neither applied nor been overwritten after this long is
+/// answered `Timeout` (its outcome is unknown).
+pub const PROPOSAL_TIMEOUT_MS: u64 = 10_000;
+
+/// How often a leader checks whether the preferred leader is caught up and can take over.
+pub const LEADER_BALANCE_TICKS: u64 = 20;
+
+/// Bytes of entries in one scan reply; a scan that reaches it returns a continuation.
+pub const SCAN_REPLY_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Requests one client connection may have in flight; past it the server stops reading from
+/// that connection until replies go out (TCP backpressure).
+pub const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = 4096;
+
+/// Reply bytes queued for one client connection before the server stops reading from it.
+pub const CONNECTION_OUTPUT_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Bytes of raft traffic queued for one peer. Past it, messages are dropped and counted; raft
+/// retransmits what matters.
+pub const PEER_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Reconnect backoff to a peer: starts here, doubles per failure...
+pub const PEER_BACKOFF_MIN_MS: u64 = 50;
+
+/// ...up to here.
+pub const PEER_BACKOFF_MAX_MS: u64 = 2_000;
+
+/// Read buffer chunk for sockets.
+pub const SOCKET_READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// How long a shutting-down shard waits for writes in flight to finish before answering them.
+pub const SHUTDOWN_DRAIN_MS: u64 = 1_000;
+
+const _: () = assert!(ENTRY_BYTES_MAX <= RECORD_PAYLOAD_BYTES_MAX - 64);
+const _: () = assert!(BATCH_BYTES_TARGET <= ENTRY_BYTES_MAX);
+const _: () = assert!(WAL_BACKLOG_BYTES_BUSY + ENTRY_BYTES_MAX < WRITE_BUFFER_BYTES_MAX);
+const _: () = assert!(READ_RETRY_TICKS * TICK_MS < READ_TIMEOUT_MS);

@@ -1,0 +1,651 @@
+//! The shard core: one raft group replica and its state machine, without I/O.
+//!
+//! The core takes inputs — client frames, raft messages from peers, ticks, the clock, WAL
+//! flush completions — and produces outputs — raft messages to send, reply frames, WAL flush
+//! jobs, segments to retire. glommio, sockets and files are a thin shell around it
+//! ([`crate::runtime`]); a simulator can drive the same code with simulated time, network and
+//! disk.
+//!
+//! # The Ready loop
+//!
+//! [`ShardCore::process`] drives raft-rs's Ready in the order raft-rs requires, with
+//! asynchronous persistence so that proposals keep batching while a flush is in flight:
+//!
+//! ```text
+//!  1. propose the batch of writes that arrived since the last iteration (one raft entry)
+//!  2. start a ReadIndex round for the linearizable reads that arrived since the last round
+//!  3. while raft has a Ready (and the WAL has room for it):
+//!     a. soft state: note leader and role changes (reads and writes fail over accordingly)
+//!     b. messages(): send now — a leader replicates while it writes its own log
+//!     c. entries() and the hard state: into the log store (visible to raft at once) and
+//!        into the WAL buffer; note the WAL position that makes this Ready durable
+//!     d. read states: mark ReadIndex rounds answered
+//!     e. committed entries: apply to the state machine, reply to their writers, serve reads
+//!        whose read index is now applied
+//!     f. persisted_messages(): hold them, with the Ready's number, until the WAL position
+//!        from (c) is durable
+//!     g. advance_append_async
+//!  4. the shell takes a flush job (everything appended, one write + one fdatasync) when a
+//!     held Ready needs it and none is in flight; appends keep arriving meanwhile
+//!  5. on flush completion: send the held persisted_messages of every Ready now durable,
+//!     call on_persist_ready with the last such number, and run the loop again
+//! ```
+//!
+//! Entries raft hands out as committed are always durable on this replica (raft-rs applies
+//! only up to the persisted index), so applying them in (e) before the current Ready's own
+//! flush is safe.
+
+mod reads;
+mod requests;
+mod writes;
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+
+use corekv_proto::encode::{ErrorInfo, ReplyEncoder, StatusInfo};
+use corekv_storage::raft_log::RaftLogStore;
+use corekv_storage::state_machine::StateMachine;
+use corekv_storage::wal::{FlushJob, Lsn};
+use raft::eraftpb::{Entry, Message};
+use raft::{Config, RawNode, StateRole};
+
+use crate::constants::{
+    COMMITTED_BYTES_PER_READY_MAX, LEADER_BALANCE_TICKS, RAFT_INFLIGHT_MESSAGES_MAX,
+    RAFT_MESSAGE_BYTES_MAX, UNCOMMITTED_BYTES_MAX,
+};
+use crate::metrics::{Op, ShardMetrics};
+
+pub use reads::Reads;
+pub use writes::Writes;
+
+/// Identifies a client connection within a shard; chosen by the shell.
+pub type ConnId = u64;
+
+/// Static facts a shard core needs.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// This node's id (its raft id).
+    pub node_id: u64,
+    /// This shard's index.
+    pub shard: u32,
+    /// Shards per node.
+    pub shards: u32,
+    /// Cluster name, checked in client hellos.
+    pub cluster: String,
+    /// Every node of the cluster: id and the `host:port` of this shard's client port.
+    pub nodes: Vec<(u64, String)>,
+    /// The node this shard prefers as leader (DESIGN.md §4).
+    pub preferred_leader: u64,
+    /// raft-rs election timeout, in ticks.
+    pub election_ticks: usize,
+    /// raft-rs heartbeat interval, in ticks.
+    pub heartbeat_ticks: usize,
+    /// Length of one tick, in milliseconds (for timeouts counted in ticks).
+    pub tick_ms: u64,
+}
+
+/// What the core wants done. The shell drains it after every call into the core.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Raft messages to send, each to `message.to`.
+    pub messages: Vec<Message>,
+    /// Reply frames, back to back; `replies` says which bytes go to which connection.
+    pub reply_bytes: Vec<u8>,
+    /// `(connection, byte range in reply_bytes)`, in the order the replies were made.
+    pub replies: Vec<(ConnId, Range<usize>)>,
+    /// Connections to close once their replies are written (a refused hello).
+    pub close: Vec<ConnId>,
+    /// WAL segments the log no longer needs: recycle or delete them.
+    pub retire: Vec<u64>,
+}
+
+impl Outputs {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.replies.is_empty()
+            && self.close.is_empty()
+            && self.retire.is_empty()
+    }
+
+    /// Empties every list, keeping the allocations.
+    pub fn clear(&mut self) {
+        self.messages.clear();
+        self.reply_bytes.clear();
+        self.replies.clear();
+        self.close.clear();
+        self.retire.clear();
+    }
+}
+
+/// A Ready whose persisted messages wait for a WAL position to be durable.
+#[derive(Debug)]
+struct PersistWait {
+    number: u64,
+    /// `None` when the Ready needs no flush (only a commit index changed).
+    lsn: Option<Lsn>,
+    messages: Vec<Message>,
+}
+
+/// A snapshot of a replica's state, for `/status` and status replies.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShardStatus {
+    /// Shard index.
+    pub shard: u32,
+    /// `leader`, `follower`, `candidate` or `pre_candidate`.
+    pub role: &'static str,
+    /// Current term.
+    pub term: u64,
+    /// Known leader, 0 when none.
+    pub leader_id: u64,
+    /// Highest index known committed.
+    pub commit_index: u64,
+    /// Highest index applied.
+    pub applied_index: u64,
+    /// First index in the log.
+    pub first_index: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+    /// Bytes of WAL segments on disk.
+    pub wal_bytes: u64,
+    /// WAL position known durable.
+    pub wal_durable: String,
+    /// Keys in the state machine.
+    pub keys: u64,
+    /// Per peer: node id and match index (leader only).
+    pub peers: Vec<PeerProgress>,
+    /// Why this replica stopped accepting writes, if it did.
+    pub failure: Option<String>,
+}
+
+/// Replication progress of one peer, as the leader sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerProgress {
+    /// The peer's node id.
+    pub node_id: u64,
+    /// Highest index known replicated there.
+    pub match_index: u64,
+    /// Whether the peer was heard from recently.
+    pub recent_active: bool,
+}
+
+/// One shard replica. See the module docs.
+pub struct ShardCore {
+    cfg: CoreConfig,
+    raw: RawNode<RaftLogStore>,
+    sm: StateMachine,
+    slots: Range<u32>,
+    writes: Writes,
+    reads: Reads,
+    persist: VecDeque<PersistWait>,
+    encoder: ReplyEncoder,
+    out: Outputs,
+    now_us: u64,
+    ticks: u64,
+    leader_id: u64,
+    role: StateRole,
+    metrics: Arc<ShardMetrics>,
+    failure: Option<String>,
+    shutting_down: bool,
+}
+
+impl ShardCore {
+    /// A core over a recovered log store and the state machine rebuilt from it.
+    pub fn new(
+        cfg: CoreConfig,
+        store: RaftLogStore,
+        sm: StateMachine,
+        metrics: Arc<ShardMetrics>,
+        logger: &slog::Logger,
+    ) -> raft::Result<Self> {
+        let config = Config {
+            id: cfg.node_id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: sm.applied_index(),
+            max_size_per_msg: RAFT_MESSAGE_BYTES_MAX,
+            max_inflight_msgs: RAFT_INFLIGHT_MESSAGES_MAX,
+            check_quorum: true,
+            pre_vote: true,
+            batch_append: true,
+            max_uncommitted_size: UNCOMMITTED_BYTES_MAX,
+            max_committed_size_per_ready: COMMITTED_BYTES_PER_READY_MAX,
+            ..Default::default()
+        };
+        let raw = RawNode::new(&config, store, logger)?;
+        let slots = corekv_client::placement::slot_range(cfg.shard, cfg.shards);
+        Ok(ShardCore {
+            cfg,
+            raw,
+            sm,
+            slots,
+            writes: Writes::default(),
+            reads: Reads::default(),
+            persist: VecDeque::new(),
+            encoder: ReplyEncoder::new(),
+            out: Outputs::default(),
+            now_us: 0,
+            ticks: 0,
+            leader_id: 0,
+            role: StateRole::Follower,
+            metrics,
+            failure: None,
+            shutting_down: false,
+        })
+    }
+
+    /// Starts an election at once if this node is the shard's preferred leader and knows of
+    /// none, so a new cluster has its leaders in place within one round trip. Pre-vote makes
+    /// this harmless when a healthy leader exists.
+    pub fn campaign_if_preferred(&mut self) {
+        if self.cfg.preferred_leader == self.cfg.node_id && self.raw.raft.leader_id == 0 {
+            let _ = self.raw.campaign();
+        }
+    }
+
+    /// Sets the clock, in microseconds since an arbitrary start. Call before each input.
+    pub fn set_now(&mut self, now_us: u64) {
+        self.now_us = now_us;
+    }
+
+    /// The static configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// The raft node (for tests and the simulator).
+    pub fn raft(&self) -> &RawNode<RaftLogStore> {
+        &self.raw
+    }
+
+    /// Mutable raft node (the simulator re-draws election timeouts from its seed).
+    pub fn raft_mut(&mut self) -> &mut RawNode<RaftLogStore> {
+        &mut self.raw
+    }
+
+    /// The state machine.
+    pub fn state_machine(&self) -> &StateMachine {
+        &self.sm
+    }
+
+    /// Whether this replica is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.role == StateRole::Leader
+    }
+
+    /// The leader this replica knows of, 0 for none.
+    pub fn leader_id(&self) -> u64 {
+        self.leader_id
+    }
+
+    /// Why the replica stopped accepting writes (a failed WAL flush), if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// One raft tick, plus the timeouts counted in ticks.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.raw.tick();
+        self.retry_reads();
+        self.expire_requests();
+        if self.ticks % LEADER_BALANCE_TICKS == 0 {
+            self.balance_leadership();
+        }
+    }
+
+    /// A raft message from a peer. Messages raft refuses (from unknown peers, local types) are
+    /// dropped.
+    pub fn step(&mut self, message: Message) {
+        if let Err(error) = self.raw.step(message) {
+            tracing::debug!(shard = self.cfg.shard, %error, "raft refused a message");
+        }
+    }
+
+    /// Runs the Ready loop (see the module docs) until raft has nothing more, or the WAL has
+    /// no room for the next Ready (it continues after the flush in flight completes).
+    pub fn process(&mut self) {
+        self.propose_batch();
+        self.start_read_round();
+        while self.raw.has_ready() && self.failure.is_none() {
+            let unstable: usize = self
+                .raw
+                .raft
+                .raft_log
+                .unstable_entries()
+                .iter()
+                .map(|e| e.data.len() + e.context.len() + 64)
+                .sum();
+            if !self.raw.store().has_room(unstable + 256) {
+                break;
+            }
+            self.handle_ready();
+        }
+    }
+
+    fn handle_ready(&mut self) {
+        let mut ready = self.raw.ready();
+        if let Some(ss) = ready.ss() {
+            self.on_soft_state(ss.leader_id, ss.raft_state);
+        }
+        // (b) A leader's messages go out now, in parallel with its own log write.
+        self.out.messages.extend(ready.take_messages());
+        assert!(
+            ready.snapshot().is_empty(),
+            "raft handed out a snapshot, but no replica of this shard ever compacts its log"
+        );
+        // (c) Entries and hard state into the store and the WAL buffer.
+        let needs_flush = !ready.entries().is_empty() || ready.must_sync();
+        let store = self.raw.mut_store();
+        let mut appended = store.append(ready.entries());
+        if let (Ok(_), Some(hs)) = (&appended, ready.hs()) {
+            appended = store.set_hard_state(hs);
+        }
+        if let Err(refused) = appended {
+            // The room check above makes Full impossible; what is left is a failed WAL.
+            self.fail(format!("WAL append refused: {refused:?}"));
+        }
+        let lsn = self.raw.store().wal().appended();
+        // (d) Read states: rounds answered.
+        for state in ready.take_read_states() {
+            self.reads.answered(&state.request_ctx, state.index);
+        }
+        // (e) Committed entries: apply, reply; then serve every read whose index is applied
+        // (a round answered with nothing new to apply is served here too).
+        let committed = ready.take_committed_entries();
+        self.apply_committed(committed);
+        self.serve_reads();
+        // (f) Persisted messages wait for the flush that covers this Ready.
+        let wait = PersistWait {
+            number: ready.number(),
+            lsn: needs_flush.then_some(lsn),
+            messages: ready.take_persisted_messages(),
+        };
+        // (g)
+        self.raw.advance_append_async(ready);
+        self.persist.push_back(wait);
+        self.release_persisted();
+    }
+
+    fn on_soft_state(&mut self, leader_id: u64, role: StateRole) {
+        if leader_id != self.leader_id {
+            self.metrics.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                shard = self.cfg.shard,
+                leader = leader_id,
+                term = self.raw.raft.term,
+                "leader changed"
+            );
+        }
+        if matches!(role, StateRole::Candidate | StateRole::PreCandidate)
+            && !matches!(self.role, StateRole::Candidate | StateRole::PreCandidate)
+        {
+            self.metrics.elections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let was_leader = self.role == StateRole::Leader;
+        self.leader_id = leader_id;
+        self.role = role;
+        if was_leader && role != StateRole::Leader {
+            // Writes not yet proposed never will be here; reads cannot be confirmed.
+            self.fail_unproposed_writes();
+            self.fail_reads_not_leader();
+        }
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>) {
+        let mut last = None;
+        for entry in entries {
+            last = Some(entry.index);
+            self.apply_entry(&entry);
+        }
+        if let Some(index) = last {
+            self.raw.advance_apply_to(index);
+        }
+    }
+
+    /// Sends the persisted messages of every Ready whose flush is done, in order, and tells
+    /// raft-rs which Readies are persisted.
+    fn release_persisted(&mut self) {
+        let durable = self.raw.store().wal().durable();
+        let mut number = None;
+        while let Some(wait) = self.persist.front() {
+            if wait.lsn.is_some_and(|lsn| lsn > durable) {
+                break;
+            }
+            let wait = self.persist.pop_front().expect("non-empty");
+            self.out.messages.extend(wait.messages);
+            number = Some(wait.number);
+        }
+        if let Some(number) = number {
+            self.raw.on_persist_ready(number);
+        }
+    }
+
+    /// A flush job when a held Ready needs one and none is in flight. Records that raft does
+    /// not wait for (a commit index alone) ride along with the next needed flush.
+    pub fn take_flush_job(&mut self) -> Option<FlushJob> {
+        let durable = self.raw.store().wal().durable();
+        let needed = self.persist.iter().any(|w| w.lsn.is_some_and(|lsn| lsn > durable))
+            || (self.shutting_down && self.raw.store().wal().has_unflushed());
+        if !needed {
+            return None;
+        }
+        self.raw.mut_store().take_flush_job()
+    }
+
+    /// The flush job is durable.
+    pub fn on_flush_complete(&mut self, job: FlushJob) {
+        let done = self.raw.mut_store().on_flush_complete(job);
+        self.out.retire.extend(done.retire);
+        self.release_persisted();
+        self.process();
+    }
+
+    /// The flush job failed: this replica can no longer make anything durable. It stops
+    /// accepting writes and linearizable reads, answers writes in flight as outcome-unknown,
+    /// and hands leadership to a follower.
+    pub fn on_flush_failed(&mut self, error: String) {
+        self.raw.mut_store().on_flush_failed(error.clone());
+        self.fail(format!("WAL flush failed: {error}"));
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.failure.is_some() {
+            return;
+        }
+        tracing::error!(shard = self.cfg.shard, %reason, "shard stops accepting writes");
+        self.failure = Some(reason);
+        self.fail_unproposed_writes();
+        self.fail_proposed_writes_unknown();
+        self.fail_reads_not_leader();
+        if self.is_leader() {
+            let best = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .filter(|(&id, _)| id != self.cfg.node_id)
+                .max_by_key(|(_, p)| p.matched)
+                .map(|(&id, _)| id);
+            if let Some(transferee) = best {
+                self.raw.transfer_leader(transferee);
+            }
+        }
+    }
+
+    /// Moves the leadership to the preferred leader once it is caught up (DESIGN.md §4).
+    fn balance_leadership(&mut self) {
+        let preferred = self.cfg.preferred_leader;
+        if !self.is_leader() || preferred == self.cfg.node_id || self.failure.is_some() {
+            return;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let caught_up = self
+            .raw
+            .raft
+            .prs()
+            .get(preferred)
+            .is_some_and(|p| p.matched == last && p.recent_active);
+        if caught_up && self.raw.raft.lead_transferee.is_none() {
+            tracing::info!(
+                shard = self.cfg.shard,
+                to = preferred,
+                "handing leadership to the preferred leader"
+            );
+            self.raw.transfer_leader(preferred);
+        }
+    }
+
+    /// Ticks elapsed since the core started.
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+
+    /// Takes the outputs produced so far, swapping in `spare` (cleared) so allocations are
+    /// reused.
+    pub fn take_outputs(&mut self, spare: &mut Outputs) {
+        spare.clear();
+        std::mem::swap(&mut self.out, spare);
+    }
+
+    /// Begins shutdown: stops taking new requests, proposes what is batched, and makes the
+    /// next flush take everything buffered.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        self.process();
+    }
+
+    /// Whether writes are still waiting for their entries to apply.
+    pub fn has_writes_in_flight(&self) -> bool {
+        self.writes.in_flight() > 0
+    }
+
+    /// Ends shutdown: answers every request still waiting — reads and unproposed writes with
+    /// `Unavailable`, proposed writes with `Timeout` (their outcome is unknown).
+    pub fn finish_shutdown(&mut self) {
+        self.fail_unproposed_writes();
+        self.fail_proposed_writes_unknown();
+        let reason = "the node is shutting down";
+        for waiter in self.reads.drain_all() {
+            self.reply_error(
+                waiter.conn,
+                waiter.id,
+                waiter.op,
+                waiter.start_us,
+                &ErrorInfo::Unavailable { reason },
+            );
+        }
+    }
+
+    /// The replica's state.
+    pub fn status(&self) -> ShardStatus {
+        let raft = &self.raw.raft;
+        let store = self.raw.store();
+        let peers = if self.is_leader() {
+            let mut peers: Vec<PeerProgress> = raft
+                .prs()
+                .iter()
+                .map(|(&node_id, p)| PeerProgress {
+                    node_id,
+                    match_index: p.matched,
+                    recent_active: p.recent_active,
+                })
+                .collect();
+            peers.sort_by_key(|p| p.node_id);
+            peers
+        } else {
+            Vec::new()
+        };
+        ShardStatus {
+            shard: self.cfg.shard,
+            role: match self.role {
+                StateRole::Leader => "leader",
+                StateRole::Follower => "follower",
+                StateRole::Candidate => "candidate",
+                StateRole::PreCandidate => "pre_candidate",
+            },
+            term: raft.term,
+            leader_id: self.leader_id,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.sm.applied_index(),
+            first_index: raft.raft_log.first_index(),
+            last_index: raft.raft_log.last_index(),
+            wal_bytes: store.segment_count() as u64 * store.wal().segment_bytes(),
+            wal_durable: store.wal().durable().to_string(),
+            keys: self.sm.len() as u64,
+            peers,
+            failure: self.failure.clone(),
+        }
+    }
+
+    fn status_reply(&mut self, conn: ConnId, id: u64) {
+        let status = self.status();
+        let peers: Vec<(u64, u64)> =
+            status.peers.iter().map(|p| (p.node_id, p.match_index)).collect();
+        let role = match status.role {
+            "leader" => corekv_proto::client::Role::Leader,
+            "candidate" => corekv_proto::client::Role::Candidate,
+            "pre_candidate" => corekv_proto::client::Role::PreCandidate,
+            _ => corekv_proto::client::Role::Follower,
+        };
+        let info = StatusInfo {
+            node_id: self.cfg.node_id,
+            shard: self.cfg.shard,
+            role,
+            term: status.term,
+            leader_id: status.leader_id,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            first_index: status.first_index,
+            last_index: status.last_index,
+            wal_bytes: status.wal_bytes,
+            keys: status.keys,
+            peers: &peers,
+        };
+        let frame = self.encoder.status(id, &info);
+        push_reply(&mut self.out, conn, frame);
+        self.metrics.replied(Op::Status, 0);
+    }
+
+    /// The `NotLeader` error for this shard, with the leader's address when known.
+    fn not_leader(&self) -> (u64, Option<String>) {
+        let addr = self
+            .cfg
+            .nodes
+            .iter()
+            .find(|(id, _)| *id == self.leader_id && self.leader_id != 0)
+            .map(|(_, addr)| addr.clone());
+        (self.leader_id, addr)
+    }
+
+    fn reply_error(&mut self, conn: ConnId, id: u64, op: Op, start_us: u64, error: &ErrorInfo<'_>) {
+        let kind = match error {
+            ErrorInfo::NotLeader { .. } => 0,
+            ErrorInfo::WrongShard { .. } => 1,
+            ErrorInfo::Unavailable { .. } => 2,
+            ErrorInfo::Timeout => 3,
+            ErrorInfo::InvalidRequest { .. } => 4,
+            ErrorInfo::TooLarge { .. } => 5,
+            ErrorInfo::CompareFailed { .. } => 6,
+            ErrorInfo::Busy { .. } => 7,
+        };
+        self.metrics.error(kind);
+        self.metrics.replied(op, self.now_us.saturating_sub(start_us));
+        let frame = self.encoder.error(id, error);
+        push_reply(&mut self.out, conn, frame);
+    }
+
+    fn reply_not_leader(&mut self, conn: ConnId, id: u64, op: Op, start_us: u64) {
+        let (leader_id, addr) = self.not_leader();
+        let error = ErrorInfo::NotLeader { leader_id, leader_addr: addr.as_deref() };
+        self.reply_error(conn, id, op, start_us, &error);
+    }
+}
+
+/// Appends one reply frame to the outputs.
+fn push_reply(out: &mut Outputs, conn: ConnId, frame: &[u8]) {
+    let start = out.reply_bytes.len();
+    out.reply_bytes.extend_from_slice(frame);
+    out.replies.push((conn, start..out.reply_bytes.len()));
+}

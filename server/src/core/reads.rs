@@ -1,0 +1,297 @@
+//! Reads: linearizable reads through batched ReadIndex rounds, and stale reads.
+//!
+//! ```text
+//!   reads arrive ──► queued ──(next process())──► round r: read_index(ctx = r)
+//!                                                    │  raft confirms leadership with a
+//!                                                    │  heartbeat round, answers ReadState
+//!                                                    ▼  { ctx = r, index = commit index }
+//!                                   applied >= index ──► every read of round r is served
+//! ```
+//!
+//! One round serves every read that arrived before it started; rounds pipeline (a new round
+//! can start while earlier ones are unanswered). raft-rs drops a ReadIndex request it cannot
+//! serve yet — a new leader that has not committed an entry of its term (DESIGN.md §9) — so a
+//! round without an answer is issued again after [`READ_RETRY_TICKS`]. A replica that stops
+//! being leader answers its waiting reads `NotLeader`.
+//!
+//! Stale reads skip all of this and are served at once from the applied state of any replica;
+//! their replies say `stale` and carry the applied index they saw.
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+
+use corekv_proto::constants::FRAME_BYTES_MAX;
+use corekv_proto::encode::{EntryRef, ErrorInfo};
+
+use super::writes::wire_meta;
+use super::{push_reply, ConnId, ShardCore};
+use crate::constants::{
+    BUSY_RETRY_AFTER_MS, READS_WAITING_MAX, READ_RETRY_TICKS, SCAN_REPLY_BYTES_MAX,
+};
+use crate::metrics::Op;
+
+/// Bytes a reply adds per entry beyond key and value (flatbuffers tables and offsets).
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// What a read asks for, owned (it may wait for a round).
+#[derive(Debug, Clone)]
+pub enum ReadQuery {
+    /// One key.
+    Get(Vec<u8>),
+    /// Several keys, answered in order.
+    BatchGet(Vec<Vec<u8>>),
+    /// A range.
+    Scan(ScanQuery),
+}
+
+/// A scan, with its bounds already combined from start, end, prefix and continuation.
+#[derive(Debug, Clone)]
+pub struct ScanQuery {
+    /// Lower bound.
+    pub lower: Bound<Vec<u8>>,
+    /// Upper bound.
+    pub upper: Bound<Vec<u8>>,
+    /// Most entries.
+    pub limit: usize,
+    /// Leave values out.
+    pub keys_only: bool,
+}
+
+/// A client waiting for a read.
+#[derive(Debug, Clone)]
+pub struct ReadWaiter {
+    pub(super) conn: ConnId,
+    pub(super) id: u64,
+    pub(super) op: Op,
+    pub(super) start_us: u64,
+    pub(super) query: ReadQuery,
+}
+
+#[derive(Debug)]
+struct Round {
+    ctx: u64,
+    waiters: Vec<ReadWaiter>,
+    issued_tick: u64,
+    read_index: Option<u64>,
+}
+
+/// The read path's state.
+#[derive(Debug, Default)]
+pub struct Reads {
+    queued: Vec<ReadWaiter>,
+    rounds: VecDeque<Round>,
+    next_ctx: u64,
+    waiting: usize,
+}
+
+impl Reads {
+    /// Marks the round with context `ctx` answered at `index`.
+    pub(super) fn answered(&mut self, ctx: &[u8], index: u64) {
+        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else { return };
+        let ctx = u64::from_le_bytes(bytes);
+        if let Some(round) = self.rounds.iter_mut().find(|r| r.ctx == ctx) {
+            round.read_index = Some(round.read_index.map_or(index, |i| i.max(index)));
+        }
+    }
+
+    /// Takes every waiting read (shutdown, leadership loss).
+    pub(super) fn drain_all(&mut self) -> Vec<ReadWaiter> {
+        let mut all: Vec<ReadWaiter> = self.rounds.drain(..).flat_map(|r| r.waiters).collect();
+        all.append(&mut self.queued);
+        self.waiting = 0;
+        all
+    }
+
+    /// Takes the reads that have waited longer than `timeout_us`.
+    pub(super) fn expire(&mut self, now_us: u64, timeout_us: u64) -> Vec<ReadWaiter> {
+        let old = |w: &ReadWaiter| now_us.saturating_sub(w.start_us) > timeout_us;
+        let mut expired: Vec<ReadWaiter> = Vec::new();
+        for round in &mut self.rounds {
+            let (gone, kept): (Vec<_>, Vec<_>) = round.waiters.drain(..).partition(old);
+            round.waiters = kept;
+            expired.extend(gone);
+        }
+        self.rounds.retain(|r| !r.waiters.is_empty());
+        let (gone, kept): (Vec<_>, Vec<_>) = self.queued.drain(..).partition(old);
+        self.queued = kept;
+        expired.extend(gone);
+        self.waiting -= expired.len();
+        expired
+    }
+}
+
+/// Bytes an entry adds to a reply.
+fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
+    key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD_BYTES
+}
+
+impl ShardCore {
+    /// Admits a read: stale reads are served now, linearizable ones wait for a round.
+    pub(super) fn enqueue_read(&mut self, waiter: ReadWaiter, stale: bool) {
+        if stale {
+            let read_index = self.sm.applied_index();
+            return self.execute_read(&waiter, true, read_index);
+        }
+        if self.shutting_down {
+            let error = ErrorInfo::Unavailable { reason: "the node is shutting down" };
+            return self.reply_error(waiter.conn, waiter.id, waiter.op, waiter.start_us, &error);
+        }
+        if let Some(failure) = self.failure.clone() {
+            let error = ErrorInfo::Unavailable { reason: &failure };
+            return self.reply_error(waiter.conn, waiter.id, waiter.op, waiter.start_us, &error);
+        }
+        if !self.is_leader() {
+            return self.reply_not_leader(waiter.conn, waiter.id, waiter.op, waiter.start_us);
+        }
+        if self.reads.waiting >= READS_WAITING_MAX {
+            let error = ErrorInfo::Busy { retry_after_ms: BUSY_RETRY_AFTER_MS };
+            return self.reply_error(waiter.conn, waiter.id, waiter.op, waiter.start_us, &error);
+        }
+        self.reads.waiting += 1;
+        self.reads.queued.push(waiter);
+    }
+
+    /// Starts one ReadIndex round for every read queued since the last one.
+    pub(super) fn start_read_round(&mut self) {
+        if self.reads.queued.is_empty() || !self.is_leader() {
+            return;
+        }
+        let ctx = self.reads.next_ctx;
+        self.reads.next_ctx += 1;
+        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        self.metrics.read_rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let waiters = std::mem::take(&mut self.reads.queued);
+        self.reads.rounds.push_back(Round {
+            ctx,
+            waiters,
+            issued_tick: self.ticks,
+            read_index: None,
+        });
+    }
+
+    /// Issues unanswered rounds again (raft-rs drops requests it cannot serve yet).
+    pub(super) fn retry_reads(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        let ticks = self.ticks;
+        let mut retry = Vec::new();
+        for round in &mut self.reads.rounds {
+            if round.read_index.is_none() && ticks - round.issued_tick >= READ_RETRY_TICKS {
+                round.issued_tick = ticks;
+                retry.push(round.ctx);
+            }
+        }
+        for ctx in retry {
+            self.raw.read_index(ctx.to_le_bytes().to_vec());
+            self.metrics.read_rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Serves the reads of every round whose read index is applied.
+    pub(super) fn serve_reads(&mut self) {
+        let applied = self.sm.applied_index();
+        let mut i = 0;
+        while i < self.reads.rounds.len() {
+            if self.reads.rounds[i].read_index.is_some_and(|index| index <= applied) {
+                let round = self.reads.rounds.remove(i).expect("in range");
+                self.reads.waiting -= round.waiters.len();
+                for waiter in &round.waiters {
+                    self.execute_read(waiter, false, applied);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Answers every waiting read `NotLeader` (this replica lost the leadership or failed).
+    pub(super) fn fail_reads_not_leader(&mut self) {
+        for waiter in self.reads.drain_all() {
+            self.reply_not_leader(waiter.conn, waiter.id, waiter.op, waiter.start_us);
+        }
+    }
+
+    /// Reads from the state machine and encodes the reply.
+    pub(super) fn execute_read(&mut self, waiter: &ReadWaiter, stale: bool, read_index: u64) {
+        let (sm, encoder, out) = (&self.sm, &mut self.encoder, &mut self.out);
+        let too_large;
+        match &waiter.query {
+            ReadQuery::Get(key) => {
+                let found = sm.get(key).map(|v| EntryRef {
+                    key,
+                    value: Some(v.value),
+                    meta: wire_meta(v.meta),
+                });
+                let frame = encoder.get(waiter.id, found.as_ref(), stale, read_index);
+                push_reply(out, waiter.conn, frame);
+                too_large = None;
+            }
+            ReadQuery::BatchGet(keys) => {
+                let found: Vec<Option<EntryRef<'_>>> = keys
+                    .iter()
+                    .map(|key| {
+                        sm.get(key).map(|v| EntryRef {
+                            key,
+                            value: Some(v.value),
+                            meta: wire_meta(v.meta),
+                        })
+                    })
+                    .collect();
+                let size: usize = found.iter().flatten().map(|e| entry_bytes(e.key, e.value)).sum();
+                if size + keys.len() * ENTRY_OVERHEAD_BYTES > FRAME_BYTES_MAX {
+                    too_large = Some(size);
+                } else {
+                    let frame = encoder.batch_get(waiter.id, found, stale, read_index);
+                    push_reply(out, waiter.conn, frame);
+                    too_large = None;
+                }
+            }
+            ReadQuery::Scan(scan) => {
+                let mut entries: Vec<EntryRef<'_>> = Vec::new();
+                let mut bytes = 0;
+                let lower = as_ref_bound(&scan.lower);
+                let upper = as_ref_bound(&scan.upper);
+                let more = sm.scan(lower, upper, |key, v| {
+                    let value = (!scan.keys_only).then_some(v.value);
+                    let size = entry_bytes(key, value);
+                    if entries.len() >= scan.limit
+                        || (!entries.is_empty() && bytes + size > SCAN_REPLY_BYTES_MAX)
+                    {
+                        return false;
+                    }
+                    bytes += size;
+                    entries.push(EntryRef { key, value, meta: wire_meta(v.meta) });
+                    true
+                });
+                let continuation = if more { entries.last().map(|e| e.key) } else { None };
+                let frame = encoder.scan(
+                    waiter.id,
+                    entries.iter().copied(),
+                    continuation,
+                    stale,
+                    read_index,
+                );
+                push_reply(out, waiter.conn, frame);
+                too_large = None;
+            }
+        }
+        if let Some(size) = too_large {
+            let error = ErrorInfo::TooLarge {
+                what: "reply (split the batch)",
+                size: size as u64,
+                limit: FRAME_BYTES_MAX as u64,
+            };
+            return self.reply_error(waiter.conn, waiter.id, waiter.op, waiter.start_us, &error);
+        }
+        self.metrics.replied(waiter.op, self.now_us.saturating_sub(waiter.start_us));
+    }
+}
+
+fn as_ref_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(k) => Bound::Included(k),
+        Bound::Excluded(k) => Bound::Excluded(k),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}

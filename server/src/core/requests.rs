@@ -1,0 +1,428 @@
+//! Client requests: verification, validation against the limits of DESIGN.md §6, and dispatch
+//! to the read and write paths.
+//!
+//! Every frame is verified (flatbuffers verifier with limits) before any field is read. A
+//! frame that fails verification is answered `InvalidRequest` with request id 0 (its id cannot
+//! be trusted) and the connection carries on; the shell closes connections whose framing
+//! itself is broken. Every key is checked for size and for belonging to this shard before any
+//! work is done.
+
+use std::ops::Bound;
+
+use corekv_client::placement::{shard_for_slot, slot};
+use corekv_proto::client::{
+    self as wire, CompareOp as WireCompareOp, CompareTarget as WireCompareTarget, Consistency,
+    Request, RequestFrame, TxnOpKind as WireTxnOpKind,
+};
+use corekv_proto::constants::{
+    BATCH_KEYS_MAX, CLIENT_PROTOCOL_VERSION, KEY_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+};
+use corekv_proto::encode::ErrorInfo;
+use corekv_proto::frame::verify_request;
+use corekv_storage::command::{Compare, CompareOp, CompareTarget, TxnOp, TxnOpKind};
+
+use super::reads::{ReadQuery, ReadWaiter, ScanQuery};
+use super::{push_reply, ConnId, ShardCore};
+use crate::constants::ENTRY_BYTES_MAX;
+use crate::metrics::Op;
+
+/// Why a request is refused before it does anything.
+enum Refusal {
+    Invalid(String),
+    TooLarge { what: &'static str, size: usize, limit: usize },
+    WrongShard(u32),
+}
+
+impl ShardCore {
+    /// Handles one whole client frame (prefix included) from connection `conn`. `greeted`
+    /// is the connection's state: whether its hello was accepted.
+    pub fn on_client_frame(&mut self, conn: ConnId, greeted: &mut bool, frame: &[u8]) {
+        let request = match verify_request(frame) {
+            Ok(request) => request,
+            Err(error) => {
+                self.metrics.malformed_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let reason = error.to_string();
+                self.reply_error(
+                    conn,
+                    0,
+                    Op::Hello,
+                    self.now_us,
+                    &ErrorInfo::InvalidRequest { reason: &reason },
+                );
+                return;
+            }
+        };
+        let id = request.id();
+        if !*greeted {
+            return self.on_hello(conn, greeted, &request);
+        }
+        let op = match request.request_type() {
+            Request::GetRequest => Op::Get,
+            Request::PutRequest => Op::Put,
+            Request::DeleteRequest => Op::Delete,
+            Request::BatchGetRequest => Op::BatchGet,
+            Request::BatchPutRequest => Op::BatchPut,
+            Request::BatchDeleteRequest => Op::BatchDelete,
+            Request::ScanRequest => Op::Scan,
+            Request::TxnRequest => Op::Txn,
+            Request::StatusRequest => Op::Status,
+            _ => Op::Hello,
+        };
+        self.metrics.request(op);
+        if let Err(refusal) = self.dispatch(conn, id, op, &request) {
+            let start = self.now_us;
+            match refusal {
+                Refusal::Invalid(reason) => self.reply_error(
+                    conn,
+                    id,
+                    op,
+                    start,
+                    &ErrorInfo::InvalidRequest { reason: &reason },
+                ),
+                Refusal::TooLarge { what, size, limit } => {
+                    let error =
+                        ErrorInfo::TooLarge { what, size: size as u64, limit: limit as u64 };
+                    self.reply_error(conn, id, op, start, &error)
+                }
+                Refusal::WrongShard(shard) => {
+                    self.reply_error(conn, id, op, start, &ErrorInfo::WrongShard { shard })
+                }
+            }
+        }
+    }
+
+    fn on_hello(&mut self, conn: ConnId, greeted: &mut bool, request: &RequestFrame<'_>) {
+        self.metrics.request(Op::Hello);
+        let id = request.id();
+        let refusal = match request.request_as_hello() {
+            None => Some("the first request on a connection must be Hello".to_string()),
+            Some(hello) if hello.cluster() != self.cfg.cluster => Some(format!(
+                "cluster mismatch: this node is in cluster {:?}, the client asked for {:?}",
+                self.cfg.cluster,
+                hello.cluster()
+            )),
+            Some(hello) if hello.protocol_version() != CLIENT_PROTOCOL_VERSION => Some(format!(
+                "protocol version {} not supported (this node speaks {CLIENT_PROTOCOL_VERSION})",
+                hello.protocol_version()
+            )),
+            Some(_) => None,
+        };
+        match refusal {
+            Some(reason) => {
+                self.reply_error(
+                    conn,
+                    id,
+                    Op::Hello,
+                    self.now_us,
+                    &ErrorInfo::InvalidRequest { reason: &reason },
+                );
+                self.out.close.push(conn);
+            }
+            None => {
+                *greeted = true;
+                let frame =
+                    self.encoder.hello(id, self.cfg.node_id, self.cfg.shard, self.cfg.shards);
+                push_reply(&mut self.out, conn, frame);
+                self.metrics.replied(Op::Hello, 0);
+            }
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        op: Op,
+        request: &RequestFrame<'_>,
+    ) -> Result<(), Refusal> {
+        let start_us = self.now_us;
+        let read = |query: ReadQuery| ReadWaiter { conn, id, op, start_us, query };
+        match request.request_type() {
+            Request::GetRequest => {
+                let get = request.request_as_get_request().expect("type checked");
+                let key = get.key().bytes();
+                self.check_key(key)?;
+                self.enqueue_read(
+                    read(ReadQuery::Get(key.to_vec())),
+                    get.consistency() == Consistency::Stale,
+                );
+            }
+            Request::BatchGetRequest => {
+                let batch = request.request_as_batch_get_request().expect("type checked");
+                check_count(batch.keys().len())?;
+                let mut keys = Vec::with_capacity(batch.keys().len());
+                for key in batch.keys() {
+                    self.check_key(key.key().bytes())?;
+                    keys.push(key.key().bytes().to_vec());
+                }
+                self.enqueue_read(
+                    read(ReadQuery::BatchGet(keys)),
+                    batch.consistency() == Consistency::Stale,
+                );
+            }
+            Request::ScanRequest => {
+                let scan = request.request_as_scan_request().expect("type checked");
+                let query = scan_query(&scan)?;
+                self.enqueue_read(
+                    read(ReadQuery::Scan(query)),
+                    scan.consistency() == Consistency::Stale,
+                );
+            }
+            Request::PutRequest => {
+                let put = request.request_as_put_request().expect("type checked");
+                let (key, value) = (put.key().bytes(), put.value().bytes());
+                self.check_key(key)?;
+                check_value(value)?;
+                self.enqueue_write(conn, id, op, |b| b.put(key, value));
+            }
+            Request::DeleteRequest => {
+                let delete = request.request_as_delete_request().expect("type checked");
+                let key = delete.key().bytes();
+                self.check_key(key)?;
+                self.enqueue_write(conn, id, op, |b| b.delete(key));
+            }
+            Request::BatchPutRequest => {
+                let batch = request.request_as_batch_put_request().expect("type checked");
+                check_count(batch.items().len())?;
+                let mut size = 0;
+                for item in batch.items() {
+                    self.check_key(item.key().bytes())?;
+                    check_value(item.value().bytes())?;
+                    size += item.key().len() + item.value().len();
+                }
+                check_entry_size(size)?;
+                let items = batch.items();
+                self.enqueue_write(conn, id, op, |b| {
+                    b.batch_put(items.iter().map(|i| (i.key().bytes(), i.value().bytes())))
+                });
+            }
+            Request::BatchDeleteRequest => {
+                let batch = request.request_as_batch_delete_request().expect("type checked");
+                check_count(batch.keys().len())?;
+                for key in batch.keys() {
+                    self.check_key(key.key().bytes())?;
+                }
+                let keys = batch.keys();
+                self.enqueue_write(conn, id, op, |b| {
+                    b.batch_delete(keys.iter().map(|k| k.key().bytes()))
+                });
+            }
+            Request::TxnRequest => {
+                let txn = request.request_as_txn_request().expect("type checked");
+                let (compares, success, failure) = self.txn_parts(&txn)?;
+                self.enqueue_write(conn, id, op, |b| {
+                    b.txn(compares.into_iter(), success.into_iter(), failure.into_iter())
+                });
+            }
+            Request::StatusRequest => self.status_reply(conn, id),
+            Request::Hello => {
+                return Err(Refusal::Invalid("hello sent twice on one connection".to_string()))
+            }
+            other => return Err(Refusal::Invalid(format!("unknown request type {}", other.0))),
+        }
+        Ok(())
+    }
+
+    /// A key must be non-empty, within the size limit, and in this shard's slots.
+    fn check_key(&self, key: &[u8]) -> Result<(), Refusal> {
+        if key.is_empty() {
+            return Err(Refusal::Invalid("empty key".to_string()));
+        }
+        if key.len() > KEY_BYTES_MAX {
+            return Err(Refusal::TooLarge { what: "key", size: key.len(), limit: KEY_BYTES_MAX });
+        }
+        let slot = slot(key);
+        if !self.slots.contains(&slot) {
+            return Err(Refusal::WrongShard(shard_for_slot(slot, self.cfg.shards)));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn txn_parts<'a>(
+        &self,
+        txn: &wire::TxnRequest<'a>,
+    ) -> Result<(Vec<Compare<'a>>, Vec<TxnOp<'a>>, Vec<TxnOp<'a>>), Refusal> {
+        let compares_in = txn.compares().map(|v| v.len()).unwrap_or(0);
+        let success_in = txn.success().map(|v| v.len()).unwrap_or(0);
+        let failure_in = txn.failure().map(|v| v.len()).unwrap_or(0);
+        check_count(compares_in + success_in + failure_in)?;
+        let mut size = 0;
+        let mut compares = Vec::with_capacity(compares_in);
+        for c in txn.compares().iter().flatten() {
+            self.check_key(c.key().bytes())?;
+            let value = c.value().map(|v| v.bytes()).unwrap_or_default();
+            check_value(value)?;
+            size += c.key().len() + value.len();
+            compares.push(Compare {
+                key: c.key().bytes(),
+                target: compare_target(c.target())?,
+                op: compare_op(c.op())?,
+                value,
+                number: c.number(),
+            });
+        }
+        let mut branches = [Vec::with_capacity(success_in), Vec::with_capacity(failure_in)];
+        for (branch, ops) in branches.iter_mut().zip([txn.success(), txn.failure()]) {
+            for o in ops.iter().flatten() {
+                self.check_key(o.key().bytes())?;
+                let value = o.value().map(|v| v.bytes()).unwrap_or_default();
+                check_value(value)?;
+                size += o.key().len() + value.len();
+                let kind = match o.kind() {
+                    WireTxnOpKind::Get => TxnOpKind::Get,
+                    WireTxnOpKind::Put => TxnOpKind::Put,
+                    WireTxnOpKind::Delete => TxnOpKind::Delete,
+                    other => {
+                        return Err(Refusal::Invalid(format!(
+                            "unknown transaction op kind {}",
+                            other.0
+                        )))
+                    }
+                };
+                branch.push(TxnOp { kind, key: o.key().bytes(), value });
+            }
+        }
+        check_entry_size(size)?;
+        let [success, failure] = branches;
+        Ok((compares, success, failure))
+    }
+}
+
+fn check_value(value: &[u8]) -> Result<(), Refusal> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(Refusal::TooLarge { what: "value", size: value.len(), limit: VALUE_BYTES_MAX });
+    }
+    Ok(())
+}
+
+fn check_count(n: usize) -> Result<(), Refusal> {
+    if n > BATCH_KEYS_MAX {
+        return Err(Refusal::TooLarge {
+            what: "batch (keys per request)",
+            size: n,
+            limit: BATCH_KEYS_MAX,
+        });
+    }
+    Ok(())
+}
+
+fn check_entry_size(size: usize) -> Result<(), Refusal> {
+    if size > ENTRY_BYTES_MAX {
+        return Err(Refusal::TooLarge {
+            what: "write (bytes per request)",
+            size,
+            limit: ENTRY_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+fn compare_target(target: WireCompareTarget) -> Result<CompareTarget, Refusal> {
+    CompareTarget::from_u8(target.0)
+        .ok_or_else(|| Refusal::Invalid(format!("unknown compare target {}", target.0)))
+}
+
+fn compare_op(op: WireCompareOp) -> Result<CompareOp, Refusal> {
+    CompareOp::from_u8(op.0)
+        .ok_or_else(|| Refusal::Invalid(format!("unknown compare operator {}", op.0)))
+}
+
+/// The smallest key greater than every key that starts with `prefix`, if there is one.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Combines a scan's start, end, prefix and continuation into one pair of bounds.
+fn scan_query(scan: &wire::ScanRequest<'_>) -> Result<ScanQuery, Refusal> {
+    let bytes = |v: Option<flatbuffers::Vector<'_, u8>>| v.map(|v| v.bytes().to_vec());
+    let (start, end, prefix, after) =
+        (bytes(scan.start()), bytes(scan.end()), bytes(scan.prefix()), bytes(scan.continuation()));
+    for bound in [&start, &end, &prefix, &after].into_iter().flatten() {
+        if bound.len() > KEY_BYTES_MAX {
+            return Err(Refusal::TooLarge {
+                what: "scan bound",
+                size: bound.len(),
+                limit: KEY_BYTES_MAX,
+            });
+        }
+    }
+    let mut lower = Bound::Unbounded;
+    for candidate in [
+        start.map(Bound::Included),
+        prefix.clone().map(Bound::Included),
+        after.map(Bound::Excluded),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        lower = tighter_lower(lower, candidate);
+    }
+    let mut upper = Bound::Unbounded;
+    for candidate in
+        [end.map(Bound::Excluded), prefix.and_then(|p| prefix_end(&p)).map(Bound::Excluded)]
+            .into_iter()
+            .flatten()
+    {
+        upper = tighter_upper(upper, candidate);
+    }
+    let limit = match scan.limit() as usize {
+        0 => SCAN_LIMIT_MAX,
+        n => n.min(SCAN_LIMIT_MAX),
+    };
+    Ok(ScanQuery { lower, upper, limit, keys_only: scan.keys_only() })
+}
+
+fn tighter_lower(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    match (&a, &b) {
+        (Bound::Unbounded, _) => b,
+        (_, Bound::Unbounded) => a,
+        (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
+            if x > y || (x == y && matches!(a, Bound::Excluded(_))) {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+fn tighter_upper(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    match (&a, &b) {
+        (Bound::Unbounded, _) => b,
+        (_, Bound::Unbounded) => a,
+        (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
+            if x < y || (x == y && matches!(a, Bound::Excluded(_))) {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Shows: prefix ends and bound combination follow byte order.
+    #[test]
+    fn bounds() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        let lower = tighter_lower(Bound::Included(b"b".to_vec()), Bound::Excluded(b"b".to_vec()));
+        assert_eq!(lower, Bound::Excluded(b"b".to_vec()));
+        let lower = tighter_lower(Bound::Included(b"c".to_vec()), Bound::Excluded(b"b".to_vec()));
+        assert_eq!(lower, Bound::Included(b"c".to_vec()));
+        let upper = tighter_upper(Bound::Excluded(b"m".to_vec()), Bound::Excluded(b"k".to_vec()));
+        assert_eq!(upper, Bound::Excluded(b"k".to_vec()));
+    }
+}

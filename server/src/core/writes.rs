@@ -1,0 +1,299 @@
+//! Writes: batching client writes into raft entries, and answering them when their entry
+//! applies.
+//!
+//! Every write that arrives in one loop iteration goes into one [`BatchBuilder`]; at the start
+//! of the next `process()` (or as soon as the batch reaches
+//! [`crate::constants::BATCH_BYTES_TARGET`]) the batch is proposed as one raft entry, and its
+//! writers wait, in batch order, on that entry's `(index, term)`. When an entry applies:
+//! - if it is the one proposed (same index and term), each operation's result is encoded
+//!   straight from the state machine into its writer's reply;
+//! - if another entry took that index (leadership changed and the proposal was overwritten),
+//!   the writers are told `NotLeader`: their write did not and never will apply.
+//!
+//! A write whose entry does neither within [`PROPOSAL_TIMEOUT_MS`] is answered `Timeout`:
+//! its outcome is unknown.
+
+use std::collections::VecDeque;
+
+use corekv_proto::client::KeyMeta as WireMeta;
+use corekv_proto::encode::{EntryRef, ErrorInfo, TxnResultRef};
+use corekv_storage::command::BatchBuilder;
+use corekv_storage::state_machine::{KeyMeta, OpResult, TxnResult};
+use raft::eraftpb::{Entry, EntryType};
+
+use super::{push_reply, ConnId, ShardCore};
+use crate::constants::{
+    BATCH_BYTES_TARGET, BUSY_RETRY_AFTER_MS, PROPOSAL_TIMEOUT_MS, READ_TIMEOUT_MS,
+    WAL_BACKLOG_BYTES_BUSY, WRITES_IN_FLIGHT_MAX,
+};
+use crate::metrics::Op;
+
+/// A client waiting for its write.
+#[derive(Debug, Clone, Copy)]
+struct Waiter {
+    conn: ConnId,
+    id: u64,
+    op: Op,
+    start_us: u64,
+}
+
+/// A proposed entry and the writers waiting on it, in batch order.
+#[derive(Debug)]
+struct Pending {
+    index: u64,
+    term: u64,
+    waiters: Vec<Waiter>,
+    proposed_us: u64,
+}
+
+/// The write path's state.
+#[derive(Debug, Default)]
+pub struct Writes {
+    batch: BatchBuilder,
+    batch_waiters: Vec<Waiter>,
+    pending: VecDeque<Pending>,
+    in_flight: usize,
+}
+
+impl Writes {
+    /// Writes batched or proposed and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+pub(super) fn wire_meta(meta: KeyMeta) -> WireMeta {
+    WireMeta::new(meta.create_index, meta.mod_index, meta.version)
+}
+
+impl ShardCore {
+    /// Admits a write: checks leadership and backpressure, then lets `encode` add its
+    /// operation to the batch.
+    pub(super) fn enqueue_write(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        op: Op,
+        encode: impl FnOnce(&mut BatchBuilder),
+    ) {
+        let start_us = self.now_us;
+        if self.shutting_down {
+            let error = ErrorInfo::Unavailable { reason: "the node is shutting down" };
+            return self.reply_error(conn, id, op, start_us, &error);
+        }
+        if let Some(failure) = self.failure.clone() {
+            let error = ErrorInfo::Unavailable { reason: &failure };
+            return self.reply_error(conn, id, op, start_us, &error);
+        }
+        if !self.is_leader() {
+            return self.reply_not_leader(conn, id, op, start_us);
+        }
+        let backlog = self.raw.store().wal().buffered_bytes();
+        if self.writes.in_flight >= WRITES_IN_FLIGHT_MAX || backlog >= WAL_BACKLOG_BYTES_BUSY {
+            let error = ErrorInfo::Busy { retry_after_ms: BUSY_RETRY_AFTER_MS };
+            return self.reply_error(conn, id, op, start_us, &error);
+        }
+        encode(&mut self.writes.batch);
+        self.writes.batch_waiters.push(Waiter { conn, id, op, start_us });
+        self.writes.in_flight += 1;
+        if self.writes.batch.len_bytes() >= BATCH_BYTES_TARGET {
+            self.propose_batch();
+        }
+    }
+
+    /// Proposes the batch as one raft entry.
+    pub(super) fn propose_batch(&mut self) {
+        if self.writes.batch.is_empty() {
+            return;
+        }
+        let ops = self.writes.batch.ops();
+        let data = self.writes.batch.take();
+        let waiters = std::mem::take(&mut self.writes.batch_waiters);
+        self.metrics.proposals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.batch_ops.record(ops as u64);
+        match self.raw.propose(Vec::new(), data) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                let term = self.raw.raft.term;
+                self.writes.pending.push_back(Pending {
+                    index,
+                    term,
+                    waiters,
+                    proposed_us: self.now_us,
+                });
+            }
+            Err(error) => {
+                // Dropped: not leader any more, a leadership transfer is under way, or too many
+                // uncommitted bytes. Nothing was appended, so a retry is safe.
+                tracing::debug!(shard = self.cfg.shard, %error, "proposal dropped");
+                self.writes.in_flight -= waiters.len();
+                for w in waiters {
+                    if self.is_leader() {
+                        let error = ErrorInfo::Busy { retry_after_ms: BUSY_RETRY_AFTER_MS };
+                        self.reply_error(w.conn, w.id, w.op, w.start_us, &error);
+                    } else {
+                        self.reply_not_leader(w.conn, w.id, w.op, w.start_us);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one committed entry and answers the writers waiting on it.
+    pub(super) fn apply_entry(&mut self, entry: &Entry) {
+        let waiters = self.take_waiters_for(entry);
+        if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
+            self.sm.apply_empty(entry.index, entry.term);
+            return;
+        }
+        let index = entry.index;
+        let (sm, encoder, out, metrics) =
+            (&mut self.sm, &mut self.encoder, &mut self.out, &self.metrics);
+        let now_us = self.now_us;
+        let mut answered = 0usize;
+        let applied = sm.apply(index, entry.term, &entry.data, |result| {
+            let Some(w) = waiters.as_ref().and_then(|ws| ws.get(answered)) else {
+                answered += 1;
+                return;
+            };
+            answered += 1;
+            metrics.replied(w.op, now_us.saturating_sub(w.start_us));
+            let frame = match result {
+                OpResult::Put(meta) => encoder.put(w.id, wire_meta(meta)),
+                OpResult::Delete(deleted) => encoder.delete(w.id, deleted, index),
+                OpResult::BatchPut(metas) => {
+                    let metas: Vec<WireMeta> = metas.iter().copied().map(wire_meta).collect();
+                    encoder.batch_put(w.id, &metas)
+                }
+                OpResult::BatchDelete(flags) => encoder.batch_delete(w.id, flags, index),
+                OpResult::Txn(outcome) if !outcome.succeeded && outcome.branch_empty => {
+                    metrics.error(6);
+                    let compare = outcome.failed_compare.unwrap_or(0);
+                    encoder.error(w.id, &ErrorInfo::CompareFailed { compare })
+                }
+                OpResult::Txn(outcome) => {
+                    let results: Vec<TxnResultRef<'_>> =
+                        outcome
+                            .results
+                            .iter()
+                            .map(|r| match r {
+                                TxnResult::Get { key, found } => {
+                                    TxnResultRef::Get(found.as_ref().map(|(value, meta)| {
+                                        EntryRef { key, value: Some(value), meta: wire_meta(*meta) }
+                                    }))
+                                }
+                                TxnResult::Put(meta) => TxnResultRef::Put(wire_meta(*meta)),
+                                TxnResult::Delete(deleted) => TxnResultRef::Delete(*deleted),
+                            })
+                            .collect();
+                    encoder.txn(w.id, outcome.succeeded, &results, index)
+                }
+            };
+            push_reply(out, w.conn, frame);
+        });
+        match (applied, waiters) {
+            (Ok(()), Some(waiters)) => {
+                assert_eq!(answered, waiters.len(), "entry {index}: one result per batched write");
+            }
+            (Err(error), Some(waiters)) => {
+                tracing::error!(shard = self.cfg.shard, index, %error, "committed entry does not decode");
+                let reason = error.to_string();
+                for w in waiters {
+                    self.reply_error(
+                        w.conn,
+                        w.id,
+                        w.op,
+                        w.start_us,
+                        &ErrorInfo::InvalidRequest { reason: &reason },
+                    );
+                }
+            }
+            (Err(error), None) => {
+                tracing::error!(shard = self.cfg.shard, index, %error, "committed entry does not decode");
+            }
+            (Ok(()), None) => {}
+        }
+    }
+
+    /// The writers waiting on `entry` if it is the entry they proposed. Writers of a proposal
+    /// that another entry replaced are answered `NotLeader` (their write never applies).
+    fn take_waiters_for(&mut self, entry: &Entry) -> Option<Vec<Waiter>> {
+        while self.writes.pending.front().is_some_and(|p| p.index < entry.index) {
+            // Every index applies in order, so this is unreachable while logs are never
+            // replaced by snapshots; answer conservatively if it happens.
+            let lost = self.writes.pending.pop_front().expect("non-empty");
+            self.writes.in_flight -= lost.waiters.len();
+            for w in lost.waiters {
+                self.reply_error(w.conn, w.id, w.op, w.start_us, &ErrorInfo::Timeout);
+            }
+        }
+        if self.writes.pending.front().is_none_or(|p| p.index != entry.index) {
+            return None;
+        }
+        let pending = self.writes.pending.pop_front().expect("checked");
+        self.writes.in_flight -= pending.waiters.len();
+        if pending.term == entry.term {
+            return Some(pending.waiters);
+        }
+        for w in pending.waiters {
+            self.reply_not_leader(w.conn, w.id, w.op, w.start_us);
+        }
+        None
+    }
+
+    /// Answers the writers of the batch not yet proposed: they never entered the log.
+    pub(super) fn fail_unproposed_writes(&mut self) {
+        if self.writes.batch.is_empty() {
+            return;
+        }
+        self.writes.batch.take();
+        let waiters = std::mem::take(&mut self.writes.batch_waiters);
+        self.writes.in_flight -= waiters.len();
+        for w in waiters {
+            if self.shutting_down {
+                let error = ErrorInfo::Unavailable { reason: "the node is shutting down" };
+                self.reply_error(w.conn, w.id, w.op, w.start_us, &error);
+            } else if let Some(failure) = self.failure.clone() {
+                self.reply_error(
+                    w.conn,
+                    w.id,
+                    w.op,
+                    w.start_us,
+                    &ErrorInfo::Unavailable { reason: &failure },
+                );
+            } else {
+                self.reply_not_leader(w.conn, w.id, w.op, w.start_us);
+            }
+        }
+    }
+
+    /// Answers every proposed write with `Timeout`: their entries may still commit elsewhere.
+    pub(super) fn fail_proposed_writes_unknown(&mut self) {
+        while let Some(p) = self.writes.pending.pop_front() {
+            self.writes.in_flight -= p.waiters.len();
+            for w in p.waiters {
+                self.reply_error(w.conn, w.id, w.op, w.start_us, &ErrorInfo::Timeout);
+            }
+        }
+    }
+
+    /// Answers writes and reads that waited too long.
+    pub(super) fn expire_requests(&mut self) {
+        let now = self.now_us;
+        while self
+            .writes
+            .pending
+            .front()
+            .is_some_and(|p| now.saturating_sub(p.proposed_us) > PROPOSAL_TIMEOUT_MS * 1000)
+        {
+            let p = self.writes.pending.pop_front().expect("non-empty");
+            self.writes.in_flight -= p.waiters.len();
+            for w in p.waiters {
+                self.reply_error(w.conn, w.id, w.op, w.start_us, &ErrorInfo::Timeout);
+            }
+        }
+        for w in self.reads.expire(now, READ_TIMEOUT_MS * 1000) {
+            self.reply_error(w.conn, w.id, w.op, w.start_us, &ErrorInfo::Timeout);
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! tmp
+pub mod constants;
+pub mod core;
+pub mod logging;
+pub mod metrics;

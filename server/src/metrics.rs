@@ -1,0 +1,386 @@
+//! Metrics: per-shard counters, gauges and latency histograms, rendered as Prometheus text.
+//!
+//! Each shard owns its own [`ShardMetrics`] and is the only writer of it, so the relaxed atomic
+//! updates on the hot path never contend; the HTTP thread only reads.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Client operations, for per-operation counters and latencies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Connection hello.
+    Hello,
+    /// Single-key read.
+    Get,
+    /// Single-key write.
+    Put,
+    /// Single-key delete.
+    Delete,
+    /// Multi-key read.
+    BatchGet,
+    /// Multi-key write.
+    BatchPut,
+    /// Multi-key delete.
+    BatchDelete,
+    /// Range or prefix read.
+    Scan,
+    /// Transaction.
+    Txn,
+    /// Status request.
+    Status,
+}
+
+impl Op {
+    /// Every operation, in label order.
+    pub const ALL: [Op; 10] = [
+        Op::Hello,
+        Op::Get,
+        Op::Put,
+        Op::Delete,
+        Op::BatchGet,
+        Op::BatchPut,
+        Op::BatchDelete,
+        Op::Scan,
+        Op::Txn,
+        Op::Status,
+    ];
+
+    /// The Prometheus label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Op::Hello => "hello",
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::Delete => "delete",
+            Op::BatchGet => "batch_get",
+            Op::BatchPut => "batch_put",
+            Op::BatchDelete => "batch_delete",
+            Op::Scan => "scan",
+            Op::Txn => "txn",
+            Op::Status => "status",
+        }
+    }
+}
+
+/// Error kinds replied, for the error counter.
+pub const ERROR_KINDS: [&str; 8] = [
+    "not_leader",
+    "wrong_shard",
+    "unavailable",
+    "timeout",
+    "invalid_request",
+    "too_large",
+    "compare_failed",
+    "busy",
+];
+
+/// Upper bounds (microseconds) of the latency histogram buckets.
+const LATENCY_BUCKETS_US: [u64; 18] = [
+    50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
+    1_000_000, 2_000_000, 5_000_000, 10_000_000, 30_000_000,
+];
+
+/// Upper bounds of the batch-size histogram (operations per raft entry).
+const BATCH_BUCKETS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
+
+/// A fixed-bucket histogram with atomic counts.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [u64],
+    counts: Vec<AtomicU64>,
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [u64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// A histogram of latencies in microseconds.
+    pub fn latency() -> Self {
+        Self::new(&LATENCY_BUCKETS_US)
+    }
+
+    /// Records one observation.
+    pub fn record(&self, value: u64) {
+        let bucket = self.bounds.iter().position(|&b| value <= b).unwrap_or(self.bounds.len());
+        self.counts[bucket].fetch_add(1, Relaxed);
+        self.sum.fetch_add(value, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Observations recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// Writes the histogram's series; `scale` divides values (1e6 turns µs into seconds).
+    fn render(&self, out: &mut String, name: &str, labels: &str, scale: f64) {
+        let mut cumulative = 0;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Relaxed);
+            let le = *bound as f64 / scale;
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
+        }
+        cumulative += self.counts[self.bounds.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum.load(Relaxed) as f64 / scale;
+        let trimmed = labels.trim_end_matches(',');
+        let _ = writeln!(out, "{name}_sum{{{trimmed}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{trimmed}}} {cumulative}");
+    }
+}
+
+/// Everything one shard counts.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    /// Requests received, by operation.
+    pub requests: Vec<AtomicU64>,
+    /// Latency from request arrival to reply, by operation, in µs.
+    pub latency_us: Vec<Histogram>,
+    /// Error replies, by kind ([`ERROR_KINDS`]).
+    pub errors: Vec<AtomicU64>,
+    /// Raft entries proposed.
+    pub proposals: AtomicU64,
+    /// Client operations per proposed entry.
+    pub batch_ops: Histogram,
+    /// Linearizable read rounds (ReadIndex requests) issued, retries included.
+    pub read_rounds: AtomicU64,
+    /// WAL flushes completed.
+    pub wal_flushes: AtomicU64,
+    /// WAL flush latency (write and fdatasync), in µs.
+    pub wal_flush_latency_us: Histogram,
+    /// Bytes written by WAL flushes.
+    pub wal_bytes_written: AtomicU64,
+    /// WAL flushes that failed.
+    pub wal_flush_errors: AtomicU64,
+    /// Elections this replica started (it became a candidate).
+    pub elections: AtomicU64,
+    /// Changes of the leader this replica knows of.
+    pub leader_changes: AtomicU64,
+    /// Raft messages dropped because a peer queue was full or a peer was unreachable.
+    pub dropped_messages: AtomicU64,
+    /// Raft messages sent to peers.
+    pub messages_sent: AtomicU64,
+    /// Raft messages received from peers.
+    pub messages_received: AtomicU64,
+    /// Frames refused as malformed, on client and peer ports.
+    pub malformed_frames: AtomicU64,
+    /// Open client connections.
+    pub client_connections: AtomicI64,
+    /// Open peer connections (both directions).
+    pub peer_connections: AtomicI64,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        ShardMetrics {
+            requests: Op::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            latency_us: Op::ALL.iter().map(|_| Histogram::latency()).collect(),
+            errors: ERROR_KINDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            proposals: AtomicU64::new(0),
+            batch_ops: Histogram::new(&BATCH_BUCKETS),
+            read_rounds: AtomicU64::new(0),
+            wal_flushes: AtomicU64::new(0),
+            wal_flush_latency_us: Histogram::latency(),
+            wal_bytes_written: AtomicU64::new(0),
+            wal_flush_errors: AtomicU64::new(0),
+            elections: AtomicU64::new(0),
+            leader_changes: AtomicU64::new(0),
+            dropped_messages: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            messages_received: AtomicU64::new(0),
+            malformed_frames: AtomicU64::new(0),
+            client_connections: AtomicI64::new(0),
+            peer_connections: AtomicI64::new(0),
+        }
+    }
+}
+
+impl ShardMetrics {
+    /// Counts a request of `op`.
+    pub fn request(&self, op: Op) {
+        self.requests[op as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Records the latency of a reply to `op`.
+    pub fn replied(&self, op: Op, latency_us: u64) {
+        self.latency_us[op as usize].record(latency_us);
+    }
+
+    /// Counts an error reply of kind `ERROR_KINDS[kind]`.
+    pub fn error(&self, kind: usize) {
+        self.errors[kind].fetch_add(1, Relaxed);
+    }
+}
+
+/// Renders every shard's metrics as Prometheus text exposition format.
+pub fn render(node_id: u64, shards: &[&ShardMetrics]) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let counter =
+        |out: &mut String, name: &str, help: &str, value: &dyn Fn(&ShardMetrics) -> String| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (shard, m) in shards.iter().enumerate() {
+                let _ =
+                    writeln!(out, "{name}{{node=\"{node_id}\",shard=\"{shard}\"}} {}", value(m));
+            }
+        };
+    let _ = writeln!(out, "# HELP corekv_requests_total Client requests received, by operation.");
+    let _ = writeln!(out, "# TYPE corekv_requests_total counter");
+    for (shard, m) in shards.iter().enumerate() {
+        for op in Op::ALL {
+            let v = m.requests[op as usize].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "corekv_requests_total{{node=\"{node_id}\",shard=\"{shard}\",op=\"{}\"}} {v}",
+                op.label()
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP corekv_request_duration_seconds Time from a request's arrival to its reply, by operation.");
+    let _ = writeln!(out, "# TYPE corekv_request_duration_seconds histogram");
+    for (shard, m) in shards.iter().enumerate() {
+        for op in Op::ALL {
+            let labels = format!("node=\"{node_id}\",shard=\"{shard}\",op=\"{}\",", op.label());
+            m.latency_us[op as usize].render(
+                &mut out,
+                "corekv_request_duration_seconds",
+                &labels,
+                1e6,
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP corekv_errors_total Error replies, by kind.");
+    let _ = writeln!(out, "# TYPE corekv_errors_total counter");
+    for (shard, m) in shards.iter().enumerate() {
+        for (i, kind) in ERROR_KINDS.iter().enumerate() {
+            let v = m.errors[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "corekv_errors_total{{node=\"{node_id}\",shard=\"{shard}\",kind=\"{kind}\"}} {v}"
+            );
+        }
+    }
+    counter(
+        &mut out,
+        "corekv_proposals_total",
+        "Raft entries proposed (each carries a batch of writes).",
+        &|m| m.proposals.load(Relaxed).to_string(),
+    );
+    let _ = writeln!(out, "# HELP corekv_batch_ops Client writes per proposed raft entry.");
+    let _ = writeln!(out, "# TYPE corekv_batch_ops histogram");
+    for (shard, m) in shards.iter().enumerate() {
+        m.batch_ops.render(
+            &mut out,
+            "corekv_batch_ops",
+            &format!("node=\"{node_id}\",shard=\"{shard}\","),
+            1.0,
+        );
+    }
+    counter(
+        &mut out,
+        "corekv_read_index_rounds_total",
+        "ReadIndex rounds issued for linearizable reads.",
+        &|m| m.read_rounds.load(Relaxed).to_string(),
+    );
+    counter(
+        &mut out,
+        "corekv_wal_flushes_total",
+        "WAL flushes (write + fdatasync) completed.",
+        &|m| m.wal_flushes.load(Relaxed).to_string(),
+    );
+    counter(&mut out, "corekv_wal_flush_errors_total", "WAL flushes that failed.", &|m| {
+        m.wal_flush_errors.load(Relaxed).to_string()
+    });
+    counter(&mut out, "corekv_wal_written_bytes_total", "Bytes written by WAL flushes.", &|m| {
+        m.wal_bytes_written.load(Relaxed).to_string()
+    });
+    let _ = writeln!(
+        out,
+        "# HELP corekv_wal_flush_duration_seconds WAL flush latency (write and fdatasync)."
+    );
+    let _ = writeln!(out, "# TYPE corekv_wal_flush_duration_seconds histogram");
+    for (shard, m) in shards.iter().enumerate() {
+        m.wal_flush_latency_us.render(
+            &mut out,
+            "corekv_wal_flush_duration_seconds",
+            &format!("node=\"{node_id}\",shard=\"{shard}\","),
+            1e6,
+        );
+    }
+    counter(&mut out, "corekv_elections_total", "Elections this replica started.", &|m| {
+        m.elections.load(Relaxed).to_string()
+    });
+    counter(&mut out, "corekv_leader_changes_total", "Changes of the known leader.", &|m| {
+        m.leader_changes.load(Relaxed).to_string()
+    });
+    counter(
+        &mut out,
+        "corekv_dropped_messages_total",
+        "Raft messages dropped (peer queue full or peer unreachable).",
+        &|m| m.dropped_messages.load(Relaxed).to_string(),
+    );
+    counter(&mut out, "corekv_messages_sent_total", "Raft messages sent to peers.", &|m| {
+        m.messages_sent.load(Relaxed).to_string()
+    });
+    counter(
+        &mut out,
+        "corekv_messages_received_total",
+        "Raft messages received from peers.",
+        &|m| m.messages_received.load(Relaxed).to_string(),
+    );
+    counter(
+        &mut out,
+        "corekv_malformed_frames_total",
+        "Frames refused as malformed on client and peer ports.",
+        &|m| m.malformed_frames.load(Relaxed).to_string(),
+    );
+    for (name, help, get) in [
+        (
+            "corekv_client_connections",
+            "Open client connections.",
+            (|m: &ShardMetrics| m.client_connections.load(Relaxed)) as fn(&ShardMetrics) -> i64,
+        ),
+        (
+            "corekv_peer_connections",
+            "Open peer connections, both directions.",
+            |m: &ShardMetrics| m.peer_connections.load(Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (shard, m) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{node=\"{node_id}\",shard=\"{shard}\"}} {}", get(m));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Shows: histogram buckets are cumulative and end with +Inf, sum and count.
+    #[test]
+    fn histogram_renders_cumulative_buckets() {
+        let h = Histogram::latency();
+        for v in [10, 60, 60, 40_000_000] {
+            h.record(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "a=\"b\",", 1.0);
+        assert!(out.contains("x_bucket{a=\"b\",le=\"50\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"100\"} 3\n"));
+        assert!(out.contains("x_bucket{a=\"b\",le=\"30000000\"} 3\n"));
+        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 4\n"));
+        assert!(out.contains("x_count{a=\"b\"} 4\n"));
+    }
+}

@@ -1,0 +1,460 @@
+//! A shard's state machine: an ordered map from key to value and per-key metadata, changed
+//! only by applying committed raft entries, in log order.
+//!
+//! `apply(index, batch)` is deterministic: every replica that applies the same entries ends in
+//! the same state. Each key carries
+//! - `create_index`: the log index of the write that created it (after a delete, the next put
+//!   creates it again);
+//! - `mod_index`: the log index of the write that last changed it;
+//! - `version`: writes since it was created (1 after the first put).
+//!
+//! Several writes of one batch share a log index; they are applied one after the other, so a
+//! key written twice in one batch ends at version + 2 with that index as its mod index. Reads
+//! never see a batch half applied: apply runs to completion before anything else on the shard.
+//!
+//! The applied index lives here, with the data it describes: the state machine is rebuilt on
+//! start-up from the newest snapshot plus the log after it, and raft-rs is told the applied
+//! index, so a restart neither re-applies nor skips an entry.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use crate::command::{
+    decode_batch, CommandError, Compare, CompareOp, CompareTarget, Op, TxnOp, TxnOpKind,
+};
+
+/// Per-key metadata. Indexes are raft log indexes of this shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct KeyMeta {
+    /// Index of the write that created the key.
+    pub create_index: u64,
+    /// Index of the write that last changed the key.
+    pub mod_index: u64,
+    /// Writes since the key was created.
+    pub version: u64,
+}
+
+/// A stored value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The value bytes.
+    pub value: Box<[u8]>,
+    /// Its metadata.
+    pub meta: KeyMeta,
+}
+
+/// A value as reads see it, borrowed from the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueRef<'a> {
+    /// The value bytes.
+    pub value: &'a [u8],
+    /// Its metadata.
+    pub meta: KeyMeta,
+}
+
+/// The result of one transaction operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnResult {
+    /// A get: the key, and its value and metadata or `None` when it does not exist. Owned,
+    /// because later operations of the same transaction may change the key.
+    Get {
+        /// The key read.
+        key: Vec<u8>,
+        /// Its value and metadata, when it exists.
+        found: Option<(Vec<u8>, KeyMeta)>,
+    },
+    /// A put: the key's metadata after it.
+    Put(KeyMeta),
+    /// A delete: whether the key existed.
+    Delete(bool),
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnOutcome<'a> {
+    /// Every compare held and the success branch ran.
+    pub succeeded: bool,
+    /// The first compare that did not hold (0-based), when one did not.
+    pub failed_compare: Option<u32>,
+    /// Whether the branch that ran had no operations.
+    pub branch_empty: bool,
+    /// One result per operation of the branch that ran.
+    pub results: &'a [TxnResult],
+}
+
+/// The result of applying one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpResult<'a> {
+    /// A put: the key's new metadata.
+    Put(KeyMeta),
+    /// A delete: whether the key existed.
+    Delete(bool),
+    /// A batch put: metadata per item, in order.
+    BatchPut(&'a [KeyMeta]),
+    /// A batch delete: whether each key existed, in order.
+    BatchDelete(&'a [bool]),
+    /// A transaction.
+    Txn(TxnOutcome<'a>),
+}
+
+/// A shard's data. See the module docs.
+#[derive(Debug, Default, Clone)]
+pub struct StateMachine {
+    map: BTreeMap<Box<[u8]>, Record>,
+    applied_index: u64,
+    applied_term: u64,
+    /// Bytes of keys and values held.
+    data_bytes: usize,
+    scratch_metas: Vec<KeyMeta>,
+    scratch_flags: Vec<bool>,
+    scratch_txn: Vec<TxnResult>,
+}
+
+impl StateMachine {
+    /// An empty state machine.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The last applied log index.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The term of the last applied entry.
+    pub fn applied_term(&self) -> u64 {
+        self.applied_term
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes of keys and values held.
+    pub fn data_bytes(&self) -> usize {
+        self.data_bytes
+    }
+
+    /// Reads one key.
+    pub fn get(&self, key: &[u8]) -> Option<ValueRef<'_>> {
+        self.map.get(key).map(|r| ValueRef { value: &r.value, meta: r.meta })
+    }
+
+    /// Visits keys in `(lower, upper)` in ascending order until `visit` returns false (that key
+    /// is not taken). Returns whether a key in the range was left unvisited.
+    pub fn scan<'s>(
+        &'s self,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        mut visit: impl FnMut(&'s [u8], ValueRef<'s>) -> bool,
+    ) -> bool {
+        if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) =
+            (lower, upper)
+        {
+            let both_included = matches!((lower, upper), (Bound::Included(_), Bound::Included(_)));
+            if l > u || (l == u && !both_included) {
+                return false;
+            }
+        }
+        for (key, record) in self.map.range::<[u8], _>((lower, upper)) {
+            if !visit(key, ValueRef { value: &record.value, meta: record.meta }) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Records that entry `index` of `term` carried nothing to apply (an empty entry a new
+    /// leader appends, or a configuration entry).
+    pub fn apply_empty(&mut self, index: u64, term: u64) {
+        self.advance(index, term);
+    }
+
+    fn advance(&mut self, index: u64, term: u64) {
+        assert!(index > self.applied_index, "applying {index} after {}", self.applied_index);
+        self.applied_index = index;
+        self.applied_term = term;
+    }
+
+    /// Applies the command batch of entry `index`, calling `on_result` with each operation's
+    /// result in order. A batch that does not decode changes nothing (on every replica alike)
+    /// and is returned as an error; the index is applied either way.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        term: u64,
+        batch: &[u8],
+        mut on_result: impl FnMut(OpResult<'_>),
+    ) -> Result<(), CommandError> {
+        self.advance(index, term);
+        let ops = decode_batch(batch)?;
+        for op in ops {
+            match op {
+                Op::Put { key, value } => on_result(OpResult::Put(self.put(index, key, value))),
+                Op::Delete { key } => on_result(OpResult::Delete(self.delete(key))),
+                Op::BatchPut(items) => {
+                    let mut metas = std::mem::take(&mut self.scratch_metas);
+                    metas.clear();
+                    metas.extend(items.iter().map(|(k, v)| self.put(index, k, v)));
+                    on_result(OpResult::BatchPut(&metas));
+                    self.scratch_metas = metas;
+                }
+                Op::BatchDelete(keys) => {
+                    let mut flags = std::mem::take(&mut self.scratch_flags);
+                    flags.clear();
+                    flags.extend(keys.iter().map(|k| self.delete(k)));
+                    on_result(OpResult::BatchDelete(&flags));
+                    self.scratch_flags = flags;
+                }
+                Op::Txn { compares, success, failure } => {
+                    let failed_compare =
+                        compares.iter().position(|c| !self.compare_holds(c)).map(|i| i as u32);
+                    let branch = if failed_compare.is_none() { &success } else { &failure };
+                    let mut results = std::mem::take(&mut self.scratch_txn);
+                    results.clear();
+                    for op in branch {
+                        results.push(self.txn_op(index, op));
+                    }
+                    on_result(OpResult::Txn(TxnOutcome {
+                        succeeded: failed_compare.is_none(),
+                        failed_compare,
+                        branch_empty: branch.is_empty(),
+                        results: &results,
+                    }));
+                    self.scratch_txn = results;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, index: u64, key: &[u8], value: &[u8]) -> KeyMeta {
+        let meta = match self.map.get_mut(key) {
+            Some(record) => {
+                record.meta.mod_index = index;
+                record.meta.version += 1;
+                self.data_bytes = self.data_bytes - record.value.len() + value.len();
+                record.value = value.into();
+                record.meta
+            }
+            None => {
+                let meta = KeyMeta { create_index: index, mod_index: index, version: 1 };
+                self.data_bytes += key.len() + value.len();
+                self.map.insert(key.into(), Record { value: value.into(), meta });
+                meta
+            }
+        };
+        meta
+    }
+
+    fn delete(&mut self, key: &[u8]) -> bool {
+        match self.map.remove(key) {
+            Some(record) => {
+                self.data_bytes -= key.len() + record.value.len();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn txn_op(&mut self, index: u64, op: &TxnOp<'_>) -> TxnResult {
+        match op.kind {
+            TxnOpKind::Get => TxnResult::Get {
+                key: op.key.to_vec(),
+                found: self.get(op.key).map(|v| (v.value.to_vec(), v.meta)),
+            },
+            TxnOpKind::Put => TxnResult::Put(self.put(index, op.key, op.value)),
+            TxnOpKind::Delete => TxnResult::Delete(self.delete(op.key)),
+        }
+    }
+
+    fn compare_holds(&self, compare: &Compare<'_>) -> bool {
+        let current = self.get(compare.key);
+        let ordering = match compare.target {
+            CompareTarget::Exists => {
+                return match compare.op {
+                    CompareOp::Equal => current.is_some(),
+                    CompareOp::NotEqual => current.is_none(),
+                    CompareOp::Less | CompareOp::Greater => false,
+                };
+            }
+            CompareTarget::Value => match current {
+                // A missing key has no value: only "not equal" holds.
+                None => return compare.op == CompareOp::NotEqual,
+                Some(v) => v.value.cmp(compare.value),
+            },
+            CompareTarget::Version => current.map_or(0, |v| v.meta.version).cmp(&compare.number),
+            CompareTarget::ModIndex => current.map_or(0, |v| v.meta.mod_index).cmp(&compare.number),
+            CompareTarget::CreateIndex => {
+                current.map_or(0, |v| v.meta.create_index).cmp(&compare.number)
+            }
+        };
+        match compare.op {
+            CompareOp::Equal => ordering.is_eq(),
+            CompareOp::NotEqual => ordering.is_ne(),
+            CompareOp::Less => ordering.is_lt(),
+            CompareOp::Greater => ordering.is_gt(),
+        }
+    }
+
+    /// Every key, value and metadata, in key order (for comparing replicas in tests and for
+    /// writing snapshots).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], ValueRef<'_>)> {
+        self.map.iter().map(|(k, r)| (&k[..], ValueRef { value: &r.value, meta: r.meta }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::BatchBuilder;
+
+    fn apply_one(
+        sm: &mut StateMachine,
+        index: u64,
+        build: impl FnOnce(&mut BatchBuilder),
+    ) -> Vec<String> {
+        let mut b = BatchBuilder::new();
+        build(&mut b);
+        let mut out = Vec::new();
+        sm.apply(index, 1, &b.take(), |r| out.push(format!("{r:?}"))).unwrap();
+        out
+    }
+
+    // Shows: metadata follows the rules: create index, mod index, version, reset on delete.
+    #[test]
+    fn metadata_rules() {
+        let mut sm = StateMachine::new();
+        apply_one(&mut sm, 1, |b| b.put(b"k", b"v1"));
+        assert_eq!(
+            sm.get(b"k").unwrap().meta,
+            KeyMeta { create_index: 1, mod_index: 1, version: 1 }
+        );
+        apply_one(&mut sm, 2, |b| {
+            b.put(b"k", b"v2");
+            b.put(b"k", b"v3");
+        });
+        let v = sm.get(b"k").unwrap();
+        assert_eq!(
+            (v.value, v.meta),
+            (&b"v3"[..], KeyMeta { create_index: 1, mod_index: 2, version: 3 })
+        );
+        let r = apply_one(&mut sm, 3, |b| {
+            b.delete(b"k");
+            b.delete(b"k");
+        });
+        assert_eq!(r, vec!["Delete(true)", "Delete(false)"]);
+        apply_one(&mut sm, 4, |b| b.put(b"k", b"again"));
+        assert_eq!(
+            sm.get(b"k").unwrap().meta,
+            KeyMeta { create_index: 4, mod_index: 4, version: 1 }
+        );
+        assert_eq!(sm.applied_index(), 4);
+        assert_eq!(sm.data_bytes(), 1 + 5);
+    }
+
+    // Shows: transactions pick the branch by their compares, atomically, and report the
+    // first failed compare.
+    #[test]
+    fn transactions() {
+        let mut sm = StateMachine::new();
+        apply_one(&mut sm, 1, |b| b.put(b"a", b"1"));
+        let cas = |b: &mut BatchBuilder, expect_version: u64| {
+            b.txn(
+                [Compare {
+                    key: b"a",
+                    target: CompareTarget::Version,
+                    op: CompareOp::Equal,
+                    value: b"",
+                    number: expect_version,
+                }]
+                .into_iter(),
+                [
+                    TxnOp { kind: TxnOpKind::Put, key: b"a", value: b"2" },
+                    TxnOp { kind: TxnOpKind::Get, key: b"a", value: b"" },
+                ]
+                .into_iter(),
+                [TxnOp { kind: TxnOpKind::Get, key: b"a", value: b"" }].into_iter(),
+            )
+        };
+        let mut seen = Vec::new();
+        let mut b = BatchBuilder::new();
+        cas(&mut b, 1);
+        cas(&mut b, 1);
+        sm.apply(2, 1, &b.take(), |r| {
+            if let OpResult::Txn(t) = r {
+                seen.push((t.succeeded, t.failed_compare, t.results.to_vec()));
+            }
+        })
+        .unwrap();
+        let meta2 = KeyMeta { create_index: 1, mod_index: 2, version: 2 };
+        let get_a = TxnResult::Get { key: b"a".to_vec(), found: Some((b"2".to_vec(), meta2)) };
+        assert_eq!(seen[0], (true, None, vec![TxnResult::Put(meta2), get_a.clone()]));
+        assert_eq!(seen[1], (false, Some(0), vec![get_a]));
+
+        // Each compare target and operator.
+        let holds = |sm: &StateMachine, target, op, value: &[u8], number| {
+            sm.compare_holds(&Compare { key: b"a", target, op, value, number })
+        };
+        assert!(holds(&sm, CompareTarget::Value, CompareOp::Equal, b"2", 0));
+        assert!(holds(&sm, CompareTarget::Value, CompareOp::Less, b"3", 0));
+        assert!(holds(&sm, CompareTarget::ModIndex, CompareOp::Greater, b"", 1));
+        assert!(holds(&sm, CompareTarget::CreateIndex, CompareOp::Equal, b"", 1));
+        assert!(holds(&sm, CompareTarget::Exists, CompareOp::Equal, b"", 0));
+        let missing = |target, op, number| {
+            sm.compare_holds(&Compare { key: b"zz", target, op, value: b"x", number })
+        };
+        assert!(missing(CompareTarget::Exists, CompareOp::NotEqual, 0));
+        assert!(missing(CompareTarget::Version, CompareOp::Equal, 0));
+        assert!(missing(CompareTarget::Value, CompareOp::NotEqual, 0));
+        assert!(!missing(CompareTarget::Value, CompareOp::Equal, 0));
+    }
+
+    // Shows: scans respect bounds and limits and say whether more keys follow.
+    #[test]
+    fn scans() {
+        let mut sm = StateMachine::new();
+        apply_one(&mut sm, 1, |b| {
+            for k in ["a", "b", "ba", "bb", "c"] {
+                b.put(k.as_bytes(), b"v");
+            }
+        });
+        let keys = |lower, upper, limit: usize| {
+            let mut out = Vec::new();
+            let more = sm.scan(lower, upper, |k, _| {
+                if out.len() == limit {
+                    return false;
+                }
+                out.push(String::from_utf8(k.to_vec()).unwrap());
+                true
+            });
+            (out, more)
+        };
+        assert_eq!(
+            keys(Bound::Included(&b"b"[..]), Bound::Excluded(&b"c"[..]), 10),
+            (vec!["b".into(), "ba".into(), "bb".into()], false)
+        );
+        assert_eq!(
+            keys(Bound::Excluded(&b"b"[..]), Bound::Unbounded, 2),
+            (vec!["ba".into(), "bb".into()], true)
+        );
+        assert_eq!(
+            keys(Bound::Included(&b"z"[..]), Bound::Excluded(&b"a"[..]), 10),
+            (vec![], false)
+        );
+    }
+
+    // Shows: a batch that does not decode changes nothing but is applied (index advances).
+    #[test]
+    fn malformed_batch_is_a_deterministic_no_op() {
+        let mut sm = StateMachine::new();
+        assert!(sm.apply(1, 1, &[1, 9, 0, 0, 0], |_| panic!("no results")).is_err());
+        assert_eq!((sm.applied_index(), sm.len()), (1, 0));
+    }
+}
