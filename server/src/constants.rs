@@ -20,8 +20,10 @@ pub const HEARTBEAT_TICKS: usize = 2;
 /// the loop iteration: bigger entries gain little and delay the first write in them.
 pub const BATCH_BYTES_TARGET: usize = 1024 * 1024;
 
-/// Largest raft entry: one client frame's worth of writes plus the batch header.
-pub const ENTRY_BYTES_MAX: usize = FRAME_BYTES_MAX + 64 * 1024;
+/// Most key and value bytes one write request may carry. A request never shares an entry
+/// with others past [`BATCH_BYTES_TARGET`], so this bounds raft entries too, and keeps every
+/// raft message (one entry at least) well inside a peer frame.
+pub const ENTRY_BYTES_MAX: usize = FRAME_BYTES_MAX / 2;
 
 /// Largest AppendEntries message raft-rs builds (it always sends at least one entry).
 pub const RAFT_MESSAGE_BYTES_MAX: u64 = 1024 * 1024;
@@ -83,6 +85,10 @@ pub const PEER_BACKOFF_MIN_MS: u64 = 50;
 /// ...up to here.
 pub const PEER_BACKOFF_MAX_MS: u64 = 2_000;
 
+/// Raft messages for one peer are split into frames of about this size, well under the frame
+/// limit (a message can be up to about one entry larger).
+pub const FRAME_SPLIT_BYTES: usize = 4 * 1024 * 1024;
+
 /// Read buffer chunk for sockets.
 pub const SOCKET_READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -93,3 +99,4 @@ const _: () = assert!(ENTRY_BYTES_MAX <= RECORD_PAYLOAD_BYTES_MAX - 64);
 const _: () = assert!(BATCH_BYTES_TARGET <= ENTRY_BYTES_MAX);
 const _: () = assert!(WAL_BACKLOG_BYTES_BUSY + ENTRY_BYTES_MAX < WRITE_BUFFER_BYTES_MAX);
 const _: () = assert!(READ_RETRY_TICKS * TICK_MS < READ_TIMEOUT_MS);
+const _: () = assert!(FRAME_SPLIT_BYTES + ENTRY_BYTES_MAX + 1024 * 1024 <= FRAME_BYTES_MAX);

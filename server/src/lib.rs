@@ -1,5 +1,18 @@
-//! tmp
+//! The corekv server: the `corekv` binary's library.
+//!
+//! - [`core`]: the sans-IO shard core — raft-rs, the state machine, batching, reads — driven by
+//!   inputs and producing outputs. No I/O.
+//! - [`runtime`]: the glommio shell around it: one executor per shard pinned to a core, peer
+//!   transport, client listener, WAL flushing, timers.
+//! - [`http`]: `/health`, `/status`, `/metrics` on a plain thread.
+//! - [`metrics`]: per-shard counters and histograms, Prometheus text.
+//! - [`dev`]: `corekv dev`, the one-command local cluster.
+//! - [`constants`]: limits and timings.
+
 pub mod constants;
 pub mod core;
+pub mod dev;
+pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod runtime;

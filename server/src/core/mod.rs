@@ -434,6 +434,18 @@ impl ShardCore {
         self.raw.mut_store().take_flush_job()
     }
 
+    /// Whether WAL bytes are buffered or a flush is in flight.
+    pub fn flush_pending(&self) -> bool {
+        let wal = self.raw.store().wal();
+        wal.has_unflushed() || wal.flush_in_flight()
+    }
+
+    /// Tells raft that the connection to `node` failed, so its leader stops streaming to it
+    /// and probes instead.
+    pub fn report_unreachable(&mut self, node: u64) {
+        self.raw.report_unreachable(node);
+    }
+
     /// The flush job is durable.
     pub fn on_flush_complete(&mut self, job: FlushJob) {
         let done = self.raw.mut_store().on_flush_complete(job);

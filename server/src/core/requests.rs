@@ -173,13 +173,13 @@ impl ShardCore {
                 let (key, value) = (put.key().bytes(), put.value().bytes());
                 self.check_key(key)?;
                 check_value(value)?;
-                self.enqueue_write(conn, id, op, |b| b.put(key, value));
+                self.enqueue_write(conn, id, op, key.len() + value.len(), |b| b.put(key, value));
             }
             Request::DeleteRequest => {
                 let delete = request.request_as_delete_request().expect("type checked");
                 let key = delete.key().bytes();
                 self.check_key(key)?;
-                self.enqueue_write(conn, id, op, |b| b.delete(key));
+                self.enqueue_write(conn, id, op, key.len(), |b| b.delete(key));
             }
             Request::BatchPutRequest => {
                 let batch = request.request_as_batch_put_request().expect("type checked");
@@ -192,25 +192,28 @@ impl ShardCore {
                 }
                 check_entry_size(size)?;
                 let items = batch.items();
-                self.enqueue_write(conn, id, op, |b| {
+                self.enqueue_write(conn, id, op, size, |b| {
                     b.batch_put(items.iter().map(|i| (i.key().bytes(), i.value().bytes())))
                 });
             }
             Request::BatchDeleteRequest => {
                 let batch = request.request_as_batch_delete_request().expect("type checked");
                 check_count(batch.keys().len())?;
+                let mut size = 0;
                 for key in batch.keys() {
                     self.check_key(key.key().bytes())?;
+                    size += key.key().len();
                 }
+                check_entry_size(size)?;
                 let keys = batch.keys();
-                self.enqueue_write(conn, id, op, |b| {
+                self.enqueue_write(conn, id, op, size, |b| {
                     b.batch_delete(keys.iter().map(|k| k.key().bytes()))
                 });
             }
             Request::TxnRequest => {
                 let txn = request.request_as_txn_request().expect("type checked");
-                let (compares, success, failure) = self.txn_parts(&txn)?;
-                self.enqueue_write(conn, id, op, |b| {
+                let (compares, success, failure, size) = self.txn_parts(&txn)?;
+                self.enqueue_write(conn, id, op, size, |b| {
                     b.txn(compares.into_iter(), success.into_iter(), failure.into_iter())
                 });
             }
@@ -242,7 +245,7 @@ impl ShardCore {
     fn txn_parts<'a>(
         &self,
         txn: &wire::TxnRequest<'a>,
-    ) -> Result<(Vec<Compare<'a>>, Vec<TxnOp<'a>>, Vec<TxnOp<'a>>), Refusal> {
+    ) -> Result<(Vec<Compare<'a>>, Vec<TxnOp<'a>>, Vec<TxnOp<'a>>, usize), Refusal> {
         let compares_in = txn.compares().map(|v| v.len()).unwrap_or(0);
         let success_in = txn.success().map(|v| v.len()).unwrap_or(0);
         let failure_in = txn.failure().map(|v| v.len()).unwrap_or(0);
@@ -285,7 +288,7 @@ impl ShardCore {
         }
         check_entry_size(size)?;
         let [success, failure] = branches;
-        Ok((compares, success, failure))
+        Ok((compares, success, failure, size))
     }
 }
 

@@ -67,13 +67,14 @@ pub(super) fn wire_meta(meta: KeyMeta) -> WireMeta {
 }
 
 impl ShardCore {
-    /// Admits a write: checks leadership and backpressure, then lets `encode` add its
-    /// operation to the batch.
+    /// Admits a write of about `bytes` key and value bytes: checks leadership and
+    /// backpressure, then lets `encode` add its operation to the batch.
     pub(super) fn enqueue_write(
         &mut self,
         conn: ConnId,
         id: u64,
         op: Op,
+        bytes: usize,
         encode: impl FnOnce(&mut BatchBuilder),
     ) {
         let start_us = self.now_us;
@@ -92,6 +93,12 @@ impl ShardCore {
         if self.writes.in_flight >= WRITES_IN_FLIGHT_MAX || backlog >= WAL_BACKLOG_BYTES_BUSY {
             let error = ErrorInfo::Busy { retry_after_ms: BUSY_RETRY_AFTER_MS };
             return self.reply_error(conn, id, op, start_us, &error);
+        }
+        if !self.writes.batch.is_empty()
+            && self.writes.batch.len_bytes() + bytes > BATCH_BYTES_TARGET
+        {
+            // A big write does not join a batch that would then outgrow the target.
+            self.propose_batch();
         }
         encode(&mut self.writes.batch);
         self.writes.batch_waiters.push(Waiter { conn, id, op, start_us });

@@ -87,6 +87,13 @@ impl DmaFlusher {
         Ok(())
     }
 
+    /// Closes the open segment file.
+    pub async fn close(&mut self) {
+        if let Some((_, file)) = self.open.take() {
+            let _ = file.close_rc().await;
+        }
+    }
+
     /// Prepares spare segments until [`SPARE_SEGMENTS`] are ready, on the blocking pool.
     pub async fn ensure_spares(&self) -> Result<()> {
         let dir = self.dir.clone();

@@ -1,0 +1,203 @@
+//! The HTTP endpoint on `http_port`: `/health`, `/status`, `/metrics`.
+//!
+//! It runs on its own thread with blocking sockets, away from the shard executors: it only
+//! reads what the shards publish (status snapshots refreshed every tick, atomic counters).
+//! Requests are parsed with `httparse`; only `GET` is served, one request per connection.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::core::ShardStatus;
+use crate::metrics::{self, ShardMetrics};
+
+/// Longest request head accepted.
+const REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the endpoint reports from.
+pub struct HttpState {
+    node_id: u64,
+    cluster: String,
+    statuses: Vec<Arc<Mutex<Option<ShardStatus>>>>,
+    metrics: Vec<Arc<ShardMetrics>>,
+}
+
+impl HttpState {
+    /// State over each shard's published status and metrics.
+    pub fn new(
+        node_id: u64,
+        cluster: String,
+        statuses: Vec<Arc<Mutex<Option<ShardStatus>>>>,
+        metrics: Vec<Arc<ShardMetrics>>,
+    ) -> Self {
+        HttpState { node_id, cluster, statuses, metrics }
+    }
+
+    fn shard_statuses(&self) -> Vec<Option<ShardStatus>> {
+        self.statuses.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect()
+    }
+
+    /// 200 when every shard serves; else 503 and why.
+    fn health(&self) -> (u16, String) {
+        let mut problems = Vec::new();
+        for (shard, status) in self.shard_statuses().iter().enumerate() {
+            match status {
+                None => problems.push(format!("shard {shard}: not serving")),
+                Some(s) => {
+                    if let Some(failure) = &s.failure {
+                        problems.push(format!("shard {shard}: {failure}"));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            (200, "ok\n".to_string())
+        } else {
+            (503, problems.join("\n") + "\n")
+        }
+    }
+
+    fn status_json(&self) -> String {
+        let shards = self.shard_statuses();
+        let value = serde_json::json!({
+            "node_id": self.node_id,
+            "cluster": self.cluster,
+            "serving": shards.iter().all(|s| s.as_ref().is_some_and(|s| s.failure.is_none())),
+            "shards": shards,
+        });
+        serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+    }
+}
+
+/// The running endpoint; the thread lives as long as the process.
+pub struct HttpServer {
+    /// The bound address.
+    pub addr: std::net::SocketAddr,
+}
+
+/// Binds `addr` and serves from a background thread.
+pub fn start(addr: &str, state: Arc<HttpState>) -> anyhow::Result<HttpServer> {
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+    let bound = listener.local_addr().context("reading the HTTP address")?;
+    std::thread::Builder::new()
+        .name("http".to_string())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => {
+                        if let Err(error) = handle(stream, &state) {
+                            tracing::debug!(%error, "HTTP request failed");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "accepting an HTTP connection failed");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        })
+        .context("starting the HTTP thread")?;
+    Ok(HttpServer { addr: bound })
+}
+
+fn handle(mut stream: TcpStream, state: &HttpState) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    let mut buf = vec![0u8; REQUEST_BYTES_MAX];
+    let mut filled = 0;
+    let (method, path) = loop {
+        let n = stream.read(&mut buf[filled..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        filled += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf[..filled]) {
+            Ok(httparse::Status::Complete(_)) => {
+                let method = request.method.unwrap_or("").to_string();
+                let path = request.path.unwrap_or("").to_string();
+                break (method, path);
+            }
+            Ok(httparse::Status::Partial) if filled < buf.len() => continue,
+            Ok(httparse::Status::Partial) => {
+                return respond(&mut stream, 431, "text/plain", "request head too large\n");
+            }
+            Err(error) => {
+                return respond(&mut stream, 400, "text/plain", &format!("bad request: {error}\n"))
+            }
+        }
+    };
+    if method != "GET" {
+        return respond(&mut stream, 405, "text/plain", "only GET is served\n");
+    }
+    let route = path.split('?').next().unwrap_or("");
+    match route {
+        "/health" => {
+            let (code, body) = state.health();
+            respond(&mut stream, code, "text/plain", &body)
+        }
+        "/status" => respond(&mut stream, 200, "application/json", &state.status_json()),
+        "/metrics" => {
+            let shards: Vec<&ShardMetrics> = state.metrics.iter().map(|m| m.as_ref()).collect();
+            let body = metrics::render(state.node_id, &shards);
+            respond(&mut stream, 200, "text/plain; version=0.0.4", &body)
+        }
+        _ => {
+            respond(&mut stream, 404, "text/plain", "not found: try /health, /status or /metrics\n")
+        }
+    }
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    code: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
+}
+
+/// A minimal blocking `GET` for tools and tests (`corekv dev` polls `/status` with it):
+/// returns the status code and body.
+pub fn get(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    let socket: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .with_context(|| format!("resolving {addr}"))?
+        .next()
+        .with_context(|| format!("no address for {addr}"))?;
+    let mut stream = TcpStream::connect_timeout(&socket, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let body_start = match parsed.parse(&response)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => anyhow::bail!("incomplete HTTP response from {addr}"),
+    };
+    let code = parsed.code.context("HTTP response without a status code")?;
+    Ok((code, String::from_utf8_lossy(&response[body_start..]).into_owned()))
+}

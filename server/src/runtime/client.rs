@@ -1,0 +1,181 @@
+//! Client connections on `client_port + s`: one task per connection that reads frames into the
+//! core and writes the replies the driver hands it, pipelined, in whatever order they come.
+//!
+//! Backpressure: a connection with [`CONNECTION_REQUESTS_IN_FLIGHT_MAX`] requests unanswered,
+//! or [`CONNECTION_OUTPUT_BYTES_MAX`] reply bytes unsent, is not read from until that drops, so
+//! a client that sends faster than the shard serves (or reads slower than it replies) is slowed
+//! by TCP instead of growing the server's memory. A frame whose length prefix is over the limit
+//! closes the connection (the stream cannot be resynchronised); a frame that fails verification
+//! is answered `InvalidRequest` and the connection carries on. Either way, other connections
+//! are not affected.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use corekv_proto::frame::FrameBuffer;
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::shard::Shard;
+use crate::constants::{
+    CONNECTION_OUTPUT_BYTES_MAX, CONNECTION_REQUESTS_IN_FLIGHT_MAX, SOCKET_READ_CHUNK_BYTES,
+};
+use crate::core::ConnId;
+
+/// A connection's output side, shared with the driver that hands it replies.
+#[derive(Debug, Default)]
+pub(crate) struct ClientConn {
+    out: RefCell<Vec<u8>>,
+    waker: RefCell<Option<Waker>>,
+    in_flight: Cell<usize>,
+    close_after_output: Cell<bool>,
+}
+
+impl ClientConn {
+    /// Queues one reply frame and wakes the connection's task.
+    pub(crate) fn push_reply(&self, frame: &[u8]) {
+        self.out.borrow_mut().extend_from_slice(frame);
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        self.wake();
+    }
+
+    /// Closes the connection once its replies are written (a refused hello).
+    pub(crate) fn close_after_output(&self) {
+        self.close_after_output.set(true);
+        self.wake();
+    }
+
+    /// Whether replies are waiting to be written.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.out.borrow().is_empty()
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Accepts client connections for the shard.
+pub(crate) async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
+    while !shard.stopping.get() {
+        match listener.accept().await {
+            Ok(stream) => {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let id = shard.next_conn_id();
+                    let conn = Rc::new(ClientConn::default());
+                    shard.conns.borrow_mut().insert(id, conn.clone());
+                    shard.metrics.client_connections.fetch_add(1, Relaxed);
+                    if let Err(error) = serve(&shard, id, &conn, stream).await {
+                        tracing::debug!(shard = shard.shard, conn = id, %error, "client connection closed");
+                    }
+                    shard.conns.borrow_mut().remove(&id);
+                    shard.metrics.client_connections.fetch_sub(1, Relaxed);
+                })
+                .detach();
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(shard = shard.shard, %error, "accepting a client connection failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Reads requests and writes replies on one connection until either side closes.
+async fn serve(
+    shard: &Shard,
+    id: ConnId,
+    conn: &ClientConn,
+    mut stream: TcpStream,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut input = FrameBuffer::new(SOCKET_READ_CHUNK_BYTES);
+    let mut written = 0usize;
+    let mut greeted = false;
+    poll_fn(|cx| loop {
+        let mut progress = false;
+        {
+            let mut out = conn.out.borrow_mut();
+            while written < out.len() {
+                match Pin::new(&mut stream).poll_write(cx, &out[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        written += n;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => break,
+                }
+            }
+            if written == out.len() {
+                out.clear();
+                written = 0;
+                if conn.close_after_output.get() {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+        if shard.stopping.get() {
+            return Poll::Ready(Ok(()));
+        }
+        let room = conn.in_flight.get() < CONNECTION_REQUESTS_IN_FLIGHT_MAX
+            && conn.out.borrow().len() < CONNECTION_OUTPUT_BYTES_MAX
+            && !conn.close_after_output.get();
+        if room {
+            match Pin::new(&mut stream).poll_read(cx, input.spare()) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(n)) => {
+                    input.commit(n);
+                    progress = true;
+                    if let Err(error) = take_frames(shard, id, conn, &mut greeted, &mut input) {
+                        return Poll::Ready(Err(error));
+                    }
+                    shard.wake.notify();
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {}
+            }
+        }
+        if !progress {
+            *conn.waker.borrow_mut() = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+    })
+    .await
+}
+
+/// Hands every whole frame in `input` to the core.
+fn take_frames(
+    shard: &Shard,
+    id: ConnId,
+    conn: &ClientConn,
+    greeted: &mut bool,
+    input: &mut FrameBuffer,
+) -> io::Result<()> {
+    let mut core = shard.core.borrow_mut();
+    core.set_now(shard.now_us());
+    loop {
+        match input.next_frame() {
+            Ok(Some(frame)) => {
+                conn.in_flight.set(conn.in_flight.get() + 1);
+                core.on_client_frame(id, greeted, frame);
+            }
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                shard.metrics.malformed_frames.fetch_add(1, Relaxed);
+                tracing::debug!(shard = shard.shard, conn = id, %error, "closing a client connection");
+                return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The glommio shell: starts one executor per shard, pinned to core `shard mod cores`, each
+//! owning its shard outright (no locks between shards on the hot path), plus the HTTP thread;
+//! shuts everything down cleanly on SIGINT/SIGTERM.
+//!
+//! Shutdown, step by step:
+//! 1. The signal thread sets the shared flag; each shard's driver sees it at its next tick.
+//! 2. The shard stops taking requests (new ones get `Unavailable`) and gives writes already in
+//!    flight up to [`crate::constants::SHUTDOWN_DRAIN_MS`] to commit and apply.
+//! 3. Whatever is still waiting is answered: reads and unproposed writes `Unavailable`,
+//!    proposed writes `Timeout` (their outcome is unknown).
+//! 4. The WAL flushes everything buffered and its files are closed; replies are written out.
+//! 5. The executor's tasks end, the thread exits; once every shard is done the process exits 0.
+
+mod client;
+mod notify;
+mod peer;
+pub mod shard;
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use corekv_client::registry::Registry;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::constants::{ELECTION_TICKS, HEARTBEAT_TICKS, TICK_MS};
+use crate::http::HttpState;
+use crate::metrics::ShardMetrics;
+pub use shard::Timing;
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            tick_ms: TICK_MS,
+            election_ticks: ELECTION_TICKS,
+            heartbeat_ticks: HEARTBEAT_TICKS,
+        }
+    }
+}
+
+/// What `corekv serve` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The validated registry.
+    pub registry: Registry,
+    /// This node's id.
+    pub node_id: u64,
+    /// Where the node keeps its data.
+    pub data_dir: PathBuf,
+    /// Raft timing.
+    pub timing: Timing,
+}
+
+/// Holds an exclusive lock on the data directory for the life of the process, so two nodes
+/// can never write the same WAL.
+struct DirLock(#[allow(dead_code)] File);
+
+fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        bail!("data directory {} is in use by another corekv process", dir.display());
+    }
+    Ok(DirLock(file))
+}
+
+/// Runs a node until SIGINT/SIGTERM. Errors at start-up (a port in use, a corrupt WAL, a
+/// locked data directory) are returned after every shard that did start has stopped.
+pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let registry = Arc::new(options.registry);
+    let node = registry
+        .node(options.node_id)
+        .with_context(|| format!("node id {} is not in the registry", options.node_id))?
+        .clone();
+    let _lock = lock_data_dir(&options.data_dir)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    install_signal_handler(shutdown.clone())?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let mut metrics = Vec::new();
+    let mut statuses = Vec::new();
+    let mut threads = Vec::new();
+    for shard in 0..registry.shards {
+        let shard_metrics = Arc::new(ShardMetrics::default());
+        let status = Arc::new(Mutex::new(None));
+        metrics.push(shard_metrics.clone());
+        statuses.push(status.clone());
+        let ctx = shard::ShardContext {
+            registry: registry.clone(),
+            node_id: options.node_id,
+            shard,
+            shard_dir: options.data_dir.join(format!("shard-{shard}")),
+            timing: options.timing,
+            metrics: shard_metrics,
+            status,
+            shutdown: shutdown.clone(),
+            started: started_tx.clone(),
+        };
+        let cpu = shard as usize % cores;
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{shard}"))
+            .spawn(move || shard::run(ctx))
+            .map_err(|e| anyhow::anyhow!("starting the executor of shard {shard}: {e}"))?;
+        threads.push(handle);
+    }
+    drop(started_tx);
+    let mut failure = None;
+    for _ in 0..registry.shards {
+        match started_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((_, Err(error))) => {
+                failure.get_or_insert(error);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| "a shard executor died during start-up".to_string());
+                break;
+            }
+        }
+    }
+    let http = match failure {
+        None => {
+            let state = Arc::new(HttpState::new(
+                options.node_id,
+                registry.cluster.clone(),
+                statuses,
+                metrics,
+            ));
+            match crate::http::start(&node.http_addr(), state) {
+                Ok(http) => Some(http),
+                Err(error) => {
+                    failure = Some(format!("{error:#}"));
+                    None
+                }
+            }
+        }
+        Some(_) => None,
+    };
+    if failure.is_some() {
+        shutdown.store(true, Ordering::Relaxed);
+    } else {
+        tracing::info!(
+            node = options.node_id,
+            cluster = %registry.cluster,
+            shards = registry.shards,
+            client_ports = %format!("{}-{}", node.client_port, node.client_port as u32 + registry.shards - 1),
+            http = %node.http_addr(),
+            data_dir = %options.data_dir.display(),
+            "node serving"
+        );
+    }
+    for handle in threads {
+        let _ = handle.join();
+    }
+    drop(http);
+    match failure {
+        Some(error) => Err(anyhow::anyhow!(error)),
+        None => {
+            tracing::info!(node = options.node_id, "node stopped");
+            Ok(())
+        }
+    }
+}
+
+/// SIGINT/SIGTERM set the shutdown flag; a second signal exits at once.
+fn install_signal_handler(shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if shutdown.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(signal, "second signal: exiting without a clean shutdown");
+                    std::process::exit(130);
+                }
+                tracing::info!(signal, "shutting down (send the signal again to exit at once)");
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}

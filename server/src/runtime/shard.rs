@@ -1,0 +1,423 @@
+//! One shard on its own glommio executor: the shell around [`ShardCore`].
+//!
+//! Tasks on the executor, all sharing one [`Shard`] (`Rc`, never locked — one thread):
+//!
+//! ```text
+//!   client conns ──on_client_frame──►┐                       ┌──► peer senders (one per peer)
+//!   peer inbound ──step─────────────►├─► core ──► driver ────┤
+//!   tick task ──pending_ticks───────►┘     ▲     (process,   └──► client conns (replies)
+//!                                          │      dispatch)
+//!   flush task ◄──take_flush_job───────────┘
+//!        └── DMA write + fdatasync ──► on_flush_complete ──► driver
+//! ```
+//!
+//! Inputs go straight into the core and wake the driver; the driver runs `process()` once for
+//! everything that arrived meanwhile (so a burst of requests becomes one raft entry) and sends
+//! the outputs. The flush task runs one WAL flush at a time; while it waits on the disk, new
+//! writes accumulate for the next one (group commit). No borrow of the core is ever held across
+//! an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use corekv_client::registry::Registry;
+use corekv_proto::encode::PeerEncoder;
+use corekv_storage::constants::SEGMENT_BYTES;
+use corekv_storage::raft_log::RaftLogStore;
+use corekv_storage::state_machine::StateMachine;
+use corekv_storage::wal::dma::DmaFlusher;
+use corekv_storage::wal::{RecoveryMode, SegmentDir, SegmentIdentity};
+use glommio::net::TcpListener;
+use raft::eraftpb::{ConfState, Message};
+
+use super::client::{accept_clients, ClientConn};
+use super::notify::Notify;
+use super::peer::{accept_peers, peer_sender, PeerLink};
+use crate::constants::{FRAME_SPLIT_BYTES, SHUTDOWN_DRAIN_MS};
+use crate::core::{ConnId, CoreConfig, Outputs, ShardCore, ShardStatus};
+use crate::metrics::ShardMetrics;
+
+/// Raft timing, overridable for tests (`COREKV_TICK_MS`, see [`crate::runtime::Timing`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Tick period.
+    pub tick_ms: u64,
+    /// Election timeout in ticks.
+    pub election_ticks: usize,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: usize,
+}
+
+/// What a shard's executor thread is started with (everything here is `Send`).
+pub struct ShardContext {
+    /// The cluster.
+    pub registry: Arc<Registry>,
+    /// This node.
+    pub node_id: u64,
+    /// This shard.
+    pub shard: u32,
+    /// `DATA_DIR/shard-S`.
+    pub shard_dir: PathBuf,
+    /// Raft timing.
+    pub timing: Timing,
+    /// Counters the HTTP endpoint reads.
+    pub metrics: Arc<ShardMetrics>,
+    /// Status the HTTP endpoint reads, refreshed every tick.
+    pub status: Arc<Mutex<Option<ShardStatus>>>,
+    /// Set by the signal handler: shut down cleanly.
+    pub shutdown: Arc<AtomicBool>,
+    /// Told once the shard serves (or why it could not start).
+    pub started: std::sync::mpsc::Sender<(u32, Result<(), String>)>,
+}
+
+/// State shared by a shard's tasks.
+pub(crate) struct Shard {
+    pub(crate) core: RefCell<ShardCore>,
+    /// Wakes the driver.
+    pub(crate) wake: Notify,
+    /// Wakes the flush task.
+    pub(crate) flush_wake: Notify,
+    pub(crate) conns: RefCell<HashMap<ConnId, Rc<ClientConn>>>,
+    pub(crate) peers: HashMap<u64, Rc<PeerLink>>,
+    pub(crate) metrics: Arc<ShardMetrics>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) node_id: u64,
+    pub(crate) shard: u32,
+    pending_ticks: Cell<u64>,
+    retire: RefCell<Vec<u64>>,
+    clock: Instant,
+    /// Set once shutdown has answered everything: tasks exit.
+    pub(crate) stopping: Cell<bool>,
+    next_conn: Cell<ConnId>,
+}
+
+impl Shard {
+    pub(crate) fn now_us(&self) -> u64 {
+        self.clock.elapsed().as_micros() as u64
+    }
+
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        id
+    }
+}
+
+/// Opens the shard's storage, binds its ports, and serves until shutdown.
+pub async fn run(ctx: ShardContext) {
+    let shard_index = ctx.shard;
+    let started = ctx.started.clone();
+    match start(ctx).await {
+        Ok((shard, listeners)) => {
+            let _ = started.send((shard_index, Ok(())));
+            serve(shard, listeners).await;
+        }
+        Err(error) => {
+            let _ = started.send((shard_index, Err(format!("{error:#}"))));
+        }
+    }
+}
+
+struct Listeners {
+    client: TcpListener,
+    peer: TcpListener,
+    shutdown: Arc<AtomicBool>,
+    status: Arc<Mutex<Option<ShardStatus>>>,
+    flusher: DmaFlusher,
+    timing: Timing,
+}
+
+async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
+    let registry = ctx.registry.clone();
+    let node = registry.node(ctx.node_id).context("node id not in the registry")?.clone();
+    let identity = SegmentIdentity { cluster: registry.cluster.clone(), shard: ctx.shard };
+    let wal_dir = ctx.shard_dir.join("wal");
+    let segments = SegmentDir::open(&wal_dir, identity.clone(), SEGMENT_BYTES)
+        .with_context(|| format!("shard {}: opening {}", ctx.shard, wal_dir.display()))?;
+    let conf = ConfState { voters: registry.node_ids(), ..Default::default() };
+    let started_at = Instant::now();
+    let (store, recovered) = RaftLogStore::open(
+        Box::new(segments.clone()),
+        identity,
+        SEGMENT_BYTES,
+        conf,
+        RecoveryMode::Strict,
+    )
+    .with_context(|| format!("shard {}: recovering the WAL", ctx.shard))?;
+    tracing::info!(
+        shard = ctx.shard,
+        records = recovered.records,
+        segments = recovered.segments.len(),
+        elapsed_ms = started_at.elapsed().as_millis() as u64,
+        "WAL recovered"
+    );
+    let flusher = DmaFlusher::new(segments);
+    flusher
+        .ensure_spares()
+        .await
+        .with_context(|| format!("shard {}: preparing a WAL segment", ctx.shard))?;
+    let cfg = CoreConfig {
+        node_id: ctx.node_id,
+        shard: ctx.shard,
+        shards: registry.shards,
+        cluster: registry.cluster.clone(),
+        nodes: registry.nodes.iter().map(|n| (n.id, n.client_addr(ctx.shard))).collect(),
+        preferred_leader: registry.preferred_leader(ctx.shard),
+        election_ticks: ctx.timing.election_ticks,
+        heartbeat_ticks: ctx.timing.heartbeat_ticks,
+        tick_ms: ctx.timing.tick_ms,
+    };
+    let logger = crate::logging::raft_logger(ctx.node_id, ctx.shard);
+    let core = ShardCore::new(cfg, store, StateMachine::new(), ctx.metrics.clone(), &logger)
+        .map_err(|e| anyhow::anyhow!("shard {}: starting raft: {e}", ctx.shard))?;
+    let client_addr = format!("{}:{}", node.host, node.client_port as u32 + ctx.shard);
+    let peer_addr = format!("{}:{}", node.host, node.peer_port as u32 + ctx.shard);
+    let client = TcpListener::bind(&client_addr).map_err(|e| {
+        anyhow::anyhow!("shard {}: cannot listen for clients on {client_addr}: {e}", ctx.shard)
+    })?;
+    let peer = TcpListener::bind(&peer_addr).map_err(|e| {
+        anyhow::anyhow!("shard {}: cannot listen for peers on {peer_addr}: {e}", ctx.shard)
+    })?;
+    let peers = registry
+        .nodes
+        .iter()
+        .filter(|n| n.id != ctx.node_id)
+        .map(|n| (n.id, Rc::new(PeerLink::new(n.id, n.peer_addr(ctx.shard)))))
+        .collect();
+    let shard = Rc::new(Shard {
+        core: RefCell::new(core),
+        wake: Notify::default(),
+        flush_wake: Notify::default(),
+        conns: RefCell::default(),
+        peers,
+        metrics: ctx.metrics,
+        registry,
+        node_id: ctx.node_id,
+        shard: ctx.shard,
+        pending_ticks: Cell::new(0),
+        retire: RefCell::default(),
+        clock: Instant::now(),
+        stopping: Cell::new(false),
+        next_conn: Cell::new(1),
+    });
+    let listeners = Listeners {
+        client,
+        peer,
+        shutdown: ctx.shutdown,
+        status: ctx.status,
+        flusher,
+        timing: ctx.timing,
+    };
+    Ok((shard, listeners))
+}
+
+async fn serve(shard: Rc<Shard>, listeners: Listeners) {
+    let Listeners { client, peer, shutdown, status, flusher, timing } = listeners;
+    glommio::spawn_local(accept_clients(shard.clone(), client)).detach();
+    glommio::spawn_local(accept_peers(shard.clone(), peer)).detach();
+    for link in shard.peers.values() {
+        glommio::spawn_local(peer_sender(shard.clone(), link.clone())).detach();
+    }
+    let flush_task = glommio::spawn_local(flush_loop(shard.clone(), flusher));
+    glommio::spawn_local(tick_loop(shard.clone(), timing.tick_ms)).detach();
+    shard.core.borrow_mut().campaign_if_preferred();
+    shard.wake.notify();
+    drive(&shard, &shutdown, &status).await;
+    shut_down(&shard).await;
+    shard.stopping.set(true);
+    shard.flush_wake.notify();
+    for link in shard.peers.values() {
+        link.notify.notify();
+    }
+    flush_task.await;
+    *status.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    tracing::info!(shard = shard.shard, "shard stopped");
+}
+
+/// The driver: runs the core's loop whenever something happened, until shutdown is asked for.
+async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &Mutex<Option<ShardStatus>>) {
+    let mut out = Outputs::default();
+    let mut encoder = PeerEncoder::new();
+    loop {
+        shard.wake.wait().await;
+        let ticks = shard.pending_ticks.replace(0);
+        {
+            let mut core = shard.core.borrow_mut();
+            core.set_now(shard.now_us());
+            for _ in 0..ticks {
+                core.tick();
+            }
+            core.process();
+            core.take_outputs(&mut out);
+            if ticks > 0 {
+                *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(core.status());
+            }
+        }
+        dispatch(shard, &mut out, &mut encoder);
+        if ticks > 0 && shutdown.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+/// Shutdown: no new requests; writes in flight get up to [`SHUTDOWN_DRAIN_MS`] to apply;
+/// what is left is answered; the WAL is flushed; replies get a moment to go out.
+async fn shut_down(shard: &Rc<Shard>) {
+    tracing::info!(shard = shard.shard, "shutting down");
+    let mut out = Outputs::default();
+    let mut encoder = PeerEncoder::new();
+    let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);
+    shard.core.borrow_mut().begin_shutdown();
+    loop {
+        {
+            let mut core = shard.core.borrow_mut();
+            core.set_now(shard.now_us());
+            core.process();
+            if !core.has_writes_in_flight() || Instant::now() >= deadline {
+                core.finish_shutdown();
+            }
+            core.take_outputs(&mut out);
+        }
+        let drained = !shard.core.borrow().has_writes_in_flight();
+        dispatch(shard, &mut out, &mut encoder);
+        if drained {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    // Let the flush task write what is buffered, and the connections what they were given.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        let flushing = shard.core.borrow().flush_pending();
+        let writing = shard.conns.borrow().values().any(|c| c.has_output());
+        if !flushing && !writing {
+            break;
+        }
+        shard.flush_wake.notify();
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Sends the core's outputs: raft messages to peer queues (one frame per peer per call),
+/// replies to their connections, retired segments to the flush task.
+pub(crate) fn dispatch(shard: &Shard, out: &mut Outputs, encoder: &mut PeerEncoder) {
+    if !out.messages.is_empty() {
+        // Stable: keeps each peer's messages in order.
+        out.messages.sort_by_key(|m| m.to);
+        let mut start = 0;
+        while start < out.messages.len() {
+            let to = out.messages[start].to;
+            let end = start + out.messages[start..].iter().take_while(|m| m.to == to).count();
+            send_to_peer(shard, to, &out.messages[start..end], encoder);
+            start = end;
+        }
+    }
+    if !out.replies.is_empty() {
+        let conns = shard.conns.borrow();
+        for (conn, range) in out.replies.drain(..) {
+            if let Some(c) = conns.get(&conn) {
+                c.push_reply(&out.reply_bytes[range]);
+            }
+        }
+        for conn in out.close.drain(..) {
+            if let Some(c) = conns.get(&conn) {
+                c.close_after_output();
+            }
+        }
+    }
+    if !out.retire.is_empty() {
+        shard.retire.borrow_mut().append(&mut out.retire);
+    }
+    shard.flush_wake.notify();
+}
+
+fn send_to_peer(shard: &Shard, to: u64, messages: &[Message], encoder: &mut PeerEncoder) {
+    let Some(link) = shard.peers.get(&to) else {
+        tracing::warn!(shard = shard.shard, to, "raft message for an unknown node dropped");
+        return;
+    };
+    let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(messages.len());
+    let mut bytes = 0;
+    for message in messages {
+        let data = protobuf::Message::write_to_bytes(message).expect("raft messages always encode");
+        // Keep frames well under the frame limit: a big batch of appends becomes several.
+        if bytes + data.len() > FRAME_SPLIT_BYTES && !encoded.is_empty() {
+            link.send(
+                encoder.raft_batch(encoded.iter().map(Vec::as_slice)),
+                encoded.len(),
+                &shard.metrics,
+            );
+            encoded.clear();
+            bytes = 0;
+        }
+        bytes += data.len();
+        encoded.push(data);
+    }
+    link.send(encoder.raft_batch(encoded.iter().map(Vec::as_slice)), encoded.len(), &shard.metrics);
+}
+
+/// Counts ticks for the driver.
+async fn tick_loop(shard: Rc<Shard>, tick_ms: u64) {
+    while !shard.stopping.get() {
+        glommio::timer::sleep(Duration::from_millis(tick_ms)).await;
+        shard.pending_ticks.set(shard.pending_ticks.get() + 1);
+        shard.wake.notify();
+    }
+}
+
+/// Runs WAL flush jobs one at a time, retires segments between them, keeps spares ready.
+async fn flush_loop(shard: Rc<Shard>, mut flusher: DmaFlusher) {
+    loop {
+        let retire = std::mem::take(&mut *shard.retire.borrow_mut());
+        for seq in retire {
+            if let Err(error) = flusher.retire(seq).await {
+                tracing::warn!(shard = shard.shard, seq, %error, "retiring a WAL segment failed");
+            }
+        }
+        let job = shard.core.borrow_mut().take_flush_job();
+        let Some(job) = job else {
+            if shard.stopping.get() {
+                break;
+            }
+            shard.flush_wake.wait().await;
+            continue;
+        };
+        let began = Instant::now();
+        let bytes = job.bytes() as u64;
+        let rolled_over = job.writes.iter().any(|w| w.activate);
+        let result = flusher.run(&job).await;
+        let metrics = &shard.metrics;
+        match result {
+            Ok(()) => {
+                metrics.wal_flush_latency_us.record(began.elapsed().as_micros() as u64);
+                metrics.wal_flushes.fetch_add(1, Ordering::Relaxed);
+                metrics.wal_bytes_written.fetch_add(bytes, Ordering::Relaxed);
+                let mut core = shard.core.borrow_mut();
+                core.set_now(shard.now_us());
+                core.on_flush_complete(job);
+            }
+            Err(error) => {
+                metrics.wal_flush_errors.fetch_add(1, Ordering::Relaxed);
+                shard.core.borrow_mut().on_flush_failed(error.to_string());
+            }
+        }
+        shard.wake.notify();
+        if rolled_over {
+            let spares = DmaFlusher::new(flusher.dir().clone());
+            let shard_index = shard.shard;
+            glommio::spawn_local(async move {
+                if let Err(error) = spares.ensure_spares().await {
+                    tracing::warn!(shard = shard_index, %error, "preparing a spare WAL segment failed");
+                }
+            })
+            .detach();
+        }
+    }
+    flusher.close().await;
+}
