@@ -492,13 +492,15 @@ impl ShardCore {
         if !self.is_leader() || preferred == self.cfg.node_id || self.failure.is_some() {
             return;
         }
+        // Replicating and fully caught up. (raft-rs's `recent_active` is not used: raft-rs
+        // clears it at every quorum check, so a periodic look may always find it false.)
         let last = self.raw.raft.raft_log.last_index();
         let caught_up = self
             .raw
             .raft
             .prs()
             .get(preferred)
-            .is_some_and(|p| p.matched == last && p.recent_active);
+            .is_some_and(|p| p.matched == last && p.state == raft::ProgressState::Replicate);
         if caught_up && self.raw.raft.lead_transferee.is_none() {
             tracing::info!(
                 shard = self.cfg.shard,

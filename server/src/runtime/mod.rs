@@ -129,24 +129,14 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let http = match failure {
-        None => {
-            let state = Arc::new(HttpState::new(
-                options.node_id,
-                registry.cluster.clone(),
-                statuses,
-                metrics,
-            ));
-            match crate::http::start(&node.http_addr(), state) {
-                Ok(http) => Some(http),
-                Err(error) => {
-                    failure = Some(format!("{error:#}"));
-                    None
-                }
-            }
+    // The HTTP thread lives until the process exits; nothing to join.
+    if failure.is_none() {
+        let state =
+            Arc::new(HttpState::new(options.node_id, registry.cluster.clone(), statuses, metrics));
+        if let Err(error) = crate::http::start(&node.http_addr(), state) {
+            failure = Some(format!("{error:#}"));
         }
-        Some(_) => None,
-    };
+    }
     if failure.is_some() {
         shutdown.store(true, Ordering::Relaxed);
     } else {
@@ -163,7 +153,6 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     for handle in threads {
         let _ = handle.join();
     }
-    drop(http);
     match failure {
         Some(error) => Err(anyhow::anyhow!(error)),
         None => {

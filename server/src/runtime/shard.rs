@@ -178,10 +178,10 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
         .map_err(|e| anyhow::anyhow!("shard {}: starting raft: {e}", ctx.shard))?;
     let client_addr = format!("{}:{}", node.host, node.client_port as u32 + ctx.shard);
     let peer_addr = format!("{}:{}", node.host, node.peer_port as u32 + ctx.shard);
-    let client = TcpListener::bind(&client_addr).map_err(|e| {
+    let client = listen(&client_addr).map_err(|e| {
         anyhow::anyhow!("shard {}: cannot listen for clients on {client_addr}: {e}", ctx.shard)
     })?;
-    let peer = TcpListener::bind(&peer_addr).map_err(|e| {
+    let peer = listen(&peer_addr).map_err(|e| {
         anyhow::anyhow!("shard {}: cannot listen for peers on {peer_addr}: {e}", ctx.shard)
     })?;
     let peers = registry
@@ -215,6 +215,18 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
         timing: ctx.timing,
     };
     Ok((shard, listeners))
+}
+
+/// Binds a listening socket with `SO_REUSEADDR` (as std does), so a restarted node can bind
+/// its ports while connections of its previous life linger in TIME_WAIT. glommio's own `bind`
+/// uses `SO_REUSEPORT` instead, which would also let a second process bind the same port and
+/// silently take half of its connections.
+fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    // SAFETY: the descriptor comes from a listener we own and give up here.
+    Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
 }
 
 async fn serve(shard: Rc<Shard>, listeners: Listeners) {

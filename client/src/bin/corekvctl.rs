@@ -1,0 +1,539 @@
+//! `corekvctl`: the command-line client of corekv.
+//!
+//! ```text
+//! corekvctl [--registry FILE] [--timeout DURATION] [-o text|json] COMMAND
+//!   put KEY [VALUE] [--file PATH]     value from the argument, a file, or stdin
+//!   get KEY [--stale]                 prints the bare value
+//!   del KEY
+//!   scan PREFIX [--limit N] [--keys-only] [--stale]
+//!   txn [FILE]                        a JSON transaction (stdin when FILE is - or absent)
+//!   status                            every replica of every shard
+//! ```
+//!
+//! The registry is `--registry`, else `$COREKV_REGISTRY`, else `./corekv.toml`. Durations read
+//! like `2s`, `500ms` or `1m`. Exit status: 0 success; 1 key not found (`get`); 2 usage or
+//! input error (a bad registry file included); 3 cluster unavailable, timed out, or a write's
+//! outcome unknown. Errors go to stderr as one line. Binary keys and values are escaped
+//! (`\xNN`) in text output and base64-encoded in JSON output.
+//!
+//! The transaction file:
+//!
+//! ```json
+//! {
+//!   "compare": [{"key": "{u1}:n", "target": "version", "op": "=", "value": 3},
+//!               {"key": "{u1}:m", "target": "missing"}],
+//!   "success": [{"op": "put", "key": "{u1}:n", "value": "Ada"}, {"op": "get", "key": "{u1}:n"}],
+//!   "failure": [{"op": "get", "key": "{u1}:n"}]
+//! }
+//! ```
+//!
+//! Targets: `value` (a string), `version`, `mod_index`, `create_index` (numbers), `exists`,
+//! `missing`. Operators: `=`, `!=`, `<`, `>`. Ops: `get`, `put`, `delete`.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::Engine;
+use clap::{Parser, Subcommand, ValueEnum};
+use corekv_client::registry::Registry;
+use corekv_client::{
+    Client, ClientConfig, Compare, Error, KeyMeta, KeyValue, ReadOptions, ReplicaReport,
+    ScanOptions, ScanRange, Txn, TxnOp, TxnOpResult, TxnResponse, WriteOptions,
+};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "corekvctl", version, about = "Command-line client of corekv")]
+struct Args {
+    /// Registry file [default: $COREKV_REGISTRY, then ./corekv.toml].
+    #[arg(long, global = true)]
+    registry: Option<PathBuf>,
+    /// Deadline of each call, like 2s or 500ms.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a value.
+    Put {
+        /// The key.
+        key: String,
+        /// The value; read from --file or stdin when absent.
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+    },
+    /// Read a value (exit status 1 when the key does not exist).
+    Get {
+        /// The key.
+        key: String,
+        /// Serve from any replica's applied state (may miss recent writes).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Delete a key.
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// List keys with a prefix, in key order.
+    Scan {
+        /// The prefix ("" for every key).
+        prefix: String,
+        /// Most entries to print.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print keys only.
+        #[arg(long)]
+        keys_only: bool,
+        /// Serve from any replica's applied state.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Run a transaction described in JSON (see `corekvctl --help` for the format).
+    Txn {
+        /// The JSON file; stdin when absent or "-".
+        file: Option<PathBuf>,
+    },
+    /// Show every replica of every shard.
+    Status,
+}
+
+/// A failure with its exit status.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        let code = if error.is_unavailable() { 3 } else { 2 };
+        Failure { code, message: error.to_string() }
+    }
+}
+
+fn input_error(message: impl Into<String>) -> Failure {
+    Failure { code: 2, message: message.into() }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration like 2s or 500ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unit must be ms, s or m")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("{text:?} must be greater than zero"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Bytes for a terminal: printable text as is, everything else as `\xNN` (and `\\`).
+fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn meta_json(m: &KeyMeta) -> Value {
+    json!({"create_index": m.create_index, "mod_index": m.mod_index, "version": m.version})
+}
+
+fn entry_json(e: &KeyValue) -> Value {
+    json!({"key": b64(&e.key), "value": b64(&e.value), "create_index": e.meta.create_index,
+           "mod_index": e.meta.mod_index, "version": e.meta.version})
+}
+
+fn registry_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| std::env::var_os("COREKV_REGISTRY").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("corekv.toml"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("corekvctl: starting the runtime: {error}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("corekvctl: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<u8, Failure> {
+    let registry =
+        Registry::load(registry_path(args.registry)).map_err(|e| input_error(e.to_string()))?;
+    let mut config = ClientConfig::new(registry);
+    config.timeout = args.timeout;
+    config.connect_timeout = args.timeout.min(Duration::from_secs(1));
+    let client = Client::connect(config);
+    let json = args.output == Output::Json;
+    let mut out = std::io::stdout().lock();
+    let write = |out: &mut std::io::StdoutLock<'_>, text: String| {
+        out.write_all(text.as_bytes())
+            .map_err(|e| Failure { code: 3, message: format!("writing output: {e}") })
+    };
+    match args.command {
+        Command::Put { key, value, file } => {
+            let value = match (value, file) {
+                (Some(v), _) => v.into_bytes(),
+                (None, Some(path)) => std::fs::read(&path)
+                    .map_err(|e| input_error(format!("reading {}: {e}", path.display())))?,
+                (None, None) => {
+                    let mut v = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut v)
+                        .map_err(|e| input_error(format!("reading stdin: {e}")))?;
+                    v
+                }
+            };
+            let meta = client.put_with(key.as_bytes(), &value, WriteOptions::default()).await?;
+            write(
+                &mut out,
+                if json { format!("{}\n", meta_json(&meta)) } else { "OK\n".to_string() },
+            )?;
+        }
+        Command::Get { key, stale } => {
+            let options = if stale { ReadOptions::stale() } else { ReadOptions::default() };
+            match client.get_with(key.as_bytes(), options).await? {
+                Some(entry) if json => write(&mut out, format!("{}\n", entry_json(&entry)))?,
+                Some(entry) => write(&mut out, format!("{}\n", escape(&entry.value)))?,
+                None => {
+                    return Err(Failure {
+                        code: 1,
+                        message: format!("key not found: {}", escape(key.as_bytes())),
+                    })
+                }
+            }
+        }
+        Command::Del { key } => {
+            let deleted = client.delete(key.as_bytes()).await?;
+            let text = if json {
+                format!("{}\n", json!({"deleted": deleted}))
+            } else {
+                format!("{}\n", deleted as u8)
+            };
+            write(&mut out, text)?;
+        }
+        Command::Scan { prefix, limit, keys_only, stale } => {
+            let options = ScanOptions {
+                keys_only,
+                consistency: if stale {
+                    corekv_client::Consistency::Stale
+                } else {
+                    Default::default()
+                },
+                // Pages of at most 1,000 entries; --limit stops the stream early.
+                limit: limit.unwrap_or(1000).clamp(1, 1000),
+                ..Default::default()
+            };
+            let range = if prefix.is_empty() { ScanRange::All } else { ScanRange::prefix(&prefix) };
+            let mut stream = std::pin::pin!(client.scan_stream(range, options));
+            let mut entries = Vec::new();
+            let mut count = 0;
+            while let Some(entry) = stream.next().await {
+                if limit.is_some_and(|l| count >= l) {
+                    break;
+                }
+                let entry = entry?;
+                count += 1;
+                if json {
+                    entries.push(entry_json(&entry));
+                } else if keys_only {
+                    write(&mut out, format!("{}\n", escape(&entry.key)))?;
+                } else {
+                    write(&mut out, format!("{}\t{}\n", escape(&entry.key), escape(&entry.value)))?;
+                }
+            }
+            if json {
+                write(
+                    &mut out,
+                    format!("{}\n", json!({"count": entries.len(), "entries": entries})),
+                )?;
+            }
+        }
+        Command::Txn { file } => {
+            let text = match file {
+                Some(path) if path.as_os_str() != "-" => std::fs::read_to_string(&path)
+                    .map_err(|e| input_error(format!("reading {}: {e}", path.display())))?,
+                _ => {
+                    let mut t = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut t)
+                        .map_err(|e| input_error(format!("reading stdin: {e}")))?;
+                    t
+                }
+            };
+            let txn = parse_txn(&text).map_err(|e| input_error(format!("transaction: {e}")))?;
+            let response = client.txn(&txn).await?;
+            write(
+                &mut out,
+                if json { format!("{}\n", txn_json(&response)) } else { txn_text(&response) },
+            )?;
+        }
+        Command::Status => {
+            let reports = client.status().await;
+            let reachable = reports.iter().filter(|r| r.status.is_ok()).count();
+            write(
+                &mut out,
+                if json { format!("{}\n", status_json(&reports)) } else { status_text(&reports) },
+            )?;
+            if reachable == 0 {
+                return Err(Failure { code: 3, message: "no replica answered".to_string() });
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn txn_json(r: &TxnResponse) -> Value {
+    let results: Vec<Value> = r
+        .results
+        .iter()
+        .map(|res| match res {
+            TxnOpResult::Get(found) => json!({"get": found.as_ref().map(entry_json)}),
+            TxnOpResult::Put(meta) => json!({"put": meta_json(meta)}),
+            TxnOpResult::Delete(deleted) => json!({"delete": deleted}),
+        })
+        .collect();
+    json!({"succeeded": r.succeeded, "failed_compare": r.failed_compare, "index": r.index, "results": results})
+}
+
+fn txn_text(r: &TxnResponse) -> String {
+    let mut text = String::from(if r.succeeded { "SUCCEEDED\n" } else { "FAILED\n" });
+    if let Some(i) = r.failed_compare {
+        text.push_str(&format!("compare {i} did not hold\n"));
+    }
+    for res in &r.results {
+        match res {
+            TxnOpResult::Get(Some(e)) => {
+                text.push_str(&format!("get {}\t{}\n", escape(&e.key), escape(&e.value)))
+            }
+            TxnOpResult::Get(None) => text.push_str("get (not found)\n"),
+            TxnOpResult::Put(m) => text.push_str(&format!("put version {}\n", m.version)),
+            TxnOpResult::Delete(d) => text.push_str(&format!("delete {}\n", *d as u8)),
+        }
+    }
+    text
+}
+
+fn status_json(reports: &[ReplicaReport]) -> Value {
+    let replicas: Vec<Value> = reports
+        .iter()
+        .map(|r| match &r.status {
+            Ok(s) => json!({
+                "node_id": r.node_id, "shard": r.shard, "addr": r.addr, "role": s.role.as_str(),
+                "term": s.term, "leader_id": s.leader_id, "commit_index": s.commit_index,
+                "applied_index": s.applied_index, "first_index": s.first_index,
+                "last_index": s.last_index, "wal_bytes": s.wal_bytes, "keys": s.keys,
+                "peers": s.peers.iter().map(|(n, m)| json!({"node_id": n, "match_index": m})).collect::<Vec<_>>(),
+            }),
+            Err(e) => json!({"node_id": r.node_id, "shard": r.shard, "addr": r.addr, "error": e.to_string()}),
+        })
+        .collect();
+    json!({"replicas": replicas})
+}
+
+fn status_text(reports: &[ReplicaReport]) -> String {
+    let mut text = format!(
+        "{:<6} {:<5} {:<22} {:<13} {:>6} {:>7} {:>10} {:>10} {:>10} {:>9}\n",
+        "SHARD", "NODE", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "KEYS"
+    );
+    let mut sorted: Vec<&ReplicaReport> = reports.iter().collect();
+    sorted.sort_by_key(|r| (r.shard, r.node_id));
+    for r in sorted {
+        match &r.status {
+            Ok(s) => text.push_str(&format!(
+                "{:<6} {:<5} {:<22} {:<13} {:>6} {:>7} {:>10} {:>10} {:>10} {:>9}\n",
+                r.shard,
+                r.node_id,
+                r.addr,
+                s.role.as_str(),
+                s.term,
+                s.leader_id,
+                s.commit_index,
+                s.applied_index,
+                s.last_index,
+                s.keys
+            )),
+            Err(e) => text.push_str(&format!(
+                "{:<6} {:<5} {:<22} unreachable: {e}\n",
+                r.shard, r.node_id, r.addr
+            )),
+        }
+    }
+    text
+}
+
+fn parse_txn(text: &str) -> Result<Txn, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let object = value.as_object().ok_or("expected a JSON object")?;
+    for key in object.keys() {
+        if !["compare", "success", "failure"].contains(&key.as_str()) {
+            return Err(format!("unknown field {key:?} (expected compare, success, failure)"));
+        }
+    }
+    let list = |name: &str| -> Result<Vec<Value>, String> {
+        match object.get(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => Ok(items.clone()),
+            Some(_) => Err(format!("{name} must be a list")),
+        }
+    };
+    let mut txn = Txn::new();
+    for (i, c) in list("compare")?.iter().enumerate() {
+        txn = txn.when(parse_compare(c).map_err(|e| format!("compare {i}: {e}"))?);
+    }
+    for (name, branch) in [("success", true), ("failure", false)] {
+        for (i, op) in list(name)?.iter().enumerate() {
+            let op = parse_op(op).map_err(|e| format!("{name} {i}: {e}"))?;
+            txn = if branch { txn.and_then([op]) } else { txn.or_else([op]) };
+        }
+    }
+    Ok(txn)
+}
+
+fn string_field<'a>(v: &'a Value, name: &str) -> Result<&'a str, String> {
+    v.get(name).and_then(Value::as_str).ok_or_else(|| format!("needs a string {name:?}"))
+}
+
+fn parse_compare(c: &Value) -> Result<Compare, String> {
+    let key = string_field(c, "key")?;
+    let target = string_field(c, "target")?;
+    if target == "exists" {
+        return Ok(Compare::exists(key));
+    }
+    if target == "missing" {
+        return Ok(Compare::missing(key));
+    }
+    let builder = match target {
+        "value" => Compare::value(key),
+        "version" => Compare::version(key),
+        "mod_index" => Compare::mod_index(key),
+        "create_index" => Compare::create_index(key),
+        other => return Err(format!("unknown target {other:?}")),
+    };
+    let operand: corekv_client::Operand = match (target, c.get("value")) {
+        ("value", Some(Value::String(s))) => s.as_str().into(),
+        (_, Some(Value::Number(n))) if target != "value" => {
+            n.as_u64().ok_or("the value must be a whole number")?.into()
+        }
+        _ => {
+            return Err(format!(
+                "target {target:?} needs a {} \"value\"",
+                if target == "value" { "string" } else { "numeric" }
+            ))
+        }
+    };
+    Ok(match string_field(c, "op")? {
+        "=" | "==" => builder.eq(operand),
+        "!=" => builder.ne(operand),
+        "<" => builder.lt(operand),
+        ">" => builder.gt(operand),
+        other => return Err(format!("unknown operator {other:?}")),
+    })
+}
+
+fn parse_op(op: &Value) -> Result<TxnOp, String> {
+    let key = string_field(op, "key")?;
+    Ok(match string_field(op, "op")? {
+        "get" => TxnOp::get(key),
+        "put" => TxnOp::put(key, string_field(op, "value")?),
+        "delete" => TxnOp::delete(key),
+        other => Err(format!("unknown op {other:?}"))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Shows: durations parse in the documented forms and bad ones are refused.
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    // Shows: binary and control bytes are escaped, text is not.
+    #[test]
+    fn escaping() {
+        assert_eq!(escape(b"plain text"), "plain text");
+        assert_eq!(escape(b"a\x00b\n\\"), "a\\x00b\\x0a\\\\");
+        assert_eq!(escape(&[0xff, b'x']), "\\xffx");
+        assert_eq!(escape("héllo".as_bytes()), "héllo");
+    }
+
+    // Shows: the documented transaction format parses, and mistakes are named.
+    #[test]
+    fn transactions() {
+        let txn = parse_txn(
+            r#"{"compare": [{"key": "k", "target": "version", "op": "=", "value": 3},
+                            {"key": "k", "target": "missing"}],
+                "success": [{"op": "put", "key": "k", "value": "v"}],
+                "failure": [{"op": "get", "key": "k"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(txn.compares, vec![Compare::version("k").eq(3), Compare::missing("k")]);
+        assert_eq!(txn.success, vec![TxnOp::put("k", "v")]);
+        assert_eq!(txn.failure, vec![TxnOp::get("k")]);
+        assert!(parse_txn(r#"{"compares": []}"#).unwrap_err().contains("unknown field"));
+        assert!(parse_txn(
+            r#"{"compare": [{"key": "k", "target": "version", "op": "=", "value": "x"}]}"#
+        )
+        .unwrap_err()
+        .contains("numeric"));
+        assert!(parse_txn(r#"{"success": [{"op": "frob", "key": "k"}]}"#)
+            .unwrap_err()
+            .contains("unknown op"));
+    }
+}

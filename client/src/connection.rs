@@ -1,0 +1,206 @@
+//! One multiplexed connection to one shard of one node.
+//!
+//! Many requests share the connection at once: each gets a request id, the writer task sends
+//! frames in the order they are handed over (coalescing whatever is queued into one write), and
+//! the reader task matches replies — which may come back in any order — to their callers by id.
+//! At most `max_in_flight` requests are outstanding; further callers wait for a slot. When the
+//! connection fails, every request in flight fails at once with [`CallError::Lost`] (the server
+//! may or may not have received it) and the connection is discarded; the client reconnects
+//! lazily on the next call.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corekv_proto::encode::RequestEncoder;
+use corekv_proto::frame::{verify_reply, FrameBuffer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::error::Error;
+
+/// Frames queued for the writer task before callers wait.
+const WRITE_QUEUE_FRAMES: usize = 1024;
+
+/// Read buffer chunk.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Why a call on a connection failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CallError {
+    /// The request never left: the connection was already closed. Safe to retry.
+    NotSent(String),
+    /// The request was handed to the connection, which then failed: the server may or may not
+    /// have received it.
+    Lost(String),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
+
+/// See the module docs.
+pub(crate) struct Connection {
+    pub(crate) addr: String,
+    frames: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+    next_id: AtomicU64,
+    slots: Semaphore,
+    closed: Arc<AtomicBool>,
+}
+
+impl Connection {
+    /// Connects, says hello, and starts the reader and writer tasks.
+    pub(crate) async fn open(
+        addr: &str,
+        cluster: &str,
+        connect_timeout: Duration,
+        max_in_flight: usize,
+    ) -> Result<Arc<Connection>, Error> {
+        let unavailable =
+            |reason: String| Error::Unavailable { after: connect_timeout, last_error: reason };
+        let mut stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| unavailable(format!("connecting to {addr} timed out")))?
+            .map_err(|e| unavailable(format!("connecting to {addr}: {e}")))?;
+        stream.set_nodelay(true).map_err(|e| unavailable(format!("{addr}: {e}")))?;
+        let hello = RequestEncoder::new().hello(0, cluster).to_vec();
+        let handshake = async {
+            stream.write_all(&hello).await?;
+            let mut buffer = FrameBuffer::new(4096);
+            loop {
+                if let Some(frame) = buffer
+                    .next_frame()
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+                {
+                    return Ok::<Vec<u8>, std::io::Error>(frame.to_vec());
+                }
+                let n = stream.read(buffer.spare()).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buffer.commit(n);
+            }
+        };
+        let reply = tokio::time::timeout(connect_timeout, handshake)
+            .await
+            .map_err(|_| unavailable(format!("hello to {addr} timed out")))?
+            .map_err(|e| unavailable(format!("hello to {addr}: {e}")))?;
+        let frame = verify_reply(&reply)
+            .map_err(|e| Error::Protocol(format!("hello reply from {addr}: {e}")))?;
+        if frame.reply_as_hello_reply().is_none() {
+            let reason = frame
+                .reply_as_error_reply()
+                .and_then(|e| e.kind_as_invalid_request())
+                .and_then(|e| e.reason())
+                .unwrap_or("unexpected reply to hello")
+                .to_string();
+            return Err(Error::Handshake { addr: addr.to_string(), reason });
+        }
+        let (read, write) = stream.into_split();
+        let (frames, queue) = mpsc::channel(WRITE_QUEUE_FRAMES);
+        let pending: Pending = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(read_loop(read, pending.clone(), closed.clone()));
+        tokio::spawn(write_loop(write, queue, pending.clone(), closed.clone()));
+        Ok(Arc::new(Connection {
+            addr: addr.to_string(),
+            frames,
+            pending,
+            next_id: AtomicU64::new(1),
+            slots: Semaphore::new(max_in_flight),
+            closed,
+        }))
+    }
+
+    /// Whether the connection has failed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends the request `build` makes for a fresh request id; returns the reply frame
+    /// (verified by the reader).
+    pub(crate) async fn call(
+        &self,
+        build: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<Vec<u8>, CallError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| CallError::NotSent("connection closed".into()))?;
+        if self.is_closed() {
+            return Err(CallError::NotSent(format!("connection to {} closed", self.addr)));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        if self.frames.send(build(id)).await.is_err() {
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            return Err(CallError::NotSent(format!("connection to {} closed", self.addr)));
+        }
+        // The reader marks the connection closed before failing what is pending; a request
+        // registered after that sweep must not wait forever.
+        if self.is_closed() {
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        }
+        rx.await.map_err(|_| CallError::Lost(format!("connection to {} lost", self.addr)))
+    }
+}
+
+/// Marks the connection closed and fails every request in flight (their senders drop).
+fn close(pending: &Pending, closed: &AtomicBool) {
+    closed.store(true, Ordering::Release);
+    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+async fn read_loop(mut read: OwnedReadHalf, pending: Pending, closed: Arc<AtomicBool>) {
+    let mut buffer = FrameBuffer::new(READ_CHUNK_BYTES);
+    'read: loop {
+        match read.read(buffer.spare()).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buffer.commit(n),
+        }
+        loop {
+            let frame = match buffer.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => break 'read,
+            };
+            // A reply that does not verify cannot be matched to a caller; the stream is not to
+            // be trusted after it.
+            let Ok(reply) = verify_reply(frame) else { break 'read };
+            let id = reply.id();
+            let waiter = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(frame.to_vec());
+            }
+        }
+    }
+    close(&pending, &closed);
+}
+
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    pending: Pending,
+    closed: Arc<AtomicBool>,
+) {
+    let mut batch = Vec::with_capacity(READ_CHUNK_BYTES);
+    while let Some(frame) = queue.recv().await {
+        batch.extend_from_slice(&frame);
+        while let Ok(frame) = queue.try_recv() {
+            batch.extend_from_slice(&frame);
+            if batch.len() > READ_CHUNK_BYTES * 16 {
+                break;
+            }
+        }
+        if write.write_all(&batch).await.is_err() {
+            break;
+        }
+        batch.clear();
+    }
+    close(&pending, &closed);
+    let _ = write.shutdown().await;
+}

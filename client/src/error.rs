@@ -1,0 +1,85 @@
+//! The client's errors. Every variant says what the caller can do about it.
+
+use std::time::Duration;
+
+use crate::registry::RegistryError;
+
+/// A failed client call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The registry file is missing or invalid. Fix the file; retrying will not help.
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+
+    /// The call's arguments cannot succeed (an empty key, a transaction whose keys live on
+    /// different shards, ...). Fix the call; retrying will not help.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// A key, value or batch is over a protocol limit (DESIGN.md §6). Make it smaller or split
+    /// the batch.
+    #[error("{what} of {size} bytes is over the limit of {limit}")]
+    TooLarge {
+        /// What is too large.
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+
+    /// The server refused the request as invalid. Fix the request; retrying will not help.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    /// No replica could serve the call before its deadline: no leader (an election, a
+    /// minority partition), nodes down, or every replica busy. Retry later, or with a longer
+    /// timeout. `last_error` is the last reason seen.
+    #[error("cluster unavailable after {after:?}: {last_error}")]
+    Unavailable {
+        /// How long the call tried.
+        after: Duration,
+        /// The last failure seen.
+        last_error: String,
+    },
+
+    /// A write was sent, but whether it applied is unknown (the connection failed after
+    /// sending it, or its deadline passed before an answer). It is not retried automatically
+    /// because applying it twice could differ from applying it once (a transaction). Read the
+    /// keys to find out before retrying.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
+
+    /// The server says the key belongs to another shard: the client's registry file does not
+    /// match the cluster's. Use the same registry file as the servers.
+    #[error("the server placed the key on shard {shard}; this client's registry disagrees")]
+    WrongShard {
+        /// The shard the server named.
+        shard: u32,
+    },
+
+    /// A reply could not be understood (a protocol version mismatch or a server bug). Check
+    /// that client and server versions match.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+
+    /// A node refused the connection handshake (a different cluster name, an unsupported
+    /// protocol version). Check the registry file.
+    #[error("handshake refused by {addr}: {reason}")]
+    Handshake {
+        /// The node's address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Whether the cluster was unreachable or too slow (exit status 3 in `corekvctl`).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Indeterminate(_))
+    }
+}
+
+/// Result alias for client calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

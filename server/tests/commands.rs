@@ -1,0 +1,211 @@
+//! The `corekv` commands as a user runs them: `corekv dev` from start to Ctrl-C, and `corekv
+//! serve` refusing bad configuration with one clear line and the documented exit status.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{block_on, corekv_bin};
+use corekv_client::registry::Registry;
+use corekv_client::{Client, ClientConfig};
+
+/// A base port for `corekv dev` whose ports are all free (dev lays them out from the base).
+fn dev_base(nodes: u32, shards: u32) -> u16 {
+    for attempt in 0..200u32 {
+        let base = 12_000 + ((std::process::id() * 7 + attempt * 331) % 15_000) as u16;
+        let text = corekv_server::dev::registry_text(nodes, shards, base);
+        let registry = Registry::parse(&text, "dev").unwrap();
+        let free = |p: u32| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
+        let all_free = registry.nodes.iter().all(|n| {
+            (0..shards).all(|s| free(n.client_port as u32 + s) && free(n.peer_port as u32 + s))
+                && free(n.http_port as u32)
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free ports for corekv dev");
+}
+
+// Shows: `corekv dev` writes a registry, starts the nodes, says when every shard has a leader,
+// serves reads and writes through that registry, and on Ctrl-C stops every node and exits 0.
+#[test]
+fn dev_cluster_starts_serves_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dev_base(3, 2);
+    let mut dev = Command::new(corekv_bin())
+        .args(["dev", "--nodes", "3", "--shards", "2", "--base-port", &base.to_string(), "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    let mut printed = String::new();
+    loop {
+        let line = lines.next().expect("corekv dev printed its ready line").unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.contains("every shard has a leader") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "not ready: {printed}");
+    }
+    let registry_path = dir.path().canonicalize().unwrap().join("corekv.toml");
+    // The rest of the instructions follow the ready line.
+    for _ in 0..3 {
+        printed.push_str(&lines.next().unwrap().unwrap());
+        printed.push('\n');
+    }
+    assert!(
+        printed.contains(&format!("export COREKV_REGISTRY={}", registry_path.display())),
+        "{printed}"
+    );
+
+    let client = Client::connect(ClientConfig::new(Registry::load(&registry_path).unwrap()));
+    block_on(async {
+        client.put("dev-key", "dev-value").await.unwrap();
+        assert_eq!(client.get("dev-key").await.unwrap().unwrap().value, b"dev-value");
+    });
+
+    // SAFETY: signalling the child we started.
+    unsafe {
+        libc::kill(dev.id() as libc::pid_t, libc::SIGINT);
+    }
+    let status = wait_with_timeout(&mut dev, Duration::from_secs(30));
+    assert!(status.success(), "corekv dev exited with {status}");
+    let registry = Registry::load(&registry_path).unwrap();
+    for node in &registry.nodes {
+        assert!(
+            std::net::TcpStream::connect(node.client_addr(0)).is_err(),
+            "node {} still listens after corekv dev stopped",
+            node.id
+        );
+    }
+}
+
+fn wait_with_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `corekv serve` with `registry` text and returns (exit code, stderr).
+fn serve_with(registry: &str, node_id: &str, data_dir: &std::path::Path) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corekv.toml");
+    std::fs::write(&path, registry).unwrap();
+    let mut child = Command::new(corekv_bin())
+        .arg("serve")
+        .arg("--registry")
+        .arg(&path)
+        .args(["--node-id", node_id])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code().unwrap_or(-1), stderr)
+}
+
+const ONE_NODE: &str = "cluster = \"c\"\nshards = 1\n\n[[node]]\nid = 1\nhost = \"127.0.0.1\"\nclient_port = PORT\npeer_port = PEER\nhttp_port = HTTP\n";
+
+fn one_node(base: u16) -> String {
+    ONE_NODE
+        .replace("PORT", &base.to_string())
+        .replace("PEER", &(base + 1).to_string())
+        .replace("HTTP", &(base + 2).to_string())
+}
+
+// Shows: bad configuration is refused before anything starts, with exit status 2 and one
+// line that names the file and the problem.
+#[test]
+fn serve_refuses_bad_configuration() {
+    let data = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            one_node(9_000).replace("shards = 1", "shards = 1\nreplicas = 3"),
+            "1",
+            "unknown field `replicas`",
+        ),
+        (one_node(9_000).replace("shards = 1", "shards = 0"), "1", "shards = 0"),
+        (one_node(9_000), "7", "node id 7 is not in the registry"),
+        (
+            format!(
+                "{}{}",
+                one_node(9_000),
+                one_node(9_100).split("[[node]]").nth(1).map(|n| format!("[[node]]{n}")).unwrap()
+            ),
+            "1",
+            "duplicate node id 1",
+        ),
+    ];
+    for (registry, node, expected) in cases {
+        let (code, stderr) = serve_with(&registry, node, data.path());
+        assert_eq!(code, 2, "exit status for {expected:?}: {stderr}");
+        assert!(stderr.contains(expected), "expected {expected:?} in {stderr:?}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
+    }
+}
+
+// Shows: a port already in use and a data directory locked by another node are start-up
+// failures with exit status 1 and a message naming them.
+#[test]
+fn serve_reports_start_up_failures() {
+    let data = tempfile::tempdir().unwrap();
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = blocker.local_addr().unwrap().port();
+    // Client port taken by someone else.
+    let registry = ONE_NODE
+        .replace("PORT", &port.to_string())
+        .replace("PEER", &(dev_base(1, 1) + 1).to_string())
+        .replace("HTTP", &(dev_base(1, 1) + 2).to_string());
+    let (code, stderr) = serve_with(&registry, "1", data.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen for clients on 127.0.0.1:{port}")), "{stderr}");
+
+    // Data directory locked by a running node.
+    let base = dev_base(1, 1);
+    let registry = one_node(base);
+    let path = data.path().join("corekv.toml");
+    std::fs::write(&path, &registry).unwrap();
+    let mut running = Command::new(corekv_bin())
+        .arg("serve")
+        .arg("--registry")
+        .arg(&path)
+        .args(["--node-id", "1"])
+        .arg("--data-dir")
+        .arg(data.path().join("node"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !data.path().join("node").join("LOCK").exists() {
+        assert!(started.elapsed() < Duration::from_secs(10), "node did not create its lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, stderr) = serve_with(&one_node(dev_base(1, 1)), "1", &data.path().join("node"));
+    let _ = running.kill();
+    let _ = running.wait();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is in use by another corekv process"), "{stderr}");
+}

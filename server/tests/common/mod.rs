@@ -1,0 +1,344 @@
+//! A cluster of real `corekv` processes on loopback for integration tests: a temporary
+//! registry and data directory, free ports, helpers to kill, pause, restart and inspect nodes,
+//! and a raw protocol connection for talking to one specific replica.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corekv_client::registry::Registry;
+use corekv_client::{Client, ClientConfig};
+use corekv_proto::encode::RequestEncoder;
+use corekv_proto::frame::{verify_reply, FrameBuffer};
+
+/// The `corekv` binary under test.
+pub fn corekv_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_corekv"))
+}
+
+/// The `corekvctl` binary, built beside `corekv` by the workspace test build.
+pub fn corekvctl_bin() -> PathBuf {
+    let path = corekv_bin().with_file_name("corekvctl");
+    assert!(
+        path.exists(),
+        "{} is missing: run the workspace tests (cargo nextest run --workspace), which build it",
+        path.display()
+    );
+    path
+}
+
+/// The ports node `i` (from 0) uses when the cluster's ports start at `base`.
+fn node_ports(base: u16, i: u64) -> (u16, u16, u16) {
+    let base = base as u64;
+    ((base + i * 20) as u16, (base + 1_000 + i * 20) as u16, (base + 2_000 + i) as u16)
+}
+
+/// A base port such that every port the cluster needs is free on 127.0.0.1 right now. Bases
+/// stay below Linux's ephemeral range (32768 and up), where client sockets of tests running in
+/// parallel come from.
+fn free_base(nodes: u64, shards: u32) -> u16 {
+    let mut x =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+            ^ ((std::process::id() as u64) << 32)
+            | 1;
+    for _ in 0..500 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let base = 10_000 + (x % 20_000) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        let all_free = (0..nodes).all(|i| {
+            let (client, peer, http) = node_ports(base, i);
+            (0..shards as u16).all(|s| free(client + s) && free(peer + s)) && free(http)
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+/// A running test cluster. Every node process is killed when it is dropped.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub registry: Registry,
+    pub registry_path: PathBuf,
+    nodes: Vec<Option<Child>>,
+}
+
+impl TestCluster {
+    /// Starts `nodes` nodes with `shards` shards each and waits until every shard has a leader.
+    pub fn start(nodes: u64, shards: u32) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let base = free_base(nodes, shards);
+        let mut text = format!("cluster = \"test\"\nshards = {shards}\n");
+        for i in 0..nodes {
+            let (client, peer, http) = node_ports(base, i);
+            text.push_str(&format!(
+                "\n[[node]]\nid = {}\nhost = \"127.0.0.1\"\nclient_port = {client}\npeer_port = {peer}\nhttp_port = {http}\n",
+                i + 1,
+            ));
+        }
+        let registry_path = dir.path().join("corekv.toml");
+        std::fs::write(&registry_path, &text).expect("write registry");
+        let registry = Registry::parse(&text, "test registry").expect("valid registry");
+        let mut cluster = TestCluster { dir, registry, registry_path, nodes: Vec::new() };
+        for id in 1..=nodes {
+            let child = cluster.spawn(id);
+            cluster.nodes.push(Some(child));
+        }
+        cluster.wait_for_leaders(Duration::from_secs(30));
+        cluster
+    }
+
+    fn spawn(&self, id: u64) -> Child {
+        let log = self.log_path(id);
+        let out =
+            std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        Command::new(corekv_bin())
+            .arg("serve")
+            .arg("--registry")
+            .arg(&self.registry_path)
+            .arg("--node-id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .arg("--log")
+            .arg("info,raft=info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start corekv")
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    /// The last lines of a node's log (for assertion messages).
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// A client for this cluster.
+    pub fn client(&self) -> Client {
+        let mut config = ClientConfig::new(self.registry.clone());
+        config.timeout = Duration::from_secs(10);
+        Client::connect(config)
+    }
+
+    /// `GET path` on node `id`'s HTTP port.
+    pub fn http(&self, id: u64, path: &str) -> Option<(u16, String)> {
+        let addr = self.registry.node(id)?.http_addr();
+        corekv_server::http::get(&addr, path, Duration::from_secs(2)).ok()
+    }
+
+    /// Node `id`'s `/status`, parsed.
+    pub fn status(&self, id: u64) -> Option<serde_json::Value> {
+        let (code, body) = self.http(id, "/status")?;
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    /// The leader every live node agrees shard `shard` has, if they agree.
+    pub fn leader(&self, shard: u32) -> Option<u64> {
+        let mut leader = None;
+        for id in self.live_nodes() {
+            let status = self.status(id)?;
+            let l = status["shards"][shard as usize]["leader_id"].as_u64()?;
+            if l == 0 || leader.is_some_and(|x| x != l) {
+                return None;
+            }
+            leader = Some(l);
+        }
+        leader.filter(|l| self.live_nodes().contains(l))
+    }
+
+    /// The leader of `shard`, waiting (up to 15 s) while an election or a leadership transfer
+    /// is under way.
+    pub fn leader_of(&self, shard: u32) -> u64 {
+        let mut leader = None;
+        self.wait_until(Duration::from_secs(15), &format!("a leader of shard {shard}"), || {
+            leader = self.leader(shard);
+            leader.is_some()
+        });
+        leader.expect("checked")
+    }
+
+    /// Waits until every shard has an agreed leader among the live nodes.
+    pub fn wait_for_leaders(&self, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            if (0..self.registry.shards).all(|s| self.leader(s).is_some()) {
+                return;
+            }
+            if started.elapsed() > timeout {
+                let logs: Vec<String> = self
+                    .live_nodes()
+                    .iter()
+                    .map(|&id| format!("--- node {id}\n{}", self.log_tail(id)))
+                    .collect();
+                panic!("not every shard elected a leader within {timeout:?}\n{}", logs.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `condition` holds, panicking with `what` after `timeout`.
+    pub fn wait_until(&self, timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !condition() {
+            if started.elapsed() > timeout {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Ids of nodes whose process runs.
+    pub fn live_nodes(&self) -> Vec<u64> {
+        (1..=self.nodes.len() as u64).filter(|&id| self.nodes[id as usize - 1].is_some()).collect()
+    }
+
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes[id as usize - 1].as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` to node `id`.
+    pub fn signal(&self, id: u64, signal: i32) {
+        let pid = self.pid(id).expect("node running") as libc::pid_t;
+        // SAFETY: signalling a child process this harness started and has not reaped.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes[id as usize - 1].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs node `id` and waits for a clean exit; returns its exit status.
+    pub fn stop(&mut self, id: u64) -> std::process::ExitStatus {
+        self.signal(id, libc::SIGTERM);
+        let mut child = self.nodes[id as usize - 1].take().expect("running");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("node {id} did not stop within 20 s after SIGTERM\n{}", self.log_tail(id));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts node `id` again on its data directory.
+    pub fn restart(&mut self, id: u64) {
+        assert!(self.nodes[id as usize - 1].is_none(), "node {id} is running");
+        let child = self.spawn(id);
+        self.nodes[id as usize - 1] = Some(child);
+    }
+
+    /// Whether node `id`'s process has exited on its own.
+    pub fn exited(&mut self, id: u64) -> bool {
+        match &mut self.nodes[id as usize - 1] {
+            Some(child) => child.try_wait().ok().flatten().is_some(),
+            None => true,
+        }
+    }
+
+    /// A raw protocol connection to shard `shard` of node `id`, after a hello.
+    pub fn raw(&self, id: u64, shard: u32) -> RawConn {
+        let addr = self.registry.node(id).expect("node").client_addr(shard);
+        let mut conn = RawConn::connect(&addr);
+        let hello = RequestEncoder::new().hello(1, "test").to_vec();
+        conn.send(&hello);
+        let reply = conn.recv();
+        assert!(verify_reply(&reply).unwrap().reply_as_hello_reply().is_some(), "hello accepted");
+        conn
+    }
+
+    /// Kills every node, then stops them cleanly if they are still running.
+    pub fn kill_all(&mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.kill(id);
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// A blocking connection speaking the client protocol, for tests that talk to one replica.
+pub struct RawConn {
+    pub stream: TcpStream,
+    buffer: FrameBuffer,
+}
+
+impl RawConn {
+    pub fn connect(addr: &str) -> RawConn {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawConn { stream, buffer: FrameBuffer::new(65536) }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// The next whole frame.
+    pub fn recv(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(frame) = self.buffer.next_frame().expect("valid framing") {
+                return frame.to_vec();
+            }
+            let n = self.stream.read(self.buffer.spare()).expect("read");
+            assert!(n > 0, "connection closed by the server");
+            self.buffer.commit(n);
+        }
+    }
+
+    /// Whether the server closed the connection (EOF or reset) within the read timeout.
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+/// Runs `f` with a fresh current-thread tokio runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
+}
+
+/// Data directory size in bytes.
+pub fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            let meta = entry.metadata().expect("metadata");
+            total += if meta.is_dir() { dir_bytes(&entry.path()) } else { meta.len() };
+        }
+    }
+    total
+}
