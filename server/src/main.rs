@@ -25,7 +25,7 @@ enum Command {
         /// This node's id in the registry.
         #[arg(long)]
         node_id: u64,
-        /// Where the node keeps its data [default: ./corekv-data-<node id>].
+        /// Where the node keeps its data [default: ./corekv-data-N, N being the node id].
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Log filter, as RUST_LOG would take it (RUST_LOG wins when set).

@@ -1,6 +1,6 @@
 //! One shard on its own glommio executor: the shell around [`ShardCore`].
 //!
-//! Tasks on the executor, all sharing one [`Shard`] (`Rc`, never locked — one thread):
+//! Tasks on the executor, all sharing one `Shard` (`Rc`, never locked — one thread):
 //!
 //! ```text
 //!   client conns ──on_client_frame──►┐                       ┌──► peer senders (one per peer)

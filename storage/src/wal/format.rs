@@ -1,7 +1,7 @@
 //! The WAL's bytes on disk: segment files, their header block, and records.
 //!
 //! A shard's WAL is a sequence of segment files `DATA_DIR/shard-S/wal/{seq:020}.wal`, each
-//! [`SEGMENT_BYTES`] long and written in place (the files are prepared by writing them whole,
+//! [`SEGMENT_BYTES`](crate::constants::SEGMENT_BYTES) long and written in place (the files are prepared by writing them whole,
 //! so the hot path only ever overwrites blocks that were written before).
 //!
 //! ```text

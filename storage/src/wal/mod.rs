@@ -1,6 +1,6 @@
 //! The write-ahead log: one per shard, in segment files under `DATA_DIR/shard-S/wal/`.
 //!
-//! - [`format`]: the bytes on disk (segment header, records, crc32c), with diagrams.
+//! - [`format`](mod@format): the bytes on disk (segment header, records, crc32c), with diagrams.
 //! - [`writer`]: sans-IO group commit — records in, [`writer::FlushJob`]s out.
 //! - [`recovery`]: reading segments back, torn-tail truncation, corruption refusal.
 //! - [`files`]: the directory on a real file system (prepare, activate, retire, read) and a
