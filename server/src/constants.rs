@@ -92,6 +92,30 @@ pub const FRAME_SPLIT_BYTES: usize = 4 * 1024 * 1024;
 /// Read buffer chunk for sockets.
 pub const SOCKET_READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// A snapshot is taken once this many entries applied since the last one...
+pub const SNAPSHOT_ENTRIES: u64 = 500_000;
+
+/// ...or this many bytes of entry data: about two WAL segments, so the log between snapshots
+/// (and the memory the overlay of changes takes) stays bounded under any write pattern.
+pub const SNAPSHOT_LOG_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Snapshot files kept: the newest, and the one before it as a fallback (the log is kept back
+/// to it, so it is always usable).
+pub const SNAPSHOT_FILES_KEPT: usize = 2;
+
+/// Smallest WAL segment size `--wal-segment-mib` accepts: the largest entry, with room to
+/// spare, must fit in one segment.
+pub const WAL_SEGMENT_BYTES_MIN: u64 = 16 * 1024 * 1024;
+
+/// Bytes per snapshot chunk sent to a follower.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Snapshot bytes sent but not yet acknowledged by the receiver (flow control).
+pub const SNAPSHOT_WINDOW_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A snapshot transfer with no progress for this long is abandoned (and retried by raft).
+pub const SNAPSHOT_STALL_TIMEOUT_MS: u64 = 30_000;
+
 /// How long a shutting-down shard waits for writes in flight to finish before answering them.
 pub const SHUTDOWN_DRAIN_MS: u64 = 1_000;
 
@@ -99,4 +123,8 @@ const _: () = assert!(ENTRY_BYTES_MAX <= RECORD_PAYLOAD_BYTES_MAX - 64);
 const _: () = assert!(BATCH_BYTES_TARGET <= ENTRY_BYTES_MAX);
 const _: () = assert!(WAL_BACKLOG_BYTES_BUSY + ENTRY_BYTES_MAX < WRITE_BUFFER_BYTES_MAX);
 const _: () = assert!(READ_RETRY_TICKS * TICK_MS < READ_TIMEOUT_MS);
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES % corekv_storage::constants::BLOCK_BYTES == 0);
+const _: () = assert!(WAL_SEGMENT_BYTES_MIN as usize >= 2 * ENTRY_BYTES_MAX);
+const _: () = assert!(SNAPSHOT_WINDOW_BYTES as usize + SNAPSHOT_CHUNK_BYTES < PEER_QUEUE_BYTES_MAX);
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES + 64 * 1024 < FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_SPLIT_BYTES + ENTRY_BYTES_MAX + 1024 * 1024 <= FRAME_BYTES_MAX);

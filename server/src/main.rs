@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use corekv_client::registry::Registry;
+use corekv_server::core::SnapshotPolicy;
 use corekv_server::dev::DevOptions;
 use corekv_server::runtime::{ServeOptions, Timing};
 
@@ -31,6 +32,19 @@ enum Command {
         /// Log filter, as RUST_LOG would take it (RUST_LOG wins when set).
         #[arg(long, default_value = "info,raft=warn")]
         log: String,
+        /// Take a snapshot after this many entries applied since the last one.
+        #[arg(long, default_value_t = corekv_server::constants::SNAPSHOT_ENTRIES)]
+        snapshot_entries: u64,
+        /// ...or after this many MiB of entry data.
+        #[arg(long, default_value_t = corekv_server::constants::SNAPSHOT_LOG_BYTES / (1024 * 1024))]
+        snapshot_log_mib: u64,
+        /// Size of WAL segment files in MiB (fixed once a WAL exists).
+        #[arg(long, default_value_t = corekv_storage::constants::SEGMENT_BYTES / (1024 * 1024))]
+        wal_segment_mib: u64,
+        /// This node lost its data (a wiped or replaced disk): rebuild it from the cluster,
+        /// taking no part in elections until it has caught up.
+        #[arg(long)]
+        join: bool,
     },
     /// Start a local cluster on loopback and stop it on Ctrl-C.
     Dev {
@@ -62,7 +76,16 @@ fn main() -> ExitCode {
     }));
     let args = Args::parse();
     match args.command {
-        Command::Serve { registry, node_id, data_dir, log } => {
+        Command::Serve {
+            registry,
+            node_id,
+            data_dir,
+            log,
+            snapshot_entries,
+            snapshot_log_mib,
+            wal_segment_mib,
+            join,
+        } => {
             corekv_server::logging::init(&log);
             let registry = match Registry::load(&registry) {
                 Ok(registry) => registry,
@@ -80,7 +103,28 @@ fn main() -> ExitCode {
             }
             let data_dir =
                 data_dir.unwrap_or_else(|| PathBuf::from(format!("corekv-data-{node_id}")));
-            let options = ServeOptions { registry, node_id, data_dir, timing: Timing::default() };
+            if snapshot_entries == 0 || snapshot_log_mib == 0 {
+                eprintln!("corekv: --snapshot-entries and --snapshot-log-mib must be at least 1");
+                return ExitCode::from(2);
+            }
+            let min_mib = corekv_server::constants::WAL_SEGMENT_BYTES_MIN / (1024 * 1024);
+            if !(min_mib..=1024).contains(&wal_segment_mib) {
+                eprintln!("corekv: --wal-segment-mib must be between {min_mib} and 1024");
+                return ExitCode::from(2);
+            }
+            let snapshots = SnapshotPolicy {
+                entries: snapshot_entries,
+                log_bytes: snapshot_log_mib * 1024 * 1024,
+            };
+            let options = ServeOptions {
+                registry,
+                node_id,
+                data_dir,
+                timing: Timing::default(),
+                snapshots,
+                wal_segment_bytes: wal_segment_mib * 1024 * 1024,
+                join,
+            };
             match corekv_server::runtime::serve(options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

@@ -173,6 +173,18 @@ pub struct ShardMetrics {
     pub messages_received: AtomicU64,
     /// Frames refused as malformed, on client and peer ports.
     pub malformed_frames: AtomicU64,
+    /// Snapshots taken and made durable.
+    pub snapshots: AtomicU64,
+    /// Snapshots that failed to be made.
+    pub snapshot_errors: AtomicU64,
+    /// Time to build and write a snapshot, in µs.
+    pub snapshot_duration_us: Histogram,
+    /// Snapshots sent to followers.
+    pub snapshots_sent: AtomicU64,
+    /// Snapshot transfers to followers that failed.
+    pub snapshot_send_failures: AtomicU64,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: AtomicU64,
     /// Open client connections.
     pub client_connections: AtomicI64,
     /// Open peer connections (both directions).
@@ -198,6 +210,12 @@ impl Default for ShardMetrics {
             messages_sent: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
             malformed_frames: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
+            snapshot_errors: AtomicU64::new(0),
+            snapshot_duration_us: Histogram::latency(),
+            snapshots_sent: AtomicU64::new(0),
+            snapshot_send_failures: AtomicU64::new(0),
+            snapshots_installed: AtomicU64::new(0),
             client_connections: AtomicI64::new(0),
             peer_connections: AtomicI64::new(0),
         }
@@ -342,6 +360,39 @@ pub fn render(node_id: u64, shards: &[&ShardMetrics]) -> String {
         "corekv_malformed_frames_total",
         "Frames refused as malformed on client and peer ports.",
         &|m| m.malformed_frames.load(Relaxed).to_string(),
+    );
+    counter(&mut out, "corekv_snapshots_total", "Snapshots taken and made durable.", &|m| {
+        m.snapshots.load(Relaxed).to_string()
+    });
+    counter(&mut out, "corekv_snapshot_errors_total", "Snapshots that failed to be made.", &|m| {
+        m.snapshot_errors.load(Relaxed).to_string()
+    });
+    let _ = writeln!(
+        out,
+        "# HELP corekv_snapshot_duration_seconds Time to build and write a snapshot."
+    );
+    let _ = writeln!(out, "# TYPE corekv_snapshot_duration_seconds histogram");
+    for (shard, m) in shards.iter().enumerate() {
+        let labels = format!("node=\"{node_id}\",shard=\"{shard}\",");
+        m.snapshot_duration_us.render(&mut out, "corekv_snapshot_duration_seconds", &labels, 1e6);
+    }
+    counter(
+        &mut out,
+        "corekv_snapshots_sent_total",
+        "Snapshots sent to followers that needed them.",
+        &|m| m.snapshots_sent.load(Relaxed).to_string(),
+    );
+    counter(
+        &mut out,
+        "corekv_snapshot_send_failures_total",
+        "Snapshot transfers to followers that failed.",
+        &|m| m.snapshot_send_failures.load(Relaxed).to_string(),
+    );
+    counter(
+        &mut out,
+        "corekv_snapshots_installed_total",
+        "Snapshots received from a leader and installed.",
+        &|m| m.snapshots_installed.load(Relaxed).to_string(),
     );
     for (name, help, get) in [
         (

@@ -236,6 +236,9 @@ fn metrics_are_valid_prometheus_text() {
         "corekv_leader_changes_total",
         "corekv_dropped_messages_total",
         "corekv_client_connections",
+        "corekv_snapshots_total",
+        "corekv_snapshot_duration_seconds",
+        "corekv_snapshots_installed_total",
     ] {
         assert!(families.contains_key(name), "metric family {name} missing");
     }

@@ -6,7 +6,9 @@
 //!   compaction, and the hooks for asynchronous persistence.
 //! - [`command`]: what a raft entry carries — a batch of writes.
 //! - [`state_machine`]: the ordered map of keys, values and per-key metadata that applying
-//!   committed entries builds.
+//!   committed entries builds: the newest snapshot read in place, plus overlays of the changes
+//!   since.
+//! - [`snapshot`]: rkyv snapshot files — building, writing with direct I/O, receiving, loading.
 //! - [`constants`]: sizes and limits.
 //!
 //! The write path is sans-IO: [`wal::WalWriter`] and [`raft_log::RaftLogStore`] decide what to
@@ -18,6 +20,7 @@ pub mod command;
 pub mod constants;
 pub mod error;
 pub mod raft_log;
+pub mod snapshot;
 pub mod state_machine;
 pub mod wal;
 

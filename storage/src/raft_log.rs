@@ -33,7 +33,7 @@ use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 
-use crate::constants::{ENTRY_CACHE_BYTES_MAX, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
+use crate::constants::{ENTRY_CACHE_BYTES_MAX, RECORD_HEADER_BYTES};
 use crate::error::{Result, StorageError};
 use crate::wal::format::parse_record;
 use crate::wal::recovery::{recover, Recovered, RecoveryMode, SegmentSource};
@@ -315,6 +315,14 @@ impl RaftLogStore {
         }
     }
 
+    /// Raises the hard state's commit index to `index` when it is lower: a snapshot at `index`
+    /// proves everything up to it committed, even if the commit index in the WAL lagged.
+    pub fn ensure_committed(&mut self, index: u64) {
+        if self.hard_state.commit < index {
+            self.hard_state.commit = index;
+        }
+    }
+
     /// Sets the snapshot that [`raft::Storage::snapshot`] hands out.
     pub fn set_snapshot(&mut self, snapshot: Snapshot) {
         self.snapshot = snapshot;
@@ -354,7 +362,9 @@ impl RaftLogStore {
             self.last()
         );
         let total: usize = entries.iter().map(entry_bytes).sum();
-        if !self.has_room(total + ENTRIES_HEADER_BYTES * (1 + total / RECORD_PAYLOAD_BYTES_MAX)) {
+        if !self
+            .has_room(total + ENTRIES_HEADER_BYTES * (1 + total / self.wal.record_payload_max()))
+        {
             return Err(AppendRefused::Full { buffered: self.wal.buffered_bytes(), record: total });
         }
         self.truncate_from(first_index);
@@ -363,8 +373,9 @@ impl RaftLogStore {
         while start < entries.len() {
             let mut end = start;
             let mut size = ENTRIES_HEADER_BYTES;
+            let chunk_max = self.wal.record_payload_max();
             while end < entries.len()
-                && (end == start || size + entry_bytes(&entries[end]) <= RECORD_PAYLOAD_BYTES_MAX)
+                && (end == start || size + entry_bytes(&entries[end]) <= chunk_max)
             {
                 size += entry_bytes(&entries[end]);
                 end += 1;

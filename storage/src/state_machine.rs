@@ -15,9 +15,26 @@
 //! The applied index lives here, with the data it describes: the state machine is rebuilt on
 //! start-up from the newest snapshot plus the log after it, and raft-rs is told the applied
 //! index, so a restart neither re-applies nor skips an entry.
+//!
+//! # Layers
+//!
+//! ```text
+//!   reads look here first ─► overlay   changes since `frozen` (or since `base`)   mutable
+//!                            frozen    changes being written into the next snapshot  Arc, read-only
+//!                            base      the newest snapshot, an rkyv archive          Arc, read-only
+//! ```
+//!
+//! Each layer holds, per key, a value or a deletion; the first layer that knows a key decides.
+//! Taking a snapshot freezes the overlay (a pointer move) and hands `base + frozen` — both
+//! immutable — to another thread, which merges them into a new archive; meanwhile the shard
+//! keeps applying writes to a fresh overlay. When the new archive is durable it becomes the
+//! base and the frozen layer is dropped. A restart loads the newest archive and reads it in
+//! place: one read of the file, no rebuild.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::snapshot::{Archive, Overlay};
 
 use crate::command::{
     decode_batch, CommandError, Compare, CompareOp, CompareTarget, Op, TxnOp, TxnOpKind,
@@ -97,23 +114,173 @@ pub enum OpResult<'a> {
     Txn(TxnOutcome<'a>),
 }
 
+/// The frozen state a snapshot is built from: `base` overlaid with `overlay`, as of `index`.
+#[derive(Debug, Clone)]
+pub struct FrozenState {
+    /// The snapshot the state builds on.
+    pub base: Option<Arc<Archive>>,
+    /// Changes since `base`, up to and including `index`.
+    pub overlay: Arc<Overlay>,
+    /// Last applied index the state includes.
+    pub index: u64,
+    /// Term of that entry.
+    pub term: u64,
+}
+
 /// A shard's data. See the module docs.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct StateMachine {
-    map: BTreeMap<Box<[u8]>, Record>,
+    base: Option<Arc<Archive>>,
+    frozen: Option<Arc<Overlay>>,
+    overlay: Overlay,
     applied_index: u64,
     applied_term: u64,
-    /// Bytes of keys and values held.
+    /// Keys, counted across the layers.
+    keys: usize,
+    /// Bytes of keys and values, counted across the layers.
     data_bytes: usize,
     scratch_metas: Vec<KeyMeta>,
     scratch_flags: Vec<bool>,
     scratch_txn: Vec<TxnResult>,
 }
 
+/// Which layer a merged entry came from (lower wins).
+type Layered<'a> = (&'a [u8], Option<ValueRef<'a>>);
+
+/// Merges sorted layers: at equal keys the first layer wins; deletions are dropped.
+struct Merge<'a> {
+    layers: Vec<std::iter::Peekable<Box<dyn Iterator<Item = Layered<'a>> + 'a>>>,
+}
+
+impl<'a> Iterator for Merge<'a> {
+    type Item = (&'a [u8], ValueRef<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let smallest =
+                self.layers.iter_mut().filter_map(|l| l.peek().map(|(k, _)| *k)).min()?;
+            let mut winner = None;
+            for layer in &mut self.layers {
+                if layer.peek().is_some_and(|(k, _)| *k == smallest) {
+                    let (_, value) = layer.next().expect("peeked");
+                    if winner.is_none() {
+                        winner = Some(value);
+                    }
+                }
+            }
+            if let Some(Some(value)) = winner {
+                return Some((smallest, value));
+            }
+        }
+    }
+}
+
+fn overlay_range<'a>(
+    overlay: &'a Overlay,
+    lower: Bound<&'a [u8]>,
+    upper: Bound<&'a [u8]>,
+) -> Box<dyn Iterator<Item = Layered<'a>> + 'a> {
+    Box::new(
+        overlay
+            .range::<[u8], _>((lower, upper))
+            .map(|(k, r)| (&k[..], r.as_ref().map(|r| ValueRef { value: &r.value, meta: r.meta }))),
+    )
+}
+
+fn archive_range<'a>(
+    archive: &'a Archive,
+    lower: Bound<&'a [u8]>,
+    upper: Bound<&'a [u8]>,
+) -> Box<dyn Iterator<Item = Layered<'a>> + 'a> {
+    let start = archive.lower_bound(lower);
+    Box::new(
+        (start..archive.len())
+            .map(move |i| archive.entry(i))
+            .take_while(move |(k, _)| match upper {
+                Bound::Unbounded => true,
+                Bound::Included(u) => *k <= u,
+                Bound::Excluded(u) => *k < u,
+            })
+            .map(|(k, v)| (k, Some(v))),
+    )
+}
+
 impl StateMachine {
     /// An empty state machine.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The state of a snapshot, read in place.
+    pub fn from_snapshot(archive: Arc<Archive>) -> Self {
+        let mut sm = Self::new();
+        sm.restore(archive);
+        sm
+    }
+
+    /// Replaces the whole state with a snapshot (a follower installing its leader's snapshot,
+    /// or start-up). A snapshot being built from the old state is abandoned.
+    pub fn restore(&mut self, archive: Arc<Archive>) {
+        self.applied_index = archive.meta().index;
+        self.applied_term = archive.meta().term;
+        self.keys = archive.len();
+        self.data_bytes = archive.data_bytes();
+        self.base = Some(archive);
+        self.frozen = None;
+        self.overlay = Overlay::new();
+    }
+
+    /// Freezes the current state for a snapshot; `None` while a snapshot is already being made.
+    pub fn freeze(&mut self) -> Option<FrozenState> {
+        if self.frozen.is_some() {
+            return None;
+        }
+        let overlay = Arc::new(std::mem::take(&mut self.overlay));
+        self.frozen = Some(overlay.clone());
+        Some(FrozenState {
+            base: self.base.clone(),
+            overlay,
+            index: self.applied_index,
+            term: self.applied_term,
+        })
+    }
+
+    /// Whether a frozen layer exists (a snapshot is being made).
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.is_some()
+    }
+
+    /// The snapshot made from the frozen state is durable: it becomes the base and the frozen
+    /// layer goes. Returns false (changing nothing) when it is not the snapshot of the current
+    /// frozen state (a `restore` abandoned it meanwhile).
+    pub fn adopt_snapshot(&mut self, archive: Arc<Archive>, frozen_index: u64) -> bool {
+        let expected = self.frozen.is_some()
+            && archive.meta().index == frozen_index
+            && self.base.as_ref().is_none_or(|b| b.meta().index <= frozen_index);
+        if expected {
+            self.base = Some(archive);
+            self.frozen = None;
+        }
+        expected
+    }
+
+    /// Making the snapshot failed: fold the frozen layer back under the live overlay.
+    pub fn thaw(&mut self) {
+        if let Some(frozen) = self.frozen.take() {
+            let mut merged = Arc::try_unwrap(frozen).unwrap_or_else(|shared| (*shared).clone());
+            merged.append(&mut self.overlay);
+            self.overlay = merged;
+        }
+    }
+
+    /// The snapshot the state builds on.
+    pub fn base(&self) -> Option<&Arc<Archive>> {
+        self.base.as_ref()
+    }
+
+    /// Keys changed (or deleted) since the last snapshot.
+    pub fn overlay_len(&self) -> usize {
+        self.overlay.len() + self.frozen.as_ref().map_or(0, |f| f.len())
     }
 
     /// The last applied log index.
@@ -128,12 +295,12 @@ impl StateMachine {
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.keys
     }
 
     /// Whether there are no keys.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.keys == 0
     }
 
     /// Bytes of keys and values held.
@@ -143,15 +310,32 @@ impl StateMachine {
 
     /// Reads one key.
     pub fn get(&self, key: &[u8]) -> Option<ValueRef<'_>> {
-        self.map.get(key).map(|r| ValueRef { value: &r.value, meta: r.meta })
+        if let Some(value) = self.overlay.get(key) {
+            return value.as_ref().map(|r| ValueRef { value: &r.value, meta: r.meta });
+        }
+        if let Some(value) = self.frozen.as_ref().and_then(|f| f.get(key)) {
+            return value.as_ref().map(|r| ValueRef { value: &r.value, meta: r.meta });
+        }
+        self.base.as_ref().and_then(|b| b.get(key))
+    }
+
+    fn merged<'s>(&'s self, lower: Bound<&'s [u8]>, upper: Bound<&'s [u8]>) -> Merge<'s> {
+        let mut layers = vec![overlay_range(&self.overlay, lower, upper).peekable()];
+        if let Some(frozen) = &self.frozen {
+            layers.push(overlay_range(frozen, lower, upper).peekable());
+        }
+        if let Some(base) = &self.base {
+            layers.push(archive_range(base, lower, upper).peekable());
+        }
+        Merge { layers }
     }
 
     /// Visits keys in `(lower, upper)` in ascending order until `visit` returns false (that key
     /// is not taken). Returns whether a key in the range was left unvisited.
     pub fn scan<'s>(
         &'s self,
-        lower: Bound<&[u8]>,
-        upper: Bound<&[u8]>,
+        lower: Bound<&'s [u8]>,
+        upper: Bound<&'s [u8]>,
         mut visit: impl FnMut(&'s [u8], ValueRef<'s>) -> bool,
     ) -> bool {
         if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) =
@@ -162,8 +346,8 @@ impl StateMachine {
                 return false;
             }
         }
-        for (key, record) in self.map.range::<[u8], _>((lower, upper)) {
-            if !visit(key, ValueRef { value: &record.value, meta: record.meta }) {
+        for (key, value) in self.merged(lower, upper) {
+            if !visit(key, value) {
                 return true;
             }
         }
@@ -235,32 +419,37 @@ impl StateMachine {
     }
 
     fn put(&mut self, index: u64, key: &[u8], value: &[u8]) -> KeyMeta {
-        let meta = match self.map.get_mut(key) {
-            Some(record) => {
-                record.meta.mod_index = index;
-                record.meta.version += 1;
-                self.data_bytes = self.data_bytes - record.value.len() + value.len();
-                record.value = value.into();
-                record.meta
+        let old = self.get(key).map(|v| (v.value.len(), v.meta));
+        let meta = match old {
+            Some((old_len, old_meta)) => {
+                self.data_bytes = self.data_bytes - old_len + value.len();
+                KeyMeta {
+                    create_index: old_meta.create_index,
+                    mod_index: index,
+                    version: old_meta.version + 1,
+                }
             }
             None => {
-                let meta = KeyMeta { create_index: index, mod_index: index, version: 1 };
+                self.keys += 1;
                 self.data_bytes += key.len() + value.len();
-                self.map.insert(key.into(), Record { value: value.into(), meta });
-                meta
+                KeyMeta { create_index: index, mod_index: index, version: 1 }
             }
         };
+        self.overlay.insert(key.into(), Some(Record { value: value.into(), meta }));
         meta
     }
 
     fn delete(&mut self, key: &[u8]) -> bool {
-        match self.map.remove(key) {
-            Some(record) => {
-                self.data_bytes -= key.len() + record.value.len();
-                true
-            }
-            None => false,
+        let Some(old_len) = self.get(key).map(|v| v.value.len()) else { return false };
+        self.keys -= 1;
+        self.data_bytes -= key.len() + old_len;
+        if self.base.is_none() && self.frozen.is_none() {
+            self.overlay.remove(key);
+        } else {
+            // A lower layer may hold the key: record the deletion.
+            self.overlay.insert(key.into(), None);
         }
+        true
     }
 
     fn txn_op(&mut self, index: u64, op: &TxnOp<'_>) -> TxnResult {
@@ -303,10 +492,9 @@ impl StateMachine {
         }
     }
 
-    /// Every key, value and metadata, in key order (for comparing replicas in tests and for
-    /// writing snapshots).
+    /// Every key, value and metadata, in key order (for comparing replicas in tests).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], ValueRef<'_>)> {
-        self.map.iter().map(|(k, r)| (&k[..], ValueRef { value: &r.value, meta: r.meta }))
+        self.merged(Bound::Unbounded, Bound::Unbounded)
     }
 }
 

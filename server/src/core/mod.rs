@@ -37,6 +37,7 @@
 
 mod reads;
 mod requests;
+mod snapshots;
 mod writes;
 
 use std::collections::VecDeque;
@@ -57,6 +58,7 @@ use crate::constants::{
 use crate::metrics::{Op, ShardMetrics};
 
 pub use reads::Reads;
+pub use snapshots::{SnapshotJob, SnapshotPolicy};
 pub use writes::Writes;
 
 /// Identifies a client connection within a shard; chosen by the shell.
@@ -83,6 +85,11 @@ pub struct CoreConfig {
     pub heartbeat_ticks: usize,
     /// Length of one tick, in milliseconds (for timeouts counted in ticks).
     pub tick_ms: u64,
+    /// When to take a snapshot.
+    pub snapshots: SnapshotPolicy,
+    /// This replica lost its data (or is new to a running cluster): it catches up from the
+    /// leader before it votes or campaigns.
+    pub join: bool,
 }
 
 /// What the core wants done. The shell drains it after every call into the core.
@@ -149,6 +156,8 @@ pub struct ShardStatus {
     pub last_index: u64,
     /// Bytes of WAL segments on disk.
     pub wal_bytes: u64,
+    /// Index of the newest durable snapshot (0: none).
+    pub snapshot_index: u64,
     /// WAL position known durable.
     pub wal_durable: String,
     /// Keys in the state machine.
@@ -188,6 +197,13 @@ pub struct ShardCore {
     metrics: Arc<ShardMetrics>,
     failure: Option<String>,
     shutting_down: bool,
+    snapshots: snapshots::SnapshotState,
+    /// Catching up before voting (see [`CoreConfig::join`]).
+    joining: bool,
+    /// The highest commit index a leader has told this joining replica about.
+    join_target: u64,
+    /// This replica found it lost acknowledged entries; it takes no part in raft any more.
+    data_lost: bool,
 }
 
 impl ShardCore {
@@ -215,7 +231,7 @@ impl ShardCore {
         };
         let raw = RawNode::new(&config, store, logger)?;
         let slots = corekv_client::placement::slot_range(cfg.shard, cfg.shards);
-        Ok(ShardCore {
+        let mut core = ShardCore {
             cfg,
             raw,
             sm,
@@ -232,7 +248,14 @@ impl ShardCore {
             metrics,
             failure: None,
             shutting_down: false,
-        })
+            snapshots: snapshots::SnapshotState::default(),
+            joining: false,
+            join_target: 0,
+            data_lost: false,
+        };
+        core.joining = core.cfg.join;
+        core.init_snapshots();
+        Ok(core)
     }
 
     /// Starts an election at once if this node is the shard's preferred leader and knows of
@@ -287,7 +310,19 @@ impl ShardCore {
     /// One raft tick, plus the timeouts counted in ticks.
     pub fn tick(&mut self) {
         self.ticks += 1;
-        self.raw.tick();
+        if self.joining && self.join_target > 0 && self.sm.applied_index() >= self.join_target {
+            self.joining = false;
+            tracing::info!(
+                shard = self.cfg.shard,
+                applied = self.sm.applied_index(),
+                "caught up with the cluster; taking part in elections again"
+            );
+        }
+        // A joining replica's election timer does not run: it must not campaign before it
+        // caught up.
+        if !self.joining {
+            self.raw.tick();
+        }
         self.retry_reads();
         self.expire_requests();
         if self.ticks % LEADER_BALANCE_TICKS == 0 {
@@ -297,7 +332,47 @@ impl ShardCore {
 
     /// A raft message from a peer. Messages raft refuses (from unknown peers, local types) are
     /// dropped.
-    pub fn step(&mut self, message: Message) {
+    ///
+    /// A leader only tells a follower to commit what the follower acknowledged having. A
+    /// heartbeat committing past this replica's log therefore means the replica lost entries it
+    /// had acknowledged — its data directory was wiped or replaced. Going on could break raft's
+    /// guarantees (its vote was lost too), so unless the node was started with `--join`, the
+    /// shard stops and says how to rebuild it. A joining replica instead ignores that commit
+    /// index until the leader has brought its log up to date, and ignores vote requests until
+    /// it caught up.
+    pub fn step(&mut self, mut message: Message) {
+        use raft::eraftpb::MessageType;
+        if self.data_lost {
+            return;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last {
+            if !self.joining {
+                self.data_lost = true;
+                self.fail(format!(
+                    "this replica lost acknowledged data: its log ends at index {last} but the \
+                     leader (node {}) counts on it holding index {}; restart the node with --join \
+                     to rebuild it from the cluster",
+                    message.from, message.commit
+                ));
+                return;
+            }
+            message.commit = last;
+        }
+        if self.joining {
+            match message.get_msg_type() {
+                MessageType::MsgRequestVote
+                | MessageType::MsgRequestPreVote
+                | MessageType::MsgTimeoutNow => {
+                    return;
+                }
+                MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot => {
+                    let commit = message.commit.max(message.get_snapshot().get_metadata().index);
+                    self.join_target = self.join_target.max(commit).max(1);
+                }
+                _ => {}
+            }
+        }
         if let Err(error) = self.raw.step(message) {
             tracing::debug!(shard = self.cfg.shard, %error, "raft refused a message");
         }
@@ -331,11 +406,12 @@ impl ShardCore {
         }
         // (b) A leader's messages go out now, in parallel with its own log write.
         self.out.messages.extend(ready.take_messages());
-        assert!(
-            ready.snapshot().is_empty(),
-            "raft handed out a snapshot, but no replica of this shard ever compacts its log"
-        );
-        // (c) Entries and hard state into the store and the WAL buffer.
+        // (c) A snapshot from the leader replaces the log and the state; then entries and
+        // hard state go into the store and the WAL buffer.
+        if !ready.snapshot().is_empty() {
+            let installed = self.install_snapshot(ready.snapshot());
+            assert!(installed, "raft installs a snapshot whose file this replica never received");
+        }
         let needs_flush = !ready.entries().is_empty() || ready.must_sync();
         let store = self.raw.mut_store();
         let mut appended = store.append(ready.entries());
@@ -586,6 +662,7 @@ impl ShardCore {
             first_index: raft.raft_log.first_index(),
             last_index: raft.raft_log.last_index(),
             wal_bytes: store.segment_count() as u64 * store.wal().segment_bytes(),
+            snapshot_index: self.snapshots.newest,
             wal_durable: store.wal().durable().to_string(),
             keys: self.sm.len() as u64,
             peers,

@@ -30,11 +30,11 @@ use crate::metrics::Op;
 
 /// A client waiting for its write.
 #[derive(Debug, Clone, Copy)]
-struct Waiter {
-    conn: ConnId,
-    id: u64,
-    op: Op,
-    start_us: u64,
+pub(super) struct Waiter {
+    pub(super) conn: ConnId,
+    pub(super) id: u64,
+    pub(super) op: Op,
+    pub(super) start_us: u64,
 }
 
 /// A proposed entry and the writers waiting on it, in batch order.
@@ -59,6 +59,17 @@ impl Writes {
     /// Writes batched or proposed and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Takes the writers of every proposal at or before `index`.
+    pub(super) fn take_pending_through(&mut self, index: u64) -> Vec<Waiter> {
+        let mut taken = Vec::new();
+        while self.pending.front().is_some_and(|p| p.index <= index) {
+            let p = self.pending.pop_front().expect("non-empty");
+            self.in_flight -= p.waiters.len();
+            taken.extend(p.waiters);
+        }
+        taken
     }
 }
 
@@ -148,6 +159,7 @@ impl ShardCore {
 
     /// Applies one committed entry and answers the writers waiting on it.
     pub(super) fn apply_entry(&mut self, entry: &Entry) {
+        self.note_applied_bytes(entry.data.len());
         let waiters = self.take_waiters_for(entry);
         if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
             self.sm.apply_empty(entry.index, entry.term);

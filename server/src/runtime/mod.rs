@@ -52,6 +52,12 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     /// Raft timing.
     pub timing: Timing,
+    /// When shards take snapshots.
+    pub snapshots: crate::core::SnapshotPolicy,
+    /// Size of new WAL segment files.
+    pub wal_segment_bytes: u64,
+    /// This node lost its data or is new to a running cluster: catch up before voting.
+    pub join: bool,
 }
 
 /// Holds an exclusive lock on the data directory for the life of the process, so two nodes
@@ -98,6 +104,9 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         metrics.push(shard_metrics.clone());
         statuses.push(status.clone());
         let ctx = shard::ShardContext {
+            snapshots: options.snapshots,
+            wal_segment_bytes: options.wal_segment_bytes,
+            join: options.join,
             registry: registry.clone(),
             node_id: options.node_id,
             shard,

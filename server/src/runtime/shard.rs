@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use corekv_client::registry::Registry;
 use corekv_proto::encode::PeerEncoder;
-use corekv_storage::constants::SEGMENT_BYTES;
 use corekv_storage::raft_log::RaftLogStore;
+use corekv_storage::snapshot::{self, Archive};
 use corekv_storage::state_machine::StateMachine;
 use corekv_storage::wal::dma::DmaFlusher;
 use corekv_storage::wal::{RecoveryMode, SegmentDir, SegmentIdentity};
@@ -38,9 +38,11 @@ use raft::eraftpb::{ConfState, Message};
 
 use super::client::{accept_clients, ClientConn};
 use super::notify::Notify;
-use super::peer::{accept_peers, peer_sender, PeerLink};
-use crate::constants::{FRAME_SPLIT_BYTES, SHUTDOWN_DRAIN_MS};
-use crate::core::{ConnId, CoreConfig, Outputs, ShardCore, ShardStatus};
+use super::peer::{accept_peers, peer_sender, start_snapshot_send, PeerLink};
+use crate::constants::{FRAME_SPLIT_BYTES, SHUTDOWN_DRAIN_MS, SNAPSHOT_FILES_KEPT};
+use crate::core::{
+    ConnId, CoreConfig, Outputs, ShardCore, ShardStatus, SnapshotJob, SnapshotPolicy,
+};
 use crate::metrics::ShardMetrics;
 
 /// Raft timing, overridable for tests (`COREKV_TICK_MS`, see [`crate::runtime::Timing`]).
@@ -56,6 +58,12 @@ pub struct Timing {
 
 /// What a shard's executor thread is started with (everything here is `Send`).
 pub struct ShardContext {
+    /// When to take snapshots.
+    pub snapshots: SnapshotPolicy,
+    /// Size of new WAL segment files.
+    pub wal_segment_bytes: u64,
+    /// Catch up from the cluster before voting.
+    pub join: bool,
     /// The cluster.
     pub registry: Arc<Registry>,
     /// This node.
@@ -89,6 +97,8 @@ pub(crate) struct Shard {
     pub(crate) registry: Arc<Registry>,
     pub(crate) node_id: u64,
     pub(crate) shard: u32,
+    /// `DATA_DIR/shard-S/snap`.
+    pub(crate) snap_dir: PathBuf,
     pending_ticks: Cell<u64>,
     retire: RefCell<Vec<u64>>,
     clock: Instant,
@@ -138,24 +148,44 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
     let node = registry.node(ctx.node_id).context("node id not in the registry")?.clone();
     let identity = SegmentIdentity { cluster: registry.cluster.clone(), shard: ctx.shard };
     let wal_dir = ctx.shard_dir.join("wal");
-    let segments = SegmentDir::open(&wal_dir, identity.clone(), SEGMENT_BYTES)
+    let segments = SegmentDir::open(&wal_dir, identity.clone(), ctx.wal_segment_bytes)
         .with_context(|| format!("shard {}: opening {}", ctx.shard, wal_dir.display()))?;
     let conf = ConfState { voters: registry.node_ids(), ..Default::default() };
     let started_at = Instant::now();
-    let (store, recovered) = RaftLogStore::open(
+    let snap_dir = ctx.shard_dir.join("snap");
+    let archive = load_newest_snapshot(&snap_dir, &registry.cluster, ctx.shard).await?;
+    let (mut store, recovered) = RaftLogStore::open(
         Box::new(segments.clone()),
         identity,
-        SEGMENT_BYTES,
+        ctx.wal_segment_bytes,
         conf,
         RecoveryMode::Strict,
     )
     .with_context(|| format!("shard {}: recovering the WAL", ctx.shard))?;
+    let compacted = store.compacted().0;
+    let sm = match archive {
+        Some(archive) if archive.meta().index >= compacted => {
+            store.ensure_committed(archive.meta().index);
+            StateMachine::from_snapshot(Arc::new(archive))
+        }
+        None if compacted == 0 => StateMachine::new(),
+        newest => anyhow::bail!(
+            "shard {}: the log starts after index {compacted}, but no valid snapshot reaches it \
+             (newest valid: {:?}); this replica cannot rebuild its state locally — remove {} to \
+             have it rebuilt from the cluster",
+            ctx.shard,
+            newest.map(|a| a.meta().index),
+            ctx.shard_dir.display()
+        ),
+    };
     tracing::info!(
         shard = ctx.shard,
+        snapshot_index = sm.applied_index(),
+        keys = sm.len(),
         records = recovered.records,
         segments = recovered.segments.len(),
         elapsed_ms = started_at.elapsed().as_millis() as u64,
-        "WAL recovered"
+        "state recovered"
     );
     let flusher = DmaFlusher::new(segments);
     flusher
@@ -172,9 +202,11 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
         election_ticks: ctx.timing.election_ticks,
         heartbeat_ticks: ctx.timing.heartbeat_ticks,
         tick_ms: ctx.timing.tick_ms,
+        snapshots: ctx.snapshots,
+        join: ctx.join,
     };
     let logger = crate::logging::raft_logger(ctx.node_id, ctx.shard);
-    let core = ShardCore::new(cfg, store, StateMachine::new(), ctx.metrics.clone(), &logger)
+    let core = ShardCore::new(cfg, store, sm, ctx.metrics.clone(), &logger)
         .map_err(|e| anyhow::anyhow!("shard {}: starting raft: {e}", ctx.shard))?;
     let client_addr = format!("{}:{}", node.host, node.client_port as u32 + ctx.shard);
     let peer_addr = format!("{}:{}", node.host, node.peer_port as u32 + ctx.shard);
@@ -200,6 +232,7 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
         registry,
         node_id: ctx.node_id,
         shard: ctx.shard,
+        snap_dir,
         pending_ticks: Cell::new(0),
         retire: RefCell::default(),
         clock: Instant::now(),
@@ -245,7 +278,7 @@ async fn serve(shard: Rc<Shard>, listeners: Listeners) {
     shard.stopping.set(true);
     shard.flush_wake.notify();
     for link in shard.peers.values() {
-        link.notify.notify();
+        link.wake();
     }
     flush_task.await;
     *status.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -259,7 +292,7 @@ async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &Mutex<Option<S
     loop {
         shard.wake.wait().await;
         let ticks = shard.pending_ticks.replace(0);
-        {
+        let (job, prune) = {
             let mut core = shard.core.borrow_mut();
             core.set_now(shard.now_us());
             for _ in 0..ticks {
@@ -270,12 +303,89 @@ async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &Mutex<Option<S
             if ticks > 0 {
                 *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(core.status());
             }
-        }
+            (core.take_snapshot_job(), core.take_prune())
+        };
         dispatch(shard, &mut out, &mut encoder);
+        if let Some(job) = job {
+            glommio::spawn_local(make_snapshot(shard.clone(), job)).detach();
+        }
+        if prune {
+            let dir = shard.snap_dir.clone();
+            let shard_index = shard.shard;
+            glommio::spawn_local(async move {
+                let pruned = glommio::executor().spawn_blocking(move || snapshot::prune(&dir, SNAPSHOT_FILES_KEPT)).await;
+                if let Err(error) = pruned {
+                    tracing::warn!(shard = shard_index, %error, "removing old snapshot files failed");
+                }
+            })
+            .detach();
+        }
         if ticks > 0 && shutdown.load(Ordering::Relaxed) {
             return;
         }
     }
+}
+
+/// The newest snapshot file that validates, trying older ones when a file is damaged (each
+/// refusal is logged with the file and the reason).
+async fn load_newest_snapshot(
+    dir: &std::path::Path,
+    cluster: &str,
+    shard: u32,
+) -> anyhow::Result<Option<Archive>> {
+    let files =
+        snapshot::list(dir).with_context(|| format!("listing snapshots in {}", dir.display()))?;
+    for (_, _, path) in files {
+        let (file, cluster_name) = (path.clone(), cluster.to_string());
+        let loaded = glommio::executor()
+            .spawn_blocking(move || Archive::load(&file, &cluster_name, shard))
+            .await;
+        match loaded {
+            Ok(archive) => return Ok(Some(archive)),
+            Err(error) => {
+                tracing::error!(shard, %error, "snapshot refused; trying an older one");
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Builds the snapshot of a frozen state off the executor, writes it with direct I/O, and
+/// reports the outcome to the core.
+async fn make_snapshot(shard: Rc<Shard>, job: SnapshotJob) {
+    let began = Instant::now();
+    let dir = shard.snap_dir.clone();
+    let result: anyhow::Result<Arc<Archive>> = async {
+        let SnapshotJob { frozen, meta, voters } = job;
+        let archive = glommio::executor()
+            .spawn_blocking(move || {
+                Archive::build(meta, voters, frozen.base.as_deref(), &frozen.overlay)
+            })
+            .await?;
+        let archive = Arc::new(archive);
+        snapshot::dma::write_snapshot_file(&dir, &archive).await?;
+        Ok(archive)
+    }
+    .await;
+    let mut core = shard.core.borrow_mut();
+    core.set_now(shard.now_us());
+    match result {
+        Ok(archive) => {
+            shard.metrics.snapshot_duration_us.record(began.elapsed().as_micros() as u64);
+            tracing::info!(
+                shard = shard.shard,
+                index = archive.meta().index,
+                keys = archive.len(),
+                bytes = archive.file_bytes().len(),
+                elapsed_ms = began.elapsed().as_millis() as u64,
+                "snapshot written"
+            );
+            core.on_snapshot_written(archive);
+        }
+        Err(error) => core.on_snapshot_failed(&format!("{error:#}")),
+    }
+    drop(core);
+    shard.wake.notify();
 }
 
 /// Shutdown: no new requests; writes in flight get up to [`SHUTDOWN_DRAIN_MS`] to apply;
@@ -318,7 +428,7 @@ async fn shut_down(shard: &Rc<Shard>) {
 
 /// Sends the core's outputs: raft messages to peer queues (one frame per peer per call),
 /// replies to their connections, retired segments to the flush task.
-pub(crate) fn dispatch(shard: &Shard, out: &mut Outputs, encoder: &mut PeerEncoder) {
+pub(crate) fn dispatch(shard: &Rc<Shard>, out: &mut Outputs, encoder: &mut PeerEncoder) {
     if !out.messages.is_empty() {
         // Stable: keeps each peer's messages in order.
         out.messages.sort_by_key(|m| m.to);
@@ -349,7 +459,7 @@ pub(crate) fn dispatch(shard: &Shard, out: &mut Outputs, encoder: &mut PeerEncod
     shard.flush_wake.notify();
 }
 
-fn send_to_peer(shard: &Shard, to: u64, messages: &[Message], encoder: &mut PeerEncoder) {
+fn send_to_peer(shard: &Rc<Shard>, to: u64, messages: &[Message], encoder: &mut PeerEncoder) {
     let Some(link) = shard.peers.get(&to) else {
         tracing::warn!(shard = shard.shard, to, "raft message for an unknown node dropped");
         return;
@@ -357,6 +467,11 @@ fn send_to_peer(shard: &Shard, to: u64, messages: &[Message], encoder: &mut Peer
     let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(messages.len());
     let mut bytes = 0;
     for message in messages {
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            // Sent with its file, by a transfer task.
+            start_snapshot_send(shard, link, message.clone());
+            continue;
+        }
         let data = protobuf::Message::write_to_bytes(message).expect("raft messages always encode");
         // Keep frames well under the frame limit: a big batch of appends becomes several.
         if bytes + data.len() > FRAME_SPLIT_BYTES && !encoded.is_empty() {
@@ -371,7 +486,13 @@ fn send_to_peer(shard: &Shard, to: u64, messages: &[Message], encoder: &mut Peer
         bytes += data.len();
         encoded.push(data);
     }
-    link.send(encoder.raft_batch(encoded.iter().map(Vec::as_slice)), encoded.len(), &shard.metrics);
+    if !encoded.is_empty() {
+        link.send(
+            encoder.raft_batch(encoded.iter().map(Vec::as_slice)),
+            encoded.len(),
+            &shard.metrics,
+        );
+    }
 }
 
 /// Counts ticks for the driver.

@@ -68,11 +68,18 @@ pub struct TestCluster {
     pub registry: Registry,
     pub registry_path: PathBuf,
     nodes: Vec<Option<Child>>,
+    /// Extra `corekv serve` arguments for every node.
+    serve_args: Vec<String>,
 }
 
 impl TestCluster {
     /// Starts `nodes` nodes with `shards` shards each and waits until every shard has a leader.
     pub fn start(nodes: u64, shards: u32) -> TestCluster {
+        Self::start_with(nodes, shards, &[])
+    }
+
+    /// Like [`TestCluster::start`], passing `serve_args` to every `corekv serve`.
+    pub fn start_with(nodes: u64, shards: u32, serve_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let base = free_base(nodes, shards);
         let mut text = format!("cluster = \"test\"\nshards = {shards}\n");
@@ -86,7 +93,9 @@ impl TestCluster {
         let registry_path = dir.path().join("corekv.toml");
         std::fs::write(&registry_path, &text).expect("write registry");
         let registry = Registry::parse(&text, "test registry").expect("valid registry");
-        let mut cluster = TestCluster { dir, registry, registry_path, nodes: Vec::new() };
+        let serve_args = serve_args.iter().map(|a| a.to_string()).collect();
+        let mut cluster =
+            TestCluster { dir, registry, registry_path, nodes: Vec::new(), serve_args };
         for id in 1..=nodes {
             let child = cluster.spawn(id);
             cluster.nodes.push(Some(child));
@@ -96,6 +105,10 @@ impl TestCluster {
     }
 
     fn spawn(&self, id: u64) -> Child {
+        self.spawn_with(id, &[])
+    }
+
+    fn spawn_with(&self, id: u64, extra: &[&str]) -> Child {
         let log = self.log_path(id);
         let out =
             std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
@@ -110,6 +123,8 @@ impl TestCluster {
             .arg(self.data_dir(id))
             .arg("--log")
             .arg("info,raft=info")
+            .args(&self.serve_args)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -125,11 +140,22 @@ impl TestCluster {
         self.dir.path().join(format!("node-{id}"))
     }
 
-    /// The last lines of a node's log (for assertion messages).
+    /// The last lines of a node's log, and any panic message in it (for assertion messages).
     pub fn log_tail(&self, id: u64) -> String {
         let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        let panics: Vec<String> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains("panicked at"))
+            .map(|(i, _)| lines[i..(i + 3).min(lines.len())].join("\n"))
+            .collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        if panics.is_empty() {
+            tail
+        } else {
+            format!("{}\n...\n{tail}", panics.join("\n"))
+        }
     }
 
     /// A client for this cluster.
@@ -143,6 +169,18 @@ impl TestCluster {
     pub fn http(&self, id: u64, path: &str) -> Option<(u16, String)> {
         let addr = self.registry.node(id)?.http_addr();
         corekv_server::http::get(&addr, path, Duration::from_secs(2)).ok()
+    }
+
+    /// A number from node `id`'s `/metrics`, summed over its shards.
+    pub fn metric(&self, id: u64, name: &str) -> Option<f64> {
+        let (_, body) = self.http(id, "/metrics")?;
+        let prefix = format!("{name}{{");
+        Some(
+            body.lines()
+                .filter(|l| l.starts_with(&prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
     }
 
     /// Node `id`'s `/status`, parsed.
@@ -253,6 +291,13 @@ impl TestCluster {
     pub fn restart(&mut self, id: u64) {
         assert!(self.nodes[id as usize - 1].is_none(), "node {id} is running");
         let child = self.spawn(id);
+        self.nodes[id as usize - 1] = Some(child);
+    }
+
+    /// Starts node `id` again with extra `corekv serve` arguments.
+    pub fn restart_with(&mut self, id: u64, extra: &[&str]) {
+        assert!(self.nodes[id as usize - 1].is_none(), "node {id} is running");
+        let child = self.spawn_with(id, extra);
         self.nodes[id as usize - 1] = Some(child);
     }
 

@@ -55,6 +55,27 @@ impl SegmentDir {
                 fs::remove_file(&entry).map_err(|e| StorageError::io("remove", &entry, e))?;
             }
         }
+        // Spares of another size (prepared before a size change) cannot be activated.
+        for spare in this.spares()? {
+            let len = fs::metadata(&spare).map_err(|e| StorageError::io("stat", &spare, e))?.len();
+            if len != segment_bytes {
+                fs::remove_file(&spare).map_err(|e| StorageError::io("remove", &spare, e))?;
+            }
+        }
+        if let Some(&seq) = this.list()?.first() {
+            let path = this.segment_path(seq);
+            let len = fs::metadata(&path).map_err(|e| StorageError::io("stat", &path, e))?.len();
+            if len != segment_bytes {
+                return Err(StorageError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: format!(
+                        "segment is {len} bytes but the WAL is configured for {segment_bytes}-byte \
+                         segments; keep the segment size the WAL was created with"
+                    ),
+                });
+            }
+        }
         Ok(this)
     }
 

@@ -264,6 +264,13 @@ impl WalWriter {
         self.failed.as_deref()
     }
 
+    /// Largest payload one record may have: the global limit, or what fits in an empty
+    /// segment of this WAL (with its seal) when segments are small.
+    pub fn record_payload_max(&self) -> usize {
+        let room = self.segment_bytes - SEGMENT_HEADER_BYTES - 2 * record_size(0) as u64;
+        RECORD_PAYLOAD_BYTES_MAX.min(room as usize - crate::constants::RECORD_HEADER_BYTES)
+    }
+
     /// Whether a record of `payload_len` bytes would start a new segment.
     pub fn would_roll_over(&self, payload_len: usize) -> bool {
         let seal = record_size(0) as u64;
@@ -298,7 +305,7 @@ impl WalWriter {
         if let Some(failure) = &self.failed {
             return Err(AppendRefused::Failed(failure.clone()));
         }
-        if payload.len() > RECORD_PAYLOAD_BYTES_MAX {
+        if payload.len() > self.record_payload_max() {
             return Err(AppendRefused::TooLarge { size: payload.len() });
         }
         let size = record_size(payload.len());

@@ -1,0 +1,231 @@
+//! Snapshots in the shard core: when to take one, what to do when it is durable, and
+//! installing a leader's snapshot.
+//!
+//! ```text
+//!  applied entries ──► threshold reached? ──► freeze the state machine ──► SnapshotJob
+//!                                                                            │ (shell: build the
+//!                                                                            │  archive off-thread,
+//!                                                                            ▼  write it, sync it)
+//!  on_snapshot_written ◄─────────────────────────────────────────────────── durable file
+//!    │ the archive becomes the state's base; raft-rs hands it to followers that need it
+//!    └ the log is compacted up to the *previous* snapshot, so a damaged newest file can
+//!      always fall back to the older one plus the log after it
+//! ```
+//!
+//! A follower that needs entries its leader compacted gets the leader's snapshot file: the
+//! shell receives and verifies it, offers it here ([`ShardCore::offer_snapshot`]), and only
+//! then steps raft's `MsgSnapshot`; the Ready that carries the snapshot replaces the log and
+//! the state.
+
+use std::sync::Arc;
+
+use corekv_proto::encode::ErrorInfo;
+use corekv_storage::snapshot::{Archive, SnapshotMeta};
+use corekv_storage::state_machine::FrozenState;
+use raft::eraftpb::{ConfState, Snapshot};
+use raft::SnapshotStatus;
+
+use super::ShardCore;
+
+/// A snapshot for the shell to build and write.
+#[derive(Debug)]
+pub struct SnapshotJob {
+    /// The frozen state to archive.
+    pub frozen: FrozenState,
+    /// Its identity.
+    pub meta: SnapshotMeta,
+    /// The raft voters to record.
+    pub voters: Vec<u64>,
+}
+
+/// When to snapshot: the first threshold reached wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Entries applied since the last snapshot.
+    pub entries: u64,
+    /// Bytes of entry data applied since the last snapshot.
+    pub log_bytes: u64,
+}
+
+/// Snapshot bookkeeping of a core.
+#[derive(Debug, Default)]
+pub(super) struct SnapshotState {
+    /// Index of the newest durable snapshot (0: none).
+    pub(super) newest: u64,
+    /// Index of the one before it: the log is compacted up to here.
+    pub(super) previous: u64,
+    /// Index of the snapshot being made.
+    pub(super) in_progress: Option<u64>,
+    /// Entry bytes applied since the last snapshot was started.
+    pub(super) applied_bytes: u64,
+    /// Don't start another snapshot before this tick (after a failure).
+    pub(super) retry_tick: u64,
+    /// A verified snapshot from the leader, waiting for its `MsgSnapshot`.
+    pub(super) offered: Option<Arc<Archive>>,
+    /// Whether snapshot files beyond the newest two can be removed.
+    pub(super) prune: bool,
+}
+
+/// Ticks to wait after a failed snapshot before trying again.
+const SNAPSHOT_RETRY_TICKS: u64 = 100;
+
+fn raft_snapshot(index: u64, term: u64, voters: &[u64]) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    snapshot.mut_metadata().index = index;
+    snapshot.mut_metadata().term = term;
+    snapshot
+        .mut_metadata()
+        .set_conf_state(ConfState { voters: voters.to_vec(), ..Default::default() });
+    snapshot
+}
+
+impl ShardCore {
+    /// Sets up snapshot bookkeeping after start-up: the newest snapshot is the state machine's
+    /// base, and the log is already compacted to the previous one.
+    pub(super) fn init_snapshots(&mut self) {
+        let voters = self.voters();
+        if let Some(base) = self.sm.base().cloned() {
+            let meta = base.meta();
+            self.snapshots.newest = meta.index;
+            let snapshot = raft_snapshot(meta.index, meta.term, &voters);
+            self.raw.mut_store().set_snapshot(snapshot);
+        }
+        self.snapshots.previous = self.raw.store().compacted().0;
+    }
+
+    fn voters(&self) -> Vec<u64> {
+        let mut voters: Vec<u64> = self.cfg.nodes.iter().map(|(id, _)| *id).collect();
+        voters.sort_unstable();
+        voters
+    }
+
+    /// Counts applied entry bytes toward the snapshot threshold.
+    pub(super) fn note_applied_bytes(&mut self, bytes: usize) {
+        self.snapshots.applied_bytes += bytes as u64;
+    }
+
+    /// A snapshot to make, when a threshold is reached and none is under way.
+    pub fn take_snapshot_job(&mut self) -> Option<SnapshotJob> {
+        let applied = self.sm.applied_index();
+        let state = &self.snapshots;
+        let due = applied.saturating_sub(state.newest) >= self.cfg.snapshots.entries
+            || state.applied_bytes >= self.cfg.snapshots.log_bytes;
+        if !due
+            || state.in_progress.is_some()
+            || self.ticks < state.retry_tick
+            || self.shutting_down
+        {
+            return None;
+        }
+        let frozen = self.sm.freeze()?;
+        self.snapshots.in_progress = Some(frozen.index);
+        self.snapshots.applied_bytes = 0;
+        let meta = SnapshotMeta {
+            cluster: self.cfg.cluster.clone(),
+            shard: self.cfg.shard,
+            index: frozen.index,
+            term: frozen.term,
+        };
+        tracing::info!(shard = self.cfg.shard, index = frozen.index, "taking a snapshot");
+        Some(SnapshotJob { frozen, meta, voters: self.voters() })
+    }
+
+    /// The job's snapshot is durable as `archive`: it becomes the state's base, raft-rs may
+    /// send it to followers, and the log is compacted up to the previous snapshot.
+    pub fn on_snapshot_written(&mut self, archive: Arc<Archive>) {
+        let (index, term) = (archive.meta().index, archive.meta().term);
+        self.snapshots.in_progress = None;
+        if !self.sm.adopt_snapshot(archive, index) {
+            // A leader's snapshot replaced the state meanwhile; this one is out of date.
+            return;
+        }
+        let previous = std::mem::replace(&mut self.snapshots.newest, index);
+        self.snapshots.previous = previous;
+        let voters = self.voters();
+        self.raw.mut_store().set_snapshot(raft_snapshot(index, term, &voters));
+        if previous > self.raw.store().compacted().0 {
+            if let Err(refused) = self.raw.mut_store().compact(previous) {
+                tracing::warn!(shard = self.cfg.shard, ?refused, "compacting the log failed");
+            }
+            // The marker only matters once durable; the next flush takes it along.
+        }
+        self.snapshots.prune = true;
+        self.metrics.snapshots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(shard = self.cfg.shard, index, compacted_to = previous, "snapshot durable");
+    }
+
+    /// Making the snapshot failed: the frozen layer folds back; retry later.
+    pub fn on_snapshot_failed(&mut self, error: &str) {
+        tracing::error!(shard = self.cfg.shard, error, "snapshot failed; retrying later");
+        self.sm.thaw();
+        self.snapshots.in_progress = None;
+        self.snapshots.retry_tick = self.ticks + SNAPSHOT_RETRY_TICKS;
+        self.metrics.snapshot_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether old snapshot files can be removed (once, after each new snapshot).
+    pub fn take_prune(&mut self) -> bool {
+        std::mem::take(&mut self.snapshots.prune)
+    }
+
+    /// A leader's snapshot, received and verified: the next `MsgSnapshot` for it installs it.
+    pub fn offer_snapshot(&mut self, archive: Arc<Archive>) {
+        self.snapshots.offered = Some(archive);
+    }
+
+    /// Whether a `MsgSnapshot` for `(index, term)` may be stepped (its file is here).
+    pub fn has_offered_snapshot(&self, index: u64, term: u64) -> bool {
+        self.snapshots
+            .offered
+            .as_ref()
+            .is_some_and(|a| a.meta().index == index && a.meta().term == term)
+    }
+
+    /// The result of sending our snapshot to `node`.
+    pub fn report_snapshot(&mut self, node: u64, delivered: bool) {
+        let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+        self.raw.report_snapshot(node, status);
+        let counter = if delivered {
+            &self.metrics.snapshots_sent
+        } else {
+            &self.metrics.snapshot_send_failures
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Installs the snapshot a Ready carries: the log restarts after it and the state becomes
+    /// the snapshot's. Returns false when this replica was never given the file (a bug).
+    pub(super) fn install_snapshot(&mut self, snapshot: &Snapshot) -> bool {
+        let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
+        let Some(archive) = self
+            .snapshots
+            .offered
+            .take()
+            .filter(|a| a.meta().index == index && a.meta().term == term)
+        else {
+            return false;
+        };
+        if let Err(refused) = self.raw.mut_store().reset_to_snapshot(snapshot.clone()) {
+            self.fail(format!("WAL refused the snapshot reset: {refused:?}"));
+            return true;
+        }
+        self.sm.restore(archive);
+        self.snapshots.newest = index;
+        self.snapshots.previous = index;
+        self.snapshots.in_progress = None;
+        self.snapshots.applied_bytes = 0;
+        self.snapshots.prune = true;
+        self.metrics.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Writes proposed at or before the snapshot's index: their entries were replaced by
+        // the snapshot; whether they made it in is unknown here.
+        self.fail_pending_through(index);
+        tracing::info!(shard = self.cfg.shard, index, term, "installed the leader's snapshot");
+        true
+    }
+
+    fn fail_pending_through(&mut self, index: u64) {
+        for w in self.writes.take_pending_through(index) {
+            self.reply_error(w.conn, w.id, w.op, w.start_us, &ErrorInfo::Timeout);
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! Snapshot files: a shard's whole state — every key with its value and metadata, the applied
+//! index and term, the raft voters — archived with rkyv and read in place.
+//!
+//! ```text
+//! DATA_DIR/shard-S/snap/{index:020}-{term:020}.snap
+//!
+//!  0          8        12       16           24          32            40        44
+//!  +----------+--------+--------+------------+-----------+-------------+---------+--------+-
+//!  | magic    |version | shard  | index u64  | term u64  | payload len | payload | name   |
+//!  | 8 bytes  | u32    | u32    |            |           | u64         | crc32c  | len u16|
+//!  +----------+--------+--------+------------+-----------+-------------+---------+--------+-
+//!   46                      302        306                    4096            4096 + payload len
+//!  -+-----------------------+----------+--- zero ---+ ... rkyv archive ... + zero padding to
+//!   | cluster name (<= 256) |header crc|            |   (root at the end)  | a 4096 multiple
+//!  -+-----------------------+----------+------------+----------------------+
+//! ```
+//!
+//! The payload is an rkyv archive of [`SnapshotData`]; its entries are sorted by key, so reads
+//! binary-search the archive where it lies in memory — loading a snapshot is one read of the
+//! file, a crc32c over it and rkyv's validation (`bytecheck`), never a deserialization pass.
+//! The header block keeps the payload 4096-aligned for direct I/O and rkyv alike.
+//!
+//! Files are written whole under a temporary name, synced, and renamed into place
+//! ([`dma::write_snapshot_file`]), so a file with the final name is always complete; a damaged
+//! one is refused on load with its path and the reason.
+
+pub mod dma;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::with::InlineAsBox;
+use rkyv::{Archive as RkyvArchive, Serialize};
+
+use crate::constants::BLOCK_BYTES;
+use crate::error::{Result, StorageError};
+use crate::state_machine::{KeyMeta, Record, ValueRef};
+
+/// First bytes of every snapshot file.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CKVSNAP\x01";
+
+/// Version of this layout.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+
+/// Bytes before the payload.
+pub const SNAPSHOT_HEADER_BYTES: usize = BLOCK_BYTES;
+
+const HEADER_CRC_OFFSET: usize = 46 + 256;
+
+/// Changes layered over a snapshot: a value, or `None` for a deleted key.
+pub type Overlay = BTreeMap<Box<[u8]>, Option<Record>>;
+
+/// One key of a snapshot, borrowed from wherever the state lives while it is written.
+#[derive(RkyvArchive, Serialize)]
+#[rkyv(bytecheck())]
+pub struct SnapshotEntry<'a> {
+    /// The key.
+    #[rkyv(with = InlineAsBox)]
+    pub key: &'a [u8],
+    /// The value.
+    #[rkyv(with = InlineAsBox)]
+    pub value: &'a [u8],
+    /// Index of the write that created the key.
+    pub create_index: u64,
+    /// Index of the write that last changed it.
+    pub mod_index: u64,
+    /// Writes since it was created.
+    pub version: u64,
+}
+
+/// A whole shard state, as archived.
+#[derive(RkyvArchive, Serialize)]
+#[rkyv(bytecheck())]
+pub struct SnapshotData<'a> {
+    /// Last log index the state includes.
+    pub applied_index: u64,
+    /// Term of that entry.
+    pub applied_term: u64,
+    /// Raft voters (the cluster's node ids).
+    pub voters: Vec<u64>,
+    /// Every key, sorted.
+    pub entries: Vec<SnapshotEntry<'a>>,
+}
+
+/// Who a snapshot belongs to and what it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// Cluster name.
+    pub cluster: String,
+    /// Shard index.
+    pub shard: u32,
+    /// Last log index included.
+    pub index: u64,
+    /// Term of that entry.
+    pub term: u64,
+}
+
+/// A validated snapshot in memory: the whole file, read in place.
+pub struct Archive {
+    bytes: AlignedVec,
+    payload_len: usize,
+    meta: SnapshotMeta,
+}
+
+impl std::fmt::Debug for Archive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Archive").field("meta", &self.meta).field("keys", &self.len()).finish()
+    }
+}
+
+fn meta_of(entry: &ArchivedSnapshotEntry<'_>) -> KeyMeta {
+    KeyMeta {
+        create_index: entry.create_index.to_native(),
+        mod_index: entry.mod_index.to_native(),
+        version: entry.version.to_native(),
+    }
+}
+
+impl Archive {
+    /// What the snapshot covers.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// The whole file image (header, payload, padding).
+    pub fn file_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn data(&self) -> &ArchivedSnapshotData<'static> {
+        let payload = &self.bytes[SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES + self.payload_len];
+        // SAFETY: the payload was validated by `rkyv::access` when this Archive was made
+        // (`from_file_image`), and the bytes are never changed afterwards.
+        unsafe { rkyv::access_unchecked::<ArchivedSnapshotData<'static>>(payload) }
+    }
+
+    /// The raft voters recorded in the snapshot.
+    pub fn voters(&self) -> Vec<u64> {
+        self.data().voters.iter().map(|v| v.to_native()).collect()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.data().entries.len()
+    }
+
+    /// Whether the snapshot holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of keys and values.
+    pub fn data_bytes(&self) -> usize {
+        self.data().entries.iter().map(|e| e.key.len() + e.value.len()).sum()
+    }
+
+    /// The entry at position `i` (in key order).
+    pub fn entry(&self, i: usize) -> (&[u8], ValueRef<'_>) {
+        let e = &self.data().entries[i];
+        (e.key.get(), ValueRef { value: e.value.get(), meta: meta_of(e) })
+    }
+
+    /// Reads one key.
+    pub fn get(&self, key: &[u8]) -> Option<ValueRef<'_>> {
+        let entries = &self.data().entries;
+        let i = entries.binary_search_by(|e| e.key.get().cmp(key)).ok()?;
+        Some(self.entry(i).1)
+    }
+
+    /// Position of the first key not below `bound`.
+    pub fn lower_bound(&self, bound: Bound<&[u8]>) -> usize {
+        let entries = &self.data().entries;
+        match bound {
+            Bound::Unbounded => 0,
+            Bound::Included(k) => entries.partition_point(|e| e.key.get() < k),
+            Bound::Excluded(k) => entries.partition_point(|e| e.key.get() <= k),
+        }
+    }
+
+    /// Builds the file image of a snapshot merging `base` (an older snapshot, if any) with
+    /// `overlay` (newer changes win; `None` deletes), and validates it. Runs off the shard's
+    /// thread: it touches every key.
+    pub fn build(
+        meta: SnapshotMeta,
+        voters: Vec<u64>,
+        base: Option<&Archive>,
+        overlay: &Overlay,
+    ) -> Result<Archive> {
+        let mut entries = Vec::with_capacity(base.map_or(0, Archive::len) + overlay.len());
+        let mut from_base =
+            (0..base.map_or(0, Archive::len)).map(|i| base.expect("len > 0").entry(i)).peekable();
+        let mut from_overlay = overlay.iter().peekable();
+        loop {
+            let order = match (from_base.peek(), from_overlay.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((bk, _)), Some((ok, _))) => (*bk).cmp(ok.as_ref()),
+            };
+            if order == std::cmp::Ordering::Less {
+                let (key, v) = from_base.next().expect("peeked");
+                entries.push(SnapshotEntry {
+                    key,
+                    value: v.value,
+                    create_index: v.meta.create_index,
+                    mod_index: v.meta.mod_index,
+                    version: v.meta.version,
+                });
+                continue;
+            }
+            if order == std::cmp::Ordering::Equal {
+                // The overlay's newer version (or deletion) replaces the base's.
+                from_base.next();
+            }
+            let (key, record) = from_overlay.next().expect("peeked");
+            if let Some(r) = record {
+                entries.push(SnapshotEntry {
+                    key,
+                    value: &r.value,
+                    create_index: r.meta.create_index,
+                    mod_index: r.meta.mod_index,
+                    version: r.meta.version,
+                });
+            }
+        }
+        let data =
+            SnapshotData { applied_index: meta.index, applied_term: meta.term, voters, entries };
+        let mut writer =
+            AlignedVec::with_capacity(SNAPSHOT_HEADER_BYTES + 64 * (data.entries.len() + 1));
+        writer.resize(SNAPSHOT_HEADER_BYTES, 0);
+        let mut bytes =
+            rkyv::api::high::to_bytes_in::<_, rancor::Error>(&data, writer).map_err(|e| {
+                StorageError::BadSnapshot {
+                    path: PathBuf::from("(new snapshot)"),
+                    reason: format!("serializing: {e}"),
+                }
+            })?;
+        let payload_len = bytes.len() - SNAPSHOT_HEADER_BYTES;
+        let padded = bytes.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        bytes.resize(padded, 0);
+        let crc =
+            crc32c::crc32c(&bytes[SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES + payload_len]);
+        write_header(&mut bytes[..SNAPSHOT_HEADER_BYTES], &meta, payload_len as u64, crc);
+        Archive::from_file_image(bytes, Path::new("(new snapshot)"), None)
+    }
+
+    /// Checks a whole file image — header, checksum, rkyv validation — and keeps it.
+    /// `expect` names the cluster and shard it must belong to.
+    pub fn from_file_image(
+        bytes: AlignedVec,
+        path: &Path,
+        expect: Option<(&str, u32)>,
+    ) -> Result<Archive> {
+        let bad = |reason: String| StorageError::BadSnapshot { path: path.to_path_buf(), reason };
+        let (meta, payload_len, crc) = read_header(&bytes).map_err(bad)?;
+        if let Some((cluster, shard)) = expect {
+            if meta.cluster != cluster || meta.shard != shard {
+                return Err(bad(format!(
+                    "belongs to cluster {:?} shard {}, expected cluster {cluster:?} shard {shard}",
+                    meta.cluster, meta.shard
+                )));
+            }
+        }
+        let end = SNAPSHOT_HEADER_BYTES
+            .checked_add(payload_len as usize)
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| {
+                bad(format!("payload of {payload_len} bytes runs past the end of the file"))
+            })?;
+        let payload = &bytes[SNAPSHOT_HEADER_BYTES..end];
+        let computed = crc32c::crc32c(payload);
+        if computed != crc {
+            return Err(bad(format!(
+                "checksum mismatch (stored {crc:#x}, computed {computed:#x})"
+            )));
+        }
+        let data = rkyv::access::<ArchivedSnapshotData<'static>, rancor::Error>(payload)
+            .map_err(|e| bad(format!("archive does not validate: {e}")))?;
+        if data.applied_index.to_native() != meta.index
+            || data.applied_term.to_native() != meta.term
+        {
+            return Err(bad("header and archive disagree on the index".to_string()));
+        }
+        let sorted = data.entries.windows(2).all(|w| w[0].key.get() < w[1].key.get());
+        if !sorted {
+            return Err(bad("keys are not in strictly ascending order".to_string()));
+        }
+        Ok(Archive { payload_len: payload_len as usize, meta, bytes })
+    }
+
+    /// Reads and validates the snapshot file at `path`.
+    pub fn load(path: &Path, cluster: &str, shard: u32) -> Result<Archive> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+        let len = file.metadata().map_err(|e| StorageError::io("stat", path, e))?.len() as usize;
+        let mut bytes = AlignedVec::with_capacity(len);
+        bytes.resize(len, 0);
+        file.read_exact(&mut bytes).map_err(|e| StorageError::io("read", path, e))?;
+        Archive::from_file_image(bytes, path, Some((cluster, shard)))
+    }
+}
+
+fn write_header(block: &mut [u8], meta: &SnapshotMeta, payload_len: u64, crc: u32) {
+    let name = meta.cluster.as_bytes();
+    assert!(name.len() <= 256, "cluster names are at most 256 bytes (the registry checks)");
+    block.fill(0);
+    block[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    block[8..12].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    block[12..16].copy_from_slice(&meta.shard.to_le_bytes());
+    block[16..24].copy_from_slice(&meta.index.to_le_bytes());
+    block[24..32].copy_from_slice(&meta.term.to_le_bytes());
+    block[32..40].copy_from_slice(&payload_len.to_le_bytes());
+    block[40..44].copy_from_slice(&crc.to_le_bytes());
+    block[44..46].copy_from_slice(&(name.len() as u16).to_le_bytes());
+    block[46..46 + name.len()].copy_from_slice(name);
+    let header_crc = crc32c::crc32c(&block[..HEADER_CRC_OFFSET]);
+    block[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&header_crc.to_le_bytes());
+}
+
+fn read_header(bytes: &[u8]) -> std::result::Result<(SnapshotMeta, u64, u32), String> {
+    if bytes.len() < SNAPSHOT_HEADER_BYTES {
+        return Err(format!("file of {} bytes is shorter than a snapshot header", bytes.len()));
+    }
+    if bytes[0..8] != SNAPSHOT_MAGIC {
+        return Err("not a corekv snapshot (bad magic)".to_string());
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let stored = u32_at(HEADER_CRC_OFFSET);
+    let computed = crc32c::crc32c(&bytes[..HEADER_CRC_OFFSET]);
+    if stored != computed {
+        return Err(format!(
+            "header checksum mismatch (stored {stored:#x}, computed {computed:#x})"
+        ));
+    }
+    if u32_at(8) != SNAPSHOT_FORMAT_VERSION {
+        return Err(format!(
+            "snapshot format version {}, this build reads {SNAPSHOT_FORMAT_VERSION}",
+            u32_at(8)
+        ));
+    }
+    let name_len = u16::from_le_bytes([bytes[44], bytes[45]]) as usize;
+    if name_len > 256 {
+        return Err("cluster name too long".to_string());
+    }
+    let cluster =
+        std::str::from_utf8(&bytes[46..46 + name_len]).map_err(|_| "cluster name is not UTF-8")?;
+    let meta = SnapshotMeta {
+        cluster: cluster.to_string(),
+        shard: u32_at(12),
+        index: u64_at(16),
+        term: u64_at(24),
+    };
+    Ok((meta, u64_at(32), u32_at(40)))
+}
+
+/// The file name of the snapshot at `(index, term)`.
+pub fn file_name(index: u64, term: u64) -> String {
+    format!("{index:020}-{term:020}.snap")
+}
+
+/// `(index, term)` from a snapshot file name.
+pub fn parse_file_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".snap")?;
+    let (index, term) = stem.split_once('-')?;
+    if index.len() != 20 || term.len() != 20 {
+        return None;
+    }
+    Some((index.parse().ok()?, term.parse().ok()?))
+}
+
+/// Snapshot files in `dir`, newest (highest index) first. Temporary files are removed.
+pub fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| StorageError::io("read directory", dir, e))? {
+        let entry = entry.map_err(|e| StorageError::io("read directory", dir, e))?;
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if name.ends_with(".tmp") {
+            std::fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+        } else if let Some((index, term)) = parse_file_name(name) {
+            found.push((index, term, path));
+        }
+    }
+    found.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    Ok(found)
+}
+
+/// Removes every snapshot file in `dir` but the newest `keep`.
+pub fn prune(dir: &Path, keep: usize) -> Result<()> {
+    for (_, _, path) in list(dir)?.into_iter().skip(keep) {
+        std::fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta { cluster: "c".to_string(), shard: 1, index, term: 2 }
+    }
+
+    fn record(value: &str, version: u64) -> Option<Record> {
+        Some(Record {
+            value: value.as_bytes().into(),
+            meta: KeyMeta { create_index: 1, mod_index: 5, version },
+        })
+    }
+
+    // Shows: a snapshot built from an overlay, then merged with a second overlay (updates,
+    // deletes, new keys), holds exactly the merged state, in order, with metadata.
+    #[test]
+    fn build_merge_and_read() {
+        let mut first = Overlay::new();
+        for k in ["a", "b", "c", "d"] {
+            first.insert(k.as_bytes().into(), record(&format!("{k}1"), 1));
+        }
+        first.insert(b"gone".as_slice().into(), None);
+        let s1 = Archive::build(meta(10), vec![1, 2, 3], None, &first).unwrap();
+        assert_eq!(s1.len(), 4);
+        assert_eq!(s1.get(b"c").unwrap().value, b"c1");
+        assert!(s1.get(b"gone").is_none());
+        assert_eq!(s1.voters(), vec![1, 2, 3]);
+
+        let mut second = Overlay::new();
+        second.insert(b"b".as_slice().into(), None);
+        second.insert(b"c".as_slice().into(), record("c2", 2));
+        second.insert(b"bb".as_slice().into(), record("new", 1));
+        second.insert(b"z".as_slice().into(), record("last", 1));
+        let s2 = Archive::build(meta(20), vec![1, 2, 3], Some(&s1), &second).unwrap();
+        let keys: Vec<(String, String, u64)> = (0..s2.len())
+            .map(|i| {
+                let (k, v) = s2.entry(i);
+                (
+                    String::from_utf8(k.to_vec()).unwrap(),
+                    String::from_utf8(v.value.to_vec()).unwrap(),
+                    v.meta.version,
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("a".into(), "a1".into(), 1),
+                ("bb".into(), "new".into(), 1),
+                ("c".into(), "c2".into(), 2),
+                ("d".into(), "d1".into(), 1),
+                ("z".into(), "last".into(), 1),
+            ]
+        );
+        assert_eq!(s2.lower_bound(Bound::Included(b"c")), 2);
+        assert_eq!(s2.lower_bound(Bound::Excluded(b"c")), 3);
+        assert_eq!(s2.meta().index, 20);
+    }
+
+    // Shows: any flipped bit in a file image, header or payload, is refused with a reason.
+    #[test]
+    fn damage_is_refused() {
+        let mut overlay = Overlay::new();
+        for i in 0..50 {
+            overlay.insert(format!("key-{i}").into_bytes().into(), record("value", 1));
+        }
+        let good = Archive::build(meta(3), vec![1], None, &overlay).unwrap();
+        let image = good.file_bytes().to_vec();
+        let payload_end = SNAPSHOT_HEADER_BYTES + good.payload_len;
+        for at in (0..HEADER_CRC_OFFSET + 4).chain((SNAPSHOT_HEADER_BYTES..payload_end).step_by(97))
+        {
+            let mut bad = AlignedVec::new();
+            bad.extend_from_slice(&image);
+            bad[at] ^= 0x20;
+            assert!(
+                Archive::from_file_image(bad, Path::new("x.snap"), None).is_err(),
+                "flip at {at}"
+            );
+        }
+        let mut other_shard = AlignedVec::new();
+        other_shard.extend_from_slice(&image);
+        let err =
+            Archive::from_file_image(other_shard, Path::new("x.snap"), Some(("c", 2))).unwrap_err();
+        assert!(err.to_string().contains("expected cluster \"c\" shard 2"), "{err}");
+    }
+
+    // Shows: file names round-trip and order newest first.
+    #[test]
+    fn names() {
+        assert_eq!(parse_file_name(&file_name(42, 7)), Some((42, 7)));
+        assert_eq!(parse_file_name("42-7.snap"), None);
+    }
+}
