@@ -1,0 +1,84 @@
+//! `--spawn-cluster N`: a local cluster for the run, started with `corekv dev` and stopped
+//! after it, so one command reproduces a result.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// A running `corekv dev`.
+pub struct SpawnedCluster {
+    child: Child,
+    /// Its registry file.
+    pub registry: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The `corekv` binary: `--corekv`, else the one beside this binary, else `corekv` on PATH.
+pub fn corekv_binary(explicit: Option<&Path>) -> PathBuf {
+    if let Some(path) = explicit {
+        return path.to_path_buf();
+    }
+    std::env::current_exe()
+        .ok()
+        .map(|p| p.with_file_name("corekv"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("corekv"))
+}
+
+impl SpawnedCluster {
+    /// Starts `nodes` nodes with `shards` shards from `base_port`, and waits for every leader.
+    pub fn start(
+        corekv: &Path,
+        nodes: u32,
+        shards: u32,
+        base_port: u16,
+    ) -> anyhow::Result<SpawnedCluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("corekv-bench")
+            .tempdir()
+            .context("creating a directory for the cluster")?;
+        let mut child = Command::new(corekv)
+            .args(["dev", "--nodes", &nodes.to_string(), "--shards", &shards.to_string()])
+            .args(["--base-port", &base_port.to_string(), "--clean", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} dev", corekv.display()))?;
+        let stdout = child.stdout.take().context("dev output")?;
+        let started = Instant::now();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading corekv dev's output")?;
+            if line.contains("every shard has a leader") {
+                let registry = dir.path().canonicalize()?.join("corekv.toml");
+                return Ok(SpawnedCluster { child, registry, _dir: dir });
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                break;
+            }
+        }
+        let _ = child.kill();
+        bail!("corekv dev did not report a ready cluster")
+    }
+}
+
+impl Drop for SpawnedCluster {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
