@@ -270,11 +270,21 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let ops = progress.ops.load(Ordering::Relaxed);
+                // The wall clock (UTC) lines these up with the servers' logs.
+                let clock = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    % 86_400.0;
                 eprintln!(
-                    "[{:>4.0}s] {:>9} ops/s, {} errors so far",
+                    "[{:>4.0}s] {:>9} ops/s, max {:>7} us, {} errors so far  (UTC {:02}:{:02}:{:06.3})",
                     started.elapsed().as_secs_f64(),
                     ops - last,
-                    progress.errors.load(Ordering::Relaxed)
+                    progress.max_us.swap(0, Ordering::Relaxed),
+                    progress.errors.load(Ordering::Relaxed),
+                    (clock / 3600.0) as u64,
+                    (clock % 3600.0 / 60.0) as u64,
+                    clock % 60.0
                 );
                 last = ops;
             }

@@ -114,6 +114,8 @@ pub struct Progress {
     pub ops: AtomicU64,
     /// Operations that failed.
     pub errors: AtomicU64,
+    /// Longest latency since the last progress line, in microseconds.
+    pub max_us: AtomicU64,
 }
 
 /// State one operation needs: a target connection, the value, CAS versions.
@@ -240,6 +242,7 @@ async fn closed_loop(
                 let outcome = worker.run(op, &config).await;
                 let now = Instant::now();
                 progress.ops.fetch_add(1, Ordering::Relaxed);
+                progress.max_us.fetch_max((now - started).as_micros() as u64, Ordering::Relaxed);
                 if outcome.is_err() {
                     progress.errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -331,6 +334,7 @@ async fn open_loop(
             let latency = Instant::now() - intended;
             workers.lock().expect("not poisoned").push(worker);
             progress.ops.fetch_add(1, Ordering::Relaxed);
+            progress.max_us.fetch_max(latency.as_micros() as u64, Ordering::Relaxed);
             if outcome.is_err() {
                 progress.errors.fetch_add(1, Ordering::Relaxed);
             }

@@ -189,6 +189,17 @@ pub struct ShardMetrics {
     pub client_connections: AtomicI64,
     /// Open peer connections (both directions).
     pub peer_connections: AtomicI64,
+    /// 1 while this replica leads its shard.
+    pub is_leader: AtomicI64,
+    /// Raft term.
+    pub term: AtomicI64,
+    /// Commit index.
+    pub commit_index: AtomicI64,
+    /// Applied index.
+    pub applied_index: AtomicI64,
+    /// On the leader, the most entries any follower's log lags behind the leader's (0 on
+    /// followers).
+    pub replica_lag_entries: AtomicI64,
 }
 
 impl Default for ShardMetrics {
@@ -218,6 +229,11 @@ impl Default for ShardMetrics {
             snapshots_installed: AtomicU64::new(0),
             client_connections: AtomicI64::new(0),
             peer_connections: AtomicI64::new(0),
+            is_leader: AtomicI64::new(0),
+            term: AtomicI64::new(0),
+            commit_index: AtomicI64::new(0),
+            applied_index: AtomicI64::new(0),
+            replica_lag_entries: AtomicI64::new(0),
         }
     }
 }
@@ -226,6 +242,18 @@ impl ShardMetrics {
     /// Counts a request of `op`.
     pub fn request(&self, op: Op) {
         self.requests[op as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Publishes the raft position of a status refresh.
+    pub fn set_raft_position(&self, status: &crate::core::ShardStatus) {
+        let leader = status.role == "leader";
+        self.is_leader.store(leader as i64, Relaxed);
+        self.term.store(status.term as i64, Relaxed);
+        self.commit_index.store(status.commit_index as i64, Relaxed);
+        self.applied_index.store(status.applied_index as i64, Relaxed);
+        let lag =
+            status.peers.iter().map(|p| status.last_index.saturating_sub(p.match_index)).max();
+        self.replica_lag_entries.store(if leader { lag.unwrap_or(0) as i64 } else { 0 }, Relaxed);
     }
 
     /// Records the latency of a reply to `op`.
@@ -404,6 +432,21 @@ pub fn render(node_id: u64, shards: &[&ShardMetrics]) -> String {
             "corekv_peer_connections",
             "Open peer connections, both directions.",
             |m: &ShardMetrics| m.peer_connections.load(Relaxed),
+        ),
+        ("corekv_is_leader", "1 while this replica leads its shard.", |m: &ShardMetrics| {
+            m.is_leader.load(Relaxed)
+        }),
+        ("corekv_term", "Raft term of this replica.", |m: &ShardMetrics| m.term.load(Relaxed)),
+        ("corekv_commit_index", "Raft commit index of this replica.", |m: &ShardMetrics| {
+            m.commit_index.load(Relaxed)
+        }),
+        ("corekv_applied_index", "Index this replica has applied.", |m: &ShardMetrics| {
+            m.applied_index.load(Relaxed)
+        }),
+        (
+            "corekv_replica_lag_entries",
+            "On the leader: entries the furthest-behind follower lacks (0 on followers).",
+            |m: &ShardMetrics| m.replica_lag_entries.load(Relaxed),
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}");

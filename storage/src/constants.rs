@@ -39,7 +39,24 @@ pub const SPARE_SEGMENTS: usize = 1;
 /// rewrite, preparing one costs writing 64 MiB.
 pub const RECYCLED_SEGMENTS_MAX: usize = 2;
 
+/// Bandwidth cap of background writes (snapshot files, preparing spare segments). Without it
+/// such a write floods the device queue and every WAL fdatasync waits behind it; with it, a WAL
+/// flush waits behind at most one chunk.
+pub const BACKGROUND_WRITE_BYTES_PER_SEC: u64 = 256 * 1024 * 1024;
+
+/// Chunk of background writes: what a WAL flush may find ahead of it in the device queue.
+pub const BACKGROUND_WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Buffered background writes are synced this often, so dirty pages never pile up into one
+/// large flush.
+pub const BACKGROUND_SYNC_EVERY_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Files no longer needed (old snapshots, WAL segments beyond the recycled ones) are
+/// truncated by this much at a time, synced, before being unlinked.
+pub const BACKGROUND_DELETE_STEP_BYTES: u64 = 8 * 1024 * 1024;
+
 const _: () = assert!(SEGMENT_HEADER_BYTES as usize % BLOCK_BYTES == 0);
+const _: () = assert!(BACKGROUND_WRITE_CHUNK_BYTES % BLOCK_BYTES == 0);
 const _: () = assert!(BLOCK_BYTES % RECORD_ALIGN_BYTES == 0);
 const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN_BYTES == 0);
 // A maximal record, the seal after it, and the header block fit in one segment.

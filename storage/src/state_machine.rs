@@ -114,6 +114,18 @@ pub enum OpResult<'a> {
     Txn(TxnOutcome<'a>),
 }
 
+/// Layers a state machine no longer uses.
+#[derive(Debug, Default)]
+#[must_use = "drop it where freeing large maps cannot stall requests"]
+pub struct Replaced {
+    /// A previous base snapshot.
+    pub base: Option<Arc<Archive>>,
+    /// A previous frozen layer.
+    pub frozen: Option<Arc<Overlay>>,
+    /// A previous live overlay.
+    pub overlay: Option<Overlay>,
+}
+
 /// The frozen state a snapshot is built from: `base` overlaid with `overlay`, as of `index`.
 #[derive(Debug, Clone)]
 pub struct FrozenState {
@@ -214,20 +226,24 @@ impl StateMachine {
     /// The state of a snapshot, read in place.
     pub fn from_snapshot(archive: Arc<Archive>) -> Self {
         let mut sm = Self::new();
-        sm.restore(archive);
+        // A new state machine has nothing to replace.
+        let _nothing = sm.restore(archive);
         sm
     }
 
     /// Replaces the whole state with a snapshot (a follower installing its leader's snapshot,
-    /// or start-up). A snapshot being built from the old state is abandoned.
-    pub fn restore(&mut self, archive: Arc<Archive>) {
+    /// or start-up). A snapshot being built from the old state is abandoned. Returns the old
+    /// state, for the caller to drop where freeing it cannot stall requests.
+    pub fn restore(&mut self, archive: Arc<Archive>) -> Replaced {
         self.applied_index = archive.meta().index;
         self.applied_term = archive.meta().term;
         self.keys = archive.len();
         self.data_bytes = archive.data_bytes();
-        self.base = Some(archive);
-        self.frozen = None;
-        self.overlay = Overlay::new();
+        Replaced {
+            base: self.base.replace(archive),
+            frozen: self.frozen.take(),
+            overlay: Some(std::mem::take(&mut self.overlay)),
+        }
     }
 
     /// Freezes the current state for a snapshot; `None` while a snapshot is already being made.
@@ -251,17 +267,19 @@ impl StateMachine {
     }
 
     /// The snapshot made from the frozen state is durable: it becomes the base and the frozen
-    /// layer goes. Returns false (changing nothing) when it is not the snapshot of the current
-    /// frozen state (a `restore` abandoned it meanwhile).
-    pub fn adopt_snapshot(&mut self, archive: Arc<Archive>, frozen_index: u64) -> bool {
+    /// layer goes; they are returned, for the caller to drop where freeing them (a million-key
+    /// overlay takes tens of milliseconds) cannot stall requests. Returns `None` (changing
+    /// nothing) when it is not the snapshot of the current frozen state (a `restore` abandoned
+    /// it meanwhile).
+    pub fn adopt_snapshot(&mut self, archive: Arc<Archive>, frozen_index: u64) -> Option<Replaced> {
         let expected = self.frozen.is_some()
             && archive.meta().index == frozen_index
             && self.base.as_ref().is_none_or(|b| b.meta().index <= frozen_index);
-        if expected {
-            self.base = Some(archive);
-            self.frozen = None;
-        }
-        expected
+        expected.then(|| Replaced {
+            base: self.base.replace(archive),
+            frozen: self.frozen.take(),
+            overlay: None,
+        })
     }
 
     /// Making the snapshot failed: fold the frozen layer back under the live overlay.

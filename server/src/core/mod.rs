@@ -105,6 +105,8 @@ pub struct Outputs {
     pub close: Vec<ConnId>,
     /// WAL segments the log no longer needs: recycle or delete them.
     pub retire: Vec<u64>,
+    /// State the core let go of: drop it off the executor (freeing a large map takes time).
+    pub garbage: Vec<corekv_storage::state_machine::Replaced>,
 }
 
 impl Outputs {
@@ -123,6 +125,7 @@ impl Outputs {
         self.replies.clear();
         self.close.clear();
         self.retire.clear();
+        self.garbage.clear();
     }
 }
 

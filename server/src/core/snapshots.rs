@@ -135,10 +135,11 @@ impl ShardCore {
     pub fn on_snapshot_written(&mut self, archive: Arc<Archive>) {
         let (index, term) = (archive.meta().index, archive.meta().term);
         self.snapshots.in_progress = None;
-        if !self.sm.adopt_snapshot(archive, index) {
+        let Some(replaced) = self.sm.adopt_snapshot(archive, index) else {
             // A leader's snapshot replaced the state meanwhile; this one is out of date.
             return;
-        }
+        };
+        self.out.garbage.push(replaced);
         let previous = std::mem::replace(&mut self.snapshots.newest, index);
         self.snapshots.previous = previous;
         let voters = self.voters();
@@ -209,7 +210,8 @@ impl ShardCore {
             self.fail(format!("WAL refused the snapshot reset: {refused:?}"));
             return true;
         }
-        self.sm.restore(archive);
+        let replaced = self.sm.restore(archive);
+        self.out.garbage.push(replaced);
         self.snapshots.newest = index;
         self.snapshots.previous = index;
         self.snapshots.in_progress = None;

@@ -1,4 +1,4 @@
-//! The glommio shell: starts one executor per shard, pinned to core `shard mod cores`, each
+//! The glommio shell: starts one executor per shard, pinned to the `shard mod n`-th of the n CPUs the process may use, each
 //! owning its shard outright (no locks between shards on the hot path), plus the HTTP thread;
 //! shuts everything down cleanly on SIGINT/SIGTERM.
 //!
@@ -11,6 +11,7 @@
 //! 4. The WAL flushes everything buffered and its files are closed; replies are written out.
 //! 5. The executor's tasks end, the thread exits; once every shard is done the process exits 0.
 
+mod background;
 mod client;
 mod notify;
 mod peer;
@@ -93,7 +94,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&options.data_dir)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     install_signal_handler(shutdown.clone())?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = allowed_cpus();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let mut metrics = Vec::new();
     let mut statuses = Vec::new();
@@ -117,7 +118,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
             shutdown: shutdown.clone(),
             started: started_tx.clone(),
         };
-        let cpu = shard as usize % cores;
+        let cpu = cpus[shard as usize % cpus.len()];
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{shard}"))
             .spawn(move || shard::run(ctx))
@@ -189,4 +190,25 @@ fn install_signal_handler(shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         })
         .context("starting the signal thread")?;
     Ok(())
+}
+
+/// The CPUs this process may run on (its affinity mask, as `taskset` or systemd's
+/// `CPUAffinity=` set it), in order; shard `s` runs on the `s mod len`-th of them.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set the call fills in; its size is passed along.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let got =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let cpus: Vec<usize> = if got == 0 {
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        let count = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        return (0..count).collect();
+    }
+    cpus
 }

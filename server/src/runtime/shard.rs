@@ -36,6 +36,7 @@ use corekv_storage::wal::{RecoveryMode, SegmentDir, SegmentIdentity};
 use glommio::net::TcpListener;
 use raft::eraftpb::{ConfState, Message};
 
+use super::background;
 use super::client::{accept_clients, ClientConn};
 use super::notify::Notify;
 use super::peer::{accept_peers, peer_sender, start_snapshot_send, PeerLink};
@@ -301,7 +302,9 @@ async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &Mutex<Option<S
             core.process();
             core.take_outputs(&mut out);
             if ticks > 0 {
-                *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(core.status());
+                let current = core.status();
+                shard.metrics.set_raft_position(&current);
+                *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(current);
             }
             (core.take_snapshot_job(), core.take_prune())
         };
@@ -312,13 +315,14 @@ async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &Mutex<Option<S
         if prune {
             let dir = shard.snap_dir.clone();
             let shard_index = shard.shard;
-            glommio::spawn_local(async move {
-                let pruned = glommio::executor().spawn_blocking(move || snapshot::prune(&dir, SNAPSHOT_FILES_KEPT)).await;
-                if let Err(error) = pruned {
+            let pruned = background::run("snapshot-prune".to_string(), move || {
+                if let Err(error) = snapshot::prune(&dir, SNAPSHOT_FILES_KEPT) {
                     tracing::warn!(shard = shard_index, %error, "removing old snapshot files failed");
                 }
-            })
-            .detach();
+            });
+            if let Err(error) = pruned {
+                tracing::warn!(shard = shard_index, %error, "removing old snapshot files failed");
+            }
         }
         if ticks > 0 && shutdown.load(Ordering::Relaxed) {
             return;
@@ -357,11 +361,11 @@ async fn make_snapshot(shard: Rc<Shard>, job: SnapshotJob) {
     let dir = shard.snap_dir.clone();
     let result: anyhow::Result<Arc<Archive>> = async {
         let SnapshotJob { frozen, meta, voters } = job;
-        let archive = glommio::executor()
-            .spawn_blocking(move || {
-                Archive::build(meta, voters, frozen.base.as_deref(), &frozen.overlay)
-            })
-            .await?;
+        // Merging and serializing touch every key: off the executor, at the lowest priority.
+        let built = background::run(format!("snapshot-{}", meta.shard), move || {
+            Archive::build(meta, voters, frozen.base.as_deref(), &frozen.overlay)
+        })?;
+        let archive = built.await.context("the snapshot thread died")??;
         let archive = Arc::new(archive);
         snapshot::dma::write_snapshot_file(&dir, &archive).await?;
         Ok(archive)
@@ -455,6 +459,9 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, out: &mut Outputs, encoder: &mut PeerE
     }
     if !out.retire.is_empty() {
         shard.retire.borrow_mut().append(&mut out.retire);
+    }
+    if !out.garbage.is_empty() {
+        background::free_replaced(std::mem::take(&mut out.garbage));
     }
     shard.flush_wake.notify();
 }

@@ -11,11 +11,12 @@ use std::rc::Rc;
 use glommio::io::{DmaFile, OpenOptions};
 
 use super::{file_name, Archive, SNAPSHOT_HEADER_BYTES};
-use crate::constants::BLOCK_BYTES;
+use crate::constants::{
+    BACKGROUND_SYNC_EVERY_BYTES, BACKGROUND_WRITE_BYTES_PER_SEC, BACKGROUND_WRITE_CHUNK_BYTES,
+    BLOCK_BYTES,
+};
 use crate::error::{Result, StorageError};
-
-/// Bytes per DMA write.
-const WRITE_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+use crate::pacing::Pacer;
 
 fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
@@ -58,7 +59,7 @@ async fn write_at(file: &DmaFile, path: &Path, offset: u64, bytes: &[u8]) -> Res
 }
 
 /// Writes `archive` as `dir/{index}-{term}.snap`: a temporary file written with direct I/O in
-/// chunks (yielding between them), fdatasync'ed, renamed into place, and the directory synced.
+/// paced chunks (yielding between them), synced every [`BACKGROUND_SYNC_EVERY_BYTES`], renamed into place, and the directory synced.
 /// Returns the final path.
 pub async fn write_snapshot_file(dir: &Path, archive: &Archive) -> Result<PathBuf> {
     let meta = archive.meta();
@@ -72,11 +73,25 @@ pub async fn write_snapshot_file(dir: &Path, archive: &Archive) -> Result<PathBu
         .await?;
     let file = open_dma(&tmp).await?;
     let mut offset = SNAPSHOT_HEADER_BYTES;
+    // Paced, in small chunks: a WAL flush never waits behind more than one chunk.
+    let mut pacer = Pacer::new(BACKGROUND_WRITE_BYTES_PER_SEC);
     while offset < image.len() {
-        let end = (offset + WRITE_CHUNK_BYTES).min(image.len());
+        let end = (offset + BACKGROUND_WRITE_CHUNK_BYTES).min(image.len());
         write_at(&file, &tmp, offset as u64, &image[offset..end]).await?;
+        let wait = pacer.wrote((end - offset) as u64);
+        // Synced as it goes: one sync of the whole file at the end makes the device flush
+        // every block at once, and each WAL fdatasync issued meanwhile waits for all of it.
+        if end / BACKGROUND_SYNC_EVERY_BYTES as usize
+            != offset / BACKGROUND_SYNC_EVERY_BYTES as usize
+        {
+            file.fdatasync().await.map_err(|e| StorageError::io("fdatasync", &tmp, e.into()))?;
+        }
         offset = end;
-        glommio::executor().yield_if_needed().await;
+        if wait.is_zero() {
+            glommio::executor().yield_if_needed().await;
+        } else {
+            glommio::timer::sleep(wait).await;
+        }
     }
     file.fdatasync().await.map_err(|e| StorageError::io("fdatasync", &tmp, e.into()))?;
     let _ = file.close().await;

@@ -390,10 +390,11 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
     Ok(found)
 }
 
-/// Removes every snapshot file in `dir` but the newest `keep`.
+/// Removes every snapshot file in `dir` but the newest `keep`, each a slice at a time
+/// ([`crate::pacing::remove_file_paced`]). Blocking.
 pub fn prune(dir: &Path, keep: usize) -> Result<()> {
     for (_, _, path) in list(dir)?.into_iter().skip(keep) {
-        std::fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+        crate::pacing::remove_file_paced(&path)?;
     }
     Ok(())
 }

@@ -16,8 +16,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::constants::{BLOCK_BYTES, RECYCLED_SEGMENTS_MAX};
+use crate::constants::{
+    BACKGROUND_SYNC_EVERY_BYTES, BACKGROUND_WRITE_BYTES_PER_SEC, BACKGROUND_WRITE_CHUNK_BYTES,
+    BLOCK_BYTES, RECYCLED_SEGMENTS_MAX,
+};
 use crate::error::{Result, StorageError};
+use crate::pacing::Pacer;
 use crate::wal::format::{
     encode_segment_header, parse_segment_file_name, segment_file_name, SegmentHeader,
     SegmentIdentity, SPARE_PREFIX,
@@ -25,8 +29,8 @@ use crate::wal::format::{
 use crate::wal::recovery::{Recovered, SegmentSource};
 use crate::wal::writer::FlushJob;
 
-/// Zeros written per `write` call while preparing a segment.
-const PREPARE_CHUNK_BYTES: usize = 1024 * 1024;
+/// Name suffix of a retired segment being removed in the background.
+const TRASH_SUFFIX: &str = ".wal.removing";
 
 /// Distinguishes spare file names made by one process.
 static SPARE_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -56,6 +60,7 @@ impl SegmentDir {
             }
         }
         // Spares of another size (prepared before a size change) cannot be activated.
+        crate::pacing::remove_files_in_background(this.trash()?);
         for spare in this.spares()? {
             let len = fs::metadata(&spare).map_err(|e| StorageError::io("stat", &spare, e))?.len();
             if len != segment_bytes {
@@ -125,8 +130,14 @@ impl SegmentDir {
     }
 
     /// Writes a new spare segment in full, syncs it and renames it into place. Blocking; call it
-    /// off the hot path.
+    /// off the hot path. Paced to [`BACKGROUND_WRITE_BYTES_PER_SEC`] and synced every
+    /// [`BACKGROUND_SYNC_EVERY_BYTES`], so preparing a segment does not stall WAL flushes.
     pub fn prepare_spare(&self) -> Result<PathBuf> {
+        self.prepare_spare_at(Some(BACKGROUND_WRITE_BYTES_PER_SEC))
+    }
+
+    /// [`SegmentDir::prepare_spare`] at full speed or paced to `rate` bytes per second.
+    fn prepare_spare_at(&self, rate: Option<u64>) -> Result<PathBuf> {
         let n = SPARE_COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("{SPARE_PREFIX}{}-{n}.wal", std::process::id());
         let tmp = self.dir.join(format!("{name}.tmp"));
@@ -138,12 +149,19 @@ impl SegmentDir {
             segment_bytes: self.segment_bytes,
         });
         file.write_all(&header).map_err(|e| StorageError::io("write", &tmp, e))?;
-        let zeros = vec![0u8; PREPARE_CHUNK_BYTES];
+        let zeros = vec![0u8; BACKGROUND_WRITE_CHUNK_BYTES];
         let mut written = header.len() as u64;
+        let mut pacer = rate.map(Pacer::new);
         while written < self.segment_bytes {
             let n = (self.segment_bytes - written).min(zeros.len() as u64) as usize;
             file.write_all(&zeros[..n]).map_err(|e| StorageError::io("write", &tmp, e))?;
             written += n as u64;
+            if written % BACKGROUND_SYNC_EVERY_BYTES < n as u64 {
+                file.sync_data().map_err(|e| StorageError::io("fdatasync", &tmp, e))?;
+            }
+            if let Some(pacer) = &mut pacer {
+                std::thread::sleep(pacer.wrote(n as u64));
+            }
         }
         file.sync_all().map_err(|e| StorageError::io("fsync", &tmp, e))?;
         drop(file);
@@ -163,7 +181,7 @@ impl SegmentDir {
             Some(spare) => spare,
             None => {
                 tracing::warn!(dir = %self.dir.display(), seq, "no spare WAL segment ready; preparing one on the write path");
-                self.prepare_spare()?
+                self.prepare_spare_at(None)?
             }
         };
         fs::rename(&spare, &path).map_err(|e| StorageError::io("rename", &spare, e))?;
@@ -173,16 +191,31 @@ impl SegmentDir {
 
     /// Takes segment `seq` out of the log: keeps the file as a spare while fewer than
     /// [`RECYCLED_SEGMENTS_MAX`] spares exist (its old records fail their checksums under a new
-    /// sequence number), else deletes it.
+    /// sequence number), else renames it aside and removes it a slice at a time in the
+    /// background ([`crate::pacing::remove_file_paced`]).
     pub fn retire(&self, seq: u64) -> Result<()> {
         let path = self.segment_path(seq);
-        if self.spares()?.len() < RECYCLED_SEGMENTS_MAX {
-            let spare = self.dir.join(format!("{SPARE_PREFIX}recycled-{seq}.wal"));
-            fs::rename(&path, &spare).map_err(|e| StorageError::io("rename", &path, e))?;
+        let recycle = self.spares()?.len() < RECYCLED_SEGMENTS_MAX;
+        let renamed = if recycle {
+            self.dir.join(format!("{SPARE_PREFIX}recycled-{seq}.wal"))
         } else {
-            fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+            self.dir.join(format!("{seq:020}{TRASH_SUFFIX}"))
+        };
+        fs::rename(&path, &renamed).map_err(|e| StorageError::io("rename", &path, e))?;
+        self.sync_dir()?;
+        if !recycle {
+            crate::pacing::remove_files_in_background(vec![renamed]);
         }
-        self.sync_dir()
+        Ok(())
+    }
+
+    /// Segments retired but not yet removed when the process stopped.
+    fn trash(&self) -> Result<Vec<PathBuf>> {
+        Ok(self
+            .read_dir()?
+            .into_iter()
+            .filter(|p| p.to_str().is_some_and(|n| n.ends_with(TRASH_SUFFIX)))
+            .collect())
     }
 
     /// Makes the cut that a [`RecoveryMode::Repair`] recovery decided durable on disk: zeroes
@@ -197,7 +230,7 @@ impl SegmentDir {
                 .write(true)
                 .open(&path)
                 .map_err(|e| StorageError::io("open", &path, e))?;
-            let zeros = vec![0u8; PREPARE_CHUNK_BYTES];
+            let zeros = vec![0u8; BACKGROUND_WRITE_CHUNK_BYTES];
             let mut offset = cut.at.offset;
             while offset < self.segment_bytes {
                 let n = (self.segment_bytes - offset).min(zeros.len() as u64) as usize;
