@@ -48,7 +48,9 @@ print("%s: %.1f MiB/s, %.0f ops/s; write p50 %.0f us; fdatasync p50 %.0f us p99 
 
 wal_run() { # flush-bytes [--sequential]
   rm -rf "$dir/wal"
-  "$wal" bench "$dir/wal" --flush-bytes "$1" --record-bytes 4064 --seconds "$seconds" ${2:-}
+  local extra=()
+  if [ -n "${2:-}" ]; then extra=("$2"); fi
+  "$wal" bench "$dir/wal" --flush-bytes "$1" --record-bytes 4064 --seconds "$seconds" "${extra[@]}"
 }
 
 echo "== 1 MiB per flush"

@@ -54,4 +54,4 @@ fi
 mkdir -p "$here/src/generated"
 rm -f "$here"/src/generated/*.rs
 cp "$out"/*.rs "$here/src/generated/"
-echo "generate.sh: regenerated $(ls "$out" | tr '\n' ' ')"
+echo "generate.sh: regenerated $(cd "$out" && echo *.rs)"
