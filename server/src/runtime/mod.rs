@@ -1,6 +1,6 @@
-//! The glommio shell: starts one executor per shard, pinned to the `shard mod n`-th of the n CPUs the process may use, each
-//! owning its shard outright (no locks between shards on the hot path), plus the HTTP thread;
-//! shuts everything down cleanly on SIGINT/SIGTERM.
+//! The glommio shell: starts one executor per shard, pinned to the `shard mod n`-th of the n
+//! CPUs the process may use, each owning its shard outright (no locks between shards on the
+//! hot path), plus the HTTP thread; shuts everything down cleanly on SIGINT/SIGTERM.
 //!
 //! Shutdown, step by step:
 //! 1. The signal thread sets the shared flag; each shard's driver sees it at its next tick.
