@@ -59,7 +59,8 @@ async fn write_at(file: &DmaFile, path: &Path, offset: u64, bytes: &[u8]) -> Res
 }
 
 /// Writes `archive` as `dir/{index}-{term}.snap`: a temporary file written with direct I/O in
-/// paced chunks (yielding between them), synced every [`BACKGROUND_SYNC_EVERY_BYTES`], renamed into place, and the directory synced.
+/// paced chunks (yielding between them), synced every [`BACKGROUND_SYNC_EVERY_BYTES`],
+/// renamed into place, and the directory synced.
 /// Returns the final path.
 pub async fn write_snapshot_file(dir: &Path, archive: &Archive) -> Result<PathBuf> {
     let meta = archive.meta();
