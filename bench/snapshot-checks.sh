@@ -56,7 +56,7 @@ start_node() { # id extra-args...
   local id=$1; shift
   "$bin/corekv" serve --registry "$dir/corekv.toml" --node-id "$id" --data-dir "$dir/node-$id" "$@" \
     >> "$dir/node-$id.log" 2>&1 &
-  pids[$id]=$!
+  pids[id]=$!
 }
 
 wait_health() { # id -> seconds waited

@@ -88,6 +88,17 @@ struct Tally {
 }
 
 impl Tally {
+    /// The run's result, measured over `elapsed`.
+    fn into_result(self, elapsed: Duration) -> RunResult {
+        RunResult {
+            latency_us: self.histogram,
+            ops: self.ops,
+            errors: self.errors,
+            conflicts: self.conflicts,
+            elapsed,
+        }
+    }
+
     fn new() -> Self {
         Tally {
             histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
@@ -278,14 +289,7 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<Tally>>, measure_from: Insta
             total.merge(tally);
         }
     }
-    let elapsed = Instant::now().saturating_duration_since(measure_from);
-    RunResult {
-        latency_us: total.histogram,
-        ops: total.ops,
-        errors: total.errors,
-        conflicts: total.conflicts,
-        elapsed,
-    }
+    total.into_result(Instant::now().saturating_duration_since(measure_from))
 }
 
 async fn open_loop(
@@ -352,11 +356,5 @@ async fn open_loop(
     }
     let elapsed = Instant::now().saturating_duration_since(measure_from);
     let total = std::mem::replace(&mut *tally.lock().expect("not poisoned"), Tally::new());
-    RunResult {
-        latency_us: total.histogram,
-        ops: total.ops,
-        errors: total.errors,
-        conflicts: total.conflicts,
-        elapsed,
-    }
+    total.into_result(elapsed)
 }

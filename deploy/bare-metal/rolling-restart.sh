@@ -133,20 +133,24 @@ wait_healthy() { # what-we-wait-for [node-id to also need /health 200]
   done
 }
 
-health_url() { # id
-  local row
+node_row() { # id -> "HOST HTTP_PORT" from the registry (nothing when unknown)
+  local row rid rest
   for row in "${table[@]}"; do
-    read -r rid rhost rport <<< "$row"
-    if [ "$rid" = "$1" ]; then echo "http://$rhost:$rport/health"; return; fi
+    read -r rid rest <<< "$row"
+    if [ "$rid" = "$1" ]; then echo "$rest"; return; fi
   done
 }
 
+health_url() { # id
+  local host port
+  read -r host port <<< "$(node_row "$1")"
+  echo "http://$host:$port/health"
+}
+
 host_of() { # id
-  local row
-  for row in "${table[@]}"; do
-    read -r rid rhost _ <<< "$row"
-    if [ "$rid" = "$1" ]; then echo "$rhost"; return; fi
-  done
+  local host _port
+  read -r host _port <<< "$(node_row "$1")"
+  echo "$host"
 }
 
 for id in "${nodes[@]}"; do
