@@ -19,6 +19,7 @@
 pub mod command;
 pub mod constants;
 pub mod error;
+pub mod key;
 pub mod pacing;
 pub mod raft_log;
 pub mod snapshot;

@@ -437,6 +437,24 @@ impl StateMachine {
     }
 
     fn put(&mut self, index: u64, key: &[u8], value: &[u8]) -> KeyMeta {
+        // Overwriting a key the overlay already holds (the common case under load): one
+        // search, and the value's allocation is reused when the length is unchanged.
+        if let Some(Some(record)) = self.overlay.get_mut(key) {
+            let old = record.meta;
+            let meta = KeyMeta {
+                create_index: old.create_index,
+                mod_index: index,
+                version: old.version + 1,
+            };
+            self.data_bytes = self.data_bytes - record.value.len() + value.len();
+            if record.value.len() == value.len() {
+                record.value.copy_from_slice(value);
+            } else {
+                record.value = value.into();
+            }
+            record.meta = meta;
+            return meta;
+        }
         let old = self.get(key).map(|v| (v.value.len(), v.meta));
         let meta = match old {
             Some((old_len, old_meta)) => {

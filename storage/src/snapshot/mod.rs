@@ -37,6 +37,7 @@ use rkyv::{Archive as RkyvArchive, Serialize};
 
 use crate::constants::BLOCK_BYTES;
 use crate::error::{Result, StorageError};
+use crate::key::Key;
 use crate::state_machine::{KeyMeta, Record, ValueRef};
 
 /// First bytes of every snapshot file.
@@ -51,7 +52,7 @@ pub const SNAPSHOT_HEADER_BYTES: usize = BLOCK_BYTES;
 const HEADER_CRC_OFFSET: usize = 46 + 256;
 
 /// Changes layered over a snapshot: a value, or `None` for a deleted key.
-pub type Overlay = BTreeMap<Box<[u8]>, Option<Record>>;
+pub type Overlay = BTreeMap<Key, Option<Record>>;
 
 /// One key of a snapshot, borrowed from wherever the state lives while it is written.
 #[derive(RkyvArchive, Serialize)]
