@@ -207,6 +207,8 @@ pub struct ShardCore {
     join_target: u64,
     /// This replica found it lost acknowledged entries; it takes no part in raft any more.
     data_lost: bool,
+    /// A leader's heartbeat has shown that it counts on nothing this replica lacks.
+    heartbeat_checked: bool,
 }
 
 impl ShardCore {
@@ -255,6 +257,7 @@ impl ShardCore {
             joining: false,
             join_target: 0,
             data_lost: false,
+            heartbeat_checked: false,
         };
         core.joining = core.cfg.join;
         core.init_snapshots();
@@ -343,12 +346,24 @@ impl ShardCore {
     /// shard stops and says how to rebuild it. A joining replica instead ignores that commit
     /// index until the leader has brought its log up to date, and ignores vote requests until
     /// it caught up.
+    ///
+    /// An empty log may be a wiped one, and a snapshot arriving first would fill it before any
+    /// heartbeat could tell. So until a heartbeat has been checked, a replica with an empty log
+    /// (not joining) takes no entries and no snapshot; the leader sends them again after the
+    /// heartbeat's response. A new cluster pays one heartbeat interval for this, once.
     pub fn step(&mut self, mut message: Message) {
         use raft::eraftpb::MessageType;
         if self.data_lost {
             return;
         }
         let last = self.raw.raft.raft_log.last_index();
+        if !self.joining
+            && !self.heartbeat_checked
+            && last == 0
+            && matches!(message.get_msg_type(), MessageType::MsgAppend | MessageType::MsgSnapshot)
+        {
+            return;
+        }
         if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last {
             if !self.joining {
                 self.data_lost = true;
@@ -361,6 +376,9 @@ impl ShardCore {
                 return;
             }
             message.commit = last;
+        }
+        if message.get_msg_type() == MessageType::MsgHeartbeat {
+            self.heartbeat_checked = true;
         }
         if self.joining {
             match message.get_msg_type() {
@@ -469,6 +487,12 @@ impl ShardCore {
             // Writes not yet proposed never will be here; reads cannot be confirmed.
             self.fail_unproposed_writes();
             self.fail_reads_not_leader();
+        }
+        if !was_leader && role == StateRole::Leader {
+            // A heartbeat at once: a replica with an empty log takes entries only after one
+            // (see `step`), so a new cluster's first entries wait one round trip, not a
+            // heartbeat interval.
+            self.raw.raft.bcast_heartbeat();
         }
     }
 
