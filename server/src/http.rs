@@ -1,8 +1,10 @@
-//! The HTTP endpoint on `http_port`: `/health`, `/status`, `/metrics`.
+//! The HTTP endpoint on `http_port`: `/health`, `/status`, `/metrics`, and
+//! `/debug/pprof/flamegraph?seconds=N` (an SVG of where the process spent its CPU).
 //!
 //! It runs on its own thread with blocking sockets, away from the shard executors: it only
 //! reads what the shards publish (status snapshots refreshed every tick, atomic counters).
-//! Requests are parsed with `httparse`; only `GET` is served, one request per connection.
+//! Requests are parsed with `httparse`; only `GET` is served, one request per connection. A
+//! profile takes seconds, so it is taken and answered on a thread of its own.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,6 +15,7 @@ use anyhow::Context;
 
 use crate::core::ShardStatus;
 use crate::metrics::{self, ShardMetrics};
+use crate::profile;
 
 /// Longest request head accepted.
 const REQUEST_BYTES_MAX: usize = 8 * 1024;
@@ -149,9 +152,43 @@ fn handle(mut stream: TcpStream, state: &HttpState) -> std::io::Result<()> {
             let body = metrics::render(state.node_id, &shards);
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body)
         }
-        _ => {
-            respond(&mut stream, 404, "text/plain", "not found: try /health, /status or /metrics\n")
+        "/debug/pprof/flamegraph" => {
+            let seconds = match profile::seconds_from_query(path.split_once('?').map(|(_, q)| q)) {
+                Ok(seconds) => seconds,
+                Err(message) => return respond(&mut stream, 400, "text/plain", &(message + "\n")),
+            };
+            let title = format!("corekv node {}", state.node_id);
+            let spawned = std::thread::Builder::new().name("pprof".to_string()).spawn(move || {
+                let answered = match profile::flamegraph(Duration::from_secs(seconds), &title) {
+                    Ok(svg) => respond(&mut stream, 200, "image/svg+xml", &svg),
+                    Err(error @ profile::ProfileError::Busy) => {
+                        respond(&mut stream, 409, "text/plain", &format!("{error}\n"))
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "taking a CPU profile failed");
+                        respond(
+                            &mut stream,
+                            500,
+                            "text/plain",
+                            &format!("profile failed: {error}\n"),
+                        )
+                    }
+                };
+                if let Err(error) = answered {
+                    tracing::debug!(%error, "answering a profile request failed");
+                }
+            });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "cannot start a thread for a profile");
+            }
+            Ok(())
         }
+        _ => respond(
+            &mut stream,
+            404,
+            "text/plain",
+            "not found: try /health, /status, /metrics or /debug/pprof/flamegraph?seconds=N\n",
+        ),
     }
 }
 
@@ -166,7 +203,9 @@ fn respond(
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Error",
     };

@@ -4,8 +4,9 @@
 //!   inputs and producing outputs. No I/O.
 //! - [`runtime`]: the glommio shell around it: one executor per shard pinned to a core, peer
 //!   transport, client listener, WAL flushing, timers.
-//! - [`http`]: `/health`, `/status`, `/metrics` on a plain thread.
+//! - [`http`]: `/health`, `/status`, `/metrics`, `/debug/pprof/flamegraph` on a plain thread.
 //! - [`metrics`]: per-shard counters and histograms, Prometheus text.
+//! - [`profile`]: the in-process CPU profiler behind `/debug/pprof/flamegraph`.
 //! - [`dev`]: `corekv dev`, the one-command local cluster.
 //! - [`constants`]: limits and timings.
 
@@ -15,4 +16,5 @@ pub mod dev;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod profile;
 pub mod runtime;

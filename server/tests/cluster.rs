@@ -330,3 +330,48 @@ fn sigterm_shuts_down_cleanly() {
         cluster.http(2, "/health").is_some_and(|(code, _)| code == 200)
     });
 }
+
+// Shows: /debug/pprof/flamegraph samples a real node under load and answers an SVG naming
+// the shard executors' code; a second request meanwhile is refused with 409 and bad
+// parameters with 400, and /health keeps answering while a profile runs.
+#[test]
+fn cpu_profile_over_http() {
+    let cluster = TestCluster::start(3, 1);
+    let leader = cluster.leader_of(0);
+    let addr = cluster.registry.node(leader).unwrap().http_addr();
+    let (code, body) = cluster.http(leader, "/debug/pprof/flamegraph?seconds=0").unwrap();
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = cluster.http(leader, "/debug/pprof/flamegraph?rate=9").unwrap();
+    assert_eq!(code, 400, "{body}");
+
+    let profile = std::thread::spawn(move || {
+        corekv_server::http::get(
+            &addr,
+            "/debug/pprof/flamegraph?seconds=3",
+            Duration::from_secs(20),
+        )
+    });
+    let load_until = std::time::Instant::now() + Duration::from_secs(3);
+    let client = cluster.client();
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, body) = cluster.http(leader, "/debug/pprof/flamegraph?seconds=1").unwrap();
+    assert_eq!(code, 409, "a second profile at once is refused: {body}");
+    let (code, _) = cluster.http(leader, "/health").unwrap();
+    assert_eq!(code, 200, "the HTTP thread is not blocked by a running profile");
+    block_on(async {
+        let mut i = 0u64;
+        while std::time::Instant::now() < load_until {
+            client.put(format!("p-{}", i % 100), "x").await.unwrap();
+            i += 1;
+        }
+    });
+    let (code, svg) = profile.join().unwrap().expect("the profile request");
+    assert_eq!(code, 200, "{svg}");
+    assert!(svg.trim_end().ends_with("</svg>"), "a whole SVG");
+    assert!(
+        svg.contains("samples at 199 Hz"),
+        "samples were taken: {}",
+        &svg[..svg.len().min(300)]
+    );
+    assert!(svg.contains("shard-0"), "the shard executor's thread is in the graph");
+}
