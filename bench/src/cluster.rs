@@ -50,10 +50,14 @@ impl SpawnedCluster {
             .with_context(|| format!("starting {} dev", corekv.display()))?;
         let stdout = child.stdout.take().context("dev output")?;
         let started = Instant::now();
-        for line in BufReader::new(stdout).lines() {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(line) = lines.next() {
             let line = line.context("reading corekv dev's output")?;
             if line.contains("every shard has a leader") {
                 let registry = dir.path().canonicalize()?.join("corekv.toml");
+                // Keep reading what it prints until it exits: a closed pipe would make its
+                // last words fail.
+                std::thread::spawn(move || lines.for_each(drop));
                 return Ok(SpawnedCluster { child, registry, _dir: dir });
             }
             if started.elapsed() > Duration::from_secs(120) {

@@ -3,6 +3,7 @@
 //! until every shard has a leader, prints how to connect, and stops every node on Ctrl-C (or
 //! when one of them dies).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,7 +102,9 @@ pub fn run(options: DevOptions) -> anyhow::Result<()> {
     }
     print_ready(&registry, &registry_path, &dir);
     let outcome = supervise(&mut children, &stop);
-    println!("corekv dev: stopping the nodes");
+    // Whoever started us may have stopped reading our output (a closed pipe): a failed
+    // write must not keep the nodes from being stopped.
+    let _ = writeln!(std::io::stdout(), "corekv dev: stopping the nodes");
     stop_all(&mut children);
     outcome
 }
@@ -243,7 +246,10 @@ fn stop_all(children: &mut [(u64, Child)]) {
                     std::thread::sleep(Duration::from_millis(50))
                 }
                 _ => {
-                    eprintln!("corekv dev: node {id} did not stop in time; killing it");
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "corekv dev: node {id} did not stop in time; killing it"
+                    );
                     let _ = child.kill();
                     let _ = child.wait();
                     break;
