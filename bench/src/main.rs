@@ -182,7 +182,7 @@ async fn etcd_targets(endpoints: &str, connections: usize) -> anyhow::Result<Vec
     for _ in 0..connections {
         let client =
             etcd_client::Client::connect(&urls, None).await.context("connecting to etcd")?;
-        targets.push(Target::Etcd(client.kv_client()));
+        targets.push(Target::Etcd(Box::new(client.kv_client())));
     }
     Ok(targets)
 }

@@ -12,9 +12,9 @@ pub type ErrorKind = &'static str;
 pub enum Target {
     /// corekv: a client (one multiplexed connection per node and shard).
     Corekv(Client),
-    /// etcd: a KV client over one gRPC channel.
+    /// etcd: a KV client over one gRPC channel (boxed: it is much larger than a corekv client).
     #[cfg(feature = "etcd")]
-    Etcd(etcd_client::KvClient),
+    Etcd(Box<etcd_client::KvClient>),
 }
 
 fn corekv_error(error: &Error) -> ErrorKind {

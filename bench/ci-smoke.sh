@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# CI smoke test of the benchmark and profiling tools: each runs for seconds on this machine and
+# must produce well-formed output. No speed is asserted anywhere (DESIGN.md §8).
+#
+#   bench/ci-smoke.sh BIN_DIR      (BIN_DIR holds corekv, corekv-bench built with the etcd
+#                                   feature, and corekv-flamegraph)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin="${1:?usage: bench/ci-smoke.sh BIN_DIR}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+say() { printf '\n-- %s\n' "$*"; }
+no_leftover_nodes() { # a spawned cluster's nodes must not outlive corekv-bench
+  if pgrep -af 'corekv serve --registry [^ ]*corekv-bench'; then
+    echo "nodes of a spawned cluster outlived corekv-bench" >&2
+    exit 1
+  fi
+}
+
+say "corekv-bench against a spawned cluster: ycsb-a and txn, JSON, .hgrm, plot"
+for w in ycsb-a txn; do
+  "$bin/corekv-bench" "$w" --spawn-cluster 3 --shards 2 --base-port 7400 --keys 500 --prefill \
+    --concurrency 8 --warmup 0.5 --duration 1.5 --json "$work/$w.json" --hgrm "$work/$w.hgrm" \
+    >"$work/$w.txt" 2>"$work/$w.err" || { cat "$work/$w.err"; exit 1; }
+  cat "$work/$w.txt"
+  grep -q '^#\[Max' "$work/$w.hgrm"
+  no_leftover_nodes
+done
+"$bin/corekv-bench" plot "$work/ycsb-a.json" "$work/txn.json" --plot "$work/plot.svg"
+python3 - "$work" <<'EOF'
+import json, sys, xml.etree.ElementTree as ET
+work = sys.argv[1]
+for w in ("ycsb-a", "txn"):
+    r = json.load(open(f"{work}/{w}.json"))
+    assert r["ops"] > 0 and r["ops_per_sec"] > 0, r
+    assert sum(r["errors"].values()) == 0, r["errors"]
+    for p in ("p50", "p99", "p999", "max"):
+        assert r["latency_us"][p] > 0, (w, p)
+    assert r["config"]["workload"] == w and r["machine"]["cores"] > 0
+    assert len(r["percentiles"]) > 5
+ET.parse(f"{work}/plot.svg")
+print("bench outputs are well-formed")
+EOF
+
+say "corekv-bench refuses bad flags with a clear error"
+if "$bin/corekv-bench" put --concurrency 0 --registry /nonexistent 2>"$work/bad.err"; then
+  echo "corekv-bench accepted --concurrency 0" >&2; exit 1
+fi
+grep -q "at least 1" "$work/bad.err"
+
+say "bench/compare-etcd.sh --quick: corekv and a 3-member etcd, side by side"
+bench/compare-etcd.sh --quick --no-build --bin-dir "$bin" --out "$work/compare" >/dev/null
+cat "$work/compare/table.md"
+python3 - "$work/compare" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+out = sys.argv[1]
+table = open(f"{out}/table.md").read().splitlines()
+rows = [l for l in table if l.startswith("| ") and ("corekv |" in l or "etcd |" in l)]
+assert len(rows) == 12, f"expected 12 rows (2 systems x 3 workloads x 2 concurrencies): {rows}"
+for row in rows:
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[4].replace(",", "")) > 0, row
+    assert cells[10] == "0", f"errors in {row}"
+ratios = [l for l in table if l.startswith("| ") and l.rstrip().endswith("× |")]
+assert len(ratios) == 6, ratios
+for w in ("put", "get", "mixed"):
+    ET.parse(f"{out}/latency-{w}-c16.svg")
+print("comparison outputs are well-formed")
+EOF
+
+say "perf/flamegraph.sh: perf record of a node under load, folded and drawn"
+if [ "$(id -u)" != 0 ] && [ "$(cat /proc/sys/kernel/perf_event_paranoid)" -gt 1 ]; then
+  echo "perf needs root or kernel.perf_event_paranoid <= 1" >&2; exit 1
+fi
+perf/flamegraph.sh --bin-dir "$bin" --seconds 3 --out "$work/fg/put.svg" \
+  -- put --spawn-cluster 3 --shards 2 --base-port 7450 --concurrency 16 --warmup 0 --duration 6
+python3 - "$work/fg" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+d = sys.argv[1]
+ET.parse(f"{d}/put.svg")
+stacks = [l for l in open(f"{d}/put.folded") if l.strip()]
+assert stacks, "no folded stacks"
+for l in stacks:
+    stack, count = l.rsplit(" ", 1)
+    assert int(count) > 0 and stack
+assert any("shard-" in l for l in stacks), "no samples from a shard executor"
+print(f"flamegraph is well-formed: {len(stacks)} distinct stacks")
+EOF
+no_leftover_nodes
+echo
+echo "bench/ci-smoke.sh: all checks passed"

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# The standard runs of DESIGN.md §8, corekv and etcd side by side, on this machine.
+#
+#   bench/compare-etcd.sh [--out DIR] [--runs N] [--duration S] [--warmup S]
+#                         [--concurrency "1 16 64 256"] [--workloads "put get mixed"]
+#                         [--keys N] [--systems "corekv etcd"] [--bin-dir DIR] [--no-build]
+#                         [--quick]
+#
+# Each system runs alone on the machine: first a 3-node, 2-shard corekv (`corekv dev`), then a
+# 3-member etcd (the Debian package `etcd-server`, default durable settings: every write is
+# fsynced before it is acknowledged) on loopback. Both get the same workloads from the same
+# corekv-bench binary: 16-byte keys over --keys keys (prefilled once), 100-byte values,
+# write-only (`put`), linearizable read-only (`get`) and 50/50 (`mixed`), closed loop at each
+# concurrency, --runs runs each. The medians of the runs go to DIR/table.md with the ratio
+# corekv/etcd per row; every run's JSON and .hgrm are kept in DIR; DIR/latency-*.svg overlay
+# the two systems' latency curves at the highest concurrency.
+#
+# --quick is the CI smoke run: 1 run of 1 s at concurrency 1 and 16 on 1,000 keys.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out="bench/out/compare-$(date -u +%Y%m%dT%H%M%SZ)"
+runs=3
+duration=10
+warmup=2
+concurrency="1 16 64 256"
+workloads="put get mixed"
+keys=100000
+systems="corekv etcd"
+bin_dir="target/release"
+build=1
+corekv_port=7500
+etcd_port=12379
+
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "compare-etcd.sh: $*" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out="${2:?--out needs a directory}"; shift 2 ;;
+    --runs) runs="${2:?}"; shift 2 ;;
+    --duration) duration="${2:?}"; shift 2 ;;
+    --warmup) warmup="${2:?}"; shift 2 ;;
+    --concurrency) concurrency="${2:?}"; shift 2 ;;
+    --workloads) workloads="${2:?}"; shift 2 ;;
+    --keys) keys="${2:?}"; shift 2 ;;
+    --systems) systems="${2:?}"; shift 2 ;;
+    --bin-dir) bin_dir="${2:?}"; shift 2 ;;
+    --no-build) build=0; shift ;;
+    --quick) runs=1; duration=1; warmup=0.5; concurrency="1 16"; keys=1000; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+case "$runs" in ''|*[!0-9]*|0) die "--runs must be a positive integer" ;; esac
+for w in $workloads; do
+  case "$w" in put|get|mixed) ;; *) die "unknown workload '$w' (put, get or mixed)" ;; esac
+done
+for s in $systems; do
+  case "$s" in corekv|etcd) ;; *) die "unknown system '$s' (corekv or etcd)" ;; esac
+done
+case " $systems " in *" etcd "*)
+  command -v etcd >/dev/null || die "etcd not found: apt-get install etcd-server"
+esac
+
+if [ "$build" = 1 ]; then
+  profile=release
+  [ "$bin_dir" = target/debug ] && profile=dev
+  cargo build --profile "$profile" -p corekv-server -p corekv-bench --features corekv-bench/etcd
+fi
+bench="$bin_dir/corekv-bench"
+corekv="$bin_dir/corekv"
+[ -x "$bench" ] || die "$bench not found (build it, or give --bin-dir)"
+[ -x "$corekv" ] || die "$corekv not found (build it, or give --bin-dir)"
+
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+log="$out/log.txt"
+: >"$log"
+say() { printf '%s  %s\n' "$(date -u +%H:%M:%S)" "$*" | tee -a "$log"; }
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+trap cleanup EXIT
+
+start_corekv() {
+  local dir="$out/corekv-data"
+  "$corekv" dev --nodes 3 --shards 2 --base-port "$corekv_port" --clean --dir "$dir" \
+    >"$out/corekv-dev.out" 2>"$out/corekv-dev.err" &
+  pids+=("$!")
+  local i
+  for i in $(seq 1 600); do
+    if grep -q "every shard has a leader" "$out/corekv-dev.out" 2>/dev/null; then
+      target_args=(--registry "$dir/corekv.toml")
+      return 0
+    fi
+    kill -0 "${pids[-1]}" 2>/dev/null || break
+    sleep 0.2
+  done
+  cat "$out/corekv-dev.err" >&2
+  die "corekv dev did not come up (see $out/corekv-dev.err)"
+}
+
+start_etcd() {
+  local cluster="" i client peer
+  for i in 1 2 3; do
+    peer=$((etcd_port + 10 * i + 1))
+    cluster+="${cluster:+,}e$i=http://127.0.0.1:$peer"
+  done
+  local endpoints=""
+  for i in 1 2 3; do
+    client=$((etcd_port + 10 * i))
+    peer=$((client + 1))
+    rm -rf "$out/etcd-data/e$i"
+    mkdir -p "$out/etcd-data"
+    etcd --name "e$i" --data-dir "$out/etcd-data/e$i" \
+      --listen-client-urls "http://127.0.0.1:$client" \
+      --advertise-client-urls "http://127.0.0.1:$client" \
+      --listen-peer-urls "http://127.0.0.1:$peer" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+      --initial-cluster "$cluster" --initial-cluster-state new \
+      --initial-cluster-token corekv-compare >"$out/etcd-e$i.log" 2>&1 &
+    pids+=("$!")
+    endpoints+="${endpoints:+,}http://127.0.0.1:$client"
+  done
+  for i in $(seq 1 300); do
+    if curl -fsS "http://127.0.0.1:$((etcd_port + 10))/health" 2>/dev/null | grep -q '"health":"true"'; then
+      target_args=(--target etcd --endpoints "$endpoints")
+      return 0
+    fi
+    sleep 0.2
+  done
+  tail -n 20 "$out"/etcd-e*.log >&2
+  die "etcd did not become healthy"
+}
+
+# Connections (client instances) the requests are spread over: one per 32 in flight, at most 8.
+connections_for() { local c=$(( ($1 + 31) / 32 )); [ "$c" -gt 8 ] && c=8; echo "$c"; }
+
+run_system() {
+  local system="$1" w c r name
+  say "starting $system"
+  if [ "$system" = corekv ]; then start_corekv; else start_etcd; fi
+  say "$system: prefilling $keys keys"
+  "$bench" put "${target_args[@]}" --keys "$keys" --prefill --ops 1 --warmup 0 \
+    >>"$log" 2>&1 || die "$system prefill failed (see $log)"
+  for w in $workloads; do
+    for c in $concurrency; do
+      for r in $(seq 1 "$runs"); do
+        name="$system-$w-c$c-r$r"
+        "$bench" "$w" "${target_args[@]}" --keys "$keys" --concurrency "$c" \
+          --connections "$(connections_for "$c")" --warmup "$warmup" --duration "$duration" \
+          --label "$system $w c=$c" --json "$out/$name.json" --hgrm "$out/$name.hgrm" \
+          >"$out/$name.txt" 2>"$out/$name.progress" \
+          || die "$name failed: $(tail -n 3 "$out/$name.progress")"
+        say "$name: $(head -n 2 "$out/$name.txt" | tr -s ' \n' ' ')"
+      done
+    done
+  done
+  cleanup
+}
+
+say "corekv-bench compare: systems=[$systems] workloads=[$workloads] concurrency=[$concurrency] runs=$runs duration=${duration}s warmup=${warmup}s keys=$keys out=$out"
+for system in $systems; do
+  run_system "$system"
+done
+
+python3 bench/summarize.py "$out" | tee "$out/table.md"
+
+# Latency curves of the highest concurrency, both systems overlaid (the median run of each).
+top="${concurrency##* }"
+for w in $workloads; do
+  files=()
+  for system in $systems; do
+    median="$(python3 bench/summarize.py --median-file "$out" "$system" "$w" "$top")"
+    [ -n "$median" ] && files+=("$median")
+  done
+  if [ "${#files[@]}" -gt 0 ]; then
+    "$bench" plot "${files[@]}" --plot "$out/latency-$w-c$top.svg" >>"$log"
+  fi
+done
+say "done: $out/table.md, $out/latency-*.svg"
