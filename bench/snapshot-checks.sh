@@ -5,7 +5,10 @@
 #               snapshots under a steady open-loop write load, and the same load with
 #               snapshots off for comparison: percentiles, the longest request, and how many
 #               one-second intervals held a request over 10 ms (the per-second maxima are in
-#               OUT_DIR/*.progress, with the UTC time to line them up with the servers' logs);
+#               OUT_DIR/*.progress, with the UTC time to line them up with the servers' logs).
+#               Beside the writes, an open-loop probe of linearizable reads (500/s) runs: a
+#               read waits for no disk, only for the leader's and a follower's executors, so
+#               its latency shows an executor stall apart from the disk's flush latency;
 #   2. restart: the time from starting a node holding 1M keys (a snapshot and the WAL after
 #               it) to its /health answering 200, after SIGTERM and after SIGKILL;
 #   3. disk:    the data directory of every node, sampled during a long run of overwrites
@@ -83,12 +86,26 @@ sleep 2
 echo "== prefill: 1,000,000 keys of 100 bytes"
 "$bin/corekv-bench" put --prefill --keys 1000000 --value-size 100 --ops 1 --warmup 0 > /dev/null
 
-echo "== 1. pause during snapshots (open loop, 2,000 writes/s for 60 s)"
+read_probe() { # name: linearizable reads beside the writes, in the background
+  "$bin/corekv-bench" get --keys 1000000 --rate 500 --warmup 2 --duration 60 \
+    --label "reads beside $1" --json "$out/reads-$1.json" \
+    > "$out/reads-$1.txt" 2> "$out/reads-$1.progress" &
+  probe=$!
+}
+probe_done() { # name
+  wait "$probe"
+  cat "$out/reads-$1.txt"
+  slow_seconds "$out/reads-$1.progress" | tee -a "$out/reads-$1.txt"
+}
+
+echo "== 1. pause during snapshots (open loop, 2,000 writes/s for 60 s, reads beside them)"
 before=$(metric 1 corekv_snapshots_total)
+read_probe with-snapshots
 "$bin/corekv-bench" put --keys 1000000 --rate 2000 --warmup 2 --duration 60 \
   --label "writes during snapshots" --json "$out/pause-with-snapshots.json" \
   2> "$out/pause-with-snapshots.progress" | tee "$out/pause-with-snapshots.txt"
 slow_seconds "$out/pause-with-snapshots.progress" | tee -a "$out/pause-with-snapshots.txt"
+probe_done with-snapshots
 grep -h "taking a snapshot\|snapshot durable" "$dir/node-1.log" | tail -n 12 > "$out/snapshot-times.txt"
 after=$(metric 1 corekv_snapshots_total)
 echo "snapshots taken by node 1 during the run: $((after - before))" | tee -a "$out/pause-with-snapshots.txt"
@@ -110,10 +127,12 @@ for i in 1 2 3; do kill -TERM "${pids[$i]}"; wait "${pids[$i]}" 2>/dev/null || t
 for i in 1 2 3; do start_node "$i" --snapshot-entries 100000000 --snapshot-log-mib 100000; done
 for i in 1 2 3; do wait_health "$i" >/dev/null; done
 sleep 2
+read_probe without-snapshots
 "$bin/corekv-bench" put --keys 1000000 --rate 2000 --warmup 2 --duration 60 \
   --label "writes, no snapshots" --json "$out/pause-without-snapshots.json" \
   2> "$out/pause-without-snapshots.progress" | tee "$out/pause-without-snapshots.txt"
 slow_seconds "$out/pause-without-snapshots.progress" | tee -a "$out/pause-without-snapshots.txt"
+probe_done without-snapshots
 
 if [ "$disk_seconds" = 0 ]; then exit 0; fi
 echo "== 3. disk use under ${disk_seconds}s of overwrites (default snapshot thresholds)"
