@@ -2,7 +2,7 @@
 //!
 //! A map of `Box<[u8]>` keys makes every comparison during a lookup follow a pointer to its
 //! own heap allocation: a B-tree search over a shard's keys touched ~30 scattered cache lines,
-//! and it was the largest user-space cost of a put (bench/RESULTS.md, "Where the CPU goes").
+//! and it was the largest user-space cost of a put (bench/RESULTS.md, "Where the time goes").
 //! Keys of up to [`INLINE_BYTES`] bytes — the common case, 16-byte keys in the standard
 //! benchmarks — live inside the map's nodes instead, so a search reads the node it is in and
 //! nothing else, and inserting one allocates nothing. Longer keys fall back to the heap.
@@ -13,20 +13,19 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 
-/// Longest key stored inline (the enum is then 24 bytes, as big as a boxed slice plus a tag).
+/// Longest key stored inline (a `Key` is then 24 bytes, as big as a boxed slice plus a tag).
 pub const INLINE_BYTES: usize = 22;
 
 /// A key: its bytes inline when short, boxed otherwise. Ordered, compared and hashed as its
 /// bytes, so maps of `Key` are searched with `&[u8]`.
 #[derive(Clone)]
-pub enum Key {
-    /// Up to [`INLINE_BYTES`] bytes, `len` of them used.
-    Inline {
-        /// Bytes used.
-        len: u8,
-        /// The bytes, zero beyond `len`.
-        bytes: [u8; INLINE_BYTES],
-    },
+pub struct Key(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// Up to [`INLINE_BYTES`] bytes, `len` of them used (`len <= INLINE_BYTES`, kept by
+    /// `From`, the only constructor).
+    Inline { len: u8, bytes: [u8; INLINE_BYTES] },
     /// A longer key.
     Heap(Box<[u8]>),
 }
@@ -35,10 +34,15 @@ impl Key {
     /// The key's bytes.
     #[inline]
     pub fn as_slice(&self) -> &[u8] {
-        match self {
-            Key::Inline { len, bytes } => &bytes[..*len as usize],
-            Key::Heap(bytes) => bytes,
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..*len as usize],
+            Repr::Heap(bytes) => bytes,
         }
+    }
+
+    /// Whether the bytes are stored inline.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.0, Repr::Inline { .. })
     }
 }
 
@@ -48,9 +52,9 @@ impl From<&[u8]> for Key {
         if key.len() <= INLINE_BYTES {
             let mut bytes = [0u8; INLINE_BYTES];
             bytes[..key.len()].copy_from_slice(key);
-            Key::Inline { len: key.len() as u8, bytes }
+            Key(Repr::Inline { len: key.len() as u8, bytes })
         } else {
-            Key::Heap(key.into())
+            Key(Repr::Heap(key.into()))
         }
     }
 }
@@ -60,7 +64,7 @@ impl From<Vec<u8>> for Key {
         if key.len() <= INLINE_BYTES {
             Key::from(key.as_slice())
         } else {
-            Key::Heap(key.into_boxed_slice())
+            Key(Repr::Heap(key.into_boxed_slice()))
         }
     }
 }
@@ -133,9 +137,10 @@ mod tests {
     #[test]
     fn short_keys_are_inline_and_long_ones_boxed() {
         assert_eq!(std::mem::size_of::<Key>(), 24);
-        assert!(matches!(Key::from(&[7u8; INLINE_BYTES][..]), Key::Inline { .. }));
-        assert!(matches!(Key::from(&[7u8; INLINE_BYTES + 1][..]), Key::Heap(_)));
-        assert!(matches!(Key::from(Vec::new()), Key::Inline { len: 0, .. }));
+        assert!(Key::from(&[7u8; INLINE_BYTES][..]).is_inline());
+        assert!(!Key::from(&[7u8; INLINE_BYTES + 1][..]).is_inline());
+        assert!(Key::from(Vec::new()).is_inline());
+        assert!(Key::from(Vec::new()).is_empty());
         assert_eq!(&*Key::from(&b"abc"[..]), b"abc");
         assert_eq!(&*Key::from(vec![9u8; 100]), &[9u8; 100][..]);
     }

@@ -350,7 +350,8 @@ impl ShardCore {
     /// An empty log may be a wiped one, and a snapshot arriving first would fill it before any
     /// heartbeat could tell. So until a heartbeat has been checked, a replica with an empty log
     /// (not joining) takes no entries and no snapshot; the leader sends them again after the
-    /// heartbeat's response. A new cluster pays one heartbeat interval for this, once.
+    /// heartbeat's response. A new leader sends a heartbeat at once, so a new cluster's first
+    /// entries wait one extra round trip.
     pub fn step(&mut self, mut message: Message) {
         use raft::eraftpb::MessageType;
         if self.data_lost {
