@@ -128,7 +128,7 @@ start_etcd() {
     endpoints+="${endpoints:+,}http://127.0.0.1:$client"
   done
   for i in $(seq 1 300); do
-    if curl -fsS "http://127.0.0.1:$((etcd_port + 10))/health" 2>/dev/null | grep -q '"health":"true"'; then
+    if curl -fsS "http://127.0.0.1:$((etcd_port + 10))/health" 2>/dev/null | grep '"health":"true"' >/dev/null; then
       target_args=(--target etcd --endpoints "$endpoints")
       return 0
     fi
