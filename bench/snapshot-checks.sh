@@ -6,9 +6,11 @@
 #               snapshots off for comparison: percentiles, the longest request, and how many
 #               one-second intervals held a request over 10 ms (the per-second maxima are in
 #               OUT_DIR/*.progress, with the UTC time to line them up with the servers' logs).
-#               Beside the writes, an open-loop probe of linearizable reads (500/s) runs: a
-#               read waits for no disk, only for the leader's and a follower's executors, so
-#               its latency shows an executor stall apart from the disk's flush latency;
+#               Beside the writes, an open-loop probe of linearizable reads (500/s) runs. A
+#               read writes nothing, but its ReadIndex round waits for a follower's heartbeat
+#               response, which raft-rs releases only after that follower's earlier WAL
+#               flushes: reads see executor stalls and the followers' flush stalls, not the
+#               leader's;
 #   2. restart: the time from starting a node holding 1M keys (a snapshot and the WAL after
 #               it) to its /health answering 200, after SIGTERM and after SIGKILL;
 #   3. disk:    the data directory of every node, sampled during a long run of overwrites
