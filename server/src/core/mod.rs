@@ -454,12 +454,21 @@ impl ShardCore {
         let committed = ready.take_committed_entries();
         self.apply_committed(committed);
         self.serve_reads();
-        // (f) Persisted messages wait for the flush that covers this Ready.
-        let wait = PersistWait {
-            number: ready.number(),
-            lsn: needs_flush.then_some(lsn),
-            messages: ready.take_persisted_messages(),
-        };
+        // (f) Persisted messages wait for the flush that covers this Ready — and, in order,
+        // for those of earlier Readies. A heartbeat response from a Ready that itself persists
+        // nothing (no entries, no new term or vote) promises nothing about this replica's log
+        // or vote, so it goes out now: a leader's ReadIndex round waits for it, and holding it
+        // behind an unrelated flush in flight tied linearizable reads to followers' disks.
+        let mut held = ready.take_persisted_messages();
+        if !needs_flush {
+            let (now, later): (Vec<Message>, Vec<Message>) = held.into_iter().partition(|m| {
+                m.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeatResponse
+            });
+            self.out.messages.extend(now);
+            held = later;
+        }
+        let wait =
+            PersistWait { number: ready.number(), lsn: needs_flush.then_some(lsn), messages: held };
         // (g)
         self.raw.advance_append_async(ready);
         self.persist.push_back(wait);
