@@ -209,6 +209,22 @@ pub struct ShardCore {
     data_lost: bool,
     /// A leader's heartbeat has shown that it counts on nothing this replica lacks.
     heartbeat_checked: bool,
+    /// A safety rule this replica breaks on purpose (the simulator's self-test); `None` in
+    /// every real node.
+    injected_bug: Option<InjectedBug>,
+}
+
+/// A safety rule a test can make a core break, to show that the simulator notices. Nothing
+/// outside the tests sets one.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// Send a Ready's persisted messages (append and vote responses) before the WAL flush
+    /// that makes the Ready durable.
+    PersistedMessagesBeforeFlush,
+    /// Serve linearizable reads on the leader from its applied state, without confirming
+    /// with a quorum that it still leads (no ReadIndex round).
+    ReadsWithoutQuorumCheck,
 }
 
 impl ShardCore {
@@ -258,6 +274,7 @@ impl ShardCore {
             join_target: 0,
             data_lost: false,
             heartbeat_checked: false,
+            injected_bug: None,
         };
         core.joining = core.cfg.join;
         core.init_snapshots();
@@ -286,6 +303,12 @@ impl ShardCore {
     /// The raft node (for tests and the simulator).
     pub fn raft(&self) -> &RawNode<RaftLogStore> {
         &self.raw
+    }
+
+    /// Makes this core break a safety rule, for the simulator's self-test only.
+    #[doc(hidden)]
+    pub fn inject_bug_for_tests(&mut self, bug: InjectedBug) {
+        self.injected_bug = Some(bug);
     }
 
     /// Mutable raft node (the simulator re-draws election timeouts from its seed).
@@ -460,6 +483,9 @@ impl ShardCore {
         // or vote, so it goes out now: a leader's ReadIndex round waits for it, and holding it
         // behind an unrelated flush in flight tied linearizable reads to followers' disks.
         let mut held = ready.take_persisted_messages();
+        if self.injected_bug == Some(InjectedBug::PersistedMessagesBeforeFlush) {
+            self.out.messages.append(&mut held);
+        }
         if !needs_flush {
             let (now, later): (Vec<Message>, Vec<Message>) = held.into_iter().partition(|m| {
                 m.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeatResponse
@@ -532,6 +558,15 @@ impl ShardCore {
         }
         if let Some(number) = number {
             self.raw.on_persist_ready(number);
+            // A leader's snapshot, once installed and durable, is applied: tell raft-rs, whose
+            // applied index otherwise stays before the snapshot until the next entry applies.
+            // Until then raft-rs would look for unapplied entries the snapshot compacted away
+            // (when campaigning or on a leadership transfer) and panic.
+            let applied = self.sm.applied_index();
+            let log = &self.raw.raft.raft_log;
+            if log.applied < applied && applied <= log.committed.min(log.persisted) {
+                self.raw.advance_apply_to(applied);
+            }
         }
     }
 

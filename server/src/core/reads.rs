@@ -158,6 +158,18 @@ impl ShardCore {
         }
         let ctx = self.reads.next_ctx;
         self.reads.next_ctx += 1;
+        if self.injected_bug == Some(super::InjectedBug::ReadsWithoutQuorumCheck) {
+            let waiters = std::mem::take(&mut self.reads.queued);
+            let read_index = Some(self.sm.applied_index());
+            self.reads.rounds.push_back(Round {
+                ctx,
+                waiters,
+                issued_tick: self.ticks,
+                read_index,
+            });
+            self.serve_reads();
+            return;
+        }
         self.raw.read_index(ctx.to_le_bytes().to_vec());
         self.metrics.read_rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let waiters = std::mem::take(&mut self.reads.queued);

@@ -1,0 +1,230 @@
+//! Client histories of single-key operations and their linearizability check, shared by the
+//! deterministic simulator and the real-process fault tests.
+//!
+//! A client records each operation when it sends it (`invoke`) and when the answer comes back
+//! (`complete`). An operation whose answer never came (a timeout, a lost connection, a
+//! `Timeout` error) stays open: it may or may not have taken effect, at any time after its
+//! invocation. An operation refused before it could take effect (`NotLeader`, `Unavailable`,
+//! `Busy`) is `forget`-ten — it is not part of the history. Reads with no answer are forgotten
+//! too: they change nothing.
+//!
+//! Every key is an independent register, so the history is checked key by key (linearizability
+//! is compositional) with `stateright`'s `LinearizabilityTester`, whose search allows each open
+//! operation to take effect or not.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
+
+/// An operation on one key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum KvOp {
+    Put(Vec<u8>),
+    Get,
+    Delete,
+    /// Compare-and-set: writes `new` if the value is `expect`.
+    Cas {
+        expect: Vec<u8>,
+        new: Vec<u8>,
+    },
+}
+
+/// What an operation returned.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum KvRet {
+    PutOk,
+    GetOk(Option<Vec<u8>>),
+    /// Whether the key existed.
+    DeleteOk(bool),
+    /// Whether the compare held (and the write happened).
+    CasOk(bool),
+}
+
+/// The sequential specification: one register that may be absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Register(Option<Vec<u8>>);
+
+impl SequentialSpec for Register {
+    type Op = KvOp;
+    type Ret = KvRet;
+
+    fn invoke(&mut self, op: &KvOp) -> KvRet {
+        match op {
+            KvOp::Put(value) => {
+                self.0 = Some(value.clone());
+                KvRet::PutOk
+            }
+            KvOp::Get => KvRet::GetOk(self.0.clone()),
+            KvOp::Delete => KvRet::DeleteOk(self.0.take().is_some()),
+            KvOp::Cas { expect, new } => {
+                if self.0.as_ref() == Some(expect) {
+                    self.0 = Some(new.clone());
+                    KvRet::CasOk(true)
+                } else {
+                    KvRet::CasOk(false)
+                }
+            }
+        }
+    }
+}
+
+/// Identifies a recorded operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpId(usize);
+
+#[derive(Clone, Debug)]
+struct Recorded {
+    key: Vec<u8>,
+    thread: u64,
+    op: KvOp,
+    invoked: u64,
+    returned: Option<(u64, KvRet)>,
+    forgotten: bool,
+}
+
+/// What a check looked at.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckStats {
+    pub keys: usize,
+    pub operations: usize,
+    /// Operations whose outcome is unknown.
+    pub open: usize,
+}
+
+/// A history of operations on many keys. Times are any monotonic clock (simulated
+/// microseconds, or nanoseconds since the test began); a thread has at most one operation open
+/// at a time, and a thread whose operation stays open must not be used again.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    ops: Vec<Recorded>,
+}
+
+impl History {
+    pub fn new() -> Self {
+        History::default()
+    }
+
+    /// Records that `thread` sent `op` on `key` at time `at`.
+    pub fn invoke(&mut self, thread: u64, key: &[u8], op: KvOp, at: u64) -> OpId {
+        self.ops.push(Recorded {
+            key: key.to_vec(),
+            thread,
+            op,
+            invoked: at,
+            returned: None,
+            forgotten: false,
+        });
+        OpId(self.ops.len() - 1)
+    }
+
+    /// Records the answer to `id`, received at time `at`.
+    pub fn complete(&mut self, id: OpId, ret: KvRet, at: u64) {
+        let op = &mut self.ops[id.0];
+        assert!(op.returned.is_none(), "operation {id:?} completed twice");
+        op.returned = Some((at, ret));
+    }
+
+    /// When `id` was invoked.
+    pub fn invoked_at(&self, id: OpId) -> u64 {
+        self.ops[id.0].invoked
+    }
+
+    /// Drops `id`: it was refused before it could take effect.
+    pub fn forget(&mut self, id: OpId) {
+        self.ops[id.0].forgotten = true;
+    }
+
+    /// Number of operations kept (answered or open).
+    pub fn len(&self) -> usize {
+        self.ops.iter().filter(|o| !o.forgotten).count()
+    }
+
+    /// Acknowledged writes: (key, operation) pairs of completed puts, deletes and successful
+    /// compare-and-sets.
+    pub fn acknowledged_writes(&self) -> impl Iterator<Item = (&[u8], &KvOp)> {
+        self.ops.iter().filter(|o| !o.forgotten).filter_map(|o| match (&o.op, &o.returned) {
+            (KvOp::Get, _) | (_, None) | (KvOp::Cas { .. }, Some((_, KvRet::CasOk(false)))) => None,
+            (op, Some(_)) => Some((o.key.as_slice(), op)),
+        })
+    }
+
+    /// Checks that the history of every key is linearizable. On failure, says which key and
+    /// lists its operations in time order.
+    pub fn check(&self) -> Result<CheckStats, String> {
+        let mut by_key: BTreeMap<&[u8], Vec<&Recorded>> = BTreeMap::new();
+        for op in self.ops.iter().filter(|o| !o.forgotten) {
+            by_key.entry(&op.key).or_default().push(op);
+        }
+        let mut stats = CheckStats { keys: by_key.len(), ..CheckStats::default() };
+        for (key, ops) in &by_key {
+            stats.operations += ops.len();
+            stats.open += ops.iter().filter(|o| o.returned.is_none()).count();
+            check_key(ops).map_err(|why| {
+                let mut text = format!(
+                    "history of key {:?} is not linearizable: {why}\n",
+                    String::from_utf8_lossy(key)
+                );
+                for line in describe(ops) {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+                text
+            })?;
+        }
+        Ok(stats)
+    }
+}
+
+/// Invocations and returns in time order; at equal times, invocations first (that orders
+/// nothing that the clock did not).
+fn events<'a>(ops: &[&'a Recorded]) -> Vec<(u64, bool, usize)> {
+    let mut events = Vec::with_capacity(ops.len() * 2);
+    for (i, op) in ops.iter().enumerate() {
+        events.push((op.invoked, false, i));
+        if let Some((at, _)) = &op.returned {
+            events.push((*at, true, i));
+        }
+    }
+    events.sort();
+    events
+}
+
+fn check_key(ops: &[&Recorded]) -> Result<(), String> {
+    let mut tester = LinearizabilityTester::<u64, Register>::new(Register::default());
+    for (_, is_return, i) in events(ops) {
+        let op = ops[i];
+        let fed = if is_return {
+            let (_, ret) = op.returned.as_ref().expect("a return event has a return");
+            tester.on_return(op.thread, ret.clone()).map(|_| ())
+        } else {
+            tester.on_invoke(op.thread, op.op.clone()).map(|_| ())
+        };
+        fed.map_err(|e| format!("malformed history: {e}"))?;
+    }
+    if tester.is_consistent() {
+        Ok(())
+    } else {
+        Err("no order of the operations explains every answer".to_string())
+    }
+}
+
+fn describe(ops: &[&Recorded]) -> Vec<String> {
+    let mut ops = ops.to_vec();
+    ops.sort_by_key(|o| o.invoked);
+    ops.iter()
+        .map(|o| match &o.returned {
+            Some((at, ret)) => {
+                format!(
+                    "  [{:>12} .. {:>12}] thread {:>6}: {:?} -> {:?}",
+                    o.invoked, at, o.thread, o.op, ret
+                )
+            }
+            None => format!(
+                "  [{:>12} ..            ?] thread {:>6}: {:?} -> unknown",
+                o.invoked, o.thread, o.op
+            ),
+        })
+        .collect()
+}
