@@ -10,6 +10,9 @@
 //! - A connection lost after a request was sent, or a server `Timeout`: reads retry; writes
 //!   retry when applying them twice is the same as once (put, delete and their batch forms);
 //!   a transaction instead fails with [`Error::Indeterminate`].
+//! - No answer from a node within `attempt_timeout` (a partitioned or paused node): reads,
+//!   puts and deletes try the next node, and the shard's next call starts there; a
+//!   transaction waits for its deadline.
 //! - When the deadline passes: [`Error::Unavailable`], or [`Error::Indeterminate`] for a write
 //!   that was sent without a definite answer.
 
@@ -43,6 +46,11 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Deadline of connecting to one node.
     pub connect_timeout: Duration,
+    /// How long one node may take to answer before a retryable call (a read, a put, a
+    /// delete) tries another node. A node cut off by a partition or paused (a long GC-like
+    /// stall) answers nothing and resets nothing; without this, every call would wait its
+    /// whole deadline on it. Transactions are never sent twice, so they wait the deadline.
+    pub attempt_timeout: Duration,
     /// Requests in flight on one connection; more wait for a slot.
     pub max_in_flight_per_connection: usize,
     /// First retry backoff.
@@ -52,13 +60,14 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults for `registry`: 5 s calls, 1 s connects, 1024 requests in flight per
-    /// connection, backoff from 5 ms to 500 ms.
+    /// Defaults for `registry`: 5 s calls, 1 s connects, 1 s per node before trying another,
+    /// 1024 requests in flight per connection, backoff from 5 ms to 500 ms.
     pub fn new(registry: Registry) -> Self {
         ClientConfig {
             registry,
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(1),
             max_in_flight_per_connection: 1024,
             backoff_min: Duration::from_millis(5),
             backoff_max: Duration::from_millis(500),
@@ -758,12 +767,33 @@ impl Client {
                 }
                 Err(_) => continue,
             };
-            let outcome =
-                tokio::time::timeout_at(deadline.into(), conn.call(|id| encode(|e| build(id, e))))
-                    .await;
+            let attempt_deadline = if retry == Retry::Once {
+                deadline
+            } else {
+                deadline.min(Instant::now() + self.inner.config.attempt_timeout)
+            };
+            let outcome = tokio::time::timeout_at(
+                attempt_deadline.into(),
+                conn.call(|id| encode(|e| build(id, e))),
+            )
+            .await;
             let frame = match outcome {
                 Err(_) => {
+                    // No answer: the node may be partitioned away or paused. Its connection
+                    // is suspect, and the next attempt (of this call, or of the next call on
+                    // this shard) goes to another node; a NotLeader hint corrects the guess.
                     sent = true;
+                    last_error = format!("node {node} did not answer");
+                    self.drop_connection(node, shard);
+                    let next = self.next_node(node);
+                    let slot = &self.inner.leaders[shard as usize];
+                    let _ = slot
+                        .compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed)
+                        .or_else(|_| {
+                            slot.compare_exchange(0, next, Ordering::Relaxed, Ordering::Relaxed)
+                        });
+                    node = next;
+                    attempt += 1;
                     continue;
                 }
                 Ok(Err(CallError::NotSent(reason))) => {

@@ -70,6 +70,8 @@ pub struct TestCluster {
     nodes: Vec<Option<Child>>,
     /// Extra `corekv serve` arguments for every node.
     serve_args: Vec<String>,
+    /// Per node, the network namespace it runs in (`ip netns exec`), if any.
+    netns: Vec<Option<String>>,
 }
 
 impl TestCluster {
@@ -80,13 +82,37 @@ impl TestCluster {
 
     /// Like [`TestCluster::start`], passing `serve_args` to every `corekv serve`.
     pub fn start_with(nodes: u64, shards: u32, serve_args: &[&str]) -> TestCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cluster = Self::prepare(nodes, shards, serve_args);
+        cluster.launch();
+        cluster
+    }
+
+    /// A cluster on loopback with its registry written, not started yet: the caller may
+    /// prepare data directories first, then calls [`TestCluster::launch`].
+    pub fn prepare(nodes: u64, shards: u32, serve_args: &[&str]) -> TestCluster {
         let base = free_base(nodes, shards);
+        let hosts: Vec<(String, u16, u16, u16)> = (0..nodes)
+            .map(|i| {
+                let (client, peer, http) = node_ports(base, i);
+                ("127.0.0.1".to_string(), client, peer, http)
+            })
+            .collect();
+        Self::prepare_on(&hosts, shards, serve_args, vec![None; nodes as usize])
+    }
+
+    /// A cluster whose node `i` (from 0) listens on `hosts[i]` = (host, client port, peer
+    /// port, http port) and runs in network namespace `netns[i]`, not started yet.
+    pub fn prepare_on(
+        hosts: &[(String, u16, u16, u16)],
+        shards: u32,
+        serve_args: &[&str],
+        netns: Vec<Option<String>>,
+    ) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
         let mut text = format!("cluster = \"test\"\nshards = {shards}\n");
-        for i in 0..nodes {
-            let (client, peer, http) = node_ports(base, i);
+        for (i, (host, client, peer, http)) in hosts.iter().enumerate() {
             text.push_str(&format!(
-                "\n[[node]]\nid = {}\nhost = \"127.0.0.1\"\nclient_port = {client}\npeer_port = {peer}\nhttp_port = {http}\n",
+                "\n[[node]]\nid = {}\nhost = \"{host}\"\nclient_port = {client}\npeer_port = {peer}\nhttp_port = {http}\n",
                 i + 1,
             ));
         }
@@ -94,14 +120,16 @@ impl TestCluster {
         std::fs::write(&registry_path, &text).expect("write registry");
         let registry = Registry::parse(&text, "test registry").expect("valid registry");
         let serve_args = serve_args.iter().map(|a| a.to_string()).collect();
-        let mut cluster =
-            TestCluster { dir, registry, registry_path, nodes: Vec::new(), serve_args };
-        for id in 1..=nodes {
-            let child = cluster.spawn(id);
-            cluster.nodes.push(Some(child));
+        TestCluster { dir, registry, registry_path, nodes: Vec::new(), serve_args, netns }
+    }
+
+    /// Starts every node of a prepared cluster and waits until every shard has a leader.
+    pub fn launch(&mut self) {
+        for id in 1..=self.netns.len() as u64 {
+            let child = self.spawn(id);
+            self.nodes.push(Some(child));
         }
-        cluster.wait_for_leaders(Duration::from_secs(30));
-        cluster
+        self.wait_for_leaders(Duration::from_secs(30));
     }
 
     fn spawn(&self, id: u64) -> Child {
@@ -113,7 +141,15 @@ impl TestCluster {
         let out =
             std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        Command::new(corekv_bin())
+        let mut command = match &self.netns[id as usize - 1] {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(corekv_bin());
+                command
+            }
+            None => Command::new(corekv_bin()),
+        };
+        command
             .arg("serve")
             .arg("--registry")
             .arg(&self.registry_path)

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use crate::constants::SEGMENT_HEADER_BYTES;
 use crate::error::{Result, StorageError};
 use crate::wal::format::segment_file_name;
 use crate::wal::recovery::SegmentSource;
@@ -39,11 +40,19 @@ impl MemSegments {
     }
 
     /// Writes part of a job, as a crash in the middle of a flush might leave it: the first
-    /// `bytes` bytes of its writes, in order.
+    /// `bytes` bytes of its writes, in order — except that a segment's header block is
+    /// written whole or not at all (a real segment is a renamed spare whose old header stays
+    /// valid until the new one replaces it in one block write).
     pub fn run_torn(&self, job: &FlushJob, mut bytes: usize) {
         let mut segments = self.segments.borrow_mut();
         for write in &job.writes {
-            let n = bytes.min(write.bytes.len());
+            let mut n = bytes.min(write.bytes.len());
+            if write.offset == 0 && n < write.bytes.len().min(SEGMENT_HEADER_BYTES as usize) {
+                n = 0;
+            }
+            if n == 0 {
+                return;
+            }
             let file =
                 segments.entry(write.seq).or_insert_with(|| vec![0; self.segment_bytes as usize]);
             let start = write.offset as usize;
