@@ -58,7 +58,7 @@ use crate::constants::{
 use crate::metrics::{Op, ShardMetrics};
 
 pub use reads::Reads;
-pub use snapshots::{SnapshotJob, SnapshotPolicy};
+pub use snapshots::{reconcile_log_with_snapshot, SnapshotJob, SnapshotPolicy};
 pub use writes::Writes;
 
 /// Identifies a client connection within a shard; chosen by the shell.

@@ -20,6 +20,7 @@
 use std::sync::Arc;
 
 use corekv_proto::encode::ErrorInfo;
+use corekv_storage::raft_log::RaftLogStore;
 use corekv_storage::snapshot::{Archive, SnapshotMeta};
 use corekv_storage::state_machine::FrozenState;
 use raft::eraftpb::{ConfState, Snapshot};
@@ -77,6 +78,37 @@ fn raft_snapshot(index: u64, term: u64, voters: &[u64]) -> Snapshot {
         .mut_metadata()
         .set_conf_state(ConfState { voters: voters.to_vec(), ..Default::default() });
     snapshot
+}
+
+/// At start-up, makes the recovered log agree with the newest snapshot file `(index, term)`
+/// (which must not be older than the log's compaction point).
+///
+/// When the log holds the snapshot's entry, everything up to it is committed. When it does not
+/// — a leader's snapshot was received and its file made durable, but the crash came before
+/// the WAL recorded the reset to it — the log is reset to the snapshot now: its entries were
+/// either older than the snapshot or from a branch the leader's log does not contain, and
+/// raft-rs refuses to start with a commit index past the end of the log.
+pub fn reconcile_log_with_snapshot(
+    store: &mut RaftLogStore,
+    index: u64,
+    term: u64,
+    voters: &[u64],
+) -> Result<(), String> {
+    use raft::Storage;
+    if store.term(index).is_ok_and(|t| t == term) {
+        store.ensure_committed(index);
+        return Ok(());
+    }
+    tracing::info!(
+        index,
+        term,
+        "the log lacks the newest snapshot's entry; resetting it to the snapshot"
+    );
+    store
+        .reset_to_snapshot(raft_snapshot(index, term, voters))
+        .map_err(|refused| format!("resetting the log to snapshot {index}: {refused:?}"))?;
+    store.ensure_committed(index);
+    Ok(())
 }
 
 impl ShardCore {

@@ -42,7 +42,8 @@ use super::notify::Notify;
 use super::peer::{accept_peers, peer_sender, start_snapshot_send, PeerLink};
 use crate::constants::{FRAME_SPLIT_BYTES, SHUTDOWN_DRAIN_MS, SNAPSHOT_FILES_KEPT};
 use crate::core::{
-    ConnId, CoreConfig, Outputs, ShardCore, ShardStatus, SnapshotJob, SnapshotPolicy,
+    reconcile_log_with_snapshot, ConnId, CoreConfig, Outputs, ShardCore, ShardStatus, SnapshotJob,
+    SnapshotPolicy,
 };
 use crate::metrics::ShardMetrics;
 
@@ -166,7 +167,9 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
     let compacted = store.compacted().0;
     let sm = match archive {
         Some(archive) if archive.meta().index >= compacted => {
-            store.ensure_committed(archive.meta().index);
+            let (index, term) = (archive.meta().index, archive.meta().term);
+            reconcile_log_with_snapshot(&mut store, index, term, &registry.node_ids())
+                .map_err(|e| anyhow::anyhow!("shard {}: {e}", ctx.shard))?;
             StateMachine::from_snapshot(Arc::new(archive))
         }
         None if compacted == 0 => StateMachine::new(),
