@@ -159,7 +159,7 @@ impl Workload {
                         nanos(start),
                     );
                     let value = client.get(&key).await.expect("final read");
-                    let ret = KvRet::GetOk(value.map(|kv| kv.value));
+                    let ret = KvRet::Get(value.map(|kv| kv.value));
                     history.lock().unwrap().complete(id, ret, nanos(start));
                 }
             }
@@ -211,19 +211,19 @@ async fn writer(
                     success: vec![TxnOp::Put(key.clone().into_bytes(), value.clone())],
                     failure: vec![],
                 };
-                (id, client.txn(&txn).await.map(|r| KvRet::CasOk(r.succeeded)))
+                (id, client.txn(&txn).await.map(|r| KvRet::Cas(r.succeeded)))
             }
             _ => {
                 let op = KvOp::Put(value.clone());
                 let id = history.lock().unwrap().invoke(thread, key.as_bytes(), op, nanos(start));
-                (id, client.put(&key, &value).await.map(|_| KvRet::PutOk))
+                (id, client.put(&key, &value).await.map(|_| KvRet::Put))
             }
         };
         {
             let mut h = history.lock().unwrap();
             match outcome {
                 Ok(ret) => {
-                    if ret != KvRet::CasOk(false) {
+                    if ret != KvRet::Cas(false) {
                         last[j] = Some(value);
                     }
                     h.complete(op, ret, nanos(start));
@@ -260,7 +260,7 @@ async fn reader(
         {
             let mut h = history.lock().unwrap();
             match result {
-                Ok(value) => h.complete(id, KvRet::GetOk(value.map(|kv| kv.value)), nanos(start)),
+                Ok(value) => h.complete(id, KvRet::Get(value.map(|kv| kv.value)), nanos(start)),
                 Err(_) => h.forget(id),
             }
         }

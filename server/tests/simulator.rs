@@ -1085,19 +1085,19 @@ impl Sim {
             Reply::GetReply => {
                 let get = reply.reply_as_get_reply().expect("typed");
                 let value = get.entry().and_then(|e| e.value()).map(|v| v.bytes().to_vec());
-                Some(KvRet::GetOk(value))
+                Some(KvRet::Get(value))
             }
-            Reply::PutReply => Some(KvRet::PutOk),
+            Reply::PutReply => Some(KvRet::Put),
             Reply::DeleteReply => {
-                Some(KvRet::DeleteOk(reply.reply_as_delete_reply().expect("typed").deleted()))
+                Some(KvRet::Delete(reply.reply_as_delete_reply().expect("typed").deleted()))
             }
             Reply::TxnReply => {
-                Some(KvRet::CasOk(reply.reply_as_txn_reply().expect("typed").succeeded()))
+                Some(KvRet::Cas(reply.reply_as_txn_reply().expect("typed").succeeded()))
             }
             Reply::ErrorReply => {
                 let error = reply.reply_as_error_reply().expect("typed");
                 match error.kind_type() {
-                    ErrorKind::CompareFailed => Some(KvRet::CasOk(false)),
+                    ErrorKind::CompareFailed => Some(KvRet::Cas(false)),
                     ErrorKind::NotLeader => {
                         let hint = error.kind_as_not_leader().map_or(0, |h| h.leader_id());
                         let c = &mut self.clients[client];
@@ -1400,16 +1400,16 @@ fn injected_bug_stale_reads_is_caught() {
 fn checker_accepts_and_refuses() {
     let mut h = History::new();
     let put = h.invoke(1, b"k", KvOp::Put(b"a".to_vec()), 0);
-    h.complete(put, KvRet::PutOk, 10);
+    h.complete(put, KvRet::Put, 10);
     let _open = h.invoke(2, b"k", KvOp::Put(b"b".to_vec()), 20);
     let get = h.invoke(3, b"k", KvOp::Get, 30);
-    h.complete(get, KvRet::GetOk(Some(b"a".to_vec())), 40);
+    h.complete(get, KvRet::Get(Some(b"a".to_vec())), 40);
     let get = h.invoke(4, b"k", KvOp::Get, 50);
-    h.complete(get, KvRet::GetOk(Some(b"b".to_vec())), 60);
+    h.complete(get, KvRet::Get(Some(b"b".to_vec())), 60);
     assert!(h.check().is_ok(), "the open put took effect between the two reads");
 
     let get = h.invoke(5, b"k", KvOp::Get, 70);
-    h.complete(get, KvRet::GetOk(Some(b"a".to_vec())), 80);
+    h.complete(get, KvRet::Get(Some(b"a".to_vec())), 80);
     let error = h.check().expect_err("a read went back in time");
     assert!(error.contains("not linearizable"), "{error}");
 }

@@ -34,12 +34,12 @@ pub enum KvOp {
 /// What an operation returned.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum KvRet {
-    PutOk,
-    GetOk(Option<Vec<u8>>),
+    Put,
+    Get(Option<Vec<u8>>),
     /// Whether the key existed.
-    DeleteOk(bool),
+    Delete(bool),
     /// Whether the compare held (and the write happened).
-    CasOk(bool),
+    Cas(bool),
 }
 
 /// The sequential specification: one register that may be absent.
@@ -54,16 +54,16 @@ impl SequentialSpec for Register {
         match op {
             KvOp::Put(value) => {
                 self.0 = Some(value.clone());
-                KvRet::PutOk
+                KvRet::Put
             }
-            KvOp::Get => KvRet::GetOk(self.0.clone()),
-            KvOp::Delete => KvRet::DeleteOk(self.0.take().is_some()),
+            KvOp::Get => KvRet::Get(self.0.clone()),
+            KvOp::Delete => KvRet::Delete(self.0.take().is_some()),
             KvOp::Cas { expect, new } => {
                 if self.0.as_ref() == Some(expect) {
                     self.0 = Some(new.clone());
-                    KvRet::CasOk(true)
+                    KvRet::Cas(true)
                 } else {
-                    KvRet::CasOk(false)
+                    KvRet::Cas(false)
                 }
             }
         }
@@ -145,7 +145,7 @@ impl History {
     /// compare-and-sets.
     pub fn acknowledged_writes(&self) -> impl Iterator<Item = (&[u8], &KvOp)> {
         self.ops.iter().filter(|o| !o.forgotten).filter_map(|o| match (&o.op, &o.returned) {
-            (KvOp::Get, _) | (_, None) | (KvOp::Cas { .. }, Some((_, KvRet::CasOk(false)))) => None,
+            (KvOp::Get, _) | (_, None) | (KvOp::Cas { .. }, Some((_, KvRet::Cas(false)))) => None,
             (op, Some(_)) => Some((o.key.as_slice(), op)),
         })
     }
@@ -179,7 +179,7 @@ impl History {
 
 /// Invocations and returns in time order; at equal times, invocations first (that orders
 /// nothing that the clock did not).
-fn events<'a>(ops: &[&'a Recorded]) -> Vec<(u64, bool, usize)> {
+fn events(ops: &[&Recorded]) -> Vec<(u64, bool, usize)> {
     let mut events = Vec::with_capacity(ops.len() * 2);
     for (i, op) in ops.iter().enumerate() {
         events.push((op.invoked, false, i));
