@@ -240,7 +240,6 @@ struct Pending {
     op: OpId,
     request: u64,
     kind: Kind,
-    key: usize,
     conn: ConnId,
     shard: u32,
 }
@@ -1034,7 +1033,7 @@ impl Sim {
         }
         let thread = self.clients[client].thread;
         let id = self.history.invoke(thread, &key_bytes, op, self.now);
-        self.clients[client].pending = Some(Pending { op: id, request, kind, key, conn, shard });
+        self.clients[client].pending = Some(Pending { op: id, request, kind, conn, shard });
         let delay = self.rng.range(20, 500);
         if fresh {
             let hello = self.encoder.hello(0, "sim").to_vec();
@@ -1133,7 +1132,6 @@ impl Sim {
                         self.served_after_heal.insert(shard);
                     }
                 }
-                let _ = pending.key;
             }
             None => self.history.forget(pending.op),
         }

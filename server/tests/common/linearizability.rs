@@ -12,6 +12,7 @@
 //! is compositional) with `stateright`'s `LinearizabilityTester`, whose search allows each open
 //! operation to take effect or not.
 
+// Shared by the simulator and the fault tests; each uses a part of it.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -134,20 +135,6 @@ impl History {
     /// Drops `id`: it was refused before it could take effect.
     pub fn forget(&mut self, id: OpId) {
         self.ops[id.0].forgotten = true;
-    }
-
-    /// Number of operations kept (answered or open).
-    pub fn len(&self) -> usize {
-        self.ops.iter().filter(|o| !o.forgotten).count()
-    }
-
-    /// Acknowledged writes: (key, operation) pairs of completed puts, deletes and successful
-    /// compare-and-sets.
-    pub fn acknowledged_writes(&self) -> impl Iterator<Item = (&[u8], &KvOp)> {
-        self.ops.iter().filter(|o| !o.forgotten).filter_map(|o| match (&o.op, &o.returned) {
-            (KvOp::Get, _) | (_, None) | (KvOp::Cas { .. }, Some((_, KvRet::Cas(false)))) => None,
-            (op, Some(_)) => Some((o.key.as_slice(), op)),
-        })
     }
 
     /// Checks that the history of every key is linearizable. On failure, says which key and
