@@ -38,6 +38,10 @@ enum Command {
         /// ...or after this many MiB of entry data.
         #[arg(long, default_value_t = corekv_server::constants::SNAPSHOT_LOG_BYTES / (1024 * 1024))]
         snapshot_log_mib: u64,
+        /// Write snapshot files at most this fast, in MiB/s (faster floods the disk queue
+        /// that WAL flushes wait in).
+        #[arg(long, default_value_t = corekv_server::constants::SNAPSHOT_WRITE_BYTES_PER_SEC / (1024 * 1024))]
+        snapshot_write_mib: u64,
         /// Size of WAL segment files in MiB (fixed once a WAL exists).
         #[arg(long, default_value_t = corekv_storage::constants::SEGMENT_BYTES / (1024 * 1024))]
         wal_segment_mib: u64,
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
             log,
             snapshot_entries,
             snapshot_log_mib,
+            snapshot_write_mib,
             wal_segment_mib,
             join,
         } => {
@@ -103,8 +108,11 @@ fn main() -> ExitCode {
             }
             let data_dir =
                 data_dir.unwrap_or_else(|| PathBuf::from(format!("corekv-data-{node_id}")));
-            if snapshot_entries == 0 || snapshot_log_mib == 0 {
-                eprintln!("corekv: --snapshot-entries and --snapshot-log-mib must be at least 1");
+            if snapshot_entries == 0 || snapshot_log_mib == 0 || snapshot_write_mib == 0 {
+                eprintln!(
+                    "corekv: --snapshot-entries, --snapshot-log-mib and --snapshot-write-mib must \
+                     be at least 1"
+                );
                 return ExitCode::from(2);
             }
             let min_mib = corekv_server::constants::WAL_SEGMENT_BYTES_MIN / (1024 * 1024);
@@ -115,6 +123,7 @@ fn main() -> ExitCode {
             let snapshots = SnapshotPolicy {
                 entries: snapshot_entries,
                 log_bytes: snapshot_log_mib * 1024 * 1024,
+                write_bytes_per_sec: snapshot_write_mib * 1024 * 1024,
             };
             let options = ServeOptions {
                 registry,

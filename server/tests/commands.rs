@@ -108,6 +108,16 @@ fn wait_with_timeout(
 
 /// Runs `corekv serve` with `registry` text and returns (exit code, stderr).
 fn serve_with(registry: &str, node_id: &str, data_dir: &std::path::Path) -> (i32, String) {
+    serve_with_args(registry, node_id, data_dir, &[])
+}
+
+/// [`serve_with`], with extra `serve` arguments.
+fn serve_with_args(
+    registry: &str,
+    node_id: &str,
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("corekv.toml");
     std::fs::write(&path, registry).unwrap();
@@ -118,6 +128,7 @@ fn serve_with(registry: &str, node_id: &str, data_dir: &std::path::Path) -> (i32
         .args(["--node-id", node_id])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -164,6 +175,12 @@ fn serve_refuses_bad_configuration() {
         let (code, stderr) = serve_with(&registry, node, data.path());
         assert_eq!(code, 2, "exit status for {expected:?}: {stderr}");
         assert!(stderr.contains(expected), "expected {expected:?} in {stderr:?}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
+    }
+    for flag in ["--snapshot-entries", "--snapshot-log-mib", "--snapshot-write-mib"] {
+        let (code, stderr) = serve_with_args(&one_node(9_000), "1", data.path(), &[flag, "0"]);
+        assert_eq!(code, 2, "exit status for {flag} 0: {stderr}");
+        assert!(stderr.contains("--snapshot-write-mib must be at least 1"), "{stderr:?}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
     }
 }

@@ -48,7 +48,11 @@ fn node(id: u64) -> Node {
         election_ticks: 10,
         heartbeat_ticks: 2,
         tick_ms: 50,
-        snapshots: corekv_server::core::SnapshotPolicy { entries: 1_000_000, log_bytes: 1 << 30 },
+        snapshots: corekv_server::core::SnapshotPolicy {
+            entries: 1_000_000,
+            log_bytes: 1 << 30,
+            write_bytes_per_sec: 1 << 30,
+        },
         join: false,
     };
     let metrics = Arc::new(ShardMetrics::default());

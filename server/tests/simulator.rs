@@ -614,6 +614,7 @@ impl Sim {
                 snapshots: SnapshotPolicy {
                     entries: self.opts.snapshot_entries,
                     log_bytes: 1 << 30,
+                    write_bytes_per_sec: 1 << 30,
                 },
                 join: false,
             };

@@ -46,6 +46,8 @@ pub struct SnapshotPolicy {
     pub entries: u64,
     /// Bytes of entry data applied since the last snapshot.
     pub log_bytes: u64,
+    /// How fast the shell writes the snapshot file, in bytes per second.
+    pub write_bytes_per_sec: u64,
 }
 
 /// Snapshot bookkeeping of a core.

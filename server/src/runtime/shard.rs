@@ -362,6 +362,7 @@ async fn load_newest_snapshot(
 async fn make_snapshot(shard: Rc<Shard>, job: SnapshotJob) {
     let began = Instant::now();
     let dir = shard.snap_dir.clone();
+    let write_bytes_per_sec = shard.core.borrow().config().snapshots.write_bytes_per_sec;
     let result: anyhow::Result<Arc<Archive>> = async {
         let SnapshotJob { frozen, meta, voters } = job;
         // Merging and serializing touch every key: off the executor, at the lowest priority.
@@ -370,7 +371,7 @@ async fn make_snapshot(shard: Rc<Shard>, job: SnapshotJob) {
         })?;
         let archive = built.await.context("the snapshot thread died")??;
         let archive = Arc::new(archive);
-        snapshot::dma::write_snapshot_file(&dir, &archive).await?;
+        snapshot::dma::write_snapshot_file(&dir, &archive, write_bytes_per_sec).await?;
         Ok(archive)
     }
     .await;

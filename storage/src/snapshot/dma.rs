@@ -11,10 +11,7 @@ use std::rc::Rc;
 use glommio::io::{DmaFile, OpenOptions};
 
 use super::{file_name, Archive, SNAPSHOT_HEADER_BYTES};
-use crate::constants::{
-    BACKGROUND_SYNC_EVERY_BYTES, BACKGROUND_WRITE_BYTES_PER_SEC, BACKGROUND_WRITE_CHUNK_BYTES,
-    BLOCK_BYTES,
-};
+use crate::constants::{BACKGROUND_SYNC_EVERY_BYTES, BACKGROUND_WRITE_CHUNK_BYTES, BLOCK_BYTES};
 use crate::error::{Result, StorageError};
 use crate::pacing::Pacer;
 
@@ -59,10 +56,14 @@ async fn write_at(file: &DmaFile, path: &Path, offset: u64, bytes: &[u8]) -> Res
 }
 
 /// Writes `archive` as `dir/{index}-{term}.snap`: a temporary file written with direct I/O in
-/// paced chunks (yielding between them), synced every [`BACKGROUND_SYNC_EVERY_BYTES`],
+/// chunks paced to `bytes_per_sec` (yielding between them), synced every [`BACKGROUND_SYNC_EVERY_BYTES`],
 /// renamed into place, and the directory synced.
 /// Returns the final path.
-pub async fn write_snapshot_file(dir: &Path, archive: &Archive) -> Result<PathBuf> {
+pub async fn write_snapshot_file(
+    dir: &Path,
+    archive: &Archive,
+    bytes_per_sec: u64,
+) -> Result<PathBuf> {
     let meta = archive.meta();
     let path = dir.join(file_name(meta.index, meta.term));
     let tmp = dir.join(format!("{}.tmp", file_name(meta.index, meta.term)));
@@ -75,7 +76,7 @@ pub async fn write_snapshot_file(dir: &Path, archive: &Archive) -> Result<PathBu
     let file = open_dma(&tmp).await?;
     let mut offset = SNAPSHOT_HEADER_BYTES;
     // Paced, in small chunks: a WAL flush never waits behind more than one chunk.
-    let mut pacer = Pacer::new(BACKGROUND_WRITE_BYTES_PER_SEC);
+    let mut pacer = Pacer::new(bytes_per_sec);
     while offset < image.len() {
         let end = (offset + BACKGROUND_WRITE_CHUNK_BYTES).min(image.len());
         write_at(&file, &tmp, offset as u64, &image[offset..end]).await?;
