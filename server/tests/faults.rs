@@ -409,12 +409,28 @@ fn paused_leader_steps_down_without_stale_reads() {
             .unwrap_or(0);
         new != 0
     });
-    let mut conn = cluster.raw(new, 0);
-    let put = RequestEncoder::new().put(7, b"k", b"after").to_vec();
-    conn.send(&put);
-    let reply = conn.recv();
-    let reply = verify_reply(&reply).expect("reply");
-    assert_eq!(reply.reply_type(), Reply::PutReply, "the new leader takes writes during the pause");
+    // The new leader takes writes during the pause (following a hint if leadership moved on
+    // to the shard's preferred node meanwhile).
+    let mut written = false;
+    for attempt in 0..20 {
+        let mut conn = cluster.raw(new, 0);
+        let put = RequestEncoder::new().put(7 + attempt, b"k", b"after").to_vec();
+        conn.send(&put);
+        let reply = conn.recv();
+        let reply = verify_reply(&reply).expect("reply");
+        if reply.reply_type() == Reply::PutReply {
+            written = true;
+            break;
+        }
+        let error = reply.reply_as_error_reply().expect("a put reply or an error");
+        if let Some(hint) = error.kind_as_not_leader().map(|h| h.leader_id()) {
+            if hint != 0 && hint != old {
+                new = hint;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(written, "no write succeeded during the pause");
     println!("new leader {new} elected and writing {:?} after the pause began", paused.elapsed());
 
     // A read queued at the old leader while it is paused, then the pause ends.
