@@ -11,17 +11,6 @@ use corekv_proto::client::{Consistency, ErrorKind};
 use corekv_proto::encode::{PeerEncoder, RequestEncoder};
 use corekv_proto::frame::verify_reply;
 
-/// A stale read of `key` from shard `shard` of node `node`: what that replica has applied.
-fn replica_value(cluster: &TestCluster, node: u64, shard: u32, key: &[u8]) -> Option<Vec<u8>> {
-    let mut conn = cluster.raw(node, shard);
-    conn.send(RequestEncoder::new().get(2, key, Consistency::Stale));
-    let frame = conn.recv();
-    let reply = verify_reply(&frame).expect("valid reply");
-    let get = reply.reply_as_get_reply().expect("a get reply");
-    assert!(get.stale(), "stale reads say so");
-    get.entry().and_then(|e| e.value().map(|v| v.bytes().to_vec()))
-}
-
 // Shows: every shard elects a leader and, once the preferred nodes are caught up, each shard
 // is led by its preferred node (shard s by the (s mod N)-th node), so leaders spread across
 // nodes.
@@ -60,7 +49,7 @@ fn writes_replicate_and_followers_redirect() {
         let shard = client.shard_of(key.as_bytes());
         for node in 1..=3 {
             cluster.wait_until(Duration::from_secs(5), &format!("{key} on node {node}"), || {
-                replica_value(&cluster, node, shard, key.as_bytes())
+                cluster.replica_value(node, shard, key.as_bytes())
                     == Some(format!("value-of-{key}").into_bytes())
             });
         }
@@ -132,7 +121,7 @@ fn leader_kill_failover_and_restart_catch_up() {
     let shard = client.shard_of(last_key.as_bytes());
     cluster.wait_until(Duration::from_secs(20), "the restarted node to catch up", || {
         cluster.status(victim).is_some()
-            && replica_value(&cluster, victim, shard, last_key.as_bytes()) == Some(b"2".to_vec())
+            && cluster.replica_value(victim, shard, last_key.as_bytes()) == Some(b"2".to_vec())
     });
     let applied = |node: u64| {
         cluster.status(node).and_then(|s| s["shards"][shard as usize]["applied_index"].as_u64())

@@ -283,21 +283,13 @@ fn check_history(history: &History, what: &str) {
     assert!(stats.operations > 100, "{what}: too few operations recorded to mean anything");
 }
 
-fn applied(cluster: &TestCluster, node: u64, shard: u32) -> Option<u64> {
-    cluster.status(node)?["shards"][shard as usize]["applied_index"].as_u64()
-}
-
-fn commit(cluster: &TestCluster, node: u64, shard: u32) -> Option<u64> {
-    cluster.status(node)?["shards"][shard as usize]["commit_index"].as_u64()
-}
-
 /// Waits until `node` has applied what each shard's leader had committed when called.
 fn wait_caught_up(cluster: &TestCluster, node: u64) {
     for shard in 0..cluster.registry.shards {
         let leader = cluster.leader_of(shard);
-        let target = commit(cluster, leader, shard).expect("leader status");
+        let target = cluster.shard_number(leader, shard, "commit_index").expect("leader status");
         cluster.wait_until(Duration::from_secs(30), &format!("node {node} to catch up"), || {
-            applied(cluster, node, shard).is_some_and(|a| a >= target)
+            cluster.shard_number(node, shard, "applied_index").is_some_and(|a| a >= target)
         });
     }
 }
@@ -622,18 +614,8 @@ fn partition_minority_refuses_majority_serves() {
         states[0].is_some() && states.iter().all(|s| *s == states[0])
     });
     for key in ["w0-k0", "w1-k1", "w2-k2"] {
-        let values: Vec<Option<Vec<u8>>> = (1..=3)
-            .map(|id| {
-                let mut conn = cluster.raw(id, 0);
-                let frame =
-                    RequestEncoder::new().get(5, key.as_bytes(), Consistency::Stale).to_vec();
-                conn.send(&frame);
-                let reply = conn.recv();
-                let reply = verify_reply(&reply).expect("reply");
-                let get = reply.reply_as_get_reply().expect("a stale read is served anywhere");
-                get.entry().and_then(|e| e.value()).map(|v| v.bytes().to_vec())
-            })
-            .collect();
+        let values: Vec<Option<Vec<u8>>> =
+            (1..=3).map(|id| cluster.replica_value(id, 0, key.as_bytes())).collect();
         assert!(values.iter().all(|v| *v == values[0]), "replicas differ on {key}: {values:?}");
     }
     check_history(&history, "partition");
@@ -742,14 +724,8 @@ fn full_disk_stops_acknowledging_and_corrupts_nothing() {
     let status = cluster.status(1).expect("status");
     assert!(status["shards"][0]["failure"].is_null(), "restarted cleanly: {status}");
     for i in [0, 49] {
-        let mut conn = cluster.raw(1, 0);
         let key = format!("early-{i}");
-        let frame = RequestEncoder::new().get(3, key.as_bytes(), Consistency::Stale).to_vec();
-        conn.send(&frame);
-        let reply = conn.recv();
-        let reply = verify_reply(&reply).expect("reply");
-        let get = reply.reply_as_get_reply().expect("served");
-        let v = get.entry().and_then(|e| e.value()).map(|v| v.bytes().to_vec());
+        let v = cluster.replica_value(1, 0, key.as_bytes());
         assert_eq!(v, Some(format!("v{i}").into_bytes()), "node 1 kept {key}");
     }
 }

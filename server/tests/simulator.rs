@@ -1237,6 +1237,7 @@ fn digest(sm: &StateMachine) -> u64 {
 fn run_seed(seed: u64, bug: Option<InjectedBug>) -> Result<(Options, Stats), String> {
     let mut sim = Sim::new(seed, bug);
     let options = sim.opts.clone();
+    println!("SEED={seed} {}", options.describe());
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));
     let outcome = match result {
         Ok(outcome) => outcome,
@@ -1262,9 +1263,6 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
     let mut total = Stats::default();
     let count = seeds.end - seeds.start;
     for seed in seeds {
-        let sim = Sim::new(seed, None);
-        println!("SEED={seed} {}", sim.opts.describe());
-        drop(sim);
         match run_seed(seed, None) {
             Ok((_, stats)) => {
                 total.messages += stats.messages;
@@ -1422,9 +1420,6 @@ fn seed_from_env() {
         .expect("set SEED to the seed to replay")
         .parse()
         .expect("SEED is a number");
-    let sim = Sim::new(seed, None);
-    println!("SEED={seed} {}", sim.opts.describe());
-    drop(sim);
     let (_, stats) = run_seed(seed, None).unwrap_or_else(|e| panic!("{e}"));
     println!("{stats:?}");
 }

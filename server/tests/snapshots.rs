@@ -9,9 +9,6 @@ use std::time::Duration;
 
 use common::{block_on, TestCluster};
 use corekv_client::WriteOptions;
-use corekv_proto::client::Consistency;
-use corekv_proto::encode::RequestEncoder;
-use corekv_proto::frame::verify_reply;
 
 /// Small thresholds so a few hundred writes make several snapshots and compactions.
 const SMALL: &[&str] = &["--snapshot-entries", "40", "--wal-segment-mib", "16"];
@@ -22,15 +19,6 @@ fn applied(cluster: &TestCluster, node: u64) -> Option<u64> {
 
 fn shard0(cluster: &TestCluster, node: u64, field: &str) -> u64 {
     cluster.status(node).and_then(|s| s["shards"][0][field].as_u64()).unwrap_or(0)
-}
-
-/// What replica `node` of shard 0 has applied for `key` (a stale read).
-fn replica_value(cluster: &TestCluster, node: u64, key: &str) -> Option<Vec<u8>> {
-    let mut conn = cluster.raw(node, 0);
-    conn.send(RequestEncoder::new().get(2, key.as_bytes(), Consistency::Stale));
-    let frame = conn.recv();
-    let reply = verify_reply(&frame).unwrap();
-    reply.reply_as_get_reply().unwrap().entry().and_then(|e| e.value().map(|v| v.bytes().to_vec()))
 }
 
 fn write_keys(cluster: &TestCluster, prefix: &str, count: usize) {
@@ -86,7 +74,8 @@ fn follower_catches_up_by_snapshot_then_by_log() {
     );
     assert!(cluster.metric(leader, "corekv_snapshots_sent_total").unwrap() >= 1.0);
     for key in ["early-0", "missed-0", "missed-150", "missed-299"] {
-        let value = replica_value(&cluster, follower, key)
+        let value = cluster
+            .replica_value(follower, 0, key.as_bytes())
             .unwrap_or_else(|| panic!("{key} on the follower"));
         assert_eq!(
             value,
@@ -103,9 +92,9 @@ fn follower_catches_up_by_snapshot_then_by_log() {
     // Waited for by the value itself: /status refreshes once per tick, so a caught-up check
     // can pass on figures from before these writes.
     cluster.wait_until(Duration::from_secs(20), "the follower to apply the later writes", || {
-        replica_value(&cluster, follower, "after-9").is_some()
+        cluster.replica_value(follower, 0, b"after-9").is_some()
     });
-    assert_eq!(replica_value(&cluster, follower, "after-9"), Some(b"after-value-9".to_vec()));
+    assert_eq!(cluster.replica_value(follower, 0, b"after-9"), Some(b"after-value-9".to_vec()));
     assert_eq!(
         cluster.metric(follower, "corekv_snapshots_installed_total").unwrap(),
         installed,
@@ -145,8 +134,8 @@ fn wiped_node_refuses_then_rejoins() {
     std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
     cluster.restart_with(victim, &["--join"]);
     wait_caught_up(&cluster, victim);
-    assert_eq!(replica_value(&cluster, victim, "k-0"), Some(b"k-value-0".to_vec()));
-    assert_eq!(replica_value(&cluster, victim, "during-4"), Some(b"during-value-4".to_vec()));
+    assert_eq!(cluster.replica_value(victim, 0, b"k-0"), Some(b"k-value-0".to_vec()));
+    assert_eq!(cluster.replica_value(victim, 0, b"during-4"), Some(b"during-value-4".to_vec()));
     assert_eq!(shard0(&cluster, victim, "keys"), 205);
     let log = std::fs::read_to_string(cluster.log_path(victim)).unwrap();
     assert!(
@@ -197,7 +186,7 @@ fn damaged_snapshot_falls_back_to_the_previous_one() {
     assert!(refusal.contains(&newest.display().to_string()), "names the file: {refusal}");
     assert!(refusal.contains("checksum mismatch"), "says why: {refusal}");
     wait_caught_up(&cluster, node);
-    assert_eq!(replica_value(&cluster, node, "k-199"), Some(b"k-value-199".to_vec()));
+    assert_eq!(cluster.replica_value(node, 0, b"k-199"), Some(b"k-value-199".to_vec()));
     assert_eq!(shard0(&cluster, node, "keys"), 200);
 }
 
@@ -315,7 +304,7 @@ fn interrupted_snapshot_transfer_restarts_cleanly() {
     wait_caught_up(&cluster, follower);
     assert!(cluster.metric(follower, "corekv_snapshots_installed_total").unwrap() >= 1.0);
     assert_eq!(temp_files(&cluster, follower), 0, "the partial file of the cut transfer is gone");
-    assert_eq!(replica_value(&cluster, follower, "tail-59"), Some(b"tail-value-59".to_vec()));
+    assert_eq!(cluster.replica_value(follower, 0, b"tail-59"), Some(b"tail-value-59".to_vec()));
     let keys = shard0(&cluster, follower, "keys");
     assert!(keys >= 40_060, "the follower holds {keys} keys");
     assert_eq!(keys, shard0(&cluster, leader, "keys"), "the follower holds what the leader holds");

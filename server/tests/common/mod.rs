@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use corekv_client::registry::Registry;
 use corekv_client::{Client, ClientConfig};
+use corekv_proto::client::Consistency;
 use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::{verify_reply, FrameBuffer};
 
@@ -217,6 +218,22 @@ impl TestCluster {
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum(),
         )
+    }
+
+    /// A number of shard `shard` in node `id`'s `/status` (`applied_index`, `keys`, ...).
+    pub fn shard_number(&self, id: u64, shard: u32, field: &str) -> Option<u64> {
+        self.status(id)?["shards"][shard as usize][field].as_u64()
+    }
+
+    /// A stale read of `key` from shard `shard` of node `id`: what that replica has applied.
+    pub fn replica_value(&self, id: u64, shard: u32, key: &[u8]) -> Option<Vec<u8>> {
+        let mut conn = self.raw(id, shard);
+        conn.send(RequestEncoder::new().get(2, key, Consistency::Stale));
+        let frame = conn.recv();
+        let reply = verify_reply(&frame).expect("valid reply");
+        let get = reply.reply_as_get_reply().expect("a get reply");
+        assert!(get.stale(), "stale reads say so");
+        get.entry().and_then(|e| e.value().map(|v| v.bytes().to_vec()))
     }
 
     /// Node `id`'s `/status`, parsed.
