@@ -78,8 +78,8 @@ struct Args {
     #[arg(long)]
     rate: Option<f64>,
     /// Most operations in flight in open loop.
-    #[arg(long, default_value_t = 4096)]
-    in_flight_max: usize,
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    in_flight_max: u32,
     /// Seconds run before measuring.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
@@ -246,7 +246,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         duration: Duration::from_secs_f64(args.duration),
         ops: args.ops,
         timeout,
-        open_loop_in_flight_max: args.in_flight_max,
+        open_loop_in_flight_max: args.in_flight_max as usize,
     };
     if args.prefill {
         let started = Instant::now();
