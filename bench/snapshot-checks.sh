@@ -18,6 +18,12 @@
 #
 #   bench/snapshot-checks.sh [OUT_DIR] [DISK_RUN_SECONDS]
 #
+# With DATA_ON=tmpfs in the environment (root only), the nodes' data directories live on a
+# tmpfs mounted for the run: the disk's flush latency leaves the measurement, and what remains
+# is what the snapshot itself costs the executors (CPU, memory, locks). The restart figures on
+# tmpfs say nothing about a disk; use them only beside a run on the disk. With KEEP_LOGS=1
+# the nodes' logs are copied to OUT_DIR at the end.
+#
 # Results (JSON from corekv-bench, the samples and a summary) go to OUT_DIR
 # (default target/snapshot-checks).
 set -euo pipefail
@@ -32,13 +38,23 @@ bin=$(pwd)/target/release
 dir=$(mktemp -d -p "$(pwd)/target" snapshot-checks.XXXXXX)
 base=7800
 pids=()
+data_on=${DATA_ON:-disk}
 
 cleanup() {
   for pid in "${pids[@]:-}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ -n "${KEEP_LOGS:-}" ]; then cp "$dir"/node-*.log "$out"/ 2>/dev/null || true; fi
+  if [ "$data_on" = tmpfs ]; then umount "$dir" 2>/dev/null || true; fi
   rm -rf "$dir"
 }
 trap cleanup EXIT
+
+case $data_on in
+  disk) ;;
+  tmpfs) mount -t tmpfs -o size=6g corekv-checks "$dir" ;;
+  *) echo "DATA_ON must be disk or tmpfs, not '$data_on'" >&2; exit 2 ;;
+esac
+echo "data directories on: $data_on ($dir)" | tee "$out/data-on.txt"
 
 cat > "$dir/corekv.toml" <<EOF
 cluster = "snapshot-checks"
