@@ -1,15 +1,16 @@
-//! Work that must not compete with the shard executors: building snapshots, freeing replaced
-//! state, removing old files. Threads of their own run at the lowest normal CPU priority
-//! (nice 19), so on a machine where every core runs an executor they mostly get the time the
-//! executors leave. Building a million-key snapshot or freeing a 150 MB archive costs from
-//! tens of milliseconds to seconds of CPU; done at normal priority it preempts the executor
-//! sharing its core for that long.
+//! Work that must not compete with the shard executors: building snapshots and removing old
+//! files on threads of their own, at the lowest normal CPU priority (nice 19), so on a machine
+//! where every core runs an executor they mostly get the time the executors leave (building a
+//! million-key snapshot costs seconds of CPU; done at normal priority it would preempt the
+//! executor sharing its core for that long); and freeing replaced state, which must stay on
+//! the executor that owns it, in slices ([`free_replaced`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use corekv_storage::pacing::lower_thread_priority;
+use corekv_storage::snapshot::Archive;
 use corekv_storage::state_machine::Replaced;
 use futures_channel::oneshot;
 
@@ -30,19 +31,29 @@ pub(crate) fn run<T: Send + 'static>(
     Ok(result)
 }
 
-/// Keys of an overlay freed in one go (under a millisecond of work)...
-const FREE_SLICE_KEYS: usize = 4096;
+/// Keys of an overlay freed in one go (a fraction of a millisecond; 4,096 took 4–8 ms of
+/// CPU on a loaded 2-vCPU machine, the keys' memory being long out of cache)...
+const FREE_SLICE_KEYS: usize = 1024;
 
 /// ...and the pause after each slice, in which the executor serves requests and I/O.
 const FREE_SLICE_PAUSE: Duration = Duration::from_millis(1);
 
-/// Frees state the core replaced, without stalling requests. Archives (one large buffer
-/// each, returned to the kernel whole) go to a low-priority thread. Overlays (two small
-/// allocations per key, made by this executor thread) are freed here, a slice at a time
-/// between other tasks: freed from another thread, every `free` would take the lock of this
-/// thread's allocator arena, and a low-priority thread preempted while holding it leaves the
-/// executor waiting for as long as the scheduler keeps it off the CPU (a 480 ms stall was
-/// measured that way after a one-million-key snapshot).
+/// Bytes of an archive handed back to the kernel in one go (a quarter of a millisecond or
+/// less of unmapping)...
+const RELEASE_SLICE_BYTES: usize = 1 << 20;
+
+/// ...and how often to look again whether an archive still shared (a snapshot being sent
+/// holds it) has been let go.
+const RELEASE_RECHECK: Duration = Duration::from_millis(100);
+
+/// Frees state the core replaced, without stalling requests, on this executor a slice at a
+/// time between other tasks, never on another thread: whatever frees it holds a lock the
+/// executor needs meanwhile, and a thread that is preempted while holding it leaves the
+/// executor waiting for as long as the scheduler keeps it off the CPU. Overlays (two small
+/// allocations per key, made by this executor thread) would take this thread's allocator
+/// arena lock (a 480 ms stall was measured that way after a one-million-key snapshot);
+/// archives (one large buffer) the process's memory-map lock (20–55 ms stalls from a
+/// low-priority thread; see [`corekv_storage::snapshot::Release`]).
 pub(crate) fn free_replaced(replaced: Vec<Replaced>) {
     let mut overlays = Vec::new();
     let mut archives = Vec::new();
@@ -57,8 +68,8 @@ pub(crate) fn free_replaced(replaced: Vec<Replaced>) {
             }
         }
     }
-    if !archives.is_empty() {
-        drop_later(archives);
+    for archive in archives {
+        glommio::spawn_local(release_archive(archive)).detach();
     }
     overlays.retain(|o| !o.is_empty());
     if overlays.is_empty() {
@@ -80,13 +91,21 @@ pub(crate) fn free_replaced(replaced: Vec<Replaced>) {
     .detach();
 }
 
-/// Drops `value` on a low-priority thread (on this one when no thread can be started).
-pub(crate) fn drop_later<T: Send + 'static>(value: T) {
-    let spawned = std::thread::Builder::new().name("drop".to_string()).spawn(move || {
-        lower_thread_priority();
-        drop(value);
-    });
-    if let Err(error) = spawned {
-        tracing::warn!(%error, "no thread to free replaced state on; freeing it inline");
+/// Hands an archive's memory back a slice at a time once nothing else holds it. Whoever else
+/// holds it (a snapshot being sent, or built on top of it) lets go with a decrement; the last
+/// reference, and the freeing, stay here.
+async fn release_archive(mut archive: Arc<Archive>) {
+    let mut release = loop {
+        match Arc::try_unwrap(archive) {
+            Ok(owned) => break owned.release(),
+            Err(shared) => {
+                archive = shared;
+                glommio::timer::sleep(RELEASE_RECHECK).await;
+            }
+        }
+    };
+    while release.step(RELEASE_SLICE_BYTES) {
+        // A timer, not a yield: the executor polls for I/O before coming back.
+        glommio::timer::sleep(FREE_SLICE_PAUSE).await;
     }
 }
