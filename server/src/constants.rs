@@ -65,6 +65,14 @@ pub const PROPOSAL_TIMEOUT_MS: u64 = 10_000;
 /// How often a leader checks whether the preferred leader is caught up and can take over.
 pub const LEADER_BALANCE_TICKS: u64 = 20;
 
+/// Log entries a compaction or a snapshot reset let go of, freed per tick: at most this
+/// many... (a compaction can let go of the whole entry cache; freed at once, that stalled a
+/// shard for up to 30 ms)
+pub const TRIM_ENTRIES_PER_TICK: usize = 4096;
+
+/// ...and at most this many bytes of them.
+pub const TRIM_BYTES_PER_TICK: usize = 4 << 20;
+
 /// Bytes of entries in one scan reply; a scan that reaches it returns a continuation.
 pub const SCAN_REPLY_BYTES_MAX: usize = 4 * 1024 * 1024;
 

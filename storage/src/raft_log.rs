@@ -96,9 +96,13 @@ pub struct RaftLogStore {
     compact_term: u64,
     /// Locations of entries `compact_index + 1 ..= last_index`.
     locs: VecDeque<EntryLoc>,
-    /// The newest entries, ending at `last_index`.
+    /// The newest entries, ending at `last_index`. After a compaction its front may still hold
+    /// compacted entries, until [`RaftLogStore::trim`] frees them.
     cache: VecDeque<Entry>,
     cache_bytes: usize,
+    /// Entries a snapshot reset let go of, until [`RaftLogStore::trim`] frees them.
+    stale: VecDeque<Entry>,
+    stale_bytes: usize,
     /// Most bytes `cache` holds; [`ENTRY_CACHE_BYTES_MAX`] unless set otherwise.
     cache_bytes_max: usize,
     /// Segments in the log, and the highest entry index each one holds (0 for none).
@@ -243,6 +247,8 @@ impl RaftLogStore {
             locs: replay.locs,
             cache: replay.cache,
             cache_bytes: replay.cache_bytes,
+            stale: VecDeque::new(),
+            stale_bytes: 0,
             cache_bytes_max: ENTRY_CACHE_BYTES_MAX,
             segments,
             pending_compactions: VecDeque::new(),
@@ -292,7 +298,43 @@ impl RaftLogStore {
 
     /// Bytes of memory the in-memory log holds: cached entries plus location records.
     pub fn memory_bytes(&self) -> usize {
-        self.cache_bytes + self.locs.len() * std::mem::size_of::<EntryLoc>()
+        self.cache_bytes + self.stale_bytes + self.locs.len() * std::mem::size_of::<EntryLoc>()
+    }
+
+    /// Frees up to `max_entries` entries, or `max_bytes` of them, that a compaction or a
+    /// snapshot reset let go of (at least one when there is any); returns whether more are
+    /// left. Compactions and resets only detach entries, since freeing them there would free
+    /// up to the whole cache ([`ENTRY_CACHE_BYTES_MAX`]) in one call: 1–30 ms measured for
+    /// 20,000–33,000 entries on a loaded 2-vCPU machine. The owner calls this between other
+    /// work until it returns false.
+    pub fn trim(&mut self, max_entries: usize, max_bytes: usize) -> bool {
+        let (mut entries, mut bytes) = (0, 0);
+        while entries < max_entries.max(1) && bytes < max_bytes.max(1) {
+            let freed = if let Some(old) = self.stale.pop_front() {
+                let size = entry_bytes(&old);
+                self.stale_bytes -= size;
+                size
+            } else if self.cache.len() > 1
+                && self.cache.front().is_some_and(|e| e.index <= self.compact_index)
+            {
+                let old = self.cache.pop_front().expect("non-empty");
+                let size = entry_bytes(&old);
+                self.cache_bytes -= size;
+                size
+            } else {
+                return false;
+            };
+            entries += 1;
+            bytes += freed;
+        }
+        self.needs_trim()
+    }
+
+    /// Whether [`RaftLogStore::trim`] has anything to free.
+    pub fn needs_trim(&self) -> bool {
+        !self.stale.is_empty()
+            || (self.cache.len() > 1
+                && self.cache.front().is_some_and(|e| e.index <= self.compact_index))
     }
 
     /// Whether the WAL buffer has room for `bytes` more of records right now.
@@ -458,10 +500,8 @@ impl RaftLogStore {
         let lsn = self.append_record(KIND_COMPACT, &encode_pair(index, term))?;
         let drop = (index - self.compact_index) as usize;
         self.locs.drain(..drop);
-        while self.cache.front().is_some_and(|e| e.index <= index) {
-            let old = self.cache.pop_front().expect("non-empty");
-            self.cache_bytes -= entry_bytes(&old);
-        }
+        // Cached entries up to `index` stay where they are (reads never reach them now) for
+        // `trim` to free.
         self.compact_index = index;
         self.compact_term = term;
         self.pending_compactions.push_back((lsn, index));
@@ -475,8 +515,14 @@ impl RaftLogStore {
         let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
         let lsn = self.append_record(KIND_SNAPSHOT_RESET, &encode_pair(index, term))?;
         self.locs.clear();
-        self.cache.clear();
-        self.cache_bytes = 0;
+        // Detached whole (no entry moves or is freed here), for `trim` to free.
+        let old = std::mem::take(&mut self.cache);
+        if self.stale.is_empty() {
+            self.stale = old;
+        } else {
+            self.stale.extend(old);
+        }
+        self.stale_bytes += std::mem::take(&mut self.cache_bytes);
         self.compact_index = index;
         self.compact_term = term;
         self.pending_compactions.push_back((lsn, index));

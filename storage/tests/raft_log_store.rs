@@ -325,3 +325,59 @@ fn snapshot_reset_replaces_the_log() {
     assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (51, 51));
     assert_eq!(store.term(50).unwrap(), 3);
 }
+
+// Shows: a compaction or a snapshot reset frees no cached entry itself; `trim` frees them,
+// no more per call than asked, oldest first, and reads of the live log are unaffected.
+#[test]
+fn compacted_entries_are_freed_by_trim_in_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut flusher) = open_store(dir.path());
+    store.append(&(1..=100).map(|i| entry(i, 1, &[i as u8; 500])).collect::<Vec<_>>()).unwrap();
+    flush(&mut store, &mut flusher);
+    assert!(!store.needs_trim());
+    let before = store.memory_bytes();
+    store.compact(60).unwrap();
+    assert!(store.needs_trim());
+    // Only the entries' location records went (a few dozen bytes each), not their 500 bytes.
+    assert!(before - store.memory_bytes() < 60 * 100, "compact freed no entry");
+    let live = |store: &RaftLogStore| {
+        store.entries(61, 101, None, raft::GetEntriesContext::empty(false)).unwrap()
+    };
+    assert_eq!(
+        live(&store).iter().map(|e| e.index).collect::<Vec<_>>(),
+        (61..=100).collect::<Vec<_>>()
+    );
+    let mut calls = 0;
+    let mut last = store.memory_bytes();
+    while store.trim(25, usize::MAX) {
+        calls += 1;
+        let now = store.memory_bytes();
+        assert!(
+            last - now >= 25 * 500 && last - now < 26 * 600,
+            "{} bytes in one call",
+            last - now
+        );
+        last = now;
+    }
+    assert_eq!(calls, 2, "60 entries, 25 per call: 25, 25, then the last 10");
+    assert!(store.memory_bytes() <= before - 60 * 500);
+    assert!(live(&store).iter().all(|e| e.data == vec![e.index as u8; 500]));
+    // A byte limit ends a call early, after at least one entry.
+    let mut snapshot = raft::eraftpb::Snapshot::default();
+    snapshot.mut_metadata().index = 200;
+    snapshot.mut_metadata().term = 2;
+    store.reset_to_snapshot(snapshot).unwrap();
+    assert!(store.needs_trim());
+    let held = store.memory_bytes();
+    assert!(held >= 40 * 500, "the reset freed nothing yet: {held}");
+    assert!(store.trim(usize::MAX, 1));
+    assert!(held - store.memory_bytes() < 600, "one entry for a one-byte limit");
+    while store.trim(usize::MAX, usize::MAX) {}
+    assert!(!store.needs_trim());
+    assert!(store.memory_bytes() < 1000, "{} bytes left", store.memory_bytes());
+    store.append(&[entry(201, 2, b"after")]).unwrap();
+    assert_eq!(
+        store.entries(201, 202, None, raft::GetEntriesContext::empty(false)).unwrap()[0].data,
+        b"after".as_slice()
+    );
+}

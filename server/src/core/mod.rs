@@ -53,7 +53,7 @@ use raft::{Config, RawNode, StateRole};
 
 use crate::constants::{
     COMMITTED_BYTES_PER_READY_MAX, LEADER_BALANCE_TICKS, RAFT_INFLIGHT_MESSAGES_MAX,
-    RAFT_MESSAGE_BYTES_MAX, UNCOMMITTED_BYTES_MAX,
+    RAFT_MESSAGE_BYTES_MAX, TRIM_BYTES_PER_TICK, TRIM_ENTRIES_PER_TICK, UNCOMMITTED_BYTES_MAX,
 };
 use crate::metrics::{Op, ShardMetrics};
 
@@ -356,6 +356,9 @@ impl ShardCore {
         self.expire_requests();
         if self.ticks % LEADER_BALANCE_TICKS == 0 {
             self.balance_leadership();
+        }
+        if self.raw.store().needs_trim() {
+            self.raw.mut_store().trim(TRIM_ENTRIES_PER_TICK, TRIM_BYTES_PER_TICK);
         }
     }
 
