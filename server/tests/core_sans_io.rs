@@ -26,7 +26,7 @@ struct Node {
     replies: BTreeMap<u64, Vec<Vec<u8>>>,
 }
 
-fn node(id: u64) -> Node {
+fn node(id: u64, snapshot_entries: u64) -> Node {
     let disk = MemSegments::new(format!("node-{id}"), SEGMENT_BYTES);
     let identity = SegmentIdentity { cluster: "sans-io".to_string(), shard: 0 };
     let conf = ConfState { voters: vec![1, 2, 3], ..Default::default() };
@@ -49,7 +49,7 @@ fn node(id: u64) -> Node {
         heartbeat_ticks: 2,
         tick_ms: 50,
         snapshots: corekv_server::core::SnapshotPolicy {
-            entries: 1_000_000,
+            entries: snapshot_entries,
             log_bytes: 1 << 30,
             write_bytes_per_sec: 1 << 30,
         },
@@ -69,8 +69,13 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Self {
+        Self::with_snapshot_entries(1_000_000)
+    }
+
+    /// Three nodes that snapshot every `snapshot_entries` entries.
+    fn with_snapshot_entries(snapshot_entries: u64) -> Self {
         Cluster {
-            nodes: (1..=3).map(|id| (id, node(id))).collect(),
+            nodes: (1..=3).map(|id| (id, node(id, snapshot_entries))).collect(),
             now_us: 0,
             out: Outputs::default(),
         }
@@ -127,6 +132,19 @@ impl Cluster {
             node.core.tick();
         }
         self.settle();
+    }
+
+    /// Elects node 1 (the preferred leader).
+    fn elect(&mut self) -> u64 {
+        self.nodes.get_mut(&1).unwrap().core.campaign_if_preferred();
+        self.settle();
+        let mut ticks = 0;
+        while self.leader().is_none() {
+            self.tick();
+            ticks += 1;
+            assert!(ticks < 100, "no leader after {ticks} ticks");
+        }
+        self.leader().unwrap()
     }
 
     fn leader(&self) -> Option<u64> {
@@ -267,4 +285,39 @@ fn reads_do_not_wait_for_follower_flushes() {
     let get = read.reply_as_get_reply().expect("a get reply");
     assert_eq!(get.entry().unwrap().value().unwrap().bytes(), b"v1", "it sees the committed value");
     assert!(held_jobs > 0, "the followers had flushes in flight");
+}
+
+// Shows: a group's replicas do not snapshot at the same index. Each one's first snapshot
+// waits its stagger (its rank among the voters / 3 of a period), later ones a whole period,
+// so the three stay a third of a period apart instead of building and writing at once.
+#[test]
+fn replicas_snapshot_out_of_step() {
+    use corekv_storage::snapshot::Archive;
+    let mut cluster = Cluster::with_snapshot_entries(30);
+    let leader = cluster.elect();
+    let mut encoder = RequestEncoder::new();
+    let mut taken: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for i in 0..130u64 {
+        // One put per round: one raft entry each.
+        let put = encoder.put(i + 1, format!("key-{i}").as_bytes(), b"value").to_vec();
+        cluster.send(leader, 100 + i, &[put]);
+        cluster.settle();
+        for (&id, node) in cluster.nodes.iter_mut() {
+            if let Some(job) = node.core.take_snapshot_job() {
+                let frozen = &job.frozen;
+                let archive =
+                    Archive::build(job.meta, job.voters, frozen.base.as_deref(), &frozen.overlay)
+                        .unwrap();
+                taken.entry(id).or_default().push(archive.meta().index);
+                node.core.on_snapshot_written(Arc::new(archive));
+            }
+        }
+    }
+    // Index 1 is the new leader's empty entry; the puts follow.
+    assert_eq!(taken[&1], vec![30, 60, 90, 120], "rank 0: every 30 entries");
+    assert_eq!(taken[&2], vec![40, 70, 100, 130], "rank 1: 10 entries later");
+    assert_eq!(taken[&3], vec![50, 80, 110], "rank 2: 20 entries later");
+    for (id, node) in &cluster.nodes {
+        assert_eq!(node.core.state_machine().len(), 130, "node {id} holds every key");
+    }
 }

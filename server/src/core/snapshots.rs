@@ -67,6 +67,9 @@ pub(super) struct SnapshotState {
     pub(super) offered: Option<Arc<Archive>>,
     /// Whether snapshot files beyond the newest two can be removed.
     pub(super) prune: bool,
+    /// Whether the next snapshot waits this replica's stagger on top of the thresholds (the
+    /// first one after start-up or after installing a leader's snapshot).
+    pub(super) staggered: bool,
 }
 
 /// Ticks to wait after a failed snapshot before trying again.
@@ -125,12 +128,32 @@ impl ShardCore {
             self.raw.mut_store().set_snapshot(snapshot);
         }
         self.snapshots.previous = self.raw.store().compacted().0;
+        self.snapshots.staggered = true;
     }
 
     fn voters(&self) -> Vec<u64> {
         let mut voters: Vec<u64> = self.cfg.nodes.iter().map(|(id, _)| *id).collect();
         voters.sort_unstable();
         voters
+    }
+
+    /// The thresholds for the next snapshot. Every replica applies the same entries, so with
+    /// equal thresholds all of a group's replicas would snapshot at the same index, at the same
+    /// time: each one's CPU and disk busy at once, commits slowed on the leader and on every
+    /// follower a quorum could use. Instead, the first snapshot of a replica (after start-up,
+    /// or after it installed its leader's snapshot and so shares its leader's phase) comes
+    /// `rank / replicas` of a period later, rank being its place among the voters; later ones
+    /// follow a whole period apart, and the replicas stay that far out of step.
+    fn snapshot_thresholds(&self) -> (u64, u64) {
+        let policy = self.cfg.snapshots;
+        if !self.snapshots.staggered {
+            return (policy.entries, policy.log_bytes);
+        }
+        let voters = self.voters();
+        let rank = voters.iter().position(|&id| id == self.cfg.node_id).unwrap_or(0) as u64;
+        let replicas = voters.len().max(1) as u64;
+        let delay = |period: u64| period.saturating_add(period / replicas * rank);
+        (delay(policy.entries), delay(policy.log_bytes))
     }
 
     /// Counts applied entry bytes toward the snapshot threshold.
@@ -141,9 +164,10 @@ impl ShardCore {
     /// A snapshot to make, when a threshold is reached and none is under way.
     pub fn take_snapshot_job(&mut self) -> Option<SnapshotJob> {
         let applied = self.sm.applied_index();
+        let (entries, log_bytes) = self.snapshot_thresholds();
         let state = &self.snapshots;
-        let due = applied.saturating_sub(state.newest) >= self.cfg.snapshots.entries
-            || state.applied_bytes >= self.cfg.snapshots.log_bytes;
+        let due =
+            applied.saturating_sub(state.newest) >= entries || state.applied_bytes >= log_bytes;
         if !due
             || state.in_progress.is_some()
             || self.ticks < state.retry_tick
@@ -154,6 +178,7 @@ impl ShardCore {
         let frozen = self.sm.freeze()?;
         self.snapshots.in_progress = Some(frozen.index);
         self.snapshots.applied_bytes = 0;
+        self.snapshots.staggered = false;
         let meta = SnapshotMeta {
             cluster: self.cfg.cluster.clone(),
             shard: self.cfg.shard,
@@ -251,6 +276,7 @@ impl ShardCore {
         self.snapshots.in_progress = None;
         self.snapshots.applied_bytes = 0;
         self.snapshots.prune = true;
+        self.snapshots.staggered = true;
         self.metrics.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Writes proposed at or before the snapshot's index: their entries were replaced by
         // the snapshot; whether they made it in is unknown here.
