@@ -51,10 +51,7 @@ fn cluster_restores_from_one_replicas_copy() {
     // The follower must hold everything written so far before it is copied.
     let committed = cluster.status(leader).unwrap()["shards"][0]["commit_index"].as_u64().unwrap();
     cluster.wait_until(Duration::from_secs(20), "the follower to apply every write", || {
-        cluster
-            .status(follower)
-            .and_then(|s| s["shards"][0]["applied_index"].as_u64())
-            .is_some_and(|a| a >= committed)
+        cluster.shard_number(follower, 0, "applied_index").is_some_and(|a| a >= committed)
     });
     assert!(cluster.stop(follower).success());
     let backup = tempfile::tempdir().unwrap();

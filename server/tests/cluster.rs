@@ -123,9 +123,7 @@ fn leader_kill_failover_and_restart_catch_up() {
         cluster.status(victim).is_some()
             && cluster.replica_value(victim, shard, last_key.as_bytes()) == Some(b"2".to_vec())
     });
-    let applied = |node: u64| {
-        cluster.status(node).and_then(|s| s["shards"][shard as usize]["applied_index"].as_u64())
-    };
+    let applied = |node: u64| cluster.shard_number(node, shard, "applied_index");
     cluster.wait_until(Duration::from_secs(10), "applied indexes to match", || {
         let leader = cluster.leader(shard);
         leader.is_some() && applied(victim).is_some() && applied(victim) == leader.and_then(applied)

@@ -134,7 +134,7 @@ impl Cluster {
         self.settle();
     }
 
-    /// Elects node 1 (the preferred leader).
+    /// Has node 1 (the preferred leader) campaign and ticks until some node leads; returns it.
     fn elect(&mut self) -> u64 {
         self.nodes.get_mut(&1).unwrap().core.campaign_if_preferred();
         self.settle();
@@ -170,15 +170,7 @@ impl Cluster {
 #[test]
 fn three_cores_elect_batch_replicate_and_redirect() {
     let mut cluster = Cluster::new();
-    cluster.nodes.get_mut(&1).unwrap().core.campaign_if_preferred();
-    cluster.settle();
-    let mut ticks = 0;
-    while cluster.leader().is_none() {
-        cluster.tick();
-        ticks += 1;
-        assert!(ticks < 100, "no leader after {ticks} ticks");
-    }
-    let leader = cluster.leader().unwrap();
+    let leader = cluster.elect();
     assert_eq!(leader, 1, "the preferred node campaigned first and won");
 
     let mut encoder = RequestEncoder::new();
@@ -252,11 +244,7 @@ fn three_cores_elect_batch_replicate_and_redirect() {
 #[test]
 fn reads_do_not_wait_for_follower_flushes() {
     let mut cluster = Cluster::new();
-    cluster.nodes.get_mut(&1).unwrap().core.campaign_if_preferred();
-    cluster.settle();
-    while cluster.leader() != Some(1) {
-        cluster.tick();
-    }
+    assert_eq!(cluster.elect(), 1, "the preferred node campaigned first and won");
     let mut encoder = RequestEncoder::new();
     cluster.send(1, 7, &[encoder.put(1, b"k", b"v1").to_vec()]);
     cluster.settle();

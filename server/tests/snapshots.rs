@@ -14,11 +14,11 @@ use corekv_client::WriteOptions;
 const SMALL: &[&str] = &["--snapshot-entries", "40", "--wal-segment-mib", "16"];
 
 fn applied(cluster: &TestCluster, node: u64) -> Option<u64> {
-    cluster.status(node)?["shards"][0]["applied_index"].as_u64()
+    cluster.shard_number(node, 0, "applied_index")
 }
 
 fn shard0(cluster: &TestCluster, node: u64, field: &str) -> u64 {
-    cluster.status(node).and_then(|s| s["shards"][0][field].as_u64()).unwrap_or(0)
+    cluster.shard_number(node, 0, field).unwrap_or(0)
 }
 
 fn write_keys(cluster: &TestCluster, prefix: &str, count: usize) {
