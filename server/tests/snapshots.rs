@@ -252,6 +252,7 @@ fn interrupted_snapshot_transfer_restarts_cleanly() {
     let client = cluster.client();
     let leader = cluster.leader_of(0);
     let follower = (1..=3).find(|&n| n != leader).unwrap();
+    let follower_last = shard0(&cluster, follower, "last_index");
     cluster.kill(follower);
     // About 40 MB of state, so the transfer takes long enough to be caught in the middle.
     let value = vec![b'v'; 1024];
@@ -263,6 +264,22 @@ fn interrupted_snapshot_transfer_restarts_cleanly() {
         }
     });
     write_keys(&cluster, "tail", 60);
+    // The follower must need a snapshot: the leader compacted past its log. When depends on
+    // the leader's place among the nodes (replicas snapshot out of step), so write until then.
+    let compacted_past =
+        || shard0(&cluster, cluster.leader_of(0), "first_index") > follower_last + 1;
+    for _ in 0..10 {
+        if compacted_past() {
+            break;
+        }
+        write_keys(&cluster, "pad", 40);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cluster.wait_until(
+        Duration::from_secs(20),
+        "the leader to compact past the follower",
+        compacted_past,
+    );
     let mut interrupted = false;
     for _attempt in 0..3 {
         cluster.restart(follower);
