@@ -149,9 +149,10 @@ impl ShardCore {
         if !self.snapshots.staggered {
             return (policy.entries, policy.log_bytes);
         }
-        let voters = self.voters();
-        let rank = voters.iter().position(|&id| id == self.cfg.node_id).unwrap_or(0) as u64;
-        let replicas = voters.len().max(1) as u64;
+        // Called on every pass of the shard loop: counted, not sorted into a new list.
+        let nodes = &self.cfg.nodes;
+        let rank = nodes.iter().filter(|(id, _)| *id < self.cfg.node_id).count() as u64;
+        let replicas = nodes.len().max(1) as u64;
         let delay = |period: u64| period.saturating_add(period / replicas * rank);
         (delay(policy.entries), delay(policy.log_bytes))
     }
