@@ -10,7 +10,10 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
 
 use crate::constants::{BACKGROUND_DELETE_STEP_BYTES, BACKGROUND_WRITE_BYTES_PER_SEC};
 use crate::error::{Result, StorageError};
@@ -37,17 +40,51 @@ impl Pacer {
     }
 }
 
-/// Gives the calling thread the lowest normal CPU priority (nice 19): when its core is busy it
-/// gets a small share of it, but is still scheduled within milliseconds. Not `SCHED_IDLE`:
-/// such a thread can wait off the CPU for hundreds of milliseconds while holding a lock the
-/// executors need (the allocator's arena lock, the process's memory map lock during `munmap`),
-/// and the executors wait with it; that priority inversion was measured as 0.5–1 s stalls.
+/// The CPUs background threads may run on: the node's, recorded at start-up by
+/// [`set_background_cpus`]. Unset, they stay where they were started.
+static BACKGROUND_CPUS: OnceLock<Vec<usize>> = OnceLock::new();
+
+/// Records the CPUs the node may use (its affinity mask at start-up). Background threads run
+/// on any of them instead of the one core of the executor that started them, so they take
+/// whatever time any core leaves idle. The first call wins.
+pub fn set_background_cpus(cpus: Vec<usize>) {
+    let _ = BACKGROUND_CPUS.set(cpus);
+}
+
+/// Makes the calling thread a background thread: the lowest normal CPU priority (nice 19), on
+/// any of the node's CPUs ([`set_background_cpus`]). When a core is busy such a thread gets a
+/// small share of it, but is still scheduled within milliseconds. Not `SCHED_IDLE`: such a
+/// thread can wait off the CPU for hundreds of milliseconds while holding a lock the executors
+/// need (the allocator's arena lock, the process's memory map lock during `munmap`), and the
+/// executors wait with it; that priority inversion was measured as 0.5–1 s stalls.
 pub fn lower_thread_priority() {
-    // SAFETY: a plain system call on the calling thread; a failure leaves the priority as it was.
+    // SAFETY: plain system calls on the calling thread, `set` a plain bit set; a failure
+    // leaves the priority or the affinity as it was.
     unsafe {
         let tid = libc::gettid() as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+        if let Some(cpus) = BACKGROUND_CPUS.get().filter(|cpus| !cpus.is_empty()) {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &cpu in cpus {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
     }
+}
+
+/// Runs `work` on a new background thread ([`lower_thread_priority`]) named `name`; the
+/// receiver yields its result, or is cancelled when the thread panicked.
+pub fn spawn_background<T: Send + 'static>(
+    name: String,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<oneshot::Receiver<T>> {
+    let (done, result) = oneshot::channel();
+    std::thread::Builder::new().name(name).spawn(move || {
+        lower_thread_priority();
+        let _ = done.send(work());
+    })?;
+    Ok(result)
 }
 
 /// Removes `path` a slice at a time: truncated by [`BACKGROUND_DELETE_STEP_BYTES`], synced,
@@ -82,8 +119,7 @@ pub fn remove_files_in_background(paths: Vec<PathBuf>) {
     if paths.is_empty() {
         return;
     }
-    let spawned = std::thread::Builder::new().name("remove-files".to_string()).spawn(move || {
-        lower_thread_priority();
+    let spawned = spawn_background("remove-files".to_string(), move || {
         for path in paths {
             if let Err(error) = remove_file_paced(&path) {
                 tracing::warn!(%error, "removing an unused file failed");

@@ -1,6 +1,6 @@
 //! Work that must not compete with the shard executors: building snapshots and removing old
-//! files on threads of their own, at the lowest normal CPU priority (nice 19), so on a machine
-//! where every core runs an executor they mostly get the time the executors leave (building a
+//! files on threads of their own, at the lowest normal CPU priority (nice 19) and free to run
+//! on any of the node's CPUs, so they mostly get the time the executors leave (building a
 //! million-key snapshot costs seconds of CPU; done at normal priority it would preempt the
 //! executor sharing its core for that long); and freeing replaced state, which must stay on
 //! the executor that owns it, in slices ([`free_replaced`]).
@@ -9,26 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use corekv_storage::pacing::lower_thread_priority;
+use corekv_storage::pacing::spawn_background;
 use corekv_storage::snapshot::Archive;
 use corekv_storage::state_machine::Replaced;
 use futures_channel::oneshot;
 
-/// Runs `work` on a low-priority thread named `name`; the receiver yields its result (or is
-/// cancelled when the thread panicked).
+/// Runs `work` on a background thread named `name` (lowest priority, any of the node's CPUs);
+/// the receiver yields its result (or is cancelled when the thread panicked).
 pub(crate) fn run<T: Send + 'static>(
     name: String,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<oneshot::Receiver<T>> {
-    let (done, result) = oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            lower_thread_priority();
-            let _ = done.send(work());
-        })
-        .with_context(|| format!("starting the background thread {name}"))?;
-    Ok(result)
+    spawn_background(name.clone(), work)
+        .with_context(|| format!("starting the background thread {name}"))
 }
 
 /// Keys of an overlay freed in one go (a fraction of a millisecond; 4,096 took 4–8 ms of

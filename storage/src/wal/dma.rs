@@ -3,8 +3,9 @@
 //! module of the storage crate that touches glommio; everything it runs was decided by the
 //! sans-IO [`crate::wal::writer::WalWriter`].
 //!
-//! Once-per-segment work (preparing a spare by writing 64 MiB, renaming, syncing the directory)
-//! runs on glommio's blocking thread pool so the shard's executor keeps serving.
+//! Once-per-segment work runs off the executor so it keeps serving: renaming and syncing the
+//! directory on glommio's blocking thread pool, preparing a spare (writing 64 MiB) on a
+//! background thread of the lowest priority.
 
 use std::rc::Rc;
 
@@ -94,17 +95,24 @@ impl DmaFlusher {
         }
     }
 
-    /// Prepares spare segments until [`SPARE_SEGMENTS`] are ready, on the blocking pool.
+    /// Prepares spare segments until [`SPARE_SEGMENTS`] are ready, on a background thread
+    /// ([`crate::pacing::spawn_background`]). Not on glommio's blocking pool: its thread has
+    /// normal priority on the executor's core, and writing 64 MiB there (tens of ms of CPU
+    /// into the page cache) kept the executor off its core for 4–9 ms at a time.
     pub async fn ensure_spares(&self) -> Result<()> {
         let dir = self.dir.clone();
-        glommio::executor()
-            .spawn_blocking(move || {
-                while dir.spares()?.len() < SPARE_SEGMENTS {
-                    dir.prepare_spare()?;
-                }
-                Ok(())
-            })
-            .await
+        let path = dir.wal_dir().to_path_buf();
+        let prepared = crate::pacing::spawn_background("wal-spare".to_string(), move || {
+            while dir.spares()?.len() < SPARE_SEGMENTS {
+                dir.prepare_spare()?;
+            }
+            Ok(())
+        })
+        .map_err(|e| StorageError::io("start a thread to prepare a spare segment in", &path, e))?;
+        prepared.await.unwrap_or_else(|_| {
+            let died = std::io::Error::other("the thread preparing a spare segment panicked");
+            Err(StorageError::io("prepare a spare segment in", &path, died))
+        })
     }
 
     /// Takes segment `seq` out of the log (recycled as a spare or deleted).
