@@ -81,8 +81,10 @@ pub fn run(options: DevOptions) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("finding the corekv binary")?;
     let mut children = Vec::new();
-    for node in &registry.nodes {
-        match spawn_node(&exe, &registry_path, &dir, node.id) {
+    let allowed = crate::runtime::allowed_cpus();
+    for (i, node) in registry.nodes.iter().enumerate() {
+        let cpus = node_cpus(&allowed, i, options.shards as usize);
+        match spawn_node(&exe, &registry_path, &dir, node.id, &cpus) {
             Ok(child) => children.push((node.id, child)),
             Err(error) => {
                 stop_all(&mut children);
@@ -126,7 +128,25 @@ fn check_ports_free(registry: &Registry) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_node(exe: &Path, registry: &Path, dir: &Path, id: u64) -> anyhow::Result<Child> {
+/// The CPUs the `index`-th node (from 0) of a dev cluster pins its `shards` executors to: the
+/// nodes share the machine, so each starts where the one before it ended, wrapping round
+/// `allowed`. Left to itself every node would put shard 0 on the first CPU: with one shard,
+/// all the executors would share one core while the others idled.
+pub fn node_cpus(allowed: &[usize], index: usize, shards: usize) -> Vec<usize> {
+    if allowed.is_empty() {
+        return Vec::new();
+    }
+    let n = allowed.len();
+    (0..shards.min(n)).map(|k| allowed[(index * shards + k) % n]).collect()
+}
+
+fn spawn_node(
+    exe: &Path,
+    registry: &Path,
+    dir: &Path,
+    id: u64,
+    cpus: &[usize],
+) -> anyhow::Result<Child> {
     let log_path = dir.join(format!("node-{id}.log"));
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -142,11 +162,21 @@ fn spawn_node(exe: &Path, registry: &Path, dir: &Path, id: u64) -> anyhow::Resul
         .arg(id.to_string())
         .arg("--data-dir")
         .arg(dir.join(format!("node-{id}")))
+        .args(cpu_args(cpus))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)
         .spawn()
         .with_context(|| format!("starting node {id}"))
+}
+
+/// `--cpus LIST` for `cpus`, or nothing when there are none (the node then uses them all).
+fn cpu_args(cpus: &[usize]) -> Vec<String> {
+    if cpus.is_empty() {
+        return Vec::new();
+    }
+    let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+    vec!["--cpus".to_string(), list.join(",")]
 }
 
 /// Whether every shard has a leader that its replicas agree on, as the nodes' `/status`
@@ -256,5 +286,28 @@ fn stop_all(children: &mut [(u64, Child)]) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Shows: the nodes of a dev cluster start on different CPUs, so one shard per node on two
+    // CPUs does not put every executor on the first; with as many shards as CPUs each node
+    // uses them all; and the list never names a CPU twice.
+    #[test]
+    fn nodes_spread_over_the_cpus() {
+        let two = [0, 1];
+        let one_shard: Vec<_> = (0..3).map(|i| node_cpus(&two, i, 1)).collect();
+        assert_eq!(one_shard, [vec![0], vec![1], vec![0]]);
+        assert_eq!(node_cpus(&two, 2, 2), [0, 1]);
+        assert_eq!(node_cpus(&two, 1, 5), [1, 0], "more shards than CPUs: each CPU once");
+        let sixteen: Vec<usize> = (0..16).collect();
+        assert_eq!(node_cpus(&sixteen, 2, 2), [4, 5]);
+        assert_eq!(node_cpus(&[2, 5, 7, 9], 1, 3), [9, 2, 5]);
+        assert!(node_cpus(&[], 0, 2).is_empty());
+        assert_eq!(cpu_args(&[3, 1]), ["--cpus", "3,1"]);
+        assert!(cpu_args(&[]).is_empty());
     }
 }

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use corekv_client::registry::Registry;
 use corekv_server::core::SnapshotPolicy;
 use corekv_server::dev::DevOptions;
-use corekv_server::runtime::{ServeOptions, Timing};
+use corekv_server::runtime::{check_cpus, parse_cpu_list, ServeOptions, Timing};
 
 #[derive(Parser)]
 #[command(name = "corekv", version, about = "A strongly consistent, replicated key-value store")]
@@ -49,6 +49,11 @@ enum Command {
         /// taking no part in elections until it has caught up.
         #[arg(long)]
         join: bool,
+        /// Pin the shard executors to these CPUs, as a list like 0-3,8 (shard s on the s-th,
+        /// wrapping round); background threads run on any of them. [default: every CPU the
+        /// process may run on]
+        #[arg(long, value_name = "LIST")]
+        cpus: Option<String>,
     },
     /// Start a local cluster on loopback and stop it on Ctrl-C.
     Dev {
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
             snapshot_write_mib,
             wal_segment_mib,
             join,
+            cpus,
         } => {
             corekv_server::logging::init(&log);
             let registry = match Registry::load(&registry) {
@@ -120,6 +126,17 @@ fn main() -> ExitCode {
                 eprintln!("corekv: --wal-segment-mib must be between {min_mib} and 1024");
                 return ExitCode::from(2);
             }
+            let cpus = match cpus.as_deref().map(parse_cpu_list).transpose() {
+                Ok(cpus) => cpus,
+                Err(error) => {
+                    eprintln!("corekv: --cpus: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(Err(error)) = cpus.as_deref().map(check_cpus) {
+                eprintln!("corekv: --cpus: {error}");
+                return ExitCode::from(2);
+            }
             let snapshots = SnapshotPolicy {
                 entries: snapshot_entries,
                 log_bytes: snapshot_log_mib * 1024 * 1024,
@@ -133,6 +150,7 @@ fn main() -> ExitCode {
                 snapshots,
                 wal_segment_bytes: wal_segment_mib * 1024 * 1024,
                 join,
+                cpus,
             };
             match corekv_server::runtime::serve(options) {
                 Ok(()) => ExitCode::SUCCESS,

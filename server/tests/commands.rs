@@ -177,6 +177,16 @@ fn serve_refuses_bad_configuration() {
         assert!(stderr.contains(expected), "expected {expected:?} in {stderr:?}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
     }
+    for (cpus, expected) in [
+        ("1-x", "'x' in the CPU list '1-x' is not a CPU number"),
+        ("0,0", "CPU 0 appears twice"),
+        ("1000", "CPU 1000 is not one this process may run on"),
+    ] {
+        let (code, stderr) = serve_with_args(&one_node(9_000), "1", data.path(), &["--cpus", cpus]);
+        assert_eq!(code, 2, "exit status for --cpus {cpus}: {stderr}");
+        assert!(stderr.contains(expected), "expected {expected:?} in {stderr:?}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
+    }
     for flag in ["--snapshot-entries", "--snapshot-log-mib", "--snapshot-write-mib"] {
         let (code, stderr) = serve_with_args(&one_node(9_000), "1", data.path(), &[flag, "0"]);
         assert_eq!(code, 2, "exit status for {flag} 0: {stderr}");
@@ -227,4 +237,40 @@ fn serve_reports_start_up_failures() {
     let _ = running.wait();
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("is in use by another corekv process"), "{stderr}");
+}
+
+// Shows: `--cpus` pins the shard executors to the CPUs named (here the last CPU this process
+// may use; without the flag shard 0 would sit on the first), and the node serves.
+#[test]
+fn serve_pins_executors_to_the_cpus_given() {
+    let allowed: Vec<usize> = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|list| corekv_server::runtime::parse_cpu_list(list.trim()).unwrap())
+        .unwrap();
+    let last = *allowed.iter().max().unwrap();
+    let cluster = common::TestCluster::start_with(1, 2, &["--cpus", &last.to_string()]);
+    block_on(async {
+        cluster.client().put("pinned", "yes").await.unwrap();
+    });
+    let pid = cluster.pid(1).unwrap();
+    let mut executors = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else { continue };
+        if !name.starts_with("shard-") {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(path.join("status")) else { continue };
+        let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap();
+        assert_eq!(
+            cpus.trim(),
+            last.to_string(),
+            "thread {} of shard executor {name}",
+            path.display()
+        );
+        executors += 1;
+    }
+    assert!(executors >= 2, "found {executors} executor threads");
 }

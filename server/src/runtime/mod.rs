@@ -59,6 +59,9 @@ pub struct ServeOptions {
     pub wal_segment_bytes: u64,
     /// This node lost its data or is new to a running cluster: catch up before voting.
     pub join: bool,
+    /// The CPUs the shard executors are pinned to, shard `s` on the `s`-th (wrapping round),
+    /// checked by [`check_cpus`]; `None`: every CPU the process may run on, in order.
+    pub cpus: Option<Vec<usize>>,
 }
 
 /// Holds an exclusive lock on the data directory for the life of the process, so two nodes
@@ -94,7 +97,8 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&options.data_dir)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     install_signal_handler(shutdown.clone())?;
-    let cpus = allowed_cpus();
+    let cpus = options.cpus.clone().unwrap_or_else(allowed_cpus);
+    corekv_storage::pacing::set_background_cpus(cpus.clone());
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let mut metrics = Vec::new();
     let mut statuses = Vec::new();
@@ -194,7 +198,54 @@ fn install_signal_handler(shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
 
 /// The CPUs this process may run on (its affinity mask, as `taskset` or systemd's
 /// `CPUAffinity=` set it), in order; shard `s` runs on the `s mod len`-th of them.
-fn allowed_cpus() -> Vec<usize> {
+/// Parses a CPU list as `taskset -c` and cgroup `cpuset` files write it (`0-3,8`), in the
+/// order given; a CPU named twice, an empty list or a reversed range is an error.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let number = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("'{s}' in the CPU list '{text}' is not a CPU number"))
+        };
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => (number(part)?, number(part)?),
+        };
+        if first > last {
+            return Err(format!("the range '{part}' in the CPU list '{text}' runs backwards"));
+        }
+        if last >= libc::CPU_SETSIZE as usize {
+            return Err(format!(
+                "CPU {last} in the CPU list '{text}' is beyond the largest CPU number"
+            ));
+        }
+        for cpu in first..=last {
+            if cpus.contains(&cpu) {
+                return Err(format!("CPU {cpu} appears twice in the CPU list '{text}'"));
+            }
+            cpus.push(cpu);
+        }
+    }
+    Ok(cpus)
+}
+
+/// Checks that the process may run on every CPU of `cpus` (its affinity mask, as `taskset` or
+/// a cgroup set it).
+pub fn check_cpus(cpus: &[usize]) -> Result<(), String> {
+    let allowed = allowed_cpus();
+    match cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+        Some(cpu) => Err(format!(
+            "CPU {cpu} is not one this process may run on (allowed: {})",
+            allowed.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The CPUs the process may run on, in ascending order.
+pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: `set` is a plain bit set the call fills in; its size is passed along.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let got =
@@ -211,4 +262,40 @@ fn allowed_cpus() -> Vec<usize> {
         return (0..count).collect();
     }
     cpus
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Shows: CPU lists parse as taskset writes them, in the order given, and malformed ones
+    // are refused with the reason.
+    #[test]
+    fn cpu_lists_parse_in_order_and_bad_ones_are_refused() {
+        assert_eq!(parse_cpu_list("0-3,8"), Ok(vec![0, 1, 2, 3, 8]));
+        assert_eq!(parse_cpu_list("5, 1"), Ok(vec![5, 1]));
+        assert_eq!(parse_cpu_list("7"), Ok(vec![7]));
+        for (text, reason) in [
+            ("", "is not a CPU number"),
+            ("1,,2", "is not a CPU number"),
+            ("x", "is not a CPU number"),
+            ("-1", "is not a CPU number"),
+            ("3-1", "runs backwards"),
+            ("0-2,1", "appears twice"),
+            ("99999", "beyond the largest CPU number"),
+        ] {
+            let error = parse_cpu_list(text).expect_err(text);
+            assert!(error.contains(reason), "{text:?}: {error}");
+        }
+    }
+
+    // Shows: the CPUs this process may run on pass the check, and one outside them fails.
+    #[test]
+    fn cpus_outside_the_affinity_mask_are_refused() {
+        let allowed = allowed_cpus();
+        assert!(check_cpus(&allowed).is_ok());
+        let outside = (0..libc::CPU_SETSIZE as usize).find(|c| !allowed.contains(c)).unwrap();
+        let error = check_cpus(&[outside]).unwrap_err();
+        assert!(error.contains(&format!("CPU {outside} is not one")), "{error}");
+    }
 }
