@@ -73,9 +73,13 @@ EOF
 done
 export COREKV_REGISTRY=$dir/corekv.toml
 
+# Each node's executor on its own CPU, wrapping round, as `corekv dev` places them (without
+# --cpus every node would put its shard 0 on the first CPU).
+ncpu=$(nproc)
 start_node() { # id extra-args...
   local id=$1; shift
-  "$bin/corekv" serve --registry "$dir/corekv.toml" --node-id "$id" --data-dir "$dir/node-$id" "$@" \
+  "$bin/corekv" serve --registry "$dir/corekv.toml" --node-id "$id" --data-dir "$dir/node-$id" \
+    --cpus $(((id - 1) % ncpu)) "$@" \
     >> "$dir/node-$id.log" 2>&1 &
   pids[id]=$!
 }
