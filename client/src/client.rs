@@ -686,6 +686,11 @@ impl Client {
         Ok(entry.clone())
     }
 
+    fn abort_connection(&self, node: u64, shard: u32, conn: &Connection) {
+        self.drop_connection(node, shard);
+        conn.abort();
+    }
+
     fn drop_connection(&self, node: u64, shard: u32) {
         self.inner.connections.lock().unwrap_or_else(|p| p.into_inner()).remove(&(node, shard));
     }
@@ -784,7 +789,9 @@ impl Client {
                     // this shard) goes to another node; a NotLeader hint corrects the guess.
                     sent = true;
                     last_error = format!("node {node} did not answer");
-                    self.drop_connection(node, shard);
+                    // Reset, so this request cannot reach the node later, after the next
+                    // attempt (see `connection`).
+                    self.abort_connection(node, shard, &conn);
                     let next = self.next_node(node);
                     let slot = &self.inner.leaders[shard as usize];
                     let _ = slot

@@ -7,6 +7,12 @@
 //! connection fails, every request in flight fails at once with [`CallError::Lost`] (the server
 //! may or may not have received it) and the connection is discarded; the client reconnects
 //! lazily on the next call.
+//!
+//! A connection the client gives up on ([`Connection::abort`]: a node that did not answer in
+//! time) is reset, not closed: what the kernel still holds unsent is thrown away. Closed
+//! normally, a request the client has since sent elsewhere would still be delivered when the
+//! link came back — a write from seconds ago, applied after later ones (a partition test
+//! saw a key go back to an older value that way).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::AbortHandle;
 
 use crate::error::Error;
 
@@ -48,6 +55,8 @@ pub(crate) struct Connection {
     next_id: AtomicU64,
     slots: Semaphore,
     closed: Arc<AtomicBool>,
+    /// The reader and writer tasks, which own the socket.
+    tasks: [AbortHandle; 2],
 }
 
 impl Connection {
@@ -65,6 +74,10 @@ impl Connection {
             .map_err(|_| unavailable(format!("connecting to {addr} timed out")))?
             .map_err(|e| unavailable(format!("connecting to {addr}: {e}")))?;
         stream.set_nodelay(true).map_err(|e| unavailable(format!("{addr}: {e}")))?;
+        // Closing the socket resets it and drops unsent data (see the module docs). A normal
+        // end still delivers everything: the writer shuts its side down (a FIN after the data)
+        // and the socket closes only when the server has closed its side too.
+        stream.set_zero_linger().map_err(|e| unavailable(format!("{addr}: {e}")))?;
         let hello = RequestEncoder::new().hello(0, cluster).to_vec();
         let handshake = async {
             stream.write_all(&hello).await?;
@@ -102,9 +115,10 @@ impl Connection {
         let (frames, queue) = mpsc::channel(WRITE_QUEUE_FRAMES);
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(read_loop(read, pending.clone(), closed.clone()));
-        tokio::spawn(write_loop(write, queue, pending.clone(), closed.clone()));
+        let reader = tokio::spawn(read_loop(read, pending.clone(), closed.clone()));
+        let writer = tokio::spawn(write_loop(write, queue, pending.clone(), closed.clone()));
         Ok(Arc::new(Connection {
+            tasks: [reader.abort_handle(), writer.abort_handle()],
             addr: addr.to_string(),
             frames,
             pending,
@@ -112,6 +126,15 @@ impl Connection {
             slots: Semaphore::new(max_in_flight),
             closed,
         }))
+    }
+
+    /// Gives up on the connection: every request in flight fails with [`CallError::Lost`], and
+    /// the socket is reset, dropping whatever the kernel has not sent yet.
+    pub(crate) fn abort(&self) {
+        close(&self.pending, &self.closed);
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 
     /// Whether the connection has failed.
