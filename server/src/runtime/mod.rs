@@ -196,8 +196,6 @@ fn install_signal_handler(shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The CPUs this process may run on (its affinity mask, as `taskset` or systemd's
-/// `CPUAffinity=` set it), in order; shard `s` runs on the `s mod len`-th of them.
 /// Parses a CPU list as `taskset -c` and cgroup `cpuset` files write it (`0-3,8`), in the
 /// order given; a CPU named twice, an empty list or a reversed range is an error.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
@@ -244,7 +242,9 @@ pub fn check_cpus(cpus: &[usize]) -> Result<(), String> {
     }
 }
 
-/// The CPUs the process may run on, in ascending order.
+/// The CPUs this process may run on (its affinity mask, as `taskset` or systemd's
+/// `CPUAffinity=` set it), in order; without `--cpus`, shard `s` runs on the `s mod len`-th
+/// of them.
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: `set` is a plain bit set the call fills in; its size is passed along.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };

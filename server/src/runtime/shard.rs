@@ -193,7 +193,7 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
     );
     let flusher = DmaFlusher::new(segments);
     flusher
-        .ensure_spares()
+        .ensure_spares_before_serving()
         .await
         .with_context(|| format!("shard {}: preparing a WAL segment", ctx.shard))?;
     let cfg = CoreConfig {

@@ -275,7 +275,7 @@ async fn bench(
     let (wal, _) = resume(&target, &dir)?;
     let wal = Rc::new(RefCell::new(wal));
     let mut flusher = DmaFlusher::new(dir.clone());
-    flusher.ensure_spares().await?;
+    flusher.ensure_spares_before_serving().await?;
     let duration = Duration::from_secs(seconds);
     let record = vec![0xA5u8; record_bytes];
     // Appends one batch; in pipelined mode it yields every 64 KiB, as a server appends a little

@@ -95,6 +95,21 @@ impl DmaFlusher {
         }
     }
 
+    /// Prepares spare segments until [`SPARE_SEGMENTS`] are ready, before the shard serves:
+    /// on glommio's blocking pool at normal priority, since nothing waits behind it but the
+    /// start itself (a restart must not wait for the time a busy machine leaves idle).
+    pub async fn ensure_spares_before_serving(&self) -> Result<()> {
+        let dir = self.dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                while dir.spares()?.len() < SPARE_SEGMENTS {
+                    dir.prepare_spare()?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     /// Prepares spare segments until [`SPARE_SEGMENTS`] are ready, on a background thread
     /// ([`crate::pacing::spawn_background`]). Not on glommio's blocking pool: its thread has
     /// normal priority on the executor's core, and writing 64 MiB there (tens of ms of CPU
