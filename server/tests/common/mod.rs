@@ -382,8 +382,19 @@ impl TestCluster {
 }
 
 impl Drop for TestCluster {
+    /// Kills every node. When a test failed, the cluster's directory (registry, data, node
+    /// logs) is kept for a look and its path printed.
     fn drop(&mut self) {
         self.kill_all();
+        if std::thread::panicking() {
+            if let Ok(empty) = tempfile::tempdir() {
+                let kept = std::mem::replace(&mut self.dir, empty).keep();
+                eprintln!(
+                    "the failed test's cluster (data, node logs) is kept in {}",
+                    kept.display()
+                );
+            }
+        }
     }
 }
 
