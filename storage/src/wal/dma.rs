@@ -112,8 +112,8 @@ impl DmaFlusher {
 
     /// Prepares spare segments until [`SPARE_SEGMENTS`] are ready, on a background thread
     /// ([`crate::pacing::spawn_background`]). Not on glommio's blocking pool: its thread has
-    /// normal priority on the executor's core, and writing 64 MiB there (tens of ms of CPU
-    /// into the page cache) kept the executor off its core for 4–9 ms at a time.
+    /// normal priority on the executor's core, and writing 64 MiB there (some 200 ms of CPU
+    /// on a tmpfs, in 3–5 ms slices) kept the executor waiting for its core meanwhile.
     pub async fn ensure_spares(&self) -> Result<()> {
         let dir = self.dir.clone();
         let path = dir.wal_dir().to_path_buf();
