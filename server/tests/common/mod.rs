@@ -131,6 +131,13 @@ impl TestCluster {
             self.nodes.push(Some(child));
         }
         self.wait_for_leaders(Duration::from_secs(30));
+        // Leadership then moves to each shard's preferred node once it has caught up (about a
+        // second after the election). A test that picks a follower to kill must not race that
+        // move: it once killed the node that had just become leader.
+        self.wait_until(Duration::from_secs(15), "every shard led by its preferred node", || {
+            (0..self.registry.shards)
+                .all(|s| self.leader(s) == Some(self.registry.preferred_leader(s)))
+        });
     }
 
     fn spawn(&self, id: u64) -> Child {
