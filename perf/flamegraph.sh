@@ -82,9 +82,19 @@ kill -0 "$pid" 2>/dev/null || die "process $pid is not running"
 data="$(mktemp --suffix=.perf.data)"
 trap 'cleanup; rm -f "$data"' EXIT
 echo "flamegraph.sh: recording pid $pid for ${seconds}s ($event at ${frequency} Hz, --call-graph $call_graph)" >&2
-perf record -e "$event" -F "$frequency" --call-graph "$call_graph" -p "$pid" -o "$data" \
-  -- sleep "$seconds" 2>"${out%.svg}.perf-record.txt" \
-  || die "perf record failed: $(tail -n 3 "${out%.svg}.perf-record.txt")"
+# A node's io_uring worker threads (iou-wrk-*) come and go; when one exits between perf
+# listing the threads and opening them, perf may give up ("Ignored open failure for pid N",
+# non-zero exit). That is a race, not a lasting failure: try again, up to three times.
+for attempt in 1 2 3; do
+  if perf record -e "$event" -F "$frequency" --call-graph "$call_graph" -p "$pid" -o "$data" \
+    -- sleep "$seconds" 2>"${out%.svg}.perf-record.txt"; then
+    break
+  fi
+  if [ "$attempt" -eq 3 ] || ! kill -0 "$pid" 2>/dev/null; then
+    die "perf record failed: $(tail -n 3 "${out%.svg}.perf-record.txt")"
+  fi
+  echo "flamegraph.sh: perf record failed ($(tail -n 1 "${out%.svg}.perf-record.txt")); again" >&2
+done
 perf script -i "$data" 2>/dev/null \
   | "$fold" --title "$title" --folded "${out%.svg}.folded" >"$out"
 if [ -n "$bench_pid" ]; then
