@@ -11,7 +11,6 @@ use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
 
-use crate::constants::SPARE_SEGMENTS;
 use crate::error::{Result, StorageError};
 use crate::wal::files::SegmentDir;
 use crate::wal::writer::FlushJob;
@@ -95,35 +94,25 @@ impl DmaFlusher {
         }
     }
 
-    /// Prepares spare segments until [`SPARE_SEGMENTS`] are ready, before the shard serves:
-    /// on glommio's blocking pool at normal priority, since nothing waits behind it but the
+    /// [`SegmentDir::prepare_spares`] before the shard serves: on glommio's blocking pool at normal priority, since nothing waits behind it but the
     /// start itself (a restart must not wait for the time a busy machine leaves idle).
     pub async fn ensure_spares_before_serving(&self) -> Result<()> {
         let dir = self.dir.clone();
-        glommio::executor()
-            .spawn_blocking(move || {
-                while dir.spares()?.len() < SPARE_SEGMENTS {
-                    dir.prepare_spare()?;
-                }
-                Ok(())
-            })
-            .await
+        glommio::executor().spawn_blocking(move || dir.prepare_spares()).await
     }
 
-    /// Prepares spare segments until [`SPARE_SEGMENTS`] are ready, on a background thread
+    /// [`SegmentDir::prepare_spares`] on a background thread
     /// ([`crate::pacing::spawn_background`]). Not on glommio's blocking pool: its thread has
     /// normal priority on the executor's core, and writing 64 MiB there (some 200 ms of CPU
     /// on a tmpfs, in 3–5 ms slices) kept the executor waiting for its core meanwhile.
     pub async fn ensure_spares(&self) -> Result<()> {
         let dir = self.dir.clone();
         let path = dir.wal_dir().to_path_buf();
-        let prepared = crate::pacing::spawn_background("wal-spare".to_string(), move || {
-            while dir.spares()?.len() < SPARE_SEGMENTS {
-                dir.prepare_spare()?;
-            }
-            Ok(())
-        })
-        .map_err(|e| StorageError::io("start a thread to prepare a spare segment in", &path, e))?;
+        let prepared =
+            crate::pacing::spawn_background("wal-spare".to_string(), move || dir.prepare_spares())
+                .map_err(|e| {
+                    StorageError::io("start a thread to prepare a spare segment in", &path, e)
+                })?;
         prepared.await.unwrap_or_else(|_| {
             let died = std::io::Error::other("the thread preparing a spare segment panicked");
             Err(StorageError::io("prepare a spare segment in", &path, died))

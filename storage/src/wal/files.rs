@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::constants::{
     BACKGROUND_SYNC_EVERY_BYTES, BACKGROUND_WRITE_BYTES_PER_SEC, BACKGROUND_WRITE_CHUNK_BYTES,
-    BLOCK_BYTES, RECYCLED_SEGMENTS_MAX,
+    BLOCK_BYTES, RECYCLED_SEGMENTS_MAX, SPARE_SEGMENTS,
 };
 use crate::error::{Result, StorageError};
 use crate::pacing::Pacer;
@@ -127,6 +127,15 @@ impl SegmentDir {
                     .is_some_and(|n| n.starts_with(SPARE_PREFIX) && n.ends_with(".wal"))
             })
             .collect())
+    }
+
+    /// Prepares spare segments ([`SegmentDir::prepare_spare`]) until [`SPARE_SEGMENTS`] are
+    /// ready. Blocking.
+    pub fn prepare_spares(&self) -> Result<()> {
+        while self.spares()?.len() < SPARE_SEGMENTS {
+            self.prepare_spare()?;
+        }
+        Ok(())
     }
 
     /// Writes a new spare segment in full, syncs it and renames it into place. Blocking; call it
