@@ -9,11 +9,12 @@
 //! | 2 `HARD_STATE` | term u64, vote u64, commit u64 | the latest wins |
 //! | 3 `COMPACT` | index u64, term u64 | entries up to `index` are gone; `term` is the term of `index` |
 //! | 4 `SNAPSHOT_RESET` | index u64, term u64 | the whole log was replaced by a snapshot at `index` |
+//! | 5 `REBUILDING` | set u8 (1 or 0), target u64 | the latest wins: whether the replica is catching up before it votes again, and the commit index it catches up to (0: not known yet); see [`RaftLogStore::set_rebuilding`] |
 //!
-//! Every new segment starts with the current hard state and compaction point (its
-//! *preamble*), so that older segments can be removed without losing either: a segment is
-//! retired once every entry in it is at or below a durable compaction point and a later
-//! segment holds a durable preamble.
+//! Every new segment starts with the current hard state and compaction point, and the
+//! rebuilding mark while it is set (its *preamble*), so that older segments can be removed
+//! without losing them: a segment is retired once every entry in it is at or below a durable
+//! compaction point and a later segment holds a durable preamble.
 //!
 //! Asynchronous persistence (raft-rs's `advance_append_async` / `on_persist_ready`): appended
 //! entries are visible through [`raft::Storage`] at once, before they are durable, as raft-rs
@@ -47,6 +48,8 @@ pub const KIND_HARD_STATE: u8 = 2;
 pub const KIND_COMPACT: u8 = 3;
 /// Record kind: the log was replaced by a snapshot.
 pub const KIND_SNAPSHOT_RESET: u8 = 4;
+/// Record kind: the replica's rebuilding mark was set or cleared.
+pub const KIND_REBUILDING: u8 = 5;
 
 /// Bytes of the per-entry header inside an `ENTRIES` payload.
 const ENTRY_HEADER_BYTES: usize = 8 + 1 + 4 + 4;
@@ -113,6 +116,12 @@ pub struct RaftLogStore {
     durable_compact_index: u64,
     cold: RefCell<Option<ColdRecord>>,
     snapshot: Snapshot,
+    /// The rebuilding mark (see [`RaftLogStore::set_rebuilding`]), as last set.
+    rebuilding: Option<u64>,
+    /// Hard states whose commit index is not durable yet: (position, commit index).
+    pending_commits: VecDeque<(Lsn, u64)>,
+    /// The highest commit index of a durable hard state.
+    durable_commit: u64,
 }
 
 impl std::fmt::Debug for RaftLogStore {
@@ -142,6 +151,13 @@ fn encode_hard_state(hs: &HardState) -> [u8; 24] {
     out[..8].copy_from_slice(&hs.term.to_le_bytes());
     out[8..16].copy_from_slice(&hs.vote.to_le_bytes());
     out[16..].copy_from_slice(&hs.commit.to_le_bytes());
+    out
+}
+
+fn encode_rebuilding(mark: Option<u64>) -> [u8; 9] {
+    let mut out = [0u8; 9];
+    out[0] = mark.is_some() as u8;
+    out[1..].copy_from_slice(&mark.unwrap_or(0).to_le_bytes());
     out
 }
 
@@ -237,6 +253,7 @@ impl RaftLogStore {
         }
         segments.entry(recovered.tail.seq).or_insert(0);
         let wal = WalWriter::resume(identity, segment_bytes, recovered.tail.clone());
+        let durable_commit = replay.hard_state.commit;
         let mut store = RaftLogStore {
             wal,
             source,
@@ -255,6 +272,9 @@ impl RaftLogStore {
             durable_compact_index: replay.compact_index,
             cold: RefCell::new(None),
             snapshot: Snapshot::default(),
+            rebuilding: replay.rebuilding,
+            pending_commits: VecDeque::new(),
+            durable_commit,
         };
         store.snapshot.mut_metadata().index = store.compact_index;
         store.snapshot.mut_metadata().term = store.compact_term;
@@ -372,6 +392,9 @@ impl RaftLogStore {
 
     fn append_preamble(&mut self) -> Result<Lsn, AppendRefused> {
         self.wal.append(KIND_HARD_STATE, &encode_hard_state(&self.hard_state))?;
+        if self.rebuilding.is_some() {
+            self.wal.append(KIND_REBUILDING, &encode_rebuilding(self.rebuilding))?;
+        }
         self.wal.append(KIND_COMPACT, &encode_pair(self.compact_index, self.compact_term))
     }
 
@@ -481,11 +504,39 @@ impl RaftLogStore {
         }
     }
 
+    /// The rebuilding mark: the commit index the replica catches up to (0: not known yet), or
+    /// `None` when it is not rebuilding (as last set, durable or not).
+    pub fn rebuilding(&self) -> Option<u64> {
+        self.rebuilding
+    }
+
+    /// Sets, raises or clears the rebuilding mark. The shard core sets it while a replica
+    /// that lost its data (or is new to a running cluster) catches up before it votes again,
+    /// so that a restart part way does not take its partial log for a whole one, and goes on
+    /// towards the same target. Records appended after this one are durable only after it.
+    /// Returns the WAL position that makes it durable (`None` when nothing changed).
+    pub fn set_rebuilding(&mut self, mark: Option<u64>) -> Result<Option<Lsn>, AppendRefused> {
+        if self.rebuilding == mark {
+            return Ok(None);
+        }
+        let lsn = self.append_record(KIND_REBUILDING, &encode_rebuilding(mark))?;
+        self.rebuilding = mark;
+        Ok(Some(lsn))
+    }
+
     /// Records a new hard state. Returns the WAL position that makes it durable.
     pub fn set_hard_state(&mut self, hard_state: &HardState) -> Result<Lsn, AppendRefused> {
         let lsn = self.append_record(KIND_HARD_STATE, &encode_hard_state(hard_state))?;
+        if hard_state.commit > self.hard_state.commit {
+            self.pending_commits.push_back((lsn, hard_state.commit));
+        }
         self.hard_state = hard_state.clone();
         Ok(lsn)
+    }
+
+    /// The highest commit index a durable hard state holds: what a restart would find.
+    pub fn durable_commit(&self) -> u64 {
+        self.durable_commit
     }
 
     /// Drops entries up to and including `index` (it must be applied and covered by a
@@ -539,6 +590,13 @@ impl RaftLogStore {
     /// now be retired (already removed from the log's own bookkeeping).
     pub fn on_flush_complete(&mut self, job: FlushJob) -> FlushDone {
         let durable = self.wal.complete(job);
+        while let Some(&(lsn, commit)) = self.pending_commits.front() {
+            if lsn > durable {
+                break;
+            }
+            self.durable_commit = self.durable_commit.max(commit);
+            self.pending_commits.pop_front();
+        }
         while let Some(&(lsn, index)) = self.pending_compactions.front() {
             if lsn > durable {
                 break;
@@ -679,6 +737,7 @@ struct Replay {
     cache: VecDeque<Entry>,
     cache_bytes: usize,
     segment_max_index: BTreeMap<u64, u64>,
+    rebuilding: Option<u64>,
 }
 
 impl Replay {
@@ -726,6 +785,15 @@ impl Replay {
                 // Everything before the reset is discarded, holes included.
                 self.gap_floor = 0;
                 self.marker_index = self.marker_index.max(index);
+                Ok(())
+            }
+            KIND_REBUILDING => {
+                let target = u64_at(payload, 1).filter(|_| payload.len() == 9);
+                self.rebuilding = match (payload.first(), target) {
+                    (Some(0), Some(_)) => None,
+                    (Some(1), Some(target)) => Some(target),
+                    _ => return Err(format!("malformed rebuilding record ({payload:?})")),
+                };
                 Ok(())
             }
             other => Err(format!("unknown record kind {other}")),

@@ -308,6 +308,27 @@ fn cold_reads_compaction_and_retirement() {
     assert!(tail.iter().all(|e| e.data == payload(e.index)));
 }
 
+// Shows: the durable commit index follows the hard states that completed flushes wrote, and
+// is what a restart finds.
+#[test]
+fn durable_commit_follows_flushed_hard_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut flusher) = open_store(dir.path());
+    store.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")]).unwrap();
+    let hs = |commit| raft::eraftpb::HardState { term: 1, vote: 1, commit, ..Default::default() };
+    store.set_hard_state(&hs(1)).unwrap();
+    assert_eq!(store.durable_commit(), 0, "not flushed yet");
+    flush(&mut store, &mut flusher);
+    assert_eq!(store.durable_commit(), 1);
+    store.set_hard_state(&hs(2)).unwrap();
+    assert_eq!(store.durable_commit(), 1);
+    flush(&mut store, &mut flusher);
+    assert_eq!(store.durable_commit(), 2);
+    drop(store);
+    let (store, _) = open_store(dir.path());
+    assert_eq!(store.durable_commit(), 2, "a restart finds it");
+}
+
 // Shows: a snapshot reset replaces the log, survives a restart, and later entries follow it.
 #[test]
 fn snapshot_reset_replaces_the_log() {
@@ -380,4 +401,45 @@ fn compacted_entries_are_freed_by_trim_in_steps() {
         store.entries(201, 202, None, raft::GetEntriesContext::empty(false)).unwrap()[0].data,
         b"after".as_slice()
     );
+}
+
+// Shows: the rebuilding mark and its target survive a restart, and the retirement of the
+// segment that set it (each new segment's preamble carries it); clearing it survives a
+// restart too.
+#[test]
+fn rebuilding_mark_survives_restarts_and_retirement() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut flusher) = open_store(dir.path());
+    assert_eq!(store.rebuilding(), None);
+    assert!(store.set_rebuilding(Some(0)).unwrap().is_some());
+    assert!(store.set_rebuilding(Some(0)).unwrap().is_none(), "no record when nothing changes");
+    store.set_rebuilding(Some(150)).unwrap();
+    let payload = |i: u64| vec![i as u8; 2000];
+    for i in 1..=200u64 {
+        store.append(&[entry(i, 1, &payload(i))]).unwrap();
+        flush(&mut store, &mut flusher);
+    }
+    drop(store);
+    let (mut store, mut flusher) = open_store(dir.path());
+    assert_eq!(store.rebuilding(), Some(150), "set before a restart");
+
+    // Compact and roll over until the segment holding the record is retired.
+    let segments_before = store.segment_count();
+    store.compact(190).unwrap();
+    for i in 201..=260u64 {
+        store.append(&[entry(i, 1, &payload(i))]).unwrap();
+        flush(&mut store, &mut flusher);
+    }
+    assert!(store.segment_count() < segments_before, "old segments were retired");
+    drop(store);
+    let (mut store, mut flusher) = open_store(dir.path());
+    assert_eq!(store.rebuilding(), Some(150), "carried by the preambles of later segments");
+
+    store.set_rebuilding(None).unwrap();
+    store.append(&[entry(261, 1, b"z")]).unwrap();
+    flush(&mut store, &mut flusher);
+    drop(store);
+    let (store, _) = open_store(dir.path());
+    assert_eq!(store.rebuilding(), None, "cleared before a restart");
+    assert_eq!(store.last_index().unwrap(), 261);
 }
