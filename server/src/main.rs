@@ -46,7 +46,8 @@ enum Command {
         #[arg(long, default_value_t = corekv_storage::constants::SEGMENT_BYTES / (1024 * 1024))]
         wal_segment_mib: u64,
         /// This node lost its data (a wiped or replaced disk): rebuild it from the cluster,
-        /// taking no part in elections until it has caught up.
+        /// taking no part in elections until it has caught up. (A node finds out by itself
+        /// once a leader reaches it; with --join it is safe from the start.)
         #[arg(long)]
         join: bool,
         /// Pin the shard executors to these CPUs, as a list like 0-3,8 (shard s on the s-th,

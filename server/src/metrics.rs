@@ -165,6 +165,9 @@ pub struct ShardMetrics {
     pub elections: AtomicU64,
     /// Changes of the leader this replica knows of.
     pub leader_changes: AtomicU64,
+    /// (Pre-)vote requests this replica left unanswered while catching up after it started
+    /// empty or lost data (see `ShardCore::step`).
+    pub votes_withheld: AtomicU64,
     /// Raft messages dropped because a peer queue was full or a peer was unreachable.
     pub dropped_messages: AtomicU64,
     /// Raft messages sent to peers.
@@ -217,6 +220,7 @@ impl Default for ShardMetrics {
             wal_flush_errors: AtomicU64::new(0),
             elections: AtomicU64::new(0),
             leader_changes: AtomicU64::new(0),
+            votes_withheld: AtomicU64::new(0),
             dropped_messages: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
@@ -368,6 +372,12 @@ pub fn render(node_id: u64, shards: &[&ShardMetrics]) -> String {
     counter(&mut out, "corekv_leader_changes_total", "Changes of the known leader.", &|m| {
         m.leader_changes.load(Relaxed).to_string()
     });
+    counter(
+        &mut out,
+        "corekv_votes_withheld_total",
+        "Vote requests left unanswered while this replica catches up (started empty, or lost data).",
+        &|m| m.votes_withheld.load(Relaxed).to_string(),
+    );
     counter(
         &mut out,
         "corekv_dropped_messages_total",

@@ -3,7 +3,7 @@
 //! entries, replicates them, answers clients, and redirects clients of followers — driven only
 //! by its inputs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use corekv_proto::client::{Consistency, ErrorKind, Reply};
@@ -27,7 +27,12 @@ struct Node {
 }
 
 fn node(id: u64, snapshot_entries: u64) -> Node {
-    let disk = MemSegments::new(format!("node-{id}"), SEGMENT_BYTES);
+    node_on(id, MemSegments::new(format!("node-{id}"), SEGMENT_BYTES), snapshot_entries)
+}
+
+/// A node started on `disk` (a restart when the disk holds a log; the tests that restart take
+/// no snapshots, so the state machine is rebuilt from the log).
+fn node_on(id: u64, disk: MemSegments, snapshot_entries: u64) -> Node {
     let identity = SegmentIdentity { cluster: "sans-io".to_string(), shard: 0 };
     let conf = ConfState { voters: vec![1, 2, 3], ..Default::default() };
     let (store, _) = RaftLogStore::open(
@@ -65,6 +70,8 @@ struct Cluster {
     nodes: BTreeMap<u64, Node>,
     now_us: u64,
     out: Outputs,
+    /// Nodes cut off from the others: their messages, both ways, are lost.
+    cut: BTreeSet<u64>,
 }
 
 impl Cluster {
@@ -78,6 +85,7 @@ impl Cluster {
             nodes: (1..=3).map(|id| (id, node(id, snapshot_entries))).collect(),
             now_us: 0,
             out: Outputs::default(),
+            cut: BTreeSet::new(),
         }
     }
 
@@ -119,6 +127,9 @@ impl Cluster {
             }
             for message in messages {
                 let to = message.to;
+                if self.cut.contains(&to) || self.cut.contains(&message.from) {
+                    continue;
+                }
                 self.nodes.get_mut(&to).expect("known node").core.step(message);
             }
         }
@@ -308,4 +319,142 @@ fn replicas_snapshot_out_of_step() {
     for (id, node) in &cluster.nodes {
         assert_eq!(node.core.state_machine().len(), 130, "node {id} holds every key");
     }
+}
+
+// Shows: a replica whose data was wiped, restarted without --join, cannot help elect a leader
+// that lacks writes it had acknowledged. Node 2 misses writes that nodes 1 and 3 commit; node
+// 3 is wiped and node 1 cut off, so no leader remembers what node 3 acknowledged and nothing
+// tells node 3 it lost data. Node 3's vote would make node 2 leader, without those writes;
+// node 3 withholds it, because its log is empty and node 2's is not. Once node 1 is back it
+// leads, node 3 catches up from it, and then votes like any replica.
+#[test]
+fn an_empty_replica_does_not_elect_a_candidate_with_entries() {
+    let mut cluster = Cluster::new();
+    assert_eq!(cluster.elect(), 1);
+    let mut encoder = RequestEncoder::new();
+
+    cluster.cut.insert(2);
+    let puts: Vec<Vec<u8>> = (0..10u64)
+        .map(|i| encoder.put(i + 1, format!("key-{i}").as_bytes(), b"acknowledged").to_vec())
+        .collect();
+    cluster.send(1, 7, &puts);
+    cluster.settle();
+    let acknowledged = cluster.nodes[&1].replies[&7]
+        .iter()
+        .filter(|f| verify_reply(f).unwrap().reply_type() == Reply::PutReply)
+        .count();
+    assert_eq!(acknowledged, 10, "nodes 1 and 3 committed the puts");
+    assert_eq!(cluster.nodes[&2].core.state_machine().len(), 0, "node 2 missed them");
+
+    // Node 3 loses its data and restarts empty; node 1 is cut off, node 2 is back.
+    cluster.nodes.insert(3, node(3, 1_000_000));
+    cluster.cut.clear();
+    cluster.cut.insert(1);
+    for _ in 0..100 {
+        cluster.tick();
+        assert!(
+            !cluster.nodes[&2].core.is_leader(),
+            "node 2 was elected with the empty node's vote, without the acknowledged puts"
+        );
+    }
+    let withheld =
+        cluster.nodes[&3].metrics.votes_withheld.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(withheld > 0, "node 3 was asked for its vote and withheld it");
+
+    // Node 1 comes back, leads (node 2 votes for its longer log), and node 3 catches up.
+    cluster.cut.clear();
+    let mut ticks = 0;
+    while cluster.leader().is_none() || cluster.nodes[&3].core.state_machine().len() < 10 {
+        cluster.tick();
+        ticks += 1;
+        assert!(ticks < 200, "no leader with node 3 caught up after {ticks} ticks");
+    }
+    assert_eq!(cluster.leader(), Some(1));
+    for (id, node) in &cluster.nodes {
+        let sm = node.core.state_machine();
+        assert_eq!(sm.get(b"key-9").unwrap().value, b"acknowledged", "node {id} holds the puts");
+    }
+
+    // Caught up, node 3 votes again: with node 1 cut off, nodes 2 and 3 elect one of them.
+    cluster.tick();
+    cluster.cut.insert(1);
+    let mut ticks = 0;
+    while !(cluster.nodes[&2].core.is_leader() || cluster.nodes[&3].core.is_leader()) {
+        cluster.tick();
+        ticks += 1;
+        assert!(ticks < 200, "nodes 2 and 3 elected no leader after {ticks} ticks");
+    }
+}
+
+// Shows: a wiped replica turns to joining when a leader's heartbeat shows it lost data (and
+// has the leader probe it, so it catches up without waiting for a write), then votes again.
+// Restarted with the rebuilding mark and a target its log has not reached, it goes on joining
+// and withholds its vote; once caught up it votes again, also after a restart.
+#[test]
+fn a_wiped_replica_joins_and_goes_on_joining_after_a_restart() {
+    let mut cluster = Cluster::new();
+    assert_eq!(cluster.elect(), 1);
+    let mut encoder = RequestEncoder::new();
+    cluster.send(1, 7, &[encoder.put(1, b"k", b"v").to_vec()]);
+    cluster.settle();
+    cluster.tick();
+
+    cluster.nodes.insert(3, node(3, 1_000_000));
+    assert!(!cluster.nodes[&3].core.joining(), "fresh: nothing has told it about the cluster");
+    let mut ticks = 0;
+    while !cluster.nodes[&3].core.joining() {
+        cluster.tick();
+        ticks += 1;
+        assert!(ticks < 10, "the leader's heartbeat did not show node 3 its loss");
+    }
+    assert_eq!(
+        cluster.nodes[&3].core.state_machine().get(b"k").map(|v| v.value.to_vec()),
+        Some(b"v".to_vec()),
+        "the leader probed it and sent the log, with no write to trigger it"
+    );
+    cluster.tick();
+    assert!(!cluster.nodes[&3].core.catching_up(), "caught up, it votes again");
+
+    // A restart part way: the mark names a commit index its log has not reached.
+    let disk = cluster.nodes[&3].disk.clone();
+    let target = cluster.nodes[&3].core.state_machine().applied_index() + 1;
+    {
+        let mut node = node_on(3, disk.clone(), 1_000_000);
+        let store = node.core.raft_mut().mut_store();
+        store.set_rebuilding(Some(target)).unwrap();
+        while let Some(job) = store.take_flush_job() {
+            disk.run(&job);
+            store.on_flush_complete(job);
+        }
+    }
+    cluster.nodes.insert(3, node_on(3, disk, 1_000_000));
+    assert!(cluster.nodes[&3].core.joining(), "the mark survived the restart");
+    cluster.cut.insert(1);
+    for _ in 0..100 {
+        cluster.tick();
+        assert!(!cluster.nodes[&2].core.is_leader(), "node 3 voted while joining");
+    }
+    cluster.cut.clear();
+    let mut ticks = 0;
+    while cluster.leader().is_none() {
+        cluster.tick();
+        ticks += 1;
+        assert!(ticks < 200, "no leader after {ticks} ticks");
+    }
+    let leader = cluster.leader().unwrap();
+    cluster.send(leader, 8, &[encoder.put(2, b"k2", b"v2").to_vec()]);
+    cluster.settle();
+    let mut ticks = 0;
+    while cluster.nodes[&3].core.catching_up() {
+        cluster.tick();
+        ticks += 1;
+        assert!(ticks < 200, "node 3 did not reach its target after {ticks} ticks");
+    }
+    // The cleared mark is durable with the next flush, here the next write's.
+    cluster.send(leader, 8, &[encoder.put(3, b"k3", b"v3").to_vec()]);
+    cluster.settle();
+    cluster.tick();
+    let disk = cluster.nodes[&3].disk.clone();
+    cluster.nodes.insert(3, node_on(3, disk, 1_000_000));
+    assert!(!cluster.nodes[&3].core.joining(), "caught up, the mark was cleared");
 }

@@ -88,7 +88,8 @@ pub struct CoreConfig {
     /// When to take a snapshot.
     pub snapshots: SnapshotPolicy,
     /// This replica lost its data (or is new to a running cluster): it catches up from the
-    /// leader before it votes or campaigns.
+    /// leader before it votes or campaigns. A replica also starts so when its log carries the
+    /// rebuilding mark, and turns to it when it finds out itself (see [`ShardCore::step`]).
     pub join: bool,
 }
 
@@ -169,6 +170,9 @@ pub struct ShardStatus {
     pub peers: Vec<PeerProgress>,
     /// Why this replica stopped accepting writes, if it did.
     pub failure: Option<String>,
+    /// Catching up from the leader before it takes part in elections again (it lost its data,
+    /// or is new to a running cluster; see [`ShardCore::step`]).
+    pub joining: bool,
 }
 
 /// Replication progress of one peer, as the leader sees it.
@@ -201,14 +205,14 @@ pub struct ShardCore {
     failure: Option<String>,
     shutting_down: bool,
     snapshots: snapshots::SnapshotState,
-    /// Catching up before voting (see [`CoreConfig::join`]).
+    /// Catching up before it votes or campaigns (see [`ShardCore::step`]); the log's
+    /// rebuilding mark is set meanwhile.
     joining: bool,
-    /// The highest commit index a leader has told this joining replica about.
+    /// Started with an empty log and not joining: until it has caught up with a leader, it
+    /// votes only for candidates that know of no committed entry (see [`ShardCore::step`]).
+    fresh: bool,
+    /// The highest commit index a leader has told this joining (or fresh) replica about.
     join_target: u64,
-    /// This replica found it lost acknowledged entries; it takes no part in raft any more.
-    data_lost: bool,
-    /// A leader's heartbeat has shown that it counts on nothing this replica lacks.
-    heartbeat_checked: bool,
     /// A safety rule this replica breaks on purpose (the simulator's self-test); `None` in
     /// every real node.
     injected_bug: Option<InjectedBug>,
@@ -271,12 +275,21 @@ impl ShardCore {
             shutting_down: false,
             snapshots: snapshots::SnapshotState::default(),
             joining: false,
+            fresh: false,
             join_target: 0,
-            data_lost: false,
-            heartbeat_checked: false,
             injected_bug: None,
         };
-        core.joining = core.cfg.join;
+        if let Some(target) = core.raw.store().rebuilding() {
+            // Restarted part way through catching up: on towards the same target.
+            core.joining = true;
+            core.join_target = target;
+        } else if core.cfg.join {
+            // Joining even if the WAL refused the mark: `tick` sets it later.
+            core.start_joining();
+            core.joining = true;
+        } else {
+            core.fresh = core.raw.raft.raft_log.last_index() == 0;
+        }
         core.init_snapshots();
         Ok(core)
     }
@@ -321,6 +334,39 @@ impl ShardCore {
         &self.sm
     }
 
+    /// Whether this replica is still catching up before it votes like any other (it is
+    /// joining, or started with an empty log; see [`ShardCore::step`]).
+    pub fn catching_up(&self) -> bool {
+        self.joining || self.fresh
+    }
+
+    /// Whether this replica is joining: catching up before it votes or campaigns at all.
+    pub fn joining(&self) -> bool {
+        self.joining
+    }
+
+    /// Makes the log's rebuilding mark say what this replica is doing: joining, towards
+    /// `join_target`, or not. Retried on the next call while the WAL refuses it.
+    fn sync_rebuilding_mark(&mut self) {
+        let mark = self.joining.then_some(self.join_target);
+        if self.raw.store().rebuilding() != mark {
+            let _ = self.raw.mut_store().set_rebuilding(mark);
+        }
+    }
+
+    /// Turns this replica to joining, and sets the log's rebuilding mark so that a restart
+    /// before it has caught up goes on joining. False (and still not joining) when the WAL
+    /// refused the mark; the caller then drops the message that called for it.
+    fn start_joining(&mut self) -> bool {
+        if let Err(refused) = self.raw.mut_store().set_rebuilding(Some(self.join_target)) {
+            tracing::debug!(shard = self.cfg.shard, ?refused, "the rebuilding mark waits");
+            return false;
+        }
+        self.joining = true;
+        self.fresh = false;
+        true
+    }
+
     /// Whether this replica is the leader.
     pub fn is_leader(&self) -> bool {
         self.role == StateRole::Leader
@@ -339,12 +385,22 @@ impl ShardCore {
     /// One raft tick, plus the timeouts counted in ticks.
     pub fn tick(&mut self) {
         self.ticks += 1;
-        if self.joining && self.join_target > 0 && self.sm.applied_index() >= self.join_target {
+        let caught_up = self.join_target > 0 && self.sm.applied_index() >= self.join_target;
+        if self.joining && caught_up {
             self.joining = false;
             tracing::info!(
                 shard = self.cfg.shard,
                 applied = self.sm.applied_index(),
                 "caught up with the cluster; taking part in elections again"
+            );
+        }
+        self.sync_rebuilding_mark();
+        if self.fresh && caught_up {
+            self.fresh = false;
+            tracing::debug!(
+                shard = self.cfg.shard,
+                applied = self.sm.applied_index(),
+                "started empty and caught up with the leader; votes in every election now"
             );
         }
         // A joining replica's election timer does not run: it must not campaign before it
@@ -365,64 +421,142 @@ impl ShardCore {
     /// A raft message from a peer. Messages raft refuses (from unknown peers, local types) are
     /// dropped.
     ///
-    /// A leader only tells a follower to commit what the follower acknowledged having. A
-    /// heartbeat committing past this replica's log therefore means the replica lost entries it
-    /// had acknowledged — its data directory was wiped or replaced. Going on could break raft's
-    /// guarantees (its vote was lost too), so unless the node was started with `--join`, the
-    /// shard stops and says how to rebuild it. A joining replica instead ignores that commit
-    /// index until the leader has brought its log up to date, and ignores vote requests until
-    /// it caught up.
+    /// # Replicas that lost their data
     ///
-    /// An empty log may be a wiped one, and a snapshot arriving first would fill it before any
-    /// heartbeat could tell. So until a heartbeat has been checked, a replica with an empty log
-    /// (not joining) takes no entries and no snapshot; the leader sends them again after the
-    /// heartbeat's response. A new leader sends a heartbeat at once, so a new cluster's first
-    /// entries wait one extra round trip.
+    /// A replica whose data directory was wiped or replaced has lost entries it acknowledged,
+    /// and its vote: voting with what is left could elect a leader that lacks a committed
+    /// write (with three replicas, its vote and a stale replica's make a majority). So a
+    /// replica that may have lost data takes no part in elections — it neither votes, nor
+    /// campaigns, nor takes a leadership transfer — until it has applied what a leader said
+    /// was committed. That is *joining*; it starts so with `--join`, and turns to it itself:
+    ///
+    /// - when a leader's heartbeat commits past its log: a leader only tells a follower to
+    ///   commit what the follower acknowledged having, so the replica lost acknowledged
+    ///   entries (the commit index is then capped to its log until it has caught up);
+    /// - when, with an empty log, it receives entries or a snapshot from a leader whose commit
+    ///   index is past zero: the cluster has committed data this replica does not hold (it was
+    ///   wiped, or is new to a running cluster).
+    ///
+    /// Joining sets the log's rebuilding mark ([`RaftLogStore::set_rebuilding`]) with the
+    /// commit index it catches up to, durable before any entry that arrives with it, so a
+    /// replica restarted part way through catching up goes on joining towards the same target
+    /// instead of taking its partial log for a whole one (and one restarted after it reached
+    /// the target, before the mark was cleared, counts itself caught up at once).
+    ///
+    /// Before a leader has told it anything, a replica that started with an empty log is
+    /// *fresh*: it may be new, or wiped with no leader left that remembers what it
+    /// acknowledged. It leaves (pre-)vote requests unanswered from any candidate that knows of
+    /// a committed entry (vote requests carry the candidate's commit index), but votes for
+    /// candidates that know of none and campaigns itself — that is how a new cluster elects
+    /// its first leader, also when the first one died before its first entry committed. (So
+    /// that a restart cannot make a replica forget it knew of a commit, the first commit index
+    /// a replica learns is flushed at once; see `handle_ready`.) Left uncovered (`--join`
+    /// covers them): a candidate that knows of no commit in a cluster that has committed data
+    /// (a replica cut off since the cluster was created, voted for by a wiped fresh one while
+    /// the replicas holding the data are down); and, with five replicas or more, a new leader
+    /// whose first commit index lags entries it inherited, so that a joining replica stops
+    /// joining too early.
     pub fn step(&mut self, mut message: Message) {
         use raft::eraftpb::MessageType;
-        if self.data_lost {
-            return;
-        }
         let last = self.raw.raft.raft_log.last_index();
-        if !self.joining
-            && !self.heartbeat_checked
-            && last == 0
-            && matches!(message.get_msg_type(), MessageType::MsgAppend | MessageType::MsgSnapshot)
-        {
-            return;
-        }
-        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last {
+        let kind = message.get_msg_type();
+        let mut ask_to_probe = None;
+        if kind == MessageType::MsgHeartbeat && message.commit > last {
+            ask_to_probe = Some((message.from, message.commit));
+            // What the leader counts on this replica holding is where catching up ends (the
+            // commit index passed on to raft is capped to the log below).
+            self.join_target = self.join_target.max(message.commit);
             if !self.joining {
-                self.data_lost = true;
-                self.fail(format!(
-                    "this replica lost acknowledged data: its log ends at index {last} but the \
-                     leader (node {}) counts on it holding index {}; restart the node with --join \
-                     to rebuild it from the cluster",
-                    message.from, message.commit
-                ));
-                return;
+                if !self.start_joining() {
+                    return;
+                }
+                tracing::warn!(
+                    shard = self.cfg.shard,
+                    leader = message.from,
+                    leader_commit = message.commit,
+                    last_index = last,
+                    "this replica lost acknowledged data (its log ends before what the leader \
+                     counts on it holding): rebuilding it from the leader, taking no part in \
+                     elections until it has caught up"
+                );
             }
             message.commit = last;
         }
-        if message.get_msg_type() == MessageType::MsgHeartbeat {
-            self.heartbeat_checked = true;
-        }
-        if self.joining {
-            match message.get_msg_type() {
-                MessageType::MsgRequestVote
-                | MessageType::MsgRequestPreVote
-                | MessageType::MsgTimeoutNow => {
-                    return;
-                }
-                MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot => {
-                    let commit = message.commit.max(message.get_snapshot().get_metadata().index);
-                    self.join_target = self.join_target.max(commit).max(1);
-                }
-                _ => {}
+        let committed_elsewhere = (kind == MessageType::MsgAppend && message.commit > 0)
+            || kind == MessageType::MsgSnapshot;
+        if self.fresh && last == 0 && committed_elsewhere {
+            if !self.start_joining() {
+                return;
             }
+            tracing::info!(
+                shard = self.cfg.shard,
+                leader = message.from,
+                leader_commit = message.commit,
+                "this replica has an empty log and the cluster has committed data: catching up \
+                 from the leader, taking no part in elections until it has"
+            );
+        }
+        match kind {
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                if self.fresh && message.commit > 0 =>
+            {
+                self.metrics.votes_withheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    shard = self.cfg.shard,
+                    candidate = message.from,
+                    candidate_commit = message.commit,
+                    "not voting: this replica started with an empty log and has not caught up \
+                     with a leader, and the candidate knows of committed entries this replica \
+                     may have acknowledged before losing its data (a wiped node should start \
+                     with --join)"
+                );
+                return;
+            }
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if self.joining => {
+                self.metrics.votes_withheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            MessageType::MsgTimeoutNow if self.joining => return,
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+                if self.joining || self.fresh =>
+            {
+                let commit = message.commit.max(message.get_snapshot().get_metadata().index);
+                self.join_target = self.join_target.max(commit).max(1);
+                // Before the entries this message brings, so durable no later than they are.
+                self.sync_rebuilding_mark();
+            }
+            _ => {}
         }
         if let Err(error) = self.raw.step(message) {
             tracing::debug!(shard = self.cfg.shard, %error, "raft refused a message");
+        }
+        if let Some((leader, commit)) = ask_to_probe {
+            self.ask_leader_to_probe(leader, commit);
+        }
+    }
+
+    /// Tells the leader that this replica's log is not what it thinks. A leader that believes
+    /// a follower holds its whole log sends it nothing but heartbeats until the next write, so
+    /// a replica that lost data would wait for one. These are the rejections raft-rs's leader
+    /// takes as "probe this follower again, from its real end": while replicating, it accepts
+    /// any rejected index above the follower's match index (which only the leader knows, hence
+    /// the largest index); while probing, the index it last probed at, which is the match
+    /// index — what a heartbeat's commit index is, unless the leader's commit lags it. The
+    /// leader ignores the other one as stale, and both while it sends a snapshot.
+    fn ask_leader_to_probe(&mut self, leader: u64, heartbeat_commit: u64) {
+        use raft::eraftpb::MessageType;
+        let raft = &self.raw.raft;
+        for rejected in [heartbeat_commit, u64::MAX] {
+            let mut message = Message::default();
+            message.set_msg_type(MessageType::MsgAppendResponse);
+            message.to = leader;
+            message.from = self.cfg.node_id;
+            message.term = raft.term;
+            message.reject = true;
+            message.index = rejected;
+            message.reject_hint = raft.raft_log.last_index();
+            message.commit = raft.raft_log.committed;
+            self.out.messages.push(message);
         }
     }
 
@@ -460,7 +594,12 @@ impl ShardCore {
             let installed = self.install_snapshot(ready.snapshot());
             assert!(installed, "raft installs a snapshot whose file this replica never received");
         }
-        let needs_flush = !ready.entries().is_empty() || ready.must_sync();
+        // The first commit index this replica learns is made durable at once, not with the
+        // next entries: a replica restarted with commit index 0 looks like a member of a new
+        // cluster to an empty (maybe wiped) replica, which would vote for it (see `step`).
+        let first_commit =
+            ready.hs().is_some_and(|hs| hs.commit > 0) && self.raw.store().durable_commit() == 0;
+        let needs_flush = !ready.entries().is_empty() || ready.must_sync() || first_commit;
         let store = self.raw.mut_store();
         let mut appended = store.append(ready.entries());
         if let (Ok(_), Some(hs)) = (&appended, ready.hs()) {
@@ -528,10 +667,8 @@ impl ShardCore {
             self.fail_reads_not_leader();
         }
         if !was_leader && role == StateRole::Leader {
-            // A heartbeat at once: a replica with an empty log takes entries only after one
-            // (see `step`), so a new cluster's first entries wait one round trip, not a
-            // heartbeat interval.
-            self.raw.raft.bcast_heartbeat();
+            // Elected, its log is the shard's: nothing left to catch up with.
+            self.fresh = false;
         }
     }
 
@@ -742,6 +879,7 @@ impl ShardCore {
             keys: self.sm.len() as u64,
             peers,
             failure: self.failure.clone(),
+            joining: self.joining,
         }
     }
 
