@@ -5,7 +5,8 @@
 //! crash nodes and tear their last write, some only partition) and every event: message delays
 //! (hence reordering), losses, duplicates, partitions and heals, crashes and restarts, disk
 //! latencies, tick skew, election timeouts (re-drawn from the seed, DESIGN.md §9), and what the
-//! simulated clients do. Clients issue puts, gets, deletes and compare-and-sets on a few keys
+//! simulated clients do. Some runs also wipe a crashed node's disks (one node at a time); it
+//! restarts with or without `--join`. Clients issue puts, gets, deletes and compare-and-sets on a few keys
 //! per shard and record every operation's invocation and answer.
 //!
 //! Checked during and after each run:
@@ -120,6 +121,9 @@ struct Options {
     nemesis_us: u64,
     /// Tick period skew between nodes, in percent.
     tick_skew_pct: u64,
+    /// Crashes may wipe the node's disks (drawn from a PRNG of its own, so that the runs of
+    /// seeds without wipes stayed what they were before wipes existed).
+    wipes: bool,
 }
 
 impl Options {
@@ -143,6 +147,7 @@ impl Options {
             fault_us: rng.range(1_000_000, 3_000_000),
             nemesis_us: rng.pick(&[100_000, 300_000, 800_000]),
             tick_skew_pct: rng.pick(&[0, 5, 20]),
+            wipes: false,
         }
     }
 
@@ -150,7 +155,7 @@ impl Options {
         format!(
             "nodes={} shards={} clients={} keys/shard={} delay={}..{}us loss={} dup={} \
              disk={}..{}us crashes={} torn={} partitions={} asymmetric={} snapshot_every={} \
-             faults={}ms nemesis_every~{}ms tick_skew={}%",
+             faults={}ms nemesis_every~{}ms tick_skew={}% wipes={}",
             self.nodes,
             self.shards,
             self.clients,
@@ -169,6 +174,7 @@ impl Options {
             self.fault_us / 1000,
             self.nemesis_us / 1000,
             self.tick_skew_pct,
+            self.wipes,
         )
     }
 }
@@ -228,6 +234,12 @@ struct Node {
     /// Tick period, µs (skewed per node).
     tick_us: u64,
     replicas: Vec<Replica>,
+    /// Its disks were wiped and it has not yet caught up in every shard.
+    wiped: bool,
+    /// Start it with `--join`.
+    join: bool,
+    /// Wipes so far (names the new disks).
+    wipes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,6 +279,7 @@ struct Stats {
     messages: u64,
     dropped: u64,
     crashes: u64,
+    wipes: u64,
     partitions: u64,
     snapshots_sent: u64,
     operations: u64,
@@ -277,6 +290,8 @@ struct Stats {
 struct Sim {
     opts: Options,
     rng: Rng,
+    /// Decides the wipes (see [`Options::wipes`]).
+    wipe_rng: Rng,
     now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
@@ -312,7 +327,9 @@ type SimResult<T> = Result<T, String>;
 impl Sim {
     fn new(seed: u64, bug: Option<InjectedBug>) -> Sim {
         let mut rng = Rng(seed);
-        let opts = Options::draw(&mut rng);
+        let mut opts = Options::draw(&mut rng);
+        let mut wipe_rng = Rng(seed ^ 0x5749_5045_5749_5045);
+        opts.wipes = opts.crashes && wipe_rng.chance(0.5);
         let mut keys = Vec::new();
         for shard in 0..opts.shards {
             let mut found = 0;
@@ -348,6 +365,9 @@ impl Sim {
                             applied_seen: 0,
                         })
                         .collect(),
+                    wiped: false,
+                    join: false,
+                    wipes: 0,
                 }
             })
             .collect();
@@ -366,6 +386,7 @@ impl Sim {
             next_thread: opts.clients as u64,
             opts,
             rng,
+            wipe_rng,
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -469,6 +490,7 @@ impl Sim {
                 }
                 let period = self.nodes[node as usize - 1].tick_us;
                 self.schedule(period, Event::Tick { node, incarnation });
+                self.tend_wiped(node);
             }
             Event::Deliver { from, to, shard, message, archive } => {
                 self.deliver(from, to, shard, *message, archive)?;
@@ -572,6 +594,7 @@ impl Sim {
     /// start-up (runtime/shard.rs), and starts its ticks.
     fn start_node(&mut self, id: u64) -> SimResult<()> {
         let voters: Vec<u64> = (1..=self.opts.nodes).collect();
+        let join = self.nodes[id as usize - 1].join;
         for shard in 0..self.opts.shards {
             let replica = &mut self.nodes[id as usize - 1].replicas[shard as usize];
             let identity = SegmentIdentity { cluster: "sim".to_string(), shard };
@@ -616,7 +639,7 @@ impl Sim {
                     log_bytes: 1 << 30,
                     write_bytes_per_sec: 1 << 30,
                 },
-                join: false,
+                join,
             };
             let logger = slog::Logger::root(slog::Discard, slog::o!());
             let mut core =
@@ -677,6 +700,50 @@ impl Sim {
         }
     }
 
+    /// Whether wiping `victim` stays within what corekv promises to survive: no other node is
+    /// rebuilding, and every other replica has a commit index past zero on disk. (A replica
+    /// that would restart knowing of no commit could be elected with the wiped one's vote
+    /// while the replicas holding the data are down — the case `ShardCore::step` documents as
+    /// uncovered.)
+    fn may_wipe(&self, victim: u64) -> bool {
+        self.nodes.iter().enumerate().all(|(i, node)| {
+            i as u64 + 1 == victim
+                || (!node.wiped
+                    && node.replicas.iter().all(|r| {
+                        r.core.as_ref().is_some_and(|c| c.raft().store().durable_commit() > 0)
+                    }))
+        })
+    }
+
+    /// Replaces the (crashed) node's disks and snapshot files with empty ones.
+    fn wipe(&mut self, id: u64, join: bool) {
+        let node = &mut self.nodes[id as usize - 1];
+        node.wipes += 1;
+        node.wiped = true;
+        node.join = join;
+        for (shard, replica) in node.replicas.iter_mut().enumerate() {
+            replica.disk = MemSegments::new(
+                format!("node-{id}/shard-{shard}/wiped-{}", node.wipes),
+                SEGMENT_BYTES,
+            );
+            replica.snapshots.clear();
+        }
+        self.stats.wipes += 1;
+    }
+
+    /// The operator of a wiped node: once every replica has caught up, the node is whole
+    /// again (later crashes restart it without `--join`).
+    fn tend_wiped(&mut self, id: u64) {
+        let node = &mut self.nodes[id as usize - 1];
+        if node.up
+            && node.wiped
+            && node.replicas.iter().all(|r| r.core.as_ref().is_some_and(|c| !c.catching_up()))
+        {
+            node.wiped = false;
+            node.join = false;
+        }
+    }
+
     fn nemesis(&mut self) -> SimResult<()> {
         let n = self.opts.nodes;
         let mut choices = vec![0u8];
@@ -693,6 +760,10 @@ impl Sim {
                 if !up.is_empty() {
                     let victim = self.rng.pick(&up);
                     self.crash(victim);
+                    if self.opts.wipes && self.may_wipe(victim) && self.wipe_rng.chance(0.5) {
+                        let join = self.wipe_rng.chance(0.5);
+                        self.wipe(victim, join);
+                    }
                     let down = self.rng.range(10_000, 1_500_000);
                     self.schedule(down, Event::Restart { node: victim });
                 }
@@ -1235,7 +1306,18 @@ fn digest(sm: &StateMachine) -> u64 {
 
 /// Runs one seed; on failure, the error names the seed and how to replay it.
 fn run_seed(seed: u64, bug: Option<InjectedBug>) -> Result<(Options, Stats), String> {
+    run_seed_with(seed, bug, true)
+}
+
+/// [`run_seed`]; `wipes: false` turns wipes off: the run then draws from the seed's main PRNG
+/// only, as every run did before the simulator could wipe disks (replay with `WIPES=0`).
+fn run_seed_with(
+    seed: u64,
+    bug: Option<InjectedBug>,
+    wipes: bool,
+) -> Result<(Options, Stats), String> {
     let mut sim = Sim::new(seed, bug);
+    sim.opts.wipes &= wipes;
     let options = sim.opts.clone();
     println!("SEED={seed} {}", options.describe());
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));
@@ -1268,6 +1350,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
                 total.messages += stats.messages;
                 total.dropped += stats.dropped;
                 total.crashes += stats.crashes;
+                total.wipes += stats.wipes;
                 total.partitions += stats.partitions;
                 total.snapshots_sent += stats.snapshots_sent;
                 total.operations += stats.operations;
@@ -1278,11 +1361,12 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
         }
     }
     println!(
-        "{count} seeds passed: {} operations checked ({} with unknown outcome), {} crashes, {} \
-         partitions, {} snapshots sent, {} leader changes, {} messages ({} dropped)",
+        "{count} seeds passed: {} operations checked ({} with unknown outcome), {} crashes ({} \
+         wiping the node), {} partitions, {} snapshots sent, {} leader changes, {} messages ({} dropped)",
         total.operations,
         total.open,
         total.crashes,
+        total.wipes,
         total.partitions,
         total.snapshots_sent,
         total.leader_changes,
@@ -1318,18 +1402,21 @@ fn ci_seeds_part_3() {
 }
 
 /// Seeds that once failed, with what they found (all fixed). They run on every CI run.
-const REGRESSION_SEEDS: &[(u64, &str)] = &[
-    (166, "raft-rs panicked on a campaign right after a leader's snapshot was installed"),
-    (7291, "a torn flush left a new segment without a header (simulated disk too weak)"),
-    (9111, "a restart after a received snapshot whose log reset was not yet durable"),
+/// (seed, what it found, whether it ran with wipes). Seeds found before the simulator could
+/// wipe disks replay without wipes, as they ran then.
+const REGRESSION_SEEDS: &[(u64, &str, bool)] = &[
+    (166, "raft-rs panicked on a campaign right after a leader's snapshot was installed", false),
+    (7291, "a torn flush left a new segment without a header (simulated disk too weak)", false),
+    (9111, "a restart after a received snapshot whose log reset was not yet durable", false),
 ];
 
 // Shows: every seed that once found a bug passes.
 #[test]
 fn regression_seeds() {
-    for &(seed, found) in REGRESSION_SEEDS {
-        if let Err(error) = run_seed(seed, None) {
-            panic!("regression seed (once found: {found}) fails again:\n{error}");
+    for &(seed, found, wipes) in REGRESSION_SEEDS {
+        if let Err(error) = run_seed_with(seed, None, wipes) {
+            let replay = if wipes { "" } else { " (replay with WIPES=0)" };
+            panic!("regression seed (once found: {found}) fails again{replay}:\n{error}");
         }
     }
 }
@@ -1411,8 +1498,8 @@ fn checker_accepts_and_refuses() {
     assert!(error.contains("not linearizable"), "{error}");
 }
 
-/// Replays one seed: `SEED=N cargo test -p corekv-server --test simulator -- --ignored
-/// --exact seed_from_env --nocapture`.
+/// Replays one seed (`WIPES=0` turns wipes off): `SEED=N cargo test -p corekv-server --test
+/// simulator -- --ignored --exact seed_from_env --nocapture`.
 #[test]
 #[ignore = "replays the seed in $SEED"]
 fn seed_from_env() {
@@ -1420,7 +1507,8 @@ fn seed_from_env() {
         .expect("set SEED to the seed to replay")
         .parse()
         .expect("SEED is a number");
-    let (_, stats) = run_seed(seed, None).unwrap_or_else(|e| panic!("{e}"));
+    let wipes = std::env::var("WIPES").map_or(true, |v| v != "0");
+    let (_, stats) = run_seed_with(seed, None, wipes).unwrap_or_else(|e| panic!("{e}"));
     println!("{stats:?}");
 }
 
