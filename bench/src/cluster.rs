@@ -40,14 +40,16 @@ impl SpawnedCluster {
             .prefix("corekv-bench")
             .tempdir()
             .context("creating a directory for the cluster")?;
-        let mut child = Command::new(corekv)
+        let mut command = Command::new(corekv);
+        command
             .args(["dev", "--nodes", &nodes.to_string(), "--shards", &shards.to_string()])
             .args(["--base-port", &base_port.to_string(), "--clean", "--dir"])
             .arg(dir.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {} dev", corekv.display()))?;
+            .stderr(Stdio::inherit());
+        stop_with_parent(&mut command);
+        let mut child =
+            command.spawn().with_context(|| format!("starting {} dev", corekv.display()))?;
         let stdout = child.stdout.take().context("dev output")?;
         let started = Instant::now();
         let mut lines = BufReader::new(stdout).lines();
@@ -66,6 +68,29 @@ impl SpawnedCluster {
         }
         let _ = child.kill();
         bail!("corekv dev did not report a ready cluster")
+    }
+}
+
+/// Has the child get SIGINT (`corekv dev` then stops its nodes) when this process dies,
+/// whatever kills it: a bench killed by a signal runs no `Drop`, and the cluster would be left
+/// running with its ports taken. (The death signal follows the thread that spawned the child;
+/// the cluster is started from the main thread, which lives as long as the process.)
+fn stop_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure only makes async-signal-safe calls (prctl,
+    // getppid, raise) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl took effect.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGINT);
+            }
+            Ok(())
+        });
     }
 }
 
