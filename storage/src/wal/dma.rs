@@ -94,8 +94,9 @@ impl DmaFlusher {
         }
     }
 
-    /// [`SegmentDir::prepare_spares`] before the shard serves: on glommio's blocking pool at normal priority, since nothing waits behind it but the
-    /// start itself (a restart must not wait for the time a busy machine leaves idle).
+    /// [`SegmentDir::prepare_spares`] before the shard serves: on glommio's blocking pool at
+    /// normal priority, since nothing waits behind it but the start itself (a restart must not
+    /// wait for the time a busy machine leaves idle).
     pub async fn ensure_spares_before_serving(&self) -> Result<()> {
         let dir = self.dir.clone();
         glommio::executor().spawn_blocking(move || dir.prepare_spares()).await
