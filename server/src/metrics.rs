@@ -375,7 +375,7 @@ pub fn render(node_id: u64, shards: &[&ShardMetrics]) -> String {
     counter(
         &mut out,
         "corekv_votes_withheld_total",
-        "Vote requests left unanswered while this replica catches up (started empty, or lost data).",
+        "Vote requests left unanswered while this replica catches up (started empty or lost data).",
         &|m| m.votes_withheld.load(Relaxed).to_string(),
     );
     counter(

@@ -6,8 +6,8 @@
 //! (hence reordering), losses, duplicates, partitions and heals, crashes and restarts, disk
 //! latencies, tick skew, election timeouts (re-drawn from the seed, DESIGN.md §9), and what the
 //! simulated clients do. Some runs also wipe a crashed node's disks (one node at a time); it
-//! restarts with or without `--join`. Clients issue puts, gets, deletes and compare-and-sets on a few keys
-//! per shard and record every operation's invocation and answer.
+//! restarts with or without `--join`. Clients issue puts, gets, deletes and compare-and-sets
+//! on a few keys per shard and record every operation's invocation and answer.
 //!
 //! Checked during and after each run:
 //! - replicas that applied the same index hold identical state (keys, values, metadata);
@@ -1362,7 +1362,8 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
     }
     println!(
         "{count} seeds passed: {} operations checked ({} with unknown outcome), {} crashes ({} \
-         wiping the node), {} partitions, {} snapshots sent, {} leader changes, {} messages ({} dropped)",
+         wiping the node), {} partitions, {} snapshots sent, {} leader changes, {} messages \
+         ({} dropped)",
         total.operations,
         total.open,
         total.crashes,

@@ -105,7 +105,8 @@ fn follower_catches_up_by_snapshot_then_by_log() {
 // Shows: a node whose data directory was wiped, restarted without --join, notices that the
 // cluster holds data it lacks, rebuilds its state from the leader while taking no part in
 // elections (joining, also shown in /status), and then votes again; the cluster serves
-// throughout. A node started with --join does the same from the start.
+// throughout. Started with --join, it catches up also when no write comes to show the leader
+// its log is gone.
 #[test]
 fn wiped_node_rebuilds_itself_then_votes_again() {
     let mut cluster = TestCluster::start_with(3, 1, SMALL);
@@ -135,7 +136,8 @@ fn wiped_node_rebuilds_itself_then_votes_again() {
     assert_eq!(cluster.replica_value(victim, 0, b"during-4"), Some(b"during-value-4".to_vec()));
     assert_eq!(shard0(&cluster, victim, "keys"), 205);
 
-    // With --join it is joining from its first moment.
+    // Wiped again and started with --join, when nothing has been written since: the leader
+    // believes it holds the whole log and sends only heartbeats, so it must ask to be probed.
     cluster.kill(victim);
     std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
     cluster.restart_with(victim, &["--join"]);
