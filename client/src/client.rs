@@ -7,12 +7,14 @@
 //!   jitter.
 //! - `Busy`: wait what the server asked (plus jitter), then retry the same node.
 //! - `Unavailable`, a refused or failed connection: back off and try the next node.
-//! - A connection lost after a request was sent, or a server `Timeout`: reads retry; writes
-//!   retry when applying them twice is the same as once (put, delete and their batch forms);
-//!   a transaction instead fails with [`Error::Indeterminate`].
-//! - No answer from a node within `attempt_timeout` (a partitioned or paused node): reads,
-//!   puts and deletes try the next node, and the shard's next call starts there; a
-//!   transaction waits for its deadline.
+//! - A connection lost after a request was sent, or a server `Timeout`: reads retry; a write
+//!   fails with [`Error::Indeterminate`]. A write is never sent twice: the first copy may
+//!   still apply (a leader that proposed it can lose its leadership after replicating it),
+//!   and a second one applying after another client's write to the key would undo that
+//!   write — the history `a, b, a` from one put of `a`, which no order explains.
+//! - No answer from a node within `attempt_timeout` (a partitioned or paused node): reads try
+//!   the next node; puts and deletes fail with [`Error::Indeterminate`]; a transaction waits
+//!   for its deadline. The shard's next call starts at the next node.
 //! - When the deadline passes: [`Error::Unavailable`], or [`Error::Indeterminate`] for a write
 //!   that was sent without a definite answer.
 
@@ -46,10 +48,11 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Deadline of connecting to one node.
     pub connect_timeout: Duration,
-    /// How long one node may take to answer before a retryable call (a read, a put, a
-    /// delete) tries another node. A node cut off by a partition or paused (a long GC-like
-    /// stall) answers nothing and resets nothing; without this, every call would wait its
-    /// whole deadline on it. Transactions are never sent twice, so they wait the deadline.
+    /// How long one node may take to answer a read before the read tries another node, or a
+    /// put or delete before it ends as [`Error::Indeterminate`] (writes are never sent twice).
+    /// A node cut off by a partition or paused (a long GC-like stall) answers nothing and
+    /// resets nothing; without this, every call would wait its whole deadline on it.
+    /// Transactions wait their deadline.
     pub attempt_timeout: Duration,
     /// Requests in flight on one connection; more wait for a slot.
     pub max_in_flight_per_connection: usize,
@@ -80,9 +83,10 @@ impl ClientConfig {
 enum Retry {
     /// Reads: always.
     Read,
-    /// Put and delete (and their batches): applying twice leaves the same value.
-    Idempotent,
-    /// Transactions: never; an unknown outcome is reported.
+    /// Put and delete (and their batches): never once sent (see the module docs), and an
+    /// attempt that gets no answer within `attempt_timeout` ends the call.
+    Write,
+    /// Transactions: never once sent; the call waits for its deadline.
     Once,
 }
 
@@ -249,7 +253,7 @@ impl Client {
         let frame = self
             .call(
                 self.shard_of(key),
-                Retry::Idempotent,
+                Retry::Write,
                 options.timeout,
                 Consistency::Linearizable,
                 |id, e| e.put(id, key, value),
@@ -272,7 +276,7 @@ impl Client {
         let frame = self
             .call(
                 self.shard_of(key),
-                Retry::Idempotent,
+                Retry::Write,
                 options.timeout,
                 Consistency::Linearizable,
                 |id, e| e.delete(id, key),
@@ -371,7 +375,7 @@ impl Client {
                 let frame = self
                     .call(
                         shard,
-                        Retry::Idempotent,
+                        Retry::Write,
                         options.timeout,
                         Consistency::Linearizable,
                         |id, e| e.batch_put(id, &shard_items),
@@ -411,7 +415,7 @@ impl Client {
                 let frame = self
                     .call(
                         shard,
-                        Retry::Idempotent,
+                        Retry::Write,
                         options.timeout,
                         Consistency::Linearizable,
                         |id, e| e.batch_delete(id, &shard_keys),
@@ -789,6 +793,7 @@ impl Client {
                     // this shard) goes to another node; a NotLeader hint corrects the guess.
                     sent = true;
                     last_error = format!("node {node} did not answer");
+                    let given_up = retry == Retry::Write;
                     // Reset, so this request cannot reach the node later, after the next
                     // attempt (see `connection`).
                     self.abort_connection(node, shard, &conn);
@@ -799,6 +804,12 @@ impl Client {
                         .or_else(|_| {
                             slot.compare_exchange(0, next, Ordering::Relaxed, Ordering::Relaxed)
                         });
+                    if given_up {
+                        return Err(Error::Indeterminate(format!(
+                            "node {node} did not answer within {:?}",
+                            self.inner.config.attempt_timeout
+                        )));
+                    }
                     node = next;
                     attempt += 1;
                     continue;
@@ -811,7 +822,8 @@ impl Client {
                 }
                 Ok(Err(CallError::Lost(reason))) => {
                     self.drop_connection(node, shard);
-                    if retry == Retry::Once {
+                    if retry != Retry::Read {
+                        self.forget_leader(shard, node);
                         return Err(Error::Indeterminate(reason));
                     }
                     sent = true;
@@ -891,7 +903,7 @@ impl Client {
             )),
             ErrorKind::Unavailable => Next::OtherNode,
             ErrorKind::Timeout => {
-                if retry == Retry::Once {
+                if retry != Retry::Read {
                     return Err(Error::Indeterminate(
                         "the server timed out waiting for the write".into(),
                     ));

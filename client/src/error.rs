@@ -44,9 +44,9 @@ pub enum Error {
     },
 
     /// A write was sent, but whether it applied is unknown (the connection failed after
-    /// sending it, or its deadline passed before an answer). It is not retried automatically
-    /// because applying it twice could differ from applying it once (a transaction). Read the
-    /// keys to find out before retrying.
+    /// sending it, the node did not answer in time, or its deadline passed). It is not sent
+    /// again automatically: a copy applying late, after another client's write to the same
+    /// key, would undo that write. Read the keys to find out before retrying.
     #[error("outcome unknown: {0}")]
     Indeterminate(String),
 

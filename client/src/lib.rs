@@ -85,9 +85,9 @@
 //! # Errors
 //!
 //! Every [`Error`] variant says what to do. The one that needs thought is
-//! [`Error::Indeterminate`]: a transaction was sent and its outcome is unknown. Puts and
-//! deletes are retried automatically (applying them twice leaves the same value);
-//! transactions are not.
+//! [`Error::Indeterminate`]: a write was sent and its outcome is unknown (a leader died or
+//! stopped answering meanwhile). The client never sends a write twice — a late copy could
+//! undo another client's later write — so the caller decides, typically by reading the key.
 //!
 //! ```
 //! use corekv_client::Error;
