@@ -776,10 +776,11 @@ impl Client {
                 }
                 Err(_) => continue,
             };
+            let attempt_started = Instant::now();
             let attempt_deadline = if retry == Retry::Once {
                 deadline
             } else {
-                deadline.min(Instant::now() + self.inner.config.attempt_timeout)
+                deadline.min(attempt_started + self.inner.config.attempt_timeout)
             };
             let outcome = tokio::time::timeout_at(
                 attempt_deadline.into(),
@@ -807,7 +808,7 @@ impl Client {
                     if given_up {
                         return Err(Error::Indeterminate(format!(
                             "node {node} did not answer within {:?}",
-                            self.inner.config.attempt_timeout
+                            attempt_started.elapsed()
                         )));
                     }
                     node = next;
