@@ -5,25 +5,17 @@
 //! normally, the socket would deliver every byte once the node read again: a write applied
 //! long after its caller was told it failed, or after a retry elsewhere succeeded.)
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use corekv_client::registry::Registry;
-use corekv_client::{Client, ClientConfig};
+use common::{client_of, read_frame};
 use corekv_proto::encode::ReplyEncoder;
 
 const PUTS: usize = 24;
 const VALUE_BYTES: usize = 1024 * 1024;
-
-/// Reads one size-prefixed frame.
-fn read_frame(stream: &mut std::net::TcpStream) -> Vec<u8> {
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).unwrap();
-    let mut frame = vec![0u8; u32::from_le_bytes(size) as usize];
-    stream.read_exact(&mut frame).unwrap();
-    frame
-}
 
 #[test]
 fn requests_given_up_on_are_not_delivered_later() {
@@ -31,7 +23,7 @@ fn requests_given_up_on_are_not_delivered_later() {
     let port = listener.local_addr().unwrap().port();
     let node = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
-        read_frame(&mut stream); // hello
+        read_frame(&mut stream).expect("the client's hello");
         stream.write_all(ReplyEncoder::new().hello(0, 1, 0, 1)).unwrap();
         // Read nothing while the client sends and gives up.
         std::thread::sleep(Duration::from_millis(1500));
@@ -47,17 +39,7 @@ fn requests_given_up_on_are_not_delivered_later() {
         received
     });
 
-    let text = format!(
-        "cluster = \"c\"\nshards = 1\n\n[[node]]\nid = 1\nhost = \"127.0.0.1\"\n\
-         client_port = {port}\npeer_port = {}\nhttp_port = {}\n",
-        port.wrapping_add(1),
-        port.wrapping_add(2)
-    );
-    let mut config = ClientConfig::new(Registry::parse(&text, "test registry").unwrap());
-    config.timeout = Duration::from_millis(400);
-    config.attempt_timeout = Duration::from_millis(200);
-    config.connect_timeout = Duration::from_millis(100);
-    let client = Client::connect(config);
+    let client = client_of(&[port], Duration::from_millis(400));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let outcomes = runtime.block_on(async {
         let value = vec![7u8; VALUE_BYTES];

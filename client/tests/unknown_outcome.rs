@@ -4,14 +4,16 @@
 //! first copy may still apply, and a second one applying after another client's write to the
 //! key would undo that write.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corekv_client::registry::Registry;
-use corekv_client::{Client, ClientConfig, Error};
+use common::{client_of, read_frame};
+use corekv_client::Error;
 use corekv_proto::encode::ReplyEncoder;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -20,15 +22,6 @@ enum Behaviour {
     Silent,
     /// Reads the request and closes the connection.
     Drop,
-}
-
-/// Reads one size-prefixed frame; `None` when the connection ends.
-fn read_frame(stream: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).ok()?;
-    let mut frame = vec![0u8; u32::from_le_bytes(size) as usize];
-    stream.read_exact(&mut frame).ok()?;
-    Some(frame)
 }
 
 /// A fake node `id` on `listener`: answers hellos, counts the requests after them in
@@ -74,17 +67,7 @@ fn fake_node(
 fn put_once(behaviour: Behaviour) -> (Result<(), Error>, usize) {
     let listeners: Vec<TcpListener> =
         (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let mut text = String::from("cluster = \"c\"\nshards = 1\n");
-    for (i, listener) in listeners.iter().enumerate() {
-        let port = listener.local_addr().unwrap().port();
-        text.push_str(&format!(
-            "\n[[node]]\nid = {}\nhost = \"127.0.0.1\"\nclient_port = {port}\npeer_port = {}\n\
-             http_port = {}\n",
-            i + 1,
-            port.wrapping_add(1000),
-            port.wrapping_add(2000)
-        ));
-    }
+    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
     let requests = Arc::new(AtomicUsize::new(0));
     let nodes: Vec<_> = listeners
         .into_iter()
@@ -93,11 +76,7 @@ fn put_once(behaviour: Behaviour) -> (Result<(), Error>, usize) {
             fake_node(l, i as u64 + 1, behaviour, requests.clone(), Duration::from_secs(2))
         })
         .collect();
-    let mut config = ClientConfig::new(Registry::parse(&text, "test registry").unwrap());
-    config.timeout = Duration::from_millis(1500);
-    config.attempt_timeout = Duration::from_millis(200);
-    config.connect_timeout = Duration::from_millis(100);
-    let client = Client::connect(config);
+    let client = client_of(&ports, Duration::from_millis(1500));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let outcome = runtime.block_on(async { client.put("k", "v").await.map(|_| ()) });
     // Give a resend, were there one, time to arrive before counting.
