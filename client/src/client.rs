@@ -29,7 +29,7 @@ use corekv_proto::encode::{CompareSpec, RequestEncoder, ScanSpec, TxnOpSpec};
 use corekv_proto::frame::verify_reply;
 use futures_util::stream::Stream;
 
-use crate::connection::{CallError, Connection};
+use crate::connection::{CallError, Connection, OpenError};
 use crate::error::{Error, Result};
 use crate::placement::shard_for_key;
 use crate::registry::Registry;
@@ -591,9 +591,11 @@ impl Client {
                 _ => TxnOpResult::Get(r.entry().map(|e| key_value(&e))),
             })
             .collect();
+        // -1: success ran (or a server from before the field, which does not say).
+        let failed = t.failed_compare();
         Ok(TxnResponse {
             succeeded: t.succeeded(),
-            failed_compare: None,
+            failed_compare: usize::try_from(failed).ok().filter(|_| !t.succeeded()),
             results,
             index: t.index(),
         })
@@ -620,8 +622,10 @@ impl Client {
     }
 
     async fn replica_status(&self, node: u64, shard: u32) -> Result<ReplicaStatus> {
-        let deadline = Instant::now() + self.inner.config.timeout;
-        let conn = self.connection(node, shard).await?;
+        let started = Instant::now();
+        let deadline = started + self.inner.config.timeout;
+        let conn =
+            self.connection(node, shard).await.map_err(|e| e.into_error(started.elapsed()))?;
         let frame =
             tokio::time::timeout_at(deadline.into(), conn.call(|id| encode(|e| e.status(id))))
                 .await
@@ -661,7 +665,7 @@ impl Client {
     // Routing and retries
     // ----------------------------------------------------------------------------------
 
-    async fn connection(&self, node: u64, shard: u32) -> Result<Arc<Connection>> {
+    async fn connection(&self, node: u64, shard: u32) -> Result<Arc<Connection>, OpenError> {
         if let Some(conn) =
             self.inner.connections.lock().unwrap_or_else(|p| p.into_inner()).get(&(node, shard))
         {
@@ -670,13 +674,13 @@ impl Client {
             }
         }
         let config = &self.inner.config;
-        let addr =
-            config.registry.node(node).map(|n| n.client_addr(shard)).ok_or_else(|| {
-                Error::InvalidArgument(format!("node {node} is not in the registry"))
-            })?;
+        let addr = config.registry.node(node).map(|n| n.client_addr(shard)).ok_or_else(|| {
+            OpenError::Fatal(Error::InvalidArgument(format!("node {node} is not in the registry")))
+        })?;
         let conn = Connection::open(
             &addr,
             &config.registry.cluster,
+            config.registry.shards,
             config.connect_timeout,
             config.max_in_flight_per_connection,
         )
@@ -750,6 +754,8 @@ impl Client {
         let mut attempt = 0u32;
         let mut sent = false;
         let mut last_error = String::from("no attempt finished");
+        // Nodes that refused the connection in a row, with nothing else in between.
+        let mut refused: Vec<u64> = Vec::new();
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -763,11 +769,20 @@ impl Client {
                 .await
             {
                 Ok(Ok(conn)) => conn,
-                Ok(Err(error @ (Error::Handshake { .. } | Error::InvalidArgument(_)))) => {
-                    return Err(error)
-                }
-                Ok(Err(error)) => {
-                    last_error = error.to_string();
+                Ok(Err(OpenError::Fatal(error))) => return Err(error),
+                Ok(Err(failure)) => {
+                    if let OpenError::Refused(addr) = &failure {
+                        last_error = format!("connection refused by {addr}");
+                        if !refused.contains(&node) {
+                            refused.push(node);
+                        }
+                        if refused.len() == self.inner.nodes.len() {
+                            return Err(self.every_node_refused(shard, started).await);
+                        }
+                    } else if let OpenError::Unreachable(reason) = failure {
+                        refused.clear();
+                        last_error = reason;
+                    }
                     self.forget_leader(shard, node);
                     node = self.next_node(node);
                     self.sleep_until(self.backoff(attempt), deadline).await;
@@ -776,6 +791,7 @@ impl Client {
                 }
                 Err(_) => continue,
             };
+            refused.clear();
             let attempt_started = Instant::now();
             let attempt_deadline = if retry == Retry::Once {
                 deadline
@@ -873,6 +889,33 @@ impl Client {
         }
     }
 
+    /// The error for a call whose every node refused the connection to `shard`'s port. When
+    /// that is not shard 0, the registry file may give the cluster more shards than it has
+    /// (the ports past its last shard are not listened on): shard 0's hello then says so.
+    async fn every_node_refused(&self, shard: u32, started: Instant) -> Error {
+        if shard != 0 {
+            for &node in &self.inner.nodes {
+                match self.connection(node, 0).await {
+                    Err(OpenError::Fatal(error)) => return error,
+                    Err(OpenError::Refused(_)) => continue,
+                    // A node that serves shard 0 and accepts this client's shard count: the
+                    // refusals are about this shard alone.
+                    Ok(_) | Err(OpenError::Unreachable(_)) => break,
+                }
+            }
+        }
+        let addrs: Vec<String> =
+            self.registry().nodes.iter().map(|n| n.client_addr(shard)).collect();
+        Error::Unavailable {
+            after: started.elapsed(),
+            last_error: format!(
+                "every node refused the connection (nothing listens on {}): are the nodes \
+                 running?",
+                addrs.join(", ")
+            ),
+        }
+    }
+
     fn forget_leader(&self, shard: u32, node: u64) {
         let _ = self.inner.leaders[shard as usize].compare_exchange(
             node,
@@ -959,7 +1002,10 @@ fn error_text(reply: &ReplyFrame<'_>) -> String {
         return "server timeout".to_string();
     }
     if let Some(e) = error.kind_as_not_leader() {
-        return format!("not the leader (leader {})", e.leader_id());
+        return match e.leader_id() {
+            0 => "not the leader (no leader known: an election is under way)".to_string(),
+            leader => format!("not the leader (node {leader} is)"),
+        };
     }
     format!("{:?}", error.kind_type().variant_name())
 }
@@ -993,5 +1039,26 @@ fn op_spec(op: &TxnOp) -> TxnOpSpec<'_> {
         TxnOp::Get(k) => TxnOpSpec { kind: wire::TxnOpKind::Get, key: k, value: None },
         TxnOp::Put(k, v) => TxnOpSpec { kind: wire::TxnOpKind::Put, key: k, value: Some(v) },
         TxnOp::Delete(k) => TxnOpSpec { kind: wire::TxnOpKind::Delete, key: k, value: None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corekv_proto::encode::{ErrorInfo, ReplyEncoder};
+
+    fn text_of(error: &ErrorInfo<'_>) -> String {
+        let frame = ReplyEncoder::new().error(1, error).to_vec();
+        let reply = verify_reply(&frame).expect("a valid reply");
+        error_text(&reply)
+    }
+
+    // Shows: a NotLeader without a leader says that no leader is known, not "leader 0".
+    #[test]
+    fn not_leader_without_a_leader_says_none_is_known() {
+        let none = text_of(&ErrorInfo::NotLeader { leader_id: 0, leader_addr: None });
+        assert_eq!(none, "not the leader (no leader known: an election is under way)");
+        let some = text_of(&ErrorInfo::NotLeader { leader_id: 3, leader_addr: Some("h:1") });
+        assert_eq!(some, "not the leader (node 3 is)");
     }
 }

@@ -45,6 +45,31 @@ pub(crate) enum CallError {
     Lost(String),
 }
 
+/// Why a connection could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OpenError {
+    /// Nothing listens there: the node is down, or the port is not one of its shards'.
+    Refused(String),
+    /// The node did not answer in time, or the connection failed: try another node.
+    Unreachable(String),
+    /// The node answered and refused this client (another cluster, another shard count, an
+    /// unsupported protocol), or its answer made no sense. Retrying will not help.
+    Fatal(Error),
+}
+
+impl OpenError {
+    /// The caller's error, for a call that tried for `after`.
+    pub(crate) fn into_error(self, after: Duration) -> Error {
+        match self {
+            OpenError::Refused(addr) => {
+                Error::Unavailable { after, last_error: format!("connection refused by {addr}") }
+            }
+            OpenError::Unreachable(reason) => Error::Unavailable { after, last_error: reason },
+            OpenError::Fatal(error) => error,
+        }
+    }
+}
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
 
 /// See the module docs.
@@ -60,25 +85,32 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects, says hello, and starts the reader and writer tasks.
+    /// Connects, says hello (naming the cluster and the registry's shard count, which the
+    /// node checks), and starts the reader and writer tasks.
     pub(crate) async fn open(
         addr: &str,
         cluster: &str,
+        shards: u32,
         connect_timeout: Duration,
         max_in_flight: usize,
-    ) -> Result<Arc<Connection>, Error> {
-        let unavailable =
-            |reason: String| Error::Unavailable { after: connect_timeout, last_error: reason };
+    ) -> Result<Arc<Connection>, OpenError> {
+        let unavailable = OpenError::Unreachable;
         let mut stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| unavailable(format!("connecting to {addr} timed out")))?
-            .map_err(|e| unavailable(format!("connecting to {addr}: {e}")))?;
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    OpenError::Refused(addr.to_string())
+                } else {
+                    unavailable(format!("connecting to {addr}: {e}"))
+                }
+            })?;
         stream.set_nodelay(true).map_err(|e| unavailable(format!("{addr}: {e}")))?;
         // Closing the socket resets it and drops unsent data (see the module docs). A normal
         // end still delivers everything: the writer shuts its side down (a FIN after the data)
         // and the socket closes only when the server has closed its side too.
         stream.set_zero_linger().map_err(|e| unavailable(format!("{addr}: {e}")))?;
-        let hello = RequestEncoder::new().hello(0, cluster).to_vec();
+        let hello = RequestEncoder::new().hello(0, cluster, shards).to_vec();
         let handshake = async {
             stream.write_all(&hello).await?;
             let mut buffer = FrameBuffer::new(4096);
@@ -100,16 +132,29 @@ impl Connection {
             .await
             .map_err(|_| unavailable(format!("hello to {addr} timed out")))?
             .map_err(|e| unavailable(format!("hello to {addr}: {e}")))?;
-        let frame = verify_reply(&reply)
-            .map_err(|e| Error::Protocol(format!("hello reply from {addr}: {e}")))?;
-        if frame.reply_as_hello_reply().is_none() {
+        let frame = verify_reply(&reply).map_err(|e| {
+            OpenError::Fatal(Error::Protocol(format!("hello reply from {addr}: {e}")))
+        })?;
+        let Some(accepted) = frame.reply_as_hello_reply() else {
             let reason = frame
                 .reply_as_error_reply()
                 .and_then(|e| e.kind_as_invalid_request())
                 .and_then(|e| e.reason())
                 .unwrap_or("unexpected reply to hello")
                 .to_string();
-            return Err(Error::Handshake { addr: addr.to_string(), reason });
+            return Err(OpenError::Fatal(Error::Handshake { addr: addr.to_string(), reason }));
+        };
+        // A node from before the hello carried the shard count accepts any; its reply says
+        // how many it has.
+        if accepted.shards() != shards {
+            return Err(OpenError::Fatal(Error::Handshake {
+                addr: addr.to_string(),
+                reason: format!(
+                    "shard count mismatch: this cluster has {} shards, the client's registry \
+                     file says {shards}; use the registry file the nodes use",
+                    accepted.shards()
+                ),
+            }));
         }
         let (read, write) = stream.into_split();
         let (frames, queue) = mpsc::channel(WRITE_QUEUE_FRAMES);

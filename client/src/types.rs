@@ -399,7 +399,8 @@ pub enum TxnOpResult {
 pub struct TxnResponse {
     /// Every compare held and `success` ran.
     pub succeeded: bool,
-    /// When a compare failed and there was no `failure` branch: which compare (0-based).
+    /// When a compare did not hold (`succeeded` false): the first such compare, 0-based,
+    /// whether or not the transaction had a `failure` branch. `None` when `success` ran.
     pub failed_compare: Option<usize>,
     /// One result per operation of the branch that ran.
     pub results: Vec<TxnOpResult>,

@@ -213,13 +213,18 @@ impl RequestEncoder {
         self.fbb.finished_data()
     }
 
-    /// The first request of a connection.
-    pub fn hello(&mut self, id: u64, cluster: &str) -> &[u8] {
+    /// The first request of a connection: the cluster name and the shard count of the
+    /// client's registry file.
+    pub fn hello(&mut self, id: u64, cluster: &str, shards: u32) -> &[u8] {
         self.fbb.reset();
         let cluster = self.fbb.create_string(cluster);
         let hello = c::Hello::create(
             &mut self.fbb,
-            &c::HelloArgs { cluster: Some(cluster), protocol_version: CLIENT_PROTOCOL_VERSION },
+            &c::HelloArgs {
+                cluster: Some(cluster),
+                protocol_version: CLIENT_PROTOCOL_VERSION,
+                shards,
+            },
         );
         self.finish(id, c::Request::Hello, hello.as_union_value())
     }
@@ -525,11 +530,12 @@ impl ReplyEncoder {
         self.finish(id, c::Reply::ScanReply, scan.as_union_value())
     }
 
-    /// Answers a transaction.
+    /// Answers a transaction that ran a branch: `success` when `failed_compare` is `None`,
+    /// else `failure`, because that compare (0-based) did not hold.
     pub fn txn(
         &mut self,
         id: u64,
-        succeeded: bool,
+        failed_compare: Option<u32>,
         results: &[TxnResultRef<'_>],
         index: u64,
     ) -> &[u8] {
@@ -565,7 +571,13 @@ impl ReplyEncoder {
         let results = self.fbb.create_vector(&tables);
         let txn = c::TxnReply::create(
             &mut self.fbb,
-            &c::TxnReplyArgs { succeeded, results: Some(results), index },
+            &c::TxnReplyArgs {
+                succeeded: failed_compare.is_none(),
+                results: Some(results),
+                index,
+                // Compares are at most BATCH_KEYS_MAX, far below i32::MAX.
+                failed_compare: failed_compare.map_or(-1, |i| i as i32),
+            },
         );
         self.finish(id, c::Reply::TxnReply, txn.as_union_value())
     }
@@ -686,7 +698,7 @@ impl PeerEncoder {
     }
 
     /// The dialer's first frame.
-    pub fn hello(&mut self, cluster: &str, node_id: u64, shard: u32) -> &[u8] {
+    pub fn hello(&mut self, cluster: &str, node_id: u64, shard: u32, shards: u32) -> &[u8] {
         self.fbb.reset();
         let cluster = self.fbb.create_string(cluster);
         let hello = p::Hello::create(
@@ -696,6 +708,7 @@ impl PeerEncoder {
                 node_id,
                 shard,
                 protocol_version: PEER_PROTOCOL_VERSION,
+                shards,
             },
         );
         self.finish(p::PeerMessage::Hello, hello.as_union_value())

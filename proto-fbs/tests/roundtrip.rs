@@ -31,12 +31,13 @@ fn payload(frame: &[u8]) -> &[u8] {
 fn requests_round_trip() {
     let mut e = RequestEncoder::new();
 
-    let f = e.hello(1, "local").to_vec();
+    let f = e.hello(1, "local", 4).to_vec();
     let r = verify_request(payload(&f)).unwrap();
     assert_eq!((r.id(), r.request_type()), (1, Request::Hello));
     let hello = r.request_as_hello().unwrap();
     assert_eq!(hello.cluster(), "local");
     assert_eq!(hello.protocol_version(), CLIENT_PROTOCOL_VERSION);
+    assert_eq!(hello.shards(), 4);
 
     let f = e.get(2, b"key", Consistency::Stale).to_vec();
     let r = verify_request(payload(&f)).unwrap();
@@ -182,13 +183,17 @@ fn replies_round_trip() {
     assert!(s.stale());
 
     let results = [TxnResultRef::Get(None), TxnResultRef::Put(meta), TxnResultRef::Delete(false)];
-    let f = e.txn(10, false, &results, 12).to_vec();
+    let f = e.txn(10, Some(2), &results, 12).to_vec();
     let r = verify_reply(payload(&f)).unwrap();
     let t = r.reply_as_txn_reply().unwrap();
     assert_eq!((t.succeeded(), t.index(), t.results().len()), (false, 12, 3));
+    assert_eq!(t.failed_compare(), 2);
     assert_eq!(t.results().get(0).kind(), TxnOpKind::Get);
     assert_eq!(t.results().get(1).meta().copied(), Some(meta));
     assert!(!t.results().get(2).deleted());
+    let f = e.txn(11, None, &[], 13).to_vec();
+    let t = verify_reply(payload(&f)).unwrap().reply_as_txn_reply().unwrap();
+    assert_eq!((t.succeeded(), t.failed_compare()), (true, -1));
 
     let status = StatusInfo {
         node_id: 3,
@@ -261,9 +266,9 @@ fn replies_round_trip() {
 fn peer_frames_round_trip() {
     let mut e = PeerEncoder::new();
 
-    let f = e.hello("prod", 3, 1).to_vec();
+    let f = e.hello("prod", 3, 1, 4).to_vec();
     let h = verify_peer(payload(&f)).unwrap().message_as_hello().unwrap();
-    assert_eq!((h.cluster(), h.node_id(), h.shard()), ("prod", 3, 1));
+    assert_eq!((h.cluster(), h.node_id(), h.shard(), h.shards()), ("prod", 3, 1, 4));
     assert_eq!(h.protocol_version(), PEER_PROTOCOL_VERSION);
 
     let f = e.hello_ack(1, Some("wrong cluster")).to_vec();

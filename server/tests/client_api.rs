@@ -372,8 +372,9 @@ fn corekvctl_commands_and_exit_codes() {
         ctl(&cluster, &["txn", txn_file.to_str().unwrap()]).1,
         "SUCCEEDED\nput version 1\nget {t}a\t1\n"
     );
+    // The second time the key exists: the compare fails, which scripts see as exit status 1.
     let (code, out, _) = ctl(&cluster, &["-o", "json", "txn", txn_file.to_str().unwrap()]);
-    assert_eq!(code, 0);
+    assert_eq!(code, 1);
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (json["succeeded"].as_bool(), json["failed_compare"].as_u64()),
@@ -406,4 +407,101 @@ fn corekvctl_commands_and_exit_codes() {
     assert_eq!(code, 3, "{err}");
     assert!(err.starts_with("corekvctl: cluster unavailable"), "{err}");
     assert_eq!(err.lines().count(), 1);
+}
+
+// Shows: binary values round-trip through `put --file` and `get --raw` byte for byte;
+// `--strip-newline` drops what `echo` adds; a value starting with `-` goes after `--`; `txn
+// --help` carries the format; a transaction whose compare failed exits 1 and names the
+// compare the same way with or without a failure branch; a missing registry says where its
+// path came from; and with every node down the call ends at once, saying so in one line.
+#[test]
+fn corekvctl_binary_values_transactions_and_messages() {
+    let mut cluster = TestCluster::start(3, 2);
+    let blob: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let file = cluster.dir.path().join("blob.bin");
+    std::fs::write(&file, &blob).unwrap();
+    assert_eq!(ctl(&cluster, &["put", "blob", "--file", file.to_str().unwrap()]).0, 0);
+    let raw = ctl_bytes(&cluster, &["get", "--raw", "blob"], None);
+    assert_eq!(raw, blob, "get --raw gives back the exact bytes");
+    let escaped = ctl(&cluster, &["get", "blob"]).1;
+    assert!(escaped.contains("\\x00") && escaped.ends_with('\n'), "text mode escapes");
+
+    assert_eq!(ctl_bytes(&cluster, &["put", "echoed"], Some(b"hi\n")), b"OK\n");
+    assert_eq!(ctl_bytes(&cluster, &["get", "--raw", "echoed"], None), b"hi\n");
+    ctl_bytes(&cluster, &["put", "stripped", "--strip-newline"], Some(b"hi\r\n"));
+    assert_eq!(ctl_bytes(&cluster, &["get", "--raw", "stripped"], None), b"hi");
+    assert_eq!(ctl(&cluster, &["put", "negative", "--", "-5"]).0, 0);
+    assert_eq!(ctl(&cluster, &["get", "negative"]).1, "-5\n");
+    let (_, help, _) = ctl(&cluster, &["put", "--help"]);
+    assert!(help.contains("--strip-newline") && help.contains("corekvctl put k -- -5"), "{help}");
+    let (_, help, _) = ctl(&cluster, &["get", "--help"]);
+    assert!(help.contains("--raw") && help.contains("escapes"), "{help}");
+
+    let (code, help, _) = ctl(&cluster, &["txn", "--help"]);
+    assert_eq!(code, 0);
+    assert!(help.contains("\"compare\"") && help.contains("Example"), "{help}");
+    assert!(help.contains("1 a compare failed"), "{help}");
+    let txn = |failure: &str| {
+        format!(
+            r#"{{"compare": [{{"key": "{{t}}a", "target": "exists"}},
+                            {{"key": "{{t}}a", "target": "version", "op": "=", "value": 9}}],
+                "success": [{{"op": "put", "key": "{{t}}a", "value": "1"}}]{failure}}}"#
+        )
+    };
+    ctl(&cluster, &["put", "{t}a", "0"]);
+    for body in [txn(""), txn(r#", "failure": [{"op": "get", "key": "{t}a"}]"#)] {
+        let path = cluster.dir.path().join("txn.json");
+        std::fs::write(&path, &body).unwrap();
+        let (code, out, _) = ctl(&cluster, &["-o", "json", "txn", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{out}");
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["failed_compare"], 1, "the same with or without a failure branch: {out}");
+        let (code, out, _) = ctl(&cluster, &["txn", path.to_str().unwrap()]);
+        assert_eq!(code, 1);
+        assert!(out.starts_with("FAILED\ncompare 1 did not hold\n"), "{out}");
+    }
+
+    let output = Command::new(corekvctl_bin())
+        .args(["get", "x"])
+        .env("COREKV_REGISTRY", "/nonexistent/corekv.toml")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(err.contains("/nonexistent/corekv.toml (from $COREKV_REGISTRY)"), "{err}");
+    let output = Command::new(corekvctl_bin())
+        .args(["get", "x"])
+        .env_remove("COREKV_REGISTRY")
+        .current_dir(cluster.dir.path().join("node-1"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("corekv.toml (the default; name one with --registry"), "{err}");
+
+    cluster.kill_all();
+    let started = std::time::Instant::now();
+    let (code, _, err) = ctl(&cluster, &["--timeout", "10s", "put", "k", "v"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(err.contains("every node refused the connection"), "{err}");
+    assert_eq!(err.matches("cluster unavailable").count(), 1, "said once: {err}");
+}
+
+/// corekvctl's stdout as bytes, with `stdin` fed in when given.
+fn ctl_bytes(cluster: &TestCluster, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new(corekvctl_bin())
+        .arg("--registry")
+        .arg(&cluster.registry_path)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap().stdout
 }

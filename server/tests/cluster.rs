@@ -171,7 +171,7 @@ fn malformed_frames_leave_the_node_serving() {
     // Peer port: random bytes, a bad hello, an oversized frame.
     for payload in [
         vec![0xde; 64],
-        PeerEncoder::new().hello("not-this-cluster", 2, 0).to_vec(),
+        PeerEncoder::new().hello("not-this-cluster", 2, 0, 2).to_vec(),
         u32::MAX.to_le_bytes().to_vec(),
     ] {
         let mut peer = std::net::TcpStream::connect(&peer_addr).unwrap();

@@ -167,7 +167,7 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).unwrap();
         node.core.set_now(self.now_us);
         let mut greeted = false;
-        node.core.on_client_frame(conn, &mut greeted, RequestEncoder::new().hello(0, "sans-io"));
+        node.core.on_client_frame(conn, &mut greeted, RequestEncoder::new().hello(0, "sans-io", 1));
         assert!(greeted);
         for frame in frames {
             node.core.on_client_frame(conn, &mut greeted, frame);

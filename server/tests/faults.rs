@@ -588,7 +588,7 @@ fn partition_minority_refuses_majority_serves() {
     let (put, get) = ns.inside(old, move || {
         let mut conn = RawConn::connect(&addr);
         conn.stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let hello = RequestEncoder::new().hello(1, "test").to_vec();
+        let hello = RequestEncoder::new().hello(1, "test", 1).to_vec();
         conn.send(&hello);
         conn.recv();
         let put = RequestEncoder::new().put(2, b"w0-k0", b"minority").to_vec();
@@ -662,7 +662,9 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn full_disk_stops_acknowledging_and_corrupts_nothing() {
     let mut cluster = TestCluster::prepare(3, 1, &["--wal-segment-mib", "16"]);
-    let _mount = Tmpfs::mount(&cluster.data_dir(1), 48);
+    // Room for three 16 MiB WAL segments (two in use and a spare after the restart) and the
+    // directory's small files (LOCK, IDENTITY); the test fills the rest.
+    let _mount = Tmpfs::mount(&cluster.data_dir(1), 52);
     cluster.launch();
     // Node 1 is shard 0's preferred leader; another node may win the first election, and
     // hands leadership back once node 1 is caught up.

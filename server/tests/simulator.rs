@@ -1108,7 +1108,7 @@ impl Sim {
         self.clients[client].pending = Some(Pending { op: id, request, kind, conn, shard });
         let delay = self.rng.range(20, 500);
         if fresh {
-            let hello = self.encoder.hello(0, "sim").to_vec();
+            let hello = self.encoder.hello(0, "sim", self.opts.shards).to_vec();
             self.schedule(delay, Event::Request { conn, frame: hello });
         }
         self.schedule(delay, Event::Request { conn, frame });

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! corekvctl [--registry FILE] [--timeout DURATION] [-o text|json] COMMAND
-//!   put KEY [VALUE] [--file PATH]     value from the argument, a file, or stdin
-//!   get KEY [--stale]                 prints the bare value
+//!   put KEY [VALUE] [--file PATH] [--strip-newline]   value from the argument, a file, or stdin
+//!   get KEY [--stale] [--raw]         prints the value (escaped; --raw: the exact bytes)
 //!   del KEY
 //!   scan PREFIX [--limit N] [--keys-only] [--stale]
 //!   txn [FILE]                        a JSON transaction (stdin when FILE is - or absent)
@@ -11,24 +11,14 @@
 //! ```
 //!
 //! The registry is `--registry`, else `$COREKV_REGISTRY`, else `./corekv.toml`. Durations read
-//! like `2s`, `500ms` or `1m`. Exit status: 0 success; 1 key not found (`get`); 2 usage or
-//! input error (a bad registry file included); 3 cluster unavailable, timed out, or a write's
-//! outcome unknown. Errors go to stderr as one line. Binary keys and values are escaped
-//! (`\xNN`) in text output and base64-encoded in JSON output.
-//!
-//! The transaction file:
-//!
-//! ```json
-//! {
-//!   "compare": [{"key": "{u1}:n", "target": "version", "op": "=", "value": 3},
-//!               {"key": "{u1}:m", "target": "missing"}],
-//!   "success": [{"op": "put", "key": "{u1}:n", "value": "Ada"}, {"op": "get", "key": "{u1}:n"}],
-//!   "failure": [{"op": "get", "key": "{u1}:n"}]
-//! }
-//! ```
-//!
-//! Targets: `value` (a string), `version`, `mod_index`, `create_index` (numbers), `exists`,
-//! `missing`. Operators: `=`, `!=`, `<`, `>`. Ops: `get`, `put`, `delete`.
+//! like `2s`, `500ms` or `1m`. Exit status: 0 success; 1 the condition asked about does not
+//! hold (`get`: the key does not exist; `txn`: a compare failed, so the `failure` branch ran);
+//! 2 usage or input error (a bad registry file included); 3 cluster unavailable, timed out, or
+//! a write's outcome unknown. Errors go to stderr as one line. Values are taken as given
+//! (every byte of the argument, the file or stdin); in text output, bytes that are not
+//! printable text are escaped (`\xNN`, and `\\` for a backslash) and a newline ends the
+//! value, unless `get --raw`; JSON output gives keys and values in base64. The transaction
+//! format is in [`TXN_HELP`].
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -44,6 +34,30 @@ use corekv_client::{
 };
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+
+/// `corekvctl txn --help`: the transaction format, with an example.
+const TXN_HELP: &str = r#"Run a transaction described in JSON: if every compare holds, the success ops run, else the failure ops; atomically, on one shard (give the keys one hash tag, like {u1}:n and {u1}:m).
+
+The file (or stdin):
+
+  {
+    "compare": [{"key": "{u1}:n", "target": "version", "op": "=", "value": 3},
+                {"key": "{u1}:m", "target": "missing"}],
+    "success": [{"op": "put", "key": "{u1}:n", "value": "Ada"},
+                {"op": "get", "key": "{u1}:n"}],
+    "failure": [{"op": "get", "key": "{u1}:n"}]
+  }
+
+compare: a list of {"key", "target", "op", "value"}. Targets: value (a string), version, mod_index, create_index (numbers) with op =, !=, < or >; exists and missing (no op, no value). A missing key has version, mod_index and create_index 0.
+success, failure: lists of {"op": "get"|"put"|"delete", "key", "value" (put only)}. Every part may be left out.
+
+Output: SUCCEEDED or FAILED, then "compare N did not hold" when it failed (N from 0), then one line per op of the branch that ran. With -o json: {"succeeded", "failed_compare" (a number, or null when it succeeded), "index", "results"}.
+
+Exit status: 0 the compares held; 1 a compare failed (the failure branch ran; a script tests this with `if corekvctl txn f.json; then ...`); 2 a malformed transaction; 3 the cluster was unavailable or the outcome is unknown.
+
+Example:
+  echo '{"compare": [{"key": "lock", "target": "missing"}],
+         "success": [{"op": "put", "key": "lock", "value": "me"}]}' | corekvctl txn"#;
 
 #[derive(Parser)]
 #[command(name = "corekvctl", version, about = "Command-line client of corekv")]
@@ -70,6 +84,11 @@ enum Output {
 #[derive(Subcommand)]
 enum Command {
     /// Write a value.
+    ///
+    /// The value is stored exactly as given: the argument's bytes, the file's, or all of
+    /// stdin (`echo hi | corekvctl put k` stores "hi" and the newline; --strip-newline drops
+    /// one trailing newline). A value that starts with `-` goes after `--`:
+    /// `corekvctl put k -- -5`.
     Put {
         /// The key.
         key: String,
@@ -78,14 +97,25 @@ enum Command {
         /// Read the value from this file.
         #[arg(long, conflicts_with = "value")]
         file: Option<PathBuf>,
+        /// Drop one trailing newline (\n or \r\n) from the value (for `echo ... |`).
+        #[arg(long)]
+        strip_newline: bool,
     },
     /// Read a value (exit status 1 when the key does not exist).
+    ///
+    /// Text output escapes bytes that are not printable text (\xNN; \\ for a backslash)
+    /// and ends with a newline, so binary values show safely on a terminal; --raw writes the
+    /// exact bytes and nothing else (`corekvctl get --raw k > file` gives back what
+    /// `put --file` stored). -o json gives the value in base64 with its metadata.
     Get {
         /// The key.
         key: String,
         /// Serve from any replica's applied state (may miss recent writes).
         #[arg(long)]
         stale: bool,
+        /// Write the value's exact bytes, with no escaping and no newline.
+        #[arg(long)]
+        raw: bool,
     },
     /// Delete a key.
     Del {
@@ -106,7 +136,8 @@ enum Command {
         #[arg(long)]
         stale: bool,
     },
-    /// Run a transaction described in JSON (see `corekvctl --help` for the format).
+    /// Run a transaction described in JSON (the format: `corekvctl txn --help`).
+    #[command(long_about = TXN_HELP)]
     Txn {
         /// The JSON file; stdin when absent or "-".
         file: Option<PathBuf>,
@@ -181,9 +212,38 @@ fn entry_json(e: &KeyValue) -> Value {
            "mod_index": e.meta.mod_index, "version": e.meta.version})
 }
 
-fn registry_path(arg: Option<PathBuf>) -> PathBuf {
-    arg.or_else(|| std::env::var_os("COREKV_REGISTRY").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("corekv.toml"))
+/// The registry file to use, and where that choice came from (for error messages).
+fn registry_path(arg: Option<PathBuf>) -> (PathBuf, &'static str) {
+    if let Some(path) = arg {
+        return (path, "from --registry");
+    }
+    match std::env::var_os("COREKV_REGISTRY") {
+        Some(path) => (PathBuf::from(path), "from $COREKV_REGISTRY"),
+        None => (
+            PathBuf::from("corekv.toml"),
+            "the default; name one with --registry or $COREKV_REGISTRY",
+        ),
+    }
+}
+
+/// Loads the registry; a failure says where the path came from.
+fn load_registry(arg: Option<PathBuf>) -> Result<Registry, Failure> {
+    let (path, source) = registry_path(arg);
+    Registry::load(&path).map_err(|error| {
+        let reason = error.reason;
+        input_error(format!("{} ({source}): {reason}", path.display()))
+    })
+}
+
+/// `text` without one trailing newline (`\n` or `\r\n`).
+fn strip_newline(mut text: Vec<u8>) -> Vec<u8> {
+    if text.last() == Some(&b'\n') {
+        text.pop();
+        if text.last() == Some(&b'\r') {
+            text.pop();
+        }
+    }
+    text
 }
 
 fn main() -> ExitCode {
@@ -205,8 +265,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<u8, Failure> {
-    let registry =
-        Registry::load(registry_path(args.registry)).map_err(|e| input_error(e.to_string()))?;
+    let registry = load_registry(args.registry)?;
     let mut config = ClientConfig::new(registry);
     config.timeout = args.timeout;
     config.connect_timeout = args.timeout.min(Duration::from_secs(1));
@@ -218,7 +277,7 @@ async fn run(args: Args) -> Result<u8, Failure> {
             .map_err(|e| Failure { code: 3, message: format!("writing output: {e}") })
     };
     match args.command {
-        Command::Put { key, value, file } => {
+        Command::Put { key, value, file, strip_newline: strip } => {
             let value = match (value, file) {
                 (Some(v), _) => v.into_bytes(),
                 (None, Some(path)) => std::fs::read(&path)
@@ -231,15 +290,23 @@ async fn run(args: Args) -> Result<u8, Failure> {
                     v
                 }
             };
+            let value = if strip { strip_newline(value) } else { value };
             let meta = client.put_with(key.as_bytes(), &value, WriteOptions::default()).await?;
             write(
                 &mut out,
                 if json { format!("{}\n", meta_json(&meta)) } else { "OK\n".to_string() },
             )?;
         }
-        Command::Get { key, stale } => {
+        Command::Get { key, stale, raw } => {
+            if raw && json {
+                return Err(input_error("get: --raw and -o json exclude each other"));
+            }
             let options = if stale { ReadOptions::stale() } else { ReadOptions::default() };
             match client.get_with(key.as_bytes(), options).await? {
+                Some(entry) if raw => out
+                    .write_all(&entry.value)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| Failure { code: 3, message: format!("writing output: {e}") })?,
                 Some(entry) if json => write(&mut out, format!("{}\n", entry_json(&entry)))?,
                 Some(entry) => write(&mut out, format!("{}\n", escape(&entry.value)))?,
                 None => {
@@ -314,6 +381,10 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 &mut out,
                 if json { format!("{}\n", txn_json(&response)) } else { txn_text(&response) },
             )?;
+            if !response.succeeded {
+                // The result is printed; the status tells scripts a compare failed.
+                return Ok(1);
+            }
         }
         Command::Status => {
             let reports = client.status().await;

@@ -1346,7 +1346,8 @@ impl ::core::fmt::Debug for KeyValue<'_> {
 pub enum HelloOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// First request on every connection. The server refuses a different cluster name.
+/// First request on every connection. The server refuses a different cluster name, and a
+/// different shard count (the client's registry file does not match the cluster's).
 pub struct Hello<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1362,6 +1363,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Hello<'a> {
 impl<'a> Hello<'a> {
   pub const VT_CLUSTER: ::flatbuffers::VOffsetT = 4;
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SHARDS: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1373,6 +1375,7 @@ impl<'a> Hello<'a> {
     args: &'args HelloArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
     let mut builder = HelloBuilder::new(_fbb);
+    builder.add_shards(args.shards);
     builder.add_protocol_version(args.protocol_version);
     if let Some(x) = args.cluster { builder.add_cluster(x); }
     builder.finish()
@@ -1393,6 +1396,14 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Hello::VT_PROTOCOL_VERSION, Some(0)).unwrap()}
   }
+  /// Shards in the client's registry file; 0 when not said (clients older than this field).
+  #[inline]
+  pub fn shards(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Hello::VT_SHARDS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -1403,6 +1414,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("cluster", Self::VT_CLUSTER, true)?
      .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
+     .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
      .finish();
     Ok(())
   }
@@ -1410,6 +1422,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
 pub struct HelloArgs<'a> {
     pub cluster: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub protocol_version: u32,
+    pub shards: u32,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -1417,6 +1430,7 @@ impl<'a> Default for HelloArgs<'a> {
     HelloArgs {
       cluster: None, // required field
       protocol_version: 0,
+      shards: 0,
     }
   }
 }
@@ -1433,6 +1447,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_protocol_version(&mut self, protocol_version: u32) {
     self.fbb_.push_slot::<u32>(Hello::VT_PROTOCOL_VERSION, protocol_version, 0);
+  }
+  #[inline]
+  pub fn add_shards(&mut self, shards: u32) {
+    self.fbb_.push_slot::<u32>(Hello::VT_SHARDS, shards, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
@@ -1455,6 +1473,7 @@ impl ::core::fmt::Debug for Hello<'_> {
     let mut ds = f.debug_struct("Hello");
       ds.field("cluster", &self.cluster());
       ds.field("protocol_version", &self.protocol_version());
+      ds.field("shards", &self.shards());
       ds.finish()
   }
 }
@@ -4424,6 +4443,7 @@ impl<'a> TxnReply<'a> {
   pub const VT_SUCCEEDED: ::flatbuffers::VOffsetT = 4;
   pub const VT_RESULTS: ::flatbuffers::VOffsetT = 6;
   pub const VT_INDEX: ::flatbuffers::VOffsetT = 8;
+  pub const VT_FAILED_COMPARE: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4436,6 +4456,7 @@ impl<'a> TxnReply<'a> {
   ) -> ::flatbuffers::WIPOffset<TxnReply<'bldr>> {
     let mut builder = TxnReplyBuilder::new(_fbb);
     builder.add_index(args.index);
+    builder.add_failed_compare(args.failed_compare);
     if let Some(x) = args.results { builder.add_results(x); }
     builder.add_succeeded(args.succeeded);
     builder.finish()
@@ -4465,6 +4486,15 @@ impl<'a> TxnReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(TxnReply::VT_INDEX, Some(0)).unwrap()}
   }
+  /// When `failure` ran: the first compare (0-based) that did not hold; -1 when `success`
+  /// ran (or from servers older than this field).
+  #[inline]
+  pub fn failed_compare(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(TxnReply::VT_FAILED_COMPARE, Some(-1)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TxnReply<'_> {
@@ -4476,6 +4506,7 @@ impl ::flatbuffers::Verifiable for TxnReply<'_> {
      .visit_field::<bool>("succeeded", Self::VT_SUCCEEDED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TxnOpResult>>>>("results", Self::VT_RESULTS, true)?
      .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .visit_field::<i32>("failed_compare", Self::VT_FAILED_COMPARE, false)?
      .finish();
     Ok(())
   }
@@ -4484,6 +4515,7 @@ pub struct TxnReplyArgs<'a> {
     pub succeeded: bool,
     pub results: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnOpResult<'a>>>>>,
     pub index: u64,
+    pub failed_compare: i32,
 }
 impl<'a> Default for TxnReplyArgs<'a> {
   #[inline]
@@ -4492,6 +4524,7 @@ impl<'a> Default for TxnReplyArgs<'a> {
       succeeded: false,
       results: None, // required field
       index: 0,
+      failed_compare: -1,
     }
   }
 }
@@ -4512,6 +4545,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnReplyBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_index(&mut self, index: u64) {
     self.fbb_.push_slot::<u64>(TxnReply::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn add_failed_compare(&mut self, failed_compare: i32) {
+    self.fbb_.push_slot::<i32>(TxnReply::VT_FAILED_COMPARE, failed_compare, -1);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnReplyBuilder<'a, 'b, A> {
@@ -4535,6 +4572,7 @@ impl ::core::fmt::Debug for TxnReply<'_> {
       ds.field("succeeded", &self.succeeded());
       ds.field("results", &self.results());
       ds.field("index", &self.index());
+      ds.field("failed_compare", &self.failed_compare());
       ds.finish()
   }
 }

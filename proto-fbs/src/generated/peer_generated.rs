@@ -133,6 +133,7 @@ impl<'a> Hello<'a> {
   pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_SHARD: ::flatbuffers::VOffsetT = 8;
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SHARDS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -145,6 +146,7 @@ impl<'a> Hello<'a> {
   ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
     let mut builder = HelloBuilder::new(_fbb);
     builder.add_node_id(args.node_id);
+    builder.add_shards(args.shards);
     builder.add_protocol_version(args.protocol_version);
     builder.add_shard(args.shard);
     if let Some(x) = args.cluster { builder.add_cluster(x); }
@@ -180,6 +182,14 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Hello::VT_PROTOCOL_VERSION, Some(0)).unwrap()}
   }
+  /// Shards per node in the dialer's registry; 0 when not said (nodes older than this field).
+  #[inline]
+  pub fn shards(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Hello::VT_SHARDS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -192,6 +202,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
      .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
      .visit_field::<u32>("shard", Self::VT_SHARD, false)?
      .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
+     .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
      .finish();
     Ok(())
   }
@@ -201,6 +212,7 @@ pub struct HelloArgs<'a> {
     pub node_id: u64,
     pub shard: u32,
     pub protocol_version: u32,
+    pub shards: u32,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -210,6 +222,7 @@ impl<'a> Default for HelloArgs<'a> {
       node_id: 0,
       shard: 0,
       protocol_version: 0,
+      shards: 0,
     }
   }
 }
@@ -236,6 +249,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Hello::VT_PROTOCOL_VERSION, protocol_version, 0);
   }
   #[inline]
+  pub fn add_shards(&mut self, shards: u32) {
+    self.fbb_.push_slot::<u32>(Hello::VT_SHARDS, shards, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloBuilder {
@@ -258,6 +275,7 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.field("node_id", &self.node_id());
       ds.field("shard", &self.shard());
       ds.field("protocol_version", &self.protocol_version());
+      ds.field("shards", &self.shards());
       ds.finish()
   }
 }

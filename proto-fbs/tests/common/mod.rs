@@ -36,7 +36,7 @@ pub fn sample_requests() -> Vec<Vec<u8>> {
     ];
     let failure = [TxnOpSpec { kind: TxnOpKind::Delete, key: b"{t}c", value: None }];
     vec![
-        e.hello(1, "local").to_vec(),
+        e.hello(1, "local", 2).to_vec(),
         e.get(2, b"k", Consistency::Stale).to_vec(),
         e.put(3, b"k", b"v").to_vec(),
         e.delete(4, b"k").to_vec(),
@@ -78,7 +78,7 @@ pub fn sample_replies() -> Vec<Vec<u8>> {
         e.scan(9, [entry, entry], Some(b"k"), false, 5).to_vec(),
         e.txn(
             10,
-            true,
+            None,
             &[TxnResultRef::Get(Some(entry)), TxnResultRef::Put(meta), TxnResultRef::Delete(true)],
             11,
         )
@@ -127,7 +127,7 @@ pub fn sample_errors() -> Vec<ErrorInfo<'static>> {
 pub fn sample_peer_frames() -> Vec<Vec<u8>> {
     let mut e = PeerEncoder::new();
     vec![
-        e.hello("local", 1, 0).to_vec(),
+        e.hello("local", 1, 0, 2).to_vec(),
         e.hello_ack(2, None).to_vec(),
         e.hello_ack(2, Some("cluster mismatch")).to_vec(),
         e.raft_batch([&b"m1"[..], &b"m2"[..]]).to_vec(),

@@ -105,6 +105,15 @@ impl ShardCore {
                 "protocol version {} not supported (this node speaks {CLIENT_PROTOCOL_VERSION})",
                 hello.protocol_version()
             )),
+            // 0: a client from before the field, which does not say.
+            Some(hello) if hello.shards() != 0 && hello.shards() != self.cfg.shards => {
+                Some(format!(
+                    "shard count mismatch: this cluster has {} shards, the client's registry file \
+                     says {}; use the registry file the nodes use",
+                    self.cfg.shards,
+                    hello.shards()
+                ))
+            }
             Some(_) => None,
         };
         match refusal {

@@ -205,7 +205,7 @@ impl ShardCore {
                                 TxnResult::Delete(deleted) => TxnResultRef::Delete(*deleted),
                             })
                             .collect();
-                    encoder.txn(w.id, outcome.succeeded, &results, index)
+                    encoder.txn(w.id, outcome.failed_compare, &results, index)
                 }
             };
             push_reply(out, w.conn, frame);

@@ -194,8 +194,9 @@ async fn connect(shard: &Shard, link: &PeerLink) -> std::io::Result<TcpStream> {
     let attempt = async {
         let mut stream = TcpStream::connect(link.addr.as_str()).await?;
         stream.set_nodelay(true)?;
-        let hello =
-            PeerEncoder::new().hello(&shard.registry.cluster, shard.node_id, shard.shard).to_vec();
+        let hello = PeerEncoder::new()
+            .hello(&shard.registry.cluster, shard.node_id, shard.shard, shard.registry.shards)
+            .to_vec();
         stream.write_all(&hello).await?;
         let mut buffer = FrameBuffer::new(4096);
         let frame = read_frame(&mut stream, &mut buffer).await?;
@@ -438,6 +439,15 @@ fn check_hello(shard: &Shard, frame: &[u8]) -> Result<u64, String> {
             "shard mismatch: this port serves shard {}, the peer is shard {}",
             shard.shard,
             hello.shard()
+        ));
+    }
+    if hello.shards() != 0 && hello.shards() != shard.registry.shards {
+        return Err(format!(
+            "shard count mismatch: this node runs {} shards, node {} runs {} (their registry \
+             files differ)",
+            shard.registry.shards,
+            hello.node_id(),
+            hello.shards()
         ));
     }
     let node = hello.node_id();

@@ -373,7 +373,7 @@ impl TestCluster {
     pub fn raw(&self, id: u64, shard: u32) -> RawConn {
         let addr = self.registry.node(id).expect("node").client_addr(shard);
         let mut conn = RawConn::connect(&addr);
-        let hello = RequestEncoder::new().hello(1, "test").to_vec();
+        let hello = RequestEncoder::new().hello(1, "test", self.registry.shards).to_vec();
         conn.send(&hello);
         let reply = conn.recv();
         assert!(verify_reply(&reply).unwrap().reply_as_hello_reply().is_some(), "hello accepted");
