@@ -175,6 +175,7 @@ if PATH="$bin:$PATH" "$here/rolling-restart.sh" --registry "$work/corekv.toml" -
   --restart-cmd "bash $work/restart-node.sh {id}" 1 2 > "$work/rolling-down.log" 2>&1; then
   fail "rolling restart went ahead with node 3 down"
 fi
-grep -q 'unreachable' "$work/rolling-down.log" || { cat "$work/rolling-down.log"; fail "no reason given"; }
+grep -q 'node 3: /health is not 200' "$work/rolling-down.log" ||
+  { cat "$work/rolling-down.log"; fail "no reason given"; }
 [ "$(cat "$work/pid-1")" = "${before_pid[1]}" ] || fail "node 1 was restarted while node 3 was down"
 echo "deploy checks passed"

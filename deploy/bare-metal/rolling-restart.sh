@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Restarts every node of a corekv cluster, one at a time, never taking a second node down
-# before the first is back: before each restart the whole cluster must be healthy, and after
-# it the restarted node must answer /health with 200 and every replica of every shard must
-# have applied what its leader had committed. Upgrades use the same procedure (install the
-# new binary on a node, then restart it).
+# before the first is back: before each restart and after it, every node must answer /health
+# with 200 (each of its shards has a leader it hears from and is not catching up) and every
+# replica of every shard must have applied what its leader had committed. Upgrades use the
+# same procedure (install the new binary on a node, then restart it).
 #
 #   rolling-restart.sh [--registry FILE] [--restart-cmd CMD] [--timeout SECONDS] [NODE_ID...]
 #
@@ -108,15 +108,30 @@ for shard, rs in sorted(shards.items()):
 ' "$1"
 }
 
-wait_healthy() { # what-we-wait-for [node-id to also need /health 200]
-  local what=$1 id=${2:-} deadline reason targets
+# Why a node does not answer /health with 200 (nothing when it does).
+unhealthy() { # id
+  local body
+  if body=$(curl -sf --max-time 2 "$(health_url "$1")" 2>/dev/null); then
+    return 0
+  fi
+  body=$(curl -s --max-time 2 "$(health_url "$1")" 2>/dev/null | head -n 1)
+  echo "node $1: /health is not 200 (${body:-no answer})"
+}
+
+wait_healthy() { # what-we-wait-for
+  local what=$1 deadline reason targets row nid
   deadline=$(($(date +%s) + timeout))
   targets=$(mktemp)
   rm -f "$targets"
   while :; do
     reason=""
-    if [ -n "$id" ] && ! curl -sf -o /dev/null "$(health_url "$id")"; then
-      reason="node $id: /health is not 200 yet"
+    for row in "${table[@]}"; do
+      nid=${row%% *}
+      reason=$(unhealthy "$nid")
+      [ -z "$reason" ] || break
+    done
+    if [ -n "$reason" ]; then
+      :
     elif ! reason=$("$ctl" status -o json --timeout 2s 2>&1 | check "$targets"); then
       :
     else
@@ -169,6 +184,6 @@ for id in "${nodes[@]}"; do
     echo "rolling-restart.sh: restarting node $id failed: $cmd" >&2
     exit 1
   fi
-  wait_healthy "node $id restarted and caught up" "$id" || exit 1
+  wait_healthy "node $id restarted and caught up" || exit 1
 done
 echo "all ${#nodes[@]} nodes restarted"

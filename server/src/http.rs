@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -23,42 +23,70 @@ const REQUEST_BYTES_MAX: usize = 8 * 1024;
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A shard's status as its executor last published it (every tick), and when.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// When the executor published it.
+    pub at: Instant,
+    /// The status.
+    pub status: ShardStatus,
+}
+
+/// Where a shard's executor publishes its status for the HTTP thread; `None` while the shard
+/// starts and once it stopped.
+pub type StatusSlot = Arc<Mutex<Option<Published>>>;
+
 /// What the endpoint reports from.
 pub struct HttpState {
     node_id: u64,
     cluster: String,
-    statuses: Vec<Arc<Mutex<Option<ShardStatus>>>>,
+    statuses: Vec<StatusSlot>,
     metrics: Vec<Arc<ShardMetrics>>,
+    /// A status older than this means the shard's executor is stuck: the node does not serve.
+    stale_after: Duration,
 }
 
 impl HttpState {
-    /// State over each shard's published status and metrics.
+    /// State over each shard's published status and metrics; a status older than
+    /// `stale_after` counts as a shard that does not serve.
     pub fn new(
         node_id: u64,
         cluster: String,
-        statuses: Vec<Arc<Mutex<Option<ShardStatus>>>>,
+        statuses: Vec<StatusSlot>,
         metrics: Vec<Arc<ShardMetrics>>,
+        stale_after: Duration,
     ) -> Self {
-        HttpState { node_id, cluster, statuses, metrics }
+        HttpState { node_id, cluster, statuses, metrics, stale_after }
     }
 
-    fn shard_statuses(&self) -> Vec<Option<ShardStatus>> {
+    fn shard_statuses(&self) -> Vec<Option<Published>> {
         self.statuses.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect()
     }
 
-    /// 200 when every shard serves; else 503 and why.
-    fn health(&self) -> (u16, String) {
+    /// Why each shard that does not serve does not (`core::health` says what serving means);
+    /// empty when the node serves.
+    fn problems(&self, shards: &[Option<Published>]) -> Vec<String> {
         let mut problems = Vec::new();
-        for (shard, status) in self.shard_statuses().iter().enumerate() {
-            match status {
-                None => problems.push(format!("shard {shard}: not serving")),
-                Some(s) => {
-                    if let Some(failure) = &s.failure {
-                        problems.push(format!("shard {shard}: {failure}"));
+        for (shard, published) in shards.iter().enumerate() {
+            match published {
+                None => problems.push(format!("shard {shard}: not started, or stopped")),
+                Some(p) if p.at.elapsed() > self.stale_after => problems.push(format!(
+                    "shard {shard}: its executor has not reported for {} ms (stuck?)",
+                    p.at.elapsed().as_millis()
+                )),
+                Some(p) => {
+                    if let Some(problem) = &p.status.problem {
+                        problems.push(format!("shard {shard}: {problem}"));
                     }
                 }
             }
         }
+        problems
+    }
+
+    /// 200 `ok` when every shard serves; else 503 and why, a line per shard.
+    fn health(&self) -> (u16, String) {
+        let problems = self.problems(&self.shard_statuses());
         if problems.is_empty() {
             (200, "ok\n".to_string())
         } else {
@@ -68,11 +96,16 @@ impl HttpState {
 
     fn status_json(&self) -> String {
         let shards = self.shard_statuses();
+        let problems = self.problems(&shards);
+        let statuses: Vec<Option<&ShardStatus>> =
+            shards.iter().map(|p| p.as_ref().map(|p| &p.status)).collect();
         let value = serde_json::json!({
             "node_id": self.node_id,
             "cluster": self.cluster,
-            "serving": shards.iter().all(|s| s.as_ref().is_some_and(|s| s.failure.is_none())),
-            "shards": shards,
+            // The same judgement as /health.
+            "serving": problems.is_empty(),
+            "problems": problems,
+            "shards": statuses,
         });
         serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
     }

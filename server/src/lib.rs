@@ -8,10 +8,13 @@
 //! - [`metrics`]: per-shard counters and histograms, Prometheus text.
 //! - [`profile`]: the in-process CPU profiler behind `/debug/pprof/flamegraph`.
 //! - [`dev`]: `corekv dev`, the one-command local cluster.
+//! - [`data_dir`]: a node's data directory: its lock and the cluster shape it was written
+//!   under.
 //! - [`constants`]: limits and timings.
 
 pub mod constants;
 pub mod core;
+pub mod data_dir;
 pub mod dev;
 pub mod http;
 pub mod logging;

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use corekv_client::registry::Registry;
 use corekv_server::core::SnapshotPolicy;
-use corekv_server::dev::DevOptions;
+use corekv_server::data_dir::ShapeMismatch;
+use corekv_server::dev::{DevOptions, DevRefusal, Request};
 use corekv_server::runtime::{check_cpus, parse_cpu_list, ServeOptions, Timing};
 
 #[derive(Parser)]
@@ -56,23 +57,50 @@ enum Command {
         #[arg(long, value_name = "LIST")]
         cpus: Option<String>,
     },
-    /// Start a local cluster on loopback and stop it on Ctrl-C.
+    /// Start a local cluster on loopback and stop it on Ctrl-C. On a directory that holds a
+    /// cluster, start that cluster (with its shape). A node that exits is left down while the
+    /// others serve; `corekv dev stop N` / `restart N` stop and start one.
+    #[command(args_conflicts_with_subcommands = true)]
     Dev {
-        /// Nodes to run.
-        #[arg(long, default_value_t = 3)]
-        nodes: u32,
-        /// Shards per node.
-        #[arg(long, default_value_t = 2)]
-        shards: u32,
+        #[command(subcommand)]
+        action: Option<DevAction>,
+        /// Nodes to run [default: the directory's cluster's, else 3].
+        #[arg(long)]
+        nodes: Option<u32>,
+        /// Shards per node [default: the directory's cluster's, else 2].
+        #[arg(long)]
+        shards: Option<u32>,
         /// Directory for the registry file, the data and the logs.
         #[arg(long, default_value = "corekv-dev")]
         dir: PathBuf,
-        /// First client port; peers use base+100 on, HTTP base+200 on (or more with many nodes).
-        #[arg(long, default_value_t = 7100)]
-        base_port: u16,
+        /// First client port; peers use base+100 on, HTTP base+200 on (or more with many
+        /// nodes) [default: the directory's cluster's, else 7100].
+        #[arg(long)]
+        base_port: Option<u16>,
         /// Remove the directory's data first.
         #[arg(long)]
         clean: bool,
+    },
+}
+
+/// What `corekv dev restart|stop` asks of the `corekv dev` running in a directory.
+#[derive(Subcommand)]
+enum DevAction {
+    /// Start node N of the running dev cluster again (after it exited or was stopped).
+    Restart {
+        /// The node id.
+        node: u64,
+        /// The running cluster's directory.
+        #[arg(long, default_value = "corekv-dev")]
+        dir: PathBuf,
+    },
+    /// Stop node N of the running dev cluster cleanly; the others keep serving.
+    Stop {
+        /// The node id.
+        node: u64,
+        /// The running cluster's directory.
+        #[arg(long, default_value = "corekv-dev")]
+        dir: PathBuf,
     },
 }
 
@@ -157,19 +185,42 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("corekv: {error:#}");
-                    ExitCode::from(1)
+                    // Data written under another cluster shape is a configuration error.
+                    let mismatch = error.downcast_ref::<ShapeMismatch>().is_some();
+                    ExitCode::from(if mismatch { 2 } else { 1 })
                 }
             }
         }
-        Command::Dev { nodes, shards, dir, base_port, clean } => {
+        Command::Dev { action: Some(action), .. } => dev_action(action),
+        Command::Dev { action: None, nodes, shards, dir, base_port, clean } => {
             corekv_server::logging::init("warn");
-            match corekv_server::dev::run(DevOptions { nodes, shards, dir, base_port, clean }) {
+            let options = DevOptions { nodes, shards, dir, base_port, clean };
+            match corekv_server::dev::run(options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("corekv dev: {error:#}");
-                    ExitCode::from(1)
+                    let refused = error.downcast_ref::<DevRefusal>().is_some();
+                    ExitCode::from(if refused { 2 } else { 1 })
                 }
             }
+        }
+    }
+}
+
+/// `corekv dev restart|stop N`: asks the running `corekv dev`, prints its answer.
+fn dev_action(action: DevAction) -> ExitCode {
+    let (dir, request) = match action {
+        DevAction::Restart { node, dir } => (dir, Request::Restart(node)),
+        DevAction::Stop { node, dir } => (dir, Request::Stop(node)),
+    };
+    match corekv_server::dev::send(&dir, request) {
+        Ok(answer) => {
+            println!("corekv dev: {answer}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("corekv dev: {error:#}");
+            ExitCode::from(1)
         }
     }
 }

@@ -35,6 +35,7 @@
 //! only up to the persisted index), so applying them in (e) before the current Ready's own
 //! flush is safe.
 
+mod health;
 mod reads;
 mod requests;
 mod snapshots;
@@ -170,6 +171,11 @@ pub struct ShardStatus {
     pub peers: Vec<PeerProgress>,
     /// Why this replica stopped accepting writes, if it did.
     pub failure: Option<String>,
+    /// Whether this replica serves (see `core::health`): a known leader it hears from, not
+    /// catching up, its WAL working. What `/health` reports.
+    pub serving: bool,
+    /// Why it does not serve, when it does not.
+    pub problem: Option<String>,
     /// Catching up from the leader before it takes part in elections again (it lost its data,
     /// or is new to a running cluster; see [`ShardCore::step`]).
     pub joining: bool,
@@ -216,6 +222,8 @@ pub struct ShardCore {
     /// A safety rule this replica breaks on purpose (the simulator's self-test); `None` in
     /// every real node.
     injected_bug: Option<InjectedBug>,
+    /// What `/health` is judged on: whom this replica hears from, how far behind it is.
+    health: health::Health,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -278,6 +286,7 @@ impl ShardCore {
             fresh: false,
             join_target: 0,
             injected_bug: None,
+            health: health::Health::default(),
         };
         if let Some(target) = core.raw.store().rebuilding() {
             // Restarted part way through catching up: on towards the same target.
@@ -385,6 +394,7 @@ impl ShardCore {
     /// One raft tick, plus the timeouts counted in ticks.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        self.health.tick(self.now_us, self.election_timeout_us());
         let caught_up = self.join_target > 0 && self.sm.applied_index() >= self.join_target;
         if self.joining && caught_up {
             self.joining = false;
@@ -458,6 +468,7 @@ impl ShardCore {
     /// joining too early.
     pub fn step(&mut self, mut message: Message) {
         use raft::eraftpb::MessageType;
+        self.health.heard(&message, self.now_us);
         let last = self.raw.raft.raft_log.last_index();
         let kind = message.get_msg_type();
         let mut ask_to_probe = None;
@@ -646,12 +657,21 @@ impl ShardCore {
     fn on_soft_state(&mut self, leader_id: u64, role: StateRole) {
         if leader_id != self.leader_id {
             self.metrics.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(
-                shard = self.cfg.shard,
-                leader = leader_id,
-                term = self.raw.raft.term,
-                "leader changed"
-            );
+            if leader_id == 0 {
+                tracing::info!(
+                    shard = self.cfg.shard,
+                    previous_leader = self.leader_id,
+                    term = self.raw.raft.term,
+                    "no leader known (an election is under way)"
+                );
+            } else {
+                tracing::info!(
+                    shard = self.cfg.shard,
+                    leader = leader_id,
+                    term = self.raw.raft.term,
+                    "leader changed"
+                );
+            }
         }
         if matches!(role, StateRole::Candidate | StateRole::PreCandidate)
             && !matches!(self.role, StateRole::Candidate | StateRole::PreCandidate)
@@ -799,6 +819,48 @@ impl ShardCore {
         }
     }
 
+    /// The election timeout raft-rs is configured with, in microseconds (the shortest one it
+    /// draws).
+    fn election_timeout_us(&self) -> u64 {
+        self.cfg.election_ticks as u64 * self.cfg.tick_ms * 1000
+    }
+
+    /// The leader is sending this replica a snapshot of index `index` (its first chunk
+    /// arrived): until it has applied that far, it does not count as serving.
+    pub fn on_snapshot_incoming(&mut self, index: u64) {
+        self.health.snapshot_incoming(index);
+    }
+
+    /// Why this replica does not serve, `None` when it does (see `core::health`).
+    fn health_problem(&self, role: &str) -> Option<String> {
+        let raft = &self.raw.raft;
+        let conf = raft.prs().conf().to_conf_state();
+        let voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
+        // A majority of the voters, and in a joint configuration of the outgoing ones too.
+        let is_quorum = |nodes: &std::collections::HashSet<u64>| {
+            let majority = |ids: &[u64]| {
+                ids.is_empty() || ids.iter().filter(|id| nodes.contains(id)).count() > ids.len() / 2
+            };
+            majority(conf.get_voters()) && majority(conf.get_voters_outgoing())
+        };
+        self.health.problem(&health::Replica {
+            now_us: self.now_us,
+            election_timeout_us: self.election_timeout_us(),
+            node_id: self.cfg.node_id,
+            leader_id: self.leader_id,
+            is_leader: self.is_leader(),
+            role,
+            term: raft.term,
+            voters: &voters,
+            is_quorum: &is_quorum,
+            applied_index: self.sm.applied_index(),
+            failure: self.failure.as_deref(),
+            shutting_down: self.shutting_down,
+            joining: self.joining,
+            fresh: self.fresh,
+        })
+    }
+
     /// Ticks elapsed since the core started.
     pub fn ticks(&self) -> u64 {
         self.ticks
@@ -859,14 +921,16 @@ impl ShardCore {
         } else {
             Vec::new()
         };
+        let role = match self.role {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre_candidate",
+        };
+        let problem = self.health_problem(role);
         ShardStatus {
             shard: self.cfg.shard,
-            role: match self.role {
-                StateRole::Leader => "leader",
-                StateRole::Follower => "follower",
-                StateRole::Candidate => "candidate",
-                StateRole::PreCandidate => "pre_candidate",
-            },
+            role,
             term: raft.term,
             leader_id: self.leader_id,
             commit_index: raft.raft_log.committed,
@@ -879,6 +943,8 @@ impl ShardCore {
             keys: self.sm.len() as u64,
             peers,
             failure: self.failure.clone(),
+            serving: problem.is_none(),
+            problem,
             joining: self.joining,
         }
     }

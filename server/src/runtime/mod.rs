@@ -17,13 +17,11 @@ mod notify;
 mod peer;
 pub mod shard;
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use corekv_client::registry::Registry;
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -64,37 +62,19 @@ pub struct ServeOptions {
     pub cpus: Option<Vec<usize>>,
 }
 
-/// Holds an exclusive lock on the data directory for the life of the process, so two nodes
-/// can never write the same WAL.
-struct DirLock(#[allow(dead_code)] File);
-
-fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let path = dir.join("LOCK");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    if !locked {
-        bail!("data directory {} is in use by another corekv process", dir.display());
-    }
-    Ok(DirLock(file))
-}
-
 /// Runs a node until SIGINT/SIGTERM. Errors at start-up (a port in use, a corrupt WAL, a
-/// locked data directory) are returned after every shard that did start has stopped.
+/// locked data directory, data written under another cluster shape — a
+/// [`crate::data_dir::ShapeMismatch`]) are returned after every shard that did start has
+/// stopped.
 pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let registry = Arc::new(options.registry);
     let node = registry
         .node(options.node_id)
         .with_context(|| format!("node id {} is not in the registry", options.node_id))?
         .clone();
-    let _lock = lock_data_dir(&options.data_dir)?;
+    let _lock = crate::data_dir::lock(&options.data_dir)?;
+    let identity = crate::data_dir::Identity::new(&registry.cluster, registry.shards);
+    crate::data_dir::check_and_record(&options.data_dir, &identity)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     install_signal_handler(shutdown.clone())?;
     let cpus = options.cpus.clone().unwrap_or_else(allowed_cpus);
@@ -145,8 +125,17 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     // The HTTP thread lives until the process exits; nothing to join.
     if failure.is_none() {
-        let state =
-            Arc::new(HttpState::new(options.node_id, registry.cluster.clone(), statuses, metrics));
+        // Executors publish their status every tick; two election timeouts without one
+        // means a stuck executor.
+        let election_ms = options.timing.tick_ms * options.timing.election_ticks as u64;
+        let stale_after = std::time::Duration::from_millis(2 * election_ms);
+        let state = Arc::new(HttpState::new(
+            options.node_id,
+            registry.cluster.clone(),
+            statuses,
+            metrics,
+            stale_after,
+        ));
         if let Err(error) = crate::http::start(&node.http_addr(), state) {
             failure = Some(format!("{error:#}"));
         }

@@ -571,6 +571,11 @@ async fn take_chunk(
             bytes = chunk.total_size(),
             "receiving a snapshot"
         );
+        {
+            let mut core = shard.core.borrow_mut();
+            core.set_now(shard.now_us());
+            core.on_snapshot_incoming(index);
+        }
         match IncomingSnapshot::start(&shard.snap_dir, index, term, chunk.total_size(), data).await
         {
             Ok(started) => *incoming = Some(started),

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -42,9 +42,10 @@ use super::notify::Notify;
 use super::peer::{accept_peers, peer_sender, start_snapshot_send, PeerLink};
 use crate::constants::{FRAME_SPLIT_BYTES, SHUTDOWN_DRAIN_MS, SNAPSHOT_FILES_KEPT};
 use crate::core::{
-    reconcile_log_with_snapshot, ConnId, CoreConfig, Outputs, ShardCore, ShardStatus, SnapshotJob,
+    reconcile_log_with_snapshot, ConnId, CoreConfig, Outputs, ShardCore, SnapshotJob,
     SnapshotPolicy,
 };
+use crate::http::{Published, StatusSlot};
 use crate::metrics::ShardMetrics;
 
 /// Raft timing, overridable for tests (`COREKV_TICK_MS`, see [`crate::runtime::Timing`]).
@@ -79,7 +80,7 @@ pub struct ShardContext {
     /// Counters the HTTP endpoint reads.
     pub metrics: Arc<ShardMetrics>,
     /// Status the HTTP endpoint reads, refreshed every tick.
-    pub status: Arc<Mutex<Option<ShardStatus>>>,
+    pub status: StatusSlot,
     /// Set by the signal handler: shut down cleanly.
     pub shutdown: Arc<AtomicBool>,
     /// Told once the shard serves (or why it could not start).
@@ -140,7 +141,7 @@ struct Listeners {
     client: TcpListener,
     peer: TcpListener,
     shutdown: Arc<AtomicBool>,
-    status: Arc<Mutex<Option<ShardStatus>>>,
+    status: StatusSlot,
     flusher: DmaFlusher,
     timing: Timing,
 }
@@ -182,14 +183,19 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
             ctx.shard_dir.display()
         ),
     };
+    // The keys are the snapshot's: the log entries after it apply once the shard starts
+    // (those its hard state says are committed at once, the rest as a leader commits them).
     tracing::info!(
         shard = ctx.shard,
         snapshot_index = sm.applied_index(),
-        keys = sm.len(),
-        records = recovered.records,
-        segments = recovered.segments.len(),
+        snapshot_keys = sm.len(),
+        wal_records = recovered.records,
+        wal_segments = recovered.segments.len(),
+        log_last_index = raft::Storage::last_index(&store).unwrap_or(0),
+        log_commit_index = store.hard_state().commit,
         elapsed_ms = started_at.elapsed().as_millis() as u64,
-        "state recovered"
+        "state recovered: snapshot loaded, the WAL read back; the log entries after the \
+         snapshot apply next"
     );
     let flusher = DmaFlusher::new(segments);
     flusher
@@ -290,7 +296,7 @@ async fn serve(shard: Rc<Shard>, listeners: Listeners) {
 }
 
 /// The driver: runs the core's loop whenever something happened, until shutdown is asked for.
-async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &Mutex<Option<ShardStatus>>) {
+async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &StatusSlot) {
     let mut out = Outputs::default();
     let mut encoder = PeerEncoder::new();
     loop {
@@ -307,7 +313,8 @@ async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &Mutex<Option<S
             if ticks > 0 {
                 let current = core.status();
                 shard.metrics.set_raft_position(&current);
-                *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(current);
+                *status.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Published { at: Instant::now(), status: current });
             }
             (core.take_snapshot_job(), core.take_prune())
         };

@@ -1,0 +1,401 @@
+//! What an operator and a new user run into, with real processes: data written under another
+//! cluster shape is refused, `/health` tells the truth, a client with the wrong registry
+//! learns it at once, and `corekv dev` survives a dead node and a second `corekv dev`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{block_on, corekv_bin, TestCluster};
+use corekv_client::registry::Registry;
+use corekv_client::{Client, ClientConfig, Error};
+
+/// `corekv serve` for node `id` of `cluster` with the registry at `registry`: exit code and
+/// stderr (the node must exit by itself within 20 s).
+fn serve_exit(cluster: &TestCluster, id: u64, registry: &std::path::Path) -> (i32, String) {
+    let mut child = Command::new(corekv_bin())
+        .arg("serve")
+        .arg("--registry")
+        .arg(registry)
+        .args(["--node-id", &id.to_string()])
+        .arg("--data-dir")
+        .arg(cluster.data_dir(id))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code().unwrap_or(-1), stderr)
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// Shows: a node whose data was written with 4 shards refuses a registry that says 2 (which
+// would hide most keys), and one that names another cluster, with exit status 2 and one line
+// naming the data directory and both values; with the right registry again, every key is
+// there.
+#[test]
+fn a_node_refuses_data_written_under_another_shape() {
+    let mut cluster = TestCluster::start(3, 4);
+    let client = cluster.client();
+    block_on(async {
+        for i in 0..10 {
+            client.put(format!("key-{i}"), format!("value-{i}")).await.unwrap();
+        }
+    });
+    for id in 1..=3 {
+        cluster.stop(id);
+    }
+    let text = std::fs::read_to_string(&cluster.registry_path).unwrap();
+    let two_shards = cluster.dir.path().join("two-shards.toml");
+    std::fs::write(&two_shards, text.replace("shards = 4", "shards = 2")).unwrap();
+    let renamed = cluster.dir.path().join("renamed.toml");
+    std::fs::write(&renamed, text.replace("cluster = \"test\"", "cluster = \"other\"")).unwrap();
+    for id in 1..=3 {
+        let (code, err) = serve_exit(&cluster, id, &two_shards);
+        let dir = cluster.data_dir(id).display().to_string();
+        assert_eq!(code, 2, "node {id}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(&dir), "names the data directory: {err}");
+        assert!(err.contains("written with 4 shards") && err.contains("shards = 2"), "{err}");
+    }
+    let (code, err) = serve_exit(&cluster, 1, &renamed);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cluster \"test\"") && err.contains("\"other\""), "{err}");
+    for id in 1..=3 {
+        cluster.restart(id);
+    }
+    cluster.wait_for_leaders(Duration::from_secs(30));
+    block_on(async {
+        for i in 0..10 {
+            let entry = client.get(format!("key-{i}")).await.unwrap();
+            assert_eq!(entry.map(|e| e.value), Some(format!("value-{i}").into_bytes()));
+        }
+    });
+}
+
+/// Node `id`'s `/health`: status code and body.
+fn health(cluster: &TestCluster, id: u64) -> (u16, String) {
+    cluster.http(id, "/health").unwrap_or((0, String::new()))
+}
+
+// Shows: /health is 503, with the reason per shard, on a node that cannot serve — alone of
+// three (no quorum), or cut off because every peer refuses it — and /status's "serving"
+// agrees; once a majority is back, 200 again.
+#[test]
+fn health_is_503_on_a_node_that_cannot_serve() {
+    let mut cluster = TestCluster::start(3, 2);
+    // A new cluster's followers count as serving once they have caught up with their leader.
+    cluster.wait_until(Duration::from_secs(10), "every node to say 200", || {
+        (1..=3).all(|id| health(&cluster, id).0 == 200)
+    });
+    cluster.kill(2);
+    cluster.kill(3);
+    // Within an election timeout, each shard: node 1 leads shard 0 and no longer hears a
+    // quorum; shard 1's leader was node 2.
+    cluster.wait_until(Duration::from_secs(10), "node 1 alone says 503 for both shards", || {
+        let (code, body) = health(&cluster, 1);
+        code == 503 && body.lines().count() == 2
+    });
+    let (_, body) = health(&cluster, 1);
+    for line in body.lines() {
+        let why = ["no leader known", "leader without a quorum", "no message from leader"];
+        assert!(why.iter().any(|w| line.contains(w)), "{body}");
+    }
+    let status = cluster.status(1).unwrap();
+    assert_eq!(status["serving"], false, "{status}");
+    assert_eq!(status["shards"][0]["serving"], false, "{status}");
+    let log = std::fs::read_to_string(cluster.log_path(1)).unwrap();
+    assert!(log.contains("no leader known"), "the log says so, not `leader=0`");
+
+    cluster.restart(2);
+    cluster.wait_until(Duration::from_secs(20), "nodes 1 and 2 say 200", || {
+        health(&cluster, 1).0 == 200 && health(&cluster, 2).0 == 200
+    });
+    assert_eq!(cluster.status(2).unwrap()["serving"], true);
+    let log = std::fs::read_to_string(cluster.log_path(2)).unwrap();
+    assert!(log.contains("snapshot_keys="), "the recovery line says what its keys count");
+
+    // Node 3 comes back with a registry naming another cluster (and fresh data): every peer
+    // refuses its hellos, and it hears from nobody.
+    let text = std::fs::read_to_string(&cluster.registry_path).unwrap();
+    let other = cluster.dir.path().join("other.toml");
+    std::fs::write(&other, text.replace("cluster = \"test\"", "cluster = \"other\"")).unwrap();
+    let stranger_dir = cluster.dir.path().join("stranger");
+    let mut stranger = Command::new(corekv_bin())
+        .arg("serve")
+        .arg("--registry")
+        .arg(&other)
+        .args(["--node-id", "3", "--data-dir"])
+        .arg(&stranger_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, body) = health(&cluster, 3);
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no leader known"), "{body}");
+}
+
+// Shows: a client whose registry file gives another shard count than the cluster's is told
+// so in one round trip, for keys of every shard — also those whose port does not exist on
+// the cluster — and so is corekvctl (exit status 2), instead of waiting out its deadline.
+#[test]
+fn a_client_with_another_shard_count_learns_it_at_once() {
+    let cluster = TestCluster::start(3, 2);
+    let text = std::fs::read_to_string(&cluster.registry_path).unwrap();
+    for shards in [1, 4] {
+        let wrong = text.replace("shards = 2", &format!("shards = {shards}"));
+        let registry = Registry::parse(&wrong, "wrong.toml").unwrap();
+        let client = Client::connect(ClientConfig::new(registry.clone()));
+        for shard in 0..shards {
+            let key = (0..)
+                .map(|i| format!("k{i}"))
+                .find(|k| client.shard_of(k.as_bytes()) == shard)
+                .unwrap();
+            let started = Instant::now();
+            let result = block_on(client.get(&key));
+            let error = match result {
+                Err(error @ Error::Handshake { .. }) => error.to_string(),
+                other => panic!("{shards} shards, key on shard {shard}: {other:?}"),
+            };
+            assert!(error.contains("shard count mismatch"), "{error}");
+            assert!(error.contains(&format!("says {shards}")), "{error}");
+            assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        }
+        let path = cluster.dir.path().join(format!("wrong-{shards}.toml"));
+        std::fs::write(&path, &wrong).unwrap();
+        let output = Command::new(common::corekvctl_bin())
+            .arg("--registry")
+            .arg(&path)
+            .args(["put", "k", "v"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{err}");
+        assert!(err.contains("shard count mismatch") && err.lines().count() == 1, "{err}");
+    }
+}
+
+/// A `corekv dev` process under test, with its output read line by line.
+struct Dev {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    printed: String,
+}
+
+impl Dev {
+    fn start(dir: &std::path::Path, args: &[&str]) -> Dev {
+        let mut child = Command::new(corekv_bin())
+            .arg("dev")
+            .args(args)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Dev { child, lines, printed: String::new() }
+    }
+
+    /// Reads output until a line containing `text`; panics if the output ends first.
+    fn wait_for(&mut self, text: &str) -> String {
+        loop {
+            let Some(Ok(line)) = self.lines.next() else {
+                panic!("corekv dev's output ended before {text:?}:\n{}", self.printed);
+            };
+            self.printed.push_str(&line);
+            self.printed.push('\n');
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling the child we started.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        wait_exit(&mut self.child, Duration::from_secs(40))
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.interrupt();
+        }
+    }
+}
+
+/// A base port for `corekv dev` whose ports are all free.
+fn dev_base(nodes: u32, shards: u32) -> u16 {
+    for attempt in 0..200u32 {
+        let base = 12_000 + ((std::process::id() * 13 + attempt * 337) % 15_000) as u16;
+        let text = corekv_server::dev::registry_text(nodes, shards, base);
+        let registry = Registry::parse(&text, "dev").unwrap();
+        let free = |p: u32| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
+        let all_free = registry.nodes.iter().all(|n| {
+            (0..shards).all(|s| free(n.client_port as u32 + s) && free(n.peer_port as u32 + s))
+                && free(n.http_port as u32)
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free ports for corekv dev");
+}
+
+/// `corekv dev` with `args`, run to its end: exit code and stderr.
+fn dev_exit(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let output = Command::new(corekv_bin()).arg("dev").args(args).arg("--dir").arg(dir).output();
+    let output = output.unwrap();
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+fn dev_client(dir: &std::path::Path) -> Client {
+    let registry = Registry::load(dir.join("corekv.toml")).unwrap();
+    let mut config = ClientConfig::new(registry);
+    config.timeout = Duration::from_secs(10);
+    Client::connect(config)
+}
+
+// Shows: in `corekv dev`, a node killed with SIGKILL is reported and left down while the
+// others keep serving; `corekv dev restart N` brings it back, `corekv dev stop N` stops one;
+// a second `corekv dev` in the same directory is refused with one line and rewrites nothing;
+// Ctrl-C still stops everything.
+#[test]
+fn dev_survives_a_dead_node_and_a_second_dev() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dev_base(3, 2).to_string();
+    let mut dev = Dev::start(dir.path(), &["--nodes", "3", "--shards", "2", "--base-port", &base]);
+    dev.wait_for("every shard has a leader");
+    let dir = dir.path().canonicalize().unwrap();
+    let registry_before = std::fs::read(dir.join("corekv.toml")).unwrap();
+
+    let (code, err) = dev_exit(&dir, &["--nodes", "5", "--shards", "4"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already running") && err.trim().lines().count() == 1, "{err}");
+    assert_eq!(std::fs::read(dir.join("corekv.toml")).unwrap(), registry_before);
+
+    let pid = node_pid(&dir, 2).expect("node 2 runs");
+    // SAFETY: killing a process of this test's dev cluster.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let line = dev.wait_for("node 2 exited");
+    assert!(line.contains("the other nodes keep serving"), "{line}");
+    dev.wait_for("corekv dev restart 2");
+    let client = dev_client(&dir);
+    put_during_failover(&client, "while-2-is-down");
+    block_on(async { assert!(client.get("while-2-is-down").await.unwrap().is_some()) });
+
+    let (code, out) = dev_action(&dir, &["restart", "2"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("node 2 restarted"), "{out}");
+    let (code, out) = dev_action(&dir, &["restart", "2"]);
+    assert_eq!(code, 1, "a running node is not restarted: {out}");
+    let (code, out) = dev_action(&dir, &["stop", "3"]);
+    assert_eq!((code, out.contains("node 3 stopped")), (0, true), "{out}");
+    // Nodes 1 and 2 are a majority: node 2 caught up and serves.
+    put_during_failover(&client, "after-restart");
+    let status = dev.interrupt();
+    assert!(status.success(), "corekv dev exited with {status}");
+    assert!(node_pid(&dir, 1).is_none() && node_pid(&dir, 2).is_none(), "every node stopped");
+}
+
+/// Puts `key` while leaders may be changing: a put in flight when a leader goes away may end
+/// `Indeterminate` (the client never sends a write twice), so the test puts again.
+fn put_during_failover(client: &Client, key: &str) {
+    let started = Instant::now();
+    loop {
+        match block_on(client.put(key, "yes")) {
+            Ok(_) => return,
+            Err(error @ (Error::Indeterminate(_) | Error::Unavailable { .. }))
+                if started.elapsed() < Duration::from_secs(20) =>
+            {
+                eprintln!("put {key}: {error}; again");
+            }
+            Err(error) => panic!("put {key}: {error}"),
+        }
+    }
+}
+
+/// `corekv dev ACTION... --dir DIR`: exit code and stdout+stderr.
+fn dev_action(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let output = Command::new(corekv_bin()).arg("dev").args(args).arg("--dir").arg(dir).output();
+    let output = output.unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// The pid of the `corekv serve` process of dev node `id` in `dir`, if one runs.
+fn node_pid(dir: &std::path::Path, id: u64) -> Option<libc::pid_t> {
+    let data = dir.join(format!("node-{id}")).display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: libc::pid_t = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        (cmdline.contains(" serve ") && cmdline.contains(&format!("{data} "))).then_some(pid)
+    })
+}
+
+// Shows: `corekv dev` on a directory that holds a 1-node, 4-shard cluster refuses to start it
+// as 2 shards (exit status 2, one line saying what it holds and how to start it), and
+// without flags starts it with its own shape, every key there.
+#[test]
+fn dev_keeps_the_shape_of_the_cluster_in_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dev_base(1, 4).to_string();
+    {
+        let mut dev =
+            Dev::start(dir.path(), &["--nodes", "1", "--shards", "4", "--base-port", &base]);
+        dev.wait_for("every shard has a leader");
+        let client = dev_client(dir.path());
+        block_on(async {
+            for i in 0..10 {
+                client.put(format!("key-{i}"), "v").await.unwrap();
+            }
+        });
+        assert!(dev.interrupt().success());
+    }
+    let (code, err) = dev_exit(dir.path(), &["--nodes", "1", "--shards", "2"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("1 nodes x 4 shards") && err.contains("--clean"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let text = std::fs::read_to_string(dir.path().join("corekv.toml")).unwrap();
+    assert!(text.contains("shards = 4"), "the registry is left as it was:\n{text}");
+
+    let mut dev = Dev::start(dir.path(), &[]);
+    let line = dev.wait_for("started");
+    assert!(line.contains("1 nodes x 4 shards"), "{line}");
+    dev.wait_for("every shard has a leader");
+    let client = dev_client(dir.path());
+    block_on(async {
+        for i in 0..10 {
+            assert!(client.get(format!("key-{i}")).await.unwrap().is_some(), "key-{i}");
+        }
+    });
+}
