@@ -26,7 +26,7 @@ if [ -z "$dir" ]; then
 fi
 mkdir -p "$dir"
 command -v fio >/dev/null || { echo "wal-vs-fio.sh: fio not found (apt-get install fio)" >&2; exit 2; }
-cargo build --release -q -p corekv-storage --bin corekv-wal
+cargo build --release -q -p corekv-server --bin corekv-wal
 wal=target/release/corekv-wal
 
 fio_run() { # bs engine

@@ -107,17 +107,17 @@
 //!
 //! # Modules
 //!
-//! - [`registry`] and [`placement`]: the registry file and where keys live (shared with the
-//!   server).
+//! - [`registry`] and [`placement`]: the registry file and where keys live (the
+//!   `corekv-types` crate the server uses too, re-exported).
 //! - The client itself ([`Client`], [`ClientConfig`]) and its value types.
 #![deny(missing_docs)]
 
 mod client;
 mod connection;
 mod error;
-pub mod placement;
-pub mod registry;
 mod types;
+
+pub use corekv_types::{placement, registry};
 
 pub use client::{Client, ClientConfig};
 pub use error::{Error, Result};

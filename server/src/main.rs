@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use corekv_client::registry::Registry;
 use corekv_server::core::SnapshotPolicy;
 use corekv_server::data_dir::ShapeMismatch;
 use corekv_server::dev::{DevOptions, DevRefusal, Request};
 use corekv_server::runtime::{check_cpus, parse_cpu_list, ServeOptions, Timing};
+use corekv_types::registry::Registry;
 
 #[derive(Parser)]
 #[command(name = "corekv", version, about = "A strongly consistent, replicated key-value store")]

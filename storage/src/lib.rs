@@ -1,6 +1,6 @@
 //! corekv's storage: everything a shard keeps on disk.
 //!
-//! - [`wal`]: the write-ahead log — segment files written with O_DIRECT through glommio, records
+//! - [`wal`]: the write-ahead log — segment files (written with O_DIRECT by the server), records
 //!   with crc32c, group commit, recovery that truncates torn tails and refuses corruption.
 //! - [`raft_log`]: raft-rs's [`raft::Storage`] on top of the WAL: entries, hard state,
 //!   compaction, and the hooks for asynchronous persistence.
@@ -8,12 +8,13 @@
 //! - [`state_machine`]: the ordered map of keys, values and per-key metadata that applying
 //!   committed entries builds: the newest snapshot read in place, plus overlays of the changes
 //!   since.
-//! - [`snapshot`]: rkyv snapshot files — building, writing with direct I/O, receiving, loading.
+//! - [`snapshot`]: rkyv snapshot files — building, validating, loading, listing.
 //! - [`constants`]: sizes and limits.
 //!
 //! The write path is sans-IO: [`wal::WalWriter`] and [`raft_log::RaftLogStore`] decide what to
-//! write; a shell (the server's glommio runtime via [`wal::dma::DmaFlusher`], or
-//! [`wal::StdFlusher`] in tools and tests, or a simulator) performs it and reports back.
+//! write; a shell (the server's glommio runtime, `corekv_server::runtime::disk`, with O_DIRECT
+//! I/O; [`wal::StdFlusher`] in tests; or a simulator) performs it and reports back. No async
+//! runtime is a dependency of this crate.
 #![deny(missing_docs)]
 
 pub mod command;

@@ -263,7 +263,7 @@ impl ShardCore {
             ..Default::default()
         };
         let raw = RawNode::new(&config, store, logger)?;
-        let slots = corekv_client::placement::slot_range(cfg.shard, cfg.shards);
+        let slots = corekv_types::placement::slot_range(cfg.shard, cfg.shards);
         let mut core = ShardCore {
             cfg,
             raw,

@@ -9,7 +9,6 @@
 
 use std::ops::Bound;
 
-use corekv_client::placement::{shard_for_slot, slot};
 use corekv_proto::client::{
     self as wire, CompareOp as WireCompareOp, CompareTarget as WireCompareTarget, Consistency,
     Request, RequestFrame, TxnOpKind as WireTxnOpKind,
@@ -20,6 +19,7 @@ use corekv_proto::constants::{
 use corekv_proto::encode::ErrorInfo;
 use corekv_proto::frame::verify_request;
 use corekv_storage::command::{Compare, CompareOp, CompareTarget, TxnOp, TxnOpKind};
+use corekv_types::placement::{shard_for_slot, slot};
 
 use super::reads::{ReadQuery, ReadWaiter, ScanQuery};
 use super::{push_reply, ConnId, ShardCore};

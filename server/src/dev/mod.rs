@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use corekv_client::registry::Registry;
+use corekv_types::registry::Registry;
 
 pub use control::{send, Request};
 use nodes::Nodes;

@@ -13,6 +13,7 @@
 
 mod background;
 mod client;
+pub mod disk;
 mod notify;
 mod peer;
 pub mod shard;
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use corekv_client::registry::Registry;
+use corekv_types::registry::Registry;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::constants::{ELECTION_TICKS, HEARTBEAT_TICKS, TICK_MS};

@@ -35,10 +35,10 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use super::disk::IncomingSnapshot;
 use corekv_proto::constants::PEER_PROTOCOL_VERSION;
 use corekv_proto::encode::PeerEncoder;
 use corekv_proto::frame::{verify_peer, FrameBuffer};
-use corekv_storage::snapshot::dma::IncomingSnapshot;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use raft::eraftpb::{Message, MessageType};

@@ -25,14 +25,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::disk::{self, DmaFlusher};
 use anyhow::Context;
-use corekv_client::registry::Registry;
 use corekv_proto::encode::PeerEncoder;
 use corekv_storage::raft_log::RaftLogStore;
 use corekv_storage::snapshot::{self, Archive};
 use corekv_storage::state_machine::StateMachine;
-use corekv_storage::wal::dma::DmaFlusher;
 use corekv_storage::wal::{RecoveryMode, SegmentDir, SegmentIdentity};
+use corekv_types::registry::Registry;
 use glommio::net::TcpListener;
 use raft::eraftpb::{ConfState, Message};
 
@@ -378,7 +378,7 @@ async fn make_snapshot(shard: Rc<Shard>, job: SnapshotJob) {
         })?;
         let archive = built.await.context("the snapshot thread died")??;
         let archive = Arc::new(archive);
-        snapshot::dma::write_snapshot_file(&dir, &archive, write_bytes_per_sec).await?;
+        disk::write_snapshot_file(&dir, &archive, write_bytes_per_sec).await?;
         Ok(archive)
     }
     .await;

@@ -20,11 +20,9 @@
 //! file, a crc32c over it and rkyv's validation (`bytecheck`), never a deserialization pass.
 //! The header block keeps the payload 4096-aligned for direct I/O and rkyv alike.
 //!
-//! Files are written whole under a temporary name, synced, and renamed into place
-//! ([`dma::write_snapshot_file`]), so a file with the final name is always complete; a damaged
-//! one is refused on load with its path and the reason.
-
-pub mod dma;
+//! Files are written whole under a temporary name, synced, and renamed into place (by the
+//! server's `runtime::disk::write_snapshot_file`, with direct I/O), so a file with the final
+//! name is always complete; a damaged one is refused on load with its path and the reason.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;

@@ -1,6 +1,6 @@
 //! A WAL directory on a real file system: segment files, spares, and the blocking operations
-//! around them (prepare, activate, retire, read). The hot-path writes go through
-//! [`crate::wal::dma`]; this module does what happens once per segment, at start-up, or in
+//! around them (prepare, activate, retire, read). The hot-path writes go through the server's
+//! O_DIRECT flusher (`corekv_server::runtime::disk`); this module does what happens once per segment, at start-up, or in
 //! tools and tests, where blocking `std::fs` calls are fine.
 //!
 //! Segment preparation writes the whole file (header block with sequence number 0, then zeros)
@@ -314,7 +314,7 @@ impl SegmentSource for SegmentDir {
 }
 
 /// Runs flush jobs with blocking `std::fs` calls: `pwrite` then `fdatasync` per segment. Used by
-/// tools (repair, inspection) and tests; the server uses [`crate::wal::dma::DmaFlusher`].
+/// tools (repair, inspection) and tests; the server uses its O_DIRECT `DmaFlusher`.
 #[derive(Debug)]
 pub struct StdFlusher {
     dir: SegmentDir,

@@ -5,10 +5,11 @@
 //! - [`recovery`]: reading segments back, torn-tail truncation, corruption refusal.
 //! - [`files`]: the directory on a real file system (prepare, activate, retire, read) and a
 //!   blocking flusher for tools and tests.
-//! - [`dma`]: the glommio O_DIRECT flusher the server runs.
 //! - [`memory`]: an in-memory disk for tests and the simulator.
+//!
+//! The O_DIRECT flusher the server runs lives in the server's glommio runtime
+//! (`corekv_server::runtime::disk`): this crate knows no async runtime.
 
-pub mod dma;
 pub mod files;
 pub mod format;
 pub mod memory;

@@ -4,7 +4,7 @@
 //! that names the file.
 //!
 //! ```
-//! use corekv_client::registry::Registry;
+//! use corekv_types::registry::Registry;
 //! let registry = Registry::parse(r#"
 //!     cluster = "local"
 //!     shards = 2

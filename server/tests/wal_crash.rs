@@ -5,7 +5,7 @@
 //! exactly `0, 1, 2, ...` with nothing damaged or stray after the last good one, and that the
 //! next run continues from there.
 //!
-//! CI runs 50 kills; `cargo test -p corekv-storage --test crash -- --ignored` runs 500. The
+//! CI runs 50 kills; `cargo test -p corekv-server --test wal_crash -- --ignored` runs 500. The
 //! random delays come from a seed printed at the start; `CRASH_SEED=<seed>` replays them.
 
 use std::io::{BufRead, BufReader};

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use corekv_server::runtime::disk::DmaFlusher;
 use corekv_storage::constants::{SEGMENT_BYTES, SPARE_SEGMENTS};
-use corekv_storage::wal::dma::DmaFlusher;
 use corekv_storage::wal::{recover, Lsn, RecoveryMode, SegmentDir, SegmentIdentity, WalWriter};
 use glommio::{LocalExecutorBuilder, Placement};
 

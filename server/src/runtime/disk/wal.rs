@@ -1,7 +1,6 @@
 //! The WAL's I/O shell on glommio: runs [`FlushJob`]s with O_DIRECT writes through glommio's
-//! DMA files (io_uring) and `fdatasync`, and keeps spare segments prepared. This is the only
-//! module of the storage crate that touches glommio; everything it runs was decided by the
-//! sans-IO [`crate::wal::writer::WalWriter`].
+//! DMA files (io_uring) and `fdatasync`, and keeps spare segments prepared. Everything it
+//! runs was decided by the storage crate's sans-IO [`corekv_storage::wal::WalWriter`].
 //!
 //! Once-per-segment work runs off the executor so it keeps serving: renaming and syncing the
 //! directory on glommio's blocking thread pool, preparing a spare (writing 64 MiB) on a
@@ -11,9 +10,8 @@ use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
 
-use crate::error::{Result, StorageError};
-use crate::wal::files::SegmentDir;
-use crate::wal::writer::FlushJob;
+use corekv_storage::error::{Result, StorageError};
+use corekv_storage::wal::{FlushJob, SegmentDir};
 
 /// Runs flush jobs for one shard's WAL on the current glommio executor.
 #[derive(Debug)]
@@ -103,17 +101,19 @@ impl DmaFlusher {
     }
 
     /// [`SegmentDir::prepare_spares`] on a background thread
-    /// ([`crate::pacing::spawn_background`]). Not on glommio's blocking pool: its thread has
+    /// ([`corekv_storage::pacing::spawn_background`]). Not on glommio's blocking pool: its thread has
     /// normal priority on the executor's core, and writing 64 MiB there (some 200 ms of CPU
     /// on a tmpfs, in 3–5 ms slices) kept the executor waiting for its core meanwhile.
     pub async fn ensure_spares(&self) -> Result<()> {
         let dir = self.dir.clone();
         let path = dir.wal_dir().to_path_buf();
         let prepared =
-            crate::pacing::spawn_background("wal-spare".to_string(), move || dir.prepare_spares())
-                .map_err(|e| {
-                    StorageError::io("start a thread to prepare a spare segment in", &path, e)
-                })?;
+            corekv_storage::pacing::spawn_background("wal-spare".to_string(), move || {
+                dir.prepare_spares()
+            })
+            .map_err(|e| {
+                StorageError::io("start a thread to prepare a spare segment in", &path, e)
+            })?;
         prepared.await.unwrap_or_else(|_| {
             let died = std::io::Error::other("the thread preparing a spare segment panicked");
             Err(StorageError::io("prepare a spare segment in", &path, died))

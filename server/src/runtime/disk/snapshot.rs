@@ -10,10 +10,12 @@ use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
 
-use super::{file_name, Archive, SNAPSHOT_HEADER_BYTES};
-use crate::constants::{BACKGROUND_SYNC_EVERY_BYTES, BACKGROUND_WRITE_CHUNK_BYTES, BLOCK_BYTES};
-use crate::error::{Result, StorageError};
-use crate::pacing::Pacer;
+use corekv_storage::constants::{
+    BACKGROUND_SYNC_EVERY_BYTES, BACKGROUND_WRITE_CHUNK_BYTES, BLOCK_BYTES,
+};
+use corekv_storage::error::{Result, StorageError};
+use corekv_storage::pacing::Pacer;
+use corekv_storage::snapshot::{file_name, Archive, SNAPSHOT_HEADER_BYTES};
 
 fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)

@@ -4,7 +4,7 @@
 //! `[s * 16384 / n, (s + 1) * 16384 / n)`.
 //!
 //! ```
-//! use corekv_client::placement::{crc16_xmodem, slot, shard_for_key};
+//! use corekv_types::placement::{crc16_xmodem, slot, shard_for_key};
 //! assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
 //! // Keys with the same hash tag share a slot, so they can be used in one transaction.
 //! assert_eq!(slot(b"{user:1}:name"), slot(b"{user:1}:mail"));

@@ -1,0 +1,11 @@
+//! What corekv's server, client and tools share, with no runtime under it (no tokio, no
+//! glommio): the words both sides of the wire must agree on.
+//!
+//! - [`registry`]: the registry file — the cluster's name, shard count and nodes — loaded and
+//!   validated the same way everywhere.
+//! - [`placement`]: where a key lives: its slot (Redis Cluster's CRC16 rule) and the shard
+//!   that owns the slot.
+#![deny(missing_docs)]
+
+pub mod placement;
+pub mod registry;
