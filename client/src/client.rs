@@ -1,38 +1,23 @@
 //! The client: routes each key to its shard, finds and caches each shard's leader, retries
-//! within a deadline, and turns replies into Rust values.
-//!
-//! Retry rules, per call (all inside the call's deadline):
-//! - `NotLeader` with a hint: go to the hinted leader at once and cache it. Without a hint (an
-//!   election is under way): try the shard's other nodes, with capped exponential backoff and
-//!   jitter.
-//! - `Busy`: wait what the server asked (plus jitter), then retry the same node.
-//! - `Unavailable`, a refused or failed connection: back off and try the next node.
-//! - A connection lost after a request was sent, or a server `Timeout`: reads retry; a write
-//!   fails with [`Error::Indeterminate`]. A write is never sent twice: the first copy may
-//!   still apply (a leader that proposed it can lose its leadership after replicating it),
-//!   and a second one applying after another client's write to the key would undo that
-//!   write — the history `a, b, a` from one put of `a`, which no order explains.
-//! - No answer from a node within `attempt_timeout` (a partitioned or paused node): reads try
-//!   the next node; puts and deletes fail with [`Error::Indeterminate`]; a transaction waits
-//!   for its deadline. The shard's next call starts at the next node.
-//! - When the deadline passes: [`Error::Unavailable`], or [`Error::Indeterminate`] for a write
-//!   that was sent without a definite answer.
+//! within a deadline ([`crate::retry`] has the rules), and turns replies into Rust values.
+//! Batches and scans fan out to their shards at once and come back in the caller's order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corekv_proto::client::{self as wire, ErrorKind, ReplyFrame};
+use corekv_proto::client::{self as wire, ErrorKind};
 use corekv_proto::constants::{BATCH_KEYS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use corekv_proto::encode::{CompareSpec, RequestEncoder, ScanSpec, TxnOpSpec};
-use corekv_proto::frame::verify_reply;
+use corekv_proto::frame::VerifiedReply;
 use futures_util::stream::Stream;
 
 use crate::connection::{CallError, Connection, OpenError};
 use crate::error::{Error, Result};
 use crate::placement::shard_for_key;
 use crate::registry::Registry;
+use crate::retry::{self, Outcome, Retry, Rules, ServerError, Step, Target, Wait};
 use crate::types::{
     CompareOp, CompareTarget, Consistency, KeyMeta, KeyValue, ReadOptions, ReplicaReport,
     ReplicaStatus, Role, ScanOptions, ScanPage, ScanRange, Txn, TxnOp, TxnOpResult, TxnResponse,
@@ -76,18 +61,6 @@ impl ClientConfig {
             backoff_max: Duration::from_millis(500),
         }
     }
-}
-
-/// Whether a request may be sent again after its outcome became unknown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// Reads: always.
-    Read,
-    /// Put and delete (and their batches): never once sent (see the module docs), and an
-    /// attempt that gets no answer within `attempt_timeout` ends the call.
-    Write,
-    /// Transactions: never once sent; the call waits for its deadline.
-    Once,
 }
 
 /// A corekv client. Cheap to clone; clones share connections and the leader cache.
@@ -230,7 +203,7 @@ impl Client {
                 e.get(id, key, consistency)
             })
             .await?;
-        let reply = verify_reply(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+        let reply = frame.reply();
         let get = reply.reply_as_get_reply().ok_or_else(|| protocol("get"))?;
         Ok(get.entry().map(|e| key_value(&e)))
     }
@@ -259,7 +232,7 @@ impl Client {
                 |id, e| e.put(id, key, value),
             )
             .await?;
-        let reply = verify_reply(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+        let reply = frame.reply();
         let put = reply.reply_as_put_reply().ok_or_else(|| protocol("put"))?;
         Ok(meta(put.meta()))
     }
@@ -282,7 +255,7 @@ impl Client {
                 |id, e| e.delete(id, key),
             )
             .await?;
-        let reply = verify_reply(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+        let reply = frame.reply();
         let delete = reply.reply_as_delete_reply().ok_or_else(|| protocol("delete"))?;
         Ok(delete.deleted())
     }
@@ -317,6 +290,40 @@ impl Client {
         Ok(groups)
     }
 
+    /// Runs `per_shard` for every shard's group of item positions at once, and puts the
+    /// results back in the caller's order: item `i`'s result at `i` (`fill` until then).
+    /// Each group's call returns one result per position, in order.
+    async fn fan_out<'c, T, F, Fut>(
+        &self,
+        groups: &'c BTreeMap<u32, Vec<usize>>,
+        items: usize,
+        fill: T,
+        per_shard: F,
+    ) -> Result<Vec<T>>
+    where
+        T: Clone,
+        F: Fn(u32, &'c [usize]) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>>>,
+    {
+        let calls = groups.iter().map(|(&shard, positions)| per_shard(shard, positions));
+        let results = futures_util::future::join_all(calls).await;
+        let mut out = vec![fill; items];
+        for ((_, positions), result) in groups.iter().zip(results) {
+            let result = result?;
+            if result.len() != positions.len() {
+                return Err(Error::Protocol(format!(
+                    "a batch reply has {} results for {} keys",
+                    result.len(),
+                    positions.len()
+                )));
+            }
+            for (&i, value) in positions.iter().zip(result) {
+                out[i] = value;
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads several keys; one result per key, in order.
     pub async fn batch_get<K: AsRef<[u8]>>(
         &self,
@@ -325,37 +332,18 @@ impl Client {
     ) -> Result<Vec<Option<KeyValue>>> {
         let groups = self.by_shard(keys.iter().map(|k| k.as_ref()))?;
         let consistency = wire_consistency(options.consistency);
-        let calls = groups.iter().map(|(&shard, positions)| {
+        self.fan_out(&groups, keys.len(), None, |shard, positions| async move {
             let shard_keys: Vec<&[u8]> = positions.iter().map(|&i| keys[i].as_ref()).collect();
-            async move {
-                let frame = self
-                    .call(shard, Retry::Read, options.timeout, options.consistency, |id, e| {
-                        e.batch_get(id, &shard_keys, consistency)
-                    })
-                    .await?;
-                let reply = verify_reply(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
-                let batch =
-                    reply.reply_as_batch_get_reply().ok_or_else(|| protocol("batch get"))?;
-                if batch.results().len() != positions.len() {
-                    return Err(Error::Protocol(
-                        "batch get reply has the wrong number of results".into(),
-                    ));
-                }
-                Ok(batch
-                    .results()
-                    .iter()
-                    .map(|r| r.entry().map(|e| key_value(&e)))
-                    .collect::<Vec<_>>())
-            }
-        });
-        let results = futures_util::future::join_all(calls).await;
-        let mut out = vec![None; keys.len()];
-        for ((_, positions), result) in groups.iter().zip(results) {
-            for (&i, value) in positions.iter().zip(result?) {
-                out[i] = value;
-            }
-        }
-        Ok(out)
+            let reply = self
+                .call(shard, Retry::Read, options.timeout, options.consistency, |id, e| {
+                    e.batch_get(id, &shard_keys, consistency)
+                })
+                .await?;
+            let reply = reply.reply();
+            let batch = reply.reply_as_batch_get_reply().ok_or_else(|| protocol("batch get"))?;
+            Ok(batch.results().iter().map(|r| r.entry().map(|e| key_value(&e))).collect())
+        })
+        .await
     }
 
     /// Writes several keys; metadata per item, in order. Atomic within each shard.
@@ -368,38 +356,19 @@ impl Client {
             check_value(v.as_ref())?;
         }
         let groups = self.by_shard(items.iter().map(|(k, _)| k.as_ref()))?;
-        let calls = groups.iter().map(|(&shard, positions)| {
+        self.fan_out(&groups, items.len(), KeyMeta::default(), |shard, positions| async move {
             let shard_items: Vec<(&[u8], &[u8])> =
                 positions.iter().map(|&i| (items[i].0.as_ref(), items[i].1.as_ref())).collect();
-            async move {
-                let frame = self
-                    .call(
-                        shard,
-                        Retry::Write,
-                        options.timeout,
-                        Consistency::Linearizable,
-                        |id, e| e.batch_put(id, &shard_items),
-                    )
-                    .await?;
-                let reply = verify_reply(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
-                let batch =
-                    reply.reply_as_batch_put_reply().ok_or_else(|| protocol("batch put"))?;
-                if batch.metas().len() != positions.len() {
-                    return Err(Error::Protocol(
-                        "batch put reply has the wrong number of results".into(),
-                    ));
-                }
-                Ok(batch.metas().iter().map(meta).collect::<Vec<_>>())
-            }
-        });
-        let results = futures_util::future::join_all(calls).await;
-        let mut out = vec![KeyMeta::default(); items.len()];
-        for ((_, positions), result) in groups.iter().zip(results) {
-            for (&i, m) in positions.iter().zip(result?) {
-                out[i] = m;
-            }
-        }
-        Ok(out)
+            let reply = self
+                .call(shard, Retry::Write, options.timeout, Consistency::Linearizable, |id, e| {
+                    e.batch_put(id, &shard_items)
+                })
+                .await?;
+            let reply = reply.reply();
+            let batch = reply.reply_as_batch_put_reply().ok_or_else(|| protocol("batch put"))?;
+            Ok(batch.metas().iter().map(meta).collect())
+        })
+        .await
     }
 
     /// Deletes several keys; whether each existed, in order. Atomic within each shard.
@@ -409,37 +378,19 @@ impl Client {
         options: WriteOptions,
     ) -> Result<Vec<bool>> {
         let groups = self.by_shard(keys.iter().map(|k| k.as_ref()))?;
-        let calls = groups.iter().map(|(&shard, positions)| {
+        self.fan_out(&groups, keys.len(), false, |shard, positions| async move {
             let shard_keys: Vec<&[u8]> = positions.iter().map(|&i| keys[i].as_ref()).collect();
-            async move {
-                let frame = self
-                    .call(
-                        shard,
-                        Retry::Write,
-                        options.timeout,
-                        Consistency::Linearizable,
-                        |id, e| e.batch_delete(id, &shard_keys),
-                    )
-                    .await?;
-                let reply = verify_reply(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
-                let batch =
-                    reply.reply_as_batch_delete_reply().ok_or_else(|| protocol("batch delete"))?;
-                if batch.deleted().len() != positions.len() {
-                    return Err(Error::Protocol(
-                        "batch delete reply has the wrong number of results".into(),
-                    ));
-                }
-                Ok(batch.deleted().iter().collect::<Vec<bool>>())
-            }
-        });
-        let results = futures_util::future::join_all(calls).await;
-        let mut out = vec![false; keys.len()];
-        for ((_, positions), result) in groups.iter().zip(results) {
-            for (&i, d) in positions.iter().zip(result?) {
-                out[i] = d;
-            }
-        }
-        Ok(out)
+            let reply = self
+                .call(shard, Retry::Write, options.timeout, Consistency::Linearizable, |id, e| {
+                    e.batch_delete(id, &shard_keys)
+                })
+                .await?;
+            let reply = reply.reply();
+            let batch =
+                reply.reply_as_batch_delete_reply().ok_or_else(|| protocol("batch delete"))?;
+            Ok(batch.deleted().iter().collect())
+        })
+        .await
     }
 
     // ----------------------------------------------------------------------------------
@@ -473,7 +424,7 @@ impl Client {
                     e.scan(id, &spec)
                 })
                 .await?;
-            let reply = verify_reply(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+            let reply = frame.reply();
             let scan = reply.reply_as_scan_reply().ok_or_else(|| protocol("scan"))?;
             let entries: Vec<KeyValue> = scan.entries().iter().map(|e| key_value(&e)).collect();
             Ok::<_, Error>((entries, scan.continuation().is_some()))
@@ -571,7 +522,7 @@ impl Client {
                 e.txn(id, &compares, &success, &failure)
             })
             .await?;
-        let reply = verify_reply(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+        let reply = frame.reply();
         if let Some(failed) = reply.reply_as_error_reply().and_then(|e| e.kind_as_compare_failed())
         {
             return Ok(TxnResponse {
@@ -640,7 +591,7 @@ impl Client {
                         last_error: format!("{e:?}"),
                     }
                 })?;
-        let reply = verify_reply(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+        let reply = frame.reply();
         let s = reply.reply_as_status_reply().ok_or_else(|| protocol("status"))?;
         Ok(ReplicaStatus {
             role: match s.role() {
@@ -736,8 +687,8 @@ impl Client {
     }
 
     /// Sends a request to shard `shard`'s leader (or any replica for stale reads), following
-    /// the retry rules of the module docs. Returns the reply frame; `CompareFailed` replies are
-    /// returned for the caller to interpret.
+    /// the rules of [`crate::retry`]. Returns the verified reply; `CompareFailed` replies are
+    /// returned for the caller to read as the transaction's outcome.
     async fn call(
         &self,
         shard: u32,
@@ -745,147 +696,128 @@ impl Client {
         timeout: Option<Duration>,
         consistency: Consistency,
         build: impl Fn(u64, &mut RequestEncoder) -> &[u8],
-    ) -> Result<Vec<u8>> {
+    ) -> Result<VerifiedReply> {
         let timeout = timeout.unwrap_or(self.inner.config.timeout);
         let started = Instant::now();
         let deadline = started + timeout;
-        let stale = consistency == Consistency::Stale;
+        let mut rules = Rules::new(retry, &self.inner.nodes);
         let mut node = self.first_node(shard);
-        let mut attempt = 0u32;
-        let mut sent = false;
-        let mut last_error = String::from("no attempt finished");
-        // Nodes that refused the connection in a row, with nothing else in between.
-        let mut refused: Vec<u64> = Vec::new();
         loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(if sent && retry != Retry::Read {
-                    Error::Indeterminate(format!("no answer within {timeout:?} ({last_error})"))
-                } else {
-                    Error::Unavailable { after: timeout, last_error }
-                });
+            if Instant::now() >= deadline {
+                return Err(rules.expired(timeout));
             }
-            let conn = match tokio::time::timeout_at(deadline.into(), self.connection(node, shard))
-                .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(OpenError::Fatal(error))) => return Err(error),
-                Ok(Err(failure)) => {
-                    if let OpenError::Refused(addr) = &failure {
-                        last_error = format!("connection refused by {addr}");
-                        if !refused.contains(&node) {
-                            refused.push(node);
-                        }
-                        if refused.len() == self.inner.nodes.len() {
-                            return Err(self.every_node_refused(shard, started).await);
-                        }
-                    } else if let OpenError::Unreachable(reason) = failure {
-                        refused.clear();
-                        last_error = reason;
-                    }
-                    self.forget_leader(shard, node);
-                    node = self.next_node(node);
-                    self.sleep_until(self.backoff(attempt), deadline).await;
-                    attempt += 1;
-                    continue;
-                }
+            let connected =
+                tokio::time::timeout_at(deadline.into(), self.connection(node, shard)).await;
+            let (outcome, conn) = match connected {
+                // The deadline passed while connecting: the check above ends the call.
                 Err(_) => continue,
-            };
-            refused.clear();
-            let attempt_started = Instant::now();
-            let attempt_deadline = if retry == Retry::Once {
-                deadline
-            } else {
-                deadline.min(attempt_started + self.inner.config.attempt_timeout)
-            };
-            let outcome = tokio::time::timeout_at(
-                attempt_deadline.into(),
-                conn.call(|id| encode(|e| build(id, e))),
-            )
-            .await;
-            let frame = match outcome {
-                Err(_) => {
-                    // No answer: the node may be partitioned away or paused. Its connection
-                    // is suspect, and the next attempt (of this call, or of the next call on
-                    // this shard) goes to another node; a NotLeader hint corrects the guess.
-                    sent = true;
-                    last_error = format!("node {node} did not answer");
-                    let given_up = retry == Retry::Write;
-                    // Reset, so this request cannot reach the node later, after the next
-                    // attempt (see `connection`).
-                    self.abort_connection(node, shard, &conn);
-                    let next = self.next_node(node);
-                    let slot = &self.inner.leaders[shard as usize];
-                    let _ = slot
-                        .compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed)
-                        .or_else(|_| {
-                            slot.compare_exchange(0, next, Ordering::Relaxed, Ordering::Relaxed)
-                        });
-                    if given_up {
-                        return Err(Error::Indeterminate(format!(
-                            "node {node} did not answer within {:?}",
-                            attempt_started.elapsed()
-                        )));
-                    }
-                    node = next;
-                    attempt += 1;
-                    continue;
-                }
-                Ok(Err(CallError::NotSent(reason))) => {
-                    last_error = reason;
-                    self.drop_connection(node, shard);
-                    attempt += 1;
-                    continue;
-                }
-                Ok(Err(CallError::Lost(reason))) => {
-                    self.drop_connection(node, shard);
-                    if retry != Retry::Read {
-                        self.forget_leader(shard, node);
-                        return Err(Error::Indeterminate(reason));
-                    }
-                    sent = true;
-                    last_error = reason;
-                    self.forget_leader(shard, node);
-                    node = self.next_node(node);
-                    self.sleep_until(self.backoff(attempt), deadline).await;
-                    attempt += 1;
-                    continue;
-                }
-                Ok(Ok(frame)) => frame,
-            };
-            let reply = verify_reply(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
-            let Some(error) = reply.reply_as_error_reply() else {
-                if !stale {
-                    self.inner.leaders[shard as usize].store(node, Ordering::Relaxed);
-                }
-                return Ok(frame);
-            };
-            match self.classify(&reply, error.kind_type(), retry, sent)? {
-                Next::Return => return Ok(frame),
-                Next::Leader(leader)
-                    if leader != node && self.registry().node(leader).is_some() =>
-                {
-                    last_error =
-                        format!("node {node} is not the leader; following the hint to {leader}");
-                    self.inner.leaders[shard as usize].store(leader, Ordering::Relaxed);
-                    node = leader;
-                    // A hint is usually right: no wait for the first few hops.
-                    if attempt >= 3 {
-                        self.sleep_until(self.backoff(attempt), deadline).await;
+                Ok(Err(OpenError::Fatal(error))) => return Err(error),
+                Ok(Err(OpenError::Refused(addr))) => (Outcome::Refused(addr), None),
+                Ok(Err(OpenError::Unreachable(reason))) => (Outcome::Unreachable(reason), None),
+                Ok(Ok(conn)) => {
+                    rules.connected();
+                    match self.attempt(&conn, retry, deadline, &build).await {
+                        Ok(reply) => {
+                            if consistency != Consistency::Stale {
+                                self.inner.leaders[shard as usize].store(node, Ordering::Relaxed);
+                            }
+                            return Ok(reply);
+                        }
+                        Err(outcome) => (outcome, Some(conn)),
                     }
                 }
-                Next::Leader(_) | Next::OtherNode => {
-                    last_error = error_text(&reply);
-                    self.forget_leader(shard, node);
-                    node = self.next_node(node);
-                    self.sleep_until(self.backoff(attempt), deadline).await;
+            };
+            let (target, wait) = match rules.after(node, outcome) {
+                Step::EveryNodeRefused => {
+                    return Err(self.every_node_refused(shard, started).await)
                 }
-                Next::Wait(delay) => {
-                    last_error = error_text(&reply);
-                    self.sleep_until(delay + self.jitter(delay), deadline).await;
+                Step::Fail { error, leader, connection } => {
+                    self.settle(shard, node, leader, connection, conn.as_deref());
+                    return Err(error);
                 }
+                Step::Again { target, wait, leader, connection } => {
+                    self.settle(shard, node, leader, connection, conn.as_deref());
+                    (target, wait)
+                }
+            };
+            node = match target {
+                Target::Same => node,
+                Target::Next => self.next_node(node),
+                Target::Hinted(leader) => leader,
+            };
+            match wait {
+                Wait::No => {}
+                Wait::Backoff => {
+                    let delay = self.backoff(rules.attempt.saturating_sub(1));
+                    self.sleep_until(delay, deadline).await;
+                }
+                Wait::For(delay) => self.sleep_until(delay + self.jitter(delay), deadline).await,
             }
-            attempt += 1;
+        }
+    }
+
+    /// One attempt on `conn`: the reply to hand back (a success, or `CompareFailed`), or what
+    /// the attempt came to for the retry rules. A transaction's attempt lasts until the
+    /// deadline; other calls' last at most `attempt_timeout`.
+    async fn attempt(
+        &self,
+        conn: &Connection,
+        retry: Retry,
+        deadline: Instant,
+        build: &impl Fn(u64, &mut RequestEncoder) -> &[u8],
+    ) -> Result<VerifiedReply, Outcome> {
+        let attempt_started = Instant::now();
+        let attempt_deadline = if retry == Retry::Once {
+            deadline
+        } else {
+            deadline.min(attempt_started + self.inner.config.attempt_timeout)
+        };
+        let answer = tokio::time::timeout_at(
+            attempt_deadline.into(),
+            conn.call(|id| encode(|e| build(id, e))),
+        )
+        .await;
+        let reply = match answer {
+            Err(_) => return Err(Outcome::NoAnswer(attempt_started.elapsed())),
+            Ok(Err(CallError::NotSent(reason))) => return Err(Outcome::NotSent(reason)),
+            Ok(Err(CallError::Lost(reason))) => return Err(Outcome::Lost(reason)),
+            Ok(Ok(reply)) => reply,
+        };
+        let Some(error) = reply.reply().reply_as_error_reply() else { return Ok(reply) };
+        match server_error(&error) {
+            Some(refusal) => Err(Outcome::Refusal(refusal)),
+            None => Ok(reply),
+        }
+    }
+
+    /// Carries out what a step says of the shard's cached leader and of the connection used.
+    fn settle(
+        &self,
+        shard: u32,
+        node: u64,
+        leader: retry::Leader,
+        connection: retry::Connection,
+        conn: Option<&Connection>,
+    ) {
+        let slot = &self.inner.leaders[shard as usize];
+        match leader {
+            retry::Leader::Keep => {}
+            retry::Leader::Forget => self.forget_leader(shard, node),
+            retry::Leader::Set(leader) => slot.store(leader, Ordering::Relaxed),
+            retry::Leader::MoveOn => {
+                let next = self.next_node(node);
+                let _ = slot
+                    .compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed)
+                    .or_else(|_| {
+                        slot.compare_exchange(0, next, Ordering::Relaxed, Ordering::Relaxed)
+                    });
+            }
+        }
+        match (connection, conn) {
+            (retry::Connection::Keep, _) => {}
+            (retry::Connection::Drop, _) => self.drop_connection(node, shard),
+            (retry::Connection::Reset, Some(conn)) => self.abort_connection(node, shard, conn),
+            (retry::Connection::Reset, None) => self.drop_connection(node, shard),
         }
     }
 
@@ -929,85 +861,48 @@ impl Client {
         let wake = (Instant::now() + delay).min(deadline);
         tokio::time::sleep_until(wake.into()).await;
     }
-
-    fn classify(
-        &self,
-        reply: &ReplyFrame<'_>,
-        kind: ErrorKind,
-        retry: Retry,
-        sent: bool,
-    ) -> Result<Next> {
-        let error = reply.reply_as_error_reply().expect("an error reply");
-        Ok(match kind {
-            ErrorKind::NotLeader => {
-                Next::Leader(error.kind_as_not_leader().map(|e| e.leader_id()).unwrap_or(0))
-            }
-            ErrorKind::Busy => Next::Wait(Duration::from_millis(
-                error.kind_as_busy().map(|b| b.retry_after_ms() as u64).unwrap_or(5).max(1),
-            )),
-            ErrorKind::Unavailable => Next::OtherNode,
-            ErrorKind::Timeout => {
-                if retry != Retry::Read {
-                    return Err(Error::Indeterminate(
-                        "the server timed out waiting for the write".into(),
-                    ));
-                }
-                let _ = sent;
-                Next::OtherNode
-            }
-            ErrorKind::WrongShard => {
-                return Err(Error::WrongShard {
-                    shard: error.kind_as_wrong_shard().map(|w| w.shard()).unwrap_or(0),
-                })
-            }
-            ErrorKind::InvalidRequest => return Err(Error::InvalidRequest(error_text(reply))),
-            ErrorKind::TooLarge => {
-                let t = error.kind_as_too_large();
-                return Err(Error::TooLarge {
-                    what: t.and_then(|t| t.what()).unwrap_or("request").to_string(),
-                    size: t.map(|t| t.size()).unwrap_or(0),
-                    limit: t.map(|t| t.limit()).unwrap_or(0),
-                });
-            }
-            ErrorKind::CompareFailed => Next::Return,
-            _ => return Err(Error::Protocol(format!("unknown error kind {}", kind.0))),
-        })
-    }
 }
 
-/// What to do after an error reply.
-enum Next {
-    /// Hand the frame to the caller.
-    Return,
-    /// Go to this leader (0: unknown).
-    Leader(u64),
-    /// Try another node after a backoff.
-    OtherNode,
-    /// Wait, then retry the same node.
-    Wait(Duration),
-}
-
-fn error_text(reply: &ReplyFrame<'_>) -> String {
-    let Some(error) = reply.reply_as_error_reply() else { return String::new() };
-    if let Some(e) = error.kind_as_invalid_request() {
-        return e.reason().unwrap_or("invalid request").to_string();
-    }
-    if let Some(e) = error.kind_as_unavailable() {
-        return format!("unavailable: {}", e.reason().unwrap_or("no reason given"));
-    }
-    if error.kind_as_busy().is_some() {
-        return "busy".to_string();
-    }
-    if error.kind_as_timeout().is_some() {
-        return "server timeout".to_string();
-    }
-    if let Some(e) = error.kind_as_not_leader() {
-        return match e.leader_id() {
-            0 => "not the leader (no leader known: an election is under way)".to_string(),
-            leader => format!("not the leader (node {leader} is)"),
-        };
-    }
-    format!("{:?}", error.kind_type().variant_name())
+/// An error reply as the retry rules take it; `None` for `CompareFailed`, which is the
+/// transaction's outcome for the caller to read.
+fn server_error(error: &wire::ErrorReply<'_>) -> Option<ServerError> {
+    Some(match error.kind_type() {
+        ErrorKind::NotLeader => ServerError::NotLeader {
+            leader: error.kind_as_not_leader().map(|e| e.leader_id()).unwrap_or(0),
+        },
+        ErrorKind::Busy => {
+            let ms = error.kind_as_busy().map(|b| b.retry_after_ms() as u64).unwrap_or(5);
+            ServerError::Busy { retry_after: Duration::from_millis(ms.max(1)) }
+        }
+        ErrorKind::Unavailable => ServerError::Unavailable(
+            error
+                .kind_as_unavailable()
+                .and_then(|e| e.reason())
+                .unwrap_or("no reason given")
+                .into(),
+        ),
+        ErrorKind::Timeout => ServerError::Timeout,
+        ErrorKind::CompareFailed => return None,
+        ErrorKind::WrongShard => ServerError::Final(Error::WrongShard {
+            shard: error.kind_as_wrong_shard().map(|w| w.shard()).unwrap_or(0),
+        }),
+        ErrorKind::InvalidRequest => ServerError::Final(Error::InvalidRequest(
+            error
+                .kind_as_invalid_request()
+                .and_then(|e| e.reason())
+                .unwrap_or("invalid request")
+                .into(),
+        )),
+        ErrorKind::TooLarge => {
+            let t = error.kind_as_too_large();
+            ServerError::Final(Error::TooLarge {
+                what: t.and_then(|t| t.what()).unwrap_or("request").to_string(),
+                size: t.map(|t| t.size()).unwrap_or(0),
+                limit: t.map(|t| t.limit()).unwrap_or(0),
+            })
+        }
+        kind => ServerError::Final(Error::Protocol(format!("unknown error kind {}", kind.0))),
+    })
 }
 
 fn wire_consistency(c: Consistency) -> wire::Consistency {
@@ -1047,18 +942,31 @@ mod tests {
     use super::*;
     use corekv_proto::encode::{ErrorInfo, ReplyEncoder};
 
-    fn text_of(error: &ErrorInfo<'_>) -> String {
-        let frame = ReplyEncoder::new().error(1, error).to_vec();
-        let reply = verify_reply(&frame).expect("a valid reply");
-        error_text(&reply)
+    fn mapped(error: &ErrorInfo<'_>) -> Option<ServerError> {
+        let reply = VerifiedReply::new(ReplyEncoder::new().error(1, error).to_vec()).unwrap();
+        server_error(&reply.reply().reply_as_error_reply().unwrap())
     }
 
-    // Shows: a NotLeader without a leader says that no leader is known, not "leader 0".
+    // Shows: every error kind reaches the retry rules as what it means; CompareFailed is left
+    // for the transaction to read.
     #[test]
-    fn not_leader_without_a_leader_says_none_is_known() {
-        let none = text_of(&ErrorInfo::NotLeader { leader_id: 0, leader_addr: None });
-        assert_eq!(none, "not the leader (no leader known: an election is under way)");
-        let some = text_of(&ErrorInfo::NotLeader { leader_id: 3, leader_addr: Some("h:1") });
-        assert_eq!(some, "not the leader (node 3 is)");
+    fn error_replies_map_to_what_the_rules_act_on() {
+        let none = ErrorInfo::NotLeader { leader_id: 0, leader_addr: None };
+        assert_eq!(mapped(&none), Some(ServerError::NotLeader { leader: 0 }));
+        let hint = ErrorInfo::NotLeader { leader_id: 3, leader_addr: Some("h:1") };
+        assert_eq!(mapped(&hint), Some(ServerError::NotLeader { leader: 3 }));
+        let busy = mapped(&ErrorInfo::Busy { retry_after_ms: 7 });
+        assert_eq!(busy, Some(ServerError::Busy { retry_after: Duration::from_millis(7) }));
+        let down = mapped(&ErrorInfo::Unavailable { reason: "no quorum" });
+        assert_eq!(down, Some(ServerError::Unavailable("no quorum".into())));
+        assert_eq!(mapped(&ErrorInfo::Timeout), Some(ServerError::Timeout));
+        assert_eq!(mapped(&ErrorInfo::CompareFailed { compare: 1 }), None);
+        let big = mapped(&ErrorInfo::TooLarge { what: "value", size: 9, limit: 8 });
+        assert_eq!(
+            big,
+            Some(ServerError::Final(Error::TooLarge { what: "value".into(), size: 9, limit: 8 }))
+        );
+        let bad = mapped(&ErrorInfo::InvalidRequest { reason: "empty key" });
+        assert_eq!(bad, Some(ServerError::Final(Error::InvalidRequest("empty key".into()))));
     }
 }

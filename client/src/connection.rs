@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corekv_proto::encode::RequestEncoder;
-use corekv_proto::frame::{verify_reply, FrameBuffer};
+use corekv_proto::frame::{verify_reply, FrameBuffer, VerifiedReply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -70,7 +70,7 @@ impl OpenError {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<VerifiedReply>>>>;
 
 /// See the module docs.
 pub(crate) struct Connection {
@@ -187,12 +187,12 @@ impl Connection {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Sends the request `build` makes for a fresh request id; returns the reply frame
-    /// (verified by the reader).
+    /// Sends the request `build` makes for a fresh request id; returns the reply, verified
+    /// once, by the reader.
     pub(crate) async fn call(
         &self,
         build: impl FnOnce(u64) -> Vec<u8>,
-    ) -> Result<Vec<u8>, CallError> {
+    ) -> Result<VerifiedReply, CallError> {
         let _slot = self
             .slots
             .acquire()
@@ -238,11 +238,11 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending, closed: Arc<Atomic
             };
             // A reply that does not verify cannot be matched to a caller; the stream is not to
             // be trusted after it.
-            let Ok(reply) = verify_reply(frame) else { break 'read };
-            let id = reply.id();
+            let Ok(reply) = VerifiedReply::new(frame.to_vec()) else { break 'read };
+            let id = reply.reply().id();
             let waiter = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             if let Some(waiter) = waiter {
-                let _ = waiter.send(frame.to_vec());
+                let _ = waiter.send(reply);
             }
         }
     }

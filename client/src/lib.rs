@@ -115,6 +115,7 @@
 mod client;
 mod connection;
 mod error;
+mod retry;
 mod types;
 
 pub use corekv_types::{placement, registry};

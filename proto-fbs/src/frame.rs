@@ -158,6 +158,32 @@ pub fn verify_reply(frame: &[u8]) -> Result<ReplyFrame<'_>, FrameError> {
     Ok(frame)
 }
 
+/// A reply frame that passed [`verify_reply`], kept with its bytes: whoever holds one reads it
+/// without verifying it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedReply(Vec<u8>);
+
+impl VerifiedReply {
+    /// Verifies `frame` (prefix included) and keeps it.
+    pub fn new(frame: Vec<u8>) -> Result<VerifiedReply, FrameError> {
+        verify_reply(&frame)?;
+        Ok(VerifiedReply(frame))
+    }
+
+    /// The reply.
+    pub fn reply(&self) -> ReplyFrame<'_> {
+        // SAFETY: the bytes passed `verify_reply` in `new` and cannot have changed since (the
+        // field is private and never handed out mutably), which is what the unchecked accessor
+        // requires.
+        unsafe { flatbuffers::size_prefixed_root_unchecked::<ReplyFrame>(&self.0) }
+    }
+
+    /// The frame's bytes, prefix included.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Verifies a whole peer frame (prefix included).
 pub fn verify_peer(frame: &[u8]) -> Result<PeerFrame<'_>, FrameError> {
     let frame = verified::<PeerFrame>(frame)?;
