@@ -7,27 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{block_on, corekv_bin};
+use common::{block_on, corekv_bin, dev_base, wait_exit};
 use corekv_client::registry::Registry;
 use corekv_client::{Client, ClientConfig};
-
-/// A base port for `corekv dev` whose ports are all free (dev lays them out from the base).
-fn dev_base(nodes: u32, shards: u32) -> u16 {
-    for attempt in 0..200u32 {
-        let base = 12_000 + ((std::process::id() * 7 + attempt * 331) % 15_000) as u16;
-        let text = corekv_server::dev::registry_text(nodes, shards, base);
-        let registry = Registry::parse(&text, "dev").unwrap();
-        let free = |p: u32| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
-        let all_free = registry.nodes.iter().all(|n| {
-            (0..shards).all(|s| free(n.client_port as u32 + s) && free(n.peer_port as u32 + s))
-                && free(n.http_port as u32)
-        });
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no free ports for corekv dev");
-}
 
 // Shows: `corekv dev` writes a registry, starts the nodes, says when every shard has a leader,
 // serves reads and writes through that registry, and on Ctrl-C stops every node and exits 0.
@@ -75,7 +57,7 @@ fn dev_cluster_starts_serves_and_stops() {
     unsafe {
         libc::kill(dev.id() as libc::pid_t, libc::SIGINT);
     }
-    let status = wait_with_timeout(&mut dev, Duration::from_secs(30));
+    let status = wait_exit(&mut dev, Duration::from_secs(30));
     assert!(status.success(), "corekv dev exited with {status}");
     // No node process of this dev cluster is left (matched by its data directory; a port
     // check could hit another test's cluster that took the freed port).
@@ -87,23 +69,6 @@ fn dev_cluster_starts_serves_and_stops() {
         .filter(|c| c.contains(" serve ") && c.contains(&dir_text))
         .collect();
     assert!(left.is_empty(), "node processes left after corekv dev stopped: {left:?}");
-}
-
-fn wait_with_timeout(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("process did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Runs `corekv serve` with `registry` text and returns (exit code, stderr).
@@ -121,22 +86,7 @@ fn serve_with_args(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("corekv.toml");
     std::fs::write(&path, registry).unwrap();
-    let mut child = Command::new(corekv_bin())
-        .arg("serve")
-        .arg("--registry")
-        .arg(&path)
-        .args(["--node-id", node_id])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status.code().unwrap_or(-1), stderr)
+    common::serve_until_exit(&path, node_id, data_dir, extra)
 }
 
 const ONE_NODE: &str = "cluster = \"c\"\nshards = 1\n\n[[node]]\nid = 1\nhost = \"127.0.0.1\"\nclient_port = PORT\npeer_port = PEER\nhttp_port = HTTP\n";
@@ -216,17 +166,7 @@ fn serve_reports_start_up_failures() {
     let registry = one_node(base);
     let path = data.path().join("corekv.toml");
     std::fs::write(&path, &registry).unwrap();
-    let mut running = Command::new(corekv_bin())
-        .arg("serve")
-        .arg("--registry")
-        .arg(&path)
-        .args(["--node-id", "1"])
-        .arg("--data-dir")
-        .arg(data.path().join("node"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut running = common::spawn_serve(&path, "1", &data.path().join("node"), &[], false);
     let started = Instant::now();
     while !data.path().join("node").join("LOCK").exists() {
         assert!(started.elapsed() < Duration::from_secs(10), "node did not create its lock");

@@ -8,42 +8,14 @@ use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{block_on, corekv_bin, TestCluster};
+use common::{block_on, corekv_bin, dev_base, wait_exit, TestCluster};
 use corekv_client::registry::Registry;
 use corekv_client::{Client, ClientConfig, Error};
 
 /// `corekv serve` for node `id` of `cluster` with the registry at `registry`: exit code and
 /// stderr (the node must exit by itself within 20 s).
 fn serve_exit(cluster: &TestCluster, id: u64, registry: &std::path::Path) -> (i32, String) {
-    let mut child = Command::new(corekv_bin())
-        .arg("serve")
-        .arg("--registry")
-        .arg(registry)
-        .args(["--node-id", &id.to_string()])
-        .arg("--data-dir")
-        .arg(cluster.data_dir(id))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(20));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status.code().unwrap_or(-1), stderr)
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("process did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::serve_until_exit(registry, &id.to_string(), &cluster.data_dir(id), &[])
 }
 
 // Shows: a node whose data was written with 4 shards refuses a registry that says 2 (which
@@ -107,16 +79,20 @@ fn health_is_503_on_a_node_that_cannot_serve() {
     });
     cluster.kill(2);
     cluster.kill(3);
-    // Within an election timeout, each shard: node 1 leads shard 0 and no longer hears a
-    // quorum; shard 1's leader was node 2.
-    cluster.wait_until(Duration::from_secs(10), "node 1 alone says 503 for both shards", || {
+    // Within an election timeout, each shard says why: node 1 leads shard 0 and no longer
+    // hears a quorum; shard 1's leader was node 2, gone quiet. Then, once node 1 has stepped
+    // down and campaigns, both say that no leader is known.
+    let mut reasons = Vec::new();
+    cluster.wait_until(Duration::from_secs(10), "node 1 alone: no leader known on both", || {
         let (code, body) = health(&cluster, 1);
-        code == 503 && body.lines().count() == 2
+        if code == 503 {
+            reasons.extend(body.lines().map(str::to_string));
+        }
+        code == 503 && body.lines().filter(|l| l.contains("no leader known")).count() == 2
     });
-    let (_, body) = health(&cluster, 1);
-    for line in body.lines() {
+    for line in &reasons {
         let why = ["no leader known", "leader without a quorum", "no message from leader"];
-        assert!(why.iter().any(|w| line.contains(w)), "{body}");
+        assert!(why.iter().any(|w| line.contains(w)), "{line}");
     }
     let status = cluster.status(1).unwrap();
     assert_eq!(status["serving"], false, "{status}");
@@ -138,16 +114,7 @@ fn health_is_503_on_a_node_that_cannot_serve() {
     let other = cluster.dir.path().join("other.toml");
     std::fs::write(&other, text.replace("cluster = \"test\"", "cluster = \"other\"")).unwrap();
     let stranger_dir = cluster.dir.path().join("stranger");
-    let mut stranger = Command::new(corekv_bin())
-        .arg("serve")
-        .arg("--registry")
-        .arg(&other)
-        .args(["--node-id", "3", "--data-dir"])
-        .arg(&stranger_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut stranger = common::spawn_serve(&other, "3", &stranger_dir, &[], false);
     std::thread::sleep(Duration::from_secs(3));
     let (code, body) = health(&cluster, 3);
     let _ = stranger.kill();
@@ -247,24 +214,6 @@ impl Drop for Dev {
             self.interrupt();
         }
     }
-}
-
-/// A base port for `corekv dev` whose ports are all free.
-fn dev_base(nodes: u32, shards: u32) -> u16 {
-    for attempt in 0..200u32 {
-        let base = 12_000 + ((std::process::id() * 13 + attempt * 337) % 15_000) as u16;
-        let text = corekv_server::dev::registry_text(nodes, shards, base);
-        let registry = Registry::parse(&text, "dev").unwrap();
-        let free = |p: u32| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
-        let all_free = registry.nodes.iter().all(|n| {
-            (0..shards).all(|s| free(n.client_port as u32 + s) && free(n.peer_port as u32 + s))
-                && free(n.http_port as u32)
-        });
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no free ports for corekv dev");
 }
 
 /// `corekv dev` with `args`, run to its end: exit code and stderr.

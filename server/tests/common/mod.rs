@@ -458,3 +458,75 @@ pub fn dir_bytes(path: &Path) -> u64 {
     }
     total
 }
+
+/// A base port for `corekv dev` whose ports are all free (dev lays them out from the base).
+pub fn dev_base(nodes: u32, shards: u32) -> u16 {
+    for attempt in 0..200u32 {
+        let base = 12_000 + ((std::process::id() * 7 + attempt * 331) % 15_000) as u16;
+        let text = corekv_server::dev::registry_text(nodes, shards, base);
+        let registry = Registry::parse(&text, "dev").expect("a valid dev registry");
+        let free = |p: u32| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
+        let all_free = registry.nodes.iter().all(|n| {
+            (0..shards).all(|s| free(n.client_port as u32 + s) && free(n.peer_port as u32 + s))
+                && free(n.http_port as u32)
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free ports for corekv dev");
+}
+
+/// Waits for `child` to exit by itself; kills it and panics after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `corekv serve` for node `id` with the registry file `registry` and data directory
+/// `data_dir`, stdout discarded; stderr piped when `capture_stderr`, else discarded.
+pub fn spawn_serve(
+    registry: &Path,
+    id: &str,
+    data_dir: &Path,
+    extra: &[&str],
+    capture_stderr: bool,
+) -> Child {
+    Command::new(corekv_bin())
+        .arg("serve")
+        .arg("--registry")
+        .arg(registry)
+        .args(["--node-id", id])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(if capture_stderr { Stdio::piped() } else { Stdio::null() })
+        .spawn()
+        .expect("start corekv serve")
+}
+
+/// Runs `corekv serve` to its end (it must exit within 20 s): exit code and stderr.
+pub fn serve_until_exit(
+    registry: &Path,
+    id: &str,
+    data_dir: &Path,
+    extra: &[&str],
+) -> (i32, String) {
+    let mut child = spawn_serve(registry, id, data_dir, extra, true);
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status.code().unwrap_or(-1), stderr)
+}
