@@ -188,6 +188,8 @@ pub struct ShardMetrics {
     pub snapshot_send_failures: AtomicU64,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: AtomicU64,
+    /// WAL records read back (off the executor) to send a lagging follower old entries.
+    pub cold_records_read: AtomicU64,
     /// Open client connections.
     pub client_connections: AtomicI64,
     /// Open peer connections (both directions).
@@ -231,6 +233,7 @@ impl Default for ShardMetrics {
             snapshots_sent: AtomicU64::new(0),
             snapshot_send_failures: AtomicU64::new(0),
             snapshots_installed: AtomicU64::new(0),
+            cold_records_read: AtomicU64::new(0),
             client_connections: AtomicI64::new(0),
             peer_connections: AtomicI64::new(0),
             is_leader: AtomicI64::new(0),
@@ -431,6 +434,12 @@ pub fn render(node_id: u64, shards: &[&ShardMetrics]) -> String {
         "corekv_snapshots_installed_total",
         "Snapshots received from a leader and installed.",
         &|m| m.snapshots_installed.load(Relaxed).to_string(),
+    );
+    counter(
+        &mut out,
+        "corekv_wal_records_read_for_followers_total",
+        "WAL records read back to send lagging followers entries older than the entry cache.",
+        &|m| m.cold_records_read.load(Relaxed).to_string(),
     );
     for (name, help, get) in [
         (

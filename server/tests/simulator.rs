@@ -36,10 +36,10 @@ use corekv_server::core::{
     SnapshotPolicy,
 };
 use corekv_server::metrics::ShardMetrics;
-use corekv_storage::raft_log::RaftLogStore;
+use corekv_storage::raft_log::{ColdFetch, RaftLogStore};
 use corekv_storage::snapshot::Archive;
 use corekv_storage::state_machine::StateMachine;
-use corekv_storage::wal::{FlushJob, MemSegments, RecoveryMode, SegmentIdentity};
+use corekv_storage::wal::{FlushJob, MemSegments, RecoveryMode, SegmentIdentity, SegmentSource};
 use linearizability::{History, KvOp, KvRet, OpId};
 use raft::eraftpb::{ConfState, Message, MessageType};
 use raft::StateRole;
@@ -124,6 +124,10 @@ struct Options {
     /// Crashes may wipe the node's disks (drawn from a PRNG of its own, so that the runs of
     /// seeds without wipes stayed what they were before wipes existed).
     wipes: bool,
+    /// Bytes of entries each replica's log keeps in memory: in runs drawn with a small cache,
+    /// lagging followers are sent entries read back from the WAL, asynchronously, as the shell
+    /// does (drawn from a PRNG of its own too).
+    entry_cache_bytes: usize,
 }
 
 impl Options {
@@ -148,6 +152,7 @@ impl Options {
             nemesis_us: rng.pick(&[100_000, 300_000, 800_000]),
             tick_skew_pct: rng.pick(&[0, 5, 20]),
             wipes: false,
+            entry_cache_bytes: corekv_storage::constants::ENTRY_CACHE_BYTES_MAX,
         }
     }
 
@@ -155,7 +160,7 @@ impl Options {
         format!(
             "nodes={} shards={} clients={} keys/shard={} delay={}..{}us loss={} dup={} \
              disk={}..{}us crashes={} torn={} partitions={} asymmetric={} snapshot_every={} \
-             faults={}ms nemesis_every~{}ms tick_skew={}% wipes={}",
+             faults={}ms nemesis_every~{}ms tick_skew={}% wipes={} entry_cache={}B",
             self.nodes,
             self.shards,
             self.clients,
@@ -175,23 +180,71 @@ impl Options {
             self.nemesis_us / 1000,
             self.tick_skew_pct,
             self.wipes,
+            self.entry_cache_bytes,
         )
     }
 }
 
 enum Event {
-    Tick { node: u64, incarnation: u64 },
-    Deliver { from: u64, to: u64, shard: u32, message: Box<Message>, archive: Option<Arc<Archive>> },
-    SnapshotReport { node: u64, shard: u32, incarnation: u64, peer: u64, delivered: bool },
-    FlushDone { node: u64, shard: u32, incarnation: u64 },
-    SnapshotDone { node: u64, shard: u32, incarnation: u64, archive: Result<Arc<Archive>, String> },
-    Request { conn: ConnId, frame: Vec<u8> },
-    Reply { conn: ConnId, frame: Vec<u8> },
-    ClientWake { client: usize, generation: u64 },
+    Tick {
+        node: u64,
+        incarnation: u64,
+    },
+    Deliver {
+        from: u64,
+        to: u64,
+        shard: u32,
+        message: Box<Message>,
+        archive: Option<Arc<Archive>>,
+    },
+    SnapshotReport {
+        node: u64,
+        shard: u32,
+        incarnation: u64,
+        peer: u64,
+        delivered: bool,
+    },
+    FlushDone {
+        node: u64,
+        shard: u32,
+        incarnation: u64,
+    },
+    SnapshotDone {
+        node: u64,
+        shard: u32,
+        incarnation: u64,
+        archive: Result<Arc<Archive>, String>,
+    },
+    /// Old WAL records read back for a lagging follower, as the shell reads them off the
+    /// executor (read when asked; they arrive after a disk latency).
+    ColdFetched {
+        node: u64,
+        shard: u32,
+        incarnation: u64,
+        fetch: Box<ColdFetch>,
+        data: ColdData,
+    },
+    Request {
+        conn: ConnId,
+        frame: Vec<u8>,
+    },
+    Reply {
+        conn: ConnId,
+        frame: Vec<u8>,
+    },
+    ClientWake {
+        client: usize,
+        generation: u64,
+    },
     Nemesis,
-    Restart { node: u64 },
+    Restart {
+        node: u64,
+    },
     EndFaults,
 }
+
+/// What the reads of a [`ColdFetch`] returned, one result per read.
+type ColdData = Vec<corekv_storage::error::Result<Vec<u8>>>;
 
 struct Scheduled {
     at: u64,
@@ -282,6 +335,8 @@ struct Stats {
     wipes: u64,
     partitions: u64,
     snapshots_sent: u64,
+    /// Reads of old WAL records for lagging followers.
+    cold_fetches: u64,
     operations: u64,
     open: u64,
     leader_changes: u64,
@@ -330,6 +385,9 @@ impl Sim {
         let mut opts = Options::draw(&mut rng);
         let mut wipe_rng = Rng(seed ^ 0x5749_5045_5749_5045);
         opts.wipes = opts.crashes && wipe_rng.chance(0.5);
+        if Rng(seed ^ 0x434f_4c44_434f_4c44).chance(0.5) {
+            opts.entry_cache_bytes = 256;
+        }
         let mut keys = Vec::new();
         for shard in 0..opts.shards {
             let mut found = 0;
@@ -519,6 +577,17 @@ impl Sim {
                 }
                 self.drive(node, shard)?;
             }
+            Event::ColdFetched { node, shard, incarnation, fetch, data } => {
+                if !self.alive(node, incarnation) {
+                    return Ok(());
+                }
+                let now = self.now;
+                if let Some(core) = self.core(node, shard) {
+                    core.set_now(now);
+                    core.on_cold_fetched(*fetch, data);
+                }
+                self.drive(node, shard)?;
+            }
             Event::SnapshotDone { node, shard, incarnation, archive } => {
                 if !self.alive(node, incarnation) {
                     return Ok(());
@@ -607,6 +676,7 @@ impl Sim {
                 RecoveryMode::Strict,
             )
             .map_err(|e| format!("node {id} shard {shard}: recovering the WAL: {e}"))?;
+            store.set_cache_limit(self.opts.entry_cache_bytes);
             let compacted = store.compacted().0;
             let sm = match replica.snapshots.last() {
                 Some(archive) if archive.meta().index >= compacted => {
@@ -893,6 +963,19 @@ impl Sim {
             let latency = self.rng.range(self.opts.disk_us.0, self.opts.disk_us.1 * 4);
             let incarnation = self.nodes[node as usize - 1].incarnation;
             self.schedule(latency, Event::SnapshotDone { node, shard, incarnation, archive });
+        }
+        for fetch in std::mem::take(&mut out.cold_fetches) {
+            let replica = &self.nodes[node as usize - 1].replicas[shard as usize];
+            let data: ColdData = fetch
+                .reads()
+                .iter()
+                .map(|r| replica.disk.read_at(r.seq, r.offset, r.len))
+                .collect();
+            let latency = self.rng.range(self.opts.disk_us.0, self.opts.disk_us.1);
+            let incarnation = self.nodes[node as usize - 1].incarnation;
+            let fetch = Box::new(fetch);
+            self.stats.cold_fetches += 1;
+            self.schedule(latency, Event::ColdFetched { node, shard, incarnation, fetch, data });
         }
         for message in out.messages.drain(..) {
             self.send(node, shard, message);
@@ -1353,6 +1436,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
                 total.wipes += stats.wipes;
                 total.partitions += stats.partitions;
                 total.snapshots_sent += stats.snapshots_sent;
+                total.cold_fetches += stats.cold_fetches;
                 total.operations += stats.operations;
                 total.open += stats.open;
                 total.leader_changes += stats.leader_changes;
@@ -1362,14 +1446,15 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
     }
     println!(
         "{count} seeds passed: {} operations checked ({} with unknown outcome), {} crashes ({} \
-         wiping the node), {} partitions, {} snapshots sent, {} leader changes, {} messages \
-         ({} dropped)",
+         wiping the node), {} partitions, {} snapshots sent, {} WAL reads for lagging followers, \
+         {} leader changes, {} messages ({} dropped)",
         total.operations,
         total.open,
         total.crashes,
         total.wipes,
         total.partitions,
         total.snapshots_sent,
+        total.cold_fetches,
         total.leader_changes,
         total.messages,
         total.dropped

@@ -47,6 +47,34 @@ fn wait_caught_up(cluster: &TestCluster, node: u64) {
     }
 }
 
+// Shows: a follower that lags further behind than the leader's entry cache (64 MiB) catches
+// up by log, with entries the leader reads back from its WAL off the executor (counted in
+// corekv_wal_records_read_for_followers_total), and holds every value it missed.
+#[test]
+fn follower_lagging_past_the_entry_cache_catches_up_from_the_wal() {
+    let mut cluster = TestCluster::start(3, 1);
+    let leader = cluster.leader_of(0);
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    cluster.kill(follower);
+    // 96 values of 1 MiB: the first third is older than the cache when the follower returns.
+    let value = |i: usize| vec![b'a' + (i % 26) as u8; 1 << 20];
+    let client = cluster.client();
+    block_on(async {
+        for i in 0..96 {
+            client.put(format!("big-{i}"), value(i)).await.unwrap();
+        }
+    });
+    assert_eq!(shard0(&cluster, leader, "first_index"), 1, "no compaction: the log has it all");
+    cluster.restart(follower);
+    wait_caught_up(&cluster, follower);
+    let read = cluster.metric(leader, "corekv_wal_records_read_for_followers_total").unwrap();
+    assert!(read >= 1.0, "the leader read old entries back from its WAL ({read})");
+    for i in [0, 10, 95] {
+        let got = cluster.replica_value(follower, 0, format!("big-{i}").as_bytes());
+        assert_eq!(got, Some(value(i)), "the follower holds big-{i}");
+    }
+}
+
 // Shows: a follower stopped while the leader snapshots and compacts past its log comes back,
 // receives the leader's snapshot, and then follows by log again.
 #[test]

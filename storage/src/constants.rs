@@ -31,6 +31,14 @@ pub const WRITE_BUFFER_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// segment when a lagging follower needs them. Bounds one shard's log cache.
 pub const ENTRY_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Bytes of WAL records read back for lagging followers kept in memory: a follower catching up
+/// reads runs of consecutive entries, and an asynchronous read must stay until raft-rs asks
+/// for the entries again. A few leader messages' worth (raft messages are at most 1 MiB).
+pub const COLD_RECORD_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Most WAL records one asynchronous read for a lagging follower asks for.
+pub const COLD_FETCH_RECORDS_MAX: usize = 64;
+
 /// Prepared (written, synced) segments kept ready for the next roll-over, so the hot path never
 /// writes into never-written blocks (DESIGN.md §9).
 pub const SPARE_SEGMENTS: usize = 1;

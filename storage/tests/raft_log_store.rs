@@ -308,6 +308,59 @@ fn cold_reads_compaction_and_retirement() {
     assert!(tail.iter().all(|e| e.data == payload(e.index)));
 }
 
+// Shows: a caller that can wait (raft-rs sending a lagging follower entries) is not made to
+// wait on the disk: entries older than the cache are queued as reads of their WAL records and
+// the call says "temporarily unavailable"; a second ask for the same records queues nothing
+// more; once the records are handed back, the entries come from memory, verified. A record
+// that failed to read makes the next ask answer "compacted" (raft-rs then sends a snapshot),
+// and the one after queues a read again.
+#[test]
+fn entries_older_than_the_cache_are_read_asynchronously() {
+    use corekv_storage::wal::SegmentSource;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut flusher) = open_store(dir.path());
+    store.set_cache_limit(20 * 1024);
+    let payload = |i: u64| vec![i as u8; 2000];
+    for chunk in (1..=100u64).collect::<Vec<_>>().chunks(10) {
+        let entries: Vec<Entry> = chunk.iter().map(|&i| entry(i, 1, &payload(i))).collect();
+        store.append(&entries).unwrap();
+        flush(&mut store, &mut flusher);
+    }
+    let can_wait = || raft::GetEntriesContext::empty(true);
+    let unavailable = raft::Error::Store(raft::StorageError::LogTemporarilyUnavailable);
+    assert_eq!(store.entries(1, 31, None, can_wait()).unwrap_err(), unavailable);
+    assert_eq!(store.entries(1, 31, None, can_wait()).unwrap_err(), unavailable);
+    let fetches = store.take_cold_fetches();
+    assert_eq!(fetches.len(), 1, "the second ask waits for the first read");
+    assert!(store.take_cold_fetches().is_empty());
+    let fetch = fetches.into_iter().next().unwrap();
+    assert_eq!(fetch.reads().len(), 3, "three records of ten entries: {:?}", fetch.reads());
+    let segments = flusher.dir().clone();
+    let data = fetch.reads().iter().map(|r| segments.read_at(r.seq, r.offset, r.len)).collect();
+    let _context = store.on_cold_fetched(fetch, data);
+    let read = store.entries(1, 31, None, can_wait()).unwrap();
+    assert_eq!(read.len(), 30);
+    assert!(read.iter().all(|e| e.data == payload(e.index)));
+    assert!(store.memory_bytes() > 3 * 20_000, "the records are held: {}", store.memory_bytes());
+
+    // A read that failed.
+    assert_eq!(store.entries(31, 41, None, can_wait()).unwrap_err(), unavailable);
+    let fetch = store.take_cold_fetches().into_iter().next().unwrap();
+    let failed = fetch
+        .reads()
+        .iter()
+        .map(|_| Err(corekv_storage::error::StorageError::Failed("the disk said no".into())))
+        .collect();
+    let _context = store.on_cold_fetched(fetch, failed);
+    let compacted = raft::Error::Store(raft::StorageError::Compacted);
+    assert_eq!(store.entries(31, 41, None, can_wait()).unwrap_err(), compacted, "a snapshot");
+    assert_eq!(store.entries(31, 41, None, can_wait()).unwrap_err(), unavailable);
+    assert_eq!(store.take_cold_fetches().len(), 1, "read again");
+    // A caller that cannot wait reads at once, as before.
+    let now = store.entries(41, 51, None, raft::GetEntriesContext::empty(false)).unwrap();
+    assert_eq!(now.len(), 10);
+}
+
 // Shows: the durable commit index follows the hard states that completed flushes wrote, and
 // is what a restart finds.
 #[test]

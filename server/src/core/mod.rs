@@ -46,7 +46,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use corekv_proto::encode::{ErrorInfo, ReplyEncoder, StatusInfo};
-use corekv_storage::raft_log::RaftLogStore;
+use corekv_storage::raft_log::{ColdFetch, RaftLogStore};
 use corekv_storage::state_machine::StateMachine;
 use corekv_storage::wal::{FlushJob, Lsn};
 use raft::eraftpb::{Entry, Message};
@@ -109,6 +109,9 @@ pub struct Outputs {
     pub retire: Vec<u64>,
     /// State the core let go of: drop it off the executor (freeing a large map takes time).
     pub garbage: Vec<corekv_storage::state_machine::Replaced>,
+    /// Old log entries a lagging follower needs: read these WAL records off the executor and
+    /// hand them to [`ShardCore::on_cold_fetched`].
+    pub cold_fetches: Vec<ColdFetch>,
 }
 
 impl Outputs {
@@ -118,6 +121,7 @@ impl Outputs {
             && self.replies.is_empty()
             && self.close.is_empty()
             && self.retire.is_empty()
+            && self.cold_fetches.is_empty()
     }
 
     /// Empties every list, keeping the allocations.
@@ -128,6 +132,7 @@ impl Outputs {
         self.close.clear();
         self.retire.clear();
         self.garbage.clear();
+        self.cold_fetches.clear();
     }
 }
 
@@ -869,8 +874,24 @@ impl ShardCore {
     /// Takes the outputs produced so far, swapping in `spare` (cleared) so allocations are
     /// reused.
     pub fn take_outputs(&mut self, spare: &mut Outputs) {
+        // raft-rs asks the store for entries while stepping and ticking too, not only in the
+        // Ready loop: collect the reads it left waiting from wherever they came.
+        let fetches = self.raw.mut_store().take_cold_fetches();
+        self.out.cold_fetches.extend(fetches);
         spare.clear();
         std::mem::swap(&mut self.out, spare);
+    }
+
+    /// The WAL records of `fetch` were read, one result per read, in order (a failed read
+    /// makes raft-rs send that follower a snapshot instead). raft-rs sends the entries now.
+    pub fn on_cold_fetched(
+        &mut self,
+        fetch: ColdFetch,
+        data: Vec<corekv_storage::error::Result<Vec<u8>>>,
+    ) {
+        let context = self.raw.mut_store().on_cold_fetched(fetch, data);
+        self.raw.on_entries_fetched(context);
+        self.process();
     }
 
     /// Begins shutdown: stops taking new requests, proposes what is batched, and makes the

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use super::disk::{self, DmaFlusher};
 use anyhow::Context;
 use corekv_proto::encode::PeerEncoder;
-use corekv_storage::raft_log::RaftLogStore;
+use corekv_storage::raft_log::{ColdFetch, ColdRead, RaftLogStore};
 use corekv_storage::snapshot::{self, Archive};
 use corekv_storage::state_machine::StateMachine;
-use corekv_storage::wal::{RecoveryMode, SegmentDir, SegmentIdentity};
+use corekv_storage::wal::{RecoveryMode, SegmentDir, SegmentIdentity, SegmentSource};
 use corekv_types::registry::Registry;
 use glommio::net::TcpListener;
 use raft::eraftpb::{ConfState, Message};
@@ -102,6 +102,8 @@ pub(crate) struct Shard {
     pub(crate) shard: u32,
     /// `DATA_DIR/shard-S/snap`.
     pub(crate) snap_dir: PathBuf,
+    /// The WAL's segment files, for reading old entries back off the executor.
+    segments: SegmentDir,
     pending_ticks: Cell<u64>,
     retire: RefCell<Vec<u64>>,
     clock: Instant,
@@ -197,7 +199,7 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
         "state recovered: snapshot loaded, the WAL read back; the log entries after the \
          snapshot apply next"
     );
-    let flusher = DmaFlusher::new(segments);
+    let flusher = DmaFlusher::new(segments.clone());
     flusher
         .ensure_spares_before_serving()
         .await
@@ -243,6 +245,7 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
         node_id: ctx.node_id,
         shard: ctx.shard,
         snap_dir,
+        segments: segments.clone(),
         pending_ticks: Cell::new(0),
         retire: RefCell::default(),
         clock: Instant::now(),
@@ -474,7 +477,29 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, out: &mut Outputs, encoder: &mut PeerE
     if !out.garbage.is_empty() {
         background::free_replaced(std::mem::take(&mut out.garbage));
     }
+    for fetch in out.cold_fetches.drain(..) {
+        glommio::spawn_local(read_cold_records(shard.clone(), fetch)).detach();
+    }
     shard.flush_wake.notify();
+}
+
+/// Reads the WAL records a lagging follower needs on glommio's blocking pool (plain `pread`s:
+/// the records are whole and checksummed, and the shard's executor goes on serving), then
+/// hands them to the core, which sends them.
+async fn read_cold_records(shard: Rc<Shard>, fetch: ColdFetch) {
+    let reads: Vec<ColdRead> = fetch.reads().to_vec();
+    let segments = shard.segments.clone();
+    let data = glommio::executor()
+        .spawn_blocking(move || {
+            reads.iter().map(|r| segments.read_at(r.seq, r.offset, r.len)).collect::<Vec<_>>()
+        })
+        .await;
+    shard.metrics.cold_records_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+    let mut core = shard.core.borrow_mut();
+    core.set_now(shard.now_us());
+    core.on_cold_fetched(fetch, data);
+    drop(core);
+    shard.wake.notify();
 }
 
 fn send_to_peer(shard: &Rc<Shard>, to: u64, messages: &[Message], encoder: &mut PeerEncoder) {

@@ -24,8 +24,13 @@
 //!
 //! Memory: the most recent entries, up to [`ENTRY_CACHE_BYTES_MAX`] bytes, are kept in memory;
 //! older ones are read back from their segment (checksum verified) when a lagging follower
-//! needs them. Every live entry also costs a 24-byte location record; compaction bounds their
-//! number.
+//! needs them — by the shell, off the executor, when raft-rs can wait for them (the `cold`
+//! module).
+//! Every live entry also costs a 24-byte location record; compaction bounds their number.
+
+mod cold;
+
+pub use cold::{ColdFetch, ColdRead};
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -34,7 +39,7 @@ use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 
-use crate::constants::{ENTRY_CACHE_BYTES_MAX, RECORD_HEADER_BYTES};
+use crate::constants::{COLD_FETCH_RECORDS_MAX, ENTRY_CACHE_BYTES_MAX, RECORD_HEADER_BYTES};
 use crate::error::{Result, StorageError};
 use crate::wal::format::parse_record;
 use crate::wal::recovery::{recover, Recovered, RecoveryMode, SegmentSource};
@@ -67,15 +72,6 @@ struct EntryLoc {
     record_len: u32,
     /// Offset of the entry inside the record payload.
     entry_pos: u32,
-}
-
-/// The last record read back from disk, kept because followers catching up read runs of
-/// consecutive entries.
-#[derive(Debug)]
-struct ColdRecord {
-    seq: u32,
-    record_offset: u32,
-    payload: Bytes,
 }
 
 /// What a completed flush made durable, and what the caller should do about it.
@@ -114,7 +110,8 @@ pub struct RaftLogStore {
     pending_compactions: VecDeque<(Lsn, u64)>,
     /// The highest compaction point whose marker is durable.
     durable_compact_index: u64,
-    cold: RefCell<Option<ColdRecord>>,
+    /// Records read back for lagging followers, and the reads raft-rs waits for.
+    cold: RefCell<cold::ColdRecords>,
     snapshot: Snapshot,
     /// The rebuilding mark (see [`RaftLogStore::set_rebuilding`]), as last set.
     rebuilding: Option<u64>,
@@ -270,7 +267,7 @@ impl RaftLogStore {
             segments,
             pending_compactions: VecDeque::new(),
             durable_compact_index: replay.compact_index,
-            cold: RefCell::new(None),
+            cold: RefCell::default(),
             snapshot: Snapshot::default(),
             rebuilding: replay.rebuilding,
             pending_commits: VecDeque::new(),
@@ -316,9 +313,13 @@ impl RaftLogStore {
         self.segments.len()
     }
 
-    /// Bytes of memory the in-memory log holds: cached entries plus location records.
+    /// Bytes of memory the in-memory log holds: cached entries, location records and WAL
+    /// records read back for lagging followers.
     pub fn memory_bytes(&self) -> usize {
-        self.cache_bytes + self.stale_bytes + self.locs.len() * std::mem::size_of::<EntryLoc>()
+        self.cache_bytes
+            + self.stale_bytes
+            + self.locs.len() * std::mem::size_of::<EntryLoc>()
+            + self.cold.borrow().bytes()
     }
 
     /// Frees up to `max_entries` entries, or `max_bytes` of them, that a compaction or a
@@ -370,8 +371,24 @@ impl RaftLogStore {
         self.evict();
     }
 
+    /// Drops the oldest cached entries past the limit — but never one whose WAL record is not
+    /// durable yet: until its flush completes, the segment does not hold it, and a read back
+    /// would find zeros. (With the default limits the write buffer is no larger than the
+    /// cache, so this only holds back small caches; found by the simulator with one.)
     fn evict(&mut self) {
+        let durable = self.wal.durable();
         while self.cache_bytes > self.cache_bytes_max && self.cache.len() > 1 {
+            let index = self.cache.front().expect("non-empty").index;
+            if index > self.compact_index {
+                let loc = self.locs[(index - self.compact_index - 1) as usize];
+                let end = Lsn {
+                    seq: loc.seq as u64,
+                    offset: loc.record_offset as u64 + loc.record_len as u64,
+                };
+                if end > durable {
+                    break;
+                }
+            }
             let old = self.cache.pop_front().expect("non-empty");
             self.cache_bytes -= entry_bytes(&old);
         }
@@ -612,6 +629,8 @@ impl RaftLogStore {
             retire.push(seq);
             self.segments.remove(&seq);
         }
+        // Entries held back from eviction until they were durable can go now.
+        self.evict();
         FlushDone { durable, retire }
     }
 
@@ -620,36 +639,97 @@ impl RaftLogStore {
         self.wal.fail(error);
     }
 
-    fn cold_entry(&self, index: u64, loc: EntryLoc) -> raft::Result<Entry> {
-        let mut cold = self.cold.borrow_mut();
-        let cached =
-            cold.as_ref().is_some_and(|c| c.seq == loc.seq && c.record_offset == loc.record_offset);
-        if !cached {
+    /// Entry `index` from its WAL record: from memory when the record was read back already;
+    /// else read now when `read_now`, or `None` (the caller queues an asynchronous read).
+    fn cold_entry(
+        &self,
+        cold: &mut cold::ColdRecords,
+        index: u64,
+        loc: EntryLoc,
+        read_now: bool,
+    ) -> raft::Result<Option<Entry>> {
+        let key = (loc.seq as u64, loc.record_offset as u64);
+        let corrupt = |reason: String| {
+            raft::Error::Store(RaftStorageError::Other(Box::new(StorageError::Corrupt {
+                path: self.source.path(loc.seq as u64),
+                offset: loc.record_offset as u64,
+                reason,
+            })))
+        };
+        if let Some(reason) = cold.failure(key).filter(|_| !read_now).map(str::to_string) {
+            // raft-rs treats any other storage error as fatal; "compacted" makes it send the
+            // follower a snapshot instead, which does not need this record.
+            cold.clear_failure(key);
+            tracing::warn!(
+                path = %self.source.path(loc.seq as u64).display(),
+                offset = loc.record_offset,
+                %reason,
+                "reading a WAL record for a lagging follower failed; sending it a snapshot instead"
+            );
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if cold.get(key).is_none() {
+            if !read_now {
+                return Ok(None);
+            }
             let bytes = self
                 .source
                 .read_at(loc.seq as u64, loc.record_offset as u64, loc.record_len as usize)
                 .map_err(|e| raft::Error::Store(RaftStorageError::Other(Box::new(e))))?;
-            let view = parse_record(&bytes, 0, loc.seq as u64).map_err(|problem| {
-                raft::Error::Store(RaftStorageError::Other(Box::new(StorageError::Corrupt {
-                    path: self.source.path(loc.seq as u64),
-                    offset: loc.record_offset as u64,
-                    reason: problem.to_string(),
-                })))
-            })?;
-            let payload = Bytes::copy_from_slice(view.payload);
-            *cold = Some(ColdRecord { seq: loc.seq, record_offset: loc.record_offset, payload });
+            let view =
+                parse_record(&bytes, 0, loc.seq as u64).map_err(|p| corrupt(p.to_string()))?;
+            cold.keep_last(key, Bytes::copy_from_slice(view.payload));
         }
-        let record = cold.as_ref().expect("filled above");
-        let (entry, _) =
-            decode_entry(&record.payload, loc.entry_pos as usize, index).ok_or_else(|| {
-                raft::Error::Store(RaftStorageError::Other(Box::new(StorageError::Corrupt {
-                    path: self.source.path(loc.seq as u64),
-                    offset: loc.record_offset as u64,
-                    reason: format!("entry {index} does not decode"),
-                })))
-            })?;
+        let payload = cold.get(key).expect("kept above");
+        let (entry, _) = decode_entry(payload, loc.entry_pos as usize, index)
+            .ok_or_else(|| corrupt(format!("entry {index} does not decode")))?;
         assert_eq!(entry.term, loc.term, "entry {index} read back with another term");
-        Ok(entry)
+        Ok(Some(entry))
+    }
+
+    /// The WAL records holding entries `from..high` that are not in memory, in log order, up
+    /// to about `max_size` bytes and [`COLD_FETCH_RECORDS_MAX`] records.
+    fn cold_reads(
+        &self,
+        cold: &cold::ColdRecords,
+        from: u64,
+        high: u64,
+        max_size: u64,
+    ) -> Vec<ColdRead> {
+        let mut reads: Vec<ColdRead> = Vec::new();
+        let mut bytes = 0u64;
+        // Entries from the cache on are in memory — and may not be on disk yet.
+        let cache_first = self.last() + 1 - self.cache.len() as u64;
+        for index in from..high.min(cache_first) {
+            let loc = self.locs[(index - self.compact_index - 1) as usize];
+            let key = (loc.seq as u64, loc.record_offset as u64);
+            if reads.last().is_some_and(|r| (r.seq, r.offset) == key) || cold.get(key).is_some() {
+                continue;
+            }
+            if reads.len() >= COLD_FETCH_RECORDS_MAX || (!reads.is_empty() && bytes >= max_size) {
+                break;
+            }
+            bytes += loc.record_len as u64;
+            reads.push(ColdRead { seq: key.0, offset: key.1, len: loc.record_len as usize });
+        }
+        reads
+    }
+
+    /// Reads of old entries raft-rs is waiting for: run them off the executor and hand the
+    /// bytes to [`RaftLogStore::on_cold_fetched`] (see the `cold` module).
+    pub fn take_cold_fetches(&mut self) -> Vec<ColdFetch> {
+        self.cold.get_mut().take()
+    }
+
+    /// The records of `fetch` were read (one result per [`ColdFetch::reads`], in order): keeps
+    /// them and returns the context to pass to raft-rs's `RawNode::on_entries_fetched`, which
+    /// asks for the entries again.
+    pub fn on_cold_fetched(
+        &mut self,
+        fetch: ColdFetch,
+        data: Vec<Result<Vec<u8>>>,
+    ) -> GetEntriesContext {
+        self.cold.get_mut().fetched(fetch, data)
     }
 }
 
@@ -663,7 +743,7 @@ impl raft::Storage for RaftLogStore {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
+        context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         if low <= self.compact_index {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
@@ -675,12 +755,26 @@ impl raft::Storage for RaftLogStore {
         let cache_first = self.last() + 1 - self.cache.len() as u64;
         let mut out = Vec::with_capacity((high - low).min(1024) as usize);
         let mut size = 0u64;
+        let mut cold = self.cold.borrow_mut();
+        // raft-rs can wait only for entries it sends a follower (see `cold`).
+        let read_now = !context.can_async();
         for index in low..high {
             let entry = if index >= cache_first {
                 self.cache[(index - cache_first) as usize].clone()
             } else {
                 let loc = self.locs[(index - self.compact_index - 1) as usize];
-                self.cold_entry(index, loc)?
+                match self.cold_entry(&mut cold, index, loc, read_now)? {
+                    Some(entry) => entry,
+                    // What is in memory goes now; the rest is read for the next message.
+                    None if !out.is_empty() => return Ok(out),
+                    None => {
+                        let reads = self.cold_reads(&cold, index, high, max_size);
+                        cold.request(reads, context);
+                        return Err(raft::Error::Store(
+                            RaftStorageError::LogTemporarilyUnavailable,
+                        ));
+                    }
+                }
             };
             size += entry_bytes(&entry) as u64;
             if !out.is_empty() && size > max_size {
