@@ -149,11 +149,7 @@ impl Connection {
         if accepted.shards() != shards {
             return Err(OpenError::Fatal(Error::Handshake {
                 addr: addr.to_string(),
-                reason: format!(
-                    "shard count mismatch: this cluster has {} shards, the client's registry \
-                     file says {shards}; use the registry file the nodes use",
-                    accepted.shards()
-                ),
+                reason: corekv_types::registry::shard_count_mismatch(accepted.shards(), shards),
             }));
         }
         let (read, write) = stream.into_split();

@@ -103,18 +103,41 @@ pub fn try_lock(path: &Path) -> anyhow::Result<Option<File>> {
         .write(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    Ok(locked.then_some(file))
+    Ok(flock_exclusive(&file).then_some(file))
 }
 
 /// Whether another process holds the lock of the data directory `dir` (false when there is
-/// no lock file).
+/// no lock file). The lock this takes to find out goes when the file closes, at once.
 pub fn is_locked(dir: &Path) -> bool {
-    let path = dir.join("LOCK");
-    let Ok(file) = OpenOptions::new().write(true).open(&path) else { return false };
-    // SAFETY: as in `try_lock`; the lock, if taken, is released when `file` closes.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+    let Ok(file) = OpenOptions::new().write(true).open(dir.join("LOCK")) else { return false };
+    !flock_exclusive(&file)
+}
+
+/// Takes an exclusive `flock` on `file` without waiting; false when another process holds one.
+fn flock_exclusive(file: &File) -> bool {
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// `(N, DIR/PREFIXN)` for every folder of `dir` named `prefix` and a number, by number; none
+/// when `dir` does not exist.
+pub fn numbered_folders(dir: &Path, prefix: &str) -> anyhow::Result<Vec<(u64, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(number) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+        if let (Ok(number), true) = (number.parse::<u64>(), entry.path().is_dir()) {
+            found.push((number, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// Checks that the data in `dir` was written under `expected` and, when the directory has no
@@ -169,42 +192,17 @@ pub fn read_identity(dir: &Path) -> anyhow::Result<Option<Identity>> {
 /// `shard-S` folders, its cluster name from a WAL segment header. `None` for a directory
 /// without shard data (a new node).
 fn infer_identity(dir: &Path) -> anyhow::Result<Option<Identity>> {
-    let shards = shard_folders(dir)?;
-    let Some(&highest) = shards.iter().max() else { return Ok(None) };
-    let mut cluster = None;
-    for &shard in &shards {
-        if let Some(name) = wal_cluster_name(&dir.join(format!("shard-{shard}")).join("wal")) {
-            cluster = Some(name);
-            break;
-        }
-    }
+    let mut shards = numbered_folders(dir, "shard-")?;
+    // A shard index is a u32: a folder numbered past it is no shard's.
+    shards.retain(|(shard, _)| u32::try_from(*shard).is_ok());
+    let Some(&(highest, _)) = shards.last() else { return Ok(None) };
+    let cluster = shards.iter().find_map(|(_, path)| wal_cluster_name(&path.join("wal")));
     Ok(Some(Identity {
         format: IDENTITY_FORMAT,
         // Unknown without a readable segment: leave that check to WAL recovery.
         cluster: cluster.unwrap_or_default(),
-        shards: highest + 1,
+        shards: highest as u32 + 1,
     }))
-}
-
-/// The `S` of every `shard-S` folder in `dir`.
-fn shard_folders(dir: &Path) -> anyhow::Result<Vec<u32>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(error).with_context(|| format!("reading {}", dir.display())),
-    };
-    let mut shards = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-        let name = entry.file_name();
-        let Some(index) = name.to_str().and_then(|n| n.strip_prefix("shard-")) else { continue };
-        if let Ok(shard) = index.parse::<u32>() {
-            if entry.path().is_dir() {
-                shards.push(shard);
-            }
-        }
-    }
-    Ok(shards)
 }
 
 /// The cluster name in the header of the first WAL segment of `wal_dir` that has a readable

@@ -29,6 +29,15 @@ pub const CLUSTER_NAME_BYTES_MAX: usize = 256;
 /// Most shards per node: each shard needs a core, a raft group and two ports.
 pub const SHARDS_MAX: u32 = 1024;
 
+/// The one line both ends of a client connection give when the client's registry file names
+/// another shard count than the cluster runs: placement would send keys to the wrong shards.
+pub fn shard_count_mismatch(cluster: u32, client: u32) -> String {
+    format!(
+        "shard count mismatch: this cluster has {cluster} shards, the client's registry file \
+         says {client}; use the registry file the nodes use"
+    )
+}
+
 /// Why a registry file was refused: one line, naming the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {reason}")]

@@ -107,12 +107,7 @@ impl ShardCore {
             )),
             // 0: a client from before the field, which does not say.
             Some(hello) if hello.shards() != 0 && hello.shards() != self.cfg.shards => {
-                Some(format!(
-                    "shard count mismatch: this cluster has {} shards, the client's registry file \
-                     says {}; use the registry file the nodes use",
-                    self.cfg.shards,
-                    hello.shards()
-                ))
+                Some(corekv_types::registry::shard_count_mismatch(self.cfg.shards, hello.shards()))
             }
             Some(_) => None,
         };

@@ -178,17 +178,7 @@ fn clean(dir: &Path) -> anyhow::Result<()> {
 
 /// `(id, DIR/node-N)` for every node data directory in the dev directory.
 fn node_data_dirs(dir: &Path) -> anyhow::Result<Vec<(u64, PathBuf)>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-        let name = entry.file_name();
-        let Some(id) = name.to_str().and_then(|n| n.strip_prefix("node-")) else { continue };
-        if let (Ok(id), true) = (id.parse::<u64>(), entry.path().is_dir()) {
-            found.push((id, entry.path()));
-        }
-    }
-    found.sort();
-    Ok(found)
+    crate::data_dir::numbered_folders(dir, "node-")
 }
 
 /// The registry to run: the directory's own when it holds a cluster (which must have the

@@ -245,7 +245,7 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
         node_id: ctx.node_id,
         shard: ctx.shard,
         snap_dir,
-        segments: segments.clone(),
+        segments,
         pending_ticks: Cell::new(0),
         retire: RefCell::default(),
         clock: Instant::now(),
