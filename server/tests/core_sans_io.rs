@@ -9,12 +9,9 @@ use std::sync::Arc;
 use corekv_proto::client::{Consistency, ErrorKind, Reply};
 use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::verify_reply;
-use corekv_server::core::{CoreConfig, Outputs, ShardCore};
+use corekv_server::core::{CoreConfig, Outputs, Recovery, ShardCore, SnapshotJob};
 use corekv_server::metrics::ShardMetrics;
-use corekv_storage::raft_log::RaftLogStore;
-use corekv_storage::state_machine::StateMachine;
-use corekv_storage::wal::{MemSegments, RecoveryMode, SegmentIdentity};
-use raft::eraftpb::ConfState;
+use corekv_storage::wal::{MemSegments, RecoveryMode};
 
 const SEGMENT_BYTES: u64 = 1 << 20;
 
@@ -24,6 +21,8 @@ struct Node {
     metrics: Arc<ShardMetrics>,
     /// Reply frames received per connection.
     replies: BTreeMap<u64, Vec<Vec<u8>>>,
+    /// The snapshot the core asked for, until a test makes it.
+    snapshot_job: Option<SnapshotJob>,
 }
 
 fn node(id: u64, snapshot_entries: u64) -> Node {
@@ -33,16 +32,6 @@ fn node(id: u64, snapshot_entries: u64) -> Node {
 /// A node started on `disk` (a restart when the disk holds a log; the tests that restart take
 /// no snapshots, so the state machine is rebuilt from the log).
 fn node_on(id: u64, disk: MemSegments, snapshot_entries: u64) -> Node {
-    let identity = SegmentIdentity { cluster: "sans-io".to_string(), shard: 0 };
-    let conf = ConfState { voters: vec![1, 2, 3], ..Default::default() };
-    let (store, _) = RaftLogStore::open(
-        Box::new(disk.clone()),
-        identity,
-        SEGMENT_BYTES,
-        conf,
-        RecoveryMode::Strict,
-    )
-    .unwrap();
     let cfg = CoreConfig {
         node_id: id,
         shard: 0,
@@ -62,8 +51,15 @@ fn node_on(id: u64, disk: MemSegments, snapshot_entries: u64) -> Node {
     };
     let metrics = Arc::new(ShardMetrics::default());
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let core = ShardCore::new(cfg, store, StateMachine::new(), metrics.clone(), &logger).unwrap();
-    Node { core, disk, metrics, replies: BTreeMap::new() }
+    let recovery = Recovery {
+        segments: Box::new(disk.clone()),
+        segment_bytes: SEGMENT_BYTES,
+        mode: RecoveryMode::Strict,
+        snapshot: None,
+        entry_cache_bytes: None,
+    };
+    let core = ShardCore::recover(cfg, recovery, metrics.clone(), &logger).unwrap();
+    Node { core, disk, metrics, replies: BTreeMap::new(), snapshot_job: None }
 }
 
 struct Cluster {
@@ -89,39 +85,50 @@ impl Cluster {
         }
     }
 
-    /// Runs every core until no message is in flight: process, flush (the in-memory disk
-    /// completes at once), deliver.
+    /// Runs every core until no message is in flight: a turn, flushes (the in-memory disk
+    /// completes at once, and a turn follows each), deliver.
     fn settle(&mut self) {
-        let held = self.settle_holding(&[]);
+        let held = self.run(&[], 0);
         assert_eq!(held, 0);
     }
 
     /// [`Cluster::settle`], except that the flushes of the nodes in `held` never complete.
     /// Returns how many flush jobs were held back.
     fn settle_holding(&mut self, held: &[u64]) -> usize {
+        self.run(held, 0)
+    }
+
+    /// [`Cluster::settle_holding`], the first turn of each core with `ticks` ticks.
+    fn run(&mut self, held: &[u64], mut ticks: u64) -> usize {
         let mut held_jobs = 0;
         for _ in 0..10_000 {
             let mut messages = Vec::new();
             for (id, node) in self.nodes.iter_mut() {
-                node.core.set_now(self.now_us);
-                node.core.process();
-                while let Some(job) = node.core.take_flush_job() {
-                    if held.contains(id) {
-                        held_jobs += 1;
-                        continue;
+                let (mut flushed, mut node_ticks) = (true, ticks);
+                while flushed {
+                    let turn = node.core.turn(self.now_us, node_ticks, &mut self.out);
+                    node_ticks = 0;
+                    if let Some(job) = turn.snapshot {
+                        assert!(node.snapshot_job.replace(job).is_none(), "one at a time");
                     }
-                    node.disk.run(&job);
-                    node.core.on_flush_complete(job);
-                }
-                node.core.take_outputs(&mut self.out);
-                messages.append(&mut self.out.messages);
-                for (conn, range) in self.out.replies.drain(..) {
-                    node.replies
-                        .entry(conn)
-                        .or_default()
-                        .push(self.out.reply_bytes[range].to_vec());
+                    messages.append(&mut self.out.messages);
+                    for (conn, range) in self.out.replies.drain(..) {
+                        let frame = self.out.reply_bytes[range].to_vec();
+                        node.replies.entry(conn).or_default().push(frame);
+                    }
+                    flushed = false;
+                    while let Some(job) = node.core.take_flush_job() {
+                        if held.contains(id) {
+                            held_jobs += 1;
+                            continue;
+                        }
+                        node.disk.run(&job);
+                        node.core.on_flush_complete(job);
+                        flushed = true;
+                    }
                 }
             }
+            ticks = 0;
             if messages.is_empty() {
                 return held_jobs;
             }
@@ -138,16 +145,13 @@ impl Cluster {
 
     fn tick(&mut self) {
         self.now_us += 50_000;
-        for node in self.nodes.values_mut() {
-            node.core.set_now(self.now_us);
-            node.core.tick();
-        }
-        self.settle();
+        self.run(&[], 1);
     }
 
     /// Has node 1 (the preferred leader) campaign and ticks until some node leads; returns it.
     fn elect(&mut self) -> u64 {
-        self.nodes.get_mut(&1).unwrap().core.campaign_if_preferred();
+        let now = self.now_us;
+        self.nodes.get_mut(&1).unwrap().core.start(now);
         self.settle();
         let mut ticks = 0;
         while self.leader().is_none() {
@@ -302,7 +306,7 @@ fn replicas_snapshot_out_of_step() {
         cluster.send(leader, 100 + i, &[put]);
         cluster.settle();
         for (&id, node) in cluster.nodes.iter_mut() {
-            if let Some(job) = node.core.take_snapshot_job() {
+            if let Some(job) = node.snapshot_job.take() {
                 let frozen = &job.frozen;
                 let archive =
                     Archive::build(job.meta, job.voters, frozen.base.as_deref(), &frozen.overlay)

@@ -32,16 +32,15 @@ use corekv_proto::client::{CompareOp, CompareTarget, Consistency, ErrorKind, Rep
 use corekv_proto::encode::{CompareSpec, RequestEncoder, TxnOpSpec};
 use corekv_proto::frame::verify_reply;
 use corekv_server::core::{
-    reconcile_log_with_snapshot, ConnId, CoreConfig, InjectedBug, Outputs, ShardCore,
-    SnapshotPolicy,
+    ConnId, CoreConfig, InjectedBug, Outputs, Recovery, ShardCore, SnapshotPolicy,
 };
 use corekv_server::metrics::ShardMetrics;
-use corekv_storage::raft_log::{ColdFetch, RaftLogStore};
+use corekv_storage::raft_log::ColdFetch;
 use corekv_storage::snapshot::Archive;
 use corekv_storage::state_machine::StateMachine;
-use corekv_storage::wal::{FlushJob, MemSegments, RecoveryMode, SegmentIdentity, SegmentSource};
+use corekv_storage::wal::{FlushJob, MemSegments, RecoveryMode, SegmentSource};
 use linearizability::{History, KvOp, KvRet, OpId};
-use raft::eraftpb::{ConfState, Message, MessageType};
+use raft::eraftpb::{Message, MessageType};
 use raft::StateRole;
 
 /// WAL segment size of the simulated disks: small, so segments roll over and retire often.
@@ -275,7 +274,6 @@ struct Replica {
     snapshots: Vec<Arc<Archive>>,
     core: Option<ShardCore>,
     flushing: Option<FlushJob>,
-    snapshotting: bool,
     /// (term, role) when the election timeout was last drawn.
     drawn_for: (u64, StateRole),
     applied_seen: u64,
@@ -418,7 +416,6 @@ impl Sim {
                             snapshots: Vec::new(),
                             core: None,
                             flushing: None,
-                            snapshotting: false,
                             drawn_for: (0, StateRole::Follower),
                             applied_seen: 0,
                         })
@@ -539,12 +536,7 @@ impl Sim {
                     return Ok(());
                 }
                 for shard in 0..self.opts.shards {
-                    let now = self.now;
-                    if let Some(core) = self.core(node, shard) {
-                        core.set_now(now);
-                        core.tick();
-                    }
-                    self.drive(node, shard)?;
+                    self.drive(node, shard, 1)?;
                 }
                 let period = self.nodes[node as usize - 1].tick_us;
                 self.schedule(period, Event::Tick { node, incarnation });
@@ -560,7 +552,7 @@ impl Sim {
                         core.set_now(now);
                         core.report_snapshot(peer, delivered);
                     }
-                    self.drive(node, shard)?;
+                    self.drive(node, shard, 0)?;
                 }
             }
             Event::FlushDone { node, shard, incarnation } => {
@@ -575,7 +567,7 @@ impl Sim {
                     core.set_now(now);
                     core.on_flush_complete(job);
                 }
-                self.drive(node, shard)?;
+                self.drive(node, shard, 0)?;
             }
             Event::ColdFetched { node, shard, incarnation, fetch, data } => {
                 if !self.alive(node, incarnation) {
@@ -586,7 +578,7 @@ impl Sim {
                     core.set_now(now);
                     core.on_cold_fetched(*fetch, data);
                 }
-                self.drive(node, shard)?;
+                self.drive(node, shard, 0)?;
             }
             Event::SnapshotDone { node, shard, incarnation, archive } => {
                 if !self.alive(node, incarnation) {
@@ -594,7 +586,6 @@ impl Sim {
                 }
                 let now = self.now;
                 let replica = &mut self.nodes[node as usize - 1].replicas[shard as usize];
-                replica.snapshotting = false;
                 let core = replica.core.as_mut().expect("a live replica has a core");
                 core.set_now(now);
                 match archive {
@@ -604,7 +595,7 @@ impl Sim {
                     }
                     Err(error) => core.on_snapshot_failed(&error),
                 }
-                self.drive(node, shard)?;
+                self.drive(node, shard, 0)?;
             }
             Event::Request { conn, frame } => self.on_request(conn, &frame)?,
             Event::Reply { conn, frame } => self.on_reply(conn, &frame)?,
@@ -666,34 +657,6 @@ impl Sim {
         let join = self.nodes[id as usize - 1].join;
         for shard in 0..self.opts.shards {
             let replica = &mut self.nodes[id as usize - 1].replicas[shard as usize];
-            let identity = SegmentIdentity { cluster: "sim".to_string(), shard };
-            let conf = ConfState { voters: voters.clone(), ..Default::default() };
-            let (mut store, _) = RaftLogStore::open(
-                Box::new(replica.disk.clone()),
-                identity,
-                SEGMENT_BYTES,
-                conf,
-                RecoveryMode::Strict,
-            )
-            .map_err(|e| format!("node {id} shard {shard}: recovering the WAL: {e}"))?;
-            store.set_cache_limit(self.opts.entry_cache_bytes);
-            let compacted = store.compacted().0;
-            let sm = match replica.snapshots.last() {
-                Some(archive) if archive.meta().index >= compacted => {
-                    let (index, term) = (archive.meta().index, archive.meta().term);
-                    reconcile_log_with_snapshot(&mut store, index, term, &voters)
-                        .map_err(|e| format!("node {id} shard {shard}: {e}"))?;
-                    StateMachine::from_snapshot(archive.clone())
-                }
-                None if compacted == 0 => StateMachine::new(),
-                newest => {
-                    return Err(format!(
-                        "node {id} shard {shard}: the log starts after {compacted} but the newest \
-                         snapshot is {:?}",
-                        newest.map(|a| a.meta().index)
-                    ))
-                }
-            };
             let cfg = CoreConfig {
                 node_id: id,
                 shard,
@@ -712,19 +675,24 @@ impl Sim {
                 join,
             };
             let logger = slog::Logger::root(slog::Discard, slog::o!());
+            let recovery = Recovery {
+                segments: Box::new(replica.disk.clone()),
+                segment_bytes: SEGMENT_BYTES,
+                mode: RecoveryMode::Strict,
+                snapshot: replica.snapshots.last().cloned(),
+                entry_cache_bytes: Some(self.opts.entry_cache_bytes),
+            };
             let mut core =
-                ShardCore::new(cfg, store, sm, Arc::new(ShardMetrics::default()), &logger)
-                    .map_err(|e| format!("node {id} shard {shard}: starting raft: {e}"))?;
+                ShardCore::recover(cfg, recovery, Arc::new(ShardMetrics::default()), &logger)
+                    .map_err(|e| format!("node {id} shard {shard}: {e}"))?;
             if let Some(bug) = self.bug {
                 core.inject_bug_for_tests(bug);
             }
-            core.set_now(self.now);
-            core.campaign_if_preferred();
+            core.start(self.now);
             replica.applied_seen = core.state_machine().applied_index();
             replica.drawn_for = (u64::MAX, StateRole::Follower);
             replica.core = Some(core);
             replica.flushing = None;
-            replica.snapshotting = false;
         }
         let node = &mut self.nodes[id as usize - 1];
         node.up = true;
@@ -732,7 +700,7 @@ impl Sim {
         let first_tick = self.rng.range(0, TICK_US);
         self.schedule(first_tick, Event::Tick { node: id, incarnation });
         for shard in 0..self.opts.shards {
-            self.drive(id, shard)?;
+            self.drive(id, shard, 0)?;
         }
         Ok(())
     }
@@ -752,7 +720,6 @@ impl Sim {
                 }
             }
             replica.core = None;
-            replica.snapshotting = false;
         }
         self.stats.crashes += 1;
         // Clients waiting on this node see their connection drop.
@@ -875,7 +842,7 @@ impl Sim {
 
     /// Runs a replica's core after an input: the Ready loop, flushes, snapshots, and its
     /// outputs — messages into the network, replies to the clients, retired segments off disk.
-    fn drive(&mut self, node: u64, shard: u32) -> SimResult<()> {
+    fn drive(&mut self, node: u64, shard: u32, ticks: u64) -> SimResult<()> {
         let now = self.now;
         let mut out = std::mem::take(&mut self.out);
         let (flush, snapshot_job, redraw, applied) = {
@@ -889,8 +856,7 @@ impl Sim {
                 self.out = out;
                 return Ok(());
             };
-            core.set_now(now);
-            core.process();
+            let turn = core.turn(now, ticks, &mut out);
             let mut flush = false;
             if replica.flushing.is_none() {
                 if let Some(job) = core.take_flush_job() {
@@ -898,16 +864,11 @@ impl Sim {
                     flush = true;
                 }
             }
-            let mut snapshot_job = None;
-            if !replica.snapshotting {
-                snapshot_job = core.take_snapshot_job();
-                replica.snapshotting = snapshot_job.is_some();
-            }
-            if core.take_prune() && replica.snapshots.len() > SNAPSHOTS_KEPT {
+            let snapshot_job = turn.snapshot;
+            if turn.prune && replica.snapshots.len() > SNAPSHOTS_KEPT {
                 let excess = replica.snapshots.len() - SNAPSHOTS_KEPT;
                 replica.snapshots.drain(..excess);
             }
-            core.take_outputs(&mut out);
             for seq in &out.retire {
                 replica.disk.remove(*seq);
             }
@@ -1098,7 +1059,7 @@ impl Sim {
             self.stats.snapshots_sent += 1;
         }
         core.step(message);
-        self.drive(to, shard)?;
+        self.drive(to, shard, 0)?;
         if snapshot {
             self.report_snapshot(from, shard, to, true);
         }
@@ -1222,7 +1183,7 @@ impl Sim {
         core.set_now(now);
         core.on_client_frame(conn, &mut greeted, frame);
         self.conns.get_mut(&conn).expect("present").greeted = greeted;
-        self.drive(node, shard)
+        self.drive(node, shard, 0)
     }
 
     fn on_reply(&mut self, conn: ConnId, frame: &[u8]) -> SimResult<()> {

@@ -4,11 +4,12 @@
 //! flush completions — and produces outputs — raft messages to send, reply frames, WAL flush
 //! jobs, segments to retire. glommio, sockets and files are a thin shell around it
 //! ([`crate::runtime`]); a simulator can drive the same code with simulated time, network and
-//! disk.
+//! disk. Every shell calls the core the same way: the driver contract in [`driver`] (recovery,
+//! then turns and completions).
 //!
 //! # The Ready loop
 //!
-//! [`ShardCore::process`] drives raft-rs's Ready in the order raft-rs requires, with
+//! `ShardCore::process` (a [`ShardCore::turn`]) drives raft-rs's Ready in the order raft-rs requires, with
 //! asynchronous persistence so that proposals keep batching while a flush is in flight:
 //!
 //! ```text
@@ -35,6 +36,7 @@
 //! only up to the persisted index), so applying them in (e) before the current Ready's own
 //! flush is safe.
 
+pub mod driver;
 mod health;
 mod reads;
 mod requests;
@@ -58,8 +60,9 @@ use crate::constants::{
 };
 use crate::metrics::{Op, ShardMetrics};
 
+pub use driver::{Recovery, RecoveryError, Turn};
 pub use reads::Reads;
-pub use snapshots::{reconcile_log_with_snapshot, SnapshotJob, SnapshotPolicy};
+pub use snapshots::{SnapshotJob, SnapshotPolicy};
 pub use writes::Writes;
 
 /// Identifies a client connection within a shard; chosen by the shell.
@@ -246,7 +249,7 @@ pub enum InjectedBug {
 
 impl ShardCore {
     /// A core over a recovered log store and the state machine rebuilt from it.
-    pub fn new(
+    pub(super) fn new(
         cfg: CoreConfig,
         store: RaftLogStore,
         sm: StateMachine,
@@ -311,7 +314,7 @@ impl ShardCore {
     /// Starts an election at once if this node is the shard's preferred leader and knows of
     /// none, so a new cluster has its leaders in place within one round trip. Pre-vote makes
     /// this harmless when a healthy leader exists.
-    pub fn campaign_if_preferred(&mut self) {
+    pub(super) fn campaign_if_preferred(&mut self) {
         if self.cfg.preferred_leader == self.cfg.node_id && self.raw.raft.leader_id == 0 {
             let _ = self.raw.campaign();
         }
@@ -397,7 +400,7 @@ impl ShardCore {
     }
 
     /// One raft tick, plus the timeouts counted in ticks.
-    pub fn tick(&mut self) {
+    pub(super) fn tick(&mut self) {
         self.ticks += 1;
         self.health.tick(self.now_us, self.election_timeout_us());
         let caught_up = self.join_target > 0 && self.sm.applied_index() >= self.join_target;
@@ -578,7 +581,7 @@ impl ShardCore {
 
     /// Runs the Ready loop (see the module docs) until raft has nothing more, or the WAL has
     /// no room for the next Ready (it continues after the flush in flight completes).
-    pub fn process(&mut self) {
+    pub(super) fn process(&mut self) {
         self.propose_batch();
         self.start_read_round();
         while self.raw.has_ready() && self.failure.is_none() {
@@ -873,7 +876,7 @@ impl ShardCore {
 
     /// Takes the outputs produced so far, swapping in `spare` (cleared) so allocations are
     /// reused.
-    pub fn take_outputs(&mut self, spare: &mut Outputs) {
+    pub(super) fn take_outputs(&mut self, spare: &mut Outputs) {
         // raft-rs asks the store for entries while stepping and ticking too, not only in the
         // Ready loop: collect the reads it left waiting from wherever they came.
         let fetches = self.raw.mut_store().take_cold_fetches();
@@ -896,19 +899,19 @@ impl ShardCore {
 
     /// Begins shutdown: stops taking new requests, proposes what is batched, and makes the
     /// next flush take everything buffered.
-    pub fn begin_shutdown(&mut self) {
+    pub(super) fn begin_shutdown(&mut self) {
         self.shutting_down = true;
         self.process();
     }
 
     /// Whether writes are still waiting for their entries to apply.
-    pub fn has_writes_in_flight(&self) -> bool {
+    pub(super) fn has_writes_in_flight(&self) -> bool {
         self.writes.in_flight() > 0
     }
 
     /// Ends shutdown: answers every request still waiting — reads and unproposed writes with
     /// `Unavailable`, proposed writes with `Timeout` (their outcome is unknown).
-    pub fn finish_shutdown(&mut self) {
+    pub(super) fn finish_shutdown(&mut self) {
         self.fail_unproposed_writes();
         self.fail_proposed_writes_unknown();
         let reason = "the node is shutting down";

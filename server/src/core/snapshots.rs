@@ -93,7 +93,7 @@ fn raft_snapshot(index: u64, term: u64, voters: &[u64]) -> Snapshot {
 /// the WAL recorded the reset to it — the log is reset to the snapshot now: its entries were
 /// either older than the snapshot or from a branch the leader's log does not contain, and
 /// raft-rs refuses to start with a commit index past the end of the log.
-pub fn reconcile_log_with_snapshot(
+pub(super) fn reconcile_log_with_snapshot(
     store: &mut RaftLogStore,
     index: u64,
     term: u64,
@@ -163,7 +163,7 @@ impl ShardCore {
     }
 
     /// A snapshot to make, when a threshold is reached and none is under way.
-    pub fn take_snapshot_job(&mut self) -> Option<SnapshotJob> {
+    pub(super) fn take_snapshot_job(&mut self) -> Option<SnapshotJob> {
         let applied = self.sm.applied_index();
         let (entries, log_bytes) = self.snapshot_thresholds();
         let state = &self.snapshots;
@@ -225,7 +225,7 @@ impl ShardCore {
     }
 
     /// Whether old snapshot files can be removed (once, after each new snapshot).
-    pub fn take_prune(&mut self) -> bool {
+    pub(super) fn take_prune(&mut self) -> bool {
         std::mem::take(&mut self.snapshots.prune)
     }
 
@@ -274,7 +274,8 @@ impl ShardCore {
         self.out.garbage.push(replaced);
         self.snapshots.newest = index;
         self.snapshots.previous = index;
-        self.snapshots.in_progress = None;
+        // A snapshot job still out stays the one in progress: its result is out of date
+        // (`on_snapshot_written` discards it), and until it is back no other starts.
         self.snapshots.applied_bytes = 0;
         self.snapshots.prune = true;
         self.snapshots.staggered = true;

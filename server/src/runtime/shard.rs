@@ -11,9 +11,10 @@
 //!        └── DMA write + fdatasync ──► on_flush_complete ──► driver
 //! ```
 //!
-//! Inputs go straight into the core and wake the driver; the driver runs `process()` once for
-//! everything that arrived meanwhile (so a burst of requests becomes one raft entry) and sends
-//! the outputs. The flush task runs one WAL flush at a time; while it waits on the disk, new
+//! The calls into the core follow its driver contract (`core/driver.rs`): start-up recovers
+//! through `ShardCore::recover`; inputs go straight into the core and wake the driver, which
+//! runs one `turn` for everything that arrived meanwhile (so a burst of requests becomes one
+//! raft entry) and sends the outputs. The flush task runs one WAL flush at a time; while it waits on the disk, new
 //! writes accumulate for the next one (group commit). No borrow of the core is ever held across
 //! an `.await`.
 
@@ -28,13 +29,12 @@ use std::time::{Duration, Instant};
 use super::disk::{self, DmaFlusher};
 use anyhow::Context;
 use corekv_proto::encode::PeerEncoder;
-use corekv_storage::raft_log::{ColdFetch, ColdRead, RaftLogStore};
+use corekv_storage::raft_log::{ColdFetch, ColdRead};
 use corekv_storage::snapshot::{self, Archive};
-use corekv_storage::state_machine::StateMachine;
 use corekv_storage::wal::{RecoveryMode, SegmentDir, SegmentIdentity, SegmentSource};
 use corekv_types::registry::Registry;
 use glommio::net::TcpListener;
-use raft::eraftpb::{ConfState, Message};
+use raft::eraftpb::Message;
 
 use super::background;
 use super::client::{accept_clients, ClientConn};
@@ -42,8 +42,7 @@ use super::notify::Notify;
 use super::peer::{accept_peers, peer_sender, start_snapshot_send, PeerLink};
 use crate::constants::{FRAME_SPLIT_BYTES, SHUTDOWN_DRAIN_MS, SNAPSHOT_FILES_KEPT};
 use crate::core::{
-    reconcile_log_with_snapshot, ConnId, CoreConfig, Outputs, ShardCore, SnapshotJob,
-    SnapshotPolicy,
+    ConnId, CoreConfig, Outputs, Recovery, RecoveryError, ShardCore, SnapshotJob, SnapshotPolicy,
 };
 use crate::http::{Published, StatusSlot};
 use crate::metrics::ShardMetrics;
@@ -155,55 +154,8 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
     let wal_dir = ctx.shard_dir.join("wal");
     let segments = SegmentDir::open(&wal_dir, identity.clone(), ctx.wal_segment_bytes)
         .with_context(|| format!("shard {}: opening {}", ctx.shard, wal_dir.display()))?;
-    let conf = ConfState { voters: registry.node_ids(), ..Default::default() };
-    let started_at = Instant::now();
     let snap_dir = ctx.shard_dir.join("snap");
-    let archive = load_newest_snapshot(&snap_dir, &registry.cluster, ctx.shard).await?;
-    let (mut store, recovered) = RaftLogStore::open(
-        Box::new(segments.clone()),
-        identity,
-        ctx.wal_segment_bytes,
-        conf,
-        RecoveryMode::Strict,
-    )
-    .with_context(|| format!("shard {}: recovering the WAL", ctx.shard))?;
-    let compacted = store.compacted().0;
-    let sm = match archive {
-        Some(archive) if archive.meta().index >= compacted => {
-            let (index, term) = (archive.meta().index, archive.meta().term);
-            reconcile_log_with_snapshot(&mut store, index, term, &registry.node_ids())
-                .map_err(|e| anyhow::anyhow!("shard {}: {e}", ctx.shard))?;
-            StateMachine::from_snapshot(Arc::new(archive))
-        }
-        None if compacted == 0 => StateMachine::new(),
-        newest => anyhow::bail!(
-            "shard {}: the log starts after index {compacted}, but no valid snapshot reaches it \
-             (newest valid: {:?}); this replica cannot rebuild its state locally — remove {} to \
-             have it rebuilt from the cluster",
-            ctx.shard,
-            newest.map(|a| a.meta().index),
-            ctx.shard_dir.display()
-        ),
-    };
-    // The keys are the snapshot's: the log entries after it apply once the shard starts
-    // (those its hard state says are committed at once, the rest as a leader commits them).
-    tracing::info!(
-        shard = ctx.shard,
-        snapshot_index = sm.applied_index(),
-        snapshot_keys = sm.len(),
-        wal_records = recovered.records,
-        wal_segments = recovered.segments.len(),
-        log_last_index = raft::Storage::last_index(&store).unwrap_or(0),
-        log_commit_index = store.hard_state().commit,
-        elapsed_ms = started_at.elapsed().as_millis() as u64,
-        "state recovered: snapshot loaded, the WAL read back; the log entries after the \
-         snapshot apply next"
-    );
-    let flusher = DmaFlusher::new(segments.clone());
-    flusher
-        .ensure_spares_before_serving()
-        .await
-        .with_context(|| format!("shard {}: preparing a WAL segment", ctx.shard))?;
+    let snapshot = load_newest_snapshot(&snap_dir, &registry.cluster, ctx.shard).await?;
     let cfg = CoreConfig {
         node_id: ctx.node_id,
         shard: ctx.shard,
@@ -218,8 +170,27 @@ async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
         join: ctx.join,
     };
     let logger = crate::logging::raft_logger(ctx.node_id, ctx.shard);
-    let core = ShardCore::new(cfg, store, sm, ctx.metrics.clone(), &logger)
-        .map_err(|e| anyhow::anyhow!("shard {}: starting raft: {e}", ctx.shard))?;
+    let recovery = Recovery {
+        segments: Box::new(segments.clone()),
+        segment_bytes: ctx.wal_segment_bytes,
+        mode: RecoveryMode::Strict,
+        snapshot: snapshot.map(Arc::new),
+        entry_cache_bytes: None,
+    };
+    let core = ShardCore::recover(cfg, recovery, ctx.metrics.clone(), &logger).map_err(|e| {
+        let hint = match e {
+            RecoveryError::NoSnapshotReaches { .. } => {
+                format!(" — remove {} to have it rebuilt from the cluster", ctx.shard_dir.display())
+            }
+            _ => String::new(),
+        };
+        anyhow::anyhow!("shard {}: {e}{hint}", ctx.shard)
+    })?;
+    let flusher = DmaFlusher::new(segments.clone());
+    flusher
+        .ensure_spares_before_serving()
+        .await
+        .with_context(|| format!("shard {}: preparing a WAL segment", ctx.shard))?;
     let client_addr = format!("{}:{}", node.host, node.client_port as u32 + ctx.shard);
     let peer_addr = format!("{}:{}", node.host, node.peer_port as u32 + ctx.shard);
     let client = listen(&client_addr).map_err(|e| {
@@ -284,7 +255,7 @@ async fn serve(shard: Rc<Shard>, listeners: Listeners) {
     }
     let flush_task = glommio::spawn_local(flush_loop(shard.clone(), flusher));
     glommio::spawn_local(tick_loop(shard.clone(), timing.tick_ms)).detach();
-    shard.core.borrow_mut().campaign_if_preferred();
+    shard.core.borrow_mut().start(shard.now_us());
     shard.wake.notify();
     drive(&shard, &shutdown, &status).await;
     shut_down(&shard).await;
@@ -305,27 +276,22 @@ async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &StatusSlot) {
     loop {
         shard.wake.wait().await;
         let ticks = shard.pending_ticks.replace(0);
-        let (job, prune) = {
+        let turn = {
             let mut core = shard.core.borrow_mut();
-            core.set_now(shard.now_us());
-            for _ in 0..ticks {
-                core.tick();
-            }
-            core.process();
-            core.take_outputs(&mut out);
+            let turn = core.turn(shard.now_us(), ticks, &mut out);
             if ticks > 0 {
                 let current = core.status();
                 shard.metrics.set_raft_position(&current);
                 *status.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(Published { at: Instant::now(), status: current });
             }
-            (core.take_snapshot_job(), core.take_prune())
+            turn
         };
         dispatch(shard, &mut out, &mut encoder);
-        if let Some(job) = job {
+        if let Some(job) = turn.snapshot {
             glommio::spawn_local(make_snapshot(shard.clone(), job)).detach();
         }
-        if prune {
+        if turn.prune {
             let dir = shard.snap_dir.clone();
             let shard_index = shard.shard;
             let pruned = background::run("snapshot-prune".to_string(), move || {
@@ -413,18 +379,9 @@ async fn shut_down(shard: &Rc<Shard>) {
     let mut out = Outputs::default();
     let mut encoder = PeerEncoder::new();
     let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);
-    shard.core.borrow_mut().begin_shutdown();
     loop {
-        {
-            let mut core = shard.core.borrow_mut();
-            core.set_now(shard.now_us());
-            core.process();
-            if !core.has_writes_in_flight() || Instant::now() >= deadline {
-                core.finish_shutdown();
-            }
-            core.take_outputs(&mut out);
-        }
-        let drained = !shard.core.borrow().has_writes_in_flight();
+        let give_up = Instant::now() >= deadline;
+        let drained = shard.core.borrow_mut().shutdown_turn(shard.now_us(), give_up, &mut out);
         dispatch(shard, &mut out, &mut encoder);
         if drained {
             break;
