@@ -6,74 +6,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-/// Client operations, for per-operation counters and latencies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// Connection hello.
-    Hello,
-    /// Single-key read.
-    Get,
-    /// Single-key write.
-    Put,
-    /// Single-key delete.
-    Delete,
-    /// Multi-key read.
-    BatchGet,
-    /// Multi-key write.
-    BatchPut,
-    /// Multi-key delete.
-    BatchDelete,
-    /// Range or prefix read.
-    Scan,
-    /// Transaction.
-    Txn,
-    /// Status request.
-    Status,
-}
-
-impl Op {
-    /// Every operation, in label order.
-    pub const ALL: [Op; 10] = [
-        Op::Hello,
-        Op::Get,
-        Op::Put,
-        Op::Delete,
-        Op::BatchGet,
-        Op::BatchPut,
-        Op::BatchDelete,
-        Op::Scan,
-        Op::Txn,
-        Op::Status,
-    ];
-
-    /// The Prometheus label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Op::Hello => "hello",
-            Op::Get => "get",
-            Op::Put => "put",
-            Op::Delete => "delete",
-            Op::BatchGet => "batch_get",
-            Op::BatchPut => "batch_put",
-            Op::BatchDelete => "batch_delete",
-            Op::Scan => "scan",
-            Op::Txn => "txn",
-            Op::Status => "status",
-        }
-    }
-}
-
-/// Error kinds replied, for the error counter.
-pub const ERROR_KINDS: [&str; 8] = [
-    "not_leader",
-    "wrong_shard",
-    "unavailable",
-    "timeout",
-    "invalid_request",
-    "too_large",
-    "compare_failed",
-    "busy",
-];
+use crate::core::{ErrorKind, Op, Role, ShardStatus};
 
 /// Upper bounds (microseconds) of the latency histogram buckets.
 const LATENCY_BUCKETS_US: [u64; 18] = [
@@ -145,7 +78,7 @@ pub struct ShardMetrics {
     pub requests: Vec<AtomicU64>,
     /// Latency from request arrival to reply, by operation, in µs.
     pub latency_us: Vec<Histogram>,
-    /// Error replies, by kind ([`ERROR_KINDS`]).
+    /// Error replies, by kind ([`ErrorKind::ALL`]).
     pub errors: Vec<AtomicU64>,
     /// Raft entries proposed.
     pub proposals: AtomicU64,
@@ -212,7 +145,7 @@ impl Default for ShardMetrics {
         ShardMetrics {
             requests: Op::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             latency_us: Op::ALL.iter().map(|_| Histogram::latency()).collect(),
-            errors: ERROR_KINDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            errors: ErrorKind::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             proposals: AtomicU64::new(0),
             batch_ops: Histogram::new(&BATCH_BUCKETS),
             read_rounds: AtomicU64::new(0),
@@ -252,8 +185,8 @@ impl ShardMetrics {
     }
 
     /// Publishes the raft position of a status refresh.
-    pub fn set_raft_position(&self, status: &crate::core::ShardStatus) {
-        let leader = status.role == "leader";
+    pub fn set_raft_position(&self, status: &ShardStatus) {
+        let leader = status.role == Role::Leader;
         self.is_leader.store(leader as i64, Relaxed);
         self.term.store(status.term as i64, Relaxed);
         self.commit_index.store(status.commit_index as i64, Relaxed);
@@ -268,9 +201,9 @@ impl ShardMetrics {
         self.latency_us[op as usize].record(latency_us);
     }
 
-    /// Counts an error reply of kind `ERROR_KINDS[kind]`.
-    pub fn error(&self, kind: usize) {
-        self.errors[kind].fetch_add(1, Relaxed);
+    /// Counts an error reply of `kind`.
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].fetch_add(1, Relaxed);
     }
 }
 
@@ -314,11 +247,12 @@ pub fn render(node_id: u64, shards: &[&ShardMetrics]) -> String {
     let _ = writeln!(out, "# HELP corekv_errors_total Error replies, by kind.");
     let _ = writeln!(out, "# TYPE corekv_errors_total counter");
     for (shard, m) in shards.iter().enumerate() {
-        for (i, kind) in ERROR_KINDS.iter().enumerate() {
-            let v = m.errors[i].load(Relaxed);
+        for kind in ErrorKind::ALL {
+            let v = m.errors[kind as usize].load(Relaxed);
             let _ = writeln!(
                 out,
-                "corekv_errors_total{{node=\"{node_id}\",shard=\"{shard}\",kind=\"{kind}\"}} {v}"
+                "corekv_errors_total{{node=\"{node_id}\",shard=\"{shard}\",kind=\"{}\"}} {v}",
+                kind.label()
             );
         }
     }

@@ -1313,7 +1313,7 @@ impl Sim {
                         parts.push(format!(
                             "n{}/s{s}:{} t{} c{} a{}{}",
                             i + 1,
-                            st.role,
+                            st.role.label(),
                             st.term,
                             st.commit_index,
                             st.applied_index,

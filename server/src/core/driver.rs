@@ -38,6 +38,7 @@
 
 use std::sync::Arc;
 
+use corekv_proto::encode::ErrorInfo;
 use corekv_storage::error::StorageError;
 use corekv_storage::raft_log::RaftLogStore;
 use corekv_storage::snapshot::Archive;
@@ -199,5 +200,28 @@ impl ShardCore {
         }
         self.take_outputs(out);
         !self.has_writes_in_flight()
+    }
+
+    /// Begins shutdown: stops taking new requests, proposes what is batched, and makes the
+    /// next flush take everything buffered.
+    pub(super) fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        self.process();
+    }
+
+    /// Whether writes are still waiting for their entries to apply.
+    pub(super) fn has_writes_in_flight(&self) -> bool {
+        self.writes.in_flight() > 0
+    }
+
+    /// Ends shutdown: answers every request still waiting — reads and unproposed writes with
+    /// `Unavailable`, proposed writes with `Timeout` (their outcome is unknown).
+    pub(super) fn finish_shutdown(&mut self) {
+        self.fail_unproposed_writes();
+        self.fail_proposed_writes_unknown();
+        let reason = "the node is shutting down";
+        for waiter in self.reads.drain_all() {
+            self.reply_error(waiter.caller, &ErrorInfo::Unavailable { reason });
+        }
     }
 }

@@ -23,12 +23,10 @@ use std::ops::Bound;
 use corekv_proto::constants::FRAME_BYTES_MAX;
 use corekv_proto::encode::{EntryRef, ErrorInfo};
 
+use super::replies::{push_reply, Caller};
 use super::writes::wire_meta;
-use super::{push_reply, ConnId, ShardCore};
-use crate::constants::{
-    BUSY_RETRY_AFTER_MS, READS_WAITING_MAX, READ_RETRY_TICKS, SCAN_REPLY_BYTES_MAX,
-};
-use crate::metrics::Op;
+use super::ShardCore;
+use crate::constants::{READS_WAITING_MAX, READ_RETRY_TICKS, SCAN_REPLY_BYTES_MAX};
 
 /// Bytes a reply adds per entry beyond key and value (flatbuffers tables and offsets).
 const ENTRY_OVERHEAD_BYTES: usize = 64;
@@ -60,10 +58,7 @@ pub struct ScanQuery {
 /// A client waiting for a read.
 #[derive(Debug, Clone)]
 pub struct ReadWaiter {
-    pub(super) conn: ConnId,
-    pub(super) id: u64,
-    pub(super) op: Op,
-    pub(super) start_us: u64,
+    pub(super) caller: Caller,
     pub(super) query: ReadQuery,
 }
 
@@ -104,7 +99,7 @@ impl Reads {
 
     /// Takes the reads that have waited longer than `timeout_us`.
     pub(super) fn expire(&mut self, now_us: u64, timeout_us: u64) -> Vec<ReadWaiter> {
-        let old = |w: &ReadWaiter| now_us.saturating_sub(w.start_us) > timeout_us;
+        let old = |w: &ReadWaiter| now_us.saturating_sub(w.caller.start_us) > timeout_us;
         let mut expired: Vec<ReadWaiter> = Vec::new();
         for round in &mut self.rounds {
             let (gone, kept): (Vec<_>, Vec<_>) = round.waiters.drain(..).partition(old);
@@ -132,20 +127,8 @@ impl ShardCore {
             let read_index = self.sm.applied_index();
             return self.execute_read(&waiter, true, read_index);
         }
-        if self.shutting_down {
-            let error = ErrorInfo::Unavailable { reason: "the node is shutting down" };
-            return self.reply_error(waiter.conn, waiter.id, waiter.op, waiter.start_us, &error);
-        }
-        if let Some(failure) = self.failure.clone() {
-            let error = ErrorInfo::Unavailable { reason: &failure };
-            return self.reply_error(waiter.conn, waiter.id, waiter.op, waiter.start_us, &error);
-        }
-        if !self.is_leader() {
-            return self.reply_not_leader(waiter.conn, waiter.id, waiter.op, waiter.start_us);
-        }
-        if self.reads.waiting >= READS_WAITING_MAX {
-            let error = ErrorInfo::Busy { retry_after_ms: BUSY_RETRY_AFTER_MS };
-            return self.reply_error(waiter.conn, waiter.id, waiter.op, waiter.start_us, &error);
+        if !self.admit(waiter.caller, self.reads.waiting >= READS_WAITING_MAX) {
+            return;
         }
         self.reads.waiting += 1;
         self.reads.queued.push(waiter);
@@ -220,7 +203,7 @@ impl ShardCore {
     /// Answers every waiting read `NotLeader` (this replica lost the leadership or failed).
     pub(super) fn fail_reads_not_leader(&mut self) {
         for waiter in self.reads.drain_all() {
-            self.reply_not_leader(waiter.conn, waiter.id, waiter.op, waiter.start_us);
+            self.reply_not_leader(waiter.caller);
         }
     }
 
@@ -235,8 +218,8 @@ impl ShardCore {
                     value: Some(v.value),
                     meta: wire_meta(v.meta),
                 });
-                let frame = encoder.get(waiter.id, found.as_ref(), stale, read_index);
-                push_reply(out, waiter.conn, frame);
+                let frame = encoder.get(waiter.caller.id, found.as_ref(), stale, read_index);
+                push_reply(out, waiter.caller.conn, frame);
                 too_large = None;
             }
             ReadQuery::BatchGet(keys) => {
@@ -254,8 +237,8 @@ impl ShardCore {
                 if size + keys.len() * ENTRY_OVERHEAD_BYTES > FRAME_BYTES_MAX {
                     too_large = Some(size);
                 } else {
-                    let frame = encoder.batch_get(waiter.id, found, stale, read_index);
-                    push_reply(out, waiter.conn, frame);
+                    let frame = encoder.batch_get(waiter.caller.id, found, stale, read_index);
+                    push_reply(out, waiter.caller.conn, frame);
                     too_large = None;
                 }
             }
@@ -278,13 +261,13 @@ impl ShardCore {
                 });
                 let continuation = if more { entries.last().map(|e| e.key) } else { None };
                 let frame = encoder.scan(
-                    waiter.id,
+                    waiter.caller.id,
                     entries.iter().copied(),
                     continuation,
                     stale,
                     read_index,
                 );
-                push_reply(out, waiter.conn, frame);
+                push_reply(out, waiter.caller.conn, frame);
                 too_large = None;
             }
         }
@@ -294,9 +277,9 @@ impl ShardCore {
                 size: size as u64,
                 limit: FRAME_BYTES_MAX as u64,
             };
-            return self.reply_error(waiter.conn, waiter.id, waiter.op, waiter.start_us, &error);
+            return self.reply_error(waiter.caller, &error);
         }
-        self.metrics.replied(waiter.op, self.now_us.saturating_sub(waiter.start_us));
+        self.metrics.replied(waiter.caller.op, self.now_us.saturating_sub(waiter.caller.start_us));
     }
 }
 

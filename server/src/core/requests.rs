@@ -22,9 +22,10 @@ use corekv_storage::command::{Compare, CompareOp, CompareTarget, TxnOp, TxnOpKin
 use corekv_types::placement::{shard_for_slot, slot};
 
 use super::reads::{ReadQuery, ReadWaiter, ScanQuery};
-use super::{push_reply, ConnId, ShardCore};
+use super::replies::{push_reply, Caller};
+use super::Op;
+use super::{ConnId, ShardCore};
 use crate::constants::ENTRY_BYTES_MAX;
-use crate::metrics::Op;
 
 /// Why a request is refused before it does anything.
 enum Refusal {
@@ -42,13 +43,8 @@ impl ShardCore {
             Err(error) => {
                 self.metrics.malformed_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let reason = error.to_string();
-                self.reply_error(
-                    conn,
-                    0,
-                    Op::Hello,
-                    self.now_us,
-                    &ErrorInfo::InvalidRequest { reason: &reason },
-                );
+                let caller = Caller { conn, id: 0, op: Op::Hello, start_us: self.now_us };
+                self.reply_error(caller, &ErrorInfo::InvalidRequest { reason: &reason });
                 return;
             }
         };
@@ -73,20 +69,18 @@ impl ShardCore {
             let start = self.now_us;
             match refusal {
                 Refusal::Invalid(reason) => self.reply_error(
-                    conn,
-                    id,
-                    op,
-                    start,
+                    Caller { conn, id, op, start_us: start },
                     &ErrorInfo::InvalidRequest { reason: &reason },
                 ),
                 Refusal::TooLarge { what, size, limit } => {
                     let error =
                         ErrorInfo::TooLarge { what, size: size as u64, limit: limit as u64 };
-                    self.reply_error(conn, id, op, start, &error)
+                    self.reply_error(Caller { conn, id, op, start_us: start }, &error)
                 }
-                Refusal::WrongShard(shard) => {
-                    self.reply_error(conn, id, op, start, &ErrorInfo::WrongShard { shard })
-                }
+                Refusal::WrongShard(shard) => self.reply_error(
+                    Caller { conn, id, op, start_us: start },
+                    &ErrorInfo::WrongShard { shard },
+                ),
             }
         }
     }
@@ -113,13 +107,8 @@ impl ShardCore {
         };
         match refusal {
             Some(reason) => {
-                self.reply_error(
-                    conn,
-                    id,
-                    Op::Hello,
-                    self.now_us,
-                    &ErrorInfo::InvalidRequest { reason: &reason },
-                );
+                let caller = Caller { conn, id, op: Op::Hello, start_us: self.now_us };
+                self.reply_error(caller, &ErrorInfo::InvalidRequest { reason: &reason });
                 self.out.close.push(conn);
             }
             None => {
@@ -140,7 +129,8 @@ impl ShardCore {
         request: &RequestFrame<'_>,
     ) -> Result<(), Refusal> {
         let start_us = self.now_us;
-        let read = |query: ReadQuery| ReadWaiter { conn, id, op, start_us, query };
+        let read =
+            |query: ReadQuery| ReadWaiter { caller: Caller { conn, id, op, start_us }, query };
         match request.request_type() {
             Request::GetRequest => {
                 let get = request.request_as_get_request().expect("type checked");

@@ -289,7 +289,7 @@ impl ShardCore {
 
     fn fail_pending_through(&mut self, index: u64) {
         for w in self.writes.take_pending_through(index) {
-            self.reply_error(w.conn, w.id, w.op, w.start_us, &ErrorInfo::Timeout);
+            self.reply_error(w, &ErrorInfo::Timeout);
         }
     }
 }

@@ -21,28 +21,20 @@ use corekv_storage::command::BatchBuilder;
 use corekv_storage::state_machine::{KeyMeta, OpResult, TxnResult};
 use raft::eraftpb::{Entry, EntryType};
 
-use super::{push_reply, ConnId, ShardCore};
+use super::replies::{push_reply, Caller};
+use super::Op;
+use super::{ConnId, ShardCore};
 use crate::constants::{
     BATCH_BYTES_TARGET, BUSY_RETRY_AFTER_MS, PROPOSAL_TIMEOUT_MS, READ_TIMEOUT_MS,
     WAL_BACKLOG_BYTES_BUSY, WRITES_IN_FLIGHT_MAX,
 };
-use crate::metrics::Op;
-
-/// A client waiting for its write.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Waiter {
-    pub(super) conn: ConnId,
-    pub(super) id: u64,
-    pub(super) op: Op,
-    pub(super) start_us: u64,
-}
 
 /// A proposed entry and the writers waiting on it, in batch order.
 #[derive(Debug)]
 struct Pending {
     index: u64,
     term: u64,
-    waiters: Vec<Waiter>,
+    waiters: Vec<Caller>,
     proposed_us: u64,
 }
 
@@ -50,7 +42,7 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct Writes {
     batch: BatchBuilder,
-    batch_waiters: Vec<Waiter>,
+    batch_waiters: Vec<Caller>,
     pending: VecDeque<Pending>,
     in_flight: usize,
 }
@@ -62,7 +54,7 @@ impl Writes {
     }
 
     /// Takes the writers of every proposal at or before `index`.
-    pub(super) fn take_pending_through(&mut self, index: u64) -> Vec<Waiter> {
+    pub(super) fn take_pending_through(&mut self, index: u64) -> Vec<Caller> {
         let mut taken = Vec::new();
         while self.pending.front().is_some_and(|p| p.index <= index) {
             let p = self.pending.pop_front().expect("non-empty");
@@ -88,22 +80,12 @@ impl ShardCore {
         bytes: usize,
         encode: impl FnOnce(&mut BatchBuilder),
     ) {
-        let start_us = self.now_us;
-        if self.shutting_down {
-            let error = ErrorInfo::Unavailable { reason: "the node is shutting down" };
-            return self.reply_error(conn, id, op, start_us, &error);
-        }
-        if let Some(failure) = self.failure.clone() {
-            let error = ErrorInfo::Unavailable { reason: &failure };
-            return self.reply_error(conn, id, op, start_us, &error);
-        }
-        if !self.is_leader() {
-            return self.reply_not_leader(conn, id, op, start_us);
-        }
+        let caller = Caller { conn, id, op, start_us: self.now_us };
         let backlog = self.raw.store().wal().buffered_bytes();
-        if self.writes.in_flight >= WRITES_IN_FLIGHT_MAX || backlog >= WAL_BACKLOG_BYTES_BUSY {
-            let error = ErrorInfo::Busy { retry_after_ms: BUSY_RETRY_AFTER_MS };
-            return self.reply_error(conn, id, op, start_us, &error);
+        let busy =
+            self.writes.in_flight >= WRITES_IN_FLIGHT_MAX || backlog >= WAL_BACKLOG_BYTES_BUSY;
+        if !self.admit(caller, busy) {
+            return;
         }
         if !self.writes.batch.is_empty()
             && self.writes.batch.len_bytes() + bytes > BATCH_BYTES_TARGET
@@ -112,7 +94,7 @@ impl ShardCore {
             self.propose_batch();
         }
         encode(&mut self.writes.batch);
-        self.writes.batch_waiters.push(Waiter { conn, id, op, start_us });
+        self.writes.batch_waiters.push(caller);
         self.writes.in_flight += 1;
         if self.writes.batch.len_bytes() >= BATCH_BYTES_TARGET {
             self.propose_batch();
@@ -148,9 +130,9 @@ impl ShardCore {
                 for w in waiters {
                     if self.is_leader() {
                         let error = ErrorInfo::Busy { retry_after_ms: BUSY_RETRY_AFTER_MS };
-                        self.reply_error(w.conn, w.id, w.op, w.start_us, &error);
+                        self.reply_error(w, &error);
                     } else {
-                        self.reply_not_leader(w.conn, w.id, w.op, w.start_us);
+                        self.reply_not_leader(w);
                     }
                 }
             }
@@ -186,7 +168,7 @@ impl ShardCore {
                 }
                 OpResult::BatchDelete(flags) => encoder.batch_delete(w.id, flags, index),
                 OpResult::Txn(outcome) if !outcome.succeeded && outcome.branch_empty => {
-                    metrics.error(6);
+                    metrics.error(super::ErrorKind::CompareFailed);
                     let compare = outcome.failed_compare.unwrap_or(0);
                     encoder.error(w.id, &ErrorInfo::CompareFailed { compare })
                 }
@@ -218,13 +200,7 @@ impl ShardCore {
                 tracing::error!(shard = self.cfg.shard, index, %error, "committed entry does not decode");
                 let reason = error.to_string();
                 for w in waiters {
-                    self.reply_error(
-                        w.conn,
-                        w.id,
-                        w.op,
-                        w.start_us,
-                        &ErrorInfo::InvalidRequest { reason: &reason },
-                    );
+                    self.reply_error(w, &ErrorInfo::InvalidRequest { reason: &reason });
                 }
             }
             (Err(error), None) => {
@@ -236,14 +212,14 @@ impl ShardCore {
 
     /// The writers waiting on `entry` if it is the entry they proposed. Writers of a proposal
     /// that another entry replaced are answered `NotLeader` (their write never applies).
-    fn take_waiters_for(&mut self, entry: &Entry) -> Option<Vec<Waiter>> {
+    fn take_waiters_for(&mut self, entry: &Entry) -> Option<Vec<Caller>> {
         while self.writes.pending.front().is_some_and(|p| p.index < entry.index) {
             // Every index applies in order, so this is unreachable while logs are never
             // replaced by snapshots; answer conservatively if it happens.
             let lost = self.writes.pending.pop_front().expect("non-empty");
             self.writes.in_flight -= lost.waiters.len();
             for w in lost.waiters {
-                self.reply_error(w.conn, w.id, w.op, w.start_us, &ErrorInfo::Timeout);
+                self.reply_error(w, &ErrorInfo::Timeout);
             }
         }
         if self.writes.pending.front().is_none_or(|p| p.index != entry.index) {
@@ -255,7 +231,7 @@ impl ShardCore {
             return Some(pending.waiters);
         }
         for w in pending.waiters {
-            self.reply_not_leader(w.conn, w.id, w.op, w.start_us);
+            self.reply_not_leader(w);
         }
         None
     }
@@ -271,17 +247,11 @@ impl ShardCore {
         for w in waiters {
             if self.shutting_down {
                 let error = ErrorInfo::Unavailable { reason: "the node is shutting down" };
-                self.reply_error(w.conn, w.id, w.op, w.start_us, &error);
+                self.reply_error(w, &error);
             } else if let Some(failure) = self.failure.clone() {
-                self.reply_error(
-                    w.conn,
-                    w.id,
-                    w.op,
-                    w.start_us,
-                    &ErrorInfo::Unavailable { reason: &failure },
-                );
+                self.reply_error(w, &ErrorInfo::Unavailable { reason: &failure });
             } else {
-                self.reply_not_leader(w.conn, w.id, w.op, w.start_us);
+                self.reply_not_leader(w);
             }
         }
     }
@@ -291,7 +261,7 @@ impl ShardCore {
         while let Some(p) = self.writes.pending.pop_front() {
             self.writes.in_flight -= p.waiters.len();
             for w in p.waiters {
-                self.reply_error(w.conn, w.id, w.op, w.start_us, &ErrorInfo::Timeout);
+                self.reply_error(w, &ErrorInfo::Timeout);
             }
         }
     }
@@ -308,11 +278,11 @@ impl ShardCore {
             let p = self.writes.pending.pop_front().expect("non-empty");
             self.writes.in_flight -= p.waiters.len();
             for w in p.waiters {
-                self.reply_error(w.conn, w.id, w.op, w.start_us, &ErrorInfo::Timeout);
+                self.reply_error(w, &ErrorInfo::Timeout);
             }
         }
         for w in self.reads.expire(now, READ_TIMEOUT_MS * 1000) {
-            self.reply_error(w.conn, w.id, w.op, w.start_us, &ErrorInfo::Timeout);
+            self.reply_error(w.caller, &ErrorInfo::Timeout);
         }
     }
 }

@@ -1,0 +1,261 @@
+//! Catching up: a replica that may have lost data takes no part in elections until it has
+//! what a leader says is committed.
+//!
+//! ```text
+//!                 start, empty log, no --join
+//!                        │
+//!                        ▼
+//!   ┌─────────────────  Fresh  ───────────────────────┐
+//!   │ entries or a snapshot from a leader that        │ applied what a leader said was
+//!   │ committed something (the cluster has data       │ committed, or elected leader
+//!   │ this replica lacks)                             │
+//!   ▼                                                 ▼
+//! Joining ───── applied join_target ──────────────► Member ◄── start, log not empty
+//!   ▲  ▲                                              │
+//!   │  └── start with --join, or with the log's       │ a leader's heartbeat commits past
+//!   │      rebuilding mark set (restarted part way)   │ the end of this replica's log (it
+//!   └─────────────────────────────────────────────────┘ lost acknowledged entries)
+//! ```
+//!
+//! - *Fresh* answers no (pre-)vote request from a candidate that knows of a committed entry;
+//!   it votes for candidates that know of none, and campaigns.
+//! - *Joining* neither votes, nor campaigns, nor takes a leadership transfer; its election
+//!   timer does not run. The log's rebuilding mark holds `join_target`.
+//! - *Member* votes and campaigns like any replica.
+//!
+//! A replica whose data directory was wiped or replaced has lost entries it acknowledged,
+//! and its vote: voting with what is left could elect a leader that lacks a committed
+//! write (with three replicas, its vote and a stale replica's make a majority). So a
+//! replica that may have lost data takes no part in elections — it neither votes, nor
+//! campaigns, nor takes a leadership transfer — until it has applied what a leader said
+//! was committed. That is *joining*; it starts so with `--join`, and turns to it itself:
+//!
+//! - when a leader's heartbeat commits past its log: a leader only tells a follower to
+//!   commit what the follower acknowledged having, so the replica lost acknowledged
+//!   entries (the commit index is then capped to its log until it has caught up);
+//! - when, with an empty log, it receives entries or a snapshot from a leader whose commit
+//!   index is past zero: the cluster has committed data this replica does not hold (it was
+//!   wiped, or is new to a running cluster).
+//!
+//! Joining sets the log's rebuilding mark ([`RaftLogStore::set_rebuilding`]) with the
+//! commit index it catches up to, durable before any entry that arrives with it, so a
+//! replica restarted part way through catching up goes on joining towards the same target
+//! instead of taking its partial log for a whole one (and one restarted after it reached
+//! the target, before the mark was cleared, counts itself caught up at once).
+//!
+//! Before a leader has told it anything, a replica that started with an empty log is
+//! *fresh*: it may be new, or wiped with no leader left that remembers what it
+//! acknowledged. It leaves (pre-)vote requests unanswered from any candidate that knows of
+//! a committed entry (vote requests carry the candidate's commit index), but votes for
+//! candidates that know of none and campaigns itself — that is how a new cluster elects
+//! its first leader, also when the first one died before its first entry committed. (So
+//! that a restart cannot make a replica forget it knew of a commit, the first commit index
+//! a replica learns is flushed at once; see `handle_ready`.) Left uncovered (`--join`
+//! covers them): a candidate that knows of no commit in a cluster that has committed data
+//! (a replica cut off since the cluster was created, voted for by a wiped fresh one while
+//! the replicas holding the data are down); and, with five replicas or more, a new leader
+//! whose first commit index lags entries it inherited, so that a joining replica stops
+//! joining too early.
+
+use raft::eraftpb::Message;
+
+use super::ShardCore;
+
+/// Where a replica stands in catching up (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CatchUp {
+    /// Started with an empty log; no leader has told it anything yet.
+    Fresh,
+    /// May have lost acknowledged entries: catching up to `join_target` before it takes
+    /// part in elections.
+    Joining,
+    /// Takes part in elections like any replica.
+    Member,
+}
+
+impl ShardCore {
+    /// The state a core starts in, from its recovered log and `--join`.
+    pub(super) fn init_catch_up(&mut self) {
+        if let Some(target) = self.raw.store().rebuilding() {
+            // Restarted part way through catching up: on towards the same target.
+            self.catch_up = CatchUp::Joining;
+            self.join_target = target;
+        } else if self.cfg.join {
+            // Joining even if the WAL refused the mark: `tick_catch_up` sets it later.
+            self.start_joining();
+            self.catch_up = CatchUp::Joining;
+        } else if self.raw.raft.raft_log.last_index() == 0 {
+            self.catch_up = CatchUp::Fresh;
+        }
+    }
+
+    /// Once a tick: a replica that has applied what it was catching up to is a member again,
+    /// and the rebuilding mark follows.
+    pub(super) fn tick_catch_up(&mut self) {
+        let caught_up = self.join_target > 0 && self.sm.applied_index() >= self.join_target;
+        if self.catch_up == CatchUp::Joining && caught_up {
+            self.catch_up = CatchUp::Member;
+            tracing::info!(
+                shard = self.cfg.shard,
+                applied = self.sm.applied_index(),
+                "caught up with the cluster; taking part in elections again"
+            );
+        }
+        self.sync_rebuilding_mark();
+        if self.catch_up == CatchUp::Fresh && caught_up {
+            self.catch_up = CatchUp::Member;
+            tracing::debug!(
+                shard = self.cfg.shard,
+                applied = self.sm.applied_index(),
+                "started empty and caught up with the leader; votes in every election now"
+            );
+        }
+    }
+
+    /// Elected: its log is the shard's, nothing left to catch up with.
+    pub(super) fn elected_catch_up(&mut self) {
+        if self.catch_up == CatchUp::Fresh {
+            self.catch_up = CatchUp::Member;
+        }
+    }
+
+    /// Whether this replica is still catching up before it votes like any other (it is
+    /// joining, or started with an empty log; see [`ShardCore::step`]).
+    pub fn catching_up(&self) -> bool {
+        self.catch_up != CatchUp::Member
+    }
+
+    /// Whether this replica is joining: catching up before it votes or campaigns at all.
+    pub fn joining(&self) -> bool {
+        self.catch_up == CatchUp::Joining
+    }
+
+    /// Makes the log's rebuilding mark say what this replica is doing: joining, towards
+    /// `join_target`, or not. Retried on the next call while the WAL refuses it.
+    pub(super) fn sync_rebuilding_mark(&mut self) {
+        let mark = self.joining().then_some(self.join_target);
+        if self.raw.store().rebuilding() != mark {
+            let _ = self.raw.mut_store().set_rebuilding(mark);
+        }
+    }
+
+    /// Turns this replica to joining, and sets the log's rebuilding mark so that a restart
+    /// before it has caught up goes on joining. False (and still not joining) when the WAL
+    /// refused the mark; the caller then drops the message that called for it.
+    pub(super) fn start_joining(&mut self) -> bool {
+        if let Err(refused) = self.raw.mut_store().set_rebuilding(Some(self.join_target)) {
+            tracing::debug!(shard = self.cfg.shard, ?refused, "the rebuilding mark waits");
+            return false;
+        }
+        self.catch_up = CatchUp::Joining;
+        true
+    }
+
+    /// A raft message from a peer. Messages raft refuses (from unknown peers, local types) are
+    /// dropped; a replica catching up screens them first (see the module docs).
+    pub fn step(&mut self, mut message: Message) {
+        use raft::eraftpb::MessageType;
+        self.health.heard(&message, self.now_us);
+        let last = self.raw.raft.raft_log.last_index();
+        let kind = message.get_msg_type();
+        let mut ask_to_probe = None;
+        if kind == MessageType::MsgHeartbeat && message.commit > last {
+            ask_to_probe = Some((message.from, message.commit));
+            // What the leader counts on this replica holding is where catching up ends (the
+            // commit index passed on to raft is capped to the log below).
+            self.join_target = self.join_target.max(message.commit);
+            if !self.joining() {
+                if !self.start_joining() {
+                    return;
+                }
+                tracing::warn!(
+                    shard = self.cfg.shard,
+                    leader = message.from,
+                    leader_commit = message.commit,
+                    last_index = last,
+                    "this replica lost acknowledged data (its log ends before what the leader \
+                     counts on it holding): rebuilding it from the leader, taking no part in \
+                     elections until it has caught up"
+                );
+            }
+            message.commit = last;
+        }
+        let committed_elsewhere = (kind == MessageType::MsgAppend && message.commit > 0)
+            || kind == MessageType::MsgSnapshot;
+        let fresh = self.catch_up == CatchUp::Fresh;
+        if fresh && last == 0 && committed_elsewhere {
+            if !self.start_joining() {
+                return;
+            }
+            tracing::info!(
+                shard = self.cfg.shard,
+                leader = message.from,
+                leader_commit = message.commit,
+                "this replica has an empty log and the cluster has committed data: catching up \
+                 from the leader, taking no part in elections until it has"
+            );
+        }
+        match kind {
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                if self.catch_up == CatchUp::Fresh && message.commit > 0 =>
+            {
+                self.metrics.votes_withheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    shard = self.cfg.shard,
+                    candidate = message.from,
+                    candidate_commit = message.commit,
+                    "not voting: this replica started with an empty log and has not caught up \
+                     with a leader, and the candidate knows of committed entries this replica \
+                     may have acknowledged before losing its data (a wiped node should start \
+                     with --join)"
+                );
+                return;
+            }
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if self.joining() => {
+                self.metrics.votes_withheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            MessageType::MsgTimeoutNow if self.joining() => return,
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+                if self.catching_up() =>
+            {
+                let commit = message.commit.max(message.get_snapshot().get_metadata().index);
+                self.join_target = self.join_target.max(commit).max(1);
+                // Before the entries this message brings, so durable no later than they are.
+                self.sync_rebuilding_mark();
+            }
+            _ => {}
+        }
+        if let Err(error) = self.raw.step(message) {
+            tracing::debug!(shard = self.cfg.shard, %error, "raft refused a message");
+        }
+        if let Some((leader, commit)) = ask_to_probe {
+            self.ask_leader_to_probe(leader, commit);
+        }
+    }
+
+    /// Tells the leader that this replica's log is not what it thinks. A leader that believes
+    /// a follower holds its whole log sends it nothing but heartbeats until the next write, so
+    /// a replica that lost data would wait for one. These are the rejections raft-rs's leader
+    /// takes as "probe this follower again, from its real end": while replicating, it accepts
+    /// any rejected index above the follower's match index (which only the leader knows, hence
+    /// the largest index); while probing, the index it last probed at, which is the match
+    /// index — what a heartbeat's commit index is, unless the leader's commit lags it. The
+    /// leader ignores the other one as stale, and both while it sends a snapshot.
+    pub(super) fn ask_leader_to_probe(&mut self, leader: u64, heartbeat_commit: u64) {
+        use raft::eraftpb::MessageType;
+        let raft = &self.raw.raft;
+        for rejected in [heartbeat_commit, u64::MAX] {
+            let mut message = Message::default();
+            message.set_msg_type(MessageType::MsgAppendResponse);
+            message.to = leader;
+            message.from = self.cfg.node_id;
+            message.term = raft.term;
+            message.reject = true;
+            message.index = rejected;
+            message.reject_hint = raft.raft_log.last_index();
+            message.commit = raft.raft_log.committed;
+            self.out.messages.push(message);
+        }
+    }
+}

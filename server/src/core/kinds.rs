@@ -1,0 +1,162 @@
+//! The core's vocabulary for what it reports: the kind of a request, the kind of an error
+//! reply, a replica's role. Metrics label by these; the status shape carries the role.
+
+use corekv_proto::encode::ErrorInfo;
+use raft::StateRole;
+
+/// Client operations, for per-operation counters and latencies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Connection hello.
+    Hello,
+    /// Single-key read.
+    Get,
+    /// Single-key write.
+    Put,
+    /// Single-key delete.
+    Delete,
+    /// Multi-key read.
+    BatchGet,
+    /// Multi-key write.
+    BatchPut,
+    /// Multi-key delete.
+    BatchDelete,
+    /// Range or prefix read.
+    Scan,
+    /// Transaction.
+    Txn,
+    /// Status request.
+    Status,
+}
+
+impl Op {
+    /// Every operation, in label order.
+    pub const ALL: [Op; 10] = [
+        Op::Hello,
+        Op::Get,
+        Op::Put,
+        Op::Delete,
+        Op::BatchGet,
+        Op::BatchPut,
+        Op::BatchDelete,
+        Op::Scan,
+        Op::Txn,
+        Op::Status,
+    ];
+
+    /// The Prometheus label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Op::Hello => "hello",
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::Delete => "delete",
+            Op::BatchGet => "batch_get",
+            Op::BatchPut => "batch_put",
+            Op::BatchDelete => "batch_delete",
+            Op::Scan => "scan",
+            Op::Txn => "txn",
+            Op::Status => "status",
+        }
+    }
+}
+
+/// The kind of an error reply, for the error counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Not the shard's leader.
+    NotLeader,
+    /// The key belongs to another shard.
+    WrongShard,
+    /// The replica cannot serve now.
+    Unavailable,
+    /// Timed out; the outcome is unknown.
+    Timeout,
+    /// The request was malformed.
+    InvalidRequest,
+    /// A key, value or frame was too large.
+    TooLarge,
+    /// A transaction's compare failed.
+    CompareFailed,
+    /// Overloaded: retry later.
+    Busy,
+}
+
+impl ErrorKind {
+    /// Every kind, in label order.
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::NotLeader,
+        ErrorKind::WrongShard,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::InvalidRequest,
+        ErrorKind::TooLarge,
+        ErrorKind::CompareFailed,
+        ErrorKind::Busy,
+    ];
+
+    /// The kind of an error reply.
+    pub fn of(error: &ErrorInfo<'_>) -> ErrorKind {
+        match error {
+            ErrorInfo::NotLeader { .. } => ErrorKind::NotLeader,
+            ErrorInfo::WrongShard { .. } => ErrorKind::WrongShard,
+            ErrorInfo::Unavailable { .. } => ErrorKind::Unavailable,
+            ErrorInfo::Timeout => ErrorKind::Timeout,
+            ErrorInfo::InvalidRequest { .. } => ErrorKind::InvalidRequest,
+            ErrorInfo::TooLarge { .. } => ErrorKind::TooLarge,
+            ErrorInfo::CompareFailed { .. } => ErrorKind::CompareFailed,
+            ErrorInfo::Busy { .. } => ErrorKind::Busy,
+        }
+    }
+
+    /// The Prometheus label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::NotLeader => "not_leader",
+            ErrorKind::WrongShard => "wrong_shard",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::CompareFailed => "compare_failed",
+            ErrorKind::Busy => "busy",
+        }
+    }
+}
+
+/// A replica's raft role, as `/status` and the metrics report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Leads the shard.
+    Leader,
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Campaigning.
+    Candidate,
+    /// Asking whether it could win before campaigning.
+    PreCandidate,
+}
+
+impl Role {
+    /// `leader`, `follower`, `candidate` or `pre_candidate`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre_candidate",
+        }
+    }
+}
+
+impl From<StateRole> for Role {
+    fn from(role: StateRole) -> Role {
+        match role {
+            StateRole::Leader => Role::Leader,
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+        }
+    }
+}
