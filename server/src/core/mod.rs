@@ -28,6 +28,8 @@ mod replies;
 mod requests;
 mod snapshots;
 mod status;
+#[cfg(test)]
+mod test_support;
 mod writes;
 
 use std::collections::VecDeque;

@@ -290,3 +290,94 @@ fn as_ref_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
         Bound::Unbounded => Bound::Unbounded,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use corekv_proto::client::{Consistency, ErrorKind as WireErrorKind, Reply};
+
+    use super::super::replies::Caller;
+    use super::super::test_support::{Replica, ReplyKind};
+    use super::super::Op;
+    use super::{ReadQuery, ReadWaiter, Reads};
+    use crate::constants::READS_WAITING_MAX;
+
+    // Shows: a linearizable read on the leader sees the write answered before it.
+    #[test]
+    fn a_linearizable_read_sees_the_write_before_it() {
+        let mut r = Replica::new(1);
+        let put = r.encoder.put(1, b"k", b"v1").to_vec();
+        r.send(7, &put);
+        r.settle();
+        let get = r.encoder.get(2, b"k", Consistency::Linearizable).to_vec();
+        r.send(7, &get);
+        r.settle();
+        let (_, frame) = r.replies.last().expect("a reply").clone();
+        let reply = corekv_proto::frame::verify_reply(&frame).expect("valid");
+        let get = reply.reply_as_get_reply().expect("a get reply");
+        assert!(!get.stale());
+        assert_eq!(get.entry().and_then(|e| e.value()).map(|v| v.bytes()), Some(&b"v1"[..]));
+    }
+
+    // Shows: without a leader, a stale read is served from the applied state and a
+    // linearizable one is refused.
+    #[test]
+    fn without_a_leader_stale_reads_are_served_and_linearizable_ones_refused() {
+        let mut r = Replica::new(3);
+        let stale = r.encoder.get(1, b"k", Consistency::Stale).to_vec();
+        r.send(7, &stale);
+        let linearizable = r.encoder.get(2, b"k", Consistency::Linearizable).to_vec();
+        r.send(7, &linearizable);
+        r.settle();
+        assert_eq!(
+            r.reply_kinds(),
+            vec![
+                (1, ReplyKind::Ok(Reply::GetReply)),
+                (2, ReplyKind::Error(WireErrorKind::NotLeader))
+            ]
+        );
+    }
+
+    // Shows: past the limit of waiting reads, a read is answered Busy at once.
+    #[test]
+    fn reads_past_the_waiting_limit_are_busy() {
+        let mut r = Replica::new(1);
+        let count = READS_WAITING_MAX as u64 + 1;
+        for id in 1..=count {
+            let get = r.encoder.get(id, b"k", Consistency::Linearizable).to_vec();
+            r.send(7, &get);
+        }
+        r.settle();
+        let (gets, refused): (Vec<_>, Vec<_>) =
+            r.reply_kinds().into_iter().partition(|(_, k)| *k == ReplyKind::Ok(Reply::GetReply));
+        assert_eq!(refused, vec![(count, ReplyKind::Error(WireErrorKind::Busy))], "only the last");
+        assert_eq!(gets.len(), READS_WAITING_MAX, "the round answered every read it admitted");
+    }
+
+    // Shows: reads waiting longer than the timeout are taken out, queued or in a round, and
+    // the count of waiting reads follows.
+    #[test]
+    fn expired_reads_leave_the_queue_and_the_rounds() {
+        let waiter = |id, start_us| ReadWaiter {
+            caller: Caller { conn: 1, id, op: Op::Get, start_us },
+            query: ReadQuery::Get(b"k".to_vec()),
+        };
+        let mut reads = Reads {
+            queued: vec![waiter(1, 0), waiter(2, 900)],
+            rounds: [super::Round {
+                ctx: 0,
+                waiters: vec![waiter(3, 0)],
+                issued_tick: 0,
+                read_index: None,
+            }]
+            .into(),
+            waiting: 3,
+            ..Reads::default()
+        };
+        let mut expired: Vec<u64> = reads.expire(1_000, 500).iter().map(|w| w.caller.id).collect();
+        expired.sort_unstable();
+        assert_eq!(expired, vec![1, 3]);
+        assert_eq!(reads.waiting, 1);
+        assert!(reads.rounds.is_empty(), "a round with no reader left goes");
+        assert_eq!(reads.queued.len(), 1);
+    }
+}

@@ -286,3 +286,85 @@ impl ShardCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use corekv_proto::client::{ErrorKind as WireErrorKind, Reply};
+
+    use super::super::test_support::{Replica, ReplyKind};
+    use crate::constants::WRITES_IN_FLIGHT_MAX;
+
+    // Shows: a put is answered only once the flush that holds its entry has completed.
+    #[test]
+    fn a_write_is_answered_once_its_entry_is_durable() {
+        let mut r = Replica::new(1);
+        assert!(r.core.is_leader(), "a single voter elects itself");
+        r.disk_works = false;
+        let put = r.encoder.put(1, b"k", b"v").to_vec();
+        r.send(7, &put);
+        r.settle();
+        assert!(!r.held.is_empty(), "the entry waits on a flush");
+        assert!(r.reply_kinds().iter().all(|(id, _)| *id != 1), "no answer before the flush");
+        r.release_disk();
+        assert_eq!(r.reply_kinds(), vec![(1, ReplyKind::Ok(Reply::PutReply))]);
+        assert_eq!(r.core.state_machine().get(b"k").map(|v| v.value.to_vec()), Some(b"v".into()));
+    }
+
+    // Shows: the writes that arrive before a turn become one raft entry.
+    #[test]
+    fn the_writes_of_one_turn_are_one_entry() {
+        let mut r = Replica::new(1);
+        let before = r.core.raft().raft.raft_log.last_index();
+        for id in 1..=3u64 {
+            let put = r.encoder.put(id, format!("k{id}").as_bytes(), b"v").to_vec();
+            r.send(7, &put);
+        }
+        r.settle();
+        assert_eq!(r.core.raft().raft.raft_log.last_index(), before + 1);
+        let ok = ReplyKind::Ok(Reply::PutReply);
+        assert_eq!(r.reply_kinds(), vec![(1, ok), (2, ok), (3, ok)]);
+    }
+
+    // Shows: a replica that does not lead refuses writes.
+    #[test]
+    fn a_replica_without_a_leader_refuses_writes() {
+        let mut r = Replica::new(3);
+        assert!(!r.core.is_leader());
+        let put = r.encoder.put(1, b"k", b"v").to_vec();
+        r.send(7, &put);
+        r.settle();
+        assert_eq!(r.reply_kinds(), vec![(1, ReplyKind::Error(WireErrorKind::NotLeader))]);
+    }
+
+    // Shows: past the limit of writes in flight, a write is answered Busy at once; the ones
+    // before it are all answered once the disk catches up.
+    #[test]
+    fn writes_past_the_in_flight_limit_are_busy() {
+        let mut r = Replica::new(1);
+        r.disk_works = false;
+        let count = WRITES_IN_FLIGHT_MAX as u64 + 1;
+        for id in 1..=count {
+            let put = r.encoder.put(id, &id.to_le_bytes(), b"v").to_vec();
+            r.send(7, &put);
+        }
+        r.settle();
+        let kinds = r.reply_kinds();
+        assert_eq!(kinds, vec![(count, ReplyKind::Error(WireErrorKind::Busy))], "only the last");
+        r.release_disk();
+        let puts =
+            r.reply_kinds().iter().filter(|(_, k)| *k == ReplyKind::Ok(Reply::PutReply)).count();
+        assert_eq!(puts, WRITES_IN_FLIGHT_MAX);
+    }
+
+    // Shows: once shutdown began, writes are refused as Unavailable.
+    #[test]
+    fn shutdown_refuses_new_writes() {
+        let mut r = Replica::new(1);
+        let mut out = super::super::Outputs::default();
+        assert!(r.core.shutdown_turn(2, false, &mut out), "nothing in flight");
+        let put = r.encoder.put(1, b"k", b"v").to_vec();
+        r.send(7, &put);
+        r.settle();
+        assert_eq!(r.reply_kinds(), vec![(1, ReplyKind::Error(WireErrorKind::Unavailable))]);
+    }
+}
