@@ -1,0 +1,309 @@
+//! The deterministic simulator: the real shard core ([`ShardCore`], unchanged) on 3 or 5
+//! simulated nodes with 1–3 shards each, in one thread, driven by one seeded PRNG.
+//!
+//! The seed picks every option (swarm testing: some runs lose a fifth of all messages, some
+//! crash nodes and tear their last write, some only partition) and every event: message delays
+//! (hence reordering), losses, duplicates, partitions and heals, crashes and restarts, disk
+//! latencies, tick skew, election timeouts (re-drawn from the seed, DESIGN.md §9), and what the
+//! simulated clients do. Some runs also wipe a crashed node's disks (one node at a time); it
+//! restarts with or without `--join`. Clients issue puts, gets, deletes and compare-and-sets
+//! on a few keys per shard and record every operation's invocation and answer.
+//!
+//! Checked during and after each run:
+//! - replicas that applied the same index hold identical state (keys, values, metadata);
+//! - every acknowledged write's log entry stays in every replica's log with the same term
+//!   (nothing acknowledged is lost or overwritten), and the leader's commit index covers it;
+//! - after the faults stop, every shard elects a leader and serves writes within
+//!   [`LIVENESS_US`], and all replicas converge;
+//! - each key's history is linearizable (`common/linearizability.rs`).
+//!
+//! The replicas are driven through the core's driver contract (`core/driver.rs`), as the
+//! runtime drives them. One module per thing simulated: `network`, `replicas` (cores on
+//! simulated disks), `clients`, `nemesis`, `checker`; `world` is the event loop, `options`
+//! what a seed picks, `seeds` the tests.
+//!
+//! A failing seed panics with the line that replays it. See docs/TESTING.md.
+
+#[path = "../common/linearizability.rs"]
+mod linearizability;
+
+mod checker;
+mod clients;
+mod nemesis;
+mod network;
+mod options;
+mod replicas;
+mod seeds;
+mod world;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use corekv_client::placement::shard_for_key;
+use corekv_proto::client::{CompareOp, CompareTarget, Consistency, ErrorKind, Reply, TxnOpKind};
+use corekv_proto::encode::{CompareSpec, RequestEncoder, TxnOpSpec};
+use corekv_proto::frame::verify_reply;
+use corekv_server::core::{
+    ConnId, CoreConfig, InjectedBug, Outputs, Recovery, ShardCore, SnapshotPolicy,
+};
+use corekv_server::metrics::ShardMetrics;
+use corekv_storage::raft_log::ColdFetch;
+use corekv_storage::snapshot::Archive;
+use corekv_storage::state_machine::StateMachine;
+use corekv_storage::wal::{FlushJob, MemSegments, RecoveryMode, SegmentSource};
+use linearizability::{History, KvOp, KvRet, OpId};
+use raft::eraftpb::{Message, MessageType};
+use raft::StateRole;
+
+/// WAL segment size of the simulated disks: small, so segments roll over and retire often.
+const SEGMENT_BYTES: u64 = 64 << 10;
+/// One raft tick of simulated time.
+const TICK_US: u64 = 10_000;
+const ELECTION_TICKS: usize = 10;
+const HEARTBEAT_TICKS: usize = 2;
+/// A client gives up on an answer after this long; the operation's outcome is then unknown.
+const CLIENT_TIMEOUT_US: u64 = 1_000_000;
+/// After the faults stop, every shard must have served a write within this long.
+const LIVENESS_US: u64 = 8_000_000;
+/// After the clients stop, replicas must converge within this long.
+const CONVERGE_US: u64 = 3_000_000;
+/// Snapshot files a replica keeps (as the real node does).
+const SNAPSHOTS_KEPT: usize = 2;
+/// Seeds CI runs, split over several tests so that they run in parallel.
+const CI_SEEDS: u64 = 1_000;
+const CI_SEED_PARTS: u64 = 4;
+
+/// SplitMix64: small, fast, and the same sequence everywhere.
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+/// Everything the seed decides about a run before it starts.
+#[derive(Clone, Debug)]
+struct Options {
+    nodes: u64,
+    shards: u32,
+    clients: usize,
+    keys_per_shard: usize,
+    /// Network delay range, µs.
+    delay_us: (u64, u64),
+    loss: f64,
+    duplicate: f64,
+    /// Disk flush latency range, µs.
+    disk_us: (u64, u64),
+    crashes: bool,
+    /// A crash may leave part of the flush in flight on disk.
+    torn_writes: bool,
+    partitions: bool,
+    /// Partitions may cut one direction only.
+    asymmetric: bool,
+    /// Snapshot every this many applied entries.
+    snapshot_entries: u64,
+    /// How long faults go on, µs.
+    fault_us: u64,
+    /// Mean time between fault events, µs.
+    nemesis_us: u64,
+    /// Tick period skew between nodes, in percent.
+    tick_skew_pct: u64,
+    /// Crashes may wipe the node's disks (drawn from a PRNG of its own, so that the runs of
+    /// seeds without wipes stayed what they were before wipes existed).
+    wipes: bool,
+    /// Bytes of entries each replica's log keeps in memory: in runs drawn with a small cache,
+    /// lagging followers are sent entries read back from the WAL, asynchronously, as the shell
+    /// does (drawn from a PRNG of its own too).
+    entry_cache_bytes: usize,
+}
+
+enum Event {
+    Tick {
+        node: u64,
+        incarnation: u64,
+    },
+    Deliver {
+        from: u64,
+        to: u64,
+        shard: u32,
+        message: Box<Message>,
+        archive: Option<Arc<Archive>>,
+    },
+    SnapshotReport {
+        node: u64,
+        shard: u32,
+        incarnation: u64,
+        peer: u64,
+        delivered: bool,
+    },
+    FlushDone {
+        node: u64,
+        shard: u32,
+        incarnation: u64,
+    },
+    SnapshotDone {
+        node: u64,
+        shard: u32,
+        incarnation: u64,
+        archive: Result<Arc<Archive>, String>,
+    },
+    /// Old WAL records read back for a lagging follower, as the shell reads them off the
+    /// executor (read when asked; they arrive after a disk latency).
+    ColdFetched {
+        node: u64,
+        shard: u32,
+        incarnation: u64,
+        fetch: Box<ColdFetch>,
+        data: ColdData,
+    },
+    Request {
+        conn: ConnId,
+        frame: Vec<u8>,
+    },
+    Reply {
+        conn: ConnId,
+        frame: Vec<u8>,
+    },
+    ClientWake {
+        client: usize,
+        generation: u64,
+    },
+    Nemesis,
+    Restart {
+        node: u64,
+    },
+    EndFaults,
+}
+
+/// What the reads of a [`ColdFetch`] returned, one result per read.
+type ColdData = Vec<corekv_storage::error::Result<Vec<u8>>>;
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+struct Replica {
+    disk: MemSegments,
+    /// Durable snapshot files, oldest first.
+    snapshots: Vec<Arc<Archive>>,
+    core: Option<ShardCore>,
+    flushing: Option<FlushJob>,
+    /// (term, role) when the election timeout was last drawn.
+    drawn_for: (u64, StateRole),
+    applied_seen: u64,
+}
+
+struct Node {
+    up: bool,
+    incarnation: u64,
+    /// Tick period, µs (skewed per node).
+    tick_us: u64,
+    replicas: Vec<Replica>,
+    /// Its disks were wiped and it has not yet caught up in every shard.
+    wiped: bool,
+    /// Start it with `--join`.
+    join: bool,
+    /// Wipes so far (names the new disks).
+    wipes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+}
+
+struct Pending {
+    op: OpId,
+    request: u64,
+    kind: Kind,
+    conn: ConnId,
+    shard: u32,
+}
+
+struct Client {
+    /// The checker's thread id; a new one after every operation left open.
+    thread: u64,
+    conns: HashMap<(u64, u32), ConnId>,
+    leaders: HashMap<u32, u64>,
+    pending: Option<Pending>,
+    generation: u64,
+    written: u64,
+}
+
+struct Conn {
+    client: usize,
+    node: u64,
+    shard: u32,
+    incarnation: u64,
+    greeted: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    messages: u64,
+    dropped: u64,
+    crashes: u64,
+    wipes: u64,
+    partitions: u64,
+    snapshots_sent: u64,
+    /// Reads of old WAL records for lagging followers.
+    cold_fetches: u64,
+    operations: u64,
+    open: u64,
+    leader_changes: u64,
+}
+
+struct Sim {
+    opts: Options,
+    rng: Rng,
+    /// Decides the wipes (see [`Options::wipes`]).
+    wipe_rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    nodes: Vec<Node>,
+    /// Directed links that are cut: (from, to).
+    cut: BTreeSet<(u64, u64)>,
+    faults: bool,
+    clients_active: bool,
+    clients: Vec<Client>,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: ConnId,
+    next_request: u64,
+    next_thread: u64,
+    keys: Vec<Vec<u8>>,
+    /// Values written per key, for compare-and-set operands.
+    values: Vec<Vec<Vec<u8>>>,
+    history: History,
+    /// (shard, applied index) → (node, state digest) first seen there.
+    digests: HashMap<(u32, u64), (u64, u64)>,
+    /// Acknowledged writes' entries: (shard, index) → (term, node that acknowledged).
+    acked: BTreeMap<(u32, u64), (u64, u64)>,
+    /// When the faults stopped; every shard must serve a write invoked after it.
+    healed_at: Option<u64>,
+    served_after_heal: BTreeSet<u32>,
+    bug: Option<InjectedBug>,
+    out: Outputs,
+    encoder: RequestEncoder,
+    stats: Stats,
+}
+
+type SimResult<T> = Result<T, String>;

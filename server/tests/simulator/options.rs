@@ -1,0 +1,86 @@
+//! What a seed picks: the run's options (swarm testing) and the PRNG behind every choice.
+
+use super::*;
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n` > 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+impl Options {
+    pub(crate) fn draw(rng: &mut Rng) -> Options {
+        let delay_max = rng.pick(&[500, 2_000, 10_000, 40_000]);
+        let disk_max = rng.pick(&[200, 2_000, 10_000, 30_000]);
+        Options {
+            nodes: rng.pick(&[3, 3, 5]),
+            shards: rng.range(1, 3) as u32,
+            clients: rng.range(1, 5) as usize,
+            keys_per_shard: rng.range(1, 3) as usize,
+            delay_us: (rng.range(50, 300), delay_max),
+            loss: rng.pick(&[0.0, 0.0, 0.01, 0.05, 0.2]),
+            duplicate: rng.pick(&[0.0, 0.01, 0.05]),
+            disk_us: (rng.range(20, 200), disk_max),
+            crashes: rng.chance(0.6),
+            torn_writes: rng.chance(0.5),
+            partitions: rng.chance(0.6),
+            asymmetric: rng.chance(0.4),
+            snapshot_entries: rng.pick(&[5, 20, 100, 1_000_000]),
+            fault_us: rng.range(1_000_000, 3_000_000),
+            nemesis_us: rng.pick(&[100_000, 300_000, 800_000]),
+            tick_skew_pct: rng.pick(&[0, 5, 20]),
+            wipes: false,
+            entry_cache_bytes: corekv_storage::constants::ENTRY_CACHE_BYTES_MAX,
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "nodes={} shards={} clients={} keys/shard={} delay={}..{}us loss={} dup={} \
+             disk={}..{}us crashes={} torn={} partitions={} asymmetric={} snapshot_every={} \
+             faults={}ms nemesis_every~{}ms tick_skew={}% wipes={} entry_cache={}B",
+            self.nodes,
+            self.shards,
+            self.clients,
+            self.keys_per_shard,
+            self.delay_us.0,
+            self.delay_us.1,
+            self.loss,
+            self.duplicate,
+            self.disk_us.0,
+            self.disk_us.1,
+            self.crashes,
+            self.torn_writes,
+            self.partitions,
+            self.asymmetric,
+            self.snapshot_entries,
+            self.fault_us / 1000,
+            self.nemesis_us / 1000,
+            self.tick_skew_pct,
+            self.wipes,
+            self.entry_cache_bytes,
+        )
+    }
+}

@@ -1,0 +1,274 @@
+//! The event loop: the seeded schedule of events, and what each event does.
+
+use super::*;
+use crate::replicas::insert_snapshot;
+
+impl Sim {
+    pub(crate) fn new(seed: u64, bug: Option<InjectedBug>) -> Sim {
+        let mut rng = Rng(seed);
+        let mut opts = Options::draw(&mut rng);
+        let mut wipe_rng = Rng(seed ^ 0x5749_5045_5749_5045);
+        opts.wipes = opts.crashes && wipe_rng.chance(0.5);
+        if Rng(seed ^ 0x434f_4c44_434f_4c44).chance(0.5) {
+            opts.entry_cache_bytes = 256;
+        }
+        let mut keys = Vec::new();
+        for shard in 0..opts.shards {
+            let mut found = 0;
+            for i in 0.. {
+                let key = format!("key-{i}").into_bytes();
+                if shard_for_key(&key, opts.shards) == shard {
+                    keys.push(key);
+                    found += 1;
+                    if found == opts.keys_per_shard {
+                        break;
+                    }
+                }
+            }
+        }
+        let nodes = (1..=opts.nodes)
+            .map(|id| {
+                let skew = rng.range(0, opts.tick_skew_pct * 2) as i64 - opts.tick_skew_pct as i64;
+                Node {
+                    up: false,
+                    incarnation: 0,
+                    tick_us: (TICK_US as i64 * (100 + skew) / 100) as u64,
+                    replicas: (0..opts.shards)
+                        .map(|shard| Replica {
+                            disk: MemSegments::new(
+                                format!("node-{id}/shard-{shard}"),
+                                SEGMENT_BYTES,
+                            ),
+                            snapshots: Vec::new(),
+                            core: None,
+                            flushing: None,
+                            drawn_for: (0, StateRole::Follower),
+                            applied_seen: 0,
+                        })
+                        .collect(),
+                    wiped: false,
+                    join: false,
+                    wipes: 0,
+                }
+            })
+            .collect();
+        let clients = (0..opts.clients)
+            .map(|i| Client {
+                thread: i as u64,
+                conns: HashMap::new(),
+                leaders: HashMap::new(),
+                pending: None,
+                generation: 0,
+                written: 0,
+            })
+            .collect();
+        let values = vec![Vec::new(); keys.len()];
+        Sim {
+            next_thread: opts.clients as u64,
+            opts,
+            rng,
+            wipe_rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            cut: BTreeSet::new(),
+            faults: true,
+            clients_active: true,
+            clients,
+            conns: HashMap::new(),
+            next_conn: 1,
+            next_request: 1,
+            keys,
+            values,
+            history: History::new(),
+            digests: HashMap::new(),
+            acked: BTreeMap::new(),
+            healed_at: None,
+            served_after_heal: BTreeSet::new(),
+            bug,
+            out: Outputs::default(),
+            encoder: RequestEncoder::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub(crate) fn schedule(&mut self, delay: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled { at: self.now + delay, seq: self.seq, event }));
+    }
+
+    /// Runs the whole scenario and every check.
+    pub(crate) fn run(&mut self) -> SimResult<Stats> {
+        for id in 1..=self.opts.nodes {
+            self.start_node(id)?;
+        }
+        for client in 0..self.clients.len() {
+            let delay = self.rng.range(100_000, 300_000);
+            self.schedule(delay, Event::ClientWake { client, generation: 0 });
+        }
+        let first = self.rng.range(0, self.opts.nemesis_us * 2);
+        self.schedule(first, Event::Nemesis);
+        self.schedule(self.opts.fault_us, Event::EndFaults);
+        let mut converge_deadline = None;
+        while let Some(Reverse(next)) = self.queue.pop() {
+            self.now = next.at;
+            self.handle(next.event)?;
+            if let Some(healed) = self.healed_at {
+                if self.clients_active {
+                    if self.served_after_heal.len() == self.opts.shards as usize {
+                        self.clients_active = false;
+                    } else if self.now > healed + LIVENESS_US {
+                        let missing: Vec<u32> = (0..self.opts.shards)
+                            .filter(|s| !self.served_after_heal.contains(s))
+                            .collect();
+                        return Err(format!(
+                            "liveness: shards {missing:?} served no write within {} ms after the \
+                             faults stopped ({})",
+                            LIVENESS_US / 1000,
+                            self.describe_roles()
+                        ));
+                    }
+                } else if self.clients.iter().all(|c| c.pending.is_none()) {
+                    let deadline = *converge_deadline.get_or_insert(self.now + CONVERGE_US);
+                    if self.converged() {
+                        break;
+                    }
+                    if self.now > deadline {
+                        return Err(format!(
+                            "replicas did not converge within {} ms after the clients stopped ({})",
+                            CONVERGE_US / 1000,
+                            self.describe_roles()
+                        ));
+                    }
+                }
+            }
+        }
+        self.check_acknowledged()?;
+        let checked = self.history.check()?;
+        self.stats.operations = checked.operations as u64;
+        self.stats.open = checked.open as u64;
+        Ok(self.stats)
+    }
+
+    pub(crate) fn handle(&mut self, event: Event) -> SimResult<()> {
+        match event {
+            Event::Tick { node, incarnation } => {
+                if !self.alive(node, incarnation) {
+                    return Ok(());
+                }
+                for shard in 0..self.opts.shards {
+                    self.drive(node, shard, 1)?;
+                }
+                let period = self.nodes[node as usize - 1].tick_us;
+                self.schedule(period, Event::Tick { node, incarnation });
+                self.tend_wiped(node);
+            }
+            Event::Deliver { from, to, shard, message, archive } => {
+                self.deliver(from, to, shard, *message, archive)?;
+            }
+            Event::SnapshotReport { node, shard, incarnation, peer, delivered } => {
+                if self.alive(node, incarnation) {
+                    let now = self.now;
+                    if let Some(core) = self.core(node, shard) {
+                        core.set_now(now);
+                        core.report_snapshot(peer, delivered);
+                    }
+                    self.drive(node, shard, 0)?;
+                }
+            }
+            Event::FlushDone { node, shard, incarnation } => {
+                if !self.alive(node, incarnation) {
+                    return Ok(());
+                }
+                let now = self.now;
+                let replica = &mut self.nodes[node as usize - 1].replicas[shard as usize];
+                let job = replica.flushing.take().expect("a flush was in flight");
+                replica.disk.run(&job);
+                if let Some(core) = replica.core.as_mut() {
+                    core.set_now(now);
+                    core.on_flush_complete(job);
+                }
+                self.drive(node, shard, 0)?;
+            }
+            Event::ColdFetched { node, shard, incarnation, fetch, data } => {
+                if !self.alive(node, incarnation) {
+                    return Ok(());
+                }
+                let now = self.now;
+                if let Some(core) = self.core(node, shard) {
+                    core.set_now(now);
+                    core.on_cold_fetched(*fetch, data);
+                }
+                self.drive(node, shard, 0)?;
+            }
+            Event::SnapshotDone { node, shard, incarnation, archive } => {
+                if !self.alive(node, incarnation) {
+                    return Ok(());
+                }
+                let now = self.now;
+                let replica = &mut self.nodes[node as usize - 1].replicas[shard as usize];
+                let core = replica.core.as_mut().expect("a live replica has a core");
+                core.set_now(now);
+                match archive {
+                    Ok(archive) => {
+                        insert_snapshot(&mut replica.snapshots, archive.clone());
+                        core.on_snapshot_written(archive);
+                    }
+                    Err(error) => core.on_snapshot_failed(&error),
+                }
+                self.drive(node, shard, 0)?;
+            }
+            Event::Request { conn, frame } => self.on_request(conn, &frame)?,
+            Event::Reply { conn, frame } => self.on_reply(conn, &frame)?,
+            Event::ClientWake { client, generation } => {
+                if self.clients[client].generation != generation {
+                    return Ok(());
+                }
+                if self.clients[client].pending.is_some() {
+                    self.give_up(client);
+                    self.next_op_later(client);
+                } else if self.clients_active {
+                    self.issue(client);
+                }
+            }
+            Event::Nemesis => {
+                if self.faults {
+                    self.nemesis()?;
+                    let delay =
+                        self.rng.range(self.opts.nemesis_us / 2, self.opts.nemesis_us * 3 / 2);
+                    self.schedule(delay, Event::Nemesis);
+                }
+            }
+            Event::Restart { node } => {
+                if !self.nodes[node as usize - 1].up {
+                    self.start_node(node)?;
+                }
+            }
+            Event::EndFaults => {
+                self.faults = false;
+                self.cut.clear();
+                for id in 1..=self.opts.nodes {
+                    if !self.nodes[id as usize - 1].up {
+                        self.start_node(id)?;
+                    }
+                }
+                self.healed_at = Some(self.now);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn alive(&self, node: u64, incarnation: u64) -> bool {
+        let n = &self.nodes[node as usize - 1];
+        n.up && n.incarnation == incarnation
+    }
+
+    pub(crate) fn core(&mut self, node: u64, shard: u32) -> Option<&mut ShardCore> {
+        let n = &mut self.nodes[node as usize - 1];
+        if !n.up {
+            return None;
+        }
+        n.replicas[shard as usize].core.as_mut()
+    }
+}
