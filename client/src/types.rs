@@ -14,16 +14,7 @@ pub enum Consistency {
     Stale,
 }
 
-/// Per-key metadata. Indexes are raft log indexes of the key's shard.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct KeyMeta {
-    /// Index of the write that created the key.
-    pub create_index: u64,
-    /// Index of the write that last changed it.
-    pub mod_index: u64,
-    /// Writes since it was created (1 after the first put).
-    pub version: u64,
-}
+pub use corekv_types::meta::{CompareOp, KeyMeta};
 
 /// A key, its value and metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,19 +133,6 @@ pub enum CompareTarget {
     CreateIndex(u64),
     /// Whether the key exists: `Equal` means it does, `NotEqual` that it does not.
     Exists,
-}
-
-/// How a compare compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompareOp {
-    /// `==`
-    Equal,
-    /// `!=`
-    NotEqual,
-    /// `<`
-    Less,
-    /// `>`
-    Greater,
 }
 
 /// One condition of a transaction.

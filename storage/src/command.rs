@@ -18,6 +18,8 @@
 //! All integers are little-endian. Decoding never trusts lengths: a malformed batch decodes to
 //! an error, which apply turns into the same failed result on every replica.
 
+pub use corekv_types::meta::CompareOp;
+
 /// Version byte at the start of every batch.
 pub const BATCH_VERSION: u8 = 1;
 
@@ -45,19 +47,6 @@ pub enum CompareTarget {
     Exists = 4,
 }
 
-/// How a compare compares (same numbering as the wire protocol).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompareOp {
-    /// `==`
-    Equal = 0,
-    /// `!=`
-    NotEqual = 1,
-    /// `<`
-    Less = 2,
-    /// `>`
-    Greater = 3,
-}
-
 /// Transaction operation kinds (same numbering as the wire protocol).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxnOpKind {
@@ -78,19 +67,6 @@ impl CompareTarget {
             2 => Self::ModIndex,
             3 => Self::CreateIndex,
             4 => Self::Exists,
-            _ => return None,
-        })
-    }
-}
-
-impl CompareOp {
-    /// From the wire value.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            0 => Self::Equal,
-            1 => Self::NotEqual,
-            2 => Self::Less,
-            3 => Self::Greater,
             _ => return None,
         })
     }

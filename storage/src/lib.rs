@@ -9,6 +9,7 @@
 //!   committed entries builds: the newest snapshot read in place, plus overlays of the changes
 //!   since.
 //! - [`snapshot`]: rkyv snapshot files — building, validating, loading, listing.
+//! - [`value`]: a stored value and its metadata, as the state machine and the snapshots hold it.
 //! - [`constants`]: sizes and limits.
 //!
 //! The write path is sans-IO: [`wal::WalWriter`] and [`raft_log::RaftLogStore`] decide what to
@@ -25,6 +26,7 @@ pub mod pacing;
 pub mod raft_log;
 pub mod snapshot;
 pub mod state_machine;
+pub mod value;
 pub mod wal;
 
 pub use error::{Result, StorageError};

@@ -40,34 +40,9 @@ use crate::command::{
     decode_batch, CommandError, Compare, CompareOp, CompareTarget, Op, TxnOp, TxnOpKind,
 };
 
-/// Per-key metadata. Indexes are raft log indexes of this shard.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct KeyMeta {
-    /// Index of the write that created the key.
-    pub create_index: u64,
-    /// Index of the write that last changed the key.
-    pub mod_index: u64,
-    /// Writes since the key was created.
-    pub version: u64,
-}
+pub use corekv_types::meta::KeyMeta;
 
-/// A stored value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// The value bytes.
-    pub value: Box<[u8]>,
-    /// Its metadata.
-    pub meta: KeyMeta,
-}
-
-/// A value as reads see it, borrowed from the state machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ValueRef<'a> {
-    /// The value bytes.
-    pub value: &'a [u8],
-    /// Its metadata.
-    pub meta: KeyMeta,
-}
+pub use crate::value::{Record, ValueRef};
 
 /// The result of one transaction operation.
 #[derive(Debug, Clone, PartialEq, Eq)]

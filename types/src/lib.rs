@@ -3,9 +3,11 @@
 //!
 //! - [`registry`]: the registry file — the cluster's name, shard count and nodes — loaded and
 //!   validated the same way everywhere.
+//! - [`meta`]: a key's metadata and the compare operators of transactions.
 //! - [`placement`]: where a key lives: its slot (Redis Cluster's CRC16 rule) and the shard
 //!   that owns the slot.
 #![deny(missing_docs)]
 
+pub mod meta;
 pub mod placement;
 pub mod registry;

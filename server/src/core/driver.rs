@@ -46,9 +46,9 @@ use corekv_storage::state_machine::StateMachine;
 use corekv_storage::wal::{RecoveryMode, SegmentIdentity, SegmentSource};
 use raft::eraftpb::ConfState;
 
+use super::counters::ShardMetrics;
 use super::snapshots::reconcile_log_with_snapshot;
 use super::{CoreConfig, Outputs, ShardCore, SnapshotJob};
-use crate::metrics::ShardMetrics;
 
 /// What a shell hands [`ShardCore::recover`]: the replica's storage, opened.
 pub struct Recovery {

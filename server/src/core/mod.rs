@@ -19,6 +19,7 @@
 //! | `status`, `health` | what a replica reports, and whether it serves |
 
 mod catch_up;
+pub mod counters;
 pub mod driver;
 mod health;
 mod kinds;
@@ -46,7 +47,7 @@ use crate::constants::{
     COMMITTED_BYTES_PER_READY_MAX, RAFT_INFLIGHT_MESSAGES_MAX, RAFT_MESSAGE_BYTES_MAX,
     UNCOMMITTED_BYTES_MAX,
 };
-use crate::metrics::ShardMetrics;
+use counters::ShardMetrics;
 
 pub use driver::{Recovery, RecoveryError, Turn};
 pub use kinds::{ErrorKind, Op, Role};

@@ -8,8 +8,8 @@ use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::verify_reply;
 use corekv_storage::wal::{FlushJob, MemSegments, RecoveryMode};
 
+use super::counters::ShardMetrics;
 use super::{ConnId, CoreConfig, Outputs, Recovery, ShardCore, SnapshotPolicy};
-use crate::metrics::ShardMetrics;
 
 /// One replica of a group of `voters` (1: it elects itself at once), shard 0 of 1.
 pub(super) struct Replica {

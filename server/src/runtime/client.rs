@@ -9,59 +9,23 @@
 //! is answered `InvalidRequest` and the connection carries on. Either way, other connections
 //! are not affected.
 
-use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use corekv_proto::frame::FrameBuffer;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
 
-use super::shard::Shard;
+use super::state::{ClientConn, Shard};
 use crate::constants::{
     CONNECTION_OUTPUT_BYTES_MAX, CONNECTION_REQUESTS_IN_FLIGHT_MAX, SOCKET_READ_CHUNK_BYTES,
 };
 use crate::core::ConnId;
-
-/// A connection's output side, shared with the driver that hands it replies.
-#[derive(Debug, Default)]
-pub(crate) struct ClientConn {
-    out: RefCell<Vec<u8>>,
-    waker: RefCell<Option<Waker>>,
-    in_flight: Cell<usize>,
-    close_after_output: Cell<bool>,
-}
-
-impl ClientConn {
-    /// Queues one reply frame and wakes the connection's task.
-    pub(crate) fn push_reply(&self, frame: &[u8]) {
-        self.out.borrow_mut().extend_from_slice(frame);
-        self.in_flight.set(self.in_flight.get().saturating_sub(1));
-        self.wake();
-    }
-
-    /// Closes the connection once its replies are written (a refused hello).
-    pub(crate) fn close_after_output(&self) {
-        self.close_after_output.set(true);
-        self.wake();
-    }
-
-    /// Whether replies are waiting to be written.
-    pub(crate) fn has_output(&self) -> bool {
-        !self.out.borrow().is_empty()
-    }
-
-    fn wake(&self) {
-        if let Some(waker) = self.waker.borrow_mut().take() {
-            waker.wake();
-        }
-    }
-}
 
 /// Accepts client connections for the shard.
 pub(crate) async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {

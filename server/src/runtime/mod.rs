@@ -10,13 +10,34 @@
 //!    proposed writes `Timeout` (their outcome is unknown).
 //! 4. The WAL flushes everything buffered and its files are closed; replies are written out.
 //! 5. The executor's tasks end, the thread exits; once every shard is done the process exits 0.
+//!
+//! One module per task, all around the shared per-shard state in `state` (a leaf that imports
+//! none of them):
+//!
+//! | module | task |
+//! |---|---|
+//! | `startup` | open and recover the shard through the core's driver contract, bind its ports |
+//! | `driver` | run the core's turns; spawn the other tasks |
+//! | `outputs` | hand a turn's outputs to peer links, connections, the flush task |
+//! | `flush` | one WAL flush at a time, segment retirement, spares |
+//! | `snapshot_task` | build and write a snapshot off the executor |
+//! | `shutdown` | drain, answer, flush |
+//! | `client` | client connections |
+//! | `peer` | peer links: `sender`, `handshake`, `inbound`, `snapshot_send`, `snapshot_receive` |
+//! | `disk` | the O_DIRECT files: WAL flushes, snapshot files |
 
 mod background;
 mod client;
 pub mod disk;
+mod driver;
+mod flush;
 mod notify;
+mod outputs;
 mod peer;
-pub mod shard;
+mod shutdown;
+mod snapshot_task;
+mod startup;
+mod state;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +50,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::constants::{ELECTION_TICKS, HEARTBEAT_TICKS, TICK_MS};
 use crate::http::HttpState;
 use crate::metrics::ShardMetrics;
-pub use shard::Timing;
+pub use startup::Timing;
 
 impl Default for Timing {
     fn default() -> Self {
@@ -89,7 +110,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let status = Arc::new(Mutex::new(None));
         metrics.push(shard_metrics.clone());
         statuses.push(status.clone());
-        let ctx = shard::ShardContext {
+        let ctx = startup::ShardContext {
             snapshots: options.snapshots,
             wal_segment_bytes: options.wal_segment_bytes,
             join: options.join,
@@ -106,7 +127,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let cpu = cpus[shard as usize % cpus.len()];
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{shard}"))
-            .spawn(move || shard::run(ctx))
+            .spawn(move || driver::run(ctx))
             .map_err(|e| anyhow::anyhow!("starting the executor of shard {shard}: {e}"))?;
         threads.push(handle);
     }

@@ -36,7 +36,8 @@ use rkyv::{Archive as RkyvArchive, Serialize};
 use crate::constants::BLOCK_BYTES;
 use crate::error::{Result, StorageError};
 use crate::key::Key;
-use crate::state_machine::{KeyMeta, Record, ValueRef};
+use crate::value::{Record, ValueRef};
+use corekv_types::meta::KeyMeta;
 
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CKVSNAP\x01";

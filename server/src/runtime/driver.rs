@@ -1,0 +1,126 @@
+//! One shard on its own glommio executor: the shell around [`crate::core::ShardCore`].
+//!
+//! Tasks on the executor, all sharing one `Shard` (`Rc`, never locked — one thread):
+//!
+//! ```text
+//!   client conns ──on_client_frame──►┐                       ┌──► peer senders (one per peer)
+//!   peer inbound ──step─────────────►├─► core ──► driver ────┤
+//!   tick task ──pending_ticks───────►┘     ▲     (process,   └──► client conns (replies)
+//!                                          │      dispatch)
+//!   flush task ◄──take_flush_job───────────┘
+//!        └── DMA write + fdatasync ──► on_flush_complete ──► driver
+//! ```
+//!
+//! The calls into the core follow its driver contract (`core/driver.rs`): start-up recovers
+//! through `ShardCore::recover`; inputs go straight into the core and wake the driver, which
+//! runs one `turn` for everything that arrived meanwhile (so a burst of requests becomes one
+//! raft entry) and sends the outputs. The flush task runs one WAL flush at a time; while it waits on the disk, new
+//! writes accumulate for the next one (group commit). No borrow of the core is ever held across
+//! an `.await`.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use corekv_proto::encode::PeerEncoder;
+use corekv_storage::snapshot;
+
+use super::background;
+use super::client::accept_clients;
+use super::flush::flush_loop;
+use super::outputs::dispatch;
+use super::peer::{accept_peers, peer_sender};
+use super::shutdown::shut_down;
+use super::snapshot_task::make_snapshot;
+use super::startup::{start, Listeners, ShardContext};
+use super::state::Shard;
+use crate::constants::SNAPSHOT_FILES_KEPT;
+use crate::core::Outputs;
+use crate::http::{Published, StatusSlot};
+
+/// Opens the shard's storage, binds its ports, and serves until shutdown.
+pub async fn run(ctx: ShardContext) {
+    let shard_index = ctx.shard;
+    let started = ctx.started.clone();
+    match start(ctx).await {
+        Ok((shard, listeners)) => {
+            let _ = started.send((shard_index, Ok(())));
+            serve(shard, listeners).await;
+        }
+        Err(error) => {
+            let _ = started.send((shard_index, Err(format!("{error:#}"))));
+        }
+    }
+}
+
+async fn serve(shard: Rc<Shard>, listeners: Listeners) {
+    let Listeners { client, peer, shutdown, status, flusher, timing } = listeners;
+    glommio::spawn_local(accept_clients(shard.clone(), client)).detach();
+    glommio::spawn_local(accept_peers(shard.clone(), peer)).detach();
+    for link in shard.peers.values() {
+        glommio::spawn_local(peer_sender(shard.clone(), link.clone())).detach();
+    }
+    let flush_task = glommio::spawn_local(flush_loop(shard.clone(), flusher));
+    glommio::spawn_local(tick_loop(shard.clone(), timing.tick_ms)).detach();
+    shard.core.borrow_mut().start(shard.now_us());
+    shard.wake.notify();
+    drive(&shard, &shutdown, &status).await;
+    shut_down(&shard).await;
+    shard.stopping.set(true);
+    shard.flush_wake.notify();
+    for link in shard.peers.values() {
+        link.wake();
+    }
+    flush_task.await;
+    *status.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    tracing::info!(shard = shard.shard, "shard stopped");
+}
+
+/// The driver: runs the core's loop whenever something happened, until shutdown is asked for.
+async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &StatusSlot) {
+    let mut out = Outputs::default();
+    let mut encoder = PeerEncoder::new();
+    loop {
+        shard.wake.wait().await;
+        let ticks = shard.pending_ticks.replace(0);
+        let turn = {
+            let mut core = shard.core.borrow_mut();
+            let turn = core.turn(shard.now_us(), ticks, &mut out);
+            if ticks > 0 {
+                let current = core.status();
+                shard.metrics.set_raft_position(&current);
+                *status.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Published { at: Instant::now(), status: current });
+            }
+            turn
+        };
+        dispatch(shard, &mut out, &mut encoder);
+        if let Some(job) = turn.snapshot {
+            glommio::spawn_local(make_snapshot(shard.clone(), job)).detach();
+        }
+        if turn.prune {
+            let dir = shard.snap_dir.clone();
+            let shard_index = shard.shard;
+            let pruned = background::run("snapshot-prune".to_string(), move || {
+                if let Err(error) = snapshot::prune(&dir, SNAPSHOT_FILES_KEPT) {
+                    tracing::warn!(shard = shard_index, %error, "removing old snapshot files failed");
+                }
+            });
+            if let Err(error) = pruned {
+                tracing::warn!(shard = shard_index, %error, "removing old snapshot files failed");
+            }
+        }
+        if ticks > 0 && shutdown.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+/// Counts ticks for the driver.
+async fn tick_loop(shard: Rc<Shard>, tick_ms: u64) {
+    while !shard.stopping.get() {
+        glommio::timer::sleep(Duration::from_millis(tick_ms)).await;
+        shard.pending_ticks.set(shard.pending_ticks.get() + 1);
+        shard.wake.notify();
+    }
+}

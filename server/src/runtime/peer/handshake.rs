@@ -1,0 +1,86 @@
+//! The peer handshake, both ends: the dialer's hello and the acceptor's checks of it.
+
+use corekv_proto::constants::PEER_PROTOCOL_VERSION;
+use corekv_proto::encode::PeerEncoder;
+use corekv_proto::frame::{verify_peer, FrameBuffer};
+use futures_lite::io::AsyncWriteExt;
+use glommio::net::TcpStream;
+
+use super::{read_frame, within, HANDSHAKE_TIMEOUT};
+use crate::runtime::state::{PeerLink, Shard};
+
+pub(super) async fn connect(shard: &Shard, link: &PeerLink) -> std::io::Result<TcpStream> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(link.addr.as_str()).await?;
+        stream.set_nodelay(true)?;
+        let hello = PeerEncoder::new()
+            .hello(&shard.registry.cluster, shard.node_id, shard.shard, shard.registry.shards)
+            .to_vec();
+        stream.write_all(&hello).await?;
+        let mut buffer = FrameBuffer::new(4096);
+        let frame = read_frame(&mut stream, &mut buffer).await?;
+        let ack =
+            verify_peer(&frame).ok().and_then(|f| f.message_as_hello_ack()).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "expected a HelloAck")
+            })?;
+        if !ack.accepted() {
+            let reason = ack.reason().unwrap_or("no reason given").to_string();
+            tracing::error!(shard = shard.shard, peer = link.node_id, %reason, "peer refused our handshake");
+            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason));
+        }
+        if ack.node_id() != link.node_id {
+            let reason = format!(
+                "{} answered as node {}, expected node {}",
+                link.addr,
+                ack.node_id(),
+                link.node_id
+            );
+            tracing::error!(shard = shard.shard, %reason, "peer handshake mismatch");
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason));
+        }
+        Ok(stream)
+    };
+    within(HANDSHAKE_TIMEOUT, attempt).await.unwrap_or_else(|| {
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))
+    })
+}
+
+/// Checks a peer's hello; the refusal reason when it does not belong.
+pub(super) fn check_hello(shard: &Shard, frame: &[u8]) -> Result<u64, String> {
+    let frame = verify_peer(frame).map_err(|e| format!("bad hello frame: {e}"))?;
+    let hello = frame.message_as_hello().ok_or("the first frame must be a Hello")?;
+    if hello.cluster() != shard.registry.cluster {
+        return Err(format!(
+            "cluster mismatch: this node is in {:?}, the peer in {:?}",
+            shard.registry.cluster,
+            hello.cluster()
+        ));
+    }
+    if hello.protocol_version() != PEER_PROTOCOL_VERSION {
+        return Err(format!(
+            "peer protocol {} not supported (this node speaks {PEER_PROTOCOL_VERSION})",
+            hello.protocol_version()
+        ));
+    }
+    if hello.shard() != shard.shard {
+        return Err(format!(
+            "shard mismatch: this port serves shard {}, the peer is shard {}",
+            shard.shard,
+            hello.shard()
+        ));
+    }
+    if hello.shards() != 0 && hello.shards() != shard.registry.shards {
+        return Err(format!(
+            "shard count mismatch: this node runs {} shards, node {} runs {} (their registry \
+             files differ)",
+            shard.registry.shards,
+            hello.node_id(),
+            hello.shards()
+        ));
+    }
+    let node = hello.node_id();
+    if node == shard.node_id || shard.registry.node(node).is_none() {
+        return Err(format!("node {node} is not another node of this cluster"));
+    }
+    Ok(node)
+}

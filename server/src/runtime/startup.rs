@@ -1,0 +1,194 @@
+//! Start-up of one shard: its WAL segments opened, the newest valid snapshot loaded, the
+//! state recovered through the core's driver contract ([`ShardCore::recover`]), a spare WAL
+//! segment prepared, its two ports bound. The driver (`driver.rs`) then serves.
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use corekv_storage::snapshot::{self, Archive};
+use corekv_storage::wal::{RecoveryMode, SegmentDir, SegmentIdentity};
+use corekv_types::registry::Registry;
+use glommio::net::TcpListener;
+
+use super::disk::DmaFlusher;
+use super::notify::Notify;
+use super::state::{PeerLink, Shard};
+use crate::core::{CoreConfig, Recovery, RecoveryError, ShardCore, SnapshotPolicy};
+use crate::http::StatusSlot;
+use crate::metrics::ShardMetrics;
+
+/// Raft timing, overridable for tests (`COREKV_TICK_MS`, see [`crate::runtime::Timing`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Tick period.
+    pub tick_ms: u64,
+    /// Election timeout in ticks.
+    pub election_ticks: usize,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: usize,
+}
+
+/// What a shard's executor thread is started with (everything here is `Send`).
+pub struct ShardContext {
+    /// When to take snapshots.
+    pub snapshots: SnapshotPolicy,
+    /// Size of new WAL segment files.
+    pub wal_segment_bytes: u64,
+    /// Catch up from the cluster before voting.
+    pub join: bool,
+    /// The cluster.
+    pub registry: Arc<Registry>,
+    /// This node.
+    pub node_id: u64,
+    /// This shard.
+    pub shard: u32,
+    /// `DATA_DIR/shard-S`.
+    pub shard_dir: PathBuf,
+    /// Raft timing.
+    pub timing: Timing,
+    /// Counters the HTTP endpoint reads.
+    pub metrics: Arc<ShardMetrics>,
+    /// Status the HTTP endpoint reads, refreshed every tick.
+    pub status: StatusSlot,
+    /// Set by the signal handler: shut down cleanly.
+    pub shutdown: Arc<AtomicBool>,
+    /// Told once the shard serves (or why it could not start).
+    pub started: std::sync::mpsc::Sender<(u32, Result<(), String>)>,
+}
+
+pub(super) struct Listeners {
+    pub(super) client: TcpListener,
+    pub(super) peer: TcpListener,
+    pub(super) shutdown: Arc<AtomicBool>,
+    pub(super) status: StatusSlot,
+    pub(super) flusher: DmaFlusher,
+    pub(super) timing: Timing,
+}
+
+pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
+    let registry = ctx.registry.clone();
+    let node = registry.node(ctx.node_id).context("node id not in the registry")?.clone();
+    let identity = SegmentIdentity { cluster: registry.cluster.clone(), shard: ctx.shard };
+    let wal_dir = ctx.shard_dir.join("wal");
+    let segments = SegmentDir::open(&wal_dir, identity.clone(), ctx.wal_segment_bytes)
+        .with_context(|| format!("shard {}: opening {}", ctx.shard, wal_dir.display()))?;
+    let snap_dir = ctx.shard_dir.join("snap");
+    let snapshot = load_newest_snapshot(&snap_dir, &registry.cluster, ctx.shard).await?;
+    let cfg = CoreConfig {
+        node_id: ctx.node_id,
+        shard: ctx.shard,
+        shards: registry.shards,
+        cluster: registry.cluster.clone(),
+        nodes: registry.nodes.iter().map(|n| (n.id, n.client_addr(ctx.shard))).collect(),
+        preferred_leader: registry.preferred_leader(ctx.shard),
+        election_ticks: ctx.timing.election_ticks,
+        heartbeat_ticks: ctx.timing.heartbeat_ticks,
+        tick_ms: ctx.timing.tick_ms,
+        snapshots: ctx.snapshots,
+        join: ctx.join,
+    };
+    let logger = crate::logging::raft_logger(ctx.node_id, ctx.shard);
+    let recovery = Recovery {
+        segments: Box::new(segments.clone()),
+        segment_bytes: ctx.wal_segment_bytes,
+        mode: RecoveryMode::Strict,
+        snapshot: snapshot.map(Arc::new),
+        entry_cache_bytes: None,
+    };
+    let core = ShardCore::recover(cfg, recovery, ctx.metrics.clone(), &logger).map_err(|e| {
+        let hint = match e {
+            RecoveryError::NoSnapshotReaches { .. } => {
+                format!(" — remove {} to have it rebuilt from the cluster", ctx.shard_dir.display())
+            }
+            _ => String::new(),
+        };
+        anyhow::anyhow!("shard {}: {e}{hint}", ctx.shard)
+    })?;
+    let flusher = DmaFlusher::new(segments.clone());
+    flusher
+        .ensure_spares_before_serving()
+        .await
+        .with_context(|| format!("shard {}: preparing a WAL segment", ctx.shard))?;
+    let client_addr = format!("{}:{}", node.host, node.client_port as u32 + ctx.shard);
+    let peer_addr = format!("{}:{}", node.host, node.peer_port as u32 + ctx.shard);
+    let client = listen(&client_addr).map_err(|e| {
+        anyhow::anyhow!("shard {}: cannot listen for clients on {client_addr}: {e}", ctx.shard)
+    })?;
+    let peer = listen(&peer_addr).map_err(|e| {
+        anyhow::anyhow!("shard {}: cannot listen for peers on {peer_addr}: {e}", ctx.shard)
+    })?;
+    let peers = registry
+        .nodes
+        .iter()
+        .filter(|n| n.id != ctx.node_id)
+        .map(|n| (n.id, Rc::new(PeerLink::new(n.id, n.peer_addr(ctx.shard)))))
+        .collect();
+    let shard = Rc::new(Shard {
+        core: RefCell::new(core),
+        wake: Notify::default(),
+        flush_wake: Notify::default(),
+        conns: RefCell::default(),
+        peers,
+        metrics: ctx.metrics,
+        registry,
+        node_id: ctx.node_id,
+        shard: ctx.shard,
+        snap_dir,
+        segments,
+        pending_ticks: Cell::new(0),
+        retire: RefCell::default(),
+        clock: Instant::now(),
+        stopping: Cell::new(false),
+        next_conn: Cell::new(1),
+    });
+    let listeners = Listeners {
+        client,
+        peer,
+        shutdown: ctx.shutdown,
+        status: ctx.status,
+        flusher,
+        timing: ctx.timing,
+    };
+    Ok((shard, listeners))
+}
+
+/// Binds a listening socket with `SO_REUSEADDR` (as std does), so a restarted node can bind
+/// its ports while connections of its previous life linger in TIME_WAIT. glommio's own `bind`
+/// uses `SO_REUSEPORT` instead, which would also let a second process bind the same port and
+/// silently take half of its connections.
+fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    // SAFETY: the descriptor comes from a listener we own and give up here.
+    Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
+}
+
+/// The newest snapshot file that validates, trying older ones when a file is damaged (each
+/// refusal is logged with the file and the reason).
+async fn load_newest_snapshot(
+    dir: &std::path::Path,
+    cluster: &str,
+    shard: u32,
+) -> anyhow::Result<Option<Archive>> {
+    let files =
+        snapshot::list(dir).with_context(|| format!("listing snapshots in {}", dir.display()))?;
+    for (_, _, path) in files {
+        let (file, cluster_name) = (path.clone(), cluster.to_string());
+        let loaded = glommio::executor()
+            .spawn_blocking(move || Archive::load(&file, &cluster_name, shard))
+            .await;
+        match loaded {
+            Ok(archive) => return Ok(Some(archive)),
+            Err(error) => {
+                tracing::error!(shard, %error, "snapshot refused; trying an older one");
+            }
+        }
+    }
+    Ok(None)
+}

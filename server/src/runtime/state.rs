@@ -1,0 +1,155 @@
+//! What a shard's tasks share: one [`Shard`] per executor (`Rc`, never locked — one thread),
+//! and the handles its tasks pass replies and frames through — a client connection's output
+//! side ([`ClientConn`]), a peer link's queue ([`PeerLink`]). A leaf: it imports none of the
+//! task modules, which all import it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+use corekv_storage::wal::SegmentDir;
+use corekv_types::registry::Registry;
+
+use super::notify::Notify;
+use crate::constants::PEER_QUEUE_BYTES_MAX;
+use crate::core::{ConnId, ShardCore};
+use crate::metrics::ShardMetrics;
+
+/// State shared by a shard's tasks.
+pub(crate) struct Shard {
+    pub(crate) core: RefCell<ShardCore>,
+    /// Wakes the driver.
+    pub(crate) wake: Notify,
+    /// Wakes the flush task.
+    pub(crate) flush_wake: Notify,
+    pub(crate) conns: RefCell<HashMap<ConnId, Rc<ClientConn>>>,
+    pub(crate) peers: HashMap<u64, Rc<PeerLink>>,
+    pub(crate) metrics: Arc<ShardMetrics>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) node_id: u64,
+    pub(crate) shard: u32,
+    /// `DATA_DIR/shard-S/snap`.
+    pub(crate) snap_dir: PathBuf,
+    /// The WAL's segment files, for reading old entries back off the executor.
+    pub(crate) segments: SegmentDir,
+    pub(crate) pending_ticks: Cell<u64>,
+    pub(crate) retire: RefCell<Vec<u64>>,
+    pub(crate) clock: Instant,
+    /// Set once shutdown has answered everything: tasks exit.
+    pub(crate) stopping: Cell<bool>,
+    pub(crate) next_conn: Cell<ConnId>,
+}
+
+impl Shard {
+    pub(crate) fn now_us(&self) -> u64 {
+        self.clock.elapsed().as_micros() as u64
+    }
+
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        id
+    }
+}
+
+/// A connection's output side, shared with the driver that hands it replies.
+#[derive(Debug, Default)]
+pub(crate) struct ClientConn {
+    pub(crate) out: RefCell<Vec<u8>>,
+    pub(crate) waker: RefCell<Option<Waker>>,
+    pub(crate) in_flight: Cell<usize>,
+    pub(crate) close_after_output: Cell<bool>,
+}
+
+impl ClientConn {
+    /// Queues one reply frame and wakes the connection's task.
+    pub(crate) fn push_reply(&self, frame: &[u8]) {
+        self.out.borrow_mut().extend_from_slice(frame);
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        self.wake();
+    }
+
+    /// Closes the connection once its replies are written (a refused hello).
+    pub(crate) fn close_after_output(&self) {
+        self.close_after_output.set(true);
+        self.wake();
+    }
+
+    /// Whether replies are waiting to be written.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.out.borrow().is_empty()
+    }
+
+    pub(crate) fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// What the receiver last said about the snapshot being sent to it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SnapshotProgress {
+    pub(crate) index: u64,
+    pub(crate) term: u64,
+    pub(crate) received: u64,
+    pub(crate) done: bool,
+    pub(crate) error: Option<String>,
+}
+
+/// The outgoing side of the link to one peer.
+pub(crate) struct PeerLink {
+    pub(crate) node_id: u64,
+    pub(crate) addr: String,
+    pub(crate) queue: RefCell<Vec<u8>>,
+    pub(crate) connected: Cell<bool>,
+    /// The connection task, waiting for something to send.
+    pub(crate) waker: RefCell<Option<Waker>>,
+    /// Acknowledgements of the snapshot being sent, and who waits for them.
+    pub(crate) progress: RefCell<SnapshotProgress>,
+    pub(crate) progress_changed: Notify,
+    /// A snapshot transfer to this peer is under way.
+    pub(crate) sending_snapshot: Cell<bool>,
+}
+
+impl PeerLink {
+    pub(crate) fn new(node_id: u64, addr: String) -> Self {
+        PeerLink {
+            node_id,
+            addr,
+            queue: RefCell::default(),
+            connected: Cell::new(false),
+            waker: RefCell::default(),
+            progress: RefCell::default(),
+            progress_changed: Notify::default(),
+            sending_snapshot: Cell::new(false),
+        }
+    }
+
+    /// Queues one frame of `messages` raft messages; drops it (counted) when the peer is
+    /// unreachable or the queue is full. Returns whether it was queued.
+    pub(crate) fn send(&self, frame: &[u8], messages: usize, metrics: &ShardMetrics) -> bool {
+        let mut queue = self.queue.borrow_mut();
+        if !self.connected.get() || queue.len() + frame.len() > PEER_QUEUE_BYTES_MAX {
+            metrics.dropped_messages.fetch_add(messages as u64, Relaxed);
+            return false;
+        }
+        queue.extend_from_slice(frame);
+        metrics.messages_sent.fetch_add(messages as u64, Relaxed);
+        drop(queue);
+        self.wake();
+        true
+    }
+
+    /// Wakes the connection task (new frames, or shutdown).
+    pub(crate) fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
