@@ -30,8 +30,14 @@ use std::collections::{HashSet, VecDeque};
 use bytes::Bytes;
 use raft::GetEntriesContext;
 
-use crate::constants::COLD_RECORD_BYTES_MAX;
+use raft::eraftpb::Entry;
+use raft::StorageError as RaftStorageError;
+
+use super::records::decode_entry;
+use super::EntryLoc;
+use crate::constants::{COLD_FETCH_RECORDS_MAX, COLD_RECORD_BYTES_MAX};
 use crate::error::Result;
+use crate::error::StorageError;
 use crate::wal::format::parse_record;
 
 /// One WAL record to read for a [`ColdFetch`].
@@ -166,5 +172,100 @@ impl ColdRecords {
     /// Forgets a failure once it was reported (the next ask reads the record again).
     pub(super) fn clear_failure(&mut self, key: (u64, u64)) {
         self.failed.retain(|(k, _)| *k != key);
+    }
+}
+
+impl super::RaftLogStore {
+    /// Entry `index` from its WAL record: from memory when the record was read back already;
+    /// else read now when `read_now`, or `None` (the caller queues an asynchronous read).
+    pub(super) fn cold_entry(
+        &self,
+        cold: &mut ColdRecords,
+        index: u64,
+        loc: EntryLoc,
+        read_now: bool,
+    ) -> raft::Result<Option<Entry>> {
+        let key = (loc.seq as u64, loc.record_offset as u64);
+        let corrupt = |reason: String| {
+            raft::Error::Store(RaftStorageError::Other(Box::new(StorageError::Corrupt {
+                path: self.source.path(loc.seq as u64),
+                offset: loc.record_offset as u64,
+                reason,
+            })))
+        };
+        if let Some(reason) = cold.failure(key).filter(|_| !read_now).map(str::to_string) {
+            // raft-rs treats any other storage error as fatal; "compacted" makes it send the
+            // follower a snapshot instead, which does not need this record.
+            cold.clear_failure(key);
+            tracing::warn!(
+                path = %self.source.path(loc.seq as u64).display(),
+                offset = loc.record_offset,
+                %reason,
+                "reading a WAL record for a lagging follower failed; sending it a snapshot instead"
+            );
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if cold.get(key).is_none() {
+            if !read_now {
+                return Ok(None);
+            }
+            let bytes = self
+                .source
+                .read_at(loc.seq as u64, loc.record_offset as u64, loc.record_len as usize)
+                .map_err(|e| raft::Error::Store(RaftStorageError::Other(Box::new(e))))?;
+            let view =
+                parse_record(&bytes, 0, loc.seq as u64).map_err(|p| corrupt(p.to_string()))?;
+            cold.keep_last(key, Bytes::copy_from_slice(view.payload));
+        }
+        let payload = cold.get(key).expect("kept above");
+        let (entry, _) = decode_entry(payload, loc.entry_pos as usize, index)
+            .ok_or_else(|| corrupt(format!("entry {index} does not decode")))?;
+        assert_eq!(entry.term, loc.term, "entry {index} read back with another term");
+        Ok(Some(entry))
+    }
+
+    /// The WAL records holding entries `from..high` that are not in memory, in log order, up
+    /// to about `max_size` bytes and [`COLD_FETCH_RECORDS_MAX`] records.
+    pub(super) fn cold_reads(
+        &self,
+        cold: &ColdRecords,
+        from: u64,
+        high: u64,
+        max_size: u64,
+    ) -> Vec<ColdRead> {
+        let mut reads: Vec<ColdRead> = Vec::new();
+        let mut bytes = 0u64;
+        // Entries from the cache on are in memory — and may not be on disk yet.
+        let cache_first = self.last() + 1 - self.cache.len() as u64;
+        for index in from..high.min(cache_first) {
+            let loc = self.locs[(index - self.compact_index - 1) as usize];
+            let key = (loc.seq as u64, loc.record_offset as u64);
+            if reads.last().is_some_and(|r| (r.seq, r.offset) == key) || cold.get(key).is_some() {
+                continue;
+            }
+            if reads.len() >= COLD_FETCH_RECORDS_MAX || (!reads.is_empty() && bytes >= max_size) {
+                break;
+            }
+            bytes += loc.record_len as u64;
+            reads.push(ColdRead { seq: key.0, offset: key.1, len: loc.record_len as usize });
+        }
+        reads
+    }
+
+    /// Reads of old entries raft-rs is waiting for: run them off the executor and hand the
+    /// bytes to [`super::RaftLogStore::on_cold_fetched`] (see this module's docs).
+    pub fn take_cold_fetches(&mut self) -> Vec<ColdFetch> {
+        self.cold.get_mut().take()
+    }
+
+    /// The records of `fetch` were read (one result per [`ColdFetch::reads`], in order): keeps
+    /// them and returns the context to pass to raft-rs's `RawNode::on_entries_fetched`, which
+    /// asks for the entries again.
+    pub fn on_cold_fetched(
+        &mut self,
+        fetch: ColdFetch,
+        data: Vec<Result<Vec<u8>>>,
+    ) -> GetEntriesContext {
+        self.cold.get_mut().fetched(fetch, data)
     }
 }

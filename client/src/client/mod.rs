@@ -1,0 +1,152 @@
+//! The client: routes each key to its shard, finds and caches each shard's leader, retries
+//! within a deadline ([`crate::retry`] has the rules), and turns replies into Rust values.
+//! Batches and scans fan out to their shards at once and come back in the caller's order.
+//!
+//! `ops` has the operations, `call` one call's connection, attempts and retry loop,
+//! `wire_map` the conversions between the client's types and the wire's.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::connection::Connection;
+use crate::error::Result;
+use crate::placement::shard_for_key;
+use crate::registry::Registry;
+
+mod call;
+mod ops;
+mod wire_map;
+
+/// How a client behaves.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The cluster.
+    pub registry: Registry,
+    /// Deadline of a call when its options name none.
+    pub timeout: Duration,
+    /// Deadline of connecting to one node.
+    pub connect_timeout: Duration,
+    /// How long one node may take to answer a read before the read tries another node, or a
+    /// put or delete before it ends as [`Error::Indeterminate`](crate::Error::Indeterminate) (writes are never sent twice).
+    /// A node cut off by a partition or paused (a long GC-like stall) answers nothing and
+    /// resets nothing; without this, every call would wait its whole deadline on it.
+    /// Transactions wait their deadline.
+    pub attempt_timeout: Duration,
+    /// Requests in flight on one connection; more wait for a slot.
+    pub max_in_flight_per_connection: usize,
+    /// First retry backoff.
+    pub backoff_min: Duration,
+    /// Longest retry backoff.
+    pub backoff_max: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for `registry`: 5 s calls, 1 s connects, 1 s per node before trying another,
+    /// 1024 requests in flight per connection, backoff from 5 ms to 500 ms.
+    pub fn new(registry: Registry) -> Self {
+        ClientConfig {
+            registry,
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(1),
+            max_in_flight_per_connection: 1024,
+            backoff_min: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A corekv client. Cheap to clone; clones share connections and the leader cache.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    /// Node ids, ascending.
+    nodes: Vec<u64>,
+    /// Cached leader per shard (0: unknown).
+    leaders: Vec<AtomicU64>,
+    connections: Mutex<HashMap<(u64, u32), Arc<Connection>>>,
+    /// xorshift state for jitter.
+    rng: AtomicU64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("cluster", &self.inner.config.registry.cluster)
+            .field("shards", &self.inner.config.registry.shards)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client for the cluster in the registry file at `path`. Connections open lazily.
+    pub fn from_registry(path: impl AsRef<std::path::Path>) -> Result<Client> {
+        Ok(Self::connect(ClientConfig::new(Registry::load(path)?)))
+    }
+
+    /// A client with this configuration. Connections open lazily, on first use.
+    pub fn connect(config: ClientConfig) -> Client {
+        let nodes = config.registry.node_ids();
+        let leaders = (0..config.registry.shards).map(|_| AtomicU64::new(0)).collect();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1;
+        Client {
+            inner: Arc::new(Inner {
+                config,
+                nodes,
+                leaders,
+                connections: Mutex::default(),
+                rng: AtomicU64::new(seed),
+            }),
+        }
+    }
+
+    /// The registry the client routes by.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.config.registry
+    }
+
+    /// The shard that owns `key`.
+    pub fn shard_of(&self, key: &[u8]) -> u32 {
+        shard_for_key(key, self.inner.config.registry.shards)
+    }
+
+    /// The leader this client believes shard `shard` has (0: unknown).
+    pub fn cached_leader(&self, shard: u32) -> u64 {
+        self.inner.leaders[shard as usize].load(Ordering::Relaxed)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Single keys
+    // ----------------------------------------------------------------------------------
+
+    // ----------------------------------------------------------------------------------
+    // Batches: split by shard, sent in parallel, results in the caller's order. Atomic per
+    // shard, not across shards.
+    // ----------------------------------------------------------------------------------
+
+    // ----------------------------------------------------------------------------------
+    // Scans
+    // ----------------------------------------------------------------------------------
+
+    // ----------------------------------------------------------------------------------
+    // Transactions
+    // ----------------------------------------------------------------------------------
+
+    // ----------------------------------------------------------------------------------
+    // Status
+    // ----------------------------------------------------------------------------------
+
+    // ----------------------------------------------------------------------------------
+    // Routing and retries
+    // ----------------------------------------------------------------------------------
+}

@@ -1,0 +1,91 @@
+//! Between the client's types and the wire's: metadata, entries, compare and transaction
+//! specs, consistency; and the checks a request passes before it is sent.
+
+use corekv_proto::client::{self as wire};
+use corekv_proto::constants::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use corekv_proto::encode::{CompareSpec, RequestEncoder, TxnOpSpec};
+
+use crate::error::{Error, Result};
+use crate::types::{CompareOp, CompareTarget, Consistency, KeyMeta, KeyValue, TxnOp};
+
+pub(super) fn meta(m: &wire::KeyMeta) -> KeyMeta {
+    KeyMeta { create_index: m.create_index(), mod_index: m.mod_index(), version: m.version() }
+}
+
+pub(super) fn key_value(e: &wire::Entry<'_>) -> KeyValue {
+    KeyValue {
+        key: e.key().bytes().to_vec(),
+        value: e.value().map(|v| v.bytes().to_vec()).unwrap_or_default(),
+        meta: meta(e.meta()),
+    }
+}
+
+pub(super) fn protocol(what: &str) -> Error {
+    Error::Protocol(format!("unexpected reply to {what}"))
+}
+
+pub(super) fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("empty key".to_string()));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(Error::TooLarge {
+            what: "key".into(),
+            size: key.len() as u64,
+            limit: KEY_BYTES_MAX as u64,
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn check_value(value: &[u8]) -> Result<()> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(Error::TooLarge {
+            what: "value".into(),
+            size: value.len() as u64,
+            limit: VALUE_BYTES_MAX as u64,
+        });
+    }
+    Ok(())
+}
+
+thread_local! {
+    static ENCODER: std::cell::RefCell<RequestEncoder> = std::cell::RefCell::new(RequestEncoder::new());
+}
+
+/// Builds one request frame with this thread's reused encoder.
+pub(super) fn encode(f: impl FnOnce(&mut RequestEncoder) -> &[u8]) -> Vec<u8> {
+    ENCODER.with(|e| f(&mut e.borrow_mut()).to_vec())
+}
+
+pub(super) fn wire_consistency(c: Consistency) -> wire::Consistency {
+    match c {
+        Consistency::Linearizable => wire::Consistency::Linearizable,
+        Consistency::Stale => wire::Consistency::Stale,
+    }
+}
+
+pub(super) fn compare_spec(c: &crate::types::Compare) -> CompareSpec<'_> {
+    let op = match c.op {
+        CompareOp::Equal => wire::CompareOp::Equal,
+        CompareOp::NotEqual => wire::CompareOp::NotEqual,
+        CompareOp::Less => wire::CompareOp::Less,
+        CompareOp::Greater => wire::CompareOp::Greater,
+    };
+    let (target, value, number) = match &c.target {
+        CompareTarget::Value(v) => (wire::CompareTarget::Value, Some(v.as_slice()), 0),
+        CompareTarget::Version(n) => (wire::CompareTarget::Version, None, *n),
+        CompareTarget::ModIndex(n) => (wire::CompareTarget::ModIndex, None, *n),
+        CompareTarget::CreateIndex(n) => (wire::CompareTarget::CreateIndex, None, *n),
+        CompareTarget::Exists => (wire::CompareTarget::Exists, None, 0),
+    };
+    CompareSpec { key: &c.key, target, op, value, number }
+}
+
+pub(super) fn op_spec(op: &TxnOp) -> TxnOpSpec<'_> {
+    match op {
+        TxnOp::Get(k) => TxnOpSpec { kind: wire::TxnOpKind::Get, key: k, value: None },
+        TxnOp::Put(k, v) => TxnOpSpec { kind: wire::TxnOpKind::Put, key: k, value: Some(v) },
+        TxnOp::Delete(k) => TxnOpSpec { kind: wire::TxnOpKind::Delete, key: k, value: None },
+    }
+}
