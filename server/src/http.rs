@@ -183,7 +183,7 @@ fn handle(mut stream: TcpStream, state: &HttpState) -> std::io::Result<()> {
         "/metrics" => {
             let shards: Vec<&ShardMetrics> = state.metrics.iter().map(|m| m.as_ref()).collect();
             let body = metrics::render(state.node_id, &shards);
-            respond(&mut stream, 200, "text/plain; version=0.0.4", &body)
+            respond(&mut stream, 200, metrics::CONTENT_TYPE, &body)
         }
         "/debug/pprof/flamegraph" => {
             let seconds = match profile::seconds_from_query(path.split_once('?').map(|(_, q)| q)) {

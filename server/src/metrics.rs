@@ -1,260 +1,273 @@
-//! Metrics: per-shard counters, gauges and latency histograms, rendered as Prometheus text.
-//!
-//! Each shard owns its own [`ShardMetrics`] and is the only writer of it, so the relaxed atomic
-//! updates on the hot path never contend; the HTTP thread only reads.
+//! Metrics: every shard's counters, gauges and histograms (`core::counters`, written on the
+//! shard's executor) exposed in the Prometheus text format through the `prometheus` crate's
+//! data model and text encoder: this module only says which series there are, with which
+//! labels; the format (escaping, `_bucket`/`_sum`/`_count`, `+Inf`) is the library's.
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
+
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram as HistogramSample, LabelPair, Metric, MetricFamily,
+    MetricType,
+};
+use prometheus::TextEncoder;
 
 pub use crate::core::counters::{Histogram, ShardMetrics};
 use crate::core::{ErrorKind, Op};
 
+/// The content type of what [`render`] writes (the text format, version 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// A counter or gauge read from one shard's metrics.
+type Read<T> = fn(&ShardMetrics) -> T;
+/// A histogram of one shard's metrics, and the divisor of its values (1e6: µs to seconds).
+type HistogramOf = (fn(&ShardMetrics) -> &Histogram, f64);
+
 /// Renders every shard's metrics as Prometheus text exposition format.
 pub fn render(node_id: u64, shards: &[&ShardMetrics]) -> String {
-    let mut out = String::with_capacity(16 * 1024);
-    let counter =
-        |out: &mut String, name: &str, help: &str, value: &dyn Fn(&ShardMetrics) -> String| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            for (shard, m) in shards.iter().enumerate() {
-                let _ =
-                    writeln!(out, "{name}{{node=\"{node_id}\",shard=\"{shard}\"}} {}", value(m));
-            }
-        };
-    let _ = writeln!(out, "# HELP corekv_requests_total Client requests received, by operation.");
-    let _ = writeln!(out, "# TYPE corekv_requests_total counter");
-    for (shard, m) in shards.iter().enumerate() {
-        for op in Op::ALL {
-            let v = m.requests[op as usize].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "corekv_requests_total{{node=\"{node_id}\",shard=\"{shard}\",op=\"{}\"}} {v}",
-                op.label()
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP corekv_request_duration_seconds Time from a request's arrival to its reply, by operation.");
-    let _ = writeln!(out, "# TYPE corekv_request_duration_seconds histogram");
-    for (shard, m) in shards.iter().enumerate() {
-        for op in Op::ALL {
-            let labels = format!("node=\"{node_id}\",shard=\"{shard}\",op=\"{}\",", op.label());
-            render_histogram(
-                &mut out,
-                &m.latency_us[op as usize],
-                "corekv_request_duration_seconds",
-                &labels,
-                1e6,
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP corekv_errors_total Error replies, by kind.");
-    let _ = writeln!(out, "# TYPE corekv_errors_total counter");
-    for (shard, m) in shards.iter().enumerate() {
-        for kind in ErrorKind::ALL {
-            let v = m.errors[kind as usize].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "corekv_errors_total{{node=\"{node_id}\",shard=\"{shard}\",kind=\"{}\"}} {v}",
-                kind.label()
-            );
-        }
-    }
-    counter(
-        &mut out,
-        "corekv_proposals_total",
-        "Raft entries proposed (each carries a batch of writes).",
-        &|m| m.proposals.load(Relaxed).to_string(),
+    let mut families = Families { node: node_id.to_string(), shards, out: Vec::new() };
+    families.per_label(
+        "corekv_requests_total",
+        "Client requests received, by operation.",
+        MetricType::COUNTER,
+        ("op", Op::ALL.map(|op| (op.label(), op as usize))),
+        |m, i| counter(m.requests[i].load(Relaxed)),
     );
-    let _ = writeln!(out, "# HELP corekv_batch_ops Client writes per proposed raft entry.");
-    let _ = writeln!(out, "# TYPE corekv_batch_ops histogram");
-    for (shard, m) in shards.iter().enumerate() {
-        render_histogram(
-            &mut out,
-            &m.batch_ops,
-            "corekv_batch_ops",
-            &format!("node=\"{node_id}\",shard=\"{shard}\","),
-            1.0,
-        );
+    families.per_label(
+        "corekv_request_duration_seconds",
+        "Time from a request's arrival to its reply, by operation.",
+        MetricType::HISTOGRAM,
+        ("op", Op::ALL.map(|op| (op.label(), op as usize))),
+        |m, i| histogram(&m.latency_us[i], 1e6),
+    );
+    families.per_label(
+        "corekv_errors_total",
+        "Error replies, by kind.",
+        MetricType::COUNTER,
+        ("kind", ErrorKind::ALL.map(|kind| (kind.label(), kind as usize))),
+        |m, i| counter(m.errors[i].load(Relaxed)),
+    );
+    let counters: [(&str, &str, Read<u64>); 18] = [
+        ("corekv_proposals_total", "Raft entries proposed (each carries a batch of writes).", |m| m.proposals.load(Relaxed)),
+        ("corekv_read_index_rounds_total", "ReadIndex rounds issued for linearizable reads.", |m| m.read_rounds.load(Relaxed)),
+        ("corekv_wal_flushes_total", "WAL flushes (write + fdatasync) completed.", |m| m.wal_flushes.load(Relaxed)),
+        ("corekv_wal_flush_errors_total", "WAL flushes that failed.", |m| m.wal_flush_errors.load(Relaxed)),
+        ("corekv_wal_written_bytes_total", "Bytes written by WAL flushes.", |m| m.wal_bytes_written.load(Relaxed)),
+        ("corekv_elections_total", "Elections this replica started.", |m| m.elections.load(Relaxed)),
+        ("corekv_leader_changes_total", "Changes of the known leader.", |m| m.leader_changes.load(Relaxed)),
+        ("corekv_votes_withheld_total", "Vote requests left unanswered while this replica catches up (started empty or lost data).", |m| m.votes_withheld.load(Relaxed)),
+        ("corekv_dropped_messages_total", "Raft messages dropped (peer queue full or peer unreachable).", |m| m.dropped_messages.load(Relaxed)),
+        ("corekv_messages_sent_total", "Raft messages sent to peers.", |m| m.messages_sent.load(Relaxed)),
+        ("corekv_messages_received_total", "Raft messages received from peers.", |m| m.messages_received.load(Relaxed)),
+        ("corekv_malformed_frames_total", "Frames refused as malformed on client and peer ports.", |m| m.malformed_frames.load(Relaxed)),
+        ("corekv_snapshots_total", "Snapshots taken and made durable.", |m| m.snapshots.load(Relaxed)),
+        ("corekv_snapshot_errors_total", "Snapshots that failed to be made.", |m| m.snapshot_errors.load(Relaxed)),
+        ("corekv_snapshots_sent_total", "Snapshots sent to followers that needed them.", |m| m.snapshots_sent.load(Relaxed)),
+        ("corekv_snapshot_send_failures_total", "Snapshot transfers to followers that failed.", |m| m.snapshot_send_failures.load(Relaxed)),
+        ("corekv_snapshots_installed_total", "Snapshots received from a leader and installed.", |m| m.snapshots_installed.load(Relaxed)),
+        ("corekv_wal_records_read_for_followers_total", "WAL records read back to send lagging followers entries older than the entry cache.", |m| m.cold_records_read.load(Relaxed)),
+    ];
+    for (name, help, read) in counters {
+        families.per_shard(name, help, MetricType::COUNTER, |m| counter(read(m)));
     }
-    counter(
-        &mut out,
-        "corekv_read_index_rounds_total",
-        "ReadIndex rounds issued for linearizable reads.",
-        &|m| m.read_rounds.load(Relaxed).to_string(),
-    );
-    counter(
-        &mut out,
-        "corekv_wal_flushes_total",
-        "WAL flushes (write + fdatasync) completed.",
-        &|m| m.wal_flushes.load(Relaxed).to_string(),
-    );
-    counter(&mut out, "corekv_wal_flush_errors_total", "WAL flushes that failed.", &|m| {
-        m.wal_flush_errors.load(Relaxed).to_string()
-    });
-    counter(&mut out, "corekv_wal_written_bytes_total", "Bytes written by WAL flushes.", &|m| {
-        m.wal_bytes_written.load(Relaxed).to_string()
-    });
-    let _ = writeln!(
-        out,
-        "# HELP corekv_wal_flush_duration_seconds WAL flush latency (write and fdatasync)."
-    );
-    let _ = writeln!(out, "# TYPE corekv_wal_flush_duration_seconds histogram");
-    for (shard, m) in shards.iter().enumerate() {
-        render_histogram(
-            &mut out,
-            &m.wal_flush_latency_us,
+    let histograms: [(&str, &str, HistogramOf); 3] = [
+        ("corekv_batch_ops", "Client writes per proposed raft entry.", (|m| &m.batch_ops, 1.0)),
+        (
             "corekv_wal_flush_duration_seconds",
-            &format!("node=\"{node_id}\",shard=\"{shard}\","),
-            1e6,
-        );
-    }
-    counter(&mut out, "corekv_elections_total", "Elections this replica started.", &|m| {
-        m.elections.load(Relaxed).to_string()
-    });
-    counter(&mut out, "corekv_leader_changes_total", "Changes of the known leader.", &|m| {
-        m.leader_changes.load(Relaxed).to_string()
-    });
-    counter(
-        &mut out,
-        "corekv_votes_withheld_total",
-        "Vote requests left unanswered while this replica catches up (started empty or lost data).",
-        &|m| m.votes_withheld.load(Relaxed).to_string(),
-    );
-    counter(
-        &mut out,
-        "corekv_dropped_messages_total",
-        "Raft messages dropped (peer queue full or peer unreachable).",
-        &|m| m.dropped_messages.load(Relaxed).to_string(),
-    );
-    counter(&mut out, "corekv_messages_sent_total", "Raft messages sent to peers.", &|m| {
-        m.messages_sent.load(Relaxed).to_string()
-    });
-    counter(
-        &mut out,
-        "corekv_messages_received_total",
-        "Raft messages received from peers.",
-        &|m| m.messages_received.load(Relaxed).to_string(),
-    );
-    counter(
-        &mut out,
-        "corekv_malformed_frames_total",
-        "Frames refused as malformed on client and peer ports.",
-        &|m| m.malformed_frames.load(Relaxed).to_string(),
-    );
-    counter(&mut out, "corekv_snapshots_total", "Snapshots taken and made durable.", &|m| {
-        m.snapshots.load(Relaxed).to_string()
-    });
-    counter(&mut out, "corekv_snapshot_errors_total", "Snapshots that failed to be made.", &|m| {
-        m.snapshot_errors.load(Relaxed).to_string()
-    });
-    let _ = writeln!(
-        out,
-        "# HELP corekv_snapshot_duration_seconds Time to build and write a snapshot."
-    );
-    let _ = writeln!(out, "# TYPE corekv_snapshot_duration_seconds histogram");
-    for (shard, m) in shards.iter().enumerate() {
-        let labels = format!("node=\"{node_id}\",shard=\"{shard}\",");
-        render_histogram(
-            &mut out,
-            &m.snapshot_duration_us,
+            "WAL flush latency (write and fdatasync).",
+            (|m| &m.wal_flush_latency_us, 1e6),
+        ),
+        (
             "corekv_snapshot_duration_seconds",
-            &labels,
-            1e6,
-        );
+            "Time to build and write a snapshot.",
+            (|m| &m.snapshot_duration_us, 1e6),
+        ),
+    ];
+    for (name, help, (of, scale)) in histograms {
+        families.per_shard(name, help, MetricType::HISTOGRAM, |m| histogram(of(m), scale));
     }
-    counter(
-        &mut out,
-        "corekv_snapshots_sent_total",
-        "Snapshots sent to followers that needed them.",
-        &|m| m.snapshots_sent.load(Relaxed).to_string(),
-    );
-    counter(
-        &mut out,
-        "corekv_snapshot_send_failures_total",
-        "Snapshot transfers to followers that failed.",
-        &|m| m.snapshot_send_failures.load(Relaxed).to_string(),
-    );
-    counter(
-        &mut out,
-        "corekv_snapshots_installed_total",
-        "Snapshots received from a leader and installed.",
-        &|m| m.snapshots_installed.load(Relaxed).to_string(),
-    );
-    counter(
-        &mut out,
-        "corekv_wal_records_read_for_followers_total",
-        "WAL records read back to send lagging followers entries older than the entry cache.",
-        &|m| m.cold_records_read.load(Relaxed).to_string(),
-    );
-    for (name, help, get) in [
-        (
-            "corekv_client_connections",
-            "Open client connections.",
-            (|m: &ShardMetrics| m.client_connections.load(Relaxed)) as fn(&ShardMetrics) -> i64,
-        ),
-        (
-            "corekv_peer_connections",
-            "Open peer connections, both directions.",
-            |m: &ShardMetrics| m.peer_connections.load(Relaxed),
-        ),
-        ("corekv_is_leader", "1 while this replica leads its shard.", |m: &ShardMetrics| {
+    let gauges: [(&str, &str, Read<i64>); 7] = [
+        ("corekv_client_connections", "Open client connections.", |m| {
+            m.client_connections.load(Relaxed)
+        }),
+        ("corekv_peer_connections", "Open peer connections, both directions.", |m| {
+            m.peer_connections.load(Relaxed)
+        }),
+        ("corekv_is_leader", "1 while this replica leads its shard.", |m| {
             m.is_leader.load(Relaxed)
         }),
-        ("corekv_term", "Raft term of this replica.", |m: &ShardMetrics| m.term.load(Relaxed)),
-        ("corekv_commit_index", "Raft commit index of this replica.", |m: &ShardMetrics| {
+        ("corekv_term", "Raft term of this replica.", |m| m.term.load(Relaxed)),
+        ("corekv_commit_index", "Raft commit index of this replica.", |m| {
             m.commit_index.load(Relaxed)
         }),
-        ("corekv_applied_index", "Index this replica has applied.", |m: &ShardMetrics| {
+        ("corekv_applied_index", "Index this replica has applied.", |m| {
             m.applied_index.load(Relaxed)
         }),
         (
             "corekv_replica_lag_entries",
             "On the leader: entries the furthest-behind follower lacks (0 on followers).",
-            |m: &ShardMetrics| m.replica_lag_entries.load(Relaxed),
+            |m| m.replica_lag_entries.load(Relaxed),
         ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for (shard, m) in shards.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{node=\"{node_id}\",shard=\"{shard}\"}} {}", get(m));
-        }
+    ];
+    for (name, help, read) in gauges {
+        families.per_shard(name, help, MetricType::GAUGE, |m| gauge(read(m)));
     }
-    out
+    let mut text = String::with_capacity(32 * 1024);
+    // Only a family without samples or name is refused, and every family here has both.
+    if let Err(error) = TextEncoder::new().encode_utf8(&families.out, &mut text) {
+        tracing::error!(%error, "rendering the metrics failed");
+    }
+    text
 }
 
-/// Writes a histogram's series; `scale` divides values (1e6 turns µs into seconds).
-fn render_histogram(out: &mut String, h: &Histogram, name: &str, labels: &str, scale: f64) {
-    let mut cumulative = 0;
-    for (i, bound) in h.bounds().iter().enumerate() {
-        cumulative += h.bucket(i);
-        let le = *bound as f64 / scale;
-        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
+/// The metric families being built, for one node.
+struct Families<'a> {
+    node: String,
+    shards: &'a [&'a ShardMetrics],
+    out: Vec<MetricFamily>,
+}
+
+impl Families<'_> {
+    /// A family with one series per shard, labelled `node` and `shard`.
+    fn per_shard(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        sample: impl Fn(&ShardMetrics) -> Metric,
+    ) {
+        let metrics = (0..self.shards.len())
+            .map(|shard| {
+                let mut metric = sample(self.shards[shard]);
+                metric.set_label(self.labels(shard, None));
+                metric
+            })
+            .collect();
+        self.push(name, help, kind, metrics);
     }
+
+    /// A family with one series per shard and value of one more label, whose values come
+    /// with the index of their counter.
+    fn per_label<const N: usize>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        (label, values): (&str, [(&str, usize); N]),
+        sample: impl Fn(&ShardMetrics, usize) -> Metric,
+    ) {
+        let mut metrics = Vec::with_capacity(self.shards.len() * N);
+        for (shard, m) in self.shards.iter().enumerate() {
+            for (value, index) in values {
+                let mut metric = sample(m, index);
+                metric.set_label(self.labels(shard, Some((label, value))));
+                metrics.push(metric);
+            }
+        }
+        self.push(name, help, kind, metrics);
+    }
+
+    fn labels(&self, shard: usize, extra: Option<(&str, &str)>) -> Vec<LabelPair> {
+        let pair = |name: &str, value: String| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value);
+            pair
+        };
+        let mut labels = vec![pair("node", self.node.clone()), pair("shard", shard.to_string())];
+        if let Some((name, value)) = extra {
+            labels.push(pair(name, value.to_string()));
+        }
+        labels
+    }
+
+    fn push(&mut self, name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) {
+        if metrics.is_empty() {
+            return;
+        }
+        let mut family = MetricFamily::default();
+        family.set_name(name.to_string());
+        family.set_help(help.to_string());
+        family.set_field_type(kind);
+        family.set_metric(metrics);
+        self.out.push(family);
+    }
+}
+
+fn counter(value: u64) -> Metric {
+    let mut counter = Counter::default();
+    counter.set_value(value as f64);
+    let mut metric = Metric::default();
+    metric.set_counter(counter);
+    metric
+}
+
+fn gauge(value: i64) -> Metric {
+    let mut gauge = Gauge::default();
+    gauge.set_value(value as f64);
+    let mut metric = Metric::default();
+    metric.set_gauge(gauge);
+    metric
+}
+
+/// A histogram's sample: cumulative buckets (the encoder adds `+Inf`), sum and count, values
+/// divided by `scale`.
+fn histogram(h: &Histogram, scale: f64) -> Metric {
+    let mut cumulative = 0;
+    let buckets = h
+        .bounds()
+        .iter()
+        .enumerate()
+        .map(|(i, bound)| {
+            cumulative += h.bucket(i);
+            let mut bucket = Bucket::default();
+            bucket.set_upper_bound(*bound as f64 / scale);
+            bucket.set_cumulative_count(cumulative);
+            bucket
+        })
+        .collect();
     cumulative += h.bucket(h.bounds().len());
-    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
-    let sum = h.sum() as f64 / scale;
-    let trimmed = labels.trim_end_matches(',');
-    let _ = writeln!(out, "{name}_sum{{{trimmed}}} {sum}");
-    let _ = writeln!(out, "{name}_count{{{trimmed}}} {cumulative}");
+    let mut sample = HistogramSample::default();
+    sample.set_bucket(buckets);
+    sample.set_sample_count(cumulative);
+    sample.set_sample_sum(h.sum() as f64 / scale);
+    let mut metric = Metric::default();
+    metric.set_histogram(sample);
+    metric
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // Shows: histogram buckets are cumulative and end with +Inf, sum and count.
+    // Shows: histogram buckets are cumulative and end with +Inf, sum and count; every series
+    // carries the node and shard.
     #[test]
-    fn histogram_renders_cumulative_buckets() {
-        let h = Histogram::latency();
+    fn histograms_render_cumulative_buckets() {
+        let m = ShardMetrics::default();
         for v in [10, 60, 60, 40_000_000] {
-            h.record(v);
+            m.wal_flush_latency_us.record(v);
         }
-        let mut out = String::new();
-        render_histogram(&mut out, &h, "x", "a=\"b\",", 1.0);
-        assert!(out.contains("x_bucket{a=\"b\",le=\"50\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"100\"} 3\n"));
-        assert!(out.contains("x_bucket{a=\"b\",le=\"30000000\"} 3\n"));
-        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 4\n"));
-        assert!(out.contains("x_count{a=\"b\"} 4\n"));
+        let out = render(7, &[&m]);
+        let name = "corekv_wal_flush_duration_seconds";
+        let labels = "node=\"7\",shard=\"0\"";
+        assert!(out.contains(&format!("{name}_bucket{{{labels},le=\"0.00005\"}} 1\n")), "{out}");
+        assert!(out.contains(&format!("{name}_bucket{{{labels},le=\"0.0001\"}} 3\n")));
+        assert!(out.contains(&format!("{name}_bucket{{{labels},le=\"30\"}} 3\n")));
+        assert!(out.contains(&format!("{name}_bucket{{{labels},le=\"+Inf\"}} 4\n")));
+        assert!(out.contains(&format!("{name}_count{{{labels}}} 4\n")));
+        assert!(out.contains("# TYPE corekv_wal_flush_duration_seconds histogram\n"));
+    }
+
+    // Shows: per-operation and per-kind series carry their label, counters their value.
+    #[test]
+    fn labelled_counters_carry_their_label() {
+        let m = ShardMetrics::default();
+        m.request(Op::Put);
+        m.request(Op::Put);
+        m.error(ErrorKind::Busy);
+        let out = render(1, &[&m, &m]);
+        assert!(out.contains("corekv_requests_total{node=\"1\",shard=\"1\",op=\"put\"} 2\n"));
+        assert!(out.contains("corekv_errors_total{node=\"1\",shard=\"0\",kind=\"busy\"} 1\n"));
+        assert!(out.contains("# TYPE corekv_is_leader gauge\n"));
     }
 }
