@@ -110,48 +110,7 @@ impl Connection {
         // end still delivers everything: the writer shuts its side down (a FIN after the data)
         // and the socket closes only when the server has closed its side too.
         stream.set_zero_linger().map_err(|e| unavailable(format!("{addr}: {e}")))?;
-        let hello = RequestEncoder::new().hello(0, cluster, shards).to_vec();
-        let handshake = async {
-            stream.write_all(&hello).await?;
-            let mut buffer = FrameBuffer::new(4096);
-            loop {
-                if let Some(frame) = buffer
-                    .next_frame()
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
-                {
-                    return Ok::<Vec<u8>, std::io::Error>(frame.to_vec());
-                }
-                let n = stream.read(buffer.spare()).await?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                buffer.commit(n);
-            }
-        };
-        let reply = tokio::time::timeout(connect_timeout, handshake)
-            .await
-            .map_err(|_| unavailable(format!("hello to {addr} timed out")))?
-            .map_err(|e| unavailable(format!("hello to {addr}: {e}")))?;
-        let frame = verify_reply(&reply).map_err(|e| {
-            OpenError::Fatal(Error::Protocol(format!("hello reply from {addr}: {e}")))
-        })?;
-        let Some(accepted) = frame.reply_as_hello_reply() else {
-            let reason = frame
-                .reply_as_error_reply()
-                .and_then(|e| e.kind_as_invalid_request())
-                .and_then(|e| e.reason())
-                .unwrap_or("unexpected reply to hello")
-                .to_string();
-            return Err(OpenError::Fatal(Error::Handshake { addr: addr.to_string(), reason }));
-        };
-        // A node from before the hello carried the shard count accepts any; its reply says
-        // how many it has.
-        if accepted.shards() != shards {
-            return Err(OpenError::Fatal(Error::Handshake {
-                addr: addr.to_string(),
-                reason: corekv_types::registry::shard_count_mismatch(accepted.shards(), shards),
-            }));
-        }
+        hello(&mut stream, addr, cluster, shards, connect_timeout).await?;
         let (read, write) = stream.into_split();
         let (frames, queue) = mpsc::channel(WRITE_QUEUE_FRAMES);
         let pending: Pending = Arc::default();
@@ -267,4 +226,58 @@ async fn write_loop(
     }
     close(&pending, &closed);
     let _ = write.shutdown().await;
+}
+
+/// The hello exchange on a new connection: the cluster name and shard count this client's
+/// registry names, and the node's acceptance (or its one-line refusal).
+async fn hello(
+    stream: &mut TcpStream,
+    addr: &str,
+    cluster: &str,
+    shards: u32,
+    timeout: Duration,
+) -> Result<(), OpenError> {
+    let unavailable = OpenError::Unreachable;
+    let hello = RequestEncoder::new().hello(0, cluster, shards).to_vec();
+    let handshake = async {
+        stream.write_all(&hello).await?;
+        let mut buffer = FrameBuffer::new(4096);
+        loop {
+            if let Some(frame) = buffer
+                .next_frame()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+            {
+                return Ok::<Vec<u8>, std::io::Error>(frame.to_vec());
+            }
+            let n = stream.read(buffer.spare()).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buffer.commit(n);
+        }
+    };
+    let reply = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| unavailable(format!("hello to {addr} timed out")))?
+        .map_err(|e| unavailable(format!("hello to {addr}: {e}")))?;
+    let frame = verify_reply(&reply)
+        .map_err(|e| OpenError::Fatal(Error::Protocol(format!("hello reply from {addr}: {e}"))))?;
+    let Some(accepted) = frame.reply_as_hello_reply() else {
+        let reason = frame
+            .reply_as_error_reply()
+            .and_then(|e| e.kind_as_invalid_request())
+            .and_then(|e| e.reason())
+            .unwrap_or("unexpected reply to hello")
+            .to_string();
+        return Err(OpenError::Fatal(Error::Handshake { addr: addr.to_string(), reason }));
+    };
+    // A node from before the hello carried the shard count accepts any; its reply says how
+    // many it has.
+    if accepted.shards() != shards {
+        return Err(OpenError::Fatal(Error::Handshake {
+            addr: addr.to_string(),
+            reason: corekv_types::registry::shard_count_mismatch(accepted.shards(), shards),
+        }));
+    }
+    Ok(())
 }

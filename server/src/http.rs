@@ -190,30 +190,7 @@ fn handle(mut stream: TcpStream, state: &HttpState) -> std::io::Result<()> {
                 Ok(seconds) => seconds,
                 Err(message) => return respond(&mut stream, 400, "text/plain", &(message + "\n")),
             };
-            let title = format!("corekv node {}", state.node_id);
-            let spawned = std::thread::Builder::new().name("pprof".to_string()).spawn(move || {
-                let answered = match profile::flamegraph(Duration::from_secs(seconds), &title) {
-                    Ok(svg) => respond(&mut stream, 200, "image/svg+xml", &svg),
-                    Err(error @ profile::ProfileError::Busy) => {
-                        respond(&mut stream, 409, "text/plain", &format!("{error}\n"))
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "taking a CPU profile failed");
-                        respond(
-                            &mut stream,
-                            500,
-                            "text/plain",
-                            &format!("profile failed: {error}\n"),
-                        )
-                    }
-                };
-                if let Err(error) = answered {
-                    tracing::debug!(%error, "answering a profile request failed");
-                }
-            });
-            if let Err(error) = spawned {
-                tracing::warn!(%error, "cannot start a thread for a profile");
-            }
+            profile_on_its_own_thread(stream, seconds, state.node_id);
             Ok(())
         }
         _ => respond(
@@ -222,6 +199,30 @@ fn handle(mut stream: TcpStream, state: &HttpState) -> std::io::Result<()> {
             "text/plain",
             "not found: try /health, /status, /metrics or /debug/pprof/flamegraph?seconds=N\n",
         ),
+    }
+}
+
+/// Takes a CPU profile of `seconds` on a thread of its own (the HTTP thread goes on serving)
+/// and answers with its flamegraph.
+fn profile_on_its_own_thread(mut stream: TcpStream, seconds: u64, node_id: u64) {
+    let title = format!("corekv node {node_id}");
+    let spawned = std::thread::Builder::new().name("pprof".to_string()).spawn(move || {
+        let answered = match profile::flamegraph(Duration::from_secs(seconds), &title) {
+            Ok(svg) => respond(&mut stream, 200, "image/svg+xml", &svg),
+            Err(error @ profile::ProfileError::Busy) => {
+                respond(&mut stream, 409, "text/plain", &format!("{error}\n"))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "taking a CPU profile failed");
+                respond(&mut stream, 500, "text/plain", &format!("profile failed: {error}\n"))
+            }
+        };
+        if let Err(error) = answered {
+            tracing::debug!(%error, "answering a profile request failed");
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start a thread for a profile");
     }
 }
 

@@ -20,43 +20,7 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node of the cluster that the registry file describes.
-    Serve {
-        /// The registry file (TOML) every node and client shares.
-        #[arg(long)]
-        registry: PathBuf,
-        /// This node's id in the registry.
-        #[arg(long)]
-        node_id: u64,
-        /// Where the node keeps its data [default: ./corekv-data-N, N being the node id].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Log filter, as RUST_LOG would take it (RUST_LOG wins when set).
-        #[arg(long, default_value = "info,raft=warn")]
-        log: String,
-        /// Take a snapshot after this many entries applied since the last one.
-        #[arg(long, default_value_t = corekv_server::constants::SNAPSHOT_ENTRIES)]
-        snapshot_entries: u64,
-        /// ...or after this many MiB of entry data.
-        #[arg(long, default_value_t = corekv_server::constants::SNAPSHOT_LOG_BYTES / (1024 * 1024))]
-        snapshot_log_mib: u64,
-        /// Write snapshot files at most this fast, in MiB/s (faster floods the disk queue
-        /// that WAL flushes wait in).
-        #[arg(long, default_value_t = corekv_server::constants::SNAPSHOT_WRITE_BYTES_PER_SEC / (1024 * 1024))]
-        snapshot_write_mib: u64,
-        /// Size of WAL segment files in MiB (fixed once a WAL exists).
-        #[arg(long, default_value_t = corekv_storage::constants::SEGMENT_BYTES / (1024 * 1024))]
-        wal_segment_mib: u64,
-        /// This node lost its data (a wiped or replaced disk): rebuild it from the cluster,
-        /// taking no part in elections until it has caught up. (A node finds out by itself
-        /// once a leader reaches it; with --join it is safe from the start.)
-        #[arg(long)]
-        join: bool,
-        /// Pin the shard executors to these CPUs, as a list like 0-3,8 (shard s on the s-th,
-        /// wrapping round); background threads run on any of them. [default: every CPU the
-        /// process may run on]
-        #[arg(long, value_name = "LIST")]
-        cpus: Option<String>,
-    },
+    Serve(ServeArgs),
     /// Start a local cluster on loopback and stop it on Ctrl-C. On a directory that holds a
     /// cluster, start that cluster (with its shape). A node that exits is left down while the
     /// others serve; `corekv dev stop N` / `restart N` stop and start one.
@@ -81,6 +45,46 @@ enum Command {
         #[arg(long)]
         clean: bool,
     },
+}
+
+/// `corekv serve`'s flags.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The registry file (TOML) every node and client shares.
+    #[arg(long)]
+    registry: PathBuf,
+    /// This node's id in the registry.
+    #[arg(long)]
+    node_id: u64,
+    /// Where the node keeps its data [default: ./corekv-data-N, N being the node id].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log filter, as RUST_LOG would take it (RUST_LOG wins when set).
+    #[arg(long, default_value = "info,raft=warn")]
+    log: String,
+    /// Take a snapshot after this many entries applied since the last one.
+    #[arg(long, default_value_t = corekv_server::constants::SNAPSHOT_ENTRIES)]
+    snapshot_entries: u64,
+    /// ...or after this many MiB of entry data.
+    #[arg(long, default_value_t = corekv_server::constants::SNAPSHOT_LOG_BYTES / (1024 * 1024))]
+    snapshot_log_mib: u64,
+    /// Write snapshot files at most this fast, in MiB/s (faster floods the disk queue
+    /// that WAL flushes wait in).
+    #[arg(long, default_value_t = corekv_server::constants::SNAPSHOT_WRITE_BYTES_PER_SEC / (1024 * 1024))]
+    snapshot_write_mib: u64,
+    /// Size of WAL segment files in MiB (fixed once a WAL exists).
+    #[arg(long, default_value_t = corekv_storage::constants::SEGMENT_BYTES / (1024 * 1024))]
+    wal_segment_mib: u64,
+    /// This node lost its data (a wiped or replaced disk): rebuild it from the cluster,
+    /// taking no part in elections until it has caught up. (A node finds out by itself
+    /// once a leader reaches it; with --join it is safe from the start.)
+    #[arg(long)]
+    join: bool,
+    /// Pin the shard executors to these CPUs, as a list like 0-3,8 (shard s on the s-th,
+    /// wrapping round); background threads run on any of them. [default: every CPU the
+    /// process may run on]
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
 }
 
 /// What `corekv dev restart|stop` asks of the `corekv dev` running in a directory.
@@ -114,83 +118,7 @@ fn main() -> ExitCode {
     }));
     let args = Args::parse();
     match args.command {
-        Command::Serve {
-            registry,
-            node_id,
-            data_dir,
-            log,
-            snapshot_entries,
-            snapshot_log_mib,
-            snapshot_write_mib,
-            wal_segment_mib,
-            join,
-            cpus,
-        } => {
-            corekv_server::logging::init(&log);
-            let registry = match Registry::load(&registry) {
-                Ok(registry) => registry,
-                Err(error) => {
-                    eprintln!("corekv: {error}");
-                    return ExitCode::from(2);
-                }
-            };
-            if registry.node(node_id).is_none() {
-                eprintln!(
-                    "corekv: node id {node_id} is not in the registry (ids: {:?})",
-                    registry.node_ids()
-                );
-                return ExitCode::from(2);
-            }
-            let data_dir =
-                data_dir.unwrap_or_else(|| PathBuf::from(format!("corekv-data-{node_id}")));
-            if snapshot_entries == 0 || snapshot_log_mib == 0 || snapshot_write_mib == 0 {
-                eprintln!(
-                    "corekv: --snapshot-entries, --snapshot-log-mib and --snapshot-write-mib must \
-                     be at least 1"
-                );
-                return ExitCode::from(2);
-            }
-            let min_mib = corekv_server::constants::WAL_SEGMENT_BYTES_MIN / (1024 * 1024);
-            if !(min_mib..=1024).contains(&wal_segment_mib) {
-                eprintln!("corekv: --wal-segment-mib must be between {min_mib} and 1024");
-                return ExitCode::from(2);
-            }
-            let cpus = match cpus.as_deref().map(parse_cpu_list).transpose() {
-                Ok(cpus) => cpus,
-                Err(error) => {
-                    eprintln!("corekv: --cpus: {error}");
-                    return ExitCode::from(2);
-                }
-            };
-            if let Some(Err(error)) = cpus.as_deref().map(check_cpus) {
-                eprintln!("corekv: --cpus: {error}");
-                return ExitCode::from(2);
-            }
-            let snapshots = SnapshotPolicy {
-                entries: snapshot_entries,
-                log_bytes: snapshot_log_mib * 1024 * 1024,
-                write_bytes_per_sec: snapshot_write_mib * 1024 * 1024,
-            };
-            let options = ServeOptions {
-                registry,
-                node_id,
-                data_dir,
-                timing: Timing::default(),
-                snapshots,
-                wal_segment_bytes: wal_segment_mib * 1024 * 1024,
-                join,
-                cpus,
-            };
-            match corekv_server::runtime::serve(options) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("corekv: {error:#}");
-                    // Data written under another cluster shape is a configuration error.
-                    let mismatch = error.downcast_ref::<ShapeMismatch>().is_some();
-                    ExitCode::from(if mismatch { 2 } else { 1 })
-                }
-            }
-        }
+        Command::Serve(args) => serve(args),
         Command::Dev { action: Some(action), .. } => dev_action(action),
         Command::Dev { action: None, nodes, shards, dir, base_port, clean } => {
             corekv_server::logging::init("warn");
@@ -205,6 +133,70 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `corekv serve`: runs the node; exit 2 for a configuration error (flags, registry, data
+/// written under another shape), 1 for a failure to start or serve.
+fn serve(args: ServeArgs) -> ExitCode {
+    corekv_server::logging::init(&args.log);
+    let options = match serve_options(args) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("corekv: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match corekv_server::runtime::serve(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("corekv: {error:#}");
+            // Data written under another cluster shape is a configuration error.
+            let mismatch = error.downcast_ref::<ShapeMismatch>().is_some();
+            ExitCode::from(if mismatch { 2 } else { 1 })
+        }
+    }
+}
+
+/// The node's options from its flags, or the one line that says which flag is wrong.
+fn serve_options(args: ServeArgs) -> Result<ServeOptions, String> {
+    let registry = Registry::load(&args.registry).map_err(|e| e.to_string())?;
+    let node_id = args.node_id;
+    if registry.node(node_id).is_none() {
+        return Err(format!(
+            "node id {node_id} is not in the registry (ids: {:?})",
+            registry.node_ids()
+        ));
+    }
+    let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from(format!("corekv-data-{node_id}")));
+    if args.snapshot_entries == 0 || args.snapshot_log_mib == 0 || args.snapshot_write_mib == 0 {
+        return Err("--snapshot-entries, --snapshot-log-mib and --snapshot-write-mib must be at \
+                    least 1"
+            .to_string());
+    }
+    let min_mib = corekv_server::constants::WAL_SEGMENT_BYTES_MIN / (1024 * 1024);
+    if !(min_mib..=1024).contains(&args.wal_segment_mib) {
+        return Err(format!("--wal-segment-mib must be between {min_mib} and 1024"));
+    }
+    let cpus = args.cpus.as_deref().map(parse_cpu_list).transpose();
+    let cpus = cpus.map_err(|error| format!("--cpus: {error}"))?;
+    if let Some(Err(error)) = cpus.as_deref().map(check_cpus) {
+        return Err(format!("--cpus: {error}"));
+    }
+    let snapshots = SnapshotPolicy {
+        entries: args.snapshot_entries,
+        log_bytes: args.snapshot_log_mib * 1024 * 1024,
+        write_bytes_per_sec: args.snapshot_write_mib * 1024 * 1024,
+    };
+    Ok(ServeOptions {
+        registry,
+        node_id,
+        data_dir,
+        timing: Timing::default(),
+        snapshots,
+        wal_segment_bytes: args.wal_segment_mib * 1024 * 1024,
+        join: args.join,
+        cpus,
+    })
 }
 
 /// `corekv dev restart|stop N`: asks the running `corekv dev`, prints its answer.

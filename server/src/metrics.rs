@@ -22,6 +22,102 @@ type Read<T> = fn(&ShardMetrics) -> T;
 /// A histogram of one shard's metrics, and the divisor of its values (1e6: µs to seconds).
 type HistogramOf = (fn(&ShardMetrics) -> &Histogram, f64);
 
+/// The counters of one series per shard: name, help, how to read it.
+const COUNTERS: [(&str, &str, Read<u64>); 18] = [
+    ("corekv_proposals_total", "Raft entries proposed (each carries a batch of writes).", |m| {
+        m.proposals.load(Relaxed)
+    }),
+    ("corekv_read_index_rounds_total", "ReadIndex rounds issued for linearizable reads.", |m| {
+        m.read_rounds.load(Relaxed)
+    }),
+    ("corekv_wal_flushes_total", "WAL flushes (write + fdatasync) completed.", |m| {
+        m.wal_flushes.load(Relaxed)
+    }),
+    ("corekv_wal_flush_errors_total", "WAL flushes that failed.", |m| {
+        m.wal_flush_errors.load(Relaxed)
+    }),
+    ("corekv_wal_written_bytes_total", "Bytes written by WAL flushes.", |m| {
+        m.wal_bytes_written.load(Relaxed)
+    }),
+    ("corekv_elections_total", "Elections this replica started.", |m| m.elections.load(Relaxed)),
+    ("corekv_leader_changes_total", "Changes of the known leader.", |m| {
+        m.leader_changes.load(Relaxed)
+    }),
+    (
+        "corekv_votes_withheld_total",
+        "Vote requests left unanswered while this replica catches up (started empty or lost data).",
+        |m| m.votes_withheld.load(Relaxed),
+    ),
+    (
+        "corekv_dropped_messages_total",
+        "Raft messages dropped (peer queue full or peer unreachable).",
+        |m| m.dropped_messages.load(Relaxed),
+    ),
+    ("corekv_messages_sent_total", "Raft messages sent to peers.", |m| {
+        m.messages_sent.load(Relaxed)
+    }),
+    ("corekv_messages_received_total", "Raft messages received from peers.", |m| {
+        m.messages_received.load(Relaxed)
+    }),
+    (
+        "corekv_malformed_frames_total",
+        "Frames refused as malformed on client and peer ports.",
+        |m| m.malformed_frames.load(Relaxed),
+    ),
+    ("corekv_snapshots_total", "Snapshots taken and made durable.", |m| m.snapshots.load(Relaxed)),
+    ("corekv_snapshot_errors_total", "Snapshots that failed to be made.", |m| {
+        m.snapshot_errors.load(Relaxed)
+    }),
+    ("corekv_snapshots_sent_total", "Snapshots sent to followers that needed them.", |m| {
+        m.snapshots_sent.load(Relaxed)
+    }),
+    ("corekv_snapshot_send_failures_total", "Snapshot transfers to followers that failed.", |m| {
+        m.snapshot_send_failures.load(Relaxed)
+    }),
+    ("corekv_snapshots_installed_total", "Snapshots received from a leader and installed.", |m| {
+        m.snapshots_installed.load(Relaxed)
+    }),
+    (
+        "corekv_wal_records_read_for_followers_total",
+        "WAL records read back to send lagging followers entries older than the entry cache.",
+        |m| m.cold_records_read.load(Relaxed),
+    ),
+];
+
+/// The histograms of one series per shard.
+const HISTOGRAMS: [(&str, &str, HistogramOf); 3] = [
+    ("corekv_batch_ops", "Client writes per proposed raft entry.", (|m| &m.batch_ops, 1.0)),
+    (
+        "corekv_wal_flush_duration_seconds",
+        "WAL flush latency (write and fdatasync).",
+        (|m| &m.wal_flush_latency_us, 1e6),
+    ),
+    (
+        "corekv_snapshot_duration_seconds",
+        "Time to build and write a snapshot.",
+        (|m| &m.snapshot_duration_us, 1e6),
+    ),
+];
+
+/// The gauges of one series per shard.
+const GAUGES: [(&str, &str, Read<i64>); 7] = [
+    ("corekv_client_connections", "Open client connections.", |m| {
+        m.client_connections.load(Relaxed)
+    }),
+    ("corekv_peer_connections", "Open peer connections, both directions.", |m| {
+        m.peer_connections.load(Relaxed)
+    }),
+    ("corekv_is_leader", "1 while this replica leads its shard.", |m| m.is_leader.load(Relaxed)),
+    ("corekv_term", "Raft term of this replica.", |m| m.term.load(Relaxed)),
+    ("corekv_commit_index", "Raft commit index of this replica.", |m| m.commit_index.load(Relaxed)),
+    ("corekv_applied_index", "Index this replica has applied.", |m| m.applied_index.load(Relaxed)),
+    (
+        "corekv_replica_lag_entries",
+        "On the leader: entries the furthest-behind follower lacks (0 on followers).",
+        |m| m.replica_lag_entries.load(Relaxed),
+    ),
+];
+
 /// Renders every shard's metrics as Prometheus text exposition format.
 pub fn render(node_id: u64, shards: &[&ShardMetrics]) -> String {
     let mut families = Families { node: node_id.to_string(), shards, out: Vec::new() };
@@ -46,69 +142,13 @@ pub fn render(node_id: u64, shards: &[&ShardMetrics]) -> String {
         ("kind", ErrorKind::ALL.map(|kind| (kind.label(), kind as usize))),
         |m, i| counter(m.errors[i].load(Relaxed)),
     );
-    let counters: [(&str, &str, Read<u64>); 18] = [
-        ("corekv_proposals_total", "Raft entries proposed (each carries a batch of writes).", |m| m.proposals.load(Relaxed)),
-        ("corekv_read_index_rounds_total", "ReadIndex rounds issued for linearizable reads.", |m| m.read_rounds.load(Relaxed)),
-        ("corekv_wal_flushes_total", "WAL flushes (write + fdatasync) completed.", |m| m.wal_flushes.load(Relaxed)),
-        ("corekv_wal_flush_errors_total", "WAL flushes that failed.", |m| m.wal_flush_errors.load(Relaxed)),
-        ("corekv_wal_written_bytes_total", "Bytes written by WAL flushes.", |m| m.wal_bytes_written.load(Relaxed)),
-        ("corekv_elections_total", "Elections this replica started.", |m| m.elections.load(Relaxed)),
-        ("corekv_leader_changes_total", "Changes of the known leader.", |m| m.leader_changes.load(Relaxed)),
-        ("corekv_votes_withheld_total", "Vote requests left unanswered while this replica catches up (started empty or lost data).", |m| m.votes_withheld.load(Relaxed)),
-        ("corekv_dropped_messages_total", "Raft messages dropped (peer queue full or peer unreachable).", |m| m.dropped_messages.load(Relaxed)),
-        ("corekv_messages_sent_total", "Raft messages sent to peers.", |m| m.messages_sent.load(Relaxed)),
-        ("corekv_messages_received_total", "Raft messages received from peers.", |m| m.messages_received.load(Relaxed)),
-        ("corekv_malformed_frames_total", "Frames refused as malformed on client and peer ports.", |m| m.malformed_frames.load(Relaxed)),
-        ("corekv_snapshots_total", "Snapshots taken and made durable.", |m| m.snapshots.load(Relaxed)),
-        ("corekv_snapshot_errors_total", "Snapshots that failed to be made.", |m| m.snapshot_errors.load(Relaxed)),
-        ("corekv_snapshots_sent_total", "Snapshots sent to followers that needed them.", |m| m.snapshots_sent.load(Relaxed)),
-        ("corekv_snapshot_send_failures_total", "Snapshot transfers to followers that failed.", |m| m.snapshot_send_failures.load(Relaxed)),
-        ("corekv_snapshots_installed_total", "Snapshots received from a leader and installed.", |m| m.snapshots_installed.load(Relaxed)),
-        ("corekv_wal_records_read_for_followers_total", "WAL records read back to send lagging followers entries older than the entry cache.", |m| m.cold_records_read.load(Relaxed)),
-    ];
-    for (name, help, read) in counters {
+    for (name, help, read) in COUNTERS {
         families.per_shard(name, help, MetricType::COUNTER, |m| counter(read(m)));
     }
-    let histograms: [(&str, &str, HistogramOf); 3] = [
-        ("corekv_batch_ops", "Client writes per proposed raft entry.", (|m| &m.batch_ops, 1.0)),
-        (
-            "corekv_wal_flush_duration_seconds",
-            "WAL flush latency (write and fdatasync).",
-            (|m| &m.wal_flush_latency_us, 1e6),
-        ),
-        (
-            "corekv_snapshot_duration_seconds",
-            "Time to build and write a snapshot.",
-            (|m| &m.snapshot_duration_us, 1e6),
-        ),
-    ];
-    for (name, help, (of, scale)) in histograms {
+    for (name, help, (of, scale)) in HISTOGRAMS {
         families.per_shard(name, help, MetricType::HISTOGRAM, |m| histogram(of(m), scale));
     }
-    let gauges: [(&str, &str, Read<i64>); 7] = [
-        ("corekv_client_connections", "Open client connections.", |m| {
-            m.client_connections.load(Relaxed)
-        }),
-        ("corekv_peer_connections", "Open peer connections, both directions.", |m| {
-            m.peer_connections.load(Relaxed)
-        }),
-        ("corekv_is_leader", "1 while this replica leads its shard.", |m| {
-            m.is_leader.load(Relaxed)
-        }),
-        ("corekv_term", "Raft term of this replica.", |m| m.term.load(Relaxed)),
-        ("corekv_commit_index", "Raft commit index of this replica.", |m| {
-            m.commit_index.load(Relaxed)
-        }),
-        ("corekv_applied_index", "Index this replica has applied.", |m| {
-            m.applied_index.load(Relaxed)
-        }),
-        (
-            "corekv_replica_lag_entries",
-            "On the leader: entries the furthest-behind follower lacks (0 on followers).",
-            |m| m.replica_lag_entries.load(Relaxed),
-        ),
-    ];
-    for (name, help, read) in gauges {
+    for (name, help, read) in GAUGES {
         families.per_shard(name, help, MetricType::GAUGE, |m| gauge(read(m)));
     }
     let mut text = String::with_capacity(32 * 1024);

@@ -272,24 +272,9 @@ async fn run(args: Args) -> Result<u8, Failure> {
     let client = Client::connect(config);
     let json = args.output == Output::Json;
     let mut out = std::io::stdout().lock();
-    let write = |out: &mut std::io::StdoutLock<'_>, text: String| {
-        out.write_all(text.as_bytes())
-            .map_err(|e| Failure { code: 3, message: format!("writing output: {e}") })
-    };
     match args.command {
         Command::Put { key, value, file, strip_newline: strip } => {
-            let value = match (value, file) {
-                (Some(v), _) => v.into_bytes(),
-                (None, Some(path)) => std::fs::read(&path)
-                    .map_err(|e| input_error(format!("reading {}: {e}", path.display())))?,
-                (None, None) => {
-                    let mut v = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut v)
-                        .map_err(|e| input_error(format!("reading stdin: {e}")))?;
-                    v
-                }
-            };
+            let value = put_value(value, file)?;
             let value = if strip { strip_newline(value) } else { value };
             let meta = client.put_with(key.as_bytes(), &value, WriteOptions::default()).await?;
             write(
@@ -338,43 +323,10 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 limit: limit.unwrap_or(1000).clamp(1, 1000),
                 ..Default::default()
             };
-            let range = if prefix.is_empty() { ScanRange::All } else { ScanRange::prefix(&prefix) };
-            let mut stream = std::pin::pin!(client.scan_stream(range, options));
-            let mut entries = Vec::new();
-            let mut count = 0;
-            while let Some(entry) = stream.next().await {
-                if limit.is_some_and(|l| count >= l) {
-                    break;
-                }
-                let entry = entry?;
-                count += 1;
-                if json {
-                    entries.push(entry_json(&entry));
-                } else if keys_only {
-                    write(&mut out, format!("{}\n", escape(&entry.key)))?;
-                } else {
-                    write(&mut out, format!("{}\t{}\n", escape(&entry.key), escape(&entry.value)))?;
-                }
-            }
-            if json {
-                write(
-                    &mut out,
-                    format!("{}\n", json!({"count": entries.len(), "entries": entries})),
-                )?;
-            }
+            scan(&client, &mut out, json, &prefix, limit, options).await?;
         }
         Command::Txn { file } => {
-            let text = match file {
-                Some(path) if path.as_os_str() != "-" => std::fs::read_to_string(&path)
-                    .map_err(|e| input_error(format!("reading {}: {e}", path.display())))?,
-                _ => {
-                    let mut t = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut t)
-                        .map_err(|e| input_error(format!("reading stdin: {e}")))?;
-                    t
-                }
-            };
+            let text = txn_input(file)?;
             let txn = parse_txn(&text).map_err(|e| input_error(format!("transaction: {e}")))?;
             let response = client.txn(&txn).await?;
             write(
@@ -399,6 +351,77 @@ async fn run(args: Args) -> Result<u8, Failure> {
         }
     }
     Ok(0)
+}
+
+/// Writes `text` to standard output.
+fn write(out: &mut std::io::StdoutLock<'_>, text: String) -> Result<(), Failure> {
+    out.write_all(text.as_bytes())
+        .map_err(|e| Failure { code: 3, message: format!("writing output: {e}") })
+}
+
+/// The value to put: the argument, else the file, else standard input.
+fn put_value(value: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>, Failure> {
+    match (value, file) {
+        (Some(v), _) => Ok(v.into_bytes()),
+        (None, Some(path)) => std::fs::read(&path)
+            .map_err(|e| input_error(format!("reading {}: {e}", path.display()))),
+        (None, None) => {
+            let mut v = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut v)
+                .map_err(|e| input_error(format!("reading stdin: {e}")))?;
+            Ok(v)
+        }
+    }
+}
+
+/// The transaction's JSON: the file, else (none, or `-`) standard input.
+fn txn_input(file: Option<PathBuf>) -> Result<String, Failure> {
+    match file {
+        Some(path) if path.as_os_str() != "-" => std::fs::read_to_string(&path)
+            .map_err(|e| input_error(format!("reading {}: {e}", path.display()))),
+        _ => {
+            let mut t = String::new();
+            std::io::stdin()
+                .read_to_string(&mut t)
+                .map_err(|e| input_error(format!("reading stdin: {e}")))?;
+            Ok(t)
+        }
+    }
+}
+
+/// `scan`: every entry with the prefix, in key order, at most `limit`.
+async fn scan(
+    client: &Client,
+    out: &mut std::io::StdoutLock<'_>,
+    json: bool,
+    prefix: &str,
+    limit: Option<usize>,
+    options: ScanOptions,
+) -> Result<(), Failure> {
+    let keys_only = options.keys_only;
+    let range = if prefix.is_empty() { ScanRange::All } else { ScanRange::prefix(prefix) };
+    let mut stream = std::pin::pin!(client.scan_stream(range, options));
+    let mut entries = Vec::new();
+    let mut count = 0;
+    while let Some(entry) = stream.next().await {
+        if limit.is_some_and(|l| count >= l) {
+            break;
+        }
+        let entry = entry?;
+        count += 1;
+        if json {
+            entries.push(entry_json(&entry));
+        } else if keys_only {
+            write(out, format!("{}\n", escape(&entry.key)))?;
+        } else {
+            write(out, format!("{}\t{}\n", escape(&entry.key), escape(&entry.value)))?;
+        }
+    }
+    if json {
+        write(out, format!("{}\n", json!({"count": entries.len(), "entries": entries})))?;
+    }
+    Ok(())
 }
 
 fn txn_json(r: &TxnResponse) -> Value {

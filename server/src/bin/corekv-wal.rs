@@ -350,32 +350,48 @@ async fn bench(
             flusher.ensure_spares().await?;
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let mib_per_sec = bytes as f64 / elapsed / (1024.0 * 1024.0);
     let mode = if sequential { "sequential" } else { "pipelined" };
+    let measured = Measured { flush_bytes, record_bytes, bytes, flushes, latency_us };
+    report(mode, &measured, started.elapsed().as_secs_f64(), json.as_deref())
+}
+
+/// What a flush benchmark measured.
+struct Measured {
+    flush_bytes: usize,
+    record_bytes: usize,
+    bytes: u64,
+    flushes: u64,
+    latency_us: hdrhistogram::Histogram<u64>,
+}
+
+/// Prints the benchmark's line, and writes its JSON when asked.
+fn report(mode: &str, m: &Measured, elapsed: f64, json: Option<&Path>) -> anyhow::Result<()> {
+    let mib_per_sec = m.bytes as f64 / elapsed / (1024.0 * 1024.0);
     println!(
-        "{mode} flush_bytes {flush_bytes} flushes {flushes} throughput {mib_per_sec:.1} MiB/s \
-         flush latency p50 {} us p99 {} us max {} us",
-        latency_us.value_at_quantile(0.5),
-        latency_us.value_at_quantile(0.99),
-        latency_us.max()
+        "{mode} flush_bytes {} flushes {} throughput {mib_per_sec:.1} MiB/s flush latency p50 {} \
+         us p99 {} us max {} us",
+        m.flush_bytes,
+        m.flushes,
+        m.latency_us.value_at_quantile(0.5),
+        m.latency_us.value_at_quantile(0.99),
+        m.latency_us.max()
     );
     if let Some(path) = json {
         let result = serde_json::json!({
             "mode": mode,
-            "flush_bytes": flush_bytes,
-            "record_bytes": record_bytes,
+            "flush_bytes": m.flush_bytes,
+            "record_bytes": m.record_bytes,
             "seconds": elapsed,
-            "flushes": flushes,
+            "flushes": m.flushes,
             "mib_per_sec": mib_per_sec,
             "flush_latency_us": {
-                "p50": latency_us.value_at_quantile(0.5),
-                "p90": latency_us.value_at_quantile(0.9),
-                "p99": latency_us.value_at_quantile(0.99),
-                "max": latency_us.max(),
+                "p50": m.latency_us.value_at_quantile(0.5),
+                "p90": m.latency_us.value_at_quantile(0.9),
+                "p99": m.latency_us.value_at_quantile(0.99),
+                "max": m.latency_us.max(),
             },
         });
-        write_json(&path, &result)?;
+        write_json(path, &result)?;
     }
     Ok(())
 }

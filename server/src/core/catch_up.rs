@@ -154,8 +154,25 @@ impl ShardCore {
     /// A raft message from a peer. Messages raft refuses (from unknown peers, local types) are
     /// dropped; a replica catching up screens them first (see the module docs).
     pub fn step(&mut self, mut message: Message) {
-        use raft::eraftpb::MessageType;
         self.health.heard(&message, self.now_us);
+        let Some(ask_to_probe) = self.notice_lost_data(&mut message) else { return };
+        if !self.screen(&message) {
+            return;
+        }
+        if let Err(error) = self.raw.step(message) {
+            tracing::debug!(shard = self.cfg.shard, %error, "raft refused a message");
+        }
+        if let Some((leader, commit)) = ask_to_probe {
+            self.ask_leader_to_probe(leader, commit);
+        }
+    }
+
+    /// Turns this replica to joining when `message` shows that it lost data (see the module
+    /// docs), capping a heartbeat's commit index to the log. `None` when the message is to be
+    /// dropped (the WAL refused the rebuilding mark); else the leader to ask for a probe, and
+    /// the commit index it counts on this replica holding, when there is one.
+    fn notice_lost_data(&mut self, message: &mut Message) -> Option<Option<(u64, u64)>> {
+        use raft::eraftpb::MessageType;
         let last = self.raw.raft.raft_log.last_index();
         let kind = message.get_msg_type();
         let mut ask_to_probe = None;
@@ -166,7 +183,7 @@ impl ShardCore {
             self.join_target = self.join_target.max(message.commit);
             if !self.joining() {
                 if !self.start_joining() {
-                    return;
+                    return None;
                 }
                 tracing::warn!(
                     shard = self.cfg.shard,
@@ -182,10 +199,9 @@ impl ShardCore {
         }
         let committed_elsewhere = (kind == MessageType::MsgAppend && message.commit > 0)
             || kind == MessageType::MsgSnapshot;
-        let fresh = self.catch_up == CatchUp::Fresh;
-        if fresh && last == 0 && committed_elsewhere {
+        if self.catch_up == CatchUp::Fresh && last == 0 && committed_elsewhere {
             if !self.start_joining() {
-                return;
+                return None;
             }
             tracing::info!(
                 shard = self.cfg.shard,
@@ -195,7 +211,14 @@ impl ShardCore {
                  from the leader, taking no part in elections until it has"
             );
         }
-        match kind {
+        Some(ask_to_probe)
+    }
+
+    /// Whether raft-rs gets `message`: a replica catching up withholds votes and refuses
+    /// leadership transfers; what a leader sends it moves the target it catches up to.
+    fn screen(&mut self, message: &Message) -> bool {
+        use raft::eraftpb::MessageType;
+        match message.get_msg_type() {
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
                 if self.catch_up == CatchUp::Fresh && message.commit > 0 =>
             {
@@ -209,13 +232,13 @@ impl ShardCore {
                      may have acknowledged before losing its data (a wiped node should start \
                      with --join)"
                 );
-                return;
+                false
             }
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if self.joining() => {
                 self.metrics.votes_withheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return;
+                false
             }
-            MessageType::MsgTimeoutNow if self.joining() => return,
+            MessageType::MsgTimeoutNow if self.joining() => false,
             MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
                 if self.catching_up() =>
             {
@@ -223,14 +246,9 @@ impl ShardCore {
                 self.join_target = self.join_target.max(commit).max(1);
                 // Before the entries this message brings, so durable no later than they are.
                 self.sync_rebuilding_mark();
+                true
             }
-            _ => {}
-        }
-        if let Err(error) = self.raw.step(message) {
-            tracing::debug!(shard = self.cfg.shard, %error, "raft refused a message");
-        }
-        if let Some((leader, commit)) = ask_to_probe {
-            self.ask_leader_to_probe(leader, commit);
+            _ => true,
         }
     }
 

@@ -14,7 +14,9 @@
 //! | `catch_up` | a replica that may have lost data: fresh, joining, member |
 //! | `requests` | client frames: hello, admission, dispatch to reads and writes |
 //! | `reads`, `writes` | the read path (ReadIndex rounds) and the write path (batches) |
-//! | `replies` | error replies and their kinds |
+//! | `replies` | who waits for an answer, the one admission check, error replies |
+//! | `kinds` | request kinds, error kinds, roles (what metrics label by) |
+//! | [`counters`] | the shard's counters and histograms ([`crate::metrics`] renders them) |
 //! | `snapshots` | when to snapshot, installing a leader's snapshot |
 //! | `status`, `health` | what a replica reports, and whether it serves |
 

@@ -121,6 +121,7 @@ impl ShardCore {
         }
     }
 
+    /// Routes a verified request to the read path, the write path or a status reply.
     fn dispatch(
         &mut self,
         conn: ConnId,
@@ -128,18 +129,30 @@ impl ShardCore {
         op: Op,
         request: &RequestFrame<'_>,
     ) -> Result<(), Refusal> {
-        let start_us = self.now_us;
-        let read =
-            |query: ReadQuery| ReadWaiter { caller: Caller { conn, id, op, start_us }, query };
+        let caller = Caller { conn, id, op, start_us: self.now_us };
         match request.request_type() {
+            Request::GetRequest | Request::BatchGetRequest | Request::ScanRequest => {
+                self.dispatch_read(caller, request)
+            }
+            Request::StatusRequest => {
+                self.status_reply(conn, id);
+                Ok(())
+            }
+            Request::Hello => {
+                Err(Refusal::Invalid("hello sent twice on one connection".to_string()))
+            }
+            _ => self.dispatch_write(caller, request),
+        }
+    }
+
+    /// A get, a batch get or a scan, checked and handed to the read path.
+    fn dispatch_read(&mut self, caller: Caller, request: &RequestFrame<'_>) -> Result<(), Refusal> {
+        let (query, consistency) = match request.request_type() {
             Request::GetRequest => {
                 let get = request.request_as_get_request().expect("type checked");
                 let key = get.key().bytes();
                 self.check_key(key)?;
-                self.enqueue_read(
-                    read(ReadQuery::Get(key.to_vec())),
-                    get.consistency() == Consistency::Stale,
-                );
+                (ReadQuery::Get(key.to_vec()), get.consistency())
             }
             Request::BatchGetRequest => {
                 let batch = request.request_as_batch_get_request().expect("type checked");
@@ -149,31 +162,36 @@ impl ShardCore {
                     self.check_key(key.key().bytes())?;
                     keys.push(key.key().bytes().to_vec());
                 }
-                self.enqueue_read(
-                    read(ReadQuery::BatchGet(keys)),
-                    batch.consistency() == Consistency::Stale,
-                );
+                (ReadQuery::BatchGet(keys), batch.consistency())
             }
-            Request::ScanRequest => {
+            _ => {
                 let scan = request.request_as_scan_request().expect("type checked");
-                let query = scan_query(&scan)?;
-                self.enqueue_read(
-                    read(ReadQuery::Scan(query)),
-                    scan.consistency() == Consistency::Stale,
-                );
+                (ReadQuery::Scan(scan_query(&scan)?), scan.consistency())
             }
+        };
+        self.enqueue_read(ReadWaiter { caller, query }, consistency == Consistency::Stale);
+        Ok(())
+    }
+
+    /// A put, delete, batch or transaction, checked and handed to the write path.
+    fn dispatch_write(
+        &mut self,
+        caller: Caller,
+        request: &RequestFrame<'_>,
+    ) -> Result<(), Refusal> {
+        match request.request_type() {
             Request::PutRequest => {
                 let put = request.request_as_put_request().expect("type checked");
                 let (key, value) = (put.key().bytes(), put.value().bytes());
                 self.check_key(key)?;
                 check_value(value)?;
-                self.enqueue_write(conn, id, op, key.len() + value.len(), |b| b.put(key, value));
+                self.enqueue_write(caller, key.len() + value.len(), |b| b.put(key, value));
             }
             Request::DeleteRequest => {
                 let delete = request.request_as_delete_request().expect("type checked");
                 let key = delete.key().bytes();
                 self.check_key(key)?;
-                self.enqueue_write(conn, id, op, key.len(), |b| b.delete(key));
+                self.enqueue_write(caller, key.len(), |b| b.delete(key));
             }
             Request::BatchPutRequest => {
                 let batch = request.request_as_batch_put_request().expect("type checked");
@@ -186,7 +204,7 @@ impl ShardCore {
                 }
                 check_entry_size(size)?;
                 let items = batch.items();
-                self.enqueue_write(conn, id, op, size, |b| {
+                self.enqueue_write(caller, size, |b| {
                     b.batch_put(items.iter().map(|i| (i.key().bytes(), i.value().bytes())))
                 });
             }
@@ -200,20 +218,16 @@ impl ShardCore {
                 }
                 check_entry_size(size)?;
                 let keys = batch.keys();
-                self.enqueue_write(conn, id, op, size, |b| {
+                self.enqueue_write(caller, size, |b| {
                     b.batch_delete(keys.iter().map(|k| k.key().bytes()))
                 });
             }
             Request::TxnRequest => {
                 let txn = request.request_as_txn_request().expect("type checked");
                 let (compares, success, failure, size) = self.txn_parts(&txn)?;
-                self.enqueue_write(conn, id, op, size, |b| {
+                self.enqueue_write(caller, size, |b| {
                     b.txn(compares.into_iter(), success.into_iter(), failure.into_iter())
                 });
-            }
-            Request::StatusRequest => self.status_reply(conn, id),
-            Request::Hello => {
-                return Err(Refusal::Invalid("hello sent twice on one connection".to_string()))
             }
             other => return Err(Refusal::Invalid(format!("unknown request type {}", other.0))),
         }

@@ -22,8 +22,7 @@ use corekv_storage::state_machine::{KeyMeta, OpResult, TxnResult};
 use raft::eraftpb::{Entry, EntryType};
 
 use super::replies::{push_reply, Caller};
-use super::Op;
-use super::{ConnId, ShardCore};
+use super::ShardCore;
 use crate::constants::{
     BATCH_BYTES_TARGET, BUSY_RETRY_AFTER_MS, PROPOSAL_TIMEOUT_MS, READ_TIMEOUT_MS,
     WAL_BACKLOG_BYTES_BUSY, WRITES_IN_FLIGHT_MAX,
@@ -74,13 +73,10 @@ impl ShardCore {
     /// backpressure, then lets `encode` add its operation to the batch.
     pub(super) fn enqueue_write(
         &mut self,
-        conn: ConnId,
-        id: u64,
-        op: Op,
+        caller: Caller,
         bytes: usize,
         encode: impl FnOnce(&mut BatchBuilder),
     ) {
-        let caller = Caller { conn, id, op, start_us: self.now_us };
         let backlog = self.raw.store().wal().buffered_bytes();
         let busy =
             self.writes.in_flight >= WRITES_IN_FLIGHT_MAX || backlog >= WAL_BACKLOG_BYTES_BUSY;

@@ -1,40 +1,39 @@
-//! One shard on its own glommio executor: the shell around [`crate::core::ShardCore`].
+//! The driver of one shard on its glommio executor: the shell's side of the core's driver
+//! contract (`core/driver.rs`).
 //!
-//! Tasks on the executor, all sharing one `Shard` (`Rc`, never locked — one thread):
+//! Tasks on the executor, all sharing one `Shard` (`state.rs`; `Rc`, never locked — one
+//! thread):
 //!
 //! ```text
-//!   client conns ──on_client_frame──►┐                       ┌──► peer senders (one per peer)
-//!   peer inbound ──step─────────────►├─► core ──► driver ────┤
-//!   tick task ──pending_ticks───────►┘     ▲     (process,   └──► client conns (replies)
-//!                                          │      dispatch)
+//!   client conns ──on_client_frame──►┐                      ┌──► peer senders (one per peer)
+//!   peer inbound ──step─────────────►├─► core ──► driver ───┤
+//!   tick task ──pending_ticks───────►┘     ▲     (turn,     └──► client conns (replies)
+//!                                          │      outputs)
 //!   flush task ◄──take_flush_job───────────┘
 //!        └── DMA write + fdatasync ──► on_flush_complete ──► driver
 //! ```
 //!
-//! The calls into the core follow its driver contract (`core/driver.rs`): start-up recovers
-//! through `ShardCore::recover`; inputs go straight into the core and wake the driver, which
-//! runs one `turn` for everything that arrived meanwhile (so a burst of requests becomes one
-//! raft entry) and sends the outputs. The flush task runs one WAL flush at a time; while it waits on the disk, new
-//! writes accumulate for the next one (group commit). No borrow of the core is ever held across
-//! an `.await`.
+//! Start-up (`startup.rs`) recovers through `ShardCore::recover`; inputs go straight into the
+//! core and wake the driver, which runs one `turn` for everything that arrived meanwhile (so a
+//! burst of requests becomes one raft entry) and hands on the outputs (`outputs.rs`). The
+//! flush task (`flush.rs`) runs one WAL flush at a time; while it waits on the disk, new writes
+//! gather for the next one (group commit). No borrow of the core is ever held across an
+//! `.await`.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use corekv_proto::encode::PeerEncoder;
-use corekv_storage::snapshot;
 
-use super::background;
 use super::client::accept_clients;
 use super::flush::flush_loop;
 use super::outputs::dispatch;
 use super::peer::{accept_peers, peer_sender};
 use super::shutdown::shut_down;
-use super::snapshot_task::make_snapshot;
+use super::snapshot_task::{make_snapshot, prune_snapshot_files};
 use super::startup::{start, Listeners, ShardContext};
 use super::state::Shard;
-use crate::constants::SNAPSHOT_FILES_KEPT;
 use crate::core::Outputs;
 use crate::http::{Published, StatusSlot};
 
@@ -99,16 +98,7 @@ async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &StatusSlot) {
             glommio::spawn_local(make_snapshot(shard.clone(), job)).detach();
         }
         if turn.prune {
-            let dir = shard.snap_dir.clone();
-            let shard_index = shard.shard;
-            let pruned = background::run("snapshot-prune".to_string(), move || {
-                if let Err(error) = snapshot::prune(&dir, SNAPSHOT_FILES_KEPT) {
-                    tracing::warn!(shard = shard_index, %error, "removing old snapshot files failed");
-                }
-            });
-            if let Err(error) = pruned {
-                tracing::warn!(shard = shard_index, %error, "removing old snapshot files failed");
-            }
+            prune_snapshot_files(shard);
         }
         if ticks > 0 && shutdown.load(Ordering::Relaxed) {
             return;

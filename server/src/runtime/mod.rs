@@ -132,33 +132,17 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         threads.push(handle);
     }
     drop(started_tx);
-    let mut failure = None;
-    for _ in 0..registry.shards {
-        match started_rx.recv() {
-            Ok((_, Ok(()))) => {}
-            Ok((_, Err(error))) => {
-                failure.get_or_insert(error);
-            }
-            Err(_) => {
-                failure.get_or_insert_with(|| "a shard executor died during start-up".to_string());
-                break;
-            }
-        }
-    }
+    let mut failure = wait_for_start(&started_rx, registry.shards);
     // The HTTP thread lives until the process exits; nothing to join.
     if failure.is_none() {
-        // Executors publish their status every tick; two election timeouts without one
-        // means a stuck executor.
-        let election_ms = options.timing.tick_ms * options.timing.election_ticks as u64;
-        let stale_after = std::time::Duration::from_millis(2 * election_ms);
-        let state = Arc::new(HttpState::new(
+        let state = HttpState::new(
             options.node_id,
             registry.cluster.clone(),
             statuses,
             metrics,
-            stale_after,
-        ));
-        if let Err(error) = crate::http::start(&node.http_addr(), state) {
+            status_stale_after(&options.timing),
+        );
+        if let Err(error) = crate::http::start(&node.http_addr(), Arc::new(state)) {
             failure = Some(format!("{error:#}"));
         }
     }
@@ -185,6 +169,35 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Executors publish their status every tick; two election timeouts without one means a
+/// stuck executor.
+fn status_stale_after(timing: &Timing) -> std::time::Duration {
+    let election_ms = timing.tick_ms * timing.election_ticks as u64;
+    std::time::Duration::from_millis(2 * election_ms)
+}
+
+/// Waits until every shard said it serves or why it could not start: the first failure, if
+/// any.
+fn wait_for_start(
+    started: &std::sync::mpsc::Receiver<(u32, Result<(), String>)>,
+    shards: u32,
+) -> Option<String> {
+    let mut failure = None;
+    for _ in 0..shards {
+        match started.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((_, Err(error))) => {
+                failure.get_or_insert(error);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| "a shard executor died during start-up".to_string());
+                break;
+            }
+        }
+    }
+    failure
 }
 
 /// SIGINT/SIGTERM set the shutdown flag; a second signal exits at once.

@@ -1,16 +1,17 @@
 //! The snapshot task: builds the archive of a frozen state off the executor, writes it with
-//! direct I/O at the configured pace, and tells the core.
+//! direct I/O at the configured pace, and tells the core; old files are pruned.
 
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use corekv_storage::snapshot::Archive;
+use corekv_storage::snapshot::{self, Archive};
 
 use super::background;
 use super::disk;
 use super::state::Shard;
+use crate::constants::SNAPSHOT_FILES_KEPT;
 use crate::core::SnapshotJob;
 
 /// Builds the snapshot of a frozen state off the executor, writes it with direct I/O, and
@@ -50,4 +51,18 @@ pub(super) async fn make_snapshot(shard: Rc<Shard>, job: SnapshotJob) {
     }
     drop(core);
     shard.wake.notify();
+}
+
+/// Removes all but the newest [`SNAPSHOT_FILES_KEPT`] snapshot files, off the executor.
+pub(super) fn prune_snapshot_files(shard: &Shard) {
+    let dir = shard.snap_dir.clone();
+    let shard_index = shard.shard;
+    let pruned = background::run("snapshot-prune".to_string(), move || {
+        if let Err(error) = snapshot::prune(&dir, SNAPSHOT_FILES_KEPT) {
+            tracing::warn!(shard = shard_index, %error, "removing old snapshot files failed");
+        }
+    });
+    if let Err(error) = pruned {
+        tracing::warn!(shard = shard_index, %error, "removing old snapshot files failed");
+    }
 }

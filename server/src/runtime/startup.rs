@@ -3,7 +3,7 @@
 //! segment prepared, its two ports bound. The driver (`driver.rs`) then serves.
 
 use std::cell::{Cell, RefCell};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -70,45 +70,16 @@ pub(super) struct Listeners {
     pub(super) timing: Timing,
 }
 
+/// Opens and recovers the shard, binds its ports: the shared state and the listeners.
 pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
     let registry = ctx.registry.clone();
     let node = registry.node(ctx.node_id).context("node id not in the registry")?.clone();
     let identity = SegmentIdentity { cluster: registry.cluster.clone(), shard: ctx.shard };
     let wal_dir = ctx.shard_dir.join("wal");
-    let segments = SegmentDir::open(&wal_dir, identity.clone(), ctx.wal_segment_bytes)
+    let segments = SegmentDir::open(&wal_dir, identity, ctx.wal_segment_bytes)
         .with_context(|| format!("shard {}: opening {}", ctx.shard, wal_dir.display()))?;
     let snap_dir = ctx.shard_dir.join("snap");
-    let snapshot = load_newest_snapshot(&snap_dir, &registry.cluster, ctx.shard).await?;
-    let cfg = CoreConfig {
-        node_id: ctx.node_id,
-        shard: ctx.shard,
-        shards: registry.shards,
-        cluster: registry.cluster.clone(),
-        nodes: registry.nodes.iter().map(|n| (n.id, n.client_addr(ctx.shard))).collect(),
-        preferred_leader: registry.preferred_leader(ctx.shard),
-        election_ticks: ctx.timing.election_ticks,
-        heartbeat_ticks: ctx.timing.heartbeat_ticks,
-        tick_ms: ctx.timing.tick_ms,
-        snapshots: ctx.snapshots,
-        join: ctx.join,
-    };
-    let logger = crate::logging::raft_logger(ctx.node_id, ctx.shard);
-    let recovery = Recovery {
-        segments: Box::new(segments.clone()),
-        segment_bytes: ctx.wal_segment_bytes,
-        mode: RecoveryMode::Strict,
-        snapshot: snapshot.map(Arc::new),
-        entry_cache_bytes: None,
-    };
-    let core = ShardCore::recover(cfg, recovery, ctx.metrics.clone(), &logger).map_err(|e| {
-        let hint = match e {
-            RecoveryError::NoSnapshotReaches { .. } => {
-                format!(" — remove {} to have it rebuilt from the cluster", ctx.shard_dir.display())
-            }
-            _ => String::new(),
-        };
-        anyhow::anyhow!("shard {}: {e}{hint}", ctx.shard)
-    })?;
+    let core = recover(&ctx, &segments, &snap_dir).await?;
     let flusher = DmaFlusher::new(segments.clone());
     flusher
         .ensure_spares_before_serving()
@@ -146,15 +117,49 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
         stopping: Cell::new(false),
         next_conn: Cell::new(1),
     });
-    let listeners = Listeners {
-        client,
-        peer,
-        shutdown: ctx.shutdown,
-        status: ctx.status,
-        flusher,
-        timing: ctx.timing,
+    let (shutdown, status, timing) = (ctx.shutdown, ctx.status, ctx.timing);
+    Ok((shard, Listeners { client, peer, shutdown, status, flusher, timing }))
+}
+
+/// The core, recovered through the driver contract from the WAL in `segments` and the newest
+/// valid snapshot file in `snap_dir`.
+async fn recover(
+    ctx: &ShardContext,
+    segments: &SegmentDir,
+    snap_dir: &Path,
+) -> anyhow::Result<ShardCore> {
+    let registry = &ctx.registry;
+    let snapshot = load_newest_snapshot(snap_dir, &registry.cluster, ctx.shard).await?;
+    let cfg = CoreConfig {
+        node_id: ctx.node_id,
+        shard: ctx.shard,
+        shards: registry.shards,
+        cluster: registry.cluster.clone(),
+        nodes: registry.nodes.iter().map(|n| (n.id, n.client_addr(ctx.shard))).collect(),
+        preferred_leader: registry.preferred_leader(ctx.shard),
+        election_ticks: ctx.timing.election_ticks,
+        heartbeat_ticks: ctx.timing.heartbeat_ticks,
+        tick_ms: ctx.timing.tick_ms,
+        snapshots: ctx.snapshots,
+        join: ctx.join,
     };
-    Ok((shard, listeners))
+    let logger = crate::logging::raft_logger(ctx.node_id, ctx.shard);
+    let recovery = Recovery {
+        segments: Box::new(segments.clone()),
+        segment_bytes: ctx.wal_segment_bytes,
+        mode: RecoveryMode::Strict,
+        snapshot: snapshot.map(Arc::new),
+        entry_cache_bytes: None,
+    };
+    ShardCore::recover(cfg, recovery, ctx.metrics.clone(), &logger).map_err(|e| {
+        let hint = match e {
+            RecoveryError::NoSnapshotReaches { .. } => {
+                format!(" — remove {} to have it rebuilt from the cluster", ctx.shard_dir.display())
+            }
+            _ => String::new(),
+        };
+        anyhow::anyhow!("shard {}: {e}{hint}", ctx.shard)
+    })
 }
 
 /// Binds a listening socket with `SO_REUSEADDR` (as std does), so a restarted node can bind

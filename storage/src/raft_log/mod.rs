@@ -144,28 +144,7 @@ impl RaftLogStore {
                 }
             })
         })?;
-        if replay.gap_floor > replay.marker_index {
-            return Err(StorageError::Corrupt {
-                path: source.dir(),
-                offset: 0,
-                reason: format!(
-                    "log entries {}..={} are missing (no compaction covers them)",
-                    replay.marker_index + 1,
-                    replay.gap_floor
-                ),
-            });
-        }
-        let last = replay.compact_index + replay.locs.len() as u64;
-        if replay.hard_state.commit > last {
-            return Err(StorageError::Corrupt {
-                path: source.dir(),
-                offset: 0,
-                reason: format!(
-                    "hard state commits index {} but the log ends at {last}",
-                    replay.hard_state.commit
-                ),
-            });
-        }
+        replay.check(&source.dir())?;
         let mut segments: BTreeMap<u64, u64> = recovered.segments.iter().map(|&s| (s, 0)).collect();
         for (seq, max) in replay.segment_max_index {
             if let Some(slot) = segments.get_mut(&seq) {

@@ -2,6 +2,7 @@
 //! cached tail, the hard state, the compaction point and the rebuilding mark.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
 
 use bytes::Bytes;
 use raft::eraftpb::{Entry, HardState};
@@ -12,6 +13,7 @@ use super::records::{
 };
 use super::EntryLoc;
 use crate::constants::{ENTRY_CACHE_BYTES_MAX, RECORD_HEADER_BYTES};
+use crate::error::{Result, StorageError};
 
 /// The log as replay rebuilds it, record by record.
 #[derive(Default)]
@@ -32,6 +34,34 @@ pub(super) struct Replay {
 }
 
 impl Replay {
+    /// Refuses a replayed log that cannot be whole: entries missing with no compaction to
+    /// explain them, or a hard state that commits past the end of the log.
+    pub(super) fn check(&self, dir: &Path) -> Result<()> {
+        if self.gap_floor > self.marker_index {
+            return Err(StorageError::Corrupt {
+                path: dir.to_path_buf(),
+                offset: 0,
+                reason: format!(
+                    "log entries {}..={} are missing (no compaction covers them)",
+                    self.marker_index + 1,
+                    self.gap_floor
+                ),
+            });
+        }
+        let last = self.last();
+        if self.hard_state.commit > last {
+            return Err(StorageError::Corrupt {
+                path: dir.to_path_buf(),
+                offset: 0,
+                reason: format!(
+                    "hard state commits index {} but the log ends at {last}",
+                    self.hard_state.commit
+                ),
+            });
+        }
+        Ok(())
+    }
+
     pub(super) fn last(&self) -> u64 {
         self.compact_index + self.locs.len() as u64
     }

@@ -100,19 +100,7 @@ pub fn recover(
     let segments = source.list()?;
     check_no_holes(source, &segments)?;
     let Some(&last_seq) = segments.last() else {
-        return Ok(Recovered {
-            tail: WalTail {
-                seq: 1,
-                append_offset: SEGMENT_HEADER_BYTES,
-                partial_block: Vec::new(),
-                next_flush_seq: 1,
-                needs_activation: true,
-            },
-            segments,
-            discarded_segments: Vec::new(),
-            truncated: None,
-            records: 0,
-        });
+        return Ok(finish(segments, Vec::new(), tail_new_segment(1, 0), None, 0));
     };
     let mut records = 0u64;
     let mut max_flush_seq = 0u64;
@@ -162,21 +150,21 @@ pub fn recover(
                     return Err(StorageError::Corrupt { path, offset, reason });
                 }
                 let dropped = scan.last_nonzero.map_or(0, |end| end.saturating_sub(offset));
-                if dropped > 0 || damage {
+                let truncation = (dropped > 0 || damage).then(|| {
                     tracing::warn!(
                         path = %path.display(),
                         offset,
                         dropped_bytes = dropped,
                         "WAL tail truncated: {problem}"
                     );
-                }
+                    Truncation {
+                        at: Lsn { seq, offset },
+                        dropped_bytes: dropped,
+                        reason: problem.to_string(),
+                    }
+                });
                 let discarded = segments[position + 1..].to_vec();
                 let kept = segments[..=position].to_vec();
-                let truncation = (dropped > 0 || damage).then(|| Truncation {
-                    at: Lsn { seq, offset },
-                    dropped_bytes: dropped,
-                    reason: problem.to_string(),
-                });
                 let tail = tail_in_segment(&bytes, seq, offset, max_flush_seq);
                 return Ok(finish(kept, discarded, tail, truncation, records));
             }
