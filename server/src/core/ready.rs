@@ -1,7 +1,8 @@
 //! The Ready loop, and what it runs into: ticks, WAL flushes, failure, leader balancing.
 //!
-//! `ShardCore::process` (a [`ShardCore::turn`]) drives raft-rs's Ready in the order raft-rs requires, with
-//! asynchronous persistence so that proposals keep batching while a flush is in flight:
+//! `ShardCore::process` (run by every [`ShardCore::turn`]) drives raft-rs's Ready in the order
+//! raft-rs requires, with asynchronous persistence so that proposals keep batching while a
+//! flush is in flight:
 //!
 //! ```text
 //!  1. propose the batch of writes that arrived since the last iteration (one raft entry)
