@@ -1,7 +1,7 @@
 //! The driver contract: what a shell calls on a [`ShardCore`], and in which order. The glommio
-//! runtime (`runtime/shard.rs`), the simulator (`tests/simulator/`) and the sans-IO tests
-//! (`tests/core_sans_io.rs`) are the three shells; each goes through these calls and none
-//! repeats what they do inside.
+//! runtime (`runtime/startup.rs`, `runtime/driver.rs`), the simulator (`tests/simulator/`) and
+//! the sans-IO tests (`tests/core_sans_io.rs`) are the three shells; each goes through these
+//! calls and none repeats what they do inside.
 //!
 //! ```text
 //!  shell                                                core

@@ -6,7 +6,7 @@ use crate::checker::digest;
 
 impl Sim {
     /// Opens every shard of `node` from its disk and snapshots, as the real node does at
-    /// start-up (runtime/shard.rs), and starts its ticks.
+    /// start-up (runtime/startup.rs, through `ShardCore::recover`), and starts its ticks.
     pub(crate) fn start_node(&mut self, id: u64) -> SimResult<()> {
         let voters: Vec<u64> = (1..=self.opts.nodes).collect();
         let join = self.nodes[id as usize - 1].join;
