@@ -1,0 +1,121 @@
+//! Reads of the state machine: the layers (overlay, frozen, base) merged, the first that knows
+//! a key deciding.
+
+use std::ops::Bound;
+
+use super::{StateMachine, ValueRef};
+use crate::snapshot::{Archive, Overlay};
+
+/// Which layer a merged entry came from (lower wins).
+type Layered<'a> = (&'a [u8], Option<ValueRef<'a>>);
+
+/// Merges sorted layers: at equal keys the first layer wins; deletions are dropped.
+struct Merge<'a> {
+    layers: Vec<std::iter::Peekable<Box<dyn Iterator<Item = Layered<'a>> + 'a>>>,
+}
+
+impl<'a> Iterator for Merge<'a> {
+    type Item = (&'a [u8], ValueRef<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let smallest =
+                self.layers.iter_mut().filter_map(|l| l.peek().map(|(k, _)| *k)).min()?;
+            let mut winner = None;
+            for layer in &mut self.layers {
+                if layer.peek().is_some_and(|(k, _)| *k == smallest) {
+                    let (_, value) = layer.next().expect("peeked");
+                    if winner.is_none() {
+                        winner = Some(value);
+                    }
+                }
+            }
+            if let Some(Some(value)) = winner {
+                return Some((smallest, value));
+            }
+        }
+    }
+}
+
+fn overlay_range<'a>(
+    overlay: &'a Overlay,
+    lower: Bound<&'a [u8]>,
+    upper: Bound<&'a [u8]>,
+) -> Box<dyn Iterator<Item = Layered<'a>> + 'a> {
+    Box::new(
+        overlay
+            .range::<[u8], _>((lower, upper))
+            .map(|(k, r)| (&k[..], r.as_ref().map(|r| ValueRef { value: &r.value, meta: r.meta }))),
+    )
+}
+
+fn archive_range<'a>(
+    archive: &'a Archive,
+    lower: Bound<&'a [u8]>,
+    upper: Bound<&'a [u8]>,
+) -> Box<dyn Iterator<Item = Layered<'a>> + 'a> {
+    let start = archive.lower_bound(lower);
+    Box::new(
+        (start..archive.len())
+            .map(move |i| archive.entry(i))
+            .take_while(move |(k, _)| match upper {
+                Bound::Unbounded => true,
+                Bound::Included(u) => *k <= u,
+                Bound::Excluded(u) => *k < u,
+            })
+            .map(|(k, v)| (k, Some(v))),
+    )
+}
+
+impl StateMachine {
+    /// Reads one key.
+    pub fn get(&self, key: &[u8]) -> Option<ValueRef<'_>> {
+        if let Some(value) = self.overlay.get(key) {
+            return value.as_ref().map(|r| ValueRef { value: &r.value, meta: r.meta });
+        }
+        if let Some(value) = self.frozen.as_ref().and_then(|f| f.get(key)) {
+            return value.as_ref().map(|r| ValueRef { value: &r.value, meta: r.meta });
+        }
+        self.base.as_ref().and_then(|b| b.get(key))
+    }
+
+    fn merged<'s>(&'s self, lower: Bound<&'s [u8]>, upper: Bound<&'s [u8]>) -> Merge<'s> {
+        let mut layers = vec![overlay_range(&self.overlay, lower, upper).peekable()];
+        if let Some(frozen) = &self.frozen {
+            layers.push(overlay_range(frozen, lower, upper).peekable());
+        }
+        if let Some(base) = &self.base {
+            layers.push(archive_range(base, lower, upper).peekable());
+        }
+        Merge { layers }
+    }
+
+    /// Visits keys in `(lower, upper)` in ascending order until `visit` returns false (that key
+    /// is not taken). Returns whether a key in the range was left unvisited.
+    pub fn scan<'s>(
+        &'s self,
+        lower: Bound<&'s [u8]>,
+        upper: Bound<&'s [u8]>,
+        mut visit: impl FnMut(&'s [u8], ValueRef<'s>) -> bool,
+    ) -> bool {
+        if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) =
+            (lower, upper)
+        {
+            let both_included = matches!((lower, upper), (Bound::Included(_), Bound::Included(_)));
+            if l > u || (l == u && !both_included) {
+                return false;
+            }
+        }
+        for (key, value) in self.merged(lower, upper) {
+            if !visit(key, value) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Every key, value and metadata, in key order (for comparing replicas in tests).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], ValueRef<'_>)> {
+        self.merged(Bound::Unbounded, Bound::Unbounded)
+    }
+}
