@@ -1,27 +1,25 @@
 //! The HTTP endpoint on `http_port`: `/health`, `/status`, `/metrics`, and
 //! `/debug/pprof/flamegraph?seconds=N` (an SVG of where the process spent its CPU).
 //!
-//! It runs on its own thread with blocking sockets, away from the shard executors: it only
-//! reads what the shards publish (status snapshots refreshed every tick, atomic counters).
-//! Requests are parsed with `httparse`; only `GET` is served, one request per connection. A
-//! profile takes seconds, so it is taken and answered on a thread of its own.
+//! It runs on its own thread, away from the shard executors: it only reads what the shards
+//! publish (status snapshots refreshed every tick, atomic counters). HTTP itself — parsing,
+//! keep-alive, chunked bodies, a thread per open connection so a slow client holds up no
+//! other — is `tiny_http`'s. It is that library and not hyper because hyper 1.x depends on
+//! tokio unconditionally, and the node is a glommio process that compiles no tokio (the
+//! gateway, a tokio process, is where hyper belongs). Only `GET` is served. A profile takes
+//! seconds, so it is taken and answered on a thread of its own.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tiny_http::{Header, Method, Request, Response};
 
 use crate::core::ShardStatus;
 use crate::metrics::{self, ShardMetrics};
 use crate::profile;
-
-/// Longest request head accepted.
-const REQUEST_BYTES_MAX: usize = 8 * 1024;
-
-/// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A shard's status as its executor last published it (every tick), and when.
 #[derive(Debug, Clone)]
@@ -119,106 +117,71 @@ pub struct HttpServer {
 
 /// Binds `addr` and serves from a background thread.
 pub fn start(addr: &str, state: Arc<HttpState>) -> anyhow::Result<HttpServer> {
-    let listener =
-        TcpListener::bind(addr).with_context(|| format!("cannot listen for HTTP on {addr}"))?;
-    let bound = listener.local_addr().context("reading the HTTP address")?;
+    let server = tiny_http::Server::http(addr)
+        .map_err(|error| anyhow::anyhow!("cannot listen for HTTP on {addr}: {error}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .with_context(|| format!("the HTTP listener on {addr} has no IP address"))?;
     std::thread::Builder::new()
         .name("http".to_string())
         .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(stream) => {
-                        if let Err(error) = handle(stream, &state) {
-                            tracing::debug!(%error, "HTTP request failed");
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "accepting an HTTP connection failed");
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
+            for request in server.incoming_requests() {
+                handle(request, &state);
             }
         })
         .context("starting the HTTP thread")?;
     Ok(HttpServer { addr: bound })
 }
 
-fn handle(mut stream: TcpStream, state: &HttpState) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
-    let mut buf = vec![0u8; REQUEST_BYTES_MAX];
-    let mut filled = 0;
-    let (method, path) = loop {
-        let n = stream.read(&mut buf[filled..])?;
-        if n == 0 {
-            return Ok(());
-        }
-        filled += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf[..filled]) {
-            Ok(httparse::Status::Complete(_)) => {
-                let method = request.method.unwrap_or("").to_string();
-                let path = request.path.unwrap_or("").to_string();
-                break (method, path);
-            }
-            Ok(httparse::Status::Partial) if filled < buf.len() => continue,
-            Ok(httparse::Status::Partial) => {
-                return respond(&mut stream, 431, "text/plain", "request head too large\n");
-            }
-            Err(error) => {
-                return respond(&mut stream, 400, "text/plain", &format!("bad request: {error}\n"))
-            }
-        }
-    };
-    if method != "GET" {
-        return respond(&mut stream, 405, "text/plain", "only GET is served\n");
+fn handle(request: Request, state: &HttpState) {
+    if *request.method() != Method::Get {
+        return respond(request, 405, "text/plain", "only GET is served\n".into());
     }
-    let route = path.split('?').next().unwrap_or("");
+    let url = request.url().to_string();
+    let (route, query) = match url.split_once('?') {
+        Some((route, query)) => (route, Some(query)),
+        None => (url.as_str(), None),
+    };
     match route {
         "/health" => {
             let (code, body) = state.health();
-            respond(&mut stream, code, "text/plain", &body)
+            respond(request, code, "text/plain", body)
         }
-        "/status" => respond(&mut stream, 200, "application/json", &state.status_json()),
+        "/status" => respond(request, 200, "application/json", state.status_json()),
         "/metrics" => {
             let shards: Vec<&ShardMetrics> = state.metrics.iter().map(|m| m.as_ref()).collect();
             let body = metrics::render(state.node_id, &shards);
-            respond(&mut stream, 200, metrics::CONTENT_TYPE, &body)
+            respond(request, 200, metrics::CONTENT_TYPE, body)
         }
-        "/debug/pprof/flamegraph" => {
-            let seconds = match profile::seconds_from_query(path.split_once('?').map(|(_, q)| q)) {
-                Ok(seconds) => seconds,
-                Err(message) => return respond(&mut stream, 400, "text/plain", &(message + "\n")),
-            };
-            profile_on_its_own_thread(stream, seconds, state.node_id);
-            Ok(())
-        }
+        "/debug/pprof/flamegraph" => match profile::seconds_from_query(query) {
+            Ok(seconds) => profile_on_its_own_thread(request, seconds, state.node_id),
+            Err(message) => respond(request, 400, "text/plain", message + "\n"),
+        },
         _ => respond(
-            &mut stream,
+            request,
             404,
             "text/plain",
-            "not found: try /health, /status, /metrics or /debug/pprof/flamegraph?seconds=N\n",
+            "not found: try /health, /status, /metrics or /debug/pprof/flamegraph?seconds=N\n"
+                .into(),
         ),
     }
 }
 
 /// Takes a CPU profile of `seconds` on a thread of its own (the HTTP thread goes on serving)
 /// and answers with its flamegraph.
-fn profile_on_its_own_thread(mut stream: TcpStream, seconds: u64, node_id: u64) {
+fn profile_on_its_own_thread(request: Request, seconds: u64, node_id: u64) {
     let title = format!("corekv node {node_id}");
     let spawned = std::thread::Builder::new().name("pprof".to_string()).spawn(move || {
-        let answered = match profile::flamegraph(Duration::from_secs(seconds), &title) {
-            Ok(svg) => respond(&mut stream, 200, "image/svg+xml", &svg),
+        match profile::flamegraph(Duration::from_secs(seconds), &title) {
+            Ok(svg) => respond(request, 200, "image/svg+xml", svg),
             Err(error @ profile::ProfileError::Busy) => {
-                respond(&mut stream, 409, "text/plain", &format!("{error}\n"))
+                respond(request, 409, "text/plain", format!("{error}\n"))
             }
             Err(error) => {
                 tracing::warn!(%error, "taking a CPU profile failed");
-                respond(&mut stream, 500, "text/plain", &format!("profile failed: {error}\n"))
+                respond(request, 500, "text/plain", format!("profile failed: {error}\n"))
             }
-        };
-        if let Err(error) = answered {
-            tracing::debug!(%error, "answering a profile request failed");
         }
     });
     if let Err(error) = spawned {
@@ -226,30 +189,15 @@ fn profile_on_its_own_thread(mut stream: TcpStream, seconds: u64, node_id: u64) 
     }
 }
 
-fn respond(
-    stream: &mut TcpStream,
-    code: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match code {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    stream.flush()
+fn respond(request: Request, code: u16, content_type: &str, body: String) {
+    let mut response = Response::from_string(body).with_status_code(code);
+    // The content types are constants of this module, always valid header values.
+    if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
+        response.add_header(header);
+    }
+    if let Err(error) = request.respond(response) {
+        tracing::debug!(%error, "answering an HTTP request failed");
+    }
 }
 
 /// A minimal blocking `GET` for tools and tests (`corekv dev` polls `/status` with it):
@@ -273,4 +221,72 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<(u16, St
     };
     let code = parsed.code.context("HTTP response without a status code")?;
     Ok((code, String::from_utf8_lossy(&response[body_start..]).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(statuses: Vec<StatusSlot>) -> String {
+        let state = HttpState::new(7, "test".into(), statuses, Vec::new(), Duration::from_secs(5));
+        let server = start("127.0.0.1:0", Arc::new(state)).expect("binding on loopback");
+        server.addr.to_string()
+    }
+
+    fn raw(addr: &str, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).expect("connecting");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("setting a timeout");
+        stream.write_all(request).expect("sending");
+        let mut response = Vec::new();
+        // The server may close after answering a malformed request; what was read counts.
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    // Shows the routes answer with their status codes and bodies, and that a shard that has
+    // not started makes /health a 503 that says which.
+    #[test]
+    fn routes_answer_and_health_names_a_shard_not_started() {
+        let addr = serve(vec![Arc::new(Mutex::new(None))]);
+        let (code, body) = get(&addr, "/health", Duration::from_secs(5)).expect("GET /health");
+        assert_eq!(code, 503);
+        assert_eq!(body, "shard 0: not started, or stopped\n");
+        let (code, body) = get(&addr, "/status", Duration::from_secs(5)).expect("GET /status");
+        assert_eq!(code, 200);
+        let status: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+        assert_eq!(status["node_id"], 7);
+        assert_eq!(status["serving"], false);
+        let (code, _) = get(&addr, "/nowhere", Duration::from_secs(5)).expect("GET /nowhere");
+        assert_eq!(code, 404);
+        let (code, body) = get(&addr, "/debug/pprof/flamegraph?seconds=x", Duration::from_secs(5))
+            .expect("GET a profile with a bad duration");
+        assert_eq!(code, 400, "{body}");
+    }
+
+    // Shows a node with no shard problems is healthy and /metrics speaks Prometheus text.
+    #[test]
+    fn healthy_node_and_metrics_content_type() {
+        let addr = serve(Vec::new());
+        let (code, body) = get(&addr, "/health", Duration::from_secs(5)).expect("GET /health");
+        assert_eq!((code, body.as_str()), (200, "ok\n"));
+        let response = raw(&addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains(metrics::CONTENT_TYPE), "{response}");
+    }
+
+    // Shows other methods are refused and a malformed request gets a 4xx, not a hang or a
+    // crash, and the server goes on serving after both.
+    #[test]
+    fn refuses_other_methods_and_malformed_requests() {
+        let addr = serve(Vec::new());
+        let response = raw(
+            &addr,
+            b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        assert!(response.starts_with("HTTP/1.1 405"), "{response}");
+        let response = raw(&addr, b"this is not HTTP\r\n\r\n");
+        assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+        let (code, _) = get(&addr, "/health", Duration::from_secs(5)).expect("GET /health");
+        assert_eq!(code, 200);
+    }
 }
