@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use corekv_proto::constants::CLIENT_PROTOCOL_VERSION;
 use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::{verify_reply, FrameBuffer, VerifiedReply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -271,6 +272,18 @@ async fn hello(
             .to_string();
         return Err(OpenError::Fatal(Error::Handshake { addr: addr.to_string(), reason }));
     };
+    // A node older than this client would answer in fields it does not fill (version 1
+    // sends no serving state in status replies): refused, not misread.
+    if accepted.protocol_version() < CLIENT_PROTOCOL_VERSION {
+        return Err(OpenError::Fatal(Error::Handshake {
+            addr: addr.to_string(),
+            reason: format!(
+                "the node speaks client protocol {}, this client needs {CLIENT_PROTOCOL_VERSION}: \
+                 upgrade the node first (nodes serve older clients, not the reverse)",
+                accepted.protocol_version()
+            ),
+        }));
+    }
     // A node from before the hello carried the shard count accepts any; its reply says how
     // many it has.
     if accepted.shards() != shards {

@@ -124,6 +124,6 @@ pub use client::{Client, ClientConfig};
 pub use error::{Error, Result};
 pub use types::{
     Compare, CompareBuilder, CompareOp, CompareTarget, Consistency, KeyMeta, KeyValue, Operand,
-    ReadOptions, ReplicaReport, ReplicaStatus, Role, ScanOptions, ScanPage, ScanRange, Txn, TxnOp,
-    TxnOpResult, TxnResponse, WriteOptions,
+    PeerProgress, ReadOptions, ReplicaReport, ReplicaStatus, Role, ScanOptions, ScanPage,
+    ScanRange, Txn, TxnOp, TxnOpResult, TxnResponse, WriteOptions,
 };

@@ -15,6 +15,7 @@ pub enum Consistency {
 }
 
 pub use corekv_types::meta::{CompareOp, KeyMeta};
+pub use corekv_types::status::{PeerProgress, ReplicaStatus, Role};
 
 /// A key, its value and metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -384,56 +385,6 @@ pub struct TxnResponse {
     pub results: Vec<TxnOpResult>,
     /// Log index the transaction applied at (0 when nothing ran).
     pub index: u64,
-}
-
-/// A replica's raft role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Follows a leader (or waits for one).
-    Follower,
-    /// Asking for votes.
-    Candidate,
-    /// Asking whether it could win an election (pre-vote).
-    PreCandidate,
-    /// Leads the shard.
-    Leader,
-}
-
-impl Role {
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Follower => "follower",
-            Role::Candidate => "candidate",
-            Role::PreCandidate => "pre_candidate",
-            Role::Leader => "leader",
-        }
-    }
-}
-
-/// The state of one shard replica, as its node reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplicaStatus {
-    /// Raft role.
-    pub role: Role,
-    /// Current term.
-    pub term: u64,
-    /// Known leader, 0 for none.
-    pub leader_id: u64,
-    /// Highest index known committed.
-    pub commit_index: u64,
-    /// Highest index applied.
-    pub applied_index: u64,
-    /// First index in the log.
-    pub first_index: u64,
-    /// Last index in the log.
-    pub last_index: u64,
-    /// Bytes of WAL on disk.
-    pub wal_bytes: u64,
-    /// Keys stored.
-    pub keys: u64,
-    /// `(node id, match index)` of every replica, known on the leader only.
-    pub peers: Vec<(u64, u64)>,
 }
 
 /// The report of one replica in [`crate::Client::status`].

@@ -1,8 +1,17 @@
 //! Protocol limits, in one place. Every limit that untrusted bytes can push against is here,
 //! with the reason for its value; related limits are tied together by compile-time asserts.
 
-/// Version of the client protocol, sent in `Hello`; the server refuses other versions.
-pub const CLIENT_PROTOCOL_VERSION: u32 = 1;
+/// Version of the client protocol this code speaks, sent in `Hello` and `HelloReply`.
+/// Version 2 added the status reply's serving, joining, failure and snapshot fields: a
+/// version-1 node does not send them, so a client of version 2 refuses it rather than read
+/// their absence as "not serving".
+pub const CLIENT_PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest client protocol a node still serves: everything a version-1 client asks means
+/// the same in version 2, and the fields it does not know it skips.
+pub const CLIENT_PROTOCOL_OLDEST: u32 = 1;
+
+const _: () = assert!(CLIENT_PROTOCOL_OLDEST <= CLIENT_PROTOCOL_VERSION);
 
 /// Version of the peer protocol, sent in the peer `Hello`; peers refuse other versions.
 pub const PEER_PROTOCOL_VERSION: u32 = 1;

@@ -9,7 +9,9 @@
 
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
-use crate::client::{self as c, CompareOp, CompareTarget, Consistency, KeyMeta, Role, TxnOpKind};
+use corekv_types::status::ReplicaStatus;
+
+use crate::client::{self as c, CompareOp, CompareTarget, Consistency, KeyMeta, TxnOpKind};
 use crate::constants::{CLIENT_PROTOCOL_VERSION, PEER_PROTOCOL_VERSION};
 use crate::peer as p;
 
@@ -131,35 +133,6 @@ pub enum TxnResultRef<'a> {
     Delete(bool),
 }
 
-/// The content of a status reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatusInfo<'a> {
-    /// The replying node.
-    pub node_id: u64,
-    /// The replying shard.
-    pub shard: u32,
-    /// Its raft role.
-    pub role: Role,
-    /// Its current term.
-    pub term: u64,
-    /// The leader it knows of, or 0.
-    pub leader_id: u64,
-    /// Highest log index known committed.
-    pub commit_index: u64,
-    /// Highest log index applied to the state machine.
-    pub applied_index: u64,
-    /// First log index still held.
-    pub first_index: u64,
-    /// Last log index held.
-    pub last_index: u64,
-    /// Bytes of WAL on disk.
-    pub wal_bytes: u64,
-    /// Keys in the state machine.
-    pub keys: u64,
-    /// `(node id, match index)` per peer, known on the leader only.
-    pub peers: &'a [(u64, u64)],
-}
-
 fn bytes_vector<'b>(
     fbb: &mut FlatBufferBuilder<'b>,
     bytes: Option<&[u8]>,
@@ -216,15 +189,23 @@ impl RequestEncoder {
     /// The first request of a connection: the cluster name and the shard count of the
     /// client's registry file.
     pub fn hello(&mut self, id: u64, cluster: &str, shards: u32) -> &[u8] {
+        self.hello_speaking(id, cluster, shards, CLIENT_PROTOCOL_VERSION)
+    }
+
+    /// A hello that claims protocol version `protocol_version`: how tests speak as an older
+    /// or newer client.
+    pub fn hello_speaking(
+        &mut self,
+        id: u64,
+        cluster: &str,
+        shards: u32,
+        protocol_version: u32,
+    ) -> &[u8] {
         self.fbb.reset();
         let cluster = self.fbb.create_string(cluster);
         let hello = c::Hello::create(
             &mut self.fbb,
-            &c::HelloArgs {
-                cluster: Some(cluster),
-                protocol_version: CLIENT_PROTOCOL_VERSION,
-                shards,
-            },
+            &c::HelloArgs { cluster: Some(cluster), protocol_version, shards },
         );
         self.finish(id, c::Request::Hello, hello.as_union_value())
     }
@@ -425,15 +406,23 @@ impl ReplyEncoder {
 
     /// Accepts a connection's hello.
     pub fn hello(&mut self, id: u64, node_id: u64, shard: u32, shards: u32) -> &[u8] {
+        self.hello_speaking(id, node_id, shard, shards, CLIENT_PROTOCOL_VERSION)
+    }
+
+    /// A hello reply that claims protocol version `protocol_version`: how tests speak as an
+    /// older or newer node.
+    pub fn hello_speaking(
+        &mut self,
+        id: u64,
+        node_id: u64,
+        shard: u32,
+        shards: u32,
+        protocol_version: u32,
+    ) -> &[u8] {
         self.fbb.reset();
         let hello = c::HelloReply::create(
             &mut self.fbb,
-            &c::HelloReplyArgs {
-                node_id,
-                shard,
-                shards,
-                protocol_version: CLIENT_PROTOCOL_VERSION,
-            },
+            &c::HelloReplyArgs { node_id, shard, shards, protocol_version },
         );
         self.finish(id, c::Reply::HelloReply, hello.as_union_value())
     }
@@ -582,26 +571,33 @@ impl ReplyEncoder {
         self.finish(id, c::Reply::TxnReply, txn.as_union_value())
     }
 
-    /// Answers a status request.
-    pub fn status(&mut self, id: u64, status: &StatusInfo<'_>) -> &[u8] {
+    /// Answers a status request from node `node_id`.
+    pub fn status(&mut self, id: u64, node_id: u64, status: &ReplicaStatus) -> &[u8] {
         self.fbb.reset();
         let peers: Vec<_> = status
             .peers
             .iter()
-            .map(|&(node_id, match_index)| {
+            .map(|p| {
                 c::PeerProgress::create(
                     &mut self.fbb,
-                    &c::PeerProgressArgs { node_id, match_index },
+                    &c::PeerProgressArgs {
+                        node_id: p.node_id,
+                        match_index: p.match_index,
+                        recent_active: p.recent_active,
+                    },
                 )
             })
             .collect();
         let peers = self.fbb.create_vector(&peers);
+        let wal_durable = self.fbb.create_string(&status.wal_durable);
+        let failure = status.failure.as_deref().map(|f| self.fbb.create_string(f));
+        let problem = status.problem.as_deref().map(|p| self.fbb.create_string(p));
         let reply = c::StatusReply::create(
             &mut self.fbb,
             &c::StatusReplyArgs {
-                node_id: status.node_id,
+                node_id,
                 shard: status.shard,
-                role: status.role,
+                role: status.role.into(),
                 term: status.term,
                 leader_id: status.leader_id,
                 commit_index: status.commit_index,
@@ -611,6 +607,12 @@ impl ReplyEncoder {
                 wal_bytes: status.wal_bytes,
                 keys: status.keys,
                 peers: Some(peers),
+                snapshot_index: status.snapshot_index,
+                wal_durable: Some(wal_durable),
+                failure,
+                serving: status.serving,
+                problem,
+                joining: status.joining,
             },
         );
         self.finish(id, c::Reply::StatusReply, reply.as_union_value())

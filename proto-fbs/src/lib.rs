@@ -9,6 +9,8 @@
 //! - [`encode`]: builders that turn Rust values into finished, size-prefixed frames with one
 //!   reused `FlatBufferBuilder`.
 //! - [`constants`]: every limit of the protocol.
+//! - [`shared`]: conversions between the generated types and `corekv-types` (key metadata,
+//!   roles, the status shape), written once for both ends.
 //!
 //! A round trip, as a client and a server see it:
 //!
@@ -35,6 +37,7 @@
 pub mod constants;
 pub mod encode;
 pub mod frame;
+pub mod shared;
 
 #[allow(
     missing_docs,

@@ -3,17 +3,18 @@
 mod common;
 
 use corekv_proto::client::{
-    CompareOp, CompareTarget, Consistency, ErrorKind, KeyMeta, Reply, Request, Role, TxnOpKind,
+    CompareOp, CompareTarget, Consistency, ErrorKind, KeyMeta, Reply, Request, TxnOpKind,
 };
 use corekv_proto::constants::{CLIENT_PROTOCOL_VERSION, PEER_PROTOCOL_VERSION};
 use corekv_proto::encode::{
     CompareSpec, EntryRef, ErrorInfo, PeerEncoder, ReplyEncoder, RequestEncoder, ScanSpec,
-    StatusInfo, TxnOpSpec, TxnResultRef,
+    TxnOpSpec, TxnResultRef,
 };
 use corekv_proto::frame::{
     decode_frame, verify_peer, verify_reply, verify_request, Decoded, FrameBuffer,
 };
 use corekv_proto::peer::PeerMessage;
+use corekv_types::status::ReplicaStatus;
 
 /// Checks that the encoder produced exactly one whole frame, and returns it.
 fn payload(frame: &[u8]) -> &[u8] {
@@ -195,25 +196,17 @@ fn replies_round_trip() {
     let t = verify_reply(payload(&f)).unwrap().reply_as_txn_reply().unwrap();
     assert_eq!((t.succeeded(), t.failed_compare()), (true, -1));
 
-    let status = StatusInfo {
-        node_id: 3,
-        shard: 1,
-        role: Role::Follower,
-        term: 4,
-        leader_id: 2,
-        commit_index: 100,
-        applied_index: 99,
-        first_index: 1,
-        last_index: 101,
-        wal_bytes: 8192,
-        keys: 10,
-        peers: &[(1, 100)],
-    };
-    let f = e.status(11, &status).to_vec();
+    // The status shape crosses the wire whole, both peers' progress and the serving state.
+    let status = common::sample_status();
+    let f = e.status(11, 3, &status).to_vec();
     let r = verify_reply(payload(&f)).unwrap();
     let s = r.reply_as_status_reply().unwrap();
-    assert_eq!((s.role(), s.term(), s.leader_id(), s.applied_index()), (Role::Follower, 4, 2, 99));
-    assert_eq!(s.peers().unwrap().get(0).match_index(), 100);
+    assert_eq!(s.node_id(), 3);
+    assert_eq!(corekv_proto::shared::replica_status(&s), status);
+    let healthy = ReplicaStatus { failure: None, problem: None, serving: true, ..status };
+    let f = e.status(11, 3, &healthy).to_vec();
+    let s = verify_reply(payload(&f)).unwrap().reply_as_status_reply().unwrap();
+    assert_eq!(corekv_proto::shared::replica_status(&s), healthy);
 
     let expected_kinds = [
         ErrorKind::NotLeader,

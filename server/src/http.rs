@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::core::ShardStatus;
+use crate::core::ReplicaStatus;
 use crate::metrics::{self, ShardMetrics};
 use crate::profile;
 
@@ -27,7 +27,7 @@ pub struct Published {
     /// When the executor published it.
     pub at: Instant,
     /// The status.
-    pub status: ShardStatus,
+    pub status: ReplicaStatus,
 }
 
 /// Where a shard's executor publishes its status for the HTTP thread; `None` while the shard
@@ -95,7 +95,7 @@ impl HttpState {
     fn status_json(&self) -> String {
         let shards = self.shard_statuses();
         let problems = self.problems(&shards);
-        let statuses: Vec<Option<&ShardStatus>> =
+        let statuses: Vec<Option<&ReplicaStatus>> =
             shards.iter().map(|p| p.as_ref().map(|p| &p.status)).collect();
         let value = serde_json::json!({
             "node_id": self.node_id,

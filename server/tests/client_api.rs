@@ -387,7 +387,13 @@ fn corekvctl_commands_and_exit_codes() {
     assert_eq!(out.matches("leader").count(), 2, "one leader per shard\n{out}");
     let json: serde_json::Value =
         serde_json::from_str(&ctl(&cluster, &["-o", "json", "status"]).1).unwrap();
-    assert_eq!(json["replicas"].as_array().unwrap().len(), 6);
+    let replicas = json["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 6);
+    // The replicas' own status shape came over the wire: serving state included.
+    for replica in replicas {
+        assert_eq!(replica["serving"], true, "{replica}");
+        assert!(replica["wal_durable"].as_str().is_some_and(|d| d.contains(':')), "{replica}");
+    }
 
     // Input errors: bad duration, malformed transaction, missing registry.
     assert_eq!(ctl(&cluster, &["--timeout", "soon", "get", "x"]).0, 2);

@@ -462,3 +462,36 @@ fn a_wiped_replica_joins_and_goes_on_joining_after_a_restart() {
     cluster.nodes.insert(3, node_on(3, disk, 1_000_000));
     assert!(!cluster.nodes[&3].core.joining(), "caught up, the mark was cleared");
 }
+
+// Shows a node serves clients of every protocol version from the oldest it supports to its
+// own (an older client skips the fields it does not know), and refuses others naming the range.
+#[test]
+fn hello_accepts_the_supported_protocol_versions_only() {
+    use corekv_proto::constants::{CLIENT_PROTOCOL_OLDEST, CLIENT_PROTOCOL_VERSION};
+    let mut cluster = Cluster::new();
+    let mut encoder = RequestEncoder::new();
+    for version in [CLIENT_PROTOCOL_OLDEST - 1, CLIENT_PROTOCOL_VERSION + 1] {
+        let mut greeted = false;
+        let conn = 100 + u64::from(version);
+        let hello = encoder.hello_speaking(0, "sans-io", 1, version);
+        cluster.nodes.get_mut(&1).unwrap().core.on_client_frame(conn, &mut greeted, hello);
+        assert!(!greeted, "version {version} was accepted");
+        cluster.settle();
+        let frame = cluster.nodes[&1].replies[&conn].last().expect("a refusal").clone();
+        let reply = verify_reply(&frame).unwrap();
+        let reason = reply
+            .reply_as_error_reply()
+            .and_then(|e| e.kind_as_invalid_request())
+            .and_then(|e| e.reason())
+            .unwrap_or_default()
+            .to_string();
+        let range = format!("{CLIENT_PROTOCOL_OLDEST} to {CLIENT_PROTOCOL_VERSION}");
+        assert!(reason.contains(&range), "{reason}");
+    }
+    for version in CLIENT_PROTOCOL_OLDEST..=CLIENT_PROTOCOL_VERSION {
+        let mut greeted = false;
+        let hello = encoder.hello_speaking(0, "sans-io", 1, version);
+        cluster.nodes.get_mut(&1).unwrap().core.on_client_frame(200, &mut greeted, hello);
+        assert!(greeted, "version {version} was refused");
+    }
+}

@@ -6,8 +6,11 @@
 //! - [`meta`]: a key's metadata and the compare operators of transactions.
 //! - [`placement`]: where a key lives: its slot (Redis Cluster's CRC16 rule) and the shard
 //!   that owns the slot.
+//! - [`status`]: what a replica reports about itself (role, raft position, whether it
+//!   serves), one shape for `/status`, the wire and the client.
 #![deny(missing_docs)]
 
 pub mod meta;
 pub mod placement;
 pub mod registry;
+pub mod status;

@@ -459,13 +459,14 @@ fn status_json(reports: &[ReplicaReport]) -> Value {
     let replicas: Vec<Value> = reports
         .iter()
         .map(|r| match &r.status {
-            Ok(s) => json!({
-                "node_id": r.node_id, "shard": r.shard, "addr": r.addr, "role": s.role.as_str(),
-                "term": s.term, "leader_id": s.leader_id, "commit_index": s.commit_index,
-                "applied_index": s.applied_index, "first_index": s.first_index,
-                "last_index": s.last_index, "wal_bytes": s.wal_bytes, "keys": s.keys,
-                "peers": s.peers.iter().map(|(n, m)| json!({"node_id": n, "match_index": m})).collect::<Vec<_>>(),
-            }),
+            // The replica's own status shape (the node's /status per shard), and where it is.
+            Ok(s) => {
+                let mut replica = serde_json::to_value(s)
+                    .unwrap_or_else(|e| json!({"error": format!("status not representable: {e}")}));
+                replica["node_id"] = json!(r.node_id);
+                replica["addr"] = json!(r.addr);
+                replica
+            }
             Err(e) => json!({"node_id": r.node_id, "shard": r.shard, "addr": r.addr, "error": e.to_string()}),
         })
         .collect();
@@ -474,7 +475,7 @@ fn status_json(reports: &[ReplicaReport]) -> Value {
 
 fn status_text(reports: &[ReplicaReport]) -> String {
     let mut text = format!(
-        "{:<6} {:<5} {:<22} {:<13} {:>6} {:>7} {:>10} {:>10} {:>10} {:>9}\n",
+        "{:<6} {:<5} {:<22} {:<13} {:>6} {:>7} {:>10} {:>10} {:>10} {:>9}  SERVING\n",
         "SHARD", "NODE", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "KEYS"
     );
     let mut sorted: Vec<&ReplicaReport> = reports.iter().collect();
@@ -482,7 +483,7 @@ fn status_text(reports: &[ReplicaReport]) -> String {
     for r in sorted {
         match &r.status {
             Ok(s) => text.push_str(&format!(
-                "{:<6} {:<5} {:<22} {:<13} {:>6} {:>7} {:>10} {:>10} {:>10} {:>9}\n",
+                "{:<6} {:<5} {:<22} {:<13} {:>6} {:>7} {:>10} {:>10} {:>10} {:>9}  {}\n",
                 r.shard,
                 r.node_id,
                 r.addr,
@@ -492,7 +493,12 @@ fn status_text(reports: &[ReplicaReport]) -> String {
                 s.commit_index,
                 s.applied_index,
                 s.last_index,
-                s.keys
+                s.keys,
+                match (&s.problem, s.joining) {
+                    (None, _) => "yes".to_string(),
+                    (Some(_), true) => "no (joining)".to_string(),
+                    (Some(problem), false) => format!("no: {problem}"),
+                }
             )),
             Err(e) => text.push_str(&format!(
                 "{:<6} {:<5} {:<22} unreachable: {e}\n",

@@ -12,13 +12,12 @@ use futures_util::stream::Stream;
 use crate::error::{Error, Result};
 use crate::retry::Retry;
 use crate::types::{
-    Consistency, KeyMeta, KeyValue, ReadOptions, ReplicaReport, ReplicaStatus, Role, ScanOptions,
+    Consistency, KeyMeta, KeyValue, ReadOptions, ReplicaReport, ReplicaStatus, ScanOptions,
     ScanPage, ScanRange, Txn, TxnOp, TxnOpResult, TxnResponse, WriteOptions,
 };
 
 use super::wire_map::{
-    check_key, check_value, compare_spec, encode, key_value, meta, op_spec, protocol,
-    wire_consistency,
+    check_key, check_value, compare_spec, encode, key_value, op_spec, protocol, wire_consistency,
 };
 use super::Client;
 
@@ -73,7 +72,7 @@ impl Client {
             .await?;
         let reply = frame.reply();
         let put = reply.reply_as_put_reply().ok_or_else(|| protocol("put"))?;
-        Ok(meta(put.meta()))
+        Ok(put.meta().into())
     }
 
     /// Deletes `key`; returns whether it existed.
@@ -200,7 +199,7 @@ impl Client {
                 .await?;
             let reply = reply.reply();
             let batch = reply.reply_as_batch_put_reply().ok_or_else(|| protocol("batch put"))?;
-            Ok(batch.metas().iter().map(meta).collect())
+            Ok(batch.metas().iter().map(KeyMeta::from).collect())
         })
         .await
     }
@@ -363,7 +362,9 @@ impl Client {
             .results()
             .iter()
             .map(|r| match r.kind() {
-                wire::TxnOpKind::Put => TxnOpResult::Put(r.meta().map(meta).unwrap_or_default()),
+                wire::TxnOpKind::Put => {
+                    TxnOpResult::Put(r.meta().map(KeyMeta::from).unwrap_or_default())
+                }
                 wire::TxnOpKind::Delete => TxnOpResult::Delete(r.deleted()),
                 _ => TxnOpResult::Get(r.entry().map(|e| key_value(&e))),
             })
@@ -415,22 +416,6 @@ impl Client {
                 })?;
         let reply = frame.reply();
         let s = reply.reply_as_status_reply().ok_or_else(|| protocol("status"))?;
-        Ok(ReplicaStatus {
-            role: match s.role() {
-                wire::Role::Leader => Role::Leader,
-                wire::Role::Candidate => Role::Candidate,
-                wire::Role::PreCandidate => Role::PreCandidate,
-                _ => Role::Follower,
-            },
-            term: s.term(),
-            leader_id: s.leader_id(),
-            commit_index: s.commit_index(),
-            applied_index: s.applied_index(),
-            first_index: s.first_index(),
-            last_index: s.last_index(),
-            wal_bytes: s.wal_bytes(),
-            keys: s.keys(),
-            peers: s.peers().iter().flatten().map(|p| (p.node_id(), p.match_index())).collect(),
-        })
+        Ok(corekv_proto::shared::replica_status(&s))
     }
 }

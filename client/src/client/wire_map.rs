@@ -6,17 +6,13 @@ use corekv_proto::constants::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use corekv_proto::encode::{CompareSpec, RequestEncoder, TxnOpSpec};
 
 use crate::error::{Error, Result};
-use crate::types::{CompareOp, CompareTarget, Consistency, KeyMeta, KeyValue, TxnOp};
-
-pub(super) fn meta(m: &wire::KeyMeta) -> KeyMeta {
-    KeyMeta { create_index: m.create_index(), mod_index: m.mod_index(), version: m.version() }
-}
+use crate::types::{CompareOp, CompareTarget, Consistency, KeyValue, TxnOp};
 
 pub(super) fn key_value(e: &wire::Entry<'_>) -> KeyValue {
     KeyValue {
         key: e.key().bytes().to_vec(),
         value: e.value().map(|v| v.bytes().to_vec()).unwrap_or_default(),
-        meta: meta(e.meta()),
+        meta: e.meta().into(),
     }
 }
 

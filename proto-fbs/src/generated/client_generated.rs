@@ -4594,6 +4594,7 @@ impl<'a> ::flatbuffers::Follow<'a> for PeerProgress<'a> {
 impl<'a> PeerProgress<'a> {
   pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_MATCH_INDEX: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RECENT_ACTIVE: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4607,6 +4608,7 @@ impl<'a> PeerProgress<'a> {
     let mut builder = PeerProgressBuilder::new(_fbb);
     builder.add_match_index(args.match_index);
     builder.add_node_id(args.node_id);
+    builder.add_recent_active(args.recent_active);
     builder.finish()
   }
 
@@ -4625,6 +4627,15 @@ impl<'a> PeerProgress<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(PeerProgress::VT_MATCH_INDEX, Some(0)).unwrap()}
   }
+  /// Heard from within the last election timeout. (Added after the first release: a reply
+  /// from an older node reads false.)
+  #[inline]
+  pub fn recent_active(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PeerProgress::VT_RECENT_ACTIVE, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PeerProgress<'_> {
@@ -4635,6 +4646,7 @@ impl ::flatbuffers::Verifiable for PeerProgress<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
      .visit_field::<u64>("match_index", Self::VT_MATCH_INDEX, false)?
+     .visit_field::<bool>("recent_active", Self::VT_RECENT_ACTIVE, false)?
      .finish();
     Ok(())
   }
@@ -4642,6 +4654,7 @@ impl ::flatbuffers::Verifiable for PeerProgress<'_> {
 pub struct PeerProgressArgs {
     pub node_id: u64,
     pub match_index: u64,
+    pub recent_active: bool,
 }
 impl<'a> Default for PeerProgressArgs {
   #[inline]
@@ -4649,6 +4662,7 @@ impl<'a> Default for PeerProgressArgs {
     PeerProgressArgs {
       node_id: 0,
       match_index: 0,
+      recent_active: false,
     }
   }
 }
@@ -4665,6 +4679,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PeerProgressBuilder<'a, 'b, A
   #[inline]
   pub fn add_match_index(&mut self, match_index: u64) {
     self.fbb_.push_slot::<u64>(PeerProgress::VT_MATCH_INDEX, match_index, 0);
+  }
+  #[inline]
+  pub fn add_recent_active(&mut self, recent_active: bool) {
+    self.fbb_.push_slot::<bool>(PeerProgress::VT_RECENT_ACTIVE, recent_active, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PeerProgressBuilder<'a, 'b, A> {
@@ -4686,6 +4704,7 @@ impl ::core::fmt::Debug for PeerProgress<'_> {
     let mut ds = f.debug_struct("PeerProgress");
       ds.field("node_id", &self.node_id());
       ds.field("match_index", &self.match_index());
+      ds.field("recent_active", &self.recent_active());
       ds.finish()
   }
 }
@@ -4717,6 +4736,12 @@ impl<'a> StatusReply<'a> {
   pub const VT_WAL_BYTES: ::flatbuffers::VOffsetT = 22;
   pub const VT_KEYS: ::flatbuffers::VOffsetT = 24;
   pub const VT_PEERS: ::flatbuffers::VOffsetT = 26;
+  pub const VT_SNAPSHOT_INDEX: ::flatbuffers::VOffsetT = 28;
+  pub const VT_WAL_DURABLE: ::flatbuffers::VOffsetT = 30;
+  pub const VT_FAILURE: ::flatbuffers::VOffsetT = 32;
+  pub const VT_SERVING: ::flatbuffers::VOffsetT = 34;
+  pub const VT_PROBLEM: ::flatbuffers::VOffsetT = 36;
+  pub const VT_JOINING: ::flatbuffers::VOffsetT = 38;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4728,6 +4753,7 @@ impl<'a> StatusReply<'a> {
     args: &'args StatusReplyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<StatusReply<'bldr>> {
     let mut builder = StatusReplyBuilder::new(_fbb);
+    builder.add_snapshot_index(args.snapshot_index);
     builder.add_keys(args.keys);
     builder.add_wal_bytes(args.wal_bytes);
     builder.add_last_index(args.last_index);
@@ -4737,8 +4763,13 @@ impl<'a> StatusReply<'a> {
     builder.add_leader_id(args.leader_id);
     builder.add_term(args.term);
     builder.add_node_id(args.node_id);
+    if let Some(x) = args.problem { builder.add_problem(x); }
+    if let Some(x) = args.failure { builder.add_failure(x); }
+    if let Some(x) = args.wal_durable { builder.add_wal_durable(x); }
     if let Some(x) = args.peers { builder.add_peers(x); }
     builder.add_shard(args.shard);
+    builder.add_joining(args.joining);
+    builder.add_serving(args.serving);
     builder.add_role(args.role);
     builder.finish()
   }
@@ -4830,6 +4861,53 @@ impl<'a> StatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerProgress>>>>(StatusReply::VT_PEERS, None)}
   }
+  #[inline]
+  pub fn snapshot_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StatusReply::VT_SNAPSHOT_INDEX, Some(0)).unwrap()}
+  }
+  /// `segment:offset` of the WAL known durable.
+  #[inline]
+  pub fn wal_durable(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StatusReply::VT_WAL_DURABLE, None)}
+  }
+  /// Why the replica stopped accepting writes; absent when it did not.
+  #[inline]
+  pub fn failure(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StatusReply::VT_FAILURE, None)}
+  }
+  /// Whether the replica serves (DESIGN.md, "What serving means").
+  #[inline]
+  pub fn serving(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(StatusReply::VT_SERVING, Some(false)).unwrap()}
+  }
+  /// Why it does not serve; absent when it does.
+  #[inline]
+  pub fn problem(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StatusReply::VT_PROBLEM, None)}
+  }
+  /// Catching up from the leader before it votes again.
+  #[inline]
+  pub fn joining(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(StatusReply::VT_JOINING, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StatusReply<'_> {
@@ -4850,6 +4928,12 @@ impl ::flatbuffers::Verifiable for StatusReply<'_> {
      .visit_field::<u64>("wal_bytes", Self::VT_WAL_BYTES, false)?
      .visit_field::<u64>("keys", Self::VT_KEYS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PeerProgress>>>>("peers", Self::VT_PEERS, false)?
+     .visit_field::<u64>("snapshot_index", Self::VT_SNAPSHOT_INDEX, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("wal_durable", Self::VT_WAL_DURABLE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("failure", Self::VT_FAILURE, false)?
+     .visit_field::<bool>("serving", Self::VT_SERVING, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("problem", Self::VT_PROBLEM, false)?
+     .visit_field::<bool>("joining", Self::VT_JOINING, false)?
      .finish();
     Ok(())
   }
@@ -4867,6 +4951,12 @@ pub struct StatusReplyArgs<'a> {
     pub wal_bytes: u64,
     pub keys: u64,
     pub peers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerProgress<'a>>>>>,
+    pub snapshot_index: u64,
+    pub wal_durable: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub failure: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub serving: bool,
+    pub problem: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub joining: bool,
 }
 impl<'a> Default for StatusReplyArgs<'a> {
   #[inline]
@@ -4884,6 +4974,12 @@ impl<'a> Default for StatusReplyArgs<'a> {
       wal_bytes: 0,
       keys: 0,
       peers: None,
+      snapshot_index: 0,
+      wal_durable: None,
+      failure: None,
+      serving: false,
+      problem: None,
+      joining: false,
     }
   }
 }
@@ -4942,6 +5038,30 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusReplyBuilder<'a, 'b, A>
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StatusReply::VT_PEERS, peers);
   }
   #[inline]
+  pub fn add_snapshot_index(&mut self, snapshot_index: u64) {
+    self.fbb_.push_slot::<u64>(StatusReply::VT_SNAPSHOT_INDEX, snapshot_index, 0);
+  }
+  #[inline]
+  pub fn add_wal_durable(&mut self, wal_durable: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StatusReply::VT_WAL_DURABLE, wal_durable);
+  }
+  #[inline]
+  pub fn add_failure(&mut self, failure: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StatusReply::VT_FAILURE, failure);
+  }
+  #[inline]
+  pub fn add_serving(&mut self, serving: bool) {
+    self.fbb_.push_slot::<bool>(StatusReply::VT_SERVING, serving, false);
+  }
+  #[inline]
+  pub fn add_problem(&mut self, problem: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StatusReply::VT_PROBLEM, problem);
+  }
+  #[inline]
+  pub fn add_joining(&mut self, joining: bool) {
+    self.fbb_.push_slot::<bool>(StatusReply::VT_JOINING, joining, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StatusReplyBuilder {
@@ -4971,6 +5091,12 @@ impl ::core::fmt::Debug for StatusReply<'_> {
       ds.field("wal_bytes", &self.wal_bytes());
       ds.field("keys", &self.keys());
       ds.field("peers", &self.peers());
+      ds.field("snapshot_index", &self.snapshot_index());
+      ds.field("wal_durable", &self.wal_durable());
+      ds.field("failure", &self.failure());
+      ds.field("serving", &self.serving());
+      ds.field("problem", &self.problem());
+      ds.field("joining", &self.joining());
       ds.finish()
   }
 }

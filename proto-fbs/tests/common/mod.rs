@@ -3,13 +3,40 @@
 #![allow(dead_code)]
 
 use corekv_proto::client::{
-    CompareOp, CompareTarget, Consistency, KeyMeta, ReplyFrame, RequestFrame, Role, TxnOpKind,
+    CompareOp, CompareTarget, Consistency, KeyMeta, ReplyFrame, RequestFrame, TxnOpKind,
 };
 use corekv_proto::encode::{
     CompareSpec, EntryRef, ErrorInfo, PeerEncoder, ReplyEncoder, RequestEncoder, ScanSpec,
-    StatusInfo, TxnOpSpec, TxnResultRef,
+    TxnOpSpec, TxnResultRef,
 };
 use corekv_proto::peer::PeerFrame;
+use corekv_types::status::{PeerProgress, ReplicaStatus, Role};
+
+/// A leader's status with every field set, one peer behind and one failure noted.
+pub fn sample_status() -> ReplicaStatus {
+    ReplicaStatus {
+        shard: 1,
+        role: Role::Leader,
+        term: 5,
+        leader_id: 1,
+        commit_index: 10,
+        applied_index: 10,
+        first_index: 1,
+        last_index: 10,
+        wal_bytes: 4096,
+        snapshot_index: 8,
+        wal_durable: "3:8192".to_string(),
+        keys: 3,
+        peers: vec![
+            PeerProgress { node_id: 2, match_index: 10, recent_active: true },
+            PeerProgress { node_id: 3, match_index: 9, recent_active: false },
+        ],
+        failure: Some("wal write failed".to_string()),
+        serving: false,
+        problem: Some("this replica stopped accepting writes".to_string()),
+        joining: true,
+    }
+}
 
 /// One frame of every request kind.
 pub fn sample_requests() -> Vec<Vec<u8>> {
@@ -83,24 +110,7 @@ pub fn sample_replies() -> Vec<Vec<u8>> {
             11,
         )
         .to_vec(),
-        e.status(
-            11,
-            &StatusInfo {
-                node_id: 1,
-                shard: 0,
-                role: Role::Leader,
-                term: 5,
-                leader_id: 1,
-                commit_index: 10,
-                applied_index: 10,
-                first_index: 1,
-                last_index: 10,
-                wal_bytes: 4096,
-                keys: 3,
-                peers: &[(2, 10), (3, 9)],
-            },
-        )
-        .to_vec(),
+        e.status(11, 1, &sample_status()).to_vec(),
     ];
     for error in sample_errors() {
         out.push(e.error(12, &error).to_vec());

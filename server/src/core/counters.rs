@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use super::{ErrorKind, Op, Role, ShardStatus};
+use super::{ErrorKind, Op, ReplicaStatus, Role};
 
 /// Upper bounds (microseconds) of the latency histogram buckets.
 const LATENCY_BUCKETS_US: [u64; 18] = [
@@ -184,15 +184,14 @@ impl ShardMetrics {
     }
 
     /// Publishes the raft position of a status refresh.
-    pub fn set_raft_position(&self, status: &ShardStatus) {
+    pub fn set_raft_position(&self, status: &ReplicaStatus) {
         let leader = status.role == Role::Leader;
         self.is_leader.store(leader as i64, Relaxed);
         self.term.store(status.term as i64, Relaxed);
         self.commit_index.store(status.commit_index as i64, Relaxed);
         self.applied_index.store(status.applied_index as i64, Relaxed);
-        let lag =
-            status.peers.iter().map(|p| status.last_index.saturating_sub(p.match_index)).max();
-        self.replica_lag_entries.store(if leader { lag.unwrap_or(0) as i64 } else { 0 }, Relaxed);
+        let lag = if leader { status.replication_lag() } else { 0 };
+        self.replica_lag_entries.store(lag as i64, Relaxed);
     }
 
     /// Records the latency of a reply to `op`.

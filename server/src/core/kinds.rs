@@ -1,7 +1,9 @@
 //! The core's vocabulary for what it reports: the kind of a request, the kind of an error
-//! reply, a replica's role. Metrics label by these; the status shape carries the role.
+//! reply, and a raft-rs role under its shared name. Metrics label by these; the status shape
+//! (`corekv_types::status`) carries the role.
 
 use corekv_proto::encode::ErrorInfo;
+use corekv_types::status::Role;
 use raft::StateRole;
 
 /// Client operations, for per-operation counters and latencies.
@@ -124,39 +126,12 @@ impl ErrorKind {
     }
 }
 
-/// A replica's raft role, as `/status` and the metrics report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Leads the shard.
-    Leader,
-    /// Follows a leader (or waits for one).
-    Follower,
-    /// Campaigning.
-    Candidate,
-    /// Asking whether it could win before campaigning.
-    PreCandidate,
-}
-
-impl Role {
-    /// `leader`, `follower`, `candidate` or `pre_candidate`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Role::Leader => "leader",
-            Role::Follower => "follower",
-            Role::Candidate => "candidate",
-            Role::PreCandidate => "pre_candidate",
-        }
-    }
-}
-
-impl From<StateRole> for Role {
-    fn from(role: StateRole) -> Role {
-        match role {
-            StateRole::Leader => Role::Leader,
-            StateRole::Follower => Role::Follower,
-            StateRole::Candidate => Role::Candidate,
-            StateRole::PreCandidate => Role::PreCandidate,
-        }
+/// The shared name (`corekv_types::status::Role`) of a raft-rs role.
+pub fn role_of(role: StateRole) -> Role {
+    match role {
+        StateRole::Leader => Role::Leader,
+        StateRole::Follower => Role::Follower,
+        StateRole::Candidate => Role::Candidate,
+        StateRole::PreCandidate => Role::PreCandidate,
     }
 }

@@ -51,11 +51,11 @@ use crate::constants::{
 };
 use counters::ShardMetrics;
 
+pub use corekv_types::status::{PeerProgress, ReplicaStatus, Role};
 pub use driver::{Recovery, RecoveryError, Turn};
-pub use kinds::{ErrorKind, Op, Role};
+pub use kinds::{role_of, ErrorKind, Op};
 pub use reads::Reads;
 pub use snapshots::{SnapshotJob, SnapshotPolicy};
-pub use status::{PeerProgress, ShardStatus};
 pub use writes::Writes;
 
 /// Identifies a client connection within a shard; chosen by the shell.

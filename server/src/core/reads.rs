@@ -24,7 +24,6 @@ use corekv_proto::constants::FRAME_BYTES_MAX;
 use corekv_proto::encode::{EntryRef, ErrorInfo};
 
 use super::replies::{push_reply, Caller};
-use super::writes::wire_meta;
 use super::ShardCore;
 use crate::constants::{READS_WAITING_MAX, READ_RETRY_TICKS, SCAN_REPLY_BYTES_MAX};
 
@@ -216,7 +215,7 @@ impl ShardCore {
                 let found = sm.get(key).map(|v| EntryRef {
                     key,
                     value: Some(v.value),
-                    meta: wire_meta(v.meta),
+                    meta: v.meta.into(),
                 });
                 let frame = encoder.get(waiter.caller.id, found.as_ref(), stale, read_index);
                 push_reply(out, waiter.caller.conn, frame);
@@ -229,7 +228,7 @@ impl ShardCore {
                         sm.get(key).map(|v| EntryRef {
                             key,
                             value: Some(v.value),
-                            meta: wire_meta(v.meta),
+                            meta: v.meta.into(),
                         })
                     })
                     .collect();
@@ -256,7 +255,7 @@ impl ShardCore {
                         return false;
                     }
                     bytes += size;
-                    entries.push(EntryRef { key, value, meta: wire_meta(v.meta) });
+                    entries.push(EntryRef { key, value, meta: v.meta.into() });
                     true
                 });
                 let continuation = if more { entries.last().map(|e| e.key) } else { None };

@@ -14,7 +14,8 @@ use corekv_proto::client::{
     Request, RequestFrame, TxnOpKind as WireTxnOpKind,
 };
 use corekv_proto::constants::{
-    BATCH_KEYS_MAX, CLIENT_PROTOCOL_VERSION, KEY_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+    BATCH_KEYS_MAX, CLIENT_PROTOCOL_OLDEST, CLIENT_PROTOCOL_VERSION, KEY_BYTES_MAX, SCAN_LIMIT_MAX,
+    VALUE_BYTES_MAX,
 };
 use corekv_proto::encode::ErrorInfo;
 use corekv_proto::frame::verify_request;
@@ -95,10 +96,16 @@ impl ShardCore {
                 self.cfg.cluster,
                 hello.cluster()
             )),
-            Some(hello) if hello.protocol_version() != CLIENT_PROTOCOL_VERSION => Some(format!(
-                "protocol version {} not supported (this node speaks {CLIENT_PROTOCOL_VERSION})",
-                hello.protocol_version()
-            )),
+            Some(hello)
+                if !(CLIENT_PROTOCOL_OLDEST..=CLIENT_PROTOCOL_VERSION)
+                    .contains(&hello.protocol_version()) =>
+            {
+                Some(format!(
+                    "protocol version {} not supported (this node speaks \
+                     {CLIENT_PROTOCOL_OLDEST} to {CLIENT_PROTOCOL_VERSION})",
+                    hello.protocol_version()
+                ))
+            }
             // 0: a client from before the field, which does not say.
             Some(hello) if hello.shards() != 0 && hello.shards() != self.cfg.shards => {
                 Some(corekv_types::registry::shard_count_mismatch(self.cfg.shards, hello.shards()))

@@ -1,62 +1,9 @@
-//! What a replica reports about itself: the status shape (`/status`, status replies, the
-//! metrics' raft position) and whether it serves (`core::health` judges).
-
-use corekv_proto::encode::StatusInfo;
+//! What a replica reports about itself, in the shared status shape
+//! (`corekv_types::status::ReplicaStatus`: `/status`, status replies, the metrics' raft
+//! position), and whether it serves (`core::health` judges).
 
 use super::replies::push_reply;
-use super::{health, ConnId, Op, Role, ShardCore};
-
-/// A snapshot of a replica's state, for `/status` and status replies.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ShardStatus {
-    /// Shard index.
-    pub shard: u32,
-    /// `leader`, `follower`, `candidate` or `pre_candidate`.
-    pub role: Role,
-    /// Current term.
-    pub term: u64,
-    /// Known leader, 0 when none.
-    pub leader_id: u64,
-    /// Highest index known committed.
-    pub commit_index: u64,
-    /// Highest index applied.
-    pub applied_index: u64,
-    /// First index in the log.
-    pub first_index: u64,
-    /// Last index in the log.
-    pub last_index: u64,
-    /// Bytes of WAL segments on disk.
-    pub wal_bytes: u64,
-    /// Index of the newest durable snapshot (0: none).
-    pub snapshot_index: u64,
-    /// WAL position known durable.
-    pub wal_durable: String,
-    /// Keys in the state machine.
-    pub keys: u64,
-    /// Per peer: node id and match index (leader only).
-    pub peers: Vec<PeerProgress>,
-    /// Why this replica stopped accepting writes, if it did.
-    pub failure: Option<String>,
-    /// Whether this replica serves (see `core::health`): a known leader it hears from, not
-    /// catching up, its WAL working. What `/health` reports.
-    pub serving: bool,
-    /// Why it does not serve, when it does not.
-    pub problem: Option<String>,
-    /// Catching up from the leader before it takes part in elections again (it lost its data,
-    /// or is new to a running cluster; see [`ShardCore::step`]).
-    pub joining: bool,
-}
-
-/// Replication progress of one peer, as the leader sees it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PeerProgress {
-    /// The peer's node id.
-    pub node_id: u64,
-    /// Highest index known replicated there.
-    pub match_index: u64,
-    /// Whether the peer was heard from recently.
-    pub recent_active: bool,
-}
+use super::{health, role_of, ConnId, Op, PeerProgress, ReplicaStatus, ShardCore};
 
 impl ShardCore {
     /// Why this replica does not serve, `None` when it does (see `core::health`).
@@ -90,7 +37,7 @@ impl ShardCore {
     }
 
     /// The replica's state.
-    pub fn status(&self) -> ShardStatus {
+    pub fn status(&self) -> ReplicaStatus {
         let raft = &self.raw.raft;
         let store = self.raw.store();
         let peers = if self.is_leader() {
@@ -108,9 +55,9 @@ impl ShardCore {
         } else {
             Vec::new()
         };
-        let role = Role::from(self.role);
-        let problem = self.health_problem(role.label());
-        ShardStatus {
+        let role = role_of(self.role);
+        let problem = self.health_problem(role.as_str());
+        ReplicaStatus {
             shard: self.cfg.shard,
             role,
             term: raft.term,
@@ -133,29 +80,7 @@ impl ShardCore {
 
     pub(super) fn status_reply(&mut self, conn: ConnId, id: u64) {
         let status = self.status();
-        let peers: Vec<(u64, u64)> =
-            status.peers.iter().map(|p| (p.node_id, p.match_index)).collect();
-        let role = match status.role {
-            Role::Leader => corekv_proto::client::Role::Leader,
-            Role::Candidate => corekv_proto::client::Role::Candidate,
-            Role::PreCandidate => corekv_proto::client::Role::PreCandidate,
-            Role::Follower => corekv_proto::client::Role::Follower,
-        };
-        let info = StatusInfo {
-            node_id: self.cfg.node_id,
-            shard: self.cfg.shard,
-            role,
-            term: status.term,
-            leader_id: status.leader_id,
-            commit_index: status.commit_index,
-            applied_index: status.applied_index,
-            first_index: status.first_index,
-            last_index: status.last_index,
-            wal_bytes: status.wal_bytes,
-            keys: status.keys,
-            peers: &peers,
-        };
-        let frame = self.encoder.status(id, &info);
+        let frame = self.encoder.status(id, self.cfg.node_id, &status);
         push_reply(&mut self.out, conn, frame);
         self.metrics.replied(Op::Status, 0);
     }

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use corekv_proto::client::KeyMeta as WireMeta;
 use corekv_proto::encode::{EntryRef, ErrorInfo, TxnResultRef};
 use corekv_storage::command::BatchBuilder;
-use corekv_storage::state_machine::{KeyMeta, OpResult, TxnResult};
+use corekv_storage::state_machine::{OpResult, TxnResult};
 use raft::eraftpb::{Entry, EntryType};
 
 use super::replies::{push_reply, Caller};
@@ -62,10 +62,6 @@ impl Writes {
         }
         taken
     }
-}
-
-pub(super) fn wire_meta(meta: KeyMeta) -> WireMeta {
-    WireMeta::new(meta.create_index, meta.mod_index, meta.version)
 }
 
 impl ShardCore {
@@ -156,10 +152,10 @@ impl ShardCore {
             answered += 1;
             metrics.replied(w.op, now_us.saturating_sub(w.start_us));
             let frame = match result {
-                OpResult::Put(meta) => encoder.put(w.id, wire_meta(meta)),
+                OpResult::Put(meta) => encoder.put(w.id, meta.into()),
                 OpResult::Delete(deleted) => encoder.delete(w.id, deleted, index),
                 OpResult::BatchPut(metas) => {
-                    let metas: Vec<WireMeta> = metas.iter().copied().map(wire_meta).collect();
+                    let metas: Vec<WireMeta> = metas.iter().copied().map(WireMeta::from).collect();
                     encoder.batch_put(w.id, &metas)
                 }
                 OpResult::BatchDelete(flags) => encoder.batch_delete(w.id, flags, index),
@@ -176,10 +172,10 @@ impl ShardCore {
                             .map(|r| match r {
                                 TxnResult::Get { key, found } => {
                                     TxnResultRef::Get(found.as_ref().map(|(value, meta)| {
-                                        EntryRef { key, value: Some(value), meta: wire_meta(*meta) }
+                                        EntryRef { key, value: Some(value), meta: (*meta).into() }
                                     }))
                                 }
-                                TxnResult::Put(meta) => TxnResultRef::Put(wire_meta(*meta)),
+                                TxnResult::Put(meta) => TxnResultRef::Put((*meta).into()),
                                 TxnResult::Delete(deleted) => TxnResultRef::Delete(*deleted),
                             })
                             .collect();

@@ -93,7 +93,7 @@ impl Sim {
                         parts.push(format!(
                             "n{}/s{s}:{} t{} c{} a{}{}",
                             i + 1,
-                            st.role.label(),
+                            st.role.as_str(),
                             st.term,
                             st.commit_index,
                             st.applied_index,
