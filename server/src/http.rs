@@ -190,7 +190,10 @@ fn profile_on_its_own_thread(request: Request, seconds: u64, node_id: u64) {
 }
 
 fn respond(request: Request, code: u16, content_type: &str, body: String) {
-    let mut response = Response::from_string(body).with_status_code(code);
+    // Every body is whole in memory: sent with its Content-Length, never chunked (tiny_http
+    // would chunk bodies over 32 KiB to HTTP/1.1 clients, such as a flamegraph).
+    let mut response =
+        Response::from_string(body).with_status_code(code).with_chunked_threshold(usize::MAX);
     // The content types are constants of this module, always valid header values.
     if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
         response.add_header(header);
