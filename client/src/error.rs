@@ -1,5 +1,6 @@
 //! The client's errors. Every variant says what the caller can do about it.
 
+use corekv_types::ids::ShardId;
 use std::time::Duration;
 
 use crate::registry::RegistryError;
@@ -55,7 +56,7 @@ pub enum Error {
     #[error("the server placed the key on shard {shard}; this client's registry disagrees")]
     WrongShard {
         /// The shard the server named.
-        shard: u32,
+        shard: ShardId,
     },
 
     /// A reply could not be understood (a protocol version mismatch or a server bug). Check

@@ -118,6 +118,7 @@ mod error;
 mod retry;
 mod types;
 
+pub use corekv_types::ids::{LogIndex, NodeId, ShardId, Term};
 pub use corekv_types::{placement, registry};
 
 pub use client::{Client, ClientConfig};

@@ -18,6 +18,7 @@
 //! - The deadline passes: [`Error::Unavailable`], or `Indeterminate` for a write that was sent
 //!   without a definite answer.
 
+use corekv_types::ids::NodeId;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -54,8 +55,8 @@ pub(crate) enum Outcome {
 /// An error reply, as the rules need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ServerError {
-    /// Not the leader; `leader` 0 when it knows none.
-    NotLeader { leader: u64 },
+    /// Not the leader; `leader` the one it knows of, if any.
+    NotLeader { leader: Option<NodeId> },
     /// Overloaded: retry after this long.
     Busy { retry_after: Duration },
     /// No quorum, shutting down, or a failed disk: the text says which.
@@ -74,7 +75,7 @@ pub(crate) enum Target {
     /// The next node of the registry.
     Next,
     /// The leader a `NotLeader` named.
-    Hinted(u64),
+    Hinted(NodeId),
 }
 
 /// How long to wait before the next attempt.
@@ -96,7 +97,7 @@ pub(crate) enum Leader {
     /// Forgotten, if it was the node just tried.
     Forget,
     /// This node.
-    Set(u64),
+    Set(NodeId),
     /// The next node, if it was the node just tried (or unknown): the shard's next call starts
     /// there instead of at a node that did not answer.
     MoveOn,
@@ -130,7 +131,7 @@ pub(crate) enum Step {
 pub(crate) struct Rules<'a> {
     retry: Retry,
     /// The registry's node ids.
-    nodes: &'a [u64],
+    nodes: &'a [NodeId],
     /// Attempts made so far.
     pub(crate) attempt: u32,
     /// Whether a request was sent without a definite answer.
@@ -138,12 +139,12 @@ pub(crate) struct Rules<'a> {
     /// The last failure seen, for the error the call ends with.
     pub(crate) last_error: String,
     /// Nodes that refused the connection in a row, with nothing else in between.
-    refused: Vec<u64>,
+    refused: Vec<NodeId>,
 }
 
 impl<'a> Rules<'a> {
     /// The rules for a call of kind `retry` over the registry's `nodes`.
-    pub(crate) fn new(retry: Retry, nodes: &'a [u64]) -> Rules<'a> {
+    pub(crate) fn new(retry: Retry, nodes: &'a [NodeId]) -> Rules<'a> {
         Rules {
             retry,
             nodes,
@@ -160,7 +161,7 @@ impl<'a> Rules<'a> {
     }
 
     /// What to do after the attempt at `node` came to `outcome`.
-    pub(crate) fn after(&mut self, node: u64, outcome: Outcome) -> Step {
+    pub(crate) fn after(&mut self, node: NodeId, outcome: Outcome) -> Step {
         self.attempt += 1;
         let again =
             |target, wait, leader, connection| Step::Again { target, wait, leader, connection };
@@ -208,7 +209,7 @@ impl<'a> Rules<'a> {
         }
     }
 
-    fn no_answer(&mut self, node: u64, waited: Duration) -> Step {
+    fn no_answer(&mut self, node: NodeId, waited: Duration) -> Step {
         // The node may be partitioned away or paused: its connection is suspect, and the next
         // attempt (of this call, or of the shard's next call) goes to another node; a
         // NotLeader hint corrects the guess.
@@ -231,11 +232,11 @@ impl<'a> Rules<'a> {
         }
     }
 
-    fn refusal(&mut self, node: u64, error: ServerError) -> Step {
+    fn refusal(&mut self, node: NodeId, error: ServerError) -> Step {
         let keep = Connection::Keep;
         match error {
-            ServerError::NotLeader { leader }
-                if leader != 0 && leader != node && self.nodes.contains(&leader) =>
+            ServerError::NotLeader { leader: Some(leader) }
+                if leader != node && self.nodes.contains(&leader) =>
             {
                 self.last_error =
                     format!("node {node} is not the leader; following the hint to {leader}");
@@ -250,8 +251,10 @@ impl<'a> Rules<'a> {
             }
             ServerError::NotLeader { leader } => {
                 self.last_error = match leader {
-                    0 => "not the leader (no leader known: an election is under way)".to_string(),
-                    leader => format!("not the leader (node {leader} is)"),
+                    None => {
+                        "not the leader (no leader known: an election is under way)".to_string()
+                    }
+                    Some(leader) => format!("not the leader (node {leader} is)"),
                 };
                 self.other_node()
             }
@@ -306,11 +309,13 @@ impl<'a> Rules<'a> {
 mod tests {
     use super::*;
 
+    const NODES: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+
     fn again(target: Target, wait: Wait, leader: Leader, connection: Connection) -> Step {
         Step::Again { target, wait, leader, connection }
     }
 
-    fn refused(rules: &mut Rules, node: u64) -> Step {
+    fn refused(rules: &mut Rules, node: NodeId) -> Step {
         rules.after(node, Outcome::Refused(format!("h:{node}")))
     }
 
@@ -318,22 +323,27 @@ mod tests {
     // wait; a NotLeader without one (an election) or naming the node itself moves on.
     #[test]
     fn not_leader_hints_are_followed_and_elections_waited_out() {
-        let mut rules = Rules::new(Retry::Write, &[1, 2, 3]);
-        let hint = Outcome::Refusal(ServerError::NotLeader { leader: 2 });
-        let go_to_2 = |wait| again(Target::Hinted(2), wait, Leader::Set(2), Connection::Keep);
-        assert_eq!(rules.after(1, hint.clone()), go_to_2(Wait::No));
-        assert_eq!(rules.after(3, hint.clone()), go_to_2(Wait::No));
-        assert_eq!(rules.after(3, hint.clone()), go_to_2(Wait::No));
-        assert_eq!(rules.after(3, hint), go_to_2(Wait::Backoff), "a fourth hop waits");
+        let mut rules = Rules::new(Retry::Write, &NODES);
+        let hint = Outcome::Refusal(ServerError::NotLeader { leader: Some(NodeId(2)) });
+        let go_to_2 =
+            |wait| again(Target::Hinted(NodeId(2)), wait, Leader::Set(NodeId(2)), Connection::Keep);
+        assert_eq!(rules.after(NodeId(1), hint.clone()), go_to_2(Wait::No));
+        assert_eq!(rules.after(NodeId(3), hint.clone()), go_to_2(Wait::No));
+        assert_eq!(rules.after(NodeId(3), hint.clone()), go_to_2(Wait::No));
+        assert_eq!(rules.after(NodeId(3), hint), go_to_2(Wait::Backoff), "a fourth hop waits");
         let next = again(Target::Next, Wait::Backoff, Leader::Forget, Connection::Keep);
-        let election = Outcome::Refusal(ServerError::NotLeader { leader: 0 });
-        assert_eq!(rules.after(2, election), next);
+        let election = Outcome::Refusal(ServerError::NotLeader { leader: None });
+        assert_eq!(rules.after(NodeId(2), election), next);
         assert!(rules.last_error.contains("no leader known"), "{}", rules.last_error);
-        let itself = Outcome::Refusal(ServerError::NotLeader { leader: 2 });
-        assert_eq!(rules.after(2, itself), next);
+        let itself = Outcome::Refusal(ServerError::NotLeader { leader: Some(NodeId(2)) });
+        assert_eq!(rules.after(NodeId(2), itself), next);
         assert_eq!(rules.last_error, "not the leader (node 2 is)");
-        let stranger = Outcome::Refusal(ServerError::NotLeader { leader: 9 });
-        assert_eq!(rules.after(2, stranger), next, "a hint outside the registry is not followed");
+        let stranger = Outcome::Refusal(ServerError::NotLeader { leader: Some(NodeId(9)) });
+        assert_eq!(
+            rules.after(NodeId(2), stranger),
+            next,
+            "a hint outside the registry is not followed"
+        );
     }
 
     // Shows: Busy waits what the server asked and retries the same node; Unavailable moves on
@@ -341,10 +351,10 @@ mod tests {
     #[test]
     fn busy_waits_and_unavailable_moves_on() {
         for retry in [Retry::Read, Retry::Write, Retry::Once] {
-            let mut rules = Rules::new(retry, &[1, 2, 3]);
+            let mut rules = Rules::new(retry, &NODES);
             let busy = ServerError::Busy { retry_after: Duration::from_millis(5) };
             assert_eq!(
-                rules.after(1, Outcome::Refusal(busy)),
+                rules.after(NodeId(1), Outcome::Refusal(busy)),
                 again(
                     Target::Same,
                     Wait::For(Duration::from_millis(5)),
@@ -354,7 +364,7 @@ mod tests {
             );
             let unavailable = ServerError::Unavailable("no quorum".into());
             assert_eq!(
-                rules.after(1, Outcome::Refusal(unavailable)),
+                rules.after(NodeId(1), Outcome::Refusal(unavailable)),
                 again(Target::Next, Wait::Backoff, Leader::Forget, Connection::Keep)
             );
             assert_eq!(rules.last_error, "unavailable: no quorum");
@@ -366,22 +376,22 @@ mod tests {
     #[test]
     fn a_sent_write_is_never_sent_again() {
         for retry in [Retry::Write, Retry::Once] {
-            let mut rules = Rules::new(retry, &[1, 2, 3]);
-            let step = rules.after(1, Outcome::Lost("reset".into()));
+            let mut rules = Rules::new(retry, &NODES);
+            let step = rules.after(NodeId(1), Outcome::Lost("reset".into()));
             assert!(
                 matches!(&step, Step::Fail { error: Error::Indeterminate(r), .. } if r == "reset"),
                 "{step:?}"
             );
-            let step = rules.after(1, Outcome::Refusal(ServerError::Timeout));
+            let step = rules.after(NodeId(1), Outcome::Refusal(ServerError::Timeout));
             assert!(matches!(step, Step::Fail { error: Error::Indeterminate(_), .. }), "{step:?}");
         }
-        let mut read = Rules::new(Retry::Read, &[1, 2, 3]);
+        let mut read = Rules::new(Retry::Read, &NODES);
         assert_eq!(
-            read.after(1, Outcome::Lost("reset".into())),
+            read.after(NodeId(1), Outcome::Lost("reset".into())),
             again(Target::Next, Wait::Backoff, Leader::Forget, Connection::Drop)
         );
         assert_eq!(
-            read.after(2, Outcome::Refusal(ServerError::Timeout)),
+            read.after(NodeId(2), Outcome::Refusal(ServerError::Timeout)),
             again(Target::Next, Wait::Backoff, Leader::Forget, Connection::Keep)
         );
     }
@@ -390,23 +400,23 @@ mod tests {
     // cached leader on; a put or delete then ends Indeterminate, a read tries the next node.
     #[test]
     fn no_answer_moves_on_or_ends_a_write() {
-        let mut write = Rules::new(Retry::Write, &[1, 2, 3]);
+        let mut write = Rules::new(Retry::Write, &NODES);
         assert_eq!(
-            write.after(1, Outcome::NoAnswer(Duration::from_secs(1))),
+            write.after(NodeId(1), Outcome::NoAnswer(Duration::from_secs(1))),
             Step::Fail {
                 error: Error::Indeterminate("node 1 did not answer within 1s".into()),
                 leader: Leader::MoveOn,
                 connection: Connection::Reset,
             }
         );
-        let mut read = Rules::new(Retry::Read, &[1, 2, 3]);
+        let mut read = Rules::new(Retry::Read, &NODES);
         assert_eq!(
-            read.after(1, Outcome::NoAnswer(Duration::from_secs(1))),
+            read.after(NodeId(1), Outcome::NoAnswer(Duration::from_secs(1))),
             again(Target::Next, Wait::No, Leader::MoveOn, Connection::Reset)
         );
         // A transaction's attempt lasts its deadline; if it had not, it would go on.
-        let mut once = Rules::new(Retry::Once, &[1, 2, 3]);
-        let step = once.after(1, Outcome::NoAnswer(Duration::from_secs(5)));
+        let mut once = Rules::new(Retry::Once, &NODES);
+        let step = once.after(NodeId(1), Outcome::NoAnswer(Duration::from_secs(5)));
         assert!(matches!(step, Step::Again { .. }));
     }
 
@@ -415,9 +425,9 @@ mod tests {
     // sent without an answer.
     #[test]
     fn unsent_requests_retry_and_the_deadline_names_the_right_error() {
-        let mut rules = Rules::new(Retry::Once, &[1, 2, 3]);
+        let mut rules = Rules::new(Retry::Once, &NODES);
         assert_eq!(
-            rules.after(1, Outcome::NotSent("closed".into())),
+            rules.after(NodeId(1), Outcome::NotSent("closed".into())),
             again(Target::Same, Wait::No, Leader::Keep, Connection::Drop)
         );
         let expired = rules.expired(Duration::from_secs(5));
@@ -425,10 +435,10 @@ mod tests {
             expired,
             Error::Unavailable { after: Duration::from_secs(5), last_error: "closed".into() }
         );
-        rules.after(1, Outcome::NoAnswer(Duration::from_secs(1)));
+        rules.after(NodeId(1), Outcome::NoAnswer(Duration::from_secs(1)));
         assert!(matches!(rules.expired(Duration::from_secs(5)), Error::Indeterminate(_)));
-        let mut read = Rules::new(Retry::Read, &[1, 2, 3]);
-        read.after(1, Outcome::NoAnswer(Duration::from_secs(1)));
+        let mut read = Rules::new(Retry::Read, &NODES);
+        read.after(NodeId(1), Outcome::NoAnswer(Duration::from_secs(1)));
         assert!(matches!(read.expired(Duration::from_secs(5)), Error::Unavailable { .. }));
     }
 
@@ -436,28 +446,28 @@ mod tests {
     // (or fails otherwise) in between starts the count again.
     #[test]
     fn every_node_refusing_in_a_row_ends_the_call() {
-        let mut rules = Rules::new(Retry::Write, &[1, 2, 3]);
+        let mut rules = Rules::new(Retry::Write, &NODES);
         let next = again(Target::Next, Wait::Backoff, Leader::Forget, Connection::Keep);
-        assert_eq!(refused(&mut rules, 1), next);
-        assert_eq!(refused(&mut rules, 2), next);
+        assert_eq!(refused(&mut rules, NodeId(1)), next);
+        assert_eq!(refused(&mut rules, NodeId(2)), next);
         rules.connected();
-        assert_eq!(refused(&mut rules, 3), next);
-        assert_eq!(refused(&mut rules, 3), next, "the same node twice counts once");
-        assert_eq!(refused(&mut rules, 1), next);
-        rules.after(2, Outcome::Unreachable("timed out".into()));
-        assert_eq!(refused(&mut rules, 2), next);
-        assert_eq!(refused(&mut rules, 3), next);
-        assert_eq!(refused(&mut rules, 1), Step::EveryNodeRefused);
+        assert_eq!(refused(&mut rules, NodeId(3)), next);
+        assert_eq!(refused(&mut rules, NodeId(3)), next, "the same node twice counts once");
+        assert_eq!(refused(&mut rules, NodeId(1)), next);
+        rules.after(NodeId(2), Outcome::Unreachable("timed out".into()));
+        assert_eq!(refused(&mut rules, NodeId(2)), next);
+        assert_eq!(refused(&mut rules, NodeId(3)), next);
+        assert_eq!(refused(&mut rules, NodeId(1)), Step::EveryNodeRefused);
         assert_eq!(rules.last_error, "connection refused by h:1");
     }
 
     // Shows: client errors the server names end the call as they are.
     #[test]
     fn final_errors_end_the_call() {
-        let mut rules = Rules::new(Retry::Read, &[1, 2, 3]);
-        let error = Error::WrongShard { shard: 3 };
+        let mut rules = Rules::new(Retry::Read, &NODES);
+        let error = Error::WrongShard { shard: corekv_types::ids::ShardId(3) };
         assert_eq!(
-            rules.after(1, Outcome::Refusal(ServerError::Final(error.clone()))),
+            rules.after(NodeId(1), Outcome::Refusal(ServerError::Final(error.clone()))),
             Step::Fail { error, leader: Leader::Keep, connection: Connection::Keep }
         );
     }

@@ -14,6 +14,7 @@ pub enum Consistency {
     Stale,
 }
 
+use corekv_types::ids::{NodeId, ShardId};
 pub use corekv_types::meta::{CompareOp, KeyMeta};
 pub use corekv_types::status::{PeerProgress, ReplicaStatus, Role};
 
@@ -391,9 +392,9 @@ pub struct TxnResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaReport {
     /// The node.
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// The shard.
-    pub shard: u32,
+    pub shard: ShardId,
     /// Its client address.
     pub addr: String,
     /// Its status, or why it could not be asked.

@@ -1,6 +1,7 @@
 //! Between the shared vocabulary (`corekv-types`) and the generated wire types: the one place
 //! either side of the protocol converts a key's metadata, a role or a status reply.
 
+use corekv_types::ids::{LogIndex, NodeId, ShardId, Term};
 use corekv_types::meta;
 use corekv_types::status::{PeerProgress, ReplicaStatus, Role};
 
@@ -50,16 +51,16 @@ impl From<c::Role> for Role {
 /// (`reply.node_id()`).
 pub fn replica_status(reply: &c::StatusReply<'_>) -> ReplicaStatus {
     ReplicaStatus {
-        shard: reply.shard(),
+        shard: ShardId(reply.shard()),
         role: reply.role().into(),
-        term: reply.term(),
-        leader_id: reply.leader_id(),
-        commit_index: reply.commit_index(),
-        applied_index: reply.applied_index(),
-        first_index: reply.first_index(),
-        last_index: reply.last_index(),
+        term: Term(reply.term()),
+        leader_id: NodeId(reply.leader_id()),
+        commit_index: LogIndex(reply.commit_index()),
+        applied_index: LogIndex(reply.applied_index()),
+        first_index: LogIndex(reply.first_index()),
+        last_index: LogIndex(reply.last_index()),
         wal_bytes: reply.wal_bytes(),
-        snapshot_index: reply.snapshot_index(),
+        snapshot_index: LogIndex(reply.snapshot_index()),
         wal_durable: reply.wal_durable().unwrap_or_default().to_string(),
         keys: reply.keys(),
         peers: reply
@@ -67,8 +68,8 @@ pub fn replica_status(reply: &c::StatusReply<'_>) -> ReplicaStatus {
             .iter()
             .flatten()
             .map(|p| PeerProgress {
-                node_id: p.node_id(),
-                match_index: p.match_index(),
+                node_id: NodeId(p.node_id()),
+                match_index: LogIndex(p.match_index()),
                 recent_active: p.recent_active(),
             })
             .collect(),

@@ -2,6 +2,7 @@
 //! sees every line. `RUST_LOG` (or `--log`) filters as usual; raft-rs's lines carry the target
 //! `raft`.
 
+use corekv_types::ids::{NodeId, ShardId};
 use std::fmt::Write;
 
 /// A `slog` drain that forwards records to `tracing`.
@@ -45,8 +46,8 @@ impl slog::Drain for SlogToTracing {
 }
 
 /// A slog logger for raft-rs that writes through `tracing`, tagged with the shard.
-pub fn raft_logger(node_id: u64, shard: u32) -> slog::Logger {
-    slog::Logger::root(SlogToTracing, slog::o!("node" => node_id, "shard" => shard))
+pub fn raft_logger(node_id: NodeId, shard: ShardId) -> slog::Logger {
+    slog::Logger::root(SlogToTracing, slog::o!("node" => node_id.get(), "shard" => shard.get()))
 }
 
 /// Installs the process-wide `tracing` subscriber: to stderr, filtered by `RUST_LOG` or, when

@@ -8,6 +8,7 @@ use corekv_server::core::SnapshotPolicy;
 use corekv_server::data_dir::ShapeMismatch;
 use corekv_server::dev::{DevOptions, DevRefusal, Request};
 use corekv_server::runtime::{check_cpus, parse_cpu_list, ServeOptions, Timing};
+use corekv_types::ids::NodeId;
 use corekv_types::registry::Registry;
 
 #[derive(Parser)]
@@ -160,11 +161,11 @@ fn serve(args: ServeArgs) -> ExitCode {
 /// The node's options from its flags, or the one line that says which flag is wrong.
 fn serve_options(args: ServeArgs) -> Result<ServeOptions, String> {
     let registry = Registry::load(&args.registry).map_err(|e| e.to_string())?;
-    let node_id = args.node_id;
+    let node_id = NodeId(args.node_id);
     if registry.node(node_id).is_none() {
         return Err(format!(
-            "node id {node_id} is not in the registry (ids: {:?})",
-            registry.node_ids()
+            "node id {node_id} is not in the registry (ids: [{}])",
+            registry.node_ids().iter().map(NodeId::to_string).collect::<Vec<_>>().join(", ")
         ));
     }
     let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from(format!("corekv-data-{node_id}")));

@@ -47,7 +47,7 @@ fn single_keys_and_batches() {
 
         let keys: Vec<String> = (0..60).map(|i| format!("batch-{i}")).collect();
         let shards: std::collections::BTreeSet<u32> =
-            keys.iter().map(|k| client.shard_of(k.as_bytes())).collect();
+            keys.iter().map(|k| client.shard_of(k.as_bytes()).get()).collect();
         assert_eq!(shards.len(), 3, "the batch spans every shard");
         let items: Vec<(String, String)> =
             keys.iter().map(|k| (k.clone(), format!("v-{k}"))).collect();
@@ -176,12 +176,12 @@ fn transactions() {
         let mut b_key = "x-1".to_string();
         for i in 0.. {
             let k = format!("x-{i}");
-            if client.shard_of(k.as_bytes()) == 0 {
+            if client.shard_of(k.as_bytes()).get() == 0 {
                 a_key = k;
             } else {
                 b_key = k;
             }
-            if client.shard_of(a_key.as_bytes()) != client.shard_of(b_key.as_bytes()) {
+            if client.shard_of(a_key.as_bytes()).get() != client.shard_of(b_key.as_bytes()).get() {
                 break;
             }
         }
@@ -206,7 +206,7 @@ fn status_of_every_replica() {
         let leaders = reports
             .iter()
             .filter(|r| {
-                r.shard == shard
+                r.shard.get() == shard
                     && r.status.as_ref().is_ok_and(|s| s.role == corekv_client::Role::Leader)
             })
             .count();

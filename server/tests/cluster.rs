@@ -3,6 +3,7 @@
 
 mod common;
 
+use corekv_types::ids::{NodeId, ShardId};
 use std::io::Write;
 use std::time::Duration;
 
@@ -17,7 +18,10 @@ use corekv_proto::frame::verify_reply;
 #[test]
 fn leaders_spread_across_nodes() {
     let cluster = TestCluster::start(3, 3);
-    let placed = || (0..3).all(|s| cluster.leader(s) == Some(cluster.registry.preferred_leader(s)));
+    let placed = || {
+        (0..3)
+            .all(|s| cluster.leader(s) == Some(cluster.registry.preferred_leader(ShardId(s)).get()))
+    };
     let started = std::time::Instant::now();
     while !placed() {
         let leaders: Vec<Option<u64>> = (0..3).map(|s| cluster.leader(s)).collect();
@@ -46,7 +50,7 @@ fn writes_replicate_and_followers_redirect() {
         }
     });
     for key in keys.iter().step_by(13) {
-        let shard = client.shard_of(key.as_bytes());
+        let shard = client.shard_of(key.as_bytes()).get();
         for node in 1..=3 {
             cluster.wait_until(Duration::from_secs(5), &format!("{key} on node {node}"), || {
                 cluster.replica_value(node, shard, key.as_bytes())
@@ -57,8 +61,10 @@ fn writes_replicate_and_followers_redirect() {
 
     let leader = cluster.leader_of(0);
     let follower = (1..=3).find(|&n| n != leader).unwrap();
-    let key =
-        (0..).map(|i| format!("probe-{i}")).find(|k| client.shard_of(k.as_bytes()) == 0).unwrap();
+    let key = (0..)
+        .map(|i| format!("probe-{i}"))
+        .find(|k| client.shard_of(k.as_bytes()).get() == 0)
+        .unwrap();
     let mut conn = cluster.raw(follower, 0);
     conn.send(RequestEncoder::new().get(7, key.as_bytes(), Consistency::Linearizable));
     let frame = conn.recv();
@@ -70,12 +76,14 @@ fn writes_replicate_and_followers_redirect() {
     assert_eq!(hint.leader_id(), leader);
     assert_eq!(
         hint.leader_addr(),
-        Some(cluster.registry.node(leader).unwrap().client_addr(0).as_str())
+        Some(cluster.registry.node(NodeId(leader)).unwrap().client_addr(ShardId(0)).as_str())
     );
 
     // A key of another shard sent here is refused with the right shard.
-    let other =
-        (0..).map(|i| format!("other-{i}")).find(|k| client.shard_of(k.as_bytes()) == 1).unwrap();
+    let other = (0..)
+        .map(|i| format!("other-{i}"))
+        .find(|k| client.shard_of(k.as_bytes()).get() == 1)
+        .unwrap();
     conn.send(RequestEncoder::new().get(8, other.as_bytes(), Consistency::Stale));
     let frame = conn.recv();
     let error = verify_reply(&frame).unwrap().reply_as_error_reply().expect("an error");
@@ -118,7 +126,7 @@ fn leader_kill_failover_and_restart_catch_up() {
 
     cluster.restart(victim);
     let last_key = "after-99";
-    let shard = client.shard_of(last_key.as_bytes());
+    let shard = client.shard_of(last_key.as_bytes()).get();
     cluster.wait_until(Duration::from_secs(20), "the restarted node to catch up", || {
         cluster.status(victim).is_some()
             && cluster.replica_value(victim, shard, last_key.as_bytes()) == Some(b"2".to_vec())
@@ -139,8 +147,8 @@ fn malformed_frames_leave_the_node_serving() {
     let cluster = TestCluster::start(3, 1);
     let client = cluster.client();
     let node = cluster.leader_of(0);
-    let client_addr = cluster.registry.node(node).unwrap().client_addr(0);
-    let peer_addr = cluster.registry.node(node).unwrap().peer_addr(0);
+    let client_addr = cluster.registry.node(NodeId(node)).unwrap().client_addr(ShardId(0));
+    let peer_addr = cluster.registry.node(NodeId(node)).unwrap().peer_addr(ShardId(0));
 
     // Before its hello: garbage that happens to be framed gets an error and a closed socket.
     let mut conn = common::RawConn::connect(&client_addr);
@@ -325,7 +333,7 @@ fn sigterm_shuts_down_cleanly() {
 fn cpu_profile_over_http() {
     let cluster = TestCluster::start(3, 1);
     let leader = cluster.leader_of(0);
-    let addr = cluster.registry.node(leader).unwrap().http_addr();
+    let addr = cluster.registry.node(NodeId(leader)).unwrap().http_addr();
     let (code, body) = cluster.http(leader, "/debug/pprof/flamegraph?seconds=0").unwrap();
     assert_eq!(code, 400, "{body}");
     let (code, body) = cluster.http(leader, "/debug/pprof/flamegraph?rate=9").unwrap();

@@ -3,6 +3,7 @@
 //! entries, replicates them, answers clients, and redirects clients of followers — driven only
 //! by its inputs.
 
+use corekv_types::ids::{NodeId, ShardId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -33,12 +34,12 @@ fn node(id: u64, snapshot_entries: u64) -> Node {
 /// no snapshots, so the state machine is rebuilt from the log).
 fn node_on(id: u64, disk: MemSegments, snapshot_entries: u64) -> Node {
     let cfg = CoreConfig {
-        node_id: id,
-        shard: 0,
+        node_id: NodeId(id),
+        shard: ShardId(0),
         shards: 1,
         cluster: "sans-io".to_string(),
-        nodes: (1..=3).map(|n| (n, format!("10.0.0.{n}:7100"))).collect(),
-        preferred_leader: 1,
+        nodes: (1..=3).map(|n| (NodeId(n), format!("10.0.0.{n}:7100"))).collect(),
+        preferred_leader: NodeId(1),
         election_ticks: 10,
         heartbeat_ticks: 2,
         tick_ms: 50,

@@ -47,7 +47,10 @@ fn writer_key(writer: usize, j: usize) -> String {
 
 /// A key of `shard`, for the probes.
 fn probe_key(client: &Client, shard: u32) -> String {
-    (0..).map(|i| format!("probe-{i}")).find(|k| client.shard_of(k.as_bytes()) == shard).unwrap()
+    (0..)
+        .map(|i| format!("probe-{i}"))
+        .find(|k| client.shard_of(k.as_bytes()).get() == shard)
+        .unwrap()
 }
 
 impl Workload {

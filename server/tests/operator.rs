@@ -137,7 +137,7 @@ fn a_client_with_another_shard_count_learns_it_at_once() {
         for shard in 0..shards {
             let key = (0..)
                 .map(|i| format!("k{i}"))
-                .find(|k| client.shard_of(k.as_bytes()) == shard)
+                .find(|k| client.shard_of(k.as_bytes()).get() == shard)
                 .unwrap();
             let started = Instant::now();
             let result = block_on(client.get(&key));

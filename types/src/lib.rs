@@ -1,6 +1,7 @@
 //! What corekv's server, client and tools share, with no runtime under it (no tokio, no
 //! glommio): the words both sides of the wire must agree on.
 //!
+//! - [`ids`]: node ids, shard ids, terms and log indexes, each a type of its own.
 //! - [`registry`]: the registry file — the cluster's name, shard count and nodes — loaded and
 //!   validated the same way everywhere.
 //! - [`meta`]: a key's metadata and the compare operators of transactions.
@@ -10,6 +11,7 @@
 //!   serves), one shape for `/status`, the wire and the client.
 #![deny(missing_docs)]
 
+pub mod ids;
 pub mod meta;
 pub mod placement;
 pub mod registry;

@@ -8,10 +8,12 @@
 //! assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
 //! // Keys with the same hash tag share a slot, so they can be used in one transaction.
 //! assert_eq!(slot(b"{user:1}:name"), slot(b"{user:1}:mail"));
-//! assert!(shard_for_key(b"{user:1}:name", 4) < 4);
+//! assert!(shard_for_key(b"{user:1}:name", 4).get() < 4);
 //! ```
 
 use std::ops::Range;
+
+use crate::ids::ShardId;
 
 /// Number of slots keys hash into.
 pub const SLOTS: u32 = 16384;
@@ -51,7 +53,8 @@ pub fn slot(key: &[u8]) -> u32 {
 ///
 /// # Panics
 /// If `shards` is 0 or `shard >= shards` (the registry loader refuses such configurations).
-pub fn slot_range(shard: u32, shards: u32) -> Range<u32> {
+pub fn slot_range(shard: ShardId, shards: u32) -> Range<u32> {
+    let shard = shard.get();
     assert!(shards > 0 && shard < shards, "shard {shard} of {shards}");
     let start = (shard as u64 * SLOTS as u64 / shards as u64) as u32;
     let end = ((shard as u64 + 1) * SLOTS as u64 / shards as u64) as u32;
@@ -59,21 +62,21 @@ pub fn slot_range(shard: u32, shards: u32) -> Range<u32> {
 }
 
 /// The shard of `shards` that owns `slot`.
-pub fn shard_for_slot(slot: u32, shards: u32) -> u32 {
+pub fn shard_for_slot(slot: u32, shards: u32) -> ShardId {
     assert!(shards > 0 && slot < SLOTS, "slot {slot} of {shards} shards");
     // The ranges are floor(s * SLOTS / n); start from the estimate and step to the owner.
-    let mut shard = (slot as u64 * shards as u64 / SLOTS as u64) as u32;
+    let mut shard = ShardId((slot as u64 * shards as u64 / SLOTS as u64) as u32);
     while slot >= slot_range(shard, shards).end {
-        shard += 1;
+        shard.0 += 1;
     }
     while slot < slot_range(shard, shards).start {
-        shard -= 1;
+        shard.0 -= 1;
     }
     shard
 }
 
 /// The shard of `shards` that owns `key`.
-pub fn shard_for_key(key: &[u8], shards: u32) -> u32 {
+pub fn shard_for_key(key: &[u8], shards: u32) -> ShardId {
     shard_for_slot(slot(key), shards)
 }
 
@@ -115,7 +118,7 @@ mod tests {
         for shards in [1, 2, 3, 5, 7, 16, 100, 16384] {
             let mut next = 0;
             for shard in 0..shards {
-                let range = slot_range(shard, shards);
+                let range = slot_range(ShardId(shard), shards);
                 assert_eq!(range.start, next);
                 next = range.end;
             }

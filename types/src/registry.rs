@@ -4,6 +4,7 @@
 //! that names the file.
 //!
 //! ```
+//! use corekv_types::ids::{NodeId, ShardId};
 //! use corekv_types::registry::Registry;
 //! let registry = Registry::parse(r#"
 //!     cluster = "local"
@@ -15,13 +16,15 @@
 //!     peer_port = 7200
 //!     http_port = 7300
 //! "#, "corekv.toml").unwrap();
-//! assert_eq!(registry.node(1).unwrap().client_addr(1), "127.0.0.1:7101");
+//! assert_eq!(registry.node(NodeId(1)).unwrap().client_addr(ShardId(1)), "127.0.0.1:7101");
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use serde::Deserialize;
+
+use crate::ids::{NodeId, ShardId};
 
 /// Longest cluster name (it is written into every WAL segment header).
 pub const CLUSTER_NAME_BYTES_MAX: usize = 256;
@@ -53,7 +56,7 @@ pub struct RegistryError {
 #[serde(deny_unknown_fields)]
 pub struct Node {
     /// Unique, greater than 0; also the node's raft id.
-    pub id: u64,
+    pub id: NodeId,
     /// Host name or IP address the node is reached at.
     pub host: String,
     /// Shard `s` serves clients on `client_port + s`.
@@ -66,13 +69,13 @@ pub struct Node {
 
 impl Node {
     /// `host:port` of shard `shard`'s client port.
-    pub fn client_addr(&self, shard: u32) -> String {
-        format!("{}:{}", self.host, self.client_port as u32 + shard)
+    pub fn client_addr(&self, shard: ShardId) -> String {
+        format!("{}:{}", self.host, self.client_port as u32 + shard.get())
     }
 
     /// `host:port` of shard `shard`'s peer port.
-    pub fn peer_addr(&self, shard: u32) -> String {
-        format!("{}:{}", self.host, self.peer_port as u32 + shard)
+    pub fn peer_addr(&self, shard: ShardId) -> String {
+        format!("{}:{}", self.host, self.peer_port as u32 + shard.get())
     }
 
     /// `host:port` of the HTTP endpoint.
@@ -138,7 +141,7 @@ impl Registry {
         }
         let mut ids = HashSet::new();
         for node in &self.nodes {
-            if node.id == 0 {
+            if node.id == NodeId::NONE {
                 return Err("node id 0: ids must be greater than 0".to_string());
             }
             if !ids.insert(node.id) {
@@ -205,22 +208,22 @@ impl Registry {
     }
 
     /// The node with id `id`.
-    pub fn node(&self, id: u64) -> Option<&Node> {
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
         self.nodes.iter().find(|n| n.id == id)
     }
 
     /// Node ids, ascending.
-    pub fn node_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
         ids.sort_unstable();
         ids
     }
 
     /// The node shard `shard` prefers as its leader: the `shard mod N`-th node by ascending id
     /// (DESIGN.md §4), so leaders spread across nodes.
-    pub fn preferred_leader(&self, shard: u32) -> u64 {
+    pub fn preferred_leader(&self, shard: ShardId) -> NodeId {
         let ids = self.node_ids();
-        ids[shard as usize % ids.len()]
+        ids[shard.get() as usize % ids.len()]
     }
 }
 
@@ -256,10 +259,10 @@ http_port = 7310
     fn loads_valid_file() {
         let r = Registry::parse(GOOD, "r.toml").unwrap();
         assert_eq!((r.cluster.as_str(), r.shards, r.nodes.len()), ("local", 2, 2));
-        assert_eq!(r.node(2).unwrap().peer_addr(1), "127.0.0.1:7211");
-        assert_eq!(r.preferred_leader(0), 1);
-        assert_eq!(r.preferred_leader(1), 2);
-        assert_eq!(r.preferred_leader(2), 1);
+        assert_eq!(r.node(NodeId(2)).unwrap().peer_addr(ShardId(1)), "127.0.0.1:7211");
+        assert_eq!(r.preferred_leader(ShardId(0)), NodeId(1));
+        assert_eq!(r.preferred_leader(ShardId(1)), NodeId(2));
+        assert_eq!(r.preferred_leader(ShardId(2)), NodeId(1));
     }
 
     fn error_for(text: &str) -> String {
@@ -304,7 +307,7 @@ http_port = 7310
             .replace("http_port = 7310", "http_port = 7300")
             .replacen("host = \"127.0.0.1\"\nclient_port = 7100\npeer_port = 7200\nhttp_port = 7300\n\n[[node]]\nid = 2\nhost = \"127.0.0.1\"", "host = \"127.0.0.1\"\nclient_port = 7100\npeer_port = 7200\nhttp_port = 7300\n\n[[node]]\nid = 2\nhost = \"127.0.0.2\"", 1);
         let r = Registry::parse(&text, "r.toml").unwrap();
-        assert_eq!(r.node(2).unwrap().host, "127.0.0.2");
+        assert_eq!(r.node(NodeId(2)).unwrap().host, "127.0.0.2");
     }
 
     // Shows: a missing file is reported with its path.

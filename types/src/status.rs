@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{LogIndex, NodeId, ShardId, Term};
+
 /// A replica's raft role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -35,9 +37,9 @@ impl Role {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerProgress {
     /// The peer's node id.
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// Highest index known replicated there.
-    pub match_index: u64,
+    pub match_index: LogIndex,
     /// Whether the leader heard from the peer within the last election timeout.
     pub recent_active: bool,
 }
@@ -46,25 +48,25 @@ pub struct PeerProgress {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     /// Shard index.
-    pub shard: u32,
+    pub shard: ShardId,
     /// Raft role.
     pub role: Role,
     /// Current term.
-    pub term: u64,
-    /// Known leader, 0 when none.
-    pub leader_id: u64,
+    pub term: Term,
+    /// Known leader, [`NodeId::NONE`] when none.
+    pub leader_id: NodeId,
     /// Highest index known committed.
-    pub commit_index: u64,
+    pub commit_index: LogIndex,
     /// Highest index applied.
-    pub applied_index: u64,
+    pub applied_index: LogIndex,
     /// First index in the log.
-    pub first_index: u64,
+    pub first_index: LogIndex,
     /// Last index in the log.
-    pub last_index: u64,
+    pub last_index: LogIndex,
     /// Bytes of WAL segments on disk.
     pub wal_bytes: u64,
     /// Index of the newest durable snapshot (0: none).
-    pub snapshot_index: u64,
+    pub snapshot_index: LogIndex,
     /// WAL position known durable (`segment:offset`).
     pub wal_durable: String,
     /// Keys in the state machine.
@@ -86,7 +88,7 @@ pub struct ReplicaStatus {
 impl ReplicaStatus {
     /// Entries the slowest peer lacks of this replica's log (leader only; 0 elsewhere).
     pub fn replication_lag(&self) -> u64 {
-        self.peers.iter().map(|p| self.last_index.saturating_sub(p.match_index)).max().unwrap_or(0)
+        self.peers.iter().map(|p| self.last_index.since(p.match_index)).max().unwrap_or(0)
     }
 }
 
@@ -106,8 +108,11 @@ mod tests {
     // Shows the lag is the slowest peer's, and 0 with no peers known (a follower).
     #[test]
     fn replication_lag_is_the_slowest_peers() {
-        let peer =
-            |node_id, match_index| PeerProgress { node_id, match_index, recent_active: true };
+        let peer = |node_id, match_index| PeerProgress {
+            node_id: NodeId(node_id),
+            match_index: LogIndex(match_index),
+            recent_active: true,
+        };
         let mut status: ReplicaStatus = serde_json::from_value(serde_json::json!({
             "shard": 0, "role": "leader", "term": 2, "leader_id": 1, "commit_index": 10,
             "applied_index": 10, "first_index": 1, "last_index": 10, "wal_bytes": 0,

@@ -1,6 +1,7 @@
 //! One call to a shard: its connection (opened and cached per node and shard), the attempt,
 //! and the loop that asks [`crate::retry`] what to do next — the I/O around the rules.
 
+use corekv_types::ids::{NodeId, ShardId};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +21,8 @@ use super::Client;
 impl Client {
     pub(super) async fn connection(
         &self,
-        node: u64,
-        shard: u32,
+        node: NodeId,
+        shard: ShardId,
     ) -> Result<Arc<Connection>, OpenError> {
         if let Some(conn) =
             self.inner.connections.lock().unwrap_or_else(|p| p.into_inner()).get(&(node, shard))
@@ -51,24 +52,21 @@ impl Client {
         Ok(entry.clone())
     }
 
-    pub(super) fn abort_connection(&self, node: u64, shard: u32, conn: &Connection) {
+    pub(super) fn abort_connection(&self, node: NodeId, shard: ShardId, conn: &Connection) {
         self.drop_connection(node, shard);
         conn.abort();
     }
 
-    pub(super) fn drop_connection(&self, node: u64, shard: u32) {
+    pub(super) fn drop_connection(&self, node: NodeId, shard: ShardId) {
         self.inner.connections.lock().unwrap_or_else(|p| p.into_inner()).remove(&(node, shard));
     }
 
     /// The node to try first: the cached leader, else the shard's preferred leader.
-    pub(super) fn first_node(&self, shard: u32) -> u64 {
-        match self.cached_leader(shard) {
-            0 => self.registry().preferred_leader(shard),
-            leader => leader,
-        }
+    pub(super) fn first_node(&self, shard: ShardId) -> NodeId {
+        self.cached_leader(shard).unwrap_or_else(|| self.registry().preferred_leader(shard))
     }
 
-    pub(super) fn next_node(&self, node: u64) -> u64 {
+    pub(super) fn next_node(&self, node: NodeId) -> NodeId {
         let nodes = &self.inner.nodes;
         let i = nodes.iter().position(|&n| n == node).unwrap_or(0);
         nodes[(i + 1) % nodes.len()]
@@ -97,7 +95,7 @@ impl Client {
     /// returned for the caller to read as the transaction's outcome.
     pub(super) async fn call(
         &self,
-        shard: u32,
+        shard: ShardId,
         retry: Retry,
         timeout: Option<Duration>,
         consistency: Consistency,
@@ -125,7 +123,8 @@ impl Client {
                     match self.attempt(&conn, retry, deadline, &build).await {
                         Ok(reply) => {
                             if consistency != Consistency::Stale {
-                                self.inner.leaders[shard as usize].store(node, Ordering::Relaxed);
+                                self.inner.leaders[shard.get() as usize]
+                                    .store(node.get(), Ordering::Relaxed);
                             }
                             return Ok(reply);
                         }
@@ -199,23 +198,24 @@ impl Client {
     /// Carries out what a step says of the shard's cached leader and of the connection used.
     pub(super) fn settle(
         &self,
-        shard: u32,
-        node: u64,
+        shard: ShardId,
+        node: NodeId,
         leader: retry::Leader,
         connection: retry::Connection,
         conn: Option<&Connection>,
     ) {
-        let slot = &self.inner.leaders[shard as usize];
+        let slot = &self.inner.leaders[shard.get() as usize];
         match leader {
             retry::Leader::Keep => {}
             retry::Leader::Forget => self.forget_leader(shard, node),
-            retry::Leader::Set(leader) => slot.store(leader, Ordering::Relaxed),
+            retry::Leader::Set(leader) => slot.store(leader.get(), Ordering::Relaxed),
             retry::Leader::MoveOn => {
-                let next = self.next_node(node);
+                let next = self.next_node(node).get();
                 let _ = slot
-                    .compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed)
+                    .compare_exchange(node.get(), next, Ordering::Relaxed, Ordering::Relaxed)
                     .or_else(|_| {
-                        slot.compare_exchange(0, next, Ordering::Relaxed, Ordering::Relaxed)
+                        let unknown = NodeId::NONE.get();
+                        slot.compare_exchange(unknown, next, Ordering::Relaxed, Ordering::Relaxed)
                     });
             }
         }
@@ -230,10 +230,10 @@ impl Client {
     /// The error for a call whose every node refused the connection to `shard`'s port. When
     /// that is not shard 0, the registry file may give the cluster more shards than it has
     /// (the ports past its last shard are not listened on): shard 0's hello then says so.
-    pub(super) async fn every_node_refused(&self, shard: u32, started: Instant) -> Error {
-        if shard != 0 {
+    pub(super) async fn every_node_refused(&self, shard: ShardId, started: Instant) -> Error {
+        if shard != ShardId(0) {
             for &node in &self.inner.nodes {
-                match self.connection(node, 0).await {
+                match self.connection(node, ShardId(0)).await {
                     Err(OpenError::Fatal(error)) => return error,
                     Err(OpenError::Refused(_)) => continue,
                     // A node that serves shard 0 and accepts this client's shard count: the
@@ -254,10 +254,10 @@ impl Client {
         }
     }
 
-    pub(super) fn forget_leader(&self, shard: u32, node: u64) {
-        let _ = self.inner.leaders[shard as usize].compare_exchange(
-            node,
-            0,
+    pub(super) fn forget_leader(&self, shard: ShardId, node: NodeId) {
+        let _ = self.inner.leaders[shard.get() as usize].compare_exchange(
+            node.get(),
+            NodeId::NONE.get(),
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
@@ -274,7 +274,10 @@ impl Client {
 pub(super) fn server_error(error: &wire::ErrorReply<'_>) -> Option<ServerError> {
     Some(match error.kind_type() {
         ErrorKind::NotLeader => ServerError::NotLeader {
-            leader: error.kind_as_not_leader().map(|e| e.leader_id()).unwrap_or(0),
+            leader: error
+                .kind_as_not_leader()
+                .map(|e| NodeId(e.leader_id()))
+                .filter(|&leader| leader != NodeId::NONE),
         },
         ErrorKind::Busy => {
             let ms = error.kind_as_busy().map(|b| b.retry_after_ms() as u64).unwrap_or(5);
@@ -290,7 +293,7 @@ pub(super) fn server_error(error: &wire::ErrorReply<'_>) -> Option<ServerError> 
         ErrorKind::Timeout => ServerError::Timeout,
         ErrorKind::CompareFailed => return None,
         ErrorKind::WrongShard => ServerError::Final(Error::WrongShard {
-            shard: error.kind_as_wrong_shard().map(|w| w.shard()).unwrap_or(0),
+            shard: ShardId(error.kind_as_wrong_shard().map(|w| w.shard()).unwrap_or(0)),
         }),
         ErrorKind::InvalidRequest => ServerError::Final(Error::InvalidRequest(
             error
@@ -327,9 +330,9 @@ mod tests {
     #[test]
     fn error_replies_map_to_what_the_rules_act_on() {
         let none = ErrorInfo::NotLeader { leader_id: 0, leader_addr: None };
-        assert_eq!(mapped(&none), Some(ServerError::NotLeader { leader: 0 }));
+        assert_eq!(mapped(&none), Some(ServerError::NotLeader { leader: None }));
         let hint = ErrorInfo::NotLeader { leader_id: 3, leader_addr: Some("h:1") };
-        assert_eq!(mapped(&hint), Some(ServerError::NotLeader { leader: 3 }));
+        assert_eq!(mapped(&hint), Some(ServerError::NotLeader { leader: Some(NodeId(3)) }));
         let busy = mapped(&ErrorInfo::Busy { retry_after_ms: 7 });
         assert_eq!(busy, Some(ServerError::Busy { retry_after: Duration::from_millis(7) }));
         let down = mapped(&ErrorInfo::Unavailable { reason: "no quorum" });

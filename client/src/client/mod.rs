@@ -5,6 +5,7 @@
 //! `ops` has the operations, `call` one call's connection, attempts and retry loop,
 //! `wire_map` the conversions between the client's types and the wire's.
 
+use corekv_types::ids::{NodeId, ShardId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,10 +68,10 @@ pub struct Client {
 struct Inner {
     config: ClientConfig,
     /// Node ids, ascending.
-    nodes: Vec<u64>,
-    /// Cached leader per shard (0: unknown).
+    nodes: Vec<NodeId>,
+    /// Cached leader per shard, as its number (0: unknown, `NodeId::NONE`).
     leaders: Vec<AtomicU64>,
-    connections: Mutex<HashMap<(u64, u32), Arc<Connection>>>,
+    connections: Mutex<HashMap<(NodeId, ShardId), Arc<Connection>>>,
     /// xorshift state for jitter.
     rng: AtomicU64,
 }
@@ -116,13 +117,14 @@ impl Client {
     }
 
     /// The shard that owns `key`.
-    pub fn shard_of(&self, key: &[u8]) -> u32 {
+    pub fn shard_of(&self, key: &[u8]) -> ShardId {
         shard_for_key(key, self.inner.config.registry.shards)
     }
 
-    /// The leader this client believes shard `shard` has (0: unknown).
-    pub fn cached_leader(&self, shard: u32) -> u64 {
-        self.inner.leaders[shard as usize].load(Ordering::Relaxed)
+    /// The leader this client believes shard `shard` has, if it knows one.
+    pub fn cached_leader(&self, shard: ShardId) -> Option<NodeId> {
+        let leader = NodeId(self.inner.leaders[shard.get() as usize].load(Ordering::Relaxed));
+        (leader != NodeId::NONE).then_some(leader)
     }
 
     // ----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! The operations a client offers: single keys, batches (grouped by shard, fanned out, put
 //! back in the caller's order), scans, transactions, status.
 
+use corekv_types::ids::{NodeId, ShardId};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -102,8 +103,8 @@ impl Client {
     fn by_shard<'k>(
         &self,
         keys: impl Iterator<Item = &'k [u8]>,
-    ) -> Result<BTreeMap<u32, Vec<usize>>> {
-        let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    ) -> Result<BTreeMap<ShardId, Vec<usize>>> {
+        let mut groups: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
         let mut count = 0;
         for (i, key) in keys.enumerate() {
             check_key(key)?;
@@ -128,14 +129,14 @@ impl Client {
     /// Each group's call returns one result per position, in order.
     async fn fan_out<'c, T, F, Fut>(
         &self,
-        groups: &'c BTreeMap<u32, Vec<usize>>,
+        groups: &'c BTreeMap<ShardId, Vec<usize>>,
         items: usize,
         fill: T,
         per_shard: F,
     ) -> Result<Vec<T>>
     where
         T: Clone,
-        F: Fn(u32, &'c [usize]) -> Fut,
+        F: Fn(ShardId, &'c [usize]) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<T>>>,
     {
         let calls = groups.iter().map(|(&shard, positions)| per_shard(shard, positions));
@@ -247,7 +248,7 @@ impl Client {
             keys_only: options.keys_only,
             consistency: wire_consistency(options.consistency),
         };
-        let calls = (0..self.registry().shards).map(|shard| async move {
+        let calls = (0..self.registry().shards).map(ShardId).map(|shard| async move {
             let frame = self
                 .call(shard, Retry::Read, options.timeout, options.consistency, |id, e| {
                     e.scan(id, &spec)
@@ -385,7 +386,7 @@ impl Client {
         let registry = self.registry();
         let mut calls = Vec::new();
         for node in &registry.nodes {
-            for shard in 0..registry.shards {
+            for shard in (0..registry.shards).map(ShardId) {
                 calls.push(async move {
                     let status = self.replica_status(node.id, shard).await;
                     ReplicaReport { node_id: node.id, shard, addr: node.client_addr(shard), status }
@@ -395,7 +396,7 @@ impl Client {
         futures_util::future::join_all(calls).await
     }
 
-    async fn replica_status(&self, node: u64, shard: u32) -> Result<ReplicaStatus> {
+    async fn replica_status(&self, node: NodeId, shard: ShardId) -> Result<ReplicaStatus> {
         let started = Instant::now();
         let deadline = started + self.inner.config.timeout;
         let conn =

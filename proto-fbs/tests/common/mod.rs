@@ -10,26 +10,27 @@ use corekv_proto::encode::{
     TxnOpSpec, TxnResultRef,
 };
 use corekv_proto::peer::PeerFrame;
+use corekv_types::ids::{LogIndex, NodeId, ShardId, Term};
 use corekv_types::status::{PeerProgress, ReplicaStatus, Role};
 
 /// A leader's status with every field set, one peer behind and one failure noted.
 pub fn sample_status() -> ReplicaStatus {
     ReplicaStatus {
-        shard: 1,
+        shard: ShardId(1),
         role: Role::Leader,
-        term: 5,
-        leader_id: 1,
-        commit_index: 10,
-        applied_index: 10,
-        first_index: 1,
-        last_index: 10,
+        term: Term(5),
+        leader_id: NodeId(1),
+        commit_index: LogIndex(10),
+        applied_index: LogIndex(10),
+        first_index: LogIndex(1),
+        last_index: LogIndex(10),
         wal_bytes: 4096,
-        snapshot_index: 8,
+        snapshot_index: LogIndex(8),
         wal_durable: "3:8192".to_string(),
         keys: 3,
         peers: vec![
-            PeerProgress { node_id: 2, match_index: 10, recent_active: true },
-            PeerProgress { node_id: 3, match_index: 9, recent_active: false },
+            PeerProgress { node_id: NodeId(2), match_index: LogIndex(10), recent_active: true },
+            PeerProgress { node_id: NodeId(3), match_index: LogIndex(9), recent_active: false },
         ],
         failure: Some("wal write failed".to_string()),
         serving: false,

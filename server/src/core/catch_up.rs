@@ -96,7 +96,7 @@ impl ShardCore {
         if self.catch_up == CatchUp::Joining && caught_up {
             self.catch_up = CatchUp::Member;
             tracing::info!(
-                shard = self.cfg.shard,
+                shard = %self.cfg.shard,
                 applied = self.sm.applied_index(),
                 "caught up with the cluster; taking part in elections again"
             );
@@ -105,7 +105,7 @@ impl ShardCore {
         if self.catch_up == CatchUp::Fresh && caught_up {
             self.catch_up = CatchUp::Member;
             tracing::debug!(
-                shard = self.cfg.shard,
+                shard = %self.cfg.shard,
                 applied = self.sm.applied_index(),
                 "started empty and caught up with the leader; votes in every election now"
             );
@@ -144,7 +144,7 @@ impl ShardCore {
     /// refused the mark; the caller then drops the message that called for it.
     pub(super) fn start_joining(&mut self) -> bool {
         if let Err(refused) = self.raw.mut_store().set_rebuilding(Some(self.join_target)) {
-            tracing::debug!(shard = self.cfg.shard, ?refused, "the rebuilding mark waits");
+            tracing::debug!(shard = %self.cfg.shard, ?refused, "the rebuilding mark waits");
             return false;
         }
         self.catch_up = CatchUp::Joining;
@@ -160,7 +160,7 @@ impl ShardCore {
             return;
         }
         if let Err(error) = self.raw.step(message) {
-            tracing::debug!(shard = self.cfg.shard, %error, "raft refused a message");
+            tracing::debug!(shard = %self.cfg.shard, %error, "raft refused a message");
         }
         if let Some((leader, commit)) = ask_to_probe {
             self.ask_leader_to_probe(leader, commit);
@@ -186,7 +186,7 @@ impl ShardCore {
                     return None;
                 }
                 tracing::warn!(
-                    shard = self.cfg.shard,
+                    shard = %self.cfg.shard,
                     leader = message.from,
                     leader_commit = message.commit,
                     last_index = last,
@@ -204,7 +204,7 @@ impl ShardCore {
                 return None;
             }
             tracing::info!(
-                shard = self.cfg.shard,
+                shard = %self.cfg.shard,
                 leader = message.from,
                 leader_commit = message.commit,
                 "this replica has an empty log and the cluster has committed data: catching up \
@@ -224,7 +224,7 @@ impl ShardCore {
             {
                 self.metrics.votes_withheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(
-                    shard = self.cfg.shard,
+                    shard = %self.cfg.shard,
                     candidate = message.from,
                     candidate_commit = message.commit,
                     "not voting: this replica started with an empty log and has not caught up \
@@ -267,7 +267,7 @@ impl ShardCore {
             let mut message = Message::default();
             message.set_msg_type(MessageType::MsgAppendResponse);
             message.to = leader;
-            message.from = self.cfg.node_id;
+            message.from = self.cfg.node_id.get();
             message.term = raft.term;
             message.reject = true;
             message.index = rejected;

@@ -187,9 +187,9 @@ impl ShardMetrics {
     pub fn set_raft_position(&self, status: &ReplicaStatus) {
         let leader = status.role == Role::Leader;
         self.is_leader.store(leader as i64, Relaxed);
-        self.term.store(status.term as i64, Relaxed);
-        self.commit_index.store(status.commit_index as i64, Relaxed);
-        self.applied_index.store(status.applied_index as i64, Relaxed);
+        self.term.store(status.term.get() as i64, Relaxed);
+        self.commit_index.store(status.commit_index.get() as i64, Relaxed);
+        self.applied_index.store(status.applied_index.get() as i64, Relaxed);
         let lag = if leader { status.replication_lag() } else { 0 };
         self.replica_lag_entries.store(lag as i64, Relaxed);
     }

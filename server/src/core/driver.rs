@@ -122,9 +122,9 @@ impl ShardCore {
         logger: &slog::Logger,
     ) -> Result<ShardCore, RecoveryError> {
         let began = std::time::Instant::now();
-        let mut voters: Vec<u64> = cfg.nodes.iter().map(|(id, _)| *id).collect();
+        let mut voters: Vec<u64> = cfg.nodes.iter().map(|(id, _)| id.get()).collect();
         voters.sort_unstable();
-        let identity = SegmentIdentity { cluster: cfg.cluster.clone(), shard: cfg.shard };
+        let identity = SegmentIdentity { cluster: cfg.cluster.clone(), shard: cfg.shard.get() };
         let conf = ConfState { voters: voters.clone(), ..Default::default() };
         let (mut store, recovered) = RaftLogStore::open(
             recovery.segments,
@@ -152,7 +152,7 @@ impl ShardCore {
             }
         };
         tracing::info!(
-            shard = cfg.shard,
+            shard = %cfg.shard,
             snapshot_index = sm.applied_index(),
             snapshot_keys = sm.len(),
             wal_records = recovered.records,

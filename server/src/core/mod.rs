@@ -42,6 +42,7 @@ use std::sync::Arc;
 use corekv_proto::encode::ReplyEncoder;
 use corekv_storage::raft_log::{ColdFetch, RaftLogStore};
 use corekv_storage::state_machine::StateMachine;
+use corekv_types::ids::{NodeId, ShardId};
 use raft::eraftpb::Message;
 use raft::{Config, RawNode, StateRole};
 
@@ -65,17 +66,17 @@ pub type ConnId = u64;
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     /// This node's id (its raft id).
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// This shard's index.
-    pub shard: u32,
+    pub shard: ShardId,
     /// Shards per node.
     pub shards: u32,
     /// Cluster name, checked in client hellos.
     pub cluster: String,
     /// Every node of the cluster: id and the `host:port` of this shard's client port.
-    pub nodes: Vec<(u64, String)>,
+    pub nodes: Vec<(NodeId, String)>,
     /// The node this shard prefers as leader (DESIGN.md §4).
-    pub preferred_leader: u64,
+    pub preferred_leader: NodeId,
     /// raft-rs election timeout, in ticks.
     pub election_ticks: usize,
     /// raft-rs heartbeat interval, in ticks.
@@ -185,7 +186,7 @@ impl ShardCore {
         logger: &slog::Logger,
     ) -> raft::Result<Self> {
         let config = Config {
-            id: cfg.node_id,
+            id: cfg.node_id.get(),
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
             applied: sm.applied_index(),

@@ -154,14 +154,14 @@ impl ShardCore {
             self.metrics.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if leader_id == 0 {
                 tracing::info!(
-                    shard = self.cfg.shard,
+                    shard = %self.cfg.shard,
                     previous_leader = self.leader_id,
                     term = self.raw.raft.term,
                     "no leader known (an election is under way)"
                 );
             } else {
                 tracing::info!(
-                    shard = self.cfg.shard,
+                    shard = %self.cfg.shard,
                     leader = leader_id,
                     term = self.raw.raft.term,
                     "leader changed"
@@ -268,7 +268,7 @@ impl ShardCore {
         if self.failure.is_some() {
             return;
         }
-        tracing::error!(shard = self.cfg.shard, %reason, "shard stops accepting writes");
+        tracing::error!(shard = %self.cfg.shard, %reason, "shard stops accepting writes");
         self.failure = Some(reason);
         self.fail_unproposed_writes();
         self.fail_proposed_writes_unknown();
@@ -279,7 +279,7 @@ impl ShardCore {
                 .raft
                 .prs()
                 .iter()
-                .filter(|(&id, _)| id != self.cfg.node_id)
+                .filter(|(&id, _)| id != self.cfg.node_id.get())
                 .max_by_key(|(_, p)| p.matched)
                 .map(|(&id, _)| id);
             if let Some(transferee) = best {
@@ -290,8 +290,8 @@ impl ShardCore {
 
     /// Moves the leadership to the preferred leader once it is caught up (DESIGN.md §4).
     pub(super) fn balance_leadership(&mut self) {
-        let preferred = self.cfg.preferred_leader;
-        if !self.is_leader() || preferred == self.cfg.node_id || self.failure.is_some() {
+        let preferred = self.cfg.preferred_leader.get();
+        if !self.is_leader() || preferred == self.cfg.node_id.get() || self.failure.is_some() {
             return;
         }
         // Replicating and fully caught up. (raft-rs's `recent_active` is not used: raft-rs
@@ -305,7 +305,7 @@ impl ShardCore {
             .is_some_and(|p| p.matched == last && p.state == raft::ProgressState::Replicate);
         if caught_up && self.raw.raft.lead_transferee.is_none() {
             tracing::info!(
-                shard = self.cfg.shard,
+                shard = %self.cfg.shard,
                 to = preferred,
                 "handing leadership to the preferred leader"
             );

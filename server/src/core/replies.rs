@@ -41,7 +41,7 @@ impl ShardCore {
             .cfg
             .nodes
             .iter()
-            .find(|(id, _)| *id == self.leader_id && self.leader_id != 0)
+            .find(|(id, _)| id.get() == self.leader_id && self.leader_id != raft::INVALID_ID)
             .map(|(_, addr)| addr.clone());
         (self.leader_id, addr)
     }

@@ -20,6 +20,7 @@ use corekv_proto::constants::{
 use corekv_proto::encode::ErrorInfo;
 use corekv_proto::frame::verify_request;
 use corekv_storage::command::{Compare, CompareOp, CompareTarget, TxnOp, TxnOpKind};
+use corekv_types::ids::ShardId;
 use corekv_types::placement::{shard_for_slot, slot};
 
 use super::reads::{ReadQuery, ReadWaiter, ScanQuery};
@@ -32,7 +33,7 @@ use crate::constants::ENTRY_BYTES_MAX;
 enum Refusal {
     Invalid(String),
     TooLarge { what: &'static str, size: usize, limit: usize },
-    WrongShard(u32),
+    WrongShard(ShardId),
 }
 
 impl ShardCore {
@@ -80,7 +81,7 @@ impl ShardCore {
                 }
                 Refusal::WrongShard(shard) => self.reply_error(
                     Caller { conn, id, op, start_us: start },
-                    &ErrorInfo::WrongShard { shard },
+                    &ErrorInfo::WrongShard { shard: shard.get() },
                 ),
             }
         }
@@ -120,8 +121,12 @@ impl ShardCore {
             }
             None => {
                 *greeted = true;
-                let frame =
-                    self.encoder.hello(id, self.cfg.node_id, self.cfg.shard, self.cfg.shards);
+                let frame = self.encoder.hello(
+                    id,
+                    self.cfg.node_id.get(),
+                    self.cfg.shard.get(),
+                    self.cfg.shards,
+                );
                 push_reply(&mut self.out, conn, frame);
                 self.metrics.replied(Op::Hello, 0);
             }

@@ -132,7 +132,7 @@ impl ShardCore {
     }
 
     fn voters(&self) -> Vec<u64> {
-        let mut voters: Vec<u64> = self.cfg.nodes.iter().map(|(id, _)| *id).collect();
+        let mut voters: Vec<u64> = self.cfg.nodes.iter().map(|(id, _)| id.get()).collect();
         voters.sort_unstable();
         voters
     }
@@ -182,11 +182,11 @@ impl ShardCore {
         self.snapshots.staggered = false;
         let meta = SnapshotMeta {
             cluster: self.cfg.cluster.clone(),
-            shard: self.cfg.shard,
+            shard: self.cfg.shard.get(),
             index: frozen.index,
             term: frozen.term,
         };
-        tracing::info!(shard = self.cfg.shard, index = frozen.index, "taking a snapshot");
+        tracing::info!(shard = %self.cfg.shard, index = frozen.index, "taking a snapshot");
         Some(SnapshotJob { frozen, meta, voters: self.voters() })
     }
 
@@ -206,18 +206,18 @@ impl ShardCore {
         self.raw.mut_store().set_snapshot(raft_snapshot(index, term, &voters));
         if previous > self.raw.store().compacted().0 {
             if let Err(refused) = self.raw.mut_store().compact(previous) {
-                tracing::warn!(shard = self.cfg.shard, ?refused, "compacting the log failed");
+                tracing::warn!(shard = %self.cfg.shard, ?refused, "compacting the log failed");
             }
             // The marker only matters once durable; the next flush takes it along.
         }
         self.snapshots.prune = true;
         self.metrics.snapshots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(shard = self.cfg.shard, index, compacted_to = previous, "snapshot durable");
+        tracing::info!(shard = %self.cfg.shard, index, compacted_to = previous, "snapshot durable");
     }
 
     /// Making the snapshot failed: the frozen layer folds back; retry later.
     pub fn on_snapshot_failed(&mut self, error: &str) {
-        tracing::error!(shard = self.cfg.shard, error, "snapshot failed; retrying later");
+        tracing::error!(shard = %self.cfg.shard, error, "snapshot failed; retrying later");
         self.sm.thaw();
         self.snapshots.in_progress = None;
         self.snapshots.retry_tick = self.ticks + SNAPSHOT_RETRY_TICKS;
@@ -283,7 +283,7 @@ impl ShardCore {
         // Writes proposed at or before the snapshot's index: their entries were replaced by
         // the snapshot; whether they made it in is unknown here.
         self.fail_pending_through(index);
-        tracing::info!(shard = self.cfg.shard, index, term, "installed the leader's snapshot");
+        tracing::info!(shard = %self.cfg.shard, index, term, "installed the leader's snapshot");
         true
     }
 

@@ -2,6 +2,8 @@
 //! (`corekv_types::status::ReplicaStatus`: `/status`, status replies, the metrics' raft
 //! position), and whether it serves (`core::health` judges).
 
+use corekv_types::ids::{LogIndex, NodeId, Term};
+
 use super::replies::push_reply;
 use super::{health, role_of, ConnId, Op, PeerProgress, ReplicaStatus, ShardCore};
 
@@ -21,7 +23,7 @@ impl ShardCore {
         self.health.problem(&health::Replica {
             now_us: self.now_us,
             election_timeout_us: self.election_timeout_us(),
-            node_id: self.cfg.node_id,
+            node_id: self.cfg.node_id.get(),
             leader_id: self.leader_id,
             is_leader: self.is_leader(),
             role,
@@ -45,8 +47,8 @@ impl ShardCore {
                 .prs()
                 .iter()
                 .map(|(&node_id, p)| PeerProgress {
-                    node_id,
-                    match_index: p.matched,
+                    node_id: NodeId(node_id),
+                    match_index: LogIndex(p.matched),
                     recent_active: p.recent_active,
                 })
                 .collect();
@@ -60,14 +62,14 @@ impl ShardCore {
         ReplicaStatus {
             shard: self.cfg.shard,
             role,
-            term: raft.term,
-            leader_id: self.leader_id,
-            commit_index: raft.raft_log.committed,
-            applied_index: self.sm.applied_index(),
-            first_index: raft.raft_log.first_index(),
-            last_index: raft.raft_log.last_index(),
+            term: Term(raft.term),
+            leader_id: NodeId(self.leader_id),
+            commit_index: LogIndex(raft.raft_log.committed),
+            applied_index: LogIndex(self.sm.applied_index()),
+            first_index: LogIndex(raft.raft_log.first_index()),
+            last_index: LogIndex(raft.raft_log.last_index()),
             wal_bytes: store.segment_count() as u64 * store.wal().segment_bytes(),
-            snapshot_index: self.snapshots.newest,
+            snapshot_index: LogIndex(self.snapshots.newest),
             wal_durable: store.wal().durable().to_string(),
             keys: self.sm.len() as u64,
             peers,
@@ -80,7 +82,7 @@ impl ShardCore {
 
     pub(super) fn status_reply(&mut self, conn: ConnId, id: u64) {
         let status = self.status();
-        let frame = self.encoder.status(id, self.cfg.node_id, &status);
+        let frame = self.encoder.status(id, self.cfg.node_id.get(), &status);
         push_reply(&mut self.out, conn, frame);
         self.metrics.replied(Op::Status, 0);
     }

@@ -1,6 +1,7 @@
 //! A core for the unit tests of the read and write paths: one replica over an in-memory disk,
 //! driven through the driver contract, its replies decoded.
 
+use corekv_types::ids::{NodeId, ShardId};
 use std::sync::Arc;
 
 use corekv_proto::client::{ErrorKind as WireErrorKind, Reply};
@@ -30,12 +31,12 @@ impl Replica {
     pub(super) fn new(voters: u64) -> Replica {
         let disk = MemSegments::new("unit".to_string(), 1 << 20);
         let cfg = CoreConfig {
-            node_id: 1,
-            shard: 0,
+            node_id: NodeId(1),
+            shard: ShardId(0),
             shards: 1,
             cluster: "unit".to_string(),
-            nodes: (1..=voters).map(|n| (n, format!("10.0.0.{n}:7100"))).collect(),
-            preferred_leader: 1,
+            nodes: (1..=voters).map(|n| (NodeId(n), format!("10.0.0.{n}:7100"))).collect(),
+            preferred_leader: NodeId(1),
             election_ticks: 10,
             heartbeat_ticks: 2,
             tick_ms: 10,

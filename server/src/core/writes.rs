@@ -117,7 +117,7 @@ impl ShardCore {
             Err(error) => {
                 // Dropped: not leader any more, a leadership transfer is under way, or too many
                 // uncommitted bytes. Nothing was appended, so a retry is safe.
-                tracing::debug!(shard = self.cfg.shard, %error, "proposal dropped");
+                tracing::debug!(shard = %self.cfg.shard, %error, "proposal dropped");
                 self.writes.in_flight -= waiters.len();
                 for w in waiters {
                     if self.is_leader() {
@@ -189,14 +189,14 @@ impl ShardCore {
                 assert_eq!(answered, waiters.len(), "entry {index}: one result per batched write");
             }
             (Err(error), Some(waiters)) => {
-                tracing::error!(shard = self.cfg.shard, index, %error, "committed entry does not decode");
+                tracing::error!(shard = %self.cfg.shard, index, %error, "committed entry does not decode");
                 let reason = error.to_string();
                 for w in waiters {
                     self.reply_error(w, &ErrorInfo::InvalidRequest { reason: &reason });
                 }
             }
             (Err(error), None) => {
-                tracing::error!(shard = self.cfg.shard, index, %error, "committed entry does not decode");
+                tracing::error!(shard = %self.cfg.shard, index, %error, "committed entry does not decode");
             }
             (Ok(()), None) => {}
         }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use corekv_types::ids::ShardId;
 use corekv_types::registry::Registry;
 
 pub use control::{send, Request};
@@ -109,7 +110,7 @@ pub fn run(options: DevOptions) -> anyhow::Result<()> {
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, node)| (node.id, node_cpus(&allowed, i, registry.shards as usize)));
+        .map(|(i, node)| (node.id.get(), node_cpus(&allowed, i, registry.shards as usize)));
     let mut nodes = Nodes::new(exe, registry_path.clone(), dir.clone(), ids);
     nodes.start_all()?;
     println!(
@@ -342,7 +343,7 @@ fn print_ready(registry: &Registry, registry_path: &Path, dir: &Path) {
         println!(
             "  node {}: clients {}-{}, http http://{}/status, log {}",
             node.id,
-            node.client_addr(0),
+            node.client_addr(ShardId(0)),
             node.client_port as u32 + registry.shards - 1,
             node.http_addr(),
             dir.join(format!("node-{}.log", node.id)).display()

@@ -39,7 +39,7 @@ pub(crate) async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
                     shard.conns.borrow_mut().insert(id, conn.clone());
                     shard.metrics.client_connections.fetch_add(1, Relaxed);
                     if let Err(error) = serve(&shard, id, &conn, stream).await {
-                        tracing::debug!(shard = shard.shard, conn = id, %error, "client connection closed");
+                        tracing::debug!(shard = %shard.shard, conn = id, %error, "client connection closed");
                     }
                     shard.conns.borrow_mut().remove(&id);
                     shard.metrics.client_connections.fetch_sub(1, Relaxed);
@@ -48,7 +48,7 @@ pub(crate) async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(shard = shard.shard, %error, "accepting a client connection failed");
+                tracing::warn!(shard = %shard.shard, %error, "accepting a client connection failed");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -137,7 +137,7 @@ fn take_frames(
             Ok(None) => return Ok(()),
             Err(error) => {
                 shard.metrics.malformed_frames.fetch_add(1, Relaxed);
-                tracing::debug!(shard = shard.shard, conn = id, %error, "closing a client connection");
+                tracing::debug!(shard = %shard.shard, conn = id, %error, "closing a client connection");
                 return Err(io::Error::new(io::ErrorKind::InvalidData, error));
             }
         }

@@ -39,7 +39,7 @@ use crate::http::{Published, StatusSlot};
 
 /// Opens the shard's storage, binds its ports, and serves until shutdown.
 pub async fn run(ctx: ShardContext) {
-    let shard_index = ctx.shard;
+    let shard_index = ctx.shard.get();
     let started = ctx.started.clone();
     match start(ctx).await {
         Ok((shard, listeners)) => {
@@ -72,7 +72,7 @@ async fn serve(shard: Rc<Shard>, listeners: Listeners) {
     }
     flush_task.await;
     *status.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    tracing::info!(shard = shard.shard, "shard stopped");
+    tracing::info!(shard = %shard.shard, "shard stopped");
 }
 
 /// The driver: runs the core's loop whenever something happened, until shutdown is asked for.

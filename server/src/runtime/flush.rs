@@ -14,7 +14,7 @@ pub(super) async fn flush_loop(shard: Rc<Shard>, mut flusher: DmaFlusher) {
         let retire = std::mem::take(&mut *shard.retire.borrow_mut());
         for seq in retire {
             if let Err(error) = flusher.retire(seq).await {
-                tracing::warn!(shard = shard.shard, seq, %error, "retiring a WAL segment failed");
+                tracing::warn!(shard = %shard.shard, seq, %error, "retiring a WAL segment failed");
             }
         }
         let job = shard.core.borrow_mut().take_flush_job();
@@ -50,7 +50,7 @@ pub(super) async fn flush_loop(shard: Rc<Shard>, mut flusher: DmaFlusher) {
             let shard_index = shard.shard;
             glommio::spawn_local(async move {
                 if let Err(error) = spares.ensure_spares().await {
-                    tracing::warn!(shard = shard_index, %error, "preparing a spare WAL segment failed");
+                    tracing::warn!(shard = %shard_index, %error, "preparing a spare WAL segment failed");
                 }
             })
             .detach();

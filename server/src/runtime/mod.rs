@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use corekv_types::ids::{NodeId, ShardId};
 use corekv_types::registry::Registry;
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -68,7 +69,7 @@ pub struct ServeOptions {
     /// The validated registry.
     pub registry: Registry,
     /// This node's id.
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// Where the node keeps its data.
     pub data_dir: PathBuf,
     /// Raft timing.
@@ -116,7 +117,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
             join: options.join,
             registry: registry.clone(),
             node_id: options.node_id,
-            shard,
+            shard: ShardId(shard),
             shard_dir: options.data_dir.join(format!("shard-{shard}")),
             timing: options.timing,
             metrics: shard_metrics,
@@ -136,7 +137,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     // The HTTP thread lives until the process exits; nothing to join.
     if failure.is_none() {
         let state = HttpState::new(
-            options.node_id,
+            options.node_id.get(),
             registry.cluster.clone(),
             statuses,
             metrics,
@@ -150,7 +151,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         shutdown.store(true, Ordering::Relaxed);
     } else {
         tracing::info!(
-            node = options.node_id,
+            node = %options.node_id,
             cluster = %registry.cluster,
             shards = registry.shards,
             client_ports = %format!("{}-{}", node.client_port, node.client_port as u32 + registry.shards - 1),
@@ -165,7 +166,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     match failure {
         Some(error) => Err(anyhow::anyhow!(error)),
         None => {
-            tracing::info!(node = options.node_id, "node stopped");
+            tracing::info!(node = %options.node_id, "node stopped");
             Ok(())
         }
     }

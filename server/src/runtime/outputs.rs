@@ -81,7 +81,7 @@ pub(super) fn send_to_peer(
     encoder: &mut PeerEncoder,
 ) {
     let Some(link) = shard.peers.get(&to) else {
-        tracing::warn!(shard = shard.shard, to, "raft message for an unknown node dropped");
+        tracing::warn!(shard = %shard.shard, to, "raft message for an unknown node dropped");
         return;
     };
     let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(messages.len());

@@ -13,7 +13,7 @@ use crate::core::Outputs;
 /// Shutdown: no new requests; writes in flight get up to [`SHUTDOWN_DRAIN_MS`] to apply;
 /// what is left is answered; the WAL is flushed; replies get a moment to go out.
 pub(super) async fn shut_down(shard: &Rc<Shard>) {
-    tracing::info!(shard = shard.shard, "shutting down");
+    tracing::info!(shard = %shard.shard, "shutting down");
     let mut out = Outputs::default();
     let mut encoder = PeerEncoder::new();
     let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);

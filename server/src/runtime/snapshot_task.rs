@@ -38,7 +38,7 @@ pub(super) async fn make_snapshot(shard: Rc<Shard>, job: SnapshotJob) {
         Ok(archive) => {
             shard.metrics.snapshot_duration_us.record(began.elapsed().as_micros() as u64);
             tracing::info!(
-                shard = shard.shard,
+                shard = %shard.shard,
                 index = archive.meta().index,
                 keys = archive.len(),
                 bytes = archive.file_bytes().len(),
@@ -59,10 +59,10 @@ pub(super) fn prune_snapshot_files(shard: &Shard) {
     let shard_index = shard.shard;
     let pruned = background::run("snapshot-prune".to_string(), move || {
         if let Err(error) = snapshot::prune(&dir, SNAPSHOT_FILES_KEPT) {
-            tracing::warn!(shard = shard_index, %error, "removing old snapshot files failed");
+            tracing::warn!(shard = %shard_index, %error, "removing old snapshot files failed");
         }
     });
     if let Err(error) = pruned {
-        tracing::warn!(shard = shard_index, %error, "removing old snapshot files failed");
+        tracing::warn!(shard = %shard_index, %error, "removing old snapshot files failed");
     }
 }

@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::Context;
 use corekv_storage::snapshot::{self, Archive};
 use corekv_storage::wal::{RecoveryMode, SegmentDir, SegmentIdentity};
+use corekv_types::ids::{NodeId, ShardId};
 use corekv_types::registry::Registry;
 use glommio::net::TcpListener;
 
@@ -44,9 +45,9 @@ pub struct ShardContext {
     /// The cluster.
     pub registry: Arc<Registry>,
     /// This node.
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// This shard.
-    pub shard: u32,
+    pub shard: ShardId,
     /// `DATA_DIR/shard-S`.
     pub shard_dir: PathBuf,
     /// Raft timing.
@@ -74,7 +75,7 @@ pub(super) struct Listeners {
 pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Listeners)> {
     let registry = ctx.registry.clone();
     let node = registry.node(ctx.node_id).context("node id not in the registry")?.clone();
-    let identity = SegmentIdentity { cluster: registry.cluster.clone(), shard: ctx.shard };
+    let identity = SegmentIdentity { cluster: registry.cluster.clone(), shard: ctx.shard.get() };
     let wal_dir = ctx.shard_dir.join("wal");
     let segments = SegmentDir::open(&wal_dir, identity, ctx.wal_segment_bytes)
         .with_context(|| format!("shard {}: opening {}", ctx.shard, wal_dir.display()))?;
@@ -85,8 +86,8 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
         .ensure_spares_before_serving()
         .await
         .with_context(|| format!("shard {}: preparing a WAL segment", ctx.shard))?;
-    let client_addr = format!("{}:{}", node.host, node.client_port as u32 + ctx.shard);
-    let peer_addr = format!("{}:{}", node.host, node.peer_port as u32 + ctx.shard);
+    let client_addr = format!("{}:{}", node.host, node.client_port as u32 + ctx.shard.get());
+    let peer_addr = format!("{}:{}", node.host, node.peer_port as u32 + ctx.shard.get());
     let client = listen(&client_addr).map_err(|e| {
         anyhow::anyhow!("shard {}: cannot listen for clients on {client_addr}: {e}", ctx.shard)
     })?;
@@ -97,7 +98,7 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
         .nodes
         .iter()
         .filter(|n| n.id != ctx.node_id)
-        .map(|n| (n.id, Rc::new(PeerLink::new(n.id, n.peer_addr(ctx.shard)))))
+        .map(|n| (n.id.get(), Rc::new(PeerLink::new(n.id.get(), n.peer_addr(ctx.shard)))))
         .collect();
     let shard = Rc::new(Shard {
         core: RefCell::new(core),
@@ -129,7 +130,7 @@ async fn recover(
     snap_dir: &Path,
 ) -> anyhow::Result<ShardCore> {
     let registry = &ctx.registry;
-    let snapshot = load_newest_snapshot(snap_dir, &registry.cluster, ctx.shard).await?;
+    let snapshot = load_newest_snapshot(snap_dir, &registry.cluster, ctx.shard.get()).await?;
     let cfg = CoreConfig {
         node_id: ctx.node_id,
         shard: ctx.shard,

@@ -13,6 +13,7 @@ use std::task::Waker;
 use std::time::Instant;
 
 use corekv_storage::wal::SegmentDir;
+use corekv_types::ids::{NodeId, ShardId};
 use corekv_types::registry::Registry;
 
 use super::notify::Notify;
@@ -31,8 +32,8 @@ pub(crate) struct Shard {
     pub(crate) peers: HashMap<u64, Rc<PeerLink>>,
     pub(crate) metrics: Arc<ShardMetrics>,
     pub(crate) registry: Arc<Registry>,
-    pub(crate) node_id: u64,
-    pub(crate) shard: u32,
+    pub(crate) node_id: NodeId,
+    pub(crate) shard: ShardId,
     /// `DATA_DIR/shard-S/snap`.
     pub(crate) snap_dir: PathBuf,
     /// The WAL's segment files, for reading old entries back off the executor.

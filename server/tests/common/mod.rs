@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corekv_client::registry::Registry;
-use corekv_client::{Client, ClientConfig};
+use corekv_client::{Client, ClientConfig, NodeId, ShardId};
 use corekv_proto::client::Consistency;
 use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::{verify_reply, FrameBuffer};
@@ -136,7 +136,7 @@ impl TestCluster {
         // move: it once killed the node that had just become leader.
         self.wait_until(Duration::from_secs(15), "every shard led by its preferred node", || {
             (0..self.registry.shards)
-                .all(|s| self.leader(s) == Some(self.registry.preferred_leader(s)))
+                .all(|s| self.leader(s) == Some(self.registry.preferred_leader(ShardId(s)).get()))
         });
     }
 
@@ -211,7 +211,7 @@ impl TestCluster {
 
     /// `GET path` on node `id`'s HTTP port.
     pub fn http(&self, id: u64, path: &str) -> Option<(u16, String)> {
-        let addr = self.registry.node(id)?.http_addr();
+        let addr = self.registry.node(NodeId(id))?.http_addr();
         corekv_server::http::get(&addr, path, Duration::from_secs(2)).ok()
     }
 
@@ -371,7 +371,7 @@ impl TestCluster {
 
     /// A raw protocol connection to shard `shard` of node `id`, after a hello.
     pub fn raw(&self, id: u64, shard: u32) -> RawConn {
-        let addr = self.registry.node(id).expect("node").client_addr(shard);
+        let addr = self.registry.node(NodeId(id)).expect("node").client_addr(ShardId(shard));
         let mut conn = RawConn::connect(&addr);
         let hello = RequestEncoder::new().hello(1, "test", self.registry.shards).to_vec();
         conn.send(&hello);

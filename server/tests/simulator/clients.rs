@@ -31,7 +31,7 @@ impl Sim {
     pub(crate) fn issue(&mut self, client: usize) {
         let key = self.rng.below(self.keys.len() as u64) as usize;
         let key_bytes = self.keys[key].clone();
-        let shard = shard_for_key(&key_bytes, self.opts.shards);
+        let shard = shard_for_key(&key_bytes, self.opts.shards).get();
         let node = match self.clients[client].leaders.get(&shard) {
             Some(&node) => node,
             None => self.rng.range(1, self.opts.nodes),

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::checker::digest;
+use corekv_types::ids::{NodeId, ShardId};
 
 impl Sim {
     /// Opens every shard of `node` from its disk and snapshots, as the real node does at
@@ -13,12 +14,12 @@ impl Sim {
         for shard in 0..self.opts.shards {
             let replica = &mut self.nodes[id as usize - 1].replicas[shard as usize];
             let cfg = CoreConfig {
-                node_id: id,
-                shard,
+                node_id: NodeId(id),
+                shard: ShardId(shard),
                 shards: self.opts.shards,
                 cluster: "sim".to_string(),
-                nodes: voters.iter().map(|n| (*n, format!("10.0.0.{n}:7100"))).collect(),
-                preferred_leader: voters[shard as usize % voters.len()],
+                nodes: voters.iter().map(|&n| (NodeId(n), format!("10.0.0.{n}:7100"))).collect(),
+                preferred_leader: NodeId(voters[shard as usize % voters.len()]),
                 election_ticks: ELECTION_TICKS,
                 heartbeat_ticks: HEARTBEAT_TICKS,
                 tick_ms: TICK_US / 1000,

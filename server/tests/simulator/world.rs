@@ -17,7 +17,7 @@ impl Sim {
             let mut found = 0;
             for i in 0.. {
                 let key = format!("key-{i}").into_bytes();
-                if shard_for_key(&key, opts.shards) == shard {
+                if shard_for_key(&key, opts.shards).get() == shard {
                     keys.push(key);
                     found += 1;
                     if found == opts.keys_per_shard {

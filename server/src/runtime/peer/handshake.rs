@@ -3,6 +3,7 @@
 use corekv_proto::constants::PEER_PROTOCOL_VERSION;
 use corekv_proto::encode::PeerEncoder;
 use corekv_proto::frame::{verify_peer, FrameBuffer};
+use corekv_types::ids::NodeId;
 use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 
@@ -14,7 +15,12 @@ pub(super) async fn connect(shard: &Shard, link: &PeerLink) -> std::io::Result<T
         let mut stream = TcpStream::connect(link.addr.as_str()).await?;
         stream.set_nodelay(true)?;
         let hello = PeerEncoder::new()
-            .hello(&shard.registry.cluster, shard.node_id, shard.shard, shard.registry.shards)
+            .hello(
+                &shard.registry.cluster,
+                shard.node_id.get(),
+                shard.shard.get(),
+                shard.registry.shards,
+            )
             .to_vec();
         stream.write_all(&hello).await?;
         let mut buffer = FrameBuffer::new(4096);
@@ -25,7 +31,7 @@ pub(super) async fn connect(shard: &Shard, link: &PeerLink) -> std::io::Result<T
             })?;
         if !ack.accepted() {
             let reason = ack.reason().unwrap_or("no reason given").to_string();
-            tracing::error!(shard = shard.shard, peer = link.node_id, %reason, "peer refused our handshake");
+            tracing::error!(shard = %shard.shard, peer = link.node_id, %reason, "peer refused our handshake");
             return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason));
         }
         if ack.node_id() != link.node_id {
@@ -35,7 +41,7 @@ pub(super) async fn connect(shard: &Shard, link: &PeerLink) -> std::io::Result<T
                 ack.node_id(),
                 link.node_id
             );
-            tracing::error!(shard = shard.shard, %reason, "peer handshake mismatch");
+            tracing::error!(shard = %shard.shard, %reason, "peer handshake mismatch");
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason));
         }
         Ok(stream)
@@ -62,7 +68,7 @@ pub(super) fn check_hello(shard: &Shard, frame: &[u8]) -> Result<u64, String> {
             hello.protocol_version()
         ));
     }
-    if hello.shard() != shard.shard {
+    if hello.shard() != shard.shard.get() {
         return Err(format!(
             "shard mismatch: this port serves shard {}, the peer is shard {}",
             shard.shard,
@@ -79,7 +85,7 @@ pub(super) fn check_hello(shard: &Shard, frame: &[u8]) -> Result<u64, String> {
         ));
     }
     let node = hello.node_id();
-    if node == shard.node_id || shard.registry.node(node).is_none() {
+    if node == shard.node_id.get() || shard.registry.node(NodeId(node)).is_none() {
         return Err(format!("node {node} is not another node of this cluster"));
     }
     Ok(node)

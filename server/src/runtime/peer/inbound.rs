@@ -28,14 +28,14 @@ pub(crate) async fn accept_peers(shard: Rc<Shard>, listener: TcpListener) {
                 glommio::spawn_local(async move {
                     shard.metrics.peer_connections.fetch_add(1, Relaxed);
                     if let Err(error) = inbound(&shard, stream).await {
-                        tracing::debug!(shard = shard.shard, %error, "inbound peer connection closed");
+                        tracing::debug!(shard = %shard.shard, %error, "inbound peer connection closed");
                     }
                     shard.metrics.peer_connections.fetch_sub(1, Relaxed);
                 })
                 .detach();
             }
             Err(error) => {
-                tracing::warn!(shard = shard.shard, %error, "accepting a peer connection failed");
+                tracing::warn!(shard = %shard.shard, %error, "accepting a peer connection failed");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -55,16 +55,16 @@ async fn inbound(shard: &Shard, mut stream: TcpStream) -> std::io::Result<()> {
         Ok(node) => node,
         Err(reason) => {
             shard.metrics.malformed_frames.fetch_add(1, Relaxed);
-            tracing::warn!(shard = shard.shard, addr = ?stream.peer_addr().ok(), %reason, "refused a peer connection");
-            let _ = stream.write_all(encoder.hello_ack(shard.node_id, Some(&reason))).await;
+            tracing::warn!(shard = %shard.shard, addr = ?stream.peer_addr().ok(), %reason, "refused a peer connection");
+            let _ = stream.write_all(encoder.hello_ack(shard.node_id.get(), Some(&reason))).await;
             return Ok(());
         }
     };
-    stream.write_all(encoder.hello_ack(shard.node_id, None)).await?;
+    stream.write_all(encoder.hello_ack(shard.node_id.get(), None)).await?;
     let mut incoming: Option<IncomingSnapshot> = None;
     let result = receive(shard, peer, &mut stream, &mut buffer, &mut incoming, &mut encoder).await;
     if let Some(partial) = incoming {
-        tracing::info!(shard = shard.shard, peer, snapshot = ?partial.id(), "snapshot transfer cut; discarding it");
+        tracing::info!(shard = %shard.shard, peer, snapshot = ?partial.id(), "snapshot transfer cut; discarding it");
         partial.abort().await;
     }
     result
@@ -99,8 +99,7 @@ async fn receive(
                 Ok(verified) => verified,
                 Err(error) => {
                     shard.metrics.malformed_frames.fetch_add(1, Relaxed);
-                    tracing::warn!(shard = shard.shard, peer, %error, "closing a peer connection after a bad frame");
-                    return Ok(());
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error));
                 }
             };
             if let Some(chunk) = verified.message_as_snapshot_chunk() {
@@ -119,7 +118,7 @@ async fn receive(
             };
             if let Err(reason) = stepped_batch {
                 shard.metrics.malformed_frames.fetch_add(1, Relaxed);
-                tracing::warn!(shard = shard.shard, peer, %reason, "closing a peer connection after a bad frame");
+                tracing::warn!(shard = %shard.shard, peer, %reason, "closing a peer connection after a bad frame");
                 return Ok(());
             }
             stepped = true;
@@ -138,7 +137,7 @@ fn step_batch(shard: &Shard, peer: u64, batch: RaftBatch<'_>) -> Result<(), Stri
     for raw in batch.messages() {
         let message: Message = protobuf::Message::parse_from_bytes(raw.data().bytes())
             .map_err(|e| format!("raft message does not decode: {e}"))?;
-        if message.from != peer || message.to != shard.node_id {
+        if message.from != peer || message.to != shard.node_id.get() {
             return Err(format!(
                 "message from {} to {} on the link from {peer}",
                 message.from, message.to
@@ -149,7 +148,7 @@ fn step_batch(shard: &Shard, peer: u64, batch: RaftBatch<'_>) -> Result<(), Stri
             let meta = message.get_snapshot().get_metadata();
             if !core.has_offered_snapshot(meta.index, meta.term) {
                 tracing::warn!(
-                    shard = shard.shard,
+                    shard = %shard.shard,
                     peer,
                     index = meta.index,
                     "snapshot message without its file; dropped"

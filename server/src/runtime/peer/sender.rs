@@ -25,7 +25,7 @@ pub(crate) async fn peer_sender(shard: Rc<Shard>, link: Rc<PeerLink>) {
             Ok(stream) => {
                 if failures > 0 {
                     tracing::info!(
-                        shard = shard.shard,
+                        shard = %shard.shard,
                         peer = link.node_id,
                         "peer reachable again"
                     );
@@ -42,15 +42,15 @@ pub(crate) async fn peer_sender(shard: Rc<Shard>, link: Rc<PeerLink>) {
                 shard.core.borrow_mut().report_unreachable(link.node_id);
                 shard.wake.notify();
                 if let Err(error) = error {
-                    tracing::warn!(shard = shard.shard, peer = link.node_id, %error, "peer connection lost");
+                    tracing::warn!(shard = %shard.shard, peer = link.node_id, %error, "peer connection lost");
                 }
             }
             Err(error) => {
                 failures += 1;
                 if failures == 1 {
-                    tracing::warn!(shard = shard.shard, peer = link.node_id, addr = %link.addr, %error, "cannot reach peer; retrying with backoff");
+                    tracing::warn!(shard = %shard.shard, peer = link.node_id, addr = %link.addr, %error, "cannot reach peer; retrying with backoff");
                 } else {
-                    tracing::debug!(shard = shard.shard, peer = link.node_id, %error, "cannot reach peer");
+                    tracing::debug!(shard = %shard.shard, peer = link.node_id, %error, "cannot reach peer");
                 }
             }
         }

@@ -26,7 +26,7 @@ pub(super) async fn take_chunk(
             old.abort().await;
         }
         tracing::info!(
-            shard = shard.shard,
+            shard = %shard.shard,
             peer,
             index,
             term,
@@ -59,10 +59,10 @@ pub(super) async fn take_chunk(
         return Some((index, term, received, false, None));
     }
     let complete = incoming.take()?;
-    match complete.finish(&shard.registry.cluster, shard.shard).await {
+    match complete.finish(&shard.registry.cluster, shard.shard.get()).await {
         Ok(archive) => {
             tracing::info!(
-                shard = shard.shard,
+                shard = %shard.shard,
                 peer,
                 index,
                 keys = archive.len(),
@@ -72,7 +72,7 @@ pub(super) async fn take_chunk(
             Some((index, term, received, true, None))
         }
         Err(error) => {
-            tracing::error!(shard = shard.shard, peer, %error, "received snapshot refused");
+            tracing::error!(shard = %shard.shard, peer, %error, "received snapshot refused");
             fail(error.to_string())
         }
     }

@@ -24,9 +24,9 @@ pub(crate) fn start_snapshot_send(shard: &Rc<Shard>, link: &Rc<PeerLink>, messag
         };
         let outcome = send_snapshot(&shard, &link, message).await;
         if let Err(reason) = &outcome {
-            tracing::warn!(shard = shard.shard, peer = link.node_id, index, %reason, "snapshot transfer failed");
+            tracing::warn!(shard = %shard.shard, peer = link.node_id, index, %reason, "snapshot transfer failed");
         } else {
-            tracing::info!(shard = shard.shard, peer = link.node_id, index, term, "snapshot delivered");
+            tracing::info!(shard = %shard.shard, peer = link.node_id, index, term, "snapshot delivered");
         }
         link.sending_snapshot.set(false);
         let mut core = shard.core.borrow_mut();
