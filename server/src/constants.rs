@@ -25,7 +25,9 @@ pub const BATCH_BYTES_TARGET: usize = 1024 * 1024;
 /// raft message (one entry at least) well inside a peer frame.
 pub const ENTRY_BYTES_MAX: usize = FRAME_BYTES_MAX / 2;
 
-/// Largest AppendEntries message raft-rs builds (it always sends at least one entry).
+/// Largest AppendEntries message a leader sends (at least one entry): raft-rs's bound per
+/// message, which its `batch_append` ignores when it merges appends; `core::appends` cuts
+/// merged ones back to it.
 pub const RAFT_MESSAGE_BYTES_MAX: u64 = 1024 * 1024;
 
 /// AppendEntries messages in flight to one follower: deep enough to pipeline a fast stream of

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`driver`] | the contract: recovery, turns, completions, shutdown |
 //! | `ready` | the Ready loop, ticks, WAL flushes, failure, leader balancing |
+//! | `appends` | a leader's appends kept within a peer frame (raft-rs's batching is not) |
 //! | `catch_up` | a replica that may have lost data: fresh, joining, member |
 //! | `requests` | client frames: hello, admission, dispatch to reads and writes |
 //! | `reads`, `writes` | the read path (ReadIndex rounds) and the write path (batches) |
@@ -20,6 +21,7 @@
 //! | `snapshots` | when to snapshot, installing a leader's snapshot |
 //! | `status`, `health` | what a replica reports, and whether it serves |
 
+mod appends;
 mod catch_up;
 pub mod counters;
 pub mod driver;

@@ -33,7 +33,7 @@ use corekv_storage::wal::{FlushJob, Lsn};
 use raft::eraftpb::{Entry, Message};
 use raft::StateRole;
 
-use super::{InjectedBug, Outputs, ShardCore};
+use super::{appends, InjectedBug, Outputs, ShardCore};
 use crate::constants::{LEADER_BALANCE_TICKS, TRIM_BYTES_PER_TICK, TRIM_ENTRIES_PER_TICK};
 
 /// A Ready whose persisted messages wait for a WAL position to be durable.
@@ -92,8 +92,10 @@ impl ShardCore {
         if let Some(ss) = ready.ss() {
             self.on_soft_state(ss.leader_id, ss.raft_state);
         }
-        // (b) A leader's messages go out now, in parallel with its own log write.
-        self.out.messages.extend(ready.take_messages());
+        // (b) A leader's messages go out now, in parallel with its own log write (its appends
+        // cut to a bounded size, see `appends`).
+        let messages = appends::split_appends(ready.take_messages(), appends::APPEND_BYTES_MAX);
+        self.out.messages.extend(messages);
         // (c) A snapshot from the leader replaces the log and the state; then entries and
         // hard state go into the store and the WAL buffer.
         if !ready.snapshot().is_empty() {

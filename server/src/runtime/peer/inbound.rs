@@ -91,7 +91,8 @@ async fn receive(
                 Ok(None) => break,
                 Err(error) => {
                     shard.metrics.malformed_frames.fetch_add(1, Relaxed);
-                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error));
+                    tracing::warn!(shard = %shard.shard, peer, %error, "closing a peer connection after a bad frame");
+                    return Ok(());
                 }
             };
             // Verified once, here; the chunk and the batch are read from the verified frame.
@@ -99,7 +100,8 @@ async fn receive(
                 Ok(verified) => verified,
                 Err(error) => {
                     shard.metrics.malformed_frames.fetch_add(1, Relaxed);
-                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error));
+                    tracing::warn!(shard = %shard.shard, peer, %error, "closing a peer connection after a bad frame");
+                    return Ok(());
                 }
             };
             if let Some(chunk) = verified.message_as_snapshot_chunk() {
