@@ -282,26 +282,7 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 if json { format!("{}\n", meta_json(&meta)) } else { "OK\n".to_string() },
             )?;
         }
-        Command::Get { key, stale, raw } => {
-            if raw && json {
-                return Err(input_error("get: --raw and -o json exclude each other"));
-            }
-            let options = if stale { ReadOptions::stale() } else { ReadOptions::default() };
-            match client.get_with(key.as_bytes(), options).await? {
-                Some(entry) if raw => out
-                    .write_all(&entry.value)
-                    .and_then(|()| out.flush())
-                    .map_err(|e| Failure { code: 3, message: format!("writing output: {e}") })?,
-                Some(entry) if json => write(&mut out, format!("{}\n", entry_json(&entry)))?,
-                Some(entry) => write(&mut out, format!("{}\n", escape(&entry.value)))?,
-                None => {
-                    return Err(Failure {
-                        code: 1,
-                        message: format!("key not found: {}", escape(key.as_bytes())),
-                    })
-                }
-            }
-        }
+        Command::Get { key, stale, raw } => get(&client, &mut out, json, &key, stale, raw).await?,
         Command::Del { key } => {
             let deleted = client.delete(key.as_bytes()).await?;
             let text = if json {
@@ -351,6 +332,33 @@ async fn run(args: Args) -> Result<u8, Failure> {
         }
     }
     Ok(0)
+}
+
+/// `get`: the value (escaped, raw, or as JSON with its metadata); exit status 1 when the key
+/// does not exist.
+async fn get(
+    client: &Client,
+    out: &mut std::io::StdoutLock<'_>,
+    json: bool,
+    key: &str,
+    stale: bool,
+    raw: bool,
+) -> Result<(), Failure> {
+    if raw && json {
+        return Err(input_error("get: --raw and -o json exclude each other"));
+    }
+    let options = if stale { ReadOptions::stale() } else { ReadOptions::default() };
+    match client.get_with(key.as_bytes(), options).await? {
+        Some(entry) if raw => out
+            .write_all(&entry.value)
+            .and_then(|()| out.flush())
+            .map_err(|e| Failure { code: 3, message: format!("writing output: {e}") }),
+        Some(entry) if json => write(out, format!("{}\n", entry_json(&entry))),
+        Some(entry) => write(out, format!("{}\n", escape(&entry.value))),
+        None => {
+            Err(Failure { code: 1, message: format!("key not found: {}", escape(key.as_bytes())) })
+        }
+    }
 }
 
 /// Writes `text` to standard output.

@@ -308,17 +308,7 @@ async fn bench(
     // the previous flush is in flight. `filled` and `taken` hand the batch over.
     let (filled_tx, filled_rx) = glommio::channels::local_channel::new_bounded::<usize>(1);
     let (taken_tx, taken_rx) = glommio::channels::local_channel::new_bounded::<()>(1);
-    let _appender = (!sequential).then(|| {
-        let fill = fill.clone();
-        glommio::spawn_local(async move {
-            loop {
-                let Ok(batch) = fill(true).await else { return };
-                if filled_tx.send(batch).await.is_err() || taken_rx.recv().await.is_none() {
-                    return;
-                }
-            }
-        })
-    });
+    let _appender = (!sequential).then(|| spawn_appender(fill.clone(), filled_tx, taken_rx));
     let mut latency_us = hdrhistogram::Histogram::<u64>::new(3)?;
     let mut oldest = corekv_storage::wal::SegmentSource::list(&dir)?.first().copied().unwrap_or(1);
     let started = Instant::now();
@@ -341,18 +331,44 @@ async fn bench(
         bytes += batch as u64;
         flushes += 1;
         if rolled_over {
-            // Steady state of a compacting log: segments behind the durable one are retired
-            // and recycled as the next spares, so no segment is prepared from scratch.
-            for seq in oldest..durable.seq {
-                flusher.retire(seq).await?;
-            }
-            oldest = durable.seq;
-            flusher.ensure_spares().await?;
+            oldest = recycle(&mut flusher, oldest, durable.seq).await?;
         }
     }
     let mode = if sequential { "sequential" } else { "pipelined" };
     let measured = Measured { flush_bytes, record_bytes, bytes, flushes, latency_us };
     report(mode, &measured, started.elapsed().as_secs_f64(), json.as_deref())
+}
+
+/// Appends batch after batch in a task of its own, handing each over on `filled` and waiting
+/// on `taken` until the flush loop took it: the pipelined mode.
+fn spawn_appender<F, Fut>(
+    fill: F,
+    filled: glommio::channels::local_channel::LocalSender<usize>,
+    taken: glommio::channels::local_channel::LocalReceiver<()>,
+) -> glommio::Task<()>
+where
+    F: Fn(bool) -> Fut + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<usize>>,
+{
+    glommio::spawn_local(async move {
+        loop {
+            let Ok(batch) = fill(true).await else { return };
+            if filled.send(batch).await.is_err() || taken.recv().await.is_none() {
+                return;
+            }
+        }
+    })
+}
+
+/// The steady state of a compacting log after the WAL rolled over to segment `durable`:
+/// segments from `oldest` up to it are retired and recycled as the next spares, so no segment
+/// is prepared from scratch. Returns the new oldest segment.
+async fn recycle(flusher: &mut DmaFlusher, oldest: u64, durable: u64) -> anyhow::Result<u64> {
+    for seq in oldest..durable {
+        flusher.retire(seq).await?;
+    }
+    flusher.ensure_spares().await?;
+    Ok(durable)
 }
 
 /// What a flush benchmark measured.

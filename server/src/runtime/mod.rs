@@ -49,7 +49,7 @@ use corekv_types::registry::Registry;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::constants::{ELECTION_TICKS, HEARTBEAT_TICKS, TICK_MS};
-use crate::http::HttpState;
+use crate::http::{HttpState, StatusSlot};
 use crate::metrics::ShardMetrics;
 pub use startup::Timing;
 
@@ -90,7 +90,7 @@ pub struct ServeOptions {
 /// [`crate::data_dir::ShapeMismatch`]) are returned after every shard that did start has
 /// stopped.
 pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
-    let registry = Arc::new(options.registry);
+    let registry = Arc::new(options.registry.clone());
     let node = registry
         .node(options.node_id)
         .with_context(|| format!("node id {} is not in the registry", options.node_id))?
@@ -103,36 +103,8 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let cpus = options.cpus.clone().unwrap_or_else(allowed_cpus);
     corekv_storage::pacing::set_background_cpus(cpus.clone());
     let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let mut metrics = Vec::new();
-    let mut statuses = Vec::new();
-    let mut threads = Vec::new();
-    for shard in 0..registry.shards {
-        let shard_metrics = Arc::new(ShardMetrics::default());
-        let status = Arc::new(Mutex::new(None));
-        metrics.push(shard_metrics.clone());
-        statuses.push(status.clone());
-        let ctx = startup::ShardContext {
-            snapshots: options.snapshots,
-            wal_segment_bytes: options.wal_segment_bytes,
-            join: options.join,
-            registry: registry.clone(),
-            node_id: options.node_id,
-            shard: ShardId(shard),
-            shard_dir: options.data_dir.join(format!("shard-{shard}")),
-            timing: options.timing,
-            metrics: shard_metrics,
-            status,
-            shutdown: shutdown.clone(),
-            started: started_tx.clone(),
-        };
-        let cpu = cpus[shard as usize % cpus.len()];
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("shard-{shard}"))
-            .spawn(move || driver::run(ctx))
-            .map_err(|e| anyhow::anyhow!("starting the executor of shard {shard}: {e}"))?;
-        threads.push(handle);
-    }
-    drop(started_tx);
+    let Executors { threads, metrics, statuses } =
+        spawn_executors(&options, &registry, &shutdown, &cpus, started_tx)?;
     let mut failure = wait_for_start(&started_rx, registry.shards);
     // The HTTP thread lives until the process exits; nothing to join.
     if failure.is_none() {
@@ -170,6 +142,53 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The shard executors of a node, and what each publishes for the HTTP thread.
+struct Executors {
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    metrics: Vec<Arc<ShardMetrics>>,
+    statuses: Vec<StatusSlot>,
+}
+
+/// Starts one executor per shard, pinned to its CPU; each reports on `started` once it serves
+/// or failed to start.
+fn spawn_executors(
+    options: &ServeOptions,
+    registry: &Arc<Registry>,
+    shutdown: &Arc<AtomicBool>,
+    cpus: &[usize],
+    started: std::sync::mpsc::Sender<(u32, Result<(), String>)>,
+) -> anyhow::Result<Executors> {
+    let mut executors =
+        Executors { threads: Vec::new(), metrics: Vec::new(), statuses: Vec::new() };
+    for shard in 0..registry.shards {
+        let shard_metrics = Arc::new(ShardMetrics::default());
+        let status = Arc::new(Mutex::new(None));
+        executors.metrics.push(shard_metrics.clone());
+        executors.statuses.push(status.clone());
+        let ctx = startup::ShardContext {
+            snapshots: options.snapshots,
+            wal_segment_bytes: options.wal_segment_bytes,
+            join: options.join,
+            registry: registry.clone(),
+            node_id: options.node_id,
+            shard: ShardId(shard),
+            shard_dir: options.data_dir.join(format!("shard-{shard}")),
+            timing: options.timing,
+            metrics: shard_metrics,
+            status,
+            shutdown: shutdown.clone(),
+            started: started.clone(),
+        };
+        let cpu = cpus[shard as usize % cpus.len()];
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{shard}"))
+            .spawn(move || driver::run(ctx))
+            .map_err(|e| anyhow::anyhow!("starting the executor of shard {shard}: {e}"))?;
+        executors.threads.push(handle);
+    }
+    Ok(executors)
 }
 
 /// Executors publish their status every tick; two election timeouts without one means a

@@ -126,7 +126,7 @@ pub fn recover(
             records += 1;
         }
         max_flush_seq = max_flush_seq.max(scan.max_flush_seq);
-        match scan.end {
+        match &scan.end {
             SegmentEnd::Sealed if !is_last => continue,
             SegmentEnd::Sealed => {
                 // Sealed, but the next segment never made it: start it now.
@@ -139,38 +139,49 @@ pub fn recover(
                 ));
             }
             SegmentEnd::Bad { offset, problem } => {
-                let path = source.path(seq);
-                let damage = !is_last || scan.later_flush_found;
-                if damage && mode == RecoveryMode::Strict {
-                    let reason = if is_last {
-                        format!("{problem}, followed by records of a later flush")
-                    } else {
-                        format!("{problem} before the segment's seal")
-                    };
-                    return Err(StorageError::Corrupt { path, offset, reason });
-                }
-                let dropped = scan.last_nonzero.map_or(0, |end| end.saturating_sub(offset));
-                let truncation = (dropped > 0 || damage).then(|| {
-                    tracing::warn!(
-                        path = %path.display(),
-                        offset,
-                        dropped_bytes = dropped,
-                        "WAL tail truncated: {problem}"
-                    );
-                    Truncation {
-                        at: Lsn { seq, offset },
-                        dropped_bytes: dropped,
-                        reason: problem.to_string(),
-                    }
-                });
+                let at = Lsn { seq, offset: *offset };
+                let truncation = truncation(source, at, problem, is_last, &scan, mode)?;
                 let discarded = segments[position + 1..].to_vec();
                 let kept = segments[..=position].to_vec();
-                let tail = tail_in_segment(&bytes, seq, offset, max_flush_seq);
+                let tail = tail_in_segment(&bytes, seq, *offset, max_flush_seq);
                 return Ok(finish(kept, discarded, tail, truncation, records));
             }
         }
     }
     unreachable!("the last segment always ends the loop")
+}
+
+/// What stopping at bad bytes at `at` means: in a sealed segment, or followed by records of a
+/// later flush, it is damage (an error in strict mode); otherwise a torn tail, truncated.
+/// `None` when nothing is lost (the bad bytes are the zeroes past the last record).
+fn truncation(
+    source: &dyn SegmentSource,
+    at: Lsn,
+    problem: &RecordProblem,
+    is_last: bool,
+    scan: &SegmentScan<'_>,
+    mode: RecoveryMode,
+) -> Result<Option<Truncation>> {
+    let path = source.path(at.seq);
+    let damage = !is_last || scan.later_flush_found;
+    if damage && mode == RecoveryMode::Strict {
+        let reason = if is_last {
+            format!("{problem}, followed by records of a later flush")
+        } else {
+            format!("{problem} before the segment's seal")
+        };
+        return Err(StorageError::Corrupt { path, offset: at.offset, reason });
+    }
+    let dropped = scan.last_nonzero.map_or(0, |end| end.saturating_sub(at.offset));
+    Ok((dropped > 0 || damage).then(|| {
+        tracing::warn!(
+            path = %path.display(),
+            offset = at.offset,
+            dropped_bytes = dropped,
+            "WAL tail truncated: {problem}"
+        );
+        Truncation { at, dropped_bytes: dropped, reason: problem.to_string() }
+    }))
 }
 
 fn finish(
