@@ -39,6 +39,11 @@ use crate::key::Key;
 use crate::value::{Record, ValueRef};
 use corekv_types::meta::KeyMeta;
 
+mod files;
+
+pub use files::{file_name, list, parse_file_name, prune};
+use files::{read_header, write_header};
+
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CKVSNAP\x01";
 
@@ -47,8 +52,6 @@ pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 
 /// Bytes before the payload.
 pub const SNAPSHOT_HEADER_BYTES: usize = BLOCK_BYTES;
-
-const HEADER_CRC_OFFSET: usize = 46 + 256;
 
 /// Changes layered over a snapshot: a value, or `None` for a deleted key.
 pub type Overlay = BTreeMap<Key, Option<Record>>;
@@ -311,102 +314,6 @@ impl Archive {
     }
 }
 
-fn write_header(block: &mut [u8], meta: &SnapshotMeta, payload_len: u64, crc: u32) {
-    let name = meta.cluster.as_bytes();
-    assert!(name.len() <= 256, "cluster names are at most 256 bytes (the registry checks)");
-    block.fill(0);
-    block[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
-    block[8..12].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
-    block[12..16].copy_from_slice(&meta.shard.to_le_bytes());
-    block[16..24].copy_from_slice(&meta.index.to_le_bytes());
-    block[24..32].copy_from_slice(&meta.term.to_le_bytes());
-    block[32..40].copy_from_slice(&payload_len.to_le_bytes());
-    block[40..44].copy_from_slice(&crc.to_le_bytes());
-    block[44..46].copy_from_slice(&(name.len() as u16).to_le_bytes());
-    block[46..46 + name.len()].copy_from_slice(name);
-    let header_crc = crc32c::crc32c(&block[..HEADER_CRC_OFFSET]);
-    block[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&header_crc.to_le_bytes());
-}
-
-fn read_header(bytes: &[u8]) -> std::result::Result<(SnapshotMeta, u64, u32), String> {
-    if bytes.len() < SNAPSHOT_HEADER_BYTES {
-        return Err(format!("file of {} bytes is shorter than a snapshot header", bytes.len()));
-    }
-    if bytes[0..8] != SNAPSHOT_MAGIC {
-        return Err("not a corekv snapshot (bad magic)".to_string());
-    }
-    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-    let stored = u32_at(HEADER_CRC_OFFSET);
-    let computed = crc32c::crc32c(&bytes[..HEADER_CRC_OFFSET]);
-    if stored != computed {
-        return Err(format!(
-            "header checksum mismatch (stored {stored:#x}, computed {computed:#x})"
-        ));
-    }
-    if u32_at(8) != SNAPSHOT_FORMAT_VERSION {
-        return Err(format!(
-            "snapshot format version {}, this build reads {SNAPSHOT_FORMAT_VERSION}",
-            u32_at(8)
-        ));
-    }
-    let name_len = u16::from_le_bytes([bytes[44], bytes[45]]) as usize;
-    if name_len > 256 {
-        return Err("cluster name too long".to_string());
-    }
-    let cluster =
-        std::str::from_utf8(&bytes[46..46 + name_len]).map_err(|_| "cluster name is not UTF-8")?;
-    let meta = SnapshotMeta {
-        cluster: cluster.to_string(),
-        shard: u32_at(12),
-        index: u64_at(16),
-        term: u64_at(24),
-    };
-    Ok((meta, u64_at(32), u32_at(40)))
-}
-
-/// The file name of the snapshot at `(index, term)`.
-pub fn file_name(index: u64, term: u64) -> String {
-    format!("{index:020}-{term:020}.snap")
-}
-
-/// `(index, term)` from a snapshot file name.
-pub fn parse_file_name(name: &str) -> Option<(u64, u64)> {
-    let stem = name.strip_suffix(".snap")?;
-    let (index, term) = stem.split_once('-')?;
-    if index.len() != 20 || term.len() != 20 {
-        return None;
-    }
-    Some((index.parse().ok()?, term.parse().ok()?))
-}
-
-/// Snapshot files in `dir`, newest (highest index) first. Temporary files are removed.
-pub fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
-    std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| StorageError::io("read directory", dir, e))? {
-        let entry = entry.map_err(|e| StorageError::io("read directory", dir, e))?;
-        let path = entry.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        if name.ends_with(".tmp") {
-            std::fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
-        } else if let Some((index, term)) = parse_file_name(name) {
-            found.push((index, term, path));
-        }
-    }
-    found.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
-    Ok(found)
-}
-
-/// Removes every snapshot file in `dir` but the newest `keep`, each a slice at a time
-/// ([`crate::pacing::remove_file_paced`]). Blocking.
-pub fn prune(dir: &Path, keep: usize) -> Result<()> {
-    for (_, _, path) in list(dir)?.into_iter().skip(keep) {
-        crate::pacing::remove_file_paced(&path)?;
-    }
-    Ok(())
-}
-
 /// An archive's memory on its way back to the kernel. Freeing a 150 MB buffer in one go
 /// (`munmap`) takes the process's memory-map lock for the tens of milliseconds the kernel
 /// spends unmapping its pages, and every thread of the process that maps, unmaps or faults in
@@ -502,6 +409,7 @@ fn page_bytes() -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::files::HEADER_CRC_OFFSET;
     use super::*;
 
     fn meta(index: u64) -> SnapshotMeta {

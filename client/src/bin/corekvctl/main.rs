@@ -25,15 +25,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use base64::Engine;
 use clap::{Parser, Subcommand, ValueEnum};
 use corekv_client::registry::Registry;
 use corekv_client::{
-    Client, ClientConfig, Compare, Error, KeyMeta, KeyValue, ReadOptions, ReplicaReport,
-    ScanOptions, ScanRange, Txn, TxnOp, TxnOpResult, TxnResponse, WriteOptions,
+    Client, ClientConfig, Error, ReadOptions, ScanOptions, ScanRange, WriteOptions,
 };
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
+
+mod output;
+mod txn;
+
+use output::{entry_json, escape, meta_json, status_json, status_text, txn_json, txn_text};
+use txn::parse_txn;
 
 /// `corekvctl txn --help`: the transaction format, with an example.
 const TXN_HELP: &str = r#"Run a transaction described in JSON: if every compare holds, the success ops run, else the failure ops; atomically, on one shard (give the keys one hash tag, like {u1}:n and {u1}:m).
@@ -179,37 +183,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} must be greater than zero"));
     }
     Ok(Duration::from_secs_f64(seconds))
-}
-
-/// Bytes for a terminal: printable text as is, everything else as `\xNN` (and `\\`).
-fn escape(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-                c => out.push(c),
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn meta_json(m: &KeyMeta) -> Value {
-    json!({"create_index": m.create_index, "mod_index": m.mod_index, "version": m.version})
-}
-
-fn entry_json(e: &KeyValue) -> Value {
-    json!({"key": b64(&e.key), "value": b64(&e.value), "create_index": e.meta.create_index,
-           "mod_index": e.meta.mod_index, "version": e.meta.version})
 }
 
 /// The registry file to use, and where that choice came from (for error messages).
@@ -432,170 +405,6 @@ async fn scan(
     Ok(())
 }
 
-fn txn_json(r: &TxnResponse) -> Value {
-    let results: Vec<Value> = r
-        .results
-        .iter()
-        .map(|res| match res {
-            TxnOpResult::Get(found) => json!({"get": found.as_ref().map(entry_json)}),
-            TxnOpResult::Put(meta) => json!({"put": meta_json(meta)}),
-            TxnOpResult::Delete(deleted) => json!({"delete": deleted}),
-        })
-        .collect();
-    json!({"succeeded": r.succeeded, "failed_compare": r.failed_compare, "index": r.index, "results": results})
-}
-
-fn txn_text(r: &TxnResponse) -> String {
-    let mut text = String::from(if r.succeeded { "SUCCEEDED\n" } else { "FAILED\n" });
-    if let Some(i) = r.failed_compare {
-        text.push_str(&format!("compare {i} did not hold\n"));
-    }
-    for res in &r.results {
-        match res {
-            TxnOpResult::Get(Some(e)) => {
-                text.push_str(&format!("get {}\t{}\n", escape(&e.key), escape(&e.value)))
-            }
-            TxnOpResult::Get(None) => text.push_str("get (not found)\n"),
-            TxnOpResult::Put(m) => text.push_str(&format!("put version {}\n", m.version)),
-            TxnOpResult::Delete(d) => text.push_str(&format!("delete {}\n", *d as u8)),
-        }
-    }
-    text
-}
-
-fn status_json(reports: &[ReplicaReport]) -> Value {
-    let replicas: Vec<Value> = reports
-        .iter()
-        .map(|r| match &r.status {
-            // The replica's own status shape (the node's /status per shard), and where it is.
-            Ok(s) => {
-                let mut replica = serde_json::to_value(s)
-                    .unwrap_or_else(|e| json!({"error": format!("status not representable: {e}")}));
-                replica["node_id"] = json!(r.node_id);
-                replica["addr"] = json!(r.addr);
-                replica
-            }
-            Err(e) => json!({"node_id": r.node_id, "shard": r.shard, "addr": r.addr, "error": e.to_string()}),
-        })
-        .collect();
-    json!({"replicas": replicas})
-}
-
-fn status_text(reports: &[ReplicaReport]) -> String {
-    let mut text = format!(
-        "{:<6} {:<5} {:<22} {:<13} {:>6} {:>7} {:>10} {:>10} {:>10} {:>9}  SERVING\n",
-        "SHARD", "NODE", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "KEYS"
-    );
-    let mut sorted: Vec<&ReplicaReport> = reports.iter().collect();
-    sorted.sort_by_key(|r| (r.shard, r.node_id));
-    for r in sorted {
-        match &r.status {
-            Ok(s) => text.push_str(&format!(
-                "{:<6} {:<5} {:<22} {:<13} {:>6} {:>7} {:>10} {:>10} {:>10} {:>9}  {}\n",
-                r.shard,
-                r.node_id,
-                r.addr,
-                s.role.as_str(),
-                s.term,
-                s.leader_id,
-                s.commit_index,
-                s.applied_index,
-                s.last_index,
-                s.keys,
-                match (&s.problem, s.joining) {
-                    (None, _) => "yes".to_string(),
-                    (Some(_), true) => "no (joining)".to_string(),
-                    (Some(problem), false) => format!("no: {problem}"),
-                }
-            )),
-            Err(e) => text.push_str(&format!(
-                "{:<6} {:<5} {:<22} unreachable: {e}\n",
-                r.shard, r.node_id, r.addr
-            )),
-        }
-    }
-    text
-}
-
-fn parse_txn(text: &str) -> Result<Txn, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let object = value.as_object().ok_or("expected a JSON object")?;
-    for key in object.keys() {
-        if !["compare", "success", "failure"].contains(&key.as_str()) {
-            return Err(format!("unknown field {key:?} (expected compare, success, failure)"));
-        }
-    }
-    let list = |name: &str| -> Result<Vec<Value>, String> {
-        match object.get(name) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(items)) => Ok(items.clone()),
-            Some(_) => Err(format!("{name} must be a list")),
-        }
-    };
-    let mut txn = Txn::new();
-    for (i, c) in list("compare")?.iter().enumerate() {
-        txn = txn.when(parse_compare(c).map_err(|e| format!("compare {i}: {e}"))?);
-    }
-    for (name, branch) in [("success", true), ("failure", false)] {
-        for (i, op) in list(name)?.iter().enumerate() {
-            let op = parse_op(op).map_err(|e| format!("{name} {i}: {e}"))?;
-            txn = if branch { txn.and_then([op]) } else { txn.or_else([op]) };
-        }
-    }
-    Ok(txn)
-}
-
-fn string_field<'a>(v: &'a Value, name: &str) -> Result<&'a str, String> {
-    v.get(name).and_then(Value::as_str).ok_or_else(|| format!("needs a string {name:?}"))
-}
-
-fn parse_compare(c: &Value) -> Result<Compare, String> {
-    let key = string_field(c, "key")?;
-    let target = string_field(c, "target")?;
-    if target == "exists" {
-        return Ok(Compare::exists(key));
-    }
-    if target == "missing" {
-        return Ok(Compare::missing(key));
-    }
-    let builder = match target {
-        "value" => Compare::value(key),
-        "version" => Compare::version(key),
-        "mod_index" => Compare::mod_index(key),
-        "create_index" => Compare::create_index(key),
-        other => return Err(format!("unknown target {other:?}")),
-    };
-    let operand: corekv_client::Operand = match (target, c.get("value")) {
-        ("value", Some(Value::String(s))) => s.as_str().into(),
-        (_, Some(Value::Number(n))) if target != "value" => {
-            n.as_u64().ok_or("the value must be a whole number")?.into()
-        }
-        _ => {
-            return Err(format!(
-                "target {target:?} needs a {} \"value\"",
-                if target == "value" { "string" } else { "numeric" }
-            ))
-        }
-    };
-    Ok(match string_field(c, "op")? {
-        "=" | "==" => builder.eq(operand),
-        "!=" => builder.ne(operand),
-        "<" => builder.lt(operand),
-        ">" => builder.gt(operand),
-        other => return Err(format!("unknown operator {other:?}")),
-    })
-}
-
-fn parse_op(op: &Value) -> Result<TxnOp, String> {
-    let key = string_field(op, "key")?;
-    Ok(match string_field(op, "op")? {
-        "get" => TxnOp::get(key),
-        "put" => TxnOp::put(key, string_field(op, "value")?),
-        "delete" => TxnOp::delete(key),
-        other => Err(format!("unknown op {other:?}"))?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,38 +419,5 @@ mod tests {
         assert!(parse_duration("2").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("fast").is_err());
-    }
-
-    // Shows: binary and control bytes are escaped, text is not.
-    #[test]
-    fn escaping() {
-        assert_eq!(escape(b"plain text"), "plain text");
-        assert_eq!(escape(b"a\x00b\n\\"), "a\\x00b\\x0a\\\\");
-        assert_eq!(escape(&[0xff, b'x']), "\\xffx");
-        assert_eq!(escape("héllo".as_bytes()), "héllo");
-    }
-
-    // Shows: the documented transaction format parses, and mistakes are named.
-    #[test]
-    fn transactions() {
-        let txn = parse_txn(
-            r#"{"compare": [{"key": "k", "target": "version", "op": "=", "value": 3},
-                            {"key": "k", "target": "missing"}],
-                "success": [{"op": "put", "key": "k", "value": "v"}],
-                "failure": [{"op": "get", "key": "k"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(txn.compares, vec![Compare::version("k").eq(3), Compare::missing("k")]);
-        assert_eq!(txn.success, vec![TxnOp::put("k", "v")]);
-        assert_eq!(txn.failure, vec![TxnOp::get("k")]);
-        assert!(parse_txn(r#"{"compares": []}"#).unwrap_err().contains("unknown field"));
-        assert!(parse_txn(
-            r#"{"compare": [{"key": "k", "target": "version", "op": "=", "value": "x"}]}"#
-        )
-        .unwrap_err()
-        .contains("numeric"));
-        assert!(parse_txn(r#"{"success": [{"op": "frob", "key": "k"}]}"#)
-            .unwrap_err()
-            .contains("unknown op"));
     }
 }
