@@ -1,7 +1,8 @@
 //! The client's errors. Every variant says what the caller can do about it.
 
-use corekv_types::ids::ShardId;
 use std::time::Duration;
+
+use corekv_types::ids::ShardId;
 
 use crate::registry::RegistryError;
 

@@ -18,8 +18,9 @@
 //! - The deadline passes: [`Error::Unavailable`], or `Indeterminate` for a write that was sent
 //!   without a definite answer.
 
-use corekv_types::ids::NodeId;
 use std::time::Duration;
+
+use corekv_types::ids::NodeId;
 
 use crate::error::Error;
 

@@ -2,8 +2,9 @@
 //! sees every line. `RUST_LOG` (or `--log`) filters as usual; raft-rs's lines carry the target
 //! `raft`.
 
-use corekv_types::ids::{NodeId, ShardId};
 use std::fmt::Write;
+
+use corekv_types::ids::{NodeId, ShardId};
 
 /// A `slog` drain that forwards records to `tracing`.
 pub struct SlogToTracing;

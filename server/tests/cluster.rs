@@ -3,7 +3,6 @@
 
 mod common;
 
-use corekv_types::ids::{NodeId, ShardId};
 use std::io::Write;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use common::{block_on, TestCluster};
 use corekv_proto::client::{Consistency, ErrorKind};
 use corekv_proto::encode::{PeerEncoder, RequestEncoder};
 use corekv_proto::frame::verify_reply;
+use corekv_types::ids::{NodeId, ShardId};
 
 // Shows: every shard elects a leader and, once the preferred nodes are caught up, each shard
 // is led by its preferred node (shard s by the (s mod N)-th node), so leaders spread across

@@ -3,7 +3,6 @@
 //! entries, replicates them, answers clients, and redirects clients of followers — driven only
 //! by its inputs.
 
-use corekv_types::ids::{NodeId, ShardId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -13,6 +12,7 @@ use corekv_proto::frame::verify_reply;
 use corekv_server::core::{CoreConfig, Outputs, Recovery, ShardCore, SnapshotJob};
 use corekv_server::metrics::ShardMetrics;
 use corekv_storage::wal::{MemSegments, RecoveryMode};
+use corekv_types::ids::{NodeId, ShardId};
 
 const SEGMENT_BYTES: u64 = 1 << 20;
 

@@ -1,7 +1,6 @@
 //! One call to a shard: its connection (opened and cached per node and shard), the attempt,
 //! and the loop that asks [`crate::retry`] what to do next — the I/O around the rules.
 
-use corekv_types::ids::{NodeId, ShardId};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +8,7 @@ use std::time::{Duration, Instant};
 use corekv_proto::client::{self as wire, ErrorKind};
 use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::VerifiedReply;
+use corekv_types::ids::{NodeId, ShardId};
 
 use crate::connection::{CallError, Connection, OpenError};
 use crate::error::{Error, Result};

@@ -5,11 +5,12 @@
 //! `ops` has the operations, `call` one call's connection, attempts and retry loop,
 //! `wire_map` the conversions between the client's types and the wire's.
 
-use corekv_types::ids::{NodeId, ShardId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use corekv_types::ids::{NodeId, ShardId};
 
 use crate::connection::Connection;
 use crate::error::Result;

@@ -1,13 +1,13 @@
 //! The operations a client offers: single keys, batches (grouped by shard, fanned out, put
 //! back in the caller's order), scans, transactions, status.
 
-use corekv_types::ids::{NodeId, ShardId};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use corekv_proto::client::{self as wire};
 use corekv_proto::constants::BATCH_KEYS_MAX;
 use corekv_proto::encode::{CompareSpec, ScanSpec, TxnOpSpec};
+use corekv_types::ids::{NodeId, ShardId};
 use futures_util::stream::Stream;
 
 use crate::error::{Error, Result};

@@ -1,13 +1,13 @@
 //! A core for the unit tests of the read and write paths: one replica over an in-memory disk,
 //! driven through the driver contract, its replies decoded.
 
-use corekv_types::ids::{NodeId, ShardId};
 use std::sync::Arc;
 
 use corekv_proto::client::{ErrorKind as WireErrorKind, Reply};
 use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::verify_reply;
 use corekv_storage::wal::{FlushJob, MemSegments, RecoveryMode};
+use corekv_types::ids::{NodeId, ShardId};
 
 use super::counters::ShardMetrics;
 use super::{ConnId, CoreConfig, Outputs, Recovery, ShardCore, SnapshotPolicy};
