@@ -1,0 +1,227 @@
+//! Client requests, as a client sends them.
+
+use crate::constants::CLIENT_PROTOCOL_VERSION;
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
+
+use super::{
+    bytes_vector, c, key_tables, CompareSpec, Consistency, ScanSpec, TxnOpSpec,
+    BUILDER_CAPACITY_BYTES,
+};
+
+/// Builds client requests.
+pub struct RequestEncoder {
+    fbb: FlatBufferBuilder<'static>,
+}
+
+impl Default for RequestEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestEncoder {
+    /// An encoder with a fresh builder.
+    pub fn new() -> Self {
+        RequestEncoder { fbb: FlatBufferBuilder::with_capacity(BUILDER_CAPACITY_BYTES) }
+    }
+
+    fn finish(
+        &mut self,
+        id: u64,
+        request_type: c::Request,
+        request: WIPOffset<flatbuffers::UnionWIPOffset>,
+    ) -> &[u8] {
+        let frame = c::RequestFrame::create(
+            &mut self.fbb,
+            &c::RequestFrameArgs { id, request_type, request: Some(request) },
+        );
+        self.fbb.finish_size_prefixed(frame, None);
+        self.fbb.finished_data()
+    }
+
+    /// The first request of a connection: the cluster name and the shard count of the
+    /// client's registry file.
+    pub fn hello(&mut self, id: u64, cluster: &str, shards: u32) -> &[u8] {
+        self.hello_speaking(id, cluster, shards, CLIENT_PROTOCOL_VERSION)
+    }
+
+    /// A hello that claims protocol version `protocol_version`: how tests speak as an older
+    /// or newer client.
+    pub fn hello_speaking(
+        &mut self,
+        id: u64,
+        cluster: &str,
+        shards: u32,
+        protocol_version: u32,
+    ) -> &[u8] {
+        self.fbb.reset();
+        let cluster = self.fbb.create_string(cluster);
+        let hello = c::Hello::create(
+            &mut self.fbb,
+            &c::HelloArgs { cluster: Some(cluster), protocol_version, shards },
+        );
+        self.finish(id, c::Request::Hello, hello.as_union_value())
+    }
+
+    /// Reads one key.
+    pub fn get(&mut self, id: u64, key: &[u8], consistency: Consistency) -> &[u8] {
+        self.fbb.reset();
+        let key = self.fbb.create_vector(key);
+        let get = c::GetRequest::create(
+            &mut self.fbb,
+            &c::GetRequestArgs { key: Some(key), consistency },
+        );
+        self.finish(id, c::Request::GetRequest, get.as_union_value())
+    }
+
+    /// Writes one key.
+    pub fn put(&mut self, id: u64, key: &[u8], value: &[u8]) -> &[u8] {
+        self.fbb.reset();
+        let key = self.fbb.create_vector(key);
+        let value = self.fbb.create_vector(value);
+        let put = c::PutRequest::create(
+            &mut self.fbb,
+            &c::PutRequestArgs { key: Some(key), value: Some(value) },
+        );
+        self.finish(id, c::Request::PutRequest, put.as_union_value())
+    }
+
+    /// Deletes one key.
+    pub fn delete(&mut self, id: u64, key: &[u8]) -> &[u8] {
+        self.fbb.reset();
+        let key = self.fbb.create_vector(key);
+        let delete =
+            c::DeleteRequest::create(&mut self.fbb, &c::DeleteRequestArgs { key: Some(key) });
+        self.finish(id, c::Request::DeleteRequest, delete.as_union_value())
+    }
+
+    /// Reads several keys of one shard.
+    pub fn batch_get(&mut self, id: u64, keys: &[&[u8]], consistency: Consistency) -> &[u8] {
+        self.fbb.reset();
+        let tables = key_tables(&mut self.fbb, keys);
+        let keys = self.fbb.create_vector(&tables);
+        let batch = c::BatchGetRequest::create(
+            &mut self.fbb,
+            &c::BatchGetRequestArgs { keys: Some(keys), consistency },
+        );
+        self.finish(id, c::Request::BatchGetRequest, batch.as_union_value())
+    }
+
+    /// Writes several keys of one shard atomically.
+    pub fn batch_put(&mut self, id: u64, items: &[(&[u8], &[u8])]) -> &[u8] {
+        self.fbb.reset();
+        let tables: Vec<_> = items
+            .iter()
+            .map(|(k, v)| {
+                let key = self.fbb.create_vector(k);
+                let value = self.fbb.create_vector(v);
+                c::KeyValue::create(
+                    &mut self.fbb,
+                    &c::KeyValueArgs { key: Some(key), value: Some(value) },
+                )
+            })
+            .collect();
+        let items = self.fbb.create_vector(&tables);
+        let batch = c::BatchPutRequest::create(
+            &mut self.fbb,
+            &c::BatchPutRequestArgs { items: Some(items) },
+        );
+        self.finish(id, c::Request::BatchPutRequest, batch.as_union_value())
+    }
+
+    /// Deletes several keys of one shard atomically.
+    pub fn batch_delete(&mut self, id: u64, keys: &[&[u8]]) -> &[u8] {
+        self.fbb.reset();
+        let tables = key_tables(&mut self.fbb, keys);
+        let keys = self.fbb.create_vector(&tables);
+        let batch = c::BatchDeleteRequest::create(
+            &mut self.fbb,
+            &c::BatchDeleteRequestArgs { keys: Some(keys) },
+        );
+        self.finish(id, c::Request::BatchDeleteRequest, batch.as_union_value())
+    }
+
+    /// Scans keys of one shard.
+    pub fn scan(&mut self, id: u64, spec: &ScanSpec<'_>) -> &[u8] {
+        self.fbb.reset();
+        let start = bytes_vector(&mut self.fbb, spec.start);
+        let end = bytes_vector(&mut self.fbb, spec.end);
+        let prefix = bytes_vector(&mut self.fbb, spec.prefix);
+        let continuation = bytes_vector(&mut self.fbb, spec.continuation);
+        let scan = c::ScanRequest::create(
+            &mut self.fbb,
+            &c::ScanRequestArgs {
+                start,
+                end,
+                prefix,
+                continuation,
+                limit: spec.limit,
+                keys_only: spec.keys_only,
+                consistency: spec.consistency,
+            },
+        );
+        self.finish(id, c::Request::ScanRequest, scan.as_union_value())
+    }
+
+    /// A transaction on keys of one shard.
+    pub fn txn(
+        &mut self,
+        id: u64,
+        compares: &[CompareSpec<'_>],
+        success: &[TxnOpSpec<'_>],
+        failure: &[TxnOpSpec<'_>],
+    ) -> &[u8] {
+        self.fbb.reset();
+        let compare_tables: Vec<_> = compares
+            .iter()
+            .map(|cmp| {
+                let key = self.fbb.create_vector(cmp.key);
+                let value = bytes_vector(&mut self.fbb, cmp.value);
+                c::Compare::create(
+                    &mut self.fbb,
+                    &c::CompareArgs {
+                        key: Some(key),
+                        target: cmp.target,
+                        op: cmp.op,
+                        value,
+                        number: cmp.number,
+                    },
+                )
+            })
+            .collect();
+        let compares = self.fbb.create_vector(&compare_tables);
+        let success = txn_ops(&mut self.fbb, success);
+        let failure = txn_ops(&mut self.fbb, failure);
+        let txn = c::TxnRequest::create(
+            &mut self.fbb,
+            &c::TxnRequestArgs {
+                compares: Some(compares),
+                success: Some(success),
+                failure: Some(failure),
+            },
+        );
+        self.finish(id, c::Request::TxnRequest, txn.as_union_value())
+    }
+
+    /// Asks for the replica's status.
+    pub fn status(&mut self, id: u64) -> &[u8] {
+        self.fbb.reset();
+        let status = c::StatusRequest::create(&mut self.fbb, &c::StatusRequestArgs {});
+        self.finish(id, c::Request::StatusRequest, status.as_union_value())
+    }
+}
+
+fn txn_ops<'b>(
+    fbb: &mut FlatBufferBuilder<'b>,
+    ops: &[TxnOpSpec<'_>],
+) -> WIPOffset<flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<c::TxnOp<'b>>>> {
+    let tables: Vec<_> = ops
+        .iter()
+        .map(|op| {
+            let key = fbb.create_vector(op.key);
+            let value = bytes_vector(fbb, op.value);
+            c::TxnOp::create(fbb, &c::TxnOpArgs { kind: op.kind, key: Some(key), value })
+        })
+        .collect();
+    fbb.create_vector(&tables)
+}
