@@ -179,6 +179,48 @@ fn wiped_node_rebuilds_itself_then_votes_again() {
     });
 }
 
+// Shows: a wiped node restarted without --join on an idle shard catches up and votes again with
+// no write arriving. The leader still counts it as holding the log it acknowledged before the
+// wipe; it installs a snapshot, and the entries after the snapshot take several messages (large
+// values), which a leader that trusts its old match index never sent before the next write.
+// Voting again: with the leader paused, the other follower needs the wiped node's vote.
+#[test]
+fn wiped_node_of_an_idle_shard_catches_up_and_votes_with_no_write() {
+    let mut cluster = TestCluster::start_with(3, 1, SMALL);
+    let leader = cluster.leader_of(0);
+    let client = cluster.client();
+    let value = vec![b'v'; 200 * 1024];
+    block_on(async {
+        for i in 0..150 {
+            client.put(format!("big-{i}"), value.clone()).await.unwrap();
+        }
+    });
+    let victim = (1..=3).find(|&n| n != leader).unwrap();
+    wait_caught_up(&cluster, victim);
+    cluster.kill(victim);
+    std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
+    cluster.restart(victim);
+
+    wait_caught_up(&cluster, victim);
+    assert_eq!(shard0(&cluster, victim, "keys"), 150);
+    cluster.wait_until(Duration::from_secs(10), "the wiped node to stop joining", || {
+        cluster.status(victim).is_some_and(|s| s["shards"][0]["joining"] == false)
+    });
+    let other = (1..=3).find(|&n| n != leader && n != victim).unwrap();
+    cluster.signal(leader, libc::SIGSTOP);
+    cluster.wait_until(
+        Duration::from_secs(20),
+        "a leader elected with the wiped node's vote",
+        || {
+            [victim, other]
+                .iter()
+                .any(|&n| cluster.status(n).is_some_and(|s| s["shards"][0]["role"] == "leader"))
+        },
+    );
+    cluster.signal(leader, libc::SIGCONT);
+    assert_eq!(cluster.replica_value(victim, 0, b"big-149"), Some(value));
+}
+
 // Shows: a wiped node restarted without --join, which no leader can tell lost data, does not
 // help elect a leader that lacks writes it had acknowledged. One follower is paused while
 // writes commit on the leader and the other follower; that follower is wiped, the leader

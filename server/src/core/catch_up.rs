@@ -159,6 +159,7 @@ impl ShardCore {
         if !self.screen(&message) {
             return;
         }
+        self.notice_follower_lost_data(&message);
         if let Err(error) = self.raw.step(message) {
             tracing::debug!(shard = %self.cfg.shard, %error, "raft refused a message");
         }
@@ -212,6 +213,50 @@ impl ShardCore {
             );
         }
         Some(ask_to_probe)
+    }
+
+    /// On a leader: a follower's rejection whose hint (where its log ends) is before the index
+    /// the leader counts it as holding shows that the follower lost data (a wiped replica). A
+    /// follower's log never ends before what it acknowledged otherwise: the acknowledgement
+    /// waits for the flush, and a rejection's hint is at least the index where both logs agree.
+    /// raft-rs never lowers a follower's match index, and a leader that trusts it sends nothing
+    /// but heartbeats once that index is its last: after a snapshot and one message of entries,
+    /// a wiped replica of an idle shard would wait for the next write to catch up. So its
+    /// progress is set back to what the follower holds for certain (what it says is
+    /// committed), and the leader probes it from there. Lowering a match index is always
+    /// safe: the commit index never moves back, and a follower counted short only gets
+    /// entries again. While a snapshot is on its way, only the match index is lowered, so
+    /// that the snapshot's delivery moves the follower on.
+    fn notice_follower_lost_data(&mut self, message: &Message) {
+        use raft::eraftpb::MessageType;
+        if !self.is_leader()
+            || message.get_msg_type() != MessageType::MsgAppendResponse
+            || !message.reject
+        {
+            return;
+        }
+        let Some(progress) = self.raw.raft.mut_prs().get_mut(message.from) else { return };
+        if message.reject_hint >= progress.matched {
+            return;
+        }
+        let counted = progress.matched;
+        progress.matched = message.commit.min(message.reject_hint);
+        let snapshot_on_its_way = progress.state == raft::ProgressState::Snapshot;
+        if !snapshot_on_its_way {
+            progress.become_probe();
+        }
+        tracing::info!(
+            shard = %self.cfg.shard,
+            follower = message.from,
+            counted,
+            log_ends_at = message.reject_hint,
+            now_counted = message.commit.min(message.reject_hint),
+            "a follower's log ends before what it acknowledged (it lost its data): probing it \
+             from what it holds"
+        );
+        if !snapshot_on_its_way {
+            self.raw.raft.send_append(message.from);
+        }
     }
 
     /// Whether raft-rs gets `message`: a replica catching up withholds votes and refuses

@@ -139,7 +139,7 @@ fn runs_are_deterministic() {
 fn hunt(bug: InjectedBug, eligible: impl Fn(&Options) -> bool) -> (String, u64) {
     let mut tried = 0;
     let mut other_failures = 0;
-    for seed in 0..500 {
+    for seed in 0..2000 {
         let mut rng = Rng(seed);
         if !eligible(&Options::draw(&mut rng)) {
             continue;
@@ -165,7 +165,9 @@ fn hunt(bug: InjectedBug, eligible: impl Fn(&Options) -> bool) -> (String, u64) 
 }
 
 // Shows: a core that sends its persisted messages (append and vote responses) before the WAL
-// flush, so a crash can lose what it acknowledged, fails a safety check within 500 seeds.
+// flush, so a crash can lose what it acknowledged, fails a safety check within 2,000 seeds.
+// (About 1,000: a leader probes a follower whose log ends before what it acknowledged and
+// sends the entries again, which repairs most losses before another leader can miss them.)
 #[test]
 fn injected_bug_early_acks_is_caught() {
     let (error, _) = hunt(InjectedBug::PersistedMessagesBeforeFlush, |o| o.crashes);
@@ -173,7 +175,7 @@ fn injected_bug_early_acks_is_caught() {
 }
 
 // Shows: a leader that serves linearizable reads without checking that it still leads is
-// caught by the linearizability checker within 500 seeds.
+// caught by the linearizability checker within 2,000 seeds (the same budget).
 #[test]
 fn injected_bug_stale_reads_is_caught() {
     let (error, _) = hunt(InjectedBug::ReadsWithoutQuorumCheck, |o| o.partitions);
