@@ -23,7 +23,7 @@ type Read<T> = fn(&ShardMetrics) -> T;
 type HistogramOf = (fn(&ShardMetrics) -> &Histogram, f64);
 
 /// The counters of one series per shard: name, help, how to read it.
-const COUNTERS: [(&str, &str, Read<u64>); 18] = [
+const COUNTERS: [(&str, &str, Read<u64>); 19] = [
     ("corekv_proposals_total", "Raft entries proposed (each carries a batch of writes).", |m| {
         m.proposals.load(Relaxed)
     }),
@@ -76,6 +76,9 @@ const COUNTERS: [(&str, &str, Read<u64>); 18] = [
     }),
     ("corekv_snapshots_installed_total", "Snapshots received from a leader and installed.", |m| {
         m.snapshots_installed.load(Relaxed)
+    }),
+    ("corekv_conf_changes_total", "Membership (raft configuration) changes applied.", |m| {
+        m.conf_changes.load(Relaxed)
     }),
     (
         "corekv_wal_records_read_for_followers_total",

@@ -9,10 +9,15 @@ use std::sync::Arc;
 use corekv_proto::client::{Consistency, ErrorKind, Reply};
 use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::verify_reply;
-use corekv_server::core::{CoreConfig, Outputs, Recovery, ShardCore, SnapshotJob};
+use corekv_server::core::{
+    ChangeRefused, CoreConfig, MembershipChange, Outputs, Recovery, ShardCore, SnapshotJob,
+};
 use corekv_server::metrics::ShardMetrics;
+use corekv_storage::snapshot::Archive;
 use corekv_storage::wal::{MemSegments, RecoveryMode};
 use corekv_types::ids::{NodeId, ShardId};
+use corekv_types::membership::MemberAddr;
+use corekv_types::registry::Node as RegistryNode;
 
 const SEGMENT_BYTES: u64 = 1 << 20;
 
@@ -22,23 +27,53 @@ struct Node {
     metrics: Arc<ShardMetrics>,
     /// Reply frames received per connection.
     replies: BTreeMap<u64, Vec<Vec<u8>>>,
-    /// The snapshot the core asked for, until a test makes it.
-    snapshot_job: Option<SnapshotJob>,
+    /// The index of every snapshot the core asked for, in order (each is made at once).
+    snapshots_taken: Vec<u64>,
+    /// The newest snapshot made, which a `MsgSnapshot` from this node carries.
+    newest_snapshot: Option<Arc<Archive>>,
 }
 
 fn node(id: u64, snapshot_entries: u64) -> Node {
-    node_on(id, MemSegments::new(format!("node-{id}"), SEGMENT_BYTES), snapshot_entries)
+    node_on(id, MemSegments::new(format!("node-{id}"), SEGMENT_BYTES), None, snapshot_entries)
 }
 
-/// A node started on `disk` (a restart when the disk holds a log; the tests that restart take
-/// no snapshots, so the state machine is rebuilt from the log).
-fn node_on(id: u64, disk: MemSegments, snapshot_entries: u64) -> Node {
+/// A node started on `disk` and its newest snapshot file (a restart when the disk holds a log).
+fn node_on(
+    id: u64,
+    disk: MemSegments,
+    snapshot: Option<Arc<Archive>>,
+    snapshot_entries: u64,
+) -> Node {
+    start_node(id, disk, snapshot, snapshot_entries, false)
+}
+
+/// A new node, not in the registry, started with `--join` and no data.
+fn joiner(id: u64) -> Node {
+    let disk = MemSegments::new(format!("node-{id}"), SEGMENT_BYTES);
+    start_node(id, disk, None, 1_000_000, true)
+}
+
+fn start_node(
+    id: u64,
+    disk: MemSegments,
+    snapshot: Option<Arc<Archive>>,
+    snapshot_entries: u64,
+    join: bool,
+) -> Node {
     let cfg = CoreConfig {
         node_id: NodeId(id),
         shard: ShardId(0),
         shards: 1,
         cluster: "sans-io".to_string(),
-        nodes: (1..=3).map(|n| (NodeId(n), format!("10.0.0.{n}:7100"))).collect(),
+        registry: (1..=3)
+            .map(|n| RegistryNode {
+                id: NodeId(n),
+                host: format!("10.0.0.{n}"),
+                client_port: 7100,
+                peer_port: 7200,
+                http_port: 7300,
+            })
+            .collect(),
         preferred_leader: NodeId(1),
         election_ticks: 10,
         heartbeat_ticks: 2,
@@ -48,7 +83,7 @@ fn node_on(id: u64, disk: MemSegments, snapshot_entries: u64) -> Node {
             log_bytes: 1 << 30,
             write_bytes_per_sec: 1 << 30,
         },
-        join: false,
+        join,
     };
     let metrics = Arc::new(ShardMetrics::default());
     let logger = slog::Logger::root(slog::Discard, slog::o!());
@@ -56,11 +91,30 @@ fn node_on(id: u64, disk: MemSegments, snapshot_entries: u64) -> Node {
         segments: Box::new(disk.clone()),
         segment_bytes: SEGMENT_BYTES,
         mode: RecoveryMode::Strict,
-        snapshot: None,
+        snapshot: snapshot.clone(),
         entry_cache_bytes: None,
     };
     let core = ShardCore::recover(cfg, recovery, metrics.clone(), &logger).unwrap();
-    Node { core, disk, metrics, replies: BTreeMap::new(), snapshot_job: None }
+    Node {
+        core,
+        disk,
+        metrics,
+        replies: BTreeMap::new(),
+        snapshots_taken: Vec::new(),
+        newest_snapshot: snapshot,
+    }
+}
+
+/// Builds the snapshot a core asked for and hands it back, as the runtime's snapshot task
+/// does (at once here).
+fn make_snapshot(node: &mut Node, job: SnapshotJob) {
+    let frozen = &job.frozen;
+    let archive =
+        Archive::build(job.meta, &job.membership, frozen.base.as_deref(), &frozen.overlay).unwrap();
+    let archive = Arc::new(archive);
+    node.snapshots_taken.push(archive.meta().index);
+    node.newest_snapshot = Some(archive.clone());
+    node.core.on_snapshot_written(archive);
 }
 
 struct Cluster {
@@ -113,7 +167,7 @@ impl Cluster {
                     let turn = node.core.turn(self.now_us, node_ticks, &mut self.out);
                     node_ticks = 0;
                     if let Some(job) = turn.snapshot {
-                        assert!(node.snapshot_job.replace(job).is_none(), "one at a time");
+                        make_snapshot(node, job);
                     }
                     messages.append(&mut self.out.messages);
                     for (conn, range) in self.out.replies.drain(..) {
@@ -141,9 +195,17 @@ impl Cluster {
                     let bytes = message.entries.iter().map(|e| e.data.len()).sum::<usize>();
                     self.largest_append = self.largest_append.max(bytes);
                 }
-                let to = message.to;
-                if self.cut.contains(&to) || self.cut.contains(&message.from) {
+                let (to, from) = (message.to, message.from);
+                if self.cut.contains(&to) || self.cut.contains(&from) {
                     continue;
+                }
+                if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                    // The file goes with the message, verified, as the runtime's transfer does.
+                    let archive = self.nodes[&from].newest_snapshot.clone().expect("a snapshot");
+                    let receiver = self.nodes.get_mut(&to).expect("known node");
+                    receiver.newest_snapshot = Some(archive.clone());
+                    receiver.core.offer_snapshot(archive);
+                    self.nodes.get_mut(&from).expect("known node").core.report_snapshot(to, true);
                 }
                 self.nodes.get_mut(&to).expect("known node").core.step(message);
             }
@@ -303,27 +365,17 @@ fn reads_do_not_wait_for_follower_flushes() {
 // so the three stay a third of a period apart instead of building and writing at once.
 #[test]
 fn replicas_snapshot_out_of_step() {
-    use corekv_storage::snapshot::Archive;
     let mut cluster = Cluster::with_snapshot_entries(30);
     let leader = cluster.elect();
     let mut encoder = RequestEncoder::new();
-    let mut taken: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for i in 0..130u64 {
         // One put per round: one raft entry each.
         let put = encoder.put(i + 1, format!("key-{i}").as_bytes(), b"value").to_vec();
         cluster.send(leader, 100 + i, &[put]);
         cluster.settle();
-        for (&id, node) in cluster.nodes.iter_mut() {
-            if let Some(job) = node.snapshot_job.take() {
-                let frozen = &job.frozen;
-                let archive =
-                    Archive::build(job.meta, job.voters, frozen.base.as_deref(), &frozen.overlay)
-                        .unwrap();
-                taken.entry(id).or_default().push(archive.meta().index);
-                node.core.on_snapshot_written(Arc::new(archive));
-            }
-        }
     }
+    let taken: BTreeMap<u64, Vec<u64>> =
+        cluster.nodes.iter().map(|(&id, n)| (id, n.snapshots_taken.clone())).collect();
     // Index 1 is the new leader's empty entry; the puts follow.
     assert_eq!(taken[&1], vec![30, 60, 90, 120], "rank 0: every 30 entries");
     assert_eq!(taken[&2], vec![40, 70, 100, 130], "rank 1: 10 entries later");
@@ -399,7 +451,8 @@ fn an_empty_replica_does_not_elect_a_candidate_with_entries() {
 }
 
 // Shows: a wiped replica turns to joining when a leader's heartbeat shows it lost data (and
-// has the leader probe it, so it catches up without waiting for a write), then votes again.
+// has the leader probe it, so it catches up without waiting for a write): with an empty log it
+// takes a snapshot, which the leader makes for it, then votes again.
 // Restarted with the rebuilding mark and a target its log has not reached, it goes on joining
 // and withholds its vote; once caught up it votes again, also after a restart.
 #[test]
@@ -419,19 +472,28 @@ fn a_wiped_replica_joins_and_goes_on_joining_after_a_restart() {
         ticks += 1;
         assert!(ticks < 10, "the leader's heartbeat did not show node 3 its loss");
     }
+    // With an empty log it asks for a snapshot (never entries from index 1), which the
+    // leader takes for it: it had none.
+    let mut ticks = 0;
+    while cluster.nodes[&3].core.state_machine().get(b"k").is_none() {
+        cluster.tick();
+        ticks += 1;
+        assert!(ticks < 10, "the leader sent no snapshot, with no write to trigger it");
+    }
+    assert_eq!(cluster.nodes[&1].snapshots_taken.len(), 1, "the leader took one for it");
     assert_eq!(
-        cluster.nodes[&3].core.state_machine().get(b"k").map(|v| v.value.to_vec()),
-        Some(b"v".to_vec()),
-        "the leader probed it and sent the log, with no write to trigger it"
+        cluster.nodes[&3].metrics.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed),
+        1
     );
     cluster.tick();
     assert!(!cluster.nodes[&3].core.catching_up(), "caught up, it votes again");
 
     // A restart part way: the mark names a commit index its log has not reached.
     let disk = cluster.nodes[&3].disk.clone();
+    let snapshot = cluster.nodes[&3].newest_snapshot.clone();
     let target = cluster.nodes[&3].core.state_machine().applied_index() + 1;
     {
-        let mut node = node_on(3, disk.clone(), 1_000_000);
+        let mut node = node_on(3, disk.clone(), snapshot.clone(), 1_000_000);
         let store = node.core.raft_mut().mut_store();
         store.set_rebuilding(Some(target)).unwrap();
         while let Some(job) = store.take_flush_job() {
@@ -439,7 +501,7 @@ fn a_wiped_replica_joins_and_goes_on_joining_after_a_restart() {
             store.on_flush_complete(job);
         }
     }
-    cluster.nodes.insert(3, node_on(3, disk, 1_000_000));
+    cluster.nodes.insert(3, node_on(3, disk, snapshot, 1_000_000));
     assert!(cluster.nodes[&3].core.joining(), "the mark survived the restart");
     cluster.cut.insert(1);
     for _ in 0..100 {
@@ -467,7 +529,8 @@ fn a_wiped_replica_joins_and_goes_on_joining_after_a_restart() {
     cluster.settle();
     cluster.tick();
     let disk = cluster.nodes[&3].disk.clone();
-    cluster.nodes.insert(3, node_on(3, disk, 1_000_000));
+    let snapshot = cluster.nodes[&3].newest_snapshot.clone();
+    cluster.nodes.insert(3, node_on(3, disk, snapshot, 1_000_000));
     assert!(!cluster.nodes[&3].core.joining(), "caught up, the mark was cleared");
 }
 
@@ -537,4 +600,162 @@ fn appends_to_a_lagging_follower_stay_within_the_message_bound() {
         cluster.largest_append
     );
     assert!(cluster.largest_append > bound / 2, "appends were batched up to near the bound");
+}
+
+fn addr(id: u64) -> MemberAddr {
+    MemberAddr { host: format!("10.0.0.{id}"), client_port: 7100, peer_port: 7200, http_port: 7300 }
+}
+
+fn ids(list: &[u64]) -> Vec<NodeId> {
+    list.iter().map(|&id| NodeId(id)).collect()
+}
+
+impl Cluster {
+    fn propose(&mut self, id: u64, change: MembershipChange) -> Result<u64, ChangeRefused> {
+        let now = self.now_us;
+        let node = self.nodes.get_mut(&id).unwrap();
+        node.core.set_now(now);
+        node.core.propose_membership_change(change)
+    }
+
+    /// Ticks until `done` holds, at most `ticks` times.
+    fn tick_until(&mut self, ticks: u64, what: &str, done: impl Fn(&Cluster) -> bool) {
+        for _ in 0..ticks {
+            if done(self) {
+                return;
+            }
+            self.tick();
+        }
+        assert!(done(self), "{what} after {ticks} ticks");
+    }
+}
+
+// Shows: membership changes go through raft, one at a time, checked before they are
+// proposed. A new node (started with --join, no data, not in the registry) is added as a
+// learner and catches up by snapshot — it takes its membership, with every member's address,
+// from it; it is promoted once caught up; a voter is replaced in one joint change (left by
+// raft-rs by itself) and another removed. Refused, with nothing proposed: removing the
+// leader, a non-member, or a voter whose removal leaves no healthy majority; promoting a
+// voter or a learner far behind; adding a member twice; a second change while one is pending.
+#[test]
+fn members_are_added_promoted_replaced_and_removed_through_raft() {
+    use MembershipChange::{AddLearner, Promote, Remove, Replace};
+    let mut cluster = Cluster::new();
+    assert_eq!(cluster.elect(), 1);
+    let mut encoder = RequestEncoder::new();
+    cluster.send(1, 7, &[encoder.put(1, b"k", b"v").to_vec()]);
+    cluster.settle();
+    for id in 1..=3 {
+        assert_eq!(cluster.nodes[&id].core.membership().voters, ids(&[1, 2, 3]));
+    }
+
+    assert_eq!(
+        cluster.propose(1, Remove { id: NodeId(1) }),
+        Err(ChangeRefused::IsLeader { id: NodeId(1) })
+    );
+    assert_eq!(
+        cluster.propose(1, Remove { id: NodeId(9) }),
+        Err(ChangeRefused::NotMember { id: NodeId(9) })
+    );
+    assert_eq!(
+        cluster.propose(1, Promote { id: NodeId(2) }),
+        Err(ChangeRefused::NotLearner { id: NodeId(2) })
+    );
+    assert!(matches!(
+        cluster.propose(2, Promote { id: NodeId(2) }),
+        Err(ChangeRefused::NotLeader { .. })
+    ));
+    // Node 3 down for more than an election timeout: removing node 2 would leave one healthy
+    // voter of two.
+    cluster.cut.insert(3);
+    for _ in 0..12 {
+        cluster.tick();
+    }
+    let refused = cluster.propose(1, Remove { id: NodeId(2) });
+    assert_eq!(refused, Err(ChangeRefused::BelowMajority { id: NodeId(2), healthy: 1, voters: 2 }));
+    assert!(refused.unwrap_err().to_string().contains("fewer than a majority (2)"));
+    cluster.cut.clear();
+    cluster.tick();
+
+    cluster.nodes.insert(4, joiner(4));
+    assert!(cluster.nodes[&4].core.membership().voters.is_empty(), "a joiner knows no member");
+    cluster.propose(1, AddLearner { id: NodeId(4), addr: addr(4) }).unwrap();
+    let pending = cluster.propose(1, Promote { id: NodeId(4) });
+    assert!(matches!(pending, Err(ChangeRefused::ChangePending { .. })), "{pending:?}");
+    cluster.settle();
+    cluster.tick_until(20, "node 4 caught up by snapshot", |c| {
+        c.nodes[&4].core.state_machine().get(b"k").is_some()
+    });
+    for id in 1..=4 {
+        let membership = cluster.nodes[&id].core.membership();
+        assert_eq!(membership.voters, ids(&[1, 2, 3]), "node {id}");
+        assert_eq!(membership.learners, ids(&[4]), "node {id}");
+        assert_eq!(membership.addrs.get(&NodeId(4)), Some(&addr(4)), "node {id}");
+        assert_eq!(membership.addrs.get(&NodeId(2)), Some(&addr(2)), "node {id}");
+    }
+    assert_eq!(
+        cluster.nodes[&4].metrics.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let again = cluster.propose(1, AddLearner { id: NodeId(2), addr: addr(2) });
+    assert_eq!(again, Err(ChangeRefused::AlreadyMember { id: NodeId(2) }));
+
+    // A learner far behind is not promoted.
+    cluster.cut.insert(4);
+    for i in 0..1_050u64 {
+        cluster.send(1, 8, &[encoder.put(10 + i, format!("k{i}").as_bytes(), b"v").to_vec()]);
+        cluster.settle();
+    }
+    let behind = cluster.propose(1, Promote { id: NodeId(4) });
+    assert!(
+        matches!(behind, Err(ChangeRefused::LearnerBehind { id: NodeId(4), .. })),
+        "{behind:?}"
+    );
+    cluster.cut.clear();
+    let last = cluster.nodes[&1].core.raft().raft.raft_log.last_index();
+    cluster.tick_until(50, "node 4 caught up by log", |c| {
+        c.nodes[&4].core.state_machine().applied_index() >= last
+    });
+    cluster.propose(1, Promote { id: NodeId(4) }).unwrap();
+    cluster.settle();
+    cluster.tick();
+    for id in 1..=4 {
+        let membership = cluster.nodes[&id].core.membership();
+        assert_eq!(membership.voters, ids(&[1, 2, 3, 4]), "node {id}");
+        assert!(membership.learners.is_empty(), "node {id}");
+    }
+
+    // Node 5 replaces node 3 in one joint change.
+    cluster.nodes.insert(5, joiner(5));
+    cluster.propose(1, AddLearner { id: NodeId(5), addr: addr(5) }).unwrap();
+    cluster.settle();
+    let last = cluster.nodes[&1].core.raft().raft.raft_log.last_index();
+    cluster.tick_until(50, "node 5 caught up", |c| {
+        c.nodes[&5].core.state_machine().applied_index() >= last
+    });
+    cluster.propose(1, Replace { old: NodeId(3), new: NodeId(5) }).unwrap();
+    cluster.settle();
+    cluster.tick_until(20, "the joint configuration left", |c| {
+        [1, 2, 4, 5].iter().all(|id| !c.nodes[id].core.membership().is_joint())
+    });
+    for id in [1, 2, 4, 5] {
+        let membership = cluster.nodes[&id].core.membership();
+        assert_eq!(membership.voters, ids(&[1, 2, 4, 5]), "node {id}");
+        assert!(!membership.addrs.contains_key(&NodeId(3)), "node {id}");
+    }
+    cluster.propose(1, Remove { id: NodeId(4) }).unwrap();
+    cluster.settle();
+    cluster.tick();
+    assert_eq!(cluster.nodes[&1].core.membership().voters, ids(&[1, 2, 5]));
+    assert_eq!(
+        cluster.nodes[&1].metrics.conf_changes.load(std::sync::atomic::Ordering::Relaxed),
+        6
+    );
+
+    // The group goes on with its new voters: node 1 cut off, nodes 2 and 5 elect a leader.
+    cluster.cut.insert(1);
+    cluster.tick_until(100, "a leader among nodes 2 and 5", |c| {
+        [2, 5].iter().any(|id| c.nodes[id].core.is_leader())
+    });
+    cluster.cut.clear();
 }

@@ -3,6 +3,7 @@
 //! adopting snapshots, failed snapshots folded back, and restores from snapshot files must
 //! always read exactly like the model — gets, scans, key counts, byte counts and metadata.
 
+use corekv_types::membership::Membership;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -121,7 +122,7 @@ proptest! {
                     if let Some(f) = frozen.take() {
                         if succeed {
                             let meta = SnapshotMeta { cluster: "t".into(), shard: 0, index: f.index, term: f.term };
-                            let archive = Archive::build(meta, vec![1], f.base.as_deref(), &f.overlay).unwrap();
+                            let archive = Archive::build(meta, &Membership::default(), f.base.as_deref(), &f.overlay).unwrap();
                             prop_assert!(sm.adopt_snapshot(Arc::new(archive), f.index).is_some());
                         } else {
                             sm.thaw();
@@ -135,7 +136,7 @@ proptest! {
                     frozen = None;
                     let f = sm.freeze().unwrap();
                     let meta = SnapshotMeta { cluster: "t".into(), shard: 0, index: f.index, term: f.term };
-                    let archive = Archive::build(meta, vec![1], f.base.as_deref(), &f.overlay).unwrap();
+                    let archive = Archive::build(meta, &Membership::default(), f.base.as_deref(), &f.overlay).unwrap();
                     let path = dir.path().join("s.snap");
                     std::fs::write(&path, archive.file_bytes()).unwrap();
                     let loaded = Archive::load(&path, "t", 0).unwrap();

@@ -4,6 +4,8 @@
 //! - [`ids`]: node ids, shard ids, terms and log indexes, each a type of its own.
 //! - [`registry`]: the registry file — the cluster's name, shard count and nodes — loaded and
 //!   validated the same way everywhere.
+//! - [`membership`]: a shard's voters, learners and their addresses (its raft configuration),
+//!   and the byte encodings they travel and rest in.
 //! - [`meta`]: a key's metadata and the compare operators of transactions.
 //! - [`placement`]: where a key lives: its slot (Redis Cluster's CRC16 rule) and the shard
 //!   that owns the slot.
@@ -12,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod ids;
+pub mod membership;
 pub mod meta;
 pub mod placement;
 pub mod registry;

@@ -283,6 +283,21 @@ impl ShardCore {
                 self.metrics.votes_withheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 false
             }
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                if !self.is_member_candidate(message.from) =>
+            {
+                tracing::debug!(shard = %self.cfg.shard, candidate = message.from,
+                    "ignoring a vote request from a node that is not a voter of this shard");
+                false
+            }
+            MessageType::MsgAppend
+                if self.joining() && self.raw.raft.raft_log.last_index() == 0 =>
+            {
+                self.join_target = self.join_target.max(message.commit).max(1);
+                self.sync_rebuilding_mark();
+                self.request_snapshot(message);
+                false
+            }
             MessageType::MsgTimeoutNow if self.joining() => false,
             MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
                 if self.catching_up() =>
@@ -295,6 +310,28 @@ impl ShardCore {
             }
             _ => true,
         }
+    }
+
+    /// Asks the leader of `append` for its snapshot instead of the entries it sent. A replica
+    /// with an empty log that catches up from a running cluster starts from a snapshot, never
+    /// from entry 1: the membership the log's first entries apply to is the cluster's first
+    /// one, which such a replica may not know (it was added later, or was given a registry
+    /// file that lists today's members), while a snapshot carries the membership as of its
+    /// index. raft-rs's own request needs a log entry of the current term; this is the
+    /// rejection it sends, made here (the leader then sends a snapshot whatever its log
+    /// holds, taking one if it has none to send; see `RaftLogStore::take_snapshot_wanted`).
+    fn request_snapshot(&mut self, append: &Message) {
+        use raft::eraftpb::MessageType;
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgAppendResponse);
+        message.to = append.from;
+        message.from = self.cfg.node_id.get();
+        message.term = append.term;
+        message.reject = true;
+        message.index = append.index;
+        message.reject_hint = 0;
+        message.request_snapshot = 1;
+        self.out.messages.push(message);
     }
 
     /// Tells the leader that this replica's log is not what it thinks. A leader that believes

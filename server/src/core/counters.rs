@@ -120,6 +120,8 @@ pub struct ShardMetrics {
     pub snapshot_send_failures: AtomicU64,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: AtomicU64,
+    /// Membership (raft configuration) changes applied.
+    pub conf_changes: AtomicU64,
     /// WAL records read back (off the executor) to send a lagging follower old entries.
     pub cold_records_read: AtomicU64,
     /// Open client connections.
@@ -165,6 +167,7 @@ impl Default for ShardMetrics {
             snapshots_sent: AtomicU64::new(0),
             snapshot_send_failures: AtomicU64::new(0),
             snapshots_installed: AtomicU64::new(0),
+            conf_changes: AtomicU64::new(0),
             cold_records_read: AtomicU64::new(0),
             client_connections: AtomicI64::new(0),
             peer_connections: AtomicI64::new(0),

@@ -46,7 +46,10 @@ use corekv_storage::state_machine::StateMachine;
 use corekv_storage::wal::{RecoveryMode, SegmentIdentity, SegmentSource};
 use raft::eraftpb::ConfState;
 
+use corekv_types::membership::Membership;
+
 use super::counters::ShardMetrics;
+use super::membership;
 use super::snapshots::reconcile_log_with_snapshot;
 use super::{CoreConfig, Outputs, ShardCore, SnapshotJob};
 
@@ -122,15 +125,12 @@ impl ShardCore {
         logger: &slog::Logger,
     ) -> Result<ShardCore, RecoveryError> {
         let began = std::time::Instant::now();
-        let mut voters: Vec<u64> = cfg.nodes.iter().map(|(id, _)| id.get()).collect();
-        voters.sort_unstable();
         let identity = SegmentIdentity { cluster: cfg.cluster.clone(), shard: cfg.shard.get() };
-        let conf = ConfState { voters: voters.clone(), ..Default::default() };
         let (mut store, recovered) = RaftLogStore::open(
             recovery.segments,
             identity,
             recovery.segment_bytes,
-            conf,
+            ConfState::default(),
             recovery.mode,
         )
         .map_err(RecoveryError::Wal)?;
@@ -138,14 +138,28 @@ impl ShardCore {
             store.set_cache_limit(bytes);
         }
         let compacted = store.compacted().0;
-        let sm = match recovery.snapshot {
+        let (sm, membership) = match recovery.snapshot {
             Some(archive) if archive.meta().index >= compacted => {
                 let (index, term) = (archive.meta().index, archive.meta().term);
-                reconcile_log_with_snapshot(&mut store, index, term, &voters)
+                let membership =
+                    membership::with_registry_addrs(archive.membership().clone(), &cfg.registry);
+                let conf = membership::conf_state(&membership);
+                reconcile_log_with_snapshot(&mut store, index, term, &conf)
                     .map_err(RecoveryError::Reconcile)?;
-                StateMachine::from_snapshot(archive)
+                (StateMachine::from_snapshot(archive), membership)
             }
-            None if compacted == 0 => StateMachine::new(),
+            None if compacted == 0 => {
+                // A node added to a running cluster starts knowing no member: its membership
+                // comes with the leader's snapshot (see `catch_up`). Any other replica without
+                // a snapshot is one of the cluster's first voters.
+                let empty = raft::Storage::last_index(&store).unwrap_or(0) == 0;
+                let membership = if cfg.join && empty {
+                    Membership::default()
+                } else {
+                    Membership::bootstrap(&cfg.registry)
+                };
+                (StateMachine::new(), membership)
+            }
             newest => {
                 let newest = newest.map(|a| a.meta().index);
                 return Err(RecoveryError::NoSnapshotReaches { compacted, newest });
@@ -163,7 +177,8 @@ impl ShardCore {
             "state recovered: snapshot loaded, the WAL read back; the log entries after the \
              snapshot apply next"
         );
-        ShardCore::new(cfg, store, sm, metrics, logger).map_err(RecoveryError::Raft)
+        store.set_conf_state(membership::conf_state(&membership));
+        ShardCore::new(cfg, store, sm, membership, metrics, logger).map_err(RecoveryError::Raft)
     }
 
     /// The first call after recovery: the clock, and an election at once if this node is the

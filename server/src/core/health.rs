@@ -70,6 +70,11 @@ impl Health {
         self.leader_commit = self.leader_commit.max(commit);
     }
 
+    /// Whether a message from `node` was stepped less than `within_us` before `now_us`.
+    pub(crate) fn heard_within(&self, node: u64, now_us: u64, within_us: u64) -> bool {
+        self.last_heard_us.get(&node).is_some_and(|&at| now_us.saturating_sub(at) < within_us)
+    }
+
     /// The leader is sending this replica a snapshot of index `index` (its first chunk
     /// arrived): the replica is behind at least that far.
     pub(crate) fn snapshot_incoming(&mut self, index: u64) {

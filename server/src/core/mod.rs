@@ -19,6 +19,7 @@
 //! | `kinds` | request kinds, error kinds, roles (what metrics label by) |
 //! | [`counters`] | the shard's counters and histograms ([`crate::metrics`] renders them) |
 //! | `snapshots` | when to snapshot, installing a leader's snapshot |
+//! | [`membership`] | voters, learners and their addresses: changes proposed, checked, applied |
 //! | `status`, `health` | what a replica reports, and whether it serves |
 
 mod appends;
@@ -27,6 +28,7 @@ pub mod counters;
 pub mod driver;
 mod health;
 mod kinds;
+pub mod membership;
 mod reads;
 mod ready;
 mod replies;
@@ -45,6 +47,8 @@ use corekv_proto::encode::ReplyEncoder;
 use corekv_storage::raft_log::{ColdFetch, RaftLogStore};
 use corekv_storage::state_machine::StateMachine;
 use corekv_types::ids::{NodeId, ShardId};
+use corekv_types::membership::Membership;
+use corekv_types::registry::Node;
 use raft::eraftpb::Message;
 use raft::{Config, RawNode, StateRole};
 
@@ -57,6 +61,7 @@ use counters::ShardMetrics;
 pub use corekv_types::status::{PeerProgress, ReplicaStatus, Role};
 pub use driver::{Recovery, RecoveryError, Turn};
 pub use kinds::{role_of, ErrorKind, Op};
+pub use membership::{ChangeRefused, MembershipChange};
 pub use reads::Reads;
 pub use snapshots::{SnapshotJob, SnapshotPolicy};
 pub use writes::Writes;
@@ -75,8 +80,10 @@ pub struct CoreConfig {
     pub shards: u32,
     /// Cluster name, checked in client hellos.
     pub cluster: String,
-    /// Every node of the cluster: id and the `host:port` of this shard's client port.
-    pub nodes: Vec<(NodeId, String)>,
+    /// The registry's nodes: a new cluster's first voters, and the addresses of members a
+    /// version 1 snapshot names without them. The shard's members are its
+    /// [`membership`](ShardCore::membership).
+    pub registry: Vec<Node>,
     /// The node this shard prefers as leader (DESIGN.md §4).
     pub preferred_leader: NodeId,
     /// raft-rs election timeout, in ticks.
@@ -163,6 +170,8 @@ pub struct ShardCore {
     injected_bug: Option<InjectedBug>,
     /// What `/health` is judged on: whom this replica hears from, how far behind it is.
     health: health::Health,
+    /// Voters, learners and their addresses, as of the applied index (see [`membership`]).
+    membership: Membership,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -184,6 +193,7 @@ impl ShardCore {
         cfg: CoreConfig,
         store: RaftLogStore,
         sm: StateMachine,
+        membership: Membership,
         metrics: Arc<ShardMetrics>,
         logger: &slog::Logger,
     ) -> raft::Result<Self> {
@@ -225,6 +235,7 @@ impl ShardCore {
             join_target: 0,
             injected_bug: None,
             health: health::Health::default(),
+            membership,
         };
         core.init_catch_up();
         core.init_snapshots();
@@ -233,9 +244,12 @@ impl ShardCore {
 
     /// Starts an election at once if this node is the shard's preferred leader and knows of
     /// none, so a new cluster has its leaders in place within one round trip. Pre-vote makes
-    /// this harmless when a healthy leader exists.
+    /// this harmless when a healthy leader exists. Only a voter that is not joining campaigns
+    /// (raft-rs 0.7 lets any replica campaign, and one that knows no voter wins alone).
     pub(super) fn campaign_if_preferred(&mut self) {
-        if self.cfg.preferred_leader == self.cfg.node_id && self.raw.raft.leader_id == 0 {
+        let me = self.cfg.node_id;
+        let may_campaign = self.membership.is_voter(me) && !self.joining();
+        if may_campaign && self.cfg.preferred_leader == me && self.raw.raft.leader_id == 0 {
             let _ = self.raw.campaign();
         }
     }

@@ -37,12 +37,15 @@ impl ShardCore {
 
     /// The `NotLeader` error for this shard, with the leader's address when known.
     pub(super) fn not_leader(&self) -> (u64, Option<String>) {
+        let leader = corekv_types::ids::NodeId(self.leader_id);
         let addr = self
-            .cfg
-            .nodes
-            .iter()
-            .find(|(id, _)| id.get() == self.leader_id && self.leader_id != raft::INVALID_ID)
-            .map(|(_, addr)| addr.clone());
+            .membership
+            .addrs
+            .get(&leader)
+            .map(|addr| addr.node(leader))
+            .or_else(|| self.cfg.registry.iter().find(|n| n.id == leader).cloned())
+            .filter(|_| self.leader_id != raft::INVALID_ID)
+            .map(|node| node.client_addr(self.cfg.shard));
         (self.leader_id, addr)
     }
 

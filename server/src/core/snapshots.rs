@@ -26,7 +26,9 @@ use corekv_storage::state_machine::FrozenState;
 use raft::eraftpb::{ConfState, Snapshot};
 use raft::SnapshotStatus;
 
-use super::ShardCore;
+use corekv_types::membership::Membership;
+
+use super::{membership, ShardCore};
 
 /// A snapshot for the shell to build and write.
 #[derive(Debug)]
@@ -35,8 +37,8 @@ pub struct SnapshotJob {
     pub frozen: FrozenState,
     /// Its identity.
     pub meta: SnapshotMeta,
-    /// The raft voters to record.
-    pub voters: Vec<u64>,
+    /// The membership as of its index, to record.
+    pub membership: Membership,
 }
 
 /// When to snapshot: the first threshold reached wins.
@@ -75,13 +77,11 @@ pub(super) struct SnapshotState {
 /// Ticks to wait after a failed snapshot before trying again.
 const SNAPSHOT_RETRY_TICKS: u64 = 100;
 
-fn raft_snapshot(index: u64, term: u64, voters: &[u64]) -> Snapshot {
+fn raft_snapshot(index: u64, term: u64, conf: &ConfState) -> Snapshot {
     let mut snapshot = Snapshot::default();
     snapshot.mut_metadata().index = index;
     snapshot.mut_metadata().term = term;
-    snapshot
-        .mut_metadata()
-        .set_conf_state(ConfState { voters: voters.to_vec(), ..Default::default() });
+    snapshot.mut_metadata().set_conf_state(conf.clone());
     snapshot
 }
 
@@ -97,7 +97,7 @@ pub(super) fn reconcile_log_with_snapshot(
     store: &mut RaftLogStore,
     index: u64,
     term: u64,
-    voters: &[u64],
+    conf: &ConfState,
 ) -> Result<(), String> {
     use raft::Storage;
     if store.term(index).is_ok_and(|t| t == term) {
@@ -110,7 +110,7 @@ pub(super) fn reconcile_log_with_snapshot(
         "the log lacks the newest snapshot's entry; resetting it to the snapshot"
     );
     store
-        .reset_to_snapshot(raft_snapshot(index, term, voters))
+        .reset_to_snapshot(raft_snapshot(index, term, conf))
         .map_err(|refused| format!("resetting the log to snapshot {index}: {refused:?}"))?;
     store.ensure_committed(index);
     Ok(())
@@ -120,21 +120,20 @@ impl ShardCore {
     /// Sets up snapshot bookkeeping after start-up: the newest snapshot is the state machine's
     /// base, and the log is already compacted to the previous one.
     pub(super) fn init_snapshots(&mut self) {
-        let voters = self.voters();
         if let Some(base) = self.sm.base().cloned() {
             let meta = base.meta();
             self.snapshots.newest = meta.index;
-            let snapshot = raft_snapshot(meta.index, meta.term, &voters);
+            let conf = membership::conf_state(&self.snapshot_membership(&base));
+            let snapshot = raft_snapshot(meta.index, meta.term, &conf);
             self.raw.mut_store().set_snapshot(snapshot);
         }
         self.snapshots.previous = self.raw.store().compacted().0;
         self.snapshots.staggered = true;
     }
 
-    fn voters(&self) -> Vec<u64> {
-        let mut voters: Vec<u64> = self.cfg.nodes.iter().map(|(id, _)| id.get()).collect();
-        voters.sort_unstable();
-        voters
+    /// The membership `archive` records, with the addresses a version 1 file lacks.
+    fn snapshot_membership(&self, archive: &Archive) -> Membership {
+        membership::with_registry_addrs(archive.membership().clone(), &self.cfg.registry)
     }
 
     /// The thresholds for the next snapshot. Every replica applies the same entries, so with
@@ -150,9 +149,9 @@ impl ShardCore {
             return (policy.entries, policy.log_bytes);
         }
         // Called on every pass of the shard loop: counted, not sorted into a new list.
-        let nodes = &self.cfg.nodes;
-        let rank = nodes.iter().filter(|(id, _)| *id < self.cfg.node_id).count() as u64;
-        let replicas = nodes.len().max(1) as u64;
+        let voters = &self.membership.voters;
+        let rank = voters.iter().filter(|&&id| id < self.cfg.node_id).count() as u64;
+        let replicas = voters.len().max(1) as u64;
         let delay = |period: u64| period.saturating_add(period / replicas * rank);
         (delay(policy.entries), delay(policy.log_bytes))
     }
@@ -167,8 +166,12 @@ impl ShardCore {
         let applied = self.sm.applied_index();
         let (entries, log_bytes) = self.snapshot_thresholds();
         let state = &self.snapshots;
-        let due =
-            applied.saturating_sub(state.newest) >= entries || state.applied_bytes >= log_bytes;
+        // A follower that needs a snapshot the newest one is not (see
+        // `RaftLogStore::take_snapshot_wanted`) has one taken for it.
+        let wanted = self.raw.mut_store().take_snapshot_wanted() && applied > state.newest;
+        let due = applied.saturating_sub(state.newest) >= entries
+            || state.applied_bytes >= log_bytes
+            || wanted;
         if !due
             || state.in_progress.is_some()
             || self.ticks < state.retry_tick
@@ -187,13 +190,14 @@ impl ShardCore {
             term: frozen.term,
         };
         tracing::info!(shard = %self.cfg.shard, index = frozen.index, "taking a snapshot");
-        Some(SnapshotJob { frozen, meta, voters: self.voters() })
+        Some(SnapshotJob { frozen, meta, membership: self.membership.clone() })
     }
 
     /// The job's snapshot is durable as `archive`: it becomes the state's base, raft-rs may
     /// send it to followers, and the log is compacted up to the previous snapshot.
     pub fn on_snapshot_written(&mut self, archive: Arc<Archive>) {
         let (index, term) = (archive.meta().index, archive.meta().term);
+        let conf = membership::conf_state(&self.snapshot_membership(&archive));
         self.snapshots.in_progress = None;
         let Some(replaced) = self.sm.adopt_snapshot(archive, index) else {
             // A leader's snapshot replaced the state meanwhile; this one is out of date.
@@ -202,8 +206,9 @@ impl ShardCore {
         self.out.garbage.push(replaced);
         let previous = std::mem::replace(&mut self.snapshots.newest, index);
         self.snapshots.previous = previous;
-        let voters = self.voters();
-        self.raw.mut_store().set_snapshot(raft_snapshot(index, term, &voters));
+        self.raw.mut_store().set_snapshot(raft_snapshot(index, term, &conf));
+        // What raft-rs wished for while this one was being made, this one may be.
+        let _ = self.raw.mut_store().take_snapshot_wanted();
         if previous > self.raw.store().compacted().0 {
             if let Err(refused) = self.raw.mut_store().compact(previous) {
                 tracing::warn!(shard = %self.cfg.shard, ?refused, "compacting the log failed");
@@ -270,6 +275,7 @@ impl ShardCore {
             self.fail(format!("WAL refused the snapshot reset: {refused:?}"));
             return true;
         }
+        self.membership = self.snapshot_membership(&archive);
         let replaced = self.sm.restore(archive);
         self.out.garbage.push(replaced);
         self.snapshots.newest = index;

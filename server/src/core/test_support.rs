@@ -8,6 +8,7 @@ use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::verify_reply;
 use corekv_storage::wal::{FlushJob, MemSegments, RecoveryMode};
 use corekv_types::ids::{NodeId, ShardId};
+use corekv_types::registry::Node;
 
 use super::counters::ShardMetrics;
 use super::{ConnId, CoreConfig, Outputs, Recovery, ShardCore, SnapshotPolicy};
@@ -35,7 +36,15 @@ impl Replica {
             shard: ShardId(0),
             shards: 1,
             cluster: "unit".to_string(),
-            nodes: (1..=voters).map(|n| (NodeId(n), format!("10.0.0.{n}:7100"))).collect(),
+            registry: (1..=voters)
+                .map(|n| Node {
+                    id: NodeId(n),
+                    host: format!("10.0.0.{n}"),
+                    client_port: 7100,
+                    peer_port: 7200,
+                    http_port: 7300,
+                })
+                .collect(),
             preferred_leader: NodeId(1),
             election_ticks: 10,
             heartbeat_ticks: 2,

@@ -135,9 +135,10 @@ impl ShardCore {
     pub(super) fn apply_entry(&mut self, entry: &Entry) {
         self.note_applied_bytes(entry.data.len());
         let waiters = self.take_waiters_for(entry);
-        if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
-            self.sm.apply_empty(entry.index, entry.term);
-            return;
+        if entry.get_entry_type() != EntryType::EntryNormal {
+            return self.apply_conf_entry(entry);
+        } else if entry.data.is_empty() {
+            return self.sm.apply_empty(entry.index, entry.term);
         }
         let index = entry.index;
         let (sm, encoder, out, metrics) =

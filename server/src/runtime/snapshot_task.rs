@@ -21,10 +21,10 @@ pub(super) async fn make_snapshot(shard: Rc<Shard>, job: SnapshotJob) {
     let dir = shard.snap_dir.clone();
     let write_bytes_per_sec = shard.core.borrow().config().snapshots.write_bytes_per_sec;
     let result: anyhow::Result<Arc<Archive>> = async {
-        let SnapshotJob { frozen, meta, voters } = job;
+        let SnapshotJob { frozen, meta, membership } = job;
         // Merging and serializing touch every key: off the executor, at the lowest priority.
         let built = background::run(format!("snapshot-{}", meta.shard), move || {
-            Archive::build(meta, voters, frozen.base.as_deref(), &frozen.overlay)
+            Archive::build(meta, &membership, frozen.base.as_deref(), &frozen.overlay)
         })?;
         let archive = built.await.context("the snapshot thread died")??;
         let archive = Arc::new(archive);

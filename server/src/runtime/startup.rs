@@ -136,7 +136,7 @@ async fn recover(
         shard: ctx.shard,
         shards: registry.shards,
         cluster: registry.cluster.clone(),
-        nodes: registry.nodes.iter().map(|n| (n.id, n.client_addr(ctx.shard))).collect(),
+        registry: registry.nodes.clone(),
         preferred_leader: registry.preferred_leader(ctx.shard),
         election_ticks: ctx.timing.election_ticks,
         heartbeat_ticks: ctx.timing.heartbeat_ticks,

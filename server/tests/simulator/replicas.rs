@@ -4,6 +4,7 @@
 use super::*;
 use crate::checker::digest;
 use corekv_types::ids::{NodeId, ShardId};
+use corekv_types::registry::Node;
 
 impl Sim {
     /// Opens every shard of `node` from its disk and snapshots, as the real node does at
@@ -18,7 +19,17 @@ impl Sim {
                 shard: ShardId(shard),
                 shards: self.opts.shards,
                 cluster: "sim".to_string(),
-                nodes: voters.iter().map(|&n| (NodeId(n), format!("10.0.0.{n}:7100"))).collect(),
+                registry: voters
+                    .iter()
+                    .copied()
+                    .map(|n| Node {
+                        id: NodeId(n),
+                        host: format!("10.0.0.{n}"),
+                        client_port: 7100,
+                        peer_port: 7200,
+                        http_port: 7300,
+                    })
+                    .collect(),
                 preferred_leader: NodeId(voters[shard as usize % voters.len()]),
                 election_ticks: ELECTION_TICKS,
                 heartbeat_ticks: HEARTBEAT_TICKS,
@@ -136,7 +147,7 @@ impl Sim {
         if let Some(job) = snapshot_job {
             let archive = Archive::build(
                 job.meta,
-                job.voters,
+                &job.membership,
                 job.frozen.base.as_deref(),
                 &job.frozen.overlay,
             )

@@ -105,6 +105,9 @@ pub struct RaftLogStore {
     /// Records read back for lagging followers, and the reads raft-rs waits for.
     cold: RefCell<cold::ColdRecords>,
     snapshot: Snapshot,
+    /// Whether raft-rs asked for a snapshot that `snapshot` is not (none yet, older than a
+    /// follower asked for, or one whose configuration leaves out the follower it is for).
+    snapshot_wanted: std::cell::Cell<bool>,
     /// The rebuilding mark (see [`RaftLogStore::set_rebuilding`]), as last set.
     rebuilding: Option<u64>,
     /// Hard states whose commit index is not durable yet: (position, commit index).
@@ -126,7 +129,9 @@ impl std::fmt::Debug for RaftLogStore {
 
 impl RaftLogStore {
     /// Opens a shard's log: recovers the WAL from `source` and rebuilds the index, hard state
-    /// and compaction point. `conf_state` is the cluster's static membership.
+    /// and compaction point. `conf_state` is the raft configuration as of the state the
+    /// replica starts from (its snapshot's, or a new cluster's first voters): raft-rs reads it
+    /// once, and the configuration changes in the log after it apply on top.
     pub fn open(
         source: Box<dyn SegmentSource>,
         identity: SegmentIdentity,
@@ -172,6 +177,7 @@ impl RaftLogStore {
             durable_compact_index: replay.compact_index,
             cold: RefCell::default(),
             snapshot: Snapshot::default(),
+            snapshot_wanted: std::cell::Cell::new(false),
             rebuilding: replay.rebuilding,
             pending_commits: VecDeque::new(),
             durable_commit,
@@ -303,6 +309,19 @@ impl RaftLogStore {
         if self.hard_state.commit < index {
             self.hard_state.commit = index;
         }
+    }
+
+    /// Sets the configuration [`raft::Storage::initial_state`] hands raft-rs (before raft-rs
+    /// starts on the store; see [`RaftLogStore::open`]).
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        self.snapshot.mut_metadata().set_conf_state(conf_state.clone());
+        self.conf_state = conf_state;
+    }
+
+    /// Whether raft-rs asked for a snapshot it could not have since the last call (see
+    /// [`raft::Storage::snapshot`]): the caller takes a new one.
+    pub fn take_snapshot_wanted(&mut self) -> bool {
+        self.snapshot_wanted.replace(false)
     }
 
     /// Sets the snapshot that [`raft::Storage::snapshot`] hands out.

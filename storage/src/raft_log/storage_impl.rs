@@ -80,10 +80,19 @@ impl raft::Storage for RaftLogStore {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot.get_metadata().index < request_index
-            || self.snapshot.get_metadata().index == 0
-        {
+    /// The newest snapshot, unless it is not one `to` can take: there is none yet, it is
+    /// older than `to` asked for, or its configuration does not name `to` (a member added
+    /// since; raft-rs on `to` refuses such a snapshot). Then raft-rs tries again later, and
+    /// the wish is noted for the caller to take a new snapshot
+    /// ([`RaftLogStore::take_snapshot_wanted`]).
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let meta = self.snapshot.get_metadata();
+        let conf = meta.get_conf_state();
+        let names_to = [conf.get_voters(), conf.get_learners(), conf.get_voters_outgoing()]
+            .iter()
+            .any(|ids| ids.contains(&to));
+        if meta.index < request_index || meta.index == 0 || !names_to {
+            self.snapshot_wanted.set(true);
             return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
         }
         Ok(self.snapshot.clone())

@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{SnapshotMeta, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC};
+use super::{
+    SnapshotMeta, SNAPSHOT_FORMAT_OLDEST, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_BYTES,
+    SNAPSHOT_MAGIC,
+};
 use crate::error::{Result, StorageError};
 
 /// Where the header's own crc32c sits: after the fixed fields and the longest cluster name.
@@ -26,7 +29,10 @@ pub(super) fn write_header(block: &mut [u8], meta: &SnapshotMeta, payload_len: u
     block[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&header_crc.to_le_bytes());
 }
 
-pub(super) fn read_header(bytes: &[u8]) -> std::result::Result<(SnapshotMeta, u64, u32), String> {
+/// The header's meta, format version, payload length and payload checksum.
+pub(super) fn read_header(
+    bytes: &[u8],
+) -> std::result::Result<(SnapshotMeta, u32, u64, u32), String> {
     if bytes.len() < SNAPSHOT_HEADER_BYTES {
         return Err(format!("file of {} bytes is shorter than a snapshot header", bytes.len()));
     }
@@ -42,10 +48,12 @@ pub(super) fn read_header(bytes: &[u8]) -> std::result::Result<(SnapshotMeta, u6
             "header checksum mismatch (stored {stored:#x}, computed {computed:#x})"
         ));
     }
-    if u32_at(8) != SNAPSHOT_FORMAT_VERSION {
+    let version = u32_at(8);
+    if !(SNAPSHOT_FORMAT_OLDEST..=SNAPSHOT_FORMAT_VERSION).contains(&version) {
         return Err(format!(
-            "snapshot format version {}, this build reads {SNAPSHOT_FORMAT_VERSION}",
-            u32_at(8)
+            "snapshot format version {version}, this build reads {SNAPSHOT_FORMAT_OLDEST} to \
+             {SNAPSHOT_FORMAT_VERSION}{}",
+            if version > SNAPSHOT_FORMAT_VERSION { " (written by a newer corekv)" } else { "" }
         ));
     }
     let name_len = u16::from_le_bytes([bytes[44], bytes[45]]) as usize;
@@ -60,7 +68,7 @@ pub(super) fn read_header(bytes: &[u8]) -> std::result::Result<(SnapshotMeta, u6
         index: u64_at(16),
         term: u64_at(24),
     };
-    Ok((meta, u64_at(32), u32_at(40)))
+    Ok((meta, version, u64_at(32), u32_at(40)))
 }
 
 /// The file name of the snapshot at `(index, term)`.

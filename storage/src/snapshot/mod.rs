@@ -1,5 +1,6 @@
 //! Snapshot files: a shard's whole state — every key with its value and metadata, the applied
-//! index and term, the raft voters — archived with rkyv and read in place.
+//! index and term, the shard's membership (raft configuration and member addresses) —
+//! archived with rkyv and read in place.
 //!
 //! ```text
 //! DATA_DIR/shard-S/snap/{index:020}-{term:020}.snap
@@ -20,6 +21,10 @@
 //! file, a crc32c over it and rkyv's validation (`bytecheck`), never a deserialization pass.
 //! The header block keeps the payload 4096-aligned for direct I/O and rkyv alike.
 //!
+//! Format versions: 2 records the membership ([`Membership::encode`]); 1 recorded the voters
+//! only (a cluster of fixed shape), and is still read, its member addresses left for the
+//! caller to take from the registry. A file of a newer version is refused by name.
+//!
 //! Files are written whole under a temporary name, synced, and renamed into place (by the
 //! server's `runtime::disk::write_snapshot_file`, with direct I/O), so a file with the final
 //! name is always complete; a damaged one is refused on load with its path and the reason.
@@ -37,6 +42,8 @@ use crate::constants::BLOCK_BYTES;
 use crate::error::{Result, StorageError};
 use crate::key::Key;
 use crate::value::{Record, ValueRef};
+use corekv_types::ids::NodeId;
+use corekv_types::membership::Membership;
 use corekv_types::meta::KeyMeta;
 
 mod files;
@@ -47,8 +54,11 @@ use files::{read_header, write_header};
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CKVSNAP\x01";
 
-/// Version of this layout.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Version of the layout this build writes.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+
+/// Oldest version this build reads.
+pub const SNAPSHOT_FORMAT_OLDEST: u32 = 1;
 
 /// Bytes before the payload.
 pub const SNAPSHOT_HEADER_BYTES: usize = BLOCK_BYTES;
@@ -74,7 +84,7 @@ pub struct SnapshotEntry<'a> {
     pub version: u64,
 }
 
-/// A whole shard state, as archived.
+/// A whole shard state, as archived (format version 2).
 #[derive(RkyvArchive, Serialize)]
 #[rkyv(bytecheck())]
 pub struct SnapshotData<'a> {
@@ -82,11 +92,27 @@ pub struct SnapshotData<'a> {
     pub applied_index: u64,
     /// Term of that entry.
     pub applied_term: u64,
-    /// Raft voters (the cluster's node ids).
+    /// The membership as of `applied_index` ([`Membership::encode`]).
+    pub membership: Vec<u8>,
+    /// Every key, sorted.
+    pub entries: Vec<SnapshotEntry<'a>>,
+}
+
+/// A whole shard state in format version 1: the voters instead of the membership.
+#[derive(RkyvArchive, Serialize)]
+#[rkyv(bytecheck())]
+pub struct SnapshotDataV1<'a> {
+    /// Last log index the state includes.
+    pub applied_index: u64,
+    /// Term of that entry.
+    pub applied_term: u64,
+    /// Raft voters.
     pub voters: Vec<u64>,
     /// Every key, sorted.
     pub entries: Vec<SnapshotEntry<'a>>,
 }
+
+type ArchivedEntries = rkyv::vec::ArchivedVec<ArchivedSnapshotEntry<'static>>;
 
 /// Who a snapshot belongs to and what it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +132,10 @@ pub struct Archive {
     bytes: AlignedVec,
     payload_len: usize,
     meta: SnapshotMeta,
+    /// The format version of the file.
+    version: u32,
+    /// The membership it records, decoded when the file was validated.
+    membership: Membership,
 }
 
 impl std::fmt::Debug for Archive {
@@ -133,21 +163,34 @@ impl Archive {
         &self.bytes
     }
 
-    fn data(&self) -> &ArchivedSnapshotData<'static> {
+    fn entries(&self) -> &ArchivedEntries {
         let payload = &self.bytes[SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES + self.payload_len];
-        // SAFETY: the payload was validated by `rkyv::access` when this Archive was made
-        // (`from_file_image`), and the bytes are never changed afterwards.
-        unsafe { rkyv::access_unchecked::<ArchivedSnapshotData<'static>>(payload) }
+        // SAFETY: the payload was validated by `rkyv::access`, as the type of its format
+        // version, when this Archive was made (`from_file_image`), and the bytes are never
+        // changed afterwards.
+        unsafe {
+            if self.version == 1 {
+                &rkyv::access_unchecked::<ArchivedSnapshotDataV1<'static>>(payload).entries
+            } else {
+                &rkyv::access_unchecked::<ArchivedSnapshotData<'static>>(payload).entries
+            }
+        }
     }
 
-    /// The raft voters recorded in the snapshot.
-    pub fn voters(&self) -> Vec<u64> {
-        self.data().voters.iter().map(|v| v.to_native()).collect()
+    /// The membership the snapshot records, as of its index. From a version 1 file, the
+    /// voters only: their addresses are the registry's.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The file's format version.
+    pub fn format_version(&self) -> u32 {
+        self.version
     }
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.data().entries.len()
+        self.entries().len()
     }
 
     /// Whether the snapshot holds no key.
@@ -162,25 +205,25 @@ impl Archive {
 
     /// Bytes of keys and values.
     pub fn data_bytes(&self) -> usize {
-        self.data().entries.iter().map(|e| e.key.len() + e.value.len()).sum()
+        self.entries().iter().map(|e| e.key.len() + e.value.len()).sum()
     }
 
     /// The entry at position `i` (in key order).
     pub fn entry(&self, i: usize) -> (&[u8], ValueRef<'_>) {
-        let e = &self.data().entries[i];
+        let e = &self.entries()[i];
         (e.key.get(), ValueRef { value: e.value.get(), meta: meta_of(e) })
     }
 
     /// Reads one key.
     pub fn get(&self, key: &[u8]) -> Option<ValueRef<'_>> {
-        let entries = &self.data().entries;
+        let entries = &self.entries();
         let i = entries.binary_search_by(|e| e.key.get().cmp(key)).ok()?;
         Some(self.entry(i).1)
     }
 
     /// Position of the first key not below `bound`.
     pub fn lower_bound(&self, bound: Bound<&[u8]>) -> usize {
-        let entries = &self.data().entries;
+        let entries = &self.entries();
         match bound {
             Bound::Unbounded => 0,
             Bound::Included(k) => entries.partition_point(|e| e.key.get() < k),
@@ -193,7 +236,7 @@ impl Archive {
     /// thread: it touches every key.
     pub fn build(
         meta: SnapshotMeta,
-        voters: Vec<u64>,
+        membership: &Membership,
         base: Option<&Archive>,
         overlay: &Overlay,
     ) -> Result<Archive> {
@@ -234,8 +277,12 @@ impl Archive {
                 });
             }
         }
-        let data =
-            SnapshotData { applied_index: meta.index, applied_term: meta.term, voters, entries };
+        let data = SnapshotData {
+            applied_index: meta.index,
+            applied_term: meta.term,
+            membership: membership.encode(),
+            entries,
+        };
         // Sized for the whole image up front: growing a buffer of this size means `mremap`,
         // which holds the process's memory-map lock, and this runs on a low-priority thread
         // that can be preempted while holding it, with the executors waiting (see `Release`).
@@ -266,7 +313,7 @@ impl Archive {
         expect: Option<(&str, u32)>,
     ) -> Result<Archive> {
         let bad = |reason: String| StorageError::BadSnapshot { path: path.to_path_buf(), reason };
-        let (meta, payload_len, crc) = read_header(&bytes).map_err(bad)?;
+        let (meta, version, payload_len, crc) = read_header(&bytes).map_err(bad)?;
         if let Some((cluster, shard)) = expect {
             if meta.cluster != cluster || meta.shard != shard {
                 return Err(bad(format!(
@@ -288,18 +335,38 @@ impl Archive {
                 "checksum mismatch (stored {crc:#x}, computed {computed:#x})"
             )));
         }
-        let data = rkyv::access::<ArchivedSnapshotData<'static>, rancor::Error>(payload)
-            .map_err(|e| bad(format!("archive does not validate: {e}")))?;
-        if data.applied_index.to_native() != meta.index
-            || data.applied_term.to_native() != meta.term
-        {
+        let invalid = |e: rancor::Error| bad(format!("archive does not validate: {e}"));
+        let (applied, entries, membership) = if version == 1 {
+            let data = rkyv::access::<ArchivedSnapshotDataV1<'static>, rancor::Error>(payload)
+                .map_err(invalid)?;
+            let mut voters: Vec<NodeId> =
+                data.voters.iter().map(|v| NodeId(v.to_native())).collect();
+            voters.sort_unstable();
+            let membership = Membership { voters, ..Membership::default() };
+            (
+                (data.applied_index.to_native(), data.applied_term.to_native()),
+                &data.entries,
+                membership,
+            )
+        } else {
+            let data = rkyv::access::<ArchivedSnapshotData<'static>, rancor::Error>(payload)
+                .map_err(invalid)?;
+            let membership = Membership::decode(&data.membership)
+                .map_err(|e| bad(format!("its membership does not decode: {e}")))?;
+            (
+                (data.applied_index.to_native(), data.applied_term.to_native()),
+                &data.entries,
+                membership,
+            )
+        };
+        if applied != (meta.index, meta.term) {
             return Err(bad("header and archive disagree on the index".to_string()));
         }
-        let sorted = data.entries.windows(2).all(|w| w[0].key.get() < w[1].key.get());
+        let sorted = entries.windows(2).all(|w| w[0].key.get() < w[1].key.get());
         if !sorted {
             return Err(bad("keys are not in strictly ascending order".to_string()));
         }
-        Ok(Archive { payload_len: payload_len as usize, meta, bytes })
+        Ok(Archive { payload_len: payload_len as usize, meta, bytes, version, membership })
     }
 
     /// Reads and validates the snapshot file at `path`.
@@ -393,12 +460,12 @@ fn free_entries_gradually(mut entries: Vec<SnapshotEntry<'_>>) {
 }
 
 /// Bytes enough for the whole file image of `data`: the header, each entry's key and value
-/// and its fixed part (40 bytes; 64 leaves room for alignment), the voters, the root, and
+/// and its fixed part (40 bytes; 64 leaves room for alignment), the membership, the root, and
 /// the padding to a whole block.
 fn image_capacity(data: &SnapshotData<'_>) -> usize {
     let entries = &data.entries;
     let bytes: usize = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
-    SNAPSHOT_HEADER_BYTES + bytes + 64 * (entries.len() + 1) + 8 * data.voters.len() + BLOCK_BYTES
+    SNAPSHOT_HEADER_BYTES + bytes + 64 * (entries.len() + 1) + data.membership.len() + BLOCK_BYTES
 }
 
 fn page_bytes() -> usize {
@@ -414,6 +481,64 @@ mod tests {
 
     fn meta(index: u64) -> SnapshotMeta {
         SnapshotMeta { cluster: "c".to_string(), shard: 1, index, term: 2 }
+    }
+
+    fn members(ids: &[u64]) -> Membership {
+        let nodes: Vec<corekv_types::registry::Node> = ids
+            .iter()
+            .map(|&id| corekv_types::registry::Node {
+                id: NodeId(id),
+                host: format!("10.0.0.{id}"),
+                client_port: 7100,
+                peer_port: 7200,
+                http_port: 7300,
+            })
+            .collect();
+        Membership::bootstrap(&nodes)
+    }
+
+    /// Rewrites the format version in a file image's header (and the header's checksum).
+    fn set_version(image: &mut [u8], version: u32) {
+        image[8..12].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32c::crc32c(&image[..HEADER_CRC_OFFSET]);
+        image[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    // Shows: a file of format version 1 (voters, no addresses), as an older corekv wrote it,
+    // is still read: its keys, and its voters as the membership; a file of a newer version
+    // than this build's is refused by name.
+    #[test]
+    fn version_1_files_are_read_and_newer_ones_refused() {
+        let entries = vec![SnapshotEntry {
+            key: b"k",
+            value: b"v",
+            create_index: 3,
+            mod_index: 4,
+            version: 2,
+        }];
+        let data =
+            SnapshotDataV1 { applied_index: 9, applied_term: 2, voters: vec![3, 1, 2], entries };
+        let mut image = AlignedVec::<16>::new();
+        image.resize(SNAPSHOT_HEADER_BYTES, 0);
+        let mut image = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&data, image).unwrap();
+        let payload_len = image.len() - SNAPSHOT_HEADER_BYTES;
+        image.resize(image.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES, 0);
+        let crc =
+            crc32c::crc32c(&image[SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES + payload_len]);
+        write_header(&mut image[..SNAPSHOT_HEADER_BYTES], &meta(9), payload_len as u64, crc);
+        set_version(&mut image, 1);
+        let old = Archive::from_file_image(image, Path::new("old.snap"), None).unwrap();
+        assert_eq!(old.format_version(), 1);
+        assert_eq!(old.get(b"k").unwrap().value, b"v");
+        assert_eq!(old.membership().voters, vec![NodeId(1), NodeId(2), NodeId(3)]);
+        assert!(old.membership().addrs.is_empty(), "a version 1 file has no addresses");
+
+        let current = Archive::build(meta(3), &members(&[1]), None, &Overlay::new()).unwrap();
+        let mut newer = AlignedVec::new();
+        newer.extend_from_slice(current.file_bytes());
+        set_version(&mut newer, SNAPSHOT_FORMAT_VERSION + 1);
+        let error = Archive::from_file_image(newer, Path::new("new.snap"), None).unwrap_err();
+        assert!(error.to_string().contains("written by a newer corekv"), "{error}");
     }
 
     fn record(value: &str, version: u64) -> Option<Record> {
@@ -442,7 +567,7 @@ mod tests {
         for i in 0..20_000u32 {
             overlay.insert(format!("key-{i:08}").as_bytes().into(), record(&"v".repeat(100), 1));
         }
-        let archive = Archive::build(meta(1), vec![1], None, &overlay).unwrap();
+        let archive = Archive::build(meta(1), &members(&[1]), None, &overlay).unwrap();
         // The buffer was sized for the image up front, never grown (growing doubles it).
         let spare = archive.bytes.capacity() - archive.bytes.len();
         assert!(spare < 24 * 20_001 + 64 + 2 * BLOCK_BYTES, "{spare} bytes to spare");
@@ -482,18 +607,19 @@ mod tests {
             first.insert(k.as_bytes().into(), record(&format!("{k}1"), 1));
         }
         first.insert(b"gone".as_slice().into(), None);
-        let s1 = Archive::build(meta(10), vec![1, 2, 3], None, &first).unwrap();
+        let s1 = Archive::build(meta(10), &members(&[1, 2, 3]), None, &first).unwrap();
         assert_eq!(s1.len(), 4);
         assert_eq!(s1.get(b"c").unwrap().value, b"c1");
         assert!(s1.get(b"gone").is_none());
-        assert_eq!(s1.voters(), vec![1, 2, 3]);
+        assert_eq!(s1.membership(), &members(&[1, 2, 3]));
+        assert_eq!(s1.format_version(), SNAPSHOT_FORMAT_VERSION);
 
         let mut second = Overlay::new();
         second.insert(b"b".as_slice().into(), None);
         second.insert(b"c".as_slice().into(), record("c2", 2));
         second.insert(b"bb".as_slice().into(), record("new", 1));
         second.insert(b"z".as_slice().into(), record("last", 1));
-        let s2 = Archive::build(meta(20), vec![1, 2, 3], Some(&s1), &second).unwrap();
+        let s2 = Archive::build(meta(20), &members(&[1, 2, 3]), Some(&s1), &second).unwrap();
         let keys: Vec<(String, String, u64)> = (0..s2.len())
             .map(|i| {
                 let (k, v) = s2.entry(i);
@@ -526,7 +652,7 @@ mod tests {
         for i in 0..50 {
             overlay.insert(format!("key-{i}").into_bytes().into(), record("value", 1));
         }
-        let good = Archive::build(meta(3), vec![1], None, &overlay).unwrap();
+        let good = Archive::build(meta(3), &members(&[1]), None, &overlay).unwrap();
         let image = good.file_bytes().to_vec();
         let payload_end = SNAPSHOT_HEADER_BYTES + good.payload_len;
         for at in (0..HEADER_CRC_OFFSET + 4).chain((SNAPSHOT_HEADER_BYTES..payload_end).step_by(97))

@@ -1,0 +1,438 @@
+//! Membership: the shard's voters and learners are its raft configuration, changed through
+//! raft-rs's `ConfChangeV2`, one change at a time, and each member's addresses travel in the
+//! change that adds it.
+//!
+//! ```text
+//!  operator ── propose_membership_change ──► checks (below) ──► ConfChangeV2 entry
+//!                                             │ refused: ChangeRefused, said why    │ context: the
+//!                                             ▼                                     │ new members'
+//!                                          nothing proposed                         │ addresses
+//!                        committed, applied on every replica ◄──────────────────────┘
+//!                          raft-rs's configuration and `Membership` move together
+//! ```
+//!
+//! What a replica's membership is, and where it comes from:
+//!
+//! - at start: the newest snapshot's (the configuration as of its index, with the addresses);
+//!   with no snapshot, a new cluster's first voters (the registry's nodes), or nothing at all
+//!   for a node started with `--join` and no data (it takes its membership from the leader's
+//!   snapshot; see `catch_up`);
+//! - then every configuration change in the log after it, applied in order (`apply_conf_entry`);
+//! - a leader's snapshot, installed, replaces it.
+//!
+//! The checks before a change is proposed (raft-rs itself turns a second change into an
+//! empty entry, silently, so they come first):
+//!
+//! - this replica leads, and leads no leadership transfer;
+//! - no change is under way: none proposed and not yet applied, no joint configuration left
+//!   to leave;
+//! - adding: the id is not a member already;
+//! - promoting (and the new node of a replacement): the node is a learner, and caught up
+//!   (replicating, within [`PROMOTE_LAG_ENTRIES_MAX`] entries of the leader's log);
+//! - removing (and the old node of a replacement): the node is a member; not this leader
+//!   (leadership moves first); and the voters left, once it is gone, hold a healthy majority
+//!   (each one this leader heard from within an election timeout).
+
+use corekv_types::ids::NodeId;
+use corekv_types::membership::{MemberAddr, Membership};
+use corekv_types::registry::Node;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType};
+
+use super::ShardCore;
+
+/// A learner is promoted only when its log is within this many entries of the leader's.
+pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 1_000;
+
+/// A change to a shard's membership, as an operator asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Adds a node as a learner: it replicates, it does not vote.
+    AddLearner {
+        /// The new member.
+        id: NodeId,
+        /// Where it listens.
+        addr: MemberAddr,
+    },
+    /// Makes a caught-up learner a voter.
+    Promote {
+        /// The learner.
+        id: NodeId,
+    },
+    /// Removes a member (voter or learner).
+    Remove {
+        /// The member.
+        id: NodeId,
+    },
+    /// In one joint-consensus change: a caught-up learner becomes a voter and a voter leaves.
+    Replace {
+        /// The voter that leaves.
+        old: NodeId,
+        /// The learner that takes its place.
+        new: NodeId,
+    },
+}
+
+/// Why a change was not proposed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeRefused {
+    /// This replica does not lead the shard; `leader` is the one it knows of.
+    NotLeader {
+        /// The leader, [`NodeId::NONE`] when none is known.
+        leader: NodeId,
+    },
+    /// Another change is under way (proposed and not applied yet, or a joint configuration
+    /// not left yet), or a leadership transfer is.
+    ChangePending {
+        /// What is under way.
+        what: String,
+    },
+    /// The node to add is a member already.
+    AlreadyMember {
+        /// The node.
+        id: NodeId,
+    },
+    /// The node is not a member.
+    NotMember {
+        /// The node.
+        id: NodeId,
+    },
+    /// The node to promote is not a learner.
+    NotLearner {
+        /// The node.
+        id: NodeId,
+    },
+    /// The learner to promote is too far behind the leader's log.
+    LearnerBehind {
+        /// The learner.
+        id: NodeId,
+        /// The last index the leader knows it holds.
+        matched: u64,
+        /// The leader's last index.
+        last: u64,
+    },
+    /// The node to remove leads the shard: move leadership away first.
+    IsLeader {
+        /// The node.
+        id: NodeId,
+    },
+    /// Removing the node would leave fewer healthy voters than a majority.
+    BelowMajority {
+        /// The node.
+        id: NodeId,
+        /// Voters left after the change that this leader hears from.
+        healthy: usize,
+        /// Voters left after the change.
+        voters: usize,
+    },
+    /// raft-rs refused or dropped the proposal.
+    Raft(String),
+}
+
+impl std::fmt::Display for ChangeRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangeRefused::NotLeader { leader } if *leader == NodeId::NONE => {
+                write!(f, "this node does not lead the shard, and knows of no leader")
+            }
+            ChangeRefused::NotLeader { leader } => {
+                write!(f, "this node does not lead the shard; node {leader} does")
+            }
+            ChangeRefused::ChangePending { what } => {
+                write!(f, "another change is under way ({what}); one change at a time per shard")
+            }
+            ChangeRefused::AlreadyMember { id } => write!(f, "node {id} is a member already"),
+            ChangeRefused::NotMember { id } => write!(f, "node {id} is not a member"),
+            ChangeRefused::NotLearner { id } => {
+                write!(f, "node {id} is not a learner (only a learner is promoted)")
+            }
+            ChangeRefused::LearnerBehind { id, matched, last } => write!(
+                f,
+                "learner {id} is not caught up (it holds up to index {matched}, the leader's log \
+                 ends at {last}; promotion waits until it is within {PROMOTE_LAG_ENTRIES_MAX} \
+                 entries)"
+            ),
+            ChangeRefused::IsLeader { id } => {
+                write!(f, "node {id} leads the shard: move leadership away first")
+            }
+            ChangeRefused::BelowMajority { id, healthy, voters } => write!(
+                f,
+                "removing node {id} would leave {healthy} healthy voters of {voters}, fewer than \
+                 a majority ({}): bring the unhealthy voters back first",
+                voters / 2 + 1
+            ),
+            ChangeRefused::Raft(reason) => write!(f, "raft refused the change: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ChangeRefused {}
+
+/// raft-rs's configuration for `membership`.
+pub(super) fn conf_state(membership: &Membership) -> ConfState {
+    let ids = |list: &[NodeId]| list.iter().map(|id| id.get()).collect::<Vec<u64>>();
+    ConfState {
+        voters: ids(&membership.voters),
+        learners: ids(&membership.learners),
+        voters_outgoing: ids(&membership.voters_outgoing),
+        learners_next: ids(&membership.learners_next),
+        auto_leave: membership.auto_leave,
+        ..Default::default()
+    }
+}
+
+/// `membership` with raft-rs's configuration `conf` (the addresses kept for members only).
+fn with_conf(mut membership: Membership, conf: &ConfState) -> Membership {
+    let ids = |list: &[u64]| {
+        let mut ids: Vec<NodeId> = list.iter().map(|&id| NodeId(id)).collect();
+        ids.sort_unstable();
+        ids
+    };
+    membership.voters = ids(conf.get_voters());
+    membership.learners = ids(conf.get_learners());
+    membership.voters_outgoing = ids(conf.get_voters_outgoing());
+    membership.learners_next = ids(conf.get_learners_next());
+    membership.auto_leave = conf.auto_leave;
+    let members = membership.members();
+    membership.addrs.retain(|id, _| members.contains(id));
+    membership
+}
+
+/// A snapshot's membership, with the addresses a version 1 file lacks taken from the
+/// registry.
+pub(super) fn with_registry_addrs(mut membership: Membership, registry: &[Node]) -> Membership {
+    for id in membership.members() {
+        if let Some(node) = registry.iter().find(|n| n.id == id) {
+            membership.addrs.entry(id).or_insert_with(|| MemberAddr::from(node));
+        }
+    }
+    membership
+}
+
+fn single(change_type: ConfChangeType, id: NodeId) -> ConfChangeSingle {
+    let mut change = ConfChangeSingle::default();
+    change.set_change_type(change_type);
+    change.node_id = id.get();
+    change
+}
+
+impl ShardCore {
+    /// The shard's membership as of the applied index.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Proposes `change` (see the module docs for what is refused). `Ok` is the index of its
+    /// entry: the change holds once that index is applied.
+    pub fn propose_membership_change(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<u64, ChangeRefused> {
+        self.check_change(&change)?;
+        let mut context = Membership::default();
+        let mut cc = ConfChangeV2::default();
+        match &change {
+            MembershipChange::AddLearner { id, addr } => {
+                context.addrs.insert(*id, addr.clone());
+                cc.mut_changes().push(single(ConfChangeType::AddLearnerNode, *id));
+            }
+            MembershipChange::Promote { id } => {
+                cc.mut_changes().push(single(ConfChangeType::AddNode, *id));
+            }
+            MembershipChange::Remove { id } => {
+                cc.mut_changes().push(single(ConfChangeType::RemoveNode, *id));
+            }
+            MembershipChange::Replace { old, new } => {
+                cc.mut_changes().push(single(ConfChangeType::AddNode, *new));
+                cc.mut_changes().push(single(ConfChangeType::RemoveNode, *old));
+                // Two voters change: raft-rs enters a joint configuration, and leaves it by
+                // itself once the entry applies.
+                cc.set_transition(raft::eraftpb::ConfChangeTransition::Implicit);
+            }
+        }
+        let before = self.raw.raft.pending_conf_index;
+        self.raw
+            .propose_conf_change(context.encode(), cc)
+            .map_err(|e| ChangeRefused::Raft(e.to_string()))?;
+        let index = self.raw.raft.pending_conf_index;
+        if index == before {
+            // raft-rs replaced the entry with an empty one (it says why in its log).
+            return Err(ChangeRefused::Raft("the proposal was dropped".to_string()));
+        }
+        tracing::info!(shard = %self.cfg.shard, ?change, index, "membership change proposed");
+        Ok(index)
+    }
+
+    fn check_change(&self, change: &MembershipChange) -> Result<(), ChangeRefused> {
+        let raft = &self.raw.raft;
+        if !self.is_leader() {
+            return Err(ChangeRefused::NotLeader { leader: NodeId(self.leader_id) });
+        }
+        if raft.has_pending_conf() {
+            let what =
+                format!("the change at index {} is not applied yet", raft.pending_conf_index);
+            return Err(ChangeRefused::ChangePending { what });
+        }
+        if self.membership.is_joint() {
+            let what = "the joint configuration is not left yet".to_string();
+            return Err(ChangeRefused::ChangePending { what });
+        }
+        if let Some(to) = raft.lead_transferee {
+            let what = format!("leadership is moving to node {to}");
+            return Err(ChangeRefused::ChangePending { what });
+        }
+        let m = &self.membership;
+        match *change {
+            MembershipChange::AddLearner { id, .. } if m.contains(id) || id == NodeId::NONE => {
+                Err(ChangeRefused::AlreadyMember { id })
+            }
+            MembershipChange::AddLearner { .. } => Ok(()),
+            MembershipChange::Promote { id } => self.check_promotable(id),
+            MembershipChange::Remove { id } => self.check_removable(id, None),
+            MembershipChange::Replace { old, new } => {
+                self.check_promotable(new)?;
+                self.check_removable(old, Some(new))
+            }
+        }
+    }
+
+    fn check_promotable(&self, id: NodeId) -> Result<(), ChangeRefused> {
+        if !self.membership.is_learner(id) {
+            return Err(ChangeRefused::NotLearner { id });
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let progress = self.raw.raft.prs().get(id.get());
+        let matched = progress.map_or(0, |p| p.matched);
+        let replicating = progress.is_some_and(|p| p.state == raft::ProgressState::Replicate);
+        if !replicating || matched + PROMOTE_LAG_ENTRIES_MAX < last {
+            return Err(ChangeRefused::LearnerBehind { id, matched, last });
+        }
+        Ok(())
+    }
+
+    /// Whether `id` can leave (with `joining` becoming a voter in the same change).
+    fn check_removable(&self, id: NodeId, joining: Option<NodeId>) -> Result<(), ChangeRefused> {
+        if !self.membership.contains(id) {
+            return Err(ChangeRefused::NotMember { id });
+        }
+        if id == self.cfg.node_id {
+            return Err(ChangeRefused::IsLeader { id });
+        }
+        if !self.membership.is_voter(id) {
+            return Ok(());
+        }
+        let left: Vec<NodeId> =
+            self.membership.voters.iter().copied().filter(|&v| v != id).chain(joining).collect();
+        let healthy = left.iter().filter(|&&v| self.voter_is_healthy(v)).count();
+        if healthy <= left.len() / 2 {
+            return Err(ChangeRefused::BelowMajority { id, healthy, voters: left.len() });
+        }
+        Ok(())
+    }
+
+    /// Whether this leader counts voter `id` as healthy: itself, or a follower it heard from
+    /// within an election timeout.
+    fn voter_is_healthy(&self, id: NodeId) -> bool {
+        id == self.cfg.node_id
+            || self.health.heard_within(id.get(), self.now_us, self.election_timeout_us())
+    }
+
+    /// Applies a committed configuration change entry: raft-rs's configuration and the
+    /// membership move together; the addresses of added members come from the entry's
+    /// context. An entry raft-rs refuses (it validated the change when it was proposed, so
+    /// this is a bug) is logged and skipped, the same on every replica.
+    pub(super) fn apply_conf_entry(&mut self, entry: &Entry) {
+        self.change_membership(entry);
+        self.sm.apply_empty(entry.index, entry.term);
+    }
+
+    fn change_membership(&mut self, entry: &Entry) {
+        let mut cc = ConfChangeV2::default();
+        let decoded = match entry.get_entry_type() {
+            EntryType::EntryConfChangeV2 => cc.merge_from_bytes(&entry.data).map(|()| cc),
+            _ => {
+                // corekv proposes version 2 changes only; a version 1 one is one change.
+                let mut v1 = raft::eraftpb::ConfChange::default();
+                v1.merge_from_bytes(&entry.data).map(|()| {
+                    let mut cc = ConfChangeV2::default();
+                    cc.mut_changes().push(single(v1.get_change_type(), NodeId(v1.node_id)));
+                    cc
+                })
+            }
+        };
+        let cc = match decoded {
+            Ok(cc) => cc,
+            Err(error) => {
+                tracing::error!(shard = %self.cfg.shard, index = entry.index, %error,
+                    "a configuration change entry does not decode; skipped");
+                return;
+            }
+        };
+        // An empty context: raft-rs's own entry that leaves a joint configuration.
+        let added = if entry.context.is_empty() {
+            Ok(Membership::default())
+        } else {
+            Membership::decode(&entry.context)
+        };
+        let added = match added {
+            Ok(added) => added,
+            Err(error) => {
+                tracing::error!(shard = %self.cfg.shard, index = entry.index, %error,
+                    "a configuration change's member addresses do not decode; skipped");
+                return;
+            }
+        };
+        let conf = match self.raw.apply_conf_change(&cc) {
+            Ok(conf) => conf,
+            Err(error) => {
+                tracing::error!(shard = %self.cfg.shard, index = entry.index, %error,
+                    "raft refused a committed configuration change; skipped");
+                return;
+            }
+        };
+        let mut membership = std::mem::take(&mut self.membership);
+        membership.addrs.extend(added.addrs);
+        self.membership = with_conf(membership, &conf);
+        self.metrics.conf_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            shard = %self.cfg.shard,
+            index = entry.index,
+            voters = ?self.membership.voters,
+            learners = ?self.membership.learners,
+            outgoing = ?self.membership.voters_outgoing,
+            "membership changed"
+        );
+        self.after_conf_change();
+    }
+
+    /// A leader that is no longer a voter steps down (raft-rs 0.7 leaves it leading): it
+    /// hands leadership to the most caught-up voter, or, with none to hand to, stops leading
+    /// and lets the voters elect one.
+    fn after_conf_change(&mut self) {
+        let me = self.cfg.node_id;
+        if !self.is_leader() || self.membership.is_voter(me) {
+            return;
+        }
+        let best = self
+            .membership
+            .voters
+            .iter()
+            .filter_map(|v| self.raw.raft.prs().get(v.get()).map(|p| (p.matched, *v)))
+            .max();
+        tracing::info!(shard = %self.cfg.shard, to = ?best.map(|b| b.1),
+            "this leader is no longer a voter: stepping down");
+        match best {
+            Some((_, to)) => self.raw.transfer_leader(to.get()),
+            None => {
+                let term = self.raw.raft.term;
+                self.raw.raft.become_follower(term, raft::INVALID_ID);
+            }
+        }
+    }
+
+    /// Whether a vote request from `from` may reach raft-rs: only members' do, so a removed
+    /// replica cannot disturb the others with elections.
+    pub(super) fn is_member_candidate(&self, from: u64) -> bool {
+        self.membership.voters.is_empty() || self.membership.is_voter(NodeId(from))
+    }
+}
