@@ -13,8 +13,18 @@ pub const CLIENT_PROTOCOL_OLDEST: u32 = 1;
 
 const _: () = assert!(CLIENT_PROTOCOL_OLDEST <= CLIENT_PROTOCOL_VERSION);
 
-/// Version of the peer protocol, sent in the peer `Hello`; peers refuse other versions.
-pub const PEER_PROTOCOL_VERSION: u32 = 1;
+/// Version of the peer protocol, sent in the peer `Hello`. Version 2: the log carries
+/// membership changes (raft configuration changes), which a node of version 1 would skip —
+/// it would go on counting votes among the registry's nodes — and the hello says where the
+/// dialer's peer listener is.
+pub const PEER_PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest peer protocol a node talks to: everything of version 1 means the same in
+/// version 2, except that a version-1 node cannot apply membership changes; a leader
+/// refuses them while a member speaks it (upgrade every node first).
+pub const PEER_PROTOCOL_OLDEST: u32 = 1;
+
+const _: () = assert!(PEER_PROTOCOL_OLDEST <= PEER_PROTOCOL_VERSION);
 
 /// Bytes of the length prefix in front of every frame (a u32, little-endian).
 pub const FRAME_PREFIX_BYTES: usize = 4;

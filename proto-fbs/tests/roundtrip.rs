@@ -7,8 +7,8 @@ use corekv_proto::client::{
 };
 use corekv_proto::constants::{CLIENT_PROTOCOL_VERSION, PEER_PROTOCOL_VERSION};
 use corekv_proto::encode::{
-    CompareSpec, EntryRef, ErrorInfo, PeerEncoder, ReplyEncoder, RequestEncoder, ScanSpec,
-    TxnOpSpec, TxnResultRef,
+    CompareSpec, EntryRef, ErrorInfo, PeerEncoder, PeerHello, ReplyEncoder, RequestEncoder,
+    ScanSpec, TxnOpSpec, TxnResultRef,
 };
 use corekv_proto::frame::{
     decode_frame, verify_peer, verify_reply, verify_request, Decoded, FrameBuffer,
@@ -259,10 +259,11 @@ fn replies_round_trip() {
 fn peer_frames_round_trip() {
     let mut e = PeerEncoder::new();
 
-    let f = e.hello("prod", 3, 1, 4).to_vec();
+    let f = e.hello(&PeerHello::new("prod", 3, 1, 4).from_addr("10.0.0.3", 7201)).to_vec();
     let h = verify_peer(payload(&f)).unwrap().message_as_hello().unwrap();
     assert_eq!((h.cluster(), h.node_id(), h.shard(), h.shards()), ("prod", 3, 1, 4));
     assert_eq!(h.protocol_version(), PEER_PROTOCOL_VERSION);
+    assert_eq!((h.peer_host(), h.peer_port()), (Some("10.0.0.3"), 7201));
 
     let f = e.hello_ack(1, Some("wrong cluster")).to_vec();
     let a = verify_peer(payload(&f)).unwrap().message_as_hello_ack().unwrap();

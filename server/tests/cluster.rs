@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{block_on, TestCluster};
 use corekv_proto::client::{Consistency, ErrorKind};
-use corekv_proto::encode::{PeerEncoder, RequestEncoder};
+use corekv_proto::encode::{PeerEncoder, PeerHello, RequestEncoder};
 use corekv_proto::frame::verify_reply;
 use corekv_types::ids::{NodeId, ShardId};
 
@@ -179,7 +179,12 @@ fn malformed_frames_leave_the_node_serving() {
     // Peer port: random bytes, a bad hello, an oversized frame.
     for payload in [
         vec![0xde; 64],
-        PeerEncoder::new().hello("not-this-cluster", 2, 0, 2).to_vec(),
+        PeerEncoder::new().hello(&PeerHello::new("not-this-cluster", 2, 0, 2)).to_vec(),
+        {
+            let mut newer = PeerHello::new("test", 2, 0, 2);
+            newer.protocol_version = 99;
+            PeerEncoder::new().hello(&newer).to_vec()
+        },
         u32::MAX.to_le_bytes().to_vec(),
     ] {
         let mut peer = std::net::TcpStream::connect(&peer_addr).unwrap();
@@ -189,6 +194,11 @@ fn malformed_frames_leave_the_node_serving() {
         let _ = std::io::Read::read_to_end(&mut peer, &mut sink);
     }
 
+    let log = std::fs::read_to_string(cluster.log_path(node)).unwrap();
+    assert!(
+        log.contains("peer protocol 99 not supported (this node speaks 1 to 2; upgrade this node)"),
+        "a newer peer is refused by name"
+    );
     block_on(async {
         client.put("still", "alive").await.expect("put after the garbage");
         assert_eq!(client.get("still").await.unwrap().unwrap().value, b"alive");

@@ -636,7 +636,8 @@ impl Cluster {
 // from it; it is promoted once caught up; a voter is replaced in one joint change (left by
 // raft-rs by itself) and another removed. Refused, with nothing proposed: removing the
 // leader, a non-member, or a voter whose removal leaves no healthy majority; promoting a
-// voter or a learner far behind; adding a member twice; a second change while one is pending.
+// voter or a learner far behind; adding a member twice; a second change while one is pending;
+// any change while a member runs an older corekv.
 #[test]
 fn members_are_added_promoted_replaced_and_removed_through_raft() {
     use MembershipChange::{AddLearner, Promote, Remove, Replace};
@@ -676,6 +677,13 @@ fn members_are_added_promoted_replaced_and_removed_through_raft() {
     assert!(refused.unwrap_err().to_string().contains("fewer than a majority (2)"));
     cluster.cut.clear();
     cluster.tick();
+
+    // A member that said (in its peer hello) it speaks peer protocol 1 cannot apply changes.
+    cluster.nodes.get_mut(&1).unwrap().core.note_peer_protocol(3, 1);
+    let old = cluster.propose(1, AddLearner { id: NodeId(4), addr: addr(4) });
+    assert_eq!(old, Err(ChangeRefused::OldPeer { id: NodeId(3), protocol: 1 }));
+    assert!(old.unwrap_err().to_string().contains("upgrade it first"));
+    cluster.nodes.get_mut(&1).unwrap().core.note_peer_protocol(3, 2);
 
     cluster.nodes.insert(4, joiner(4));
     assert!(cluster.nodes[&4].core.membership().voters.is_empty(), "a joiner knows no member");

@@ -19,7 +19,7 @@ mod peer;
 mod reply;
 mod request;
 
-pub use peer::PeerEncoder;
+pub use peer::{PeerEncoder, PeerHello};
 pub use reply::ReplyEncoder;
 pub use request::RequestEncoder;
 

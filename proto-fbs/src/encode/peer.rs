@@ -6,6 +6,47 @@ use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use super::BUILDER_CAPACITY_BYTES;
 
+/// What a dialer says about itself in its hello.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerHello<'a> {
+    /// The cluster's name.
+    pub cluster: &'a str,
+    /// The dialer's node id.
+    pub node_id: u64,
+    /// The shard both ends serve.
+    pub shard: u32,
+    /// Shards per node in the dialer's registry.
+    pub shards: u32,
+    /// The peer protocol the dialer speaks ([`PEER_PROTOCOL_VERSION`]; tests say others).
+    pub protocol_version: u32,
+    /// Where the dialer's peer listener for this shard is reached.
+    pub peer_host: &'a str,
+    /// Its port.
+    pub peer_port: u16,
+}
+
+impl<'a> PeerHello<'a> {
+    /// The hello of this build: [`PEER_PROTOCOL_VERSION`].
+    pub fn new(cluster: &'a str, node_id: u64, shard: u32, shards: u32) -> Self {
+        PeerHello {
+            cluster,
+            node_id,
+            shard,
+            shards,
+            protocol_version: PEER_PROTOCOL_VERSION,
+            peer_host: "",
+            peer_port: 0,
+        }
+    }
+
+    /// With the dialer's peer address for this shard.
+    pub fn from_addr(mut self, host: &'a str, port: u16) -> Self {
+        self.peer_host = host;
+        self.peer_port = port;
+        self
+    }
+}
+
 /// Builds peer frames.
 pub struct PeerEncoder {
     fbb: FlatBufferBuilder<'static>,
@@ -41,19 +82,20 @@ impl PeerEncoder {
     }
 
     /// The dialer's first frame.
-    pub fn hello(&mut self, cluster: &str, node_id: u64, shard: u32, shards: u32) -> &[u8] {
+    pub fn hello(&mut self, hello: &PeerHello<'_>) -> &[u8] {
         self.fbb.reset();
-        let cluster = self.fbb.create_string(cluster);
-        let hello = p::Hello::create(
-            &mut self.fbb,
-            &p::HelloArgs {
-                cluster: Some(cluster),
-                node_id,
-                shard,
-                protocol_version: PEER_PROTOCOL_VERSION,
-                shards,
-            },
-        );
+        let cluster = self.fbb.create_string(hello.cluster);
+        let peer_host = self.fbb.create_string(hello.peer_host);
+        let args = p::HelloArgs {
+            cluster: Some(cluster),
+            node_id: hello.node_id,
+            shard: hello.shard,
+            protocol_version: hello.protocol_version,
+            shards: hello.shards,
+            peer_host: Some(peer_host),
+            peer_port: hello.peer_port,
+        };
+        let hello = p::Hello::create(&mut self.fbb, &args);
         self.finish(p::PeerMessage::Hello, hello.as_union_value())
     }
 

@@ -134,6 +134,8 @@ impl<'a> Hello<'a> {
   pub const VT_SHARD: ::flatbuffers::VOffsetT = 8;
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 10;
   pub const VT_SHARDS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_PEER_HOST: ::flatbuffers::VOffsetT = 14;
+  pub const VT_PEER_PORT: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -146,10 +148,12 @@ impl<'a> Hello<'a> {
   ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
     let mut builder = HelloBuilder::new(_fbb);
     builder.add_node_id(args.node_id);
+    if let Some(x) = args.peer_host { builder.add_peer_host(x); }
     builder.add_shards(args.shards);
     builder.add_protocol_version(args.protocol_version);
     builder.add_shard(args.shard);
     if let Some(x) = args.cluster { builder.add_cluster(x); }
+    builder.add_peer_port(args.peer_port);
     builder.finish()
   }
 
@@ -190,6 +194,23 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Hello::VT_SHARDS, Some(0)).unwrap()}
   }
+  /// Where the dialer's peer listener for this shard is reached, so the acceptor can answer
+  /// a node it has no address for yet (a new member, before it knows the membership). Left
+  /// out by nodes of protocol 1.
+  #[inline]
+  pub fn peer_host(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_PEER_HOST, None)}
+  }
+  #[inline]
+  pub fn peer_port(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Hello::VT_PEER_PORT, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -203,6 +224,8 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
      .visit_field::<u32>("shard", Self::VT_SHARD, false)?
      .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
      .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("peer_host", Self::VT_PEER_HOST, false)?
+     .visit_field::<u16>("peer_port", Self::VT_PEER_PORT, false)?
      .finish();
     Ok(())
   }
@@ -213,6 +236,8 @@ pub struct HelloArgs<'a> {
     pub shard: u32,
     pub protocol_version: u32,
     pub shards: u32,
+    pub peer_host: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub peer_port: u16,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -223,6 +248,8 @@ impl<'a> Default for HelloArgs<'a> {
       shard: 0,
       protocol_version: 0,
       shards: 0,
+      peer_host: None,
+      peer_port: 0,
     }
   }
 }
@@ -253,6 +280,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Hello::VT_SHARDS, shards, 0);
   }
   #[inline]
+  pub fn add_peer_host(&mut self, peer_host: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_PEER_HOST, peer_host);
+  }
+  #[inline]
+  pub fn add_peer_port(&mut self, peer_port: u16) {
+    self.fbb_.push_slot::<u16>(Hello::VT_PEER_PORT, peer_port, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloBuilder {
@@ -276,6 +311,8 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.field("shard", &self.shard());
       ds.field("protocol_version", &self.protocol_version());
       ds.field("shards", &self.shards());
+      ds.field("peer_host", &self.peer_host());
+      ds.field("peer_port", &self.peer_port());
       ds.finish()
   }
 }

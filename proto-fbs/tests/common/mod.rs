@@ -6,8 +6,8 @@ use corekv_proto::client::{
     CompareOp, CompareTarget, Consistency, KeyMeta, ReplyFrame, RequestFrame, TxnOpKind,
 };
 use corekv_proto::encode::{
-    CompareSpec, EntryRef, ErrorInfo, PeerEncoder, ReplyEncoder, RequestEncoder, ScanSpec,
-    TxnOpSpec, TxnResultRef,
+    CompareSpec, EntryRef, ErrorInfo, PeerEncoder, PeerHello, ReplyEncoder, RequestEncoder,
+    ScanSpec, TxnOpSpec, TxnResultRef,
 };
 use corekv_proto::peer::PeerFrame;
 use corekv_types::ids::{LogIndex, NodeId, ShardId, Term};
@@ -138,7 +138,7 @@ pub fn sample_errors() -> Vec<ErrorInfo<'static>> {
 pub fn sample_peer_frames() -> Vec<Vec<u8>> {
     let mut e = PeerEncoder::new();
     vec![
-        e.hello("local", 1, 0, 2).to_vec(),
+        e.hello(&PeerHello::new("local", 1, 0, 2).from_addr("127.0.0.1", 7200)).to_vec(),
         e.hello_ack(2, None).to_vec(),
         e.hello_ack(2, Some("cluster mismatch")).to_vec(),
         e.raft_batch([&b"m1"[..], &b"m2"[..]]).to_vec(),

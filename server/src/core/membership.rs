@@ -125,6 +125,13 @@ pub enum ChangeRefused {
         /// Voters left after the change.
         voters: usize,
     },
+    /// A member (or the node to add) runs a corekv too old to apply membership changes.
+    OldPeer {
+        /// The node.
+        id: NodeId,
+        /// The peer protocol it speaks.
+        protocol: u32,
+    },
     /// raft-rs refused or dropped the proposal.
     Raft(String),
 }
@@ -160,6 +167,11 @@ impl std::fmt::Display for ChangeRefused {
                 "removing node {id} would leave {healthy} healthy voters of {voters}, fewer than \
                  a majority ({}): bring the unhealthy voters back first",
                 voters / 2 + 1
+            ),
+            ChangeRefused::OldPeer { id, protocol } => write!(
+                f,
+                "node {id} runs an older corekv (peer protocol {protocol}) that cannot apply \
+                 membership changes: upgrade it first"
             ),
             ChangeRefused::Raft(reason) => write!(f, "raft refused the change: {reason}"),
         }
@@ -222,6 +234,22 @@ impl ShardCore {
         &self.membership
     }
 
+    /// Counts the membership's changes: when it moves, the shell re-syncs its peer links.
+    pub fn membership_epoch(&self) -> u64 {
+        self.membership_epoch
+    }
+
+    /// Node `node` said, in its peer hello, that it speaks peer protocol `version`.
+    pub fn note_peer_protocol(&mut self, node: u64, version: u32) {
+        self.peer_protocols.insert(node, version);
+    }
+
+    /// Replaces the membership (a snapshot installed, a change applied).
+    pub(super) fn set_membership(&mut self, membership: Membership) {
+        self.membership = membership;
+        self.membership_epoch += 1;
+    }
+
     /// Proposes `change` (see the module docs for what is refused). `Ok` is the index of its
     /// entry: the change holds once that index is applied.
     pub fn propose_membership_change(
@@ -280,6 +308,18 @@ impl ShardCore {
         if let Some(to) = raft.lead_transferee {
             let what = format!("leadership is moving to node {to}");
             return Err(ChangeRefused::ChangePending { what });
+        }
+        let added = match *change {
+            MembershipChange::AddLearner { id, .. } => Some(id),
+            _ => None,
+        };
+        for id in self.membership.members().into_iter().chain(added) {
+            match self.peer_protocols.get(&id.get()) {
+                Some(&protocol) if protocol < 2 => {
+                    return Err(ChangeRefused::OldPeer { id, protocol });
+                }
+                _ => {}
+            }
         }
         let m = &self.membership;
         match *change {
@@ -390,9 +430,9 @@ impl ShardCore {
                 return;
             }
         };
-        let mut membership = std::mem::take(&mut self.membership);
+        let mut membership = self.membership.clone();
         membership.addrs.extend(added.addrs);
-        self.membership = with_conf(membership, &conf);
+        self.set_membership(with_conf(membership, &conf));
         self.metrics.conf_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             shard = %self.cfg.shard,

@@ -172,6 +172,10 @@ pub struct ShardCore {
     health: health::Health,
     /// Voters, learners and their addresses, as of the applied index (see [`membership`]).
     membership: Membership,
+    /// Counts changes of `membership` (the shell re-syncs its peer links when it moves).
+    membership_epoch: u64,
+    /// The peer protocol each node's hello said it speaks.
+    peer_protocols: std::collections::BTreeMap<u64, u32>,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -236,6 +240,8 @@ impl ShardCore {
             injected_bug: None,
             health: health::Health::default(),
             membership,
+            membership_epoch: 0,
+            peer_protocols: Default::default(),
         };
         core.init_catch_up();
         core.init_snapshots();

@@ -275,7 +275,8 @@ impl ShardCore {
             self.fail(format!("WAL refused the snapshot reset: {refused:?}"));
             return true;
         }
-        self.membership = self.snapshot_membership(&archive);
+        let membership = self.snapshot_membership(&archive);
+        self.set_membership(membership);
         let replaced = self.sm.restore(archive);
         self.out.garbage.push(replaced);
         self.snapshots.newest = index;

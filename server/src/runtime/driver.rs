@@ -29,7 +29,7 @@ use corekv_proto::encode::PeerEncoder;
 use super::client::accept_clients;
 use super::flush::flush_loop;
 use super::outputs::dispatch;
-use super::peer::{accept_peers, peer_sender};
+use super::peer::{accept_peers, sync_links};
 use super::shutdown::shut_down;
 use super::snapshot_task::{make_snapshot, prune_snapshot_files};
 use super::startup::{start, Listeners, ShardContext};
@@ -56,9 +56,7 @@ async fn serve(shard: Rc<Shard>, listeners: Listeners) {
     let Listeners { client, peer, shutdown, status, flusher, timing } = listeners;
     glommio::spawn_local(accept_clients(shard.clone(), client)).detach();
     glommio::spawn_local(accept_peers(shard.clone(), peer)).detach();
-    for link in shard.peers.values() {
-        glommio::spawn_local(peer_sender(shard.clone(), link.clone())).detach();
-    }
+    sync_links(&shard);
     let flush_task = glommio::spawn_local(flush_loop(shard.clone(), flusher));
     glommio::spawn_local(tick_loop(shard.clone(), timing.tick_ms)).detach();
     shard.core.borrow_mut().start(shard.now_us());
@@ -67,7 +65,7 @@ async fn serve(shard: Rc<Shard>, listeners: Listeners) {
     shut_down(&shard).await;
     shard.stopping.set(true);
     shard.flush_wake.notify();
-    for link in shard.peers.values() {
+    for link in shard.peers.borrow().values() {
         link.wake();
     }
     flush_task.await;
@@ -93,6 +91,7 @@ async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &StatusSlot) {
             }
             turn
         };
+        sync_links(shard);
         dispatch(shard, &mut out, &mut encoder);
         if let Some(job) = turn.snapshot {
             glommio::spawn_local(make_snapshot(shard.clone(), job)).detach();

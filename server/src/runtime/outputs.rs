@@ -11,7 +11,7 @@ use corekv_storage::wal::SegmentSource;
 use raft::eraftpb::Message;
 
 use super::background;
-use super::peer::start_snapshot_send;
+use super::peer::{link_to, start_snapshot_send};
 use super::state::Shard;
 use crate::constants::FRAME_SPLIT_BYTES;
 use crate::core::Outputs;
@@ -80,8 +80,9 @@ pub(super) fn send_to_peer(
     messages: &[Message],
     encoder: &mut PeerEncoder,
 ) {
-    let Some(link) = shard.peers.get(&to) else {
-        tracing::warn!(shard = %shard.shard, to, "raft message for an unknown node dropped");
+    let Some(link) = link_to(shard, to) else {
+        tracing::warn!(shard = %shard.shard, to,
+            "raft message for a node whose address is not known dropped");
         return;
     };
     let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(messages.len());
@@ -89,7 +90,7 @@ pub(super) fn send_to_peer(
     for message in messages {
         if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
             // Sent with its file, by a transfer task.
-            start_snapshot_send(shard, link, message.clone());
+            start_snapshot_send(shard, &link, message.clone());
             continue;
         }
         let data = protobuf::Message::write_to_bytes(message).expect("raft messages always encode");

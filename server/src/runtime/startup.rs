@@ -18,7 +18,7 @@ use glommio::net::TcpListener;
 
 use super::disk::DmaFlusher;
 use super::notify::Notify;
-use super::state::{PeerLink, Shard};
+use super::state::Shard;
 use crate::core::{CoreConfig, Recovery, RecoveryError, ShardCore, SnapshotPolicy};
 use crate::http::StatusSlot;
 use crate::metrics::ShardMetrics;
@@ -94,18 +94,14 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
     let peer = listen(&peer_addr).map_err(|e| {
         anyhow::anyhow!("shard {}: cannot listen for peers on {peer_addr}: {e}", ctx.shard)
     })?;
-    let peers = registry
-        .nodes
-        .iter()
-        .filter(|n| n.id != ctx.node_id)
-        .map(|n| (n.id.get(), Rc::new(PeerLink::new(n.id.get(), n.peer_addr(ctx.shard)))))
-        .collect();
     let shard = Rc::new(Shard {
         core: RefCell::new(core),
         wake: Notify::default(),
         flush_wake: Notify::default(),
         conns: RefCell::default(),
-        peers,
+        peers: RefCell::default(),
+        hello_addrs: RefCell::default(),
+        links_epoch: Cell::new(u64::MAX),
         metrics: ctx.metrics,
         registry,
         node_id: ctx.node_id,

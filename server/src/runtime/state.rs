@@ -29,7 +29,14 @@ pub(crate) struct Shard {
     /// Wakes the flush task.
     pub(crate) flush_wake: Notify,
     pub(crate) conns: RefCell<HashMap<ConnId, Rc<ClientConn>>>,
-    pub(crate) peers: HashMap<u64, Rc<PeerLink>>,
+    /// The links to the shard's other members (and to nodes that sent this replica raft
+    /// messages), by node id; kept in step with the membership by `peer::sync_links`.
+    pub(crate) peers: RefCell<HashMap<u64, Rc<PeerLink>>>,
+    /// Where nodes said, in their peer hello, their peer listener is: the address of last
+    /// resort for a node this replica has no member address for.
+    pub(crate) hello_addrs: RefCell<HashMap<u64, String>>,
+    /// The membership epoch the links were last synced to.
+    pub(crate) links_epoch: Cell<u64>,
     pub(crate) metrics: Arc<ShardMetrics>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) node_id: NodeId,
@@ -116,6 +123,8 @@ pub(crate) struct PeerLink {
     pub(crate) progress_changed: Notify,
     /// A snapshot transfer to this peer is under way.
     pub(crate) sending_snapshot: Cell<bool>,
+    /// The node left the membership (or moved): the connection task ends.
+    pub(crate) retired: Cell<bool>,
 }
 
 impl PeerLink {
@@ -129,6 +138,7 @@ impl PeerLink {
             progress: RefCell::default(),
             progress_changed: Notify::default(),
             sending_snapshot: Cell::new(false),
+            retired: Cell::new(false),
         }
     }
 

@@ -1,9 +1,8 @@
 //! The peer handshake, both ends: the dialer's hello and the acceptor's checks of it.
 
-use corekv_proto::constants::PEER_PROTOCOL_VERSION;
-use corekv_proto::encode::PeerEncoder;
+use corekv_proto::constants::{PEER_PROTOCOL_OLDEST, PEER_PROTOCOL_VERSION};
+use corekv_proto::encode::{PeerEncoder, PeerHello};
 use corekv_proto::frame::{verify_peer, FrameBuffer};
-use corekv_types::ids::NodeId;
 use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 
@@ -14,14 +13,18 @@ pub(super) async fn connect(shard: &Shard, link: &PeerLink) -> std::io::Result<T
     let attempt = async {
         let mut stream = TcpStream::connect(link.addr.as_str()).await?;
         stream.set_nodelay(true)?;
-        let hello = PeerEncoder::new()
-            .hello(
-                &shard.registry.cluster,
-                shard.node_id.get(),
-                shard.shard.get(),
-                shard.registry.shards,
-            )
-            .to_vec();
+        let registry = &shard.registry;
+        let me = registry.node(shard.node_id);
+        let host = me.map_or("", |n| n.host.as_str());
+        let port = me.map_or(0, |n| n.peer_port.saturating_add(shard.shard.get() as u16));
+        let hello = PeerHello::new(
+            &registry.cluster,
+            shard.node_id.get(),
+            shard.shard.get(),
+            registry.shards,
+        )
+        .from_addr(host, port);
+        let hello = PeerEncoder::new().hello(&hello).to_vec();
         stream.write_all(&hello).await?;
         let mut buffer = FrameBuffer::new(4096);
         let frame = read_frame(&mut stream, &mut buffer).await?;
@@ -62,10 +65,12 @@ pub(super) fn check_hello(shard: &Shard, frame: &[u8]) -> Result<u64, String> {
             hello.cluster()
         ));
     }
-    if hello.protocol_version() != PEER_PROTOCOL_VERSION {
+    let version = hello.protocol_version();
+    if !(PEER_PROTOCOL_OLDEST..=PEER_PROTOCOL_VERSION).contains(&version) {
         return Err(format!(
-            "peer protocol {} not supported (this node speaks {PEER_PROTOCOL_VERSION})",
-            hello.protocol_version()
+            "peer protocol {version} not supported (this node speaks {PEER_PROTOCOL_OLDEST} to \
+             {PEER_PROTOCOL_VERSION}{})",
+            if version > PEER_PROTOCOL_VERSION { "; upgrade this node" } else { "" }
         ));
     }
     if hello.shard() != shard.shard.get() {
@@ -84,9 +89,18 @@ pub(super) fn check_hello(shard: &Shard, frame: &[u8]) -> Result<u64, String> {
             hello.shards()
         ));
     }
+    // Any other node of the cluster: the membership changes (a new member is in no registry
+    // this node read), and raft-rs ignores what non-members send but vote requests, which
+    // the core ignores.
     let node = hello.node_id();
-    if node == shard.node_id.get() || shard.registry.node(NodeId(node)).is_none() {
-        return Err(format!("node {node} is not another node of this cluster"));
+    if node == shard.node_id.get() || node == 0 {
+        return Err(format!("node id {node} cannot be a peer of node {}", shard.node_id));
     }
+    if let (Some(host), port) = (hello.peer_host(), hello.peer_port()) {
+        if !host.is_empty() && port != 0 {
+            shard.hello_addrs.borrow_mut().insert(node, format!("{host}:{port}"));
+        }
+    }
+    shard.core.borrow_mut().note_peer_protocol(node, version);
     Ok(node)
 }

@@ -39,8 +39,71 @@ use futures_lite::io::AsyncReadExt;
 use glommio::net::TcpStream;
 
 pub(crate) use inbound::accept_peers;
-pub(crate) use sender::peer_sender;
 pub(crate) use snapshot_send::start_snapshot_send;
+
+use std::rc::Rc;
+
+use corekv_types::ids::NodeId;
+
+use crate::runtime::state::{PeerLink, Shard};
+use sender::peer_sender;
+
+/// Where node `id`'s peer listener for this shard is: its member address, else the one its
+/// hello said, else the registry's.
+fn peer_addr(shard: &Shard, id: u64) -> Option<String> {
+    let node = NodeId(id);
+    let member = shard.core.borrow().membership().addrs.get(&node).map(|a| a.node(node));
+    member
+        .map(|n| n.peer_addr(shard.shard))
+        .or_else(|| shard.hello_addrs.borrow().get(&id).cloned())
+        .or_else(|| shard.registry.node(node).map(|n| n.peer_addr(shard.shard)))
+}
+
+/// The link to node `id`, made (and its connection task started) when there is none yet.
+pub(crate) fn link_to(shard: &Rc<Shard>, id: u64) -> Option<Rc<PeerLink>> {
+    if id == shard.node_id.get() || id == 0 {
+        return None;
+    }
+    if let Some(link) = shard.peers.borrow().get(&id) {
+        return Some(link.clone());
+    }
+    let link = Rc::new(PeerLink::new(id, peer_addr(shard, id)?));
+    shard.peers.borrow_mut().insert(id, link.clone());
+    glommio::spawn_local(peer_sender(shard.clone(), link.clone())).detach();
+    Some(link)
+}
+
+/// Keeps the links in step with the membership, when it changed: a link to every other
+/// member; links to nodes that left it, or whose address changed, retired (a link a raft
+/// message needs again is made again by [`link_to`]).
+pub(crate) fn sync_links(shard: &Rc<Shard>) {
+    let epoch = shard.core.borrow().membership_epoch();
+    if shard.links_epoch.replace(epoch) == epoch {
+        return;
+    }
+    let members = shard.core.borrow().membership().members();
+    if !members.is_empty() {
+        let stale: Vec<Rc<PeerLink>> = shard
+            .peers
+            .borrow()
+            .values()
+            .filter(|link| {
+                !members.contains(&NodeId(link.node_id))
+                    || peer_addr(shard, link.node_id).is_some_and(|addr| addr != link.addr)
+            })
+            .cloned()
+            .collect();
+        for link in stale {
+            tracing::info!(shard = %shard.shard, peer = link.node_id, "closing the link to a node that left the shard (or moved)");
+            link.retired.set(true);
+            link.wake();
+            shard.peers.borrow_mut().remove(&link.node_id);
+        }
+    }
+    for id in members {
+        link_to(shard, id.get());
+    }
+}
 
 /// How long a handshake may take before the connection is given up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);

@@ -20,7 +20,7 @@ use crate::runtime::state::{PeerLink, Shard};
 pub(crate) async fn peer_sender(shard: Rc<Shard>, link: Rc<PeerLink>) {
     let mut backoff = PEER_BACKOFF_MIN_MS;
     let mut failures = 0u32;
-    while !shard.stopping.get() {
+    while !shard.stopping.get() && !link.retired.get() {
         match connect(&shard, &link).await {
             Ok(stream) => {
                 if failures > 0 {
@@ -54,7 +54,7 @@ pub(crate) async fn peer_sender(shard: Rc<Shard>, link: Rc<PeerLink>) {
                 }
             }
         }
-        if shard.stopping.get() {
+        if shard.stopping.get() || link.retired.get() {
             break;
         }
         glommio::timer::sleep(Duration::from_millis(backoff)).await;
@@ -103,7 +103,7 @@ async fn pump(shard: &Shard, link: &PeerLink, mut stream: TcpStream) -> std::io:
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => {}
         }
-        if shard.stopping.get() {
+        if shard.stopping.get() || link.retired.get() {
             return Poll::Ready(Ok(()));
         }
         if !progress {
