@@ -181,7 +181,7 @@ fn malformed_frames_leave_the_node_serving() {
         vec![0xde; 64],
         PeerEncoder::new().hello(&PeerHello::new("not-this-cluster", 2, 0, 2)).to_vec(),
         {
-            let mut newer = PeerHello::new("test", 2, 0, 2);
+            let mut newer = PeerHello::new(&cluster.registry.cluster, 2, 0, 2);
             newer.protocol_version = 99;
             PeerEncoder::new().hello(&newer).to_vec()
         },

@@ -588,10 +588,11 @@ fn partition_minority_refuses_majority_serves() {
 
     // The minority refuses, seen from inside its namespace.
     let addr = format!("{}:7100", ns.addr(old));
+    let name = cluster.registry.cluster.clone();
     let (put, get) = ns.inside(old, move || {
         let mut conn = RawConn::connect(&addr);
         conn.stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let hello = RequestEncoder::new().hello(1, "test", 1).to_vec();
+        let hello = RequestEncoder::new().hello(1, &name, 1).to_vec();
         conn.send(&hello);
         conn.recv();
         let put = RequestEncoder::new().put(2, b"w0-k0", b"minority").to_vec();

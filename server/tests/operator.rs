@@ -38,7 +38,8 @@ fn a_node_refuses_data_written_under_another_shape() {
     let two_shards = cluster.dir.path().join("two-shards.toml");
     std::fs::write(&two_shards, text.replace("shards = 4", "shards = 2")).unwrap();
     let renamed = cluster.dir.path().join("renamed.toml");
-    std::fs::write(&renamed, text.replace("cluster = \"test\"", "cluster = \"other\"")).unwrap();
+    let name_line = format!("cluster = \"{}\"", cluster.registry.cluster);
+    std::fs::write(&renamed, text.replace(&name_line, "cluster = \"other\"")).unwrap();
     for id in 1..=3 {
         let (code, err) = serve_exit(&cluster, id, &two_shards);
         let dir = cluster.data_dir(id).display().to_string();
@@ -49,7 +50,8 @@ fn a_node_refuses_data_written_under_another_shape() {
     }
     let (code, err) = serve_exit(&cluster, 1, &renamed);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("cluster \"test\"") && err.contains("\"other\""), "{err}");
+    let named = format!("cluster {:?}", cluster.registry.cluster);
+    assert!(err.contains(&named) && err.contains("\"other\""), "{err}");
     for id in 1..=3 {
         cluster.restart(id);
     }
@@ -112,7 +114,8 @@ fn health_is_503_on_a_node_that_cannot_serve() {
     // refuses its hellos, and it hears from nobody.
     let text = std::fs::read_to_string(&cluster.registry_path).unwrap();
     let other = cluster.dir.path().join("other.toml");
-    std::fs::write(&other, text.replace("cluster = \"test\"", "cluster = \"other\"")).unwrap();
+    let name_line = format!("cluster = \"{}\"", cluster.registry.cluster);
+    std::fs::write(&other, text.replace(&name_line, "cluster = \"other\"")).unwrap();
     let stranger_dir = cluster.dir.path().join("stranger");
     let mut stranger = common::spawn_serve(&other, "3", &stranger_dir, &[], false);
     std::thread::sleep(Duration::from_secs(3));

@@ -110,7 +110,11 @@ impl TestCluster {
         netns: Vec<Option<String>>,
     ) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut text = format!("cluster = \"test\"\nshards = {shards}\n");
+        // A name of its own: glommio listens with SO_REUSEPORT, so a node restarted on ports
+        // another test's cluster took meanwhile shares them with it, and connections land on
+        // either; the name makes the other cluster's nodes refuse them.
+        let cluster = format!("test-{}", hosts.first().map_or(0, |h| h.1));
+        let mut text = format!("cluster = \"{cluster}\"\nshards = {shards}\n");
         for (i, (host, client, peer, http)) in hosts.iter().enumerate() {
             text.push_str(&format!(
                 "\n[[node]]\nid = {}\nhost = \"{host}\"\nclient_port = {client}\npeer_port = {peer}\nhttp_port = {http}\n",
@@ -373,7 +377,8 @@ impl TestCluster {
     pub fn raw(&self, id: u64, shard: u32) -> RawConn {
         let addr = self.registry.node(NodeId(id)).expect("node").client_addr(ShardId(shard));
         let mut conn = RawConn::connect(&addr);
-        let hello = RequestEncoder::new().hello(1, "test", self.registry.shards).to_vec();
+        let cluster = &self.registry.cluster;
+        let hello = RequestEncoder::new().hello(1, cluster, self.registry.shards).to_vec();
         conn.send(&hello);
         let reply = conn.recv();
         assert!(verify_reply(&reply).unwrap().reply_as_hello_reply().is_some(), "hello accepted");
