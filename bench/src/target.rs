@@ -22,7 +22,7 @@ fn corekv_error(error: &Error) -> ErrorKind {
         Error::Unavailable { .. } => "unavailable",
         Error::Indeterminate(_) => "indeterminate",
         Error::TooLarge { .. } => "too_large",
-        Error::InvalidRequest(_) | Error::InvalidArgument(_) => "invalid",
+        Error::InvalidRequest(_) | Error::InvalidArgument(_) | Error::ChangeRefused(_) => "invalid",
         Error::WrongShard { .. } => "wrong_shard",
         Error::Protocol(_) => "protocol",
         Error::Handshake { .. } | Error::Registry(_) => "config",

@@ -65,6 +65,13 @@ pub enum Error {
     #[error("protocol error: {0}")]
     Protocol(String),
 
+    /// The shard's leader refused a membership change or leadership transfer, and said why
+    /// (another change under way, a learner not caught up, a removal that would leave no
+    /// healthy majority, ...). Nothing changed; retrying as is will not help until what it
+    /// names changes.
+    #[error("refused: {0}")]
+    ChangeRefused(String),
+
     /// A node refused the connection handshake (a different cluster name, an unsupported
     /// protocol version). Check the registry file.
     #[error("handshake refused by {addr}: {reason}")]

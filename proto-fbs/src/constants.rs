@@ -4,8 +4,9 @@
 /// Version of the client protocol this code speaks, sent in `Hello` and `HelloReply`.
 /// Version 2 added the status reply's serving, joining, failure and snapshot fields: a
 /// version-1 node does not send them, so a client of version 2 refuses it rather than read
-/// their absence as "not serving".
-pub const CLIENT_PROTOCOL_VERSION: u32 = 2;
+/// their absence as "not serving". Version 3 added the membership requests (the members, a
+/// change, a leadership transfer) and the `NotMember` and `ChangeRefused` errors.
+pub const CLIENT_PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest client protocol a node still serves: everything a version-1 client asks means
 /// the same in version 2, and the fields it does not know it skips.

@@ -2,6 +2,7 @@
 //! either side of the protocol converts a key's metadata, a role or a status reply.
 
 use corekv_types::ids::{LogIndex, NodeId, ShardId, Term};
+use corekv_types::membership::{MemberAddr, Membership, MembershipChange, ShardMembers};
 use corekv_types::meta;
 use corekv_types::status::{PeerProgress, ReplicaStatus, Role};
 
@@ -63,20 +64,99 @@ pub fn replica_status(reply: &c::StatusReply<'_>) -> ReplicaStatus {
         snapshot_index: LogIndex(reply.snapshot_index()),
         wal_durable: reply.wal_durable().unwrap_or_default().to_string(),
         keys: reply.keys(),
-        peers: reply
-            .peers()
-            .iter()
-            .flatten()
-            .map(|p| PeerProgress {
-                node_id: NodeId(p.node_id()),
-                match_index: LogIndex(p.match_index()),
-                recent_active: p.recent_active(),
-            })
-            .collect(),
+        peers: peer_progress(reply.peers()),
         failure: reply.failure().map(str::to_string),
         serving: reply.serving(),
         problem: reply.problem().map(str::to_string),
         joining: reply.joining(),
+    }
+}
+
+fn peer_progress(
+    peers: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<c::PeerProgress<'_>>>>,
+) -> Vec<PeerProgress> {
+    peers
+        .iter()
+        .flatten()
+        .map(|p| PeerProgress {
+            node_id: NodeId(p.node_id()),
+            match_index: LogIndex(p.match_index()),
+            recent_active: p.recent_active(),
+        })
+        .collect()
+}
+
+fn member_addr(member: &c::Member<'_>) -> Result<MemberAddr, String> {
+    let host = member.host().filter(|h| !h.is_empty()).ok_or("a member without a host")?;
+    Ok(MemberAddr {
+        host: host.to_string(),
+        client_port: member.client_port(),
+        peer_port: member.peer_port(),
+        http_port: member.http_port(),
+    })
+}
+
+/// The membership a verified members reply carries.
+pub fn shard_members(reply: &c::MembersReply<'_>) -> ShardMembers {
+    let ids = |list: Option<flatbuffers::Vector<'_, u64>>| {
+        let mut ids: Vec<NodeId> = list.iter().flatten().map(NodeId).collect();
+        ids.sort_unstable();
+        ids
+    };
+    let addrs = reply
+        .members()
+        .iter()
+        .flatten()
+        .filter_map(|m| member_addr(&m).ok().map(|addr| (NodeId(m.node_id()), addr)))
+        .collect();
+    ShardMembers {
+        node_id: NodeId(reply.node_id()),
+        shard: ShardId(reply.shard()),
+        leader_id: NodeId(reply.leader_id()),
+        membership: Membership {
+            voters: ids(reply.voters()),
+            learners: ids(reply.learners()),
+            voters_outgoing: ids(reply.voters_outgoing()),
+            learners_next: ids(reply.learners_next()),
+            auto_leave: false,
+            promote: ids(reply.promote()),
+            addrs,
+        },
+        peers: peer_progress(reply.peers()),
+        last_index: LogIndex(reply.last_index()),
+        applied_index: LogIndex(reply.applied_index()),
+        pending_change: LogIndex(reply.pending_change()),
+    }
+}
+
+/// The change a verified change request asks for; why it cannot be one when it cannot.
+pub fn membership_change(request: &c::MemberChangeRequest<'_>) -> Result<MembershipChange, String> {
+    let id = NodeId(request.node_id());
+    if id == NodeId::NONE {
+        return Err("a membership change names no node (node id 0)".to_string());
+    }
+    match request.kind() {
+        c::MemberChangeKind::AddLearner => {
+            let member = request.member().ok_or("adding a member needs its addresses")?;
+            if member.node_id() != id.get() {
+                return Err(format!(
+                    "the member's addresses are node {}'s, not node {id}'s",
+                    member.node_id()
+                ));
+            }
+            let (addr, promote) = (member_addr(&member)?, request.promote());
+            Ok(MembershipChange::AddLearner { id, addr, promote })
+        }
+        c::MemberChangeKind::Promote => Ok(MembershipChange::Promote { id }),
+        c::MemberChangeKind::Remove => Ok(MembershipChange::Remove { id }),
+        c::MemberChangeKind::Replace => {
+            let new = NodeId(request.new_node_id());
+            if new == NodeId::NONE || new == id {
+                return Err(format!("replacing node {id} needs another node to take its place"));
+            }
+            Ok(MembershipChange::Replace { old: id, new })
+        }
+        other => Err(format!("membership change kind {} is not known to this node", other.0)),
     }
 }
 

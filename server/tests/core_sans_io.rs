@@ -634,7 +634,8 @@ impl Cluster {
 // proposed. A new node (started with --join, no data, not in the registry) is added as a
 // learner and catches up by snapshot — it takes its membership, with every member's address,
 // from it; it is promoted once caught up; a voter is replaced in one joint change (left by
-// raft-rs by itself) and another removed. Refused, with nothing proposed: removing the
+// raft-rs by itself) and another removed; a learner added to be promoted is promoted by the
+// leader once caught up. Refused, with nothing proposed: removing the
 // leader, a non-member, or a voter whose removal leaves no healthy majority; promoting a
 // voter or a learner far behind; adding a member twice; a second change while one is pending;
 // any change while a member runs an older corekv.
@@ -680,14 +681,14 @@ fn members_are_added_promoted_replaced_and_removed_through_raft() {
 
     // A member that said (in its peer hello) it speaks peer protocol 1 cannot apply changes.
     cluster.nodes.get_mut(&1).unwrap().core.note_peer_protocol(3, 1);
-    let old = cluster.propose(1, AddLearner { id: NodeId(4), addr: addr(4) });
+    let old = cluster.propose(1, AddLearner { id: NodeId(4), addr: addr(4), promote: false });
     assert_eq!(old, Err(ChangeRefused::OldPeer { id: NodeId(3), protocol: 1 }));
     assert!(old.unwrap_err().to_string().contains("upgrade it first"));
     cluster.nodes.get_mut(&1).unwrap().core.note_peer_protocol(3, 2);
 
     cluster.nodes.insert(4, joiner(4));
     assert!(cluster.nodes[&4].core.membership().voters.is_empty(), "a joiner knows no member");
-    cluster.propose(1, AddLearner { id: NodeId(4), addr: addr(4) }).unwrap();
+    cluster.propose(1, AddLearner { id: NodeId(4), addr: addr(4), promote: false }).unwrap();
     let pending = cluster.propose(1, Promote { id: NodeId(4) });
     assert!(matches!(pending, Err(ChangeRefused::ChangePending { .. })), "{pending:?}");
     cluster.settle();
@@ -705,7 +706,7 @@ fn members_are_added_promoted_replaced_and_removed_through_raft() {
         cluster.nodes[&4].metrics.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed),
         1
     );
-    let again = cluster.propose(1, AddLearner { id: NodeId(2), addr: addr(2) });
+    let again = cluster.propose(1, AddLearner { id: NodeId(2), addr: addr(2), promote: false });
     assert_eq!(again, Err(ChangeRefused::AlreadyMember { id: NodeId(2) }));
 
     // A learner far behind is not promoted.
@@ -735,7 +736,7 @@ fn members_are_added_promoted_replaced_and_removed_through_raft() {
 
     // Node 5 replaces node 3 in one joint change.
     cluster.nodes.insert(5, joiner(5));
-    cluster.propose(1, AddLearner { id: NodeId(5), addr: addr(5) }).unwrap();
+    cluster.propose(1, AddLearner { id: NodeId(5), addr: addr(5), promote: true }).unwrap();
     cluster.settle();
     let last = cluster.nodes[&1].core.raft().raft.raft_log.last_index();
     cluster.tick_until(50, "node 5 caught up", |c| {
@@ -755,15 +756,22 @@ fn members_are_added_promoted_replaced_and_removed_through_raft() {
     cluster.settle();
     cluster.tick();
     assert_eq!(cluster.nodes[&1].core.membership().voters, ids(&[1, 2, 5]));
-    assert_eq!(
-        cluster.nodes[&1].metrics.conf_changes.load(std::sync::atomic::Ordering::Relaxed),
-        6
-    );
 
-    // The group goes on with its new voters: node 1 cut off, nodes 2 and 5 elect a leader.
+    // Added to be promoted once caught up: the leader promotes it by itself.
+    cluster.nodes.insert(6, joiner(6));
+    cluster.propose(1, AddLearner { id: NodeId(6), addr: addr(6), promote: true }).unwrap();
+    cluster.settle();
+    cluster.tick_until(50, "node 6 promoted", |c| {
+        c.nodes[&1].core.membership().voters == ids(&[1, 2, 5, 6])
+    });
+    assert!(cluster.nodes[&1].core.membership().promote.is_empty());
+    let changes = &cluster.nodes[&1].metrics.conf_changes;
+    assert_eq!(changes.load(std::sync::atomic::Ordering::Relaxed), 8);
+
+    // The group goes on with its new voters: node 1 cut off, nodes 2, 5 and 6 elect a leader.
     cluster.cut.insert(1);
-    cluster.tick_until(100, "a leader among nodes 2 and 5", |c| {
-        [2, 5].iter().any(|id| c.nodes[id].core.is_leader())
+    cluster.tick_until(100, "a leader among nodes 2, 5 and 6", |c| {
+        [2, 5, 6].iter().any(|id| c.nodes[id].core.is_leader())
     });
     cluster.cut.clear();
 }

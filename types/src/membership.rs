@@ -91,6 +91,8 @@ pub struct Membership {
     pub learners_next: Vec<NodeId>,
     /// Whether raft leaves the joint configuration by itself.
     pub auto_leave: bool,
+    /// Learners the leader promotes once they have caught up (added without `--learner`).
+    pub promote: Vec<NodeId>,
     /// Every member's address.
     pub addrs: BTreeMap<NodeId, MemberAddr>,
 }
@@ -150,12 +152,20 @@ impl Membership {
             .collect()
     }
 
-    /// `[version 1][auto_leave u8]`, then the four id lists (each a u32 count and u64 ids),
+    /// `[version 1][auto_leave u8]`, then the five id lists (voters, learners, outgoing
+    /// voters, next learners, learners to promote; each a u32 count and u64 ids),
     /// then the addresses (a u32 count, each a u64 id and an address as in
     /// [`MemberAddr::encode`] without its version byte), little-endian.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![MEMBERSHIP_ENCODING, u8::from(self.auto_leave)];
-        for list in [&self.voters, &self.learners, &self.voters_outgoing, &self.learners_next] {
+        let lists = [
+            &self.voters,
+            &self.learners,
+            &self.voters_outgoing,
+            &self.learners_next,
+            &self.promote,
+        ];
+        for list in lists {
             out.extend_from_slice(&(list.len() as u32).to_le_bytes());
             for id in list {
                 out.extend_from_slice(&id.get().to_le_bytes());
@@ -178,7 +188,7 @@ impl Membership {
             1 => true,
             other => return Err(format!("membership: auto_leave is {other}, not 0 or 1")),
         };
-        let mut lists: [Vec<NodeId>; 4] = Default::default();
+        let mut lists: [Vec<NodeId>; 5] = Default::default();
         for list in &mut lists {
             let count = reader.u32()?;
             for _ in 0..count {
@@ -186,15 +196,78 @@ impl Membership {
             }
             list.sort_unstable();
         }
-        let [voters, learners, voters_outgoing, learners_next] = lists;
+        let [voters, learners, voters_outgoing, learners_next, promote] = lists;
         let mut addrs = BTreeMap::new();
         for _ in 0..reader.u32()? {
             let id = NodeId(reader.u64()?);
             addrs.insert(id, reader.addr()?);
         }
         reader.end("membership")?;
-        Ok(Membership { voters, learners, voters_outgoing, learners_next, auto_leave, addrs })
+        Ok(Membership {
+            voters,
+            learners,
+            voters_outgoing,
+            learners_next,
+            auto_leave,
+            promote,
+            addrs,
+        })
     }
+}
+
+/// A change to a shard's membership, as an operator asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "change")]
+pub enum MembershipChange {
+    /// Adds a node as a learner: it replicates, it does not vote.
+    AddLearner {
+        /// The new member.
+        id: NodeId,
+        /// Where it listens.
+        addr: MemberAddr,
+        /// Whether the leader promotes it to voter once it has caught up.
+        promote: bool,
+    },
+    /// Makes a caught-up learner a voter.
+    Promote {
+        /// The learner.
+        id: NodeId,
+    },
+    /// Removes a member (voter or learner).
+    Remove {
+        /// The member.
+        id: NodeId,
+    },
+    /// In one joint-consensus change: a caught-up learner becomes a voter and a voter leaves.
+    Replace {
+        /// The voter that leaves.
+        old: NodeId,
+        /// The learner that takes its place.
+        new: NodeId,
+    },
+}
+
+/// A shard's membership as one replica reports it: what `member list` shows and what
+/// clients learn members' addresses and the leader from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMembers {
+    /// The node that answered.
+    pub node_id: NodeId,
+    /// The shard.
+    pub shard: crate::ids::ShardId,
+    /// The leader it knows of, [`NodeId::NONE`] when none.
+    pub leader_id: NodeId,
+    /// Voters, learners and addresses, as of its applied index.
+    pub membership: Membership,
+    /// On the leader: each member's replication progress (empty elsewhere).
+    pub peers: Vec<crate::status::PeerProgress>,
+    /// The last index of its log.
+    pub last_index: crate::ids::LogIndex,
+    /// Its applied index.
+    pub applied_index: crate::ids::LogIndex,
+    /// The index of a change proposed and not applied yet, 0 when none (known on the
+    /// leader).
+    pub pending_change: crate::ids::LogIndex,
 }
 
 fn put_addr(out: &mut Vec<u8>, addr: &MemberAddr) {
@@ -294,6 +367,7 @@ mod tests {
             voters_outgoing: vec![NodeId(1), NodeId(2)],
             learners_next: vec![NodeId(2)],
             auto_leave: true,
+            promote: vec![NodeId(5)],
             addrs: [1, 2, 4, 5].into_iter().map(|n| (NodeId(n), addr(n as u16))).collect(),
         };
         assert_eq!(Membership::decode(&membership.encode()), Ok(membership.clone()));

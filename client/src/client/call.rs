@@ -302,6 +302,15 @@ pub(super) fn server_error(error: &wire::ErrorReply<'_>) -> Option<ServerError> 
                 .unwrap_or("invalid request")
                 .into(),
         )),
+        // A replica removed from its shard: ask the others.
+        ErrorKind::NotMember => ServerError::NotLeader { leader: None },
+        ErrorKind::ChangeRefused => ServerError::Final(Error::ChangeRefused(
+            error
+                .kind_as_change_refused()
+                .and_then(|e| e.reason())
+                .unwrap_or("no reason given")
+                .into(),
+        )),
         ErrorKind::TooLarge => {
             let t = error.kind_as_too_large();
             ServerError::Final(Error::TooLarge {
@@ -346,5 +355,9 @@ mod tests {
         );
         let bad = mapped(&ErrorInfo::InvalidRequest { reason: "empty key" });
         assert_eq!(bad, Some(ServerError::Final(Error::InvalidRequest("empty key".into()))));
+        let removed = mapped(&ErrorInfo::NotMember { node_id: 3, shard: 0 });
+        assert_eq!(removed, Some(ServerError::NotLeader { leader: None }), "ask the others");
+        let refused = mapped(&ErrorInfo::ChangeRefused { reason: "pending" });
+        assert_eq!(refused, Some(ServerError::Final(Error::ChangeRefused("pending".into()))));
     }
 }

@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::placement::shard_for_key;
 use crate::registry::Registry;
 
+mod admin;
 mod call;
 mod ops;
 mod wire_map;

@@ -15,6 +15,7 @@ use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use crate::client::{self as c, CompareOp, CompareTarget, Consistency, KeyMeta, TxnOpKind};
 
+mod membership;
 mod peer;
 mod reply;
 mod request;
@@ -82,6 +83,18 @@ pub enum ErrorInfo<'a> {
     Busy {
         /// Suggested delay before retrying.
         retry_after_ms: u32,
+    },
+    /// This replica is no longer a member of its shard.
+    NotMember {
+        /// The replica's node.
+        node_id: u64,
+        /// Its shard.
+        shard: u32,
+    },
+    /// A membership change or leadership transfer was refused; nothing changed.
+    ChangeRefused {
+        /// Why.
+        reason: &'a str,
     },
 }
 

@@ -12,7 +12,7 @@ use super::{
 
 /// Builds replies to client requests.
 pub struct ReplyEncoder {
-    fbb: FlatBufferBuilder<'static>,
+    pub(super) fbb: FlatBufferBuilder<'static>,
 }
 
 impl Default for ReplyEncoder {
@@ -27,7 +27,7 @@ impl ReplyEncoder {
         ReplyEncoder { fbb: FlatBufferBuilder::with_capacity(BUILDER_CAPACITY_BYTES) }
     }
 
-    fn finish(
+    pub(super) fn finish(
         &mut self,
         id: u64,
         reply_type: c::Reply,
@@ -295,6 +295,15 @@ impl ReplyEncoder {
             ErrorInfo::Busy { retry_after_ms } => {
                 let t = c::Busy::create(fbb, &c::BusyArgs { retry_after_ms });
                 (c::ErrorKind::Busy, t.as_union_value())
+            }
+            ErrorInfo::NotMember { node_id, shard } => {
+                let t = c::NotMember::create(fbb, &c::NotMemberArgs { node_id, shard });
+                (c::ErrorKind::NotMember, t.as_union_value())
+            }
+            ErrorInfo::ChangeRefused { reason } => {
+                let reason = Some(fbb.create_string(reason));
+                let t = c::ChangeRefused::create(fbb, &c::ChangeRefusedArgs { reason });
+                (c::ErrorKind::ChangeRefused, t.as_union_value())
             }
         };
         let reply = c::ErrorReply::create(fbb, &c::ErrorReplyArgs { kind_type, kind: Some(kind) });

@@ -10,7 +10,7 @@ use super::{
 
 /// Builds client requests.
 pub struct RequestEncoder {
-    fbb: FlatBufferBuilder<'static>,
+    pub(super) fbb: FlatBufferBuilder<'static>,
 }
 
 impl Default for RequestEncoder {
@@ -25,7 +25,7 @@ impl RequestEncoder {
         RequestEncoder { fbb: FlatBufferBuilder::with_capacity(BUILDER_CAPACITY_BYTES) }
     }
 
-    fn finish(
+    pub(super) fn finish(
         &mut self,
         id: u64,
         request_type: c::Request,

@@ -380,12 +380,108 @@ impl<'a> ::flatbuffers::Verifiable for TxnOpKind {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for TxnOpKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_REQUEST: u8 = 0;
+pub const ENUM_MIN_MEMBER_CHANGE_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 10;
+pub const ENUM_MAX_MEMBER_CHANGE_KIND: u8 = 3;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 11] = [
+pub const ENUM_VALUES_MEMBER_CHANGE_KIND: [MemberChangeKind; 4] = [
+  MemberChangeKind::AddLearner,
+  MemberChangeKind::Promote,
+  MemberChangeKind::Remove,
+  MemberChangeKind::Replace,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct MemberChangeKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl MemberChangeKind {
+  /// Adds `member` as a learner.
+  pub const AddLearner: Self = Self(0);
+  /// Makes learner `node_id` a voter.
+  pub const Promote: Self = Self(1);
+  /// Removes member `node_id`.
+  pub const Remove: Self = Self(2);
+  /// In one joint change: learner `new_node_id` becomes a voter, voter `node_id` leaves.
+  pub const Replace: Self = Self(3);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::AddLearner,
+    Self::Promote,
+    Self::Remove,
+    Self::Replace,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::AddLearner => Some("AddLearner"),
+      Self::Promote => Some("Promote"),
+      Self::Remove => Some("Remove"),
+      Self::Replace => Some("Replace"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for MemberChangeKind {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for MemberChangeKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for MemberChangeKind {
+    type Output = MemberChangeKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for MemberChangeKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for MemberChangeKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for MemberChangeKind {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_REQUEST: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_REQUEST: u8 = 13;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_REQUEST: [Request; 14] = [
   Request::NONE,
   Request::Hello,
   Request::GetRequest,
@@ -397,6 +493,9 @@ pub const ENUM_VALUES_REQUEST: [Request; 11] = [
   Request::ScanRequest,
   Request::TxnRequest,
   Request::StatusRequest,
+  Request::MembersRequest,
+  Request::MemberChangeRequest,
+  Request::TransferLeaderRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -415,9 +514,12 @@ impl Request {
   pub const ScanRequest: Self = Self(8);
   pub const TxnRequest: Self = Self(9);
   pub const StatusRequest: Self = Self(10);
+  pub const MembersRequest: Self = Self(11);
+  pub const MemberChangeRequest: Self = Self(12);
+  pub const TransferLeaderRequest: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -430,6 +532,9 @@ impl Request {
     Self::ScanRequest,
     Self::TxnRequest,
     Self::StatusRequest,
+    Self::MembersRequest,
+    Self::MemberChangeRequest,
+    Self::TransferLeaderRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -445,6 +550,9 @@ impl Request {
       Self::ScanRequest => Some("ScanRequest"),
       Self::TxnRequest => Some("TxnRequest"),
       Self::StatusRequest => Some("StatusRequest"),
+      Self::MembersRequest => Some("MembersRequest"),
+      Self::MemberChangeRequest => Some("MemberChangeRequest"),
+      Self::TransferLeaderRequest => Some("TransferLeaderRequest"),
       _ => None,
     }
   }
@@ -596,10 +704,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_KIND: u8 = 8;
+pub const ENUM_MAX_ERROR_KIND: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 9] = [
+pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 11] = [
   ErrorKind::NONE,
   ErrorKind::NotLeader,
   ErrorKind::WrongShard,
@@ -609,6 +717,8 @@ pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 9] = [
   ErrorKind::TooLarge,
   ErrorKind::CompareFailed,
   ErrorKind::Busy,
+  ErrorKind::NotMember,
+  ErrorKind::ChangeRefused,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -625,9 +735,11 @@ impl ErrorKind {
   pub const TooLarge: Self = Self(6);
   pub const CompareFailed: Self = Self(7);
   pub const Busy: Self = Self(8);
+  pub const NotMember: Self = Self(9);
+  pub const ChangeRefused: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::NotLeader,
@@ -638,6 +750,8 @@ impl ErrorKind {
     Self::TooLarge,
     Self::CompareFailed,
     Self::Busy,
+    Self::NotMember,
+    Self::ChangeRefused,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -651,6 +765,8 @@ impl ErrorKind {
       Self::TooLarge => Some("TooLarge"),
       Self::CompareFailed => Some("CompareFailed"),
       Self::Busy => Some("Busy"),
+      Self::NotMember => Some("NotMember"),
+      Self::ChangeRefused => Some("ChangeRefused"),
       _ => None,
     }
   }
@@ -710,10 +826,10 @@ pub struct ErrorKindUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 11;
+pub const ENUM_MAX_REPLY: u8 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 12] = [
+pub const ENUM_VALUES_REPLY: [Reply; 15] = [
   Reply::NONE,
   Reply::HelloReply,
   Reply::GetReply,
@@ -726,6 +842,9 @@ pub const ENUM_VALUES_REPLY: [Reply; 12] = [
   Reply::TxnReply,
   Reply::StatusReply,
   Reply::ErrorReply,
+  Reply::MembersReply,
+  Reply::MemberChangeReply,
+  Reply::TransferLeaderReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -745,9 +864,12 @@ impl Reply {
   pub const TxnReply: Self = Self(9);
   pub const StatusReply: Self = Self(10);
   pub const ErrorReply: Self = Self(11);
+  pub const MembersReply: Self = Self(12);
+  pub const MemberChangeReply: Self = Self(13);
+  pub const TransferLeaderReply: Self = Self(14);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HelloReply,
@@ -761,6 +883,9 @@ impl Reply {
     Self::TxnReply,
     Self::StatusReply,
     Self::ErrorReply,
+    Self::MembersReply,
+    Self::MemberChangeReply,
+    Self::TransferLeaderReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -777,6 +902,9 @@ impl Reply {
       Self::TxnReply => Some("TxnReply"),
       Self::StatusReply => Some("StatusReply"),
       Self::ErrorReply => Some("ErrorReply"),
+      Self::MembersReply => Some("MembersReply"),
+      Self::MemberChangeReply => Some("MemberChangeReply"),
+      Self::TransferLeaderReply => Some("TransferLeaderReply"),
       _ => None,
     }
   }
@@ -2830,6 +2958,516 @@ impl ::core::fmt::Debug for StatusRequest<'_> {
       ds.finish()
   }
 }
+pub enum MemberOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A member of a shard and where it listens.
+pub struct Member<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Member<'a> {
+  type Inner = Member<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Member<'a> {
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_HOST: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CLIENT_PORT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PEER_PORT: ::flatbuffers::VOffsetT = 10;
+  pub const VT_HTTP_PORT: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Member { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MemberArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Member<'bldr>> {
+    let mut builder = MemberBuilder::new(_fbb);
+    builder.add_node_id(args.node_id);
+    if let Some(x) = args.host { builder.add_host(x); }
+    builder.add_http_port(args.http_port);
+    builder.add_peer_port(args.peer_port);
+    builder.add_client_port(args.client_port);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Member::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn host(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Member::VT_HOST, None)}
+  }
+  #[inline]
+  pub fn client_port(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Member::VT_CLIENT_PORT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn peer_port(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Member::VT_PEER_PORT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn http_port(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Member::VT_HTTP_PORT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Member<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host", Self::VT_HOST, false)?
+     .visit_field::<u16>("client_port", Self::VT_CLIENT_PORT, false)?
+     .visit_field::<u16>("peer_port", Self::VT_PEER_PORT, false)?
+     .visit_field::<u16>("http_port", Self::VT_HTTP_PORT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MemberArgs<'a> {
+    pub node_id: u64,
+    pub host: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub http_port: u16,
+}
+impl<'a> Default for MemberArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MemberArgs {
+      node_id: 0,
+      host: None,
+      client_port: 0,
+      peer_port: 0,
+      http_port: 0,
+    }
+  }
+}
+
+pub struct MemberBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MemberBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(Member::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_host(&mut self, host: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Member::VT_HOST, host);
+  }
+  #[inline]
+  pub fn add_client_port(&mut self, client_port: u16) {
+    self.fbb_.push_slot::<u16>(Member::VT_CLIENT_PORT, client_port, 0);
+  }
+  #[inline]
+  pub fn add_peer_port(&mut self, peer_port: u16) {
+    self.fbb_.push_slot::<u16>(Member::VT_PEER_PORT, peer_port, 0);
+  }
+  #[inline]
+  pub fn add_http_port(&mut self, http_port: u16) {
+    self.fbb_.push_slot::<u16>(Member::VT_HTTP_PORT, http_port, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MemberBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MemberBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Member<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Member<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Member");
+      ds.field("node_id", &self.node_id());
+      ds.field("host", &self.host());
+      ds.field("client_port", &self.client_port());
+      ds.field("peer_port", &self.peer_port());
+      ds.field("http_port", &self.http_port());
+      ds.finish()
+  }
+}
+pub enum MembersRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The shard's membership, as the replica asked knows it.
+pub struct MembersRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MembersRequest<'a> {
+  type Inner = MembersRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MembersRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MembersRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args MembersRequestArgs
+  ) -> ::flatbuffers::WIPOffset<MembersRequest<'bldr>> {
+    let mut builder = MembersRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for MembersRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MembersRequestArgs {
+}
+impl<'a> Default for MembersRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    MembersRequestArgs {
+    }
+  }
+}
+
+pub struct MembersRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MembersRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MembersRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MembersRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MembersRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MembersRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MembersRequest");
+      ds.finish()
+  }
+}
+pub enum MemberChangeRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks the shard's leader to change its membership. Answered once the change is applied
+/// on the leader, or with the reason it was refused.
+pub struct MemberChangeRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MemberChangeRequest<'a> {
+  type Inner = MemberChangeRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MemberChangeRequest<'a> {
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_NEW_NODE_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_MEMBER: ::flatbuffers::VOffsetT = 10;
+  pub const VT_PROMOTE: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MemberChangeRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MemberChangeRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MemberChangeRequest<'bldr>> {
+    let mut builder = MemberChangeRequestBuilder::new(_fbb);
+    builder.add_new_node_id(args.new_node_id);
+    builder.add_node_id(args.node_id);
+    if let Some(x) = args.member { builder.add_member(x); }
+    builder.add_promote(args.promote);
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn kind(&self) -> MemberChangeKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<MemberChangeKind>(MemberChangeRequest::VT_KIND, Some(MemberChangeKind::AddLearner)).unwrap()}
+  }
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MemberChangeRequest::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn new_node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MemberChangeRequest::VT_NEW_NODE_ID, Some(0)).unwrap()}
+  }
+  /// For AddLearner: the new member and its addresses.
+  #[inline]
+  pub fn member(&self) -> Option<Member<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Member>>(MemberChangeRequest::VT_MEMBER, None)}
+  }
+  /// For AddLearner: the leader promotes it to voter once it has caught up.
+  #[inline]
+  pub fn promote(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(MemberChangeRequest::VT_PROMOTE, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MemberChangeRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<MemberChangeKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<u64>("new_node_id", Self::VT_NEW_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Member>>("member", Self::VT_MEMBER, false)?
+     .visit_field::<bool>("promote", Self::VT_PROMOTE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MemberChangeRequestArgs<'a> {
+    pub kind: MemberChangeKind,
+    pub node_id: u64,
+    pub new_node_id: u64,
+    pub member: Option<::flatbuffers::WIPOffset<Member<'a>>>,
+    pub promote: bool,
+}
+impl<'a> Default for MemberChangeRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MemberChangeRequestArgs {
+      kind: MemberChangeKind::AddLearner,
+      node_id: 0,
+      new_node_id: 0,
+      member: None,
+      promote: false,
+    }
+  }
+}
+
+pub struct MemberChangeRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MemberChangeRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_kind(&mut self, kind: MemberChangeKind) {
+    self.fbb_.push_slot::<MemberChangeKind>(MemberChangeRequest::VT_KIND, kind, MemberChangeKind::AddLearner);
+  }
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(MemberChangeRequest::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_new_node_id(&mut self, new_node_id: u64) {
+    self.fbb_.push_slot::<u64>(MemberChangeRequest::VT_NEW_NODE_ID, new_node_id, 0);
+  }
+  #[inline]
+  pub fn add_member(&mut self, member: ::flatbuffers::WIPOffset<Member<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Member>>(MemberChangeRequest::VT_MEMBER, member);
+  }
+  #[inline]
+  pub fn add_promote(&mut self, promote: bool) {
+    self.fbb_.push_slot::<bool>(MemberChangeRequest::VT_PROMOTE, promote, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MemberChangeRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MemberChangeRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MemberChangeRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MemberChangeRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MemberChangeRequest");
+      ds.field("kind", &self.kind());
+      ds.field("node_id", &self.node_id());
+      ds.field("new_node_id", &self.new_node_id());
+      ds.field("member", &self.member());
+      ds.field("promote", &self.promote());
+      ds.finish()
+  }
+}
+pub enum TransferLeaderRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks the shard's leader to hand leadership to `node_id`. Answered once it has, or with why
+/// it did not.
+pub struct TransferLeaderRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TransferLeaderRequest<'a> {
+  type Inner = TransferLeaderRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TransferLeaderRequest<'a> {
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TransferLeaderRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TransferLeaderRequestArgs
+  ) -> ::flatbuffers::WIPOffset<TransferLeaderRequest<'bldr>> {
+    let mut builder = TransferLeaderRequestBuilder::new(_fbb);
+    builder.add_node_id(args.node_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TransferLeaderRequest::VT_NODE_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TransferLeaderRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TransferLeaderRequestArgs {
+    pub node_id: u64,
+}
+impl<'a> Default for TransferLeaderRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    TransferLeaderRequestArgs {
+      node_id: 0,
+    }
+  }
+}
+
+pub struct TransferLeaderRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TransferLeaderRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(TransferLeaderRequest::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TransferLeaderRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TransferLeaderRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TransferLeaderRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TransferLeaderRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TransferLeaderRequest");
+      ds.field("node_id", &self.node_id());
+      ds.finish()
+  }
+}
 pub enum RequestFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3030,6 +3668,48 @@ impl<'a> RequestFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_members_request(&self) -> Option<MembersRequest<'a>> {
+    if self.request_type() == Request::MembersRequest {
+      let u = self.request();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { MembersRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_member_change_request(&self) -> Option<MemberChangeRequest<'a>> {
+    if self.request_type() == Request::MemberChangeRequest {
+      let u = self.request();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { MemberChangeRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_transfer_leader_request(&self) -> Option<TransferLeaderRequest<'a>> {
+    if self.request_type() == Request::TransferLeaderRequest {
+      let u = self.request();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { TransferLeaderRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RequestFrame<'_> {
@@ -3051,6 +3731,9 @@ impl ::flatbuffers::Verifiable for RequestFrame<'_> {
           Request::ScanRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ScanRequest>>("Request::ScanRequest", pos),
           Request::TxnRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnRequest>>("Request::TxnRequest", pos),
           Request::StatusRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusRequest>>("Request::StatusRequest", pos),
+          Request::MembersRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MembersRequest>>("Request::MembersRequest", pos),
+          Request::MemberChangeRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MemberChangeRequest>>("Request::MemberChangeRequest", pos),
+          Request::TransferLeaderRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeaderRequest>>("Request::TransferLeaderRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -3178,6 +3861,27 @@ impl ::core::fmt::Debug for RequestFrame<'_> {
         },
         Request::StatusRequest => {
           if let Some(x) = self.request_as_status_request() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::MembersRequest => {
+          if let Some(x) = self.request_as_members_request() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::MemberChangeRequest => {
+          if let Some(x) = self.request_as_member_change_request() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::TransferLeaderRequest => {
+          if let Some(x) = self.request_as_transfer_leader_request() {
             ds.field("request", &x)
           } else {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -5100,6 +5804,507 @@ impl ::core::fmt::Debug for StatusReply<'_> {
       ds.finish()
   }
 }
+pub enum MembersReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A shard's membership, as one replica knows it (as of its applied index).
+pub struct MembersReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MembersReply<'a> {
+  type Inner = MembersReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MembersReply<'a> {
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SHARD: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LEADER_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_VOTERS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LEARNERS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_VOTERS_OUTGOING: ::flatbuffers::VOffsetT = 14;
+  pub const VT_LEARNERS_NEXT: ::flatbuffers::VOffsetT = 16;
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 18;
+  pub const VT_PROMOTE: ::flatbuffers::VOffsetT = 20;
+  pub const VT_PEERS: ::flatbuffers::VOffsetT = 22;
+  pub const VT_LAST_INDEX: ::flatbuffers::VOffsetT = 24;
+  pub const VT_APPLIED_INDEX: ::flatbuffers::VOffsetT = 26;
+  pub const VT_PENDING_CHANGE: ::flatbuffers::VOffsetT = 28;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MembersReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MembersReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MembersReply<'bldr>> {
+    let mut builder = MembersReplyBuilder::new(_fbb);
+    builder.add_pending_change(args.pending_change);
+    builder.add_applied_index(args.applied_index);
+    builder.add_last_index(args.last_index);
+    builder.add_leader_id(args.leader_id);
+    builder.add_node_id(args.node_id);
+    if let Some(x) = args.peers { builder.add_peers(x); }
+    if let Some(x) = args.promote { builder.add_promote(x); }
+    if let Some(x) = args.members { builder.add_members(x); }
+    if let Some(x) = args.learners_next { builder.add_learners_next(x); }
+    if let Some(x) = args.voters_outgoing { builder.add_voters_outgoing(x); }
+    if let Some(x) = args.learners { builder.add_learners(x); }
+    if let Some(x) = args.voters { builder.add_voters(x); }
+    builder.add_shard(args.shard);
+    builder.finish()
+  }
+
+
+  /// The node that answered.
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MembersReply::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn shard(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(MembersReply::VT_SHARD, Some(0)).unwrap()}
+  }
+  /// 0 when no leader is known.
+  #[inline]
+  pub fn leader_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MembersReply::VT_LEADER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn voters(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(MembersReply::VT_VOTERS, None)}
+  }
+  #[inline]
+  pub fn learners(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(MembersReply::VT_LEARNERS, None)}
+  }
+  /// In a joint configuration: the outgoing voters, and those that stay as learners.
+  #[inline]
+  pub fn voters_outgoing(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(MembersReply::VT_VOTERS_OUTGOING, None)}
+  }
+  #[inline]
+  pub fn learners_next(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(MembersReply::VT_LEARNERS_NEXT, None)}
+  }
+  #[inline]
+  pub fn members(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Member<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Member>>>>(MembersReply::VT_MEMBERS, None)}
+  }
+  /// Learners the leader promotes once they have caught up.
+  #[inline]
+  pub fn promote(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(MembersReply::VT_PROMOTE, None)}
+  }
+  /// On the leader: every member's replication progress.
+  #[inline]
+  pub fn peers(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerProgress<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerProgress>>>>(MembersReply::VT_PEERS, None)}
+  }
+  #[inline]
+  pub fn last_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MembersReply::VT_LAST_INDEX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn applied_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MembersReply::VT_APPLIED_INDEX, Some(0)).unwrap()}
+  }
+  /// The index of a membership change proposed and not applied yet; 0 when none.
+  #[inline]
+  pub fn pending_change(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MembersReply::VT_PENDING_CHANGE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MembersReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<u32>("shard", Self::VT_SHARD, false)?
+     .visit_field::<u64>("leader_id", Self::VT_LEADER_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("voters", Self::VT_VOTERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("learners", Self::VT_LEARNERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("voters_outgoing", Self::VT_VOTERS_OUTGOING, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("learners_next", Self::VT_LEARNERS_NEXT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Member>>>>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("promote", Self::VT_PROMOTE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PeerProgress>>>>("peers", Self::VT_PEERS, false)?
+     .visit_field::<u64>("last_index", Self::VT_LAST_INDEX, false)?
+     .visit_field::<u64>("applied_index", Self::VT_APPLIED_INDEX, false)?
+     .visit_field::<u64>("pending_change", Self::VT_PENDING_CHANGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MembersReplyArgs<'a> {
+    pub node_id: u64,
+    pub shard: u32,
+    pub leader_id: u64,
+    pub voters: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub learners: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub voters_outgoing: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub learners_next: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Member<'a>>>>>,
+    pub promote: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub peers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerProgress<'a>>>>>,
+    pub last_index: u64,
+    pub applied_index: u64,
+    pub pending_change: u64,
+}
+impl<'a> Default for MembersReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MembersReplyArgs {
+      node_id: 0,
+      shard: 0,
+      leader_id: 0,
+      voters: None,
+      learners: None,
+      voters_outgoing: None,
+      learners_next: None,
+      members: None,
+      promote: None,
+      peers: None,
+      last_index: 0,
+      applied_index: 0,
+      pending_change: 0,
+    }
+  }
+}
+
+pub struct MembersReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MembersReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(MembersReply::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_shard(&mut self, shard: u32) {
+    self.fbb_.push_slot::<u32>(MembersReply::VT_SHARD, shard, 0);
+  }
+  #[inline]
+  pub fn add_leader_id(&mut self, leader_id: u64) {
+    self.fbb_.push_slot::<u64>(MembersReply::VT_LEADER_ID, leader_id, 0);
+  }
+  #[inline]
+  pub fn add_voters(&mut self, voters: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MembersReply::VT_VOTERS, voters);
+  }
+  #[inline]
+  pub fn add_learners(&mut self, learners: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MembersReply::VT_LEARNERS, learners);
+  }
+  #[inline]
+  pub fn add_voters_outgoing(&mut self, voters_outgoing: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MembersReply::VT_VOTERS_OUTGOING, voters_outgoing);
+  }
+  #[inline]
+  pub fn add_learners_next(&mut self, learners_next: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MembersReply::VT_LEARNERS_NEXT, learners_next);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Member<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MembersReply::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn add_promote(&mut self, promote: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MembersReply::VT_PROMOTE, promote);
+  }
+  #[inline]
+  pub fn add_peers(&mut self, peers: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PeerProgress<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MembersReply::VT_PEERS, peers);
+  }
+  #[inline]
+  pub fn add_last_index(&mut self, last_index: u64) {
+    self.fbb_.push_slot::<u64>(MembersReply::VT_LAST_INDEX, last_index, 0);
+  }
+  #[inline]
+  pub fn add_applied_index(&mut self, applied_index: u64) {
+    self.fbb_.push_slot::<u64>(MembersReply::VT_APPLIED_INDEX, applied_index, 0);
+  }
+  #[inline]
+  pub fn add_pending_change(&mut self, pending_change: u64) {
+    self.fbb_.push_slot::<u64>(MembersReply::VT_PENDING_CHANGE, pending_change, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MembersReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MembersReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MembersReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MembersReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MembersReply");
+      ds.field("node_id", &self.node_id());
+      ds.field("shard", &self.shard());
+      ds.field("leader_id", &self.leader_id());
+      ds.field("voters", &self.voters());
+      ds.field("learners", &self.learners());
+      ds.field("voters_outgoing", &self.voters_outgoing());
+      ds.field("learners_next", &self.learners_next());
+      ds.field("members", &self.members());
+      ds.field("promote", &self.promote());
+      ds.field("peers", &self.peers());
+      ds.field("last_index", &self.last_index());
+      ds.field("applied_index", &self.applied_index());
+      ds.field("pending_change", &self.pending_change());
+      ds.finish()
+  }
+}
+pub enum MemberChangeReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The change is applied on the leader, at `index`.
+pub struct MemberChangeReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MemberChangeReply<'a> {
+  type Inner = MemberChangeReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MemberChangeReply<'a> {
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MemberChangeReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MemberChangeReplyArgs
+  ) -> ::flatbuffers::WIPOffset<MemberChangeReply<'bldr>> {
+    let mut builder = MemberChangeReplyBuilder::new(_fbb);
+    builder.add_index(args.index);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MemberChangeReply::VT_INDEX, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MemberChangeReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MemberChangeReplyArgs {
+    pub index: u64,
+}
+impl<'a> Default for MemberChangeReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    MemberChangeReplyArgs {
+      index: 0,
+    }
+  }
+}
+
+pub struct MemberChangeReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MemberChangeReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(MemberChangeReply::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MemberChangeReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MemberChangeReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MemberChangeReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MemberChangeReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MemberChangeReply");
+      ds.field("index", &self.index());
+      ds.finish()
+  }
+}
+pub enum TransferLeaderReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Leadership moved to `leader_id`.
+pub struct TransferLeaderReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TransferLeaderReply<'a> {
+  type Inner = TransferLeaderReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TransferLeaderReply<'a> {
+  pub const VT_LEADER_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TransferLeaderReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TransferLeaderReplyArgs
+  ) -> ::flatbuffers::WIPOffset<TransferLeaderReply<'bldr>> {
+    let mut builder = TransferLeaderReplyBuilder::new(_fbb);
+    builder.add_leader_id(args.leader_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn leader_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TransferLeaderReply::VT_LEADER_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TransferLeaderReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("leader_id", Self::VT_LEADER_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TransferLeaderReplyArgs {
+    pub leader_id: u64,
+}
+impl<'a> Default for TransferLeaderReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    TransferLeaderReplyArgs {
+      leader_id: 0,
+    }
+  }
+}
+
+pub struct TransferLeaderReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TransferLeaderReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_leader_id(&mut self, leader_id: u64) {
+    self.fbb_.push_slot::<u64>(TransferLeaderReply::VT_LEADER_ID, leader_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TransferLeaderReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TransferLeaderReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TransferLeaderReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TransferLeaderReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TransferLeaderReply");
+      ds.field("leader_id", &self.leader_id());
+      ds.finish()
+  }
+}
 pub enum NotLeaderOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5912,6 +7117,218 @@ impl ::core::fmt::Debug for Busy<'_> {
       ds.finish()
   }
 }
+pub enum NotMemberOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// This replica is no longer a member of its shard (it was removed): ask another node.
+pub struct NotMember<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for NotMember<'a> {
+  type Inner = NotMember<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> NotMember<'a> {
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SHARD: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    NotMember { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args NotMemberArgs
+  ) -> ::flatbuffers::WIPOffset<NotMember<'bldr>> {
+    let mut builder = NotMemberBuilder::new(_fbb);
+    builder.add_node_id(args.node_id);
+    builder.add_shard(args.shard);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NotMember::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn shard(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(NotMember::VT_SHARD, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for NotMember<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<u32>("shard", Self::VT_SHARD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct NotMemberArgs {
+    pub node_id: u64,
+    pub shard: u32,
+}
+impl<'a> Default for NotMemberArgs {
+  #[inline]
+  fn default() -> Self {
+    NotMemberArgs {
+      node_id: 0,
+      shard: 0,
+    }
+  }
+}
+
+pub struct NotMemberBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NotMemberBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(NotMember::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_shard(&mut self, shard: u32) {
+    self.fbb_.push_slot::<u32>(NotMember::VT_SHARD, shard, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NotMemberBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    NotMemberBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<NotMember<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for NotMember<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("NotMember");
+      ds.field("node_id", &self.node_id());
+      ds.field("shard", &self.shard());
+      ds.finish()
+  }
+}
+pub enum ChangeRefusedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A membership change or leadership transfer was refused, or raft dropped it; nothing
+/// changed. `reason` says why.
+pub struct ChangeRefused<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ChangeRefused<'a> {
+  type Inner = ChangeRefused<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ChangeRefused<'a> {
+  pub const VT_REASON: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ChangeRefused { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ChangeRefusedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ChangeRefused<'bldr>> {
+    let mut builder = ChangeRefusedBuilder::new(_fbb);
+    if let Some(x) = args.reason { builder.add_reason(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn reason(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ChangeRefused::VT_REASON, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ChangeRefused<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("reason", Self::VT_REASON, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ChangeRefusedArgs<'a> {
+    pub reason: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for ChangeRefusedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ChangeRefusedArgs {
+      reason: None,
+    }
+  }
+}
+
+pub struct ChangeRefusedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChangeRefusedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_reason(&mut self, reason: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ChangeRefused::VT_REASON, reason);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ChangeRefusedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ChangeRefusedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ChangeRefused<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ChangeRefused<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ChangeRefused");
+      ds.field("reason", &self.reason());
+      ds.finish()
+  }
+}
 pub enum ErrorReplyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -6073,6 +7490,34 @@ impl<'a> ErrorReply<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn kind_as_not_member(&self) -> Option<NotMember<'a>> {
+    if self.kind_type() == ErrorKind::NotMember {
+      let u = self.kind();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { NotMember::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn kind_as_change_refused(&self) -> Option<ChangeRefused<'a>> {
+    if self.kind_type() == ErrorKind::ChangeRefused {
+      let u = self.kind();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ChangeRefused::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ErrorReply<'_> {
@@ -6091,6 +7536,8 @@ impl ::flatbuffers::Verifiable for ErrorReply<'_> {
           ErrorKind::TooLarge => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TooLarge>>("ErrorKind::TooLarge", pos),
           ErrorKind::CompareFailed => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CompareFailed>>("ErrorKind::CompareFailed", pos),
           ErrorKind::Busy => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Busy>>("ErrorKind::Busy", pos),
+          ErrorKind::NotMember => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<NotMember>>("ErrorKind::NotMember", pos),
+          ErrorKind::ChangeRefused => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ChangeRefused>>("ErrorKind::ChangeRefused", pos),
           _ => Ok(()),
         }
      })?
@@ -6197,6 +7644,20 @@ impl ::core::fmt::Debug for ErrorReply<'_> {
         },
         ErrorKind::Busy => {
           if let Some(x) = self.kind_as_busy() {
+            ds.field("kind", &x)
+          } else {
+            ds.field("kind", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ErrorKind::NotMember => {
+          if let Some(x) = self.kind_as_not_member() {
+            ds.field("kind", &x)
+          } else {
+            ds.field("kind", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ErrorKind::ChangeRefused => {
+          if let Some(x) = self.kind_as_change_refused() {
             ds.field("kind", &x)
           } else {
             ds.field("kind", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -6422,6 +7883,48 @@ impl<'a> ReplyFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_members_reply(&self) -> Option<MembersReply<'a>> {
+    if self.reply_type() == Reply::MembersReply {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { MembersReply::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_member_change_reply(&self) -> Option<MemberChangeReply<'a>> {
+    if self.reply_type() == Reply::MemberChangeReply {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { MemberChangeReply::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_transfer_leader_reply(&self) -> Option<TransferLeaderReply<'a>> {
+    if self.reply_type() == Reply::TransferLeaderReply {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { TransferLeaderReply::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ReplyFrame<'_> {
@@ -6444,6 +7947,9 @@ impl ::flatbuffers::Verifiable for ReplyFrame<'_> {
           Reply::TxnReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnReply>>("Reply::TxnReply", pos),
           Reply::StatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusReply>>("Reply::StatusReply", pos),
           Reply::ErrorReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorReply>>("Reply::ErrorReply", pos),
+          Reply::MembersReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MembersReply>>("Reply::MembersReply", pos),
+          Reply::MemberChangeReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MemberChangeReply>>("Reply::MemberChangeReply", pos),
+          Reply::TransferLeaderReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeaderReply>>("Reply::TransferLeaderReply", pos),
           _ => Ok(()),
         }
      })?
@@ -6578,6 +8084,27 @@ impl ::core::fmt::Debug for ReplyFrame<'_> {
         },
         Reply::ErrorReply => {
           if let Some(x) = self.reply_as_error_reply() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::MembersReply => {
+          if let Some(x) = self.reply_as_members_reply() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::MemberChangeReply => {
+          if let Some(x) = self.reply_as_member_change_reply() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::TransferLeaderReply => {
+          if let Some(x) = self.reply_as_transfer_leader_reply() {
             ds.field("reply", &x)
           } else {
             ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -11,6 +11,7 @@ use corekv_proto::encode::{
 };
 use corekv_proto::peer::PeerFrame;
 use corekv_types::ids::{LogIndex, NodeId, ShardId, Term};
+use corekv_types::membership::{MemberAddr, Membership, MembershipChange, ShardMembers};
 use corekv_types::status::{PeerProgress, ReplicaStatus, Role};
 
 /// A leader's status with every field set, one peer behind and one failure noted.
@@ -86,7 +87,38 @@ pub fn sample_requests() -> Vec<Vec<u8>> {
         .to_vec(),
         e.txn(9, &compares, &success, &failure).to_vec(),
         e.status(10).to_vec(),
+        e.members(11).to_vec(),
+        e.member_change(
+            12,
+            &MembershipChange::AddLearner { id: NodeId(4), addr: sample_addr(), promote: true },
+        )
+        .to_vec(),
+        e.member_change(13, &MembershipChange::Replace { old: NodeId(1), new: NodeId(4) }).to_vec(),
+        e.transfer_leader(14, NodeId(2)).to_vec(),
     ]
+}
+
+fn sample_addr() -> MemberAddr {
+    MemberAddr { host: "10.0.0.4".to_string(), client_port: 7100, peer_port: 7200, http_port: 7300 }
+}
+
+/// A shard's membership mid-change: a learner, a pending change, the leader's view.
+pub fn sample_members() -> ShardMembers {
+    ShardMembers {
+        node_id: NodeId(1),
+        shard: ShardId(0),
+        leader_id: NodeId(1),
+        membership: Membership {
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+            learners: vec![NodeId(4)],
+            addrs: [(NodeId(4), sample_addr())].into_iter().collect(),
+            ..Membership::default()
+        },
+        peers: sample_status().peers,
+        last_index: LogIndex(20),
+        applied_index: LogIndex(19),
+        pending_change: LogIndex(20),
+    }
 }
 
 /// One frame of every reply kind, errors included.
@@ -112,6 +144,9 @@ pub fn sample_replies() -> Vec<Vec<u8>> {
         )
         .to_vec(),
         e.status(11, 1, &sample_status()).to_vec(),
+        e.members(12, &sample_members()).to_vec(),
+        e.member_change(13, 21).to_vec(),
+        e.transfer_leader(14, NodeId(2)).to_vec(),
     ];
     for error in sample_errors() {
         out.push(e.error(12, &error).to_vec());
@@ -131,6 +166,8 @@ pub fn sample_errors() -> Vec<ErrorInfo<'static>> {
         ErrorInfo::TooLarge { what: "key", size: 5000, limit: 4096 },
         ErrorInfo::CompareFailed { compare: 1 },
         ErrorInfo::Busy { retry_after_ms: 5 },
+        ErrorInfo::NotMember { node_id: 3, shard: 1 },
+        ErrorInfo::ChangeRefused { reason: "another change is under way" },
     ]
 }
 
@@ -195,6 +232,12 @@ pub fn walk_request(frame: &RequestFrame<'_>) -> usize {
             sum += op.value().map(|v| touch(v.bytes())).unwrap_or(0);
         }
     }
+    if let Some(r) = frame.request_as_member_change_request() {
+        sum += corekv_proto::shared::membership_change(&r).map_or(1, |c| format!("{c:?}").len());
+    }
+    if let Some(r) = frame.request_as_transfer_leader_request() {
+        sum += r.node_id() as usize;
+    }
     sum
 }
 
@@ -248,7 +291,22 @@ pub fn walk_reply(frame: &ReplyFrame<'_>) -> usize {
         sum += r.term() as usize + r.commit_index() as usize;
         sum += r.peers().iter().flatten().map(|p| p.match_index() as usize).sum::<usize>();
     }
+    if let Some(r) = frame.reply_as_members_reply() {
+        sum += format!("{:?}", corekv_proto::shared::shard_members(&r)).len();
+    }
+    if let Some(r) = frame.reply_as_member_change_reply() {
+        sum += r.index() as usize;
+    }
+    if let Some(r) = frame.reply_as_transfer_leader_reply() {
+        sum += r.leader_id() as usize;
+    }
     if let Some(r) = frame.reply_as_error_reply() {
+        if let Some(e) = r.kind_as_not_member() {
+            sum += e.node_id() as usize + e.shard() as usize;
+        }
+        if let Some(e) = r.kind_as_change_refused() {
+            sum += e.reason().map(str::len).unwrap_or(0);
+        }
         if let Some(e) = r.kind_as_not_leader() {
             sum += e.leader_id() as usize + e.leader_addr().map(str::len).unwrap_or(0);
         }
@@ -279,6 +337,7 @@ pub fn walk_peer(frame: &PeerFrame<'_>) -> usize {
     let mut sum = 0;
     if let Some(m) = frame.message_as_hello() {
         sum += m.cluster().len() + m.node_id() as usize + m.shard() as usize;
+        sum += m.peer_host().map(str::len).unwrap_or(0) + m.peer_port() as usize;
     }
     if let Some(m) = frame.message_as_hello_ack() {
         sum += m.accepted() as usize + m.reason().map(str::len).unwrap_or(0);

@@ -234,6 +234,7 @@ impl ShardCore {
     pub(super) fn finish_shutdown(&mut self) {
         self.fail_unproposed_writes();
         self.fail_proposed_writes_unknown();
+        self.admin_shutdown();
         let reason = "the node is shutting down";
         for waiter in self.reads.drain_all() {
             self.reply_error(waiter.caller, &ErrorInfo::Unavailable { reason });

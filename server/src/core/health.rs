@@ -56,6 +56,8 @@ pub(crate) struct Replica<'a> {
     pub(crate) shutting_down: bool,
     pub(crate) joining: bool,
     pub(crate) fresh: bool,
+    /// Removed from the shard's membership.
+    pub(crate) removed: bool,
 }
 
 impl Health {
@@ -101,6 +103,12 @@ impl Health {
         }
         if r.shutting_down {
             return Some("shutting down".to_string());
+        }
+        if r.removed {
+            return Some(
+                "no longer a member of this shard (it was removed); its data can be deleted"
+                    .to_string(),
+            );
         }
         if r.joining {
             return Some(format!(
@@ -199,6 +207,7 @@ mod tests {
             shutting_down: false,
             joining: false,
             fresh: false,
+            removed: false,
         }
     }
 

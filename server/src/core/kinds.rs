@@ -29,11 +29,17 @@ pub enum Op {
     Txn,
     /// Status request.
     Status,
+    /// Membership request.
+    Members,
+    /// Membership change.
+    MemberChange,
+    /// Leadership transfer.
+    TransferLeader,
 }
 
 impl Op {
     /// Every operation, in label order.
-    pub const ALL: [Op; 10] = [
+    pub const ALL: [Op; 13] = [
         Op::Hello,
         Op::Get,
         Op::Put,
@@ -44,6 +50,9 @@ impl Op {
         Op::Scan,
         Op::Txn,
         Op::Status,
+        Op::Members,
+        Op::MemberChange,
+        Op::TransferLeader,
     ];
 
     /// The Prometheus label value.
@@ -59,6 +68,9 @@ impl Op {
             Op::Scan => "scan",
             Op::Txn => "txn",
             Op::Status => "status",
+            Op::Members => "members",
+            Op::MemberChange => "member_change",
+            Op::TransferLeader => "transfer_leader",
         }
     }
 }
@@ -82,11 +94,15 @@ pub enum ErrorKind {
     CompareFailed,
     /// Overloaded: retry later.
     Busy,
+    /// This replica is no longer a member of its shard.
+    NotMember,
+    /// A membership change or leadership transfer was refused.
+    ChangeRefused,
 }
 
 impl ErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::NotLeader,
         ErrorKind::WrongShard,
         ErrorKind::Unavailable,
@@ -95,6 +111,8 @@ impl ErrorKind {
         ErrorKind::TooLarge,
         ErrorKind::CompareFailed,
         ErrorKind::Busy,
+        ErrorKind::NotMember,
+        ErrorKind::ChangeRefused,
     ];
 
     /// The kind of an error reply.
@@ -108,6 +126,8 @@ impl ErrorKind {
             ErrorInfo::TooLarge { .. } => ErrorKind::TooLarge,
             ErrorInfo::CompareFailed { .. } => ErrorKind::CompareFailed,
             ErrorInfo::Busy { .. } => ErrorKind::Busy,
+            ErrorInfo::NotMember { .. } => ErrorKind::NotMember,
+            ErrorInfo::ChangeRefused { .. } => ErrorKind::ChangeRefused,
         }
     }
 
@@ -122,6 +142,8 @@ impl ErrorKind {
             ErrorKind::TooLarge => "too_large",
             ErrorKind::CompareFailed => "compare_failed",
             ErrorKind::Busy => "busy",
+            ErrorKind::NotMember => "not_member",
+            ErrorKind::ChangeRefused => "change_refused",
         }
     }
 }

@@ -34,7 +34,7 @@
 //!   (each one this leader heard from within an election timeout).
 
 use corekv_types::ids::NodeId;
-use corekv_types::membership::{MemberAddr, Membership};
+use corekv_types::membership::{MemberAddr, Membership, MembershipChange};
 use corekv_types::registry::Node;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType};
@@ -43,35 +43,6 @@ use super::ShardCore;
 
 /// A learner is promoted only when its log is within this many entries of the leader's.
 pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 1_000;
-
-/// A change to a shard's membership, as an operator asks for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MembershipChange {
-    /// Adds a node as a learner: it replicates, it does not vote.
-    AddLearner {
-        /// The new member.
-        id: NodeId,
-        /// Where it listens.
-        addr: MemberAddr,
-    },
-    /// Makes a caught-up learner a voter.
-    Promote {
-        /// The learner.
-        id: NodeId,
-    },
-    /// Removes a member (voter or learner).
-    Remove {
-        /// The member.
-        id: NodeId,
-    },
-    /// In one joint-consensus change: a caught-up learner becomes a voter and a voter leaves.
-    Replace {
-        /// The voter that leaves.
-        old: NodeId,
-        /// The learner that takes its place.
-        new: NodeId,
-    },
-}
 
 /// Why a change was not proposed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +178,8 @@ fn with_conf(mut membership: Membership, conf: &ConfState) -> Membership {
     membership.auto_leave = conf.auto_leave;
     let members = membership.members();
     membership.addrs.retain(|id, _| members.contains(id));
+    let learners = membership.learners.clone();
+    membership.promote.retain(|id| learners.contains(id));
     membership
 }
 
@@ -260,8 +233,11 @@ impl ShardCore {
         let mut context = Membership::default();
         let mut cc = ConfChangeV2::default();
         match &change {
-            MembershipChange::AddLearner { id, addr } => {
+            MembershipChange::AddLearner { id, addr, promote } => {
                 context.addrs.insert(*id, addr.clone());
+                if *promote {
+                    context.promote.push(*id);
+                }
                 cc.mut_changes().push(single(ConfChangeType::AddLearnerNode, *id));
             }
             MembershipChange::Promote { id } => {
@@ -382,11 +358,17 @@ impl ShardCore {
     /// context. An entry raft-rs refuses (it validated the change when it was proposed, so
     /// this is a bug) is logged and skipped, the same on every replica.
     pub(super) fn apply_conf_entry(&mut self, entry: &Entry) {
-        self.change_membership(entry);
+        if let Err(reason) = self.change_membership(entry) {
+            tracing::error!(shard = %self.cfg.shard, index = entry.index, %reason,
+                "a committed configuration change was skipped");
+            self.change_skipped(entry.index, &reason);
+        } else {
+            self.change_applied(entry);
+        }
         self.sm.apply_empty(entry.index, entry.term);
     }
 
-    fn change_membership(&mut self, entry: &Entry) {
+    fn change_membership(&mut self, entry: &Entry) -> Result<(), String> {
         let mut cc = ConfChangeV2::default();
         let decoded = match entry.get_entry_type() {
             EntryType::EntryConfChangeV2 => cc.merge_from_bytes(&entry.data).map(|()| cc),
@@ -400,38 +382,20 @@ impl ShardCore {
                 })
             }
         };
-        let cc = match decoded {
-            Ok(cc) => cc,
-            Err(error) => {
-                tracing::error!(shard = %self.cfg.shard, index = entry.index, %error,
-                    "a configuration change entry does not decode; skipped");
-                return;
-            }
-        };
+        let cc = decoded.map_err(|e| format!("the change does not decode: {e}"))?;
         // An empty context: raft-rs's own entry that leaves a joint configuration.
         let added = if entry.context.is_empty() {
             Ok(Membership::default())
         } else {
             Membership::decode(&entry.context)
         };
-        let added = match added {
-            Ok(added) => added,
-            Err(error) => {
-                tracing::error!(shard = %self.cfg.shard, index = entry.index, %error,
-                    "a configuration change's member addresses do not decode; skipped");
-                return;
-            }
-        };
-        let conf = match self.raw.apply_conf_change(&cc) {
-            Ok(conf) => conf,
-            Err(error) => {
-                tracing::error!(shard = %self.cfg.shard, index = entry.index, %error,
-                    "raft refused a committed configuration change; skipped");
-                return;
-            }
-        };
+        let added = added.map_err(|e| format!("its member addresses do not decode: {e}"))?;
+        let conf = self.raw.apply_conf_change(&cc).map_err(|e| format!("raft refused it: {e}"))?;
         let mut membership = self.membership.clone();
         membership.addrs.extend(added.addrs);
+        membership.promote.extend(added.promote);
+        membership.promote.sort_unstable();
+        membership.promote.dedup();
         self.set_membership(with_conf(membership, &conf));
         self.metrics.conf_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
@@ -442,7 +406,16 @@ impl ShardCore {
             outgoing = ?self.membership.voters_outgoing,
             "membership changed"
         );
+        if self.removed() {
+            tracing::warn!(
+                shard = %self.cfg.shard,
+                "this node was removed from the shard: it no longer serves it, and answers \
+                 clients that it is not a member. Once `corekvctl member list` shows it in no \
+                 shard, stop it; its data directory can then be deleted"
+            );
+        }
         self.after_conf_change();
+        Ok(())
     }
 
     /// A leader that is no longer a voter steps down (raft-rs 0.7 leaves it leading): it
@@ -467,6 +440,22 @@ impl ShardCore {
                 let term = self.raw.raft.term;
                 self.raw.raft.become_follower(term, raft::INVALID_ID);
             }
+        }
+    }
+
+    /// Once a tick, on the leader: the first learner to promote once caught up, if it has,
+    /// is promoted (one change at a time; a refusal waits for the next tick).
+    pub(super) fn promote_caught_up_learners(&mut self) {
+        if !self.is_leader() || self.membership.promote.is_empty() {
+            return;
+        }
+        let ready = self.membership.promote.iter().copied().find(|&id| {
+            let change = MembershipChange::Promote { id };
+            self.check_change(&change).is_ok()
+        });
+        if let Some(id) = ready {
+            tracing::info!(shard = %self.cfg.shard, %id, "the learner caught up: promoting it");
+            let _ = self.propose_membership_change(MembershipChange::Promote { id });
         }
     }
 

@@ -20,8 +20,10 @@
 //! | [`counters`] | the shard's counters and histograms ([`crate::metrics`] renders them) |
 //! | `snapshots` | when to snapshot, installing a leader's snapshot |
 //! | [`membership`] | voters, learners and their addresses: changes proposed, checked, applied |
+//! | `admin` | the operator's requests: the membership, a change, a leadership transfer |
 //! | `status`, `health` | what a replica reports, and whether it serves |
 
+mod admin;
 mod appends;
 mod catch_up;
 pub mod counters;
@@ -58,10 +60,11 @@ use crate::constants::{
 };
 use counters::ShardMetrics;
 
+pub use corekv_types::membership::MembershipChange;
 pub use corekv_types::status::{PeerProgress, ReplicaStatus, Role};
 pub use driver::{Recovery, RecoveryError, Turn};
 pub use kinds::{role_of, ErrorKind, Op};
-pub use membership::{ChangeRefused, MembershipChange};
+pub use membership::ChangeRefused;
 pub use reads::Reads;
 pub use snapshots::{SnapshotJob, SnapshotPolicy};
 pub use writes::Writes;
@@ -176,6 +179,8 @@ pub struct ShardCore {
     membership_epoch: u64,
     /// The peer protocol each node's hello said it speaks.
     peer_protocols: std::collections::BTreeMap<u64, u32>,
+    /// Operators' changes and transfers waiting for their outcome.
+    admin: admin::Admin,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -242,6 +247,7 @@ impl ShardCore {
             membership,
             membership_epoch: 0,
             peer_protocols: Default::default(),
+            admin: admin::Admin::default(),
         };
         core.init_catch_up();
         core.init_snapshots();

@@ -58,6 +58,8 @@ impl ShardCore {
         }
         self.retry_reads();
         self.expire_requests();
+        self.expire_admin();
+        self.promote_caught_up_learners();
         if self.ticks % LEADER_BALANCE_TICKS == 0 {
             self.balance_leadership();
         }
@@ -186,6 +188,7 @@ impl ShardCore {
         if !was_leader && role == StateRole::Leader {
             self.elected_catch_up();
         }
+        self.admin_on_leader_change(was_leader);
     }
 
     pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) {

@@ -64,6 +64,9 @@ impl ShardCore {
             Request::ScanRequest => Op::Scan,
             Request::TxnRequest => Op::Txn,
             Request::StatusRequest => Op::Status,
+            Request::MembersRequest => Op::Members,
+            Request::MemberChangeRequest => Op::MemberChange,
+            Request::TransferLeaderRequest => Op::TransferLeader,
             _ => Op::Hello,
         };
         self.metrics.request(op);
@@ -143,7 +146,9 @@ impl ShardCore {
     ) -> Result<(), Refusal> {
         let caller = Caller { conn, id, op, start_us: self.now_us };
         match request.request_type() {
-            Request::GetRequest | Request::BatchGetRequest | Request::ScanRequest => {
+            Request::GetRequest | Request::BatchGetRequest | Request::ScanRequest
+                if !self.removed() =>
+            {
                 self.dispatch_read(caller, request)
             }
             Request::StatusRequest => {
@@ -152,6 +157,27 @@ impl ShardCore {
             }
             Request::Hello => {
                 Err(Refusal::Invalid("hello sent twice on one connection".to_string()))
+            }
+            Request::MembersRequest => {
+                self.members_reply(caller);
+                Ok(())
+            }
+            Request::MemberChangeRequest => {
+                let change = request.request_as_member_change_request().expect("type checked");
+                let change =
+                    corekv_proto::shared::membership_change(&change).map_err(Refusal::Invalid)?;
+                self.member_change_request(caller, change);
+                Ok(())
+            }
+            Request::TransferLeaderRequest => {
+                let to = request.request_as_transfer_leader_request().expect("type checked");
+                self.transfer_leader_request(caller, corekv_types::ids::NodeId(to.node_id()));
+                Ok(())
+            }
+            _ if self.removed() => {
+                let (node_id, shard) = (self.cfg.node_id.get(), self.cfg.shard.get());
+                self.reply_error(caller, &ErrorInfo::NotMember { node_id, shard });
+                Ok(())
             }
             _ => self.dispatch_write(caller, request),
         }

@@ -290,6 +290,7 @@ impl ShardCore {
         // Writes proposed at or before the snapshot's index: their entries were replaced by
         // the snapshot; whether they made it in is unknown here.
         self.fail_pending_through(index);
+        self.admin_snapshot_installed(index);
         tracing::info!(shard = %self.cfg.shard, index, term, "installed the leader's snapshot");
         true
     }

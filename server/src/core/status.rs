@@ -35,6 +35,7 @@ impl ShardCore {
             shutting_down: self.shutting_down,
             joining: self.joining(),
             fresh: self.catch_up == super::catch_up::CatchUp::Fresh,
+            removed: self.removed(),
         })
     }
 
