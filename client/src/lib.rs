@@ -119,7 +119,7 @@ mod retry;
 mod types;
 
 pub use corekv_types::ids::{LogIndex, NodeId, ShardId, Term};
-pub use corekv_types::{placement, registry};
+pub use corekv_types::{membership, placement, registry};
 
 pub use client::{Client, ClientConfig};
 pub use error::{Error, Result};

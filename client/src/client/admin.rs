@@ -22,6 +22,9 @@ impl Client {
         let reply = reply.await?;
         let members = reply.reply().reply_as_members_reply().ok_or_else(|| protocol("members"))?;
         let members = corekv_proto::shared::shard_members(&members);
+        for (&id, addr) in &members.membership.addrs {
+            self.learn_addr(id, shard, &addr.node(id).client_addr(shard));
+        }
         let leader = members.leader_id;
         if leader == members.node_id || leader == NodeId::NONE {
             return Ok(members);

@@ -32,8 +32,15 @@ impl Client {
             }
         }
         let config = &self.inner.config;
-        let addr = config.registry.node(node).map(|n| n.client_addr(shard)).ok_or_else(|| {
-            OpenError::Fatal(Error::InvalidArgument(format!("node {node} is not in the registry")))
+        let learned = || {
+            let learned = self.inner.learned.lock().unwrap_or_else(|p| p.into_inner());
+            learned.get(&(node, shard)).cloned()
+        };
+        let addr = config.registry.node(node).map(|n| n.client_addr(shard)).or_else(learned);
+        let addr = addr.ok_or_else(|| {
+            OpenError::Fatal(Error::InvalidArgument(format!(
+                "node {node} is not in the registry, and no node has said where it is"
+            )))
         })?;
         let conn = Connection::open(
             &addr,
@@ -55,6 +62,15 @@ impl Client {
     pub(super) fn abort_connection(&self, node: NodeId, shard: ShardId, conn: &Connection) {
         self.drop_connection(node, shard);
         conn.abort();
+    }
+
+    /// Notes where node `node` serves shard `shard`, when the registry does not say.
+    pub(super) fn learn_addr(&self, node: NodeId, shard: ShardId, addr: &str) {
+        if node == NodeId::NONE || self.inner.config.registry.node(node).is_some() {
+            return;
+        }
+        let mut learned = self.inner.learned.lock().unwrap_or_else(|p| p.into_inner());
+        learned.insert((node, shard), addr.to_string());
     }
 
     pub(super) fn drop_connection(&self, node: NodeId, shard: ShardId) {
@@ -120,7 +136,7 @@ impl Client {
                 Ok(Err(OpenError::Unreachable(reason))) => (Outcome::Unreachable(reason), None),
                 Ok(Ok(conn)) => {
                     rules.connected();
-                    match self.attempt(&conn, retry, deadline, &build).await {
+                    match self.attempt(&conn, shard, retry, deadline, &build).await {
                         Ok(reply) => {
                             if consistency != Consistency::Stale {
                                 self.inner.leaders[shard.get() as usize]
@@ -167,6 +183,7 @@ impl Client {
     pub(super) async fn attempt(
         &self,
         conn: &Connection,
+        shard: ShardId,
         retry: Retry,
         deadline: Instant,
         build: &impl Fn(u64, &mut RequestEncoder) -> &[u8],
@@ -189,6 +206,11 @@ impl Client {
             Ok(Ok(reply)) => reply,
         };
         let Some(error) = reply.reply().reply_as_error_reply() else { return Ok(reply) };
+        if let Some(hint) = error.kind_as_not_leader() {
+            if let (Some(addr), leader) = (hint.leader_addr(), NodeId(hint.leader_id())) {
+                self.learn_addr(leader, shard, addr);
+            }
+        }
         match server_error(&error) {
             Some(refusal) => Err(Outcome::Refusal(refusal)),
             None => Ok(reply),

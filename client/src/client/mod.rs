@@ -74,6 +74,9 @@ struct Inner {
     /// Cached leader per shard, as its number (0: unknown, `NodeId::NONE`).
     leaders: Vec<AtomicU64>,
     connections: Mutex<HashMap<(NodeId, ShardId), Arc<Connection>>>,
+    /// Client addresses of nodes the registry does not list (members added since), as the
+    /// nodes named them: in `NotLeader` replies and membership replies.
+    learned: Mutex<HashMap<(NodeId, ShardId), String>>,
     /// xorshift state for jitter.
     rng: AtomicU64,
 }
@@ -108,6 +111,7 @@ impl Client {
                 nodes,
                 leaders,
                 connections: Mutex::default(),
+                learned: Mutex::default(),
                 rng: AtomicU64::new(seed),
             }),
         }

@@ -155,6 +155,7 @@ impl ShardCore {
     /// dropped; a replica catching up screens them first (see the module docs).
     pub fn step(&mut self, mut message: Message) {
         self.health.heard(&message, self.now_us);
+        self.heard_from_removed(message.from);
         let Some(ask_to_probe) = self.notice_lost_data(&mut message) else { return };
         if !self.screen(&message) {
             return;

@@ -207,6 +207,12 @@ impl ShardCore {
         &self.membership
     }
 
+    /// Whether the shell keeps a link to `node`: a member, or a node this leader removed and
+    /// still tells so (see `tell_removed`).
+    pub fn keeps_link(&self, node: u64) -> bool {
+        self.membership.contains(NodeId(node)) || self.removed_peers.contains_key(&node)
+    }
+
     /// Counts the membership's changes: when it moves, the shell re-syncs its peer links.
     pub fn membership_epoch(&self) -> u64 {
         self.membership_epoch
@@ -390,6 +396,7 @@ impl ShardCore {
             Membership::decode(&entry.context)
         };
         let added = added.map_err(|e| format!("its member addresses do not decode: {e}"))?;
+        let leaving = self.note_leaving(&cc, entry.index);
         let conf = self.raw.apply_conf_change(&cc).map_err(|e| format!("raft refused it: {e}"))?;
         let mut membership = self.membership.clone();
         membership.addrs.extend(added.addrs);
@@ -414,8 +421,61 @@ impl ShardCore {
                  shard, stop it; its data directory can then be deleted"
             );
         }
+        self.tell_removed(leaving);
         self.after_conf_change();
         Ok(())
+    }
+
+    /// On a leader: the nodes `cc` removes, each with the highest index up to `index` the
+    /// leader knows it holds (before raft-rs forgets its progress).
+    fn note_leaving(&self, cc: &ConfChangeV2, index: u64) -> Vec<(u64, u64)> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        cc.get_changes()
+            .iter()
+            .filter(|c| c.get_change_type() == ConfChangeType::RemoveNode)
+            .filter_map(|c| {
+                let matched = self.raw.raft.prs().get(c.node_id)?.matched;
+                Some((c.node_id, matched.min(index)))
+            })
+            .collect()
+    }
+
+    /// Tells removed nodes what they hold is committed up to their removal, so that they
+    /// apply it and know they were removed: raft-rs's leader stops sending to a node once
+    /// the change that removes it applies, and the node would otherwise wait, campaigning,
+    /// for a leader that never comes. Sent again when a removed node is heard from.
+    fn tell_removed(&mut self, leaving: Vec<(u64, u64)>) {
+        for (node, commit) in leaving {
+            self.removed_peers.insert(node, (commit, self.now_us));
+            self.send_removal_heartbeat(node, commit);
+        }
+    }
+
+    fn send_removal_heartbeat(&mut self, node: u64, commit: u64) {
+        let mut message = raft::eraftpb::Message::default();
+        message.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+        message.to = node;
+        message.from = self.cfg.node_id.get();
+        message.term = self.raw.raft.term;
+        message.commit = commit;
+        self.out.messages.push(message);
+    }
+
+    /// A message from a node this leader removed: told again, at most once per election
+    /// timeout.
+    pub(super) fn heard_from_removed(&mut self, from: u64) {
+        if !self.is_leader() || self.membership.contains(NodeId(from)) {
+            return;
+        }
+        let timeout = self.election_timeout_us();
+        let now = self.now_us;
+        let Some(&(commit, sent)) = self.removed_peers.get(&from) else { return };
+        if now.saturating_sub(sent) >= timeout {
+            self.removed_peers.insert(from, (commit, now));
+            self.send_removal_heartbeat(from, commit);
+        }
     }
 
     /// A leader that is no longer a voter steps down (raft-rs 0.7 leaves it leading): it
@@ -457,6 +517,17 @@ impl ShardCore {
             tracing::info!(shard = %self.cfg.shard, %id, "the learner caught up: promoting it");
             let _ = self.propose_membership_change(MembershipChange::Promote { id });
         }
+    }
+
+    /// The voter this shard prefers as its leader (DESIGN.md §4): the registry's choice while
+    /// it is a voter, else the `(shard mod n)`-th voter by id, so that leaders stay spread
+    /// over the members after changes.
+    pub fn preferred_leader(&self) -> NodeId {
+        let voters = &self.membership.voters;
+        if voters.contains(&self.cfg.preferred_leader) || voters.is_empty() {
+            return self.cfg.preferred_leader;
+        }
+        voters[self.cfg.shard.get() as usize % voters.len()]
     }
 
     /// Whether a vote request from `from` may reach raft-rs: only members' do, so a removed

@@ -181,6 +181,9 @@ pub struct ShardCore {
     peer_protocols: std::collections::BTreeMap<u64, u32>,
     /// Operators' changes and transfers waiting for their outcome.
     admin: admin::Admin,
+    /// Nodes this leader removed: the index up to which they hold the log, and when they
+    /// were last told (see `membership::tell_removed`).
+    removed_peers: std::collections::BTreeMap<u64, (u64, u64)>,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -248,6 +251,7 @@ impl ShardCore {
             membership_epoch: 0,
             peer_protocols: Default::default(),
             admin: admin::Admin::default(),
+            removed_peers: Default::default(),
         };
         core.init_catch_up();
         core.init_snapshots();
@@ -261,7 +265,7 @@ impl ShardCore {
     pub(super) fn campaign_if_preferred(&mut self) {
         let me = self.cfg.node_id;
         let may_campaign = self.membership.is_voter(me) && !self.joining();
-        if may_campaign && self.cfg.preferred_leader == me && self.raw.raft.leader_id == 0 {
+        if may_campaign && self.preferred_leader() == me && self.raw.raft.leader_id == 0 {
             let _ = self.raw.campaign();
         }
     }

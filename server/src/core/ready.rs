@@ -295,7 +295,7 @@ impl ShardCore {
 
     /// Moves the leadership to the preferred leader once it is caught up (DESIGN.md §4).
     pub(super) fn balance_leadership(&mut self) {
-        let preferred = self.cfg.preferred_leader.get();
+        let preferred = self.preferred_leader().get();
         if !self.is_leader() || preferred == self.cfg.node_id.get() || self.failure.is_some() {
             return;
         }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corekv_client::registry::Registry;
+use corekv_client::registry::{Node, Registry};
 use corekv_client::{Client, ClientConfig, NodeId, ShardId};
 use corekv_proto::client::Consistency;
 use corekv_proto::encode::RequestEncoder;
@@ -73,6 +73,9 @@ pub struct TestCluster {
     serve_args: Vec<String>,
     /// Per node, the network namespace it runs in (`ip netns exec`), if any.
     netns: Vec<Option<String>>,
+    /// Nodes started later to join the running cluster (`add_node`): each one's registry
+    /// entry, and the file it was started with (the cluster's registry plus itself).
+    joined: Vec<(Node, PathBuf)>,
 }
 
 impl TestCluster {
@@ -125,7 +128,15 @@ impl TestCluster {
         std::fs::write(&registry_path, &text).expect("write registry");
         let registry = Registry::parse(&text, "test registry").expect("valid registry");
         let serve_args = serve_args.iter().map(|a| a.to_string()).collect();
-        TestCluster { dir, registry, registry_path, nodes: Vec::new(), serve_args, netns }
+        TestCluster {
+            dir,
+            registry,
+            registry_path,
+            nodes: Vec::new(),
+            serve_args,
+            netns,
+            joined: Vec::new(),
+        }
     }
 
     /// Starts every node of a prepared cluster and waits until every shard has a leader.
@@ -164,7 +175,7 @@ impl TestCluster {
         command
             .arg("serve")
             .arg("--registry")
-            .arg(&self.registry_path)
+            .arg(self.registry_of(id))
             .arg("--node-id")
             .arg(id.to_string())
             .arg("--data-dir")
@@ -178,6 +189,66 @@ impl TestCluster {
             .stderr(err)
             .spawn()
             .expect("start corekv")
+    }
+
+    /// Starts a new node (the next id) on free loopback ports with `--join` and an empty data
+    /// directory, given the cluster's registry plus its own entry; returns its id. It is no
+    /// member until `corekvctl member add` makes it one.
+    pub fn add_node(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let base = free_base(1, self.registry.shards);
+        let (client_port, peer_port, http_port) = node_ports(base, 0);
+        let node = Node {
+            id: NodeId(id),
+            host: "127.0.0.1".to_string(),
+            client_port,
+            peer_port,
+            http_port,
+        };
+        let text = std::fs::read_to_string(&self.registry_path).expect("registry");
+        let text = format!(
+            "{text}\n[[node]]\nid = {id}\nhost = \"127.0.0.1\"\nclient_port = {client_port}\npeer_port = {peer_port}\nhttp_port = {http_port}\n"
+        );
+        let path = self.dir.path().join(format!("node-{id}.toml"));
+        std::fs::write(&path, text).expect("write the new node's registry");
+        self.joined.push((node, path));
+        self.netns.push(None);
+        let child = self.spawn_with(id, &["--join"]);
+        self.nodes.push(Some(child));
+        self.wait_until(Duration::from_secs(20), "the new node to serve /status", || {
+            self.status(id).is_some()
+        });
+        id
+    }
+
+    /// Node `id`'s registry entry (a joined node's own).
+    pub fn node(&self, id: u64) -> Option<Node> {
+        self.registry.node(NodeId(id)).cloned().or_else(|| {
+            self.joined.iter().find(|(n, _)| n.id == NodeId(id)).map(|(n, _)| n.clone())
+        })
+    }
+
+    /// The registry file node `id` is started with.
+    pub fn registry_of(&self, id: u64) -> PathBuf {
+        match self.joined.iter().find(|(n, _)| n.id == NodeId(id)) {
+            Some((_, path)) => path.clone(),
+            None => self.registry_path.clone(),
+        }
+    }
+
+    /// `corekvctl` with this cluster's registry and `args`: exit code, stdout, stderr.
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(corekvctl_bin())
+            .arg("--registry")
+            .arg(&self.registry_path)
+            .args(args)
+            .output()
+            .expect("run corekvctl");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 
     pub fn log_path(&self, id: u64) -> PathBuf {
@@ -215,7 +286,7 @@ impl TestCluster {
 
     /// `GET path` on node `id`'s HTTP port.
     pub fn http(&self, id: u64, path: &str) -> Option<(u16, String)> {
-        let addr = self.registry.node(NodeId(id))?.http_addr();
+        let addr = self.node(id)?.http_addr();
         corekv_server::http::get(&addr, path, Duration::from_secs(2)).ok()
     }
 
@@ -375,7 +446,7 @@ impl TestCluster {
 
     /// A raw protocol connection to shard `shard` of node `id`, after a hello.
     pub fn raw(&self, id: u64, shard: u32) -> RawConn {
-        let addr = self.registry.node(NodeId(id)).expect("node").client_addr(ShardId(shard));
+        let addr = self.node(id).expect("node").client_addr(ShardId(shard));
         let mut conn = RawConn::connect(&addr);
         let cluster = &self.registry.cluster;
         let hello = RequestEncoder::new().hello(1, cluster, self.registry.shards).to_vec();

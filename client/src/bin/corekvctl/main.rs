@@ -8,6 +8,8 @@
 //!   scan PREFIX [--limit N] [--keys-only] [--stale]
 //!   txn [FILE]                        a JSON transaction (stdin when FILE is - or absent)
 //!   status                            every replica of every shard
+//!   member list|add|promote|remove|replace   change the cluster while it runs
+//!   leader transfer SHARD NODE | leader balance
 //! ```
 //!
 //! The registry is `--registry`, else `$COREKV_REGISTRY`, else `./corekv.toml`. Durations read
@@ -33,6 +35,7 @@ use corekv_client::{
 use futures_util::StreamExt;
 use serde_json::json;
 
+mod member;
 mod output;
 mod txn;
 
@@ -148,6 +151,12 @@ enum Command {
     },
     /// Show every replica of every shard.
     Status,
+    /// The cluster's members: list, add, promote, remove, replace.
+    #[command(subcommand)]
+    Member(member::MemberCommand),
+    /// Shards' leadership: transfer one, balance all.
+    #[command(subcommand)]
+    Leader(member::LeaderCommand),
 }
 
 /// A failure with its exit status.
@@ -292,19 +301,26 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 return Ok(1);
             }
         }
-        Command::Status => {
-            let reports = client.status().await;
-            let reachable = reports.iter().filter(|r| r.status.is_ok()).count();
-            write(
-                &mut out,
-                if json { format!("{}\n", status_json(&reports)) } else { status_text(&reports) },
-            )?;
-            if reachable == 0 {
-                return Err(Failure { code: 3, message: "no replica answered".to_string() });
-            }
-        }
+        Command::Member(command) => member::member(&client, json, command).await?,
+        Command::Leader(command) => member::leader(&client, json, command).await?,
+        Command::Status => status(&client, &mut out, json).await?,
     }
     Ok(0)
+}
+
+/// `status`: every replica of every shard; exit status 3 when none answered.
+async fn status(
+    client: &Client,
+    out: &mut std::io::StdoutLock<'_>,
+    json: bool,
+) -> Result<(), Failure> {
+    let reports = client.status().await;
+    let reachable = reports.iter().filter(|r| r.status.is_ok()).count();
+    write(out, if json { format!("{}\n", status_json(&reports)) } else { status_text(&reports) })?;
+    if reachable == 0 {
+        return Err(Failure { code: 3, message: "no replica answered".to_string() });
+    }
+    Ok(())
 }
 
 /// `get`: the value (escaped, raw, or as JSON with its metadata); exit status 1 when the key

@@ -83,16 +83,18 @@ pub(crate) fn sync_links(shard: &Rc<Shard>) {
     }
     let members = shard.core.borrow().membership().members();
     if !members.is_empty() {
+        let core = shard.core.borrow();
         let stale: Vec<Rc<PeerLink>> = shard
             .peers
             .borrow()
             .values()
             .filter(|link| {
-                !members.contains(&NodeId(link.node_id))
+                !core.keeps_link(link.node_id)
                     || peer_addr(shard, link.node_id).is_some_and(|addr| addr != link.addr)
             })
             .cloned()
             .collect();
+        drop(core);
         for link in stale {
             tracing::info!(shard = %shard.shard, peer = link.node_id, "closing the link to a node that left the shard (or moved)");
             link.retired.set(true);
