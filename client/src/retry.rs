@@ -141,6 +141,9 @@ pub(crate) struct Rules<'a> {
     pub(crate) last_error: String,
     /// Nodes that refused the connection in a row, with nothing else in between.
     refused: Vec<NodeId>,
+    /// Nodes learned during the call (a leader a node named, with its address), whose hints
+    /// are followed like those to `nodes`.
+    learned: Vec<NodeId>,
 }
 
 impl<'a> Rules<'a> {
@@ -153,6 +156,14 @@ impl<'a> Rules<'a> {
             sent: false,
             last_error: "no attempt finished".to_string(),
             refused: Vec::new(),
+            learned: Vec::new(),
+        }
+    }
+
+    /// `node` can be reached too (a node named it, with its address, as the leader).
+    pub(crate) fn learn(&mut self, node: NodeId) {
+        if !self.nodes.contains(&node) && !self.learned.contains(&node) {
+            self.learned.push(node);
         }
     }
 
@@ -237,7 +248,8 @@ impl<'a> Rules<'a> {
         let keep = Connection::Keep;
         match error {
             ServerError::NotLeader { leader: Some(leader) }
-                if leader != node && self.nodes.contains(&leader) =>
+                if leader != node
+                    && (self.nodes.contains(&leader) || self.learned.contains(&leader)) =>
             {
                 self.last_error =
                     format!("node {node} is not the leader; following the hint to {leader}");

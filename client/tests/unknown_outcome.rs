@@ -24,8 +24,8 @@ enum Behaviour {
     Drop,
 }
 
-/// A fake node `id` on `listener`: answers hellos, counts the requests after them in
-/// `requests`, and treats each as `behaviour` says. Serves connections for `for_how_long`.
+/// A fake node `id` on `listener`: answers hellos, counts the puts after them in `requests`,
+/// and treats each as `behaviour` says (other requests go unanswered). Serves connections for `for_how_long`.
 fn fake_node(
     listener: TcpListener,
     id: u64,
@@ -50,7 +50,14 @@ fn fake_node(
                     return;
                 }
                 stream.write_all(ReplyEncoder::new().hello(0, id, 0, 1)).unwrap();
-                while read_frame(&mut stream).is_some() {
+                while let Some(frame) = read_frame(&mut stream) {
+                    // Only puts count: the client also asks for the shard's members.
+                    let mut whole = (frame.len() as u32).to_le_bytes().to_vec();
+                    whole.extend_from_slice(&frame);
+                    let request = corekv_proto::frame::verify_request(&whole).unwrap();
+                    if request.request_type() != corekv_proto::client::Request::PutRequest {
+                        continue;
+                    }
                     requests.fetch_add(1, Ordering::SeqCst);
                     if behaviour == Behaviour::Drop {
                         return;

@@ -67,6 +67,11 @@ pub const PROPOSAL_TIMEOUT_MS: u64 = 10_000;
 /// How often a leader checks whether the preferred leader is caught up and can take over.
 pub const LEADER_BALANCE_TICKS: u64 = 20;
 
+/// How long a leader leads before it hands over to the preferred leader: a leadership an
+/// operator moved (`corekvctl leader transfer`, or away from a node about to be removed)
+/// stays put that long instead of bouncing back within a second.
+pub const LEADER_BALANCE_AFTER_MS: u64 = 5_000;
+
 /// Log entries a compaction or a snapshot reset let go of, freed per tick: at most this
 /// many... (a compaction can let go of the whole entry cache; freed at once, that stalled a
 /// shard for up to 30 ms)

@@ -12,6 +12,9 @@ use crate::types::Consistency;
 use super::wire_map::protocol;
 use super::Client;
 
+/// How often a client asks the nodes for each shard's members.
+pub const MEMBERS_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Client {
     /// The membership of `shard`, as its leader reports it (with each member's progress);
     /// when no leader answers, as the first replica that does.
@@ -22,9 +25,7 @@ impl Client {
         let reply = reply.await?;
         let members = reply.reply().reply_as_members_reply().ok_or_else(|| protocol("members"))?;
         let members = corekv_proto::shared::shard_members(&members);
-        for (&id, addr) in &members.membership.addrs {
-            self.learn_addr(id, shard, &addr.node(id).client_addr(shard));
-        }
+        self.learn_members(&members);
         let leader = members.leader_id;
         if leader == members.node_id || leader == NodeId::NONE {
             return Ok(members);
@@ -81,6 +82,60 @@ impl Client {
         self.inner.leaders[shard.get() as usize]
             .store(leader.get(), std::sync::atomic::Ordering::Relaxed);
         Ok(leader)
+    }
+
+    /// Takes in what a node said of its shard's members: their addresses, and the list the
+    /// client picks nodes from.
+    pub(super) fn learn_members(&self, members: &ShardMembers) {
+        let shard = members.shard;
+        for (&id, addr) in &members.membership.addrs {
+            self.learn_addr(id, shard, &addr.node(id).client_addr(shard));
+        }
+        let ids = members.membership.members();
+        if ids.is_empty() || shard.get() >= self.registry().shards {
+            return;
+        }
+        let mut known = self.inner.members.lock().unwrap_or_else(|p| p.into_inner());
+        known.shards[shard.get() as usize] = ids.into();
+    }
+
+    /// The members of `shard` the client knows of.
+    pub(super) fn shard_nodes(&self, shard: ShardId) -> std::sync::Arc<[NodeId]> {
+        let known = self.inner.members.lock().unwrap_or_else(|p| p.into_inner());
+        match known.shards.get(shard.get() as usize) {
+            Some(nodes) => nodes.clone(),
+            None => self.inner.nodes.clone().into(),
+        }
+    }
+
+    /// A node could not be reached: the membership may have changed; ask at the next call.
+    pub(super) fn members_changed(&self) {
+        let mut known = self.inner.members.lock().unwrap_or_else(|p| p.into_inner());
+        known.refreshed = None;
+    }
+
+    /// Asks every shard for its members, in the background, when the last time is more than
+    /// [`MEMBERS_REFRESH`] ago (or a node could not be reached since): a client started with
+    /// a registry whose nodes have all been replaced since keeps finding the shards.
+    pub(super) fn refresh_members_if_due(&self) {
+        {
+            let mut known = self.inner.members.lock().unwrap_or_else(|p| p.into_inner());
+            let due = known.refreshed.is_none_or(|at| at.elapsed() >= MEMBERS_REFRESH);
+            if !due || known.refreshing {
+                return;
+            }
+            known.refreshing = true;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let client = self.clone();
+        runtime.spawn(async move {
+            for shard in (0..client.registry().shards).map(ShardId) {
+                let _ = client.members(shard).await;
+            }
+            let mut known = client.inner.members.lock().unwrap_or_else(|p| p.into_inner());
+            known.refreshing = false;
+            known.refreshed = Some(std::time::Instant::now());
+        });
     }
 
     fn check_shard(&self, shard: ShardId) -> Result<()> {

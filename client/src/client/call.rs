@@ -64,6 +64,33 @@ impl Client {
         conn.abort();
     }
 
+    /// A node could not be reached: the membership may have changed (see
+    /// `admin::refresh_members_if_due`). Returns `outcome`.
+    fn lost(&self, outcome: Outcome) -> Outcome {
+        self.members_changed();
+        outcome
+    }
+
+    /// A `NotLeader` naming a leader the client has an address for: the rules follow it.
+    fn note_hint(&self, outcome: &Outcome, shard: ShardId, rules: &mut Rules<'_>) {
+        if let Outcome::Refusal(ServerError::NotLeader { leader: Some(leader) }) = outcome {
+            if self.knows_addr(*leader, shard) {
+                rules.learn(*leader);
+            }
+        }
+    }
+
+    /// Whether the client has an address for node `node`'s shard `shard`.
+    pub(super) fn knows_addr(&self, node: NodeId, shard: ShardId) -> bool {
+        self.inner.config.registry.node(node).is_some()
+            || self
+                .inner
+                .learned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&(node, shard))
+    }
+
     /// Notes where node `node` serves shard `shard`, when the registry does not say.
     pub(super) fn learn_addr(&self, node: NodeId, shard: ShardId, addr: &str) {
         if node == NodeId::NONE || self.inner.config.registry.node(node).is_some() {
@@ -77,15 +104,26 @@ impl Client {
         self.inner.connections.lock().unwrap_or_else(|p| p.into_inner()).remove(&(node, shard));
     }
 
-    /// The node to try first: the cached leader, else the shard's preferred leader.
-    pub(super) fn first_node(&self, shard: ShardId) -> NodeId {
-        self.cached_leader(shard).unwrap_or_else(|| self.registry().preferred_leader(shard))
+    /// The node to try first: the cached leader, else the shard's preferred leader while it
+    /// is a member, else a member by the same rule.
+    pub(super) fn first_node(&self, shard: ShardId, nodes: &[NodeId]) -> NodeId {
+        let preferred = self.registry().preferred_leader(shard);
+        self.cached_leader(shard).unwrap_or_else(|| {
+            if nodes.contains(&preferred) || nodes.is_empty() {
+                preferred
+            } else {
+                nodes[shard.get() as usize % nodes.len()]
+            }
+        })
     }
 
-    pub(super) fn next_node(&self, node: NodeId) -> NodeId {
-        let nodes = &self.inner.nodes;
-        let i = nodes.iter().position(|&n| n == node).unwrap_or(0);
-        nodes[(i + 1) % nodes.len()]
+    /// The node after `node` among `nodes` (the shard's members).
+    pub(super) fn next_node(&self, nodes: &[NodeId], node: NodeId) -> NodeId {
+        let i = nodes.iter().position(|&n| n == node);
+        match i {
+            Some(i) => nodes[(i + 1) % nodes.len()],
+            None => nodes.first().copied().unwrap_or(node),
+        }
     }
 
     pub(super) fn jitter(&self, max: Duration) -> Duration {
@@ -120,8 +158,10 @@ impl Client {
         let timeout = timeout.unwrap_or(self.inner.config.timeout);
         let started = Instant::now();
         let deadline = started + timeout;
-        let mut rules = Rules::new(retry, &self.inner.nodes);
-        let mut node = self.first_node(shard);
+        self.refresh_members_if_due();
+        let nodes = self.shard_nodes(shard);
+        let mut rules = Rules::new(retry, &nodes);
+        let mut node = self.first_node(shard, &nodes);
         loop {
             if Instant::now() >= deadline {
                 return Err(rules.expired(timeout));
@@ -132,8 +172,10 @@ impl Client {
                 // The deadline passed while connecting: the check above ends the call.
                 Err(_) => continue,
                 Ok(Err(OpenError::Fatal(error))) => return Err(error),
-                Ok(Err(OpenError::Refused(addr))) => (Outcome::Refused(addr), None),
-                Ok(Err(OpenError::Unreachable(reason))) => (Outcome::Unreachable(reason), None),
+                Ok(Err(OpenError::Refused(addr))) => (self.lost(Outcome::Refused(addr)), None),
+                Ok(Err(OpenError::Unreachable(why))) => {
+                    (self.lost(Outcome::Unreachable(why)), None)
+                }
                 Ok(Ok(conn)) => {
                     rules.connected();
                     match self.attempt(&conn, shard, retry, deadline, &build).await {
@@ -144,7 +186,10 @@ impl Client {
                             }
                             return Ok(reply);
                         }
-                        Err(outcome) => (outcome, Some(conn)),
+                        Err(outcome) => {
+                            self.note_hint(&outcome, shard, &mut rules);
+                            (outcome, Some(conn))
+                        }
                     }
                 }
             };
@@ -163,17 +208,22 @@ impl Client {
             };
             node = match target {
                 Target::Same => node,
-                Target::Next => self.next_node(node),
+                Target::Next => self.next_node(&nodes, node),
                 Target::Hinted(leader) => leader,
             };
-            match wait {
-                Wait::No => {}
-                Wait::Backoff => {
-                    let delay = self.backoff(rules.attempt.saturating_sub(1));
-                    self.sleep_until(delay, deadline).await;
-                }
-                Wait::For(delay) => self.sleep_until(delay + self.jitter(delay), deadline).await,
+            self.wait(wait, rules.attempt, deadline).await;
+        }
+    }
+
+    /// Waits as a step says before the next attempt (never past `deadline`).
+    async fn wait(&self, wait: Wait, attempt: u32, deadline: Instant) {
+        match wait {
+            Wait::No => {}
+            Wait::Backoff => {
+                let delay = self.backoff(attempt.saturating_sub(1));
+                self.sleep_until(delay, deadline).await;
             }
+            Wait::For(delay) => self.sleep_until(delay + self.jitter(delay), deadline).await,
         }
     }
 
@@ -232,7 +282,7 @@ impl Client {
             retry::Leader::Forget => self.forget_leader(shard, node),
             retry::Leader::Set(leader) => slot.store(leader.get(), Ordering::Relaxed),
             retry::Leader::MoveOn => {
-                let next = self.next_node(node).get();
+                let next = self.next_node(&self.shard_nodes(shard), node).get();
                 let _ = slot
                     .compare_exchange(node.get(), next, Ordering::Relaxed, Ordering::Relaxed)
                     .or_else(|_| {

@@ -77,8 +77,21 @@ struct Inner {
     /// Client addresses of nodes the registry does not list (members added since), as the
     /// nodes named them: in `NotLeader` replies and membership replies.
     learned: Mutex<HashMap<(NodeId, ShardId), String>>,
+    /// Each shard's members as last learned from the nodes (the registry's at first), and
+    /// when they were (see `admin::refresh_members`).
+    members: Mutex<Members>,
     /// xorshift state for jitter.
     rng: AtomicU64,
+}
+
+/// What a client knows of each shard's members (see `admin::refresh_members`).
+struct Members {
+    /// Per shard, its members, ascending (shared: every call reads them).
+    shards: Vec<Arc<[NodeId]>>,
+    /// When every shard's membership was last asked for; `None`: ask at the next call.
+    refreshed: Option<std::time::Instant>,
+    /// A refresh is under way.
+    refreshing: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -99,6 +112,7 @@ impl Client {
     /// A client with this configuration. Connections open lazily, on first use.
     pub fn connect(config: ClientConfig) -> Client {
         let nodes = config.registry.node_ids();
+        let (nodes_copy, shards) = (nodes.clone(), config.registry.shards as usize);
         let leaders = (0..config.registry.shards).map(|_| AtomicU64::new(0)).collect();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -112,6 +126,11 @@ impl Client {
                 leaders,
                 connections: Mutex::default(),
                 learned: Mutex::default(),
+                members: Mutex::new(Members {
+                    shards: vec![Arc::from(nodes_copy); shards],
+                    refreshed: None,
+                    refreshing: false,
+                }),
                 rng: AtomicU64::new(seed),
             }),
         }

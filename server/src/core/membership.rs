@@ -478,12 +478,23 @@ impl ShardCore {
         }
     }
 
-    /// A leader that is no longer a voter steps down (raft-rs 0.7 leaves it leading): it
-    /// hands leadership to the most caught-up voter, or, with none to hand to, stops leading
-    /// and lets the voters elect one.
-    fn after_conf_change(&mut self) {
+    /// A leader that is no longer a voter steps down at once (raft-rs 0.7 leaves it leading
+    /// without its own progress, and panics on its next persisted entry): the voters elect a
+    /// new leader within an election timeout. A leader only in the outgoing half of a joint
+    /// configuration hands leadership to an incoming voter, so that it is not the one that
+    /// leaves the joint configuration.
+    pub(super) fn after_conf_change(&mut self) {
         let me = self.cfg.node_id;
-        if !self.is_leader() || self.membership.is_voter(me) {
+        if !self.is_leader() {
+            return;
+        }
+        if !self.membership.is_voter(me) {
+            tracing::info!(shard = %self.cfg.shard, "this leader is no longer a voter: stepping down");
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+            return;
+        }
+        if self.membership.voters.contains(&me) || self.raw.raft.lead_transferee.is_some() {
             return;
         }
         let best = self
@@ -492,14 +503,10 @@ impl ShardCore {
             .iter()
             .filter_map(|v| self.raw.raft.prs().get(v.get()).map(|p| (p.matched, *v)))
             .max();
-        tracing::info!(shard = %self.cfg.shard, to = ?best.map(|b| b.1),
-            "this leader is no longer a voter: stepping down");
-        match best {
-            Some((_, to)) => self.raw.transfer_leader(to.get()),
-            None => {
-                let term = self.raw.raft.term;
-                self.raw.raft.become_follower(term, raft::INVALID_ID);
-            }
+        if let Some((_, to)) = best {
+            tracing::info!(shard = %self.cfg.shard, %to,
+                "this leader leaves with the joint configuration: handing leadership over");
+            self.raw.transfer_leader(to.get());
         }
     }
 

@@ -184,6 +184,8 @@ pub struct ShardCore {
     /// Nodes this leader removed: the index up to which they hold the log, and when they
     /// were last told (see `membership::tell_removed`).
     removed_peers: std::collections::BTreeMap<u64, (u64, u64)>,
+    /// When this replica last became leader (µs, the core's clock).
+    led_since_us: u64,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -252,6 +254,7 @@ impl ShardCore {
             peer_protocols: Default::default(),
             admin: admin::Admin::default(),
             removed_peers: Default::default(),
+            led_since_us: 0,
         };
         core.init_catch_up();
         core.init_snapshots();

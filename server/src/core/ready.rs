@@ -17,7 +17,7 @@
 //!        whose read index is now applied
 //!     f. persisted_messages(): hold them, with the Ready's number, until the WAL position
 //!        from (c) is durable
-//!     g. advance_append_async
+//!     g. advance_append_async, then advance_apply_to what (e) applied
 //!  4. the shell takes a flush job (everything appended, one write + one fdatasync) when a
 //!     held Ready needs it and none is in flight; appends keep arriving meanwhile
 //!  5. on flush completion: send the held persisted_messages of every Ready now durable,
@@ -34,7 +34,9 @@ use raft::eraftpb::{Entry, Message};
 use raft::StateRole;
 
 use super::{appends, InjectedBug, Outputs, ShardCore};
-use crate::constants::{LEADER_BALANCE_TICKS, TRIM_BYTES_PER_TICK, TRIM_ENTRIES_PER_TICK};
+use crate::constants::{
+    LEADER_BALANCE_AFTER_MS, LEADER_BALANCE_TICKS, TRIM_BYTES_PER_TICK, TRIM_ENTRIES_PER_TICK,
+};
 
 /// A Ready whose persisted messages wait for a WAL position to be durable.
 #[derive(Debug)]
@@ -127,7 +129,7 @@ impl ShardCore {
         // (e) Committed entries: apply, reply; then serve every read whose index is applied
         // (a round answered with nothing new to apply is served here too).
         let committed = ready.take_committed_entries();
-        self.apply_committed(committed);
+        let applied = self.apply_committed(committed);
         self.serve_reads();
         // (f) Persisted messages wait for the flush that covers this Ready — and, in order,
         // for those of earlier Readies. A heartbeat response from a Ready that itself persists
@@ -147,8 +149,13 @@ impl ShardCore {
         }
         let wait =
             PersistWait { number: ready.number(), lsn: needs_flush.then_some(lsn), messages: held };
-        // (g)
+        // (g) Then raft-rs learns what was applied: with a joint configuration to leave by
+        // itself, it proposes the leave entry there, and no entry may join the unstable log
+        // between a Ready and its advance (raft-rs checks the Ready's last entry is the log's).
         self.raw.advance_append_async(ready);
+        if let Some(index) = applied {
+            self.raw.advance_apply_to(index);
+        }
         self.persist.push_back(wait);
         self.release_persisted();
     }
@@ -187,19 +194,21 @@ impl ShardCore {
         }
         if !was_leader && role == StateRole::Leader {
             self.elected_catch_up();
+            self.led_since_us = self.now_us;
+            self.after_conf_change();
         }
         self.admin_on_leader_change(was_leader);
     }
 
-    pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) {
+    /// Applies committed entries; the last one's index, for raft-rs's applied index (see
+    /// `handle_ready`).
+    pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Option<u64> {
         let mut last = None;
         for entry in entries {
             last = Some(entry.index);
             self.apply_entry(&entry);
         }
-        if let Some(index) = last {
-            self.raw.advance_apply_to(index);
-        }
+        last
     }
 
     /// Sends the persisted messages of every Ready whose flush is done, in order, and tells
@@ -297,6 +306,9 @@ impl ShardCore {
     pub(super) fn balance_leadership(&mut self) {
         let preferred = self.preferred_leader().get();
         if !self.is_leader() || preferred == self.cfg.node_id.get() || self.failure.is_some() {
+            return;
+        }
+        if self.now_us.saturating_sub(self.led_since_us) < LEADER_BALANCE_AFTER_MS * 1000 {
             return;
         }
         // Replicating and fully caught up. (raft-rs's `recent_active` is not used: raft-rs

@@ -139,14 +139,18 @@ impl Workload {
     }
 
     /// Stops the clients, reads every key once more (recorded), and returns the history.
-    pub fn finish(mut self, cluster: &TestCluster) -> History {
+    pub fn finish(self, cluster: &TestCluster) -> History {
+        self.finish_reading_with(cluster.client())
+    }
+
+    /// [`Workload::finish`], the final reads through `client`.
+    pub fn finish_reading_with(mut self, client: Client) -> History {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             thread.join().expect("workload thread");
         }
         let history = self.history.clone();
         let start = self.start;
-        let client = cluster.client();
         let writers = self.writers;
         block_on(async {
             for w in 0..writers {

@@ -251,7 +251,9 @@ async fn remove(client: &Client, json: bool, id: NodeId) -> Result<(), Failure> 
             progress(format!("shard {shard}: node {id} is not a member; nothing to do"));
             continue;
         }
-        change_away_from(client, shard, id, &MembershipChange::Remove { id }).await?;
+        let change = MembershipChange::Remove { id };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        change_away_from(client, shard, id, &change, deadline).await?;
         progress(format!("shard {shard}: node {id} removed"));
     }
     done(json, &format!("node {id} is a member of no shard; stop it, then its data can be deleted"))
@@ -286,7 +288,8 @@ async fn replace(
             progress(format!("shard {shard}: node {new} added as a learner"));
         }
         wait_shard_caught_up(client, shard, new, deadline).await?;
-        change_away_from(client, shard, old, &MembershipChange::Replace { old, new }).await?;
+        let change = MembershipChange::Replace { old, new };
+        change_away_from(client, shard, old, &change, deadline).await?;
         wait_until_shard(client, shard, deadline, |m| !m.membership.is_joint()).await?;
         progress(format!("shard {shard}: node {new} replaced node {old}"));
     }
@@ -362,6 +365,12 @@ async fn list(client: &Client, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Whether a refusal is of a state that passes by itself: a learner still catching up, or a
+/// change under way (a new leader counts its whole log as one until it has applied it).
+fn passing(reason: &str) -> bool {
+    reason.contains("not caught up") || reason.contains("another change is under way")
+}
+
 /// Proposes `change` on `shard`; while the leader says the learner is behind, waits.
 async fn change_when_caught_up(
     client: &Client,
@@ -372,9 +381,7 @@ async fn change_when_caught_up(
     loop {
         match client.change_membership(shard, change).await {
             Ok(_) => return Ok(()),
-            Err(Error::ChangeRefused(reason))
-                if reason.contains("not caught up") && Instant::now() < deadline =>
-            {
+            Err(Error::ChangeRefused(reason)) if passing(&reason) && Instant::now() < deadline => {
                 progress(format!("shard {shard}: {reason}; waiting"));
                 tokio::time::sleep(POLL * 3).await;
             }
@@ -390,8 +397,10 @@ async fn change_away_from(
     shard: ShardId,
     id: NodeId,
     change: &MembershipChange,
+    deadline: Instant,
 ) -> Result<(), Failure> {
-    for _ in 0..3 {
+    let mut moves = 0;
+    while moves < 3 {
         let members = client.members(shard).await?;
         if members.leader_id == id {
             let best = members
@@ -407,10 +416,15 @@ async fn change_away_from(
             };
             client.transfer_leader(shard, to).await?;
             progress(format!("shard {shard}: leadership moved from node {id} to node {to}"));
+            moves += 1;
         }
         match client.change_membership(shard, change).await {
             // Leadership came back to it meanwhile (the automatic balancing): again.
             Err(Error::ChangeRefused(reason)) if reason.contains("leads the shard") => continue,
+            Err(Error::ChangeRefused(reason)) if passing(&reason) && Instant::now() < deadline => {
+                progress(format!("shard {shard}: {reason}; waiting"));
+                tokio::time::sleep(POLL * 3).await;
+            }
             Err(error) => return Err(error.into()),
             Ok(_) => return Ok(()),
         }
@@ -429,7 +443,8 @@ async fn wait_shard_caught_up(
     loop {
         let members = client.members(shard).await?;
         let behind = lag(&members, id);
-        if behind.is_some_and(|l| l <= CAUGHT_UP_ENTRIES) {
+        let holds = members.peers.iter().any(|p| p.node_id == id && p.match_index.get() > 0);
+        if holds && behind.is_some_and(|l| l <= CAUGHT_UP_ENTRIES) {
             return Ok(());
         }
         if behind != said {
