@@ -26,6 +26,24 @@ fn ids(value: &Value) -> Vec<u64> {
     value.as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default()
 }
 
+/// `--host H --client-port P --peer-port Q --http-port R --wait-timeout 60s` for node `id`.
+fn addr_flags(cluster: &TestCluster, id: u64) -> Vec<String> {
+    let node = cluster.node(id).expect("a started node");
+    [
+        "--host".to_string(),
+        node.host,
+        "--client-port".to_string(),
+        node.client_port.to_string(),
+        "--peer-port".to_string(),
+        node.peer_port.to_string(),
+        "--http-port".to_string(),
+        node.http_port.to_string(),
+        "--wait-timeout".to_string(),
+        "60s".to_string(),
+    ]
+    .into()
+}
+
 // Shows: a 3-node, 2-shard cluster grows to 5 under load — each new node started with --join,
 // added with `corekvctl member add`, catches up (by snapshot) and is promoted in every shard
 // — then shrinks back to 3 by removing nodes 4 and 5 after each was made the leader of a
@@ -42,22 +60,9 @@ fn grow_to_five_then_shrink_to_three_removing_leaders() {
 
     for _ in 0..2 {
         let id = cluster.add_node();
-        let node = cluster.node(id).unwrap();
-        let (code, out, err) = cluster.ctl(&[
-            "member",
-            "add",
-            &id.to_string(),
-            "--host",
-            &node.host,
-            "--client-port",
-            &node.client_port.to_string(),
-            "--peer-port",
-            &node.peer_port.to_string(),
-            "--http-port",
-            &node.http_port.to_string(),
-            "--wait-timeout",
-            "60s",
-        ]);
+        let mut args = vec!["member".to_string(), "add".to_string(), id.to_string()];
+        args.extend(addr_flags(&cluster, id));
+        let (code, out, err) = cluster.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(code, 0, "member add {id}: {out}{err}\n{}", cluster.log_tail(id));
         assert!(out.contains(&format!("node {id} is a voter of every shard")), "{out}");
         assert!(err.contains("added as a learner"), "reports progress: {err}");
@@ -152,23 +157,9 @@ fn every_node_replaced_one_by_one_with_a_client_of_the_original_registry() {
     for old in 1..=3u64 {
         let new = cluster.add_node();
         last = new;
-        let node = cluster.node(new).unwrap();
-        let (code, out, err) = cluster.ctl(&[
-            "member",
-            "replace",
-            &old.to_string(),
-            &new.to_string(),
-            "--host",
-            &node.host,
-            "--client-port",
-            &node.client_port.to_string(),
-            "--peer-port",
-            &node.peer_port.to_string(),
-            "--http-port",
-            &node.http_port.to_string(),
-            "--wait-timeout",
-            "60s",
-        ]);
+        let mut args = vec!["member".into(), "replace".into(), old.to_string(), new.to_string()];
+        args.extend(addr_flags(&cluster, new));
+        let (code, out, err) = cluster.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(code, 0, "replace {old} with {new}: {out}{err}");
         assert!(out.contains(&format!("node {new} replaced node {old} in every shard")), "{out}");
         cluster.stop(old);

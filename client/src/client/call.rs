@@ -32,12 +32,7 @@ impl Client {
             }
         }
         let config = &self.inner.config;
-        let learned = || {
-            let learned = self.inner.learned.lock().unwrap_or_else(|p| p.into_inner());
-            learned.get(&(node, shard)).cloned()
-        };
-        let addr = config.registry.node(node).map(|n| n.client_addr(shard)).or_else(learned);
-        let addr = addr.ok_or_else(|| {
+        let addr = self.client_addr(node, shard).ok_or_else(|| {
             OpenError::Fatal(Error::InvalidArgument(format!(
                 "node {node} is not in the registry, and no node has said where it is"
             )))
@@ -74,21 +69,20 @@ impl Client {
     /// A `NotLeader` naming a leader the client has an address for: the rules follow it.
     fn note_hint(&self, outcome: &Outcome, shard: ShardId, rules: &mut Rules<'_>) {
         if let Outcome::Refusal(ServerError::NotLeader { leader: Some(leader) }) = outcome {
-            if self.knows_addr(*leader, shard) {
+            if self.client_addr(*leader, shard).is_some() {
                 rules.learn(*leader);
             }
         }
     }
 
-    /// Whether the client has an address for node `node`'s shard `shard`.
-    pub(super) fn knows_addr(&self, node: NodeId, shard: ShardId) -> bool {
-        self.inner.config.registry.node(node).is_some()
-            || self
-                .inner
-                .learned
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&(node, shard))
+    /// Where node `node` serves shard `shard`: the registry's address, else the one a node
+    /// named.
+    pub(super) fn client_addr(&self, node: NodeId, shard: ShardId) -> Option<String> {
+        let registry = self.inner.config.registry.node(node).map(|n| n.client_addr(shard));
+        registry.or_else(|| {
+            let learned = self.inner.learned.lock().unwrap_or_else(|p| p.into_inner());
+            learned.get(&(node, shard)).cloned()
+        })
     }
 
     /// Notes where node `node` serves shard `shard`, when the registry does not say.

@@ -47,6 +47,22 @@ pub(super) struct Admin {
     transfers: Vec<TransferWaiter>,
 }
 
+impl Admin {
+    /// Takes out the waiting changes `which` picks; the others go on waiting.
+    fn take_changes(&mut self, which: impl Fn(&ChangeWaiter) -> bool) -> Vec<ChangeWaiter> {
+        let (taken, left) = std::mem::take(&mut self.changes).into_iter().partition(which);
+        self.changes = left;
+        taken
+    }
+
+    /// Takes out the waiting transfers `which` picks; the others go on waiting.
+    fn take_transfers(&mut self, which: impl Fn(&TransferWaiter) -> bool) -> Vec<TransferWaiter> {
+        let (taken, left) = std::mem::take(&mut self.transfers).into_iter().partition(which);
+        self.transfers = left;
+        taken
+    }
+}
+
 impl ShardCore {
     /// The shard's membership as this replica knows it.
     pub fn shard_members(&self) -> ShardMembers {
@@ -135,12 +151,7 @@ impl ShardCore {
 
     /// A configuration change entry applied: its operator, if waiting here, is answered.
     pub(super) fn change_applied(&mut self, entry: &Entry) {
-        let (done, waiting): (Vec<ChangeWaiter>, Vec<ChangeWaiter>) =
-            std::mem::take(&mut self.admin.changes)
-                .into_iter()
-                .partition(|w| w.index <= entry.index);
-        self.admin.changes = waiting;
-        for w in done {
+        for w in self.admin.take_changes(|w| w.index <= entry.index) {
             if w.index == entry.index && w.term == entry.term {
                 let frame = self.encoder.member_change(w.caller.id, entry.index);
                 push_reply(&mut self.out, w.caller.conn, frame);
@@ -155,10 +166,7 @@ impl ShardCore {
 
     /// A configuration change entry was skipped: its operator, if waiting here, is told.
     pub(super) fn change_skipped(&mut self, index: u64, reason: &str) {
-        let (done, waiting): (Vec<ChangeWaiter>, Vec<ChangeWaiter>) =
-            std::mem::take(&mut self.admin.changes).into_iter().partition(|w| w.index == index);
-        self.admin.changes = waiting;
-        for w in done {
+        for w in self.admin.take_changes(|w| w.index == index) {
             self.reply_error(w.caller, &ErrorInfo::ChangeRefused { reason });
         }
     }
@@ -192,20 +200,10 @@ impl ShardCore {
     pub(super) fn expire_admin(&mut self) {
         let now = self.now_us;
         let timeout_us = PROPOSAL_TIMEOUT_MS * 1000;
-        let (late, waiting): (Vec<ChangeWaiter>, Vec<ChangeWaiter>) =
-            std::mem::take(&mut self.admin.changes)
-                .into_iter()
-                .partition(|w| now.saturating_sub(w.caller.start_us) > timeout_us);
-        self.admin.changes = waiting;
-        for w in late {
+        for w in self.admin.take_changes(|w| now.saturating_sub(w.caller.start_us) > timeout_us) {
             self.reply_error(w.caller, &ErrorInfo::Timeout);
         }
-        let (late, waiting): (Vec<TransferWaiter>, Vec<TransferWaiter>) =
-            std::mem::take(&mut self.admin.transfers)
-                .into_iter()
-                .partition(|w| now > w.deadline_us);
-        self.admin.transfers = waiting;
-        for w in late {
+        for w in self.admin.take_transfers(|w| now > w.deadline_us) {
             let reason = format!(
                 "leadership did not move to node {} within two election timeouts (it may be \
                  behind or unreachable); node {} leads",
@@ -217,10 +215,7 @@ impl ShardCore {
 
     /// Operators' changes whose entries a snapshot replaced: the outcome is unknown here.
     pub(super) fn admin_snapshot_installed(&mut self, index: u64) {
-        let (gone, waiting): (Vec<ChangeWaiter>, Vec<ChangeWaiter>) =
-            std::mem::take(&mut self.admin.changes).into_iter().partition(|w| w.index <= index);
-        self.admin.changes = waiting;
-        for w in gone {
+        for w in self.admin.take_changes(|w| w.index <= index) {
             self.reply_error(w.caller, &ErrorInfo::Timeout);
         }
     }

@@ -466,12 +466,13 @@ impl ShardCore {
     /// A message from a node this leader removed: told again, at most once per election
     /// timeout.
     pub(super) fn heard_from_removed(&mut self, from: u64) {
+        // On every message stepped: the (usually empty) map first.
+        let Some(&(commit, sent)) = self.removed_peers.get(&from) else { return };
         if !self.is_leader() || self.membership.contains(NodeId(from)) {
             return;
         }
         let timeout = self.election_timeout_us();
         let now = self.now_us;
-        let Some(&(commit, sent)) = self.removed_peers.get(&from) else { return };
         if now.saturating_sub(sent) >= timeout {
             self.removed_peers.insert(from, (commit, now));
             self.send_removal_heartbeat(from, commit);

@@ -220,8 +220,7 @@ async fn add(
         wait_caught_up(client, id, deadline).await?;
         return done(json, &format!("node {id} is a learner of every shard, caught up"));
     }
-    let voter = |m: &ShardMembers| m.membership.voters.contains(&id);
-    wait_until(client, deadline, &format!("node {id} to become a voter"), voter, id).await?;
+    wait_voter(client, id, deadline).await?;
     done(json, &format!("node {id} is a voter of every shard"))
 }
 
@@ -290,7 +289,8 @@ async fn replace(
         wait_shard_caught_up(client, shard, new, deadline).await?;
         let change = MembershipChange::Replace { old, new };
         change_away_from(client, shard, old, &change, deadline).await?;
-        wait_until_shard(client, shard, deadline, |m| !m.membership.is_joint()).await?;
+        let late = "the change did not complete in time";
+        poll_shard(client, shard, None, deadline, late, |m| !m.membership.is_joint()).await?;
         progress(format!("shard {shard}: node {new} replaced node {old}"));
     }
     done(json, &format!("node {new} replaced node {old} in every shard"))
@@ -432,6 +432,43 @@ async fn change_away_from(
     Err(input(format!("node {id} kept leading shard {shard}; try again")))
 }
 
+/// Asks for `shard`'s members until `done` holds (the members then), reporting how far
+/// `watch` (when given) is behind whenever that changes; at the deadline, fails saying `late`.
+async fn poll_shard(
+    client: &Client,
+    shard: ShardId,
+    watch: Option<NodeId>,
+    deadline: Instant,
+    late: &str,
+    done: impl Fn(&ShardMembers) -> bool,
+) -> Result<ShardMembers, Failure> {
+    let mut said = None;
+    loop {
+        let members = client.members(shard).await?;
+        if done(&members) {
+            return Ok(members);
+        }
+        let behind = watch.and_then(|id| lag(&members, id));
+        if let Some(watch) = watch.filter(|_| behind != said) {
+            let what = behind
+                .map_or("no progress reported yet".to_string(), |l| format!("{l} entries behind"));
+            progress(format!("shard {shard}: node {watch} catching up ({what})"));
+            said = behind;
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure { code: 3, message: format!("shard {shard}: {late}") });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Whether learner `id` is within reach of the leader's log (it holds something, and lags
+/// at most [`CAUGHT_UP_ENTRIES`]).
+fn caught_up(members: &ShardMembers, id: NodeId) -> bool {
+    let holds = members.peers.iter().any(|p| p.node_id == id && p.match_index.get() > 0);
+    holds && lag(members, id).is_some_and(|l| l <= CAUGHT_UP_ENTRIES)
+}
+
 /// Waits until learner `id` is within reach of the leader's log in `shard`.
 async fn wait_shard_caught_up(
     client: &Client,
@@ -439,28 +476,8 @@ async fn wait_shard_caught_up(
     id: NodeId,
     deadline: Instant,
 ) -> Result<(), Failure> {
-    let mut said = None;
-    loop {
-        let members = client.members(shard).await?;
-        let behind = lag(&members, id);
-        let holds = members.peers.iter().any(|p| p.node_id == id && p.match_index.get() > 0);
-        if holds && behind.is_some_and(|l| l <= CAUGHT_UP_ENTRIES) {
-            return Ok(());
-        }
-        if behind != said {
-            let what = behind
-                .map_or("no progress reported yet".to_string(), |l| format!("{l} entries behind"));
-            progress(format!("shard {shard}: node {id} catching up ({what})"));
-            said = behind;
-        }
-        if Instant::now() >= deadline {
-            return Err(Failure {
-                code: 3,
-                message: format!("shard {shard}: node {id} did not catch up in time"),
-            });
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let late = format!("node {id} did not catch up in time");
+    poll_shard(client, shard, Some(id), deadline, &late, |m| caught_up(m, id)).await.map(|_| ())
 }
 
 async fn wait_caught_up(client: &Client, id: NodeId, deadline: Instant) -> Result<(), Failure> {
@@ -470,58 +487,13 @@ async fn wait_caught_up(client: &Client, id: NodeId, deadline: Instant) -> Resul
     Ok(())
 }
 
-async fn wait_until_shard(
-    client: &Client,
-    shard: ShardId,
-    deadline: Instant,
-    done: impl Fn(&ShardMembers) -> bool,
-) -> Result<(), Failure> {
-    loop {
-        if done(&client.members(shard).await?) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(Failure {
-                code: 3,
-                message: format!("shard {shard}: the change did not complete in time"),
-            });
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Waits until `done` holds in every shard, reporting `id`'s progress.
-async fn wait_until(
-    client: &Client,
-    deadline: Instant,
-    what: &str,
-    done: impl Fn(&ShardMembers) -> bool,
-    id: NodeId,
-) -> Result<(), Failure> {
+/// Waits until `id` is a voter of every shard, reporting its progress.
+async fn wait_voter(client: &Client, id: NodeId, deadline: Instant) -> Result<(), Failure> {
+    let late = format!("timed out waiting for node {id} to become a voter");
     for shard in shards(client) {
-        let mut said = None;
-        loop {
-            let members = client.members(shard).await?;
-            if done(&members) {
-                progress(format!("shard {shard}: node {id} is a {}", role(&members, id)));
-                break;
-            }
-            let behind = lag(&members, id);
-            if behind != said {
-                let what = behind.map_or("no progress reported yet".to_string(), |l| {
-                    format!("{l} entries behind")
-                });
-                progress(format!("shard {shard}: node {id} catching up ({what})"));
-                said = behind;
-            }
-            if Instant::now() >= deadline {
-                return Err(Failure {
-                    code: 3,
-                    message: format!("shard {shard}: timed out waiting for {what}"),
-                });
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let voter = |m: &ShardMembers| m.membership.voters.contains(&id);
+        let members = poll_shard(client, shard, Some(id), deadline, &late, voter).await?;
+        progress(format!("shard {shard}: node {id} is a {}", role(&members, id)));
     }
     Ok(())
 }
