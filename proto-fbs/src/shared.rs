@@ -69,7 +69,15 @@ pub fn replica_status(reply: &c::StatusReply<'_>) -> ReplicaStatus {
         serving: reply.serving(),
         problem: reply.problem().map(str::to_string),
         joining: reply.joining(),
+        voters: node_ids(reply.voters()),
+        learners: node_ids(reply.learners()),
+        voters_outgoing: node_ids(reply.voters_outgoing()),
+        pending_change: LogIndex(reply.pending_change()),
     }
+}
+
+fn node_ids(ids: Option<flatbuffers::Vector<'_, u64>>) -> Vec<NodeId> {
+    ids.iter().flatten().map(NodeId).collect()
 }
 
 fn peer_progress(

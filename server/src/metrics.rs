@@ -103,7 +103,7 @@ const HISTOGRAMS: [(&str, &str, HistogramOf); 3] = [
 ];
 
 /// The gauges of one series per shard.
-const GAUGES: [(&str, &str, Read<i64>); 7] = [
+const GAUGES: [(&str, &str, Read<i64>); 10] = [
     ("corekv_client_connections", "Open client connections.", |m| {
         m.client_connections.load(Relaxed)
     }),
@@ -118,6 +118,17 @@ const GAUGES: [(&str, &str, Read<i64>); 7] = [
         "corekv_replica_lag_entries",
         "On the leader: entries the furthest-behind follower lacks (0 on followers).",
         |m| m.replica_lag_entries.load(Relaxed),
+    ),
+    ("corekv_voters", "Voters of the shard, as this replica applied its membership.", |m| {
+        m.voters.load(Relaxed)
+    }),
+    ("corekv_learners", "Learners of the shard, as this replica applied its membership.", |m| {
+        m.learners.load(Relaxed)
+    }),
+    (
+        "corekv_conf_change_pending",
+        "On the leader: 1 while a membership change is proposed and not applied yet.",
+        |m| m.conf_change_pending.load(Relaxed),
     ),
 ];
 

@@ -11,7 +11,7 @@ mod workload;
 
 use std::time::Duration;
 
-use common::TestCluster;
+use common::{block_on, TestCluster};
 use serde_json::Value;
 use workload::{check_history, Workload};
 
@@ -177,4 +177,241 @@ fn every_node_replaced_one_by_one_with_a_client_of_the_original_registry() {
         corekv_client::Client::from_registry(cluster.registry_of(last)).unwrap(),
     );
     check_history(&history, "every node replaced");
+}
+
+/// Shard 0's leader and its two followers.
+fn leader_and_followers(cluster: &TestCluster) -> (u64, u64, u64) {
+    let leader = cluster.leader_of(0);
+    let followers: Vec<u64> = (1..=3).filter(|&n| n != leader).collect();
+    (leader, followers[0], followers[1])
+}
+
+/// `corekvctl ARGS`, started in the background.
+fn ctl_spawn(cluster: &TestCluster, args: &[String]) -> std::process::Child {
+    std::process::Command::new(common::corekvctl_bin())
+        .arg("--registry")
+        .arg(cluster.registry_of(1))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start corekvctl")
+}
+
+/// A node and the shard's voters, learners and outgoing voters as it has applied them.
+type Applied = (u64, Vec<u64>, Vec<u64>, Vec<u64>);
+
+/// Every shard's membership as each live node has applied it: (voters, learners, outgoing
+/// voters) per node.
+fn applied_memberships(cluster: &TestCluster, shard: usize) -> Vec<Applied> {
+    cluster
+        .live_nodes()
+        .into_iter()
+        .filter_map(|id| {
+            let status = cluster.status(id)?;
+            let s = &status["shards"][shard];
+            Some((id, ids(&s["voters"]), ids(&s["learners"]), ids(&s["voters_outgoing"])))
+        })
+        .collect()
+}
+
+// Shows: the leader SIGKILLed in the middle of a joint change (`member replace`), with writers
+// and readers running. Its followers are paused (SIGSTOP) first, so the change it proposes
+// (entering the joint configuration) cannot commit while it lives; `/status` and `/metrics`
+// show it pending. The leader is then killed and the followers resumed. What happens next is
+// raft's to decide — the followers may have the entry in their socket buffers, and then the
+// new leader commits the joint configuration and leaves it without the old leader; or they
+// elect a leader without it, and the change never happened — and either way `corekvctl`
+// says the outcome is unknown (exit 3), never silence, the shard serves writes again, and
+// every replica ends with the same voters, out of the joint configuration. Run again, the
+// replacement completes (or finds nothing left to do). No acknowledged write is lost and the
+// history is linearizable.
+#[test]
+fn leader_killed_in_the_middle_of_a_joint_change() {
+    let mut cluster = TestCluster::start(3, 1);
+    let workload = Workload::start(&cluster, 3, 2, Duration::from_millis(2));
+    std::thread::sleep(Duration::from_millis(500));
+    let new = cluster.add_node();
+    let mut args = vec!["member".to_string(), "add".to_string(), new.to_string()];
+    args.extend(addr_flags(&cluster, new));
+    args.push("--learner".to_string());
+    let (code, out, err) = cluster.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "member add --learner: {out}{err}");
+
+    let (leader, old, other) = leader_and_followers(&cluster);
+    for node in [old, other] {
+        cluster.signal(node, libc::SIGSTOP);
+    }
+    let replace = vec![
+        "member".to_string(),
+        "replace".to_string(),
+        old.to_string(),
+        new.to_string(),
+        "--wait-timeout".to_string(),
+        "30s".to_string(),
+    ];
+    let first = ctl_spawn(&cluster, &replace);
+    cluster.wait_until(Duration::from_secs(10), "the change to be pending on the leader", || {
+        cluster.shard_number(leader, 0, "pending_change").is_some_and(|p| p > 0)
+    });
+    assert_eq!(cluster.metric(leader, "corekv_conf_change_pending"), Some(1.0));
+    cluster.kill(leader);
+    for node in [old, other] {
+        cluster.signal(node, libc::SIGCONT);
+    }
+    let first = first.wait_with_output().expect("corekvctl ran");
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(3), "the outcome is unknown: {err}");
+    let since = workload.now();
+    workload.wait_for_write(0, since, Duration::from_secs(20));
+    cluster.restart(leader);
+
+    let old_voters = vec![1, 2, 3];
+    let mut new_voters: Vec<u64> = (1..=3).filter(|&n| n != old).chain([new]).collect();
+    new_voters.sort_unstable();
+    let mut happened = false;
+    cluster.wait_until(Duration::from_secs(20), "the members to agree on one membership", || {
+        let applied = applied_memberships(&cluster, 0);
+        let members: Vec<_> =
+            applied.iter().filter(|(id, v, l, _)| v.contains(id) || l.contains(id)).collect();
+        let before = members.len() == 4
+            && members.iter().all(|(_, v, l, o)| *v == old_voters && *l == [new] && o.is_empty());
+        let after = members.len() == 3
+            && members.iter().all(|(_, v, l, o)| *v == new_voters && l.is_empty() && o.is_empty());
+        happened = after;
+        before || after
+    });
+    println!("the change {} with the killed leader", if happened { "went on" } else { "was lost" });
+
+    let (code, out, err) = cluster.ctl(&replace.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "replace again: {out}{err}");
+    if happened {
+        assert!(err.contains("nothing to replace"), "{err}");
+    }
+    // Removed: stopped, as the runbook says.
+    cluster.stop(old);
+    cluster.wait_until(Duration::from_secs(20), "every member to hold the new voters", || {
+        applied_memberships(&cluster, 0)
+            .iter()
+            .filter(|(id, ..)| *id != old)
+            .all(|(_, v, l, out)| *v == new_voters && l.is_empty() && out.is_empty())
+    });
+    assert_eq!(cluster.metric(cluster.leader_of(0), "corekv_voters"), Some(3.0));
+    let history = workload.finish(&cluster);
+    check_history(&history, "leader killed in a joint change");
+}
+
+// Shows: a learner SIGKILLed while it catches up (receiving the leader's snapshots of 24 MiB
+// of data) and restarted, as the runbook says, with `--join`: it goes on catching up, is
+// promoted in every shard by the leaders (`member add --no-wait`), and its replicas end
+// holding what the leaders hold. Writers and readers run throughout; the history is
+// linearizable.
+#[test]
+fn learner_killed_while_catching_up_and_restarted() {
+    let mut cluster = TestCluster::start(3, 2);
+    let client = cluster.client();
+    let value = vec![b'v'; 16 << 10];
+    block_on(async {
+        for i in 0..1536 {
+            client.put(format!("bulk-{i}"), value.clone()).await.unwrap();
+        }
+    });
+    let workload = Workload::start(&cluster, 3, 2, Duration::from_millis(2));
+    let new = cluster.add_node();
+    let mut args = vec!["member".to_string(), "add".to_string(), new.to_string()];
+    args.extend(addr_flags(&cluster, new));
+    args.push("--no-wait".to_string());
+    let (code, out, err) = cluster.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "member add --no-wait: {out}{err}");
+    assert!(out.contains("the leaders promote it"), "{out}");
+    cluster.wait_until(Duration::from_secs(20), "the learner to be catching up", || {
+        cluster.status(new).is_some_and(|s| {
+            s["shards"].as_array().is_some_and(|shards| shards.iter().any(|s| s["joining"] == true))
+        })
+    });
+    cluster.kill(new);
+    let killed_at = cluster.shard_number(cluster.leader_of(0), 0, "commit_index").unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.restart_with(new, &["--join"]);
+    cluster.wait_until(Duration::from_secs(60), "the learner to be promoted everywhere", || {
+        members(&cluster).iter().all(|s| ids(&s["membership"]["voters"]).contains(&new))
+    });
+    workload::wait_caught_up(&cluster, new);
+    for shard in 0..2 {
+        let applied = cluster.shard_number(new, shard, "applied_index").unwrap();
+        assert!(applied > killed_at.min(1), "shard {shard} applied {applied}");
+    }
+    for i in [0, 700, 1535] {
+        let key = format!("bulk-{i}");
+        let shard = corekv_client::placement::shard_for_key(key.as_bytes(), 2).get();
+        assert_eq!(
+            cluster.replica_value(new, shard, key.as_bytes()).as_deref(),
+            Some(&value[..]),
+            "{key} on the new node"
+        );
+    }
+    let history = workload.finish(&cluster);
+    check_history(&history, "learner killed while catching up");
+}
+
+// Shows the refusals on real processes, each with its reason and exit code 2: promoting a
+// learner that is far behind (it was stopped while 1,500 writes went by), and a second
+// change while one is pending (the followers paused, so the first cannot commit).
+#[test]
+fn refuses_a_far_behind_promotion_and_a_second_pending_change() {
+    let mut cluster = TestCluster::start(3, 1);
+    let new = cluster.add_node();
+    let mut args = vec!["member".to_string(), "add".to_string(), new.to_string()];
+    args.extend(addr_flags(&cluster, new));
+    args.push("--learner".to_string());
+    let (code, out, err) = cluster.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "member add --learner: {out}{err}");
+    cluster.kill(new);
+    let client = cluster.client();
+    block_on(async {
+        for i in 0..1500 {
+            client.put(format!("k-{i}"), "v").await.unwrap();
+        }
+    });
+    let (code, _, err) =
+        cluster.ctl(&["member", "promote", &new.to_string(), "--wait-timeout", "2s"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("learner {new} is not caught up")), "{err}");
+    assert!(err.contains("within 1000 entries"), "says how close it must be: {err}");
+
+    let (leader, a, b) = leader_and_followers(&cluster);
+    for node in [a, b] {
+        cluster.signal(node, libc::SIGSTOP);
+    }
+    let remove = vec!["member".to_string(), "remove".to_string(), new.to_string()];
+    let first = ctl_spawn(&cluster, &remove);
+    cluster.wait_until(Duration::from_secs(10), "the removal to be pending", || {
+        cluster.shard_number(leader, 0, "pending_change").is_some_and(|p| p > 0)
+    });
+    let second = cluster.node(1).expect("node 1");
+    let (code, _, err) = cluster.ctl(&[
+        "member",
+        "add",
+        "9",
+        "--host",
+        &second.host,
+        "--client-port",
+        "1",
+        "--peer-port",
+        "2",
+        "--http-port",
+        "3",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("another change is under way"), "{err}");
+    assert!(err.contains("one change at a time per shard"), "{err}");
+    for node in [a, b] {
+        cluster.signal(node, libc::SIGCONT);
+    }
+    let first = first.wait_with_output().expect("corekvctl ran");
+    assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+    for shard in members(&cluster) {
+        assert!(!ids(&shard["membership"]["learners"]).contains(&new), "{shard}");
+        assert!(!shard["membership"]["addrs"].as_object().unwrap().contains_key("9"), "{shard}");
+    }
 }

@@ -83,6 +83,20 @@ pub struct ReplicaStatus {
     /// Catching up from the leader before it takes part in elections again (it lost its data,
     /// or is new to a running cluster).
     pub joining: bool,
+    /// The shard's voters, as this replica has applied its membership (in a joint
+    /// configuration: the incoming ones).
+    #[serde(default)]
+    pub voters: Vec<NodeId>,
+    /// The shard's learners.
+    #[serde(default)]
+    pub learners: Vec<NodeId>,
+    /// In a joint configuration, the outgoing voters (empty otherwise).
+    #[serde(default)]
+    pub voters_outgoing: Vec<NodeId>,
+    /// On the leader: the index of a membership change proposed and not applied yet (0:
+    /// none).
+    #[serde(default)]
+    pub pending_change: LogIndex,
 }
 
 impl ReplicaStatus {

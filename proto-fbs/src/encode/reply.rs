@@ -229,6 +229,14 @@ impl ReplyEncoder {
         let wal_durable = self.fbb.create_string(&status.wal_durable);
         let failure = status.failure.as_deref().map(|f| self.fbb.create_string(f));
         let problem = status.problem.as_deref().map(|p| self.fbb.create_string(p));
+        let ids = |fbb: &mut flatbuffers::FlatBufferBuilder<'static>,
+                   list: &[corekv_types::ids::NodeId]| {
+            let ids: Vec<u64> = list.iter().map(|id| id.get()).collect();
+            fbb.create_vector(&ids)
+        };
+        let voters = Some(ids(&mut self.fbb, &status.voters));
+        let learners = Some(ids(&mut self.fbb, &status.learners));
+        let voters_outgoing = Some(ids(&mut self.fbb, &status.voters_outgoing));
         let reply = c::StatusReply::create(
             &mut self.fbb,
             &c::StatusReplyArgs {
@@ -250,6 +258,10 @@ impl ReplyEncoder {
                 serving: status.serving,
                 problem,
                 joining: status.joining,
+                voters,
+                learners,
+                voters_outgoing,
+                pending_change: status.pending_change.get(),
             },
         );
         self.finish(id, c::Reply::StatusReply, reply.as_union_value())

@@ -5446,6 +5446,10 @@ impl<'a> StatusReply<'a> {
   pub const VT_SERVING: ::flatbuffers::VOffsetT = 34;
   pub const VT_PROBLEM: ::flatbuffers::VOffsetT = 36;
   pub const VT_JOINING: ::flatbuffers::VOffsetT = 38;
+  pub const VT_VOTERS: ::flatbuffers::VOffsetT = 40;
+  pub const VT_LEARNERS: ::flatbuffers::VOffsetT = 42;
+  pub const VT_VOTERS_OUTGOING: ::flatbuffers::VOffsetT = 44;
+  pub const VT_PENDING_CHANGE: ::flatbuffers::VOffsetT = 46;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5457,6 +5461,7 @@ impl<'a> StatusReply<'a> {
     args: &'args StatusReplyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<StatusReply<'bldr>> {
     let mut builder = StatusReplyBuilder::new(_fbb);
+    builder.add_pending_change(args.pending_change);
     builder.add_snapshot_index(args.snapshot_index);
     builder.add_keys(args.keys);
     builder.add_wal_bytes(args.wal_bytes);
@@ -5467,6 +5472,9 @@ impl<'a> StatusReply<'a> {
     builder.add_leader_id(args.leader_id);
     builder.add_term(args.term);
     builder.add_node_id(args.node_id);
+    if let Some(x) = args.voters_outgoing { builder.add_voters_outgoing(x); }
+    if let Some(x) = args.learners { builder.add_learners(x); }
+    if let Some(x) = args.voters { builder.add_voters(x); }
     if let Some(x) = args.problem { builder.add_problem(x); }
     if let Some(x) = args.failure { builder.add_failure(x); }
     if let Some(x) = args.wal_durable { builder.add_wal_durable(x); }
@@ -5612,6 +5620,37 @@ impl<'a> StatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(StatusReply::VT_JOINING, Some(false)).unwrap()}
   }
+  /// The shard's voters, learners and (in a joint configuration) outgoing voters, as the
+  /// replica has applied them (client protocol 3).
+  #[inline]
+  pub fn voters(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(StatusReply::VT_VOTERS, None)}
+  }
+  #[inline]
+  pub fn learners(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(StatusReply::VT_LEARNERS, None)}
+  }
+  #[inline]
+  pub fn voters_outgoing(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(StatusReply::VT_VOTERS_OUTGOING, None)}
+  }
+  /// On the leader: a membership change proposed and not applied yet (0: none).
+  #[inline]
+  pub fn pending_change(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StatusReply::VT_PENDING_CHANGE, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StatusReply<'_> {
@@ -5638,6 +5677,10 @@ impl ::flatbuffers::Verifiable for StatusReply<'_> {
      .visit_field::<bool>("serving", Self::VT_SERVING, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("problem", Self::VT_PROBLEM, false)?
      .visit_field::<bool>("joining", Self::VT_JOINING, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("voters", Self::VT_VOTERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("learners", Self::VT_LEARNERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("voters_outgoing", Self::VT_VOTERS_OUTGOING, false)?
+     .visit_field::<u64>("pending_change", Self::VT_PENDING_CHANGE, false)?
      .finish();
     Ok(())
   }
@@ -5661,6 +5704,10 @@ pub struct StatusReplyArgs<'a> {
     pub serving: bool,
     pub problem: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub joining: bool,
+    pub voters: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub learners: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub voters_outgoing: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub pending_change: u64,
 }
 impl<'a> Default for StatusReplyArgs<'a> {
   #[inline]
@@ -5684,6 +5731,10 @@ impl<'a> Default for StatusReplyArgs<'a> {
       serving: false,
       problem: None,
       joining: false,
+      voters: None,
+      learners: None,
+      voters_outgoing: None,
+      pending_change: 0,
     }
   }
 }
@@ -5766,6 +5817,22 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusReplyBuilder<'a, 'b, A>
     self.fbb_.push_slot::<bool>(StatusReply::VT_JOINING, joining, false);
   }
   #[inline]
+  pub fn add_voters(&mut self, voters: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StatusReply::VT_VOTERS, voters);
+  }
+  #[inline]
+  pub fn add_learners(&mut self, learners: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StatusReply::VT_LEARNERS, learners);
+  }
+  #[inline]
+  pub fn add_voters_outgoing(&mut self, voters_outgoing: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StatusReply::VT_VOTERS_OUTGOING, voters_outgoing);
+  }
+  #[inline]
+  pub fn add_pending_change(&mut self, pending_change: u64) {
+    self.fbb_.push_slot::<u64>(StatusReply::VT_PENDING_CHANGE, pending_change, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StatusReplyBuilder {
@@ -5801,6 +5868,10 @@ impl ::core::fmt::Debug for StatusReply<'_> {
       ds.field("serving", &self.serving());
       ds.field("problem", &self.problem());
       ds.field("joining", &self.joining());
+      ds.field("voters", &self.voters());
+      ds.field("learners", &self.learners());
+      ds.field("voters_outgoing", &self.voters_outgoing());
+      ds.field("pending_change", &self.pending_change());
       ds.finish()
   }
 }

@@ -37,6 +37,10 @@ pub fn sample_status() -> ReplicaStatus {
         serving: false,
         problem: Some("this replica stopped accepting writes".to_string()),
         joining: true,
+        voters: vec![NodeId(1), NodeId(2), NodeId(4)],
+        learners: vec![NodeId(5)],
+        voters_outgoing: vec![NodeId(1), NodeId(2), NodeId(3)],
+        pending_change: LogIndex(11),
     }
 }
 

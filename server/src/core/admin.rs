@@ -16,7 +16,6 @@
 use corekv_proto::encode::ErrorInfo;
 use corekv_types::ids::{LogIndex, NodeId};
 use corekv_types::membership::{MembershipChange, ShardMembers};
-use corekv_types::status::PeerProgress;
 use raft::eraftpb::Entry;
 
 use super::membership::ChangeRefused;
@@ -67,23 +66,7 @@ impl ShardCore {
     /// The shard's membership as this replica knows it.
     pub fn shard_members(&self) -> ShardMembers {
         let raft = &self.raw.raft;
-        let peers = if self.is_leader() {
-            let mut peers: Vec<PeerProgress> = raft
-                .prs()
-                .iter()
-                .map(|(&id, p)| PeerProgress {
-                    node_id: NodeId(id),
-                    match_index: LogIndex(p.matched),
-                    recent_active: id == self.cfg.node_id.get()
-                        || self.health.heard_within(id, self.now_us, self.election_timeout_us()),
-                })
-                .collect();
-            peers.sort_by_key(|p| p.node_id);
-            peers
-        } else {
-            Vec::new()
-        };
-        let pending = if raft.has_pending_conf() { raft.pending_conf_index } else { 0 };
+        let peers = self.peer_progress();
         ShardMembers {
             node_id: self.cfg.node_id,
             shard: self.cfg.shard,
@@ -92,7 +75,7 @@ impl ShardCore {
             peers,
             last_index: LogIndex(raft.raft_log.last_index()),
             applied_index: LogIndex(self.sm.applied_index()),
-            pending_change: LogIndex(if self.is_leader() { pending } else { 0 }),
+            pending_change: LogIndex(self.pending_change()),
         }
     }
 

@@ -10,7 +10,7 @@
 //!   │ committed something (the cluster has data       │ committed, or elected leader
 //!   │ this replica lacks)                             │
 //!   ▼                                                 ▼
-//! Joining ───── applied join_target ──────────────► Member ◄── start, log not empty
+//! Joining ── applied join_target, or its promotion ─► Member ◄── start, log not empty
 //!   ▲  ▲                                              │
 //!   │  └── start with --join, or with the log's       │ a leader's heartbeat commits past
 //!   │      rebuilding mark set (restarted part way)   │ the end of this replica's log (it
@@ -20,7 +20,13 @@
 //! - *Fresh* answers no (pre-)vote request from a candidate that knows of a committed entry;
 //!   it votes for candidates that know of none, and campaigns.
 //! - *Joining* neither votes, nor campaigns, nor takes a leadership transfer; its election
-//!   timer does not run. The log's rebuilding mark holds `join_target`.
+//!   timer does not run. The log's rebuilding mark holds `join_target`. One exception: a
+//!   replica that is a learner (in the membership it has applied) answers vote requests by
+//!   raft's rules. A candidate that asks it counts it as a voter, so it was promoted by a
+//!   change it has not applied yet; its acknowledgements as a learner counted for no commit,
+//!   and whatever it may have acknowledged as a voter before it lost its data came before
+//!   it was removed, so the voters of each configuration since hold it. Withheld, its vote
+//!   could be the one a new configuration lacks, with no leader left to bring it the change.
 //! - *Member* votes and campaigns like any replica.
 //!
 //! A replica whose data directory was wiped or replaced has lost entries it acknowledged,
@@ -109,6 +115,26 @@ impl ShardCore {
                 applied = self.sm.applied_index(),
                 "started empty and caught up with the leader; votes in every election now"
             );
+        }
+    }
+
+    /// This replica, a learner, applied its own promotion: a replica still catching up is a
+    /// member now. Its log holds every entry up to the promotion, all of them committed, so it
+    /// holds whatever it may have acknowledged as a voter before it lost its data (that was
+    /// before it was removed, or it would not have been a learner), and a learner's
+    /// acknowledgements count for no commit. Left joining, it would withhold its vote while
+    /// counted among the voters: the leader promotes a learner whose log is close to its
+    /// own, but the learner's target (the highest commit index a leader told it) moves with
+    /// every message, and a leader lost before it is reached leaves the shard short of votes.
+    pub(super) fn promoted_from_learner(&mut self) {
+        if self.catching_up() {
+            tracing::info!(
+                shard = %self.cfg.shard,
+                applied = self.sm.applied_index(),
+                "promoted from learner: taking part in elections"
+            );
+            self.catch_up = CatchUp::Member;
+            self.sync_rebuilding_mark();
         }
     }
 
@@ -280,7 +306,9 @@ impl ShardCore {
                 );
                 false
             }
-            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if self.joining() => {
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                if self.joining() && !self.membership.is_learner(self.cfg.node_id) =>
+            {
                 self.metrics.votes_withheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 false
             }

@@ -139,6 +139,12 @@ pub struct ShardMetrics {
     /// On the leader, the most entries any follower's log lags behind the leader's (0 on
     /// followers).
     pub replica_lag_entries: AtomicI64,
+    /// The shard's voters (both halves of a joint configuration counted once each).
+    pub voters: AtomicI64,
+    /// The shard's learners.
+    pub learners: AtomicI64,
+    /// 1 while a membership change this leader proposed is not applied yet.
+    pub conf_change_pending: AtomicI64,
 }
 
 impl Default for ShardMetrics {
@@ -176,6 +182,9 @@ impl Default for ShardMetrics {
             commit_index: AtomicI64::new(0),
             applied_index: AtomicI64::new(0),
             replica_lag_entries: AtomicI64::new(0),
+            voters: AtomicI64::new(0),
+            learners: AtomicI64::new(0),
+            conf_change_pending: AtomicI64::new(0),
         }
     }
 }
@@ -195,6 +204,14 @@ impl ShardMetrics {
         self.applied_index.store(status.applied_index.get() as i64, Relaxed);
         let lag = if leader { status.replication_lag() } else { 0 };
         self.replica_lag_entries.store(lag as i64, Relaxed);
+        let mut voters = status.voters.clone();
+        voters.extend(&status.voters_outgoing);
+        voters.sort_unstable();
+        voters.dedup();
+        self.voters.store(voters.len() as i64, Relaxed);
+        self.learners.store(status.learners.len() as i64, Relaxed);
+        let pending = status.pending_change.get() > 0;
+        self.conf_change_pending.store(pending as i64, Relaxed);
     }
 
     /// Records the latency of a reply to `op`.

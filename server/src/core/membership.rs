@@ -31,7 +31,8 @@
 //!   (replicating, within [`PROMOTE_LAG_ENTRIES_MAX`] entries of the leader's log);
 //! - removing (and the old node of a replacement): the node is a member; not this leader
 //!   (leadership moves first); and the voters left, once it is gone, hold a healthy majority
-//!   (each one this leader heard from within an election timeout).
+//!   (each one this leader heard from within an election timeout) that holds everything
+//!   committed (by the leader's match indexes).
 
 use corekv_types::ids::NodeId;
 use corekv_types::membership::{MemberAddr, Membership, MembershipChange};
@@ -87,6 +88,16 @@ pub enum ChangeRefused {
         /// The node.
         id: NodeId,
     },
+    /// The voters left after the change do not hold, as a majority, everything committed:
+    /// they could not elect a leader that has it until the lagging ones catch up.
+    NewMajorityBehind {
+        /// The node removed.
+        id: NodeId,
+        /// The highest index a majority of the voters after the change holds.
+        held: u64,
+        /// The leader's commit index.
+        commit: u64,
+    },
     /// Removing the node would leave fewer healthy voters than a majority.
     BelowMajority {
         /// The node.
@@ -138,6 +149,12 @@ impl std::fmt::Display for ChangeRefused {
                 "removing node {id} would leave {healthy} healthy voters of {voters}, fewer than \
                  a majority ({}): bring the unhealthy voters back first",
                 voters / 2 + 1
+            ),
+            ChangeRefused::NewMajorityBehind { id, held, commit } => write!(
+                f,
+                "without node {id}, a majority of the voters is not caught up (they hold the log \
+                 up to index {held}, the commit index is {commit}): bring the lagging voters \
+                 back, or wait until they catch up"
             ),
             ChangeRefused::OldPeer { id, protocol } => write!(
                 f,
@@ -261,6 +278,8 @@ impl ShardCore {
             }
         }
         let before = self.raw.raft.pending_conf_index;
+        let bug = (self.injected_bug == Some(super::InjectedBug::ConfChangeBeforeCommit))
+            .then(|| (cc.clone(), context.encode()));
         self.raw
             .propose_conf_change(context.encode(), cc)
             .map_err(|e| ChangeRefused::Raft(e.to_string()))?;
@@ -270,7 +289,24 @@ impl ShardCore {
             return Err(ChangeRefused::Raft("the proposal was dropped".to_string()));
         }
         tracing::info!(shard = %self.cfg.shard, ?change, index, "membership change proposed");
+        if let Some((cc, context)) = bug {
+            self.apply_before_commit(index, cc, context);
+        }
         Ok(index)
+    }
+
+    /// [`InjectedBug::ConfChangeBeforeCommit`](super::InjectedBug): the change proposed at
+    /// `index` applied at once.
+    fn apply_before_commit(&mut self, index: u64, cc: ConfChangeV2, context: Vec<u8>) {
+        let mut entry = Entry::default();
+        entry.set_entry_type(EntryType::EntryConfChangeV2);
+        entry.index = index;
+        entry.term = self.raw.raft.term;
+        entry.data = cc.write_to_bytes().unwrap_or_default().into();
+        entry.context = context.into();
+        if self.change_membership(&entry).is_ok() {
+            self.applied_before_commit = Some(index);
+        }
     }
 
     fn check_change(&self, change: &MembershipChange) -> Result<(), ChangeRefused> {
@@ -349,6 +385,21 @@ impl ShardCore {
         if healthy <= left.len() / 2 {
             return Err(ChangeRefused::BelowMajority { id, healthy, voters: left.len() });
         }
+        // The voters left must hold everything committed as a majority: the commit that
+        // counted the leaving node may be held by too few of them (a replica that never
+        // received an entry votes for no candidate that knows of a commit; see `catch_up`).
+        let mut matched: Vec<u64> = left
+            .iter()
+            .map(|v| self.raw.raft.prs().get(v.get()).map_or(0, |p| p.matched))
+            .collect();
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let held = matched.get(left.len() / 2).copied().unwrap_or(0);
+        // (At least one entry: a voter that holds none withholds its vote from candidates
+        // that know of a commit, and the change itself commits counting the leaving node.)
+        let commit = self.raw.raft.raft_log.committed;
+        if held < commit.max(1) {
+            return Err(ChangeRefused::NewMajorityBehind { id, held, commit });
+        }
         Ok(())
     }
 
@@ -364,6 +415,9 @@ impl ShardCore {
     /// context. An entry raft-rs refuses (it validated the change when it was proposed, so
     /// this is a bug) is logged and skipped, the same on every replica.
     pub(super) fn apply_conf_entry(&mut self, entry: &Entry) {
+        if self.applied_before_commit.take() == Some(entry.index) {
+            return self.sm.apply_empty(entry.index, entry.term);
+        }
         if let Err(reason) = self.change_membership(entry) {
             tracing::error!(shard = %self.cfg.shard, index = entry.index, %reason,
                 "a committed configuration change was skipped");
@@ -397,6 +451,7 @@ impl ShardCore {
         };
         let added = added.map_err(|e| format!("its member addresses do not decode: {e}"))?;
         let leaving = self.note_leaving(&cc, entry.index);
+        let was_learner = self.membership.is_learner(self.cfg.node_id);
         let conf = self.raw.apply_conf_change(&cc).map_err(|e| format!("raft refused it: {e}"))?;
         let mut membership = self.membership.clone();
         membership.addrs.extend(added.addrs);
@@ -420,6 +475,9 @@ impl ShardCore {
                  clients that it is not a member. Once `corekvctl member list` shows it in no \
                  shard, stop it; its data directory can then be deleted"
             );
+        }
+        if was_learner && self.membership.is_voter(self.cfg.node_id) {
+            self.promoted_from_learner();
         }
         self.tell_removed(leaving);
         self.after_conf_change();

@@ -171,6 +171,9 @@ pub struct ShardCore {
     /// A safety rule this replica breaks on purpose (the simulator's self-test); `None` in
     /// every real node.
     injected_bug: Option<InjectedBug>,
+    /// Under [`InjectedBug::ConfChangeBeforeCommit`]: the index of the change applied when
+    /// proposed (skipped when it commits).
+    applied_before_commit: Option<u64>,
     /// What `/health` is judged on: whom this replica hears from, how far behind it is.
     health: health::Health,
     /// Voters, learners and their addresses, as of the applied index (see [`membership`]).
@@ -199,6 +202,8 @@ pub enum InjectedBug {
     /// Serve linearizable reads on the leader from its applied state, without confirming
     /// with a quorum that it still leads (no ReadIndex round).
     ReadsWithoutQuorumCheck,
+    /// Apply a membership change on the leader when it is proposed, not once it commits.
+    ConfChangeBeforeCommit,
 }
 
 impl ShardCore {
@@ -248,6 +253,7 @@ impl ShardCore {
             catch_up: catch_up::CatchUp::Member,
             join_target: 0,
             injected_bug: None,
+            applied_before_commit: None,
             health: health::Health::default(),
             membership,
             membership_epoch: 0,

@@ -43,21 +43,7 @@ impl ShardCore {
     pub fn status(&self) -> ReplicaStatus {
         let raft = &self.raw.raft;
         let store = self.raw.store();
-        let peers = if self.is_leader() {
-            let mut peers: Vec<PeerProgress> = raft
-                .prs()
-                .iter()
-                .map(|(&node_id, p)| PeerProgress {
-                    node_id: NodeId(node_id),
-                    match_index: LogIndex(p.matched),
-                    recent_active: p.recent_active,
-                })
-                .collect();
-            peers.sort_by_key(|p| p.node_id);
-            peers
-        } else {
-            Vec::new()
-        };
+        let peers = self.peer_progress();
         let role = role_of(self.role);
         let problem = self.health_problem(role.as_str());
         ReplicaStatus {
@@ -78,6 +64,44 @@ impl ShardCore {
             serving: problem.is_none(),
             problem,
             joining: self.joining(),
+            voters: self.membership.voters.clone(),
+            learners: self.membership.learners.clone(),
+            voters_outgoing: self.membership.voters_outgoing.clone(),
+            pending_change: LogIndex(self.pending_change()),
+        }
+    }
+
+    /// On the leader, each member's progress, by node id (empty elsewhere): its match index,
+    /// and whether it is active (this leader, or a member it heard from within an election
+    /// timeout).
+    pub(super) fn peer_progress(&self) -> Vec<PeerProgress> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let timeout = self.election_timeout_us();
+        let mut peers: Vec<PeerProgress> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(&id, p)| PeerProgress {
+                node_id: NodeId(id),
+                match_index: LogIndex(p.matched),
+                recent_active: id == self.cfg.node_id.get()
+                    || self.health.heard_within(id, self.now_us, timeout),
+            })
+            .collect();
+        peers.sort_by_key(|p| p.node_id);
+        peers
+    }
+
+    /// On the leader: the index of a membership change proposed and not applied yet (0: none).
+    pub(super) fn pending_change(&self) -> u64 {
+        let raft = &self.raw.raft;
+        if self.is_leader() && raft.has_pending_conf() {
+            raft.pending_conf_index
+        } else {
+            0
         }
     }
 

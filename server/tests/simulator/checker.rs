@@ -37,27 +37,42 @@ impl Sim {
         Ok(())
     }
 
-    /// Every replica of every shard is up, applied the same index, and holds the same state.
+    /// Every shard has a leader, and every member replica (as that leader knows them) is up,
+    /// applied the same index, and holds the same state.
     pub(crate) fn converged(&self) -> bool {
         (0..self.opts.shards).all(|shard| {
-            let states: BTreeSet<(u64, u64)> = self
-                .nodes
+            let Some((_, membership)) = self.leader_view(shard) else { return false };
+            let members = membership.members();
+            let states: BTreeSet<Option<(u64, u64)>> = members
                 .iter()
-                .filter_map(|n| n.replicas[shard as usize].core.as_ref())
-                .map(|core| (core.state_machine().applied_index(), digest(core.state_machine())))
+                .map(|id| {
+                    let core =
+                        self.nodes[id.get() as usize - 1].replicas[shard as usize].core.as_ref();
+                    core.map(|core| (core.state_machine().applied_index(), digest(core)))
+                })
                 .collect();
-            let leader = self.nodes.iter().any(|n| {
-                n.replicas[shard as usize].core.as_ref().is_some_and(ShardCore::is_leader)
-            });
-            leader && states.len() == 1
+            states.len() == 1 && !states.contains(&None)
         })
     }
 
-    /// Every acknowledged write's entry is in every replica's log with the term it was
-    /// acknowledged in (or compacted into a snapshot after being committed), and committed.
+    /// Whether `node` is a member of `shard` as the shard's leader knows it (with no leader:
+    /// whether it is one of the first voters, or a replica that was ever told of a commit).
+    fn is_member(&self, shard: u32, node: u64) -> bool {
+        match self.leader_view(shard) {
+            Some((_, m)) => m.contains(corekv_types::ids::NodeId(node)),
+            None => node <= self.opts.nodes,
+        }
+    }
+
+    /// Every acknowledged write's entry is in every member replica's log with the term it
+    /// was acknowledged in (or compacted into a snapshot after being committed), and
+    /// committed.
     pub(crate) fn check_acknowledged(&self) -> SimResult<()> {
         for (&(shard, index), &(term, acker)) in &self.acked {
             for (i, node) in self.nodes.iter().enumerate() {
+                if !self.is_member(shard, i as u64 + 1) {
+                    continue;
+                }
                 let Some(core) = node.replicas[shard as usize].core.as_ref() else { continue };
                 let log = &core.raft().raft.raft_log;
                 if log.committed < index {
@@ -90,14 +105,30 @@ impl Sim {
                 match &replica.core {
                     Some(core) => {
                         let st = core.status();
+                        let m = core.membership();
+                        let ids = |l: &[corekv_types::ids::NodeId]| {
+                            l.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",")
+                        };
                         parts.push(format!(
-                            "n{}/s{s}:{} t{} c{} a{}{}",
+                            "n{}/s{s}:{} t{} c{} a{}{} v[{}]{}{}{}",
                             i + 1,
                             st.role.as_str(),
                             st.term,
                             st.commit_index,
                             st.applied_index,
-                            st.failure.map(|f| format!(" FAILED({f})")).unwrap_or_default()
+                            st.failure.map(|f| format!(" FAILED({f})")).unwrap_or_default(),
+                            ids(&m.voters),
+                            if m.learners.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" l[{}]", ids(&m.learners))
+                            },
+                            if m.voters_outgoing.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" out[{}]", ids(&m.voters_outgoing))
+                            },
+                            if core.joining() { " joining" } else { "" },
                         ));
                     }
                     None => parts.push(format!("n{}/s{s}:down", i + 1)),
@@ -108,10 +139,13 @@ impl Sim {
     }
 }
 
-/// A hash of everything a replica's state holds.
-pub(crate) fn digest(sm: &StateMachine) -> u64 {
+/// A hash of everything a replica's state holds, and of its membership (both as of its
+/// applied index).
+pub(crate) fn digest(core: &ShardCore) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for (key, value) in sm.iter() {
+    let m = core.membership();
+    (&m.voters, &m.learners, &m.voters_outgoing, &m.learners_next, m.auto_leave).hash(&mut hasher);
+    for (key, value) in core.state_machine().iter() {
         key.hash(&mut hasher);
         value.value.hash(&mut hasher);
         value.meta.hash(&mut hasher);

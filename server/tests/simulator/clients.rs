@@ -34,7 +34,7 @@ impl Sim {
         let shard = shard_for_key(&key_bytes, self.opts.shards).get();
         let node = match self.clients[client].leaders.get(&shard) {
             Some(&node) => node,
-            None => self.rng.range(1, self.opts.nodes),
+            None => self.rng.range(1, self.opts.all_nodes()),
         };
         let c = &mut self.clients[client];
         let (conn, fresh) = match c.conns.get(&(node, shard)) {
@@ -101,6 +101,10 @@ impl Sim {
         if !self.alive(node, c.incarnation) {
             // Connection refused or reset before the request got there: it had no effect.
             self.conns.remove(&conn);
+            if client == OPERATOR {
+                self.operator_conn_lost(conn);
+                return Ok(());
+            }
             let pending = &self.clients[client].pending;
             if pending.as_ref().is_some_and(|p| p.conn == conn) {
                 let p = self.clients[client].pending.take().expect("checked");
@@ -124,6 +128,9 @@ impl Sim {
     pub(crate) fn on_reply(&mut self, conn: ConnId, frame: &[u8]) -> SimResult<()> {
         let Some(c) = self.conns.get(&conn) else { return Ok(()) };
         let (client, node, shard) = (c.client, c.node, c.shard);
+        if client == OPERATOR {
+            return self.on_operator_reply(conn, frame);
+        }
         let reply = verify_reply(frame).map_err(|e| format!("bad reply frame: {e}"))?;
         let Some(pending) = &self.clients[client].pending else { return Ok(()) };
         if pending.request != reply.id() || pending.conn != conn {
@@ -156,6 +163,11 @@ impl Sim {
                         } else {
                             c.leaders.remove(&shard);
                         }
+                        None
+                    }
+                    ErrorKind::NotMember => {
+                        // A removed replica, or a spare not added yet: ask another node.
+                        self.clients[client].leaders.remove(&shard);
                         None
                     }
                     ErrorKind::Unavailable | ErrorKind::Busy => None,

@@ -6,11 +6,15 @@
 //! (hence reordering), losses, duplicates, partitions and heals, crashes and restarts, disk
 //! latencies, tick skew, election timeouts (re-drawn from the seed, DESIGN.md §9), and what the
 //! simulated clients do. Some runs also wipe a crashed node's disks (one node at a time); it
-//! restarts with or without `--join`. Clients issue puts, gets, deletes and compare-and-sets
+//! restarts with or without `--join`. Membership runs (half the seeds, drawn from a PRNG of
+//! their own) add one or two spare nodes, started with `--join`, and an operator that changes
+//! each shard's members while the faults go on: adds learners, promotes them, removes members,
+//! replaces a voter with a learner (one joint change), moves leadership. Clients issue puts, gets, deletes and compare-and-sets
 //! on a few keys per shard and record every operation's invocation and answer.
 //!
 //! Checked during and after each run:
-//! - replicas that applied the same index hold identical state (keys, values, metadata);
+//! - replicas that applied the same index hold identical state (keys, values, metadata) and
+//!   the same membership;
 //! - every acknowledged write's log entry stays in every replica's log with the same term
 //!   (nothing acknowledged is lost or overwritten), and the leader's commit index covers it;
 //! - after the faults stop, every shard elects a leader and serves writes within
@@ -19,7 +23,7 @@
 //!
 //! The replicas are driven through the core's driver contract (`core/driver.rs`), as the
 //! runtime drives them. One module per thing simulated: `network`, `replicas` (cores on
-//! simulated disks), `clients`, `nemesis`, `checker`; `world` is the event loop, `options`
+//! simulated disks), `clients`, `nemesis`, `operator`, `checker`; `world` is the event loop, `options`
 //! what a seed picks, `seeds` the tests.
 //!
 //! A failing seed panics with the line that replays it. See docs/TESTING.md.
@@ -31,6 +35,7 @@ mod checker;
 mod clients;
 mod nemesis;
 mod network;
+mod operator;
 mod options;
 mod replicas;
 mod seeds;
@@ -51,7 +56,6 @@ use corekv_server::core::{
 use corekv_server::metrics::ShardMetrics;
 use corekv_storage::raft_log::ColdFetch;
 use corekv_storage::snapshot::Archive;
-use corekv_storage::state_machine::StateMachine;
 use corekv_storage::wal::{FlushJob, MemSegments, RecoveryMode, SegmentSource};
 use linearizability::{History, KvOp, KvRet, OpId};
 use raft::eraftpb::{Message, MessageType};
@@ -71,8 +75,9 @@ const LIVENESS_US: u64 = 8_000_000;
 const CONVERGE_US: u64 = 3_000_000;
 /// Snapshot files a replica keeps (as the real node does).
 const SNAPSHOTS_KEPT: usize = 2;
-/// Seeds CI runs, split over several tests so that they run in parallel.
-const CI_SEEDS: u64 = 1_000;
+/// Seeds CI runs, split over several tests so that they run in parallel (about half of
+/// them membership runs).
+const CI_SEEDS: u64 = 2_000;
 const CI_SEED_PARTS: u64 = 4;
 
 /// SplitMix64: small, fast, and the same sequence everywhere.
@@ -113,6 +118,11 @@ struct Options {
     /// lagging followers are sent entries read back from the WAL, asynchronously, as the shell
     /// does (drawn from a PRNG of its own too).
     entry_cache_bytes: usize,
+    /// Nodes beyond the first voters, started with `--join`, for the operator to add (zero:
+    /// no operator; drawn from a PRNG of its own, as wipes are).
+    spares: u64,
+    /// Mean time between the operator's requests, µs.
+    operator_us: u64,
 }
 
 enum Event {
@@ -167,6 +177,8 @@ enum Event {
         generation: u64,
     },
     Nemesis,
+    /// The operator's next request (membership runs).
+    Operator,
     Restart {
         node: u64,
     },
@@ -248,7 +260,24 @@ struct Client {
     written: u64,
 }
 
+/// The `client` of the operator's connections.
+const OPERATOR: usize = usize::MAX;
+
+/// The simulated operator's request in flight.
+struct OperatorPending {
+    conn: ConnId,
+    request: u64,
+    sent_at: u64,
+    action: operator::Action,
+}
+
+#[derive(Default)]
+struct Operator {
+    pending: Option<OperatorPending>,
+}
+
 struct Conn {
+    /// The client's index, or [`OPERATOR`].
     client: usize,
     node: u64,
     shard: u32,
@@ -269,6 +298,12 @@ struct Stats {
     operations: u64,
     open: u64,
     leader_changes: u64,
+    /// The operator's changes applied, leadership transfers made, requests refused, and
+    /// requests left unanswered (a node down, a connection lost).
+    conf_changes: u64,
+    transfers: u64,
+    operator_refused: u64,
+    operator_unanswered: u64,
 }
 
 struct Sim {
@@ -276,6 +311,11 @@ struct Sim {
     rng: Rng,
     /// Decides the wipes (see [`Options::wipes`]).
     wipe_rng: Rng,
+    /// Decides the operator's requests (see [`Options::spares`]).
+    member_rng: Rng,
+    operator: Operator,
+    /// Prints the nemesis's and the operator's events (`SIM_TRACE=1`, when replaying).
+    trace: bool,
     now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,

@@ -1,10 +1,12 @@
 //! The nemesis: crashes (tearing the last write), wipes, partitions, heals.
 
 use super::*;
+use corekv_types::ids::NodeId;
+use corekv_types::membership::Membership;
 
 impl Sim {
     pub(crate) fn nemesis(&mut self) -> SimResult<()> {
-        let n = self.opts.nodes;
+        let n = self.opts.all_nodes();
         let mut choices = vec![0u8];
         if self.opts.crashes {
             choices.extend([1, 1]);
@@ -13,14 +15,21 @@ impl Sim {
             choices.extend([2, 2, 3]);
         }
         match self.rng.pick(&choices) {
-            0 => self.cut.clear(),
+            0 => {
+                self.trace(|| "heal".to_string());
+                self.cut.clear();
+            }
             1 => {
                 let up: Vec<u64> = (1..=n).filter(|&id| self.nodes[id as usize - 1].up).collect();
                 if !up.is_empty() {
                     let victim = self.rng.pick(&up);
+                    self.trace(|| format!("crash n{victim}"));
                     self.crash(victim);
                     if self.opts.wipes && self.may_wipe(victim) && self.wipe_rng.chance(0.5) {
-                        let join = self.wipe_rng.chance(0.5);
+                        // In membership runs the registry's first voters may not be the
+                        // members any more: a wiped node restarts with `--join`.
+                        let join = self.wipe_rng.chance(0.5) || self.opts.spares > 0;
+                        self.trace(|| format!("wipe n{victim}"));
                         self.wipe(victim, join);
                     }
                     let down = self.rng.range(10_000, 1_500_000);
@@ -43,6 +52,7 @@ impl Sim {
                     }
                 }
                 self.stats.partitions += 1;
+                self.trace(|| format!("partition {:?}", self.cut));
             }
             _ => {
                 // One node cut off (in one direction, or both).
@@ -57,6 +67,7 @@ impl Sim {
                     }
                 }
                 self.stats.partitions += 1;
+                self.trace(|| format!("cut off n{victim}: {:?}", self.cut));
             }
         }
         Ok(())
@@ -92,21 +103,61 @@ impl Sim {
             self.give_up(client);
             self.next_op_later(client);
         }
+        let lost = self.operator.pending.as_ref().map(|p| p.conn);
+        if let Some(conn) = lost.filter(|c| self.conns.get(c).is_some_and(|c| c.node == id)) {
+            self.operator_conn_lost(conn);
+        }
     }
 
     /// Whether wiping `victim` stays within what corekv promises to survive: no other node is
-    /// rebuilding, and every other replica has a commit index past zero on disk. (A replica
-    /// that would restart knowing of no commit could be elected with the wiped one's vote
-    /// while the replicas holding the data are down — the case `ShardCore::step` documents as
-    /// uncovered.)
+    /// rebuilding, every other member replica has a commit index past zero on disk, and in
+    /// each shard the other voters make a majority. (A replica that would restart knowing of no
+    /// commit could be elected with the wiped one's vote while the replicas holding the data
+    /// are down — the case `ShardCore::step` documents as uncovered.) Replicas of nodes that
+    /// are not members of their shard (spares not added yet, removed nodes) do not count.
     pub(crate) fn may_wipe(&self, victim: u64) -> bool {
-        self.nodes.iter().enumerate().all(|(i, node)| {
-            i as u64 + 1 == victim
-                || (!node.wiped
-                    && node.replicas.iter().all(|r| {
-                        r.core.as_ref().is_some_and(|c| c.raft().store().durable_commit() > 0)
-                    }))
-        })
+        let views: Vec<Option<Membership>> =
+            (0..self.opts.shards).map(|s| self.leader_view(s).map(|(_, m)| m)).collect();
+        if self.opts.spares > 0 && views.iter().any(Option::is_none) {
+            // Who the members are is not known for sure without a leader.
+            return false;
+        }
+        // Nor while the members change: losing a disk while a voter is removed is two
+        // faults at once, more than three voters survive.
+        let changing = self.operator.pending.is_some()
+            || self
+                .nodes
+                .iter()
+                .flat_map(|n| &n.replicas)
+                .any(|r| r.core.as_ref().is_some_and(|c| c.status().pending_change.get() > 0));
+        if changing {
+            return false;
+        }
+        let member = |shard: usize, id: u64| {
+            views[shard].as_ref().map_or(id <= self.opts.nodes, |m| m.contains(NodeId(id)))
+        };
+        // The victim takes no part in elections until it caught up: the other voters must
+        // still make a majority (of each half of a joint configuration).
+        let majority_left = |voters: &[NodeId]| {
+            !voters.contains(&NodeId(victim)) || voters.len() - 1 > voters.len() / 2
+        };
+        let other_voter = views.iter().all(|v| {
+            v.as_ref().map_or(self.opts.nodes > 1, |m| {
+                majority_left(&m.voters) && majority_left(&m.voters_outgoing)
+            })
+        });
+        other_voter
+            && self.nodes.iter().enumerate().all(|(i, node)| {
+                let id = i as u64 + 1;
+                id == victim
+                    || (!node.wiped
+                        && node.replicas.iter().enumerate().all(|(s, r)| {
+                            !member(s, id)
+                                || r.core
+                                    .as_ref()
+                                    .is_some_and(|c| c.raft().store().durable_commit() > 0)
+                        }))
+            })
     }
 
     /// Replaces the (crashed) node's disks and snapshot files with empty ones.
@@ -125,14 +176,33 @@ impl Sim {
         self.stats.wipes += 1;
     }
 
-    /// The operator of a wiped node: once every replica has caught up, the node is whole
-    /// again (later crashes restart it without `--join`).
-    pub(crate) fn tend_wiped(&mut self, id: u64) {
-        let node = &mut self.nodes[id as usize - 1];
-        if node.up
-            && node.wiped
-            && node.replicas.iter().all(|r| r.core.as_ref().is_some_and(|c| !c.catching_up()))
-        {
+    /// The operator of a node started with `--join` (wiped, or a spare): once each of its
+    /// replicas that is a member of its shard (as the shard's leader knows) has caught up,
+    /// the node is whole again, and later restarts go without `--join` (as the runbook says).
+    /// A node never added anywhere keeps `--join`.
+    pub(crate) fn tend_joined(&mut self, id: u64) {
+        let node = &self.nodes[id as usize - 1];
+        if !node.up || !node.join {
+            return;
+        }
+        let mut member_somewhere = false;
+        for shard in 0..self.opts.shards {
+            let Some((_, m)) = self.leader_view(shard) else { return };
+            if !m.contains(NodeId(id)) {
+                continue;
+            }
+            member_somewhere = true;
+            let replica = &node.replicas[shard as usize];
+            let caught_up = replica
+                .core
+                .as_ref()
+                .is_some_and(|c| !c.catching_up() && c.membership().contains(NodeId(id)));
+            if !caught_up {
+                return;
+            }
+        }
+        if member_somewhere || id <= self.opts.nodes {
+            let node = &mut self.nodes[id as usize - 1];
             node.wiped = false;
             node.join = false;
         }

@@ -53,14 +53,42 @@ impl Options {
             tick_skew_pct: rng.pick(&[0, 5, 20]),
             wipes: false,
             entry_cache_bytes: corekv_storage::constants::ENTRY_CACHE_BYTES_MAX,
+            spares: 0,
+            operator_us: 0,
         }
+    }
+
+    /// Everything `seed` picks before the run, with the PRNGs the run goes on with: the
+    /// main one, the wipes' and the operator's. What was added later (wipes, the entry cache,
+    /// membership) draws from PRNGs of its own, so that the runs of seeds without it stayed
+    /// what they were.
+    pub(crate) fn for_seed(seed: u64) -> (Options, Rng, Rng, Rng) {
+        let mut rng = Rng(seed);
+        let mut opts = Options::draw(&mut rng);
+        let mut wipe_rng = Rng(seed ^ 0x5749_5045_5749_5045);
+        opts.wipes = opts.crashes && wipe_rng.chance(0.5);
+        if Rng(seed ^ 0x434f_4c44_434f_4c44).chance(0.5) {
+            opts.entry_cache_bytes = 256;
+        }
+        let mut member_rng = Rng(seed ^ 0x4d45_4d42_4d45_4d42);
+        if member_rng.chance(0.5) {
+            opts.spares = member_rng.range(1, 2);
+            opts.operator_us = member_rng.pick(&[30_000, 150_000, 400_000]);
+        }
+        (opts, rng, wipe_rng, member_rng)
+    }
+
+    /// The first voters and the spares.
+    pub(crate) fn all_nodes(&self) -> u64 {
+        self.nodes + self.spares
     }
 
     pub(crate) fn describe(&self) -> String {
         format!(
             "nodes={} shards={} clients={} keys/shard={} delay={}..{}us loss={} dup={} \
              disk={}..{}us crashes={} torn={} partitions={} asymmetric={} snapshot_every={} \
-             faults={}ms nemesis_every~{}ms tick_skew={}% wipes={} entry_cache={}B",
+             faults={}ms nemesis_every~{}ms tick_skew={}% wipes={} entry_cache={}B spares={} \
+             operator_every~{}ms",
             self.nodes,
             self.shards,
             self.clients,
@@ -81,6 +109,8 @@ impl Options {
             self.tick_skew_pct,
             self.wipes,
             self.entry_cache_bytes,
+            self.spares,
+            self.operator_us / 1000,
         )
     }
 }

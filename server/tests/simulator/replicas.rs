@@ -113,7 +113,7 @@ impl Sim {
             let applied = core.state_machine().applied_index();
             let applied = (applied != replica.applied_seen).then(|| {
                 replica.applied_seen = applied;
-                (applied, digest(core.state_machine()))
+                (applied, digest(core))
             });
             (flush, snapshot_job, redraw, applied)
         };

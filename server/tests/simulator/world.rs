@@ -4,13 +4,13 @@ use super::*;
 use crate::replicas::insert_snapshot;
 
 impl Sim {
-    pub(crate) fn new(seed: u64, bug: Option<InjectedBug>) -> Sim {
-        let mut rng = Rng(seed);
-        let mut opts = Options::draw(&mut rng);
-        let mut wipe_rng = Rng(seed ^ 0x5749_5045_5749_5045);
-        opts.wipes = opts.crashes && wipe_rng.chance(0.5);
-        if Rng(seed ^ 0x434f_4c44_434f_4c44).chance(0.5) {
-            opts.entry_cache_bytes = 256;
+    /// The run of `seed`; `members: false` leaves membership changes out (no spares, no
+    /// operator).
+    pub(crate) fn new(seed: u64, bug: Option<InjectedBug>, members: bool) -> Sim {
+        let (mut opts, mut rng, wipe_rng, member_rng) = Options::for_seed(seed);
+        if !members {
+            opts.spares = 0;
+            opts.operator_us = 0;
         }
         let mut keys = Vec::new();
         for shard in 0..opts.shards {
@@ -26,7 +26,7 @@ impl Sim {
                 }
             }
         }
-        let nodes = (1..=opts.nodes)
+        let nodes = (1..=opts.all_nodes())
             .map(|id| {
                 let skew = rng.range(0, opts.tick_skew_pct * 2) as i64 - opts.tick_skew_pct as i64;
                 Node {
@@ -47,7 +47,8 @@ impl Sim {
                         })
                         .collect(),
                     wiped: false,
-                    join: false,
+                    // Spares start empty, waiting to be added.
+                    join: id > opts.nodes,
                     wipes: 0,
                 }
             })
@@ -68,6 +69,9 @@ impl Sim {
             opts,
             rng,
             wipe_rng,
+            member_rng,
+            operator: Operator::default(),
+            trace: std::env::var("SIM_TRACE").is_ok_and(|v| v == "1"),
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -93,6 +97,13 @@ impl Sim {
         }
     }
 
+    /// Prints `what` happened now, when tracing.
+    pub(crate) fn trace(&self, what: impl FnOnce() -> String) {
+        if self.trace {
+            println!("{:>10}us {}", self.now, what());
+        }
+    }
+
     pub(crate) fn schedule(&mut self, delay: u64, event: Event) {
         self.seq += 1;
         self.queue.push(Reverse(Scheduled { at: self.now + delay, seq: self.seq, event }));
@@ -100,7 +111,7 @@ impl Sim {
 
     /// Runs the whole scenario and every check.
     pub(crate) fn run(&mut self) -> SimResult<Stats> {
-        for id in 1..=self.opts.nodes {
+        for id in 1..=self.opts.all_nodes() {
             self.start_node(id)?;
         }
         for client in 0..self.clients.len() {
@@ -109,6 +120,10 @@ impl Sim {
         }
         let first = self.rng.range(0, self.opts.nemesis_us * 2);
         self.schedule(first, Event::Nemesis);
+        if self.opts.spares > 0 {
+            let first = self.member_rng.range(0, self.opts.operator_us * 2);
+            self.schedule(first, Event::Operator);
+        }
         self.schedule(self.opts.fault_us, Event::EndFaults);
         let mut converge_deadline = None;
         while let Some(Reverse(next)) = self.queue.pop() {
@@ -162,7 +177,7 @@ impl Sim {
                 }
                 let period = self.nodes[node as usize - 1].tick_us;
                 self.schedule(period, Event::Tick { node, incarnation });
-                self.tend_wiped(node);
+                self.tend_joined(node);
             }
             Event::Deliver { from, to, shard, message, archive } => {
                 self.deliver(from, to, shard, *message, archive)?;
@@ -240,15 +255,19 @@ impl Sim {
                     self.schedule(delay, Event::Nemesis);
                 }
             }
+            Event::Operator => self.operator_turn(),
             Event::Restart { node } => {
                 if !self.nodes[node as usize - 1].up {
+                    self.trace(|| {
+                        format!("restart n{node} (join: {})", self.nodes[node as usize - 1].join)
+                    });
                     self.start_node(node)?;
                 }
             }
             Event::EndFaults => {
                 self.faults = false;
                 self.cut.clear();
-                for id in 1..=self.opts.nodes {
+                for id in 1..=self.opts.all_nodes() {
                     if !self.nodes[id as usize - 1].up {
                         self.start_node(id)?;
                     }

@@ -365,8 +365,9 @@ async fn list(client: &Client, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Whether a refusal is of a state that passes by itself: a learner still catching up, or a
-/// change under way (a new leader counts its whole log as one until it has applied it).
+/// Whether a refusal is of a state that passes by itself: a learner (or the voters left after
+/// a removal) still catching up, or a change under way (a new leader counts its whole log as
+/// one until it has applied it).
 fn passing(reason: &str) -> bool {
     reason.contains("not caught up") || reason.contains("another change is under way")
 }
