@@ -9,7 +9,7 @@ mod linearizability;
 #[path = "common/workload.rs"]
 mod workload;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{block_on, TestCluster};
 use serde_json::Value;
@@ -414,4 +414,127 @@ fn refuses_a_far_behind_promotion_and_a_second_pending_change() {
         assert!(!ids(&shard["membership"]["learners"]).contains(&new), "{shard}");
         assert!(!shard["membership"]["addrs"].as_object().unwrap().contains_key("9"), "{shard}");
     }
+}
+
+/// Adds a new node to every shard and waits until it votes everywhere; returns its id.
+fn add_voter(cluster: &mut TestCluster) -> u64 {
+    let via = newest(cluster);
+    let id = cluster.add_node();
+    let mut args = vec!["member".to_string(), "add".to_string(), id.to_string()];
+    args.extend(addr_flags(cluster, id));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = cluster.ctl_with(&cluster.registry_of(via), &args);
+    assert_eq!(code, 0, "member add {id}: {out}{err}");
+    id
+}
+
+/// The newest live node: its registry file lists a current member (the original nodes may
+/// be gone).
+fn newest(cluster: &TestCluster) -> u64 {
+    cluster.live_nodes().into_iter().max().expect("a live node")
+}
+
+/// Removes `id` from every shard (`corekvctl member remove`), then stops it.
+fn remove_and_stop(cluster: &mut TestCluster, id: u64) {
+    let registry = cluster.registry_of(newest(cluster));
+    let (code, out, err) = cluster.ctl_with(&registry, &["member", "remove", &id.to_string()]);
+    assert_eq!(code, 0, "member remove {id}: {out}{err}");
+    cluster.stop(id);
+}
+
+/// The longest write gap over both shards between `from` and now.
+fn gap_since(workload: &Workload, from: u64) -> Duration {
+    let to = workload.now();
+    (0..2).map(|shard| workload.longest_write_gap(shard, from, to)).max().unwrap()
+}
+
+fn summary(what: &str, gaps: &mut [Duration]) {
+    gaps.sort_unstable();
+    println!(
+        "{what}: {} runs, longest write gap p50 {:?}, max {:?}",
+        gaps.len(),
+        workload::percentile(gaps, 0.5),
+        gaps[gaps.len() - 1]
+    );
+}
+
+// The membership benchmark (bench/RESULTS.md): a 3-node, 2-shard cluster holding 32 MiB, with
+// 8 writers writing as fast as they can and a probe writer per shard every 2 ms; 10 rounds of
+// adding a node (it catches up by snapshot), removing a node that leads no shard, adding one
+// again, and removing the node that leads shard 0 (leadership moves first). For each kind of
+// change: the longest time no probe write completed (p50 and max over the rounds); for the
+// additions, the writers' throughput while the node catches up against the 2 s just before
+// and just after.
+#[test]
+#[ignore = "benchmark: cargo nextest run -p corekv-server --run-ignored only -E 'test(=membership_changes_write_unavailability)' --no-capture"]
+fn membership_changes_write_unavailability() {
+    let mut cluster = TestCluster::start(3, 2);
+    let client = cluster.client();
+    let value = vec![b'v'; 16 << 10];
+    block_on(async {
+        for i in 0..2048 {
+            client.put(format!("bulk-{i}"), value.clone()).await.unwrap();
+        }
+    });
+    let workload = Workload::start(&cluster, 8, 2, Duration::ZERO);
+    std::thread::sleep(Duration::from_secs(2));
+    let (mut adds, mut removes, mut leader_removes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut slowdowns = Vec::new();
+    let leads = |cluster: &TestCluster, id: u64| (0..2).any(|s| cluster.leader_of(s) == id);
+    for _ in 0..10 {
+        for leader_case in [false, true] {
+            let (before_writes, before_at) = (workload.writes_completed(), Instant::now());
+            std::thread::sleep(Duration::from_secs(2));
+            let baseline = (workload.writes_completed() - before_writes) as f64
+                / before_at.elapsed().as_secs_f64();
+            let (from, writes, at) = (workload.now(), workload.writes_completed(), Instant::now());
+            let new = add_voter(&mut cluster);
+            let during = (workload.writes_completed() - writes) as f64 / at.elapsed().as_secs_f64();
+            adds.push(gap_since(&workload, from));
+            let (after_writes, after_at) = (workload.writes_completed(), Instant::now());
+            std::thread::sleep(Duration::from_secs(2));
+            let after = (workload.writes_completed() - after_writes) as f64
+                / after_at.elapsed().as_secs_f64();
+            slowdowns.push((1.0 - during / baseline, 1.0 - during / after));
+            let live = cluster.live_nodes();
+            let victim = if leader_case {
+                cluster.leader_of(0)
+            } else {
+                *live.iter().find(|&&id| !leads(&cluster, id)).expect("a node leading nothing")
+            };
+            let from = workload.now();
+            remove_and_stop(&mut cluster, victim);
+            let gap = gap_since(&workload, from);
+            if leader_case {
+                leader_removes.push(gap)
+            } else {
+                removes.push(gap)
+            }
+            println!(
+                "added {new} (gap {:?}), removed {victim} (gap {gap:?})",
+                adds[adds.len() - 1]
+            );
+        }
+    }
+    summary("add a node", &mut adds);
+    summary("remove a node leading no shard", &mut removes);
+    summary("remove the node leading shard 0", &mut leader_removes);
+    for (what, pick) in
+        [("than before it was added", 0), ("than once it has caught up (one replica more)", 1)]
+    {
+        let mut s: Vec<f64> = slowdowns.iter().map(|d| if pick == 0 { d.0 } else { d.1 }).collect();
+        s.sort_by(f64::total_cmp);
+        println!(
+            "writer throughput while a node catches up, {what}: {:.1}% lower at the median, \
+             {:.1}% at most",
+            100.0 * s[s.len() / 2],
+            100.0 * s[s.len() - 1]
+        );
+    }
+    // Minutes of eight closed-loop writers make a history too long to check in reasonable
+    // time; the tests above check histories of the same changes.
+    let last = cluster.live_nodes()[0];
+    let _history = workload.finish_reading_with(
+        corekv_client::Client::from_registry(cluster.registry_of(last)).unwrap(),
+    );
 }

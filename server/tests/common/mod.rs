@@ -238,9 +238,14 @@ impl TestCluster {
 
     /// `corekvctl` with this cluster's registry and `args`: exit code, stdout, stderr.
     pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        self.ctl_with(&self.registry_path, args)
+    }
+
+    /// `corekvctl` with the registry file `registry` and `args`.
+    pub fn ctl_with(&self, registry: &Path, args: &[&str]) -> (i32, String, String) {
         let output = Command::new(corekvctl_bin())
             .arg("--registry")
-            .arg(&self.registry_path)
+            .arg(registry)
             .args(args)
             .output()
             .expect("run corekvctl");

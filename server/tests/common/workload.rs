@@ -27,6 +27,8 @@ pub struct Workload {
     /// (shard, invoked, completed) of successful probe writes, in ns since `start`.
     probes: Arc<Mutex<Vec<(u32, u64, u64)>>>,
     writers: usize,
+    /// Writes the writers completed (acknowledged), for throughput.
+    writes_done: Arc<AtomicU64>,
 }
 
 pub fn nanos(start: Instant) -> u64 {
@@ -63,6 +65,8 @@ impl Workload {
         config.backoff_max = Duration::from_millis(50);
         let shards = cluster.registry.shards;
         let (s, h, p) = (stop.clone(), history.clone(), probes.clone());
+        let writes_done = Arc::new(AtomicU64::new(0));
+        let done = writes_done.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -76,8 +80,10 @@ impl Workload {
                 for w in 0..writers {
                     let (client, stop, history, threads) =
                         (client.clone(), s.clone(), h.clone(), threads.clone());
+                    let done = done.clone();
                     tasks.push(tokio::spawn(async move {
-                        writer(w, client, stop, history, threads, start, pace).await
+                        let record = Record { history, threads, done, start };
+                        writer(w, client, stop, record, pace).await
                     }));
                 }
                 for r in 0..readers {
@@ -107,7 +113,33 @@ impl Workload {
                 }
             });
         });
-        Workload { stop, history, start, thread: Some(thread), probes, writers }
+        Workload { stop, history, start, thread: Some(thread), probes, writers, writes_done }
+    }
+
+    /// Writes the writers have had acknowledged so far.
+    pub fn writes_completed(&self) -> u64 {
+        self.writes_done.load(Ordering::Relaxed)
+    }
+
+    /// The longest time between `from` and `to` (ns since the start) in which no probe write
+    /// to `shard` completed: how long writes to it were unavailable.
+    pub fn longest_write_gap(&self, shard: u32, from: u64, to: u64) -> Duration {
+        let mut done: Vec<u64> = self
+            .probes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _, completed)| *s == shard && (from..=to).contains(completed))
+            .map(|(_, _, completed)| *completed)
+            .collect();
+        done.sort_unstable();
+        let mut previous = from;
+        let mut longest = 0;
+        for at in done.into_iter().chain([to]) {
+            longest = longest.max(at - previous);
+            previous = at;
+        }
+        Duration::from_nanos(longest)
     }
 
     pub fn now(&self) -> u64 {
@@ -187,15 +219,18 @@ fn xorshift(x: &mut u64) -> u64 {
     *x
 }
 
-async fn writer(
-    w: usize,
-    client: Client,
-    stop: Arc<AtomicBool>,
+/// Where a writer records what it did.
+struct Record {
     history: Arc<Mutex<History>>,
+    /// The next free checker thread id (a writer takes a new one after an open write).
     threads: Arc<AtomicU64>,
+    /// Counts acknowledged writes.
+    done: Arc<AtomicU64>,
     start: Instant,
-    pace: Duration,
-) {
+}
+
+async fn writer(w: usize, client: Client, stop: Arc<AtomicBool>, record: Record, pace: Duration) {
+    let Record { history, threads, done, start } = record;
     let mut thread = w as u64;
     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1);
     let mut last: Vec<Option<Vec<u8>>> = vec![None; KEYS_PER_WRITER];
@@ -231,6 +266,7 @@ async fn writer(
                         last[j] = Some(value);
                     }
                     h.complete(op, ret, nanos(start));
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(Error::Indeterminate(_)) => {
                     // Open: it may have applied. The value is unknown from here on.
