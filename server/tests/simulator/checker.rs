@@ -2,6 +2,8 @@
 //! converge, and replicas that applied the same index hold the same state.
 
 use super::*;
+use corekv_types::ids::NodeId;
+use corekv_types::membership::Membership;
 
 impl Sim {
     /// Records the log entry of an acknowledged write, with its term on the replica that
@@ -55,22 +57,25 @@ impl Sim {
         })
     }
 
-    /// Whether `node` is a member of `shard` as the shard's leader knows it (with no leader:
-    /// whether it is one of the first voters, or a replica that was ever told of a commit).
-    fn is_member(&self, shard: u32, node: u64) -> bool {
-        match self.leader_view(shard) {
-            Some((_, m)) => m.contains(corekv_types::ids::NodeId(node)),
-            None => node <= self.opts.nodes,
-        }
+    /// Each shard's membership as its leader knows it (see [`Sim::leader_view`]).
+    pub(crate) fn leader_views(&self) -> Vec<Option<Membership>> {
+        (0..self.opts.shards).map(|s| self.leader_view(s).map(|(_, m)| m)).collect()
+    }
+
+    /// Whether `node` is a member by `view` (a shard's [`Sim::leader_views`] entry); with no
+    /// leader known, whether it is one of the first voters.
+    pub(crate) fn is_member(&self, view: &Option<Membership>, node: u64) -> bool {
+        view.as_ref().map_or(node <= self.opts.nodes, |m| m.contains(NodeId(node)))
     }
 
     /// Every acknowledged write's entry is in every member replica's log with the term it
     /// was acknowledged in (or compacted into a snapshot after being committed), and
     /// committed.
     pub(crate) fn check_acknowledged(&self) -> SimResult<()> {
+        let views = self.leader_views();
         for (&(shard, index), &(term, acker)) in &self.acked {
             for (i, node) in self.nodes.iter().enumerate() {
-                if !self.is_member(shard, i as u64 + 1) {
+                if !self.is_member(&views[shard as usize], i as u64 + 1) {
                     continue;
                 }
                 let Some(core) = node.replicas[shard as usize].core.as_ref() else { continue };

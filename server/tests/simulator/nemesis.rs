@@ -2,7 +2,6 @@
 
 use super::*;
 use corekv_types::ids::NodeId;
-use corekv_types::membership::Membership;
 
 impl Sim {
     pub(crate) fn nemesis(&mut self) -> SimResult<()> {
@@ -116,8 +115,7 @@ impl Sim {
     /// are down — the case `ShardCore::step` documents as uncovered.) Replicas of nodes that
     /// are not members of their shard (spares not added yet, removed nodes) do not count.
     pub(crate) fn may_wipe(&self, victim: u64) -> bool {
-        let views: Vec<Option<Membership>> =
-            (0..self.opts.shards).map(|s| self.leader_view(s).map(|(_, m)| m)).collect();
+        let views = self.leader_views();
         if self.opts.spares > 0 && views.iter().any(Option::is_none) {
             // Who the members are is not known for sure without a leader.
             return false;
@@ -125,17 +123,12 @@ impl Sim {
         // Nor while the members change: losing a disk while a voter is removed is two
         // faults at once, more than three voters survive.
         let changing = self.operator.pending.is_some()
-            || self
-                .nodes
-                .iter()
-                .flat_map(|n| &n.replicas)
-                .any(|r| r.core.as_ref().is_some_and(|c| c.status().pending_change.get() > 0));
+            || self.nodes.iter().flat_map(|n| &n.replicas).any(|r| {
+                r.core.as_ref().is_some_and(|c| c.is_leader() && c.raft().raft.has_pending_conf())
+            });
         if changing {
             return false;
         }
-        let member = |shard: usize, id: u64| {
-            views[shard].as_ref().map_or(id <= self.opts.nodes, |m| m.contains(NodeId(id)))
-        };
         // The victim takes no part in elections until it caught up: the other voters must
         // still make a majority (of each half of a joint configuration).
         let majority_left = |voters: &[NodeId]| {
@@ -152,7 +145,7 @@ impl Sim {
                 id == victim
                     || (!node.wiped
                         && node.replicas.iter().enumerate().all(|(s, r)| {
-                            !member(s, id)
+                            !self.is_member(&views[s], id)
                                 || r.core
                                     .as_ref()
                                     .is_some_and(|c| c.raft().store().durable_commit() > 0)

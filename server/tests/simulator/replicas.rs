@@ -4,7 +4,6 @@
 use super::*;
 use crate::checker::digest;
 use corekv_types::ids::{NodeId, ShardId};
-use corekv_types::registry::Node;
 
 impl Sim {
     /// Opens every shard of `node` from its disk and snapshots, as the real node does at
@@ -22,13 +21,7 @@ impl Sim {
                 registry: voters
                     .iter()
                     .copied()
-                    .map(|n| Node {
-                        id: NodeId(n),
-                        host: format!("10.0.0.{n}"),
-                        client_port: 7100,
-                        peer_port: 7200,
-                        http_port: 7300,
-                    })
+                    .map(|n| Sim::member_addr(n).node(NodeId(n)))
                     .collect(),
                 preferred_leader: NodeId(voters[shard as usize % voters.len()]),
                 election_ticks: ELECTION_TICKS,
