@@ -30,6 +30,10 @@ fn write_keys(cluster: &TestCluster, prefix: &str, count: usize) {
     });
 }
 
+fn status_of(cluster: &TestCluster, node: Option<u64>) -> String {
+    node.and_then(|n| cluster.status(n)).map(|s| s.to_string()).unwrap_or_default()
+}
+
 fn wait_caught_up(cluster: &TestCluster, node: u64) {
     let started = std::time::Instant::now();
     loop {
@@ -40,8 +44,12 @@ fn wait_caught_up(cluster: &TestCluster, node: u64) {
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "node {node} did not catch up (applied {mine:?}, leader {leader:?})\n{}",
-            cluster.log_tail(node)
+            "node {node} did not catch up (applied {mine:?}, leader {leader:?})\n\
+             --- node {node} status {}\n{}\n--- leader status {}\n{}",
+            status_of(cluster, Some(node)),
+            cluster.log_tail(node),
+            status_of(cluster, leader),
+            leader.map(|l| cluster.log_tail(l)).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

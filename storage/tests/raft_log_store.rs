@@ -23,11 +23,15 @@ fn conf_state() -> ConfState {
 }
 
 fn open_store(dir: &Path) -> (RaftLogStore, StdFlusher) {
-    let segments = SegmentDir::open(dir, identity(), SEGMENT_BYTES).unwrap();
+    open_store_with(dir, SEGMENT_BYTES)
+}
+
+fn open_store_with(dir: &Path, segment_bytes: u64) -> (RaftLogStore, StdFlusher) {
+    let segments = SegmentDir::open(dir, identity(), segment_bytes).unwrap();
     let (store, _) = RaftLogStore::open(
         Box::new(segments.clone()),
         identity(),
-        SEGMENT_BYTES,
+        segment_bytes,
         conf_state(),
         RecoveryMode::Strict,
     )
@@ -380,6 +384,45 @@ fn durable_commit_follows_flushed_hard_states() {
     drop(store);
     let (store, _) = open_store(dir.path());
     assert_eq!(store.durable_commit(), 2, "a restart finds it");
+}
+
+// Shows: entries that together exceed the WAL write buffer (a follower's unstable entries:
+// the leader's whole in-flight window of 1 MiB appends) go into an empty buffer as one batch,
+// reach disk and come back after a restart; the buffer refuses more until a job takes them,
+// and afterwards holds its usual bound again. (Refusing such a batch forever stalled a
+// follower catching up.)
+#[test]
+fn a_batch_larger_than_the_write_buffer_is_taken_when_the_buffer_is_empty() {
+    use corekv_storage::constants::WRITE_BUFFER_BYTES_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut flusher) =
+        open_store_with(dir.path(), corekv_storage::constants::SEGMENT_BYTES);
+    let value = vec![7u8; 1 << 20];
+    let count = (WRITE_BUFFER_BYTES_MAX >> 20) as u64 + 8;
+    let batch: Vec<Entry> = (1..=count).map(|i| entry(i, 1, &value)).collect();
+    assert!(store.has_room(count as usize * value.len()), "an empty buffer takes any batch");
+    store.append(&batch).unwrap();
+    let hs = raft::eraftpb::HardState { term: 1, vote: 1, commit: count, ..Default::default() };
+    store.set_hard_state(&hs).unwrap();
+    assert!(!store.has_room(1 << 20), "a full buffer takes nothing more");
+    assert!(store.append(&[entry(count + 1, 1, &value)]).is_err());
+    flush(&mut store, &mut flusher);
+    assert!(store.has_room(1 << 20));
+    let more: Vec<Entry> = (count + 1..count + 40).map(|i| entry(i, 1, &value)).collect();
+    store.append(&more).unwrap();
+    let over: Vec<Entry> = (count + 40..count + 70).map(|i| entry(i, 1, &value)).collect();
+    assert!(
+        matches!(store.append(&over), Err(corekv_storage::wal::AppendRefused::Full { .. })),
+        "past the usual bound once the buffer holds bytes"
+    );
+    flush(&mut store, &mut flusher);
+    drop(store);
+    let (store, _) = open_store_with(dir.path(), corekv_storage::constants::SEGMENT_BYTES);
+    assert_eq!(store.last_index().unwrap(), count + 39);
+    let back = store.entries(count, count + 2, None, raft::GetEntriesContext::empty(false));
+    let back = back.unwrap();
+    assert_eq!(back.len(), 2);
+    assert!(back.iter().all(|e| e.data.as_ref() == value.as_slice()), "the entries read back");
 }
 
 // Shows: a snapshot reset replaces the log, survives a restart, and later entries follow it.

@@ -48,7 +48,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
-use crate::constants::{ENTRY_CACHE_BYTES_MAX, RECORD_HEADER_BYTES};
+use crate::constants::{
+    ENTRY_CACHE_BYTES_MAX, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
 use crate::error::{Result, StorageError};
 use crate::wal::recovery::{recover, Recovered, RecoveryMode, SegmentSource};
 use crate::wal::{AppendRefused, FlushJob, Lsn, SegmentIdentity, WalWriter};
@@ -267,10 +269,12 @@ impl RaftLogStore {
                 && self.cache.front().is_some_and(|e| e.index <= self.compact_index))
     }
 
-    /// Whether the WAL buffer has room for `bytes` more of records right now.
+    /// Whether the WAL buffer has room for `bytes` more of records right now. An empty buffer
+    /// always has: raft's unstable entries go into the log as one batch, and on a follower
+    /// they can add up to more than the buffer (the leader's whole in-flight window of
+    /// appends, stepped while a flush was in flight) — refusing them would wait forever.
     pub fn has_room(&self, bytes: usize) -> bool {
-        self.wal.buffered_bytes() + bytes + 4 * RECORD_HEADER_BYTES
-            <= crate::constants::WRITE_BUFFER_BYTES_MAX
+        self.wal.has_room(bytes + 4 * RECORD_HEADER_BYTES)
     }
 
     /// Changes how many bytes of entries are kept in memory (tests use a small cache to
@@ -347,6 +351,16 @@ impl RaftLogStore {
         self.wal.append(kind, payload)
     }
 
+    /// An upper bound on the WAL bytes that entries of `total` bytes and the records written
+    /// with them (the hard state after them, a preamble in each segment they start) take.
+    fn batch_bytes(&self, total: usize) -> usize {
+        let records = 1 + total / self.wal.record_payload_max();
+        let segments = 2 + total / self.wal.segment_bytes() as usize;
+        let per_record = ENTRIES_HEADER_BYTES + RECORD_HEADER_BYTES + RECORD_ALIGN_BYTES;
+        let per_segment = SEGMENT_HEADER_BYTES as usize + 8 * RECORD_HEADER_BYTES + 256;
+        total + records * per_record + segments * per_segment + 4 * RECORD_HEADER_BYTES + 256
+    }
+
     /// Appends entries from raft's Ready. Entries at or after the first one's index that the
     /// log already holds are replaced (a follower overwriting a conflicting suffix). Returns the
     /// WAL position that makes them durable.
@@ -371,6 +385,7 @@ impl RaftLogStore {
         {
             return Err(AppendRefused::Full { buffered: self.wal.buffered_bytes(), record: total });
         }
+        self.wal.take_batch(self.batch_bytes(total));
         self.truncate_from(first_index);
         let mut lsn = self.wal.appended();
         let mut start = 0;

@@ -155,6 +155,9 @@ pub struct WalWriter {
     next_flush_seq: u64,
     /// Bytes appended since the last job was taken.
     buffered_bytes: usize,
+    /// Most bytes the buffer takes before refusing: [`WRITE_BUFFER_BYTES_MAX`], or more for
+    /// one batch taken into an empty buffer ([`WalWriter::take_batch`]) until a job takes it.
+    buffer_limit: usize,
     /// Whether the active segment has bytes not yet in a job.
     active_dirty: bool,
     in_flight: Option<Lsn>,
@@ -211,6 +214,7 @@ impl WalWriter {
             sealed: Vec::new(),
             next_flush_seq: tail.next_flush_seq,
             buffered_bytes: 0,
+            buffer_limit: WRITE_BUFFER_BYTES_MAX,
             active_dirty,
             in_flight: None,
             durable,
@@ -247,6 +251,22 @@ impl WalWriter {
     /// Bytes appended and not yet handed to a job; compare with [`WRITE_BUFFER_BYTES_MAX`].
     pub fn buffered_bytes(&self) -> usize {
         self.buffered_bytes
+    }
+
+    /// Whether `bytes` more of records fit the buffer now. An empty buffer takes any one
+    /// batch ([`WalWriter::take_batch`]): a caller whose batch must be written whole (raft's
+    /// unstable entries) would otherwise wait forever for room that never comes.
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.buffered_bytes == 0 || self.buffered_bytes + bytes <= self.buffer_limit
+    }
+
+    /// Lets an empty buffer take the next `bytes` of records even past
+    /// [`WRITE_BUFFER_BYTES_MAX`]; the limit comes back when a job takes them. Does nothing
+    /// when the buffer holds bytes already (then the caller waits for room, as for any batch).
+    pub fn take_batch(&mut self, bytes: usize) {
+        if self.buffered_bytes == 0 {
+            self.buffer_limit = self.buffer_limit.max(bytes);
+        }
     }
 
     /// Whether a job is in flight.
@@ -309,7 +329,7 @@ impl WalWriter {
             return Err(AppendRefused::TooLarge { size: payload.len() });
         }
         let size = record_size(payload.len());
-        if self.buffered_bytes + size > WRITE_BUFFER_BYTES_MAX {
+        if self.buffered_bytes + size > self.buffer_limit {
             return Err(AppendRefused::Full { buffered: self.buffered_bytes, record: size });
         }
         if self.would_roll_over(payload.len()) {
@@ -365,6 +385,7 @@ impl WalWriter {
         }
         self.active_dirty = false;
         self.buffered_bytes = 0;
+        self.buffer_limit = WRITE_BUFFER_BYTES_MAX;
         self.next_flush_seq += 1;
         let durable = self.appended();
         self.in_flight = Some(durable);
