@@ -74,7 +74,6 @@ fn start_node(
                 http_port: 7300,
             })
             .collect(),
-        preferred_leader: NodeId(1),
         election_ticks: 10,
         heartbeat_ticks: 2,
         tick_ms: 50,
@@ -774,4 +773,33 @@ fn members_are_added_promoted_replaced_and_removed_through_raft() {
         [2, 5, 6].iter().any(|id| c.nodes[id].core.is_leader())
     });
     cluster.cut.clear();
+}
+
+// Shows: leadership handed to a node other than the shard's preferred one (an operator's
+// `leader transfer`) stays there — the automatic balancing leaves it alone well past its
+// 5 s wait — while leadership won by an election goes back to the preferred node once it is
+// caught up.
+#[test]
+fn a_transfer_sticks_and_an_election_winner_hands_back_to_the_preferred_node() {
+    let mut cluster = Cluster::new();
+    assert_eq!(cluster.elect(), 1, "node 1 is shard 0's preferred leader");
+    let mut encoder = RequestEncoder::new();
+    cluster.send(1, 7, &[encoder.transfer_leader(1, NodeId(2)).to_vec()]);
+    cluster.tick_until(20, "node 2 leads", |c| c.leader() == Some(2));
+    // 10 s of ticks: twice the balancing's wait, many balancing rounds.
+    for _ in 0..200 {
+        cluster.tick();
+    }
+    assert_eq!(cluster.leader(), Some(2), "the transfer stuck");
+
+    // Node 1 misses a write, then node 2 goes away: node 3 wins the election (node 1's log
+    // is behind), and hands leadership back to node 1 once node 1 has caught up.
+    cluster.cut.insert(1);
+    cluster.send(2, 8, &[encoder.put(2, b"k", b"v").to_vec()]);
+    cluster.settle();
+    cluster.cut = BTreeSet::from([2]);
+    cluster.tick_until(100, "node 3 is elected", |c| c.leader() == Some(3));
+    cluster.cut.clear();
+    cluster.tick_until(300, "node 1 leads again", |c| c.leader() == Some(1));
+    assert!(cluster.nodes[&1].core.state_machine().get(b"k").is_some());
 }

@@ -111,12 +111,18 @@ fn grow_to_five_then_shrink_to_three_removing_leaders() {
     assert!(err.contains("node 4 is a member of shard 0 already"), "{err}");
 
     // Nodes 4 and 5 lead a shard each, then are removed.
+    let leaders = |cluster: &TestCluster| -> Vec<u64> {
+        members(cluster).iter().map(|s| s["leader_id"].as_u64().unwrap_or(0)).collect()
+    };
     for (shard, id) in [(0, 4), (1, 5)] {
         let (code, out, err) =
             cluster.ctl(&["leader", "transfer", &shard.to_string(), &id.to_string()]);
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains(&format!("node {id} leads shard {shard}")), "{out}");
     }
+    // A transfer stays: the automatic balancing (after 5 s) moves only elected leaders.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(leaders(&cluster), [4, 5], "the transfers stuck");
     for id in [4, 5] {
         let (code, out, err) = cluster.ctl(&["member", "remove", &id.to_string()]);
         assert_eq!(code, 0, "member remove {id}: {out}{err}");
@@ -127,6 +133,13 @@ fn grow_to_five_then_shrink_to_three_removing_leaders() {
         let leader = shard["leader_id"].as_u64().unwrap();
         assert!((1..=3).contains(&leader), "{shard}");
     }
+    // `leader balance` hands shard s to the (s mod 3)-th voter: nodes 1 and 2.
+    let (code, out, err) = cluster.ctl(&["leader", "balance"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("leaders balanced"), "{out}");
+    cluster.wait_until(Duration::from_secs(5), "leaders on nodes 1 and 2", || {
+        leaders(&cluster) == [1, 2]
+    });
 
     // A removed node says so to clients, and in its /health.
     cluster.wait_until(Duration::from_secs(10), "node 4 to know it was removed", || {

@@ -124,6 +124,13 @@ impl Membership {
         self.is_voter(id) || self.is_learner(id)
     }
 
+    /// The voter shard `shard` prefers as its leader: the `(shard mod n)`-th voter by id, so
+    /// that leaders spread over the members (DESIGN.md §4); `None` without voters.
+    pub fn preferred_leader(&self, shard: crate::ids::ShardId) -> Option<NodeId> {
+        let voters = &self.voters;
+        (!voters.is_empty()).then(|| voters[shard.get() as usize % voters.len()])
+    }
+
     /// Whether this is a joint configuration (a change under way).
     pub fn is_joint(&self) -> bool {
         !self.voters_outgoing.is_empty()

@@ -187,6 +187,9 @@ impl ShardCore {
             return;
         }
         self.notice_follower_lost_data(&message);
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow {
+            self.timeout_now_term = Some(message.term);
+        }
         if let Err(error) = self.raw.step(message) {
             tracing::debug!(shard = %self.cfg.shard, %error, "raft refused a message");
         }

@@ -585,15 +585,10 @@ impl ShardCore {
         }
     }
 
-    /// The voter this shard prefers as its leader (DESIGN.md §4): the registry's choice while
-    /// it is a voter, else the `(shard mod n)`-th voter by id, so that leaders stay spread
-    /// over the members after changes.
+    /// The voter this shard prefers as its leader (DESIGN.md §4; [`NodeId::NONE`] without
+    /// voters).
     pub fn preferred_leader(&self) -> NodeId {
-        let voters = &self.membership.voters;
-        if voters.contains(&self.cfg.preferred_leader) || voters.is_empty() {
-            return self.cfg.preferred_leader;
-        }
-        voters[self.cfg.shard.get() as usize % voters.len()]
+        self.membership.preferred_leader(self.cfg.shard).unwrap_or(NodeId::NONE)
     }
 
     /// Whether a vote request from `from` may reach raft-rs: only members' do, so a removed

@@ -87,8 +87,6 @@ pub struct CoreConfig {
     /// version 1 snapshot names without them. The shard's members are its
     /// [`membership`](ShardCore::membership).
     pub registry: Vec<Node>,
-    /// The node this shard prefers as leader (DESIGN.md §4).
-    pub preferred_leader: NodeId,
     /// raft-rs election timeout, in ticks.
     pub election_ticks: usize,
     /// raft-rs heartbeat interval, in ticks.
@@ -189,6 +187,12 @@ pub struct ShardCore {
     removed_peers: std::collections::BTreeMap<u64, (u64, u64)>,
     /// When this replica last became leader (µs, the core's clock).
     led_since_us: u64,
+    /// The term in which the leader last told this replica to take over (MsgTimeoutNow).
+    timeout_now_term: Option<u64>,
+    /// Whether this replica leads because its predecessor handed leadership over (an
+    /// operator's transfer, or the balancing itself), not by an election: then it keeps it
+    /// (see `balance_leadership`).
+    led_by_transfer: bool,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -261,6 +265,8 @@ impl ShardCore {
             admin: admin::Admin::default(),
             removed_peers: Default::default(),
             led_since_us: 0,
+            timeout_now_term: None,
+            led_by_transfer: false,
         };
         core.init_catch_up();
         core.init_snapshots();

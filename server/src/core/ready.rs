@@ -195,6 +195,10 @@ impl ShardCore {
         if !was_leader && role == StateRole::Leader {
             self.elected_catch_up();
             self.led_since_us = self.now_us;
+            // raft-rs campaigns on MsgTimeoutNow at the next term: leading in that term means
+            // leadership was handed over.
+            let term = self.raw.raft.term;
+            self.led_by_transfer = self.timeout_now_term.is_some_and(|t| t + 1 == term);
             self.after_conf_change();
         }
         self.admin_on_leader_change(was_leader);
@@ -302,10 +306,13 @@ impl ShardCore {
         }
     }
 
-    /// Moves the leadership to the preferred leader once it is caught up (DESIGN.md §4).
+    /// Moves the leadership to the preferred leader once it is caught up (DESIGN.md §4) — when
+    /// this replica won it by an election. Leadership handed over (an operator's `leader
+    /// transfer`) stays where it was sent until the next election.
     pub(super) fn balance_leadership(&mut self) {
         let preferred = self.preferred_leader().get();
-        if !self.is_leader() || preferred == self.cfg.node_id.get() || self.failure.is_some() {
+        let me = self.cfg.node_id.get();
+        if !self.is_leader() || self.led_by_transfer || preferred == me || self.failure.is_some() {
             return;
         }
         if self.now_us.saturating_sub(self.led_since_us) < LEADER_BALANCE_AFTER_MS * 1000 {

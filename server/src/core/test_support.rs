@@ -45,7 +45,6 @@ impl Replica {
                     http_port: 7300,
                 })
                 .collect(),
-            preferred_leader: NodeId(1),
             election_ticks: 10,
             heartbeat_ticks: 2,
             tick_ms: 10,

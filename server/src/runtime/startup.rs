@@ -133,7 +133,6 @@ async fn recover(
         shards: registry.shards,
         cluster: registry.cluster.clone(),
         registry: registry.nodes.clone(),
-        preferred_leader: registry.preferred_leader(ctx.shard),
         election_ticks: ctx.timing.election_ticks,
         heartbeat_ticks: ctx.timing.heartbeat_ticks,
         tick_ms: ctx.timing.tick_ms,

@@ -23,7 +23,6 @@ impl Sim {
                     .copied()
                     .map(|n| Sim::member_addr(n).node(NodeId(n)))
                     .collect(),
-                preferred_leader: NodeId(voters[shard as usize % voters.len()]),
                 election_ticks: ELECTION_TICKS,
                 heartbeat_ticks: HEARTBEAT_TICKS,
                 tick_ms: TICK_US / 1000,

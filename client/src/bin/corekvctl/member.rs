@@ -310,11 +310,9 @@ pub(crate) async fn leader(
             let mut moved = 0;
             for shard in shards(client) {
                 let members = client.members(shard).await?;
-                let voters = &members.membership.voters;
-                if voters.is_empty() {
+                let Some(preferred) = members.membership.preferred_leader(shard) else {
                     continue;
-                }
-                let preferred = voters[shard.get() as usize % voters.len()];
+                };
                 if members.leader_id != preferred {
                     client.transfer_leader(shard, preferred).await?;
                     progress(format!("shard {shard}: leadership moved to node {preferred}"));
