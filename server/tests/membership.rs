@@ -61,6 +61,26 @@ fn member_add(
     (out, err)
 }
 
+/// Node `id`, removed, says so in its `/health` and answers a client's request with
+/// `NotMember`.
+fn assert_not_a_member(cluster: &TestCluster, id: u64) {
+    cluster.wait_until(Duration::from_secs(10), "the node to know it was removed", || {
+        cluster
+            .http(id, "/health")
+            .is_some_and(|(code, body)| code == 503 && body.contains("no longer a member"))
+    });
+    let mut conn = cluster.raw(id, 0);
+    conn.send(corekv_proto::encode::RequestEncoder::new().get(
+        2,
+        b"k",
+        corekv_proto::client::Consistency::Linearizable,
+    ));
+    let reply = conn.recv();
+    let reply = corekv_proto::frame::verify_reply(&reply).unwrap();
+    let error = reply.reply_as_error_reply().expect("an error");
+    assert_eq!(error.kind_type(), corekv_proto::client::ErrorKind::NotMember);
+}
+
 // Shows: a 3-node, 2-shard cluster grows to 5 under load — each new node started with --join,
 // added with `corekvctl member add`, catches up (by snapshot) and is promoted in every shard
 // — then shrinks back to 3 by removing nodes 4 and 5 after each was made the leader of a
@@ -142,21 +162,7 @@ fn grow_to_five_then_shrink_to_three_removing_leaders() {
     });
 
     // A removed node says so to clients, and in its /health.
-    cluster.wait_until(Duration::from_secs(10), "node 4 to know it was removed", || {
-        cluster
-            .http(4, "/health")
-            .is_some_and(|(code, body)| code == 503 && body.contains("no longer a member"))
-    });
-    let mut conn = cluster.raw(4, 0);
-    conn.send(corekv_proto::encode::RequestEncoder::new().get(
-        2,
-        b"k",
-        corekv_proto::client::Consistency::Linearizable,
-    ));
-    let reply = conn.recv();
-    let reply = corekv_proto::frame::verify_reply(&reply).unwrap();
-    let error = reply.reply_as_error_reply().expect("an error");
-    assert_eq!(error.kind_type(), corekv_proto::client::ErrorKind::NotMember);
+    assert_not_a_member(&cluster, 4);
 
     // Node 3 down: removing node 2 would leave one healthy voter of two.
     cluster.kill(3);
@@ -431,14 +437,6 @@ fn refuses_a_far_behind_promotion_and_a_second_pending_change() {
     }
 }
 
-/// Adds a new node to every shard and waits until it votes everywhere; returns its id.
-fn add_voter(cluster: &mut TestCluster) -> u64 {
-    let via = newest(cluster);
-    let id = cluster.add_node();
-    member_add(cluster, &cluster.registry_of(via), id, &[]);
-    id
-}
-
 /// The newest live node: its registry file lists a current member (the original nodes may
 /// be gone).
 fn newest(cluster: &TestCluster) -> u64 {
@@ -451,6 +449,107 @@ fn remove_and_stop(cluster: &mut TestCluster, id: u64) {
     let (code, out, err) = cluster.ctl_with(&registry, &["member", "remove", &id.to_string()]);
     assert_eq!(code, 0, "member remove {id}: {out}{err}");
     cluster.stop(id);
+}
+
+/// The writers' throughput over the additions' stretches (before, the new node starting, it
+/// catching up, after), compared: medians and worst cases.
+fn report_throughput(rounds: &[[Window; 4]]) {
+    let median = |f: &dyn Fn(&[Window; 4]) -> f64| -> (f64, f64) {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let lower = |w: usize, than: usize| {
+        median(&|r: &[Window; 4]| 100.0 * (1.0 - r[w].writes_per_sec / r[than].writes_per_sec))
+    };
+    for (what, w, than) in [
+        ("while a node catches up, than before it was added", 2, 0),
+        ("while a node catches up, than once it has caught up (one replica more)", 2, 3),
+        ("once it has caught up, than before it was added", 3, 0),
+        ("while the new node's process starts (not a member yet), than before", 1, 0),
+    ] {
+        let (p50, max) = lower(w, than);
+        println!("writer throughput {what}: {p50:.1}% lower at the median, {max:.1}% at most");
+    }
+    let (p50, max) = median(&|r: &[Window; 4]| r[2].secs);
+    println!("member add (the catch-up window) took {p50:.2} s at the median, {max:.2} s at most");
+}
+
+/// What one stretch of the membership benchmark measured: the writers' acknowledged writes
+/// per second, and the CPUs (of the machine's two) that the cluster's original nodes, the new
+/// node and this test process (the writers and readers) kept busy.
+struct Window {
+    secs: f64,
+    writes_per_sec: f64,
+    cpus_nodes: f64,
+    cpus_new: f64,
+    cpus_test: f64,
+}
+
+impl Window {
+    /// Runs `f`, measuring the stretch it takes; `new` is the node counted apart (0: none;
+    /// a node started meanwhile is counted apart too).
+    fn measure<R>(
+        cluster: &mut TestCluster,
+        workload: &Workload,
+        new: u64,
+        f: impl FnOnce(&mut TestCluster) -> R,
+    ) -> (R, Window) {
+        let (writes, at, cpu) = (workload.writes_completed(), Instant::now(), cpu_by_node(cluster));
+        let result = f(cluster);
+        let secs = at.elapsed().as_secs_f64();
+        let writes_per_sec = (workload.writes_completed() - writes) as f64 / secs;
+        let spent = cpu_by_node(cluster);
+        let before = |id: u64| cpu.iter().find(|(i, _)| *i == id).map(|x| x.1);
+        // A node started within the stretch counts as new, from 0.
+        let is_new = |id: u64| id != 0 && (id == new || before(id).is_none());
+        let busy = |pick: &dyn Fn(u64) -> bool| -> f64 {
+            let used = |id: u64, t: f64| t - before(id).unwrap_or(0.0);
+            spent.iter().filter(|(id, _)| pick(*id)).map(|&(id, t)| used(id, t)).sum::<f64>() / secs
+        };
+        let window = Window {
+            secs,
+            writes_per_sec,
+            cpus_nodes: busy(&|id| id != 0 && !is_new(id)),
+            cpus_new: busy(&is_new),
+            cpus_test: busy(&|id| id == 0),
+        };
+        (result, window)
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} s, {:.0} writes/s; CPUs busy: cluster's nodes {:.2} ({:.2} ms per write), new \
+             node {:.2}, writers {:.2}",
+            self.secs,
+            self.writes_per_sec,
+            self.cpus_nodes,
+            1000.0 * self.cpus_nodes / self.writes_per_sec.max(1.0),
+            self.cpus_new,
+            self.cpus_test
+        )
+    }
+}
+
+/// CPU seconds used so far by each live node's process, and by this test process (id 0).
+fn cpu_by_node(cluster: &TestCluster) -> Vec<(u64, f64)> {
+    let read = |path: String| -> f64 {
+        let stat = std::fs::read_to_string(path).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    };
+    let mut out: Vec<(u64, f64)> = cluster
+        .live_nodes()
+        .into_iter()
+        .filter_map(|id| cluster.pid(id).map(|pid| (id, read(format!("/proc/{pid}/stat")))))
+        .collect();
+    out.push((0, read("/proc/self/stat".to_string())));
+    out
 }
 
 /// The longest write gap over both shards between `from` and now.
@@ -490,23 +589,19 @@ fn membership_changes_write_unavailability() {
     let workload = Workload::start(&cluster, 8, 2, Duration::ZERO);
     std::thread::sleep(Duration::from_secs(2));
     let (mut adds, mut removes, mut leader_removes) = (Vec::new(), Vec::new(), Vec::new());
-    let mut slowdowns = Vec::new();
+    let mut rounds: Vec<[Window; 4]> = Vec::new();
     let leads = |cluster: &TestCluster, id: u64| (0..2).any(|s| cluster.leader_of(s) == id);
+    let pause = |_: &mut TestCluster| std::thread::sleep(Duration::from_secs(2));
     for _ in 0..10 {
         for leader_case in [false, true] {
-            let (before_writes, before_at) = (workload.writes_completed(), Instant::now());
-            std::thread::sleep(Duration::from_secs(2));
-            let baseline = (workload.writes_completed() - before_writes) as f64
-                / before_at.elapsed().as_secs_f64();
-            let (from, writes, at) = (workload.now(), workload.writes_completed(), Instant::now());
-            let new = add_voter(&mut cluster);
-            let during = (workload.writes_completed() - writes) as f64 / at.elapsed().as_secs_f64();
+            let before = Window::measure(&mut cluster, &workload, 0, pause).1;
+            let (from, via) = (workload.now(), newest(&cluster));
+            let start = |c: &mut TestCluster| c.add_node();
+            let (new, starting) = Window::measure(&mut cluster, &workload, 0, start);
+            let add = |c: &mut TestCluster| member_add(c, &c.registry_of(via), new, &[]);
+            let catching_up = Window::measure(&mut cluster, &workload, new, add).1;
             adds.push(gap_since(&workload, from));
-            let (after_writes, after_at) = (workload.writes_completed(), Instant::now());
-            std::thread::sleep(Duration::from_secs(2));
-            let after = (workload.writes_completed() - after_writes) as f64
-                / after_at.elapsed().as_secs_f64();
-            slowdowns.push((1.0 - during / baseline, 1.0 - during / after));
+            let after = Window::measure(&mut cluster, &workload, new, pause).1;
             let live = cluster.live_nodes();
             let victim = if leader_case {
                 cluster.leader_of(0)
@@ -525,23 +620,21 @@ fn membership_changes_write_unavailability() {
                 "added {new} (gap {:?}), removed {victim} (gap {gap:?})",
                 adds[adds.len() - 1]
             );
+            for (what, w) in [
+                ("before", &before),
+                ("starting", &starting),
+                ("catching up", &catching_up),
+                ("after", &after),
+            ] {
+                println!("  {what:>11}: {w}");
+            }
+            rounds.push([before, starting, catching_up, after]);
         }
     }
     summary("add a node", &mut adds);
     summary("remove a node leading no shard", &mut removes);
     summary("remove the node leading shard 0", &mut leader_removes);
-    for (what, pick) in
-        [("than before it was added", 0), ("than once it has caught up (one replica more)", 1)]
-    {
-        let mut s: Vec<f64> = slowdowns.iter().map(|d| if pick == 0 { d.0 } else { d.1 }).collect();
-        s.sort_by(f64::total_cmp);
-        println!(
-            "writer throughput while a node catches up, {what}: {:.1}% lower at the median, \
-             {:.1}% at most",
-            100.0 * s[s.len() / 2],
-            100.0 * s[s.len() - 1]
-        );
-    }
+    report_throughput(&rounds);
     // Minutes of eight closed-loop writers make a history too long to check in reasonable
     // time; the tests above check histories of the same changes.
     let last = cluster.live_nodes()[0];

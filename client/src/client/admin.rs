@@ -114,19 +114,34 @@ impl Client {
         known.refreshed = None;
     }
 
-    /// Asks every shard for its members, in the background, when the last time is more than
-    /// [`MEMBERS_REFRESH`] ago (or a node could not be reached since): a client started with
-    /// a registry whose nodes have all been replaced since keeps finding the shards.
-    pub(super) fn refresh_members_if_due(&self) {
-        {
+    /// The members of `shard` the client knows of, for a call; under the same lock, notes
+    /// whether the members are due for a refresh and starts one (see
+    /// [`Client::refresh_members`]).
+    pub(super) fn nodes_for_call(&self, shard: ShardId) -> std::sync::Arc<[NodeId]> {
+        let (nodes, refresh) = {
             let mut known = self.inner.members.lock().unwrap_or_else(|p| p.into_inner());
             let due = known.refreshed.is_none_or(|at| at.elapsed() >= MEMBERS_REFRESH);
-            if !due || known.refreshing {
-                return;
-            }
-            known.refreshing = true;
+            let refresh = due && !known.refreshing;
+            known.refreshing |= refresh;
+            (known.shards.get(shard.get() as usize).cloned(), refresh)
+        };
+        if refresh {
+            self.refresh_members();
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        nodes.unwrap_or_else(|| self.inner.nodes.clone().into())
+    }
+
+    /// Asks every shard for its members, in the background (called when the last time is
+    /// more than [`MEMBERS_REFRESH`] ago, or a node could not be reached since): a client
+    /// started with a registry whose nodes have all been replaced since keeps finding the
+    /// shards.
+    fn refresh_members(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Outside a runtime nothing can run it; the next call in one asks again.
+            let mut known = self.inner.members.lock().unwrap_or_else(|p| p.into_inner());
+            known.refreshing = false;
+            return;
+        };
         let client = self.clone();
         runtime.spawn(async move {
             for shard in (0..client.registry().shards).map(ShardId) {

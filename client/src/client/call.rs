@@ -60,7 +60,7 @@ impl Client {
     }
 
     /// A node could not be reached: the membership may have changed (see
-    /// `admin::refresh_members_if_due`). Returns `outcome`.
+    /// `admin::nodes_for_call`). Returns `outcome`.
     fn lost(&self, outcome: Outcome) -> Outcome {
         self.members_changed();
         outcome
@@ -152,8 +152,7 @@ impl Client {
         let timeout = timeout.unwrap_or(self.inner.config.timeout);
         let started = Instant::now();
         let deadline = started + timeout;
-        self.refresh_members_if_due();
-        let nodes = self.shard_nodes(shard);
+        let nodes = self.nodes_for_call(shard);
         let mut rules = Rules::new(retry, &nodes);
         let mut node = self.first_node(shard, &nodes);
         loop {

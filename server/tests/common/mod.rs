@@ -118,11 +118,15 @@ impl TestCluster {
         // either; the name makes the other cluster's nodes refuse them.
         let cluster = format!("test-{}", hosts.first().map_or(0, |h| h.1));
         let mut text = format!("cluster = \"{cluster}\"\nshards = {shards}\n");
-        for (i, (host, client, peer, http)) in hosts.iter().enumerate() {
-            text.push_str(&format!(
-                "\n[[node]]\nid = {}\nhost = \"{host}\"\nclient_port = {client}\npeer_port = {peer}\nhttp_port = {http}\n",
-                i + 1,
-            ));
+        for (i, (host, client_port, peer_port, http_port)) in hosts.iter().enumerate() {
+            let node = Node {
+                id: NodeId(i as u64 + 1),
+                host: host.to_string(),
+                client_port: *client_port,
+                peer_port: *peer_port,
+                http_port: *http_port,
+            };
+            text.push_str(&node.to_toml());
         }
         let registry_path = dir.path().join("corekv.toml");
         std::fs::write(&registry_path, &text).expect("write registry");
@@ -206,9 +210,7 @@ impl TestCluster {
             http_port,
         };
         let text = std::fs::read_to_string(&self.registry_path).expect("registry");
-        let text = format!(
-            "{text}\n[[node]]\nid = {id}\nhost = \"127.0.0.1\"\nclient_port = {client_port}\npeer_port = {peer_port}\nhttp_port = {http_port}\n"
-        );
+        let text = format!("{text}{}", node.to_toml());
         let path = self.dir.path().join(format!("node-{id}.toml"));
         std::fs::write(&path, text).expect("write the new node's registry");
         self.joined.push((node, path));
