@@ -5,8 +5,9 @@
 /// Version 2 added the status reply's serving, joining, failure and snapshot fields: a
 /// version-1 node does not send them, so a client of version 2 refuses it rather than read
 /// their absence as "not serving". Version 3 added the membership requests (the members, a
-/// change, a leadership transfer) and the `NotMember` and `ChangeRefused` errors.
-pub const CLIENT_PROTOCOL_VERSION: u32 = 3;
+/// change, a leadership transfer) and the `NotMember` and `ChangeRefused` errors. Version 4
+/// added watches (the watch and cancel requests; the events, progress and end replies).
+pub const CLIENT_PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest client protocol a node still serves: everything a version-1 client asks means
 /// the same in version 2, and the fields it does not know it skips.

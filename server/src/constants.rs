@@ -90,6 +90,18 @@ pub const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = 4096;
 /// Reply bytes queued for one client connection before the server stops reading from it.
 pub const CONNECTION_OUTPUT_BYTES_MAX: usize = 32 * 1024 * 1024;
 
+/// Watches one client connection may run (each is a request in flight until it ends, so
+/// well under [`CONNECTION_REQUESTS_IN_FLIGHT_MAX`]).
+pub const WATCHERS_PER_CONNECTION_MAX: usize = 1024;
+
+/// Watches one shard replica may run, over all its connections.
+pub const WATCHERS_PER_SHARD_MAX: usize = 100_000;
+
+/// Bytes of recent changes (keys, values, the values before) each replica keeps for watches
+/// to start or resume from; older changes answer `Compacted`. At 100-byte values, about
+/// 200,000 changes.
+pub const WATCH_HISTORY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// Bytes of raft traffic queued for one peer. Past it, messages are dropped and counted; raft
 /// retransmits what matters.
 pub const PEER_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -144,6 +156,7 @@ const _: () = assert!(ENTRY_BYTES_MAX <= RECORD_PAYLOAD_BYTES_MAX - 64);
 const _: () = assert!(BATCH_BYTES_TARGET <= ENTRY_BYTES_MAX);
 const _: () = assert!(WAL_BACKLOG_BYTES_BUSY + ENTRY_BYTES_MAX < WRITE_BUFFER_BYTES_MAX);
 const _: () = assert!(READ_RETRY_TICKS * TICK_MS < READ_TIMEOUT_MS);
+const _: () = assert!(WATCHERS_PER_CONNECTION_MAX < CONNECTION_REQUESTS_IN_FLIGHT_MAX);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES % corekv_storage::constants::BLOCK_BYTES == 0);
 const _: () = assert!(WAL_SEGMENT_BYTES_MIN as usize >= 2 * ENTRY_BYTES_MAX);
 const _: () = assert!(SNAPSHOT_WINDOW_BYTES as usize + SNAPSHOT_CHUNK_BYTES < PEER_QUEUE_BYTES_MAX);

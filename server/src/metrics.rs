@@ -23,7 +23,7 @@ type Read<T> = fn(&ShardMetrics) -> T;
 type HistogramOf = (fn(&ShardMetrics) -> &Histogram, f64);
 
 /// The counters of one series per shard: name, help, how to read it.
-const COUNTERS: [(&str, &str, Read<u64>); 19] = [
+const COUNTERS: [(&str, &str, Read<u64>); 22] = [
     ("corekv_proposals_total", "Raft entries proposed (each carries a batch of writes).", |m| {
         m.proposals.load(Relaxed)
     }),
@@ -43,6 +43,13 @@ const COUNTERS: [(&str, &str, Read<u64>); 19] = [
     ("corekv_leader_changes_total", "Changes of the known leader.", |m| {
         m.leader_changes.load(Relaxed)
     }),
+    ("corekv_watches_started_total", "Watches started.", |m| m.watches_started.load(Relaxed)),
+    (
+        "corekv_watches_compacted_total",
+        "Watches ended with Compacted: they asked for changes older than the history.",
+        |m| m.watches_compacted.load(Relaxed),
+    ),
+    ("corekv_watch_events_total", "Watch events frames sent.", |m| m.watch_events.load(Relaxed)),
     (
         "corekv_votes_withheld_total",
         "Vote requests left unanswered while this replica catches up (started empty or lost data).",
@@ -103,13 +110,19 @@ const HISTOGRAMS: [(&str, &str, HistogramOf); 3] = [
 ];
 
 /// The gauges of one series per shard.
-const GAUGES: [(&str, &str, Read<i64>); 10] = [
+const GAUGES: [(&str, &str, Read<i64>); 12] = [
     ("corekv_client_connections", "Open client connections.", |m| {
         m.client_connections.load(Relaxed)
     }),
     ("corekv_peer_connections", "Open peer connections, both directions.", |m| {
         m.peer_connections.load(Relaxed)
     }),
+    ("corekv_watches", "Watches running on this replica.", |m| m.watches.load(Relaxed)),
+    (
+        "corekv_watch_history_bytes",
+        "Bytes of the change history that watches are served from.",
+        |m| m.watch_history_bytes.load(Relaxed),
+    ),
     ("corekv_is_leader", "1 while this replica leads its shard.", |m| m.is_leader.load(Relaxed)),
     ("corekv_term", "Raft term of this replica.", |m| m.term.load(Relaxed)),
     ("corekv_commit_index", "Raft commit index of this replica.", |m| m.commit_index.load(Relaxed)),

@@ -803,3 +803,201 @@ fn a_transfer_sticks_and_an_election_winner_hands_back_to_the_preferred_node() {
     cluster.tick_until(300, "node 1 leads again", |c| c.leader() == Some(1));
     assert!(cluster.nodes[&1].core.state_machine().get(b"k").is_some());
 }
+
+/// The watch replies on connection `conn` of node `id`, one line each, and forgets them.
+fn watch_lines(cluster: &mut Cluster, id: u64, conn: u64) -> Vec<String> {
+    let frames = cluster.nodes.get_mut(&id).unwrap().replies.remove(&conn).unwrap_or_default();
+    let text = |b: Option<flatbuffers::Vector<'_, u8>>| {
+        String::from_utf8_lossy(b.map(|v| v.bytes()).unwrap_or_default()).into_owned()
+    };
+    frames
+        .iter()
+        .filter_map(|frame| {
+            let reply = verify_reply(frame).unwrap();
+            let id = reply.id();
+            Some(match reply.reply_type() {
+                Reply::HelloReply => return None,
+                Reply::WatchEvents => {
+                    let events = reply.reply_as_watch_events().unwrap();
+                    let changes: Vec<String> = events
+                        .changes()
+                        .unwrap()
+                        .iter()
+                        .map(|c| {
+                            let mut line = match c.kind() {
+                                corekv_proto::client::ChangeKind::Put => format!(
+                                    "put {}={} v{}",
+                                    text(Some(c.key())),
+                                    text(c.value()),
+                                    c.meta().unwrap().version()
+                                ),
+                                _ => format!("delete {}", text(Some(c.key()))),
+                            };
+                            if let Some(prev) = c.prev_value() {
+                                line += &format!(" (was {})", text(Some(prev)));
+                            }
+                            line
+                        })
+                        .collect();
+                    format!("#{id} events {}: {}", events.index(), changes.join(", "))
+                }
+                Reply::WatchProgress => {
+                    format!("#{id} progress {}", reply.reply_as_watch_progress().unwrap().index())
+                }
+                Reply::WatchEnded => {
+                    let end = reply.reply_as_watch_ended().unwrap();
+                    format!(
+                        "#{id} ended {:?} next {} first {} leader {}",
+                        end.reason(),
+                        end.next_index(),
+                        end.first_available(),
+                        end.leader_id()
+                    )
+                }
+                Reply::CancelWatchReply => {
+                    format!(
+                        "#{id} cancel found {}",
+                        reply.reply_as_cancel_watch_reply().unwrap().found()
+                    )
+                }
+                Reply::ErrorReply => {
+                    format!("#{id} error {:?}", reply.reply_as_error_reply().unwrap().kind_type())
+                }
+                other => format!("#{id} {other:?}"),
+            })
+        })
+        .collect()
+}
+
+// Shows: a watch streams, in log order and one frame per entry, every change to its prefix
+// — a batch's changes together, each with the value before when asked — and nothing else; a
+// watch from an older index first gets the recorded history from there, then goes live, with
+// no gap and no duplicate; progress replies come while nothing changes; a cancel ends one
+// watch; a follower refuses watches (NotLeader); when leadership moves, every watch ends
+// saying where to resume, and a watch at the new leader from there continues exactly; a
+// start older than the history kept is answered Compacted, with the oldest index kept.
+#[test]
+fn watches_stream_changes_resume_at_a_new_leader_and_report_compaction() {
+    use corekv_proto::client::WatchScope;
+    use corekv_proto::encode::WatchSpec;
+    let mut cluster = Cluster::new();
+    assert_eq!(cluster.elect(), 1);
+    let mut encoder = RequestEncoder::new();
+    let spec = |scope, key: &'static [u8], start_index, prev_value, progress_ms| WatchSpec {
+        scope,
+        key,
+        range_end: b"",
+        start_index,
+        prev_value,
+        progress_ms,
+    };
+    cluster.send(1, 7, &[encoder.put(1, b"k1", b"a").to_vec()]);
+    cluster.settle();
+    let first_put = cluster.nodes[&1].core.state_machine().get(b"k1").unwrap().meta.mod_index;
+
+    let live = spec(WatchScope::Prefix, b"k", 0, true, 0);
+    cluster.send(1, 20, &[encoder.watch(100, &live).to_vec()]);
+    cluster.send(1, 7, &[encoder.batch_put(2, &[(&b"k1"[..], &b"b"[..]), (b"k2", b"c")]).to_vec()]);
+    cluster.settle();
+    cluster.send(1, 7, &[encoder.put(3, b"other", b"x").to_vec()]);
+    cluster.settle();
+    cluster.send(1, 7, &[encoder.delete(4, b"k1").to_vec()]);
+    cluster.settle();
+    let k2 = cluster.nodes[&1].core.state_machine().get(b"k2").unwrap().meta.mod_index;
+    let deleted_at = cluster.nodes[&1].core.state_machine().applied_index();
+    assert_eq!(
+        watch_lines(&mut cluster, 1, 20),
+        vec![
+            format!("#100 events {k2}: put k1=b v2 (was a), put k2=c v1"),
+            format!("#100 events {deleted_at}: delete k1 (was b)"),
+        ],
+        "the batch's changes together; the write to another prefix not sent"
+    );
+
+    // From the first put's index: the history, then live, without previous values.
+    let replay = spec(WatchScope::Prefix, b"k", first_put, false, 100);
+    cluster.send(1, 21, &[encoder.watch(101, &replay).to_vec()]);
+    cluster.settle();
+    assert_eq!(
+        watch_lines(&mut cluster, 1, 21),
+        vec![
+            format!("#101 events {first_put}: put k1=a v1"),
+            format!("#101 events {k2}: put k1=b v2, put k2=c v1"),
+            format!("#101 events {deleted_at}: delete k1"),
+        ]
+    );
+    for _ in 0..3 {
+        cluster.tick();
+    }
+    let progress = watch_lines(&mut cluster, 1, 21);
+    assert!(!progress.is_empty(), "progress while nothing changes");
+    let applied = cluster.nodes[&1].core.state_machine().applied_index();
+    assert!(progress.iter().all(|l| *l == format!("#101 progress {applied}")), "{progress:?}");
+
+    // A single key on a follower: refused with NotLeader.
+    cluster.send(2, 22, &[encoder.watch(102, &spec(WatchScope::Key, b"k2", 0, false, 0)).to_vec()]);
+    cluster.settle();
+    assert_eq!(watch_lines(&mut cluster, 2, 22), vec!["#102 error NotLeader"]);
+
+    // Cancel ends one watch; a second cancel finds nothing.
+    cluster.send(
+        1,
+        21,
+        &[encoder.cancel_watch(103, 101).to_vec(), encoder.cancel_watch(104, 101).to_vec()],
+    );
+    cluster.settle();
+    let next = applied + 1;
+    assert_eq!(
+        watch_lines(&mut cluster, 1, 21),
+        vec![
+            format!("#101 ended Cancelled next {next} first 0 leader 0"),
+            "#103 cancel found true".to_string(),
+            "#104 cancel found false".to_string(),
+        ]
+    );
+
+    // Leadership moves to node 2: the watch ends saying where to resume; resumed there, it
+    // gets the next change once.
+    cluster.send(1, 7, &[encoder.transfer_leader(5, NodeId(2)).to_vec()]);
+    cluster.tick_until(20, "node 2 leads", |c| c.leader() == Some(2));
+    let ended = watch_lines(&mut cluster, 1, 20);
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    let prefix = "#100 ended NotLeader next ";
+    assert!(ended[0].starts_with(prefix), "{ended:?}");
+    let resume: u64 = ended[0][prefix.len()..].split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(resume, next, "everything before was delivered");
+    cluster.send(
+        2,
+        23,
+        &[encoder.watch(105, &spec(WatchScope::Prefix, b"k", resume, true, 0)).to_vec()],
+    );
+    cluster.send(2, 7, &[encoder.put(6, b"k3", b"d").to_vec()]);
+    cluster.settle();
+    let k3 = cluster.nodes[&2].core.state_machine().get(b"k3").unwrap().meta.mod_index;
+    assert_eq!(watch_lines(&mut cluster, 2, 23), vec![format!("#105 events {k3}: put k3=d v1")]);
+
+    // A small history: the oldest changes go, and a start before what is kept is Compacted.
+    cluster.nodes.get_mut(&2).unwrap().core.set_watch_history_bytes(256);
+    for i in 0..8u64 {
+        cluster.send(
+            2,
+            7,
+            &[encoder.put(10 + i, format!("z{i}").as_bytes(), &[b'v'; 64]).to_vec()],
+        );
+        cluster.settle();
+    }
+    cluster.send(
+        2,
+        24,
+        &[encoder.watch(106, &spec(WatchScope::Prefix, b"k", first_put, false, 0)).to_vec()],
+    );
+    cluster.settle();
+    let compacted = watch_lines(&mut cluster, 2, 24);
+    assert_eq!(compacted.len(), 1, "{compacted:?}");
+    assert!(
+        compacted[0].starts_with(&format!("#106 ended Compacted next {first_put} first ")),
+        "{compacted:?}"
+    );
+    let metrics = &cluster.nodes[&2].metrics;
+    assert_eq!(metrics.watches_compacted.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

@@ -19,10 +19,12 @@ mod membership;
 mod peer;
 mod reply;
 mod request;
+mod watch;
 
 pub use peer::{PeerEncoder, PeerHello};
 pub use reply::ReplyEncoder;
 pub use request::RequestEncoder;
+pub use watch::{ChangeRef, WatchEnd, WatchSpec};
 
 /// Starting capacity of an encoder's builder; it grows to the largest frame built.
 pub(super) const BUILDER_CAPACITY_BYTES: usize = 4096;

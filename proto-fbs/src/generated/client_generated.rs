@@ -476,12 +476,104 @@ impl<'a> ::flatbuffers::Verifiable for MemberChangeKind {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for MemberChangeKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_REQUEST: u8 = 0;
+pub const ENUM_MIN_WATCH_SCOPE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 13;
+pub const ENUM_MAX_WATCH_SCOPE: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 14] = [
+pub const ENUM_VALUES_WATCH_SCOPE: [WatchScope; 3] = [
+  WatchScope::Key,
+  WatchScope::Prefix,
+  WatchScope::Range,
+];
+
+/// What a watch follows.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct WatchScope(pub u8);
+#[allow(non_upper_case_globals)]
+impl WatchScope {
+  /// The one key `key`.
+  pub const Key: Self = Self(0);
+  /// Every key that starts with `key`.
+  pub const Prefix: Self = Self(1);
+  /// Every key in [`key`, `range_end`); an empty `range_end` has no end.
+  pub const Range: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Key,
+    Self::Prefix,
+    Self::Range,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Key => Some("Key"),
+      Self::Prefix => Some("Prefix"),
+      Self::Range => Some("Range"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for WatchScope {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for WatchScope {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for WatchScope {
+    type Output = WatchScope;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for WatchScope {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for WatchScope {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for WatchScope {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_REQUEST: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_REQUEST: u8 = 15;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_REQUEST: [Request; 16] = [
   Request::NONE,
   Request::Hello,
   Request::GetRequest,
@@ -496,6 +588,8 @@ pub const ENUM_VALUES_REQUEST: [Request; 14] = [
   Request::MembersRequest,
   Request::MemberChangeRequest,
   Request::TransferLeaderRequest,
+  Request::WatchRequest,
+  Request::CancelWatchRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -517,9 +611,11 @@ impl Request {
   pub const MembersRequest: Self = Self(11);
   pub const MemberChangeRequest: Self = Self(12);
   pub const TransferLeaderRequest: Self = Self(13);
+  pub const WatchRequest: Self = Self(14);
+  pub const CancelWatchRequest: Self = Self(15);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 13;
+  pub const ENUM_MAX: u8 = 15;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -535,6 +631,8 @@ impl Request {
     Self::MembersRequest,
     Self::MemberChangeRequest,
     Self::TransferLeaderRequest,
+    Self::WatchRequest,
+    Self::CancelWatchRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -553,6 +651,8 @@ impl Request {
       Self::MembersRequest => Some("MembersRequest"),
       Self::MemberChangeRequest => Some("MemberChangeRequest"),
       Self::TransferLeaderRequest => Some("TransferLeaderRequest"),
+      Self::WatchRequest => Some("WatchRequest"),
+      Self::CancelWatchRequest => Some("CancelWatchRequest"),
       _ => None,
     }
   }
@@ -702,6 +802,188 @@ impl<'a> ::flatbuffers::Verifiable for Role {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_CHANGE_KIND: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_CHANGE_KIND: u8 = 1;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_CHANGE_KIND: [ChangeKind; 2] = [
+  ChangeKind::Put,
+  ChangeKind::Delete,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct ChangeKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl ChangeKind {
+  pub const Put: Self = Self(0);
+  pub const Delete: Self = Self(1);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 1;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Put,
+    Self::Delete,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Put => Some("Put"),
+      Self::Delete => Some("Delete"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for ChangeKind {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for ChangeKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for ChangeKind {
+    type Output = ChangeKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for ChangeKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for ChangeKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for ChangeKind {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_WATCH_END_REASON: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_WATCH_END_REASON: u8 = 3;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_WATCH_END_REASON: [WatchEndReason; 4] = [
+  WatchEndReason::Cancelled,
+  WatchEndReason::Compacted,
+  WatchEndReason::NotLeader,
+  WatchEndReason::ShuttingDown,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct WatchEndReason(pub u8);
+#[allow(non_upper_case_globals)]
+impl WatchEndReason {
+  /// A `CancelWatchRequest` ended it.
+  pub const Cancelled: Self = Self(0);
+  /// Changes from `next_index` on are no longer kept (the oldest is `first_available`):
+  /// list again, and watch from the listing's index.
+  pub const Compacted: Self = Self(1);
+  /// This replica does not lead the shard (any more): watch again at the leader
+  /// (`leader_id`, 0 when unknown) from `next_index`.
+  pub const NotLeader: Self = Self(2);
+  /// The node is shutting down: watch again elsewhere from `next_index`.
+  pub const ShuttingDown: Self = Self(3);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Cancelled,
+    Self::Compacted,
+    Self::NotLeader,
+    Self::ShuttingDown,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Cancelled => Some("Cancelled"),
+      Self::Compacted => Some("Compacted"),
+      Self::NotLeader => Some("NotLeader"),
+      Self::ShuttingDown => Some("ShuttingDown"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for WatchEndReason {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for WatchEndReason {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for WatchEndReason {
+    type Output = WatchEndReason;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for WatchEndReason {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for WatchEndReason {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for WatchEndReason {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_ERROR_KIND: u8 = 10;
@@ -826,10 +1108,10 @@ pub struct ErrorKindUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 14;
+pub const ENUM_MAX_REPLY: u8 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 15] = [
+pub const ENUM_VALUES_REPLY: [Reply; 19] = [
   Reply::NONE,
   Reply::HelloReply,
   Reply::GetReply,
@@ -845,6 +1127,10 @@ pub const ENUM_VALUES_REPLY: [Reply; 15] = [
   Reply::MembersReply,
   Reply::MemberChangeReply,
   Reply::TransferLeaderReply,
+  Reply::WatchEvents,
+  Reply::WatchProgress,
+  Reply::WatchEnded,
+  Reply::CancelWatchReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -867,9 +1153,13 @@ impl Reply {
   pub const MembersReply: Self = Self(12);
   pub const MemberChangeReply: Self = Self(13);
   pub const TransferLeaderReply: Self = Self(14);
+  pub const WatchEvents: Self = Self(15);
+  pub const WatchProgress: Self = Self(16);
+  pub const WatchEnded: Self = Self(17);
+  pub const CancelWatchReply: Self = Self(18);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 14;
+  pub const ENUM_MAX: u8 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HelloReply,
@@ -886,6 +1176,10 @@ impl Reply {
     Self::MembersReply,
     Self::MemberChangeReply,
     Self::TransferLeaderReply,
+    Self::WatchEvents,
+    Self::WatchProgress,
+    Self::WatchEnded,
+    Self::CancelWatchReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -905,6 +1199,10 @@ impl Reply {
       Self::MembersReply => Some("MembersReply"),
       Self::MemberChangeReply => Some("MemberChangeReply"),
       Self::TransferLeaderReply => Some("TransferLeaderReply"),
+      Self::WatchEvents => Some("WatchEvents"),
+      Self::WatchProgress => Some("WatchProgress"),
+      Self::WatchEnded => Some("WatchEnded"),
+      Self::CancelWatchReply => Some("CancelWatchReply"),
       _ => None,
     }
   }
@@ -3468,6 +3766,292 @@ impl ::core::fmt::Debug for TransferLeaderRequest<'_> {
       ds.finish()
   }
 }
+pub enum WatchRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Streams every change to a key, a prefix or a range of this shard, in log order, served by
+/// the shard's leader. Replies carry this request's id: `WatchEvents` and `WatchProgress`
+/// until one `WatchEnded`. The id names the watch for `CancelWatchRequest`.
+pub struct WatchRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for WatchRequest<'a> {
+  type Inner = WatchRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> WatchRequest<'a> {
+  pub const VT_SCOPE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RANGE_END: ::flatbuffers::VOffsetT = 8;
+  pub const VT_START_INDEX: ::flatbuffers::VOffsetT = 10;
+  pub const VT_PREV_VALUE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_PROGRESS_MS: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    WatchRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args WatchRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<WatchRequest<'bldr>> {
+    let mut builder = WatchRequestBuilder::new(_fbb);
+    builder.add_start_index(args.start_index);
+    builder.add_progress_ms(args.progress_ms);
+    if let Some(x) = args.range_end { builder.add_range_end(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_prev_value(args.prev_value);
+    builder.add_scope(args.scope);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn scope(&self) -> WatchScope {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<WatchScope>(WatchRequest::VT_SCOPE, Some(WatchScope::Key)).unwrap()}
+  }
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(WatchRequest::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn range_end(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(WatchRequest::VT_RANGE_END, None)}
+  }
+  /// The first log index whose changes to deliver: a cursor's next index; 0 for the entries
+  /// applied after this request.
+  #[inline]
+  pub fn start_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(WatchRequest::VT_START_INDEX, Some(0)).unwrap()}
+  }
+  /// Each change carries the key's value and metadata before it.
+  #[inline]
+  pub fn prev_value(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(WatchRequest::VT_PREV_VALUE, Some(false)).unwrap()}
+  }
+  /// A `WatchProgress` at least this often while nothing else is sent; 0 for none.
+  #[inline]
+  pub fn progress_ms(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(WatchRequest::VT_PROGRESS_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for WatchRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<WatchScope>("scope", Self::VT_SCOPE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("range_end", Self::VT_RANGE_END, false)?
+     .visit_field::<u64>("start_index", Self::VT_START_INDEX, false)?
+     .visit_field::<bool>("prev_value", Self::VT_PREV_VALUE, false)?
+     .visit_field::<u32>("progress_ms", Self::VT_PROGRESS_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct WatchRequestArgs<'a> {
+    pub scope: WatchScope,
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub range_end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub start_index: u64,
+    pub prev_value: bool,
+    pub progress_ms: u32,
+}
+impl<'a> Default for WatchRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    WatchRequestArgs {
+      scope: WatchScope::Key,
+      key: None, // required field
+      range_end: None,
+      start_index: 0,
+      prev_value: false,
+      progress_ms: 0,
+    }
+  }
+}
+
+pub struct WatchRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WatchRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_scope(&mut self, scope: WatchScope) {
+    self.fbb_.push_slot::<WatchScope>(WatchRequest::VT_SCOPE, scope, WatchScope::Key);
+  }
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WatchRequest::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_range_end(&mut self, range_end: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WatchRequest::VT_RANGE_END, range_end);
+  }
+  #[inline]
+  pub fn add_start_index(&mut self, start_index: u64) {
+    self.fbb_.push_slot::<u64>(WatchRequest::VT_START_INDEX, start_index, 0);
+  }
+  #[inline]
+  pub fn add_prev_value(&mut self, prev_value: bool) {
+    self.fbb_.push_slot::<bool>(WatchRequest::VT_PREV_VALUE, prev_value, false);
+  }
+  #[inline]
+  pub fn add_progress_ms(&mut self, progress_ms: u32) {
+    self.fbb_.push_slot::<u32>(WatchRequest::VT_PROGRESS_MS, progress_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WatchRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    WatchRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<WatchRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, WatchRequest::VT_KEY,"key");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for WatchRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("WatchRequest");
+      ds.field("scope", &self.scope());
+      ds.field("key", &self.key());
+      ds.field("range_end", &self.range_end());
+      ds.field("start_index", &self.start_index());
+      ds.field("prev_value", &self.prev_value());
+      ds.field("progress_ms", &self.progress_ms());
+      ds.finish()
+  }
+}
+pub enum CancelWatchRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Ends the watch that request `watch_id` of this connection started.
+pub struct CancelWatchRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CancelWatchRequest<'a> {
+  type Inner = CancelWatchRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CancelWatchRequest<'a> {
+  pub const VT_WATCH_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CancelWatchRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CancelWatchRequestArgs
+  ) -> ::flatbuffers::WIPOffset<CancelWatchRequest<'bldr>> {
+    let mut builder = CancelWatchRequestBuilder::new(_fbb);
+    builder.add_watch_id(args.watch_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn watch_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CancelWatchRequest::VT_WATCH_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CancelWatchRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("watch_id", Self::VT_WATCH_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CancelWatchRequestArgs {
+    pub watch_id: u64,
+}
+impl<'a> Default for CancelWatchRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    CancelWatchRequestArgs {
+      watch_id: 0,
+    }
+  }
+}
+
+pub struct CancelWatchRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CancelWatchRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_watch_id(&mut self, watch_id: u64) {
+    self.fbb_.push_slot::<u64>(CancelWatchRequest::VT_WATCH_ID, watch_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CancelWatchRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CancelWatchRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CancelWatchRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CancelWatchRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CancelWatchRequest");
+      ds.field("watch_id", &self.watch_id());
+      ds.finish()
+  }
+}
 pub enum RequestFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3710,6 +4294,34 @@ impl<'a> RequestFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_watch_request(&self) -> Option<WatchRequest<'a>> {
+    if self.request_type() == Request::WatchRequest {
+      let u = self.request();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { WatchRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_cancel_watch_request(&self) -> Option<CancelWatchRequest<'a>> {
+    if self.request_type() == Request::CancelWatchRequest {
+      let u = self.request();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { CancelWatchRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RequestFrame<'_> {
@@ -3734,6 +4346,8 @@ impl ::flatbuffers::Verifiable for RequestFrame<'_> {
           Request::MembersRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MembersRequest>>("Request::MembersRequest", pos),
           Request::MemberChangeRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MemberChangeRequest>>("Request::MemberChangeRequest", pos),
           Request::TransferLeaderRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeaderRequest>>("Request::TransferLeaderRequest", pos),
+          Request::WatchRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WatchRequest>>("Request::WatchRequest", pos),
+          Request::CancelWatchRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CancelWatchRequest>>("Request::CancelWatchRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -3882,6 +4496,20 @@ impl ::core::fmt::Debug for RequestFrame<'_> {
         },
         Request::TransferLeaderRequest => {
           if let Some(x) = self.request_as_transfer_leader_request() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::WatchRequest => {
+          if let Some(x) = self.request_as_watch_request() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::CancelWatchRequest => {
+          if let Some(x) = self.request_as_cancel_watch_request() {
             ds.field("request", &x)
           } else {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -7400,6 +8028,699 @@ impl ::core::fmt::Debug for ChangeRefused<'_> {
       ds.finish()
   }
 }
+pub enum ChangeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One key changed by a log entry.
+pub struct Change<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Change<'a> {
+  type Inner = Change<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Change<'a> {
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 4;
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_META: ::flatbuffers::VOffsetT = 10;
+  pub const VT_PREV_VALUE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_PREV_META: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Change { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ChangeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Change<'bldr>> {
+    let mut builder = ChangeBuilder::new(_fbb);
+    if let Some(x) = args.prev_meta { builder.add_prev_meta(x); }
+    if let Some(x) = args.prev_value { builder.add_prev_value(x); }
+    if let Some(x) = args.meta { builder.add_meta(x); }
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn kind(&self) -> ChangeKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ChangeKind>(Change::VT_KIND, Some(ChangeKind::Put)).unwrap()}
+  }
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Change::VT_KEY, None).unwrap()}
+  }
+  /// For Put: the new value.
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Change::VT_VALUE, None)}
+  }
+  /// For Put: the key's metadata after it (its mod index is the entry's index).
+  #[inline]
+  pub fn meta(&self) -> Option<&'a KeyMeta> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<KeyMeta>(Change::VT_META, None)}
+  }
+  /// When the watch asked for it and the key existed before: its value and metadata then.
+  #[inline]
+  pub fn prev_value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Change::VT_PREV_VALUE, None)}
+  }
+  #[inline]
+  pub fn prev_meta(&self) -> Option<&'a KeyMeta> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<KeyMeta>(Change::VT_PREV_META, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Change<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ChangeKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<KeyMeta>("meta", Self::VT_META, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("prev_value", Self::VT_PREV_VALUE, false)?
+     .visit_field::<KeyMeta>("prev_meta", Self::VT_PREV_META, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ChangeArgs<'a> {
+    pub kind: ChangeKind,
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub meta: Option<&'a KeyMeta>,
+    pub prev_value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub prev_meta: Option<&'a KeyMeta>,
+}
+impl<'a> Default for ChangeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ChangeArgs {
+      kind: ChangeKind::Put,
+      key: None, // required field
+      value: None,
+      meta: None,
+      prev_value: None,
+      prev_meta: None,
+    }
+  }
+}
+
+pub struct ChangeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChangeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_kind(&mut self, kind: ChangeKind) {
+    self.fbb_.push_slot::<ChangeKind>(Change::VT_KIND, kind, ChangeKind::Put);
+  }
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Change::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Change::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_meta(&mut self, meta: &KeyMeta) {
+    self.fbb_.push_slot_always::<&KeyMeta>(Change::VT_META, meta);
+  }
+  #[inline]
+  pub fn add_prev_value(&mut self, prev_value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Change::VT_PREV_VALUE, prev_value);
+  }
+  #[inline]
+  pub fn add_prev_meta(&mut self, prev_meta: &KeyMeta) {
+    self.fbb_.push_slot_always::<&KeyMeta>(Change::VT_PREV_META, prev_meta);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ChangeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ChangeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Change<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Change::VT_KEY,"key");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Change<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Change");
+      ds.field("kind", &self.kind());
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.field("meta", &self.meta());
+      ds.field("prev_value", &self.prev_value());
+      ds.field("prev_meta", &self.prev_meta());
+      ds.finish()
+  }
+}
+pub enum WatchEventsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The watch's changes made by the entry at `index` (a batch or a transaction: together).
+pub struct WatchEvents<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for WatchEvents<'a> {
+  type Inner = WatchEvents<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> WatchEvents<'a> {
+  pub const VT_SHARD: ::flatbuffers::VOffsetT = 4;
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CHANGES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    WatchEvents { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args WatchEventsArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<WatchEvents<'bldr>> {
+    let mut builder = WatchEventsBuilder::new(_fbb);
+    builder.add_index(args.index);
+    if let Some(x) = args.changes { builder.add_changes(x); }
+    builder.add_shard(args.shard);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn shard(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(WatchEvents::VT_SHARD, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(WatchEvents::VT_INDEX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn changes(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Change<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Change>>>>(WatchEvents::VT_CHANGES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for WatchEvents<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("shard", Self::VT_SHARD, false)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Change>>>>("changes", Self::VT_CHANGES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct WatchEventsArgs<'a> {
+    pub shard: u32,
+    pub index: u64,
+    pub changes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Change<'a>>>>>,
+}
+impl<'a> Default for WatchEventsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    WatchEventsArgs {
+      shard: 0,
+      index: 0,
+      changes: None,
+    }
+  }
+}
+
+pub struct WatchEventsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WatchEventsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_shard(&mut self, shard: u32) {
+    self.fbb_.push_slot::<u32>(WatchEvents::VT_SHARD, shard, 0);
+  }
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(WatchEvents::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn add_changes(&mut self, changes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Change<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WatchEvents::VT_CHANGES, changes);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WatchEventsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    WatchEventsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<WatchEvents<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for WatchEvents<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("WatchEvents");
+      ds.field("shard", &self.shard());
+      ds.field("index", &self.index());
+      ds.field("changes", &self.changes());
+      ds.finish()
+  }
+}
+pub enum WatchProgressOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Every change of the watch up to and including `index` has been sent.
+pub struct WatchProgress<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for WatchProgress<'a> {
+  type Inner = WatchProgress<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> WatchProgress<'a> {
+  pub const VT_SHARD: ::flatbuffers::VOffsetT = 4;
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    WatchProgress { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args WatchProgressArgs
+  ) -> ::flatbuffers::WIPOffset<WatchProgress<'bldr>> {
+    let mut builder = WatchProgressBuilder::new(_fbb);
+    builder.add_index(args.index);
+    builder.add_shard(args.shard);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn shard(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(WatchProgress::VT_SHARD, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(WatchProgress::VT_INDEX, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for WatchProgress<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("shard", Self::VT_SHARD, false)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct WatchProgressArgs {
+    pub shard: u32,
+    pub index: u64,
+}
+impl<'a> Default for WatchProgressArgs {
+  #[inline]
+  fn default() -> Self {
+    WatchProgressArgs {
+      shard: 0,
+      index: 0,
+    }
+  }
+}
+
+pub struct WatchProgressBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WatchProgressBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_shard(&mut self, shard: u32) {
+    self.fbb_.push_slot::<u32>(WatchProgress::VT_SHARD, shard, 0);
+  }
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(WatchProgress::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WatchProgressBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    WatchProgressBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<WatchProgress<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for WatchProgress<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("WatchProgress");
+      ds.field("shard", &self.shard());
+      ds.field("index", &self.index());
+      ds.finish()
+  }
+}
+pub enum WatchEndedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The last reply of a watch. Everything before `next_index` was delivered.
+pub struct WatchEnded<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for WatchEnded<'a> {
+  type Inner = WatchEnded<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> WatchEnded<'a> {
+  pub const VT_SHARD: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REASON: ::flatbuffers::VOffsetT = 6;
+  pub const VT_NEXT_INDEX: ::flatbuffers::VOffsetT = 8;
+  pub const VT_FIRST_AVAILABLE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LEADER_ID: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    WatchEnded { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args WatchEndedArgs
+  ) -> ::flatbuffers::WIPOffset<WatchEnded<'bldr>> {
+    let mut builder = WatchEndedBuilder::new(_fbb);
+    builder.add_leader_id(args.leader_id);
+    builder.add_first_available(args.first_available);
+    builder.add_next_index(args.next_index);
+    builder.add_shard(args.shard);
+    builder.add_reason(args.reason);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn shard(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(WatchEnded::VT_SHARD, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn reason(&self) -> WatchEndReason {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<WatchEndReason>(WatchEnded::VT_REASON, Some(WatchEndReason::Cancelled)).unwrap()}
+  }
+  #[inline]
+  pub fn next_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(WatchEnded::VT_NEXT_INDEX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn first_available(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(WatchEnded::VT_FIRST_AVAILABLE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn leader_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(WatchEnded::VT_LEADER_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for WatchEnded<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("shard", Self::VT_SHARD, false)?
+     .visit_field::<WatchEndReason>("reason", Self::VT_REASON, false)?
+     .visit_field::<u64>("next_index", Self::VT_NEXT_INDEX, false)?
+     .visit_field::<u64>("first_available", Self::VT_FIRST_AVAILABLE, false)?
+     .visit_field::<u64>("leader_id", Self::VT_LEADER_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct WatchEndedArgs {
+    pub shard: u32,
+    pub reason: WatchEndReason,
+    pub next_index: u64,
+    pub first_available: u64,
+    pub leader_id: u64,
+}
+impl<'a> Default for WatchEndedArgs {
+  #[inline]
+  fn default() -> Self {
+    WatchEndedArgs {
+      shard: 0,
+      reason: WatchEndReason::Cancelled,
+      next_index: 0,
+      first_available: 0,
+      leader_id: 0,
+    }
+  }
+}
+
+pub struct WatchEndedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WatchEndedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_shard(&mut self, shard: u32) {
+    self.fbb_.push_slot::<u32>(WatchEnded::VT_SHARD, shard, 0);
+  }
+  #[inline]
+  pub fn add_reason(&mut self, reason: WatchEndReason) {
+    self.fbb_.push_slot::<WatchEndReason>(WatchEnded::VT_REASON, reason, WatchEndReason::Cancelled);
+  }
+  #[inline]
+  pub fn add_next_index(&mut self, next_index: u64) {
+    self.fbb_.push_slot::<u64>(WatchEnded::VT_NEXT_INDEX, next_index, 0);
+  }
+  #[inline]
+  pub fn add_first_available(&mut self, first_available: u64) {
+    self.fbb_.push_slot::<u64>(WatchEnded::VT_FIRST_AVAILABLE, first_available, 0);
+  }
+  #[inline]
+  pub fn add_leader_id(&mut self, leader_id: u64) {
+    self.fbb_.push_slot::<u64>(WatchEnded::VT_LEADER_ID, leader_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WatchEndedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    WatchEndedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<WatchEnded<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for WatchEnded<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("WatchEnded");
+      ds.field("shard", &self.shard());
+      ds.field("reason", &self.reason());
+      ds.field("next_index", &self.next_index());
+      ds.field("first_available", &self.first_available());
+      ds.field("leader_id", &self.leader_id());
+      ds.finish()
+  }
+}
+pub enum CancelWatchReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Answers `CancelWatchRequest`: whether the watch was running (its `WatchEnded` comes first).
+pub struct CancelWatchReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CancelWatchReply<'a> {
+  type Inner = CancelWatchReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CancelWatchReply<'a> {
+  pub const VT_FOUND: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CancelWatchReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CancelWatchReplyArgs
+  ) -> ::flatbuffers::WIPOffset<CancelWatchReply<'bldr>> {
+    let mut builder = CancelWatchReplyBuilder::new(_fbb);
+    builder.add_found(args.found);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn found(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CancelWatchReply::VT_FOUND, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CancelWatchReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("found", Self::VT_FOUND, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CancelWatchReplyArgs {
+    pub found: bool,
+}
+impl<'a> Default for CancelWatchReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    CancelWatchReplyArgs {
+      found: false,
+    }
+  }
+}
+
+pub struct CancelWatchReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CancelWatchReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_found(&mut self, found: bool) {
+    self.fbb_.push_slot::<bool>(CancelWatchReply::VT_FOUND, found, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CancelWatchReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CancelWatchReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CancelWatchReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CancelWatchReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CancelWatchReply");
+      ds.field("found", &self.found());
+      ds.finish()
+  }
+}
 pub enum ErrorReplyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -7996,6 +9317,62 @@ impl<'a> ReplyFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_watch_events(&self) -> Option<WatchEvents<'a>> {
+    if self.reply_type() == Reply::WatchEvents {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { WatchEvents::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_watch_progress(&self) -> Option<WatchProgress<'a>> {
+    if self.reply_type() == Reply::WatchProgress {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { WatchProgress::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_watch_ended(&self) -> Option<WatchEnded<'a>> {
+    if self.reply_type() == Reply::WatchEnded {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { WatchEnded::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_cancel_watch_reply(&self) -> Option<CancelWatchReply<'a>> {
+    if self.reply_type() == Reply::CancelWatchReply {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { CancelWatchReply::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ReplyFrame<'_> {
@@ -8021,6 +9398,10 @@ impl ::flatbuffers::Verifiable for ReplyFrame<'_> {
           Reply::MembersReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MembersReply>>("Reply::MembersReply", pos),
           Reply::MemberChangeReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MemberChangeReply>>("Reply::MemberChangeReply", pos),
           Reply::TransferLeaderReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeaderReply>>("Reply::TransferLeaderReply", pos),
+          Reply::WatchEvents => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WatchEvents>>("Reply::WatchEvents", pos),
+          Reply::WatchProgress => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WatchProgress>>("Reply::WatchProgress", pos),
+          Reply::WatchEnded => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WatchEnded>>("Reply::WatchEnded", pos),
+          Reply::CancelWatchReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CancelWatchReply>>("Reply::CancelWatchReply", pos),
           _ => Ok(()),
         }
      })?
@@ -8176,6 +9557,34 @@ impl ::core::fmt::Debug for ReplyFrame<'_> {
         },
         Reply::TransferLeaderReply => {
           if let Some(x) = self.reply_as_transfer_leader_reply() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::WatchEvents => {
+          if let Some(x) = self.reply_as_watch_events() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::WatchProgress => {
+          if let Some(x) = self.reply_as_watch_progress() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::WatchEnded => {
+          if let Some(x) = self.reply_as_watch_ended() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::CancelWatchReply => {
+          if let Some(x) = self.reply_as_cancel_watch_reply() {
             ds.field("reply", &x)
           } else {
             ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")

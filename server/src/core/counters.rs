@@ -145,6 +145,16 @@ pub struct ShardMetrics {
     pub learners: AtomicI64,
     /// 1 while a membership change this leader proposed is not applied yet.
     pub conf_change_pending: AtomicI64,
+    /// Watches started.
+    pub watches_started: AtomicU64,
+    /// Watches ended with `Compacted` (their start was older than the history).
+    pub watches_compacted: AtomicU64,
+    /// Watch events frames sent.
+    pub watch_events: AtomicU64,
+    /// Watches running on this replica.
+    pub watches: AtomicI64,
+    /// Bytes of the change history watches are served from.
+    pub watch_history_bytes: AtomicI64,
 }
 
 impl Default for ShardMetrics {
@@ -173,6 +183,11 @@ impl Default for ShardMetrics {
             snapshots_sent: AtomicU64::new(0),
             snapshot_send_failures: AtomicU64::new(0),
             snapshots_installed: AtomicU64::new(0),
+            watches_started: AtomicU64::new(0),
+            watches_compacted: AtomicU64::new(0),
+            watch_events: AtomicU64::new(0),
+            watches: AtomicI64::new(0),
+            watch_history_bytes: AtomicI64::new(0),
             conf_changes: AtomicU64::new(0),
             cold_records_read: AtomicU64::new(0),
             client_connections: AtomicI64::new(0),

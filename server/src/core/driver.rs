@@ -221,6 +221,7 @@ impl ShardCore {
     /// next flush take everything buffered.
     pub(super) fn begin_shutdown(&mut self) {
         self.shutting_down = true;
+        self.end_watches(corekv_proto::client::WatchEndReason::ShuttingDown);
         self.process();
     }
 

@@ -35,11 +35,15 @@ pub enum Op {
     MemberChange,
     /// Leadership transfer.
     TransferLeader,
+    /// A watch (counted when it ends).
+    Watch,
+    /// A watch's cancellation.
+    CancelWatch,
 }
 
 impl Op {
     /// Every operation, in label order.
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 15] = [
         Op::Hello,
         Op::Get,
         Op::Put,
@@ -53,6 +57,8 @@ impl Op {
         Op::Members,
         Op::MemberChange,
         Op::TransferLeader,
+        Op::Watch,
+        Op::CancelWatch,
     ];
 
     /// The Prometheus label value.
@@ -71,6 +77,8 @@ impl Op {
             Op::Members => "members",
             Op::MemberChange => "member_change",
             Op::TransferLeader => "transfer_leader",
+            Op::Watch => "watch",
+            Op::CancelWatch => "cancel_watch",
         }
     }
 }

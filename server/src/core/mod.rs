@@ -39,6 +39,7 @@ mod snapshots;
 mod status;
 #[cfg(test)]
 mod test_support;
+mod watch;
 mod writes;
 
 use std::collections::VecDeque;
@@ -110,6 +111,10 @@ pub struct Outputs {
     pub reply_bytes: Vec<u8>,
     /// `(connection, byte range in reply_bytes)`, in the order the replies were made.
     pub replies: Vec<(ConnId, Range<usize>)>,
+    /// The positions in `replies`, ascending, of stream frames: frames that do not answer a
+    /// request of their own (a watch's events and progress), so the shell does not count
+    /// them against the connection's requests in flight.
+    pub streamed: Vec<usize>,
     /// Connections to close once their replies are written (a refused hello).
     pub close: Vec<ConnId>,
     /// WAL segments the log no longer needs: recycle or delete them.
@@ -136,6 +141,7 @@ impl Outputs {
         self.messages.clear();
         self.reply_bytes.clear();
         self.replies.clear();
+        self.streamed.clear();
         self.close.clear();
         self.retire.clear();
         self.garbage.clear();
@@ -193,6 +199,8 @@ pub struct ShardCore {
     /// operator's transfer, or the balancing itself), not by an election: then it keeps it
     /// (see `balance_leadership`).
     led_by_transfer: bool,
+    /// Running watches and the history of changes they are served from (see [`watch`]).
+    watches: watch::Watches,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -236,6 +244,9 @@ impl ShardCore {
         };
         let raw = RawNode::new(&config, store, logger)?;
         let slots = corekv_types::placement::slot_range(cfg.shard, cfg.shards);
+        let mut sm = sm;
+        sm.record_changes(true);
+        let watches = watch::Watches::new(sm.applied_index() + 1);
         let mut core = ShardCore {
             cfg,
             raw,
@@ -267,6 +278,7 @@ impl ShardCore {
             led_since_us: 0,
             timeout_now_term: None,
             led_by_transfer: false,
+            watches,
         };
         core.init_catch_up();
         core.init_snapshots();

@@ -62,6 +62,7 @@ impl ShardCore {
         self.expire_requests();
         self.expire_admin();
         self.promote_caught_up_learners();
+        self.watch_progress();
         if self.ticks % LEADER_BALANCE_TICKS == 0 {
             self.balance_leadership();
         }
@@ -191,6 +192,7 @@ impl ShardCore {
             // Writes not yet proposed never will be here; reads cannot be confirmed.
             self.fail_unproposed_writes();
             self.fail_reads_not_leader();
+            self.end_watches(corekv_proto::client::WatchEndReason::NotLeader);
         }
         if !was_leader && role == StateRole::Leader {
             self.elected_catch_up();

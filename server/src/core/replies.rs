@@ -71,3 +71,10 @@ pub(super) fn push_reply(out: &mut Outputs, conn: ConnId, frame: &[u8]) {
     out.reply_bytes.extend_from_slice(frame);
     out.replies.push((conn, start..out.reply_bytes.len()));
 }
+
+/// Queues a stream frame for `conn`: one of several a request is answered with (a watch's
+/// events and progress), which is not the request's answer (see [`Outputs::streamed`]).
+pub(super) fn push_stream(out: &mut Outputs, conn: ConnId, frame: &[u8]) {
+    out.streamed.push(out.replies.len());
+    push_reply(out, conn, frame);
+}

@@ -67,6 +67,8 @@ impl ShardCore {
             Request::MembersRequest => Op::Members,
             Request::MemberChangeRequest => Op::MemberChange,
             Request::TransferLeaderRequest => Op::TransferLeader,
+            Request::WatchRequest => Op::Watch,
+            Request::CancelWatchRequest => Op::CancelWatch,
             _ => Op::Hello,
         };
         self.metrics.request(op);
@@ -167,6 +169,19 @@ impl ShardCore {
                 let change =
                     corekv_proto::shared::membership_change(&change).map_err(Refusal::Invalid)?;
                 self.member_change_request(caller, change);
+                Ok(())
+            }
+            Request::WatchRequest => {
+                let watch = request.request_as_watch_request().expect("type checked");
+                let spec = self.watch_spec(&watch)?;
+                let caller = Caller { conn, id, op, start_us: self.now_us };
+                self.watch_request(caller, &spec);
+                Ok(())
+            }
+            Request::CancelWatchRequest => {
+                let cancel = request.request_as_cancel_watch_request().expect("type checked");
+                let caller = Caller { conn, id, op, start_us: self.now_us };
+                self.cancel_watch_request(caller, cancel.watch_id());
                 Ok(())
             }
             Request::TransferLeaderRequest => {
@@ -285,6 +300,41 @@ impl ShardCore {
             return Err(Refusal::WrongShard(shard_for_slot(slot, self.cfg.shards)));
         }
         Ok(())
+    }
+
+    /// A watch request's spec, checked: keys within the limits; a single key of this shard
+    /// (a prefix or a range may reach every shard: each serves its part).
+    fn watch_spec<'a>(
+        &self,
+        watch: &wire::WatchRequest<'a>,
+    ) -> Result<corekv_proto::encode::WatchSpec<'a>, Refusal> {
+        use corekv_proto::client::WatchScope;
+        let key = watch.key().bytes();
+        let range_end = watch.range_end().map(|v| v.bytes()).unwrap_or_default();
+        for (what, bytes) in [("key", key), ("range end", range_end)] {
+            if bytes.len() > KEY_BYTES_MAX {
+                return Err(Refusal::TooLarge { what, size: bytes.len(), limit: KEY_BYTES_MAX });
+            }
+        }
+        match watch.scope() {
+            WatchScope::Key => self.check_key(key)?,
+            WatchScope::Prefix => {}
+            WatchScope::Range if !range_end.is_empty() && range_end <= key => {
+                return Err(Refusal::Invalid(
+                    "a watch range's end must be after its start (or empty for no end)".to_string(),
+                ));
+            }
+            WatchScope::Range => {}
+            other => return Err(Refusal::Invalid(format!("unknown watch scope {}", other.0))),
+        }
+        Ok(corekv_proto::encode::WatchSpec {
+            scope: watch.scope(),
+            key,
+            range_end,
+            start_index: watch.start_index(),
+            prev_value: watch.prev_value(),
+            progress_ms: watch.progress_ms(),
+        })
     }
 
     #[allow(clippy::type_complexity)]

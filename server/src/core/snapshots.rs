@@ -279,6 +279,7 @@ impl ShardCore {
         self.set_membership(membership);
         let replaced = self.sm.restore(archive);
         self.out.garbage.push(replaced);
+        self.watch_restored(index);
         self.snapshots.newest = index;
         self.snapshots.previous = index;
         // A snapshot job still out stays the one in progress: its result is out of date

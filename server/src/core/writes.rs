@@ -136,9 +136,11 @@ impl ShardCore {
         self.note_applied_bytes(entry.data.len());
         let waiters = self.take_waiters_for(entry);
         if entry.get_entry_type() != EntryType::EntryNormal {
-            return self.apply_conf_entry(entry);
+            self.apply_conf_entry(entry);
+            return self.watch_applied(entry.index);
         } else if entry.data.is_empty() {
-            return self.sm.apply_empty(entry.index, entry.term);
+            self.sm.apply_empty(entry.index, entry.term);
+            return self.watch_applied(entry.index);
         }
         let index = entry.index;
         let (sm, encoder, out, metrics) =
@@ -201,6 +203,7 @@ impl ShardCore {
             }
             (Ok(()), None) => {}
         }
+        self.watch_applied(index);
     }
 
     /// The writers waiting on `entry` if it is the entry they proposed. Writers of a proposal

@@ -42,6 +42,7 @@ pub(crate) async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
                         tracing::debug!(shard = %shard.shard, conn = id, %error, "client connection closed");
                     }
                     shard.conns.borrow_mut().remove(&id);
+                    shard.core.borrow_mut().on_client_closed(id);
                     shard.metrics.client_connections.fetch_sub(1, Relaxed);
                 })
                 .detach();

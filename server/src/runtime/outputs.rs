@@ -32,11 +32,14 @@ pub(super) fn dispatch(shard: &Rc<Shard>, out: &mut Outputs, encoder: &mut PeerE
     }
     if !out.replies.is_empty() {
         let conns = shard.conns.borrow();
-        for (conn, range) in out.replies.drain(..) {
+        let mut streamed = out.streamed.iter().peekable();
+        for (i, (conn, range)) in out.replies.drain(..).enumerate() {
+            let stream = streamed.next_if_eq(&&i).is_some();
             if let Some(c) = conns.get(&conn) {
-                c.push_reply(&out.reply_bytes[range]);
+                c.push_reply(&out.reply_bytes[range], !stream);
             }
         }
+        out.streamed.clear();
         for conn in out.close.drain(..) {
             if let Some(c) = conns.get(&conn) {
                 c.close_after_output();

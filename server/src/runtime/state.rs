@@ -76,9 +76,13 @@ pub(crate) struct ClientConn {
 
 impl ClientConn {
     /// Queues one reply frame and wakes the connection's task.
-    pub(crate) fn push_reply(&self, frame: &[u8]) {
+    /// Queues `frame`; `answers` when it answers a request (a watch's events and progress
+    /// frames do not: the watch stays in flight until its end).
+    pub(crate) fn push_reply(&self, frame: &[u8], answers: bool) {
         self.out.borrow_mut().extend_from_slice(frame);
-        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        if answers {
+            self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        }
         self.wake();
     }
 

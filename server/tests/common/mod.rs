@@ -518,6 +518,20 @@ impl RawConn {
         }
     }
 
+    /// The next whole frame, or `None` once the server closed the connection (or nothing
+    /// came within the read timeout).
+    pub fn try_recv(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(frame) = self.buffer.next_frame().expect("valid framing") {
+                return Some(frame.to_vec());
+            }
+            match self.stream.read(self.buffer.spare()) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buffer.commit(n),
+            }
+        }
+    }
+
     /// Whether the server closed the connection (EOF or reset) within the read timeout.
     pub fn closed_by_server(&mut self) -> bool {
         let mut byte = [0u8; 1];

@@ -90,6 +90,27 @@ pub enum OpResult<'a> {
     Txn(TxnOutcome<'a>),
 }
 
+/// What an applied entry did to one key, as [`StateMachine::take_changes`] reports it (for
+/// watchers). Owned: later entries change the state it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The key.
+    pub key: Box<[u8]>,
+    /// For a put: the new value and the key's metadata after it; `None` for a delete.
+    pub put: Option<(Box<[u8]>, KeyMeta)>,
+    /// The value and metadata the key had before; `None` when it did not exist.
+    pub prev: Option<(Box<[u8]>, KeyMeta)>,
+}
+
+impl Change {
+    /// Bytes it holds (keys and values).
+    pub fn bytes(&self) -> usize {
+        self.key.len()
+            + self.put.as_ref().map_or(0, |(v, _)| v.len())
+            + self.prev.as_ref().map_or(0, |(v, _)| v.len())
+    }
+}
+
 /// Layers a state machine no longer uses.
 #[derive(Debug, Default)]
 #[must_use = "drop it where freeing large maps cannot stall requests"]
@@ -130,6 +151,10 @@ pub struct StateMachine {
     scratch_metas: Vec<KeyMeta>,
     scratch_flags: Vec<bool>,
     scratch_txn: Vec<TxnResult>,
+    /// Whether applying records each key's change ([`StateMachine::record_changes`]).
+    recording: bool,
+    /// The changes of the entries applied since the last [`StateMachine::take_changes`].
+    changes: Vec<Change>,
 }
 
 impl StateMachine {
@@ -305,7 +330,32 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Has every later put and delete record what it did to its key (with the key's value
+    /// before), for [`StateMachine::take_changes`]; off by default.
+    pub fn record_changes(&mut self, on: bool) {
+        self.recording = on;
+        if !on {
+            self.changes = Vec::new();
+        }
+    }
+
+    /// The changes recorded since the last call, in the order they were applied (a put or
+    /// delete of a missing key changes nothing and is not recorded).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
     fn put(&mut self, index: u64, key: &[u8], value: &[u8]) -> KeyMeta {
+        if self.recording {
+            let prev = self.get(key).map(|v| (Box::<[u8]>::from(v.value), v.meta));
+            let meta = self.put_unrecorded(index, key, value);
+            self.changes.push(Change { key: key.into(), put: Some((value.into(), meta)), prev });
+            return meta;
+        }
+        self.put_unrecorded(index, key, value)
+    }
+
+    fn put_unrecorded(&mut self, index: u64, key: &[u8], value: &[u8]) -> KeyMeta {
         // Overwriting a key the overlay already holds (the common case under load): one
         // search, and the value's allocation is reused when the length is unchanged.
         if let Some(Some(record)) = self.overlay.get_mut(key) {
@@ -346,6 +396,10 @@ impl StateMachine {
 
     fn delete(&mut self, key: &[u8]) -> bool {
         let Some(old_len) = self.get(key).map(|v| v.value.len()) else { return false };
+        if self.recording {
+            let prev = self.get(key).map(|v| (Box::<[u8]>::from(v.value), v.meta));
+            self.changes.push(Change { key: key.into(), put: None, prev });
+        }
         self.keys -= 1;
         self.data_bytes -= key.len() + old_len;
         if self.base.is_none() && self.frozen.is_none() {
@@ -447,6 +501,54 @@ mod tests {
         );
         assert_eq!(sm.applied_index(), 4);
         assert_eq!(sm.data_bytes(), 1 + 5);
+    }
+
+    // Shows: while recording, every put and delete reports its key's change with the value
+    // before it, in apply order, a batch's writes to one key each on its own; deleting a
+    // missing key and a transaction's branch that did not run record nothing.
+    #[test]
+    fn changes_are_recorded_with_previous_values() {
+        let mut sm = StateMachine::new();
+        apply_one(&mut sm, 1, |b| b.put(b"a", b"v1"));
+        assert!(sm.take_changes().is_empty(), "off by default");
+        sm.record_changes(true);
+        apply_one(&mut sm, 2, |b| {
+            b.put(b"a", b"v2");
+            b.put(b"b", b"w1");
+            b.delete(b"a");
+            b.delete(b"missing");
+        });
+        let meta = |create_index, mod_index, version| KeyMeta { create_index, mod_index, version };
+        let boxed = |b: &[u8]| Box::<[u8]>::from(b);
+        assert_eq!(
+            sm.take_changes(),
+            vec![
+                Change {
+                    key: boxed(b"a"),
+                    put: Some((boxed(b"v2"), meta(1, 2, 2))),
+                    prev: Some((boxed(b"v1"), meta(1, 1, 1))),
+                },
+                Change { key: boxed(b"b"), put: Some((boxed(b"w1"), meta(2, 2, 1))), prev: None },
+                Change { key: boxed(b"a"), put: None, prev: Some((boxed(b"v2"), meta(1, 2, 2))) },
+            ]
+        );
+        let never = Compare {
+            target: CompareTarget::Exists,
+            op: CompareOp::Equal,
+            key: b"missing",
+            value: b"",
+            number: 0,
+        };
+        let put = |key| TxnOp { kind: TxnOpKind::Put, key, value: b"t" };
+        apply_one(&mut sm, 3, |b| {
+            b.txn([never].into_iter(), [put(b"s")].into_iter(), [put(b"f")].into_iter())
+        });
+        let changes = sm.take_changes();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(&*changes[0].key, b"f", "only the branch that ran");
+        sm.record_changes(false);
+        apply_one(&mut sm, 4, |b| b.put(b"a", b"v3"));
+        assert!(sm.take_changes().is_empty());
     }
 
     // Shows: transactions pick the branch by their compares, atomically, and report the
