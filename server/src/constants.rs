@@ -97,10 +97,22 @@ pub const WATCHERS_PER_CONNECTION_MAX: usize = 1024;
 /// Watches one shard replica may run, over all its connections.
 pub const WATCHERS_PER_SHARD_MAX: usize = 100_000;
 
-/// Bytes of recent changes (keys, values, the values before) each replica keeps for watches
-/// to start or resume from; older changes answer `Compacted`. At 100-byte values, about
-/// 200,000 changes.
-pub const WATCH_HISTORY_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Watch bytes a connection may have queued and unwritten before its watchers stop getting
+/// live events and catch up from the history once it drains (a slow or paused watcher costs
+/// this much memory, not more).
+pub const WATCH_CONNECTION_QUEUE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Watch bytes all the shard's connections together may have queued: past it, a connection
+/// with anything queued waits for its drain before its watchers get more.
+pub const WATCH_SHARD_QUEUE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Queued watch bytes after which the core asks the shell to say when a connection's output
+/// is all written (so the count of what is queued is kept true without a notice per frame).
+pub const WATCH_DRAIN_NOTICE_BYTES: usize = 64 * 1024;
+
+/// History bytes one catching-up watcher is sent per turn, so thousands catching up at once
+/// share the executor with everything else.
+pub const WATCH_CATCH_UP_BYTES_PER_TURN: usize = 1024 * 1024;
 
 /// Bytes of raft traffic queued for one peer. Past it, messages are dropped and counted; raft
 /// retransmits what matters.
@@ -140,6 +152,12 @@ pub const SNAPSHOT_FILES_KEPT: usize = 2;
 /// spare, must fit in one segment.
 pub const WAL_SEGMENT_BYTES_MIN: u64 = 16 * 1024 * 1024;
 
+/// Largest watch history segment (the WAL's size when that is smaller): the history retires
+/// whole segments, so smaller ones keep its disk use close to the retention, and a node keeps
+/// a spare and up to two recycled ones beside them. The largest history record (an 8 MiB
+/// entry, its 4 MiB of values before and the changes' metadata) still fits.
+pub const HISTORY_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
 /// Bytes per snapshot chunk sent to a follower.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -157,6 +175,15 @@ const _: () = assert!(BATCH_BYTES_TARGET <= ENTRY_BYTES_MAX);
 const _: () = assert!(WAL_BACKLOG_BYTES_BUSY + ENTRY_BYTES_MAX < WRITE_BUFFER_BYTES_MAX);
 const _: () = assert!(READ_RETRY_TICKS * TICK_MS < READ_TIMEOUT_MS);
 const _: () = assert!(WATCHERS_PER_CONNECTION_MAX < CONNECTION_REQUESTS_IN_FLIGHT_MAX);
+const _: () = assert!(WATCH_DRAIN_NOTICE_BYTES < WATCH_CONNECTION_QUEUE_BYTES_MAX);
+const _: () = assert!(
+    ENTRY_BYTES_MAX
+        + corekv_storage::constants::PREV_VALUE_BYTES_PER_ENTRY_MAX
+        + 1024 * 1024
+        + 2 * corekv_storage::constants::BLOCK_BYTES
+        <= HISTORY_SEGMENT_BYTES_MAX as usize
+);
+const _: () = assert!(WATCH_CONNECTION_QUEUE_BYTES_MAX <= CONNECTION_OUTPUT_BYTES_MAX);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES % corekv_storage::constants::BLOCK_BYTES == 0);
 const _: () = assert!(WAL_SEGMENT_BYTES_MIN as usize >= 2 * ENTRY_BYTES_MAX);
 const _: () = assert!(SNAPSHOT_WINDOW_BYTES as usize + SNAPSHOT_CHUNK_BYTES < PEER_QUEUE_BYTES_MAX);

@@ -23,7 +23,7 @@ type Read<T> = fn(&ShardMetrics) -> T;
 type HistogramOf = (fn(&ShardMetrics) -> &Histogram, f64);
 
 /// The counters of one series per shard: name, help, how to read it.
-const COUNTERS: [(&str, &str, Read<u64>); 22] = [
+const COUNTERS: [(&str, &str, Read<u64>); 27] = [
     ("corekv_proposals_total", "Raft entries proposed (each carries a batch of writes).", |m| {
         m.proposals.load(Relaxed)
     }),
@@ -50,6 +50,27 @@ const COUNTERS: [(&str, &str, Read<u64>); 22] = [
         |m| m.watches_compacted.load(Relaxed),
     ),
     ("corekv_watch_events_total", "Watch events frames sent.", |m| m.watch_events.load(Relaxed)),
+    (
+        "corekv_watch_catch_ups_total",
+        "Live watchers switched to catching up from the history (their connection backed up).",
+        |m| m.watch_catch_ups.load(Relaxed),
+    ),
+    ("corekv_watch_history_reads_total", "Reads of the watch history from disk.", |m| {
+        m.history_reads.load(Relaxed)
+    }),
+    ("corekv_watch_history_written_bytes_total", "Bytes written by watch history flushes.", |m| {
+        m.history_bytes_written.load(Relaxed)
+    }),
+    (
+        "corekv_watch_history_resets_total",
+        "Times the watch history restarted empty (a leader's snapshot, a failed disk, damage).",
+        |m| m.history_resets.load(Relaxed),
+    ),
+    (
+        "corekv_watch_history_cut_by_size_total",
+        "Watch history segments dropped at the size cap before the retention's minimums.",
+        |m| m.history_cut_by_size.load(Relaxed),
+    ),
     (
         "corekv_votes_withheld_total",
         "Vote requests left unanswered while this replica catches up (started empty or lost data).",
@@ -110,7 +131,7 @@ const HISTOGRAMS: [(&str, &str, HistogramOf); 3] = [
 ];
 
 /// The gauges of one series per shard.
-const GAUGES: [(&str, &str, Read<i64>); 12] = [
+const GAUGES: [(&str, &str, Read<i64>); 16] = [
     ("corekv_client_connections", "Open client connections.", |m| {
         m.client_connections.load(Relaxed)
     }),
@@ -118,11 +139,23 @@ const GAUGES: [(&str, &str, Read<i64>); 12] = [
         m.peer_connections.load(Relaxed)
     }),
     ("corekv_watches", "Watches running on this replica.", |m| m.watches.load(Relaxed)),
+    ("corekv_watches_catching_up", "Watches catching up from the history.", |m| {
+        m.watches_catching_up.load(Relaxed)
+    }),
     (
-        "corekv_watch_history_bytes",
-        "Bytes of the change history that watches are served from.",
-        |m| m.watch_history_bytes.load(Relaxed),
+        "corekv_watch_queued_bytes",
+        "Watch bytes queued on client connections, not known to be written.",
+        |m| m.watch_queued_bytes.load(Relaxed),
     ),
+    ("corekv_watch_history_disk_bytes", "Bytes of watch history on disk.", |m| {
+        m.history_disk_bytes.load(Relaxed)
+    }),
+    ("corekv_watch_history_memory_bytes", "Bytes of watch history held in memory.", |m| {
+        m.history_cache_bytes.load(Relaxed)
+    }),
+    ("corekv_watch_history_first_index", "The oldest index the watch history covers.", |m| {
+        m.history_first_index.load(Relaxed)
+    }),
     ("corekv_is_leader", "1 while this replica leads its shard.", |m| m.is_leader.load(Relaxed)),
     ("corekv_term", "Raft term of this replica.", |m| m.term.load(Relaxed)),
     ("corekv_commit_index", "Raft commit index of this replica.", |m| m.commit_index.load(Relaxed)),

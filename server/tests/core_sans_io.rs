@@ -13,8 +13,9 @@ use corekv_server::core::{
     ChangeRefused, CoreConfig, MembershipChange, Outputs, Recovery, ShardCore, SnapshotJob,
 };
 use corekv_server::metrics::ShardMetrics;
+use corekv_storage::history::Retention;
 use corekv_storage::snapshot::Archive;
-use corekv_storage::wal::{MemSegments, RecoveryMode};
+use corekv_storage::wal::{MemSegments, RecoveryMode, SegmentSource};
 use corekv_types::ids::{NodeId, ShardId};
 use corekv_types::membership::MemberAddr;
 use corekv_types::registry::Node as RegistryNode;
@@ -24,6 +25,12 @@ const SEGMENT_BYTES: u64 = 1 << 20;
 struct Node {
     core: ShardCore,
     disk: MemSegments,
+    /// The watch history's disk.
+    history: MemSegments,
+    /// Connections whose client reads nothing (a paused watcher): the core hears of no drain.
+    paused: BTreeSet<u64>,
+    /// Paused connections the core asked to hear about.
+    drains_owed: BTreeSet<u64>,
     metrics: Arc<ShardMetrics>,
     /// Reply frames received per connection.
     replies: BTreeMap<u64, Vec<Vec<u8>>>,
@@ -34,28 +41,34 @@ struct Node {
 }
 
 fn node(id: u64, snapshot_entries: u64) -> Node {
-    node_on(id, MemSegments::new(format!("node-{id}"), SEGMENT_BYTES), None, snapshot_entries)
+    node_on(id, new_disks(id), None, snapshot_entries)
 }
 
-/// A node started on `disk` and its newest snapshot file (a restart when the disk holds a log).
+/// A node's disks: the WAL's and the watch history's.
+fn new_disks(id: u64) -> (MemSegments, MemSegments) {
+    let disk = MemSegments::new(format!("node-{id}"), SEGMENT_BYTES);
+    (disk, MemSegments::new(format!("node-{id}-history"), SEGMENT_BYTES))
+}
+
+/// A node started on `disks` and its newest snapshot file (a restart when the disks hold a
+/// log).
 fn node_on(
     id: u64,
-    disk: MemSegments,
+    disks: (MemSegments, MemSegments),
     snapshot: Option<Arc<Archive>>,
     snapshot_entries: u64,
 ) -> Node {
-    start_node(id, disk, snapshot, snapshot_entries, false)
+    start_node(id, disks, snapshot, snapshot_entries, false)
 }
 
 /// A new node, not in the registry, started with `--join` and no data.
 fn joiner(id: u64) -> Node {
-    let disk = MemSegments::new(format!("node-{id}"), SEGMENT_BYTES);
-    start_node(id, disk, None, 1_000_000, true)
+    start_node(id, new_disks(id), None, 1_000_000, true)
 }
 
 fn start_node(
     id: u64,
-    disk: MemSegments,
+    (disk, history): (MemSegments, MemSegments),
     snapshot: Option<Arc<Archive>>,
     snapshot_entries: u64,
     join: bool,
@@ -82,6 +95,7 @@ fn start_node(
             log_bytes: 1 << 30,
             write_bytes_per_sec: 1 << 30,
         },
+        wall_epoch_ms: 0,
         join,
     };
     let metrics = Arc::new(ShardMetrics::default());
@@ -92,15 +106,54 @@ fn start_node(
         mode: RecoveryMode::Strict,
         snapshot: snapshot.clone(),
         entry_cache_bytes: None,
+        history: Box::new(history.clone()),
+        history_segment_bytes: SEGMENT_BYTES,
+        history_retention: corekv_server::core::history_retention(&Default::default()),
+        history_cache_bytes: None,
     };
     let core = ShardCore::recover(cfg, recovery, metrics.clone(), &logger).unwrap();
     Node {
         core,
         disk,
+        history,
+        paused: BTreeSet::new(),
+        drains_owed: BTreeSet::new(),
         metrics,
         replies: BTreeMap::new(),
         snapshots_taken: Vec::new(),
         newest_snapshot: snapshot,
+    }
+}
+
+impl Node {
+    /// What a turn left for the watch history, done at once, as the runtime does it: the
+    /// flush jobs that are due, reads, retired segments; and drain notices for connections
+    /// whose client reads (every reply is delivered at once). True when the core was called
+    /// (a turn must follow).
+    fn run_history(&mut self, out: &mut Outputs) -> bool {
+        let mut called = false;
+        for seq in out.history_retire.drain(..) {
+            self.history.remove(seq);
+        }
+        for job in std::mem::take(&mut out.history_reads) {
+            let data = self.history.read_at(job.read.seq, job.read.offset, job.read.len);
+            self.core.on_history_read(job, data);
+            called = true;
+        }
+        for conn in std::mem::take(&mut out.drain_notify) {
+            if self.paused.contains(&conn) {
+                self.drains_owed.insert(conn);
+            } else {
+                self.core.on_client_drained(conn);
+                called = true;
+            }
+        }
+        while let Some(job) = self.core.take_history_flush_job() {
+            self.history.run(&job);
+            self.core.on_history_flush_complete(job);
+            called = true;
+        }
+        called
     }
 }
 
@@ -173,7 +226,7 @@ impl Cluster {
                         let frame = self.out.reply_bytes[range].to_vec();
                         node.replies.entry(conn).or_default().push(frame);
                     }
-                    flushed = false;
+                    flushed = node.run_history(&mut self.out);
                     while let Some(job) = node.core.take_flush_job() {
                         if held.contains(id) {
                             held_jobs += 1;
@@ -489,10 +542,11 @@ fn a_wiped_replica_joins_and_goes_on_joining_after_a_restart() {
 
     // A restart part way: the mark names a commit index its log has not reached.
     let disk = cluster.nodes[&3].disk.clone();
+    let history = cluster.nodes[&3].history.clone();
     let snapshot = cluster.nodes[&3].newest_snapshot.clone();
     let target = cluster.nodes[&3].core.state_machine().applied_index() + 1;
     {
-        let mut node = node_on(3, disk.clone(), snapshot.clone(), 1_000_000);
+        let mut node = node_on(3, (disk.clone(), history.clone()), snapshot.clone(), 1_000_000);
         let store = node.core.raft_mut().mut_store();
         store.set_rebuilding(Some(target)).unwrap();
         while let Some(job) = store.take_flush_job() {
@@ -500,7 +554,7 @@ fn a_wiped_replica_joins_and_goes_on_joining_after_a_restart() {
             store.on_flush_complete(job);
         }
     }
-    cluster.nodes.insert(3, node_on(3, disk, snapshot, 1_000_000));
+    cluster.nodes.insert(3, node_on(3, (disk, history), snapshot, 1_000_000));
     assert!(cluster.nodes[&3].core.joining(), "the mark survived the restart");
     cluster.cut.insert(1);
     for _ in 0..100 {
@@ -527,9 +581,9 @@ fn a_wiped_replica_joins_and_goes_on_joining_after_a_restart() {
     cluster.send(leader, 8, &[encoder.put(3, b"k3", b"v3").to_vec()]);
     cluster.settle();
     cluster.tick();
-    let disk = cluster.nodes[&3].disk.clone();
+    let disks = (cluster.nodes[&3].disk.clone(), cluster.nodes[&3].history.clone());
     let snapshot = cluster.nodes[&3].newest_snapshot.clone();
-    cluster.nodes.insert(3, node_on(3, disk, snapshot, 1_000_000));
+    cluster.nodes.insert(3, node_on(3, disks, snapshot, 1_000_000));
     assert!(!cluster.nodes[&3].core.joining(), "caught up, the mark was cleared");
 }
 
@@ -976,16 +1030,17 @@ fn watches_stream_changes_resume_at_a_new_leader_and_report_compaction() {
     let k3 = cluster.nodes[&2].core.state_machine().get(b"k3").unwrap().meta.mod_index;
     assert_eq!(watch_lines(&mut cluster, 2, 23), vec![format!("#105 events {k3}: put k3=d v1")]);
 
-    // A small history: the oldest changes go, and a start before what is kept is Compacted.
-    cluster.nodes.get_mut(&2).unwrap().core.set_watch_history_bytes(256);
-    for i in 0..8u64 {
-        cluster.send(
-            2,
-            7,
-            &[encoder.put(10 + i, format!("z{i}").as_bytes(), &[b'v'; 64]).to_vec()],
-        );
+    // A small retention: the oldest segments go, and a start before what is kept is
+    // Compacted.
+    let small = Retention { min_entries: 0, min_bytes: 0, min_age_ms: 0, max_bytes: 1 << 20 };
+    cluster.nodes.get_mut(&2).unwrap().core.set_history_limits(small, 0);
+    for i in 0..40u64 {
+        let value = vec![b'v'; 64 * 1024];
+        cluster.send(2, 7, &[encoder.put(10 + i, format!("z{i}").as_bytes(), &value).to_vec()]);
         cluster.settle();
     }
+    cluster.tick();
+    assert!(cluster.nodes[&2].core.history_range().0 > first_put, "segments were retired");
     cluster.send(
         2,
         24,
@@ -1000,4 +1055,106 @@ fn watches_stream_changes_resume_at_a_new_leader_and_report_compaction() {
     );
     let metrics = &cluster.nodes[&2].metrics;
     assert_eq!(metrics.watches_compacted.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// The bytes of the watch replies on connection `conn` of node `id`, and the put keys their
+/// events carry, in order (forgotten after).
+fn watched_keys(cluster: &mut Cluster, id: u64, conn: u64) -> (usize, Vec<String>) {
+    let frames = cluster.nodes.get_mut(&id).unwrap().replies.remove(&conn).unwrap_or_default();
+    let mut keys = Vec::new();
+    for frame in &frames {
+        let reply = verify_reply(frame).unwrap();
+        if let Some(events) = reply.reply_as_watch_events() {
+            for change in events.changes().unwrap() {
+                keys.push(String::from_utf8(change.key().bytes().to_vec()).unwrap());
+            }
+        }
+    }
+    (frames.iter().map(Vec::len).sum(), keys)
+}
+
+// Shows: a watch from an old index reads the history back from disk when memory holds none
+// of it, every change in order; a live watcher whose client reads nothing stops being sent
+// events once its connection holds its budget unsent (catching up instead), and after the
+// drain gets every change, once, in order; a restarted replica keeps its history, and a
+// watch there from the first index still gets everything.
+#[test]
+fn watchers_read_history_from_disk_survive_a_paused_client_and_a_restart() {
+    use corekv_proto::client::WatchScope;
+    use corekv_proto::encode::WatchSpec;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut cluster = Cluster::new();
+    assert_eq!(cluster.elect(), 1);
+    let keep =
+        Retention { min_entries: 0, min_bytes: u64::MAX, min_age_ms: 0, max_bytes: u64::MAX };
+    for node in cluster.nodes.values_mut() {
+        node.core.set_history_limits(keep, 0);
+    }
+    let mut encoder = RequestEncoder::new();
+    let spec = |key: &'static [u8], start_index| WatchSpec {
+        scope: WatchScope::Prefix,
+        key,
+        range_end: b"",
+        start_index,
+        prev_value: false,
+        progress_ms: 0,
+    };
+    let value = vec![b'v'; 1024];
+    let want_k: Vec<String> = (0..50).map(|i| format!("k{i:03}")).collect();
+    for key in &want_k {
+        cluster.send(1, 7, &[encoder.put(1, key.as_bytes(), &value).to_vec()]);
+        cluster.settle();
+    }
+    cluster.tick();
+    cluster.send(1, 30, &[encoder.watch(100, &spec(b"k", 1)).to_vec()]);
+    cluster.settle();
+    assert_eq!(watched_keys(&mut cluster, 1, 30).1, want_k, "from disk, in order");
+    assert!(cluster.nodes[&1].metrics.history_reads.load(Relaxed) > 0, "read from disk");
+
+    // A paused client: past its budget, the watcher stops getting live events.
+    cluster.nodes.get_mut(&1).unwrap().paused.insert(31);
+    cluster.send(1, 31, &[encoder.watch(101, &spec(b"p", 0)).to_vec()]);
+    cluster.settle();
+    let mut want_p = Vec::new();
+    for batch in 0..80 {
+        let keys: Vec<String> = (0..30).map(|i| format!("p{batch:03}-{i:02}")).collect();
+        let items: Vec<(&[u8], &[u8])> =
+            keys.iter().map(|k| (k.as_bytes(), value.as_slice())).collect();
+        cluster.send(1, 7, &[encoder.batch_put(2, &items).to_vec()]);
+        cluster.settle();
+        want_p.extend(keys);
+    }
+    let (queued, seen) = watched_keys(&mut cluster, 1, 31);
+    assert!(queued <= (1 << 20) + 64 * 1024, "{queued} bytes queued for a paused client");
+    assert!(seen.len() < want_p.len() / 2, "{} of {} sent while paused", seen.len(), want_p.len());
+    assert!(cluster.nodes[&1].metrics.watch_catch_ups.load(Relaxed) >= 1);
+    // The client reads again: everything after what it had, once, in order.
+    let node = cluster.nodes.get_mut(&1).unwrap();
+    node.paused.clear();
+    for conn in std::mem::take(&mut node.drains_owed) {
+        node.core.on_client_drained(conn);
+    }
+    for _ in 0..50 {
+        cluster.settle();
+        let node = cluster.nodes.get_mut(&1).unwrap();
+        node.core.on_client_drained(31);
+    }
+    let mut all = seen;
+    all.extend(watched_keys(&mut cluster, 1, 31).1);
+    assert_eq!(all, want_p, "nothing missed, nothing repeated, in order");
+
+    // A restart keeps the history: node 2, leading after it, serves a watch from index 1.
+    let (first, _) = cluster.nodes[&2].core.history_range();
+    let disks = (cluster.nodes[&2].disk.clone(), cluster.nodes[&2].history.clone());
+    let snapshot = cluster.nodes[&2].newest_snapshot.clone();
+    cluster.nodes.insert(2, node_on(2, disks, snapshot, 1_000_000));
+    assert_eq!(cluster.nodes[&2].core.history_range().0, first);
+    cluster.tick();
+    cluster.send(1, 7, &[encoder.transfer_leader(5, NodeId(2)).to_vec()]);
+    cluster.tick_until(40, "node 2 leads", |c| c.leader() == Some(2));
+    cluster.send(2, 32, &[encoder.watch(102, &spec(b"", 1)).to_vec()]);
+    cluster.settle();
+    let mut want = want_k.clone();
+    want.extend(want_p);
+    assert_eq!(watched_keys(&mut cluster, 2, 32).1, want);
 }

@@ -386,9 +386,10 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn full_disk_stops_acknowledging_and_corrupts_nothing() {
     let mut cluster = TestCluster::prepare(3, 1, &["--wal-segment-mib", "16"]);
-    // Room for three 16 MiB WAL segments (two in use and a spare after the restart) and the
-    // directory's small files (LOCK, IDENTITY); the test fills the rest.
-    let _mount = Tmpfs::mount(&cluster.data_dir(1), 52);
+    // Room for three 16 MiB WAL segments (two in use and a spare after the restart), the
+    // watch history's segment and its spare, and the directory's small files (LOCK,
+    // IDENTITY); the test fills the rest.
+    let _mount = Tmpfs::mount(&cluster.data_dir(1), 84);
     cluster.launch();
     // Node 1 is shard 0's preferred leader; another node may win the first election, and
     // hands leadership back once node 1 is caught up.

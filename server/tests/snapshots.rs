@@ -333,8 +333,14 @@ fn damaged_snapshot_falls_back_to_the_previous_one() {
 // without compaction — every node's data directory levels off.
 #[test]
 fn disk_use_stays_bounded_under_overwrites() {
-    let cluster =
-        TestCluster::start_with(3, 1, &["--snapshot-log-mib", "4", "--wal-segment-mib", "16"]);
+    let mut cluster =
+        TestCluster::prepare(3, 1, &["--snapshot-log-mib", "4", "--wal-segment-mib", "16"]);
+    // The watch history's cap: its segments are part of the bound below.
+    cluster.add_to_registry(
+        "[watch]\nhistory_min_entries = 0\nhistory_min_mib = 0\nhistory_min_minutes = 0\n\
+         history_max_mib = 32",
+    );
+    cluster.launch();
     let client = cluster.client();
     let value = vec![b'x'; 1024];
     let mut sizes = Vec::new();
@@ -358,11 +364,13 @@ fn disk_use_stays_bounded_under_overwrites() {
         }
     });
     // Per node: the log since the previous snapshot (about 2 x 4 MiB of entries) within
-    // 16 MiB segments, a spare and recycled segments, two small snapshots. Without compaction
-    // each node would hold every byte its WAL wrote.
-    let bound: u64 = 8 * 16 * 1024 * 1024;
+    // 16 MiB segments, a spare and recycled segments, two small snapshots; the watch
+    // history's 32 MiB, its active segment, a spare and recycled ones. Without compaction and
+    // retention each node would hold every byte its WAL and history wrote.
+    let bound: u64 = (8 + 6) * 16 * 1024 * 1024;
     for node in 1..=3 {
-        let written = cluster.metric(node, "corekv_wal_written_bytes_total").unwrap() as u64;
+        let written = cluster.metric(node, "corekv_wal_written_bytes_total").unwrap() as u64
+            + cluster.metric(node, "corekv_watch_history_written_bytes_total").unwrap() as u64;
         let size = common::dir_bytes(&cluster.data_dir(node));
         assert!(written > 2 * size, "node {node} wrote {written} bytes and holds {size}");
         assert!(size < bound, "node {node} holds {size} bytes");

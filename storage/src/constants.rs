@@ -23,6 +23,46 @@ pub const RECORD_ALIGN_BYTES: usize = 8;
 /// command header; a record may carry several entries, and callers split larger batches.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 20 * 1024 * 1024;
 
+/// Bytes of values before (the values a change replaced or deleted) one applied entry copies
+/// into its changes for watchers; values past it are left out (their metadata is kept). An
+/// entry is at most 8 MiB, but one that overwrites 10,000 keys of 1 MiB each would otherwise
+/// copy 10 GB; with this, an entry's history record stays within a segment of the smallest
+/// size.
+pub const PREV_VALUE_BYTES_PER_ENTRY_MAX: usize = 4 * 1024 * 1024;
+
+/// Bytes of values before that a batch of committed entries applied together may copy, all
+/// entries together: a follower catching up on many entries that each replace a large value
+/// would otherwise copy without bound (the core refills it per batch).
+pub const PREV_VALUE_BYTES_PER_BATCH_MAX: usize = 64 * 1024 * 1024;
+
+/// Watch history ([`crate::history`]): bytes of the newest entries kept in memory, so live
+/// watchers and those slightly behind never touch the disk.
+pub const HISTORY_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// A history flush is due once this much is buffered...
+pub const HISTORY_FLUSH_BYTES: usize = 1024 * 1024;
+
+/// ...or the oldest buffered record waited this long (µs). History is not on the commit
+/// path: flushing it every few milliseconds instead of with every WAL flush keeps its
+/// fdatasyncs few.
+pub const HISTORY_FLUSH_DELAY_US: u64 = 10_000;
+
+/// A history position is remembered every this many bytes of records (and at every
+/// segment's first record), so a read from an old index starts at most this far before it.
+pub const HISTORY_MARK_BYTES: u64 = 256 * 1024;
+
+/// Bytes one history read asks for (more when a single record is larger).
+pub const HISTORY_READ_BYTES: usize = 1024 * 1024;
+
+/// Unflushed history bytes past which the core holds back applying entries until a flush
+/// completes (backpressure, so recording never has to drop a record)...
+pub const HISTORY_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
+
+/// ...and the most the history's write buffer takes: the backlog plus what one batch of
+/// committed entries can add (16 MiB of entry data, keys and values up to six times larger
+/// as changes with their metadata, plus the batch's values before).
+pub const HISTORY_BUFFER_BYTES_MAX: usize = 256 * 1024 * 1024;
+
 /// Most unflushed bytes the WAL buffers. Beyond it `append` answers `Full` (backpressure);
 /// the caller waits for the flush in flight. Bounds the memory one shard's WAL can take.
 pub const WRITE_BUFFER_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -71,6 +111,10 @@ const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN_BYTES == 0);
 const _: () = assert!(
     (SEGMENT_HEADER_BYTES as usize) + 2 * (RECORD_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX)
         <= SEGMENT_BYTES as usize
+);
+const _: () = assert!(
+    HISTORY_BACKLOG_BYTES + 6 * 16 * 1024 * 1024 + PREV_VALUE_BYTES_PER_BATCH_MAX
+        <= HISTORY_BUFFER_BYTES_MAX
 );
 // One maximal record always fits in an empty write buffer.
 const _: () =

@@ -8,6 +8,8 @@
 //! - [`state_machine`]: the ordered map of keys, values and per-key metadata that applying
 //!   committed entries builds: the newest snapshot read in place, plus overlays of the changes
 //!   since.
+//! - [`history`]: the watch history — what each applied entry changed, by raft index, kept on
+//!   disk for a retention so watchers resume from old cursors.
 //! - [`snapshot`]: rkyv snapshot files — building, validating, loading, listing.
 //! - [`value`]: a stored value and its metadata, as the state machine and the snapshots hold it.
 //! - [`constants`]: sizes and limits.
@@ -21,6 +23,7 @@
 pub mod command;
 pub mod constants;
 pub mod error;
+pub mod history;
 pub mod key;
 pub mod pacing;
 pub mod raft_log;

@@ -107,6 +107,46 @@ pub struct Registry {
     /// The nodes, in file order.
     #[serde(rename = "node", default)]
     pub nodes: Vec<Node>,
+    /// How much watch history each shard keeps (the optional `[watch]` section).
+    #[serde(default)]
+    pub watch: WatchSettings,
+}
+
+/// The optional `[watch]` section: how much watch history every shard keeps, so a watcher
+/// that reconnects from an old cursor finds its changes. A shard keeps at least the newest
+/// `history_min_entries` raft entries, `history_min_mib` MiB of history and the last
+/// `history_min_minutes` minutes of it, and never more than `history_max_mib` MiB (the
+/// oldest goes first).
+///
+/// ```toml
+/// [watch]
+/// history_min_entries = 100000
+/// history_min_mib = 64
+/// history_min_minutes = 5
+/// history_max_mib = 1024
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchSettings {
+    /// Keep at least this many raft entries of history.
+    pub history_min_entries: u64,
+    /// Keep at least this many MiB of history.
+    pub history_min_mib: u64,
+    /// Keep at least this many minutes of history.
+    pub history_min_minutes: u64,
+    /// Never keep more than this many MiB of history per shard.
+    pub history_max_mib: u64,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            history_min_entries: 100_000,
+            history_min_mib: 64,
+            history_min_minutes: 5,
+            history_max_mib: 1024,
+        }
+    }
 }
 
 impl Registry {
@@ -150,6 +190,26 @@ impl Registry {
         }
         if self.nodes.is_empty() {
             return Err("no [[node]] entries".to_string());
+        }
+        let watch = &self.watch;
+        if watch.history_min_mib > watch.history_max_mib {
+            return Err(format!(
+                "[watch] history_min_mib = {} is over history_max_mib = {}",
+                watch.history_min_mib, watch.history_max_mib
+            ));
+        }
+        if watch.history_max_mib == 0 || watch.history_max_mib > 1 << 30 {
+            return Err(format!(
+                "[watch] history_max_mib = {} must be from 1 to {}",
+                watch.history_max_mib,
+                1u64 << 30
+            ));
+        }
+        if watch.history_min_minutes > 1 << 30 {
+            return Err(format!(
+                "[watch] history_min_minutes = {} is too large",
+                watch.history_min_minutes
+            ));
         }
         let mut ids = HashSet::new();
         for node in &self.nodes {

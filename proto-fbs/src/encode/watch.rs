@@ -31,8 +31,10 @@ pub struct ChangeRef<'a> {
     pub key: &'a [u8],
     /// For a put: the new value and the key's metadata after it; `None` for a delete.
     pub put: Option<(&'a [u8], KeyMeta)>,
-    /// The value and metadata the key had before, when asked for and it existed.
-    pub prev: Option<(&'a [u8], KeyMeta)>,
+    /// The value and metadata the key had before, when asked for and it existed; the value
+    /// is `None` when the server left it out (an entry's values before are kept up to a
+    /// bound).
+    pub prev: Option<(Option<&'a [u8]>, KeyMeta)>,
 }
 
 /// How and where a watch ended.
@@ -79,7 +81,7 @@ impl RequestEncoder {
 fn change<'b>(fbb: &mut FlatBufferBuilder<'b>, change: &ChangeRef<'_>) -> WIPOffset<c::Change<'b>> {
     let key = Some(fbb.create_vector(change.key));
     let value = bytes_vector(fbb, change.put.map(|(value, _)| value));
-    let prev_value = bytes_vector(fbb, change.prev.map(|(value, _)| value));
+    let prev_value = bytes_vector(fbb, change.prev.and_then(|(value, _)| value));
     let args = c::ChangeArgs {
         kind: if change.put.is_some() { ChangeKind::Put } else { ChangeKind::Delete },
         key,

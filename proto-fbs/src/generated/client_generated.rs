@@ -8102,7 +8102,9 @@ impl<'a> Change<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<KeyMeta>(Change::VT_META, None)}
   }
-  /// When the watch asked for it and the key existed before: its value and metadata then.
+  /// When the watch asked for it and the key existed before: its metadata then, and its
+  /// value then (absent, with `prev_meta` present, when the server left it out: it keeps an
+  /// entry's values before up to 4 MiB).
   #[inline]
   pub fn prev_value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
     // Safety:

@@ -316,7 +316,7 @@ impl ShardCore {
                 false
             }
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-                if !self.is_member_candidate(message.from) =>
+                if !self.is_member_candidate(message) =>
             {
                 tracing::debug!(shard = %self.cfg.shard, candidate = message.from,
                     "ignoring a vote request from a node that is not a voter of this shard");

@@ -153,8 +153,26 @@ pub struct ShardMetrics {
     pub watch_events: AtomicU64,
     /// Watches running on this replica.
     pub watches: AtomicI64,
-    /// Bytes of the change history watches are served from.
-    pub watch_history_bytes: AtomicI64,
+    /// Live watchers switched to catching up (their connection backed up).
+    pub watch_catch_ups: AtomicU64,
+    /// Reads of the watch history from disk.
+    pub history_reads: AtomicU64,
+    /// Bytes written by watch history flushes.
+    pub history_bytes_written: AtomicU64,
+    /// Watchers catching up from the history.
+    pub watches_catching_up: AtomicI64,
+    /// Watch bytes queued on connections and not known to be written.
+    pub watch_queued_bytes: AtomicI64,
+    /// Bytes of watch history on disk.
+    pub history_disk_bytes: AtomicI64,
+    /// Bytes of watch history in memory.
+    pub history_cache_bytes: AtomicI64,
+    /// The oldest index the watch history covers.
+    pub history_first_index: AtomicI64,
+    /// Times the watch history restarted empty.
+    pub history_resets: AtomicU64,
+    /// History segments retired before the retention's minimums were met (size cap).
+    pub history_cut_by_size: AtomicU64,
 }
 
 impl Default for ShardMetrics {
@@ -187,7 +205,16 @@ impl Default for ShardMetrics {
             watches_compacted: AtomicU64::new(0),
             watch_events: AtomicU64::new(0),
             watches: AtomicI64::new(0),
-            watch_history_bytes: AtomicI64::new(0),
+            watch_catch_ups: AtomicU64::new(0),
+            history_reads: AtomicU64::new(0),
+            history_bytes_written: AtomicU64::new(0),
+            watches_catching_up: AtomicI64::new(0),
+            watch_queued_bytes: AtomicI64::new(0),
+            history_disk_bytes: AtomicI64::new(0),
+            history_cache_bytes: AtomicI64::new(0),
+            history_first_index: AtomicI64::new(0),
+            history_resets: AtomicU64::new(0),
+            history_cut_by_size: AtomicU64::new(0),
             conf_changes: AtomicU64::new(0),
             cold_records_read: AtomicU64::new(0),
             client_connections: AtomicI64::new(0),

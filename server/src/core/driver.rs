@@ -19,13 +19,18 @@
 //!    │── turn(now, ticks, &mut out) ────────────────────► ticks, the Ready loop (ready.rs)
 //!    │◄─────────────────── out + Turn { snapshot, prune } ─
 //!    │     send out.messages, write out.replies, close out.close, retire out.retire,
-//!    │     drop out.garbage, read out.cold_fetches, build turn.snapshot, prune old files
+//!    │     drop out.garbage, read out.cold_fetches and out.history_reads, retire
+//!    │     out.history_retire, watch out.drain_notify, build turn.snapshot, prune old files
 //!    │
 //!    │── take_flush_job() whenever no flush is in flight ─► everything appended, one job
 //!    │     write + fdatasync
 //!    │── on_flush_complete(job) | on_flush_failed(e) ──► durable: held messages go out
 //!    │── on_snapshot_written(a) | on_snapshot_failed(e) ► new base, compaction
 //!    │── on_cold_fetched(fetch, data) ──────────────────► raft-rs sends the entries
+//!    │── take_history_flush_job() when due (history_flush_due_us), one at a time
+//!    │── on_history_flush_complete(job) | _failed(e) ──► a held snapshot job may go
+//!    │── on_history_read(job, data) ────────────────────► a catching-up watcher goes on
+//!    │── on_client_drained(conn) (asked in out.drain_notify) ► its watchers go on
 //!    │     (each completion is followed by a turn)
 //!    │
 //!    │ shutdown: shutdown_turn(now, give_up, &mut out) until it says drained, then
@@ -40,9 +45,11 @@ use std::sync::Arc;
 
 use corekv_proto::encode::ErrorInfo;
 use corekv_storage::error::StorageError;
+use corekv_storage::history::{HistoryLog, Retention};
 use corekv_storage::raft_log::RaftLogStore;
 use corekv_storage::snapshot::Archive;
 use corekv_storage::state_machine::StateMachine;
+use corekv_storage::wal::FlushJob;
 use corekv_storage::wal::{RecoveryMode, SegmentIdentity, SegmentSource};
 use raft::eraftpb::ConfState;
 
@@ -66,6 +73,16 @@ pub struct Recovery {
     /// Bytes of log entries kept in memory; `None` for the default (tests make it small to
     /// have followers read from the WAL).
     pub entry_cache_bytes: Option<usize>,
+    /// The watch history's segment files (`DATA_DIR/shard-S/history/`, or the simulator's
+    /// disk), in the WAL's format.
+    pub history: Box<dyn SegmentSource>,
+    /// Size of new history segment files.
+    pub history_segment_bytes: u64,
+    /// How much watch history to keep.
+    pub history_retention: Retention,
+    /// Bytes of watch history kept in memory; `None` for the default (tests make it small to
+    /// have watchers read from disk).
+    pub history_cache_bytes: Option<usize>,
 }
 
 /// Why a replica's state could not be recovered.
@@ -178,7 +195,51 @@ impl ShardCore {
              snapshot apply next"
         );
         store.set_conf_state(membership::conf_state(&membership));
-        ShardCore::new(cfg, store, sm, membership, metrics, logger).map_err(RecoveryError::Raft)
+        let history_identity =
+            SegmentIdentity { cluster: cfg.cluster.clone(), shard: cfg.shard.get() };
+        let opened = HistoryLog::open(
+            recovery.history.as_ref(),
+            history_identity,
+            recovery.history_segment_bytes,
+            sm.applied_index(),
+            recovery.history_retention,
+        );
+        if let Some(why) = &opened.restarted {
+            tracing::warn!(shard = %cfg.shard, %why, first_index = opened.log.first(),
+                "the watch history starts anew (watchers from older cursors are told Compacted)");
+        }
+        let mut history = opened.log;
+        if let Some(bytes) = recovery.history_cache_bytes {
+            history.set_cache_limit(bytes);
+        }
+        let mut core = ShardCore::new(cfg, store, sm, history, membership, metrics, logger)
+            .map_err(RecoveryError::Raft)?;
+        core.out.history_retire.extend(opened.discard);
+        Ok(core)
+    }
+
+    /// A watch history flush job when one is due and none is in flight (the shell runs it
+    /// like a WAL flush job, then calls [`ShardCore::on_history_flush_complete`] or
+    /// [`ShardCore::on_history_flush_failed`]); [`ShardCore::history_flush_due_us`] says when
+    /// to ask again.
+    pub fn take_history_flush_job(&mut self) -> Option<FlushJob> {
+        self.history.take_flush_job(self.now_us)
+    }
+
+    /// When a history flush job is next due (µs, the core's clock), if one will be.
+    pub fn history_flush_due_us(&self) -> Option<u64> {
+        self.history.flush_due_us()
+    }
+
+    /// A history flush job finished. Followed by a turn (a snapshot may wait for it).
+    pub fn on_history_flush_complete(&mut self, job: FlushJob) {
+        self.history.on_flush_complete(job);
+    }
+
+    /// A history flush job failed: the history keeps going in memory only.
+    pub fn on_history_flush_failed(&mut self, error: String) {
+        self.metrics.wal_flush_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.history.on_flush_failed(error);
     }
 
     /// The first call after recovery: the clock, and an election at once if this node is the

@@ -591,9 +591,15 @@ impl ShardCore {
         self.membership.preferred_leader(self.cfg.shard).unwrap_or(NodeId::NONE)
     }
 
-    /// Whether a vote request from `from` may reach raft-rs: only members' do, so a removed
-    /// replica cannot disturb the others with elections.
-    pub(super) fn is_member_candidate(&self, from: u64) -> bool {
-        self.membership.voters.is_empty() || self.membership.is_voter(NodeId(from))
+    /// Whether a vote request may reach raft-rs: a voter's does, so a removed replica cannot
+    /// disturb the others with elections; and so does one whose log is ahead of this
+    /// replica's, since this replica may be the one that is behind — not yet knowing the
+    /// configuration that made the candidate a voter. (Found by the simulator: a replica cut
+    /// off while a learner was promoted, the only other voter's disk then lost, ignored the
+    /// one candidate that could win, and the shard never elected a leader again.)
+    pub(super) fn is_member_candidate(&self, request: &raft::eraftpb::Message) -> bool {
+        let log = &self.raw.raft.raft_log;
+        let ahead = (request.log_term, request.index) > (log.last_term(), log.last_index());
+        self.membership.voters.is_empty() || self.membership.is_voter(NodeId(request.from)) || ahead
     }
 }

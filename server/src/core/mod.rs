@@ -19,6 +19,7 @@
 //! | `kinds` | request kinds, error kinds, roles (what metrics label by) |
 //! | [`counters`] | the shard's counters and histograms ([`crate::metrics`] renders them) |
 //! | `snapshots` | when to snapshot, installing a leader's snapshot |
+//! | `watch` | watches: live changes, catching up from the watch history, slow watchers |
 //! | [`membership`] | voters, learners and their addresses: changes proposed, checked, applied |
 //! | `admin` | the operator's requests: the membership, a change, a leadership transfer |
 //! | `status`, `health` | what a replica reports, and whether it serves |
@@ -47,6 +48,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use corekv_proto::encode::ReplyEncoder;
+use corekv_storage::history::HistoryLog;
 use corekv_storage::raft_log::{ColdFetch, RaftLogStore};
 use corekv_storage::state_machine::StateMachine;
 use corekv_types::ids::{NodeId, ShardId};
@@ -68,6 +70,7 @@ pub use kinds::{role_of, ErrorKind, Op};
 pub use membership::ChangeRefused;
 pub use reads::Reads;
 pub use snapshots::{SnapshotJob, SnapshotPolicy};
+pub use watch::{history_retention, HistoryReadJob};
 pub use writes::Writes;
 
 /// Identifies a client connection within a shard; chosen by the shell.
@@ -96,6 +99,9 @@ pub struct CoreConfig {
     pub tick_ms: u64,
     /// When to take a snapshot.
     pub snapshots: SnapshotPolicy,
+    /// The wall clock (ms since the Unix epoch) when the core's clock read 0: the watch
+    /// history's retention by age goes by it.
+    pub wall_epoch_ms: u64,
     /// This replica lost its data (or is new to a running cluster): it catches up from the
     /// leader before it votes or campaigns. A replica also starts so when its log carries the
     /// rebuilding mark, and turns to it when it finds out itself (see `catch_up`).
@@ -124,6 +130,14 @@ pub struct Outputs {
     /// Old log entries a lagging follower needs: read these WAL records off the executor and
     /// hand them to [`ShardCore::on_cold_fetched`].
     pub cold_fetches: Vec<ColdFetch>,
+    /// Watch history a catching-up watcher needs: read these off the executor and hand them
+    /// to [`ShardCore::on_history_read`].
+    pub history_reads: Vec<HistoryReadJob>,
+    /// Watch history segments no longer kept: recycle or delete them (as WAL segments).
+    pub history_retire: Vec<u64>,
+    /// Connections whose output the core wants to hear about once it is all written
+    /// ([`ShardCore::on_client_drained`]).
+    pub drain_notify: Vec<ConnId>,
 }
 
 impl Outputs {
@@ -134,6 +148,9 @@ impl Outputs {
             && self.close.is_empty()
             && self.retire.is_empty()
             && self.cold_fetches.is_empty()
+            && self.history_reads.is_empty()
+            && self.history_retire.is_empty()
+            && self.drain_notify.is_empty()
     }
 
     /// Empties every list, keeping the allocations.
@@ -146,6 +163,9 @@ impl Outputs {
         self.retire.clear();
         self.garbage.clear();
         self.cold_fetches.clear();
+        self.history_reads.clear();
+        self.history_retire.clear();
+        self.drain_notify.clear();
     }
 }
 
@@ -199,8 +219,12 @@ pub struct ShardCore {
     /// operator's transfer, or the balancing itself), not by an election: then it keeps it
     /// (see `balance_leadership`).
     led_by_transfer: bool,
-    /// Running watches and the history of changes they are served from (see [`watch`]).
+    /// Running watches (see [`watch`]).
     watches: watch::Watches,
+    /// What every applied entry changed, for watches (see [`corekv_storage::history`]).
+    history: HistoryLog,
+    /// A catching-up watcher spent its share of a turn: the next turn pumps them again.
+    pending_pumps: bool,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -224,6 +248,7 @@ impl ShardCore {
         cfg: CoreConfig,
         store: RaftLogStore,
         sm: StateMachine,
+        history: HistoryLog,
         membership: Membership,
         metrics: Arc<ShardMetrics>,
         logger: &slog::Logger,
@@ -246,7 +271,6 @@ impl ShardCore {
         let slots = corekv_types::placement::slot_range(cfg.shard, cfg.shards);
         let mut sm = sm;
         sm.record_changes(true);
-        let watches = watch::Watches::new(sm.applied_index() + 1);
         let mut core = ShardCore {
             cfg,
             raw,
@@ -278,7 +302,9 @@ impl ShardCore {
             led_since_us: 0,
             timeout_now_term: None,
             led_by_transfer: false,
-            watches,
+            watches: watch::Watches::default(),
+            history,
+            pending_pumps: false,
         };
         core.init_catch_up();
         core.init_snapshots();

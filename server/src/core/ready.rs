@@ -62,7 +62,7 @@ impl ShardCore {
         self.expire_requests();
         self.expire_admin();
         self.promote_caught_up_learners();
-        self.watch_progress();
+        self.watch_tick();
         if self.ticks % LEADER_BALANCE_TICKS == 0 {
             self.balance_leadership();
         }
@@ -76,7 +76,10 @@ impl ShardCore {
     pub(super) fn process(&mut self) {
         self.propose_batch();
         self.start_read_round();
-        while self.raw.has_ready() && self.failure.is_none() {
+        self.pump_watchers();
+        // Applying waits while the watch history has much left to flush: it records every
+        // applied entry, and must never have to drop one.
+        while self.raw.has_ready() && self.failure.is_none() && !self.history.backlogged() {
             let unstable: usize = self
                 .raw
                 .raft
@@ -209,6 +212,7 @@ impl ShardCore {
     /// Applies committed entries; the last one's index, for raft-rs's applied index (see
     /// `handle_ready`).
     pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Option<u64> {
+        self.sm.refill_prev_budget(corekv_storage::constants::PREV_VALUE_BYTES_PER_BATCH_MAX);
         let mut last = None;
         for entry in entries {
             last = Some(entry.index);

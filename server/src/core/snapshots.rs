@@ -72,6 +72,8 @@ pub(super) struct SnapshotState {
     /// Whether the next snapshot waits this replica's stagger on top of the thresholds (the
     /// first one after start-up or after installing a leader's snapshot).
     pub(super) staggered: bool,
+    /// A job made and held until the watch history is durable through its index.
+    pub(super) held: Option<SnapshotJob>,
 }
 
 /// Ticks to wait after a failed snapshot before trying again.
@@ -161,8 +163,28 @@ impl ShardCore {
         self.snapshots.applied_bytes += bytes as u64;
     }
 
-    /// A snapshot to make, when a threshold is reached and none is under way.
+    /// A snapshot to make, when a threshold is reached and none is under way. A job goes out
+    /// only once the watch history is durable through its index (a restart rebuilds the state
+    /// from the snapshot, and keeps the history only when it reaches that far): until then
+    /// the core holds it and has the history flushed.
     pub(super) fn take_snapshot_job(&mut self) -> Option<SnapshotJob> {
+        if let Some(held) = self.snapshots.held.take() {
+            if self.history.durable_through() >= held.meta.index {
+                return Some(held);
+            }
+            self.snapshots.held = Some(held);
+            return None;
+        }
+        let job = self.new_snapshot_job()?;
+        if self.history.durable_through() >= job.meta.index {
+            return Some(job);
+        }
+        self.history.want_durable(job.meta.index);
+        self.snapshots.held = Some(job);
+        None
+    }
+
+    fn new_snapshot_job(&mut self) -> Option<SnapshotJob> {
         let applied = self.sm.applied_index();
         let (entries, log_bytes) = self.snapshot_thresholds();
         let state = &self.snapshots;

@@ -17,6 +17,8 @@ use super::{ConnId, CoreConfig, Outputs, Recovery, ShardCore, SnapshotPolicy};
 pub(super) struct Replica {
     pub(super) core: ShardCore,
     pub(super) disk: MemSegments,
+    /// The watch history's disk.
+    pub(super) history: MemSegments,
     pub(super) encoder: RequestEncoder,
     out: Outputs,
     now_us: u64,
@@ -31,6 +33,7 @@ pub(super) struct Replica {
 impl Replica {
     pub(super) fn new(voters: u64) -> Replica {
         let disk = MemSegments::new("unit".to_string(), 1 << 20);
+        let history = MemSegments::new("unit-history".to_string(), 1 << 20);
         let cfg = CoreConfig {
             node_id: NodeId(1),
             shard: ShardId(0),
@@ -53,6 +56,7 @@ impl Replica {
                 log_bytes: 1 << 40,
                 write_bytes_per_sec: 1 << 30,
             },
+            wall_epoch_ms: 0,
             join: false,
         };
         let recovery = Recovery {
@@ -61,6 +65,10 @@ impl Replica {
             mode: RecoveryMode::Strict,
             snapshot: None,
             entry_cache_bytes: None,
+            history: Box::new(history.clone()),
+            history_segment_bytes: 1 << 20,
+            history_retention: super::history_retention(&Default::default()),
+            history_cache_bytes: None,
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let core = ShardCore::recover(cfg, recovery, Arc::new(ShardMetrics::default()), &logger)
@@ -68,6 +76,7 @@ impl Replica {
         let mut replica = Replica {
             core,
             disk,
+            history,
             encoder: RequestEncoder::new(),
             out: Outputs::default(),
             now_us: 1,
@@ -87,6 +96,10 @@ impl Replica {
             let _ = self.core.turn(self.now_us, 0, &mut self.out);
             for (conn, range) in self.out.replies.drain(..) {
                 self.replies.push((conn, self.out.reply_bytes[range].to_vec()));
+            }
+            while let Some(job) = self.core.take_history_flush_job() {
+                self.history.run(&job);
+                self.core.on_history_flush_complete(job);
             }
             let Some(job) = self.core.take_flush_job() else { return };
             if !self.disk_works {

@@ -2,40 +2,69 @@
 //! this shard, in log order, served by the shard's leader (DESIGN.md §6, "Watch").
 //!
 //! A shard's revision is its raft log index, the same on every replica. Every replica records
-//! what each applied entry changed (the state machine reports each key's change with the value
-//! before it) in a history bounded by [`WATCH_HISTORY_BYTES_MAX`]; the history covers the
-//! indexes `[first, applied]` (entries that changed nothing take no room). A watch names the
-//! first index it wants (a cursor's next index, or "from now"); the leader sends what the
-//! history holds from there, then each entry's changes as it applies them. So a watcher that
-//! reconnects — to the same leader or, after an election, to the next one, which recorded the
-//! same history — resumes with no gap and no duplicate, and one whose cursor is older than the
-//! history is told `Compacted` (with the oldest index kept) instead of missing changes.
+//! what each applied entry changed in its watch history ([`corekv_storage::history`]: the
+//! newest entries in memory, the rest on disk for a retention), which covers `[first,
+//! through]`. A watch names the first index it wants (a cursor's next index, or "from now");
+//! the leader sends the history from there, then each entry's changes as it applies them. So a
+//! watcher that reconnects — to the same leader or, after an election, to the next one, which
+//! recorded the same history — resumes with no gap and no duplicate, and one whose cursor is
+//! older than the history is told `Compacted` (with the oldest index kept) instead of
+//! missing changes.
 //!
 //! ```text
-//!   WatchRequest{scope, start}   start < first  ──► WatchEnded{Compacted, first_available}
-//!        │                       otherwise: the history's changes from start ──► WatchEvents…
+//!   WatchRequest{scope, start}   start < first ──► WatchEnded{Compacted, first_available}
+//!        │                       start ≤ through ──► catching up     otherwise ──► live
 //!        ▼
-//!   live: each applied entry's matching changes ──► WatchEvents{index, changes}
-//!         nothing sent for progress_ms          ──► WatchProgress{index}
+//!   catching up: the history from `next` ── cache: sent now ─┐
+//!                                        └─ disk: a HistoryRead (the shell reads it off the
+//!                                           executor) ── on_history_read ── sent ──┤
+//!                reached `through` ──► live                                        │
+//!   live: each applied entry's matching changes ──► WatchEvents{index, changes} ◄──┘
+//!         nothing sent for progress_ms ──► WatchProgress{index}
 //!   ends: CancelWatchRequest ──► WatchEnded{Cancelled}; leadership lost ──► WatchEnded{NotLeader}
+//!         the history moved past `next` while catching up ──► WatchEnded{Compacted}
 //!         the connection closes ──► dropped
 //! ```
+//!
+//! Slow watchers cost bounded memory: the core counts the watch bytes it handed each
+//! connection since the shell last said the connection's output was all written
+//! ([`ShardCore::on_client_drained`]). A live watcher whose connection holds more than
+//! [`WATCH_CONNECTION_QUEUE_BYTES_MAX`] unsent (or, with some unsent, while the shard's
+//! connections together hold more than [`WATCH_SHARD_QUEUE_BYTES_MAX`]) stops getting live
+//! events and catches up from the history once the connection drains — its changes wait in
+//! the history, not in memory; it is never cancelled and never skips an event. One whose
+//! place leaves the history meanwhile gets `Compacted` next, before anything else is queued.
 //!
 //! Events and progress are stream frames: they answer no request of their own (the shell does
 //! not count them against the connection's requests in flight); the `WatchEnded` answers the
 //! watch request.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
 
 use corekv_proto::client::{WatchEndReason, WatchScope};
-use corekv_proto::encode::{ChangeRef, ErrorInfo, WatchEnd, WatchSpec};
-use corekv_storage::state_machine::Change;
+use corekv_proto::encode::{ChangeRef, ErrorInfo, ReplyEncoder, WatchEnd, WatchSpec};
+use corekv_storage::history::{HistoryEntry, HistoryRead, Plan, ReadBack, Retention};
+use corekv_storage::wal::Lsn;
+use corekv_types::registry::WatchSettings;
 
 use super::replies::{push_reply, push_stream, Caller};
-use super::{ConnId, Op, ShardCore};
+use super::{ConnId, Op, Outputs, ShardCore};
 use crate::constants::{
-    WATCHERS_PER_CONNECTION_MAX, WATCHERS_PER_SHARD_MAX, WATCH_HISTORY_BYTES_MAX,
+    WATCHERS_PER_CONNECTION_MAX, WATCHERS_PER_SHARD_MAX, WATCH_CATCH_UP_BYTES_PER_TURN,
+    WATCH_CONNECTION_QUEUE_BYTES_MAX, WATCH_DRAIN_NOTICE_BYTES, WATCH_SHARD_QUEUE_BYTES_MAX,
 };
+
+/// The watch history's retention the registry's `[watch]` section asks for.
+pub fn history_retention(settings: &WatchSettings) -> Retention {
+    const MIB: u64 = 1024 * 1024;
+    Retention {
+        min_entries: settings.history_min_entries,
+        min_bytes: settings.history_min_mib.saturating_mul(MIB),
+        min_age_ms: settings.history_min_minutes.saturating_mul(60_000),
+        max_bytes: settings.history_max_mib.saturating_mul(MIB),
+    }
+}
 
 /// The keys a watch follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +94,16 @@ impl Scope {
     }
 }
 
+/// How a watcher gets its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Each applied entry's changes as it applies.
+    Live,
+    /// From the history, from `next` on: `reading` while a disk read is out for it; `cont`,
+    /// where its last disk read ended.
+    CatchingUp { reading: bool, cont: Option<Lsn> },
+}
+
 /// One running watch.
 #[derive(Debug)]
 struct Watcher {
@@ -75,46 +114,80 @@ struct Watcher {
     progress_us: u64,
     /// When a frame last went to it (µs, the core's clock).
     last_sent_us: u64,
+    mode: Mode,
 }
 
-/// What one applied entry changed.
-#[derive(Debug)]
-struct Applied {
-    index: u64,
-    changes: Vec<Change>,
-    bytes: usize,
+/// Watch bytes handed to each connection and not known to be written yet.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// Per connection with watches: bytes, and whether the shell was asked to say when its
+    /// output is all written.
+    conns: HashMap<ConnId, (usize, bool)>,
+    total: usize,
 }
 
-/// The shard's watches and its history of changes (see the module docs).
-#[derive(Debug)]
-pub(super) struct Watches {
-    /// By (connection, request id).
-    watchers: BTreeMap<(ConnId, u64), Watcher>,
-    history: VecDeque<Applied>,
-    history_bytes: usize,
-    /// The oldest index the history covers: every change from here to the applied index is
-    /// in it.
-    first: u64,
-    /// Bytes of history kept ([`WATCH_HISTORY_BYTES_MAX`] unless a test sets less).
-    history_bytes_max: usize,
-}
+impl Backlog {
+    /// Whether a watcher on `conn` must wait for the connection to drain.
+    fn over(&self, conn: ConnId) -> bool {
+        let unsent = self.conns.get(&conn).map_or(0, |c| c.0);
+        unsent >= WATCH_CONNECTION_QUEUE_BYTES_MAX
+            || (unsent > 0 && self.total >= WATCH_SHARD_QUEUE_BYTES_MAX)
+    }
 
-impl Watches {
-    /// A history that covers nothing before `next_index` (the entry after the state's).
-    pub(super) fn new(next_index: u64) -> Self {
-        Watches {
-            watchers: BTreeMap::new(),
-            history: VecDeque::new(),
-            history_bytes: 0,
-            first: next_index,
-            history_bytes_max: WATCH_HISTORY_BYTES_MAX,
+    /// Queues a watch frame for `conn`, counting it, and asks for a drain notice once enough
+    /// waits.
+    fn stream(&mut self, out: &mut Outputs, conn: ConnId, frame: &[u8]) {
+        push_stream(out, conn, frame);
+        let entry = self.conns.entry(conn).or_default();
+        entry.0 += frame.len();
+        self.total += frame.len();
+        if entry.0 >= WATCH_DRAIN_NOTICE_BYTES {
+            Self::ask_notice(entry, out, conn);
         }
     }
 
+    fn ask_notice(entry: &mut (usize, bool), out: &mut Outputs, conn: ConnId) {
+        if !entry.1 {
+            entry.1 = true;
+            out.drain_notify.push(conn);
+        }
+    }
+}
+
+/// A read of the watch history one catching-up watcher waits for: the shell reads it off the
+/// executor and hands the bytes to [`ShardCore::on_history_read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryReadJob {
+    /// Names the read in the answer.
+    pub id: u64,
+    /// What to read.
+    pub read: HistoryRead,
+}
+
+/// The shard's watches (see the module docs).
+#[derive(Debug, Default)]
+pub(super) struct Watches {
+    /// By (connection, request id).
+    watchers: BTreeMap<(ConnId, u64), Watcher>,
+    backlog: Backlog,
+    /// Disk reads out, and whom each is for.
+    reads: HashMap<u64, (ConnId, u64)>,
+    next_read: u64,
+}
+
+impl Watches {
     /// Running watches.
     pub(super) fn len(&self) -> usize {
         self.watchers.len()
     }
+}
+
+/// Where a watch's frames go: the shard (named in them), the connection, the watch's id.
+#[derive(Debug, Clone, Copy)]
+struct Destination {
+    shard: u32,
+    conn: ConnId,
+    id: u64,
 }
 
 impl ShardCore {
@@ -127,40 +200,26 @@ impl ShardCore {
             let reason = format!("unknown watch scope {}", spec.scope.0);
             return self.reply_error(caller, &ErrorInfo::InvalidRequest { reason: &reason });
         };
-        let on_conn = self.watches.watchers.range((caller.conn, 0)..=(caller.conn, u64::MAX));
-        let too_many = if on_conn.count() >= WATCHERS_PER_CONNECTION_MAX {
-            Some(format!("{WATCHERS_PER_CONNECTION_MAX} watches on one connection"))
-        } else if self.watches.len() >= WATCHERS_PER_SHARD_MAX {
-            Some(format!("{WATCHERS_PER_SHARD_MAX} watches on one shard"))
-        } else {
-            None
-        };
-        if let Some(limit) = too_many {
-            let reason = format!("watch refused: at most {limit}");
-            return self.reply_error(caller, &ErrorInfo::InvalidRequest { reason: &reason });
-        }
-        if self.watches.watchers.contains_key(&(caller.conn, caller.id)) {
-            let reason = format!("request id {} names a running watch already", caller.id);
+        if let Some(reason) = self.watch_refusal(caller, spec) {
             return self.reply_error(caller, &ErrorInfo::InvalidRequest { reason: &reason });
         }
         let applied = self.sm.applied_index();
-        let last = self.raw.raft.raft_log.last_index();
         let start = if spec.start_index == 0 { applied + 1 } else { spec.start_index };
-        if start > last + 1 {
-            let reason = format!(
-                "watch start index {start} is past this shard's log (its last index is {last})"
-            );
-            return self.reply_error(caller, &ErrorInfo::InvalidRequest { reason: &reason });
-        }
-        let mut watcher = Watcher {
+        let catching_up = start <= self.history.through();
+        let watcher = Watcher {
             scope,
             prev: spec.prev_value,
             next: start,
             progress_us: u64::from(spec.progress_ms) * 1000,
             last_sent_us: self.now_us,
+            mode: if catching_up {
+                Mode::CatchingUp { reading: false, cont: None }
+            } else {
+                Mode::Live
+            },
         };
-        if start < self.watches.first {
-            let first = self.watches.first;
+        if start < self.history.first() {
+            let first = self.history.first();
             return self.end_watch(
                 caller.conn,
                 caller.id,
@@ -169,16 +228,37 @@ impl ShardCore {
                 first,
             );
         }
-        self.metrics.watches_started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let to = Destination { shard: self.cfg.shard.get(), conn: caller.conn, id: caller.id };
-        let (watches, encoder, out) = (&self.watches, &mut self.encoder, &mut self.out);
-        let mut sent = 0;
-        for applied in watches.history.iter().filter(|a| a.index >= start) {
-            sent += u64::from(send_changes(encoder, out, to, &mut watcher, applied, self.now_us));
+        self.metrics.watches_started.fetch_add(1, Relaxed);
+        let key = (caller.conn, caller.id);
+        self.watches.watchers.insert(key, watcher);
+        self.watches.backlog.conns.entry(caller.conn).or_default();
+        self.pump(key);
+    }
+
+    /// Why a watch request cannot start, if it cannot: over a limit, an id in use, a start
+    /// past the log.
+    fn watch_refusal(&self, caller: Caller, spec: &WatchSpec<'_>) -> Option<String> {
+        let on_conn = self.watches.watchers.range((caller.conn, 0)..=(caller.conn, u64::MAX));
+        if on_conn.count() >= WATCHERS_PER_CONNECTION_MAX {
+            return Some(format!(
+                "watch refused: at most {WATCHERS_PER_CONNECTION_MAX} watches on one connection"
+            ));
         }
-        self.metrics.watch_events.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
-        watcher.next = watcher.next.max(applied + 1);
-        self.watches.watchers.insert((caller.conn, caller.id), watcher);
+        if self.watches.len() >= WATCHERS_PER_SHARD_MAX {
+            return Some(format!(
+                "watch refused: at most {WATCHERS_PER_SHARD_MAX} watches on one shard"
+            ));
+        }
+        if self.watches.watchers.contains_key(&(caller.conn, caller.id)) {
+            return Some(format!("request id {} names a running watch already", caller.id));
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        (spec.start_index > last + 1).then(|| {
+            format!(
+                "watch start index {} is past this shard's log (its last index is {last})",
+                spec.start_index
+            )
+        })
     }
 
     /// A cancel request: ends the watch request `watch_id` of the same connection started.
@@ -192,76 +272,243 @@ impl ShardCore {
         push_reply(&mut self.out, caller.conn, frame);
     }
 
-    /// Entry `index` was applied: records what it changed and sends each watcher its share.
+    /// Entry `index` was applied: records what it changed in the history and sends each live
+    /// watcher its share (a watcher whose connection is backed up switches to catching up).
     pub(super) fn watch_applied(&mut self, index: u64) {
-        let applied = Applied { index, changes: self.sm.take_changes(), bytes: 0 };
+        let changes = self.sm.take_changes();
+        let time_ms = self.cfg.wall_epoch_ms + self.now_us / 1000;
+        let entry = self.history.record(index, time_ms, changes, self.now_us);
         let shard = self.cfg.shard.get();
-        let (watches, encoder, out) = (&mut self.watches, &mut self.encoder, &mut self.out);
-        let mut sent = 0;
-        for (&(conn, id), watcher) in watches.watchers.iter_mut() {
+        let Watches { watchers, backlog, .. } = &mut self.watches;
+        let (encoder, out) = (&mut self.encoder, &mut self.out);
+        let (mut sent, mut switched) = (0, 0);
+        for (&(conn, id), watcher) in watchers.iter_mut() {
+            if watcher.mode != Mode::Live {
+                continue;
+            }
+            let Some(entry) = &entry else {
+                watcher.next = watcher.next.max(index + 1);
+                continue;
+            };
+            if backlog.over(conn) {
+                watcher.mode = Mode::CatchingUp { reading: false, cont: None };
+                switched += 1;
+                continue;
+            }
             let to = Destination { shard, conn, id };
-            sent += u64::from(send_changes(encoder, out, to, watcher, &applied, self.now_us));
-            watcher.next = watcher.next.max(index + 1);
+            sent += u64::from(send_entry(encoder, out, backlog, to, watcher, entry, self.now_us));
         }
-        if sent > 0 {
-            self.metrics.watch_events.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.remember(applied);
+        self.metrics.watch_events.fetch_add(sent, Relaxed);
+        self.metrics.watch_catch_ups.fetch_add(switched, Relaxed);
     }
 
-    /// Keeps `applied` in the history, dropping the oldest entries past the byte bound.
-    fn remember(&mut self, mut applied: Applied) {
-        if applied.changes.is_empty() {
+    /// Moves a catching-up watcher on: from the cache at once, from the disk by a read, until
+    /// it reaches the history's end (then it is live), its connection backs up (it waits for
+    /// the drain), or it has had its share of this turn (the next turn goes on).
+    fn pump(&mut self, key: (ConnId, u64)) {
+        let mut budget = WATCH_CATCH_UP_BYTES_PER_TURN;
+        let to = Destination { shard: self.cfg.shard.get(), conn: key.0, id: key.1 };
+        loop {
+            let Watches { watchers, backlog, reads, next_read } = &mut self.watches;
+            let Some(watcher) = watchers.get_mut(&key) else { return };
+            let Mode::CatchingUp { reading: false, cont } = watcher.mode else { return };
+            if backlog.over(key.0) {
+                if let Some(entry) = backlog.conns.get_mut(&key.0) {
+                    Backlog::ask_notice(entry, &mut self.out, key.0);
+                }
+                return;
+            }
+            if budget == 0 {
+                self.pending_pumps = true;
+                return;
+            }
+            match self.history.plan(watcher.next, cont) {
+                Plan::Compacted { first } => {
+                    let watcher = watchers.remove(&key).expect("found above");
+                    let reason = WatchEndReason::Compacted;
+                    return self.end_watch(key.0, key.1, &watcher, reason, first);
+                }
+                Plan::UpToDate => {
+                    watcher.mode = Mode::Live;
+                    return;
+                }
+                Plan::Disk(read) => {
+                    watcher.mode = Mode::CatchingUp { reading: true, cont };
+                    let id = *next_read;
+                    *next_read += 1;
+                    reads.insert(id, key);
+                    self.out.history_reads.push(HistoryReadJob { id, read });
+                    self.metrics.history_reads.fetch_add(1, Relaxed);
+                    return;
+                }
+                Plan::Cache => {
+                    let (mut sent, mut complete) = (0, true);
+                    for entry in self.history.cached(watcher.next) {
+                        if backlog.over(key.0) || budget == 0 {
+                            complete = false;
+                            break;
+                        }
+                        budget = budget.saturating_sub(entry.bytes());
+                        let (encoder, out) = (&mut self.encoder, &mut self.out);
+                        let now = self.now_us;
+                        sent +=
+                            u64::from(send_entry(encoder, out, backlog, to, watcher, entry, now));
+                    }
+                    self.metrics.watch_events.fetch_add(sent, Relaxed);
+                    if complete {
+                        // Entries after the last cached one changed nothing.
+                        watcher.next = watcher.next.max(self.history.through() + 1);
+                        watcher.mode = Mode::Live;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pumps every catching-up watcher that spent its share of the last turn.
+    pub(super) fn pump_watchers(&mut self) {
+        if !std::mem::take(&mut self.pending_pumps) {
             return;
         }
-        applied.bytes = applied.changes.iter().map(Change::bytes).sum::<usize>() + 64;
-        let history = &mut self.watches;
-        history.history_bytes += applied.bytes;
-        history.history.push_back(applied);
-        while history.history_bytes > history.history_bytes_max {
-            let Some(old) = history.history.pop_front() else { break };
-            history.history_bytes -= old.bytes;
-            history.first = old.index + 1;
+        let keys: Vec<(ConnId, u64)> = self
+            .watches
+            .watchers
+            .iter()
+            .filter(|(_, w)| matches!(w.mode, Mode::CatchingUp { reading: false, .. }))
+            .map(|(&k, _)| k)
+            .collect();
+        for key in keys {
+            self.pump(key);
         }
     }
 
-    /// Changes how many bytes of history watches are served from (tests use a small one to
-    /// reach its end); the oldest changes past it are dropped at the next entry.
-    pub fn set_watch_history_bytes(&mut self, bytes: usize) {
-        self.watches.history_bytes_max = bytes;
+    /// A history read came back (`data`: its bytes, or why not): the watcher it was for gets
+    /// its entries and goes on. Followed by a turn, as every completion.
+    pub fn on_history_read(
+        &mut self,
+        job: HistoryReadJob,
+        data: corekv_storage::error::Result<Vec<u8>>,
+    ) {
+        let Some(key) = self.watches.reads.remove(&job.id) else { return };
+        let Some(watcher) = self.watches.watchers.get_mut(&key) else { return };
+        let Mode::CatchingUp { cont, .. } = watcher.mode else { return };
+        let parsed = match data {
+            Ok(bytes) => self.history.parse(&job.read, &bytes, watcher.next),
+            Err(error) => Err(error.to_string()),
+        };
+        watcher.mode = Mode::CatchingUp { reading: false, cont: None };
+        match parsed {
+            Ok(ReadBack::Gone) => {}
+            Ok(ReadBack::Larger(len)) => {
+                watcher.mode = Mode::CatchingUp { reading: true, cont };
+                self.watches.reads.insert(job.id, key);
+                let read = HistoryRead { len, ..job.read };
+                self.out.history_reads.push(HistoryReadJob { id: job.id, read });
+                return;
+            }
+            Ok(ReadBack::Entries { entries, next, next_index }) => {
+                let to = Destination { shard: self.cfg.shard.get(), conn: key.0, id: key.1 };
+                let backlog = &mut self.watches.backlog;
+                let (encoder, out) = (&mut self.encoder, &mut self.out);
+                let mut sent = 0;
+                for entry in &entries {
+                    let now = self.now_us;
+                    sent += u64::from(send_entry(encoder, out, backlog, to, watcher, entry, now));
+                }
+                self.metrics.watch_events.fetch_add(sent, Relaxed);
+                watcher.next = watcher.next.max(next_index);
+                watcher.mode = Mode::CatchingUp { reading: false, cont: Some(next) };
+            }
+            Err(why) => self.history_damaged(job.read.seq, &why),
+        }
+        self.pump(key);
+    }
+
+    /// A history segment did not read back: the history gives it up, and everything before.
+    fn history_damaged(&mut self, seq: u64, why: &str) {
+        tracing::error!(shard = %self.cfg.shard, seq, %why,
+            "a watch history segment did not read back; the history now starts after it");
+        let retired = self.history.cut_through(seq);
+        self.out.history_retire.extend(retired);
+    }
+
+    /// The shell wrote everything queued on `conn`: its watchers waiting for that go on.
+    pub fn on_client_drained(&mut self, conn: ConnId) {
+        let backlog = &mut self.watches.backlog;
+        if let Some(entry) = backlog.conns.get_mut(&conn) {
+            backlog.total -= entry.0;
+            *entry = (0, false);
+        }
+        let keys: Vec<(ConnId, u64)> =
+            self.watches.watchers.range((conn, 0)..=(conn, u64::MAX)).map(|(&k, _)| k).collect();
+        for key in keys {
+            self.pump(key);
+        }
+    }
+
+    /// Sets the watch history's retention and the bytes of it kept in memory (tests make
+    /// them small, to reach the disk and the history's end).
+    pub fn set_history_limits(&mut self, retention: Retention, cache_bytes: usize) {
+        self.history.set_retention(retention);
+        self.history.set_cache_limit(cache_bytes);
+    }
+
+    /// The oldest index the watch history covers, and the newest.
+    pub fn history_range(&self) -> (u64, u64) {
+        (self.history.first(), self.history.through())
     }
 
     /// The state was replaced by a snapshot at `index`: the history before it is gone.
     pub(super) fn watch_restored(&mut self, index: u64) {
         let _ = self.sm.take_changes();
-        self.watches.history.clear();
-        self.watches.history_bytes = 0;
-        self.watches.first = index + 1;
+        self.history.reset(index);
     }
 
-    /// Sends a progress reply to every watch that asked for one and got nothing for as long;
-    /// publishes the watch gauges.
-    pub(super) fn watch_progress(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.metrics.watches.store(self.watches.len() as i64, Relaxed);
-        self.metrics.watch_history_bytes.store(self.watches.history_bytes as i64, Relaxed);
+    /// Sends a progress reply to every live watch that asked for one and got nothing for as
+    /// long; retires history segments past the retention; publishes the watch gauges.
+    pub(super) fn watch_tick(&mut self) {
         let now = self.now_us;
         let shard = self.cfg.shard.get();
-        let (watches, encoder, out) = (&mut self.watches, &mut self.encoder, &mut self.out);
-        for (&(conn, id), watcher) in watches.watchers.iter_mut() {
+        let Watches { watchers, backlog, .. } = &mut self.watches;
+        let (encoder, out) = (&mut self.encoder, &mut self.out);
+        let mut catching_up = 0;
+        for (&(conn, id), watcher) in watchers.iter_mut() {
+            if watcher.mode != Mode::Live {
+                catching_up += 1;
+                continue;
+            }
             if watcher.progress_us > 0
                 && now.saturating_sub(watcher.last_sent_us) >= watcher.progress_us
+                && !backlog.over(conn)
             {
                 let frame = encoder.watch_progress(id, shard, watcher.next - 1);
-                push_stream(out, conn, frame);
+                backlog.stream(out, conn, frame);
                 watcher.last_sent_us = now;
             }
         }
+        let retired = self.history.retire(self.cfg.wall_epoch_ms + now / 1000);
+        self.out.history_retire.extend(retired);
+        self.publish_watch_gauges(catching_up);
+    }
+
+    fn publish_watch_gauges(&self, catching_up: i64) {
+        let m = &self.metrics;
+        m.watches.store(self.watches.len() as i64, Relaxed);
+        m.watches_catching_up.store(catching_up, Relaxed);
+        m.watch_queued_bytes.store(self.watches.backlog.total as i64, Relaxed);
+        m.history_disk_bytes.store(self.history.disk_bytes() as i64, Relaxed);
+        m.history_cache_bytes.store(self.history.cache_bytes() as i64, Relaxed);
+        m.history_first_index.store(self.history.first() as i64, Relaxed);
+        let stats = self.history.stats();
+        m.history_resets.store(stats.resets, Relaxed);
+        m.history_cut_by_size.store(stats.cut_by_size, Relaxed);
     }
 
     /// Every watch ends (this replica stopped leading, or shuts down), saying where to resume.
     pub(super) fn end_watches(&mut self, reason: WatchEndReason) {
         let watchers = std::mem::take(&mut self.watches.watchers);
+        self.watches.reads.clear();
         for ((conn, id), watcher) in watchers {
             self.end_watch(conn, id, &watcher, reason, 0);
         }
@@ -270,6 +517,9 @@ impl ShardCore {
     /// Connection `conn` closed: its watches end with it.
     pub fn on_client_closed(&mut self, conn: ConnId) {
         self.watches.watchers.retain(|&(c, _), _| c != conn);
+        if let Some((unsent, _)) = self.watches.backlog.conns.remove(&conn) {
+            self.watches.backlog.total -= unsent;
+        }
     }
 
     fn end_watch(
@@ -287,35 +537,29 @@ impl ShardCore {
             leader_id: if reason == WatchEndReason::NotLeader { self.leader_id } else { 0 },
         };
         if reason == WatchEndReason::Compacted {
-            self.metrics.watches_compacted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.watches_compacted.fetch_add(1, Relaxed);
         }
         let frame = self.encoder.watch_ended(id, self.cfg.shard.get(), &end);
         push_reply(&mut self.out, conn, frame);
     }
 }
 
-/// Where a watch's frames go: the shard (named in them), the connection, the watch's id.
-#[derive(Debug, Clone, Copy)]
-struct Destination {
-    shard: u32,
-    conn: ConnId,
-    id: u64,
-}
-
-/// Sends `watcher` the changes of `applied` it follows (if it has not had them), as one
-/// events frame.
-fn send_changes(
-    encoder: &mut corekv_proto::encode::ReplyEncoder,
-    out: &mut super::Outputs,
+/// Sends `watcher` the changes of `entry` it follows (if it has not had them), as one events
+/// frame. Returns whether a frame went.
+fn send_entry(
+    encoder: &mut ReplyEncoder,
+    out: &mut Outputs,
+    backlog: &mut Backlog,
     to: Destination,
     watcher: &mut Watcher,
-    applied: &Applied,
+    entry: &HistoryEntry,
     now_us: u64,
 ) -> bool {
-    if applied.index < watcher.next {
+    if entry.index < watcher.next {
         return false;
     }
-    let changes: Vec<ChangeRef<'_>> = applied
+    watcher.next = entry.index + 1;
+    let changes: Vec<ChangeRef<'_>> = entry
         .changes
         .iter()
         .filter(|c| watcher.scope.matches(&c.key))
@@ -326,15 +570,14 @@ fn send_changes(
                 .prev
                 .as_ref()
                 .filter(|_| watcher.prev)
-                .map(|(value, meta)| (&**value, (*meta).into())),
+                .map(|p| (p.value.as_deref(), p.meta.into())),
         })
         .collect();
-    watcher.next = applied.index + 1;
     if changes.is_empty() {
         return false;
     }
-    let frame = encoder.watch_events(to.id, to.shard, applied.index, &changes);
-    push_stream(out, to.conn, frame);
+    let frame = encoder.watch_events(to.id, to.shard, entry.index, &changes);
+    backlog.stream(out, to.conn, frame);
     watcher.last_sent_us = now_us;
     true
 }

@@ -88,6 +88,13 @@ async fn serve(
                 if conn.close_after_output.get() {
                     return Poll::Ready(Ok(()));
                 }
+                if conn.notify_drained.replace(false) {
+                    let mut core = shard.core.borrow_mut();
+                    core.set_now(shard.now_us());
+                    core.on_client_drained(id);
+                    drop(core);
+                    shard.wake.notify();
+                }
             }
         }
         if shard.stopping.get() {

@@ -9,8 +9,10 @@
 //!   peer inbound ──step─────────────►├─► core ──► driver ───┤
 //!   tick task ──pending_ticks───────►┘     ▲     (turn,     └──► client conns (replies)
 //!                                          │      outputs)
-//!   flush task ◄──take_flush_job───────────┘
+//!   flush task ◄──take_flush_job───────────┤
 //!        └── DMA write + fdatasync ──► on_flush_complete ──► driver
+//!   history flush task ◄──take_history_flush_job (when due)
+//!        └── DMA write + fdatasync ──► on_history_flush_complete ──► driver
 //! ```
 //!
 //! Start-up (`startup.rs`) recovers through `ShardCore::recover`; inputs go straight into the
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 use corekv_proto::encode::PeerEncoder;
 
 use super::client::accept_clients;
-use super::flush::flush_loop;
+use super::flush::{flush_loop, history_flush_loop};
 use super::outputs::dispatch;
 use super::peer::{accept_peers, sync_links};
 use super::shutdown::shut_down;
@@ -53,11 +55,12 @@ pub async fn run(ctx: ShardContext) {
 }
 
 async fn serve(shard: Rc<Shard>, listeners: Listeners) {
-    let Listeners { client, peer, shutdown, status, flusher, timing } = listeners;
+    let Listeners { client, peer, shutdown, status, flusher, history_flusher, timing } = listeners;
     glommio::spawn_local(accept_clients(shard.clone(), client)).detach();
     glommio::spawn_local(accept_peers(shard.clone(), peer)).detach();
     sync_links(&shard);
     let flush_task = glommio::spawn_local(flush_loop(shard.clone(), flusher));
+    let history_task = glommio::spawn_local(history_flush_loop(shard.clone(), history_flusher));
     glommio::spawn_local(tick_loop(shard.clone(), timing.tick_ms)).detach();
     shard.core.borrow_mut().start(shard.now_us());
     shard.wake.notify();
@@ -65,10 +68,12 @@ async fn serve(shard: Rc<Shard>, listeners: Listeners) {
     shut_down(&shard).await;
     shard.stopping.set(true);
     shard.flush_wake.notify();
+    shard.history_flush_wake.notify();
     for link in shard.peers.borrow().values() {
         link.wake();
     }
     flush_task.await;
+    history_task.await;
     *status.lock().unwrap_or_else(|p| p.into_inner()) = None;
     tracing::info!(shard = %shard.shard, "shard stopped");
 }

@@ -170,6 +170,7 @@ fn spawn_executors(
         let ctx = startup::ShardContext {
             snapshots: options.snapshots,
             wal_segment_bytes: options.wal_segment_bytes,
+            history_retention: crate::core::history_retention(&registry.watch),
             join: options.join,
             registry: registry.clone(),
             node_id: options.node_id,

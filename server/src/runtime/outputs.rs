@@ -14,7 +14,7 @@ use super::background;
 use super::peer::{link_to, start_snapshot_send};
 use super::state::Shard;
 use crate::constants::FRAME_SPLIT_BYTES;
-use crate::core::Outputs;
+use crate::core::{HistoryReadJob, Outputs};
 
 /// Sends the core's outputs: raft messages to peer queues (one frame per peer per call),
 /// replies to their connections, retired segments to the flush task.
@@ -49,6 +49,20 @@ pub(super) fn dispatch(shard: &Rc<Shard>, out: &mut Outputs, encoder: &mut PeerE
     if !out.retire.is_empty() {
         shard.retire.borrow_mut().append(&mut out.retire);
     }
+    if !out.history_retire.is_empty() {
+        shard.history_retire.borrow_mut().append(&mut out.history_retire);
+    }
+    if !out.drain_notify.is_empty() {
+        let conns = shard.conns.borrow();
+        for conn in out.drain_notify.drain(..) {
+            if let Some(c) = conns.get(&conn) {
+                c.notify_when_drained();
+            }
+        }
+    }
+    for job in out.history_reads.drain(..) {
+        glommio::spawn_local(read_history(shard.clone(), job)).detach();
+    }
     if !out.garbage.is_empty() {
         background::free_replaced(std::mem::take(&mut out.garbage));
     }
@@ -56,6 +70,22 @@ pub(super) fn dispatch(shard: &Rc<Shard>, out: &mut Outputs, encoder: &mut PeerE
         glommio::spawn_local(read_cold_records(shard.clone(), fetch)).detach();
     }
     shard.flush_wake.notify();
+    shard.history_flush_wake.notify();
+}
+
+/// Reads watch history a catching-up watcher needs on glommio's blocking pool (a plain
+/// `pread`; the records are checksummed), then hands it to the core.
+async fn read_history(shard: Rc<Shard>, job: HistoryReadJob) {
+    let segments = shard.history_segments.clone();
+    let read = job.read;
+    let data = glommio::executor()
+        .spawn_blocking(move || segments.read_at(read.seq, read.offset, read.len))
+        .await;
+    let mut core = shard.core.borrow_mut();
+    core.set_now(shard.now_us());
+    core.on_history_read(job, data);
+    drop(core);
+    shard.wake.notify();
 }
 
 /// Reads the WAL records a lagging follower needs on glommio's blocking pool (plain `pread`s:

@@ -1,6 +1,6 @@
-//! Start-up of one shard: its WAL segments opened, the newest valid snapshot loaded, the
-//! state recovered through the core's driver contract ([`ShardCore::recover`]), a spare WAL
-//! segment prepared, its two ports bound. The driver (`driver.rs`) then serves.
+//! Start-up of one shard: its WAL and watch history segments opened, the newest valid
+//! snapshot loaded, the state recovered through the core's driver contract
+//! ([`ShardCore::recover`]), a spare segment of each prepared, its two ports bound. The driver (`driver.rs`) then serves.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use corekv_storage::history::Retention;
 use corekv_storage::snapshot::{self, Archive};
 use corekv_storage::wal::{RecoveryMode, SegmentDir, SegmentIdentity};
 use corekv_types::ids::{NodeId, ShardId};
@@ -19,6 +20,7 @@ use glommio::net::TcpListener;
 use super::disk::DmaFlusher;
 use super::notify::Notify;
 use super::state::Shard;
+use crate::constants::HISTORY_SEGMENT_BYTES_MAX;
 use crate::core::{CoreConfig, Recovery, RecoveryError, ShardCore, SnapshotPolicy};
 use crate::http::StatusSlot;
 use crate::metrics::ShardMetrics;
@@ -38,8 +40,10 @@ pub struct Timing {
 pub struct ShardContext {
     /// When to take snapshots.
     pub snapshots: SnapshotPolicy,
-    /// Size of new WAL segment files.
+    /// Size of new WAL segment files (and of watch history segment files).
     pub wal_segment_bytes: u64,
+    /// How much watch history to keep.
+    pub history_retention: Retention,
     /// Catch up from the cluster before voting.
     pub join: bool,
     /// The cluster.
@@ -68,6 +72,7 @@ pub(super) struct Listeners {
     pub(super) shutdown: Arc<AtomicBool>,
     pub(super) status: StatusSlot,
     pub(super) flusher: DmaFlusher,
+    pub(super) history_flusher: DmaFlusher,
     pub(super) timing: Timing,
 }
 
@@ -79,13 +84,35 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
     let wal_dir = ctx.shard_dir.join("wal");
     let segments = SegmentDir::open(&wal_dir, identity, ctx.wal_segment_bytes)
         .with_context(|| format!("shard {}: opening {}", ctx.shard, wal_dir.display()))?;
+    let history_dir = ctx.shard_dir.join("history");
+    let history_identity =
+        SegmentIdentity { cluster: registry.cluster.clone(), shard: ctx.shard.get() };
+    let history_segment_bytes = ctx.wal_segment_bytes.min(HISTORY_SEGMENT_BYTES_MAX);
+    let history_segments = SegmentDir::open(&history_dir, history_identity, history_segment_bytes)
+        .with_context(|| format!("shard {}: opening {}", ctx.shard, history_dir.display()))?;
     let snap_dir = ctx.shard_dir.join("snap");
-    let core = recover(&ctx, &segments, &snap_dir).await?;
+    // The core's clock reads 0 now; the wall clock at that moment dates the watch history.
+    let clock = Instant::now();
+    let wall_epoch_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let core = recover(&ctx, &segments, &history_segments, &snap_dir, wall_epoch_ms).await?;
     let flusher = DmaFlusher::new(segments.clone());
     flusher
         .ensure_spares_before_serving()
         .await
         .with_context(|| format!("shard {}: preparing a WAL segment", ctx.shard))?;
+    // The history's spare is prepared in the background: the shard serves without it (the
+    // first history flush makes its segment if need be).
+    let history_flusher = DmaFlusher::new(history_segments.clone());
+    let spares = DmaFlusher::new(history_segments.clone());
+    let shard_index = ctx.shard;
+    glommio::spawn_local(async move {
+        if let Err(error) = spares.ensure_spares().await {
+            tracing::warn!(shard = %shard_index, %error, "preparing a watch history segment failed");
+        }
+    })
+    .detach();
     let client_addr = format!("{}:{}", node.host, node.client_port as u32 + ctx.shard.get());
     let peer_addr = format!("{}:{}", node.host, node.peer_port as u32 + ctx.shard.get());
     let client = listen(&client_addr).map_err(|e| {
@@ -108,14 +135,17 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
         shard: ctx.shard,
         snap_dir,
         segments,
+        history_segments,
+        history_retire: RefCell::default(),
+        history_flush_wake: Notify::default(),
         pending_ticks: Cell::new(0),
         retire: RefCell::default(),
-        clock: Instant::now(),
+        clock,
         stopping: Cell::new(false),
         next_conn: Cell::new(1),
     });
     let (shutdown, status, timing) = (ctx.shutdown, ctx.status, ctx.timing);
-    Ok((shard, Listeners { client, peer, shutdown, status, flusher, timing }))
+    Ok((shard, Listeners { client, peer, shutdown, status, flusher, history_flusher, timing }))
 }
 
 /// The core, recovered through the driver contract from the WAL in `segments` and the newest
@@ -123,7 +153,9 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
 async fn recover(
     ctx: &ShardContext,
     segments: &SegmentDir,
+    history: &SegmentDir,
     snap_dir: &Path,
+    wall_epoch_ms: u64,
 ) -> anyhow::Result<ShardCore> {
     let registry = &ctx.registry;
     let snapshot = load_newest_snapshot(snap_dir, &registry.cluster, ctx.shard.get()).await?;
@@ -137,6 +169,7 @@ async fn recover(
         heartbeat_ticks: ctx.timing.heartbeat_ticks,
         tick_ms: ctx.timing.tick_ms,
         snapshots: ctx.snapshots,
+        wall_epoch_ms,
         join: ctx.join,
     };
     let logger = crate::logging::raft_logger(ctx.node_id, ctx.shard);
@@ -146,6 +179,10 @@ async fn recover(
         mode: RecoveryMode::Strict,
         snapshot: snapshot.map(Arc::new),
         entry_cache_bytes: None,
+        history: Box::new(history.clone()),
+        history_segment_bytes: history.segment_bytes(),
+        history_retention: ctx.history_retention,
+        history_cache_bytes: None,
     };
     ShardCore::recover(cfg, recovery, ctx.metrics.clone(), &logger).map_err(|e| {
         let hint = match e {

@@ -45,6 +45,12 @@ pub(crate) struct Shard {
     pub(crate) snap_dir: PathBuf,
     /// The WAL's segment files, for reading old entries back off the executor.
     pub(crate) segments: SegmentDir,
+    /// The watch history's segment files, for reading it back off the executor.
+    pub(crate) history_segments: SegmentDir,
+    /// History segments to retire, for the history flush task.
+    pub(crate) history_retire: RefCell<Vec<u64>>,
+    /// Wakes the history flush task.
+    pub(crate) history_flush_wake: Notify,
     pub(crate) pending_ticks: Cell<u64>,
     pub(crate) retire: RefCell<Vec<u64>>,
     pub(crate) clock: Instant,
@@ -72,10 +78,11 @@ pub(crate) struct ClientConn {
     pub(crate) waker: RefCell<Option<Waker>>,
     pub(crate) in_flight: Cell<usize>,
     pub(crate) close_after_output: Cell<bool>,
+    /// The core asked to hear when `out` is all written (its watchers wait for that).
+    pub(crate) notify_drained: Cell<bool>,
 }
 
 impl ClientConn {
-    /// Queues one reply frame and wakes the connection's task.
     /// Queues `frame`; `answers` when it answers a request (a watch's events and progress
     /// frames do not: the watch stays in flight until its end).
     pub(crate) fn push_reply(&self, frame: &[u8], answers: bool) {
@@ -83,6 +90,12 @@ impl ClientConn {
         if answers {
             self.in_flight.set(self.in_flight.get().saturating_sub(1));
         }
+        self.wake();
+    }
+
+    /// Has the connection's task tell the core once its output is all written.
+    pub(crate) fn notify_when_drained(&self) {
+        self.notify_drained.set(true);
         self.wake();
     }
 

@@ -143,6 +143,14 @@ impl TestCluster {
         }
     }
 
+    /// Appends `toml` (a section such as `[watch]`) to a prepared cluster's registry file.
+    pub fn add_to_registry(&mut self, toml: &str) {
+        let text = std::fs::read_to_string(&self.registry_path).expect("read registry");
+        let text = format!("{text}\n{toml}\n");
+        self.registry = Registry::parse(&text, "test registry").expect("valid registry");
+        std::fs::write(&self.registry_path, &text).expect("write registry");
+    }
+
     /// Starts every node of a prepared cluster and waits until every shard has a leader.
     pub fn launch(&mut self) {
         for id in 1..=self.netns.len() as u64 {

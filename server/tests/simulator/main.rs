@@ -51,9 +51,10 @@ use corekv_proto::client::{CompareOp, CompareTarget, Consistency, ErrorKind, Rep
 use corekv_proto::encode::{CompareSpec, RequestEncoder, TxnOpSpec};
 use corekv_proto::frame::verify_reply;
 use corekv_server::core::{
-    ConnId, CoreConfig, InjectedBug, Outputs, Recovery, ShardCore, SnapshotPolicy,
+    ConnId, CoreConfig, HistoryReadJob, InjectedBug, Outputs, Recovery, ShardCore, SnapshotPolicy,
 };
 use corekv_server::metrics::ShardMetrics;
+use corekv_storage::history::Retention;
 use corekv_storage::raft_log::ColdFetch;
 use corekv_storage::snapshot::Archive;
 use corekv_storage::wal::{FlushJob, MemSegments, RecoveryMode, SegmentSource};
@@ -123,6 +124,12 @@ struct Options {
     spares: u64,
     /// Mean time between the operator's requests, µs.
     operator_us: u64,
+    /// The watch history each replica keeps: in runs drawn with a small one, segments retire
+    /// while watchers follow (drawn from a PRNG of its own).
+    history_retention: Retention,
+    /// Bytes of watch history in memory: in runs drawn with a small cache, watchers read the
+    /// history back from disk.
+    history_cache_bytes: usize,
 }
 
 enum Event {
@@ -148,6 +155,25 @@ enum Event {
         node: u64,
         shard: u32,
         incarnation: u64,
+    },
+    HistoryFlushDone {
+        node: u64,
+        shard: u32,
+        incarnation: u64,
+    },
+    /// A watch history read, done when it completes (the segment may be gone by then).
+    HistoryRead {
+        node: u64,
+        shard: u32,
+        incarnation: u64,
+        job: HistoryReadJob,
+    },
+    /// The shell wrote everything queued on a client connection.
+    Drained {
+        node: u64,
+        shard: u32,
+        incarnation: u64,
+        conn: ConnId,
     },
     SnapshotDone {
         node: u64,
@@ -213,10 +239,14 @@ impl Ord for Scheduled {
 
 struct Replica {
     disk: MemSegments,
+    /// The watch history's disk.
+    history: MemSegments,
     /// Durable snapshot files, oldest first.
     snapshots: Vec<Arc<Archive>>,
     core: Option<ShardCore>,
     flushing: Option<FlushJob>,
+    /// The watch history's flush in flight.
+    history_flushing: Option<FlushJob>,
     /// (term, role) when the election timeout was last drawn.
     drawn_for: (u64, StateRole),
     applied_seen: u64,
@@ -295,6 +325,8 @@ struct Stats {
     snapshots_sent: u64,
     /// Reads of old WAL records for lagging followers.
     cold_fetches: u64,
+    /// Reads of the watch history from disk.
+    history_reads: u64,
     operations: u64,
     open: u64,
     leader_changes: u64,

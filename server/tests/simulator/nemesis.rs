@@ -86,6 +86,12 @@ impl Sim {
                     replica.disk.run_torn(&job, bytes);
                 }
             }
+            if let Some(job) = replica.history_flushing.take() {
+                if torn && self.rng.chance(0.5) {
+                    let bytes = self.rng.below(job.bytes() as u64 + 1) as usize;
+                    replica.history.run_torn(&job, bytes);
+                }
+            }
             replica.core = None;
         }
         self.stats.crashes += 1;
@@ -162,6 +168,10 @@ impl Sim {
         for (shard, replica) in node.replicas.iter_mut().enumerate() {
             replica.disk = MemSegments::new(
                 format!("node-{id}/shard-{shard}/wiped-{}", node.wipes),
+                SEGMENT_BYTES,
+            );
+            replica.history = MemSegments::new(
+                format!("node-{id}/shard-{shard}/history-wiped-{}", node.wipes),
                 SEGMENT_BYTES,
             );
             replica.snapshots.clear();

@@ -55,6 +55,8 @@ impl Options {
             entry_cache_bytes: corekv_storage::constants::ENTRY_CACHE_BYTES_MAX,
             spares: 0,
             operator_us: 0,
+            history_retention: KEEP_HISTORY,
+            history_cache_bytes: corekv_storage::constants::HISTORY_CACHE_BYTES_MAX,
         }
     }
 
@@ -69,6 +71,15 @@ impl Options {
         opts.wipes = opts.crashes && wipe_rng.chance(0.5);
         if Rng(seed ^ 0x434f_4c44_434f_4c44).chance(0.5) {
             opts.entry_cache_bytes = 256;
+        }
+        let mut watch_rng = Rng(seed ^ 0x5741_5443_5741_5443);
+        if watch_rng.chance(0.5) {
+            opts.history_cache_bytes = 256;
+        }
+        if watch_rng.chance(0.3) {
+            let max_bytes = SEGMENT_BYTES * watch_rng.range(2, 4);
+            opts.history_retention =
+                Retention { min_entries: 0, min_bytes: 0, min_age_ms: 0, max_bytes };
         }
         let mut member_rng = Rng(seed ^ 0x4d45_4d42_4d45_4d42);
         if member_rng.chance(0.5) {
@@ -88,7 +99,7 @@ impl Options {
             "nodes={} shards={} clients={} keys/shard={} delay={}..{}us loss={} dup={} \
              disk={}..{}us crashes={} torn={} partitions={} asymmetric={} snapshot_every={} \
              faults={}ms nemesis_every~{}ms tick_skew={}% wipes={} entry_cache={}B spares={} \
-             operator_every~{}ms",
+             operator_every~{}ms history_cache={}B history_max={}B",
             self.nodes,
             self.shards,
             self.clients,
@@ -111,6 +122,12 @@ impl Options {
             self.entry_cache_bytes,
             self.spares,
             self.operator_us / 1000,
+            self.history_cache_bytes,
+            self.history_retention.max_bytes,
         )
     }
 }
+
+/// The retention of runs that keep all the history they make.
+const KEEP_HISTORY: Retention =
+    Retention { min_entries: u64::MAX, min_bytes: u64::MAX, min_age_ms: 0, max_bytes: u64::MAX };

@@ -31,6 +31,7 @@ impl Sim {
                     log_bytes: 1 << 30,
                     write_bytes_per_sec: 1 << 30,
                 },
+                wall_epoch_ms: 0,
                 join,
             };
             let logger = slog::Logger::root(slog::Discard, slog::o!());
@@ -40,6 +41,10 @@ impl Sim {
                 mode: RecoveryMode::Strict,
                 snapshot: replica.snapshots.last().cloned(),
                 entry_cache_bytes: Some(self.opts.entry_cache_bytes),
+                history: Box::new(replica.history.clone()),
+                history_segment_bytes: SEGMENT_BYTES,
+                history_retention: self.opts.history_retention,
+                history_cache_bytes: Some(self.opts.history_cache_bytes),
             };
             let mut core =
                 ShardCore::recover(cfg, recovery, Arc::new(ShardMetrics::default()), &logger)
@@ -52,6 +57,7 @@ impl Sim {
             replica.drawn_for = (u64::MAX, StateRole::Follower);
             replica.core = Some(core);
             replica.flushing = None;
+            replica.history_flushing = None;
         }
         let node = &mut self.nodes[id as usize - 1];
         node.up = true;
@@ -69,7 +75,7 @@ impl Sim {
     pub(crate) fn drive(&mut self, node: u64, shard: u32, ticks: u64) -> SimResult<()> {
         let now = self.now;
         let mut out = std::mem::take(&mut self.out);
-        let (flush, snapshot_job, redraw, applied) = {
+        let (flush, history_flush, snapshot_job, redraw, applied) = {
             let n = &mut self.nodes[node as usize - 1];
             if !n.up {
                 self.out = out;
@@ -87,6 +93,16 @@ impl Sim {
                     replica.flushing = Some(job);
                     flush = true;
                 }
+            }
+            let mut history_flush = false;
+            if replica.history_flushing.is_none() {
+                if let Some(job) = core.take_history_flush_job() {
+                    replica.history_flushing = Some(job);
+                    history_flush = true;
+                }
+            }
+            for seq in &out.history_retire {
+                replica.history.remove(*seq);
             }
             let snapshot_job = turn.snapshot;
             if turn.prune && replica.snapshots.len() > SNAPSHOTS_KEPT {
@@ -107,7 +123,7 @@ impl Sim {
                 replica.applied_seen = applied;
                 (applied, digest(core))
             });
-            (flush, snapshot_job, redraw, applied)
+            (flush, history_flush, snapshot_job, redraw, applied)
         };
         if redraw {
             let timeout = self.rng.range(ELECTION_TICKS as u64, 2 * ELECTION_TICKS as u64 - 1);
@@ -135,6 +151,19 @@ impl Sim {
             let latency = self.rng.range(self.opts.disk_us.0, self.opts.disk_us.1);
             let incarnation = self.nodes[node as usize - 1].incarnation;
             self.schedule(latency, Event::FlushDone { node, shard, incarnation });
+        }
+        let incarnation = self.nodes[node as usize - 1].incarnation;
+        if history_flush {
+            let latency = self.rng.range(self.opts.disk_us.0, self.opts.disk_us.1);
+            self.schedule(latency, Event::HistoryFlushDone { node, shard, incarnation });
+        }
+        for job in std::mem::take(&mut out.history_reads) {
+            let latency = self.rng.range(self.opts.disk_us.0, self.opts.disk_us.1);
+            self.stats.history_reads += 1;
+            self.schedule(latency, Event::HistoryRead { node, shard, incarnation, job });
+        }
+        for conn in std::mem::take(&mut out.drain_notify) {
+            self.schedule(10, Event::Drained { node, shard, incarnation, conn });
         }
         if let Some(job) = snapshot_job {
             let archive = Archive::build(

@@ -39,9 +39,14 @@ impl Sim {
                                 format!("node-{id}/shard-{shard}"),
                                 SEGMENT_BYTES,
                             ),
+                            history: MemSegments::new(
+                                format!("node-{id}/shard-{shard}/history"),
+                                SEGMENT_BYTES,
+                            ),
                             snapshots: Vec::new(),
                             core: None,
                             flushing: None,
+                            history_flushing: None,
                             drawn_for: (0, StateRole::Follower),
                             applied_seen: 0,
                         })
@@ -203,6 +208,44 @@ impl Sim {
                 if let Some(core) = replica.core.as_mut() {
                     core.set_now(now);
                     core.on_flush_complete(job);
+                }
+                self.drive(node, shard, 0)?;
+            }
+            Event::HistoryFlushDone { node, shard, incarnation } => {
+                if !self.alive(node, incarnation) {
+                    return Ok(());
+                }
+                let now = self.now;
+                let replica = &mut self.nodes[node as usize - 1].replicas[shard as usize];
+                let job = replica.history_flushing.take().expect("a history flush was in flight");
+                replica.history.run(&job);
+                if let Some(core) = replica.core.as_mut() {
+                    core.set_now(now);
+                    core.on_history_flush_complete(job);
+                }
+                self.drive(node, shard, 0)?;
+            }
+            Event::HistoryRead { node, shard, incarnation, job } => {
+                if !self.alive(node, incarnation) {
+                    return Ok(());
+                }
+                let now = self.now;
+                let replica = &mut self.nodes[node as usize - 1].replicas[shard as usize];
+                let data = replica.history.read_at(job.read.seq, job.read.offset, job.read.len);
+                if let Some(core) = replica.core.as_mut() {
+                    core.set_now(now);
+                    core.on_history_read(job, data);
+                }
+                self.drive(node, shard, 0)?;
+            }
+            Event::Drained { node, shard, incarnation, conn } => {
+                if !self.alive(node, incarnation) {
+                    return Ok(());
+                }
+                let now = self.now;
+                if let Some(core) = self.core(node, shard) {
+                    core.set_now(now);
+                    core.on_client_drained(conn);
                 }
                 self.drive(node, shard, 0)?;
             }

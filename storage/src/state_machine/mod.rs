@@ -37,6 +37,8 @@ mod reads;
 
 use crate::snapshot::{Archive, Overlay};
 
+use crate::constants::PREV_VALUE_BYTES_PER_ENTRY_MAX;
+
 use crate::command::{
     decode_batch, CommandError, Compare, CompareOp, CompareTarget, Op, TxnOp, TxnOpKind,
 };
@@ -91,15 +93,27 @@ pub enum OpResult<'a> {
 }
 
 /// What an applied entry did to one key, as [`StateMachine::take_changes`] reports it (for
-/// watchers). Owned: later entries change the state it came from.
+/// watchers and the watch history, [`crate::history`]). Owned: later entries change the state
+/// it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     /// The key.
     pub key: Box<[u8]>,
     /// For a put: the new value and the key's metadata after it; `None` for a delete.
     pub put: Option<(Box<[u8]>, KeyMeta)>,
-    /// The value and metadata the key had before; `None` when it did not exist.
-    pub prev: Option<(Box<[u8]>, KeyMeta)>,
+    /// What the key held before; `None` when it did not exist.
+    pub prev: Option<Prev>,
+}
+
+/// A key's value and metadata before a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prev {
+    /// Its metadata then.
+    pub meta: KeyMeta,
+    /// Its value then; `None` when the entry's values before went past
+    /// [`PREV_VALUE_BYTES_PER_ENTRY_MAX`] (a batch overwriting many large values would
+    /// otherwise copy them all).
+    pub value: Option<Box<[u8]>>,
 }
 
 impl Change {
@@ -107,7 +121,7 @@ impl Change {
     pub fn bytes(&self) -> usize {
         self.key.len()
             + self.put.as_ref().map_or(0, |(v, _)| v.len())
-            + self.prev.as_ref().map_or(0, |(v, _)| v.len())
+            + self.prev.as_ref().and_then(|p| p.value.as_ref()).map_or(0, |v| v.len())
     }
 }
 
@@ -155,6 +169,11 @@ pub struct StateMachine {
     recording: bool,
     /// The changes of the entries applied since the last [`StateMachine::take_changes`].
     changes: Vec<Change>,
+    /// Bytes of values before that the entry being applied may still copy into its changes.
+    prev_budget: usize,
+    /// ...and that the entries applied until the caller's next
+    /// [`StateMachine::refill_prev_budget`] may (unlimited unless set).
+    prev_budget_shared: Option<usize>,
 }
 
 impl StateMachine {
@@ -289,6 +308,7 @@ impl StateMachine {
         mut on_result: impl FnMut(OpResult<'_>),
     ) -> Result<(), CommandError> {
         self.advance(index, term);
+        self.prev_budget = PREV_VALUE_BYTES_PER_ENTRY_MAX;
         let ops = decode_batch(batch)?;
         for op in ops {
             match op {
@@ -347,12 +367,37 @@ impl StateMachine {
 
     fn put(&mut self, index: u64, key: &[u8], value: &[u8]) -> KeyMeta {
         if self.recording {
-            let prev = self.get(key).map(|v| (Box::<[u8]>::from(v.value), v.meta));
+            let prev = self.prev_of(key);
             let meta = self.put_unrecorded(index, key, value);
             self.changes.push(Change { key: key.into(), put: Some((value.into(), meta)), prev });
             return meta;
         }
         self.put_unrecorded(index, key, value)
+    }
+
+    /// What `key` holds now, for the change about to be made to it: its value copied while
+    /// the entry's budget for values before lasts.
+    fn prev_of(&mut self, key: &[u8]) -> Option<Prev> {
+        let current = self.get(key)?;
+        let budget = self.prev_budget.min(self.prev_budget_shared.unwrap_or(usize::MAX));
+        let value: Option<Box<[u8]>> =
+            (current.value.len() <= budget).then(|| Box::from(current.value));
+        let meta = current.meta;
+        if let Some(value) = &value {
+            self.prev_budget -= value.len();
+            if let Some(shared) = &mut self.prev_budget_shared {
+                *shared -= value.len();
+            }
+        }
+        Some(Prev { meta, value })
+    }
+
+    /// Lets the entries applied from now on copy at most `bytes` of values before into their
+    /// changes, all together (besides each entry's own [`PREV_VALUE_BYTES_PER_ENTRY_MAX`]).
+    /// The core sets it for each batch of committed entries it applies, so that a follower
+    /// catching up on many entries that each replace large values cannot copy without bound.
+    pub fn refill_prev_budget(&mut self, bytes: usize) {
+        self.prev_budget_shared = Some(bytes);
     }
 
     fn put_unrecorded(&mut self, index: u64, key: &[u8], value: &[u8]) -> KeyMeta {
@@ -397,7 +442,7 @@ impl StateMachine {
     fn delete(&mut self, key: &[u8]) -> bool {
         let Some(old_len) = self.get(key).map(|v| v.value.len()) else { return false };
         if self.recording {
-            let prev = self.get(key).map(|v| (Box::<[u8]>::from(v.value), v.meta));
+            let prev = self.prev_of(key);
             self.changes.push(Change { key: key.into(), put: None, prev });
         }
         self.keys -= 1;
@@ -520,16 +565,17 @@ mod tests {
         });
         let meta = |create_index, mod_index, version| KeyMeta { create_index, mod_index, version };
         let boxed = |b: &[u8]| Box::<[u8]>::from(b);
+        let prev = |value: &[u8], meta| Some(Prev { meta, value: Some(boxed(value)) });
         assert_eq!(
             sm.take_changes(),
             vec![
                 Change {
                     key: boxed(b"a"),
                     put: Some((boxed(b"v2"), meta(1, 2, 2))),
-                    prev: Some((boxed(b"v1"), meta(1, 1, 1))),
+                    prev: prev(b"v1", meta(1, 1, 1)),
                 },
                 Change { key: boxed(b"b"), put: Some((boxed(b"w1"), meta(2, 2, 1))), prev: None },
-                Change { key: boxed(b"a"), put: None, prev: Some((boxed(b"v2"), meta(1, 2, 2))) },
+                Change { key: boxed(b"a"), put: None, prev: prev(b"v2", meta(1, 2, 2)) },
             ]
         );
         let never = Compare {
@@ -549,6 +595,30 @@ mod tests {
         sm.record_changes(false);
         apply_one(&mut sm, 4, |b| b.put(b"a", b"v3"));
         assert!(sm.take_changes().is_empty());
+    }
+
+    // Shows: an entry copies values before only up to its budget; past it, a change keeps
+    // the metadata before and says the value was left out; the next entry has a new budget.
+    #[test]
+    fn values_before_are_copied_within_the_entry_budget() {
+        let mut sm = StateMachine::new();
+        let big = vec![7u8; PREV_VALUE_BYTES_PER_ENTRY_MAX / 2 + 1];
+        apply_one(&mut sm, 1, |b| {
+            b.put(b"a", &big);
+            b.put(b"b", &big);
+        });
+        sm.record_changes(true);
+        apply_one(&mut sm, 2, |b| {
+            b.put(b"a", b"x");
+            b.put(b"b", b"y");
+        });
+        let changes = sm.take_changes();
+        let kept: Vec<bool> =
+            changes.iter().map(|c| c.prev.as_ref().unwrap().value.is_some()).collect();
+        assert_eq!(kept, [true, false], "the second value before is over the budget");
+        assert_eq!(changes[1].prev.as_ref().unwrap().meta.version, 1);
+        apply_one(&mut sm, 3, |b| b.delete(b"a"));
+        assert_eq!(sm.take_changes()[0].prev.as_ref().unwrap().value.as_deref(), Some(&b"x"[..]));
     }
 
     // Shows: transactions pick the branch by their compares, atomically, and report the

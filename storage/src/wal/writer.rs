@@ -158,6 +158,9 @@ pub struct WalWriter {
     /// Most bytes the buffer takes before refusing: [`WRITE_BUFFER_BYTES_MAX`], or more for
     /// one batch taken into an empty buffer ([`WalWriter::take_batch`]) until a job takes it.
     buffer_limit: usize,
+    /// What `buffer_limit` returns to after each job ([`WRITE_BUFFER_BYTES_MAX`] unless
+    /// [`WalWriter::set_buffer_limit`] says otherwise).
+    buffer_limit_base: usize,
     /// Whether the active segment has bytes not yet in a job.
     active_dirty: bool,
     in_flight: Option<Lsn>,
@@ -215,6 +218,7 @@ impl WalWriter {
             next_flush_seq: tail.next_flush_seq,
             buffered_bytes: 0,
             buffer_limit: WRITE_BUFFER_BYTES_MAX,
+            buffer_limit_base: WRITE_BUFFER_BYTES_MAX,
             active_dirty,
             in_flight: None,
             durable,
@@ -267,6 +271,13 @@ impl WalWriter {
         if self.buffered_bytes == 0 {
             self.buffer_limit = self.buffer_limit.max(bytes);
         }
+    }
+
+    /// Sets the most unflushed bytes the buffer takes (a log whose caller bounds its backlog
+    /// itself, and must not be refused a record, sets more than the default).
+    pub fn set_buffer_limit(&mut self, bytes: usize) {
+        self.buffer_limit_base = bytes;
+        self.buffer_limit = self.buffer_limit.max(bytes);
     }
 
     /// Whether a job is in flight.
@@ -385,7 +396,7 @@ impl WalWriter {
         }
         self.active_dirty = false;
         self.buffered_bytes = 0;
-        self.buffer_limit = WRITE_BUFFER_BYTES_MAX;
+        self.buffer_limit = self.buffer_limit_base;
         self.next_flush_seq += 1;
         let durable = self.appended();
         self.in_flight = Some(durable);
