@@ -24,6 +24,7 @@ fn corekv_error(error: &Error) -> ErrorKind {
         Error::TooLarge { .. } => "too_large",
         Error::InvalidRequest(_) | Error::InvalidArgument(_) | Error::ChangeRefused(_) => "invalid",
         Error::WrongShard { .. } => "wrong_shard",
+        Error::Compacted { .. } => "compacted",
         Error::Protocol(_) => "protocol",
         Error::Handshake { .. } | Error::Registry(_) => "config",
     }

@@ -231,7 +231,7 @@ async fn write_loop(
 
 /// The hello exchange on a new connection: the cluster name and shard count this client's
 /// registry names, and the node's acceptance (or its one-line refusal).
-async fn hello(
+pub(crate) async fn hello(
     stream: &mut TcpStream,
     addr: &str,
     cluster: &str,

@@ -72,6 +72,20 @@ pub enum Error {
     #[error("refused: {0}")]
     ChangeRefused(String),
 
+    /// A watch asked for changes older than the history the cluster keeps (its retention,
+    /// the registry's `[watch]` section): changes of `shard` from `next` on are gone, the
+    /// oldest kept is `first_available`. List again and watch from the listing
+    /// ([`Client::list_and_watch`](crate::Client::list_and_watch)).
+    #[error("watch history of shard {shard} starts at index {first_available}; changes from {next} are no longer kept: list again")]
+    Compacted {
+        /// The shard.
+        shard: ShardId,
+        /// The first index the watch still needed.
+        next: u64,
+        /// The oldest index the shard's history holds.
+        first_available: u64,
+    },
+
     /// A node refused the connection handshake (a different cluster name, an unsupported
     /// protocol version). Check the registry file.
     #[error("handshake refused by {addr}: {reason}")]

@@ -117,6 +117,7 @@ mod connection;
 mod error;
 mod retry;
 mod types;
+pub mod watch;
 
 pub use corekv_types::ids::{LogIndex, NodeId, ShardId, Term};
 pub use corekv_types::{membership, placement, registry};
@@ -128,3 +129,4 @@ pub use types::{
     PeerProgress, ReadOptions, ReplicaReport, ReplicaStatus, Role, ScanOptions, ScanPage,
     ScanRange, Txn, TxnOp, TxnOpResult, TxnResponse, WriteOptions,
 };
+pub use watch::{Cursor, Watch, WatchMessage, WatchSpec};

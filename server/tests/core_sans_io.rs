@@ -950,6 +950,7 @@ fn watches_stream_changes_resume_at_a_new_leader_and_report_compaction() {
     let first_put = cluster.nodes[&1].core.state_machine().get(b"k1").unwrap().meta.mod_index;
 
     let live = spec(WatchScope::Prefix, b"k", 0, true, 0);
+    let started_after = cluster.nodes[&1].core.state_machine().applied_index();
     cluster.send(1, 20, &[encoder.watch(100, &live).to_vec()]);
     cluster.send(1, 7, &[encoder.batch_put(2, &[(&b"k1"[..], &b"b"[..]), (b"k2", b"c")]).to_vec()]);
     cluster.settle();
@@ -962,10 +963,11 @@ fn watches_stream_changes_resume_at_a_new_leader_and_report_compaction() {
     assert_eq!(
         watch_lines(&mut cluster, 1, 20),
         vec![
+            format!("#100 progress {started_after}"),
             format!("#100 events {k2}: put k1=b v2 (was a), put k2=c v1"),
             format!("#100 events {deleted_at}: delete k1 (was b)"),
         ],
-        "the batch's changes together; the write to another prefix not sent"
+        "where it starts; the batch's changes together; the write to another prefix not sent"
     );
 
     // From the first put's index: the history, then live, without previous values.
@@ -978,7 +980,9 @@ fn watches_stream_changes_resume_at_a_new_leader_and_report_compaction() {
             format!("#101 events {first_put}: put k1=a v1"),
             format!("#101 events {k2}: put k1=b v2, put k2=c v1"),
             format!("#101 events {deleted_at}: delete k1"),
-        ]
+            format!("#101 progress {deleted_at}"),
+        ],
+        "the history, then word that it caught up"
     );
     for _ in 0..3 {
         cluster.tick();
@@ -1028,7 +1032,10 @@ fn watches_stream_changes_resume_at_a_new_leader_and_report_compaction() {
     cluster.send(2, 7, &[encoder.put(6, b"k3", b"d").to_vec()]);
     cluster.settle();
     let k3 = cluster.nodes[&2].core.state_machine().get(b"k3").unwrap().meta.mod_index;
-    assert_eq!(watch_lines(&mut cluster, 2, 23), vec![format!("#105 events {k3}: put k3=d v1")]);
+    assert_eq!(
+        watch_lines(&mut cluster, 2, 23),
+        vec![format!("#105 progress {}", k3 - 1), format!("#105 events {k3}: put k3=d v1")]
+    );
 
     // A small retention: the oldest segments go, and a start before what is kept is
     // Compacted.

@@ -20,6 +20,8 @@ use crate::registry::Registry;
 mod admin;
 mod call;
 mod ops;
+mod watch;
+mod watch_mux;
 mod wire_map;
 
 /// How a client behaves.
@@ -74,6 +76,8 @@ struct Inner {
     /// Cached leader per shard, as its number (0: unknown, `NodeId::NONE`).
     leaders: Vec<AtomicU64>,
     connections: Mutex<HashMap<(NodeId, ShardId), Arc<Connection>>>,
+    /// Watch connections, apart from the calls' (see `watch_mux`).
+    watch_muxes: Mutex<HashMap<(NodeId, ShardId), Arc<watch_mux::WatchMux>>>,
     /// Client addresses of nodes the registry does not list (members added since), as the
     /// nodes named them: in `NotLeader` replies and membership replies.
     learned: Mutex<HashMap<(NodeId, ShardId), String>>,
@@ -125,6 +129,7 @@ impl Client {
                 nodes,
                 leaders,
                 connections: Mutex::default(),
+                watch_muxes: Mutex::default(),
                 learned: Mutex::default(),
                 members: Mutex::new(Members {
                     shards: vec![Arc::from(nodes_copy); shards],

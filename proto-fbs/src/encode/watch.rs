@@ -94,10 +94,12 @@ fn change<'b>(fbb: &mut FlatBufferBuilder<'b>, change: &ChangeRef<'_>) -> WIPOff
 }
 
 impl ReplyEncoder {
-    /// The changes the entry at `index` made that watch `id` follows.
+    /// The changes the entry at `index` made that watch `id` follows — and the watches
+    /// `also` of the same connection, which follow the same keys the same way.
     pub fn watch_events(
         &mut self,
         id: u64,
+        also: &[u64],
         shard: u32,
         index: u64,
         changes: &[ChangeRef<'_>],
@@ -105,8 +107,9 @@ impl ReplyEncoder {
         self.fbb.reset();
         let tables: Vec<_> = changes.iter().map(|c| change(&mut self.fbb, c)).collect();
         let changes = Some(self.fbb.create_vector(&tables));
-        let events =
-            c::WatchEvents::create(&mut self.fbb, &c::WatchEventsArgs { shard, index, changes });
+        let also_ids = (!also.is_empty()).then(|| self.fbb.create_vector(also));
+        let args = c::WatchEventsArgs { shard, index, changes, also_ids };
+        let events = c::WatchEvents::create(&mut self.fbb, &args);
         self.finish(id, c::Reply::WatchEvents, events.as_union_value())
     }
 

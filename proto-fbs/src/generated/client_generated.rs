@@ -8220,6 +8220,8 @@ pub enum WatchEventsOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
 /// The watch's changes made by the entry at `index` (a batch or a transaction: together).
+/// Watches of one connection that follow the same keys the same way share one frame: it
+/// carries the first one's id as the reply's id, and the others' here.
 pub struct WatchEvents<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -8236,6 +8238,7 @@ impl<'a> WatchEvents<'a> {
   pub const VT_SHARD: ::flatbuffers::VOffsetT = 4;
   pub const VT_INDEX: ::flatbuffers::VOffsetT = 6;
   pub const VT_CHANGES: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ALSO_IDS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -8248,6 +8251,7 @@ impl<'a> WatchEvents<'a> {
   ) -> ::flatbuffers::WIPOffset<WatchEvents<'bldr>> {
     let mut builder = WatchEventsBuilder::new(_fbb);
     builder.add_index(args.index);
+    if let Some(x) = args.also_ids { builder.add_also_ids(x); }
     if let Some(x) = args.changes { builder.add_changes(x); }
     builder.add_shard(args.shard);
     builder.finish()
@@ -8275,6 +8279,13 @@ impl<'a> WatchEvents<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Change>>>>(WatchEvents::VT_CHANGES, None)}
   }
+  #[inline]
+  pub fn also_ids(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(WatchEvents::VT_ALSO_IDS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for WatchEvents<'_> {
@@ -8286,6 +8297,7 @@ impl ::flatbuffers::Verifiable for WatchEvents<'_> {
      .visit_field::<u32>("shard", Self::VT_SHARD, false)?
      .visit_field::<u64>("index", Self::VT_INDEX, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Change>>>>("changes", Self::VT_CHANGES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("also_ids", Self::VT_ALSO_IDS, false)?
      .finish();
     Ok(())
   }
@@ -8294,6 +8306,7 @@ pub struct WatchEventsArgs<'a> {
     pub shard: u32,
     pub index: u64,
     pub changes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Change<'a>>>>>,
+    pub also_ids: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
 }
 impl<'a> Default for WatchEventsArgs<'a> {
   #[inline]
@@ -8302,6 +8315,7 @@ impl<'a> Default for WatchEventsArgs<'a> {
       shard: 0,
       index: 0,
       changes: None,
+      also_ids: None,
     }
   }
 }
@@ -8324,6 +8338,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WatchEventsBuilder<'a, 'b, A>
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WatchEvents::VT_CHANGES, changes);
   }
   #[inline]
+  pub fn add_also_ids(&mut self, also_ids: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WatchEvents::VT_ALSO_IDS, also_ids);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WatchEventsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WatchEventsBuilder {
@@ -8344,6 +8362,7 @@ impl ::core::fmt::Debug for WatchEvents<'_> {
       ds.field("shard", &self.shard());
       ds.field("index", &self.index());
       ds.field("changes", &self.changes());
+      ds.field("also_ids", &self.also_ids());
       ds.finish()
   }
 }

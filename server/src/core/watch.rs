@@ -14,6 +14,7 @@
 //! ```text
 //!   WatchRequest{scope, start}   start < first ──► WatchEnded{Compacted, first_available}
 //!        │                       start ≤ through ──► catching up     otherwise ──► live
+//!   going live ──► WatchProgress{next - 1} (a watch from now learns where it starts)
 //!        ▼
 //!   catching up: the history from `next` ── cache: sent now ─┐
 //!                                        └─ disk: a HistoryRead (the shell reads it off the
@@ -67,7 +68,7 @@ pub fn history_retention(settings: &WatchSettings) -> Retention {
 }
 
 /// The keys a watch follows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) enum Scope {
     Key(Box<[u8]>),
     Prefix(Box<[u8]>),
@@ -230,8 +231,14 @@ impl ShardCore {
         }
         self.metrics.watches_started.fetch_add(1, Relaxed);
         let key = (caller.conn, caller.id);
-        self.watches.watchers.insert(key, watcher);
         self.watches.backlog.conns.entry(caller.conn).or_default();
+        let live = watcher.mode == Mode::Live;
+        let watcher = self.watches.watchers.entry(key).or_insert(watcher);
+        if live {
+            let to = Destination { shard: self.cfg.shard.get(), conn: key.0, id: key.1 };
+            let backlog = &mut self.watches.backlog;
+            go_live(&mut self.encoder, &mut self.out, backlog, to, watcher, self.now_us);
+        }
         self.pump(key);
     }
 
@@ -274,32 +281,58 @@ impl ShardCore {
 
     /// Entry `index` was applied: records what it changed in the history and sends each live
     /// watcher its share (a watcher whose connection is backed up switches to catching up).
+    /// Live watchers of one connection that follow the same keys the same way share one
+    /// frame (the others' ids ride in it), so a thousand watchers of one prefix on one
+    /// connection cost one encoding, not a thousand.
     pub(super) fn watch_applied(&mut self, index: u64) {
         let changes = self.sm.take_changes();
         let time_ms = self.cfg.wall_epoch_ms + self.now_us / 1000;
         let entry = self.history.record(index, time_ms, changes, self.now_us);
-        let shard = self.cfg.shard.get();
         let Watches { watchers, backlog, .. } = &mut self.watches;
-        let (encoder, out) = (&mut self.encoder, &mut self.out);
-        let (mut sent, mut switched) = (0, 0);
-        for (&(conn, id), watcher) in watchers.iter_mut() {
-            if watcher.mode != Mode::Live {
-                continue;
-            }
-            let Some(entry) = &entry else {
+        let Some(entry) = entry else {
+            for watcher in watchers.values_mut().filter(|w| w.mode == Mode::Live) {
                 watcher.next = watcher.next.max(index + 1);
-                continue;
-            };
-            if backlog.over(conn) {
-                watcher.mode = Mode::CatchingUp { reading: false, cont: None };
-                switched += 1;
+            }
+            return;
+        };
+        // Who gets this entry, grouped by connection, scope and values before; decided before
+        // anything is queued, so one frame does not tip the others into catching up.
+        let mut groups: HashMap<(ConnId, &Scope, bool), Vec<u64>> = HashMap::new();
+        let mut switched = Vec::new();
+        for (&(conn, id), watcher) in watchers.iter() {
+            if watcher.mode != Mode::Live || watcher.next > index {
                 continue;
             }
-            let to = Destination { shard, conn, id };
-            sent += u64::from(send_entry(encoder, out, backlog, to, watcher, entry, self.now_us));
+            if backlog.over(conn) {
+                switched.push((conn, id));
+            } else {
+                groups.entry((conn, &watcher.scope, watcher.prev)).or_default().push(id);
+            }
+        }
+        let shard = self.cfg.shard.get();
+        let mut sent = 0;
+        for ((conn, scope, prev), ids) in &groups {
+            let to = Destination { shard, conn: *conn, id: ids[0] };
+            let frame = encode_entry(&mut self.encoder, to, &ids[1..], scope, *prev, &entry);
+            if let Some(frame) = frame {
+                backlog.stream(&mut self.out, *conn, frame);
+                sent += 1;
+            }
+        }
+        drop(groups);
+        for key in &switched {
+            if let Some(watcher) = watchers.get_mut(key) {
+                watcher.mode = Mode::CatchingUp { reading: false, cont: None };
+            }
+        }
+        for watcher in watchers.values_mut().filter(|w| w.mode == Mode::Live) {
+            if watcher.next <= index {
+                watcher.next = index + 1;
+                watcher.last_sent_us = self.now_us;
+            }
         }
         self.metrics.watch_events.fetch_add(sent, Relaxed);
-        self.metrics.watch_catch_ups.fetch_add(switched, Relaxed);
+        self.metrics.watch_catch_ups.fetch_add(switched.len() as u64, Relaxed);
     }
 
     /// Moves a catching-up watcher on: from the cache at once, from the disk by a read, until
@@ -308,6 +341,7 @@ impl ShardCore {
     fn pump(&mut self, key: (ConnId, u64)) {
         let mut budget = WATCH_CATCH_UP_BYTES_PER_TURN;
         let to = Destination { shard: self.cfg.shard.get(), conn: key.0, id: key.1 };
+        let now = self.now_us;
         loop {
             let Watches { watchers, backlog, reads, next_read } = &mut self.watches;
             let Some(watcher) = watchers.get_mut(&key) else { return };
@@ -329,8 +363,7 @@ impl ShardCore {
                     return self.end_watch(key.0, key.1, &watcher, reason, first);
                 }
                 Plan::UpToDate => {
-                    watcher.mode = Mode::Live;
-                    return;
+                    return go_live(&mut self.encoder, &mut self.out, backlog, to, watcher, now);
                 }
                 Plan::Disk(read) => {
                     watcher.mode = Mode::CatchingUp { reading: true, cont };
@@ -358,8 +391,8 @@ impl ShardCore {
                     if complete {
                         // Entries after the last cached one changed nothing.
                         watcher.next = watcher.next.max(self.history.through() + 1);
-                        watcher.mode = Mode::Live;
-                        return;
+                        let (encoder, out) = (&mut self.encoder, &mut self.out);
+                        return go_live(encoder, out, backlog, to, watcher, now);
                     }
                 }
             }
@@ -544,6 +577,22 @@ impl ShardCore {
     }
 }
 
+/// Makes `watcher` live, telling its client how far it has everything (a watch from now
+/// learns the index it starts after; a catching-up one, that it caught up).
+fn go_live(
+    encoder: &mut ReplyEncoder,
+    out: &mut Outputs,
+    backlog: &mut Backlog,
+    to: Destination,
+    watcher: &mut Watcher,
+    now_us: u64,
+) {
+    watcher.mode = Mode::Live;
+    let frame = encoder.watch_progress(to.id, to.shard, watcher.next - 1);
+    backlog.stream(out, to.conn, frame);
+    watcher.last_sent_us = now_us;
+}
+
 /// Sends `watcher` the changes of `entry` it follows (if it has not had them), as one events
 /// frame. Returns whether a frame went.
 fn send_entry(
@@ -559,25 +608,36 @@ fn send_entry(
         return false;
     }
     watcher.next = entry.index + 1;
-    let changes: Vec<ChangeRef<'_>> = entry
-        .changes
-        .iter()
-        .filter(|c| watcher.scope.matches(&c.key))
-        .map(|c| ChangeRef {
-            key: &c.key,
-            put: c.put.as_ref().map(|(value, meta)| (&**value, (*meta).into())),
-            prev: c
-                .prev
-                .as_ref()
-                .filter(|_| watcher.prev)
-                .map(|p| (p.value.as_deref(), p.meta.into())),
-        })
-        .collect();
-    if changes.is_empty() {
+    let Some(frame) = encode_entry(encoder, to, &[], &watcher.scope, watcher.prev, entry) else {
         return false;
-    }
-    let frame = encoder.watch_events(to.id, to.shard, entry.index, &changes);
+    };
     backlog.stream(out, to.conn, frame);
     watcher.last_sent_us = now_us;
     true
+}
+
+/// The events frame of the changes of `entry` in `scope` (with the values before when
+/// `prev`), for watch `to.id` and the watches `also`; `None` when none is in scope.
+fn encode_entry<'e>(
+    encoder: &'e mut ReplyEncoder,
+    to: Destination,
+    also: &[u64],
+    scope: &Scope,
+    prev: bool,
+    entry: &HistoryEntry,
+) -> Option<&'e [u8]> {
+    let changes: Vec<ChangeRef<'_>> = entry
+        .changes
+        .iter()
+        .filter(|c| scope.matches(&c.key))
+        .map(|c| ChangeRef {
+            key: &c.key,
+            put: c.put.as_ref().map(|(value, meta)| (&**value, (*meta).into())),
+            prev: c.prev.as_ref().filter(|_| prev).map(|p| (p.value.as_deref(), p.meta.into())),
+        })
+        .collect();
+    if changes.is_empty() {
+        return None;
+    }
+    Some(encoder.watch_events(to.id, also, to.shard, entry.index, &changes))
 }

@@ -9,6 +9,7 @@
 //!   txn [FILE]                        a JSON transaction (stdin when FILE is - or absent)
 //!   status                            every replica of every shard
 //!   member list|add|promote|remove|replace   change the cluster while it runs
+//!   watch KEY [--prefix | --range-end END] [--from CURSOR] [--prev] [--progress D] [--count N]
 //!   leader transfer SHARD NODE | leader balance
 //! ```
 //!
@@ -38,6 +39,7 @@ use serde_json::json;
 mod member;
 mod output;
 mod txn;
+mod watch;
 
 use output::{entry_json, escape, meta_json, status_json, status_text, txn_json, txn_text};
 use txn::parse_txn;
@@ -157,10 +159,20 @@ enum Command {
     /// Shards' leadership: transfer one, balance all.
     #[command(subcommand)]
     Leader(member::LeaderCommand),
+    /// Print every change of a key, a prefix or a range as it happens, until Ctrl-C.
+    ///
+    /// One line per change, tab-separated: `put KEY VALUE SHARD:INDEX version=V cursor=C`
+    /// or `delete KEY SHARD:INDEX cursor=C` (with --prev, `prev=VALUE` before the cursor);
+    /// -o json: one object per line (keys and values in base64). CURSOR is where the watch
+    /// stands after that line: `watch --from CURSOR` resumes exactly there, missing and
+    /// repeating nothing. The watch follows leader changes and node restarts by itself.
+    /// Exit status 1 when the cursor is older than the history the cluster keeps (list
+    /// again with `scan`, then watch from now).
+    Watch(watch::WatchArgs),
 }
 
 /// A failure with its exit status.
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
@@ -172,11 +184,11 @@ impl From<Error> for Failure {
     }
 }
 
-fn input_error(message: impl Into<String>) -> Failure {
+pub(crate) fn input_error(message: impl Into<String>) -> Failure {
     Failure { code: 2, message: message.into() }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
@@ -304,6 +316,10 @@ async fn run(args: Args) -> Result<u8, Failure> {
         Command::Member(command) => member::member(&client, json, command).await?,
         Command::Leader(command) => member::leader(&client, json, command).await?,
         Command::Status => status(&client, &mut out, json).await?,
+        Command::Watch(watch_args) => {
+            drop(out);
+            watch::watch(&client, json, watch_args).await?;
+        }
     }
     Ok(0)
 }
