@@ -7,6 +7,7 @@
 //!              [--concurrency C] [--connections K] [--rate R] [--warmup S]
 //!              [--duration S | --ops N] [--json FILE] [--hgrm FILE]
 //!              [--spawn-cluster N [--shards S]] [--target corekv|etcd --endpoints URLS]
+//! corekv-bench watch [--watchers N] [--rate W] ...   watchers on a prefix while writers write
 //! corekv-bench plot RESULT.json... --plot OUT.svg
 //! ```
 
@@ -15,6 +16,7 @@ mod plot;
 mod report;
 mod run;
 mod target;
+mod watch;
 mod workload;
 
 use std::path::PathBuf;
@@ -122,6 +124,9 @@ struct Args {
     /// etcd client URLs, comma-separated (with --target etcd).
     #[arg(long)]
     endpoints: Option<String>,
+    /// With `watch`: watchers on the prefix (spread over --connections clients).
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
     /// Name of the server processes whose CPU time is measured [default: corekv or etcd].
     #[arg(long)]
     server_process: Option<String>,
@@ -192,6 +197,73 @@ async fn etcd_targets(_endpoints: &str, _connections: usize) -> anyhow::Result<V
     bail!("this corekv-bench was built without the etcd target (cargo build --features etcd)")
 }
 
+/// `corekv-bench watch`: see the `watch` module.
+async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
+    let config = watch::WatchConfig {
+        watchers: args.watchers,
+        rate: args.rate.unwrap_or(1000.0),
+        keys: args.keys,
+        value_size: args.value_size,
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    if config.rate.is_nan() || config.rate <= 0.0 || config.watchers == 0 {
+        bail!("watch needs --rate above 0 and at least one watcher");
+    }
+    let result = match args.target {
+        TargetKind::Corekv => {
+            let clients: Vec<Client> = targets.into_iter().filter_map(Target::corekv).collect();
+            watch::run_corekv(&clients, &config).await?
+        }
+        TargetKind::Etcd => watch_etcd(args, &config).await?,
+    };
+    let label = args.label.clone().unwrap_or_else(|| {
+        format!("{:?} watch {} watchers", args.target, args.watchers).to_lowercase()
+    });
+    print!("{}", watch::summary(&label, &result));
+    if let Some(path) = &args.json {
+        let (latency, curve) = report::latency_json(&result.latency_us);
+        let secs = result.elapsed.as_secs_f64();
+        let value = json!({
+            "label": label,
+            "ops_per_sec": result.writes as f64 / secs,
+            "events_per_sec": result.events as f64 / secs,
+            "latency_us": latency,
+            "write_errors": result.write_errors,
+            "server_rss_bytes": {"before": result.rss[0], "watching": result.rss[1], "end": result.rss[2]},
+            "config": {
+                "target": format!("{:?}", args.target).to_lowercase(), "workload": "watch",
+                "watchers": args.watchers, "rate": config.rate, "keys": args.keys,
+                "value_size": args.value_size, "connections": args.connections,
+                "warmup_s": args.warmup, "duration_s": args.duration,
+            },
+            "machine": report::machine(),
+            "percentiles": curve,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.hgrm {
+        report::write_hgrm(path, &result.latency_us)?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "etcd")]
+async fn watch_etcd(
+    args: &Args,
+    config: &watch::WatchConfig,
+) -> anyhow::Result<watch::WatchResult> {
+    let endpoints = args.endpoints.as_deref().context("--target etcd needs --endpoints")?;
+    watch::run_etcd(endpoints, args.connections, config).await
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn watch_etcd(_: &Args, _: &watch::WatchConfig) -> anyhow::Result<watch::WatchResult> {
+    bail!("this corekv-bench was built without the etcd target (cargo build --features etcd)")
+}
+
 async fn bench(args: Args) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut spawned = None;
@@ -228,6 +300,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             etcd_targets(endpoints, args.connections).await?
         }
     };
+    if args.workload == Workload::Watch {
+        let result = bench_watch(&args, targets).await;
+        drop(spawned);
+        return result;
+    }
     let config = RunConfig {
         workload: args.workload,
         keys: args.keys,

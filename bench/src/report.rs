@@ -61,6 +61,32 @@ pub fn process_cpu_us(name: &str) -> Option<u64> {
     found.then_some(total)
 }
 
+/// Total resident memory (bytes) of every process whose name is `name`.
+pub fn process_rss_bytes(name: &str) -> Option<u64> {
+    let mut total = 0;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        if status.lines().next().and_then(|l| l.strip_prefix("Name:")).map(str::trim) != Some(name)
+        {
+            continue;
+        }
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        if let Some(kib) = kib {
+            total += kib * 1024;
+            found = true;
+        }
+    }
+    found.then_some(total)
+}
+
 /// Latency percentiles in µs, and the curve for plots.
 pub fn latency_json(h: &Histogram<u64>) -> (Value, Vec<Value>) {
     let mut latency = serde_json::Map::new();

@@ -31,6 +31,15 @@ fn corekv_error(error: &Error) -> ErrorKind {
 }
 
 impl Target {
+    /// The corekv client, when it is one.
+    pub fn corekv(self) -> Option<Client> {
+        match self {
+            Target::Corekv(client) => Some(client),
+            #[cfg(feature = "etcd")]
+            Target::Etcd(_) => None,
+        }
+    }
+
     /// Writes `value` under `key`.
     pub async fn put(
         &mut self,

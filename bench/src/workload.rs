@@ -21,6 +21,8 @@ pub enum Workload {
     YcsbC,
     /// Compare-and-set transactions on a key's version.
     Txn,
+    /// Watchers on a prefix while writers write under it (`--watchers`, `--rate`).
+    Watch,
     /// Draw the latency curves of result files (`--plot FILE.svg`).
     Plot,
 }
@@ -29,7 +31,7 @@ impl Workload {
     /// Share of operations that are reads.
     pub fn read_ratio(self, mixed: f64) -> f64 {
         match self {
-            Workload::Put | Workload::Txn | Workload::Plot => 0.0,
+            Workload::Put | Workload::Txn | Workload::Watch | Workload::Plot => 0.0,
             Workload::Get | Workload::YcsbC => 1.0,
             Workload::Mixed => mixed,
             Workload::YcsbA => 0.5,
@@ -52,6 +54,7 @@ impl Workload {
             Workload::YcsbB => "ycsb-b",
             Workload::YcsbC => "ycsb-c",
             Workload::Txn => "txn",
+            Workload::Watch => "watch",
             Workload::Plot => "plot",
         }
     }

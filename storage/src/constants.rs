@@ -35,17 +35,17 @@ pub const PREV_VALUE_BYTES_PER_ENTRY_MAX: usize = 4 * 1024 * 1024;
 /// would otherwise copy without bound (the core refills it per batch).
 pub const PREV_VALUE_BYTES_PER_BATCH_MAX: usize = 64 * 1024 * 1024;
 
-/// Watch history ([`crate::history`]): bytes of the newest entries kept in memory, so live
-/// watchers and those slightly behind never touch the disk.
-pub const HISTORY_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Watch history ([`crate::history`]): bytes of the newest entries kept in memory, so watchers
+/// slightly behind never touch the disk (live ones are sent each entry as it applies).
+pub const HISTORY_CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// A history flush is due once this much is buffered...
-pub const HISTORY_FLUSH_BYTES: usize = 1024 * 1024;
+pub const HISTORY_FLUSH_BYTES: usize = 4 * 1024 * 1024;
 
 /// ...or the oldest buffered record waited this long (µs). History is not on the commit
 /// path: flushing it every few milliseconds instead of with every WAL flush keeps its
 /// fdatasyncs few.
-pub const HISTORY_FLUSH_DELAY_US: u64 = 10_000;
+pub const HISTORY_FLUSH_DELAY_US: u64 = 50_000;
 
 /// A history position is remembered every this many bytes of records (and at every
 /// segment's first record), so a read from an old index starts at most this far before it.

@@ -225,6 +225,8 @@ pub struct ShardCore {
     history: HistoryLog,
     /// A catching-up watcher spent its share of a turn: the next turn pumps them again.
     pending_pumps: bool,
+    /// The history entries recorded since the simulator last took them (`None` outside it).
+    recorded_for_tests: Option<Vec<Arc<corekv_storage::history::HistoryEntry>>>,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -305,6 +307,7 @@ impl ShardCore {
             watches: watch::Watches::default(),
             history,
             pending_pumps: false,
+            recorded_for_tests: None,
         };
         core.init_catch_up();
         core.init_snapshots();

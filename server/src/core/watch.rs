@@ -234,10 +234,15 @@ impl ShardCore {
         self.watches.backlog.conns.entry(caller.conn).or_default();
         let live = watcher.mode == Mode::Live;
         let watcher = self.watches.watchers.entry(key).or_insert(watcher);
+        let to = Destination { shard: self.cfg.shard.get(), conn: key.0, id: key.1 };
+        let backlog = &mut self.watches.backlog;
         if live {
-            let to = Destination { shard: self.cfg.shard.get(), conn: key.0, id: key.1 };
-            let backlog = &mut self.watches.backlog;
             go_live(&mut self.encoder, &mut self.out, backlog, to, watcher, self.now_us);
+        } else if spec.start_index == 0 {
+            // From now, with history this replica recorded before it applied it again (a
+            // restart): the client learns where the watch starts before any event.
+            let frame = self.encoder.watch_progress(to.id, to.shard, start - 1);
+            backlog.stream(&mut self.out, to.conn, frame);
         }
         self.pump(key);
     }
@@ -288,6 +293,9 @@ impl ShardCore {
         let changes = self.sm.take_changes();
         let time_ms = self.cfg.wall_epoch_ms + self.now_us / 1000;
         let entry = self.history.record(index, time_ms, changes, self.now_us);
+        if let (Some(recorded), Some(entry)) = (&mut self.recorded_for_tests, &entry) {
+            recorded.push(entry.clone());
+        }
         let Watches { watchers, backlog, .. } = &mut self.watches;
         let Some(entry) = entry else {
             for watcher in watchers.values_mut().filter(|w| w.mode == Mode::Live) {
@@ -487,6 +495,19 @@ impl ShardCore {
         self.history.set_cache_limit(cache_bytes);
     }
 
+    /// Has the core keep every history entry it records for
+    /// [`ShardCore::take_history_for_tests`] (the simulator's ground truth).
+    #[doc(hidden)]
+    pub fn record_history_for_tests(&mut self) {
+        self.recorded_for_tests = Some(Vec::new());
+    }
+
+    /// The history entries recorded since the last call.
+    #[doc(hidden)]
+    pub fn take_history_for_tests(&mut self) -> Vec<std::sync::Arc<HistoryEntry>> {
+        self.recorded_for_tests.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// The oldest index the watch history covers, and the newest.
     pub fn history_range(&self) -> (u64, u64) {
         (self.history.first(), self.history.through())
@@ -627,13 +648,12 @@ fn encode_entry<'e>(
     entry: &HistoryEntry,
 ) -> Option<&'e [u8]> {
     let changes: Vec<ChangeRef<'_>> = entry
-        .changes
-        .iter()
-        .filter(|c| scope.matches(&c.key))
+        .changes()
+        .filter(|c| scope.matches(c.key))
         .map(|c| ChangeRef {
-            key: &c.key,
-            put: c.put.as_ref().map(|(value, meta)| (&**value, (*meta).into())),
-            prev: c.prev.as_ref().filter(|_| prev).map(|p| (p.value.as_deref(), p.meta.into())),
+            key: c.key,
+            put: c.put.map(|(value, meta)| (value, meta.into())),
+            prev: c.prev.filter(|_| prev).map(|(meta, value)| (value, meta.into())),
         })
         .collect();
     if changes.is_empty() {

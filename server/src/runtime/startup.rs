@@ -89,7 +89,8 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
         SegmentIdentity { cluster: registry.cluster.clone(), shard: ctx.shard.get() };
     let history_segment_bytes = ctx.wal_segment_bytes.min(HISTORY_SEGMENT_BYTES_MAX);
     let history_segments = SegmentDir::open(&history_dir, history_identity, history_segment_bytes)
-        .with_context(|| format!("shard {}: opening {}", ctx.shard, history_dir.display()))?;
+        .with_context(|| format!("shard {}: opening {}", ctx.shard, history_dir.display()))?
+        .sparse();
     let snap_dir = ctx.shard_dir.join("snap");
     // The core's clock reads 0 now; the wall clock at that moment dates the watch history.
     let clock = Instant::now();

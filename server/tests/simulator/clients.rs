@@ -101,6 +101,10 @@ impl Sim {
         if !self.alive(node, c.incarnation) {
             // Connection refused or reset before the request got there: it had no effect.
             self.conns.remove(&conn);
+            if client >= watchers::WATCHER_BASE && client != OPERATOR {
+                self.watcher_conn_refused(client - watchers::WATCHER_BASE, shard, conn);
+                return Ok(());
+            }
             if client == OPERATOR {
                 self.operator_conn_lost(conn);
                 return Ok(());
@@ -130,6 +134,9 @@ impl Sim {
         let (client, node, shard) = (c.client, c.node, c.shard);
         if client == OPERATOR {
             return self.on_operator_reply(conn, frame);
+        }
+        if client >= watchers::WATCHER_BASE {
+            return self.on_watch_reply(conn, frame);
         }
         let reply = verify_reply(frame).map_err(|e| format!("bad reply frame: {e}"))?;
         let Some(pending) = &self.clients[client].pending else { return Ok(()) };

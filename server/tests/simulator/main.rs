@@ -19,7 +19,10 @@
 //!   (nothing acknowledged is lost or overwritten), and the leader's commit index covers it;
 //! - after the faults stop, every shard elects a leader and serves writes within
 //!   [`LIVENESS_US`], and all replicas converge;
-//! - each key's history is linearizable (`common/linearizability.rs`).
+//! - each key's history is linearizable (`common/linearizability.rs`);
+//! - replicas record the same watch history for an index, and every watcher's events (runs
+//!   drawn in half the seeds, following leaders through everything above) are exactly that
+//!   history's changes in its scope, from where it started to where it got (`watchers`).
 //!
 //! The replicas are driven through the core's driver contract (`core/driver.rs`), as the
 //! runtime drives them. One module per thing simulated: `network`, `replicas` (cores on
@@ -39,6 +42,7 @@ mod operator;
 mod options;
 mod replicas;
 mod seeds;
+mod watchers;
 mod world;
 
 use std::cmp::Reverse;
@@ -130,6 +134,8 @@ struct Options {
     /// Bytes of watch history in memory: in runs drawn with a small cache, watchers read the
     /// history back from disk.
     history_cache_bytes: usize,
+    /// Watchers: (the one key watched, or every key; with values before).
+    watchers: Vec<(Option<usize>, bool)>,
 }
 
 enum Event {
@@ -209,6 +215,12 @@ enum Event {
         node: u64,
     },
     EndFaults,
+    /// A watcher's timer for one shard (see `watchers`).
+    WatcherWake {
+        watcher: usize,
+        shard: u32,
+        generation: u64,
+    },
 }
 
 /// What the reads of a [`ColdFetch`] returned, one result per read.
@@ -327,6 +339,11 @@ struct Stats {
     cold_fetches: u64,
     /// Reads of the watch history from disk.
     history_reads: u64,
+    /// Watch events frames the watchers got, times they watched again elsewhere, and times
+    /// they were told the history had moved past them.
+    watch_events: u64,
+    watch_resumes: u64,
+    watch_compacted: u64,
     operations: u64,
     open: u64,
     leader_changes: u64,
@@ -376,6 +393,13 @@ struct Sim {
     out: Outputs,
     encoder: RequestEncoder,
     stats: Stats,
+    watchers: Vec<watchers::Watcher>,
+    /// What the replicas' watch histories recorded: (shard, index) → (the first node that
+    /// recorded it, the changes).
+    truth: HashMap<(u32, u64), (u64, Vec<watchers::SimChange>)>,
+    /// When the last reply on each connection is delivered: later ones come after it (a
+    /// connection is a stream).
+    conn_delivery: HashMap<ConnId, u64>,
 }
 
 type SimResult<T> = Result<T, String>;

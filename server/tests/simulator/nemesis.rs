@@ -95,6 +95,7 @@ impl Sim {
             replica.core = None;
         }
         self.stats.crashes += 1;
+        self.watchers_lost_node(id);
         // Clients waiting on this node see their connection drop.
         let waiting: Vec<usize> = (0..self.clients.len())
             .filter(|&c| {

@@ -57,6 +57,7 @@ impl Options {
             operator_us: 0,
             history_retention: KEEP_HISTORY,
             history_cache_bytes: corekv_storage::constants::HISTORY_CACHE_BYTES_MAX,
+            watchers: Vec::new(),
         }
     }
 
@@ -81,6 +82,16 @@ impl Options {
             opts.history_retention =
                 Retention { min_entries: 0, min_bytes: 0, min_age_ms: 0, max_bytes };
         }
+        if watch_rng.chance(0.5) {
+            let count = watch_rng.range(1, 2);
+            let keys = opts.keys_per_shard as u64 * u64::from(opts.shards);
+            opts.watchers = (0..count)
+                .map(|_| {
+                    let key = watch_rng.chance(0.5).then(|| watch_rng.below(keys) as usize);
+                    (key, watch_rng.chance(0.5))
+                })
+                .collect();
+        }
         let mut member_rng = Rng(seed ^ 0x4d45_4d42_4d45_4d42);
         if member_rng.chance(0.5) {
             opts.spares = member_rng.range(1, 2);
@@ -99,7 +110,7 @@ impl Options {
             "nodes={} shards={} clients={} keys/shard={} delay={}..{}us loss={} dup={} \
              disk={}..{}us crashes={} torn={} partitions={} asymmetric={} snapshot_every={} \
              faults={}ms nemesis_every~{}ms tick_skew={}% wipes={} entry_cache={}B spares={} \
-             operator_every~{}ms history_cache={}B history_max={}B",
+             operator_every~{}ms history_cache={}B history_max={}B watchers={:?}",
             self.nodes,
             self.shards,
             self.clients,
@@ -124,6 +135,7 @@ impl Options {
             self.operator_us / 1000,
             self.history_cache_bytes,
             self.history_retention.max_bytes,
+            self.watchers,
         )
     }
 }

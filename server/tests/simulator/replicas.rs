@@ -52,6 +52,7 @@ impl Sim {
             if let Some(bug) = self.bug {
                 core.inject_bug_for_tests(bug);
             }
+            core.record_history_for_tests();
             core.start(self.now);
             replica.applied_seen = core.state_machine().applied_index();
             replica.drawn_for = (u64::MAX, StateRole::Follower);
@@ -197,9 +198,13 @@ impl Sim {
         for (conn, range) in std::mem::take(&mut out.replies) {
             let frame = out.reply_bytes[range].to_vec();
             self.note_acknowledgement(node, shard, &frame)?;
-            let delay = self.rng.range(20, 500);
-            self.schedule(delay, Event::Reply { conn, frame });
+            // A connection is a stream: a reply never overtakes an earlier one.
+            let at = (self.now + self.rng.range(20, 500))
+                .max(self.conn_delivery.get(&conn).map_or(0, |t| t + 1));
+            self.conn_delivery.insert(conn, at);
+            self.schedule(at - self.now, Event::Reply { conn, frame });
         }
+        self.note_history(node, shard)?;
         out.clear();
         self.out = out;
         Ok(())

@@ -45,6 +45,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
     let mut total = Stats::default();
     let count = seeds.end - seeds.start;
     let mut members_runs = 0;
+    let mut watch_runs = 0;
     for seed in seeds {
         match run_seed(seed, None) {
             Ok((options, stats)) => {
@@ -55,6 +56,11 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
                 total.partitions += stats.partitions;
                 total.snapshots_sent += stats.snapshots_sent;
                 total.cold_fetches += stats.cold_fetches;
+                total.history_reads += stats.history_reads;
+                total.watch_events += stats.watch_events;
+                total.watch_resumes += stats.watch_resumes;
+                total.watch_compacted += stats.watch_compacted;
+                watch_runs += u64::from(!options.watchers.is_empty());
                 total.operations += stats.operations;
                 total.open += stats.open;
                 total.leader_changes += stats.leader_changes;
@@ -72,7 +78,8 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
          wiping the node), {} partitions, {} snapshots sent, {} WAL reads for lagging followers, \
          {} leader changes, {} messages ({} dropped); {members_runs} membership runs: {} \
          membership changes applied, {} leadership transfers, {} operator requests refused, {} \
-         unanswered",
+         unanswered; {watch_runs} watch runs: {} events checked, {} watches resumed elsewhere, {} \
+         told to list again, {} history reads from disk",
         total.operations,
         total.open,
         total.crashes,
@@ -87,6 +94,10 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
         total.transfers,
         total.operator_refused,
         total.operator_unanswered,
+        total.watch_events,
+        total.watch_resumes,
+        total.watch_compacted,
+        total.history_reads,
     );
 }
 

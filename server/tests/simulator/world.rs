@@ -69,6 +69,13 @@ impl Sim {
             })
             .collect();
         let values = vec![Vec::new(); keys.len()];
+        let watchers = opts
+            .watchers
+            .iter()
+            .map(|&(key, prev)| {
+                watchers::Watcher::new(key.map(|k| keys[k].clone()), prev, opts.shards)
+            })
+            .collect();
         Sim {
             next_thread: opts.clients as u64,
             opts,
@@ -99,6 +106,9 @@ impl Sim {
             out: Outputs::default(),
             encoder: RequestEncoder::new(),
             stats: Stats::default(),
+            watchers,
+            truth: HashMap::new(),
+            conn_delivery: HashMap::new(),
         }
     }
 
@@ -130,6 +140,7 @@ impl Sim {
             self.schedule(first, Event::Operator);
         }
         self.schedule(self.opts.fault_us, Event::EndFaults);
+        self.start_watchers();
         let mut converge_deadline = None;
         while let Some(Reverse(next)) = self.queue.pop() {
             self.now = next.at;
@@ -165,6 +176,7 @@ impl Sim {
             }
         }
         self.check_acknowledged()?;
+        self.check_watchers()?;
         let checked = self.history.check()?;
         self.stats.operations = checked.operations as u64;
         self.stats.open = checked.open as u64;
@@ -299,6 +311,9 @@ impl Sim {
                 }
             }
             Event::Operator => self.operator_turn(),
+            Event::WatcherWake { watcher, shard, generation } => {
+                self.watcher_wake(watcher, shard, generation)
+            }
             Event::Restart { node } => {
                 if !self.nodes[node as usize - 1].up {
                     self.trace(|| {

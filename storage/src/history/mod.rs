@@ -47,13 +47,14 @@ mod records;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-pub use records::{HistoryEntry, KIND_ENTRY, KIND_RESET, KIND_THROUGH};
+pub use records::{
+    ChangeSet, ChangeView, Changes, HistoryEntry, KIND_ENTRY, KIND_RESET, KIND_THROUGH,
+};
 
 use crate::constants::{
     HISTORY_BACKLOG_BYTES, HISTORY_BUFFER_BYTES_MAX, HISTORY_CACHE_BYTES_MAX, HISTORY_FLUSH_BYTES,
     HISTORY_FLUSH_DELAY_US, HISTORY_MARK_BYTES, HISTORY_READ_BYTES, SEGMENT_HEADER_BYTES,
 };
-use crate::state_machine::Change;
 use crate::wal::format::{parse_record, record_size, RecordProblem, KIND_SEAL};
 use crate::wal::recovery::{recover, RecoveryMode, SegmentSource};
 use crate::wal::{AppendRefused, FlushJob, Lsn, SegmentIdentity, WalTail, WalWriter};
@@ -456,7 +457,7 @@ impl HistoryLog {
         &mut self,
         index: u64,
         time_ms: u64,
-        changes: Vec<Change>,
+        changes: ChangeSet,
         now_us: u64,
     ) -> Option<Arc<HistoryEntry>> {
         if index <= self.through {
@@ -466,12 +467,13 @@ impl HistoryLog {
             self.through = index;
             return None;
         }
-        let entry = Arc::new(HistoryEntry { index, time_ms, changes });
-        let mut payload = std::mem::take(&mut self.scratch);
-        payload.clear();
-        records::encode_entry(&mut payload, &entry);
+        let mut header = std::mem::take(&mut self.scratch);
+        header.clear();
+        records::encode_header(&mut header, index, time_ms, &changes);
+        let entry = Arc::new(HistoryEntry::new(index, time_ms, changes));
         let end = if self.failed.is_none() {
-            match self.append(KIND_ENTRY, &payload, index) {
+            let parts = [header.as_slice(), records::change_bytes(&entry)];
+            match self.append(KIND_ENTRY, &parts, index) {
                 Ok((start, end)) => {
                     self.note_entry(index, time_ms, start, end);
                     Some(end)
@@ -484,7 +486,7 @@ impl HistoryLog {
         } else {
             None
         };
-        self.scratch = payload;
+        self.scratch = header;
         self.through = index;
         self.unflushed_since_us.get_or_insert(now_us);
         self.cache_bytes += entry.bytes();
@@ -512,10 +514,11 @@ impl HistoryLog {
     fn append(
         &mut self,
         kind: u8,
-        payload: &[u8],
+        parts: &[&[u8]],
         reach: u64,
     ) -> Result<(Lsn, Lsn), AppendRefused> {
-        if self.wal.would_roll_over(payload.len()) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if self.wal.would_roll_over(len) {
             self.wal.roll_over();
             let seq = self.wal.active_seq();
             let through = self.through_appended.max(self.through);
@@ -529,19 +532,19 @@ impl HistoryLog {
                 },
             );
             let marker = records::encode_index(through);
-            self.append_raw(KIND_THROUGH, &marker, through)?;
+            self.append_raw(KIND_THROUGH, &[&marker], through)?;
         }
-        self.append_raw(kind, payload, reach)
+        self.append_raw(kind, parts, reach)
     }
 
     fn append_raw(
         &mut self,
         kind: u8,
-        payload: &[u8],
+        parts: &[&[u8]],
         reach: u64,
     ) -> Result<(Lsn, Lsn), AppendRefused> {
         let start = self.wal.appended();
-        let end = self.wal.append(kind, payload)?;
+        let end = self.wal.append_parts(kind, parts)?;
         debug_assert_eq!(start.seq, end.seq, "rolled over without a marker");
         let segment = self.segments.get_mut(&end.seq).expect("appends go to a known segment");
         self.disk_bytes += end.offset - segment.end;
@@ -554,7 +557,7 @@ impl HistoryLog {
     /// Appends a `THROUGH` or `RESET` marker.
     fn append_marker(&mut self, kind: u8, index: u64) {
         let marker = records::encode_index(index);
-        if let Err(refused) = self.append(kind, &marker, index) {
+        if let Err(refused) = self.append(kind, &[&marker], index) {
             self.lose(format!("a marker was refused: {refused:?}"));
         }
     }

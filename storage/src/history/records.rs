@@ -16,10 +16,13 @@
 //! ```
 //!
 //! All integers are little-endian. Decoding never trusts a length.
+//!
+//! Changes are kept encoded from the moment the state machine makes them ([`ChangeSet`]):
+//! applying copies the keys and values into one buffer, which becomes the record's payload and
+//! the entry watchers are sent from ([`HistoryEntry::changes`] reads it in place), so recording
+//! a write costs a copy of its bytes, not an allocation per key and value.
 
 use corekv_types::meta::KeyMeta;
-
-use crate::state_machine::{Change, Prev};
 
 /// Record kind: an entry's changes.
 pub const KIND_ENTRY: u8 = 16;
@@ -36,6 +39,81 @@ const FLAG_PREV_VALUE: u8 = 4;
 #[cfg(test)]
 pub(super) const ENTRY_HEADER_BYTES: usize = 8 + 8 + 4;
 
+/// One key changed, read in place from its encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeView<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// For a put: the new value and the key's metadata after it; `None` for a delete.
+    pub put: Option<(&'a [u8], KeyMeta)>,
+    /// What the key held before, when it existed: its metadata, and its value unless it was
+    /// left out (values before are kept up to a budget per entry).
+    pub prev: Option<(KeyMeta, Option<&'a [u8]>)>,
+}
+
+/// The changes of one entry, encoded (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    count: u32,
+    bytes: Vec<u8>,
+}
+
+impl ChangeSet {
+    /// Adds one change.
+    pub fn push(
+        &mut self,
+        key: &[u8],
+        put: Option<(&[u8], KeyMeta)>,
+        prev: Option<(KeyMeta, Option<&[u8]>)>,
+    ) {
+        let mut flags = 0;
+        if put.is_some() {
+            flags |= FLAG_PUT;
+        }
+        if let Some((_, value)) = prev {
+            flags |= FLAG_PREV;
+            if value.is_some() {
+                flags |= FLAG_PREV_VALUE;
+            }
+        }
+        let out = &mut self.bytes;
+        out.push(flags);
+        put_bytes(out, key);
+        if let Some((value, meta)) = put {
+            put_bytes(out, value);
+            put_meta(out, &meta);
+        }
+        if let Some((meta, value)) = prev {
+            put_meta(out, &meta);
+            if let Some(value) = value {
+                put_bytes(out, value);
+            }
+        }
+        self.count += 1;
+    }
+
+    /// Makes room for `bytes` more of encoded changes (one allocation for an entry's
+    /// changes, rather than a buffer growing key by key).
+    pub fn reserve(&mut self, bytes: usize) {
+        self.bytes.reserve(bytes);
+    }
+
+    /// Changes in it.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether it holds no change.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The changes, read in place.
+    pub fn iter(&self) -> Changes<'_> {
+        Changes { reader: Reader { bytes: &self.bytes, at: 0 }, left: self.count }
+    }
+}
+
 /// What one applied entry changed, as the history keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
@@ -44,46 +122,56 @@ pub struct HistoryEntry {
     /// When this replica applied it (ms since the Unix epoch): what age-based retention
     /// goes by.
     pub time_ms: u64,
-    /// Its changes, in the order they were applied.
-    pub changes: Vec<Change>,
+    changes: ChangeSet,
 }
 
 impl HistoryEntry {
-    /// Bytes its keys and values take (what memory bounds count).
+    /// The entry of `index` with these changes.
+    pub fn new(index: u64, time_ms: u64, changes: ChangeSet) -> Self {
+        HistoryEntry { index, time_ms, changes }
+    }
+
+    /// Its changes, in the order they were applied, read in place.
+    pub fn changes(&self) -> Changes<'_> {
+        self.changes.iter()
+    }
+
+    /// Bytes it takes in memory (what the cache's bound counts).
     pub fn bytes(&self) -> usize {
-        self.changes.iter().map(|c| c.bytes() + 64).sum::<usize>() + 64
+        self.changes.bytes.len() + 64
     }
 }
 
-/// Appends an entry record's payload to `out`.
-pub(super) fn encode_entry(out: &mut Vec<u8>, entry: &HistoryEntry) {
-    out.extend_from_slice(&entry.index.to_le_bytes());
-    out.extend_from_slice(&entry.time_ms.to_le_bytes());
-    out.extend_from_slice(&(entry.changes.len() as u32).to_le_bytes());
-    for change in &entry.changes {
-        let mut flags = 0;
-        if change.put.is_some() {
-            flags |= FLAG_PUT;
+/// The changes of a [`ChangeSet`] or a [`HistoryEntry`], in order.
+#[derive(Debug, Clone)]
+pub struct Changes<'a> {
+    reader: Reader<'a>,
+    left: u32,
+}
+
+impl<'a> Iterator for Changes<'a> {
+    type Item = ChangeView<'a>;
+
+    fn next(&mut self) -> Option<ChangeView<'a>> {
+        if self.left == 0 {
+            return None;
         }
-        if let Some(prev) = &change.prev {
-            flags |= FLAG_PREV;
-            if prev.value.is_some() {
-                flags |= FLAG_PREV_VALUE;
-            }
-        }
-        out.push(flags);
-        put_bytes(out, &change.key);
-        if let Some((value, meta)) = &change.put {
-            put_bytes(out, value);
-            put_meta(out, meta);
-        }
-        if let Some(prev) = &change.prev {
-            put_meta(out, &prev.meta);
-            if let Some(value) = &prev.value {
-                put_bytes(out, value);
-            }
-        }
+        self.left -= 1;
+        // A change set is built by `push` or checked by `decode_entry` before it is kept.
+        Some(self.reader.change().expect("a change set holds whole changes"))
     }
+}
+
+/// Appends an entry record's header (its changes follow it, [`HistoryEntry`]'s bytes).
+pub(super) fn encode_header(out: &mut Vec<u8>, index: u64, time_ms: u64, changes: &ChangeSet) {
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(&time_ms.to_le_bytes());
+    out.extend_from_slice(&changes.count.to_le_bytes());
+}
+
+/// The bytes of an entry's changes, as its record carries them after the header.
+pub(super) fn change_bytes(entry: &HistoryEntry) -> &[u8] {
+    &entry.changes.bytes
 }
 
 /// The index and time of an entry record, without decoding its changes.
@@ -92,36 +180,24 @@ pub(super) fn entry_header(payload: &[u8]) -> Result<(u64, u64), String> {
     Ok((r.u64()?, r.u64()?))
 }
 
-/// Decodes an entry record's payload.
+/// Decodes an entry record's payload, checking every change.
 pub(super) fn decode_entry(payload: &[u8]) -> Result<HistoryEntry, String> {
     let mut r = Reader { bytes: payload, at: 0 };
     let index = r.u64()?;
     let time_ms = r.u64()?;
-    let count = r.u32()? as usize;
+    let count = r.u32()?;
     // Each change takes at least a flag and a key length: a count past that is a lie.
-    if count > payload.len() / 5 {
+    if count as usize > payload.len() / 5 {
         return Err(format!("entry {index}: {count} changes cannot fit {} bytes", payload.len()));
     }
-    let mut changes = Vec::with_capacity(count);
+    let start = r.at;
     for _ in 0..count {
-        let flags = r.u8()?;
-        if flags & !(FLAG_PUT | FLAG_PREV | FLAG_PREV_VALUE) != 0 {
-            return Err(format!("entry {index}: unknown change flags {flags:#x}"));
-        }
-        let key = r.bytes()?.into();
-        let put = if flags & FLAG_PUT != 0 { Some((r.bytes()?.into(), r.meta()?)) } else { None };
-        let prev = if flags & FLAG_PREV != 0 {
-            let meta = r.meta()?;
-            let value = if flags & FLAG_PREV_VALUE != 0 { Some(r.bytes()?.into()) } else { None };
-            Some(Prev { meta, value })
-        } else {
-            None
-        };
-        changes.push(Change { key, put, prev });
+        r.change().map_err(|e| format!("entry {index}: {e}"))?;
     }
     if r.at != payload.len() {
         return Err(format!("entry {index}: {} bytes after its changes", payload.len() - r.at));
     }
+    let changes = ChangeSet { count, bytes: payload[start..].to_vec() };
     Ok(HistoryEntry { index, time_ms, changes })
 }
 
@@ -149,6 +225,7 @@ fn put_meta(out: &mut Vec<u8>, meta: &KeyMeta) {
     out.extend_from_slice(&meta.version.to_le_bytes());
 }
 
+#[derive(Debug, Clone)]
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -185,6 +262,23 @@ impl<'a> Reader<'a> {
     fn meta(&mut self) -> Result<KeyMeta, String> {
         Ok(KeyMeta { create_index: self.u64()?, mod_index: self.u64()?, version: self.u64()? })
     }
+
+    fn change(&mut self) -> Result<ChangeView<'a>, String> {
+        let flags = self.u8()?;
+        if flags & !(FLAG_PUT | FLAG_PREV | FLAG_PREV_VALUE) != 0 {
+            return Err(format!("unknown change flags {flags:#x}"));
+        }
+        let key = self.bytes()?;
+        let put = if flags & FLAG_PUT != 0 { Some((self.bytes()?, self.meta()?)) } else { None };
+        let prev = if flags & FLAG_PREV != 0 {
+            let meta = self.meta()?;
+            let value = if flags & FLAG_PREV_VALUE != 0 { Some(self.bytes()?) } else { None };
+            Some((meta, value))
+        } else {
+            None
+        };
+        Ok(ChangeView { key, put, prev })
+    }
 }
 
 #[cfg(test)]
@@ -193,36 +287,34 @@ mod tests {
 
     fn sample() -> HistoryEntry {
         let meta = |v| KeyMeta { create_index: 3, mod_index: 9, version: v };
-        HistoryEntry {
-            index: 9,
-            time_ms: 1_700_000_000_000,
-            changes: vec![
-                Change {
-                    key: b"a".as_slice().into(),
-                    put: Some((b"v".as_slice().into(), meta(2))),
-                    prev: Some(Prev { meta: meta(1), value: Some(b"u".as_slice().into()) }),
-                },
-                Change {
-                    key: b"b".as_slice().into(),
-                    put: None,
-                    prev: Some(Prev { meta: meta(4), value: None }),
-                },
-                Change {
-                    key: b"c".as_slice().into(),
-                    put: Some((Box::default(), meta(1))),
-                    prev: None,
-                },
-            ],
-        }
+        let mut changes = ChangeSet::default();
+        changes.push(b"a", Some((b"v", meta(2))), Some((meta(1), Some(b"u"))));
+        changes.push(b"b", None, Some((meta(4), None)));
+        changes.push(b"c", Some((b"", meta(1))), None);
+        HistoryEntry::new(9, 1_700_000_000_000, changes)
+    }
+
+    fn encoded(entry: &HistoryEntry) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_header(&mut out, entry.index, entry.time_ms, &entry.changes);
+        out.extend_from_slice(change_bytes(entry));
+        out
     }
 
     // Shows: an entry record decodes to what was encoded (puts, deletes, values before kept
-    // and left out, an empty value), and its header reads without the changes.
+    // and left out, an empty value), its changes read back in place, and its header reads
+    // without the changes.
     #[test]
     fn entries_round_trip() {
-        let mut out = Vec::new();
-        encode_entry(&mut out, &sample());
-        assert_eq!(decode_entry(&out).unwrap(), sample());
+        let out = encoded(&sample());
+        let decoded = decode_entry(&out).unwrap();
+        assert_eq!(decoded, sample());
+        let keys: Vec<&[u8]> = decoded.changes().map(|c| c.key).collect();
+        assert_eq!(keys, [b"a".as_slice(), b"b", b"c"]);
+        let first = decoded.changes().next().unwrap();
+        assert_eq!(first.put.unwrap().0, b"v");
+        assert_eq!(first.prev.unwrap().1, Some(b"u".as_slice()));
+        assert_eq!(decoded.changes().nth(1).unwrap().prev.unwrap().1, None);
         assert_eq!(entry_header(&out).unwrap(), (9, 1_700_000_000_000));
         assert_eq!(decode_index(&encode_index(42)).unwrap(), 42);
     }
@@ -231,8 +323,7 @@ mod tests {
     // trailing bytes are refused with a reason, never a panic.
     #[test]
     fn malformed_records_are_refused() {
-        let mut out = Vec::new();
-        encode_entry(&mut out, &sample());
+        let out = encoded(&sample());
         for len in 0..out.len() {
             assert!(decode_entry(&out[..len]).is_err(), "truncated at {len}");
         }

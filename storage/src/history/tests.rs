@@ -2,7 +2,7 @@
 //! retention, resets and damage.
 
 use super::*;
-use crate::state_machine::{KeyMeta, Prev};
+use crate::state_machine::KeyMeta;
 use crate::wal::MemSegments;
 
 const SEGMENT: u64 = 64 * 1024;
@@ -29,16 +29,12 @@ fn open(disk: &MemSegments, state_index: u64, retention: Retention) -> Opened {
 }
 
 /// A put of `key` to a value of `len` bytes at `index`, over a previous version.
-fn put(key: &str, index: u64, len: usize) -> Change {
+fn put(key: &str, index: u64, len: usize) -> ChangeSet {
     let meta = KeyMeta { create_index: 1, mod_index: index, version: 2 };
-    Change {
-        key: key.as_bytes().into(),
-        put: Some((vec![b'v'; len].into(), meta)),
-        prev: Some(Prev {
-            meta: KeyMeta { mod_index: 1, version: 1, ..meta },
-            value: Some(b"old".as_slice().into()),
-        }),
-    }
+    let before = KeyMeta { mod_index: 1, version: 1, ..meta };
+    let mut changes = ChangeSet::default();
+    changes.push(key.as_bytes(), Some((&vec![b'v'; len], meta)), Some((before, Some(b"old"))));
+    changes
 }
 
 /// Runs every flush job the log hands out, as the shell would.
@@ -87,7 +83,7 @@ fn entries_read_back_from_disk_and_cache_and_survive_a_reopen() {
     let mut log = open(&disk, 10, keep_all()).log;
     assert_eq!((log.first(), log.through()), (11, 10));
     for index in 11..=200u64 {
-        let changes = if index % 10 == 0 { Vec::new() } else { vec![put("k", index, 300)] };
+        let changes = if index % 10 == 0 { ChangeSet::default() } else { put("k", index, 300) };
         log.record(index, 1000 + index, changes, index);
         if index % 7 == 0 {
             flush(&mut log, &disk, index);
@@ -103,8 +99,8 @@ fn entries_read_back_from_disk_and_cache_and_survive_a_reopen() {
 
     let mut log = open(&disk, 120, keep_all()).log;
     assert_eq!((log.first(), log.through()), (11, 200));
-    assert!(log.record(150, 0, vec![put("k", 150, 1)], 0).is_none(), "recorded before");
-    assert!(log.record(201, 0, vec![put("k", 201, 1)], 0).is_some());
+    assert!(log.record(150, 0, put("k", 150, 1), 0).is_none(), "recorded before");
+    assert!(log.record(201, 0, put("k", 201, 1), 0).is_some());
     flush(&mut log, &disk, 2_000);
     let reopened = open(&disk, 0, keep_all());
     assert!(reopened.restarted.is_none());
@@ -121,14 +117,14 @@ fn a_history_behind_the_state_or_damaged_restarts_and_a_torn_tail_is_cut() {
     let disk = MemSegments::new("h", SEGMENT);
     let mut log = open(&disk, 0, keep_all()).log;
     for index in 1..=100u64 {
-        log.record(index, 0, vec![put("k", index, 2000)], index);
+        log.record(index, 0, put("k", index, 2000), index);
         flush(&mut log, &disk, index);
     }
     let segments = disk.list().unwrap();
     assert!(segments.len() > 2, "{segments:?}");
 
     // A torn last flush: the durable part stays.
-    log.record(101, 0, vec![put("k", 101, 2000)], 0);
+    log.record(101, 0, put("k", 101, 2000), 0);
     log.want_durable(101);
     let job = log.take_flush_job(0).unwrap();
     disk.run_torn(&job, 100);
@@ -141,7 +137,7 @@ fn a_history_behind_the_state_or_damaged_restarts_and_a_torn_tail_is_cut() {
     assert_eq!((opened.log.first(), opened.log.through()), (151, 150));
     assert_eq!(disk.list().unwrap(), Vec::<u64>::new(), "old segments discarded");
     let mut log = opened.log;
-    log.record(151, 0, vec![put("k", 151, 10)], 0);
+    log.record(151, 0, put("k", 151, 10), 0);
     flush(&mut log, &disk, 0);
     assert_eq!(disk.list().unwrap(), vec![segments.last().unwrap() + 1]);
 
@@ -149,7 +145,7 @@ fn a_history_behind_the_state_or_damaged_restarts_and_a_torn_tail_is_cut() {
     let disk = MemSegments::new("h2", SEGMENT);
     let mut log = open(&disk, 0, keep_all()).log;
     for index in 1..=100u64 {
-        log.record(index, 0, vec![put("k", index, 2000)], index);
+        log.record(index, 0, put("k", index, 2000), index);
     }
     flush(&mut log, &disk, 0);
     let first = disk.list().unwrap()[0];
@@ -179,7 +175,7 @@ fn retention_keeps_the_minimums_and_never_passes_the_maximum() {
     };
     let mut log = open(&disk, 0, retention).log;
     for index in 1..=200u64 {
-        log.record(index, index * 10, vec![put("k", index, 2000)], index);
+        log.record(index, index * 10, put("k", index, 2000), index);
         flush(&mut log, &disk, index);
     }
     assert!(log.retire(1_100).is_empty(), "the oldest segment holds entries younger than a second");
@@ -214,7 +210,7 @@ fn resets_gone_segments_and_large_records() {
     let disk = MemSegments::new("h", SEGMENT);
     let mut log = open(&disk, 0, keep_all()).log;
     for index in 1..=50u64 {
-        log.record(index, 0, vec![put("k", index, 2000)], index);
+        log.record(index, 0, put("k", index, 2000), index);
     }
     flush(&mut log, &disk, 0);
     log.set_cache_limit(0);
@@ -223,7 +219,7 @@ fn resets_gone_segments_and_large_records() {
     assert_eq!(log.plan(1, None), Plan::Compacted { first: 501 });
     let bytes = disk.read_at(read.seq, read.offset, read.len).unwrap();
     assert_eq!(log.parse(&read, &bytes, 1).unwrap(), ReadBack::Gone);
-    log.record(501, 0, vec![put("big", 501, 20_000)], 0);
+    log.record(501, 0, put("big", 501, 20_000), 0);
     flush(&mut log, &disk, 0);
     let reopened = open(&disk, 0, keep_all());
     assert!(reopened.restarted.is_none());
@@ -246,7 +242,7 @@ fn the_cache_holds_what_is_not_durable_and_a_failed_disk_keeps_memory() {
     let mut log = open(&disk, 0, keep_all()).log;
     log.set_cache_limit(0);
     for index in 1..=5u64 {
-        log.record(index, 0, vec![put("k", index, 100)], 0);
+        log.record(index, 0, put("k", index, 100), 0);
     }
     assert_eq!(log.cached(1).count(), 5, "not durable: still cached");
     assert_eq!(log.plan(1, None), Plan::Cache);
@@ -256,14 +252,14 @@ fn the_cache_holds_what_is_not_durable_and_a_failed_disk_keeps_memory() {
     assert_eq!(log.durable_through(), 5);
 
     log.set_cache_limit(1 << 20);
-    log.record(6, 0, vec![put("k", 6, 100)], 0);
+    log.record(6, 0, put("k", 6, 100), 0);
     log.want_durable(6);
     let job = log.take_flush_job(0).unwrap();
     drop(job);
     log.on_flush_failed("disk gone".to_string());
     assert_eq!(log.plan(3, None), Plan::Compacted { first: 6 });
     assert_eq!(log.plan(6, None), Plan::Cache);
-    log.record(7, 0, vec![put("k", 7, 100)], 0);
+    log.record(7, 0, put("k", 7, 100), 0);
     assert_eq!(log.cached(6).map(|e| e.index).collect::<Vec<_>>(), vec![6, 7]);
     assert_eq!(log.durable_through(), 7, "a snapshot does not wait for a failed disk");
     assert!(log.take_flush_job(u64::MAX).is_none());

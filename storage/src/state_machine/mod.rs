@@ -38,6 +38,7 @@ mod reads;
 use crate::snapshot::{Archive, Overlay};
 
 use crate::constants::PREV_VALUE_BYTES_PER_ENTRY_MAX;
+use crate::history::ChangeSet;
 
 use crate::command::{
     decode_batch, CommandError, Compare, CompareOp, CompareTarget, Op, TxnOp, TxnOpKind,
@@ -92,37 +93,14 @@ pub enum OpResult<'a> {
     Txn(TxnOutcome<'a>),
 }
 
-/// What an applied entry did to one key, as [`StateMachine::take_changes`] reports it (for
-/// watchers and the watch history, [`crate::history`]). Owned: later entries change the state
-/// it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    /// The key.
-    pub key: Box<[u8]>,
-    /// For a put: the new value and the key's metadata after it; `None` for a delete.
-    pub put: Option<(Box<[u8]>, KeyMeta)>,
-    /// What the key held before; `None` when it did not exist.
-    pub prev: Option<Prev>,
-}
-
-/// A key's value and metadata before a change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Prev {
-    /// Its metadata then.
-    pub meta: KeyMeta,
-    /// Its value then; `None` when the entry's values before went past
-    /// [`PREV_VALUE_BYTES_PER_ENTRY_MAX`] (a batch overwriting many large values would
-    /// otherwise copy them all).
-    pub value: Option<Box<[u8]>>,
-}
-
-impl Change {
-    /// Bytes it holds (keys and values).
-    pub fn bytes(&self) -> usize {
-        self.key.len()
-            + self.put.as_ref().map_or(0, |(v, _)| v.len())
-            + self.prev.as_ref().and_then(|p| p.value.as_ref()).map_or(0, |v| v.len())
-    }
+/// What a key holds as a change is about to be made to it (see `StateMachine::current`).
+struct Current {
+    /// Its value's length.
+    len: usize,
+    /// Its metadata.
+    meta: KeyMeta,
+    /// A copy of its value, when recording and within the budget for values before.
+    copy: Option<Box<[u8]>>,
 }
 
 /// Layers a state machine no longer uses.
@@ -167,8 +145,9 @@ pub struct StateMachine {
     scratch_txn: Vec<TxnResult>,
     /// Whether applying records each key's change ([`StateMachine::record_changes`]).
     recording: bool,
-    /// The changes of the entries applied since the last [`StateMachine::take_changes`].
-    changes: Vec<Change>,
+    /// The changes of the entries applied since the last [`StateMachine::take_changes`],
+    /// encoded as the watch history keeps them.
+    changes: ChangeSet,
     /// Bytes of values before that the entry being applied may still copy into its changes.
     prev_budget: usize,
     /// ...and that the entries applied until the caller's next
@@ -309,6 +288,11 @@ impl StateMachine {
     ) -> Result<(), CommandError> {
         self.advance(index, term);
         self.prev_budget = PREV_VALUE_BYTES_PER_ENTRY_MAX;
+        if self.recording {
+            // The keys and values, their values before (mostly as long) and metadata: about
+            // twice the batch.
+            self.changes.reserve(batch.len() * 2 + 64);
+        }
         let ops = decode_batch(batch)?;
         for op in ops {
             match op {
@@ -355,54 +339,20 @@ impl StateMachine {
     pub fn record_changes(&mut self, on: bool) {
         self.recording = on;
         if !on {
-            self.changes = Vec::new();
+            self.changes = ChangeSet::default();
         }
     }
 
     /// The changes recorded since the last call, in the order they were applied (a put or
     /// delete of a missing key changes nothing and is not recorded).
-    pub fn take_changes(&mut self) -> Vec<Change> {
+    pub fn take_changes(&mut self) -> ChangeSet {
         std::mem::take(&mut self.changes)
     }
 
     fn put(&mut self, index: u64, key: &[u8], value: &[u8]) -> KeyMeta {
-        if self.recording {
-            let prev = self.prev_of(key);
-            let meta = self.put_unrecorded(index, key, value);
-            self.changes.push(Change { key: key.into(), put: Some((value.into(), meta)), prev });
-            return meta;
-        }
-        self.put_unrecorded(index, key, value)
-    }
-
-    /// What `key` holds now, for the change about to be made to it: its value copied while
-    /// the entry's budget for values before lasts.
-    fn prev_of(&mut self, key: &[u8]) -> Option<Prev> {
-        let current = self.get(key)?;
-        let budget = self.prev_budget.min(self.prev_budget_shared.unwrap_or(usize::MAX));
-        let value: Option<Box<[u8]>> =
-            (current.value.len() <= budget).then(|| Box::from(current.value));
-        let meta = current.meta;
-        if let Some(value) = &value {
-            self.prev_budget -= value.len();
-            if let Some(shared) = &mut self.prev_budget_shared {
-                *shared -= value.len();
-            }
-        }
-        Some(Prev { meta, value })
-    }
-
-    /// Lets the entries applied from now on copy at most `bytes` of values before into their
-    /// changes, all together (besides each entry's own [`PREV_VALUE_BYTES_PER_ENTRY_MAX`]).
-    /// The core sets it for each batch of committed entries it applies, so that a follower
-    /// catching up on many entries that each replace large values cannot copy without bound.
-    pub fn refill_prev_budget(&mut self, bytes: usize) {
-        self.prev_budget_shared = Some(bytes);
-    }
-
-    fn put_unrecorded(&mut self, index: u64, key: &[u8], value: &[u8]) -> KeyMeta {
         // Overwriting a key the overlay already holds (the common case under load): one
-        // search, and the value's allocation is reused when the length is unchanged.
+        // search; the value's allocation is reused when the length is unchanged, or, when
+        // recording, handed to the change as the value before (no copy).
         if let Some(Some(record)) = self.overlay.get_mut(key) {
             let old = record.meta;
             let meta = KeyMeta {
@@ -411,17 +361,35 @@ impl StateMachine {
                 version: old.version + 1,
             };
             self.data_bytes = self.data_bytes - record.value.len() + value.len();
+            record.meta = meta;
+            if !self.recording {
+                if record.value.len() == value.len() {
+                    record.value.copy_from_slice(value);
+                } else {
+                    record.value = value.into();
+                }
+                return meta;
+            }
+            let budget = self.prev_budget.min(self.prev_budget_shared.unwrap_or(usize::MAX));
+            let keep = record.value.len() <= budget;
+            let before = keep.then_some(&*record.value);
+            self.changes.push(key, Some((value, meta)), Some((old, before)));
+            if keep {
+                self.prev_budget -= record.value.len();
+                if let Some(shared) = &mut self.prev_budget_shared {
+                    *shared -= record.value.len();
+                }
+            }
             if record.value.len() == value.len() {
                 record.value.copy_from_slice(value);
             } else {
                 record.value = value.into();
             }
-            record.meta = meta;
             return meta;
         }
-        let old = self.get(key).map(|v| (v.value.len(), v.meta));
-        let meta = match old {
-            Some((old_len, old_meta)) => {
+        let current = self.current(key);
+        let meta = match &current {
+            Some(Current { len: old_len, meta: old_meta, .. }) => {
                 self.data_bytes = self.data_bytes - old_len + value.len();
                 KeyMeta {
                     create_index: old_meta.create_index,
@@ -436,14 +404,44 @@ impl StateMachine {
             }
         };
         self.overlay.insert(key.into(), Some(Record { value: value.into(), meta }));
+        if self.recording {
+            let prev = current.as_ref().map(|c| (c.meta, c.copy.as_deref()));
+            self.changes.push(key, Some((value, meta)), prev);
+        }
         meta
     }
 
+    /// What `key` holds now — its value's length and its metadata — and, when recording, a
+    /// copy of its value for the change about to be made, while the budget for values
+    /// before lasts. One search of the layers.
+    fn current(&mut self, key: &[u8]) -> Option<Current> {
+        let (len, meta, copy) = {
+            let current = self.get(key)?;
+            let budget = self.prev_budget.min(self.prev_budget_shared.unwrap_or(usize::MAX));
+            let keep = self.recording && current.value.len() <= budget;
+            (current.value.len(), current.meta, keep.then(|| Box::from(current.value)))
+        };
+        if copy.is_some() {
+            self.prev_budget -= len;
+            if let Some(shared) = &mut self.prev_budget_shared {
+                *shared -= len;
+            }
+        }
+        Some(Current { len, meta, copy })
+    }
+
+    /// Lets the entries applied from now on copy at most `bytes` of values before into their
+    /// changes, all together (besides each entry's own [`PREV_VALUE_BYTES_PER_ENTRY_MAX`]).
+    /// The core sets it for each batch of committed entries it applies, so that a follower
+    /// catching up on many entries that each replace large values cannot copy without bound.
+    pub fn refill_prev_budget(&mut self, bytes: usize) {
+        self.prev_budget_shared = Some(bytes);
+    }
+
     fn delete(&mut self, key: &[u8]) -> bool {
-        let Some(old_len) = self.get(key).map(|v| v.value.len()) else { return false };
+        let Some(Current { len: old_len, meta, copy }) = self.current(key) else { return false };
         if self.recording {
-            let prev = self.prev_of(key);
-            self.changes.push(Change { key: key.into(), put: None, prev });
+            self.changes.push(key, None, Some((meta, copy.as_deref())));
         }
         self.keys -= 1;
         self.data_bytes -= key.len() + old_len;
@@ -564,18 +562,18 @@ mod tests {
             b.delete(b"missing");
         });
         let meta = |create_index, mod_index, version| KeyMeta { create_index, mod_index, version };
-        let boxed = |b: &[u8]| Box::<[u8]>::from(b);
-        let prev = |value: &[u8], meta| Some(Prev { meta, value: Some(boxed(value)) });
+        let changes = sm.take_changes();
+        let view = |key, put, prev| crate::history::ChangeView { key, put, prev };
         assert_eq!(
-            sm.take_changes(),
+            changes.iter().collect::<Vec<_>>(),
             vec![
-                Change {
-                    key: boxed(b"a"),
-                    put: Some((boxed(b"v2"), meta(1, 2, 2))),
-                    prev: prev(b"v1", meta(1, 1, 1)),
-                },
-                Change { key: boxed(b"b"), put: Some((boxed(b"w1"), meta(2, 2, 1))), prev: None },
-                Change { key: boxed(b"a"), put: None, prev: prev(b"v2", meta(1, 2, 2)) },
+                view(
+                    b"a",
+                    Some((&b"v2"[..], meta(1, 2, 2))),
+                    Some((meta(1, 1, 1), Some(&b"v1"[..])))
+                ),
+                view(b"b", Some((&b"w1"[..], meta(2, 2, 1))), None),
+                view(b"a", None, Some((meta(1, 2, 2), Some(&b"v2"[..])))),
             ]
         );
         let never = Compare {
@@ -591,7 +589,7 @@ mod tests {
         });
         let changes = sm.take_changes();
         assert_eq!(changes.len(), 1, "{changes:?}");
-        assert_eq!(&*changes[0].key, b"f", "only the branch that ran");
+        assert_eq!(changes.iter().next().unwrap().key, b"f", "only the branch that ran");
         sm.record_changes(false);
         apply_one(&mut sm, 4, |b| b.put(b"a", b"v3"));
         assert!(sm.take_changes().is_empty());
@@ -613,12 +611,12 @@ mod tests {
             b.put(b"b", b"y");
         });
         let changes = sm.take_changes();
-        let kept: Vec<bool> =
-            changes.iter().map(|c| c.prev.as_ref().unwrap().value.is_some()).collect();
+        let kept: Vec<bool> = changes.iter().map(|c| c.prev.unwrap().1.is_some()).collect();
         assert_eq!(kept, [true, false], "the second value before is over the budget");
-        assert_eq!(changes[1].prev.as_ref().unwrap().meta.version, 1);
+        assert_eq!(changes.iter().nth(1).unwrap().prev.unwrap().0.version, 1);
         apply_one(&mut sm, 3, |b| b.delete(b"a"));
-        assert_eq!(sm.take_changes()[0].prev.as_ref().unwrap().value.as_deref(), Some(&b"x"[..]));
+        let deleted = sm.take_changes();
+        assert_eq!(deleted.iter().next().unwrap().prev.unwrap().1, Some(&b"x"[..]));
     }
 
     // Shows: transactions pick the branch by their compares, atomically, and report the

@@ -41,6 +41,8 @@ pub struct SegmentDir {
     dir: PathBuf,
     identity: SegmentIdentity,
     segment_bytes: u64,
+    /// Whether spares are written whole (see [`SegmentDir::sparse`]).
+    preallocate: bool,
 }
 
 impl SegmentDir {
@@ -53,7 +55,7 @@ impl SegmentDir {
     ) -> Result<Self> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
-        let this = SegmentDir { dir, identity, segment_bytes };
+        let this = SegmentDir { dir, identity, segment_bytes, preallocate: true };
         for entry in this.read_dir()? {
             if entry.extension().is_some_and(|e| e == "tmp") {
                 fs::remove_file(&entry).map_err(|e| StorageError::io("remove", &entry, e))?;
@@ -82,6 +84,15 @@ impl SegmentDir {
             }
         }
         Ok(this)
+    }
+
+    /// Has spares made as sparse files (a real header block, the rest a hole) instead of
+    /// written whole. For a log off the commit path (the watch history): its flushes may pay
+    /// for writing into never-written blocks, and writing every segment twice would double
+    /// the disk bandwidth it takes from the WAL while it grows.
+    pub fn sparse(mut self) -> Self {
+        self.preallocate = false;
+        self
     }
 
     /// The directory.
@@ -158,6 +169,14 @@ impl SegmentDir {
             segment_bytes: self.segment_bytes,
         });
         file.write_all(&header).map_err(|e| StorageError::io("write", &tmp, e))?;
+        if !self.preallocate {
+            file.set_len(self.segment_bytes).map_err(|e| StorageError::io("truncate", &tmp, e))?;
+            file.sync_all().map_err(|e| StorageError::io("fsync", &tmp, e))?;
+            drop(file);
+            fs::rename(&tmp, &path).map_err(|e| StorageError::io("rename", &tmp, e))?;
+            self.sync_dir()?;
+            return Ok(path);
+        }
         let zeros = vec![0u8; BACKGROUND_WRITE_CHUNK_BYTES];
         let mut written = header.len() as u64;
         let mut pacer = rate.map(Pacer::new);

@@ -165,19 +165,35 @@ pub fn encode_record(
     flush_base: u64,
     payload: &[u8],
 ) {
+    encode_record_parts(out, seq, kind, flush_seq, flush_base, &[payload]);
+}
+
+/// [`encode_record`] of a payload given in parts, written one after the other (so a caller
+/// with a header and a body apart copies each once).
+pub fn encode_record_parts(
+    out: &mut Vec<u8>,
+    seq: u64,
+    kind: u8,
+    flush_seq: u64,
+    flush_base: u64,
+    parts: &[&[u8]],
+) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     debug_assert!(kind != KIND_INVALID);
-    debug_assert!(payload.len() <= RECORD_PAYLOAD_BYTES_MAX);
+    debug_assert!(len <= RECORD_PAYLOAD_BYTES_MAX);
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
     out.push(kind);
     out.extend_from_slice(&[0u8; 7]);
     out.extend_from_slice(&flush_seq.to_le_bytes());
     out.extend_from_slice(&flush_base.to_le_bytes());
-    out.extend_from_slice(payload);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     let crc = crc32c::crc32c_append(crc_seed(seq), &out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
-    out.resize(start + record_size(payload.len()), 0);
+    out.resize(start + record_size(len), 0);
 }
 
 /// A record that passed its checks.

@@ -25,8 +25,8 @@ use crate::constants::{
     WRITE_BUFFER_BYTES_MAX,
 };
 use crate::wal::format::{
-    align_up, encode_record, encode_segment_header, record_size, SegmentHeader, SegmentIdentity,
-    KIND_INVALID, KIND_SEAL,
+    align_up, encode_record, encode_record_parts, encode_segment_header, record_size,
+    SegmentHeader, SegmentIdentity, KIND_INVALID, KIND_SEAL,
 };
 
 /// A position in the WAL: a segment and a byte offset in it. Positions order the log.
@@ -332,23 +332,30 @@ impl WalWriter {
     /// Buffers one record. Returns the position just past it: the record is durable once
     /// [`WalWriter::durable`] reaches that position.
     pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Lsn, AppendRefused> {
+        self.append_parts(kind, &[payload])
+    }
+
+    /// [`WalWriter::append`] of a payload given in parts (written one after the other).
+    pub fn append_parts(&mut self, kind: u8, parts: &[&[u8]]) -> Result<Lsn, AppendRefused> {
         assert!(kind != KIND_INVALID && kind != KIND_SEAL, "record kind {kind} is reserved");
         if let Some(failure) = &self.failed {
             return Err(AppendRefused::Failed(failure.clone()));
         }
-        if payload.len() > self.record_payload_max() {
-            return Err(AppendRefused::TooLarge { size: payload.len() });
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > self.record_payload_max() {
+            return Err(AppendRefused::TooLarge { size: len });
         }
-        let size = record_size(payload.len());
+        let size = record_size(len);
         if self.buffered_bytes + size > self.buffer_limit {
             return Err(AppendRefused::Full { buffered: self.buffered_bytes, record: size });
         }
-        if self.would_roll_over(payload.len()) {
+        if self.would_roll_over(len) {
             self.roll_over();
         }
         let seq = self.active.seq;
         let base = self.flush_base();
-        encode_record(&mut self.active.buf, seq, kind, self.next_flush_seq, base, payload);
+        let buf = &mut self.active.buf;
+        encode_record_parts(buf, seq, kind, self.next_flush_seq, base, parts);
         self.buffered_bytes += size;
         self.active_dirty = true;
         Ok(self.appended())

@@ -1,0 +1,313 @@
+//! `corekv-bench watch`: `--watchers` watchers on one prefix while writers write new values
+//! under it at `--rate` writes per second (open loop); reports the delay from each write's
+//! acknowledgement to each watcher's receipt of its change (p50/p99/max; a change received
+//! before its writer's acknowledgement counts 0), the changes delivered per second, and the
+//! servers' resident memory before and after the watchers start.
+//!
+//! Every value starts with the write's sequence number; the acknowledgement times are kept
+//! in a table by sequence number, which the watchers look their changes up in. The watchers
+//! are spread over `--connections` clients (a corekv client carries all of its watches on one
+//! connection per node and shard; etcd's, each on a gRPC stream of one channel).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use corekv_client::{Client, WatchMessage, WatchSpec};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+
+/// The prefix watched and written.
+pub const PREFIX: &str = "bench-watch/";
+
+/// What the run is asked to do.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub watchers: usize,
+    pub rate: f64,
+    pub keys: usize,
+    pub value_size: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub timeout: Duration,
+}
+
+/// What it measured.
+pub struct WatchResult {
+    /// Writes acknowledged in the measured window.
+    pub writes: u64,
+    /// Write errors.
+    pub write_errors: u64,
+    /// Changes delivered to watchers in the measured window.
+    pub events: u64,
+    /// Delay from acknowledgement to delivery, µs.
+    pub latency_us: Histogram<u64>,
+    pub elapsed: Duration,
+    /// Resident memory (bytes) of the servers: before the watchers, with them started, at
+    /// the end.
+    pub rss: [Option<u64>; 3],
+}
+
+/// Acknowledgement times by sequence number (µs since the run's start, +1; 0: not yet).
+struct Acks {
+    start: Instant,
+    at: Vec<AtomicU64>,
+}
+
+impl Acks {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64 + 1
+    }
+
+    /// The delay of a change of write `seq` received now.
+    fn delay_us(&self, seq: u64) -> Option<u64> {
+        let acked = self.at.get(seq as usize)?.load(Ordering::Relaxed);
+        Some(if acked == 0 { 0 } else { self.now_us().saturating_sub(acked) })
+    }
+}
+
+/// What watchers share: the measured window and the merged results.
+struct Shared {
+    acks: Acks,
+    measure_from_us: u64,
+    measure_to_us: u64,
+    events: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Shared {
+    /// Records a change of write `seq` received now.
+    fn received(&self, seq: u64, local: &mut Histogram<u64>, events: &mut u64) {
+        let now = self.acks.now_us();
+        if now < self.measure_from_us || now > self.measure_to_us {
+            return;
+        }
+        if let Some(delay) = self.acks.delay_us(seq) {
+            let _ = local.record(delay.max(1));
+            *events += 1;
+        }
+    }
+
+    fn merge(&self, local: &Histogram<u64>, events: u64) {
+        self.events.fetch_add(events, Ordering::Relaxed);
+        let _ = self.latency.lock().unwrap_or_else(|p| p.into_inner()).add(local);
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")
+}
+
+fn value(seq: u64, size: usize) -> Vec<u8> {
+    let mut value = seq.to_le_bytes().to_vec();
+    value.resize(size.max(8), b'v');
+    value
+}
+
+fn seq_of(value: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(value.get(..8)?.try_into().ok()?))
+}
+
+/// Writes at `rate` per second until the window ends; returns (acknowledged in the window,
+/// errors). `write(key, value)` is the system's put.
+async fn write_load<F, Fut>(shared: &Arc<Shared>, config: &WatchConfig, write: F) -> (u64, u64)
+where
+    F: Fn(Vec<u8>, Vec<u8>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let total = shared.acks.at.len() as u64;
+    let period = Duration::from_secs_f64(1.0 / config.rate);
+    let started = Instant::now();
+    let (acked, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for seq in 0..total {
+        tokio::time::sleep_until((started + period.mul_f64(seq as f64)).into()).await;
+        let key = format!("{PREFIX}{:08}", seq % config.keys as u64).into_bytes();
+        let (write, shared, acked, errors) =
+            (write.clone(), shared.clone(), acked.clone(), errors.clone());
+        let value = value(seq, config.value_size);
+        tasks.push(tokio::spawn(async move {
+            if write(key, value).await {
+                let now = shared.acks.now_us();
+                shared.acks.at[seq as usize].store(now, Ordering::Relaxed);
+                if now >= shared.measure_from_us && now <= shared.measure_to_us {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            } else {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    futures_util::future::join_all(tasks).await;
+    (acked.load(Ordering::Relaxed), errors.load(Ordering::Relaxed))
+}
+
+fn shared(config: &WatchConfig) -> Arc<Shared> {
+    let writes = (config.rate * (config.warmup + config.duration).as_secs_f64()).ceil() as usize;
+    let acks = Acks { start: Instant::now(), at: (0..writes).map(|_| AtomicU64::new(0)).collect() };
+    let measure_from_us = acks.now_us() + config.warmup.as_micros() as u64;
+    let measure_to_us = measure_from_us + config.duration.as_micros() as u64;
+    Arc::new(Shared {
+        acks,
+        measure_from_us,
+        measure_to_us,
+        events: AtomicU64::new(0),
+        latency: Mutex::new(histogram()),
+    })
+}
+
+/// Runs the watch benchmark against corekv through `clients`.
+pub async fn run_corekv(clients: &[Client], config: &WatchConfig) -> anyhow::Result<WatchResult> {
+    let rss_before = crate::report::process_rss_bytes("corekv");
+    let mut watches = Vec::new();
+    for i in 0..config.watchers {
+        let client = &clients[i % clients.len()];
+        let watch = client.watch(WatchSpec::prefix(PREFIX)).context("starting a watch")?;
+        watches.push(watch);
+    }
+    // Let every watch reach its node before the clock starts.
+    tokio::time::sleep(Duration::from_millis(500 + config.watchers as u64 / 20)).await;
+    let rss_started = crate::report::process_rss_bytes("corekv");
+    let shared = shared(config);
+    let watchers: Vec<_> = watches
+        .into_iter()
+        .map(|mut watch| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let (mut local, mut events) = (histogram(), 0u64);
+                let stop = Duration::from_micros(shared.measure_to_us + 2_000_000);
+                while let Ok(Some(Ok(message))) =
+                    tokio::time::timeout_at((shared.acks.start + stop).into(), watch.next()).await
+                {
+                    if let WatchMessage::Event(event) = message {
+                        for change in event.changes.iter() {
+                            let seq = change.value.as_ref().and_then(|v| seq_of(&v.value));
+                            if let Some(seq) = seq {
+                                shared.received(seq, &mut local, &mut events);
+                            }
+                        }
+                    }
+                }
+                shared.merge(&local, events);
+            })
+        })
+        .collect();
+    let writer = clients[0].clone();
+    let timeout = config.timeout;
+    let (writes, write_errors) = write_load(&shared, config, move |key, value| {
+        let writer = writer.clone();
+        async move {
+            let options = corekv_client::WriteOptions::with_timeout(timeout);
+            writer.put_with(key, value, options).await.is_ok()
+        }
+    })
+    .await;
+    let rss_end = crate::report::process_rss_bytes("corekv");
+    futures_util::future::join_all(watchers).await;
+    Ok(finish(&shared, config, writes, write_errors, [rss_before, rss_started, rss_end]))
+}
+
+fn finish(
+    shared: &Shared,
+    config: &WatchConfig,
+    writes: u64,
+    write_errors: u64,
+    rss: [Option<u64>; 3],
+) -> WatchResult {
+    WatchResult {
+        writes,
+        write_errors,
+        events: shared.events.load(Ordering::Relaxed),
+        latency_us: shared.latency.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        elapsed: config.duration,
+        rss,
+    }
+}
+
+/// Runs the watch benchmark against etcd at `endpoints`.
+#[cfg(feature = "etcd")]
+pub async fn run_etcd(
+    endpoints: &str,
+    connections: usize,
+    config: &WatchConfig,
+) -> anyhow::Result<WatchResult> {
+    use etcd_client::{EventType, WatchOptions};
+    let urls: Vec<&str> = endpoints.split(',').collect();
+    let mut clients = Vec::new();
+    for _ in 0..connections.max(1) {
+        clients
+            .push(etcd_client::Client::connect(&urls, None).await.context("connecting to etcd")?);
+    }
+    let rss_before = crate::report::process_rss_bytes("etcd");
+    let mut streams = Vec::new();
+    for i in 0..config.watchers {
+        let mut watch = clients[i % clients.len()].watch_client();
+        let options = WatchOptions::new().with_prefix();
+        let (watcher, stream) = watch.watch(PREFIX, Some(options)).await.context("etcd watch")?;
+        streams.push((watcher, stream));
+    }
+    tokio::time::sleep(Duration::from_millis(500 + config.watchers as u64 / 20)).await;
+    let rss_started = crate::report::process_rss_bytes("etcd");
+    let shared = shared(config);
+    let watchers: Vec<_> = streams
+        .into_iter()
+        .map(|(watcher, mut stream)| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let _keep = watcher;
+                let (mut local, mut events) = (histogram(), 0u64);
+                let stop = Duration::from_micros(shared.measure_to_us + 2_000_000);
+                while let Ok(Ok(Some(response))) =
+                    tokio::time::timeout_at((shared.acks.start + stop).into(), stream.message())
+                        .await
+                {
+                    for event in response.events() {
+                        if event.event_type() != EventType::Put {
+                            continue;
+                        }
+                        if let Some(seq) = event.kv().and_then(|kv| seq_of(kv.value())) {
+                            shared.received(seq, &mut local, &mut events);
+                        }
+                    }
+                }
+                shared.merge(&local, events);
+            })
+        })
+        .collect();
+    let kv = clients[0].kv_client();
+    let timeout = config.timeout;
+    let (writes, write_errors) =
+        write_load(&shared, config, move |key, value| {
+            let mut kv = kv.clone();
+            async move {
+                matches!(tokio::time::timeout(timeout, kv.put(key, value, None)).await, Ok(Ok(_)))
+            }
+        })
+        .await;
+    let rss_end = crate::report::process_rss_bytes("etcd");
+    futures_util::future::join_all(watchers).await;
+    Ok(finish(&shared, config, writes, write_errors, [rss_before, rss_started, rss_end]))
+}
+
+/// The run's summary line.
+pub fn summary(label: &str, result: &WatchResult) -> String {
+    let h = &result.latency_us;
+    let secs = result.elapsed.as_secs_f64();
+    let mib =
+        |b: Option<u64>| b.map_or("?".to_string(), |b| format!("{:.0} MiB", b as f64 / 1048576.0));
+    format!(
+        "{label}: {:.0} writes/s acknowledged ({} errors), {:.0} changes/s delivered; \
+         acknowledgement to delivery p50 {} us, p99 {} us, max {} us; server memory {} before \
+         the watchers, {} with them, {} at the end\n",
+        result.writes as f64 / secs,
+        result.write_errors,
+        result.events as f64 / secs,
+        h.value_at_percentile(50.0),
+        h.value_at_percentile(99.0),
+        h.max(),
+        mib(result.rss[0]),
+        mib(result.rss[1]),
+        mib(result.rss[2]),
+    )
+}
