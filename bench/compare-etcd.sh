@@ -4,7 +4,7 @@
 #   bench/compare-etcd.sh [--out DIR] [--runs N] [--duration S] [--warmup S]
 #                         [--concurrency "1 16 64 256"] [--workloads "put get mixed"]
 #                         [--keys N] [--systems "corekv etcd"] [--bin-dir DIR] [--no-build]
-#                         [--quick]
+#                         [--watch "WATCHERS@RATE ..."] [--quick]
 #
 # Each system runs alone on the machine: first a 3-node, 2-shard corekv (`corekv dev`), then a
 # 3-member etcd (the Debian package `etcd-server`, default durable settings: every write is
@@ -14,6 +14,11 @@
 # concurrency, --runs runs each. The medians of the runs go to DIR/table.md with the ratio
 # corekv/etcd per row; every run's JSON and .hgrm are kept in DIR; DIR/latency-*.svg overlay
 # the two systems' latency curves at the highest concurrency.
+#
+# --watch adds, per system, `corekv-bench watch` runs: WATCHERS watchers on one prefix while
+# writes arrive at RATE per second (open loop); DIR/watch-table.md has their medians
+# (acknowledgement-to-delivery delay, changes delivered per second, the servers' memory for
+# the watchers). --workloads "" runs the watch runs alone.
 #
 # --quick is the CI smoke run: 1 run of 1 s at concurrency 1 and 16 on 1,000 keys.
 set -euo pipefail
@@ -27,6 +32,7 @@ concurrency="1 16 64 256"
 workloads="put get mixed"
 keys=100000
 systems="corekv etcd"
+watch=""
 bin_dir="target/release"
 build=1
 corekv_port=7500
@@ -42,9 +48,10 @@ while [ $# -gt 0 ]; do
     --duration) duration="${2:?}"; shift 2 ;;
     --warmup) warmup="${2:?}"; shift 2 ;;
     --concurrency) concurrency="${2:?}"; shift 2 ;;
-    --workloads) workloads="${2:?}"; shift 2 ;;
+    --workloads) workloads="${2?}"; shift 2 ;;
     --keys) keys="${2:?}"; shift 2 ;;
     --systems) systems="${2:?}"; shift 2 ;;
+    --watch) watch="${2?}"; shift 2 ;;
     --bin-dir) bin_dir="${2:?}"; shift 2 ;;
     --no-build) build=0; shift ;;
     --quick) runs=1; duration=1; warmup=0.5; concurrency="1 16"; keys=1000; shift ;;
@@ -55,6 +62,10 @@ done
 case "$runs" in ''|*[!0-9]*|0) die "--runs must be a positive integer" ;; esac
 for w in $workloads; do
   case "$w" in put|get|mixed) ;; *) die "unknown workload '$w' (put, get or mixed)" ;; esac
+done
+for spec in $watch; do
+  case "$spec" in *@*) ;; *) die "--watch takes WATCHERS@RATE pairs, not '$spec'" ;; esac
+  case "${spec%@*}${spec#*@}" in ''|*[!0-9]*) die "--watch '$spec': numbers, like 1000@1000" ;; esac
 done
 for s in $systems; do
   case "$s" in corekv|etcd) ;; *) die "unknown system '$s' (corekv or etcd)" ;; esac
@@ -145,9 +156,11 @@ run_system() {
   local system="$1" w c r name
   say "starting $system"
   if [ "$system" = corekv ]; then start_corekv; else start_etcd; fi
-  say "$system: prefilling $keys keys"
-  "$bench" put "${target_args[@]}" --keys "$keys" --prefill --ops 1 --warmup 0 \
-    >>"$log" 2>&1 || die "$system prefill failed (see $log)"
+  if [ -n "$workloads" ]; then
+    say "$system: prefilling $keys keys"
+    "$bench" put "${target_args[@]}" --keys "$keys" --prefill --ops 1 --warmup 0 \
+      >>"$log" 2>&1 || die "$system prefill failed (see $log)"
+  fi
   for w in $workloads; do
     for c in $concurrency; do
       for r in $(seq 1 "$runs"); do
@@ -161,6 +174,21 @@ run_system() {
       done
     done
   done
+  local spec watchers rate
+  for spec in $watch; do
+    watchers="${spec%@*}"
+    rate="${spec#*@}"
+    mkdir -p "$out/watch"
+    for r in $(seq 1 "$runs"); do
+      name="$system-watch-$watchers-at-$rate-r$r"
+      "$bench" watch "${target_args[@]}" --watchers "$watchers" --rate "$rate" --keys 1000 \
+        --connections "$(connections_for "$watchers")" --warmup "$warmup" --duration "$duration" \
+        --json "$out/watch/$name.json" --hgrm "$out/watch/$name.hgrm" \
+        >"$out/watch/$name.txt" 2>"$out/watch/$name.progress" \
+        || die "$name failed: $(tail -n 3 "$out/watch/$name.progress")"
+      say "$name: $(head -n 1 "$out/watch/$name.txt")"
+    done
+  done
   cleanup
 }
 
@@ -169,7 +197,12 @@ for system in $systems; do
   run_system "$system"
 done
 
-python3 bench/summarize.py "$out" | tee "$out/table.md"
+if [ -n "$workloads" ]; then
+  python3 bench/summarize.py "$out" | tee "$out/table.md"
+fi
+if [ -n "$watch" ]; then
+  python3 bench/summarize.py --watch "$out/watch" | tee "$out/watch-table.md"
+fi
 
 # Latency curves of the highest concurrency, both systems overlaid (the median run of each).
 top="${concurrency##* }"

@@ -4,6 +4,7 @@
     summarize.py DIR                               markdown tables: medians per row, ratios
     summarize.py --median-file DIR SYSTEM WORKLOAD C
                                                    the result file of the median run (by ops/s)
+    summarize.py --watch DIR                       the watch runs' table (corekv-bench watch)
 
 Runs are grouped by (system, workload, concurrency) from each file's "config". Every figure in
 a row is the median of that figure over the group's runs (with an even count, the lower middle
@@ -114,7 +115,52 @@ def tables(groups):
     return "\n".join(lines)
 
 
+def watch_table(directory):
+    groups = {}
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+            config = result["config"]
+            key = (config["target"], int(config["watchers"]), float(config["rate"]))
+            rss = result.get("server_rss_bytes", {})
+            grown = None
+            if rss.get("before") is not None and rss.get("watching") is not None:
+                grown = (rss["watching"] - rss["before"]) / 1048576
+            row = {
+                "writes": float(result["ops_per_sec"]),
+                "events": float(result["events_per_sec"]),
+                "p50": result["latency_us"]["p50"],
+                "p99": result["latency_us"]["p99"],
+                "max": result["latency_us"]["max"],
+                "grown": grown,
+                "errors": result.get("write_errors", 0),
+            }
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            fail(f"{path} is not a corekv-bench watch result: {error!r}")
+        groups.setdefault(key, []).append(row)
+    if not groups:
+        fail(f"no watch results (*.json) in {directory}")
+    lines = [
+        "| system | watchers | writes/s asked | runs | writes/s | changes delivered/s | p50 ms | p99 ms | max ms | server memory for the watchers, MiB | write errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key in sorted(groups, key=lambda k: (k[1], k[2], k[0])):
+        system, watchers, rate = key
+        runs = groups[key]
+        m = {f: median(r[f] for r in runs) for f in ("writes", "events", "p50", "p99", "max", "grown")}
+        grown = "—" if m["grown"] is None else f"{m['grown']:.0f}"
+        lines.append(
+            f"| {system} | {watchers} | {rate:,.0f} | {len(runs)} | {m['writes']:,.0f} "
+            f"| {m['events']:,.0f} | {ms(m['p50'])} | {ms(m['p99'])} | {ms(m['max'])} | {grown} "
+            f"| {sum(r['errors'] for r in runs)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv):
+    if len(argv) == 2 and argv[0] == "--watch":
+        print(watch_table(argv[1]))
+        return
     if len(argv) == 5 and argv[0] == "--median-file":
         directory, system, workload, c = argv[1:]
         groups = load(directory)
@@ -123,7 +169,10 @@ def main(argv):
             print(median_run(rows)["path"])
         return
     if len(argv) != 1 or argv[0].startswith("-"):
-        fail("usage: summarize.py DIR | summarize.py --median-file DIR SYSTEM WORKLOAD C")
+        fail(
+            "usage: summarize.py DIR | summarize.py --median-file DIR SYSTEM WORKLOAD C | "
+            "summarize.py --watch DIR"
+        )
     print(tables(load(argv[0])))
 
 

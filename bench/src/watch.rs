@@ -244,18 +244,17 @@ pub async fn run_etcd(
     for i in 0..config.watchers {
         let mut watch = clients[i % clients.len()].watch_client();
         let options = WatchOptions::new().with_prefix();
-        let (watcher, stream) = watch.watch(PREFIX, Some(options)).await.context("etcd watch")?;
-        streams.push((watcher, stream));
+        let stream = watch.watch(PREFIX, Some(options)).await.context("etcd watch")?;
+        streams.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(500 + config.watchers as u64 / 20)).await;
     let rss_started = crate::report::process_rss_bytes("etcd");
     let shared = shared(config);
     let watchers: Vec<_> = streams
         .into_iter()
-        .map(|(watcher, mut stream)| {
+        .map(|mut stream| {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let _keep = watcher;
                 let (mut local, mut events) = (histogram(), 0u64);
                 let stop = Duration::from_micros(shared.measure_to_us + 2_000_000);
                 while let Ok(Ok(Some(response))) =

@@ -47,6 +47,10 @@ pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// verifier must walk and the work one request can ask of a shard.
 pub const BATCH_KEYS_MAX: usize = 10_000;
 
+/// Watches one client connection may run at once (a node refuses more; a client with more
+/// watches on a node and shard opens another connection).
+pub const WATCHES_PER_CONNECTION_MAX: usize = 1024;
+
 /// Most entries one scan reply carries; a client asking for more pages through continuations.
 pub const SCAN_LIMIT_MAX: usize = 10_000;
 

@@ -91,8 +91,9 @@ pub const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = 4096;
 pub const CONNECTION_OUTPUT_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Watches one client connection may run (each is a request in flight until it ends, so
-/// well under [`CONNECTION_REQUESTS_IN_FLIGHT_MAX`]).
-pub const WATCHERS_PER_CONNECTION_MAX: usize = 1024;
+/// well under [`CONNECTION_REQUESTS_IN_FLIGHT_MAX`]); the protocol's limit, which clients
+/// know.
+pub const WATCHERS_PER_CONNECTION_MAX: usize = corekv_proto::constants::WATCHES_PER_CONNECTION_MAX;
 
 /// Watches one shard replica may run, over all its connections.
 pub const WATCHERS_PER_SHARD_MAX: usize = 100_000;

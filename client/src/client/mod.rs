@@ -77,7 +77,7 @@ struct Inner {
     leaders: Vec<AtomicU64>,
     connections: Mutex<HashMap<(NodeId, ShardId), Arc<Connection>>>,
     /// Watch connections, apart from the calls' (see `watch_mux`).
-    watch_muxes: Mutex<HashMap<(NodeId, ShardId), Arc<watch_mux::WatchMux>>>,
+    watch_muxes: Mutex<HashMap<(NodeId, ShardId), watch_mux::Muxes>>,
     /// Client addresses of nodes the registry does not list (members added since), as the
     /// nodes named them: in `NotLeader` replies and membership replies.
     learned: Mutex<HashMap<(NodeId, ShardId), String>>,

@@ -23,7 +23,7 @@ use corekv_types::ids::{NodeId, ShardId};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::watch_mux::{Delivery, Refusal, WatchMux};
+use super::watch_mux::{Delivery, Lease, Refusal};
 use super::wire_map::{key_value, protocol};
 use super::Client;
 use crate::connection::OpenError;
@@ -281,12 +281,12 @@ struct ShardWatch {
 
 /// Cancels a watch on its node when the attempt ends while it still runs (the stream was
 /// dropped, or the node went silent).
-struct Running {
-    mux: std::sync::Arc<WatchMux>,
+struct Running<'a> {
+    mux: &'a Lease,
     id: u64,
 }
 
-impl Drop for Running {
+impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.mux.cancel(self.id);
     }
@@ -337,7 +337,7 @@ impl ShardWatch {
         let Some((id, mut deliveries)) = mux.start(|id| self.request(id, progress)).await else {
             return Ended::Again { leader: None };
         };
-        let running = Running { mux: mux.clone(), id };
+        let running = Running { mux: &mux, id };
         let silence = progress * SILENT_INTERVALS + Duration::from_secs(1);
         loop {
             let delivery = match tokio::time::timeout(silence, deliveries.recv()).await {

@@ -1,5 +1,5 @@
-//! Watch connections: one per node and shard of a client, carrying every watch the client
-//! runs there, apart from the connections calls use (a watch's stream never waits behind
+//! Watch connections: one per node and shard of a client (more when it runs more than a node
+//! takes on one, [`WATCHES_PER_CONNECTION_MAX`]), carrying every watch the client runs there, apart from the connections calls use (a watch's stream never waits behind
 //! calls, nor calls behind it).
 //!
 //! The reader decodes each frame once and hands it to every watch it is for (a node sends
@@ -10,13 +10,14 @@
 //! for another belongs to a client of its own.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corekv_proto::client::{
     self as wire, ChangeKind as WireKind, ErrorKind, Reply, WatchEndReason,
 };
+use corekv_proto::constants::WATCHES_PER_CONNECTION_MAX;
 use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::{FrameBuffer, VerifiedReply};
 use corekv_types::ids::{NodeId, ShardId};
@@ -66,8 +67,13 @@ const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Delivery>>>>;
 
+/// A client's watch connections to one node and shard.
+pub(super) type Muxes = Vec<Arc<WatchMux>>;
+
 /// See the module docs.
 pub(super) struct WatchMux {
+    /// Watches placed on it (see [`Lease`]).
+    placed: AtomicUsize,
     frames: mpsc::Sender<Vec<u8>>,
     routes: Routes,
     next_id: AtomicU64,
@@ -100,6 +106,7 @@ impl WatchMux {
         let reader = tokio::spawn(read_loop(read, routes.clone(), closed.clone()));
         let writer = tokio::spawn(write_loop(write, queue, routes.clone(), closed.clone()));
         Ok(Arc::new(WatchMux {
+            placed: AtomicUsize::new(0),
             frames,
             routes,
             next_id: AtomicU64::new(1),
@@ -146,21 +153,47 @@ impl WatchMux {
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+
+    /// Places a watch on it, if it has room (a node runs at most
+    /// [`WATCHES_PER_CONNECTION_MAX`] on one connection).
+    fn place(self: &Arc<Self>) -> Option<Lease> {
+        if self.is_closed() || self.placed.load(Ordering::Acquire) >= WATCHES_PER_CONNECTION_MAX {
+            return None;
+        }
+        self.placed.fetch_add(1, Ordering::AcqRel);
+        Some(Lease(self.clone()))
+    }
+}
+
+/// A watch's place on a [`WatchMux`], given back when dropped (the attempt that held it
+/// ended, however).
+pub(super) struct Lease(Arc<WatchMux>);
+
+impl std::ops::Deref for Lease {
+    type Target = Arc<WatchMux>;
+
+    fn deref(&self) -> &Arc<WatchMux> {
+        &self.0
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.placed.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Client {
-    /// The watch connection to node `node` for shard `shard`, opened on first use.
-    pub(super) async fn watch_mux(
-        &self,
-        node: NodeId,
-        shard: ShardId,
-    ) -> Result<Arc<WatchMux>, OpenError> {
+    /// A watch connection to node `node` for shard `shard` with room for a watch: one the
+    /// client has, or a new one.
+    pub(super) async fn watch_mux(&self, node: NodeId, shard: ShardId) -> Result<Lease, OpenError> {
         let key = (node, shard);
-        if let Some(mux) =
-            self.inner.watch_muxes.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
         {
-            if !mux.is_closed() {
-                return Ok(mux.clone());
+            let mut muxes = self.inner.watch_muxes.lock().unwrap_or_else(|p| p.into_inner());
+            let open = muxes.entry(key).or_default();
+            open.retain(|mux| !mux.is_closed());
+            if let Some(lease) = open.iter().find_map(WatchMux::place) {
+                return Ok(lease);
             }
         }
         let addr = self
@@ -169,12 +202,10 @@ impl Client {
         let config = &self.inner.config;
         let (cluster, shards) = (&config.registry.cluster, config.registry.shards);
         let mux = WatchMux::open(&addr, cluster, shards, config.connect_timeout).await?;
+        let lease = mux.place().expect("a new connection has room");
         let mut muxes = self.inner.watch_muxes.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = muxes.entry(key).or_insert_with(|| mux.clone());
-        if entry.is_closed() {
-            *entry = mux;
-        }
-        Ok(entry.clone())
+        muxes.entry(key).or_default().push(mux);
+        Ok(lease)
     }
 }
 

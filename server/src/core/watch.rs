@@ -40,7 +40,7 @@
 //! not count them against the connection's requests in flight); the `WatchEnded` answers the
 //! watch request.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 
 use corekv_proto::client::{WatchEndReason, WatchScope};
@@ -165,11 +165,31 @@ pub struct HistoryReadJob {
     pub read: HistoryRead,
 }
 
+/// Live watchers of one connection that follow the same keys the same way: they get the same
+/// frames (one for all, the others' ids in it) and stand at the same index.
+type GroupKey = (ConnId, Scope, bool);
+
+/// A group of live watchers (see [`GroupKey`]).
+#[derive(Debug)]
+struct Group {
+    ids: BTreeSet<u64>,
+    /// The next index its watchers are to get: what their `next` is while they are in it.
+    next: u64,
+    /// When a frame last went to it (µs, the core's clock).
+    last_sent_us: u64,
+}
+
 /// The shard's watches (see the module docs).
 #[derive(Debug, Default)]
 pub(super) struct Watches {
     /// By (connection, request id).
     watchers: BTreeMap<(ConnId, u64), Watcher>,
+    /// The live ones, grouped: an applied entry costs a frame per group, not per watcher.
+    live: HashMap<GroupKey, Group>,
+    /// Caught up, but starting after an index not applied yet (a cursor past the applied
+    /// index), or behind a group of the same kind that moved on: they join once applying
+    /// reaches them.
+    waiting: BTreeSet<(ConnId, u64)>,
     backlog: Backlog,
     /// Disk reads out, and whom each is for.
     reads: HashMap<u64, (ConnId, u64)>,
@@ -213,11 +233,7 @@ impl ShardCore {
             next: start,
             progress_us: u64::from(spec.progress_ms) * 1000,
             last_sent_us: self.now_us,
-            mode: if catching_up {
-                Mode::CatchingUp { reading: false, cont: None }
-            } else {
-                Mode::Live
-            },
+            mode: Mode::CatchingUp { reading: false, cont: None },
         };
         if start < self.history.first() {
             let first = self.history.first();
@@ -232,19 +248,62 @@ impl ShardCore {
         self.metrics.watches_started.fetch_add(1, Relaxed);
         let key = (caller.conn, caller.id);
         self.watches.backlog.conns.entry(caller.conn).or_default();
-        let live = watcher.mode == Mode::Live;
-        let watcher = self.watches.watchers.entry(key).or_insert(watcher);
-        let to = Destination { shard: self.cfg.shard.get(), conn: key.0, id: key.1 };
-        let backlog = &mut self.watches.backlog;
-        if live {
-            go_live(&mut self.encoder, &mut self.out, backlog, to, watcher, self.now_us);
-        } else if spec.start_index == 0 {
+        self.watches.watchers.insert(key, watcher);
+        if catching_up && spec.start_index == 0 {
             // From now, with history this replica recorded before it applied it again (a
             // restart): the client learns where the watch starts before any event.
-            let frame = self.encoder.watch_progress(to.id, to.shard, start - 1);
-            backlog.stream(&mut self.out, to.conn, frame);
+            let frame = self.encoder.watch_progress(key.1, self.cfg.shard.get(), start - 1);
+            self.watches.backlog.stream(&mut self.out, key.0, frame);
         }
         self.pump(key);
+    }
+
+    /// Makes a caught-up watcher live: it joins its group (or starts one) and is told how
+    /// far it has everything (a watch from now learns where it starts; a catching-up one,
+    /// that it caught up). One whose next index is not the group's waits (see
+    /// [`Watches::waiting`]).
+    fn go_live(&mut self, key: (ConnId, u64)) {
+        let Watches { watchers, live, waiting, backlog, .. } = &mut self.watches;
+        let Some(watcher) = watchers.get_mut(&key) else { return };
+        let group_key = (key.0, watcher.scope.clone(), watcher.prev);
+        let ready = watcher.next == self.history.through() + 1;
+        match live.get_mut(&group_key) {
+            Some(group) if ready && group.next == watcher.next => {
+                group.ids.insert(key.1);
+            }
+            None if ready => {
+                let group =
+                    Group { ids: BTreeSet::from([key.1]), next: watcher.next, last_sent_us: 0 };
+                live.insert(group_key, group);
+            }
+            _ => {
+                waiting.insert(key);
+                return;
+            }
+        }
+        waiting.remove(&key);
+        watcher.mode = Mode::Live;
+        let frame = self.encoder.watch_progress(key.1, self.cfg.shard.get(), watcher.next - 1);
+        backlog.stream(&mut self.out, key.0, frame);
+        watcher.last_sent_us = self.now_us;
+    }
+
+    /// Takes a live watcher out of its group, its next index the group's; returns it.
+    fn leave_live(&mut self, key: (ConnId, u64)) -> Option<u64> {
+        let watcher = self.watches.watchers.get_mut(&key)?;
+        if watcher.mode != Mode::Live {
+            return Some(watcher.next);
+        }
+        let group_key = (key.0, watcher.scope.clone(), watcher.prev);
+        if let Some(group) = self.watches.live.get_mut(&group_key) {
+            watcher.next = group.next;
+            group.ids.remove(&key.1);
+            if group.ids.is_empty() {
+                self.watches.live.remove(&group_key);
+            }
+        }
+        watcher.mode = Mode::CatchingUp { reading: false, cont: None };
+        Some(watcher.next)
     }
 
     /// Why a watch request cannot start, if it cannot: over a limit, an id in use, a start
@@ -275,6 +334,8 @@ impl ShardCore {
 
     /// A cancel request: ends the watch request `watch_id` of the same connection started.
     pub(super) fn cancel_watch_request(&mut self, caller: Caller, watch_id: u64) {
+        self.leave_live((caller.conn, watch_id));
+        self.watches.waiting.remove(&(caller.conn, watch_id));
         let found = self.watches.watchers.remove(&(caller.conn, watch_id));
         if let Some(watcher) = &found {
             self.end_watch(caller.conn, watch_id, watcher, WatchEndReason::Cancelled, 0);
@@ -296,51 +357,52 @@ impl ShardCore {
         if let (Some(recorded), Some(entry)) = (&mut self.recorded_for_tests, &entry) {
             recorded.push(entry.clone());
         }
-        let Watches { watchers, backlog, .. } = &mut self.watches;
-        let Some(entry) = entry else {
-            for watcher in watchers.values_mut().filter(|w| w.mode == Mode::Live) {
-                watcher.next = watcher.next.max(index + 1);
-            }
-            return;
-        };
-        // Who gets this entry, grouped by connection, scope and values before; decided before
-        // anything is queued, so one frame does not tip the others into catching up.
-        let mut groups: HashMap<(ConnId, &Scope, bool), Vec<u64>> = HashMap::new();
-        let mut switched = Vec::new();
-        for (&(conn, id), watcher) in watchers.iter() {
-            if watcher.mode != Mode::Live || watcher.next > index {
+        let Watches { live, backlog, .. } = &mut self.watches;
+        let shard = self.cfg.shard.get();
+        let (mut sent, mut switched) = (0, Vec::new());
+        for (group_key, group) in live.iter_mut() {
+            if group.next > index {
                 continue;
             }
-            if backlog.over(conn) {
-                switched.push((conn, id));
-            } else {
-                groups.entry((conn, &watcher.scope, watcher.prev)).or_default().push(id);
+            if let Some(entry) = &entry {
+                // Decided before the group's frame is queued: one frame does not tip its own
+                // group into catching up.
+                if backlog.over(group_key.0) {
+                    switched.push(group_key.clone());
+                    continue;
+                }
+                let ids: Vec<u64> = group.ids.iter().copied().collect();
+                let to = Destination { shard, conn: group_key.0, id: ids[0] };
+                let (scope, prev) = (&group_key.1, group_key.2);
+                if let Some(frame) =
+                    encode_entry(&mut self.encoder, to, &ids[1..], scope, prev, entry)
+                {
+                    backlog.stream(&mut self.out, group_key.0, frame);
+                    group.last_sent_us = self.now_us;
+                    sent += 1;
+                }
             }
+            group.next = index + 1;
         }
-        let shard = self.cfg.shard.get();
-        let mut sent = 0;
-        for ((conn, scope, prev), ids) in &groups {
-            let to = Destination { shard, conn: *conn, id: ids[0] };
-            let frame = encode_entry(&mut self.encoder, to, &ids[1..], scope, *prev, &entry);
-            if let Some(frame) = frame {
-                backlog.stream(&mut self.out, *conn, frame);
-                sent += 1;
-            }
-        }
-        drop(groups);
-        for key in &switched {
-            if let Some(watcher) = watchers.get_mut(key) {
-                watcher.mode = Mode::CatchingUp { reading: false, cont: None };
-            }
-        }
-        for watcher in watchers.values_mut().filter(|w| w.mode == Mode::Live) {
-            if watcher.next <= index {
-                watcher.next = index + 1;
-                watcher.last_sent_us = self.now_us;
+        let mut caught = 0;
+        for group_key in switched {
+            let Some(group) = self.watches.live.remove(&group_key) else { continue };
+            for id in group.ids {
+                if let Some(watcher) = self.watches.watchers.get_mut(&(group_key.0, id)) {
+                    watcher.next = group.next;
+                    watcher.mode = Mode::CatchingUp { reading: false, cont: None };
+                    caught += 1;
+                }
             }
         }
         self.metrics.watch_events.fetch_add(sent, Relaxed);
-        self.metrics.watch_catch_ups.fetch_add(switched.len() as u64, Relaxed);
+        self.metrics.watch_catch_ups.fetch_add(caught, Relaxed);
+        if !self.watches.waiting.is_empty() {
+            let waiting: Vec<(ConnId, u64)> = self.watches.waiting.iter().copied().collect();
+            for key in waiting {
+                self.pump(key);
+            }
+        }
     }
 
     /// Moves a catching-up watcher on: from the cache at once, from the disk by a read, until
@@ -351,7 +413,7 @@ impl ShardCore {
         let to = Destination { shard: self.cfg.shard.get(), conn: key.0, id: key.1 };
         let now = self.now_us;
         loop {
-            let Watches { watchers, backlog, reads, next_read } = &mut self.watches;
+            let Watches { watchers, backlog, reads, next_read, .. } = &mut self.watches;
             let Some(watcher) = watchers.get_mut(&key) else { return };
             let Mode::CatchingUp { reading: false, cont } = watcher.mode else { return };
             if backlog.over(key.0) {
@@ -370,9 +432,7 @@ impl ShardCore {
                     let reason = WatchEndReason::Compacted;
                     return self.end_watch(key.0, key.1, &watcher, reason, first);
                 }
-                Plan::UpToDate => {
-                    return go_live(&mut self.encoder, &mut self.out, backlog, to, watcher, now);
-                }
+                Plan::UpToDate => return self.go_live(key),
                 Plan::Disk(read) => {
                     watcher.mode = Mode::CatchingUp { reading: true, cont };
                     let id = *next_read;
@@ -391,7 +451,6 @@ impl ShardCore {
                         }
                         budget = budget.saturating_sub(entry.bytes());
                         let (encoder, out) = (&mut self.encoder, &mut self.out);
-                        let now = self.now_us;
                         sent +=
                             u64::from(send_entry(encoder, out, backlog, to, watcher, entry, now));
                     }
@@ -399,8 +458,7 @@ impl ShardCore {
                     if complete {
                         // Entries after the last cached one changed nothing.
                         watcher.next = watcher.next.max(self.history.through() + 1);
-                        let (encoder, out) = (&mut self.encoder, &mut self.out);
-                        return go_live(encoder, out, backlog, to, watcher, now);
+                        return self.go_live(key);
                     }
                 }
             }
@@ -524,7 +582,7 @@ impl ShardCore {
     pub(super) fn watch_tick(&mut self) {
         let now = self.now_us;
         let shard = self.cfg.shard.get();
-        let Watches { watchers, backlog, .. } = &mut self.watches;
+        let Watches { watchers, live, backlog, .. } = &mut self.watches;
         let (encoder, out) = (&mut self.encoder, &mut self.out);
         let mut catching_up = 0;
         for (&(conn, id), watcher) in watchers.iter_mut() {
@@ -532,11 +590,15 @@ impl ShardCore {
                 catching_up += 1;
                 continue;
             }
+            let Some(group) = live.get(&(conn, watcher.scope.clone(), watcher.prev)) else {
+                continue;
+            };
+            let last = watcher.last_sent_us.max(group.last_sent_us);
             if watcher.progress_us > 0
-                && now.saturating_sub(watcher.last_sent_us) >= watcher.progress_us
+                && now.saturating_sub(last) >= watcher.progress_us
                 && !backlog.over(conn)
             {
-                let frame = encoder.watch_progress(id, shard, watcher.next - 1);
+                let frame = encoder.watch_progress(id, shard, group.next - 1);
                 backlog.stream(out, conn, frame);
                 watcher.last_sent_us = now;
             }
@@ -561,8 +623,13 @@ impl ShardCore {
 
     /// Every watch ends (this replica stopped leading, or shuts down), saying where to resume.
     pub(super) fn end_watches(&mut self, reason: WatchEndReason) {
+        let keys: Vec<(ConnId, u64)> = self.watches.watchers.keys().copied().collect();
+        for key in keys {
+            self.leave_live(key);
+        }
         let watchers = std::mem::take(&mut self.watches.watchers);
         self.watches.reads.clear();
+        self.watches.waiting.clear();
         for ((conn, id), watcher) in watchers {
             self.end_watch(conn, id, &watcher, reason, 0);
         }
@@ -571,6 +638,8 @@ impl ShardCore {
     /// Connection `conn` closed: its watches end with it.
     pub fn on_client_closed(&mut self, conn: ConnId) {
         self.watches.watchers.retain(|&(c, _), _| c != conn);
+        self.watches.live.retain(|(c, _, _), _| *c != conn);
+        self.watches.waiting.retain(|&(c, _)| c != conn);
         if let Some((unsent, _)) = self.watches.backlog.conns.remove(&conn) {
             self.watches.backlog.total -= unsent;
         }
@@ -596,22 +665,6 @@ impl ShardCore {
         let frame = self.encoder.watch_ended(id, self.cfg.shard.get(), &end);
         push_reply(&mut self.out, conn, frame);
     }
-}
-
-/// Makes `watcher` live, telling its client how far it has everything (a watch from now
-/// learns the index it starts after; a catching-up one, that it caught up).
-fn go_live(
-    encoder: &mut ReplyEncoder,
-    out: &mut Outputs,
-    backlog: &mut Backlog,
-    to: Destination,
-    watcher: &mut Watcher,
-    now_us: u64,
-) {
-    watcher.mode = Mode::Live;
-    let frame = encoder.watch_progress(to.id, to.shard, watcher.next - 1);
-    backlog.stream(out, to.conn, frame);
-    watcher.last_sent_us = now_us;
 }
 
 /// Sends `watcher` the changes of `entry` it follows (if it has not had them), as one events
