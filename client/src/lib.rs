@@ -82,6 +82,33 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Watching
+//!
+//! A watch streams every change to a key, a prefix or a range, in log order per shard, and
+//! resumes by itself after a leader change, a node crash or a lost connection, missing and
+//! repeating nothing. [`Client::list_and_watch`] lists a prefix consistently and follows it
+//! from there; a [`Cursor`] says where a watch stands, to start another from it later.
+//!
+//! ```no_run
+//! # async fn example(client: corekv_client::Client) -> corekv_client::Result<()> {
+//! use corekv_client::{WatchMessage, WatchSpec};
+//! use futures_util::StreamExt;
+//!
+//! let (listing, mut watch) = client.list_and_watch("config/", WatchSpec::prefix("config/")).await?;
+//! println!("{} keys as of {}", listing.entries.len(), listing.cursor);
+//! while let Some(message) = watch.next().await {
+//!     if let WatchMessage::Event(event) = message? {
+//!         for change in event.changes.iter() {
+//!             println!("{:?} at {}:{}", change.key, event.shard, event.index);
+//!         }
+//!     }
+//!     // Save `watch.cursor()` to resume later with `WatchSpec::prefix(..).from(cursor)`;
+//!     // a cursor older than the history the cluster keeps ends the stream with
+//!     // `Error::Compacted`: list again.
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # Errors
 //!
 //! Every [`Error`] variant says what to do. The one that needs thought is
@@ -110,6 +137,7 @@
 //! - [`registry`] and [`placement`]: the registry file and where keys live (the
 //!   `corekv-types` crate the server uses too, re-exported).
 //! - The client itself ([`Client`], [`ClientConfig`]) and its value types.
+//! - [`watch`]: what a watch follows, where it starts, and what it yields.
 #![deny(missing_docs)]
 
 mod client;

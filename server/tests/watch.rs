@@ -416,3 +416,25 @@ fn a_watcher_past_the_retention_is_told_to_list_again() {
     wait_replayed(&events, &start, &want, "the listing and its watch");
     assert!(!events.lock().unwrap().is_empty(), "changes came after the listing");
 }
+
+// Shows: one client running more watches on a node and shard than a node takes on one
+// connection (1,024) opens another, and every watch gets the change.
+#[test]
+fn a_client_runs_more_watches_than_one_connection_takes() {
+    let cluster = TestCluster::start(1, 1);
+    let rt = runtime();
+    let client = cluster.client();
+    let watches: Vec<_> =
+        (0..1100).map(|_| record(&rt, &client, WatchSpec::prefix("many/"))).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    rt.block_on(client.put("many/x", "1")).expect("put");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = watches.iter().filter(|w| !w.lock().unwrap().is_empty()).count();
+        if got == watches.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got} of {} watches got the change", watches.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

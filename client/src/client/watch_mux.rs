@@ -254,11 +254,28 @@ async fn read_loop(
             let Ok(reply) = VerifiedReply::new(frame) else { break 'read };
             let Some((ids, delivery)) = delivery(&reply) else { continue };
             let last = matches!(delivery, Delivery::Ended { .. } | Delivery::Refused(_));
-            for id in ids {
-                let route = routes.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
-                let Some(route) = route else { continue };
-                if route.send(delivery.clone()).await.is_err() || last {
-                    routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            // One lock for the frame's watches (a frame may name a thousand), then each one's
+            // queue: at once when it has room, else waiting for it (the backpressure the
+            // module docs describe).
+            let targets: Vec<(u64, mpsc::Sender<Delivery>)> = {
+                let routes = routes.lock().unwrap_or_else(|p| p.into_inner());
+                ids.iter().filter_map(|id| routes.get(id).map(|r| (*id, r.clone()))).collect()
+            };
+            let mut gone = Vec::new();
+            for (id, route) in targets {
+                let sent = match route.try_send(delivery.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(d)) => route.send(d).await.is_ok(),
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                };
+                if !sent || last {
+                    gone.push(id);
+                }
+            }
+            if !gone.is_empty() {
+                let mut routes = routes.lock().unwrap_or_else(|p| p.into_inner());
+                for id in gone {
+                    routes.remove(&id);
                 }
             }
         }
