@@ -380,12 +380,14 @@ fn disk_use_stays_bounded_under_overwrites() {
     assert!(final_size <= peak_early + 3 * 32 * 1024 * 1024, "still growing: {sizes:?}");
 }
 
-/// `*.tmp` files in a node's snapshot directory.
+/// Files of snapshots being received (`*.incoming.tmp`) in a node's snapshot directory (not
+/// those of its own snapshots being written: a node may start one right after installing).
 fn temp_files(cluster: &TestCluster, node: u64) -> usize {
     let dir = cluster.data_dir(node).join("shard-0").join("snap");
     std::fs::read_dir(dir)
         .map(|d| {
-            d.filter(|e| e.as_ref().unwrap().path().to_string_lossy().ends_with(".tmp")).count()
+            d.filter(|e| e.as_ref().unwrap().path().to_string_lossy().ends_with(".incoming.tmp"))
+                .count()
         })
         .unwrap_or(0)
 }

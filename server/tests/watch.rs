@@ -417,6 +417,48 @@ fn a_watcher_past_the_retention_is_told_to_list_again() {
     assert!(!events.lock().unwrap().is_empty(), "changes came after the listing");
 }
 
+// Shows: a listing of more keys than one scan page takes on each of two shards (its pages
+// read at different indexes), taken while writers overwrite its keys, is each shard's state
+// at one index: the listing plus the events after it give the final state.
+#[test]
+fn a_listing_of_many_pages_per_shard_is_one_state() {
+    let cluster = TestCluster::start(3, 2);
+    let rt = runtime();
+    let client = cluster.client();
+    let keys: u64 = 30_000;
+    rt.block_on(async {
+        for chunk in (0..keys).collect::<Vec<_>>().chunks(2_000) {
+            let items: Vec<(String, Vec<u8>)> =
+                chunk.iter().map(|i| (format!("pages/{i:02}"), b"first".to_vec())).collect();
+            client.batch_put(&items, Default::default()).await.expect("loaded");
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    // Small keys and values: the writers change keys while the pages are read.
+    let writing = writers(&rt, &client, "pages/", keys, 8, &stop);
+    std::thread::sleep(Duration::from_millis(500));
+    let (listed, mut watch) =
+        rt.block_on(client.list_and_watch("pages/", WatchSpec::prefix("pages/"))).expect("listed");
+    assert!(listed.entries.len() > 20_000, "{} keys listed", listed.entries.len());
+    let events: Arc<Mutex<Vec<WatchEvent>>> = Arc::default();
+    let sink = events.clone();
+    rt.spawn(async move {
+        while let Some(message) = watch.next().await {
+            if let WatchMessage::Event(event) = message.expect("the watch goes on") {
+                sink.lock().unwrap().push(event);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for w in writing {
+        rt.block_on(w).unwrap();
+    }
+    let start: State = listed.entries.into_iter().map(|e| (e.key, (e.value, e.meta))).collect();
+    let want = rt.block_on(listing(&client, "pages/"));
+    wait_replayed(&events, &start, &want, "the listing and its watch");
+}
+
 // Shows: one client running more watches on a node and shard than a node takes on one
 // connection (1,024) opens another, and every watch gets the change.
 #[test]

@@ -54,6 +54,11 @@ impl Client {
     pub fn watch(&self, spec: WatchSpec) -> Result<Watch> {
         check_scope(&spec.scope)?;
         let shards = self.shards_of(&spec.scope);
+        Ok(self.watch_shards(spec, shards))
+    }
+
+    /// A watch of `spec` on `shards` only.
+    fn watch_shards(&self, spec: WatchSpec, shards: Vec<ShardId>) -> Watch {
         let (sender, messages) = mpsc::channel(WATCH_CHANNEL_MESSAGES);
         let from = spec.from.clone().unwrap_or_default();
         let mut tasks = Vec::new();
@@ -71,7 +76,7 @@ impl Client {
         for (shard, next) in from.iter() {
             cursor.set(shard, next);
         }
-        Ok(Watch { messages, cursor, tasks, ended: false })
+        Watch { messages, cursor, tasks, ended: false }
     }
 
     /// Lists every key with `prefix`, consistently (each shard's part as of one index), and
@@ -187,7 +192,8 @@ impl Client {
         from.set(shard, first + 1);
         let spec =
             WatchSpec::prefix(prefix.to_vec()).from(from).with_progress(Duration::from_millis(100));
-        let mut watch = self.watch(spec)?;
+        // This shard only: another shard's progress must not end the wait.
+        let mut watch = self.watch_shards(spec, vec![shard]);
         while let Some(message) = watch.next().await {
             match message? {
                 WatchMessage::Progress { index, .. } if index >= last => break,
@@ -344,11 +350,14 @@ impl ShardWatch {
                 Ok(Some(delivery)) => delivery,
                 // The connection closed.
                 Ok(None) => return Ended::Again { leader: None },
-                Err(_) => {
+                Err(_) if mux.silent_for(silence) => {
                     // The node went silent: its connection goes, for every watch on it.
                     mux.abort();
                     return Ended::Again { leader: None };
                 }
+                // Quiet for this watch, not for its connection (or the reader waits on
+                // another watch's full queue): keep waiting.
+                Err(_) => continue,
             };
             let ended = match delivery {
                 Delivery::Events { index, changes } => {

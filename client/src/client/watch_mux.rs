@@ -74,6 +74,11 @@ pub(super) type Muxes = Vec<Arc<WatchMux>>;
 pub(super) struct WatchMux {
     /// Watches placed on it (see [`Lease`]).
     placed: AtomicUsize,
+    /// When the reader last read from the socket (µs, [`now_us`]), and whether it is
+    /// waiting for a watch's queue to have room: a connection is silent only when neither
+    /// (a watch not being read holds up the others; that is not the node's silence).
+    heard_us: Arc<AtomicU64>,
+    blocked: Arc<AtomicBool>,
     frames: mpsc::Sender<Vec<u8>>,
     routes: Routes,
     next_id: AtomicU64,
@@ -103,10 +108,14 @@ impl WatchMux {
         let (frames, queue) = mpsc::channel(WRITE_QUEUE_FRAMES);
         let routes: Routes = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        let reader = tokio::spawn(read_loop(read, routes.clone(), closed.clone()));
+        let (heard_us, blocked) = (Arc::new(AtomicU64::new(now_us())), Arc::default());
+        let activity = Activity { heard_us: Arc::clone(&heard_us), blocked: Arc::clone(&blocked) };
+        let reader = tokio::spawn(read_loop(read, routes.clone(), closed.clone(), activity));
         let writer = tokio::spawn(write_loop(write, queue, routes.clone(), closed.clone()));
         Ok(Arc::new(WatchMux {
             placed: AtomicUsize::new(0),
+            heard_us,
+            blocked,
             frames,
             routes,
             next_id: AtomicU64::new(1),
@@ -138,8 +147,20 @@ impl WatchMux {
         if known.is_some() {
             let id_of_cancel = self.next_id.fetch_add(1, Ordering::Relaxed);
             let frame = RequestEncoder::new().cancel_watch(id_of_cancel, id).to_vec();
-            let _ = self.frames.try_send(frame);
+            if let Err(mpsc::error::TrySendError::Full(frame)) = self.frames.try_send(frame) {
+                // The writer is behind: the cancel still goes, after what is queued.
+                let frames = self.frames.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move { frames.send(frame).await });
+                }
+            }
         }
+    }
+
+    /// Whether nothing came from the node for `silence` while the reader was free to read.
+    pub(super) fn silent_for(&self, silence: Duration) -> bool {
+        let quiet = now_us().saturating_sub(self.heard_us.load(Ordering::Relaxed));
+        !self.blocked.load(Ordering::Relaxed) && quiet >= silence.as_micros() as u64
     }
 
     /// Gives up on the connection (the node went silent): every watch on it hears it end.
@@ -234,10 +255,23 @@ async fn write_loop(
     close(&routes, &closed);
 }
 
+/// What the reader tells its watches about the connection (see [`WatchMux::silent_for`]).
+struct Activity {
+    heard_us: Arc<AtomicU64>,
+    blocked: Arc<AtomicBool>,
+}
+
+/// Microseconds since the first call in this process: a clock atomics can hold.
+fn now_us() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_micros() as u64
+}
+
 async fn read_loop(
     mut read: tokio::net::tcp::OwnedReadHalf,
     routes: Routes,
     closed: Arc<AtomicBool>,
+    activity: Activity,
 ) {
     let mut buffer = FrameBuffer::new(READ_CHUNK_BYTES);
     'read: loop {
@@ -245,6 +279,7 @@ async fn read_loop(
             Ok(0) | Err(_) => break,
             Ok(n) => buffer.commit(n),
         }
+        activity.heard_us.store(now_us(), Ordering::Relaxed);
         loop {
             let frame = match buffer.next_frame() {
                 Ok(Some(frame)) => frame.to_vec(),
@@ -265,7 +300,13 @@ async fn read_loop(
             for (id, route) in targets {
                 let sent = match route.try_send(delivery.clone()) {
                     Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(d)) => route.send(d).await.is_ok(),
+                    Err(mpsc::error::TrySendError::Full(d)) => {
+                        activity.blocked.store(true, Ordering::Relaxed);
+                        let sent = route.send(d).await.is_ok();
+                        activity.blocked.store(false, Ordering::Relaxed);
+                        activity.heard_us.store(now_us(), Ordering::Relaxed);
+                        sent
+                    }
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
                 };
                 if !sent || last {

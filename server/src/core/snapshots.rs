@@ -248,6 +248,9 @@ impl ShardCore {
         self.sm.thaw();
         self.snapshots.in_progress = None;
         self.snapshots.retry_tick = self.ticks + SNAPSHOT_RETRY_TICKS;
+        // Still due: retried once the pause is over, not after another log's worth of writes.
+        let (_, log_bytes) = self.snapshot_thresholds();
+        self.snapshots.applied_bytes = self.snapshots.applied_bytes.max(log_bytes);
         self.metrics.snapshot_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 

@@ -68,7 +68,7 @@ pub fn history_retention(settings: &WatchSettings) -> Retention {
 }
 
 /// The keys a watch follows.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) enum Scope {
     Key(Box<[u8]>),
     Prefix(Box<[u8]>),
@@ -119,20 +119,28 @@ struct Watcher {
 }
 
 /// Watch bytes handed to each connection and not known to be written yet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Backlog {
     /// Per connection with watches: bytes, and whether the shell was asked to say when its
     /// output is all written.
     conns: HashMap<ConnId, (usize, bool)>,
     total: usize,
+    /// A connection's budget: [`WATCH_CONNECTION_QUEUE_BYTES_MAX`] (the simulator sets less,
+    /// to make its watchers catch up often).
+    limit: usize,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Backlog { conns: HashMap::new(), total: 0, limit: WATCH_CONNECTION_QUEUE_BYTES_MAX }
+    }
 }
 
 impl Backlog {
     /// Whether a watcher on `conn` must wait for the connection to drain.
     fn over(&self, conn: ConnId) -> bool {
         let unsent = self.conns.get(&conn).map_or(0, |c| c.0);
-        unsent >= WATCH_CONNECTION_QUEUE_BYTES_MAX
-            || (unsent > 0 && self.total >= WATCH_SHARD_QUEUE_BYTES_MAX)
+        unsent >= self.limit || (unsent > 0 && self.total >= WATCH_SHARD_QUEUE_BYTES_MAX)
     }
 
     /// Queues a watch frame for `conn`, counting it, and asks for a drain notice once enough
@@ -142,7 +150,7 @@ impl Backlog {
         let entry = self.conns.entry(conn).or_default();
         entry.0 += frame.len();
         self.total += frame.len();
-        if entry.0 >= WATCH_DRAIN_NOTICE_BYTES {
+        if entry.0 >= WATCH_DRAIN_NOTICE_BYTES.min(self.limit / 2) {
             Self::ask_notice(entry, out, conn);
         }
     }
@@ -185,7 +193,9 @@ pub(super) struct Watches {
     /// By (connection, request id).
     watchers: BTreeMap<(ConnId, u64), Watcher>,
     /// The live ones, grouped: an applied entry costs a frame per group, not per watcher.
-    live: HashMap<GroupKey, Group>,
+    /// Ordered, so the frames of an entry go out in the same order on every run (the
+    /// simulator replays seeds exactly).
+    live: BTreeMap<GroupKey, Group>,
     /// Caught up, but starting after an index not applied yet (a cursor past the applied
     /// index), or behind a group of the same kind that moved on: they join once applying
     /// reaches them.
@@ -221,11 +231,25 @@ impl ShardCore {
             let reason = format!("unknown watch scope {}", spec.scope.0);
             return self.reply_error(caller, &ErrorInfo::InvalidRequest { reason: &reason });
         };
+        let on_conn = self.watches.watchers.range((caller.conn, 0)..=(caller.conn, u64::MAX));
+        if on_conn.count() >= WATCHERS_PER_CONNECTION_MAX
+            || self.watches.len() >= WATCHERS_PER_SHARD_MAX
+        {
+            // Over a limit for now (watches end all the time): the client tries again.
+            let error = ErrorInfo::Busy { retry_after_ms: crate::constants::BUSY_RETRY_AFTER_MS };
+            return self.reply_error(caller, &error);
+        }
         if let Some(reason) = self.watch_refusal(caller, spec) {
             return self.reply_error(caller, &ErrorInfo::InvalidRequest { reason: &reason });
         }
         let applied = self.sm.applied_index();
-        let start = if spec.start_index == 0 { applied + 1 } else { spec.start_index };
+        // From now: after what is applied — or, while a restarted replica applies its log
+        // again, from the oldest change its history still holds.
+        let start = if spec.start_index == 0 {
+            (applied + 1).max(self.history.first())
+        } else {
+            spec.start_index
+        };
         let catching_up = start <= self.history.through();
         let watcher = Watcher {
             scope,
@@ -306,20 +330,10 @@ impl ShardCore {
         Some(watcher.next)
     }
 
-    /// Why a watch request cannot start, if it cannot: over a limit, an id in use, a start
-    /// past the log.
+    /// Why a watch request cannot start, if it cannot: an id in use, a start past the log
+    /// (a cursor no watch handed out; or, for an election timeout at most, this replica still
+    /// believing it leads without a log as long as the leader's).
     fn watch_refusal(&self, caller: Caller, spec: &WatchSpec<'_>) -> Option<String> {
-        let on_conn = self.watches.watchers.range((caller.conn, 0)..=(caller.conn, u64::MAX));
-        if on_conn.count() >= WATCHERS_PER_CONNECTION_MAX {
-            return Some(format!(
-                "watch refused: at most {WATCHERS_PER_CONNECTION_MAX} watches on one connection"
-            ));
-        }
-        if self.watches.len() >= WATCHERS_PER_SHARD_MAX {
-            return Some(format!(
-                "watch refused: at most {WATCHERS_PER_SHARD_MAX} watches on one shard"
-            ));
-        }
         if self.watches.watchers.contains_key(&(caller.conn, caller.id)) {
             return Some(format!("request id {} names a running watch already", caller.id));
         }
@@ -334,8 +348,10 @@ impl ShardCore {
 
     /// A cancel request: ends the watch request `watch_id` of the same connection started.
     pub(super) fn cancel_watch_request(&mut self, caller: Caller, watch_id: u64) {
-        self.leave_live((caller.conn, watch_id));
-        self.watches.waiting.remove(&(caller.conn, watch_id));
+        let key = (caller.conn, watch_id);
+        self.leave_live(key);
+        self.watches.waiting.remove(&key);
+        self.watches.reads.retain(|_, reader| *reader != key);
         let found = self.watches.watchers.remove(&(caller.conn, watch_id));
         if let Some(watcher) = &found {
             self.end_watch(caller.conn, watch_id, watcher, WatchEndReason::Cancelled, 0);
@@ -384,17 +400,22 @@ impl ShardCore {
             }
             group.next = index + 1;
         }
-        let mut caught = 0;
+        let mut caught = Vec::new();
         for group_key in switched {
             let Some(group) = self.watches.live.remove(&group_key) else { continue };
             for id in group.ids {
                 if let Some(watcher) = self.watches.watchers.get_mut(&(group_key.0, id)) {
                     watcher.next = group.next;
                     watcher.mode = Mode::CatchingUp { reading: false, cont: None };
-                    caught += 1;
+                    caught.push((group_key.0, id));
                 }
             }
         }
+        // Each waits for its connection to drain (pumping asks for the notice).
+        for &key in &caught {
+            self.pump(key);
+        }
+        let caught = caught.len() as u64;
         self.metrics.watch_events.fetch_add(sent, Relaxed);
         self.metrics.watch_catch_ups.fetch_add(caught, Relaxed);
         if !self.watches.waiting.is_empty() {
@@ -491,9 +512,11 @@ impl ShardCore {
     ) {
         let Some(key) = self.watches.reads.remove(&job.id) else { return };
         let Some(watcher) = self.watches.watchers.get_mut(&key) else { return };
-        let Mode::CatchingUp { cont, .. } = watcher.mode else { return };
+        let Mode::CatchingUp { reading: true, cont } = watcher.mode else { return };
         let parsed = match data {
             Ok(bytes) => self.history.parse(&job.read, &bytes, watcher.next),
+            // The segment was retired while the read was out (its file renamed away).
+            Err(_) if !self.history.holds_segment(job.read.seq) => Ok(ReadBack::Gone),
             Err(error) => Err(error.to_string()),
         };
         watcher.mode = Mode::CatchingUp { reading: false, cont: None };
@@ -553,6 +576,13 @@ impl ShardCore {
         self.history.set_cache_limit(cache_bytes);
     }
 
+    /// Sets how many watch bytes a connection may have queued before its watchers catch up
+    /// instead (the simulator sets a small budget, to exercise that path under faults).
+    #[doc(hidden)]
+    pub fn set_watch_queue_limit_for_tests(&mut self, bytes: usize) {
+        self.watches.backlog.limit = bytes.max(1);
+    }
+
     /// Has the core keep every history entry it records for
     /// [`ShardCore::take_history_for_tests`] (the simulator's ground truth).
     #[doc(hidden)]
@@ -586,19 +616,22 @@ impl ShardCore {
         let (encoder, out) = (&mut self.encoder, &mut self.out);
         let mut catching_up = 0;
         for (&(conn, id), watcher) in watchers.iter_mut() {
-            if watcher.mode != Mode::Live {
+            // A catching-up watcher hears how far it has got too, so its client can tell a
+            // long catch-up (or a wait for its turn) from a node gone quiet.
+            let (next, last) = if watcher.mode == Mode::Live {
+                let Some(group) = live.get(&(conn, watcher.scope.clone(), watcher.prev)) else {
+                    continue;
+                };
+                (group.next, watcher.last_sent_us.max(group.last_sent_us))
+            } else {
                 catching_up += 1;
-                continue;
-            }
-            let Some(group) = live.get(&(conn, watcher.scope.clone(), watcher.prev)) else {
-                continue;
+                (watcher.next, watcher.last_sent_us)
             };
-            let last = watcher.last_sent_us.max(group.last_sent_us);
             if watcher.progress_us > 0
                 && now.saturating_sub(last) >= watcher.progress_us
                 && !backlog.over(conn)
             {
-                let frame = encoder.watch_progress(id, shard, group.next - 1);
+                let frame = encoder.watch_progress(id, shard, next - 1);
                 backlog.stream(out, conn, frame);
                 watcher.last_sent_us = now;
             }
@@ -640,6 +673,7 @@ impl ShardCore {
         self.watches.watchers.retain(|&(c, _), _| c != conn);
         self.watches.live.retain(|(c, _, _), _| *c != conn);
         self.watches.waiting.retain(|&(c, _)| c != conn);
+        self.watches.reads.retain(|_, &mut (c, _)| c != conn);
         if let Some((unsent, _)) = self.watches.backlog.conns.remove(&conn) {
             self.watches.backlog.total -= unsent;
         }

@@ -215,6 +215,8 @@ async fn load_newest_snapshot(
     cluster: &str,
     shard: u32,
 ) -> anyhow::Result<Option<Archive>> {
+    snapshot::remove_temp_files(dir)
+        .with_context(|| format!("removing unfinished snapshots in {}", dir.display()))?;
     let files =
         snapshot::list(dir).with_context(|| format!("listing snapshots in {}", dir.display()))?;
     for (_, _, path) in files {

@@ -552,13 +552,15 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
 }
 
-/// Data directory size in bytes.
+/// Bytes of disk a directory takes (allocated blocks).
 pub fn dir_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(path) {
         for entry in entries.flatten() {
             let meta = entry.metadata().expect("metadata");
-            total += if meta.is_dir() { dir_bytes(&entry.path()) } else { meta.len() };
+            // Blocks the file takes, not its length: watch history segments are sparse.
+            total += if meta.is_dir() { dir_bytes(&entry.path()) } else { meta.blocks() * 512 };
         }
     }
     total

@@ -136,6 +136,10 @@ struct Options {
     history_cache_bytes: usize,
     /// Watchers: (the one key watched, or every key; with values before).
     watchers: Vec<(Option<usize>, bool)>,
+    /// Slow watchers: each connection may queue this many watch bytes, and the simulated
+    /// clients read them only after a while (their nodes hear of the drain late), so watchers
+    /// stop getting live events and catch up from the history often.
+    slow_watchers: Option<usize>,
 }
 
 enum Event {

@@ -58,6 +58,7 @@ impl Options {
             history_retention: KEEP_HISTORY,
             history_cache_bytes: corekv_storage::constants::HISTORY_CACHE_BYTES_MAX,
             watchers: Vec::new(),
+            slow_watchers: None,
         }
     }
 
@@ -91,6 +92,9 @@ impl Options {
                     (key, watch_rng.chance(0.5))
                 })
                 .collect();
+            if watch_rng.chance(0.4) {
+                opts.slow_watchers = Some(watch_rng.range(200, 2_000) as usize);
+            }
         }
         let mut member_rng = Rng(seed ^ 0x4d45_4d42_4d45_4d42);
         if member_rng.chance(0.5) {
@@ -110,7 +114,8 @@ impl Options {
             "nodes={} shards={} clients={} keys/shard={} delay={}..{}us loss={} dup={} \
              disk={}..{}us crashes={} torn={} partitions={} asymmetric={} snapshot_every={} \
              faults={}ms nemesis_every~{}ms tick_skew={}% wipes={} entry_cache={}B spares={} \
-             operator_every~{}ms history_cache={}B history_max={}B watchers={:?}",
+             operator_every~{}ms history_cache={}B history_max={}B watchers={:?} \
+             slow_watchers={:?}",
             self.nodes,
             self.shards,
             self.clients,
@@ -136,6 +141,7 @@ impl Options {
             self.history_cache_bytes,
             self.history_retention.max_bytes,
             self.watchers,
+            self.slow_watchers,
         )
     }
 }

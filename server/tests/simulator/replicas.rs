@@ -53,6 +53,9 @@ impl Sim {
                 core.inject_bug_for_tests(bug);
             }
             core.record_history_for_tests();
+            if let Some(bytes) = self.opts.slow_watchers {
+                core.set_watch_queue_limit_for_tests(bytes);
+            }
             core.start(self.now);
             replica.applied_seen = core.state_machine().applied_index();
             replica.drawn_for = (u64::MAX, StateRole::Follower);
@@ -164,7 +167,15 @@ impl Sim {
             self.schedule(latency, Event::HistoryRead { node, shard, incarnation, job });
         }
         for conn in std::mem::take(&mut out.drain_notify) {
-            self.schedule(10, Event::Drained { node, shard, incarnation, conn });
+            let watcher = self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| c.client >= watchers::WATCHER_BASE && c.client != OPERATOR);
+            let delay = match self.opts.slow_watchers {
+                Some(_) if watcher => self.rng.range(1_000, 200_000),
+                _ => 10,
+            };
+            self.schedule(delay, Event::Drained { node, shard, incarnation, conn });
         }
         if let Some(job) = snapshot_job {
             let archive = Archive::build(

@@ -246,7 +246,10 @@ impl Scan {
                     ));
                 }
                 self.through = index;
-                if self.marks.is_empty() || self.bytes_since_mark >= HISTORY_MARK_BYTES {
+                if self.marks.is_empty()
+                    || self.bytes_since_mark >= HISTORY_MARK_BYTES
+                    || self.marks.back().is_some_and(|(_, at)| at.seq != seq)
+                {
                     self.marks.push_back((index, Lsn { seq, offset }));
                     self.bytes_since_mark = 0;
                 }
@@ -518,6 +521,10 @@ impl HistoryLog {
         reach: u64,
     ) -> Result<(Lsn, Lsn), AppendRefused> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
+        // A record must fit a new segment after its `THROUGH` marker.
+        if len + record_size(records::encode_index(0).len()) > self.wal.record_payload_max() {
+            return Err(AppendRefused::TooLarge { size: len });
+        }
         if self.wal.would_roll_over(len) {
             self.wal.roll_over();
             let seq = self.wal.active_seq();
@@ -620,7 +627,10 @@ impl HistoryLog {
 
     /// When the next flush job is due (µs, the caller's clock), if something waits.
     pub fn flush_due_us(&self) -> Option<u64> {
-        if self.want_durable > self.durable_through && self.failed.is_none() {
+        if self.failed.is_some() {
+            return None;
+        }
+        if self.want_durable > self.durable_through {
             return Some(0);
         }
         self.unflushed_since_us.map(|since| since + HISTORY_FLUSH_DELAY_US)
@@ -742,15 +752,23 @@ impl HistoryLog {
         self.cache_from
     }
 
+    /// Where to start reading for the records from `from` on: the last mark at or before
+    /// it, else the oldest segment's start (never a mark after it: the records between
+    /// would be skipped).
     fn mark_for(&self, from: u64) -> Lsn {
         let after = self.marks.partition_point(|(index, _)| *index <= from);
-        match after.checked_sub(1).and_then(|i| self.marks.get(i)).or(self.marks.front()) {
+        match after.checked_sub(1).and_then(|i| self.marks.get(i)) {
             Some(&(_, at)) => at,
             None => {
                 let seq = self.segments.keys().next().copied().unwrap_or(1);
                 Lsn { seq, offset: SEGMENT_HEADER_BYTES }
             }
         }
+    }
+
+    /// Whether segment `seq` is part of the history.
+    pub fn holds_segment(&self, seq: u64) -> bool {
+        self.segments.contains_key(&seq)
     }
 
     /// How far segment `seq` can be read: its records that are durable.
@@ -811,6 +829,10 @@ impl HistoryLog {
     /// Segment `seq` did not read back: the history gives up everything up to and including
     /// it. Returns the segments to retire.
     pub fn cut_through(&mut self, seq: u64) -> Vec<u64> {
+        if !self.segments.contains_key(&seq) {
+            // Retired meanwhile: nothing to give up.
+            return Vec::new();
+        }
         let mut retired = Vec::new();
         while let Some((&s, &segment)) = self.segments.iter().next() {
             if s > seq || s == self.wal.active_seq() {

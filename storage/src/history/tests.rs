@@ -193,6 +193,27 @@ fn retention_keeps_the_minimums_and_never_passes_the_maximum() {
     assert_eq!(read_all(&log, &disk, first).unwrap(), (first..=200).collect::<Vec<_>>());
     let reopened = open(&disk, 0, retention).log;
     assert_eq!(reopened.first(), first, "the next segment's marker says where it starts");
+    assert_eq!(
+        read_all(&reopened, &disk, first).unwrap(),
+        (first..=200).collect::<Vec<_>>(),
+        "read back from the oldest segment's start after a reopen"
+    );
+
+    // Retired after a reopen too: the read starts at the oldest segment left, not at a mark
+    // further on (recovery marks every segment's first record).
+    let disk2 = MemSegments::new("h2", SEGMENT);
+    let mut log2 = open(&disk2, 0, retention).log;
+    for index in 1..=200u64 {
+        log2.record(index, index * 10, put("k", index, 2000), index);
+        flush(&mut log2, &disk2, index);
+    }
+    let mut log2 = open(&disk2, 0, retention).log;
+    for seq in log2.retire(100_000) {
+        disk2.remove(seq);
+    }
+    let first2 = log2.first();
+    assert!(first2 > 1);
+    assert_eq!(read_all(&log2, &disk2, first2).unwrap(), (first2..=200).collect::<Vec<_>>());
 
     let mut log = reopened;
     log.retention.max_bytes = SEGMENT;

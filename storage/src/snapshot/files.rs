@@ -86,7 +86,8 @@ pub fn parse_file_name(name: &str) -> Option<(u64, u64)> {
     Some((index.parse().ok()?, term.parse().ok()?))
 }
 
-/// Snapshot files in `dir`, newest (highest index) first. Temporary files are removed.
+/// Snapshot files in `dir`, newest (highest index) first. Files being written (`*.tmp`)
+/// are left alone: a snapshot job or an incoming transfer may be writing one right now.
 pub fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
     std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
     let mut found = Vec::new();
@@ -94,9 +95,7 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
         let entry = entry.map_err(|e| StorageError::io("read directory", dir, e))?;
         let path = entry.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        if name.ends_with(".tmp") {
-            std::fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
-        } else if let Some((index, term)) = parse_file_name(name) {
+        if let Some((index, term)) = parse_file_name(name) {
             found.push((index, term, path));
         }
     }
@@ -104,11 +103,40 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
     Ok(found)
 }
 
+/// Removes the temporary files (`*.tmp`) a previous run left in `dir`: snapshots it was
+/// writing or receiving when it stopped. Only at startup, before anything writes one.
+pub fn remove_temp_files(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+    for entry in std::fs::read_dir(dir).map_err(|e| StorageError::io("read directory", dir, e))? {
+        let entry = entry.map_err(|e| StorageError::io("read directory", dir, e))?;
+        let path = entry.path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".tmp")) {
+            std::fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes every snapshot file in `dir` but the newest `keep`, each a slice at a time
-/// ([`crate::pacing::remove_file_paced`]). Blocking.
+/// ([`crate::pacing::remove_file_paced`]), and the temporary files of snapshots older than
+/// the newest (a transfer that was cut off): a temporary file of a newer one may be being
+/// written right now. Blocking.
 pub fn prune(dir: &Path, keep: usize) -> Result<()> {
-    for (_, _, path) in list(dir)?.into_iter().skip(keep) {
+    let files = list(dir)?;
+    let newest = files.first().map(|(index, _, _)| *index);
+    for (_, _, path) in files.into_iter().skip(keep) {
         crate::pacing::remove_file_paced(&path)?;
+    }
+    let Some(newest) = newest else { return Ok(()) };
+    for entry in std::fs::read_dir(dir).map_err(|e| StorageError::io("read directory", dir, e))? {
+        let entry = entry.map_err(|e| StorageError::io("read directory", dir, e))?;
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(stem) = name.strip_suffix(".tmp") else { continue };
+        let stem = stem.strip_suffix(".incoming").unwrap_or(stem);
+        if parse_file_name(stem).is_some_and(|(index, _)| index < newest) {
+            crate::pacing::remove_file_paced(&path)?;
+        }
     }
     Ok(())
 }

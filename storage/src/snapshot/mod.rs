@@ -48,7 +48,7 @@ use corekv_types::meta::KeyMeta;
 
 mod files;
 
-pub use files::{file_name, list, parse_file_name, prune};
+pub use files::{file_name, list, parse_file_name, prune, remove_temp_files};
 use files::{read_header, write_header};
 
 /// First bytes of every snapshot file.
@@ -677,5 +677,38 @@ mod tests {
     fn names() {
         assert_eq!(parse_file_name(&file_name(42, 7)), Some((42, 7)));
         assert_eq!(parse_file_name("42-7.snap"), None);
+    }
+
+    // Shows: pruning keeps the newest snapshots and the file of a snapshot being written (a
+    // newer one: the next local snapshot or an incoming transfer) and removes older ones and
+    // the partial file of a transfer older than the newest snapshot; at startup every
+    // temporary file goes.
+    #[test]
+    fn pruning_leaves_a_snapshot_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |name: &str| std::fs::write(dir.path().join(name), b"x").unwrap();
+        for index in [10, 20, 30] {
+            touch(&file_name(index, 2));
+        }
+        touch(&format!("{}.tmp", file_name(40, 2)));
+        touch(&format!("{}.incoming.tmp", file_name(50, 3)));
+        touch(&format!("{}.incoming.tmp", file_name(25, 2)));
+        prune(dir.path(), 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let expected = [
+            file_name(20, 2),
+            file_name(30, 2),
+            format!("{}.tmp", file_name(40, 2)),
+            format!("{}.incoming.tmp", file_name(50, 3)),
+        ];
+        assert_eq!(left, expected);
+        let listed: Vec<u64> = list(dir.path()).unwrap().iter().map(|f| f.0).collect();
+        assert_eq!(listed, [30, 20]);
+        remove_temp_files(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }
