@@ -1,11 +1,12 @@
-//! Watches ([`crate::watch`] has the types): one task per shard the scope covers, each on the
-//! client's watch connection to the shard's leader (`watch_mux`), feeding one bounded channel
-//! the [`Watch`] stream reads. A task that loses its leader — told `NotLeader` or `ShuttingDown`, the
-//! connection lost, nothing heard for three progress intervals — watches again, at the
-//! leader it was told of or the next member, from the index after the last message it
-//! passed on, so the stream misses and repeats nothing. A slow consumer fills the channel,
-//! then the task stops reading, then TCP pushes back, and the server catches the watcher up
-//! from its history once it reads again.
+//! Watches ([`crate::watch`] has the types): one task per shard the scope covers, each
+//! running its watch on the client's watch connection to the shard's leader (`watch_mux`),
+//! whose reader puts the events straight into the one bounded channel the [`Watch`] stream
+//! reads. A task that loses its leader — told `NotLeader` or `ShuttingDown`, the connection
+//! lost, nothing heard for three progress intervals — watches again, at the leader it was
+//! told of or the next member, from the index after the last message passed on, so the
+//! stream misses and repeats nothing. A slow consumer fills the channel, then the
+//! connection's reader stops reading, then TCP pushes back, and the server catches the
+//! watcher up from its history once it reads again.
 //!
 //! [`Client::list_and_watch`] lists a prefix consistently without a snapshot read: it pages
 //! through each shard, noting the index each page was read at, then watches the shard from
@@ -23,14 +24,14 @@ use corekv_types::ids::{NodeId, ShardId};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::watch_mux::{Delivery, Lease, Refusal};
+use super::watch_mux::{Delivery, Lease, Refusal, Route};
 use super::wire_map::{key_value, protocol};
 use super::Client;
 use crate::connection::OpenError;
 use crate::error::{Error, Result};
 use crate::retry::Retry;
 use crate::types::{Consistency, KeyValue};
-use crate::watch::{Cursor, Listing, Watch, WatchEvent, WatchMessage, WatchScope, WatchSpec};
+use crate::watch::{Cursor, Listing, Watch, WatchMessage, WatchScope, WatchSpec};
 
 /// Messages buffered between the shards' tasks and the stream's reader.
 const WATCH_CHANNEL_MESSAGES: usize = 256;
@@ -340,59 +341,56 @@ impl ShardWatch {
             }
         };
         let progress = self.spec.progress.unwrap_or(DEFAULT_PROGRESS);
-        let Some((id, mut deliveries)) = mux.start(|id| self.request(id, progress)).await else {
+        // The connection's reader puts this attempt's events and progress straight into the
+        // stream; only the end comes here.
+        let route = Route::new(self.sender.clone(), self.spec.progress.is_some(), self.next());
+        let started = mux.start(|id| self.request(id, progress), route.clone()).await;
+        let Some((id, mut ends)) = started else {
+            self.resume_from(route.finish());
             return Ended::Again { leader: None };
         };
         let running = Running { mux: &mux, id };
         let silence = progress * SILENT_INTERVALS + Duration::from_secs(1);
-        loop {
-            let delivery = match tokio::time::timeout(silence, deliveries.recv()).await {
-                Ok(Some(delivery)) => delivery,
-                // The connection closed.
-                Ok(None) => return Ended::Again { leader: None },
+        let end = loop {
+            match tokio::time::timeout(silence, ends.recv()).await {
+                Ok(end) => break end,
                 Err(_) if mux.silent_for(silence) => {
                     // The node went silent: its connection goes, for every watch on it.
                     mux.abort();
-                    return Ended::Again { leader: None };
+                    break None;
                 }
-                // Quiet for this watch, not for its connection (or the reader waits on
-                // another watch's full queue): keep waiting.
+                // Quiet, but not the connection (or its reader waits on a full stream).
                 Err(_) => continue,
-            };
-            let ended = match delivery {
-                Delivery::Events { index, changes } => {
-                    let event = WatchEvent { shard: self.shard, index, changes };
-                    self.pass_on(WatchMessage::Event(event)).await
-                }
-                Delivery::Progress(index) => {
-                    self.next = Some(self.next.unwrap_or(0).max(index + 1));
-                    match self.spec.progress {
-                        Some(_) => {
-                            self.pass_on(WatchMessage::Progress { shard: self.shard, index }).await
-                        }
-                        None => None,
-                    }
-                }
-                Delivery::Ended { reason, next, first_available, leader } => {
-                    std::mem::forget(running);
-                    return self.ended(reason, next, first_available, leader);
-                }
-                Delivery::Refused(refusal) => {
-                    std::mem::forget(running);
-                    return self.refused(refusal);
-                }
-            };
-            if let Some(ended) = ended {
-                return ended;
             }
+        };
+        // Nothing more goes into the stream from this attempt; the next starts after it.
+        self.resume_from(route.finish());
+        match end {
+            Some(Delivery::Ended { reason, next, first_available, leader }) => {
+                std::mem::forget(running);
+                self.ended(reason, next, first_available, leader)
+            }
+            Some(Delivery::Refused(refusal)) => {
+                std::mem::forget(running);
+                self.refused(refusal)
+            }
+            // The stream was dropped.
+            _ if route.is_dropped() => Ended::Dropped,
+            // The connection closed (or went silent).
+            _ => Ended::Again { leader: None },
         }
     }
 
-    /// Hands a message to the stream; `Some` when the stream was dropped.
-    async fn pass_on(&mut self, message: WatchMessage) -> Option<Ended> {
-        let (_, index) = message.position();
-        self.next = Some(self.next.unwrap_or(0).max(index + 1));
-        self.sender.send(Ok(message)).await.err().map(|_| Ended::Dropped)
+    /// Where the next attempt starts (0: from now).
+    fn next(&self) -> u64 {
+        self.next.unwrap_or(0)
+    }
+
+    /// The next attempt starts at `next` (0: from now, nothing passed on yet) or later.
+    fn resume_from(&mut self, next: u64) {
+        if next > 0 {
+            self.next = Some(self.next().max(next));
+        }
     }
 
     fn request(&self, id: u64, progress: Duration) -> Vec<u8> {

@@ -2,12 +2,14 @@
 //! takes on one, [`WATCHES_PER_CONNECTION_MAX`]), carrying every watch the client runs there, apart from the connections calls use (a watch's stream never waits behind
 //! calls, nor calls behind it).
 //!
-//! The reader decodes each frame once and hands it to every watch it is for (a node sends
-//! the watches of one connection that follow the same keys one frame for all). Each watch
-//! has a bounded queue; when one is full the reader waits, so a watch whose stream is not
-//! read holds up the others on its connection, then TCP pushes back on the node, which
-//! catches them all up from its history once they read again. A watch that must not wait
-//! for another belongs to a client of its own.
+//! The reader decodes each frame once and puts it straight into the stream of every watch it
+//! is for (a node sends the watches of one connection that follow the same keys one frame for
+//! all), noting under the watch's lock the index after it, where the watch's shard task
+//! resumes when the attempt ends; only a watch's end goes through that task. When a stream's
+//! queue is full the reader waits, so a watch whose stream is not read holds up the others on
+//! its connection, then TCP pushes back on the node, which catches them all up from its
+//! history once they read again. A watch that must not wait for another belongs to a client
+//! of its own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,11 +30,11 @@ use tokio::task::AbortHandle;
 
 use super::Client;
 use crate::connection::{hello, OpenError};
-use crate::error::Error;
+use crate::error::{Error, Result as ClientResult};
 use crate::types::KeyValue;
-use crate::watch::{Change, ChangeKind, PrevValue};
+use crate::watch::{Change, ChangeKind, PrevValue, WatchEvent, WatchMessage};
 
-/// What the reader hands a watch.
+/// What a frame says to a watch.
 #[derive(Debug, Clone)]
 pub(super) enum Delivery {
     /// The changes of the entry at `index`.
@@ -56,16 +58,94 @@ pub(super) enum Refusal {
     Later,
 }
 
-/// Messages queued for one watch before the reader waits.
-const ROUTE_QUEUE: usize = 256;
-
 /// Frames queued for the writer.
 const WRITE_QUEUE_FRAMES: usize = 1024;
 
 /// Read buffer chunk.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
-type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Delivery>>>>;
+/// Where the reader puts one watch attempt's messages: its stream, and how far it got.
+pub(super) struct Route {
+    sink: mpsc::Sender<ClientResult<WatchMessage>>,
+    /// Whether progress messages go into the stream (the caller asked for them); they move
+    /// the watch's place on either way.
+    progress: bool,
+    place: Mutex<Place>,
+}
+
+/// A watch attempt's place: the index after the last message passed on (0: from now, none
+/// yet), and whether the attempt is over (nothing more is passed on).
+struct Place {
+    next: u64,
+    over: bool,
+}
+
+impl Route {
+    /// A route into `sink` for an attempt starting at `next` (0: from now).
+    pub(super) fn new(
+        sink: mpsc::Sender<ClientResult<WatchMessage>>,
+        progress: bool,
+        next: u64,
+    ) -> Arc<Route> {
+        Arc::new(Route { sink, progress, place: Mutex::new(Place { next, over: false }) })
+    }
+
+    /// Ends the attempt: nothing more goes into the stream through this route. Returns the
+    /// index after the last message passed on (0: none, from now).
+    pub(super) fn finish(&self) -> u64 {
+        let mut place = self.place.lock().unwrap_or_else(|p| p.into_inner());
+        place.over = true;
+        place.next
+    }
+
+    /// Whether the stream was dropped.
+    pub(super) fn is_dropped(&self) -> bool {
+        self.sink.is_closed()
+    }
+
+    /// Passes `message` on (if any) and moves the place to `next`, unless the attempt is
+    /// over or the stream dropped; waits while the stream's queue is full.
+    async fn pass_on(&self, message: Option<WatchMessage>, next: u64, blocked: &AtomicBool) {
+        let permit = match message {
+            None => None,
+            Some(message) => {
+                let permit = match self.sink.try_reserve() {
+                    Ok(permit) => permit,
+                    Err(mpsc::error::TrySendError::Full(())) => {
+                        blocked.store(true, Ordering::Relaxed);
+                        let reserved = self.sink.reserve().await;
+                        blocked.store(false, Ordering::Relaxed);
+                        match reserved {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => return,
+                };
+                Some((permit, message))
+            }
+        };
+        // The message and the place move together: an attempt that ends sees either both or
+        // neither, so the next one neither repeats nor skips it.
+        let mut place = self.place.lock().unwrap_or_else(|p| p.into_inner());
+        if place.over {
+            return;
+        }
+        if let Some((permit, message)) = permit {
+            permit.send(Ok(message));
+        }
+        place.next = place.next.max(next);
+    }
+}
+
+/// A watch's route and the channel its end goes to (dropped when the connection closes,
+/// which the watch's task hears as the end).
+struct Routed {
+    route: Arc<Route>,
+    end: mpsc::Sender<Delivery>,
+}
+
+type Routes = Arc<Mutex<HashMap<u64, Routed>>>;
 
 /// A client's watch connections to one node and shard.
 pub(super) type Muxes = Vec<Arc<WatchMux>>;
@@ -90,7 +170,7 @@ impl WatchMux {
     async fn open(
         addr: &str,
         cluster: &str,
-        shards: u32,
+        (shards, shard): (u32, ShardId),
         timeout: Duration,
     ) -> Result<Arc<WatchMux>, OpenError> {
         let connect = tokio::time::timeout(timeout, TcpStream::connect(addr));
@@ -110,7 +190,7 @@ impl WatchMux {
         let closed = Arc::new(AtomicBool::new(false));
         let (heard_us, blocked) = (Arc::new(AtomicU64::new(now_us())), Arc::default());
         let activity = Activity { heard_us: Arc::clone(&heard_us), blocked: Arc::clone(&blocked) };
-        let reader = tokio::spawn(read_loop(read, routes.clone(), closed.clone(), activity));
+        let reader = tokio::spawn(read_loop(read, shard, routes.clone(), closed.clone(), activity));
         let writer = tokio::spawn(write_loop(write, queue, routes.clone(), closed.clone()));
         Ok(Arc::new(WatchMux {
             placed: AtomicUsize::new(0),
@@ -124,16 +204,17 @@ impl WatchMux {
         }))
     }
 
-    /// Starts a watch: `request` makes its frame for a fresh id. Returns the id and the
-    /// watch's queue (which ends when the connection does), or `None` when the connection is
-    /// closed.
+    /// Starts a watch whose messages go through `route`: `request` makes its frame for a
+    /// fresh id. Returns the id and where its end comes (`Ended` or `Refused`; closed when the
+    /// connection is), or `None` when the connection is closed.
     pub(super) async fn start(
         &self,
         request: impl FnOnce(u64) -> Vec<u8>,
+        route: Arc<Route>,
     ) -> Option<(u64, mpsc::Receiver<Delivery>)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = mpsc::channel(ROUTE_QUEUE);
-        self.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(id, sender);
+        let (end, receiver) = mpsc::channel(1);
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Routed { route, end });
         if self.closed.load(Ordering::Acquire) || self.frames.send(request(id)).await.is_err() {
             self.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             return None;
@@ -222,7 +303,7 @@ impl Client {
             .ok_or_else(|| OpenError::Unreachable(format!("no address known for node {node}")))?;
         let config = &self.inner.config;
         let (cluster, shards) = (&config.registry.cluster, config.registry.shards);
-        let mux = WatchMux::open(&addr, cluster, shards, config.connect_timeout).await?;
+        let mux = WatchMux::open(&addr, cluster, (shards, shard), config.connect_timeout).await?;
         let lease = mux.place().expect("a new connection has room");
         let mut muxes = self.inner.watch_muxes.lock().unwrap_or_else(|p| p.into_inner());
         muxes.entry(key).or_default().push(mux);
@@ -269,6 +350,7 @@ fn now_us() -> u64 {
 
 async fn read_loop(
     mut read: tokio::net::tcp::OwnedReadHalf,
+    shard: ShardId,
     routes: Routes,
     closed: Arc<AtomicBool>,
     activity: Activity,
@@ -288,37 +370,38 @@ async fn read_loop(
             };
             let Ok(reply) = VerifiedReply::new(frame) else { break 'read };
             let Some((ids, delivery)) = delivery(&reply) else { continue };
-            let last = matches!(delivery, Delivery::Ended { .. } | Delivery::Refused(_));
-            // One lock for the frame's watches (a frame may name a thousand), then each one's
-            // queue: at once when it has room, else waiting for it (the backpressure the
-            // module docs describe).
-            let targets: Vec<(u64, mpsc::Sender<Delivery>)> = {
-                let routes = routes.lock().unwrap_or_else(|p| p.into_inner());
-                ids.iter().filter_map(|id| routes.get(id).map(|r| (*id, r.clone()))).collect()
-            };
-            let mut gone = Vec::new();
-            for (id, route) in targets {
-                let sent = match route.try_send(delivery.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(d)) => {
-                        activity.blocked.store(true, Ordering::Relaxed);
-                        let sent = route.send(d).await.is_ok();
-                        activity.blocked.store(false, Ordering::Relaxed);
-                        activity.heard_us.store(now_us(), Ordering::Relaxed);
-                        sent
+            let (message, next) = match delivery {
+                Delivery::Events { index, changes } => {
+                    let event = WatchEvent { shard, index, changes };
+                    (WatchMessage::Event(event), index + 1)
+                }
+                Delivery::Progress(index) => (WatchMessage::Progress { shard, index }, index + 1),
+                end @ (Delivery::Ended { .. } | Delivery::Refused(_)) => {
+                    // The watch's task takes it from here; the route goes.
+                    let routed = routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&ids[0]);
+                    if let Some(routed) = routed {
+                        let _ = routed.end.try_send(end);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    continue;
+                }
+            };
+            // One lock for the frame's watches (a frame may name a thousand), then each one's
+            // stream: at once when it has room, else waiting for it (the backpressure the
+            // module docs describe).
+            let targets: Vec<Arc<Route>> = {
+                let routes = routes.lock().unwrap_or_else(|p| p.into_inner());
+                ids.iter().filter_map(|id| routes.get(id).map(|r| r.route.clone())).collect()
+            };
+            // A route whose attempt is over or whose stream was dropped takes nothing; its
+            // task forgets it (and cancels the watch on the node) as it ends.
+            for route in targets {
+                let wanted = match &message {
+                    WatchMessage::Progress { .. } if !route.progress => None,
+                    message => Some(message.clone()),
                 };
-                if !sent || last {
-                    gone.push(id);
-                }
+                route.pass_on(wanted, next, &activity.blocked).await;
             }
-            if !gone.is_empty() {
-                let mut routes = routes.lock().unwrap_or_else(|p| p.into_inner());
-                for id in gone {
-                    routes.remove(&id);
-                }
-            }
+            activity.heard_us.store(now_us(), Ordering::Relaxed);
         }
     }
     close(&routes, &closed);
