@@ -27,6 +27,9 @@ pub struct KeyValue {
     pub value: Vec<u8>,
     /// Its metadata.
     pub meta: KeyMeta,
+    /// For a key with a deadline: the time left until it, on the clock of the node that read
+    /// it (`None`: the key has none; always `None` in watch events).
+    pub ttl: Option<Duration>,
 }
 
 /// Options of a read.
@@ -56,12 +59,20 @@ impl ReadOptions {
 pub struct WriteOptions {
     /// Overall deadline of the call; the client's default when `None`.
     pub timeout: Option<Duration>,
+    /// For puts and batch puts: the keys expire this long after the shard's leader takes
+    /// the write (rounded up to whole milliseconds); `None`: never. Deletes ignore it.
+    pub ttl: Option<Duration>,
 }
 
 impl WriteOptions {
     /// Options with a deadline.
     pub fn with_timeout(timeout: Duration) -> Self {
-        WriteOptions { timeout: Some(timeout) }
+        WriteOptions { timeout: Some(timeout), ..Default::default() }
+    }
+
+    /// Options of a write whose keys expire `ttl` after the leader takes it.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        WriteOptions { ttl: Some(ttl), ..Default::default() }
     }
 }
 
@@ -289,6 +300,8 @@ pub enum TxnOp {
     Get(Vec<u8>),
     /// Write a key.
     Put(Vec<u8>, Vec<u8>),
+    /// Write a key that expires this long after the leader takes the transaction.
+    PutWithTtl(Vec<u8>, Vec<u8>, Duration),
     /// Delete a key.
     Delete(Vec<u8>),
 }
@@ -304,6 +317,11 @@ impl TxnOp {
         TxnOp::Put(key.as_ref().to_vec(), value.as_ref().to_vec())
     }
 
+    /// Write `value` under `key`, expiring `ttl` after the leader takes the transaction.
+    pub fn put_with_ttl(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, ttl: Duration) -> Self {
+        TxnOp::PutWithTtl(key.as_ref().to_vec(), value.as_ref().to_vec(), ttl)
+    }
+
     /// Delete `key`.
     pub fn delete(key: impl AsRef<[u8]>) -> Self {
         TxnOp::Delete(key.as_ref().to_vec())
@@ -312,7 +330,7 @@ impl TxnOp {
     /// The key the operation touches.
     pub fn key(&self) -> &[u8] {
         match self {
-            TxnOp::Get(k) | TxnOp::Put(k, _) | TxnOp::Delete(k) => k,
+            TxnOp::Get(k) | TxnOp::Put(k, _) | TxnOp::PutWithTtl(k, _, _) | TxnOp::Delete(k) => k,
         }
     }
 }

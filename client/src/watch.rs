@@ -189,6 +189,8 @@ pub struct Change {
     pub value: Option<KeyValue>,
     /// When asked for ([`WatchSpec::prev_value`]) and the key existed: what it held before.
     pub prev: Option<PrevValue>,
+    /// A delete because the key's deadline passed (its time to live ran out).
+    pub expired: bool,
 }
 
 /// A key's value and metadata before a change.

@@ -7,7 +7,10 @@
 /// their absence as "not serving". Version 3 added the membership requests (the members, a
 /// change, a leadership transfer) and the `NotMember` and `ChangeRefused` errors. Version 4
 /// added watches (the watch and cancel requests; the events, progress and end replies).
-pub const CLIENT_PROTOCOL_VERSION: u32 = 4;
+/// Version 5 added keys with a deadline (`ttl_ms` on puts, batch puts and transaction puts;
+/// the time left on read entries; expiries marked in watch changes): a node of version 4
+/// would skip the field and keep the key forever, so a client of version 5 refuses it.
+pub const CLIENT_PROTOCOL_VERSION: u32 = 5;
 
 /// The oldest client protocol a node still serves: everything a version-1 client asks means
 /// the same in version 2, and the fields it does not know it skips.
@@ -18,12 +21,15 @@ const _: () = assert!(CLIENT_PROTOCOL_OLDEST <= CLIENT_PROTOCOL_VERSION);
 /// Version of the peer protocol, sent in the peer `Hello`. Version 2: the log carries
 /// membership changes (raft configuration changes), which a node of version 1 would skip —
 /// it would go on counting votes among the registry's nodes — and the hello says where the
-/// dialer's peer listener is.
-pub const PEER_PROTOCOL_VERSION: u32 = 2;
+/// dialer's peer listener is. Version 3: entries may be stamped batches carrying deadlines
+/// and expiries, which a node of version 2 cannot decode (it would apply them as nothing).
+pub const PEER_PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest peer protocol a node talks to: everything of version 1 means the same in
 /// version 2, except that a version-1 node cannot apply membership changes; a leader
-/// refuses them while a member speaks it (upgrade every node first).
+/// refuses them while a member speaks it (upgrade every node first). A leader proposes
+/// stamped batches only while every member speaks version 3, and refuses writes with a
+/// deadline until then.
 pub const PEER_PROTOCOL_OLDEST: u32 = 1;
 
 const _: () = assert!(PEER_PROTOCOL_OLDEST <= PEER_PROTOCOL_VERSION);
@@ -46,6 +52,10 @@ pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// Most keys in one batch request or transaction (compares plus ops). Bounds the table count the
 /// verifier must walk and the work one request can ask of a shard.
 pub const BATCH_KEYS_MAX: usize = 10_000;
+
+/// Longest time to live a write may ask for: ten years, in ms. Past it a deadline is a
+/// mistake (a value in seconds sent as ms ages the key a thousandfold too slowly).
+pub const TTL_MS_MAX: u64 = 10 * 365 * 24 * 3600 * 1000;
 
 /// Watches one client connection may run at once (a node refuses more; a client with more
 /// watches on a node and shard opens another connection).

@@ -107,8 +107,8 @@ fn requests_round_trip() {
         value: None,
         number: 42,
     }];
-    let success = [TxnOpSpec { kind: TxnOpKind::Put, key: b"{t}a", value: Some(b"v") }];
-    let failure = [TxnOpSpec { kind: TxnOpKind::Get, key: b"{t}a", value: None }];
+    let success = [TxnOpSpec { kind: TxnOpKind::Put, key: b"{t}a", value: Some(b"v"), ttl_ms: 0 }];
+    let failure = [TxnOpSpec { kind: TxnOpKind::Get, key: b"{t}a", value: None, ttl_ms: 0 }];
     let f = e.txn(9, &compares, &success, &failure).to_vec();
     let r = verify_request(payload(&f)).unwrap();
     let txn = r.request_as_txn_request().unwrap();
@@ -131,7 +131,7 @@ fn requests_round_trip() {
 fn replies_round_trip() {
     let mut e = ReplyEncoder::new();
     let meta = KeyMeta::new(3, 7, 2);
-    let entry = EntryRef { key: b"k", value: Some(b"v"), meta };
+    let entry = EntryRef { key: b"k", value: Some(b"v"), meta, ttl_ms: 0 };
 
     let f = e.hello(1, 2, 1, 4).to_vec();
     let r = verify_reply(payload(&f)).unwrap();
@@ -174,7 +174,7 @@ fn replies_round_trip() {
     let flags: Vec<bool> = r.reply_as_batch_delete_reply().unwrap().deleted().iter().collect();
     assert_eq!(flags, vec![true, false]);
 
-    let keys_only = EntryRef { key: b"k2", value: None, meta };
+    let keys_only = EntryRef { key: b"k2", value: None, meta, ttl_ms: 0 };
     let f = e.scan(9, [entry, keys_only], Some(b"k2"), true, 4).to_vec();
     let r = verify_reply(payload(&f)).unwrap();
     let s = r.reply_as_scan_reply().unwrap();

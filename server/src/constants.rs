@@ -190,3 +190,11 @@ const _: () = assert!(WAL_SEGMENT_BYTES_MIN as usize >= 2 * ENTRY_BYTES_MAX);
 const _: () = assert!(SNAPSHOT_WINDOW_BYTES as usize + SNAPSHOT_CHUNK_BYTES < PEER_QUEUE_BYTES_MAX);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES + 64 * 1024 < FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_SPLIT_BYTES + ENTRY_BYTES_MAX + 1024 * 1024 <= FRAME_BYTES_MAX);
+
+/// Keys one expiry entry deletes at most: a million keys due at once go in a hundred entries,
+/// each applied in a few milliseconds, so writes interleave with them.
+pub const EXPIRY_KEYS_PER_ENTRY: usize = 10_000;
+
+/// Expiry entries a leader keeps proposed and not yet applied: with [`EXPIRY_KEYS_PER_ENTRY`],
+/// how far expiry runs ahead of applying (it stops there until they apply).
+pub const EXPIRY_ENTRIES_IN_FLIGHT: usize = 4;

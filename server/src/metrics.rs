@@ -23,7 +23,7 @@ type Read<T> = fn(&ShardMetrics) -> T;
 type HistogramOf = (fn(&ShardMetrics) -> &Histogram, f64);
 
 /// The counters of one series per shard: name, help, how to read it.
-const COUNTERS: [(&str, &str, Read<u64>); 27] = [
+const COUNTERS: [(&str, &str, Read<u64>); 29] = [
     ("corekv_proposals_total", "Raft entries proposed (each carries a batch of writes).", |m| {
         m.proposals.load(Relaxed)
     }),
@@ -109,6 +109,14 @@ const COUNTERS: [(&str, &str, Read<u64>); 27] = [
         m.conf_changes.load(Relaxed)
     }),
     (
+        "corekv_expiry_proposals_total",
+        "Expiry entries proposed by this replica as leader (keys past their deadline).",
+        |m| m.expiry_proposals.load(Relaxed),
+    ),
+    ("corekv_expired_keys_total", "Keys deleted because their deadline passed.", |m| {
+        m.expired_keys.load(Relaxed)
+    }),
+    (
         "corekv_wal_records_read_for_followers_total",
         "WAL records read back to send lagging followers entries older than the entry cache.",
         |m| m.cold_records_read.load(Relaxed),
@@ -116,7 +124,7 @@ const COUNTERS: [(&str, &str, Read<u64>); 27] = [
 ];
 
 /// The histograms of one series per shard.
-const HISTOGRAMS: [(&str, &str, HistogramOf); 3] = [
+const HISTOGRAMS: [(&str, &str, HistogramOf); 4] = [
     ("corekv_batch_ops", "Client writes per proposed raft entry.", (|m| &m.batch_ops, 1.0)),
     (
         "corekv_wal_flush_duration_seconds",
@@ -128,10 +136,18 @@ const HISTOGRAMS: [(&str, &str, HistogramOf); 3] = [
         "Time to build and write a snapshot.",
         (|m| &m.snapshot_duration_us, 1e6),
     ),
+    (
+        "corekv_expiry_lag_seconds",
+        "On the leader, from a key's deadline to its expiry applying.",
+        (|m| &m.expiry_lag_us, 1e6),
+    ),
 ];
 
 /// The gauges of one series per shard.
-const GAUGES: [(&str, &str, Read<i64>); 16] = [
+const GAUGES: [(&str, &str, Read<i64>); 17] = [
+    ("corekv_timed_keys", "Keys that have a deadline (time to live).", |m| {
+        m.timed_keys.load(Relaxed)
+    }),
     ("corekv_client_connections", "Open client connections.", |m| {
         m.client_connections.load(Relaxed)
     }),

@@ -161,8 +161,14 @@ impl Node {
 /// does (at once here).
 fn make_snapshot(node: &mut Node, job: SnapshotJob) {
     let frozen = &job.frozen;
-    let archive =
-        Archive::build(job.meta, &job.membership, frozen.base.as_deref(), &frozen.overlay).unwrap();
+    let archive = Archive::build(
+        job.meta,
+        &job.membership,
+        frozen.base.as_deref(),
+        &frozen.overlay,
+        frozen.clock_ms,
+    )
+    .unwrap();
     let archive = Arc::new(archive);
     node.snapshots_taken.push(archive.meta().index);
     node.newest_snapshot = Some(archive.clone());

@@ -279,12 +279,14 @@ fn watch_lines(path: &std::path::Path) -> Vec<WatchEvent> {
                 mod_index: index,
                 version: v["version"].as_u64().unwrap(),
             },
+            ttl: None,
         });
         let change = corekv_client::watch::Change {
             kind: if kind == "put" { ChangeKind::Put } else { ChangeKind::Delete },
             key,
             value,
             prev: None,
+            expired: v["expired"].as_bool().unwrap_or(false),
         };
         let shard = corekv_client::ShardId(v["shard"].as_u64().unwrap() as u32);
         match events.last_mut() {

@@ -3,25 +3,45 @@
 //! network pay their per-entry costs once per batch, not once per write.
 //!
 //! ```text
-//! batch:  version u8 (1) | op count u32 | op | op | ...
+//! batch:  version u8 (2) | stamp_ms u64 | op count u32 | op | op | ...
+//!         version u8 (1) | op count u32 | op | op | ...        (no stamp: older leaders)
 //! op:     kind u8 | body
 //!   PUT            key | value
 //!   DELETE         key
 //!   BATCH_PUT      n u32 | (key | value) * n
 //!   BATCH_DELETE   n u32 | key * n
 //!   TXN            compares u32 | compare * | success u32 | txn-op * | failure u32 | txn-op *
+//!   PUT_TTL        key | value | expires_ms u64                          (version 2 only)
+//!   BATCH_PUT_TTL  expires_ms u64 | n u32 | (key | value) * n            (version 2 only)
+//!   EXPIRE         term u64 | n u32 | (key | mod_index u64) * n          (version 2 only)
 //! compare: target u8 | op u8 | key | value | number u64
-//! txn-op:  kind u8 (0 get, 1 put, 2 delete) | key | value
+//! txn-op:  kind u8 (0 get, 1 put, 2 delete, 3 put with a deadline) | key | value
+//!          | [kind 3: expires_ms u64]
 //! key, value: length u32 | bytes
 //! ```
+//!
+//! The stamp is the proposing leader's wall clock (ms since the Unix epoch) when it proposed
+//! the batch; applying takes the largest stamp seen so far as the state machine's time, which
+//! decides, the same way on every replica, whether a key past its deadline still exists for
+//! the batch's writes, compares and reads. `expires_ms` is a deadline on that clock, fixed
+//! by the leader when it proposed the write. `EXPIRE` deletes keys past their deadline whose
+//! mod index is still the one named (a write since wins); it holds only when applied in the
+//! term it was proposed in (`term` equals its entry's), so a leader that lost its term
+//! expires nothing.
 //!
 //! All integers are little-endian. Decoding never trusts lengths: a malformed batch decodes to
 //! an error, which apply turns into the same failed result on every replica.
 
 pub use corekv_types::meta::CompareOp;
 
-/// Version byte at the start of every batch.
-pub const BATCH_VERSION: u8 = 1;
+/// Version byte of a batch without a stamp (and without deadlines).
+pub const BATCH_VERSION_PLAIN: u8 = 1;
+
+/// Version byte of a stamped batch.
+pub const BATCH_VERSION_STAMPED: u8 = 2;
+
+/// Bytes before a batch's first op: version, stamp, count.
+const HEADER_BYTES: usize = 1 + 8 + 4;
 
 /// Op kinds.
 mod kind {
@@ -30,6 +50,9 @@ mod kind {
     pub const BATCH_PUT: u8 = 3;
     pub const BATCH_DELETE: u8 = 4;
     pub const TXN: u8 = 5;
+    pub const PUT_TTL: u8 = 6;
+    pub const BATCH_PUT_TTL: u8 = 7;
+    pub const EXPIRE: u8 = 8;
 }
 
 /// What a transaction compare looks at (same numbering as the wire protocol).
@@ -56,6 +79,8 @@ pub enum TxnOpKind {
     Put = 1,
     /// Delete a key.
     Delete = 2,
+    /// Write a key that expires (`expires_ms`).
+    PutTtl = 3,
 }
 
 impl CompareTarget {
@@ -79,6 +104,7 @@ impl TxnOpKind {
             0 => Self::Get,
             1 => Self::Put,
             2 => Self::Delete,
+            3 => Self::PutTtl,
             _ => return None,
         })
     }
@@ -108,13 +134,18 @@ pub struct TxnOp<'a> {
     pub key: &'a [u8],
     /// The value, for a put.
     pub value: &'a [u8],
+    /// For [`TxnOpKind::PutTtl`]: the deadline (ms since the Unix epoch).
+    pub expires_ms: u64,
 }
 
 /// Builds the data of one batch entry.
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
+    /// A stamped batch's layout; [`BatchBuilder::take_plain`] removes the stamp.
     bytes: Vec<u8>,
     ops: u32,
+    /// Whether an op needs a stamped batch (a deadline, an expiry).
+    needs_stamp: bool,
 }
 
 impl Default for BatchBuilder {
@@ -131,10 +162,7 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 impl BatchBuilder {
     /// An empty batch.
     pub fn new() -> Self {
-        let mut bytes = Vec::with_capacity(4096);
-        bytes.push(BATCH_VERSION);
-        bytes.extend_from_slice(&0u32.to_le_bytes());
-        BatchBuilder { bytes, ops: 0 }
+        BatchBuilder { bytes: empty_batch(), ops: 0, needs_stamp: false }
     }
 
     /// Operations in the batch.
@@ -158,6 +186,52 @@ impl BatchBuilder {
         put_bytes(&mut self.bytes, key);
         put_bytes(&mut self.bytes, value);
         self.ops += 1;
+    }
+
+    /// Adds a put of a key that expires at `expires_ms` (ms since the Unix epoch).
+    pub fn put_ttl(&mut self, key: &[u8], value: &[u8], expires_ms: u64) {
+        self.bytes.push(kind::PUT_TTL);
+        put_bytes(&mut self.bytes, key);
+        put_bytes(&mut self.bytes, value);
+        self.bytes.extend_from_slice(&expires_ms.to_le_bytes());
+        self.ops += 1;
+        self.needs_stamp = true;
+    }
+
+    /// Adds an atomic multi-key put of keys that all expire at `expires_ms`.
+    pub fn batch_put_ttl<'a>(
+        &mut self,
+        items: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+        expires_ms: u64,
+    ) {
+        self.bytes.push(kind::BATCH_PUT_TTL);
+        self.bytes.extend_from_slice(&expires_ms.to_le_bytes());
+        self.bytes.extend_from_slice(&(items.len() as u32).to_le_bytes());
+        for (key, value) in items {
+            put_bytes(&mut self.bytes, key);
+            put_bytes(&mut self.bytes, value);
+        }
+        self.ops += 1;
+        self.needs_stamp = true;
+    }
+
+    /// Adds the expiry of `keys` (each with the mod index it had when found past its
+    /// deadline), proposed in `term`.
+    pub fn expire<'a>(&mut self, term: u64, keys: impl ExactSizeIterator<Item = (&'a [u8], u64)>) {
+        self.bytes.push(kind::EXPIRE);
+        self.bytes.extend_from_slice(&term.to_le_bytes());
+        self.bytes.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+        for (key, mod_index) in keys {
+            put_bytes(&mut self.bytes, key);
+            self.bytes.extend_from_slice(&mod_index.to_le_bytes());
+        }
+        self.ops += 1;
+        self.needs_stamp = true;
+    }
+
+    /// Whether an op needs a stamped batch ([`BatchBuilder::take_plain`] refuses it).
+    pub fn needs_stamp(&self) -> bool {
+        self.needs_stamp
     }
 
     /// Adds a delete.
@@ -210,21 +284,52 @@ impl BatchBuilder {
                 self.bytes.push(op.kind as u8);
                 put_bytes(&mut self.bytes, op.key);
                 put_bytes(&mut self.bytes, op.value);
+                if op.kind == TxnOpKind::PutTtl {
+                    self.bytes.extend_from_slice(&op.expires_ms.to_le_bytes());
+                    self.needs_stamp = true;
+                }
             }
         }
         self.ops += 1;
     }
 
-    /// Finishes the batch: returns its bytes and leaves the builder empty for the next one.
-    pub fn take(&mut self) -> Vec<u8> {
-        let ops = self.ops.to_le_bytes();
-        self.bytes[1..5].copy_from_slice(&ops);
-        let bytes = std::mem::replace(&mut self.bytes, Vec::with_capacity(4096));
-        self.bytes.push(BATCH_VERSION);
-        self.bytes.extend_from_slice(&0u32.to_le_bytes());
-        self.ops = 0;
-        bytes
+    /// Finishes the batch, stamped with `stamp_ms` (the proposer's wall clock, ms since the
+    /// Unix epoch): returns its bytes and leaves the builder empty for the next one.
+    pub fn take(&mut self, stamp_ms: u64) -> Vec<u8> {
+        self.bytes[0] = BATCH_VERSION_STAMPED;
+        self.bytes[1..9].copy_from_slice(&stamp_ms.to_le_bytes());
+        self.bytes[9..13].copy_from_slice(&self.ops.to_le_bytes());
+        self.reset()
     }
+
+    /// Finishes the batch without a stamp (version 1, which replicas of an older peer
+    /// protocol read), or `None` when an op needs a stamp; either way the builder is left
+    /// empty.
+    pub fn take_plain(&mut self) -> Option<Vec<u8>> {
+        let stamped = self.needs_stamp;
+        self.bytes[0] = BATCH_VERSION_PLAIN;
+        self.bytes[9..13].copy_from_slice(&self.ops.to_le_bytes());
+        let mut bytes = self.reset();
+        bytes.drain(1..9);
+        (!stamped).then_some(bytes)
+    }
+
+    /// Drops what the batch holds.
+    pub fn clear(&mut self) {
+        self.reset();
+    }
+
+    fn reset(&mut self) -> Vec<u8> {
+        self.ops = 0;
+        self.needs_stamp = false;
+        std::mem::replace(&mut self.bytes, empty_batch())
+    }
+}
+
+fn empty_batch() -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(4096);
+    bytes.resize(HEADER_BYTES, 0);
+    bytes
 }
 
 /// Why a batch does not decode.
@@ -296,6 +401,8 @@ pub enum Op<'a> {
         key: &'a [u8],
         /// The value.
         value: &'a [u8],
+        /// Its deadline (ms since the Unix epoch); 0: none.
+        expires_ms: u64,
     },
     /// Delete one key.
     Delete {
@@ -303,7 +410,12 @@ pub enum Op<'a> {
         key: &'a [u8],
     },
     /// Put several keys atomically.
-    BatchPut(Vec<(&'a [u8], &'a [u8])>),
+    BatchPut {
+        /// The keys and values.
+        items: Vec<(&'a [u8], &'a [u8])>,
+        /// Their deadline (ms since the Unix epoch); 0: none.
+        expires_ms: u64,
+    },
     /// Delete several keys atomically.
     BatchDelete(Vec<&'a [u8]>),
     /// A transaction.
@@ -315,37 +427,83 @@ pub enum Op<'a> {
         /// Ops run otherwise.
         failure: Vec<TxnOp<'a>>,
     },
+    /// Delete keys past their deadline that were not written since.
+    Expire {
+        /// The term it was proposed in.
+        term: u64,
+        /// Each key and the mod index it had when found past its deadline.
+        keys: Vec<(&'a [u8], u64)>,
+    },
+}
+
+/// A decoded batch.
+#[derive(Debug, Clone)]
+pub struct Batch<'a> {
+    /// The proposer's wall clock when it proposed the batch (ms since the Unix epoch); `None`
+    /// in a batch of version 1.
+    pub stamp_ms: Option<u64>,
+    /// Its operations, in order.
+    pub ops: Vec<Op<'a>>,
 }
 
 /// Decodes a whole batch. Either every op decodes or the batch is refused as a whole.
-pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Op<'_>>, CommandError> {
+pub fn decode_batch(bytes: &[u8]) -> Result<Batch<'_>, CommandError> {
     let mut r = Reader { bytes, at: 0 };
-    if r.u8()? != BATCH_VERSION {
-        return r.fail("unknown batch version");
-    }
+    let stamp_ms = match r.u8()? {
+        BATCH_VERSION_PLAIN => None,
+        BATCH_VERSION_STAMPED => Some(r.u64()?),
+        _ => return r.fail("unknown batch version"),
+    };
     let count = r.count(5)?;
     let mut ops = Vec::with_capacity(count);
     for _ in 0..count {
-        ops.push(decode_op(&mut r)?);
+        let op = decode_op(&mut r)?;
+        if stamp_ms.is_none() && op.needs_stamp() {
+            return r.fail("a deadline or an expiry in a batch without a stamp");
+        }
+        ops.push(op);
     }
     if r.at != bytes.len() {
         return r.fail("bytes after the last op");
     }
-    Ok(ops)
+    Ok(Batch { stamp_ms, ops })
+}
+
+impl Op<'_> {
+    fn needs_stamp(&self) -> bool {
+        match self {
+            Op::Put { expires_ms, .. } | Op::BatchPut { expires_ms, .. } => *expires_ms != 0,
+            Op::Expire { .. } => true,
+            Op::Txn { success, failure, .. } => {
+                success.iter().chain(failure).any(|op| op.kind == TxnOpKind::PutTtl)
+            }
+            Op::Delete { .. } | Op::BatchDelete(_) => false,
+        }
+    }
 }
 
 fn decode_op<'a>(r: &mut Reader<'a>) -> Result<Op<'a>, CommandError> {
     Ok(match r.u8()? {
-        kind::PUT => Op::Put { key: r.bytes()?, value: r.bytes()? },
-        kind::DELETE => Op::Delete { key: r.bytes()? },
-        kind::BATCH_PUT => {
-            let n = r.count(8)?;
-            let mut items = Vec::with_capacity(n);
-            for _ in 0..n {
-                items.push((r.bytes()?, r.bytes()?));
-            }
-            Op::BatchPut(items)
+        kind::PUT => Op::Put { key: r.bytes()?, value: r.bytes()?, expires_ms: 0 },
+        kind::PUT_TTL => {
+            let (key, value) = (r.bytes()?, r.bytes()?);
+            Op::Put { key, value, expires_ms: deadline(r)? }
         }
+        kind::BATCH_PUT_TTL => {
+            let expires_ms = deadline(r)?;
+            Op::BatchPut { items: decode_items(r)?, expires_ms }
+        }
+        kind::EXPIRE => {
+            let term = r.u64()?;
+            let n = r.count(12)?;
+            let mut keys = Vec::with_capacity(n);
+            for _ in 0..n {
+                keys.push((r.bytes()?, r.u64()?));
+            }
+            Op::Expire { term, keys }
+        }
+        kind::DELETE => Op::Delete { key: r.bytes()? },
+        kind::BATCH_PUT => Op::BatchPut { items: decode_items(r)?, expires_ms: 0 },
         kind::BATCH_DELETE => {
             let n = r.count(4)?;
             let mut keys = Vec::with_capacity(n);
@@ -379,6 +537,26 @@ fn decode_op<'a>(r: &mut Reader<'a>) -> Result<Op<'a>, CommandError> {
     })
 }
 
+/// Keys and values, borrowed from the batch.
+type Items<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+fn decode_items<'a>(r: &mut Reader<'a>) -> Result<Items<'a>, CommandError> {
+    let n = r.count(8)?;
+    let mut items = Vec::with_capacity(n);
+    for _ in 0..n {
+        items.push((r.bytes()?, r.bytes()?));
+    }
+    Ok(items)
+}
+
+/// A deadline: never 0 (0 means none).
+fn deadline(r: &mut Reader<'_>) -> Result<u64, CommandError> {
+    match r.u64()? {
+        0 => r.fail("a deadline of 0"),
+        ms => Ok(ms),
+    }
+}
+
 fn decode_txn_ops<'a>(r: &mut Reader<'a>) -> Result<Vec<TxnOp<'a>>, CommandError> {
     let n = r.count(9)?;
     let mut ops = Vec::with_capacity(n);
@@ -386,7 +564,9 @@ fn decode_txn_ops<'a>(r: &mut Reader<'a>) -> Result<Vec<TxnOp<'a>>, CommandError
         let Some(kind) = TxnOpKind::from_u8(r.u8()?) else {
             return r.fail("unknown transaction op kind");
         };
-        ops.push(TxnOp { kind, key: r.bytes()?, value: r.bytes()? });
+        let (key, value) = (r.bytes()?, r.bytes()?);
+        let expires_ms = if kind == TxnOpKind::PutTtl { deadline(r)? } else { 0 };
+        ops.push(TxnOp { kind, key, value, expires_ms });
     }
     Ok(ops)
 }
@@ -396,7 +576,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    // Shows: every op kind survives encode/decode.
+    // Shows: every op kind survives encode/decode, with the batch's stamp.
     #[test]
     fn round_trip() {
         let mut b = BatchBuilder::new();
@@ -413,26 +593,65 @@ mod tests {
                 number: 3,
             }]
             .into_iter(),
-            [TxnOp { kind: TxnOpKind::Put, key: b"k", value: b"w" }].into_iter(),
-            [TxnOp { kind: TxnOpKind::Get, key: b"k", value: b"" }].into_iter(),
+            [
+                TxnOp { kind: TxnOpKind::Put, key: b"k", value: b"w", expires_ms: 0 },
+                TxnOp { kind: TxnOpKind::PutTtl, key: b"t", value: b"x", expires_ms: 77 },
+            ]
+            .into_iter(),
+            [TxnOp { kind: TxnOpKind::Get, key: b"k", value: b"", expires_ms: 0 }].into_iter(),
         );
-        assert_eq!(b.ops(), 5);
-        let bytes = b.take();
-        assert!(b.is_empty());
-        let ops = decode_batch(&bytes).unwrap();
-        assert_eq!(ops.len(), 5);
-        assert!(matches!(ops[0], Op::Put { key: b"k", value: b"v" }));
+        b.put_ttl(b"e", b"v", 1_000);
+        b.batch_put_ttl([(&b"f"[..], &b"1"[..])].into_iter(), 2_000);
+        b.expire(7, [(&b"e"[..], 41u64)].into_iter());
+        assert_eq!(b.ops(), 8);
+        let bytes = b.take(123_456);
+        assert!(b.is_empty() && !b.needs_stamp());
+        let batch = decode_batch(&bytes).unwrap();
+        assert_eq!(batch.stamp_ms, Some(123_456));
+        let ops = batch.ops;
+        assert_eq!(ops.len(), 8);
+        assert!(matches!(ops[0], Op::Put { key: b"k", value: b"v", expires_ms: 0 }));
         assert!(matches!(ops[1], Op::Delete { key: b"d" }));
-        assert!(matches!(&ops[2], Op::BatchPut(items) if items.len() == 2));
+        assert!(matches!(&ops[2], Op::BatchPut { items, expires_ms: 0 } if items.len() == 2));
         assert!(matches!(&ops[3], Op::BatchDelete(keys) if keys == &vec![&b"x"[..]]));
         match &ops[4] {
             Op::Txn { compares, success, failure } => {
                 assert_eq!(compares[0].number, 3);
                 assert_eq!(success[0].value, b"w");
+                assert_eq!((success[1].kind, success[1].expires_ms), (TxnOpKind::PutTtl, 77));
                 assert_eq!(failure[0].kind, TxnOpKind::Get);
             }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(ops[5], Op::Put { key: b"e", expires_ms: 1_000, .. }));
+        assert!(matches!(&ops[6], Op::BatchPut { items, expires_ms: 2_000 } if items.len() == 1));
+        assert!(matches!(&ops[7], Op::Expire { term: 7, keys } if keys == &vec![(&b"e"[..], 41)]));
+    }
+
+    // Shows: a batch without deadlines can be taken without a stamp (version 1, as older
+    // replicas read it), one with a deadline cannot; a version 1 batch carrying a deadline
+    // and a deadline of 0 are refused.
+    #[test]
+    fn plain_batches_carry_no_deadline() {
+        let mut b = BatchBuilder::new();
+        b.put(b"k", b"v");
+        let plain = b.take_plain().unwrap();
+        assert_eq!(plain[0], BATCH_VERSION_PLAIN);
+        let batch = decode_batch(&plain).unwrap();
+        assert_eq!((batch.stamp_ms, batch.ops.len()), (None, 1));
+        b.put_ttl(b"k", b"v", 5);
+        assert!(b.take_plain().is_none());
+        assert!(b.is_empty(), "the builder is left empty either way");
+        // A forged version 1 batch with a deadline.
+        let mut forged = vec![BATCH_VERSION_PLAIN, 1, 0, 0, 0, kind::PUT_TTL];
+        for part in [&b"k"[..], &b"v"[..]] {
+            forged.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            forged.extend_from_slice(part);
+        }
+        forged.extend_from_slice(&5u64.to_le_bytes());
+        assert!(decode_batch(&forged).unwrap_err().reason.contains("without a stamp"));
+        b.put_ttl(b"k", b"v", 0);
+        assert!(decode_batch(&b.take(1)).unwrap_err().reason.contains("deadline of 0"));
     }
 
     proptest! {
@@ -443,7 +662,7 @@ mod tests {
             let mut b = BatchBuilder::new();
             b.put(b"key", b"value");
             b.batch_delete([&b"a"[..], &b"b"[..]].into_iter());
-            let valid = b.take();
+            let valid = b.take(9);
             let cut = cut.min(valid.len());
             if cut < valid.len() {
                 prop_assert!(decode_batch(&valid[..cut]).is_err());

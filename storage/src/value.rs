@@ -10,6 +10,9 @@ pub struct Record {
     pub value: Box<[u8]>,
     /// Its metadata.
     pub meta: KeyMeta,
+    /// When the key expires, in ms since the Unix epoch on the clock of the leader that
+    /// proposed its write; 0: never.
+    pub expires_ms: u64,
 }
 
 /// A value as reads see it, borrowed from the state machine.
@@ -19,4 +22,20 @@ pub struct ValueRef<'a> {
     pub value: &'a [u8],
     /// Its metadata.
     pub meta: KeyMeta,
+    /// When the key expires (ms since the Unix epoch); 0: never.
+    pub expires_ms: u64,
+}
+
+impl ValueRef<'_> {
+    /// Whether the key still exists at `now_ms` (its deadline is after it).
+    pub fn live_at(&self, now_ms: u64) -> bool {
+        self.expires_ms == 0 || now_ms < self.expires_ms
+    }
+}
+
+impl Record {
+    /// Whether the key still exists at `now_ms`.
+    pub fn live_at(&self, now_ms: u64) -> bool {
+        self.expires_ms == 0 || now_ms < self.expires_ms
+    }
 }

@@ -48,7 +48,7 @@ fn apply(
 ) {
     let mut batch = BatchBuilder::new();
     build(&mut batch);
-    sm.apply(index, 1, &batch.take(), |_| {}).unwrap();
+    sm.apply(index, 1, &batch.take(0), |_| {}).unwrap();
     let _ = model;
 }
 
@@ -67,7 +67,7 @@ fn check(sm: &StateMachine, model: &Model) {
     }
     let (lo, hi) = (key(10), key(20));
     let mut ranged = Vec::new();
-    let more = sm.scan(Bound::Excluded(&lo), Bound::Included(&hi), |k, _| {
+    let more = sm.scan(Bound::Excluded(&lo), Bound::Included(&hi), 0, |k, _| {
         if ranged.len() == 3 {
             return false;
         }
@@ -122,7 +122,7 @@ proptest! {
                     if let Some(f) = frozen.take() {
                         if succeed {
                             let meta = SnapshotMeta { cluster: "t".into(), shard: 0, index: f.index, term: f.term };
-                            let archive = Archive::build(meta, &Membership::default(), f.base.as_deref(), &f.overlay).unwrap();
+                            let archive = Archive::build(meta, &Membership::default(), f.base.as_deref(), &f.overlay, f.clock_ms).unwrap();
                             prop_assert!(sm.adopt_snapshot(Arc::new(archive), f.index).is_some());
                         } else {
                             sm.thaw();
@@ -136,7 +136,7 @@ proptest! {
                     frozen = None;
                     let f = sm.freeze().unwrap();
                     let meta = SnapshotMeta { cluster: "t".into(), shard: 0, index: f.index, term: f.term };
-                    let archive = Archive::build(meta, &Membership::default(), f.base.as_deref(), &f.overlay).unwrap();
+                    let archive = Archive::build(meta, &Membership::default(), f.base.as_deref(), &f.overlay, f.clock_ms).unwrap();
                     let path = dir.path().join("s.snap");
                     std::fs::write(&path, archive.file_bytes()).unwrap();
                     let loaded = Archive::load(&path, "t", 0).unwrap();

@@ -18,7 +18,8 @@ use crate::types::{
 };
 
 use super::wire_map::{
-    check_key, check_value, compare_spec, encode, key_value, op_spec, protocol, wire_consistency,
+    check_key, check_value, compare_spec, encode, key_value, op_spec, protocol, ttl_ms,
+    wire_consistency,
 };
 use super::Client;
 
@@ -62,13 +63,14 @@ impl Client {
         let (key, value) = (key.as_ref(), value.as_ref());
         check_key(key)?;
         check_value(value)?;
+        let ttl_ms = ttl_ms(options.ttl)?;
         let frame = self
             .call(
                 self.shard_of(key),
                 Retry::Write,
                 options.timeout,
                 Consistency::Linearizable,
-                |id, e| e.put(id, key, value),
+                |id, e| e.put_ttl(id, key, value, ttl_ms),
             )
             .await?;
         let reply = frame.reply();
@@ -189,13 +191,14 @@ impl Client {
         for (_, v) in items {
             check_value(v.as_ref())?;
         }
+        let ttl_ms = ttl_ms(options.ttl)?;
         let groups = self.by_shard(items.iter().map(|(k, _)| k.as_ref()))?;
         self.fan_out(&groups, items.len(), KeyMeta::default(), |shard, positions| async move {
             let shard_items: Vec<(&[u8], &[u8])> =
                 positions.iter().map(|&i| (items[i].0.as_ref(), items[i].1.as_ref())).collect();
             let reply = self
                 .call(shard, Retry::Write, options.timeout, Consistency::Linearizable, |id, e| {
-                    e.batch_put(id, &shard_items)
+                    e.batch_put_ttl(id, &shard_items, ttl_ms)
                 })
                 .await?;
             let reply = reply.reply();
@@ -336,13 +339,13 @@ impl Client {
             return Err(Error::InvalidArgument("a transaction needs at least one key".to_string()));
         };
         for op in txn.success.iter().chain(&txn.failure) {
-            if let TxnOp::Put(_, v) = op {
+            if let TxnOp::Put(_, v) | TxnOp::PutWithTtl(_, v, _) = op {
                 check_value(v)?;
             }
         }
         let compares: Vec<CompareSpec<'_>> = txn.compares.iter().map(compare_spec).collect();
-        let success: Vec<TxnOpSpec<'_>> = txn.success.iter().map(op_spec).collect();
-        let failure: Vec<TxnOpSpec<'_>> = txn.failure.iter().map(op_spec).collect();
+        let success: Vec<TxnOpSpec<'_>> = txn.success.iter().map(op_spec).collect::<Result<_>>()?;
+        let failure: Vec<TxnOpSpec<'_>> = txn.failure.iter().map(op_spec).collect::<Result<_>>()?;
         let frame = self
             .call(shard, Retry::Once, options.timeout, Consistency::Linearizable, |id, e| {
                 e.txn(id, &compares, &success, &failure)

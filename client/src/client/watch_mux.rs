@@ -467,10 +467,12 @@ fn change(c: &wire::Change<'_>) -> Change {
         key: key.clone(),
         value: c.value().map(|v| v.bytes().to_vec()).unwrap_or_default(),
         meta: c.meta().map(Into::into).unwrap_or_default(),
+        ttl: None,
     });
     let prev = c.prev_meta().map(|meta| PrevValue {
         meta: meta.into(),
         value: c.prev_value().map(|v| v.bytes().to_vec()),
     });
-    Change { kind: if put { ChangeKind::Put } else { ChangeKind::Delete }, key, value, prev }
+    let kind = if put { ChangeKind::Put } else { ChangeKind::Delete };
+    Change { kind, key, value, prev, expired: !put && c.expired() }
 }

@@ -2,7 +2,7 @@
 //! specs, consistency; and the checks a request passes before it is sent.
 
 use corekv_proto::client::{self as wire};
-use corekv_proto::constants::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use corekv_proto::constants::{KEY_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 use corekv_proto::encode::{CompareSpec, RequestEncoder, TxnOpSpec};
 
 use crate::error::{Error, Result};
@@ -13,7 +13,24 @@ pub(super) fn key_value(e: &wire::Entry<'_>) -> KeyValue {
         key: e.key().bytes().to_vec(),
         value: e.value().map(|v| v.bytes().to_vec()).unwrap_or_default(),
         meta: e.meta().into(),
+        ttl: match e.ttl_ms() {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        },
     }
+}
+
+/// A time to live in whole milliseconds (rounded up: a key never lives shorter than asked),
+/// checked against the limit; 0 for none.
+pub(super) fn ttl_ms(ttl: Option<std::time::Duration>) -> Result<u64> {
+    let Some(ttl) = ttl else { return Ok(0) };
+    let ms = ttl.as_nanos().div_ceil(1_000_000);
+    if ttl.is_zero() || ms > u128::from(TTL_MS_MAX) {
+        return Err(Error::InvalidArgument(format!(
+            "a time to live must be between 1 ms and {TTL_MS_MAX} ms (ten years), not {ttl:?}"
+        )));
+    }
+    Ok(ms as u64)
 }
 
 pub(super) fn protocol(what: &str) -> Error {
@@ -78,10 +95,14 @@ pub(super) fn compare_spec(c: &crate::types::Compare) -> CompareSpec<'_> {
     CompareSpec { key: &c.key, target, op, value, number }
 }
 
-pub(super) fn op_spec(op: &TxnOp) -> TxnOpSpec<'_> {
-    match op {
-        TxnOp::Get(k) => TxnOpSpec { kind: wire::TxnOpKind::Get, key: k, value: None },
-        TxnOp::Put(k, v) => TxnOpSpec { kind: wire::TxnOpKind::Put, key: k, value: Some(v) },
-        TxnOp::Delete(k) => TxnOpSpec { kind: wire::TxnOpKind::Delete, key: k, value: None },
-    }
+pub(super) fn op_spec(op: &TxnOp) -> Result<TxnOpSpec<'_>> {
+    let (kind, key, value, ttl_ms) = match op {
+        TxnOp::Get(k) => (wire::TxnOpKind::Get, k, None, 0),
+        TxnOp::Put(k, v) => (wire::TxnOpKind::Put, k, Some(&v[..]), 0),
+        TxnOp::PutWithTtl(k, v, ttl) => {
+            (wire::TxnOpKind::Put, k, Some(&v[..]), ttl_ms(Some(*ttl))?)
+        }
+        TxnOp::Delete(k) => (wire::TxnOpKind::Delete, k, None, 0),
+    };
+    Ok(TxnOpSpec { kind, key, value, ttl_ms })
 }

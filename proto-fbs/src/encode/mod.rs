@@ -38,6 +38,8 @@ pub struct EntryRef<'a> {
     pub value: Option<&'a [u8]>,
     /// Create index, mod index and version.
     pub meta: KeyMeta,
+    /// For a key with a deadline: ms left until it (at least 1); 0: none.
+    pub ttl_ms: u64,
 }
 
 /// An error reply, as the server sends it (DESIGN.md §6).
@@ -143,6 +145,8 @@ pub struct TxnOpSpec<'a> {
     pub key: &'a [u8],
     /// The value, for a put.
     pub value: Option<&'a [u8]>,
+    /// For a put: ms until the key expires after the leader proposes it; 0: never.
+    pub ttl_ms: u64,
 }
 
 /// The result of one transaction operation, as the server reports it.
@@ -169,7 +173,8 @@ pub(super) fn entry<'b>(
 ) -> WIPOffset<c::Entry<'b>> {
     let key = fbb.create_vector(e.key);
     let value = bytes_vector(fbb, e.value);
-    c::Entry::create(fbb, &c::EntryArgs { key: Some(key), value, meta: Some(&e.meta) })
+    let args = c::EntryArgs { key: Some(key), value, meta: Some(&e.meta), ttl_ms: e.ttl_ms };
+    c::Entry::create(fbb, &args)
 }
 
 pub(super) fn key_tables<'b>(

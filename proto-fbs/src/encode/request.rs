@@ -76,12 +76,17 @@ impl RequestEncoder {
 
     /// Writes one key.
     pub fn put(&mut self, id: u64, key: &[u8], value: &[u8]) -> &[u8] {
+        self.put_ttl(id, key, value, 0)
+    }
+
+    /// Writes one key that expires `ttl_ms` after the leader proposes the write (0: never).
+    pub fn put_ttl(&mut self, id: u64, key: &[u8], value: &[u8], ttl_ms: u64) -> &[u8] {
         self.fbb.reset();
         let key = self.fbb.create_vector(key);
         let value = self.fbb.create_vector(value);
         let put = c::PutRequest::create(
             &mut self.fbb,
-            &c::PutRequestArgs { key: Some(key), value: Some(value) },
+            &c::PutRequestArgs { key: Some(key), value: Some(value), ttl_ms },
         );
         self.finish(id, c::Request::PutRequest, put.as_union_value())
     }
@@ -109,6 +114,12 @@ impl RequestEncoder {
 
     /// Writes several keys of one shard atomically.
     pub fn batch_put(&mut self, id: u64, items: &[(&[u8], &[u8])]) -> &[u8] {
+        self.batch_put_ttl(id, items, 0)
+    }
+
+    /// Writes several keys of one shard atomically, all expiring `ttl_ms` after the leader
+    /// proposes the write (0: never).
+    pub fn batch_put_ttl(&mut self, id: u64, items: &[(&[u8], &[u8])], ttl_ms: u64) -> &[u8] {
         self.fbb.reset();
         let tables: Vec<_> = items
             .iter()
@@ -124,7 +135,7 @@ impl RequestEncoder {
         let items = self.fbb.create_vector(&tables);
         let batch = c::BatchPutRequest::create(
             &mut self.fbb,
-            &c::BatchPutRequestArgs { items: Some(items) },
+            &c::BatchPutRequestArgs { items: Some(items), ttl_ms },
         );
         self.finish(id, c::Request::BatchPutRequest, batch.as_union_value())
     }
@@ -220,7 +231,8 @@ fn txn_ops<'b>(
         .map(|op| {
             let key = fbb.create_vector(op.key);
             let value = bytes_vector(fbb, op.value);
-            c::TxnOp::create(fbb, &c::TxnOpArgs { kind: op.kind, key: Some(key), value })
+            let args = c::TxnOpArgs { kind: op.kind, key: Some(key), value, ttl_ms: op.ttl_ms };
+            c::TxnOp::create(fbb, &args)
         })
         .collect();
     fbb.create_vector(&tables)

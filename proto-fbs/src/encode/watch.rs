@@ -35,6 +35,8 @@ pub struct ChangeRef<'a> {
     /// is `None` when the server left it out (an entry's values before are kept up to a
     /// bound).
     pub prev: Option<(Option<&'a [u8]>, KeyMeta)>,
+    /// A delete because the key's deadline passed.
+    pub expired: bool,
 }
 
 /// How and where a watch ended.
@@ -89,6 +91,7 @@ fn change<'b>(fbb: &mut FlatBufferBuilder<'b>, change: &ChangeRef<'_>) -> WIPOff
         meta: change.put.as_ref().map(|(_, meta)| meta),
         prev_value,
         prev_meta: change.prev.as_ref().map(|(_, meta)| meta),
+        expired: change.expired,
     };
     c::Change::create(fbb, &args)
 }

@@ -1442,6 +1442,7 @@ impl<'a> Entry<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
   pub const VT_META: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1453,6 +1454,7 @@ impl<'a> Entry<'a> {
     args: &'args EntryArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Entry<'bldr>> {
     let mut builder = EntryBuilder::new(_fbb);
+    builder.add_ttl_ms(args.ttl_ms);
     if let Some(x) = args.meta { builder.add_meta(x); }
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
@@ -1481,6 +1483,15 @@ impl<'a> Entry<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<KeyMeta>(Entry::VT_META, None).unwrap()}
   }
+  /// For a key with a deadline: the time left until it, in ms, on the clock of the node that
+  /// read it (at least 1); 0: the key has none (client protocol 5).
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Entry::VT_TTL_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Entry<'_> {
@@ -1492,6 +1503,7 @@ impl ::flatbuffers::Verifiable for Entry<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
      .visit_field::<KeyMeta>("meta", Self::VT_META, true)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
      .finish();
     Ok(())
   }
@@ -1500,6 +1512,7 @@ pub struct EntryArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub meta: Option<&'a KeyMeta>,
+    pub ttl_ms: u64,
 }
 impl<'a> Default for EntryArgs<'a> {
   #[inline]
@@ -1508,6 +1521,7 @@ impl<'a> Default for EntryArgs<'a> {
       key: None, // required field
       value: None,
       meta: None, // required field
+      ttl_ms: 0,
     }
   }
 }
@@ -1528,6 +1542,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EntryBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_meta(&mut self, meta: &KeyMeta) {
     self.fbb_.push_slot_always::<&KeyMeta>(Entry::VT_META, meta);
+  }
+  #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(Entry::VT_TTL_MS, ttl_ms, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EntryBuilder<'a, 'b, A> {
@@ -1552,6 +1570,7 @@ impl ::core::fmt::Debug for Entry<'_> {
       ds.field("key", &self.key());
       ds.field("value", &self.value());
       ds.field("meta", &self.meta());
+      ds.field("ttl_ms", &self.ttl_ms());
       ds.finish()
   }
 }
@@ -2035,6 +2054,7 @@ impl<'a> ::flatbuffers::Follow<'a> for PutRequest<'a> {
 impl<'a> PutRequest<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2046,6 +2066,7 @@ impl<'a> PutRequest<'a> {
     args: &'args PutRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PutRequest<'bldr>> {
     let mut builder = PutRequestBuilder::new(_fbb);
+    builder.add_ttl_ms(args.ttl_ms);
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
     builder.finish()
@@ -2066,6 +2087,15 @@ impl<'a> PutRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PutRequest::VT_VALUE, None).unwrap()}
   }
+  /// When set, the key expires this many ms after the leader proposes the write (client
+  /// protocol 5); 0: never.
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PutRequest::VT_TTL_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PutRequest<'_> {
@@ -2076,6 +2106,7 @@ impl ::flatbuffers::Verifiable for PutRequest<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, true)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
      .finish();
     Ok(())
   }
@@ -2083,6 +2114,7 @@ impl ::flatbuffers::Verifiable for PutRequest<'_> {
 pub struct PutRequestArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ttl_ms: u64,
 }
 impl<'a> Default for PutRequestArgs<'a> {
   #[inline]
@@ -2090,6 +2122,7 @@ impl<'a> Default for PutRequestArgs<'a> {
     PutRequestArgs {
       key: None, // required field
       value: None, // required field
+      ttl_ms: 0,
     }
   }
 }
@@ -2106,6 +2139,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PutRequestBuilder<'a, 'b, A> 
   #[inline]
   pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PutRequest::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(PutRequest::VT_TTL_MS, ttl_ms, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PutRequestBuilder<'a, 'b, A> {
@@ -2129,6 +2166,7 @@ impl ::core::fmt::Debug for PutRequest<'_> {
     let mut ds = f.debug_struct("PutRequest");
       ds.field("key", &self.key());
       ds.field("value", &self.value());
+      ds.field("ttl_ms", &self.ttl_ms());
       ds.finish()
   }
 }
@@ -2362,6 +2400,7 @@ impl<'a> ::flatbuffers::Follow<'a> for BatchPutRequest<'a> {
 
 impl<'a> BatchPutRequest<'a> {
   pub const VT_ITEMS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2373,6 +2412,7 @@ impl<'a> BatchPutRequest<'a> {
     args: &'args BatchPutRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<BatchPutRequest<'bldr>> {
     let mut builder = BatchPutRequestBuilder::new(_fbb);
+    builder.add_ttl_ms(args.ttl_ms);
     if let Some(x) = args.items { builder.add_items(x); }
     builder.finish()
   }
@@ -2385,6 +2425,14 @@ impl<'a> BatchPutRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue>>>>(BatchPutRequest::VT_ITEMS, None).unwrap()}
   }
+  /// As `PutRequest.ttl_ms`, for every item.
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BatchPutRequest::VT_TTL_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for BatchPutRequest<'_> {
@@ -2394,18 +2442,21 @@ impl ::flatbuffers::Verifiable for BatchPutRequest<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyValue>>>>("items", Self::VT_ITEMS, true)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
      .finish();
     Ok(())
   }
 }
 pub struct BatchPutRequestArgs<'a> {
     pub items: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>>>,
+    pub ttl_ms: u64,
 }
 impl<'a> Default for BatchPutRequestArgs<'a> {
   #[inline]
   fn default() -> Self {
     BatchPutRequestArgs {
       items: None, // required field
+      ttl_ms: 0,
     }
   }
 }
@@ -2418,6 +2469,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BatchPutRequestBuilder<'a, 'b
   #[inline]
   pub fn add_items(&mut self, items: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyValue<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BatchPutRequest::VT_ITEMS, items);
+  }
+  #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(BatchPutRequest::VT_TTL_MS, ttl_ms, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BatchPutRequestBuilder<'a, 'b, A> {
@@ -2439,6 +2494,7 @@ impl ::core::fmt::Debug for BatchPutRequest<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("BatchPutRequest");
       ds.field("items", &self.items());
+      ds.field("ttl_ms", &self.ttl_ms());
       ds.finish()
   }
 }
@@ -2932,6 +2988,7 @@ impl<'a> TxnOp<'a> {
   pub const VT_KIND: ::flatbuffers::VOffsetT = 4;
   pub const VT_KEY: ::flatbuffers::VOffsetT = 6;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2943,6 +3000,7 @@ impl<'a> TxnOp<'a> {
     args: &'args TxnOpArgs<'args>
   ) -> ::flatbuffers::WIPOffset<TxnOp<'bldr>> {
     let mut builder = TxnOpBuilder::new(_fbb);
+    builder.add_ttl_ms(args.ttl_ms);
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
     builder.add_kind(args.kind);
@@ -2972,6 +3030,14 @@ impl<'a> TxnOp<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(TxnOp::VT_VALUE, None)}
   }
+  /// For `Put`: as `PutRequest.ttl_ms`.
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TxnOp::VT_TTL_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TxnOp<'_> {
@@ -2983,6 +3049,7 @@ impl ::flatbuffers::Verifiable for TxnOp<'_> {
      .visit_field::<TxnOpKind>("kind", Self::VT_KIND, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
      .finish();
     Ok(())
   }
@@ -2991,6 +3058,7 @@ pub struct TxnOpArgs<'a> {
     pub kind: TxnOpKind,
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ttl_ms: u64,
 }
 impl<'a> Default for TxnOpArgs<'a> {
   #[inline]
@@ -2999,6 +3067,7 @@ impl<'a> Default for TxnOpArgs<'a> {
       kind: TxnOpKind::Get,
       key: None, // required field
       value: None,
+      ttl_ms: 0,
     }
   }
 }
@@ -3019,6 +3088,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnOpBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnOp::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(TxnOp::VT_TTL_MS, ttl_ms, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnOpBuilder<'a, 'b, A> {
@@ -3042,6 +3115,7 @@ impl ::core::fmt::Debug for TxnOp<'_> {
       ds.field("kind", &self.kind());
       ds.field("key", &self.key());
       ds.field("value", &self.value());
+      ds.field("ttl_ms", &self.ttl_ms());
       ds.finish()
   }
 }
@@ -8051,6 +8125,7 @@ impl<'a> Change<'a> {
   pub const VT_META: ::flatbuffers::VOffsetT = 10;
   pub const VT_PREV_VALUE: ::flatbuffers::VOffsetT = 12;
   pub const VT_PREV_META: ::flatbuffers::VOffsetT = 14;
+  pub const VT_EXPIRED: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -8067,6 +8142,7 @@ impl<'a> Change<'a> {
     if let Some(x) = args.meta { builder.add_meta(x); }
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_expired(args.expired);
     builder.add_kind(args.kind);
     builder.finish()
   }
@@ -8119,6 +8195,14 @@ impl<'a> Change<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<KeyMeta>(Change::VT_PREV_META, None)}
   }
+  /// A Delete because the key's deadline passed (client protocol 5).
+  #[inline]
+  pub fn expired(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Change::VT_EXPIRED, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Change<'_> {
@@ -8133,6 +8217,7 @@ impl ::flatbuffers::Verifiable for Change<'_> {
      .visit_field::<KeyMeta>("meta", Self::VT_META, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("prev_value", Self::VT_PREV_VALUE, false)?
      .visit_field::<KeyMeta>("prev_meta", Self::VT_PREV_META, false)?
+     .visit_field::<bool>("expired", Self::VT_EXPIRED, false)?
      .finish();
     Ok(())
   }
@@ -8144,6 +8229,7 @@ pub struct ChangeArgs<'a> {
     pub meta: Option<&'a KeyMeta>,
     pub prev_value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub prev_meta: Option<&'a KeyMeta>,
+    pub expired: bool,
 }
 impl<'a> Default for ChangeArgs<'a> {
   #[inline]
@@ -8155,6 +8241,7 @@ impl<'a> Default for ChangeArgs<'a> {
       meta: None,
       prev_value: None,
       prev_meta: None,
+      expired: false,
     }
   }
 }
@@ -8189,6 +8276,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChangeBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<&KeyMeta>(Change::VT_PREV_META, prev_meta);
   }
   #[inline]
+  pub fn add_expired(&mut self, expired: bool) {
+    self.fbb_.push_slot::<bool>(Change::VT_EXPIRED, expired, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ChangeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ChangeBuilder {
@@ -8213,6 +8304,7 @@ impl ::core::fmt::Debug for Change<'_> {
       ds.field("meta", &self.meta());
       ds.field("prev_value", &self.prev_value());
       ds.field("prev_meta", &self.prev_meta());
+      ds.field("expired", &self.expired());
       ds.finish()
   }
 }

@@ -64,10 +64,10 @@ pub fn sample_requests() -> Vec<Vec<u8>> {
         },
     ];
     let success = [
-        TxnOpSpec { kind: TxnOpKind::Put, key: b"{t}a", value: Some(b"y") },
-        TxnOpSpec { kind: TxnOpKind::Get, key: b"{t}b", value: None },
+        TxnOpSpec { kind: TxnOpKind::Put, key: b"{t}a", value: Some(b"y"), ttl_ms: 0 },
+        TxnOpSpec { kind: TxnOpKind::Get, key: b"{t}b", value: None, ttl_ms: 0 },
     ];
-    let failure = [TxnOpSpec { kind: TxnOpKind::Delete, key: b"{t}c", value: None }];
+    let failure = [TxnOpSpec { kind: TxnOpKind::Delete, key: b"{t}c", value: None, ttl_ms: 0 }];
     vec![
         e.hello(1, "local", 2).to_vec(),
         e.get(2, b"k", Consistency::Stale).to_vec(),
@@ -129,7 +129,7 @@ pub fn sample_members() -> ShardMembers {
 pub fn sample_replies() -> Vec<Vec<u8>> {
     let mut e = ReplyEncoder::new();
     let meta = KeyMeta::new(1, 2, 3);
-    let entry = EntryRef { key: b"k", value: Some(b"v"), meta };
+    let entry = EntryRef { key: b"k", value: Some(b"v"), meta, ttl_ms: 0 };
     let mut out = vec![
         e.hello(1, 2, 1, 2).to_vec(),
         e.get(2, Some(&entry), true, 9).to_vec(),

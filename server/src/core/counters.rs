@@ -173,6 +173,14 @@ pub struct ShardMetrics {
     pub history_resets: AtomicU64,
     /// History segments retired before the retention's minimums were met (size cap).
     pub history_cut_by_size: AtomicU64,
+    /// Expiry entries this replica proposed as leader.
+    pub expiry_proposals: AtomicU64,
+    /// Keys deleted because their deadline passed (applied expiries).
+    pub expired_keys: AtomicU64,
+    /// On the leader, from a key's deadline to its expiry applying, in µs.
+    pub expiry_lag_us: Histogram,
+    /// Keys that have a deadline.
+    pub timed_keys: AtomicI64,
 }
 
 impl Default for ShardMetrics {
@@ -215,6 +223,10 @@ impl Default for ShardMetrics {
             history_first_index: AtomicI64::new(0),
             history_resets: AtomicU64::new(0),
             history_cut_by_size: AtomicU64::new(0),
+            expiry_proposals: AtomicU64::new(0),
+            expired_keys: AtomicU64::new(0),
+            expiry_lag_us: Histogram::latency(),
+            timed_keys: AtomicI64::new(0),
             conf_changes: AtomicU64::new(0),
             cold_records_read: AtomicU64::new(0),
             client_connections: AtomicI64::new(0),

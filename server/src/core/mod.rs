@@ -29,6 +29,7 @@ mod appends;
 mod catch_up;
 pub mod counters;
 pub mod driver;
+mod expiry;
 mod health;
 mod kinds;
 pub mod membership;
@@ -227,6 +228,8 @@ pub struct ShardCore {
     pending_pumps: bool,
     /// The history entries recorded since the simulator last took them (`None` outside it).
     recorded_for_tests: Option<Vec<Arc<corekv_storage::history::HistoryEntry>>>,
+    /// The leader's expiry of keys past their deadline (see [`expiry`]).
+    expiry: expiry::Expiry,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -308,6 +311,7 @@ impl ShardCore {
             history,
             pending_pumps: false,
             recorded_for_tests: None,
+            expiry: Default::default(),
         };
         core.init_catch_up();
         core.init_snapshots();

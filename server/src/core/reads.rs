@@ -24,6 +24,7 @@ use corekv_proto::constants::FRAME_BYTES_MAX;
 use corekv_proto::encode::{EntryRef, ErrorInfo};
 
 use super::replies::{push_reply, Caller};
+use super::writes::ttl_left;
 use super::ShardCore;
 use crate::constants::{READS_WAITING_MAX, READ_RETRY_TICKS, SCAN_REPLY_BYTES_MAX};
 
@@ -208,14 +209,16 @@ impl ShardCore {
 
     /// Reads from the state machine and encodes the reply.
     pub(super) fn execute_read(&mut self, waiter: &ReadWaiter, stale: bool, read_index: u64) {
+        let now_ms = self.read_time_ms();
         let (sm, encoder, out) = (&self.sm, &mut self.encoder, &mut self.out);
         let too_large;
         match &waiter.query {
             ReadQuery::Get(key) => {
-                let found = sm.get(key).map(|v| EntryRef {
+                let found = sm.get_at(key, now_ms).map(|v| EntryRef {
                     key,
                     value: Some(v.value),
                     meta: v.meta.into(),
+                    ttl_ms: ttl_left(v.expires_ms, now_ms),
                 });
                 let frame = encoder.get(waiter.caller.id, found.as_ref(), stale, read_index);
                 push_reply(out, waiter.caller.conn, frame);
@@ -225,10 +228,11 @@ impl ShardCore {
                 let found: Vec<Option<EntryRef<'_>>> = keys
                     .iter()
                     .map(|key| {
-                        sm.get(key).map(|v| EntryRef {
+                        sm.get_at(key, now_ms).map(|v| EntryRef {
                             key,
                             value: Some(v.value),
                             meta: v.meta.into(),
+                            ttl_ms: ttl_left(v.expires_ms, now_ms),
                         })
                     })
                     .collect();
@@ -246,7 +250,7 @@ impl ShardCore {
                 let mut bytes = 0;
                 let lower = as_ref_bound(&scan.lower);
                 let upper = as_ref_bound(&scan.upper);
-                let more = sm.scan(lower, upper, |key, v| {
+                let more = sm.scan(lower, upper, now_ms, |key, v| {
                     let value = (!scan.keys_only).then_some(v.value);
                     let size = entry_bytes(key, value);
                     if entries.len() >= scan.limit
@@ -255,7 +259,8 @@ impl ShardCore {
                         return false;
                     }
                     bytes += size;
-                    entries.push(EntryRef { key, value, meta: v.meta.into() });
+                    let ttl_ms = ttl_left(v.expires_ms, now_ms);
+                    entries.push(EntryRef { key, value, meta: v.meta.into(), ttl_ms });
                     true
                 });
                 let continuation = if more { entries.last().map(|e| e.key) } else { None };

@@ -75,6 +75,7 @@ impl ShardCore {
     /// no room for the next Ready (it continues after the flush in flight completes).
     pub(super) fn process(&mut self) {
         self.propose_batch();
+        self.propose_expiries();
         self.start_read_round();
         self.pump_watchers();
         // Applying waits while the watch history has much left to flush: it records every

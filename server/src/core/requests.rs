@@ -34,6 +34,7 @@ enum Refusal {
     Invalid(String),
     TooLarge { what: &'static str, size: usize, limit: usize },
     WrongShard(ShardId),
+    Unavailable(String),
 }
 
 impl ShardCore {
@@ -87,6 +88,10 @@ impl ShardCore {
                 Refusal::WrongShard(shard) => self.reply_error(
                     Caller { conn, id, op, start_us: start },
                     &ErrorInfo::WrongShard { shard: shard.get() },
+                ),
+                Refusal::Unavailable(reason) => self.reply_error(
+                    Caller { conn, id, op, start_us: start },
+                    &ErrorInfo::Unavailable { reason: &reason },
                 ),
             }
         }
@@ -238,7 +243,11 @@ impl ShardCore {
                 let (key, value) = (put.key().bytes(), put.value().bytes());
                 self.check_key(key)?;
                 check_value(value)?;
-                self.enqueue_write(caller, key.len() + value.len(), |b| b.put(key, value));
+                let expires_ms = self.deadline(put.ttl_ms())?;
+                self.enqueue_write(caller, key.len() + value.len(), |b| match expires_ms {
+                    0 => b.put(key, value),
+                    deadline => b.put_ttl(key, value, deadline),
+                });
             }
             Request::DeleteRequest => {
                 let delete = request.request_as_delete_request().expect("type checked");
@@ -256,9 +265,11 @@ impl ShardCore {
                     size += item.key().len() + item.value().len();
                 }
                 check_entry_size(size)?;
-                let items = batch.items();
-                self.enqueue_write(caller, size, |b| {
-                    b.batch_put(items.iter().map(|i| (i.key().bytes(), i.value().bytes())))
+                let expires_ms = self.deadline(batch.ttl_ms())?;
+                let items = batch.items().iter().map(|i| (i.key().bytes(), i.value().bytes()));
+                self.enqueue_write(caller, size, |b| match expires_ms {
+                    0 => b.batch_put(items),
+                    deadline => b.batch_put_ttl(items, deadline),
                 });
             }
             Request::BatchDeleteRequest => {
@@ -285,6 +296,14 @@ impl ShardCore {
             other => return Err(Refusal::Invalid(format!("unknown request type {}", other.0))),
         }
         Ok(())
+    }
+
+    /// The deadline of a write asking for `ttl_ms` (0: none).
+    fn deadline(&self, ttl_ms: u64) -> Result<u64, Refusal> {
+        self.deadline_for(ttl_ms).map_err(|reason| match self.stamps_batches() {
+            true => Refusal::Invalid(reason),
+            false => Refusal::Unavailable(reason),
+        })
     }
 
     /// A key must be non-empty, within the size limit, and in this shard's slots.
@@ -368,8 +387,13 @@ impl ShardCore {
                 let value = o.value().map(|v| v.bytes()).unwrap_or_default();
                 check_value(value)?;
                 size += o.key().len() + value.len();
+                let expires_ms = match o.kind() {
+                    WireTxnOpKind::Put => self.deadline(o.ttl_ms())?,
+                    _ => 0,
+                };
                 let kind = match o.kind() {
                     WireTxnOpKind::Get => TxnOpKind::Get,
+                    WireTxnOpKind::Put if expires_ms != 0 => TxnOpKind::PutTtl,
                     WireTxnOpKind::Put => TxnOpKind::Put,
                     WireTxnOpKind::Delete => TxnOpKind::Delete,
                     other => {
@@ -379,7 +403,7 @@ impl ShardCore {
                         )))
                     }
                 };
-                branch.push(TxnOp { kind, key: o.key().bytes(), value });
+                branch.push(TxnOp { kind, key: o.key().bytes(), value, expires_ms });
             }
         }
         check_entry_size(size)?;

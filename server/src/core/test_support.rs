@@ -111,6 +111,20 @@ impl Replica {
         }
     }
 
+    /// Moves the clock on by `ms` and settles.
+    pub(super) fn advance_ms(&mut self, ms: u64) {
+        self.now_us += ms * 1000;
+        self.settle();
+    }
+
+    /// The reply frame to request `id`.
+    pub(super) fn reply_to(&self, id: u64) -> Option<&[u8]> {
+        self.replies.iter().rev().find_map(|(_, frame)| {
+            let reply = verify_reply(frame).expect("the core encodes valid replies");
+            (reply.id() == id).then_some(&frame[..])
+        })
+    }
+
     /// Completes the held flushes, then settles.
     pub(super) fn release_disk(&mut self) {
         self.disk_works = true;

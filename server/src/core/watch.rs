@@ -368,7 +368,7 @@ impl ShardCore {
     /// connection cost one encoding, not a thousand.
     pub(super) fn watch_applied(&mut self, index: u64) {
         let changes = self.sm.take_changes();
-        let time_ms = self.cfg.wall_epoch_ms + self.now_us / 1000;
+        let time_ms = self.wall_ms();
         let entry = self.history.record(index, time_ms, changes, self.now_us);
         if let (Some(recorded), Some(entry)) = (&mut self.recorded_for_tests, &entry) {
             recorded.push(entry.clone());
@@ -741,6 +741,7 @@ fn encode_entry<'e>(
             key: c.key,
             put: c.put.map(|(value, meta)| (value, meta.into())),
             prev: c.prev.filter(|_| prev).map(|(meta, value)| (value, meta.into())),
+            expired: c.expired,
         })
         .collect();
     if changes.is_empty() {

@@ -99,8 +99,19 @@ impl ShardCore {
             return;
         }
         let ops = self.writes.batch.ops();
-        let data = self.writes.batch.take();
+        let stamp = self.batch_stamp();
+        let data = super::expiry::finish_batch(&mut self.writes.batch, stamp);
         let waiters = std::mem::take(&mut self.writes.batch_waiters);
+        let Some(data) = data else {
+            // A write with a deadline, admitted before a member of an older peer protocol
+            // joined: nothing was appended.
+            self.writes.in_flight -= waiters.len();
+            let reason = "a member of this shard runs an older corekv that cannot keep deadlines";
+            for w in waiters {
+                self.reply_error(w, &ErrorInfo::Unavailable { reason });
+            }
+            return;
+        };
         self.metrics.proposals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics.batch_ops.record(ops as u64);
         match self.raw.propose(Vec::new(), data) {
@@ -146,8 +157,14 @@ impl ShardCore {
         let (sm, encoder, out, metrics) =
             (&mut self.sm, &mut self.encoder, &mut self.out, &self.metrics);
         let now_us = self.now_us;
+        let wall_ms = self.cfg.wall_epoch_ms + now_us / 1000;
         let mut answered = 0usize;
+        let mut expired = Vec::new();
         let applied = sm.apply(index, entry.term, &entry.data, |result| {
+            if let OpResult::Expire(deadlines) = result {
+                expired.extend_from_slice(deadlines.unwrap_or_default());
+                return;
+            }
             let Some(w) = waiters.as_ref().and_then(|ws| ws.get(answered)) else {
                 answered += 1;
                 return;
@@ -162,26 +179,29 @@ impl ShardCore {
                     encoder.batch_put(w.id, &metas)
                 }
                 OpResult::BatchDelete(flags) => encoder.batch_delete(w.id, flags, index),
+                OpResult::Expire(_) => unreachable!("answered above"),
                 OpResult::Txn(outcome) if !outcome.succeeded && outcome.branch_empty => {
                     metrics.error(super::ErrorKind::CompareFailed);
                     let compare = outcome.failed_compare.unwrap_or(0);
                     encoder.error(w.id, &ErrorInfo::CompareFailed { compare })
                 }
                 OpResult::Txn(outcome) => {
-                    let results: Vec<TxnResultRef<'_>> =
-                        outcome
-                            .results
-                            .iter()
-                            .map(|r| match r {
-                                TxnResult::Get { key, found } => {
-                                    TxnResultRef::Get(found.as_ref().map(|(value, meta)| {
-                                        EntryRef { key, value: Some(value), meta: (*meta).into() }
-                                    }))
-                                }
-                                TxnResult::Put(meta) => TxnResultRef::Put((*meta).into()),
-                                TxnResult::Delete(deleted) => TxnResultRef::Delete(*deleted),
-                            })
-                            .collect();
+                    let results: Vec<TxnResultRef<'_>> = outcome
+                        .results
+                        .iter()
+                        .map(|r| match r {
+                            TxnResult::Get { key, found } => TxnResultRef::Get(found.as_ref().map(
+                                |(value, meta, expires_ms)| EntryRef {
+                                    key,
+                                    value: Some(value),
+                                    meta: (*meta).into(),
+                                    ttl_ms: ttl_left(*expires_ms, wall_ms),
+                                },
+                            )),
+                            TxnResult::Put(meta) => TxnResultRef::Put((*meta).into()),
+                            TxnResult::Delete(deleted) => TxnResultRef::Delete(*deleted),
+                        })
+                        .collect();
                     encoder.txn(w.id, outcome.failed_compare, &results, index)
                 }
             };
@@ -202,6 +222,9 @@ impl ShardCore {
                 tracing::error!(shard = %self.cfg.shard, index, %error, "committed entry does not decode");
             }
             (Ok(()), None) => {}
+        }
+        if !expired.is_empty() {
+            self.note_expired(&expired);
         }
         self.watch_applied(index);
     }
@@ -237,7 +260,7 @@ impl ShardCore {
         if self.writes.batch.is_empty() {
             return;
         }
-        self.writes.batch.take();
+        self.writes.batch.clear();
         let waiters = std::mem::take(&mut self.writes.batch_waiters);
         self.writes.in_flight -= waiters.len();
         for w in waiters {
@@ -280,6 +303,15 @@ impl ShardCore {
         for w in self.reads.expire(now, READ_TIMEOUT_MS * 1000) {
             self.reply_error(w.caller, &ErrorInfo::Timeout);
         }
+    }
+}
+
+/// What a read reports of a key's deadline at `now_ms`: the ms left (at least 1, as the key
+/// exists), or 0 for none.
+pub(super) fn ttl_left(expires_ms: u64, now_ms: u64) -> u64 {
+    match expires_ms {
+        0 => 0,
+        deadline => deadline.saturating_sub(now_ms).max(1),
     }
 }
 

@@ -154,6 +154,8 @@ pub(crate) fn digest(core: &ShardCore) -> u64 {
         key.hash(&mut hasher);
         value.value.hash(&mut hasher);
         value.meta.hash(&mut hasher);
+        value.expires_ms.hash(&mut hasher);
     }
+    core.state_machine().clock_ms().hash(&mut hasher);
     hasher.finish()
 }

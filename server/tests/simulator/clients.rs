@@ -16,7 +16,7 @@ impl Sim {
     pub(crate) fn give_up(&mut self, client: usize) {
         let Some(pending) = self.clients[client].pending.take() else { return };
         match pending.kind {
-            Kind::Read => self.history.forget(pending.op),
+            Kind::Read => self.forget(pending.op),
             Kind::Write => {
                 self.clients[client].thread = self.next_thread;
                 self.next_thread += 1;
@@ -28,28 +28,23 @@ impl Sim {
         c.leaders.remove(&pending.shard);
     }
 
+    /// Drops operation `op`: it was refused before it could take effect.
+    pub(crate) fn forget(&mut self, op: OpRef) {
+        match op {
+            OpRef::Checked(id) => self.history.forget(id),
+            OpRef::Ttl(i) => self.ttl.forget(i),
+        }
+    }
+
     pub(crate) fn issue(&mut self, client: usize) {
+        if !self.opts.clock_skews.is_empty() && self.rng.chance(0.2) {
+            return self.issue_ttl(client);
+        }
         let key = self.rng.below(self.keys.len() as u64) as usize;
         let key_bytes = self.keys[key].clone();
         let shard = shard_for_key(&key_bytes, self.opts.shards).get();
-        let node = match self.clients[client].leaders.get(&shard) {
-            Some(&node) => node,
-            None => self.rng.range(1, self.opts.all_nodes()),
-        };
+        let (conn, fresh) = self.connection(client, shard);
         let c = &mut self.clients[client];
-        let (conn, fresh) = match c.conns.get(&(node, shard)) {
-            Some(&conn) => (conn, false),
-            None => {
-                let conn = self.next_conn;
-                self.next_conn += 1;
-                c.conns.insert((node, shard), conn);
-                (conn, true)
-            }
-        };
-        if fresh {
-            let incarnation = self.nodes[node as usize - 1].incarnation;
-            self.conns.insert(conn, Conn { client, node, shard, incarnation, greeted: false });
-        }
         c.written += 1;
         let value = format!("c{client}.{}", c.written).into_bytes();
         let request = self.next_request;
@@ -72,7 +67,8 @@ impl Sim {
                 value: Some(&expect),
                 number: 0,
             };
-            let put = TxnOpSpec { kind: TxnOpKind::Put, key: &key_bytes, value: Some(&value) };
+            let put =
+                TxnOpSpec { kind: TxnOpKind::Put, key: &key_bytes, value: Some(&value), ttl_ms: 0 };
             let frame = self.encoder.txn(request, &[compare], &[put], &[]).to_vec();
             (KvOp::Cas { expect, new: value.clone() }, Kind::Write, frame)
         } else {
@@ -84,7 +80,44 @@ impl Sim {
         }
         let thread = self.clients[client].thread;
         let id = self.history.invoke(thread, &key_bytes, op, self.now);
-        self.clients[client].pending = Some(Pending { op: id, request, kind, conn, shard });
+        let op = OpRef::Checked(id);
+        self.clients[client].pending = Some(Pending { op, request, kind, conn, shard });
+        self.send_request(client, conn, fresh, frame);
+    }
+
+    /// The client's connection for `shard`, at the leader it knows (else a node drawn), and
+    /// whether it is new.
+    pub(crate) fn connection(&mut self, client: usize, shard: u32) -> (ConnId, bool) {
+        let node = match self.clients[client].leaders.get(&shard) {
+            Some(&node) => node,
+            None => self.rng.range(1, self.opts.all_nodes()),
+        };
+        let c = &mut self.clients[client];
+        let (conn, fresh) = match c.conns.get(&(node, shard)) {
+            Some(&conn) => (conn, false),
+            None => {
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                c.conns.insert((node, shard), conn);
+                (conn, true)
+            }
+        };
+        if fresh {
+            let incarnation = self.nodes[node as usize - 1].incarnation;
+            self.conns.insert(conn, Conn { client, node, shard, incarnation, greeted: false });
+        }
+        (conn, fresh)
+    }
+
+    /// Sends the client's request `frame` on `conn` (after a hello on a new one), and
+    /// schedules its timeout.
+    pub(crate) fn send_request(
+        &mut self,
+        client: usize,
+        conn: ConnId,
+        fresh: bool,
+        frame: Vec<u8>,
+    ) {
         let delay = self.rng.range(20, 500);
         if fresh {
             let hello = self.encoder.hello(0, "sim", self.opts.shards).to_vec();
@@ -112,7 +145,7 @@ impl Sim {
             let pending = &self.clients[client].pending;
             if pending.as_ref().is_some_and(|p| p.conn == conn) {
                 let p = self.clients[client].pending.take().expect("checked");
-                self.history.forget(p.op);
+                self.forget(p.op);
                 let c = &mut self.clients[client];
                 c.conns.retain(|_, k| *k != conn);
                 c.leaders.remove(&shard);
@@ -149,6 +182,13 @@ impl Sim {
             Reply::GetReply => {
                 let get = reply.reply_as_get_reply().expect("typed");
                 let value = get.entry().and_then(|e| e.value()).map(|v| v.bytes().to_vec());
+                if let (OpRef::Ttl(_), Some(entry)) = (pending.op, get.entry()) {
+                    if entry.ttl_ms() == 0 {
+                        return Err(format!(
+                            "node {node} read a key with a time to live without one"
+                        ));
+                    }
+                }
                 Some(KvRet::Get(value))
             }
             Reply::PutReply => Some(KvRet::Put),
@@ -192,18 +232,22 @@ impl Sim {
             }
             other => return Err(format!("unexpected reply {other:?}")),
         };
-        match outcome {
-            Some(ret) => {
-                self.history.complete(pending.op, ret, now);
+        match (outcome, pending.op) {
+            (Some(ret), OpRef::Checked(op)) => {
+                self.history.complete(op, ret, now);
                 self.clients[client].leaders.insert(shard, node);
                 if let Some(healed) = self.healed_at {
-                    let invoked_after = self.history.invoked_at(pending.op) >= healed;
+                    let invoked_after = self.history.invoked_at(op) >= healed;
                     if pending.kind == Kind::Write && invoked_after {
                         self.served_after_heal.insert(shard);
                     }
                 }
             }
-            None => self.history.forget(pending.op),
+            (Some(ret), OpRef::Ttl(i)) => {
+                self.ttl.complete(i, ret, now);
+                self.clients[client].leaders.insert(shard, node);
+            }
+            (None, op) => self.forget(op),
         }
         self.next_op_later(client);
         Ok(())

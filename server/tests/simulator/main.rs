@@ -20,6 +20,9 @@
 //! - after the faults stop, every shard elects a leader and serves writes within
 //!   [`LIVENESS_US`], and all replicas converge;
 //! - each key's history is linearizable (`common/linearizability.rs`);
+//! - in runs whose nodes' clocks are apart (by up to 25 ms each way), keys put with a time
+//!   to live are never read past their deadline plus the clocks' spread, nor missed before
+//!   it (`ttl`), and replicas agree on deadlines and on the state machine's clock;
 //! - replicas record the same watch history for an index, and every watcher's events (runs
 //!   drawn in half the seeds, following leaders through everything above) are exactly that
 //!   history's changes in its scope, from where it started to where it got (`watchers`).
@@ -42,6 +45,7 @@ mod operator;
 mod options;
 mod replicas;
 mod seeds;
+mod ttl;
 mod watchers;
 mod world;
 
@@ -140,6 +144,9 @@ struct Options {
     /// clients read them only after a while (their nodes hear of the drain late), so watchers
     /// stop getting live events and catch up from the history often.
     slow_watchers: Option<usize>,
+    /// Each node's clock, ms from a common start (what its `wall_epoch_ms` is; 0 in runs
+    /// without keys with a time to live). Keys with a time to live are used when set.
+    clock_skews: Vec<i64>,
 }
 
 enum Event {
@@ -288,8 +295,16 @@ enum Kind {
     Write,
 }
 
+/// A client's operation: recorded for the linearizability check, or one on a key with a
+/// time to live, recorded for its own check (`ttl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpRef {
+    Checked(OpId),
+    Ttl(usize),
+}
+
 struct Pending {
-    op: OpId,
+    op: OpRef,
     request: u64,
     kind: Kind,
     conn: ConnId,
@@ -357,6 +372,11 @@ struct Stats {
     transfers: u64,
     operator_refused: u64,
     operator_unanswered: u64,
+    /// Reads of keys with a time to live checked, those that found nothing, and the keys
+    /// the replicas expired (summed over replicas).
+    ttl_reads: u64,
+    ttl_reads_empty: u64,
+    expired: u64,
 }
 
 struct Sim {
@@ -404,6 +424,8 @@ struct Sim {
     /// When the last reply on each connection is delivered: later ones come after it (a
     /// connection is a stream).
     conn_delivery: HashMap<ConnId, u64>,
+    /// The keys with a time to live, and what was done to them (see `ttl`).
+    ttl: ttl::TtlLog,
 }
 
 type SimResult<T> = Result<T, String>;

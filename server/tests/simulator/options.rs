@@ -59,6 +59,7 @@ impl Options {
             history_cache_bytes: corekv_storage::constants::HISTORY_CACHE_BYTES_MAX,
             watchers: Vec::new(),
             slow_watchers: None,
+            clock_skews: Vec::new(),
         }
     }
 
@@ -101,6 +102,13 @@ impl Options {
             opts.spares = member_rng.range(1, 2);
             opts.operator_us = member_rng.pick(&[30_000, 150_000, 400_000]);
         }
+        let mut ttl_rng = Rng(seed ^ 0x5454_4c54_5454_4c54);
+        if ttl_rng.chance(0.5) {
+            let max = super::ttl::CLOCK_SKEW_MS_MAX as u64;
+            opts.clock_skews = (0..opts.all_nodes())
+                .map(|_| ttl_rng.range(0, 2 * max) as i64 - max as i64)
+                .collect();
+        }
         (opts, rng, wipe_rng, member_rng)
     }
 
@@ -115,7 +123,7 @@ impl Options {
              disk={}..{}us crashes={} torn={} partitions={} asymmetric={} snapshot_every={} \
              faults={}ms nemesis_every~{}ms tick_skew={}% wipes={} entry_cache={}B spares={} \
              operator_every~{}ms history_cache={}B history_max={}B watchers={:?} \
-             slow_watchers={:?}",
+             slow_watchers={:?} clock_skews_ms={:?}",
             self.nodes,
             self.shards,
             self.clients,
@@ -142,6 +150,7 @@ impl Options {
             self.history_retention.max_bytes,
             self.watchers,
             self.slow_watchers,
+            self.clock_skews,
         )
     }
 }

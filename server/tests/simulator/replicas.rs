@@ -31,7 +31,7 @@ impl Sim {
                     log_bytes: 1 << 30,
                     write_bytes_per_sec: 1 << 30,
                 },
-                wall_epoch_ms: 0,
+                wall_epoch_ms: ttl::wall_epoch_ms(&self.opts, id),
                 join,
             };
             let logger = slog::Logger::root(slog::Discard, slog::o!());
@@ -183,6 +183,7 @@ impl Sim {
                 &job.membership,
                 job.frozen.base.as_deref(),
                 &job.frozen.overlay,
+                job.frozen.clock_ms,
             )
             .map(Arc::new)
             .map_err(|e| e.to_string());

@@ -46,6 +46,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
     let count = seeds.end - seeds.start;
     let mut members_runs = 0;
     let mut watch_runs = 0;
+    let mut ttl_runs = 0;
     for seed in seeds {
         match run_seed(seed, None) {
             Ok((options, stats)) => {
@@ -69,6 +70,10 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
                 total.operator_refused += stats.operator_refused;
                 total.operator_unanswered += stats.operator_unanswered;
                 members_runs += u64::from(options.spares > 0);
+                ttl_runs += u64::from(!options.clock_skews.is_empty());
+                total.ttl_reads += stats.ttl_reads;
+                total.ttl_reads_empty += stats.ttl_reads_empty;
+                total.expired += stats.expired;
             }
             Err(error) => panic!("{error}"),
         }
@@ -79,7 +84,9 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
          {} leader changes, {} messages ({} dropped); {members_runs} membership runs: {} \
          membership changes applied, {} leadership transfers, {} operator requests refused, {} \
          unanswered; {watch_runs} watch runs: {} events checked, {} watches resumed elsewhere, {} \
-         told to list again, {} history reads from disk",
+         told to list again, {} history reads from disk; {ttl_runs} runs with keys with a time \
+         to live on skewed clocks: {} of their reads checked ({} found nothing), {} keys \
+         expired",
         total.operations,
         total.open,
         total.crashes,
@@ -98,6 +105,9 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
         total.watch_resumes,
         total.watch_compacted,
         total.history_reads,
+        total.ttl_reads,
+        total.ttl_reads_empty,
+        total.expired,
     );
 }
 

@@ -19,9 +19,9 @@ pub(crate) const WATCHER_BASE: usize = usize::MAX / 2;
 const WATCH_SILENCE_US: u64 = 1_500_000;
 
 /// What a change did to a key, as compared: the key, the value and metadata after (none for
-/// a delete), and before when the watcher asked for it.
+/// a delete), before when the watcher asked for it, and whether it was an expiry.
 pub(crate) type SimChange =
-    (Vec<u8>, Option<(Vec<u8>, [u64; 3])>, Option<(Option<Vec<u8>>, [u64; 3])>);
+    (Vec<u8>, Option<(Vec<u8>, [u64; 3])>, Option<(Option<Vec<u8>>, [u64; 3])>, bool);
 
 /// A watch events frame as compared: its index and changes.
 pub(crate) type SimEvent = (u64, Vec<SimChange>);
@@ -70,7 +70,7 @@ pub(crate) fn truth_of(entry: &HistoryEntry) -> Vec<SimChange> {
         .map(|c| {
             let put = c.put.map(|(v, m)| (v.to_vec(), meta3(m)));
             let prev = c.prev.map(|(m, v)| (v.map(<[u8]>::to_vec), meta3(m)));
-            (c.key.to_vec(), put, prev)
+            (c.key.to_vec(), put, prev, c.expired)
         })
         .collect()
 }
@@ -327,8 +327,8 @@ impl Sim {
             let scoped: Vec<SimChange> = changes
                 .iter()
                 .filter(|c| watcher.key.as_ref().is_none_or(|k| *k == c.0))
-                .map(|(key, put, prev)| {
-                    (key.clone(), put.clone(), prev.clone().filter(|_| watcher.prev))
+                .map(|(key, put, prev, expired)| {
+                    (key.clone(), put.clone(), prev.clone().filter(|_| watcher.prev), *expired)
                 })
                 .collect();
             if !scoped.is_empty() {
@@ -346,5 +346,5 @@ fn sim_change(c: &corekv_proto::client::Change<'_>) -> SimChange {
         (value, c.meta().map(meta).unwrap_or_default())
     });
     let prev = c.prev_meta().map(|m| (c.prev_value().map(|v| v.bytes().to_vec()), meta(m)));
-    (c.key().bytes().to_vec(), put, prev)
+    (c.key().bytes().to_vec(), put, prev, c.expired())
 }

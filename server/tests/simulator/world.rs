@@ -109,6 +109,7 @@ impl Sim {
             watchers,
             truth: HashMap::new(),
             conn_delivery: HashMap::new(),
+            ttl: ttl::TtlLog::default(),
         }
     }
 
@@ -177,6 +178,7 @@ impl Sim {
         }
         self.check_acknowledged()?;
         self.check_watchers()?;
+        self.check_ttl()?;
         let checked = self.history.check()?;
         self.stats.operations = checked.operations as u64;
         self.stats.open = checked.open as u64;

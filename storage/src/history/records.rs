@@ -10,7 +10,7 @@
 //! ```text
 //! change:  flags u8 | key | [put: value | meta] | [prev: meta | [value]]
 //!   flags  bit 0: a put (else a delete); bit 1: the key existed before; bit 2: the value
-//!          before is kept
+//!          before is kept; bit 3: a delete of a key past its deadline (an expiry)
 //!   meta   create_index u64 | mod_index u64 | version u64
 //!   key, value: length u32 | bytes
 //! ```
@@ -34,6 +34,7 @@ pub const KIND_RESET: u8 = 18;
 const FLAG_PUT: u8 = 1;
 const FLAG_PREV: u8 = 2;
 const FLAG_PREV_VALUE: u8 = 4;
+const FLAG_EXPIRED: u8 = 8;
 
 /// Bytes of an entry record's payload before its changes.
 #[cfg(test)]
@@ -49,6 +50,8 @@ pub struct ChangeView<'a> {
     /// What the key held before, when it existed: its metadata, and its value unless it was
     /// left out (values before are kept up to a budget per entry).
     pub prev: Option<(KeyMeta, Option<&'a [u8]>)>,
+    /// A delete because the key's deadline passed.
+    pub expired: bool,
 }
 
 /// The changes of one entry, encoded (see the module docs).
@@ -66,7 +69,21 @@ impl ChangeSet {
         put: Option<(&[u8], KeyMeta)>,
         prev: Option<(KeyMeta, Option<&[u8]>)>,
     ) {
-        let mut flags = 0;
+        self.push_flagged(0, key, put, prev);
+    }
+
+    /// Adds the delete of a key whose deadline passed: what it held.
+    pub fn push_expired(&mut self, key: &[u8], prev: (KeyMeta, Option<&[u8]>)) {
+        self.push_flagged(FLAG_EXPIRED, key, None, Some(prev));
+    }
+
+    fn push_flagged(
+        &mut self,
+        mut flags: u8,
+        key: &[u8],
+        put: Option<(&[u8], KeyMeta)>,
+        prev: Option<(KeyMeta, Option<&[u8]>)>,
+    ) {
         if put.is_some() {
             flags |= FLAG_PUT;
         }
@@ -265,8 +282,11 @@ impl<'a> Reader<'a> {
 
     fn change(&mut self) -> Result<ChangeView<'a>, String> {
         let flags = self.u8()?;
-        if flags & !(FLAG_PUT | FLAG_PREV | FLAG_PREV_VALUE) != 0 {
+        if flags & !(FLAG_PUT | FLAG_PREV | FLAG_PREV_VALUE | FLAG_EXPIRED) != 0 {
             return Err(format!("unknown change flags {flags:#x}"));
+        }
+        if flags & FLAG_EXPIRED != 0 && flags & FLAG_PUT != 0 {
+            return Err("a put flagged as an expiry".to_string());
         }
         let key = self.bytes()?;
         let put = if flags & FLAG_PUT != 0 { Some((self.bytes()?, self.meta()?)) } else { None };
@@ -277,7 +297,7 @@ impl<'a> Reader<'a> {
         } else {
             None
         };
-        Ok(ChangeView { key, put, prev })
+        Ok(ChangeView { key, put, prev, expired: flags & FLAG_EXPIRED != 0 })
     }
 }
 
@@ -291,6 +311,7 @@ mod tests {
         changes.push(b"a", Some((b"v", meta(2))), Some((meta(1), Some(b"u"))));
         changes.push(b"b", None, Some((meta(4), None)));
         changes.push(b"c", Some((b"", meta(1))), None);
+        changes.push_expired(b"d", (meta(5), Some(b"gone")));
         HistoryEntry::new(9, 1_700_000_000_000, changes)
     }
 
@@ -310,7 +331,10 @@ mod tests {
         let decoded = decode_entry(&out).unwrap();
         assert_eq!(decoded, sample());
         let keys: Vec<&[u8]> = decoded.changes().map(|c| c.key).collect();
-        assert_eq!(keys, [b"a".as_slice(), b"b", b"c"]);
+        assert_eq!(keys, [b"a".as_slice(), b"b", b"c", b"d"]);
+        let expired: Vec<bool> = decoded.changes().map(|c| c.expired).collect();
+        assert_eq!(expired, [false, false, false, true]);
+        assert_eq!(decoded.changes().nth(3).unwrap().prev.unwrap().1, Some(b"gone".as_slice()));
         let first = decoded.changes().next().unwrap();
         assert_eq!(first.put.unwrap().0, b"v");
         assert_eq!(first.prev.unwrap().1, Some(b"u".as_slice()));

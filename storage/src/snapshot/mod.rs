@@ -21,9 +21,12 @@
 //! file, a crc32c over it and rkyv's validation (`bytecheck`), never a deserialization pass.
 //! The header block keeps the payload 4096-aligned for direct I/O and rkyv alike.
 //!
-//! Format versions: 2 records the membership ([`Membership::encode`]); 1 recorded the voters
-//! only (a cluster of fixed shape), and is still read, its member addresses left for the
-//! caller to take from the registry. A file of a newer version is refused by name.
+//! Format versions: 3 adds the keys' deadlines (a list of `(position, expires_ms)` beside the
+//! entries, sorted by position: keys without one cost nothing) and the state machine's clock
+//! (the largest batch stamp applied); 2 recorded the membership ([`Membership::encode`]); 1
+//! the voters only (a cluster of fixed shape). Versions 1 and 2 are still read (no deadlines,
+//! a clock of 0), version 1's member addresses left for the caller to take from the registry.
+//! A file of a newer version is refused by name.
 //!
 //! Files are written whole under a temporary name, synced, and renamed into place (by the
 //! server's `runtime::disk::write_snapshot_file`, with direct I/O), so a file with the final
@@ -55,7 +58,7 @@ use files::{read_header, write_header};
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CKVSNAP\x01";
 
 /// Version of the layout this build writes.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 
 /// Oldest version this build reads.
 pub const SNAPSHOT_FORMAT_OLDEST: u32 = 1;
@@ -84,10 +87,38 @@ pub struct SnapshotEntry<'a> {
     pub version: u64,
 }
 
-/// A whole shard state, as archived (format version 2).
+/// A key's deadline in a snapshot.
+#[derive(RkyvArchive, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(bytecheck())]
+pub struct SnapshotTimer {
+    /// The key's position among the entries.
+    pub position: u64,
+    /// Its deadline (ms since the Unix epoch).
+    pub expires_ms: u64,
+}
+
+/// A whole shard state, as archived (format version 3).
 #[derive(RkyvArchive, Serialize)]
 #[rkyv(bytecheck())]
 pub struct SnapshotData<'a> {
+    /// Last log index the state includes.
+    pub applied_index: u64,
+    /// Term of that entry.
+    pub applied_term: u64,
+    /// The membership as of `applied_index` ([`Membership::encode`]).
+    pub membership: Vec<u8>,
+    /// Every key, sorted.
+    pub entries: Vec<SnapshotEntry<'a>>,
+    /// The state machine's clock: the largest batch stamp applied (ms since the Unix epoch).
+    pub clock_ms: u64,
+    /// The deadlines of the keys that have one, by ascending position.
+    pub timers: Vec<SnapshotTimer>,
+}
+
+/// A whole shard state in format version 2: no deadlines, no clock.
+#[derive(RkyvArchive, Serialize)]
+#[rkyv(bytecheck())]
+pub struct SnapshotDataV2<'a> {
     /// Last log index the state includes.
     pub applied_index: u64,
     /// Term of that entry.
@@ -114,6 +145,8 @@ pub struct SnapshotDataV1<'a> {
 
 type ArchivedEntries = rkyv::vec::ArchivedVec<ArchivedSnapshotEntry<'static>>;
 
+type ArchivedTimers = [ArchivedSnapshotTimer];
+
 /// Who a snapshot belongs to and what it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotMeta {
@@ -136,6 +169,8 @@ pub struct Archive {
     version: u32,
     /// The membership it records, decoded when the file was validated.
     membership: Membership,
+    /// The state machine's clock it records (0 before version 3).
+    clock_ms: u64,
 }
 
 impl std::fmt::Debug for Archive {
@@ -169,12 +204,49 @@ impl Archive {
         // version, when this Archive was made (`from_file_image`), and the bytes are never
         // changed afterwards.
         unsafe {
-            if self.version == 1 {
-                &rkyv::access_unchecked::<ArchivedSnapshotDataV1<'static>>(payload).entries
-            } else {
-                &rkyv::access_unchecked::<ArchivedSnapshotData<'static>>(payload).entries
+            match self.version {
+                1 => &rkyv::access_unchecked::<ArchivedSnapshotDataV1<'static>>(payload).entries,
+                2 => &rkyv::access_unchecked::<ArchivedSnapshotDataV2<'static>>(payload).entries,
+                _ => &rkyv::access_unchecked::<ArchivedSnapshotData<'static>>(payload).entries,
             }
         }
+    }
+
+    /// The deadlines of the keys that have one, by ascending position.
+    fn timers(&self) -> &ArchivedTimers {
+        if self.version < 3 {
+            return &[];
+        }
+        let payload = &self.bytes[SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES + self.payload_len];
+        // SAFETY: as in `entries`: validated as this version's type, never changed since.
+        unsafe { &rkyv::access_unchecked::<ArchivedSnapshotData<'static>>(payload).timers }
+    }
+
+    /// The deadline of the key at position `i`; 0: none.
+    fn expires_at(&self, i: usize) -> u64 {
+        let timers = self.timers();
+        if timers.is_empty() {
+            return 0;
+        }
+        match timers.binary_search_by(|t| t.position.to_native().cmp(&(i as u64))) {
+            Ok(t) => timers[t].expires_ms.to_native(),
+            Err(_) => 0,
+        }
+    }
+
+    /// The keys that have a deadline, with it, in key order.
+    pub fn deadlines(&self) -> impl Iterator<Item = (&[u8], u64)> + '_ {
+        let entries = self.entries();
+        self.timers().iter().map(move |t| {
+            let position = t.position.to_native() as usize;
+            (entries[position].key.get(), t.expires_ms.to_native())
+        })
+    }
+
+    /// The state machine's clock the snapshot records (ms since the Unix epoch; 0 from a file
+    /// older than format version 3).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
     }
 
     /// The membership the snapshot records, as of its index. From a version 1 file, the
@@ -211,7 +283,9 @@ impl Archive {
     /// The entry at position `i` (in key order).
     pub fn entry(&self, i: usize) -> (&[u8], ValueRef<'_>) {
         let e = &self.entries()[i];
-        (e.key.get(), ValueRef { value: e.value.get(), meta: meta_of(e) })
+        let value =
+            ValueRef { value: e.value.get(), meta: meta_of(e), expires_ms: self.expires_at(i) };
+        (e.key.get(), value)
     }
 
     /// Reads one key.
@@ -232,15 +306,17 @@ impl Archive {
     }
 
     /// Builds the file image of a snapshot merging `base` (an older snapshot, if any) with
-    /// `overlay` (newer changes win; `None` deletes), and validates it. Runs off the shard's
-    /// thread: it touches every key.
+    /// `overlay` (newer changes win; `None` deletes), with the state machine's clock, and
+    /// validates it. Runs off the shard's thread: it touches every key.
     pub fn build(
         meta: SnapshotMeta,
         membership: &Membership,
         base: Option<&Archive>,
         overlay: &Overlay,
+        clock_ms: u64,
     ) -> Result<Archive> {
         let mut entries = Vec::with_capacity(base.map_or(0, Archive::len) + overlay.len());
+        let mut timers = Vec::new();
         let mut from_base =
             (0..base.map_or(0, Archive::len)).map(|i| base.expect("len > 0").entry(i)).peekable();
         let mut from_overlay = overlay.iter().peekable();
@@ -253,6 +329,10 @@ impl Archive {
             };
             if order == std::cmp::Ordering::Less {
                 let (key, v) = from_base.next().expect("peeked");
+                if v.expires_ms != 0 {
+                    let position = entries.len() as u64;
+                    timers.push(SnapshotTimer { position, expires_ms: v.expires_ms });
+                }
                 entries.push(SnapshotEntry {
                     key,
                     value: v.value,
@@ -268,6 +348,10 @@ impl Archive {
             }
             let (key, record) = from_overlay.next().expect("peeked");
             if let Some(r) = record {
+                if r.expires_ms != 0 {
+                    let position = entries.len() as u64;
+                    timers.push(SnapshotTimer { position, expires_ms: r.expires_ms });
+                }
                 entries.push(SnapshotEntry {
                     key,
                     value: &r.value,
@@ -282,6 +366,8 @@ impl Archive {
             applied_term: meta.term,
             membership: membership.encode(),
             entries,
+            clock_ms,
+            timers,
         };
         // Sized for the whole image up front: growing a buffer of this size means `mremap`,
         // which holds the process's memory-map lock, and this runs on a low-priority thread
@@ -336,7 +422,7 @@ impl Archive {
             )));
         }
         let invalid = |e: rancor::Error| bad(format!("archive does not validate: {e}"));
-        let (applied, entries, membership) = if version == 1 {
+        let (applied, entries, membership, clock_ms) = if version == 1 {
             let data = rkyv::access::<ArchivedSnapshotDataV1<'static>, rancor::Error>(payload)
                 .map_err(invalid)?;
             let mut voters: Vec<NodeId> =
@@ -347,9 +433,10 @@ impl Archive {
                 (data.applied_index.to_native(), data.applied_term.to_native()),
                 &data.entries,
                 membership,
+                0,
             )
-        } else {
-            let data = rkyv::access::<ArchivedSnapshotData<'static>, rancor::Error>(payload)
+        } else if version == 2 {
+            let data = rkyv::access::<ArchivedSnapshotDataV2<'static>, rancor::Error>(payload)
                 .map_err(invalid)?;
             let membership = Membership::decode(&data.membership)
                 .map_err(|e| bad(format!("its membership does not decode: {e}")))?;
@@ -357,6 +444,25 @@ impl Archive {
                 (data.applied_index.to_native(), data.applied_term.to_native()),
                 &data.entries,
                 membership,
+                0,
+            )
+        } else {
+            let data = rkyv::access::<ArchivedSnapshotData<'static>, rancor::Error>(payload)
+                .map_err(invalid)?;
+            let membership = Membership::decode(&data.membership)
+                .map_err(|e| bad(format!("its membership does not decode: {e}")))?;
+            let positions_ok = data.timers.windows(2).all(|w| w[0].position < w[1].position)
+                && data.timers.iter().all(|t| {
+                    t.position.to_native() < data.entries.len() as u64 && t.expires_ms != 0
+                });
+            if !positions_ok {
+                return Err(bad("its key deadlines are out of order or out of range".to_string()));
+            }
+            (
+                (data.applied_index.to_native(), data.applied_term.to_native()),
+                &data.entries,
+                membership,
+                data.clock_ms.to_native(),
             )
         };
         if applied != (meta.index, meta.term) {
@@ -366,7 +472,14 @@ impl Archive {
         if !sorted {
             return Err(bad("keys are not in strictly ascending order".to_string()));
         }
-        Ok(Archive { payload_len: payload_len as usize, meta, bytes, version, membership })
+        Ok(Archive {
+            payload_len: payload_len as usize,
+            meta,
+            bytes,
+            version,
+            membership,
+            clock_ms,
+        })
     }
 
     /// Reads and validates the snapshot file at `path`.
@@ -465,7 +578,12 @@ fn free_entries_gradually(mut entries: Vec<SnapshotEntry<'_>>) {
 fn image_capacity(data: &SnapshotData<'_>) -> usize {
     let entries = &data.entries;
     let bytes: usize = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
-    SNAPSHOT_HEADER_BYTES + bytes + 64 * (entries.len() + 1) + data.membership.len() + BLOCK_BYTES
+    SNAPSHOT_HEADER_BYTES
+        + bytes
+        + 64 * (entries.len() + 1)
+        + 16 * data.timers.len()
+        + data.membership.len()
+        + BLOCK_BYTES
 }
 
 fn page_bytes() -> usize {
@@ -504,11 +622,11 @@ mod tests {
         image[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     }
 
-    // Shows: a file of format version 1 (voters, no addresses), as an older corekv wrote it,
-    // is still read: its keys, and its voters as the membership; a file of a newer version
-    // than this build's is refused by name.
+    // Shows: a file of format version 1 (voters, no addresses) or 2 (no deadlines), as an
+    // older corekv wrote it, is still read: its keys (none with a deadline), and its voters or
+    // membership; a file of a newer version than this build's is refused by name.
     #[test]
-    fn version_1_files_are_read_and_newer_ones_refused() {
+    fn files_of_versions_1_and_2_are_read_and_newer_ones_refused() {
         let entries = vec![SnapshotEntry {
             key: b"k",
             value: b"v",
@@ -533,7 +651,32 @@ mod tests {
         assert_eq!(old.membership().voters, vec![NodeId(1), NodeId(2), NodeId(3)]);
         assert!(old.membership().addrs.is_empty(), "a version 1 file has no addresses");
 
-        let current = Archive::build(meta(3), &members(&[1]), None, &Overlay::new()).unwrap();
+        let entries = vec![SnapshotEntry {
+            key: b"k",
+            value: b"v2",
+            create_index: 3,
+            mod_index: 4,
+            version: 2,
+        }];
+        let membership = members(&[1, 2]).encode();
+        let data = SnapshotDataV2 { applied_index: 9, applied_term: 2, membership, entries };
+        let mut image = AlignedVec::<16>::new();
+        image.resize(SNAPSHOT_HEADER_BYTES, 0);
+        let mut image = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&data, image).unwrap();
+        let payload_len = image.len() - SNAPSHOT_HEADER_BYTES;
+        image.resize(image.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES, 0);
+        let crc =
+            crc32c::crc32c(&image[SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES + payload_len]);
+        write_header(&mut image[..SNAPSHOT_HEADER_BYTES], &meta(9), payload_len as u64, crc);
+        set_version(&mut image, 2);
+        let v2 = Archive::from_file_image(image, Path::new("v2.snap"), None).unwrap();
+        assert_eq!(v2.format_version(), 2);
+        let read = v2.get(b"k").unwrap();
+        assert_eq!((read.value, read.expires_ms), (&b"v2"[..], 0));
+        assert_eq!((v2.clock_ms(), v2.deadlines().count()), (0, 0));
+        assert_eq!(v2.membership(), &members(&[1, 2]));
+
+        let current = Archive::build(meta(3), &members(&[1]), None, &Overlay::new(), 0).unwrap();
         let mut newer = AlignedVec::new();
         newer.extend_from_slice(current.file_bytes());
         set_version(&mut newer, SNAPSHOT_FORMAT_VERSION + 1);
@@ -545,6 +688,7 @@ mod tests {
         Some(Record {
             value: value.as_bytes().into(),
             meta: KeyMeta { create_index: 1, mod_index: 5, version },
+            expires_ms: 0,
         })
     }
 
@@ -567,7 +711,7 @@ mod tests {
         for i in 0..20_000u32 {
             overlay.insert(format!("key-{i:08}").as_bytes().into(), record(&"v".repeat(100), 1));
         }
-        let archive = Archive::build(meta(1), &members(&[1]), None, &overlay).unwrap();
+        let archive = Archive::build(meta(1), &members(&[1]), None, &overlay, 0).unwrap();
         // The buffer was sized for the image up front, never grown (growing doubles it).
         let spare = archive.bytes.capacity() - archive.bytes.len();
         assert!(spare < 24 * 20_001 + 64 + 2 * BLOCK_BYTES, "{spare} bytes to spare");
@@ -607,8 +751,14 @@ mod tests {
             first.insert(k.as_bytes().into(), record(&format!("{k}1"), 1));
         }
         first.insert(b"gone".as_slice().into(), None);
-        let s1 = Archive::build(meta(10), &members(&[1, 2, 3]), None, &first).unwrap();
-        assert_eq!(s1.len(), 4);
+        let timed = |value: &str, expires_ms| record(value, 1).map(|r| Record { expires_ms, ..r });
+        first.insert(b"t1".as_slice().into(), timed("x", 500));
+        let s1 = Archive::build(meta(10), &members(&[1, 2, 3]), None, &first, 77).unwrap();
+        assert_eq!(s1.get(b"t1").unwrap().expires_ms, 500);
+        assert_eq!(s1.get(b"a").unwrap().expires_ms, 0);
+        assert_eq!(s1.clock_ms(), 77);
+        assert_eq!(s1.len(), 5);
+        first.remove(b"t1".as_slice());
         assert_eq!(s1.get(b"c").unwrap().value, b"c1");
         assert!(s1.get(b"gone").is_none());
         assert_eq!(s1.membership(), &members(&[1, 2, 3]));
@@ -619,7 +769,18 @@ mod tests {
         second.insert(b"c".as_slice().into(), record("c2", 2));
         second.insert(b"bb".as_slice().into(), record("new", 1));
         second.insert(b"z".as_slice().into(), record("last", 1));
-        let s2 = Archive::build(meta(20), &members(&[1, 2, 3]), Some(&s1), &second).unwrap();
+        second.insert(b"t2".as_slice().into(), timed("y", 900));
+        let s2 = Archive::build(meta(20), &members(&[1, 2, 3]), Some(&s1), &second, 88).unwrap();
+        let deadlines: Vec<(&[u8], u64)> = s2.deadlines().collect();
+        assert_eq!(deadlines, vec![(&b"t1"[..], 500), (&b"t2"[..], 900)], "kept and added");
+        assert_eq!(s2.get(b"t2").unwrap().expires_ms, 900);
+        assert_eq!(s2.clock_ms(), 88);
+        second.remove(b"t2".as_slice());
+        let mut third = Overlay::new();
+        third.insert(b"t1".as_slice().into(), None);
+        third.insert(b"t2".as_slice().into(), None);
+        let s2 = Archive::build(meta(20), &members(&[1, 2, 3]), Some(&s2), &third, 88).unwrap();
+        assert_eq!(s2.deadlines().count(), 0, "deleted keys take their deadlines along");
         let keys: Vec<(String, String, u64)> = (0..s2.len())
             .map(|i| {
                 let (k, v) = s2.entry(i);
@@ -652,7 +813,11 @@ mod tests {
         for i in 0..50 {
             overlay.insert(format!("key-{i}").into_bytes().into(), record("value", 1));
         }
-        let good = Archive::build(meta(3), &members(&[1]), None, &overlay).unwrap();
+        overlay.insert(
+            b"timed".as_slice().into(),
+            record("value", 1).map(|r| Record { expires_ms: 9, ..r }),
+        );
+        let good = Archive::build(meta(3), &members(&[1]), None, &overlay, 5).unwrap();
         let image = good.file_bytes().to_vec();
         let payload_end = SNAPSHOT_HEADER_BYTES + good.payload_len;
         for at in (0..HEADER_CRC_OFFSET + 4).chain((SNAPSHOT_HEADER_BYTES..payload_end).step_by(97))

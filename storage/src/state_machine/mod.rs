@@ -8,6 +8,14 @@
 //! - `mod_index`: the log index of the write that last changed it;
 //! - `version`: writes since it was created (1 after the first put).
 //!
+//! A key may have a deadline (`expires_ms`, ms since the Unix epoch, fixed by the leader that
+//! proposed its write). The state machine's clock is the largest batch stamp applied so far
+//! ([`crate::command`]): a key whose deadline is at or before it no longer exists for the
+//! writes, compares and transaction reads applied from then on — the same on every replica —
+//! and the first of them that touches it deletes it as an expiry (recorded for watchers as
+//! one). The leader proposes `EXPIRE` for keys past their deadline, so they go without
+//! another write; reads on a node pass its own clock ([`StateMachine::get_at`]).
+//!
 //! Several writes of one batch share a log index; they are applied one after the other, so a
 //! key written twice in one batch ends at version + 2 with that index as its mod index. Reads
 //! never see a batch half applied: apply runs to completion before anything else on the shard.
@@ -31,10 +39,12 @@
 //! base and the frozen layer is dropped. A restart loads the newest archive and reads it in
 //! place: one read of the file, no rebuild.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 mod reads;
 
+use crate::key::Key;
 use crate::snapshot::{Archive, Overlay};
 
 use crate::constants::PREV_VALUE_BYTES_PER_ENTRY_MAX;
@@ -56,8 +66,8 @@ pub enum TxnResult {
     Get {
         /// The key read.
         key: Vec<u8>,
-        /// Its value and metadata, when it exists.
-        found: Option<(Vec<u8>, KeyMeta)>,
+        /// Its value, metadata and deadline (0: none), when it exists.
+        found: Option<(Vec<u8>, KeyMeta, u64)>,
     },
     /// A put: the key's metadata after it.
     Put(KeyMeta),
@@ -91,6 +101,9 @@ pub enum OpResult<'a> {
     BatchDelete(&'a [bool]),
     /// A transaction.
     Txn(TxnOutcome<'a>),
+    /// An expiry: the deadlines of the keys it deleted, or `None` when it was refused
+    /// (proposed in another term than its entry's).
+    Expire(Option<&'a [u64]>),
 }
 
 /// What a key holds as a change is about to be made to it (see `StateMachine::current`).
@@ -101,6 +114,8 @@ struct Current {
     meta: KeyMeta,
     /// A copy of its value, when recording and within the budget for values before.
     copy: Option<Box<[u8]>>,
+    /// Its deadline; 0: none.
+    expires_ms: u64,
 }
 
 /// Layers a state machine no longer uses.
@@ -126,6 +141,8 @@ pub struct FrozenState {
     pub index: u64,
     /// Term of that entry.
     pub term: u64,
+    /// The state machine's clock then (ms since the Unix epoch).
+    pub clock_ms: u64,
 }
 
 /// A shard's data. See the module docs.
@@ -136,6 +153,10 @@ pub struct StateMachine {
     overlay: Overlay,
     applied_index: u64,
     applied_term: u64,
+    /// The largest batch stamp applied (ms since the Unix epoch).
+    clock_ms: u64,
+    /// The keys that have a deadline, as [`timer_key`]s: by deadline, then key.
+    deadlines: BTreeSet<Key>,
     /// Keys, counted across the layers.
     keys: usize,
     /// Bytes of keys and values, counted across the layers.
@@ -143,6 +164,7 @@ pub struct StateMachine {
     scratch_metas: Vec<KeyMeta>,
     scratch_flags: Vec<bool>,
     scratch_txn: Vec<TxnResult>,
+    scratch_deadlines: Vec<u64>,
     /// Whether applying records each key's change ([`StateMachine::record_changes`]).
     recording: bool,
     /// The changes of the entries applied since the last [`StateMachine::take_changes`],
@@ -177,6 +199,8 @@ impl StateMachine {
         self.applied_term = archive.meta().term;
         self.keys = archive.len();
         self.data_bytes = archive.data_bytes();
+        self.clock_ms = archive.clock_ms();
+        self.deadlines = archive.deadlines().map(|(key, ms)| timer_key(ms, key)).collect();
         Replaced {
             base: self.base.replace(archive),
             frozen: self.frozen.take(),
@@ -196,6 +220,7 @@ impl StateMachine {
             overlay,
             index: self.applied_index,
             term: self.applied_term,
+            clock_ms: self.clock_ms,
         })
     }
 
@@ -264,6 +289,33 @@ impl StateMachine {
         self.data_bytes
     }
 
+    /// The state machine's clock: the largest batch stamp applied (ms since the Unix epoch).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Keys that have a deadline (those past it and not yet deleted included).
+    pub fn timed_keys(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// The keys whose deadline is at or before `now_ms`, by deadline, after the timer key
+    /// `after` (where a previous pass stopped): each key, its deadline and its timer key.
+    pub fn due<'s>(
+        &'s self,
+        now_ms: u64,
+        after: Option<&'s [u8]>,
+    ) -> impl Iterator<Item = (&'s [u8], u64, &'s [u8])> + 's {
+        let lower = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        self.deadlines
+            .range::<[u8], _>((lower, std::ops::Bound::Unbounded))
+            .map(|timer| {
+                let (ms, key) = timer.split_at(8);
+                (key, u64::from_be_bytes(ms.try_into().expect("8 bytes")), &timer[..])
+            })
+            .take_while(move |(_, ms, _)| *ms <= now_ms)
+    }
+
     /// Records that entry `index` of `term` carried nothing to apply (an empty entry a new
     /// leader appends, or a configuration entry).
     pub fn apply_empty(&mut self, index: u64, term: u64) {
@@ -288,20 +340,26 @@ impl StateMachine {
     ) -> Result<(), CommandError> {
         self.advance(index, term);
         self.prev_budget = PREV_VALUE_BYTES_PER_ENTRY_MAX;
+        let entry_term = term;
         if self.recording {
             // The keys and values, their values before (mostly as long) and metadata: about
             // twice the batch.
             self.changes.reserve(batch.len() * 2 + 64);
         }
-        let ops = decode_batch(batch)?;
-        for op in ops {
+        let batch = decode_batch(batch)?;
+        if let Some(stamp) = batch.stamp_ms {
+            self.clock_ms = self.clock_ms.max(stamp);
+        }
+        for op in batch.ops {
             match op {
-                Op::Put { key, value } => on_result(OpResult::Put(self.put(index, key, value))),
+                Op::Put { key, value, expires_ms } => {
+                    on_result(OpResult::Put(self.put(index, key, value, expires_ms)))
+                }
                 Op::Delete { key } => on_result(OpResult::Delete(self.delete(key))),
-                Op::BatchPut(items) => {
+                Op::BatchPut { items, expires_ms } => {
                     let mut metas = std::mem::take(&mut self.scratch_metas);
                     metas.clear();
-                    metas.extend(items.iter().map(|(k, v)| self.put(index, k, v)));
+                    metas.extend(items.iter().map(|(k, v)| self.put(index, k, v, expires_ms)));
                     on_result(OpResult::BatchPut(&metas));
                     self.scratch_metas = metas;
                 }
@@ -329,6 +387,16 @@ impl StateMachine {
                     }));
                     self.scratch_txn = results;
                 }
+                Op::Expire { term, keys } if term == entry_term => {
+                    let mut deadlines = std::mem::take(&mut self.scratch_deadlines);
+                    deadlines.clear();
+                    deadlines.extend(
+                        keys.iter().filter_map(|(key, mod_index)| self.expire(key, *mod_index)),
+                    );
+                    on_result(OpResult::Expire(Some(&deadlines)));
+                    self.scratch_deadlines = deadlines;
+                }
+                Op::Expire { .. } => on_result(OpResult::Expire(None)),
             }
         }
         Ok(())
@@ -349,12 +417,17 @@ impl StateMachine {
         std::mem::take(&mut self.changes)
     }
 
-    fn put(&mut self, index: u64, key: &[u8], value: &[u8]) -> KeyMeta {
-        // Overwriting a key the overlay already holds (the common case under load): one
+    fn put(&mut self, index: u64, key: &[u8], value: &[u8], expires_ms: u64) -> KeyMeta {
+        // Overwriting a live key the overlay already holds (the common case under load): one
         // search; the value's allocation is reused when the length is unchanged, or, when
         // recording, handed to the change as the value before (no copy).
-        if let Some(Some(record)) = self.overlay.get_mut(key) {
+        let clock = self.clock_ms;
+        if let Some(Some(record)) =
+            self.overlay.get_mut(key).filter(|r| r.as_ref().is_some_and(|r| r.live_at(clock)))
+        {
             let old = record.meta;
+            retime(&mut self.deadlines, key, record.expires_ms, expires_ms);
+            record.expires_ms = expires_ms;
             let meta = KeyMeta {
                 create_index: old.create_index,
                 mod_index: index,
@@ -387,7 +460,12 @@ impl StateMachine {
             }
             return meta;
         }
-        let current = self.current(key);
+        let mut current = self.current(key);
+        if current.as_ref().is_some_and(|c| c.expires_ms != 0 && c.expires_ms <= clock) {
+            // Past its deadline: it goes as an expiry, and this put creates it again.
+            self.remove_current(key, current.take().expect("checked"));
+        }
+        retime(&mut self.deadlines, key, current.as_ref().map_or(0, |c| c.expires_ms), expires_ms);
         let meta = match &current {
             Some(Current { len: old_len, meta: old_meta, .. }) => {
                 self.data_bytes = self.data_bytes - old_len + value.len();
@@ -403,7 +481,7 @@ impl StateMachine {
                 KeyMeta { create_index: index, mod_index: index, version: 1 }
             }
         };
-        self.overlay.insert(key.into(), Some(Record { value: value.into(), meta }));
+        self.overlay.insert(key.into(), Some(Record { value: value.into(), meta, expires_ms }));
         if self.recording {
             let prev = current.as_ref().map(|c| (c.meta, c.copy.as_deref()));
             self.changes.push(key, Some((value, meta)), prev);
@@ -415,11 +493,12 @@ impl StateMachine {
     /// copy of its value for the change about to be made, while the budget for values
     /// before lasts. One search of the layers.
     fn current(&mut self, key: &[u8]) -> Option<Current> {
-        let (len, meta, copy) = {
+        let (len, meta, copy, expires_ms) = {
             let current = self.get(key)?;
             let budget = self.prev_budget.min(self.prev_budget_shared.unwrap_or(usize::MAX));
             let keep = self.recording && current.value.len() <= budget;
-            (current.value.len(), current.meta, keep.then(|| Box::from(current.value)))
+            let copy = keep.then(|| Box::from(current.value));
+            (current.value.len(), current.meta, copy, current.expires_ms)
         };
         if copy.is_some() {
             self.prev_budget -= len;
@@ -427,7 +506,7 @@ impl StateMachine {
                 *shared -= len;
             }
         }
-        Some(Current { len, meta, copy })
+        Some(Current { len, meta, copy, expires_ms })
     }
 
     /// Lets the entries applied from now on copy at most `bytes` of values before into their
@@ -438,11 +517,38 @@ impl StateMachine {
         self.prev_budget_shared = Some(bytes);
     }
 
+    /// Deletes `key`; returns whether it existed (a key past its deadline did not: it goes
+    /// as an expiry).
     fn delete(&mut self, key: &[u8]) -> bool {
-        let Some(Current { len: old_len, meta, copy }) = self.current(key) else { return false };
+        let Some(current) = self.current(key) else { return false };
+        self.remove_current(key, current)
+    }
+
+    /// Deletes `key` as an expiry if it is past its deadline and its mod index is still
+    /// `mod_index`; returns its deadline when it did.
+    fn expire(&mut self, key: &[u8], mod_index: u64) -> Option<u64> {
+        let due = self
+            .get(key)
+            .is_some_and(|v| v.meta.mod_index == mod_index && !v.live_at(self.clock_ms));
+        let current = due.then(|| self.current(key)).flatten()?;
+        let deadline = current.expires_ms;
+        self.remove_current(key, current);
+        Some(deadline)
+    }
+
+    /// Removes `key`, which holds `current`: a delete, or an expiry when it is past its
+    /// deadline. Returns whether it was a delete (the key existed).
+    fn remove_current(&mut self, key: &[u8], current: Current) -> bool {
+        let Current { len: old_len, meta, copy, expires_ms } = current;
+        let expired = expires_ms != 0 && expires_ms <= self.clock_ms;
         if self.recording {
-            self.changes.push(key, None, Some((meta, copy.as_deref())));
+            if expired {
+                self.changes.push_expired(key, (meta, copy.as_deref()));
+            } else {
+                self.changes.push(key, None, Some((meta, copy.as_deref())));
+            }
         }
+        retime(&mut self.deadlines, key, expires_ms, 0);
         self.keys -= 1;
         self.data_bytes -= key.len() + old_len;
         if self.base.is_none() && self.frozen.is_none() {
@@ -451,22 +557,28 @@ impl StateMachine {
             // A lower layer may hold the key: record the deletion.
             self.overlay.insert(key.into(), None);
         }
-        true
+        !expired
+    }
+
+    /// What `key` holds for the entry being applied: nothing once past its deadline.
+    fn live(&self, key: &[u8]) -> Option<ValueRef<'_>> {
+        self.get(key).filter(|v| v.live_at(self.clock_ms))
     }
 
     fn txn_op(&mut self, index: u64, op: &TxnOp<'_>) -> TxnResult {
         match op.kind {
             TxnOpKind::Get => TxnResult::Get {
                 key: op.key.to_vec(),
-                found: self.get(op.key).map(|v| (v.value.to_vec(), v.meta)),
+                found: self.live(op.key).map(|v| (v.value.to_vec(), v.meta, v.expires_ms)),
             },
-            TxnOpKind::Put => TxnResult::Put(self.put(index, op.key, op.value)),
+            TxnOpKind::Put => TxnResult::Put(self.put(index, op.key, op.value, 0)),
+            TxnOpKind::PutTtl => TxnResult::Put(self.put(index, op.key, op.value, op.expires_ms)),
             TxnOpKind::Delete => TxnResult::Delete(self.delete(op.key)),
         }
     }
 
     fn compare_holds(&self, compare: &Compare<'_>) -> bool {
-        let current = self.get(compare.key);
+        let current = self.live(compare.key);
         let ordering = match compare.target {
             CompareTarget::Exists => {
                 return match compare.op {
@@ -495,6 +607,28 @@ impl StateMachine {
     }
 }
 
+/// A key's entry in the deadline index: its deadline (big-endian, so the index sorts by it),
+/// then the key.
+fn timer_key(expires_ms: u64, key: &[u8]) -> Key {
+    let mut bytes = Vec::with_capacity(8 + key.len());
+    bytes.extend_from_slice(&expires_ms.to_be_bytes());
+    bytes.extend_from_slice(key);
+    Key::from(&bytes[..])
+}
+
+/// Moves `key` in the deadline index from deadline `old` to `new` (0: none).
+fn retime(deadlines: &mut BTreeSet<Key>, key: &[u8], old: u64, new: u64) {
+    if old == new {
+        return;
+    }
+    if old != 0 {
+        deadlines.remove(&timer_key(old, key)[..]);
+    }
+    if new != 0 {
+        deadlines.insert(timer_key(new, key));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::ops::Bound;
@@ -510,7 +644,7 @@ mod tests {
         let mut b = BatchBuilder::new();
         build(&mut b);
         let mut out = Vec::new();
-        sm.apply(index, 1, &b.take(), |r| out.push(format!("{r:?}"))).unwrap();
+        sm.apply(index, 1, &b.take(0), |r| out.push(format!("{r:?}"))).unwrap();
         out
     }
 
@@ -563,7 +697,7 @@ mod tests {
         });
         let meta = |create_index, mod_index, version| KeyMeta { create_index, mod_index, version };
         let changes = sm.take_changes();
-        let view = |key, put, prev| crate::history::ChangeView { key, put, prev };
+        let view = |key, put, prev| crate::history::ChangeView { key, put, prev, expired: false };
         assert_eq!(
             changes.iter().collect::<Vec<_>>(),
             vec![
@@ -583,7 +717,7 @@ mod tests {
             value: b"",
             number: 0,
         };
-        let put = |key| TxnOp { kind: TxnOpKind::Put, key, value: b"t" };
+        let put = |key| TxnOp { kind: TxnOpKind::Put, key, value: b"t", expires_ms: 0 };
         apply_one(&mut sm, 3, |b| {
             b.txn([never].into_iter(), [put(b"s")].into_iter(), [put(b"f")].into_iter())
         });
@@ -636,25 +770,25 @@ mod tests {
                 }]
                 .into_iter(),
                 [
-                    TxnOp { kind: TxnOpKind::Put, key: b"a", value: b"2" },
-                    TxnOp { kind: TxnOpKind::Get, key: b"a", value: b"" },
+                    TxnOp { kind: TxnOpKind::Put, key: b"a", value: b"2", expires_ms: 0 },
+                    TxnOp { kind: TxnOpKind::Get, key: b"a", value: b"", expires_ms: 0 },
                 ]
                 .into_iter(),
-                [TxnOp { kind: TxnOpKind::Get, key: b"a", value: b"" }].into_iter(),
+                [TxnOp { kind: TxnOpKind::Get, key: b"a", value: b"", expires_ms: 0 }].into_iter(),
             )
         };
         let mut seen = Vec::new();
         let mut b = BatchBuilder::new();
         cas(&mut b, 1);
         cas(&mut b, 1);
-        sm.apply(2, 1, &b.take(), |r| {
+        sm.apply(2, 1, &b.take(0), |r| {
             if let OpResult::Txn(t) = r {
                 seen.push((t.succeeded, t.failed_compare, t.results.to_vec()));
             }
         })
         .unwrap();
         let meta2 = KeyMeta { create_index: 1, mod_index: 2, version: 2 };
-        let get_a = TxnResult::Get { key: b"a".to_vec(), found: Some((b"2".to_vec(), meta2)) };
+        let get_a = TxnResult::Get { key: b"a".to_vec(), found: Some((b"2".to_vec(), meta2, 0)) };
         assert_eq!(seen[0], (true, None, vec![TxnResult::Put(meta2), get_a.clone()]));
         assert_eq!(seen[1], (false, Some(0), vec![get_a]));
 
@@ -676,6 +810,140 @@ mod tests {
         assert!(!missing(CompareTarget::Value, CompareOp::Equal, 0));
     }
 
+    fn apply_at(
+        sm: &mut StateMachine,
+        index: u64,
+        stamp_ms: u64,
+        build: impl FnOnce(&mut BatchBuilder),
+    ) -> Vec<String> {
+        let mut b = BatchBuilder::new();
+        build(&mut b);
+        let mut out = Vec::new();
+        sm.apply(index, 3, &b.take(stamp_ms), |r| out.push(format!("{r:?}"))).unwrap();
+        out
+    }
+
+    // Shows: a key with a deadline exists until the clock reaches it — for reads at a given
+    // time, and for the writes, compares and transaction reads of entries stamped at or after
+    // it — whatever the replica; the clock never goes back (an older stamp after a newer one
+    // changes nothing); a put past the deadline records the expiry, then creates the key
+    // again (version 1); a put without a deadline takes the key's deadline away.
+    #[test]
+    fn deadlines_decide_existence_by_the_stamped_clock() {
+        let mut sm = StateMachine::new();
+        sm.record_changes(true);
+        apply_at(&mut sm, 1, 1_000, |b| b.put_ttl(b"t", b"v", 2_000));
+        assert_eq!(sm.get_at(b"t", 1_999).unwrap().expires_ms, 2_000);
+        assert!(sm.get_at(b"t", 2_000).is_none(), "gone at its deadline on the reader's clock");
+        assert_eq!(sm.timed_keys(), 1);
+        sm.take_changes();
+        let exists = |b: &mut BatchBuilder| {
+            let compare = Compare {
+                key: b"t",
+                target: CompareTarget::Exists,
+                op: CompareOp::Equal,
+                value: b"",
+                number: 0,
+            };
+            b.txn([compare].into_iter(), [].into_iter(), [].into_iter());
+        };
+        let held = |out: &[String]| out[0].contains("succeeded: true");
+        assert!(held(&apply_at(&mut sm, 2, 1_999, exists)), "before its deadline it exists");
+        assert!(!held(&apply_at(&mut sm, 3, 2_000, exists)), "at its deadline it does not");
+        assert!(!held(&apply_at(&mut sm, 4, 1_500, exists)), "an older stamp: the clock stays");
+        assert_eq!(sm.clock_ms(), 2_000);
+        assert!(sm.take_changes().is_empty(), "compares delete nothing");
+        assert_eq!(sm.len(), 1, "still held until a write or an expiry deletes it");
+
+        apply_at(&mut sm, 5, 2_100, |b| b.put(b"t", b"again"));
+        let meta = sm.get_at(b"t", 0).unwrap().meta;
+        assert_eq!(meta, KeyMeta { create_index: 5, mod_index: 5, version: 1 }, "created again");
+        let changes = sm.take_changes();
+        let kinds: Vec<(bool, bool)> =
+            changes.iter().map(|c| (c.expired, c.put.is_some())).collect();
+        assert_eq!(kinds, [(true, false), (false, true)], "the expiry, then the put");
+        assert_eq!(changes.iter().next().unwrap().prev.unwrap().1, Some(&b"v"[..]));
+        assert_eq!((sm.timed_keys(), sm.get_at(b"t", u64::MAX).unwrap().expires_ms), (0, 0));
+
+        // A delete of a key past its deadline: not there for the caller, an expiry for
+        // watchers.
+        apply_at(&mut sm, 6, 2_200, |b| b.put_ttl(b"u", b"v", 2_300));
+        sm.take_changes();
+        assert_eq!(apply_at(&mut sm, 7, 2_300, |b| b.delete(b"u")), ["Delete(false)"]);
+        assert!(sm.take_changes().iter().next().unwrap().expired);
+        assert_eq!((sm.len(), sm.timed_keys()), (1, 0));
+    }
+
+    // Shows: an expiry deletes the keys past their deadline that were not written since it
+    // was proposed, in one entry, recorded as expiries; one applied in another term than it
+    // was proposed in deletes nothing; the deadline index lists due keys in deadline order
+    // from where a pass stopped.
+    #[test]
+    fn expiries_are_conditional_and_bound_to_their_term() {
+        let mut sm = StateMachine::new();
+        apply_at(&mut sm, 1, 1_000, |b| {
+            b.put_ttl(b"a", b"1", 1_300);
+            b.put_ttl(b"b", b"1", 1_100);
+            b.put_ttl(b"c", b"1", 1_200);
+            b.put_ttl(b"later", b"1", 9_000);
+        });
+        let due: Vec<(&[u8], u64)> = sm.due(1_300, None).map(|(k, ms, _)| (k, ms)).collect();
+        assert_eq!(due, [(&b"b"[..], 1_100), (&b"c"[..], 1_200), (&b"a"[..], 1_300)]);
+        let cursor = sm.due(1_300, None).next().unwrap().2.to_vec();
+        assert_eq!(sm.due(1_300, Some(&cursor)).count(), 2, "after the cursor");
+        // "a" is rewritten (same deadline) before the expiry applies: it stays.
+        apply_at(&mut sm, 2, 1_050, |b| b.put_ttl(b"a", b"2", 1_300));
+        sm.record_changes(true);
+        let keys = [(&b"a"[..], 1u64), (&b"b"[..], 1), (&b"c"[..], 1)];
+        let mut b = BatchBuilder::new();
+        b.expire(2, keys.into_iter());
+        let mut out = Vec::new();
+        sm.apply(3, 3, &b.take(1_400), |r| out.push(format!("{r:?}"))).unwrap();
+        assert_eq!(out, ["Expire(None)"], "proposed in term 2, applied in term 3");
+        assert_eq!(sm.len(), 4);
+        b.expire(3, keys.into_iter());
+        let mut out = Vec::new();
+        sm.apply(4, 3, &b.take(1_400), |r| out.push(format!("{r:?}"))).unwrap();
+        assert_eq!(out, ["Expire(Some([1100, 1200]))"]);
+        let changes = sm.take_changes();
+        let expired: Vec<(&[u8], bool)> = changes.iter().map(|c| (c.key, c.expired)).collect();
+        assert_eq!(expired, [(&b"b"[..], true), (&b"c"[..], true)]);
+        assert!(sm.get(b"b").is_none() && sm.get(b"c").is_none());
+        assert_eq!(sm.get(b"a").unwrap().value, b"2", "written since: kept");
+        assert_eq!(sm.timed_keys(), 2);
+    }
+
+    // Shows: deadlines and the clock survive a snapshot: the restored state machine lists the
+    // same due keys and reads the same.
+    #[test]
+    fn deadlines_survive_a_snapshot() {
+        let mut sm = StateMachine::new();
+        apply_at(&mut sm, 1, 1_000, |b| {
+            b.put_ttl(b"a", b"1", 5_000);
+            b.put(b"b", b"1");
+        });
+        let frozen = sm.freeze().unwrap();
+        let meta =
+            crate::snapshot::SnapshotMeta { cluster: "c".into(), shard: 0, index: 1, term: 3 };
+        let archive = Archive::build(
+            meta,
+            &corekv_types::membership::Membership::default(),
+            frozen.base.as_deref(),
+            &frozen.overlay,
+            frozen.clock_ms,
+        )
+        .unwrap();
+        let restored = StateMachine::from_snapshot(Arc::new(archive));
+        assert_eq!(restored.clock_ms(), 1_000);
+        assert_eq!(
+            restored.due(5_000, None).map(|(k, ms, _)| (k.to_vec(), ms)).collect::<Vec<_>>(),
+            [(b"a".to_vec(), 5_000)]
+        );
+        assert!(restored.get_at(b"a", 5_000).is_none());
+        assert_eq!(restored.get_at(b"a", 4_999).unwrap().expires_ms, 5_000);
+        assert_eq!(restored.get_at(b"b", u64::MAX).unwrap().expires_ms, 0);
+    }
+
     // Shows: scans respect bounds and limits and say whether more keys follow.
     #[test]
     fn scans() {
@@ -687,7 +955,7 @@ mod tests {
         });
         let keys = |lower, upper, limit: usize| {
             let mut out = Vec::new();
-            let more = sm.scan(lower, upper, |k, _| {
+            let more = sm.scan(lower, upper, 0, |k, _| {
                 if out.len() == limit {
                     return false;
                 }

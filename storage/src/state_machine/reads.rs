@@ -42,11 +42,16 @@ fn overlay_range<'a>(
     lower: Bound<&'a [u8]>,
     upper: Bound<&'a [u8]>,
 ) -> Box<dyn Iterator<Item = Layered<'a>> + 'a> {
-    Box::new(
-        overlay
-            .range::<[u8], _>((lower, upper))
-            .map(|(k, r)| (&k[..], r.as_ref().map(|r| ValueRef { value: &r.value, meta: r.meta }))),
-    )
+    Box::new(overlay.range::<[u8], _>((lower, upper)).map(|(k, r)| {
+        (
+            &k[..],
+            r.as_ref().map(|r| ValueRef {
+                value: &r.value,
+                meta: r.meta,
+                expires_ms: r.expires_ms,
+            }),
+        )
+    }))
 }
 
 fn archive_range<'a>(
@@ -68,13 +73,28 @@ fn archive_range<'a>(
 }
 
 impl StateMachine {
-    /// Reads one key.
+    /// Reads one key as it is at `now_ms` (ms since the Unix epoch; the state machine's clock
+    /// when that is later): nothing once past its deadline.
+    pub fn get_at(&self, key: &[u8], now_ms: u64) -> Option<ValueRef<'_>> {
+        let now = now_ms.max(self.clock_ms);
+        self.get(key).filter(|v| v.live_at(now))
+    }
+
+    /// Reads one key as the layers hold it, past its deadline or not.
     pub fn get(&self, key: &[u8]) -> Option<ValueRef<'_>> {
         if let Some(value) = self.overlay.get(key) {
-            return value.as_ref().map(|r| ValueRef { value: &r.value, meta: r.meta });
+            return value.as_ref().map(|r| ValueRef {
+                value: &r.value,
+                meta: r.meta,
+                expires_ms: r.expires_ms,
+            });
         }
         if let Some(value) = self.frozen.as_ref().and_then(|f| f.get(key)) {
-            return value.as_ref().map(|r| ValueRef { value: &r.value, meta: r.meta });
+            return value.as_ref().map(|r| ValueRef {
+                value: &r.value,
+                meta: r.meta,
+                expires_ms: r.expires_ms,
+            });
         }
         self.base.as_ref().and_then(|b| b.get(key))
     }
@@ -90,14 +110,17 @@ impl StateMachine {
         Merge { layers }
     }
 
-    /// Visits keys in `(lower, upper)` in ascending order until `visit` returns false (that key
-    /// is not taken). Returns whether a key in the range was left unvisited.
+    /// Visits the keys in `(lower, upper)` that exist at `now_ms` (as [`StateMachine::get_at`]
+    /// says) in ascending order until `visit` returns false (that key is not taken). Returns
+    /// whether a key in the range was left unvisited.
     pub fn scan<'s>(
         &'s self,
         lower: Bound<&'s [u8]>,
         upper: Bound<&'s [u8]>,
+        now_ms: u64,
         mut visit: impl FnMut(&'s [u8], ValueRef<'s>) -> bool,
     ) -> bool {
+        let now = now_ms.max(self.clock_ms);
         if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) =
             (lower, upper)
         {
@@ -107,6 +130,9 @@ impl StateMachine {
             }
         }
         for (key, value) in self.merged(lower, upper) {
+            if !value.live_at(now) {
+                continue;
+            }
             if !visit(key, value) {
                 return true;
             }

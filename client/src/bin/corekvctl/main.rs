@@ -58,7 +58,7 @@ The file (or stdin):
   }
 
 compare: a list of {"key", "target", "op", "value"}. Targets: value (a string), version, mod_index, create_index (numbers) with op =, !=, < or >; exists and missing (no op, no value). A missing key has version, mod_index and create_index 0.
-success, failure: lists of {"op": "get"|"put"|"delete", "key", "value" (put only)}. Every part may be left out.
+success, failure: lists of {"op": "get"|"put"|"delete", "key", "value" (put only), "ttl" (put only: "30s")}. Every part may be left out.
 
 Output: SUCCEEDED or FAILED, then "compare N did not hold" when it failed (N from 0), then one line per op of the branch that ran. With -o json: {"succeeded", "failed_compare" (a number, or null when it succeeded), "index", "results"}.
 
@@ -109,8 +109,14 @@ enum Command {
         /// Drop one trailing newline (\n or \r\n) from the value (for `echo ... |`).
         #[arg(long)]
         strip_newline: bool,
+        /// The key expires this long after the leader takes the write (500ms, 30s, 5m, 2h,
+        /// 7d); reads never return it past that.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
     },
     /// Read a value (exit status 1 when the key does not exist).
+    ///
+    /// -o json adds "ttl_ms", the time left for a key with a time to live.
     ///
     /// Text output escapes bytes that are not printable text (\xNN; \\ for a backslash)
     /// and ends with a newline, so binary values show safely on a terminal; --raw writes the
@@ -198,7 +204,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
-        _ => return Err(format!("{text:?}: unit must be ms, s or m")),
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => return Err(format!("{text:?}: unit must be ms, s, m, h or d")),
     };
     if !(seconds.is_finite() && seconds > 0.0) {
         return Err(format!("{text:?} must be greater than zero"));
@@ -267,10 +275,11 @@ async fn run(args: Args) -> Result<u8, Failure> {
     let json = args.output == Output::Json;
     let mut out = std::io::stdout().lock();
     match args.command {
-        Command::Put { key, value, file, strip_newline: strip } => {
+        Command::Put { key, value, file, strip_newline: strip, ttl } => {
             let value = put_value(value, file)?;
             let value = if strip { strip_newline(value) } else { value };
-            let meta = client.put_with(key.as_bytes(), &value, WriteOptions::default()).await?;
+            let options = WriteOptions { ttl, ..Default::default() };
+            let meta = client.put_with(key.as_bytes(), &value, options).await?;
             write(
                 &mut out,
                 if json { format!("{}\n", meta_json(&meta)) } else { "OK\n".to_string() },

@@ -32,8 +32,13 @@ pub(crate) fn meta_json(m: &KeyMeta) -> Value {
 }
 
 pub(crate) fn entry_json(e: &KeyValue) -> Value {
-    json!({"key": b64(&e.key), "value": b64(&e.value), "create_index": e.meta.create_index,
-           "mod_index": e.meta.mod_index, "version": e.meta.version})
+    let mut object = json!({"key": b64(&e.key), "value": b64(&e.value),
+           "create_index": e.meta.create_index, "mod_index": e.meta.mod_index,
+           "version": e.meta.version});
+    if let Some(ttl) = e.ttl {
+        object["ttl_ms"] = json!(ttl.as_millis() as u64);
+    }
+    object
 }
 
 pub(crate) fn txn_json(r: &TxnResponse) -> Value {

@@ -77,7 +77,13 @@ fn parse_op(op: &Value) -> Result<TxnOp, String> {
     let key = string_field(op, "key")?;
     Ok(match string_field(op, "op")? {
         "get" => TxnOp::get(key),
-        "put" => TxnOp::put(key, string_field(op, "value")?),
+        "put" => match op.get("ttl") {
+            None => TxnOp::put(key, string_field(op, "value")?),
+            Some(ttl) => {
+                let ttl = ttl.as_str().ok_or("\"ttl\" must be a duration string like \"30s\"")?;
+                TxnOp::put_with_ttl(key, string_field(op, "value")?, crate::parse_duration(ttl)?)
+            }
+        },
         "delete" => TxnOp::delete(key),
         other => Err(format!("unknown op {other:?}"))?,
     })

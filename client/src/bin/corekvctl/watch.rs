@@ -94,7 +94,8 @@ pub(crate) async fn watch(client: &Client, json: bool, args: WatchArgs) -> Resul
 }
 
 /// One change: `put KEY VALUE REVISION version=V [prev=VALUE] cursor=C`, tab-separated
-/// (`delete KEY REVISION ...` for a delete), or one JSON object.
+/// (`delete KEY REVISION [expired] ...` for a delete, `expired` when its time to live ran
+/// out), or one JSON object.
 fn line(json: bool, change: &Change, revision: (u32, u64), cursor: &str) -> String {
     if json {
         return format!("{}\n", change_json(change, revision, cursor));
@@ -113,6 +114,9 @@ fn line(json: bool, change: &Change, revision: (u32, u64), cursor: &str) -> Stri
             fields.push("delete".to_string());
             fields.push(escape(&change.key));
             fields.push(revision);
+            if change.expired {
+                fields.push("expired".to_string());
+            }
         }
     }
     if let Some(prev) = &change.prev {
@@ -137,6 +141,9 @@ fn change_json(change: &Change, (shard, index): (u32, u64), cursor: &str) -> Val
         object["value"] = json!(b64(&value.value));
         object["create_index"] = json!(value.meta.create_index);
         object["version"] = json!(value.meta.version);
+    }
+    if change.expired {
+        object["expired"] = json!(true);
     }
     if let Some(prev) = &change.prev {
         object["prev"] = json!({
