@@ -4,7 +4,7 @@
 #   bench/compare-etcd.sh [--out DIR] [--runs N] [--duration S] [--warmup S]
 #                         [--concurrency "1 16 64 256"] [--workloads "put get mixed"]
 #                         [--keys N] [--systems "corekv etcd"] [--bin-dir DIR] [--no-build]
-#                         [--watch "WATCHERS@RATE ..."] [--quick]
+#                         [--watch "WATCHERS@RATE ..."] [--expire "RATE@TTL_MS ..."] [--quick]
 #
 # Each system runs alone on the machine: first a 3-node, 2-shard corekv (`corekv dev`), then a
 # 3-member etcd (the Debian package `etcd-server`, default durable settings: every write is
@@ -20,6 +20,11 @@
 # (acknowledgement-to-delivery delay, changes delivered per second, the servers' memory for
 # the watchers). --workloads "" runs the watch runs alone.
 #
+# --expire adds, per system, `corekv-bench expire` runs: new keys put at RATE per second with a
+# time to live of TTL_MS (etcd: leases of that many whole seconds, one granted every 100 ms for
+# the keys put meanwhile), one watcher noting each expiry; DIR/expire/*.txt has each run's lag
+# from deadline to the expiry's arrival (p50/p99/max) and the keys that never expired.
+#
 # --quick is the CI smoke run: 1 run of 1 s at concurrency 1 and 16 on 1,000 keys.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +38,7 @@ workloads="put get mixed"
 keys=100000
 systems="corekv etcd"
 watch=""
+expire=""
 bin_dir="target/release"
 build=1
 corekv_port=7500
@@ -52,6 +58,7 @@ while [ $# -gt 0 ]; do
     --keys) keys="${2:?}"; shift 2 ;;
     --systems) systems="${2:?}"; shift 2 ;;
     --watch) watch="${2?}"; shift 2 ;;
+    --expire) expire="${2?}"; shift 2 ;;
     --bin-dir) bin_dir="${2:?}"; shift 2 ;;
     --no-build) build=0; shift ;;
     --quick) runs=1; duration=1; warmup=0.5; concurrency="1 16"; keys=1000; shift ;;
@@ -66,6 +73,10 @@ done
 for spec in $watch; do
   case "$spec" in *@*) ;; *) die "--watch takes WATCHERS@RATE pairs, not '$spec'" ;; esac
   case "${spec%@*}${spec#*@}" in ''|*[!0-9]*) die "--watch '$spec': numbers, like 1000@1000" ;; esac
+done
+for spec in $expire; do
+  case "$spec" in *@*) ;; *) die "--expire takes RATE@TTL_MS pairs, not '$spec'" ;; esac
+  case "${spec%@*}${spec#*@}" in ''|*[!0-9]*) die "--expire '$spec': numbers, like 10000@2000" ;; esac
 done
 for s in $systems; do
   case "$s" in corekv|etcd) ;; *) die "unknown system '$s' (corekv or etcd)" ;; esac
@@ -187,6 +198,20 @@ run_system() {
         >"$out/watch/$name.txt" 2>"$out/watch/$name.progress" \
         || die "$name failed: $(tail -n 3 "$out/watch/$name.progress")"
       say "$name: $(head -n 1 "$out/watch/$name.txt")"
+    done
+  done
+  local ttl
+  for spec in $expire; do
+    rate="${spec%@*}"
+    ttl="${spec#*@}"
+    mkdir -p "$out/expire"
+    for r in $(seq 1 "$runs"); do
+      name="$system-expire-$rate-ttl-$ttl-r$r"
+      "$bench" expire "${target_args[@]}" --rate "$rate" --ttl-ms "$ttl" --warmup "$warmup" \
+        --duration "$duration" --json "$out/expire/$name.json" \
+        >"$out/expire/$name.txt" 2>"$out/expire/$name.progress" \
+        || die "$name failed: $(tail -n 3 "$out/expire/$name.progress")"
+      say "$name: $(head -n 1 "$out/expire/$name.txt")"
     done
   done
   cleanup

@@ -8,10 +8,12 @@
 //!              [--duration S | --ops N] [--json FILE] [--hgrm FILE]
 //!              [--spawn-cluster N [--shards S]] [--target corekv|etcd --endpoints URLS]
 //! corekv-bench watch [--watchers N] [--rate W] ...   watchers on a prefix while writers write
+//! corekv-bench expire [--rate R] [--ttl-ms T] [--expiring N] ...   keys with a time to live
 //! corekv-bench plot RESULT.json... --plot OUT.svg
 //! ```
 
 mod cluster;
+mod expire;
 mod plot;
 mod report;
 mod run;
@@ -130,6 +132,13 @@ struct Args {
     /// Name of the server processes whose CPU time is measured [default: corekv or etcd].
     #[arg(long)]
     server_process: Option<String>,
+    /// With `expire`: the keys' time to live, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    ttl_ms: u64,
+    /// With `expire`: keys put with one time to live before writers run while they expire
+    /// (0: skip that part).
+    #[arg(long, default_value_t = 0)]
+    expiring: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -250,6 +259,78 @@ async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `corekv-bench expire`: see the `expire` module.
+async fn bench_expire(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
+    let config = expire::ExpireConfig {
+        rate: args.rate.unwrap_or(10_000.0),
+        ttl: Duration::from_millis(args.ttl_ms),
+        value_size: args.value_size,
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        expiring: args.expiring,
+        concurrency: args.concurrency,
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    if config.rate.is_nan() || config.rate <= 0.0 || args.ttl_ms == 0 {
+        bail!("expire needs --rate above 0 and --ttl-ms above 0");
+    }
+    let label =
+        args.label.clone().unwrap_or_else(|| format!("{:?} expire", args.target).to_lowercase());
+    let client = targets.into_iter().find_map(Target::corekv);
+    let lag = match (args.target, &client) {
+        (TargetKind::Corekv, Some(client)) => expire::run_lag(client, &config).await?,
+        (TargetKind::Corekv, None) => bail!("no corekv client"),
+        (TargetKind::Etcd, _) => expire_etcd(args, &config).await?,
+    };
+    print!("{}", expire::lag_summary(&label, &lag));
+    let many = if let (true, Some(client)) = (config.expiring > 0, &client) {
+        let many = expire::run_many(client, &config).await?;
+        print!("{}", expire::many_summary(&label, config.ttl, &many));
+        Some(many)
+    } else {
+        None
+    };
+    if let Some(path) = &args.json {
+        let (latency, _) = report::latency_json(&lag.lag_us);
+        let value = json!({
+            "label": label,
+            "puts_per_sec": lag.puts as f64 / lag.elapsed.as_secs_f64(),
+            "expired": lag.expired,
+            "missing": lag.missing,
+            "lag_us": latency,
+            "many": many.as_ref().map(|m| json!({
+                "prefill_s": m.prefill.as_secs_f64(),
+                "all_gone_after_s": m.all_gone_after,
+                "per_second": m.per_second,
+                "write_errors": m.write_errors,
+            })),
+            "config": {
+                "rate": config.rate, "ttl_ms": args.ttl_ms, "expiring": args.expiring,
+                "concurrency": args.concurrency, "value_size": args.value_size,
+                "warmup_s": args.warmup, "duration_s": args.duration,
+            },
+            "machine": report::machine(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "etcd")]
+async fn expire_etcd(
+    args: &Args,
+    config: &expire::ExpireConfig,
+) -> anyhow::Result<expire::LagResult> {
+    let endpoints = args.endpoints.as_deref().context("--target etcd needs --endpoints")?;
+    expire::run_lag_etcd(endpoints, config).await
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn expire_etcd(_: &Args, _: &expire::ExpireConfig) -> anyhow::Result<expire::LagResult> {
+    bail!("this corekv-bench was built without the etcd target (cargo build --features etcd)")
+}
+
 #[cfg(feature = "etcd")]
 async fn watch_etcd(
     args: &Args,
@@ -302,6 +383,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     };
     if args.workload == Workload::Watch {
         let result = bench_watch(&args, targets).await;
+        drop(spawned);
+        return result;
+    }
+    if args.workload == Workload::Expire {
+        let result = bench_expire(&args, targets).await;
         drop(spawned);
         return result;
     }

@@ -23,6 +23,8 @@ pub enum Workload {
     Txn,
     /// Watchers on a prefix while writers write under it (`--watchers`, `--rate`).
     Watch,
+    /// Keys with a time to live: expiry lag at `--rate`, writes while `--expiring` keys go.
+    Expire,
     /// Draw the latency curves of result files (`--plot FILE.svg`).
     Plot,
 }
@@ -31,7 +33,9 @@ impl Workload {
     /// Share of operations that are reads.
     pub fn read_ratio(self, mixed: f64) -> f64 {
         match self {
-            Workload::Put | Workload::Txn | Workload::Watch | Workload::Plot => 0.0,
+            Workload::Put | Workload::Txn | Workload::Watch | Workload::Expire | Workload::Plot => {
+                0.0
+            }
             Workload::Get | Workload::YcsbC => 1.0,
             Workload::Mixed => mixed,
             Workload::YcsbA => 0.5,
@@ -55,6 +59,7 @@ impl Workload {
             Workload::YcsbC => "ycsb-c",
             Workload::Txn => "txn",
             Workload::Watch => "watch",
+            Workload::Expire => "expire",
             Workload::Plot => "plot",
         }
     }

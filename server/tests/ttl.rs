@@ -229,6 +229,20 @@ fn corekvctl_put_with_a_ttl() {
     }
     let (code, _, _) = cluster.ctl(&["get", "other"]);
     assert_eq!(code, 1, "nothing written");
+    // A transaction's put with a time to live.
+    let txn = r#"{"success": [{"op": "put", "key": "t", "value": "v", "ttl": "5s"}]}"#;
+    let file = cluster.data_dir(1).with_extension("txn.json");
+    std::fs::write(&file, txn).unwrap();
+    let (code, out, err) = cluster.ctl(&["txn", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = cluster.ctl(&["-o", "json", "get", "t"]);
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let ttl = json["ttl_ms"].as_u64().unwrap();
+    assert!(ttl > 4_000 && ttl <= 5_000, "{json}");
+    let bad = r#"{"success": [{"op": "put", "key": "t", "value": "v", "ttl": 5}]}"#;
+    std::fs::write(&file, bad).unwrap();
+    let (code, _, err) = cluster.ctl(&["txn", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "a ttl that is not a duration: {err}");
 }
 
 // Shows: reads go by the serving node's clock, not by when the expiry applies: with the

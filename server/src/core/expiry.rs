@@ -54,6 +54,10 @@ impl ShardCore {
     /// Whether every member reads stamped batches (a member whose hello was not heard yet
     /// counts as a current one, as for membership changes).
     pub(super) fn stamps_batches(&self) -> bool {
+        // The common case, asked on every turn, without listing the members.
+        if self.peer_protocols.values().all(|&p| p >= STAMPED_PEER_PROTOCOL) {
+            return true;
+        }
         self.membership.members().into_iter().all(|id| {
             self.peer_protocols.get(&id.get()).is_none_or(|&p| p >= STAMPED_PEER_PROTOCOL)
         })
@@ -133,6 +137,27 @@ impl ShardCore {
         }
     }
 
+    /// When (the core's clock, µs) this replica, as leader, next has a key to expire that it
+    /// can propose; `None` when it has none, or cannot now (not leading, or as many expiry
+    /// entries in flight as it keeps). The shell wakes the core then (a tick would be up to
+    /// 50 ms late when no requests arrive).
+    pub fn next_deadline_us(&self) -> Option<u64> {
+        if !self.is_leader() || self.shutting_down {
+            return None;
+        }
+        let in_flight = self.expiry.in_flight.len();
+        if in_flight >= EXPIRY_ENTRIES_IN_FLIGHT {
+            return None;
+        }
+        let cursor = if in_flight == 0 { None } else { self.expiry.cursor.as_deref() };
+        let (_, deadline_ms, _) = self.sm.due(u64::MAX, cursor).next()?;
+        if deadline_ms <= self.read_time_ms() {
+            return Some(self.now_us);
+        }
+        let ahead_ms = deadline_ms - self.read_time_ms();
+        Some(self.now_us + ahead_ms * 1000)
+    }
+
     /// Counts what an applied expiry deleted: keys, and on the leader how long after its
     /// deadline each went.
     pub(super) fn note_expired(&self, deadlines: &[u64]) {
@@ -194,9 +219,12 @@ mod tests {
         );
         let (value, ttl) = get(&mut r, 3, b"t").unwrap();
         assert_eq!((value, ttl), (b"v".to_vec(), 1_000));
+        // The shell is told when to wake the core for it: at the deadline.
+        assert_eq!(r.core.next_deadline_us(), Some(1 + 1_000_000));
         assert_eq!(get(&mut r, 4, b"plain").unwrap().1, 0, "no deadline: 0");
         r.advance_ms(600);
         assert_eq!(get(&mut r, 5, b"t").unwrap().1, 400);
+        assert_eq!(r.core.next_deadline_us(), Some(1 + 1_000_000));
         assert_eq!(r.core.metrics.expired_keys.load(Relaxed), 0);
         r.advance_ms(400);
         assert_eq!(get(&mut r, 6, b"t"), None, "gone at its deadline");
@@ -205,6 +233,7 @@ mod tests {
         assert_eq!(r.core.metrics.expiry_lag_us.count(), 1);
         assert!(get(&mut r, 7, b"plain").is_some());
         assert_eq!(r.core.state_machine().timed_keys(), 0);
+        assert_eq!(r.core.next_deadline_us(), None, "nothing left to expire");
     }
 
     // Shows: many keys due at once expire in entries of at most EXPIRY_KEYS_PER_ENTRY keys,

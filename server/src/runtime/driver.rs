@@ -7,7 +7,8 @@
 //! ```text
 //!   client conns ──on_client_frame──►┐                      ┌──► peer senders (one per peer)
 //!   peer inbound ──step─────────────►├─► core ──► driver ───┤
-//!   tick task ──pending_ticks───────►┘     ▲     (turn,     └──► client conns (replies)
+//!   tick task ──pending_ticks───────►┤     ▲     (turn,     └──► client conns (replies)
+//!   deadline task (a key's deadline)►┘     │
 //!                                          │      outputs)
 //!   flush task ◄──take_flush_job───────────┤
 //!        └── DMA write + fdatasync ──► on_flush_complete ──► driver
@@ -62,11 +63,13 @@ async fn serve(shard: Rc<Shard>, listeners: Listeners) {
     let flush_task = glommio::spawn_local(flush_loop(shard.clone(), flusher));
     let history_task = glommio::spawn_local(history_flush_loop(shard.clone(), history_flusher));
     glommio::spawn_local(tick_loop(shard.clone(), timing.tick_ms)).detach();
+    glommio::spawn_local(deadline_loop(shard.clone())).detach();
     shard.core.borrow_mut().start(shard.now_us());
     shard.wake.notify();
     drive(&shard, &shutdown, &status).await;
     shut_down(&shard).await;
     shard.stopping.set(true);
+    shard.deadline_wake.notify();
     shard.flush_wake.notify();
     shard.history_flush_wake.notify();
     for link in shard.peers.borrow().values() {
@@ -88,6 +91,10 @@ async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &StatusSlot) {
         let turn = {
             let mut core = shard.core.borrow_mut();
             let turn = core.turn(shard.now_us(), ticks, &mut out);
+            let next = core.next_deadline_us();
+            if next.is_some_and(|at| shard.armed_deadline.get().is_none_or(|armed| at < armed)) {
+                shard.deadline_wake.notify();
+            }
             if ticks > 0 {
                 let current = core.status();
                 shard.metrics.set_raft_position(&current);
@@ -106,6 +113,29 @@ async fn drive(shard: &Rc<Shard>, shutdown: &AtomicBool, status: &StatusSlot) {
         }
         if ticks > 0 && shutdown.load(Ordering::Relaxed) {
             return;
+        }
+    }
+}
+
+/// Wakes the driver when a key's deadline passes on a leader, so that its expiry is proposed
+/// then rather than at the next tick (with no requests coming in, up to a tick later).
+async fn deadline_loop(shard: Rc<Shard>) {
+    while !shard.stopping.get() {
+        let next = shard.core.borrow().next_deadline_us();
+        shard.armed_deadline.set(next);
+        let Some(at) = next else {
+            shard.deadline_wake.wait().await;
+            continue;
+        };
+        let now = shard.now_us();
+        if at > now {
+            let sleep = glommio::timer::sleep(Duration::from_micros(at - now));
+            futures_lite::future::or(sleep, shard.deadline_wake.wait()).await;
+        }
+        if shard.now_us() >= at {
+            shard.wake.notify();
+            // At most one wake-up a millisecond, should the expiry not go out at once.
+            glommio::timer::sleep(Duration::from_millis(1)).await;
         }
     }
 }

@@ -139,6 +139,8 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
         history_segments,
         history_retire: RefCell::default(),
         history_flush_wake: Notify::default(),
+        deadline_wake: Notify::default(),
+        armed_deadline: Cell::new(None),
         pending_ticks: Cell::new(0),
         retire: RefCell::default(),
         clock,

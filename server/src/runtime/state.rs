@@ -52,6 +52,10 @@ pub(crate) struct Shard {
     /// Wakes the history flush task.
     pub(crate) history_flush_wake: Notify,
     pub(crate) pending_ticks: Cell<u64>,
+    /// Wakes the deadline task: the core's next deadline may have moved earlier.
+    pub(crate) deadline_wake: Notify,
+    /// The deadline the deadline task waits for (core clock, µs), if any.
+    pub(crate) armed_deadline: Cell<Option<u64>>,
     pub(crate) retire: RefCell<Vec<u64>>,
     pub(crate) clock: Instant,
     /// Set once shutdown has answered everything: tasks exit.
