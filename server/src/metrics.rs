@@ -144,7 +144,12 @@ const HISTOGRAMS: [(&str, &str, HistogramOf); 4] = [
 ];
 
 /// The gauges of one series per shard.
-const GAUGES: [(&str, &str, Read<i64>); 17] = [
+const GAUGES: [(&str, &str, Read<i64>); 18] = [
+    (
+        "corekv_clock_behind_milliseconds",
+        "How far this node's clock is behind the largest one a leader stamped entries with.",
+        |m| m.clock_behind_ms.load(Relaxed),
+    ),
     ("corekv_timed_keys", "Keys that have a deadline (time to live).", |m| {
         m.timed_keys.load(Relaxed)
     }),

@@ -25,9 +25,11 @@
 //! decides, the same way on every replica, whether a key past its deadline still exists for
 //! the batch's writes, compares and reads. `expires_ms` is a deadline on that clock, fixed
 //! by the leader when it proposed the write. `EXPIRE` deletes keys past their deadline whose
-//! mod index is still the one named (a write since wins); it holds only when applied in the
-//! term it was proposed in (`term` equals its entry's), so a leader that lost its term
-//! expires nothing.
+//! mod index is still the one named (a write since wins). It names the term it was proposed
+//! in and deletes nothing when its entry has another — a guard only: raft keeps the term an
+//! entry was appended in, so an expiry a deposed leader got into the log applies, which is
+//! safe, as it deletes only keys the stamped clock says are past their deadline and that
+//! nobody wrote since.
 //!
 //! All integers are little-endian. Decoding never trusts lengths: a malformed batch decodes to
 //! an error, which apply turns into the same failed result on every replica.

@@ -181,6 +181,9 @@ pub struct ShardMetrics {
     pub expiry_lag_us: Histogram,
     /// Keys that have a deadline.
     pub timed_keys: AtomicI64,
+    /// How far the state machine's clock (the largest stamp applied) is ahead of this
+    /// node's, ms (0 when it is not).
+    pub clock_behind_ms: AtomicI64,
 }
 
 impl Default for ShardMetrics {
@@ -227,6 +230,7 @@ impl Default for ShardMetrics {
             expired_keys: AtomicU64::new(0),
             expiry_lag_us: Histogram::latency(),
             timed_keys: AtomicI64::new(0),
+            clock_behind_ms: AtomicI64::new(0),
             conf_changes: AtomicU64::new(0),
             cold_records_read: AtomicU64::new(0),
             client_connections: AtomicI64::new(0),

@@ -8,7 +8,9 @@
 //! largest stamp seen, so replicas agree on which keys exist whatever their own clocks say.
 //! Reads go by the serving node's clock, never earlier than that largest stamp: a key is
 //! never read after its deadline as that node's clock tells it, and nodes' clocks apart by
-//! δ make a read on another node than the proposer see a key up to δ longer (or shorter).
+//! δ make a read on another node than the proposer see a key up to δ longer (or shorter); a
+//! past leader whose clock ran ahead moves every node's reads and deadlines ahead with it
+//! (docs/DESIGN.md, "Time").
 //!
 //! Each turn a leader looks at the keys whose deadline passed and proposes `EXPIRE` entries
 //! for them — up to [`EXPIRY_KEYS_PER_ENTRY`] keys each, [`EXPIRY_ENTRIES_IN_FLIGHT`] at a
@@ -31,6 +33,10 @@ const STAMPED_PEER_PROTOCOL: u32 = 3;
 /// Bytes of keys one expiry entry carries at most.
 const EXPIRY_KEY_BYTES_PER_ENTRY: usize = 1024 * 1024;
 
+/// How long a leader waits before proposing expiries again after raft refused one (a
+/// leadership transfer under way, too many uncommitted bytes), µs.
+const EXPIRY_RETRY_US: u64 = 10_000;
+
 /// A leader's expiry passes.
 #[derive(Debug, Default)]
 pub(super) struct Expiry {
@@ -38,6 +44,8 @@ pub(super) struct Expiry {
     cursor: Option<Vec<u8>>,
     /// The expiry entries proposed and not yet applied: index, term, when proposed (µs).
     in_flight: VecDeque<(u64, u64, u64)>,
+    /// Raft refused the last proposal: no other before this time (the core's clock, µs).
+    retry_at_us: u64,
 }
 
 impl ShardCore {
@@ -64,21 +72,23 @@ impl ShardCore {
     }
 
     /// The deadline of a write that asks for `ttl_ms` (0: none), or why it is refused.
-    pub(super) fn deadline_for(&self, ttl_ms: u64) -> Result<u64, String> {
+    pub(super) fn deadline_for(&self, ttl_ms: u64) -> Result<u64, DeadlineRefused> {
         if ttl_ms == 0 {
             return Ok(0);
         }
         if ttl_ms > TTL_MS_MAX {
-            return Err(format!(
+            return Err(DeadlineRefused::Invalid(format!(
                 "a time to live of {ttl_ms} ms is over the limit of {TTL_MS_MAX} ms (ten years)"
-            ));
+            )));
         }
         if !self.stamps_batches() {
-            return Err("a member of this shard runs an older corekv (peer protocol 2) that \
-                        cannot keep deadlines: upgrade every node first"
-                .to_string());
+            return Err(DeadlineRefused::Unavailable(
+                "a member of this shard runs an older corekv (peer protocol 2) that cannot \
+                 keep deadlines: upgrade every node first"
+                    .to_string(),
+            ));
         }
-        Ok(self.wall_ms().max(self.sm.clock_ms()) + ttl_ms)
+        Ok(self.read_time_ms().saturating_add(ttl_ms))
     }
 
     /// The stamp for a batch proposed now: this node's clock, when every member reads
@@ -90,8 +100,13 @@ impl ShardCore {
     /// On a leader, proposes the expiry of keys past their deadline (see the module docs).
     pub(super) fn propose_expiries(&mut self) {
         self.metrics.timed_keys.store(self.sm.timed_keys() as i64, Relaxed);
-        if !self.is_leader() || self.shutting_down || !self.stamps_batches() {
+        let ahead = self.sm.clock_ms().saturating_sub(self.wall_ms());
+        self.metrics.clock_behind_ms.store(ahead as i64, Relaxed);
+        if !self.can_expire() {
             self.expiry = Expiry::default();
+            return;
+        }
+        if self.now_us < self.expiry.retry_at_us {
             return;
         }
         let (applied, term, now_us) = (self.sm.applied_index(), self.raw.raft.term, self.now_us);
@@ -128,6 +143,7 @@ impl ShardCore {
             let cursor = last.to_vec();
             let Some(data) = finish_batch(&mut builder, self.batch_stamp()) else { break };
             if self.raw.propose(Vec::new(), data).is_err() {
+                self.expiry.retry_at_us = now_us + EXPIRY_RETRY_US;
                 break;
             }
             self.metrics.expiry_proposals.fetch_add(1, Relaxed);
@@ -142,20 +158,27 @@ impl ShardCore {
     /// entries in flight as it keeps). The shell wakes the core then (a tick would be up to
     /// 50 ms late when no requests arrive).
     pub fn next_deadline_us(&self) -> Option<u64> {
-        if !self.is_leader() || self.shutting_down {
+        if !self.can_expire() {
             return None;
         }
-        let in_flight = self.expiry.in_flight.len();
+        // Entries this turn applied still count in `in_flight` until the next pass.
+        let applied = self.sm.applied_index();
+        let in_flight = self.expiry.in_flight.iter().filter(|&&(i, _, _)| i > applied).count();
         if in_flight >= EXPIRY_ENTRIES_IN_FLIGHT {
             return None;
         }
         let cursor = if in_flight == 0 { None } else { self.expiry.cursor.as_deref() };
         let (_, deadline_ms, _) = self.sm.due(u64::MAX, cursor).next()?;
-        if deadline_ms <= self.read_time_ms() {
-            return Some(self.now_us);
-        }
-        let ahead_ms = deadline_ms - self.read_time_ms();
-        Some(self.now_us + ahead_ms * 1000)
+        let now_ms = self.read_time_ms();
+        let at =
+            self.now_us.saturating_add(deadline_ms.saturating_sub(now_ms).saturating_mul(1000));
+        Some(at.max(self.expiry.retry_at_us))
+    }
+
+    /// Whether this replica proposes expiries: it leads, is not shutting down, and every
+    /// member reads stamped batches.
+    fn can_expire(&self) -> bool {
+        self.is_leader() && !self.shutting_down && self.stamps_batches()
     }
 
     /// Counts what an applied expiry deleted: keys, and on the leader how long after its
@@ -169,6 +192,15 @@ impl ShardCore {
             }
         }
     }
+}
+
+/// Why a write's time to live is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum DeadlineRefused {
+    /// Over the limit.
+    Invalid(String),
+    /// A member cannot keep deadlines yet.
+    Unavailable(String),
 }
 
 /// The bytes of the batch in `builder`, stamped with `stamp` when there is one; `None` when
@@ -268,15 +300,31 @@ mod tests {
         r.send(7, &put);
         r.settle();
         assert_eq!(r.reply_kinds(), [(1, ReplyKind::Error(WireErrorKind::InvalidRequest))]);
+        let put = r.encoder.put_ttl(9, b"early", b"v", 1_000).to_vec();
+        r.send(7, &put);
+        r.settle();
+        assert!(r.core.next_deadline_us().is_some());
+        r.replies.clear();
         r.core.note_peer_protocol(1, 2);
+        // Expiries wait too: the shell is not asked to wake the core for them.
+        assert_eq!(r.core.next_deadline_us(), None);
         let put = r.encoder.put_ttl(2, b"k", b"v", 1_000).to_vec();
         r.send(7, &put);
         let put = r.encoder.put(3, b"k", b"v").to_vec();
         r.send(7, &put);
         r.settle();
         let kinds = r.reply_kinds();
-        assert_eq!(kinds[1], (2, ReplyKind::Error(WireErrorKind::Unavailable)));
-        assert_eq!(kinds[2], (3, ReplyKind::Ok(Reply::PutReply)));
+        assert_eq!(kinds[0], (2, ReplyKind::Error(WireErrorKind::Unavailable)));
+        assert_eq!(kinds[1], (3, ReplyKind::Ok(Reply::PutReply)));
+        let put = r.encoder.put_ttl(4, b"k", b"v", TTL_MS_MAX + 1).to_vec();
+        r.send(7, &put);
+        r.settle();
+        let last = r.reply_kinds().last().copied();
+        assert_eq!(
+            last,
+            Some((4, ReplyKind::Error(WireErrorKind::InvalidRequest))),
+            "still over the limit"
+        );
         let last = r.core.raft().raft.raft_log.last_index();
         let context = raft::GetEntriesContext::empty(false);
         let entry = &r.core.raft().raft.raft_log.entries(last, None, context).unwrap()[0];

@@ -300,9 +300,9 @@ impl ShardCore {
 
     /// The deadline of a write asking for `ttl_ms` (0: none).
     fn deadline(&self, ttl_ms: u64) -> Result<u64, Refusal> {
-        self.deadline_for(ttl_ms).map_err(|reason| match self.stamps_batches() {
-            true => Refusal::Invalid(reason),
-            false => Refusal::Unavailable(reason),
+        self.deadline_for(ttl_ms).map_err(|refused| match refused {
+            super::expiry::DeadlineRefused::Invalid(reason) => Refusal::Invalid(reason),
+            super::expiry::DeadlineRefused::Unavailable(reason) => Refusal::Unavailable(reason),
         })
     }
 

@@ -154,10 +154,11 @@ impl ShardCore {
             return self.watch_applied(entry.index);
         }
         let index = entry.index;
+        // What a transaction's reads report of a deadline goes by the time reads go by.
+        let read_ms = self.read_time_ms();
         let (sm, encoder, out, metrics) =
             (&mut self.sm, &mut self.encoder, &mut self.out, &self.metrics);
         let now_us = self.now_us;
-        let wall_ms = self.cfg.wall_epoch_ms + now_us / 1000;
         let mut answered = 0usize;
         let mut expired = Vec::new();
         let applied = sm.apply(index, entry.term, &entry.data, |result| {
@@ -195,7 +196,7 @@ impl ShardCore {
                                     key,
                                     value: Some(value),
                                     meta: (*meta).into(),
-                                    ttl_ms: ttl_left(*expires_ms, wall_ms),
+                                    ttl_ms: ttl_left(*expires_ms, read_ms),
                                 },
                             )),
                             TxnResult::Put(meta) => TxnResultRef::Put((*meta).into()),

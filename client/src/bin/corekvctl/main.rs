@@ -211,7 +211,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     if !(seconds.is_finite() && seconds > 0.0) {
         return Err(format!("{text:?} must be greater than zero"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too long"))
 }
 
 /// The registry file to use, and where that choice came from (for error messages).
