@@ -129,7 +129,9 @@ pub struct ScanOptions {
 pub struct ScanPage {
     /// The entries.
     pub entries: Vec<KeyValue>,
-    /// Set when more keys may follow: pass it as [`ScanOptions::continuation`].
+    /// Set when more keys may follow: pass it as [`ScanOptions::continuation`]. A page can
+    /// be empty and still have one (a node passes over at most 10,000 keys past their
+    /// deadline per request, then says where it stopped).
     pub continuation: Option<Vec<u8>>,
 }
 

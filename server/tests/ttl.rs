@@ -246,8 +246,9 @@ fn corekvctl_put_with_a_ttl() {
 }
 
 // Shows: reads go by the serving node's clock, not by when the expiry applies: with the
-// leader SIGSTOPped (no expiry can commit), the followers' stale reads return a key until its
-// deadline and nothing after it; once the leader runs again the key is deleted everywhere.
+// leader and one follower SIGSTOPped (no expiry can commit, no new leader be elected), the
+// other follower's stale reads return a key until its deadline and nothing after it, while it
+// still holds it; once the others run again the key is deleted everywhere.
 #[test]
 fn followers_hide_a_key_past_its_deadline_before_its_expiry_commits() {
     let cluster = TestCluster::start(3, 1);
@@ -256,29 +257,113 @@ fn followers_hide_a_key_past_its_deadline_before_its_expiry_commits() {
     let client = cluster.client();
     let options = WriteOptions::with_ttl(Duration::from_millis(1_500));
     let acked = rt.block_on(client.put_with("k", "v", options)).map(|_| Instant::now()).unwrap();
-    let leader = cluster.leader_of(0);
-    let followers: Vec<u64> = cluster.live_nodes().into_iter().filter(|&n| n != leader).collect();
-    for &node in &followers {
-        cluster.wait_until(Duration::from_secs(5), "the follower applied the put", || {
-            cluster.replica_value(node, 0, b"k").is_some()
-        });
-    }
-    cluster.signal(leader, libc::SIGSTOP);
+    let (node, stopped) = isolate_a_follower(&cluster, b"k");
     assert!(acked.elapsed() < Duration::from_millis(1_000), "the checks below need time");
-    for &node in &followers {
-        assert_eq!(cluster.replica_value(node, 0, b"k"), Some(b"v".to_vec()), "before");
-    }
+    assert_eq!(cluster.replica_value(node, 0, b"k"), Some(b"v".to_vec()), "before");
     std::thread::sleep(
         (acked + Duration::from_millis(1_500) + ROUNDING).duration_since(Instant::now()),
     );
-    for &node in &followers {
-        assert_eq!(cluster.replica_value(node, 0, b"k"), None, "node {node} after the deadline");
-        assert_eq!(cluster.shard_number(node, 0, "keys"), Some(1), "not deleted yet");
+    assert_eq!(cluster.replica_value(node, 0, b"k"), None, "node {node} after the deadline");
+    assert_eq!(cluster.shard_number(node, 0, "keys"), Some(1), "not deleted yet");
+    for other in stopped {
+        cluster.signal(other, libc::SIGCONT);
     }
-    cluster.signal(leader, libc::SIGCONT);
     for node in cluster.live_nodes() {
         cluster.wait_until(Duration::from_secs(10), "the expiry applied", || {
             cluster.shard_number(node, 0, "keys") == Some(0)
         });
+    }
+}
+
+/// Waits until every replica of shard 0 applied `key`, then SIGSTOPs its leader and one
+/// follower, so that the other follower (returned, with the stopped ones) can neither see an
+/// expiry commit nor elect a leader that would propose one.
+fn isolate_a_follower(cluster: &TestCluster, key: &[u8]) -> (u64, Vec<u64>) {
+    let leader = cluster.leader_of(0);
+    let followers: Vec<u64> = cluster.live_nodes().into_iter().filter(|&n| n != leader).collect();
+    for &node in &followers {
+        cluster.wait_until(Duration::from_secs(5), "the follower applied the write", || {
+            cluster.replica_value(node, 0, key).is_some()
+        });
+    }
+    let stopped = vec![leader, followers[1]];
+    for &node in &stopped {
+        cluster.signal(node, libc::SIGSTOP);
+    }
+    (followers[0], stopped)
+}
+
+// Shows: a scan over keys past their deadline whose expiry cannot commit (the leader and a
+// follower SIGSTOPped) costs the other follower a bounded amount per request: its first page of a prefix
+// holding 25,000 such keys comes back empty with where to go on, and following the
+// continuations reaches the live keys, and nothing else; the client's stale scan stream
+// gives the same.
+#[test]
+fn scans_pass_over_keys_past_their_deadline_a_bounded_number_at_a_time() {
+    use corekv_proto::client::Consistency;
+    use corekv_proto::encode::{RequestEncoder, ScanSpec};
+    use corekv_proto::frame::verify_reply;
+
+    let cluster = TestCluster::start(3, 1);
+    cluster.wait_for_leaders(Duration::from_secs(15));
+    let rt = runtime();
+    let client = cluster.client();
+    let keys: Vec<(String, &[u8])> =
+        (0..25_000).map(|i| (format!("many/{i:05}"), &b"v"[..])).collect();
+    let options = WriteOptions::with_ttl(Duration::from_secs(4));
+    let started = Instant::now();
+    rt.block_on(async {
+        for chunk in keys.chunks(1_000) {
+            client.batch_put(chunk, options).await.unwrap();
+        }
+        client.put("many/zz-live", "v").await.unwrap();
+    });
+    assert!(started.elapsed() < Duration::from_secs(3), "the checks below need the keys alive");
+    let (node, stopped) = isolate_a_follower(&cluster, b"many/zz-live");
+    let last_put = Instant::now();
+    std::thread::sleep(
+        (last_put + Duration::from_millis(4_100)).saturating_duration_since(Instant::now()),
+    );
+    {
+        let mut conn = cluster.raw(node, 0);
+        let mut continuation: Option<Vec<u8>> = None;
+        let (mut pages, mut found) = (Vec::new(), Vec::new());
+        loop {
+            let spec = ScanSpec {
+                start: None,
+                end: None,
+                prefix: Some(b"many/"),
+                continuation: continuation.as_deref(),
+                limit: 0,
+                keys_only: true,
+                consistency: Consistency::Stale,
+            };
+            conn.send(RequestEncoder::new().scan(7, &spec));
+            let frame = conn.recv();
+            let reply = verify_reply(&frame).unwrap();
+            let scan = reply.reply_as_scan_reply().expect("a scan reply");
+            pages.push(scan.entries().len());
+            found.extend(scan.entries().iter().map(|e| e.key().bytes().to_vec()));
+            match scan.continuation() {
+                Some(next) => continuation = Some(next.bytes().to_vec()),
+                None => break,
+            }
+        }
+        assert_eq!(found, [b"many/zz-live".to_vec()], "node {node}");
+        assert_eq!(pages, [0, 0, 1], "node {node}: 10,000 skipped per page at most");
+    }
+    let stale = corekv_client::ScanOptions {
+        consistency: corekv_client::Consistency::Stale,
+        ..Default::default()
+    };
+    let listed: Vec<Vec<u8>> = rt.block_on(async {
+        use futures_util::TryStreamExt;
+        let range = corekv_client::ScanRange::Prefix(b"many/".to_vec());
+        let stream = client.scan_stream(range, stale);
+        stream.map_ok(|e| e.key).try_collect().await.unwrap()
+    });
+    assert_eq!(listed, [b"many/zz-live".to_vec()]);
+    for other in stopped {
+        cluster.signal(other, libc::SIGCONT);
     }
 }

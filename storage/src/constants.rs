@@ -119,3 +119,8 @@ const _: () = assert!(
 // One maximal record always fits in an empty write buffer.
 const _: () =
     assert!(RECORD_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX + BLOCK_BYTES <= WRITE_BUFFER_BYTES_MAX);
+
+/// Keys past their deadline a scan passes over in a row before it returns (with where to go
+/// on): a range full of keys whose expiry has not applied yet costs a bounded amount per
+/// request.
+pub const SCAN_SKIPPED_MAX: usize = 10_000;

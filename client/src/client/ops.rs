@@ -260,19 +260,19 @@ impl Client {
             let reply = frame.reply();
             let scan = reply.reply_as_scan_reply().ok_or_else(|| protocol("scan"))?;
             let entries: Vec<KeyValue> = scan.entries().iter().map(|e| key_value(&e)).collect();
-            Ok::<_, Error>((entries, scan.continuation().is_some()))
+            let resume = scan.continuation().map(|c| c.bytes().to_vec());
+            Ok::<_, Error>((entries, resume))
         });
         let mut merged: Vec<KeyValue> = Vec::new();
-        // The page may end no later than the smallest last key of a shard that has more: keys
-        // beyond it on that shard have not been seen yet.
+        // The page may end no later than the smallest key a shard that has more said to go on
+        // after (its last entry, or past keys it skipped after it): keys beyond it on that
+        // shard have not been seen yet.
         let mut cut: Option<Vec<u8>> = None;
         for result in futures_util::future::join_all(calls).await {
-            let (entries, more) = result?;
-            if more {
-                if let Some(last) = entries.last() {
-                    if cut.as_ref().is_none_or(|c| &last.key < c) {
-                        cut = Some(last.key.clone());
-                    }
+            let (entries, resume) = result?;
+            if let Some(resume) = resume {
+                if cut.as_ref().is_none_or(|c| &resume < c) {
+                    cut = Some(resume);
                 }
             }
             merged.extend(entries);
@@ -283,8 +283,10 @@ impl Client {
         }
         let truncated = merged.len() > limit;
         merged.truncate(limit);
-        let continuation =
-            if truncated || cut.is_some() { merged.last().map(|e| e.key.clone()) } else { None };
+        let continuation = match cut {
+            _ if truncated => merged.last().map(|e| e.key.clone()),
+            cut => cut,
+        };
         Ok(ScanPage { entries: merged, continuation })
     }
 

@@ -124,8 +124,9 @@ impl Client {
         Err(last_error.expect("at least one attempt"))
     }
 
-    /// Every page of a shard's part of `prefix`: the entries, and the index each was read at.
-    async fn scan_pages(&self, shard: ShardId, prefix: &[u8]) -> Result<Vec<(Vec<KeyValue>, u64)>> {
+    /// Every page of a shard's part of `prefix`: the entries, the index each was read at, and
+    /// the key it ended at (its continuation; `None` for the last).
+    async fn scan_pages(&self, shard: ShardId, prefix: &[u8]) -> Result<Vec<Page>> {
         let mut pages = Vec::new();
         let mut continuation: Option<Vec<u8>> = None;
         loop {
@@ -146,10 +147,10 @@ impl Client {
             let reply = frame.reply();
             let scan = reply.reply_as_scan_reply().ok_or_else(|| protocol("scan"))?;
             let entries: Vec<KeyValue> = scan.entries().iter().map(|e| key_value(&e)).collect();
-            pages.push((entries, scan.read_index()));
-            match scan.continuation() {
-                Some(next) => continuation = Some(next.bytes().to_vec()),
-                None => return Ok(pages),
+            continuation = scan.continuation().map(|next| next.bytes().to_vec());
+            pages.push((entries, scan.read_index(), continuation.clone()));
+            if continuation.is_none() {
+                return Ok(pages);
             }
         }
     }
@@ -161,23 +162,17 @@ impl Client {
         &self,
         shard: ShardId,
         prefix: &[u8],
-        pages: Vec<(Vec<KeyValue>, u64)>,
+        pages: Vec<Page>,
     ) -> Result<(BTreeMap<Vec<u8>, KeyValue>, u64)> {
-        // Page i holds the keys after the page before and up to its own last one (the last
-        // page: all the rest).
-        let mut bounds: Vec<(Option<Vec<u8>>, u64)> = Vec::new();
-        for (i, (entries, index)) in pages.iter().enumerate() {
-            match entries.last() {
-                Some(e) if i + 1 < pages.len() => bounds.push((Some(e.key.clone()), *index)),
-                _ if i + 1 == pages.len() => bounds.push((None, *index)),
-                _ => {}
-            }
-        }
+        // Page i covers the keys after the page before, up to the key it ended at (its last
+        // entry, or past keys its node skipped; the last page: all the rest).
+        let bounds: Vec<(Option<Vec<u8>>, u64)> =
+            pages.iter().map(|(_, index, end)| (end.clone(), *index)).collect();
         let first = pages.iter().map(|p| p.1).min().unwrap_or(0);
         let last = pages.iter().map(|p| p.1).max().unwrap_or(0);
         let mut listing: BTreeMap<Vec<u8>, KeyValue> = pages
             .into_iter()
-            .flat_map(|(entries, _)| entries)
+            .flat_map(|(entries, _, _)| entries)
             .map(|e| (e.key.clone(), e))
             .collect();
         if first == last {
@@ -230,6 +225,9 @@ impl Client {
         }
     }
 }
+
+/// A page of a listing: its entries, the index it was read at, and the key it ended at.
+type Page = (Vec<KeyValue>, u64, Option<Vec<u8>>);
 
 /// Whether every key starting with `prefix` has the same hash tag: the prefix starts with
 /// `{`, and a `}` closes a non-empty tag within it.

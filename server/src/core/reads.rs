@@ -250,7 +250,7 @@ impl ShardCore {
                 let mut bytes = 0;
                 let lower = as_ref_bound(&scan.lower);
                 let upper = as_ref_bound(&scan.upper);
-                let more = sm.scan(lower, upper, now_ms, |key, v| {
+                let end = sm.scan(lower, upper, now_ms, |key, v| {
                     let value = (!scan.keys_only).then_some(v.value);
                     let size = entry_bytes(key, value);
                     if entries.len() >= scan.limit
@@ -263,7 +263,12 @@ impl ShardCore {
                     entries.push(EntryRef { key, value, meta: v.meta.into(), ttl_ms });
                     true
                 });
-                let continuation = if more { entries.last().map(|e| e.key) } else { None };
+                // After the last entry, or past the keys the scan skipped after it.
+                let continuation = match end.skipped_to {
+                    Some(key) => Some(key),
+                    None if end.more => entries.last().map(|e| e.key),
+                    None => None,
+                };
                 let frame = encoder.scan(
                     waiter.caller.id,
                     entries.iter().copied(),

@@ -44,6 +44,8 @@ use std::sync::Arc;
 
 mod reads;
 
+pub use reads::ScanEnd;
+
 use crate::key::Key;
 use crate::snapshot::{Archive, Overlay};
 
@@ -913,6 +915,48 @@ mod tests {
         assert_eq!(sm.timed_keys(), 2);
     }
 
+    // Shows: a scan over keys past their deadline passes over at most SCAN_SKIPPED_MAX of
+    // them in a row, then says after which it stopped, and going on from there reaches the
+    // live keys; live keys in between reset the count.
+    #[test]
+    fn scans_over_expired_keys_stop_after_a_bound() {
+        use crate::constants::SCAN_SKIPPED_MAX;
+        let mut sm = StateMachine::new();
+        let n = SCAN_SKIPPED_MAX * 2 + 5;
+        let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("e{i:06}").into_bytes()).collect();
+        apply_at(&mut sm, 1, 1_000, |b| {
+            for key in &keys {
+                b.put_ttl(key, b"v", 1_500);
+            }
+            b.put(b"live", b"v");
+        });
+        let mut pages = 0;
+        let mut lower = Bound::Unbounded;
+        let mut seen = Vec::new();
+        loop {
+            pages += 1;
+            let end = sm.scan(lower, Bound::Unbounded, 2_000, |k, _| {
+                seen.push(k.to_vec());
+                true
+            });
+            match end.skipped_to {
+                Some(key) => {
+                    assert!(end.more);
+                    lower = Bound::Excluded(key);
+                }
+                None => {
+                    assert!(!end.more);
+                    break;
+                }
+            }
+        }
+        assert_eq!(seen, [b"live".to_vec()]);
+        assert_eq!(pages, 3, "two stops after {SCAN_SKIPPED_MAX} skipped keys each, then the end");
+        // Before the deadline nothing is skipped.
+        let end = sm.scan(Bound::Unbounded, Bound::Unbounded, 1_200, |_, _| true);
+        assert_eq!(end, ScanEnd::default());
+    }
+
     // Shows: deadlines and the clock survive a snapshot: the restored state machine lists the
     // same due keys and reads the same.
     #[test]
@@ -962,7 +1006,7 @@ mod tests {
                 out.push(String::from_utf8(k.to_vec()).unwrap());
                 true
             });
-            (out, more)
+            (out, more.more)
         };
         assert_eq!(
             keys(Bound::Included(&b"b"[..]), Bound::Excluded(&b"c"[..]), 10),

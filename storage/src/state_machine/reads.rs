@@ -4,6 +4,17 @@
 use std::ops::Bound;
 
 use super::{StateMachine, ValueRef};
+use crate::constants::SCAN_SKIPPED_MAX;
+
+/// How a [`StateMachine::scan`] ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanEnd<'s> {
+    /// A key in the range was left unvisited.
+    pub more: bool,
+    /// When keys past their deadline stopped the scan: the last of them, after which to go
+    /// on (the caller's last visited key otherwise).
+    pub skipped_to: Option<&'s [u8]>,
+}
 use crate::snapshot::{Archive, Overlay};
 
 /// Which layer a merged entry came from (lower wins).
@@ -111,33 +122,41 @@ impl StateMachine {
     }
 
     /// Visits the keys in `(lower, upper)` that exist at `now_ms` (as [`StateMachine::get_at`]
-    /// says) in ascending order until `visit` returns false (that key is not taken). Returns
-    /// whether a key in the range was left unvisited.
+    /// says) in ascending order until `visit` returns false (that key is not taken), or until
+    /// [`SCAN_SKIPPED_MAX`] keys past their deadline were passed over in a row (so a range
+    /// full of them costs a bounded amount per call). Says whether a key in the range was
+    /// left unvisited, and after which key to go on when the skipped keys stopped it.
     pub fn scan<'s>(
         &'s self,
         lower: Bound<&'s [u8]>,
         upper: Bound<&'s [u8]>,
         now_ms: u64,
         mut visit: impl FnMut(&'s [u8], ValueRef<'s>) -> bool,
-    ) -> bool {
+    ) -> ScanEnd<'s> {
         let now = now_ms.max(self.clock_ms);
+        let mut skipped = 0;
         if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) =
             (lower, upper)
         {
             let both_included = matches!((lower, upper), (Bound::Included(_), Bound::Included(_)));
             if l > u || (l == u && !both_included) {
-                return false;
+                return ScanEnd::default();
             }
         }
         for (key, value) in self.merged(lower, upper) {
             if !value.live_at(now) {
+                skipped += 1;
+                if skipped == SCAN_SKIPPED_MAX {
+                    return ScanEnd { more: true, skipped_to: Some(key) };
+                }
                 continue;
             }
+            skipped = 0;
             if !visit(key, value) {
-                return true;
+                return ScanEnd { more: true, skipped_to: None };
             }
         }
-        false
+        ScanEnd::default()
     }
 
     /// Every key, value and metadata, in key order (for comparing replicas in tests).
