@@ -18,6 +18,9 @@ impl Sim {
             verify_reply(frame).map_err(|e| format!("node {node} sent a bad reply: {e}"))?;
         let index = match reply.reply_type() {
             Reply::PutReply => reply.reply_as_put_reply().map(|r| r.meta().mod_index()),
+            Reply::BatchPutReply => reply
+                .reply_as_batch_put_reply()
+                .and_then(|r| r.metas().iter().next().map(|m| m.mod_index())),
             Reply::DeleteReply => reply.reply_as_delete_reply().map(|r| r.index()),
             Reply::TxnReply => reply.reply_as_txn_reply().map(|r| r.index()),
             _ => None,

@@ -191,7 +191,7 @@ impl Sim {
                 }
                 Some(KvRet::Get(value))
             }
-            Reply::PutReply => Some(KvRet::Put),
+            Reply::PutReply | Reply::BatchPutReply => Some(KvRet::Put),
             Reply::DeleteReply => {
                 Some(KvRet::Delete(reply.reply_as_delete_reply().expect("typed").deleted()))
             }

@@ -1,5 +1,6 @@
 //! Keys with a time to live, in runs whose nodes' clocks are apart: clients put keys of their
-//! own (not the linearizability-checked ones) with times to live of 5–400 ms and read them
+//! own (not the linearizability-checked ones) with times to live of 5–400 ms (as a put, a
+//! batch put or a transaction's put) and read them
 //! linearizably, and every read is checked against the puts by the rule of docs/DESIGN.md
 //! ("Time"): with node clocks at most [`CLOCK_SKEW_MS_MAX`] from a common one, a deadline
 //! fixed on the leader's clock, and reads going by the serving node's, a read finds a key
@@ -79,7 +80,15 @@ impl Sim {
             c.written += 1;
             let value = format!("t{client}.{}", c.written).into_bytes();
             let ttl_ms = self.rng.range(5, 400);
-            let frame = self.encoder.put_ttl(request, key, &value, ttl_ms).to_vec();
+            // The same write three ways: a put, a batch put of one key, a transaction's put.
+            let frame = match self.rng.below(3) {
+                0 => self.encoder.put_ttl(request, key, &value, ttl_ms).to_vec(),
+                1 => self.encoder.batch_put_ttl(request, &[(key, &value[..])], ttl_ms).to_vec(),
+                _ => {
+                    let put = TxnOpSpec { kind: TxnOpKind::Put, key, value: Some(&value), ttl_ms };
+                    self.encoder.txn(request, &[], &[put], &[]).to_vec()
+                }
+            };
             (TtlOp::Put { value, ttl_ms }, Kind::Write, frame)
         } else {
             let frame = self.encoder.get(request, key, Consistency::Linearizable).to_vec();
