@@ -145,21 +145,43 @@ pub async fn run_lag(client: &Client, config: &ExpireConfig) -> anyhow::Result<L
     }
     futures_util::future::join_all(tasks).await;
     let wanted = sent.iter().filter(|s| measured(s.load(Ordering::Relaxed))).count() as u64;
-    let give_up = Instant::now() + config.ttl + Duration::from_secs(10);
+    let counts = Counts { wanted, expired, errors, lag };
+    Ok(finish_lag(counts, config.ttl, watcher, config).await)
+}
+
+/// What a lag run counted: keys put in the measured window, their expiries seen, put
+/// errors, and the lags.
+struct Counts {
+    wanted: u64,
+    expired: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    lag: Arc<Mutex<Histogram<u64>>>,
+}
+
+/// Waits (the time to live and 10 s at most) for the expiries of every key put in the
+/// measured window, stops the watcher, and says what came of it.
+async fn finish_lag(
+    counts: Counts,
+    ttl: Duration,
+    watcher: tokio::task::JoinHandle<()>,
+    config: &ExpireConfig,
+) -> LagResult {
+    let Counts { wanted, expired, errors, lag } = counts;
+    let give_up = Instant::now() + ttl + Duration::from_secs(10);
     while expired.load(Ordering::Relaxed) < wanted && Instant::now() < give_up {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     watcher.abort();
     let expired = expired.load(Ordering::Relaxed);
     let lag_us = lag.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Ok(LagResult {
+    LagResult {
         puts: wanted,
         put_errors: errors.load(Ordering::Relaxed),
         expired,
         missing: wanted.saturating_sub(expired),
         lag_us,
         elapsed: config.duration,
-    })
+    }
 }
 
 /// Part 2 (see the module docs).
@@ -399,19 +421,6 @@ pub async fn run_lag_etcd(endpoints: &str, config: &ExpireConfig) -> anyhow::Res
     }
     futures_util::future::join_all(tasks).await;
     let wanted = due_from.iter().filter(|s| measured(s.load(Ordering::Relaxed))).count() as u64;
-    let give_up = Instant::now() + ttl + Duration::from_secs(10);
-    while expired.load(Ordering::Relaxed) < wanted && Instant::now() < give_up {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    watcher.abort();
-    let expired = expired.load(Ordering::Relaxed);
-    let lag_us = lag.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Ok(LagResult {
-        puts: wanted,
-        put_errors: errors.load(Ordering::Relaxed),
-        expired,
-        missing: wanted.saturating_sub(expired),
-        lag_us,
-        elapsed: config.duration,
-    })
+    let counts = Counts { wanted, expired, errors, lag };
+    Ok(finish_lag(counts, ttl, watcher, config).await)
 }

@@ -622,6 +622,29 @@ mod tests {
         image[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     }
 
+    /// The file image of an older format's archive `data`, at index 9, as that version wrote it.
+    fn file_image<T>(data: &T, version: u32) -> AlignedVec
+    where
+        T: for<'a> Serialize<
+            rkyv::api::high::HighSerializer<
+                AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rancor::Error,
+            >,
+        >,
+    {
+        let mut image = AlignedVec::<16>::new();
+        image.resize(SNAPSHOT_HEADER_BYTES, 0);
+        let mut image = rkyv::api::high::to_bytes_in::<_, rancor::Error>(data, image).unwrap();
+        let payload_len = image.len() - SNAPSHOT_HEADER_BYTES;
+        image.resize(image.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES, 0);
+        let crc =
+            crc32c::crc32c(&image[SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES + payload_len]);
+        write_header(&mut image[..SNAPSHOT_HEADER_BYTES], &meta(9), payload_len as u64, crc);
+        set_version(&mut image, version);
+        image
+    }
+
     // Shows: a file of format version 1 (voters, no addresses) or 2 (no deadlines), as an
     // older corekv wrote it, is still read: its keys (none with a deadline), and its voters or
     // membership; a file of a newer version than this build's is refused by name.
@@ -636,15 +659,7 @@ mod tests {
         }];
         let data =
             SnapshotDataV1 { applied_index: 9, applied_term: 2, voters: vec![3, 1, 2], entries };
-        let mut image = AlignedVec::<16>::new();
-        image.resize(SNAPSHOT_HEADER_BYTES, 0);
-        let mut image = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&data, image).unwrap();
-        let payload_len = image.len() - SNAPSHOT_HEADER_BYTES;
-        image.resize(image.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES, 0);
-        let crc =
-            crc32c::crc32c(&image[SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES + payload_len]);
-        write_header(&mut image[..SNAPSHOT_HEADER_BYTES], &meta(9), payload_len as u64, crc);
-        set_version(&mut image, 1);
+        let image = file_image(&data, 1);
         let old = Archive::from_file_image(image, Path::new("old.snap"), None).unwrap();
         assert_eq!(old.format_version(), 1);
         assert_eq!(old.get(b"k").unwrap().value, b"v");
@@ -660,15 +675,7 @@ mod tests {
         }];
         let membership = members(&[1, 2]).encode();
         let data = SnapshotDataV2 { applied_index: 9, applied_term: 2, membership, entries };
-        let mut image = AlignedVec::<16>::new();
-        image.resize(SNAPSHOT_HEADER_BYTES, 0);
-        let mut image = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&data, image).unwrap();
-        let payload_len = image.len() - SNAPSHOT_HEADER_BYTES;
-        image.resize(image.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES, 0);
-        let crc =
-            crc32c::crc32c(&image[SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES + payload_len]);
-        write_header(&mut image[..SNAPSHOT_HEADER_BYTES], &meta(9), payload_len as u64, crc);
-        set_version(&mut image, 2);
+        let image = file_image(&data, 2);
         let v2 = Archive::from_file_image(image, Path::new("v2.snap"), None).unwrap();
         assert_eq!(v2.format_version(), 2);
         let read = v2.get(b"k").unwrap();
