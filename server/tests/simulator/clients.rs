@@ -92,6 +92,11 @@ impl Sim {
             Some(&node) => node,
             None => self.rng.range(1, self.opts.all_nodes()),
         };
+        self.connection_to(client, shard, node)
+    }
+
+    /// The client's connection to `node` for `shard`, and whether it is new.
+    pub(crate) fn connection_to(&mut self, client: usize, shard: u32, node: u64) -> (ConnId, bool) {
         let c = &mut self.clients[client];
         let (conn, fresh) = match c.conns.get(&(node, shard)) {
             Some(&conn) => (conn, false),
@@ -244,8 +249,11 @@ impl Sim {
                 }
             }
             (Some(ret), OpRef::Ttl(i)) => {
+                // Any replica answers a stale read: it says nothing of who leads.
+                if !self.ttl.is_stale_read(i) {
+                    self.clients[client].leaders.insert(shard, node);
+                }
                 self.ttl.complete(i, ret, now);
-                self.clients[client].leaders.insert(shard, node);
             }
             (None, op) => self.forget(op),
         }

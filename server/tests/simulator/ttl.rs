@@ -33,8 +33,14 @@ const TTL_KEYS: [&[u8]; 4] = [b"ttl-a", b"ttl-b", b"ttl-c", b"ttl-d"];
 
 #[derive(Debug, Clone)]
 enum TtlOp {
-    Put { value: Vec<u8>, ttl_ms: u64 },
-    Get,
+    Put {
+        value: Vec<u8>,
+        ttl_ms: u64,
+    },
+    /// A linearizable read, or a stale one (any replica, its own applied state and clock).
+    Get {
+        stale: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +64,10 @@ impl TtlLog {
         self.ops[i].forgotten = true;
     }
 
+    pub(crate) fn is_stale_read(&self, i: usize) -> bool {
+        matches!(self.ops[i].op, TtlOp::Get { stale: true })
+    }
+
     pub(crate) fn complete(&mut self, i: usize, ret: KvRet, at: u64) {
         let found = match ret {
             KvRet::Get(found) => found,
@@ -72,10 +82,19 @@ impl Sim {
     pub(crate) fn issue_ttl(&mut self, client: usize) {
         let key = TTL_KEYS[self.rng.below(TTL_KEYS.len() as u64) as usize];
         let shard = shard_for_key(key, self.opts.shards).get();
-        let (conn, fresh) = self.connection(client, shard);
+        let stale = self.rng.chance(0.25);
+        let (conn, fresh) = if stale {
+            let node = self.rng.range(1, self.opts.all_nodes());
+            self.connection_to(client, shard, node)
+        } else {
+            self.connection(client, shard)
+        };
         let request = self.next_request;
         self.next_request += 1;
-        let (op, kind, frame) = if self.rng.chance(0.5) {
+        let (op, kind, frame) = if stale {
+            let frame = self.encoder.get(request, key, Consistency::Stale).to_vec();
+            (TtlOp::Get { stale: true }, Kind::Read, frame)
+        } else if self.rng.chance(0.5) {
             let c = &mut self.clients[client];
             c.written += 1;
             let value = format!("t{client}.{}", c.written).into_bytes();
@@ -92,7 +111,7 @@ impl Sim {
             (TtlOp::Put { value, ttl_ms }, Kind::Write, frame)
         } else {
             let frame = self.encoder.get(request, key, Consistency::Linearizable).to_vec();
-            (TtlOp::Get, Kind::Read, frame)
+            (TtlOp::Get { stale: false }, Kind::Read, frame)
         };
         let record = TtlRecord { key, op, invoked: self.now, returned: None, forgotten: false };
         self.ttl.ops.push(record);
@@ -104,11 +123,10 @@ impl Sim {
     /// Checks every read of a key with a time to live against the puts (see the module
     /// docs).
     pub(crate) fn check_ttl(&mut self) -> SimResult<()> {
-        let reads = self
-            .ttl
-            .ops
-            .iter()
-            .filter(|o| !o.forgotten && matches!(o.op, TtlOp::Get) && o.returned.is_some());
+        let reads =
+            self.ttl.ops.iter().filter(|o| {
+                !o.forgotten && matches!(o.op, TtlOp::Get { .. }) && o.returned.is_some()
+            });
         for read in reads {
             self.stats.ttl_reads += 1;
             self.stats.ttl_reads_empty +=
@@ -121,7 +139,7 @@ impl Sim {
             .iter()
             .filter_map(|o| match &o.op {
                 TtlOp::Put { value, ttl_ms } => Some((*o, &value[..], *ttl_ms * 1000)),
-                TtlOp::Get => None,
+                TtlOp::Get { .. } => None,
             })
             .collect();
         // Whether a put of `key` other than `put` may have taken effect within [from, to].
@@ -133,7 +151,8 @@ impl Sim {
                     && p.returned.as_ref().is_none_or(|(at, _)| *at >= from)
             })
         };
-        for get in ops.iter().filter(|o| matches!(o.op, TtlOp::Get)) {
+        for get in ops.iter().filter(|o| matches!(o.op, TtlOp::Get { .. })) {
+            let stale = matches!(get.op, TtlOp::Get { stale: true });
             let Some((returned, found)) = &get.returned else { continue };
             match found {
                 Some(value) => {
@@ -158,6 +177,8 @@ impl Sim {
                         ));
                     }
                 }
+                // A stale read may come from a replica that has not applied the put yet.
+                None if stale => {}
                 None => {
                     // The last put of the key acknowledged before the read began.
                     let before = puts
