@@ -96,84 +96,122 @@ fn follow_expiries(
 
 /// Part 1 (see the module docs).
 pub async fn run_lag(client: &Client, config: &ExpireConfig) -> anyhow::Result<LagResult> {
-    let total = (config.rate * (config.warmup + config.duration).as_secs_f64()).ceil() as usize;
-    // Send times count from the first put (the watch starts before it).
-    let start = Instant::now() + Duration::from_millis(300);
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
-    let lag = Arc::new(Mutex::new(histogram()));
-    let expired = Arc::new(AtomicU64::new(0));
-    let measured = {
-        let from = config.warmup.as_micros() as u64;
-        move |sent_us: u64| sent_us > from
-    };
+    let lags = Lags::new(config, config.ttl);
     let watcher = {
-        let (sent, lag, expired, ttl) = (sent.clone(), lag.clone(), expired.clone(), config.ttl);
-        follow_expiries(client, LAG_PREFIX, move |seq, now| {
-            let Some(at) = sent.get(seq as usize).map(|s| s.load(Ordering::Relaxed)) else {
-                return;
-            };
-            if at == 0 || !measured(at) {
-                return;
-            }
-            let due = start + Duration::from_micros(at) + ttl;
-            let _ = lag
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .record(now.saturating_duration_since(due).as_micros().max(1) as u64);
-            expired.fetch_add(1, Ordering::Relaxed);
-        })?
+        let lags = lags.clone();
+        follow_expiries(client, LAG_PREFIX, move |seq, now| lags.seen(seq, now))?
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep_until(lags.start.into()).await;
     let period = Duration::from_secs_f64(1.0 / config.rate);
     let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(total);
+    let mut tasks = Vec::with_capacity(lags.from.len());
     let begin = tokio::time::Instant::now();
-    for seq in 0..total {
+    for seq in 0..lags.from.len() {
         tokio::time::sleep_until(begin + period.mul_f64(seq as f64)).await;
-        let (client, sent, errors) = (client.clone(), sent.clone(), errors.clone());
+        let (client, lags, errors) = (client.clone(), lags.clone(), errors.clone());
         let options = WriteOptions { ttl: Some(config.ttl), timeout: Some(config.timeout) };
         let value = vec![b'v'; config.value_size];
         tasks.push(tokio::spawn(async move {
             let key = format!("{LAG_PREFIX}{seq}");
-            let sent_us = start.elapsed().as_micros() as u64 + 1;
-            sent[seq].store(sent_us, Ordering::Relaxed);
+            lags.due_from_now(seq);
             if client.put_with(key, value, options).await.is_err() {
-                sent[seq].store(0, Ordering::Relaxed);
+                lags.forget(seq);
                 errors.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
     futures_util::future::join_all(tasks).await;
-    let wanted = sent.iter().filter(|s| measured(s.load(Ordering::Relaxed))).count() as u64;
-    let counts = Counts { wanted, expired, errors, lag };
-    Ok(finish_lag(counts, config.ttl, watcher, config).await)
+    Ok(finish_lag(lags, errors, watcher, config).await)
 }
 
-/// What a lag run counted: keys put in the measured window, their expiries seen, put
-/// errors, and the lags.
-struct Counts {
-    wanted: u64,
-    expired: Arc<AtomicU64>,
-    errors: Arc<AtomicU64>,
+/// The keys of a lag run: when each one's deadline counts from, and the lags of their
+/// expiries as they come.
+#[derive(Clone)]
+struct Lags {
+    /// The first put: times count from it.
+    start: Instant,
+    /// Keys whose deadline counts from before this (µs since `start`) are the warm-up's.
+    measured_from_us: u64,
+    ttl: Duration,
+    /// Per key: µs since `start` (+1) its deadline counts from; 0: not put (or failed).
+    from: Arc<Vec<AtomicU64>>,
     lag: Arc<Mutex<Histogram<u64>>>,
+    expired: Arc<AtomicU64>,
+}
+
+impl Lags {
+    /// For a run of `config`'s length and rate, keys expiring `ttl` after their time; the
+    /// first put 300 ms from now (the watch starts before it).
+    fn new(config: &ExpireConfig, ttl: Duration) -> Lags {
+        let total = (config.rate * (config.warmup + config.duration).as_secs_f64()).ceil();
+        Lags {
+            start: Instant::now() + Duration::from_millis(300),
+            measured_from_us: config.warmup.as_micros() as u64,
+            ttl,
+            from: Arc::new((0..total as usize).map(|_| AtomicU64::new(0)).collect()),
+            lag: Arc::new(Mutex::new(histogram())),
+            expired: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Now, as a key's time: µs since the start, +1.
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64 + 1
+    }
+
+    /// Key `seq`'s deadline counts from `at_us` (a [`Lags::now_us`]).
+    fn due_from(&self, seq: usize, at_us: u64) {
+        self.from[seq].store(at_us, Ordering::Relaxed);
+    }
+
+    /// Key `seq`'s deadline counts from now.
+    fn due_from_now(&self, seq: usize) {
+        self.due_from(seq, self.now_us());
+    }
+
+    /// Key `seq` was not put.
+    fn forget(&self, seq: usize) {
+        self.from[seq].store(0, Ordering::Relaxed);
+    }
+
+    fn measured(&self, at_us: u64) -> bool {
+        at_us > self.measured_from_us
+    }
+
+    /// Key `seq`'s expiry arrived at `now`.
+    fn seen(&self, seq: u64, now: Instant) {
+        let at = self.from.get(seq as usize).map_or(0, |a| a.load(Ordering::Relaxed));
+        if at == 0 || !self.measured(at) {
+            return;
+        }
+        let due = self.start + Duration::from_micros(at) + self.ttl;
+        let lag = now.saturating_duration_since(due).as_micros().max(1) as u64;
+        let _ = self.lag.lock().unwrap_or_else(|p| p.into_inner()).record(lag);
+        self.expired.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Keys put in the measured window.
+    fn wanted(&self) -> u64 {
+        self.from.iter().filter(|a| self.measured(a.load(Ordering::Relaxed))).count() as u64
+    }
 }
 
 /// Waits (the time to live and 10 s at most) for the expiries of every key put in the
 /// measured window, stops the watcher, and says what came of it.
 async fn finish_lag(
-    counts: Counts,
-    ttl: Duration,
+    lags: Lags,
+    errors: Arc<AtomicU64>,
     watcher: tokio::task::JoinHandle<()>,
     config: &ExpireConfig,
 ) -> LagResult {
-    let Counts { wanted, expired, errors, lag } = counts;
-    let give_up = Instant::now() + ttl + Duration::from_secs(10);
+    let (wanted, expired) = (lags.wanted(), &lags.expired);
+    let give_up = Instant::now() + lags.ttl + Duration::from_secs(10);
     while expired.load(Ordering::Relaxed) < wanted && Instant::now() < give_up {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     watcher.abort();
     let expired = expired.load(Ordering::Relaxed);
-    let lag_us = lag.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let lag_us = lags.lag.lock().unwrap_or_else(|p| p.into_inner()).clone();
     LagResult {
         puts: wanted,
         put_errors: errors.load(Ordering::Relaxed),
@@ -344,23 +382,15 @@ pub async fn run_lag_etcd(endpoints: &str, config: &ExpireConfig) -> anyhow::Res
     let client = etcd_client::Client::connect(&urls, None).await.context("connecting to etcd")?;
     let ttl_s = config.ttl.as_millis().div_ceil(1000).max(1) as i64;
     let ttl = Duration::from_secs(ttl_s as u64);
-    let total = (config.rate * (config.warmup + config.duration).as_secs_f64()).ceil() as usize;
-    let start = Instant::now() + Duration::from_millis(300);
-    // Per key: when its lease's grant was sent (µs since start, +1; 0: not put).
-    let due_from: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
-    let measured = {
-        let from = config.warmup.as_micros() as u64;
-        move |at: u64| at > from
-    };
-    let lag = Arc::new(Mutex::new(histogram()));
-    let expired = Arc::new(AtomicU64::new(0));
+    // A key's deadline counts from its lease's grant request.
+    let lags = Lags::new(config, ttl);
     let mut watch_client = client.watch_client();
     let mut stream = watch_client
         .watch(LAG_PREFIX, Some(WatchOptions::new().with_prefix()))
         .await
         .context("etcd watch")?;
     let watcher = {
-        let (due_from, lag, expired) = (due_from.clone(), lag.clone(), expired.clone());
+        let lags = lags.clone();
         tokio::spawn(async move {
             while let Ok(Some(response)) = stream.message().await {
                 let now = Instant::now();
@@ -368,36 +398,26 @@ pub async fn run_lag_etcd(endpoints: &str, config: &ExpireConfig) -> anyhow::Res
                     if event.event_type() != EventType::Delete {
                         continue;
                     }
-                    let Some(seq) = event.kv().and_then(|kv| seq_of(kv.key(), LAG_PREFIX)) else {
-                        continue;
-                    };
-                    let at = due_from.get(seq as usize).map_or(0, |a| a.load(Ordering::Relaxed));
-                    if at == 0 || !measured(at) {
-                        continue;
+                    if let Some(seq) = event.kv().and_then(|kv| seq_of(kv.key(), LAG_PREFIX)) {
+                        lags.seen(seq, now);
                     }
-                    let due = start + Duration::from_micros(at) + ttl;
-                    let _ = lag
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .record(now.saturating_duration_since(due).as_micros().max(1) as u64);
-                    expired.fetch_add(1, Ordering::Relaxed);
                 }
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep_until(lags.start.into()).await;
     let period = Duration::from_secs_f64(1.0 / config.rate);
     let window = Duration::from_millis(100);
     let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(total);
+    let mut tasks = Vec::with_capacity(lags.from.len());
     let begin = tokio::time::Instant::now();
     let mut lease: Option<(i64, u64, tokio::time::Instant)> = None;
     let mut lease_client = client.lease_client();
-    for seq in 0..total {
+    for seq in 0..lags.from.len() {
         let at = begin + period.mul_f64(seq as f64);
         tokio::time::sleep_until(at).await;
         if lease.is_none_or(|(_, _, granted)| at >= granted + window) {
-            let asked_us = start.elapsed().as_micros() as u64 + 1;
+            let asked_us = lags.now_us();
             match lease_client.grant(ttl_s, None).await {
                 Ok(granted) => lease = Some((granted.id(), asked_us, at)),
                 Err(_) => {
@@ -407,20 +427,18 @@ pub async fn run_lag_etcd(endpoints: &str, config: &ExpireConfig) -> anyhow::Res
             }
         }
         let Some((id, asked_us, _)) = lease else { continue };
-        let (mut kv, due_from, errors) = (client.kv_client(), due_from.clone(), errors.clone());
+        let (mut kv, lags, errors) = (client.kv_client(), lags.clone(), errors.clone());
         let value = vec![b'v'; config.value_size];
         tasks.push(tokio::spawn(async move {
             let key = format!("{LAG_PREFIX}{seq}");
-            due_from[seq].store(asked_us, Ordering::Relaxed);
+            lags.due_from(seq, asked_us);
             let options = PutOptions::new().with_lease(id);
             if kv.put(key, value, Some(options)).await.is_err() {
-                due_from[seq].store(0, Ordering::Relaxed);
+                lags.forget(seq);
                 errors.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
     futures_util::future::join_all(tasks).await;
-    let wanted = due_from.iter().filter(|s| measured(s.load(Ordering::Relaxed))).count() as u64;
-    let counts = Counts { wanted, expired, errors, lag };
-    Ok(finish_lag(counts, ttl, watcher, config).await)
+    Ok(finish_lag(lags, errors, watcher, config).await)
 }

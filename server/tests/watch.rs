@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{corekvctl_bin, TestCluster};
 use corekv_client::watch::{ChangeKind, WatchEvent};
-use corekv_client::{Client, KeyMeta, ScanOptions, ScanRange, WatchMessage, WatchSpec};
+use corekv_client::{Client, KeyMeta, ScanOptions, ScanRange, Watch, WatchMessage, WatchSpec};
 use futures_util::StreamExt;
 
 /// What a key holds: its value and metadata.
@@ -33,9 +33,13 @@ fn record(
     client: &Client,
     spec: WatchSpec,
 ) -> Arc<Mutex<Vec<WatchEvent>>> {
-    let events: Arc<Mutex<Vec<WatchEvent>>> = Arc::default();
     let _runtime = rt.enter();
-    let mut watch = client.watch(spec).expect("a valid watch");
+    collect(rt, client.watch(spec).expect("a valid watch"))
+}
+
+/// Reads `watch` in the background, recording every event.
+fn collect(rt: &tokio::runtime::Runtime, mut watch: Watch) -> Arc<Mutex<Vec<WatchEvent>>> {
+    let events: Arc<Mutex<Vec<WatchEvent>>> = Arc::default();
     let sink = events.clone();
     rt.spawn(async move {
         while let Some(message) = watch.next().await {
@@ -398,16 +402,8 @@ fn a_watcher_past_the_retention_is_told_to_list_again() {
 
     // List and follow while the writers go on.
     let spec = WatchSpec::prefix("q/");
-    let (listed, mut watch) = rt.block_on(client.list_and_watch("q/", spec)).expect("listed");
-    let events: Arc<Mutex<Vec<WatchEvent>>> = Arc::default();
-    let sink = events.clone();
-    rt.spawn(async move {
-        while let Some(message) = watch.next().await {
-            if let WatchMessage::Event(event) = message.expect("the watch goes on") {
-                sink.lock().unwrap().push(event);
-            }
-        }
-    });
+    let (listed, watch) = rt.block_on(client.list_and_watch("q/", spec)).expect("listed");
+    let events = collect(&rt, watch);
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     for w in writing {
@@ -439,18 +435,10 @@ fn a_listing_of_many_pages_per_shard_is_one_state() {
     // Small keys and values: the writers change keys while the pages are read.
     let writing = writers(&rt, &client, "pages/", keys, 8, &stop);
     std::thread::sleep(Duration::from_millis(500));
-    let (listed, mut watch) =
+    let (listed, watch) =
         rt.block_on(client.list_and_watch("pages/", WatchSpec::prefix("pages/"))).expect("listed");
     assert!(listed.entries.len() > 20_000, "{} keys listed", listed.entries.len());
-    let events: Arc<Mutex<Vec<WatchEvent>>> = Arc::default();
-    let sink = events.clone();
-    rt.spawn(async move {
-        while let Some(message) = watch.next().await {
-            if let WatchMessage::Event(event) = message.expect("the watch goes on") {
-                sink.lock().unwrap().push(event);
-            }
-        }
-    });
+    let events = collect(&rt, watch);
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     for w in writing {
