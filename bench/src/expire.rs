@@ -109,7 +109,11 @@ pub async fn run_lag(client: &Client, config: &ExpireConfig) -> anyhow::Result<L
     for seq in 0..lags.from.len() {
         tokio::time::sleep_until(begin + period.mul_f64(seq as f64)).await;
         let (client, lags, errors) = (client.clone(), lags.clone(), errors.clone());
-        let options = WriteOptions { ttl: Some(config.ttl), timeout: Some(config.timeout) };
+        let options = WriteOptions {
+            ttl: Some(config.ttl),
+            timeout: Some(config.timeout),
+            ..Default::default()
+        };
         let value = vec![b'v'; config.value_size];
         tasks.push(tokio::spawn(async move {
             let key = format!("{LAG_PREFIX}{seq}");
@@ -250,7 +254,11 @@ pub async fn run_many(client: &Client, config: &ExpireConfig) -> anyhow::Result<
         .chunks(1000)
         .map(|c| c.iter().map(|i| (format!("{MANY_PREFIX}{i}"), value.clone())).collect())
         .collect();
-    let options = WriteOptions { ttl: Some(config.ttl), timeout: Some(Duration::from_secs(30)) };
+    let options = WriteOptions {
+        ttl: Some(config.ttl),
+        timeout: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
     let mut batches = batches.into_iter();
     loop {
         let wave: Vec<_> = batches.by_ref().take(8).collect();

@@ -25,6 +25,7 @@ fn corekv_error(error: &Error) -> ErrorKind {
         Error::InvalidRequest(_) | Error::InvalidArgument(_) | Error::ChangeRefused(_) => "invalid",
         Error::WrongShard { .. } => "wrong_shard",
         Error::Compacted { .. } => "compacted",
+        Error::LeaseNotFound(_) => "lease_not_found",
         Error::Protocol(_) => "protocol",
         Error::Handshake { .. } | Error::Registry(_) => "config",
     }

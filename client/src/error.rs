@@ -86,6 +86,11 @@ pub enum Error {
         first_available: u64,
     },
 
+    /// The lease named does not exist: never granted, revoked, or expired (its keys are
+    /// gone). Nothing changed. Grant a new one.
+    #[error("lease {0} not found (revoked or expired)")]
+    LeaseNotFound(crate::LeaseId),
+
     /// A node refused the connection handshake (a different cluster name, an unsupported
     /// protocol version). Check the registry file.
     #[error("handshake refused by {addr}: {reason}")]

@@ -143,6 +143,7 @@
 mod client;
 mod connection;
 mod error;
+pub mod recipes;
 mod retry;
 mod types;
 pub mod watch;
@@ -153,8 +154,9 @@ pub use corekv_types::{membership, placement, registry};
 pub use client::{Client, ClientConfig};
 pub use error::{Error, Result};
 pub use types::{
-    Compare, CompareBuilder, CompareOp, CompareTarget, Consistency, KeyMeta, KeyValue, Operand,
-    PeerProgress, ReadOptions, ReplicaReport, ReplicaStatus, Role, ScanOptions, ScanPage,
-    ScanRange, Txn, TxnOp, TxnOpResult, TxnResponse, WriteOptions,
+    Compare, CompareBuilder, CompareOp, CompareTarget, Consistency, KeyMeta, KeyValue, Lease,
+    LeaseId, LeaseInfo, LeaseKept, Operand, PeerProgress, ReadOptions, ReplicaReport,
+    ReplicaStatus, Role, ScanOptions, ScanPage, ScanRange, Txn, TxnOp, TxnOpResult, TxnResponse,
+    WriteOptions,
 };
 pub use watch::{Cursor, Watch, WatchMessage, WatchSpec};

@@ -30,6 +30,77 @@ pub struct KeyValue {
     /// For a key with a deadline: the time left until it, on the clock of the node that read
     /// it (`None`: the key has none; always `None` in watch events).
     pub ttl: Option<Duration>,
+    /// The lease the key is attached to (`None`: none; always `None` in watch events).
+    pub lease: Option<LeaseId>,
+}
+
+/// A lease's id. It names the shard the lease lives on (its high 16 bits); it prints, and
+/// parses, as 16 hexadecimal digits (`0x` optional).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseId(pub u64);
+
+impl LeaseId {
+    /// The shard the lease lives on: keys attached to it must be on that shard too.
+    pub fn shard(self) -> crate::ShardId {
+        crate::ShardId((self.0 >> 48) as u32)
+    }
+}
+
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for LeaseId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.strip_prefix("0x").unwrap_or(s);
+        match u64::from_str_radix(digits, 16) {
+            Ok(0) => Err("lease 0 names no lease".to_string()),
+            Ok(id) => Ok(LeaseId(id)),
+            Err(_) => Err(format!("{s:?} is not a lease id (16 hexadecimal digits)")),
+        }
+    }
+}
+
+/// A lease just granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Its id.
+    pub id: LeaseId,
+    /// Its time to live: it ends this long after the last keep-alive, unless revoked.
+    pub ttl: Duration,
+    /// The metadata of the keys put with it, in order.
+    pub metas: Vec<KeyMeta>,
+    /// The log index of the grant on its shard.
+    pub index: u64,
+}
+
+/// A keep-alive's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseKept {
+    /// The lease's time to live: the leader that answered keeps it that long from then.
+    pub ttl: Duration,
+    /// What is left of the deadline the log holds for it (its last checkpoint), when the
+    /// leader answered: any later leader keeps it at least that long. From the moment the
+    /// keep-alive was sent, less the clock skew between nodes, the lease surely lives that
+    /// long whatever happens to the leader.
+    pub durable: Duration,
+}
+
+/// What the shard's leader knows of a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// Its id.
+    pub id: LeaseId,
+    /// The time to live it was granted.
+    pub ttl: Duration,
+    /// The time left before the leader expires it, on the leader's clock.
+    pub remaining: Duration,
+    /// The keys attached to it, when asked for.
+    pub keys: Vec<Vec<u8>>,
 }
 
 /// Options of a read.
@@ -62,6 +133,9 @@ pub struct WriteOptions {
     /// For puts and batch puts: the keys expire this long after the shard's leader takes
     /// the write (rounded up to whole milliseconds); `None`: never. Deletes ignore it.
     pub ttl: Option<Duration>,
+    /// For puts and batch puts: the keys are attached to this lease and go when it ends
+    /// (the keys must be on the lease's shard). Not with `ttl`. Deletes ignore it.
+    pub lease: Option<LeaseId>,
 }
 
 impl WriteOptions {
@@ -73,6 +147,11 @@ impl WriteOptions {
     /// Options of a write whose keys expire `ttl` after the leader takes it.
     pub fn with_ttl(ttl: Duration) -> Self {
         WriteOptions { ttl: Some(ttl), ..Default::default() }
+    }
+
+    /// Options of a write whose keys are attached to `lease`.
+    pub fn with_lease(lease: LeaseId) -> Self {
+        WriteOptions { lease: Some(lease), ..Default::default() }
     }
 }
 
@@ -304,6 +383,8 @@ pub enum TxnOp {
     Put(Vec<u8>, Vec<u8>),
     /// Write a key that expires this long after the leader takes the transaction.
     PutWithTtl(Vec<u8>, Vec<u8>, Duration),
+    /// Write a key attached to a lease (of the transaction's shard).
+    PutWithLease(Vec<u8>, Vec<u8>, LeaseId),
     /// Delete a key.
     Delete(Vec<u8>),
 }
@@ -324,6 +405,11 @@ impl TxnOp {
         TxnOp::PutWithTtl(key.as_ref().to_vec(), value.as_ref().to_vec(), ttl)
     }
 
+    /// Write `value` under `key`, attached to `lease`.
+    pub fn put_with_lease(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, lease: LeaseId) -> Self {
+        TxnOp::PutWithLease(key.as_ref().to_vec(), value.as_ref().to_vec(), lease)
+    }
+
     /// Delete `key`.
     pub fn delete(key: impl AsRef<[u8]>) -> Self {
         TxnOp::Delete(key.as_ref().to_vec())
@@ -332,7 +418,11 @@ impl TxnOp {
     /// The key the operation touches.
     pub fn key(&self) -> &[u8] {
         match self {
-            TxnOp::Get(k) | TxnOp::Put(k, _) | TxnOp::PutWithTtl(k, _, _) | TxnOp::Delete(k) => k,
+            TxnOp::Get(k)
+            | TxnOp::Put(k, _)
+            | TxnOp::PutWithTtl(k, _, _)
+            | TxnOp::PutWithLease(k, _, _)
+            | TxnOp::Delete(k) => k,
         }
     }
 }

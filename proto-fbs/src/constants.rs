@@ -10,7 +10,10 @@
 /// Version 5 added keys with a deadline (`ttl_ms` on puts, batch puts and transaction puts;
 /// the time left on read entries; expiries marked in watch changes): a node of version 4
 /// would skip the field and keep the key forever, so a client of version 5 refuses it.
-pub const CLIENT_PROTOCOL_VERSION: u32 = 5;
+/// Version 6 added leases (the grant, revoke, keep-alive and time-to-live requests and
+/// replies, `lease` on puts, batch puts, transaction puts and read entries, the
+/// `LeaseNotFound` error): a node of version 5 would skip `lease` and keep the key forever.
+pub const CLIENT_PROTOCOL_VERSION: u32 = 6;
 
 /// The oldest client protocol a node still serves: everything a version-1 client asks means
 /// the same in version 2, and the fields it does not know it skips.
@@ -23,13 +26,15 @@ const _: () = assert!(CLIENT_PROTOCOL_OLDEST <= CLIENT_PROTOCOL_VERSION);
 /// it would go on counting votes among the registry's nodes — and the hello says where the
 /// dialer's peer listener is. Version 3: entries may be stamped batches carrying deadlines
 /// and expiries, which a node of version 2 cannot decode (it would apply them as nothing).
-pub const PEER_PROTOCOL_VERSION: u32 = 3;
+/// Version 4: entries may carry lease operations (grants, puts attached to a lease, revokes,
+/// checkpoints, expiries), which a node of version 3 cannot decode.
+pub const PEER_PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest peer protocol a node talks to: everything of version 1 means the same in
 /// version 2, except that a version-1 node cannot apply membership changes; a leader
 /// refuses them while a member speaks it (upgrade every node first). A leader proposes
 /// stamped batches only while every member speaks version 3, and refuses writes with a
-/// deadline until then.
+/// deadline until then; it refuses lease requests until every member speaks version 4.
 pub const PEER_PROTOCOL_OLDEST: u32 = 1;
 
 const _: () = assert!(PEER_PROTOCOL_OLDEST <= PEER_PROTOCOL_VERSION);
@@ -56,6 +61,13 @@ pub const BATCH_KEYS_MAX: usize = 10_000;
 /// Longest time to live a write may ask for: ten years, in ms. Past it a deadline is a
 /// mistake (a value in seconds sent as ms ages the key a thousandfold too slowly).
 pub const TTL_MS_MAX: u64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// Shortest time to live a lease may be granted, ms. A lease lives through a change of
+/// leader only if its holder's keep-alives reach the new leader before the deadline the
+/// last checkpoint left it (one checkpoint interval, half a second, short of the last
+/// keep-alive's): an election takes up to a second, so anything shorter than two seconds
+/// would be lost to one.
+pub const LEASE_TTL_MS_MIN: u64 = 2_000;
 
 /// Watches one client connection may run at once (a node refuses more; a client with more
 /// watches on a node and shard opens another connection).

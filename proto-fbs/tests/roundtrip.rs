@@ -107,8 +107,10 @@ fn requests_round_trip() {
         value: None,
         number: 42,
     }];
-    let success = [TxnOpSpec { kind: TxnOpKind::Put, key: b"{t}a", value: Some(b"v"), ttl_ms: 0 }];
-    let failure = [TxnOpSpec { kind: TxnOpKind::Get, key: b"{t}a", value: None, ttl_ms: 0 }];
+    let success =
+        [TxnOpSpec { kind: TxnOpKind::Put, key: b"{t}a", value: Some(b"v"), ttl_ms: 0, lease: 0 }];
+    let failure =
+        [TxnOpSpec { kind: TxnOpKind::Get, key: b"{t}a", value: None, ttl_ms: 0, lease: 0 }];
     let f = e.txn(9, &compares, &success, &failure).to_vec();
     let r = verify_request(payload(&f)).unwrap();
     let txn = r.request_as_txn_request().unwrap();
@@ -131,7 +133,7 @@ fn requests_round_trip() {
 fn replies_round_trip() {
     let mut e = ReplyEncoder::new();
     let meta = KeyMeta::new(3, 7, 2);
-    let entry = EntryRef { key: b"k", value: Some(b"v"), meta, ttl_ms: 0 };
+    let entry = EntryRef { key: b"k", value: Some(b"v"), meta, ttl_ms: 0, lease: 0 };
 
     let f = e.hello(1, 2, 1, 4).to_vec();
     let r = verify_reply(payload(&f)).unwrap();
@@ -174,7 +176,7 @@ fn replies_round_trip() {
     let flags: Vec<bool> = r.reply_as_batch_delete_reply().unwrap().deleted().iter().collect();
     assert_eq!(flags, vec![true, false]);
 
-    let keys_only = EntryRef { key: b"k2", value: None, meta, ttl_ms: 0 };
+    let keys_only = EntryRef { key: b"k2", value: None, meta, ttl_ms: 0, lease: 0 };
     let f = e.scan(9, [entry, keys_only], Some(b"k2"), true, 4).to_vec();
     let r = verify_reply(payload(&f)).unwrap();
     let s = r.reply_as_scan_reply().unwrap();
@@ -220,6 +222,7 @@ fn replies_round_trip() {
         ErrorKind::Busy,
         ErrorKind::NotMember,
         ErrorKind::ChangeRefused,
+        ErrorKind::LeaseNotFound,
     ];
     for (error, kind) in common::sample_errors().iter().zip(expected_kinds) {
         let f = e.error(12, error).to_vec();
@@ -259,8 +262,72 @@ fn replies_round_trip() {
             ErrorInfo::ChangeRefused { reason } => {
                 assert_eq!(er.kind_as_change_refused().unwrap().reason(), Some(reason))
             }
+            ErrorInfo::LeaseNotFound { lease } => {
+                assert_eq!(er.kind_as_lease_not_found().unwrap().lease(), lease)
+            }
         }
     }
+}
+
+// Shows: the lease requests and replies cross the wire whole, and puts carry their lease.
+#[test]
+fn lease_frames_round_trip() {
+    let mut requests = RequestEncoder::new();
+    let items: [(&[u8], &[u8]); 2] = [(b"{s}a", b"1"), (b"{s}b", b"2")];
+    let f = requests.lease_grant(1, 5_000, &items).to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    let g = r.request_as_lease_grant_request().unwrap();
+    assert_eq!(g.ttl_ms(), 5_000);
+    let got: Vec<(&[u8], &[u8])> =
+        g.items().unwrap().iter().map(|i| (i.key().bytes(), i.value().bytes())).collect();
+    assert_eq!(got, items);
+    let f = requests.lease_revoke(2, 77).to_vec();
+    assert_eq!(
+        verify_request(payload(&f)).unwrap().request_as_lease_revoke_request().unwrap().lease(),
+        77
+    );
+    let f = requests.lease_keep_alive(3, 78).to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    assert_eq!(r.request_as_lease_keep_alive_request().unwrap().lease(), 78);
+    let f = requests.lease_time_to_live(4, 79, true).to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    let t = r.request_as_lease_time_to_live_request().unwrap();
+    assert_eq!((t.lease(), t.keys()), (79, true));
+    let f = requests.put_lease(5, b"k", b"v", 80).to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    let p = r.request_as_put_request().unwrap();
+    assert_eq!((p.lease(), p.ttl_ms()), (80, 0));
+    let f = requests.batch_put_with(6, &items, 0, 81).to_vec();
+    assert_eq!(
+        verify_request(payload(&f)).unwrap().request_as_batch_put_request().unwrap().lease(),
+        81
+    );
+
+    let mut replies = ReplyEncoder::new();
+    let meta = KeyMeta::new(3, 3, 1);
+    let f = replies.lease_grant(7, 90, 5_000, &[meta, meta], 3).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let g = r.reply_as_lease_grant_reply().unwrap();
+    assert_eq!((g.lease(), g.ttl_ms(), g.index(), g.metas().unwrap().len()), (90, 5_000, 3, 2));
+    let f = replies.lease_revoke(8, 4, 9).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let v = r.reply_as_lease_revoke_reply().unwrap();
+    assert_eq!((v.keys(), v.index()), (4, 9));
+    let f = replies.lease_keep_alive(9, 90, 5_000, 3_100).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let k = r.reply_as_lease_keep_alive_reply().unwrap();
+    assert_eq!((k.lease(), k.ttl_ms(), k.durable_ms()), (90, 5_000, 3_100));
+    let keys: [&[u8]; 2] = [b"{s}a", b"{s}b"];
+    let f = replies.lease_time_to_live(10, 90, 5_000, 1_234, Some(&keys)).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    let t = r.reply_as_lease_time_to_live_reply().unwrap();
+    assert_eq!((t.lease(), t.ttl_ms(), t.remaining_ms()), (90, 5_000, 1_234));
+    let listed: Vec<&[u8]> = t.keys().unwrap().iter().map(|k| k.key().bytes()).collect();
+    assert_eq!(listed, keys);
+    let entry = EntryRef { key: b"k", value: Some(b"v"), meta, ttl_ms: 0, lease: 90 };
+    let f = replies.get(11, Some(&entry), false, 3).to_vec();
+    let r = verify_reply(payload(&f)).unwrap();
+    assert_eq!(r.reply_as_get_reply().unwrap().entry().unwrap().lease(), 90);
 }
 
 // Shows: the membership requests and replies cross the wire whole: each change kind, the

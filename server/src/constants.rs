@@ -198,3 +198,16 @@ pub const EXPIRY_KEYS_PER_ENTRY: usize = 10_000;
 /// Expiry entries a leader keeps proposed and not yet applied: with [`EXPIRY_KEYS_PER_ENTRY`],
 /// how far expiry runs ahead of applying (it stops there until they apply).
 pub const EXPIRY_ENTRIES_IN_FLIGHT: usize = 4;
+
+/// How often a leader proposes the checkpoint of the leases kept alive since the last one,
+/// ms. A new leader starts from the checkpointed deadlines, so a lease loses at most this
+/// (plus a checkpoint's commit) of its holder's last keep-alives across a change of leader;
+/// `LEASE_TTL_MS_MIN` (proto constants) leaves room for it and an election.
+pub const LEASE_CHECKPOINT_INTERVAL_MS: u64 = 500;
+
+/// Keys one lease expiry entry deletes at most, over all the leases it ends (a lease with
+/// more keys still goes whole, alone in its entry: its keys go in one entry).
+pub const LEASE_EXPIRY_KEYS_PER_ENTRY: usize = 10_000;
+
+/// Leases a leader keeps in expiry entries proposed and not yet applied.
+pub const LEASES_EXPIRING_MAX: usize = 10_000;

@@ -23,7 +23,7 @@ type Read<T> = fn(&ShardMetrics) -> T;
 type HistogramOf = (fn(&ShardMetrics) -> &Histogram, f64);
 
 /// The counters of one series per shard: name, help, how to read it.
-const COUNTERS: [(&str, &str, Read<u64>); 29] = [
+const COUNTERS: [(&str, &str, Read<u64>); 33] = [
     ("corekv_proposals_total", "Raft entries proposed (each carries a batch of writes).", |m| {
         m.proposals.load(Relaxed)
     }),
@@ -117,6 +117,22 @@ const COUNTERS: [(&str, &str, Read<u64>); 29] = [
         m.expired_keys.load(Relaxed)
     }),
     (
+        "corekv_lease_keep_alives_total",
+        "Lease keep-alives answered by this replica as leader.",
+        |m| m.lease_keep_alives.load(Relaxed),
+    ),
+    ("corekv_leases_expired_total", "Leases ended because their deadline passed.", |m| {
+        m.leases_expired.load(Relaxed)
+    }),
+    ("corekv_leases_revoked_total", "Leases revoked by a client.", |m| {
+        m.leases_revoked.load(Relaxed)
+    }),
+    (
+        "corekv_lease_checkpoints_total",
+        "Lease checkpoint entries proposed by this replica as leader (deadlines kept alive).",
+        |m| m.lease_checkpoints.load(Relaxed),
+    ),
+    (
         "corekv_wal_records_read_for_followers_total",
         "WAL records read back to send lagging followers entries older than the entry cache.",
         |m| m.cold_records_read.load(Relaxed),
@@ -124,7 +140,7 @@ const COUNTERS: [(&str, &str, Read<u64>); 29] = [
 ];
 
 /// The histograms of one series per shard.
-const HISTOGRAMS: [(&str, &str, HistogramOf); 4] = [
+const HISTOGRAMS: [(&str, &str, HistogramOf); 5] = [
     ("corekv_batch_ops", "Client writes per proposed raft entry.", (|m| &m.batch_ops, 1.0)),
     (
         "corekv_wal_flush_duration_seconds",
@@ -141,10 +157,15 @@ const HISTOGRAMS: [(&str, &str, HistogramOf); 4] = [
         "On the leader, from a key's deadline to its expiry applying.",
         (|m| &m.expiry_lag_us, 1e6),
     ),
+    (
+        "corekv_lease_expiry_lag_seconds",
+        "On the leader, from a lease's deadline to its expiry applying.",
+        (|m| &m.lease_expiry_lag_us, 1e6),
+    ),
 ];
 
 /// The gauges of one series per shard.
-const GAUGES: [(&str, &str, Read<i64>); 18] = [
+const GAUGES: [(&str, &str, Read<i64>); 20] = [
     (
         "corekv_clock_behind_milliseconds",
         "How far this node's clock is behind the largest one a leader stamped entries with.",
@@ -153,6 +174,8 @@ const GAUGES: [(&str, &str, Read<i64>); 18] = [
     ("corekv_timed_keys", "Keys that have a deadline (time to live).", |m| {
         m.timed_keys.load(Relaxed)
     }),
+    ("corekv_leases", "Leases the shard holds.", |m| m.leases.load(Relaxed)),
+    ("corekv_lease_keys", "Keys attached to a lease.", |m| m.lease_keys.load(Relaxed)),
     ("corekv_client_connections", "Open client connections.", |m| {
         m.client_connections.load(Relaxed)
     }),

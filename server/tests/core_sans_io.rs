@@ -167,6 +167,7 @@ fn make_snapshot(node: &mut Node, job: SnapshotJob) {
         frozen.base.as_deref(),
         &frozen.overlay,
         frozen.clock_ms,
+        &frozen.leases,
     )
     .unwrap();
     let archive = Arc::new(archive);

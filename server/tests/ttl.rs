@@ -159,7 +159,11 @@ async fn write_all(client: &Client, puts: &Mutex<Puts>, keys: &[Vec<u8>]) {
             let ttl = Duration::from_millis(150 + ((i as u64 * 37 + round * 11) % 450));
             let sent = Instant::now();
             puts.lock().unwrap().pending.insert(key.clone(), sent);
-            let options = WriteOptions { ttl: Some(ttl), timeout: Some(Duration::from_secs(10)) };
+            let options = WriteOptions {
+                ttl: Some(ttl),
+                timeout: Some(Duration::from_secs(10)),
+                ..Default::default()
+            };
             let result = client.put_with(key, b"v", options).await;
             let acked = Instant::now();
             let mut puts = puts.lock().unwrap();

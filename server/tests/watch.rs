@@ -284,6 +284,7 @@ fn watch_lines(path: &std::path::Path) -> Vec<WatchEvent> {
                 version: v["version"].as_u64().unwrap(),
             },
             ttl: None,
+            lease: None,
         });
         let change = corekv_client::watch::Change {
             kind: if kind == "put" { ChangeKind::Put } else { ChangeKind::Delete },

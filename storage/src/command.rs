@@ -14,9 +14,15 @@
 //!   PUT_TTL        key | value | expires_ms u64                          (version 2 only)
 //!   BATCH_PUT_TTL  expires_ms u64 | n u32 | (key | value) * n            (version 2 only)
 //!   EXPIRE         term u64 | n u32 | (key | mod_index u64) * n          (version 2 only)
+//!   PUT_LEASE      key | value | lease u64                               (version 2 only)
+//!   BATCH_PUT_LEASE lease u64 | n u32 | (key | value) * n                (version 2 only)
+//!   LEASE_GRANT    shard u32 | ttl_ms u64 | n u32 | (key | value) * n    (version 2 only)
+//!   LEASE_REVOKE   lease u64                                             (version 2 only)
+//!   LEASE_CHECKPOINT n u32 | (lease u64 | deadline_ms u64) * n           (version 2 only)
+//!   LEASE_EXPIRE   term u64 | n u32 | (lease u64 | deadline_ms u64) * n  (version 2 only)
 //! compare: target u8 | op u8 | key | value | number u64
-//! txn-op:  kind u8 (0 get, 1 put, 2 delete, 3 put with a deadline) | key | value
-//!          | [kind 3: expires_ms u64]
+//! txn-op:  kind u8 (0 get, 1 put, 2 delete, 3 put with a deadline, 4 put with a lease)
+//!          | key | value | [kind 3: expires_ms u64] | [kind 4: lease u64]
 //! key, value: length u32 | bytes
 //! ```
 //!
@@ -30,6 +36,16 @@
 //! entry was appended in, so an expiry a deposed leader got into the log applies, which is
 //! safe, as it deletes only keys the stamped clock says are past their deadline and that
 //! nobody wrote since.
+//!
+//! Leases ([`crate::lease`]): `LEASE_GRANT` grants a lease on `shard` whose deadline is the
+//! batch's stamp plus `ttl_ms`, and puts its items attached to it; `PUT_LEASE` and
+//! `BATCH_PUT_LEASE` attach their keys to an existing lease (refused, changing nothing, when it
+//! does not exist); `LEASE_REVOKE` ends a lease and deletes its keys; `LEASE_CHECKPOINT` moves
+//! deadlines later (the keep-alives a leader answered); `LEASE_EXPIRE` ends leases a leader
+//! found past their deadline, each named with the deadline it saw, and ends only those whose
+//! deadline is still that one (a checkpoint in between wins), and nothing when its entry has
+//! another term than the one it names (an expiry decided under one leadership and proposed
+//! under another).
 //!
 //! All integers are little-endian. Decoding never trusts lengths: a malformed batch decodes to
 //! an error, which apply turns into the same failed result on every replica.
@@ -55,6 +71,12 @@ mod kind {
     pub const PUT_TTL: u8 = 6;
     pub const BATCH_PUT_TTL: u8 = 7;
     pub const EXPIRE: u8 = 8;
+    pub const PUT_LEASE: u8 = 9;
+    pub const BATCH_PUT_LEASE: u8 = 10;
+    pub const LEASE_GRANT: u8 = 11;
+    pub const LEASE_REVOKE: u8 = 12;
+    pub const LEASE_CHECKPOINT: u8 = 13;
+    pub const LEASE_EXPIRE: u8 = 14;
 }
 
 /// What a transaction compare looks at (same numbering as the wire protocol).
@@ -83,6 +105,8 @@ pub enum TxnOpKind {
     Delete = 2,
     /// Write a key that expires (`expires_ms`).
     PutTtl = 3,
+    /// Write a key attached to a lease (`lease`).
+    PutLease = 4,
 }
 
 impl CompareTarget {
@@ -107,6 +131,7 @@ impl TxnOpKind {
             1 => Self::Put,
             2 => Self::Delete,
             3 => Self::PutTtl,
+            4 => Self::PutLease,
             _ => return None,
         })
     }
@@ -138,6 +163,15 @@ pub struct TxnOp<'a> {
     pub value: &'a [u8],
     /// For [`TxnOpKind::PutTtl`]: the deadline (ms since the Unix epoch).
     pub expires_ms: u64,
+    /// For [`TxnOpKind::PutLease`]: the lease.
+    pub lease: u64,
+}
+
+impl<'a> TxnOp<'a> {
+    /// An op of `kind` on `key` (a get or a delete; a plain put with `value`).
+    pub fn new(kind: TxnOpKind, key: &'a [u8], value: &'a [u8]) -> Self {
+        TxnOp { kind, key, value, expires_ms: 0, lease: 0 }
+    }
 }
 
 /// Builds the data of one batch entry.
@@ -231,6 +265,83 @@ impl BatchBuilder {
         self.needs_stamp = true;
     }
 
+    /// Adds a put of a key attached to lease `lease`.
+    pub fn put_lease(&mut self, key: &[u8], value: &[u8], lease: u64) {
+        self.bytes.push(kind::PUT_LEASE);
+        put_bytes(&mut self.bytes, key);
+        put_bytes(&mut self.bytes, value);
+        self.bytes.extend_from_slice(&lease.to_le_bytes());
+        self.ops += 1;
+        self.needs_stamp = true;
+    }
+
+    /// Adds an atomic multi-key put of keys attached to lease `lease`.
+    pub fn batch_put_lease<'a>(
+        &mut self,
+        items: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+        lease: u64,
+    ) {
+        self.bytes.push(kind::BATCH_PUT_LEASE);
+        self.bytes.extend_from_slice(&lease.to_le_bytes());
+        self.items(items);
+    }
+
+    /// Adds the grant of a lease on `shard` living `ttl_ms` from the batch's stamp, with
+    /// `items` put attached to it.
+    pub fn lease_grant<'a>(
+        &mut self,
+        shard: u32,
+        ttl_ms: u64,
+        items: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+    ) {
+        self.bytes.push(kind::LEASE_GRANT);
+        self.bytes.extend_from_slice(&shard.to_le_bytes());
+        self.bytes.extend_from_slice(&ttl_ms.to_le_bytes());
+        self.items(items);
+    }
+
+    /// Adds the revocation of lease `lease`.
+    pub fn lease_revoke(&mut self, lease: u64) {
+        self.bytes.push(kind::LEASE_REVOKE);
+        self.bytes.extend_from_slice(&lease.to_le_bytes());
+        self.ops += 1;
+        self.needs_stamp = true;
+    }
+
+    /// Adds a checkpoint of lease deadlines: each lease and its new deadline.
+    pub fn lease_checkpoint(&mut self, leases: impl ExactSizeIterator<Item = (u64, u64)>) {
+        self.bytes.push(kind::LEASE_CHECKPOINT);
+        self.lease_pairs(leases);
+    }
+
+    /// Adds the expiry of leases, proposed in `term`: each lease and the deadline it had when
+    /// found past it.
+    pub fn lease_expire(&mut self, term: u64, leases: impl ExactSizeIterator<Item = (u64, u64)>) {
+        self.bytes.push(kind::LEASE_EXPIRE);
+        self.bytes.extend_from_slice(&term.to_le_bytes());
+        self.lease_pairs(leases);
+    }
+
+    fn items<'a>(&mut self, items: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>) {
+        self.bytes.extend_from_slice(&(items.len() as u32).to_le_bytes());
+        for (key, value) in items {
+            put_bytes(&mut self.bytes, key);
+            put_bytes(&mut self.bytes, value);
+        }
+        self.ops += 1;
+        self.needs_stamp = true;
+    }
+
+    fn lease_pairs(&mut self, leases: impl ExactSizeIterator<Item = (u64, u64)>) {
+        self.bytes.extend_from_slice(&(leases.len() as u32).to_le_bytes());
+        for (lease, deadline_ms) in leases {
+            self.bytes.extend_from_slice(&lease.to_le_bytes());
+            self.bytes.extend_from_slice(&deadline_ms.to_le_bytes());
+        }
+        self.ops += 1;
+        self.needs_stamp = true;
+    }
+
     /// Whether an op needs a stamped batch ([`BatchBuilder::take_plain`] refuses it).
     pub fn needs_stamp(&self) -> bool {
         self.needs_stamp
@@ -288,6 +399,10 @@ impl BatchBuilder {
                 put_bytes(&mut self.bytes, op.value);
                 if op.kind == TxnOpKind::PutTtl {
                     self.bytes.extend_from_slice(&op.expires_ms.to_le_bytes());
+                    self.needs_stamp = true;
+                }
+                if op.kind == TxnOpKind::PutLease {
+                    self.bytes.extend_from_slice(&op.lease.to_le_bytes());
                     self.needs_stamp = true;
                 }
             }
@@ -405,6 +520,8 @@ pub enum Op<'a> {
         value: &'a [u8],
         /// Its deadline (ms since the Unix epoch); 0: none.
         expires_ms: u64,
+        /// The lease it is attached to; 0: none.
+        lease: u64,
     },
     /// Delete one key.
     Delete {
@@ -417,6 +534,8 @@ pub enum Op<'a> {
         items: Vec<(&'a [u8], &'a [u8])>,
         /// Their deadline (ms since the Unix epoch); 0: none.
         expires_ms: u64,
+        /// The lease they are attached to; 0: none.
+        lease: u64,
     },
     /// Delete several keys atomically.
     BatchDelete(Vec<&'a [u8]>),
@@ -435,6 +554,29 @@ pub enum Op<'a> {
         term: u64,
         /// Each key and the mod index it had when found past its deadline.
         keys: Vec<(&'a [u8], u64)>,
+    },
+    /// Grant a lease, and put keys attached to it.
+    LeaseGrant {
+        /// The shard it lives on (its id says so).
+        shard: u32,
+        /// Its time to live, ms.
+        ttl_ms: u64,
+        /// Keys and values to put attached to it.
+        items: Vec<(&'a [u8], &'a [u8])>,
+    },
+    /// End a lease and delete its keys.
+    LeaseRevoke {
+        /// The lease.
+        lease: u64,
+    },
+    /// Move lease deadlines later: each lease and its deadline.
+    LeaseCheckpoint(Vec<(u64, u64)>),
+    /// End leases past their deadline.
+    LeaseExpire {
+        /// The term it was proposed in.
+        term: u64,
+        /// Each lease and the deadline it had when found past it.
+        leases: Vec<(u64, u64)>,
     },
 }
 
@@ -474,11 +616,18 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch<'_>, CommandError> {
 impl Op<'_> {
     fn needs_stamp(&self) -> bool {
         match self {
-            Op::Put { expires_ms, .. } | Op::BatchPut { expires_ms, .. } => *expires_ms != 0,
-            Op::Expire { .. } => true,
-            Op::Txn { success, failure, .. } => {
-                success.iter().chain(failure).any(|op| op.kind == TxnOpKind::PutTtl)
+            Op::Put { expires_ms, lease, .. } | Op::BatchPut { expires_ms, lease, .. } => {
+                *expires_ms != 0 || *lease != 0
             }
+            Op::Expire { .. }
+            | Op::LeaseGrant { .. }
+            | Op::LeaseRevoke { .. }
+            | Op::LeaseCheckpoint(_)
+            | Op::LeaseExpire { .. } => true,
+            Op::Txn { success, failure, .. } => success
+                .iter()
+                .chain(failure)
+                .any(|op| matches!(op.kind, TxnOpKind::PutTtl | TxnOpKind::PutLease)),
             Op::Delete { .. } | Op::BatchDelete(_) => false,
         }
     }
@@ -486,14 +635,33 @@ impl Op<'_> {
 
 fn decode_op<'a>(r: &mut Reader<'a>) -> Result<Op<'a>, CommandError> {
     Ok(match r.u8()? {
-        kind::PUT => Op::Put { key: r.bytes()?, value: r.bytes()?, expires_ms: 0 },
+        kind::PUT => Op::Put { key: r.bytes()?, value: r.bytes()?, expires_ms: 0, lease: 0 },
         kind::PUT_TTL => {
             let (key, value) = (r.bytes()?, r.bytes()?);
-            Op::Put { key, value, expires_ms: deadline(r)? }
+            Op::Put { key, value, expires_ms: deadline(r)?, lease: 0 }
         }
         kind::BATCH_PUT_TTL => {
             let expires_ms = deadline(r)?;
-            Op::BatchPut { items: decode_items(r)?, expires_ms }
+            Op::BatchPut { items: decode_items(r)?, expires_ms, lease: 0 }
+        }
+        kind::PUT_LEASE => {
+            let (key, value) = (r.bytes()?, r.bytes()?);
+            Op::Put { key, value, expires_ms: 0, lease: lease(r)? }
+        }
+        kind::BATCH_PUT_LEASE => {
+            let lease = lease(r)?;
+            Op::BatchPut { items: decode_items(r)?, expires_ms: 0, lease }
+        }
+        kind::LEASE_GRANT => {
+            let shard = r.u32()?;
+            let ttl_ms = r.u64()?;
+            Op::LeaseGrant { shard, ttl_ms, items: decode_items(r)? }
+        }
+        kind::LEASE_REVOKE => Op::LeaseRevoke { lease: lease(r)? },
+        kind::LEASE_CHECKPOINT => Op::LeaseCheckpoint(decode_lease_pairs(r)?),
+        kind::LEASE_EXPIRE => {
+            let term = r.u64()?;
+            Op::LeaseExpire { term, leases: decode_lease_pairs(r)? }
         }
         kind::EXPIRE => {
             let term = r.u64()?;
@@ -505,7 +673,7 @@ fn decode_op<'a>(r: &mut Reader<'a>) -> Result<Op<'a>, CommandError> {
             Op::Expire { term, keys }
         }
         kind::DELETE => Op::Delete { key: r.bytes()? },
-        kind::BATCH_PUT => Op::BatchPut { items: decode_items(r)?, expires_ms: 0 },
+        kind::BATCH_PUT => Op::BatchPut { items: decode_items(r)?, expires_ms: 0, lease: 0 },
         kind::BATCH_DELETE => {
             let n = r.count(4)?;
             let mut keys = Vec::with_capacity(n);
@@ -551,6 +719,24 @@ fn decode_items<'a>(r: &mut Reader<'a>) -> Result<Items<'a>, CommandError> {
     Ok(items)
 }
 
+/// Lease ids and deadlines.
+fn decode_lease_pairs(r: &mut Reader<'_>) -> Result<Vec<(u64, u64)>, CommandError> {
+    let n = r.count(16)?;
+    let mut pairs = Vec::with_capacity(n);
+    for _ in 0..n {
+        pairs.push((lease(r)?, r.u64()?));
+    }
+    Ok(pairs)
+}
+
+/// A lease id: never 0 (0 means none).
+fn lease(r: &mut Reader<'_>) -> Result<u64, CommandError> {
+    match r.u64()? {
+        0 => r.fail("a lease of 0"),
+        id => Ok(id),
+    }
+}
+
 /// A deadline: never 0 (0 means none).
 fn deadline(r: &mut Reader<'_>) -> Result<u64, CommandError> {
     match r.u64()? {
@@ -568,7 +754,8 @@ fn decode_txn_ops<'a>(r: &mut Reader<'a>) -> Result<Vec<TxnOp<'a>>, CommandError
         };
         let (key, value) = (r.bytes()?, r.bytes()?);
         let expires_ms = if kind == TxnOpKind::PutTtl { deadline(r)? } else { 0 };
-        ops.push(TxnOp { kind, key, value, expires_ms });
+        let lease = if kind == TxnOpKind::PutLease { lease(r)? } else { 0 };
+        ops.push(TxnOp { kind, key, value, expires_ms, lease });
     }
     Ok(ops)
 }
@@ -596,38 +783,63 @@ mod tests {
             }]
             .into_iter(),
             [
-                TxnOp { kind: TxnOpKind::Put, key: b"k", value: b"w", expires_ms: 0 },
-                TxnOp { kind: TxnOpKind::PutTtl, key: b"t", value: b"x", expires_ms: 77 },
+                TxnOp::new(TxnOpKind::Put, b"k", b"w"),
+                TxnOp { expires_ms: 77, ..TxnOp::new(TxnOpKind::PutTtl, b"t", b"x") },
+                TxnOp { lease: 9, ..TxnOp::new(TxnOpKind::PutLease, b"l", b"y") },
             ]
             .into_iter(),
-            [TxnOp { kind: TxnOpKind::Get, key: b"k", value: b"", expires_ms: 0 }].into_iter(),
+            [TxnOp::new(TxnOpKind::Get, b"k", b"")].into_iter(),
         );
         b.put_ttl(b"e", b"v", 1_000);
         b.batch_put_ttl([(&b"f"[..], &b"1"[..])].into_iter(), 2_000);
         b.expire(7, [(&b"e"[..], 41u64)].into_iter());
-        assert_eq!(b.ops(), 8);
+        b.put_lease(b"p", b"v", 5);
+        b.batch_put_lease([(&b"q"[..], &b"1"[..])].into_iter(), 6);
+        b.lease_grant(2, 3_000, [(&b"g"[..], &b"1"[..])].into_iter());
+        b.lease_revoke(5);
+        b.lease_checkpoint([(5u64, 9_000u64)].into_iter());
+        b.lease_expire(3, [(6u64, 8_000u64)].into_iter());
+        assert_eq!(b.ops(), 14);
         let bytes = b.take(123_456);
         assert!(b.is_empty() && !b.needs_stamp());
         let batch = decode_batch(&bytes).unwrap();
         assert_eq!(batch.stamp_ms, Some(123_456));
         let ops = batch.ops;
-        assert_eq!(ops.len(), 8);
-        assert!(matches!(ops[0], Op::Put { key: b"k", value: b"v", expires_ms: 0 }));
+        assert_eq!(ops.len(), 14);
+        assert!(matches!(ops[0], Op::Put { key: b"k", value: b"v", expires_ms: 0, lease: 0 }));
         assert!(matches!(ops[1], Op::Delete { key: b"d" }));
-        assert!(matches!(&ops[2], Op::BatchPut { items, expires_ms: 0 } if items.len() == 2));
+        assert!(matches!(&ops[2], Op::BatchPut { items, expires_ms: 0, .. } if items.len() == 2));
         assert!(matches!(&ops[3], Op::BatchDelete(keys) if keys == &vec![&b"x"[..]]));
         match &ops[4] {
             Op::Txn { compares, success, failure } => {
                 assert_eq!(compares[0].number, 3);
                 assert_eq!(success[0].value, b"w");
                 assert_eq!((success[1].kind, success[1].expires_ms), (TxnOpKind::PutTtl, 77));
+                assert_eq!((success[2].kind, success[2].lease), (TxnOpKind::PutLease, 9));
                 assert_eq!(failure[0].kind, TxnOpKind::Get);
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(ops[5], Op::Put { key: b"e", expires_ms: 1_000, .. }));
-        assert!(matches!(&ops[6], Op::BatchPut { items, expires_ms: 2_000 } if items.len() == 1));
+        assert!(
+            matches!(&ops[6], Op::BatchPut { items, expires_ms: 2_000, .. } if items.len() == 1)
+        );
         assert!(matches!(&ops[7], Op::Expire { term: 7, keys } if keys == &vec![(&b"e"[..], 41)]));
+        assert!(matches!(ops[8], Op::Put { key: b"p", lease: 5, expires_ms: 0, .. }));
+        assert!(matches!(&ops[9], Op::BatchPut { lease: 6, items, .. } if items.len() == 1));
+        assert!(
+            matches!(&ops[10], Op::LeaseGrant { shard: 2, ttl_ms: 3_000, items } if items.len() == 1)
+        );
+        assert!(matches!(ops[11], Op::LeaseRevoke { lease: 5 }));
+        assert!(matches!(&ops[12], Op::LeaseCheckpoint(pairs) if pairs == &vec![(5, 9_000)]));
+        assert!(
+            matches!(&ops[13], Op::LeaseExpire { term: 3, leases } if leases == &vec![(6, 8_000)])
+        );
+        let mut b = BatchBuilder::new();
+        b.lease_revoke(1);
+        assert!(b.take_plain().is_none(), "lease ops need a stamped batch");
+        b.lease_revoke(0);
+        assert!(decode_batch(&b.take(1)).unwrap_err().reason.contains("lease of 0"));
     }
 
     // Shows: a batch without deadlines can be taken without a stamp (version 1, as older

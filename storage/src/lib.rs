@@ -5,6 +5,7 @@
 //! - [`raft_log`]: raft-rs's [`raft::Storage`] on top of the WAL: entries, hard state,
 //!   compaction, and the hooks for asynchronous persistence.
 //! - [`command`]: what a raft entry carries — a batch of writes.
+//! - [`lease`]: a shard's leases — their deadlines and the keys attached to them.
 //! - [`state_machine`]: the ordered map of keys, values and per-key metadata that applying
 //!   committed entries builds: the newest snapshot read in place, plus overlays of the changes
 //!   since.
@@ -25,6 +26,7 @@ pub mod constants;
 pub mod error;
 pub mod history;
 pub mod key;
+pub mod lease;
 pub mod pacing;
 pub mod raft_log;
 pub mod snapshot;

@@ -122,7 +122,7 @@ proptest! {
                     if let Some(f) = frozen.take() {
                         if succeed {
                             let meta = SnapshotMeta { cluster: "t".into(), shard: 0, index: f.index, term: f.term };
-                            let archive = Archive::build(meta, &Membership::default(), f.base.as_deref(), &f.overlay, f.clock_ms).unwrap();
+                            let archive = Archive::build(meta, &Membership::default(), f.base.as_deref(), &f.overlay, f.clock_ms, &f.leases).unwrap();
                             prop_assert!(sm.adopt_snapshot(Arc::new(archive), f.index).is_some());
                         } else {
                             sm.thaw();
@@ -136,7 +136,7 @@ proptest! {
                     frozen = None;
                     let f = sm.freeze().unwrap();
                     let meta = SnapshotMeta { cluster: "t".into(), shard: 0, index: f.index, term: f.term };
-                    let archive = Archive::build(meta, &Membership::default(), f.base.as_deref(), &f.overlay, f.clock_ms).unwrap();
+                    let archive = Archive::build(meta, &Membership::default(), f.base.as_deref(), &f.overlay, f.clock_ms, &f.leases).unwrap();
                     let path = dir.path().join("s.snap");
                     std::fs::write(&path, archive.file_bytes()).unwrap();
                     let loaded = Archive::load(&path, "t", 0).unwrap();

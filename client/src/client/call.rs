@@ -376,6 +376,9 @@ pub(super) fn server_error(error: &wire::ErrorReply<'_>) -> Option<ServerError> 
                 .unwrap_or("no reason given")
                 .into(),
         )),
+        ErrorKind::LeaseNotFound => ServerError::Final(Error::LeaseNotFound(crate::LeaseId(
+            error.kind_as_lease_not_found().map(|e| e.lease()).unwrap_or(0),
+        ))),
         ErrorKind::TooLarge => {
             let t = error.kind_as_too_large();
             ServerError::Final(Error::TooLarge {

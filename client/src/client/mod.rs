@@ -19,6 +19,7 @@ use crate::registry::Registry;
 
 mod admin;
 mod call;
+mod lease;
 mod ops;
 mod watch;
 mod watch_mux;

@@ -18,7 +18,7 @@ use crate::types::{
 };
 
 use super::wire_map::{
-    check_key, check_value, compare_spec, encode, key_value, op_spec, protocol, ttl_ms,
+    check_key, check_value, compare_spec, encode, key_value, op_spec, protocol, ttl_and_lease,
     wire_consistency,
 };
 use super::Client;
@@ -63,14 +63,14 @@ impl Client {
         let (key, value) = (key.as_ref(), value.as_ref());
         check_key(key)?;
         check_value(value)?;
-        let ttl_ms = ttl_ms(options.ttl)?;
+        let (ttl_ms, lease) = ttl_and_lease(options.ttl, options.lease)?;
         let frame = self
             .call(
                 self.shard_of(key),
                 Retry::Write,
                 options.timeout,
                 Consistency::Linearizable,
-                |id, e| e.put_ttl(id, key, value, ttl_ms),
+                |id, e| e.put_with(id, key, value, ttl_ms, lease),
             )
             .await?;
         let reply = frame.reply();
@@ -191,14 +191,14 @@ impl Client {
         for (_, v) in items {
             check_value(v.as_ref())?;
         }
-        let ttl_ms = ttl_ms(options.ttl)?;
+        let (ttl_ms, lease) = ttl_and_lease(options.ttl, options.lease)?;
         let groups = self.by_shard(items.iter().map(|(k, _)| k.as_ref()))?;
         self.fan_out(&groups, items.len(), KeyMeta::default(), |shard, positions| async move {
             let shard_items: Vec<(&[u8], &[u8])> =
                 positions.iter().map(|&i| (items[i].0.as_ref(), items[i].1.as_ref())).collect();
             let reply = self
                 .call(shard, Retry::Write, options.timeout, Consistency::Linearizable, |id, e| {
-                    e.batch_put_ttl(id, &shard_items, ttl_ms)
+                    e.batch_put_with(id, &shard_items, ttl_ms, lease)
                 })
                 .await?;
             let reply = reply.reply();

@@ -468,6 +468,7 @@ fn change(c: &wire::Change<'_>) -> Change {
         value: c.value().map(|v| v.bytes().to_vec()).unwrap_or_default(),
         meta: c.meta().map(Into::into).unwrap_or_default(),
         ttl: None,
+        lease: None,
     });
     let prev = c.prev_meta().map(|meta| PrevValue {
         meta: meta.into(),

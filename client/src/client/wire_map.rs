@@ -6,7 +6,7 @@ use corekv_proto::constants::{KEY_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 use corekv_proto::encode::{CompareSpec, RequestEncoder, TxnOpSpec};
 
 use crate::error::{Error, Result};
-use crate::types::{CompareOp, CompareTarget, Consistency, KeyValue, TxnOp};
+use crate::types::{CompareOp, CompareTarget, Consistency, KeyValue, LeaseId, TxnOp};
 
 pub(super) fn key_value(e: &wire::Entry<'_>) -> KeyValue {
     KeyValue {
@@ -17,7 +17,21 @@ pub(super) fn key_value(e: &wire::Entry<'_>) -> KeyValue {
             0 => None,
             ms => Some(std::time::Duration::from_millis(ms)),
         },
+        lease: (e.lease() != 0).then(|| LeaseId(e.lease())),
     }
+}
+
+/// A write's time to live (ms, 0: none) and lease (0: none), checked: not both.
+pub(super) fn ttl_and_lease(
+    ttl: Option<std::time::Duration>,
+    lease: Option<LeaseId>,
+) -> Result<(u64, u64)> {
+    if ttl.is_some() && lease.is_some() {
+        return Err(Error::InvalidArgument(
+            "a write takes a time to live or a lease, not both".to_string(),
+        ));
+    }
+    Ok((ttl_ms(ttl)?, lease.map_or(0, |l| l.0)))
 }
 
 /// A time to live in whole milliseconds (rounded up: a key never lives shorter than asked),
@@ -96,13 +110,14 @@ pub(super) fn compare_spec(c: &crate::types::Compare) -> CompareSpec<'_> {
 }
 
 pub(super) fn op_spec(op: &TxnOp) -> Result<TxnOpSpec<'_>> {
-    let (kind, key, value, ttl_ms) = match op {
-        TxnOp::Get(k) => (wire::TxnOpKind::Get, k, None, 0),
-        TxnOp::Put(k, v) => (wire::TxnOpKind::Put, k, Some(&v[..]), 0),
+    let (kind, key, value, ttl_ms, lease) = match op {
+        TxnOp::Get(k) => (wire::TxnOpKind::Get, k, None, 0, 0),
+        TxnOp::Put(k, v) => (wire::TxnOpKind::Put, k, Some(&v[..]), 0, 0),
         TxnOp::PutWithTtl(k, v, ttl) => {
-            (wire::TxnOpKind::Put, k, Some(&v[..]), ttl_ms(Some(*ttl))?)
+            (wire::TxnOpKind::Put, k, Some(&v[..]), ttl_ms(Some(*ttl))?, 0)
         }
-        TxnOp::Delete(k) => (wire::TxnOpKind::Delete, k, None, 0),
+        TxnOp::PutWithLease(k, v, lease) => (wire::TxnOpKind::Put, k, Some(&v[..]), 0, lease.0),
+        TxnOp::Delete(k) => (wire::TxnOpKind::Delete, k, None, 0, 0),
     };
-    Ok(TxnOpSpec { kind, key, value, ttl_ms })
+    Ok(TxnOpSpec { kind, key, value, ttl_ms, lease })
 }

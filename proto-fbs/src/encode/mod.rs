@@ -15,6 +15,7 @@ use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use crate::client::{self as c, CompareOp, CompareTarget, Consistency, KeyMeta, TxnOpKind};
 
+mod lease;
 mod membership;
 mod peer;
 mod reply;
@@ -40,6 +41,8 @@ pub struct EntryRef<'a> {
     pub meta: KeyMeta,
     /// For a key with a deadline: ms left until it (at least 1); 0: none.
     pub ttl_ms: u64,
+    /// The lease the key is attached to; 0: none.
+    pub lease: u64,
 }
 
 /// An error reply, as the server sends it (DESIGN.md §6).
@@ -100,6 +103,11 @@ pub enum ErrorInfo<'a> {
         /// Why.
         reason: &'a str,
     },
+    /// The lease named does not exist; nothing changed.
+    LeaseNotFound {
+        /// The lease.
+        lease: u64,
+    },
 }
 
 /// The bounds of a scan request. Every bound that is set applies.
@@ -147,6 +155,8 @@ pub struct TxnOpSpec<'a> {
     pub value: Option<&'a [u8]>,
     /// For a put: ms until the key expires after the leader proposes it; 0: never.
     pub ttl_ms: u64,
+    /// For a put: the lease the key is attached to; 0: none.
+    pub lease: u64,
 }
 
 /// The result of one transaction operation, as the server reports it.
@@ -173,7 +183,13 @@ pub(super) fn entry<'b>(
 ) -> WIPOffset<c::Entry<'b>> {
     let key = fbb.create_vector(e.key);
     let value = bytes_vector(fbb, e.value);
-    let args = c::EntryArgs { key: Some(key), value, meta: Some(&e.meta), ttl_ms: e.ttl_ms };
+    let args = c::EntryArgs {
+        key: Some(key),
+        value,
+        meta: Some(&e.meta),
+        ttl_ms: e.ttl_ms,
+        lease: e.lease,
+    };
     c::Entry::create(fbb, &args)
 }
 

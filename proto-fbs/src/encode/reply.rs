@@ -317,6 +317,10 @@ impl ReplyEncoder {
                 let t = c::ChangeRefused::create(fbb, &c::ChangeRefusedArgs { reason });
                 (c::ErrorKind::ChangeRefused, t.as_union_value())
             }
+            ErrorInfo::LeaseNotFound { lease } => {
+                let t = c::LeaseNotFound::create(fbb, &c::LeaseNotFoundArgs { lease });
+                (c::ErrorKind::LeaseNotFound, t.as_union_value())
+            }
         };
         let reply = c::ErrorReply::create(fbb, &c::ErrorReplyArgs { kind_type, kind: Some(kind) });
         self.finish(id, c::Reply::ErrorReply, reply.as_union_value())

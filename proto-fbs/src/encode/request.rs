@@ -81,12 +81,29 @@ impl RequestEncoder {
 
     /// Writes one key that expires `ttl_ms` after the leader proposes the write (0: never).
     pub fn put_ttl(&mut self, id: u64, key: &[u8], value: &[u8], ttl_ms: u64) -> &[u8] {
+        self.put_with(id, key, value, ttl_ms, 0)
+    }
+
+    /// Writes one key attached to lease `lease`.
+    pub fn put_lease(&mut self, id: u64, key: &[u8], value: &[u8], lease: u64) -> &[u8] {
+        self.put_with(id, key, value, 0, lease)
+    }
+
+    /// Writes one key with a time to live (0: none) or attached to a lease (0: none).
+    pub fn put_with(
+        &mut self,
+        id: u64,
+        key: &[u8],
+        value: &[u8],
+        ttl_ms: u64,
+        lease: u64,
+    ) -> &[u8] {
         self.fbb.reset();
         let key = self.fbb.create_vector(key);
         let value = self.fbb.create_vector(value);
         let put = c::PutRequest::create(
             &mut self.fbb,
-            &c::PutRequestArgs { key: Some(key), value: Some(value), ttl_ms },
+            &c::PutRequestArgs { key: Some(key), value: Some(value), ttl_ms, lease },
         );
         self.finish(id, c::Request::PutRequest, put.as_union_value())
     }
@@ -120,6 +137,18 @@ impl RequestEncoder {
     /// Writes several keys of one shard atomically, all expiring `ttl_ms` after the leader
     /// proposes the write (0: never).
     pub fn batch_put_ttl(&mut self, id: u64, items: &[(&[u8], &[u8])], ttl_ms: u64) -> &[u8] {
+        self.batch_put_with(id, items, ttl_ms, 0)
+    }
+
+    /// Writes several keys of one shard atomically, with a time to live (0: none) or
+    /// attached to a lease (0: none).
+    pub fn batch_put_with(
+        &mut self,
+        id: u64,
+        items: &[(&[u8], &[u8])],
+        ttl_ms: u64,
+        lease: u64,
+    ) -> &[u8] {
         self.fbb.reset();
         let tables: Vec<_> = items
             .iter()
@@ -135,7 +164,7 @@ impl RequestEncoder {
         let items = self.fbb.create_vector(&tables);
         let batch = c::BatchPutRequest::create(
             &mut self.fbb,
-            &c::BatchPutRequestArgs { items: Some(items), ttl_ms },
+            &c::BatchPutRequestArgs { items: Some(items), ttl_ms, lease },
         );
         self.finish(id, c::Request::BatchPutRequest, batch.as_union_value())
     }
@@ -231,7 +260,13 @@ fn txn_ops<'b>(
         .map(|op| {
             let key = fbb.create_vector(op.key);
             let value = bytes_vector(fbb, op.value);
-            let args = c::TxnOpArgs { kind: op.kind, key: Some(key), value, ttl_ms: op.ttl_ms };
+            let args = c::TxnOpArgs {
+                kind: op.kind,
+                key: Some(key),
+                value,
+                ttl_ms: op.ttl_ms,
+                lease: op.lease,
+            };
             c::TxnOp::create(fbb, &args)
         })
         .collect();

@@ -570,10 +570,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for WatchScope {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 15;
+pub const ENUM_MAX_REQUEST: u8 = 19;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 16] = [
+pub const ENUM_VALUES_REQUEST: [Request; 20] = [
   Request::NONE,
   Request::Hello,
   Request::GetRequest,
@@ -590,6 +590,10 @@ pub const ENUM_VALUES_REQUEST: [Request; 16] = [
   Request::TransferLeaderRequest,
   Request::WatchRequest,
   Request::CancelWatchRequest,
+  Request::LeaseGrantRequest,
+  Request::LeaseRevokeRequest,
+  Request::LeaseKeepAliveRequest,
+  Request::LeaseTimeToLiveRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -613,9 +617,13 @@ impl Request {
   pub const TransferLeaderRequest: Self = Self(13);
   pub const WatchRequest: Self = Self(14);
   pub const CancelWatchRequest: Self = Self(15);
+  pub const LeaseGrantRequest: Self = Self(16);
+  pub const LeaseRevokeRequest: Self = Self(17);
+  pub const LeaseKeepAliveRequest: Self = Self(18);
+  pub const LeaseTimeToLiveRequest: Self = Self(19);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 15;
+  pub const ENUM_MAX: u8 = 19;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -633,6 +641,10 @@ impl Request {
     Self::TransferLeaderRequest,
     Self::WatchRequest,
     Self::CancelWatchRequest,
+    Self::LeaseGrantRequest,
+    Self::LeaseRevokeRequest,
+    Self::LeaseKeepAliveRequest,
+    Self::LeaseTimeToLiveRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -653,6 +665,10 @@ impl Request {
       Self::TransferLeaderRequest => Some("TransferLeaderRequest"),
       Self::WatchRequest => Some("WatchRequest"),
       Self::CancelWatchRequest => Some("CancelWatchRequest"),
+      Self::LeaseGrantRequest => Some("LeaseGrantRequest"),
+      Self::LeaseRevokeRequest => Some("LeaseRevokeRequest"),
+      Self::LeaseKeepAliveRequest => Some("LeaseKeepAliveRequest"),
+      Self::LeaseTimeToLiveRequest => Some("LeaseTimeToLiveRequest"),
       _ => None,
     }
   }
@@ -986,10 +1002,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for WatchEndReason {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_KIND: u8 = 10;
+pub const ENUM_MAX_ERROR_KIND: u8 = 11;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 11] = [
+pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 12] = [
   ErrorKind::NONE,
   ErrorKind::NotLeader,
   ErrorKind::WrongShard,
@@ -1001,6 +1017,7 @@ pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 11] = [
   ErrorKind::Busy,
   ErrorKind::NotMember,
   ErrorKind::ChangeRefused,
+  ErrorKind::LeaseNotFound,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -1019,9 +1036,10 @@ impl ErrorKind {
   pub const Busy: Self = Self(8);
   pub const NotMember: Self = Self(9);
   pub const ChangeRefused: Self = Self(10);
+  pub const LeaseNotFound: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::NotLeader,
@@ -1034,6 +1052,7 @@ impl ErrorKind {
     Self::Busy,
     Self::NotMember,
     Self::ChangeRefused,
+    Self::LeaseNotFound,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -1049,6 +1068,7 @@ impl ErrorKind {
       Self::Busy => Some("Busy"),
       Self::NotMember => Some("NotMember"),
       Self::ChangeRefused => Some("ChangeRefused"),
+      Self::LeaseNotFound => Some("LeaseNotFound"),
       _ => None,
     }
   }
@@ -1108,10 +1128,10 @@ pub struct ErrorKindUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 18;
+pub const ENUM_MAX_REPLY: u8 = 22;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 19] = [
+pub const ENUM_VALUES_REPLY: [Reply; 23] = [
   Reply::NONE,
   Reply::HelloReply,
   Reply::GetReply,
@@ -1131,6 +1151,10 @@ pub const ENUM_VALUES_REPLY: [Reply; 19] = [
   Reply::WatchProgress,
   Reply::WatchEnded,
   Reply::CancelWatchReply,
+  Reply::LeaseGrantReply,
+  Reply::LeaseRevokeReply,
+  Reply::LeaseKeepAliveReply,
+  Reply::LeaseTimeToLiveReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -1157,9 +1181,13 @@ impl Reply {
   pub const WatchProgress: Self = Self(16);
   pub const WatchEnded: Self = Self(17);
   pub const CancelWatchReply: Self = Self(18);
+  pub const LeaseGrantReply: Self = Self(19);
+  pub const LeaseRevokeReply: Self = Self(20);
+  pub const LeaseKeepAliveReply: Self = Self(21);
+  pub const LeaseTimeToLiveReply: Self = Self(22);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 18;
+  pub const ENUM_MAX: u8 = 22;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HelloReply,
@@ -1180,6 +1208,10 @@ impl Reply {
     Self::WatchProgress,
     Self::WatchEnded,
     Self::CancelWatchReply,
+    Self::LeaseGrantReply,
+    Self::LeaseRevokeReply,
+    Self::LeaseKeepAliveReply,
+    Self::LeaseTimeToLiveReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -1203,6 +1235,10 @@ impl Reply {
       Self::WatchProgress => Some("WatchProgress"),
       Self::WatchEnded => Some("WatchEnded"),
       Self::CancelWatchReply => Some("CancelWatchReply"),
+      Self::LeaseGrantReply => Some("LeaseGrantReply"),
+      Self::LeaseRevokeReply => Some("LeaseRevokeReply"),
+      Self::LeaseKeepAliveReply => Some("LeaseKeepAliveReply"),
+      Self::LeaseTimeToLiveReply => Some("LeaseTimeToLiveReply"),
       _ => None,
     }
   }
@@ -1443,6 +1479,7 @@ impl<'a> Entry<'a> {
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
   pub const VT_META: ::flatbuffers::VOffsetT = 8;
   pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LEASE: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1454,6 +1491,7 @@ impl<'a> Entry<'a> {
     args: &'args EntryArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Entry<'bldr>> {
     let mut builder = EntryBuilder::new(_fbb);
+    builder.add_lease(args.lease);
     builder.add_ttl_ms(args.ttl_ms);
     if let Some(x) = args.meta { builder.add_meta(x); }
     if let Some(x) = args.value { builder.add_value(x); }
@@ -1492,6 +1530,14 @@ impl<'a> Entry<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Entry::VT_TTL_MS, Some(0)).unwrap()}
   }
+  /// The lease the key is attached to; 0: none (client protocol 6).
+  #[inline]
+  pub fn lease(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Entry::VT_LEASE, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Entry<'_> {
@@ -1504,6 +1550,7 @@ impl ::flatbuffers::Verifiable for Entry<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
      .visit_field::<KeyMeta>("meta", Self::VT_META, true)?
      .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+     .visit_field::<u64>("lease", Self::VT_LEASE, false)?
      .finish();
     Ok(())
   }
@@ -1513,6 +1560,7 @@ pub struct EntryArgs<'a> {
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub meta: Option<&'a KeyMeta>,
     pub ttl_ms: u64,
+    pub lease: u64,
 }
 impl<'a> Default for EntryArgs<'a> {
   #[inline]
@@ -1522,6 +1570,7 @@ impl<'a> Default for EntryArgs<'a> {
       value: None,
       meta: None, // required field
       ttl_ms: 0,
+      lease: 0,
     }
   }
 }
@@ -1548,6 +1597,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EntryBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Entry::VT_TTL_MS, ttl_ms, 0);
   }
   #[inline]
+  pub fn add_lease(&mut self, lease: u64) {
+    self.fbb_.push_slot::<u64>(Entry::VT_LEASE, lease, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EntryBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     EntryBuilder {
@@ -1571,6 +1624,7 @@ impl ::core::fmt::Debug for Entry<'_> {
       ds.field("value", &self.value());
       ds.field("meta", &self.meta());
       ds.field("ttl_ms", &self.ttl_ms());
+      ds.field("lease", &self.lease());
       ds.finish()
   }
 }
@@ -2055,6 +2109,7 @@ impl<'a> PutRequest<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
   pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LEASE: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2066,6 +2121,7 @@ impl<'a> PutRequest<'a> {
     args: &'args PutRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PutRequest<'bldr>> {
     let mut builder = PutRequestBuilder::new(_fbb);
+    builder.add_lease(args.lease);
     builder.add_ttl_ms(args.ttl_ms);
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
@@ -2096,6 +2152,15 @@ impl<'a> PutRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(PutRequest::VT_TTL_MS, Some(0)).unwrap()}
   }
+  /// When set, the key is attached to this lease (of this shard) and goes when it ends
+  /// (client protocol 6); 0: none. Not with `ttl_ms`.
+  #[inline]
+  pub fn lease(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PutRequest::VT_LEASE, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PutRequest<'_> {
@@ -2107,6 +2172,7 @@ impl ::flatbuffers::Verifiable for PutRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, true)?
      .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+     .visit_field::<u64>("lease", Self::VT_LEASE, false)?
      .finish();
     Ok(())
   }
@@ -2115,6 +2181,7 @@ pub struct PutRequestArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub ttl_ms: u64,
+    pub lease: u64,
 }
 impl<'a> Default for PutRequestArgs<'a> {
   #[inline]
@@ -2123,6 +2190,7 @@ impl<'a> Default for PutRequestArgs<'a> {
       key: None, // required field
       value: None, // required field
       ttl_ms: 0,
+      lease: 0,
     }
   }
 }
@@ -2143,6 +2211,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PutRequestBuilder<'a, 'b, A> 
   #[inline]
   pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
     self.fbb_.push_slot::<u64>(PutRequest::VT_TTL_MS, ttl_ms, 0);
+  }
+  #[inline]
+  pub fn add_lease(&mut self, lease: u64) {
+    self.fbb_.push_slot::<u64>(PutRequest::VT_LEASE, lease, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PutRequestBuilder<'a, 'b, A> {
@@ -2167,6 +2239,7 @@ impl ::core::fmt::Debug for PutRequest<'_> {
       ds.field("key", &self.key());
       ds.field("value", &self.value());
       ds.field("ttl_ms", &self.ttl_ms());
+      ds.field("lease", &self.lease());
       ds.finish()
   }
 }
@@ -2401,6 +2474,7 @@ impl<'a> ::flatbuffers::Follow<'a> for BatchPutRequest<'a> {
 impl<'a> BatchPutRequest<'a> {
   pub const VT_ITEMS: ::flatbuffers::VOffsetT = 4;
   pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LEASE: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2412,6 +2486,7 @@ impl<'a> BatchPutRequest<'a> {
     args: &'args BatchPutRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<BatchPutRequest<'bldr>> {
     let mut builder = BatchPutRequestBuilder::new(_fbb);
+    builder.add_lease(args.lease);
     builder.add_ttl_ms(args.ttl_ms);
     if let Some(x) = args.items { builder.add_items(x); }
     builder.finish()
@@ -2433,6 +2508,14 @@ impl<'a> BatchPutRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(BatchPutRequest::VT_TTL_MS, Some(0)).unwrap()}
   }
+  /// As `PutRequest.lease`, for every item.
+  #[inline]
+  pub fn lease(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BatchPutRequest::VT_LEASE, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for BatchPutRequest<'_> {
@@ -2443,6 +2526,7 @@ impl ::flatbuffers::Verifiable for BatchPutRequest<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyValue>>>>("items", Self::VT_ITEMS, true)?
      .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+     .visit_field::<u64>("lease", Self::VT_LEASE, false)?
      .finish();
     Ok(())
   }
@@ -2450,6 +2534,7 @@ impl ::flatbuffers::Verifiable for BatchPutRequest<'_> {
 pub struct BatchPutRequestArgs<'a> {
     pub items: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>>>,
     pub ttl_ms: u64,
+    pub lease: u64,
 }
 impl<'a> Default for BatchPutRequestArgs<'a> {
   #[inline]
@@ -2457,6 +2542,7 @@ impl<'a> Default for BatchPutRequestArgs<'a> {
     BatchPutRequestArgs {
       items: None, // required field
       ttl_ms: 0,
+      lease: 0,
     }
   }
 }
@@ -2473,6 +2559,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BatchPutRequestBuilder<'a, 'b
   #[inline]
   pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
     self.fbb_.push_slot::<u64>(BatchPutRequest::VT_TTL_MS, ttl_ms, 0);
+  }
+  #[inline]
+  pub fn add_lease(&mut self, lease: u64) {
+    self.fbb_.push_slot::<u64>(BatchPutRequest::VT_LEASE, lease, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BatchPutRequestBuilder<'a, 'b, A> {
@@ -2495,6 +2585,7 @@ impl ::core::fmt::Debug for BatchPutRequest<'_> {
     let mut ds = f.debug_struct("BatchPutRequest");
       ds.field("items", &self.items());
       ds.field("ttl_ms", &self.ttl_ms());
+      ds.field("lease", &self.lease());
       ds.finish()
   }
 }
@@ -2989,6 +3080,7 @@ impl<'a> TxnOp<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 6;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 8;
   pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LEASE: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3000,6 +3092,7 @@ impl<'a> TxnOp<'a> {
     args: &'args TxnOpArgs<'args>
   ) -> ::flatbuffers::WIPOffset<TxnOp<'bldr>> {
     let mut builder = TxnOpBuilder::new(_fbb);
+    builder.add_lease(args.lease);
     builder.add_ttl_ms(args.ttl_ms);
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
@@ -3038,6 +3131,14 @@ impl<'a> TxnOp<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(TxnOp::VT_TTL_MS, Some(0)).unwrap()}
   }
+  /// For `Put`: as `PutRequest.lease`.
+  #[inline]
+  pub fn lease(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TxnOp::VT_LEASE, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TxnOp<'_> {
@@ -3050,6 +3151,7 @@ impl ::flatbuffers::Verifiable for TxnOp<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
      .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+     .visit_field::<u64>("lease", Self::VT_LEASE, false)?
      .finish();
     Ok(())
   }
@@ -3059,6 +3161,7 @@ pub struct TxnOpArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub ttl_ms: u64,
+    pub lease: u64,
 }
 impl<'a> Default for TxnOpArgs<'a> {
   #[inline]
@@ -3068,6 +3171,7 @@ impl<'a> Default for TxnOpArgs<'a> {
       key: None, // required field
       value: None,
       ttl_ms: 0,
+      lease: 0,
     }
   }
 }
@@ -3094,6 +3198,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnOpBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(TxnOp::VT_TTL_MS, ttl_ms, 0);
   }
   #[inline]
+  pub fn add_lease(&mut self, lease: u64) {
+    self.fbb_.push_slot::<u64>(TxnOp::VT_LEASE, lease, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnOpBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     TxnOpBuilder {
@@ -3116,6 +3224,7 @@ impl ::core::fmt::Debug for TxnOp<'_> {
       ds.field("key", &self.key());
       ds.field("value", &self.value());
       ds.field("ttl_ms", &self.ttl_ms());
+      ds.field("lease", &self.lease());
       ds.finish()
   }
 }
@@ -4126,6 +4235,430 @@ impl ::core::fmt::Debug for CancelWatchRequest<'_> {
       ds.finish()
   }
 }
+pub enum LeaseGrantRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Grants a lease on this shard that lives `ttl_ms` unless kept alive, and puts `items`
+/// attached to it, in one entry. Answered with the lease's id.
+pub struct LeaseGrantRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LeaseGrantRequest<'a> {
+  type Inner = LeaseGrantRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LeaseGrantRequest<'a> {
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ITEMS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LeaseGrantRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeaseGrantRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<LeaseGrantRequest<'bldr>> {
+    let mut builder = LeaseGrantRequestBuilder::new(_fbb);
+    builder.add_ttl_ms(args.ttl_ms);
+    if let Some(x) = args.items { builder.add_items(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseGrantRequest::VT_TTL_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn items(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue>>>>(LeaseGrantRequest::VT_ITEMS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LeaseGrantRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyValue>>>>("items", Self::VT_ITEMS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaseGrantRequestArgs<'a> {
+    pub ttl_ms: u64,
+    pub items: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>>>,
+}
+impl<'a> Default for LeaseGrantRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LeaseGrantRequestArgs {
+      ttl_ms: 0,
+      items: None,
+    }
+  }
+}
+
+pub struct LeaseGrantRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaseGrantRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(LeaseGrantRequest::VT_TTL_MS, ttl_ms, 0);
+  }
+  #[inline]
+  pub fn add_items(&mut self, items: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyValue<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LeaseGrantRequest::VT_ITEMS, items);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaseGrantRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaseGrantRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaseGrantRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LeaseGrantRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LeaseGrantRequest");
+      ds.field("ttl_ms", &self.ttl_ms());
+      ds.field("items", &self.items());
+      ds.finish()
+  }
+}
+pub enum LeaseRevokeRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Ends a lease and deletes every key attached to it, in one entry.
+pub struct LeaseRevokeRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LeaseRevokeRequest<'a> {
+  type Inner = LeaseRevokeRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LeaseRevokeRequest<'a> {
+  pub const VT_LEASE: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LeaseRevokeRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeaseRevokeRequestArgs
+  ) -> ::flatbuffers::WIPOffset<LeaseRevokeRequest<'bldr>> {
+    let mut builder = LeaseRevokeRequestBuilder::new(_fbb);
+    builder.add_lease(args.lease);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn lease(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseRevokeRequest::VT_LEASE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LeaseRevokeRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("lease", Self::VT_LEASE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaseRevokeRequestArgs {
+    pub lease: u64,
+}
+impl<'a> Default for LeaseRevokeRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    LeaseRevokeRequestArgs {
+      lease: 0,
+    }
+  }
+}
+
+pub struct LeaseRevokeRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaseRevokeRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_lease(&mut self, lease: u64) {
+    self.fbb_.push_slot::<u64>(LeaseRevokeRequest::VT_LEASE, lease, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaseRevokeRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaseRevokeRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaseRevokeRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LeaseRevokeRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LeaseRevokeRequest");
+      ds.field("lease", &self.lease());
+      ds.finish()
+  }
+}
+pub enum LeaseKeepAliveRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Renews a lease for its whole time to live, from now. Served by the shard's leader after
+/// it confirmed its leadership; costs no log entry.
+pub struct LeaseKeepAliveRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LeaseKeepAliveRequest<'a> {
+  type Inner = LeaseKeepAliveRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LeaseKeepAliveRequest<'a> {
+  pub const VT_LEASE: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LeaseKeepAliveRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeaseKeepAliveRequestArgs
+  ) -> ::flatbuffers::WIPOffset<LeaseKeepAliveRequest<'bldr>> {
+    let mut builder = LeaseKeepAliveRequestBuilder::new(_fbb);
+    builder.add_lease(args.lease);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn lease(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseKeepAliveRequest::VT_LEASE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LeaseKeepAliveRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("lease", Self::VT_LEASE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaseKeepAliveRequestArgs {
+    pub lease: u64,
+}
+impl<'a> Default for LeaseKeepAliveRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    LeaseKeepAliveRequestArgs {
+      lease: 0,
+    }
+  }
+}
+
+pub struct LeaseKeepAliveRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaseKeepAliveRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_lease(&mut self, lease: u64) {
+    self.fbb_.push_slot::<u64>(LeaseKeepAliveRequest::VT_LEASE, lease, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaseKeepAliveRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaseKeepAliveRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaseKeepAliveRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LeaseKeepAliveRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LeaseKeepAliveRequest");
+      ds.field("lease", &self.lease());
+      ds.finish()
+  }
+}
+pub enum LeaseTimeToLiveRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A lease's time to live, the time left, and (when `keys`) the keys attached to it.
+pub struct LeaseTimeToLiveRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LeaseTimeToLiveRequest<'a> {
+  type Inner = LeaseTimeToLiveRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LeaseTimeToLiveRequest<'a> {
+  pub const VT_LEASE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LeaseTimeToLiveRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeaseTimeToLiveRequestArgs
+  ) -> ::flatbuffers::WIPOffset<LeaseTimeToLiveRequest<'bldr>> {
+    let mut builder = LeaseTimeToLiveRequestBuilder::new(_fbb);
+    builder.add_lease(args.lease);
+    builder.add_keys(args.keys);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn lease(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseTimeToLiveRequest::VT_LEASE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn keys(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(LeaseTimeToLiveRequest::VT_KEYS, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LeaseTimeToLiveRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("lease", Self::VT_LEASE, false)?
+     .visit_field::<bool>("keys", Self::VT_KEYS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaseTimeToLiveRequestArgs {
+    pub lease: u64,
+    pub keys: bool,
+}
+impl<'a> Default for LeaseTimeToLiveRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    LeaseTimeToLiveRequestArgs {
+      lease: 0,
+      keys: false,
+    }
+  }
+}
+
+pub struct LeaseTimeToLiveRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaseTimeToLiveRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_lease(&mut self, lease: u64) {
+    self.fbb_.push_slot::<u64>(LeaseTimeToLiveRequest::VT_LEASE, lease, 0);
+  }
+  #[inline]
+  pub fn add_keys(&mut self, keys: bool) {
+    self.fbb_.push_slot::<bool>(LeaseTimeToLiveRequest::VT_KEYS, keys, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaseTimeToLiveRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaseTimeToLiveRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaseTimeToLiveRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LeaseTimeToLiveRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LeaseTimeToLiveRequest");
+      ds.field("lease", &self.lease());
+      ds.field("keys", &self.keys());
+      ds.finish()
+  }
+}
 pub enum RequestFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4396,6 +4929,62 @@ impl<'a> RequestFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_lease_grant_request(&self) -> Option<LeaseGrantRequest<'a>> {
+    if self.request_type() == Request::LeaseGrantRequest {
+      let u = self.request();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { LeaseGrantRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_lease_revoke_request(&self) -> Option<LeaseRevokeRequest<'a>> {
+    if self.request_type() == Request::LeaseRevokeRequest {
+      let u = self.request();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { LeaseRevokeRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_lease_keep_alive_request(&self) -> Option<LeaseKeepAliveRequest<'a>> {
+    if self.request_type() == Request::LeaseKeepAliveRequest {
+      let u = self.request();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { LeaseKeepAliveRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_lease_time_to_live_request(&self) -> Option<LeaseTimeToLiveRequest<'a>> {
+    if self.request_type() == Request::LeaseTimeToLiveRequest {
+      let u = self.request();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { LeaseTimeToLiveRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RequestFrame<'_> {
@@ -4422,6 +5011,10 @@ impl ::flatbuffers::Verifiable for RequestFrame<'_> {
           Request::TransferLeaderRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeaderRequest>>("Request::TransferLeaderRequest", pos),
           Request::WatchRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WatchRequest>>("Request::WatchRequest", pos),
           Request::CancelWatchRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CancelWatchRequest>>("Request::CancelWatchRequest", pos),
+          Request::LeaseGrantRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseGrantRequest>>("Request::LeaseGrantRequest", pos),
+          Request::LeaseRevokeRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseRevokeRequest>>("Request::LeaseRevokeRequest", pos),
+          Request::LeaseKeepAliveRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseKeepAliveRequest>>("Request::LeaseKeepAliveRequest", pos),
+          Request::LeaseTimeToLiveRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseTimeToLiveRequest>>("Request::LeaseTimeToLiveRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -4584,6 +5177,34 @@ impl ::core::fmt::Debug for RequestFrame<'_> {
         },
         Request::CancelWatchRequest => {
           if let Some(x) = self.request_as_cancel_watch_request() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::LeaseGrantRequest => {
+          if let Some(x) = self.request_as_lease_grant_request() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::LeaseRevokeRequest => {
+          if let Some(x) = self.request_as_lease_revoke_request() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::LeaseKeepAliveRequest => {
+          if let Some(x) = self.request_as_lease_keep_alive_request() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::LeaseTimeToLiveRequest => {
+          if let Some(x) = self.request_as_lease_time_to_live_request() {
             ds.field("request", &x)
           } else {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -8834,6 +9455,648 @@ impl ::core::fmt::Debug for CancelWatchReply<'_> {
       ds.finish()
   }
 }
+pub enum LeaseNotFoundOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The lease named does not exist (never granted, revoked or expired). Nothing changed.
+pub struct LeaseNotFound<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LeaseNotFound<'a> {
+  type Inner = LeaseNotFound<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LeaseNotFound<'a> {
+  pub const VT_LEASE: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LeaseNotFound { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeaseNotFoundArgs
+  ) -> ::flatbuffers::WIPOffset<LeaseNotFound<'bldr>> {
+    let mut builder = LeaseNotFoundBuilder::new(_fbb);
+    builder.add_lease(args.lease);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn lease(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseNotFound::VT_LEASE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LeaseNotFound<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("lease", Self::VT_LEASE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaseNotFoundArgs {
+    pub lease: u64,
+}
+impl<'a> Default for LeaseNotFoundArgs {
+  #[inline]
+  fn default() -> Self {
+    LeaseNotFoundArgs {
+      lease: 0,
+    }
+  }
+}
+
+pub struct LeaseNotFoundBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaseNotFoundBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_lease(&mut self, lease: u64) {
+    self.fbb_.push_slot::<u64>(LeaseNotFound::VT_LEASE, lease, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaseNotFoundBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaseNotFoundBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaseNotFound<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LeaseNotFound<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LeaseNotFound");
+      ds.field("lease", &self.lease());
+      ds.finish()
+  }
+}
+pub enum LeaseGrantReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct LeaseGrantReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LeaseGrantReply<'a> {
+  type Inner = LeaseGrantReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LeaseGrantReply<'a> {
+  pub const VT_LEASE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_METAS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LeaseGrantReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeaseGrantReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<LeaseGrantReply<'bldr>> {
+    let mut builder = LeaseGrantReplyBuilder::new(_fbb);
+    builder.add_index(args.index);
+    builder.add_ttl_ms(args.ttl_ms);
+    builder.add_lease(args.lease);
+    if let Some(x) = args.metas { builder.add_metas(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn lease(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseGrantReply::VT_LEASE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseGrantReply::VT_TTL_MS, Some(0)).unwrap()}
+  }
+  /// One per item put with it, in request order.
+  #[inline]
+  pub fn metas(&self) -> Option<::flatbuffers::Vector<'a, KeyMeta>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, KeyMeta>>>(LeaseGrantReply::VT_METAS, None)}
+  }
+  /// Log index of the grant.
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseGrantReply::VT_INDEX, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LeaseGrantReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("lease", Self::VT_LEASE, false)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, KeyMeta>>>("metas", Self::VT_METAS, false)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaseGrantReplyArgs<'a> {
+    pub lease: u64,
+    pub ttl_ms: u64,
+    pub metas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, KeyMeta>>>,
+    pub index: u64,
+}
+impl<'a> Default for LeaseGrantReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LeaseGrantReplyArgs {
+      lease: 0,
+      ttl_ms: 0,
+      metas: None,
+      index: 0,
+    }
+  }
+}
+
+pub struct LeaseGrantReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaseGrantReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_lease(&mut self, lease: u64) {
+    self.fbb_.push_slot::<u64>(LeaseGrantReply::VT_LEASE, lease, 0);
+  }
+  #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(LeaseGrantReply::VT_TTL_MS, ttl_ms, 0);
+  }
+  #[inline]
+  pub fn add_metas(&mut self, metas: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , KeyMeta>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LeaseGrantReply::VT_METAS, metas);
+  }
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(LeaseGrantReply::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaseGrantReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaseGrantReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaseGrantReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LeaseGrantReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LeaseGrantReply");
+      ds.field("lease", &self.lease());
+      ds.field("ttl_ms", &self.ttl_ms());
+      ds.field("metas", &self.metas());
+      ds.field("index", &self.index());
+      ds.finish()
+  }
+}
+pub enum LeaseRevokeReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct LeaseRevokeReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LeaseRevokeReply<'a> {
+  type Inner = LeaseRevokeReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LeaseRevokeReply<'a> {
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LeaseRevokeReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeaseRevokeReplyArgs
+  ) -> ::flatbuffers::WIPOffset<LeaseRevokeReply<'bldr>> {
+    let mut builder = LeaseRevokeReplyBuilder::new(_fbb);
+    builder.add_index(args.index);
+    builder.add_keys(args.keys);
+    builder.finish()
+  }
+
+
+  /// Keys deleted with the lease.
+  #[inline]
+  pub fn keys(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseRevokeReply::VT_KEYS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseRevokeReply::VT_INDEX, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LeaseRevokeReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("keys", Self::VT_KEYS, false)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaseRevokeReplyArgs {
+    pub keys: u64,
+    pub index: u64,
+}
+impl<'a> Default for LeaseRevokeReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    LeaseRevokeReplyArgs {
+      keys: 0,
+      index: 0,
+    }
+  }
+}
+
+pub struct LeaseRevokeReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaseRevokeReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_keys(&mut self, keys: u64) {
+    self.fbb_.push_slot::<u64>(LeaseRevokeReply::VT_KEYS, keys, 0);
+  }
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(LeaseRevokeReply::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaseRevokeReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaseRevokeReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaseRevokeReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LeaseRevokeReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LeaseRevokeReply");
+      ds.field("keys", &self.keys());
+      ds.field("index", &self.index());
+      ds.finish()
+  }
+}
+pub enum LeaseKeepAliveReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct LeaseKeepAliveReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LeaseKeepAliveReply<'a> {
+  type Inner = LeaseKeepAliveReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LeaseKeepAliveReply<'a> {
+  pub const VT_LEASE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_DURABLE_MS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LeaseKeepAliveReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeaseKeepAliveReplyArgs
+  ) -> ::flatbuffers::WIPOffset<LeaseKeepAliveReply<'bldr>> {
+    let mut builder = LeaseKeepAliveReplyBuilder::new(_fbb);
+    builder.add_durable_ms(args.durable_ms);
+    builder.add_ttl_ms(args.ttl_ms);
+    builder.add_lease(args.lease);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn lease(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseKeepAliveReply::VT_LEASE, Some(0)).unwrap()}
+  }
+  /// The lease's time to live: this leader keeps it that long from when it answered.
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseKeepAliveReply::VT_TTL_MS, Some(0)).unwrap()}
+  }
+  /// Ms left, when the leader answered, of the deadline the log holds for the lease (the
+  /// last checkpoint's): any later leader keeps the lease at least that long, less the
+  /// clock skew between nodes (docs/DESIGN.md, "Leases").
+  #[inline]
+  pub fn durable_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseKeepAliveReply::VT_DURABLE_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LeaseKeepAliveReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("lease", Self::VT_LEASE, false)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+     .visit_field::<u64>("durable_ms", Self::VT_DURABLE_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaseKeepAliveReplyArgs {
+    pub lease: u64,
+    pub ttl_ms: u64,
+    pub durable_ms: u64,
+}
+impl<'a> Default for LeaseKeepAliveReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    LeaseKeepAliveReplyArgs {
+      lease: 0,
+      ttl_ms: 0,
+      durable_ms: 0,
+    }
+  }
+}
+
+pub struct LeaseKeepAliveReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaseKeepAliveReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_lease(&mut self, lease: u64) {
+    self.fbb_.push_slot::<u64>(LeaseKeepAliveReply::VT_LEASE, lease, 0);
+  }
+  #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(LeaseKeepAliveReply::VT_TTL_MS, ttl_ms, 0);
+  }
+  #[inline]
+  pub fn add_durable_ms(&mut self, durable_ms: u64) {
+    self.fbb_.push_slot::<u64>(LeaseKeepAliveReply::VT_DURABLE_MS, durable_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaseKeepAliveReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaseKeepAliveReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaseKeepAliveReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LeaseKeepAliveReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LeaseKeepAliveReply");
+      ds.field("lease", &self.lease());
+      ds.field("ttl_ms", &self.ttl_ms());
+      ds.field("durable_ms", &self.durable_ms());
+      ds.finish()
+  }
+}
+pub enum LeaseTimeToLiveReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct LeaseTimeToLiveReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LeaseTimeToLiveReply<'a> {
+  type Inner = LeaseTimeToLiveReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LeaseTimeToLiveReply<'a> {
+  pub const VT_LEASE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_REMAINING_MS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LeaseTimeToLiveReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeaseTimeToLiveReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<LeaseTimeToLiveReply<'bldr>> {
+    let mut builder = LeaseTimeToLiveReplyBuilder::new(_fbb);
+    builder.add_remaining_ms(args.remaining_ms);
+    builder.add_ttl_ms(args.ttl_ms);
+    builder.add_lease(args.lease);
+    if let Some(x) = args.keys { builder.add_keys(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn lease(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseTimeToLiveReply::VT_LEASE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseTimeToLiveReply::VT_TTL_MS, Some(0)).unwrap()}
+  }
+  /// Ms left before the leader expires it (at least 1).
+  #[inline]
+  pub fn remaining_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaseTimeToLiveReply::VT_REMAINING_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn keys(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>>>(LeaseTimeToLiveReply::VT_KEYS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LeaseTimeToLiveReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("lease", Self::VT_LEASE, false)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+     .visit_field::<u64>("remaining_ms", Self::VT_REMAINING_MS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>>>("keys", Self::VT_KEYS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaseTimeToLiveReplyArgs<'a> {
+    pub lease: u64,
+    pub ttl_ms: u64,
+    pub remaining_ms: u64,
+    pub keys: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>>,
+}
+impl<'a> Default for LeaseTimeToLiveReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LeaseTimeToLiveReplyArgs {
+      lease: 0,
+      ttl_ms: 0,
+      remaining_ms: 0,
+      keys: None,
+    }
+  }
+}
+
+pub struct LeaseTimeToLiveReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaseTimeToLiveReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_lease(&mut self, lease: u64) {
+    self.fbb_.push_slot::<u64>(LeaseTimeToLiveReply::VT_LEASE, lease, 0);
+  }
+  #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(LeaseTimeToLiveReply::VT_TTL_MS, ttl_ms, 0);
+  }
+  #[inline]
+  pub fn add_remaining_ms(&mut self, remaining_ms: u64) {
+    self.fbb_.push_slot::<u64>(LeaseTimeToLiveReply::VT_REMAINING_MS, remaining_ms, 0);
+  }
+  #[inline]
+  pub fn add_keys(&mut self, keys: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Key<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LeaseTimeToLiveReply::VT_KEYS, keys);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaseTimeToLiveReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaseTimeToLiveReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaseTimeToLiveReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LeaseTimeToLiveReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LeaseTimeToLiveReply");
+      ds.field("lease", &self.lease());
+      ds.field("ttl_ms", &self.ttl_ms());
+      ds.field("remaining_ms", &self.remaining_ms());
+      ds.field("keys", &self.keys());
+      ds.finish()
+  }
+}
 pub enum ErrorReplyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -9023,6 +10286,20 @@ impl<'a> ErrorReply<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn kind_as_lease_not_found(&self) -> Option<LeaseNotFound<'a>> {
+    if self.kind_type() == ErrorKind::LeaseNotFound {
+      let u = self.kind();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { LeaseNotFound::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ErrorReply<'_> {
@@ -9043,6 +10320,7 @@ impl ::flatbuffers::Verifiable for ErrorReply<'_> {
           ErrorKind::Busy => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Busy>>("ErrorKind::Busy", pos),
           ErrorKind::NotMember => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<NotMember>>("ErrorKind::NotMember", pos),
           ErrorKind::ChangeRefused => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ChangeRefused>>("ErrorKind::ChangeRefused", pos),
+          ErrorKind::LeaseNotFound => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseNotFound>>("ErrorKind::LeaseNotFound", pos),
           _ => Ok(()),
         }
      })?
@@ -9163,6 +10441,13 @@ impl ::core::fmt::Debug for ErrorReply<'_> {
         },
         ErrorKind::ChangeRefused => {
           if let Some(x) = self.kind_as_change_refused() {
+            ds.field("kind", &x)
+          } else {
+            ds.field("kind", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ErrorKind::LeaseNotFound => {
+          if let Some(x) = self.kind_as_lease_not_found() {
             ds.field("kind", &x)
           } else {
             ds.field("kind", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -9486,6 +10771,62 @@ impl<'a> ReplyFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_lease_grant_reply(&self) -> Option<LeaseGrantReply<'a>> {
+    if self.reply_type() == Reply::LeaseGrantReply {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { LeaseGrantReply::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_lease_revoke_reply(&self) -> Option<LeaseRevokeReply<'a>> {
+    if self.reply_type() == Reply::LeaseRevokeReply {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { LeaseRevokeReply::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_lease_keep_alive_reply(&self) -> Option<LeaseKeepAliveReply<'a>> {
+    if self.reply_type() == Reply::LeaseKeepAliveReply {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { LeaseKeepAliveReply::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_lease_time_to_live_reply(&self) -> Option<LeaseTimeToLiveReply<'a>> {
+    if self.reply_type() == Reply::LeaseTimeToLiveReply {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { LeaseTimeToLiveReply::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ReplyFrame<'_> {
@@ -9515,6 +10856,10 @@ impl ::flatbuffers::Verifiable for ReplyFrame<'_> {
           Reply::WatchProgress => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WatchProgress>>("Reply::WatchProgress", pos),
           Reply::WatchEnded => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WatchEnded>>("Reply::WatchEnded", pos),
           Reply::CancelWatchReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CancelWatchReply>>("Reply::CancelWatchReply", pos),
+          Reply::LeaseGrantReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseGrantReply>>("Reply::LeaseGrantReply", pos),
+          Reply::LeaseRevokeReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseRevokeReply>>("Reply::LeaseRevokeReply", pos),
+          Reply::LeaseKeepAliveReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseKeepAliveReply>>("Reply::LeaseKeepAliveReply", pos),
+          Reply::LeaseTimeToLiveReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseTimeToLiveReply>>("Reply::LeaseTimeToLiveReply", pos),
           _ => Ok(()),
         }
      })?
@@ -9698,6 +11043,34 @@ impl ::core::fmt::Debug for ReplyFrame<'_> {
         },
         Reply::CancelWatchReply => {
           if let Some(x) = self.reply_as_cancel_watch_reply() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::LeaseGrantReply => {
+          if let Some(x) = self.reply_as_lease_grant_reply() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::LeaseRevokeReply => {
+          if let Some(x) = self.reply_as_lease_revoke_reply() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::LeaseKeepAliveReply => {
+          if let Some(x) = self.reply_as_lease_keep_alive_reply() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::LeaseTimeToLiveReply => {
+          if let Some(x) = self.reply_as_lease_time_to_live_reply() {
             ds.field("reply", &x)
           } else {
             ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")

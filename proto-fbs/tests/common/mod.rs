@@ -64,10 +64,11 @@ pub fn sample_requests() -> Vec<Vec<u8>> {
         },
     ];
     let success = [
-        TxnOpSpec { kind: TxnOpKind::Put, key: b"{t}a", value: Some(b"y"), ttl_ms: 0 },
-        TxnOpSpec { kind: TxnOpKind::Get, key: b"{t}b", value: None, ttl_ms: 0 },
+        TxnOpSpec { kind: TxnOpKind::Put, key: b"{t}a", value: Some(b"y"), ttl_ms: 0, lease: 0 },
+        TxnOpSpec { kind: TxnOpKind::Get, key: b"{t}b", value: None, ttl_ms: 0, lease: 0 },
     ];
-    let failure = [TxnOpSpec { kind: TxnOpKind::Delete, key: b"{t}c", value: None, ttl_ms: 0 }];
+    let failure =
+        [TxnOpSpec { kind: TxnOpKind::Delete, key: b"{t}c", value: None, ttl_ms: 0, lease: 0 }];
     vec![
         e.hello(1, "local", 2).to_vec(),
         e.get(2, b"k", Consistency::Stale).to_vec(),
@@ -129,7 +130,7 @@ pub fn sample_members() -> ShardMembers {
 pub fn sample_replies() -> Vec<Vec<u8>> {
     let mut e = ReplyEncoder::new();
     let meta = KeyMeta::new(1, 2, 3);
-    let entry = EntryRef { key: b"k", value: Some(b"v"), meta, ttl_ms: 0 };
+    let entry = EntryRef { key: b"k", value: Some(b"v"), meta, ttl_ms: 0, lease: 0 };
     let mut out = vec![
         e.hello(1, 2, 1, 2).to_vec(),
         e.get(2, Some(&entry), true, 9).to_vec(),
@@ -172,6 +173,7 @@ pub fn sample_errors() -> Vec<ErrorInfo<'static>> {
         ErrorInfo::Busy { retry_after_ms: 5 },
         ErrorInfo::NotMember { node_id: 3, shard: 1 },
         ErrorInfo::ChangeRefused { reason: "another change is under way" },
+        ErrorInfo::LeaseNotFound { lease: 0x0002_0000_0000_0007 },
     ]
 }
 

@@ -184,6 +184,20 @@ pub struct ShardMetrics {
     /// How far the state machine's clock (the largest stamp applied) is ahead of this
     /// node's, ms (0 when it is not).
     pub clock_behind_ms: AtomicI64,
+    /// Leases the shard holds.
+    pub leases: AtomicI64,
+    /// Keys attached to a lease.
+    pub lease_keys: AtomicI64,
+    /// Keep-alives this replica answered as leader.
+    pub lease_keep_alives: AtomicU64,
+    /// Leases ended because their deadline passed (applied expiries).
+    pub leases_expired: AtomicU64,
+    /// Leases revoked by a client (applied revokes).
+    pub leases_revoked: AtomicU64,
+    /// Lease checkpoint entries this replica proposed as leader.
+    pub lease_checkpoints: AtomicU64,
+    /// On the leader, from a lease's deadline to its expiry applying, in µs.
+    pub lease_expiry_lag_us: Histogram,
 }
 
 impl Default for ShardMetrics {
@@ -231,6 +245,13 @@ impl Default for ShardMetrics {
             expiry_lag_us: Histogram::latency(),
             timed_keys: AtomicI64::new(0),
             clock_behind_ms: AtomicI64::new(0),
+            leases: AtomicI64::new(0),
+            lease_keys: AtomicI64::new(0),
+            lease_keep_alives: AtomicU64::new(0),
+            leases_expired: AtomicU64::new(0),
+            leases_revoked: AtomicU64::new(0),
+            lease_checkpoints: AtomicU64::new(0),
+            lease_expiry_lag_us: Histogram::latency(),
             conf_changes: AtomicU64::new(0),
             cold_records_read: AtomicU64::new(0),
             client_connections: AtomicI64::new(0),

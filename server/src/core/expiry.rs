@@ -158,6 +158,11 @@ impl ShardCore {
     /// entries in flight as it keeps). The shell wakes the core then (a tick would be up to
     /// 50 ms late when no requests arrive).
     pub fn next_deadline_us(&self) -> Option<u64> {
+        [self.next_key_deadline_us(), self.next_lease_wake_us()].into_iter().flatten().min()
+    }
+
+    /// As [`ShardCore::next_deadline_us`], for keys only.
+    fn next_key_deadline_us(&self) -> Option<u64> {
         if !self.can_expire() {
             return None;
         }

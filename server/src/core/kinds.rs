@@ -39,11 +39,19 @@ pub enum Op {
     Watch,
     /// A watch's cancellation.
     CancelWatch,
+    /// A lease grant.
+    LeaseGrant,
+    /// A lease revoke.
+    LeaseRevoke,
+    /// A lease keep-alive.
+    LeaseKeepAlive,
+    /// A lease's time to live.
+    LeaseTimeToLive,
 }
 
 impl Op {
     /// Every operation, in label order.
-    pub const ALL: [Op; 15] = [
+    pub const ALL: [Op; 19] = [
         Op::Hello,
         Op::Get,
         Op::Put,
@@ -59,6 +67,10 @@ impl Op {
         Op::TransferLeader,
         Op::Watch,
         Op::CancelWatch,
+        Op::LeaseGrant,
+        Op::LeaseRevoke,
+        Op::LeaseKeepAlive,
+        Op::LeaseTimeToLive,
     ];
 
     /// The Prometheus label value.
@@ -79,6 +91,10 @@ impl Op {
             Op::TransferLeader => "transfer_leader",
             Op::Watch => "watch",
             Op::CancelWatch => "cancel_watch",
+            Op::LeaseGrant => "lease_grant",
+            Op::LeaseRevoke => "lease_revoke",
+            Op::LeaseKeepAlive => "lease_keep_alive",
+            Op::LeaseTimeToLive => "lease_time_to_live",
         }
     }
 }
@@ -106,11 +122,13 @@ pub enum ErrorKind {
     NotMember,
     /// A membership change or leadership transfer was refused.
     ChangeRefused,
+    /// The lease named does not exist.
+    LeaseNotFound,
 }
 
 impl ErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::NotLeader,
         ErrorKind::WrongShard,
         ErrorKind::Unavailable,
@@ -121,6 +139,7 @@ impl ErrorKind {
         ErrorKind::Busy,
         ErrorKind::NotMember,
         ErrorKind::ChangeRefused,
+        ErrorKind::LeaseNotFound,
     ];
 
     /// The kind of an error reply.
@@ -136,6 +155,7 @@ impl ErrorKind {
             ErrorInfo::Busy { .. } => ErrorKind::Busy,
             ErrorInfo::NotMember { .. } => ErrorKind::NotMember,
             ErrorInfo::ChangeRefused { .. } => ErrorKind::ChangeRefused,
+            ErrorInfo::LeaseNotFound { .. } => ErrorKind::LeaseNotFound,
         }
     }
 
@@ -152,6 +172,7 @@ impl ErrorKind {
             ErrorKind::Busy => "busy",
             ErrorKind::NotMember => "not_member",
             ErrorKind::ChangeRefused => "change_refused",
+            ErrorKind::LeaseNotFound => "lease_not_found",
         }
     }
 }

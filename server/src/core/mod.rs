@@ -19,6 +19,7 @@
 //! | `kinds` | request kinds, error kinds, roles (what metrics label by) |
 //! | [`counters`] | the shard's counters and histograms ([`crate::metrics`] renders them) |
 //! | `snapshots` | when to snapshot, installing a leader's snapshot |
+//! | `expiry`, `leases` | keys past their deadline; leases kept alive, checkpointed, expired |
 //! | `watch` | watches: live changes, catching up from the watch history, slow watchers |
 //! | [`membership`] | voters, learners and their addresses: changes proposed, checked, applied |
 //! | `admin` | the operator's requests: the membership, a change, a leadership transfer |
@@ -32,6 +33,7 @@ pub mod driver;
 mod expiry;
 mod health;
 mod kinds;
+mod leases;
 pub mod membership;
 mod reads;
 mod ready;
@@ -230,6 +232,9 @@ pub struct ShardCore {
     recorded_for_tests: Option<Vec<Arc<corekv_storage::history::HistoryEntry>>>,
     /// The leader's expiry of keys past their deadline (see [`expiry`]).
     expiry: expiry::Expiry,
+    /// The leader's view of leases: deadlines kept alive, checkpoints, expiries (see
+    /// `leases`).
+    leases: leases::Leases,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -312,6 +317,7 @@ impl ShardCore {
             pending_pumps: false,
             recorded_for_tests: None,
             expiry: Default::default(),
+            leases: Default::default(),
         };
         core.init_catch_up();
         core.init_snapshots();

@@ -40,6 +40,15 @@ pub enum ReadQuery {
     BatchGet(Vec<Vec<u8>>),
     /// A range.
     Scan(ScanQuery),
+    /// A lease's keep-alive (answered by a leader that confirmed it leads).
+    LeaseKeepAlive(u64),
+    /// A lease's time to live, and its keys when asked.
+    LeaseTimeToLive {
+        /// The lease.
+        lease: u64,
+        /// Whether to list its keys.
+        keys: bool,
+    },
 }
 
 /// A scan, with its bounds already combined from start, end, prefix and continuation.
@@ -209,6 +218,13 @@ impl ShardCore {
 
     /// Reads from the state machine and encodes the reply.
     pub(super) fn execute_read(&mut self, waiter: &ReadWaiter, stale: bool, read_index: u64) {
+        match waiter.query {
+            ReadQuery::LeaseKeepAlive(lease) => return self.serve_keep_alive(waiter.caller, lease),
+            ReadQuery::LeaseTimeToLive { lease, keys } => {
+                return self.serve_lease_time_to_live(waiter.caller, lease, keys)
+            }
+            _ => {}
+        }
         let now_ms = self.read_time_ms();
         let (sm, encoder, out) = (&self.sm, &mut self.encoder, &mut self.out);
         let too_large;
@@ -219,6 +235,7 @@ impl ShardCore {
                     value: Some(v.value),
                     meta: v.meta.into(),
                     ttl_ms: ttl_left(v.expires_ms, now_ms),
+                    lease: sm.leases().lease_of(key).unwrap_or(0),
                 });
                 let frame = encoder.get(waiter.caller.id, found.as_ref(), stale, read_index);
                 push_reply(out, waiter.caller.conn, frame);
@@ -233,6 +250,7 @@ impl ShardCore {
                             value: Some(v.value),
                             meta: v.meta.into(),
                             ttl_ms: ttl_left(v.expires_ms, now_ms),
+                            lease: sm.leases().lease_of(key).unwrap_or(0),
                         })
                     })
                     .collect();
@@ -244,6 +262,9 @@ impl ShardCore {
                     push_reply(out, waiter.caller.conn, frame);
                     too_large = None;
                 }
+            }
+            ReadQuery::LeaseKeepAlive(_) | ReadQuery::LeaseTimeToLive { .. } => {
+                unreachable!("served above")
             }
             ReadQuery::Scan(scan) => {
                 let mut entries: Vec<EntryRef<'_>> = Vec::new();
@@ -260,7 +281,8 @@ impl ShardCore {
                     }
                     bytes += size;
                     let ttl_ms = ttl_left(v.expires_ms, now_ms);
-                    entries.push(EntryRef { key, value, meta: v.meta.into(), ttl_ms });
+                    let lease = sm.leases().lease_of(key).unwrap_or(0);
+                    entries.push(EntryRef { key, value, meta: v.meta.into(), ttl_ms, lease });
                     true
                 });
                 // After the last entry, or past the keys the scan skipped after it.

@@ -76,6 +76,7 @@ impl ShardCore {
     pub(super) fn process(&mut self) {
         self.propose_batch();
         self.propose_expiries();
+        self.propose_lease_work();
         self.start_read_round();
         self.pump_watchers();
         // Applying waits while the watch history has much left to flush: it records every

@@ -14,12 +14,13 @@ use corekv_proto::client::{
     Request, RequestFrame, TxnOpKind as WireTxnOpKind,
 };
 use corekv_proto::constants::{
-    BATCH_KEYS_MAX, CLIENT_PROTOCOL_OLDEST, CLIENT_PROTOCOL_VERSION, KEY_BYTES_MAX, SCAN_LIMIT_MAX,
-    VALUE_BYTES_MAX,
+    BATCH_KEYS_MAX, CLIENT_PROTOCOL_OLDEST, CLIENT_PROTOCOL_VERSION, KEY_BYTES_MAX,
+    LEASE_TTL_MS_MIN, SCAN_LIMIT_MAX, TTL_MS_MAX, VALUE_BYTES_MAX,
 };
 use corekv_proto::encode::ErrorInfo;
 use corekv_proto::frame::verify_request;
 use corekv_storage::command::{Compare, CompareOp, CompareTarget, TxnOp, TxnOpKind};
+use corekv_storage::lease::lease_shard;
 use corekv_types::ids::ShardId;
 use corekv_types::placement::{shard_for_slot, slot};
 
@@ -70,6 +71,10 @@ impl ShardCore {
             Request::TransferLeaderRequest => Op::TransferLeader,
             Request::WatchRequest => Op::Watch,
             Request::CancelWatchRequest => Op::CancelWatch,
+            Request::LeaseGrantRequest => Op::LeaseGrant,
+            Request::LeaseRevokeRequest => Op::LeaseRevoke,
+            Request::LeaseKeepAliveRequest => Op::LeaseKeepAlive,
+            Request::LeaseTimeToLiveRequest => Op::LeaseTimeToLive,
             _ => Op::Hello,
         };
         self.metrics.request(op);
@@ -158,6 +163,22 @@ impl ShardCore {
             {
                 self.dispatch_read(caller, request)
             }
+            Request::LeaseKeepAliveRequest | Request::LeaseTimeToLiveRequest if !self.removed() => {
+                let query = match request.request_as_lease_keep_alive_request() {
+                    Some(keep) => {
+                        ReadQuery::LeaseKeepAlive(self.check_lease_request(keep.lease())?)
+                    }
+                    None => {
+                        let ttl =
+                            request.request_as_lease_time_to_live_request().expect("type checked");
+                        let lease = self.check_lease_request(ttl.lease())?;
+                        ReadQuery::LeaseTimeToLive { lease, keys: ttl.keys() }
+                    }
+                };
+                // Linearizable only: the leader confirms it leads before it answers.
+                self.enqueue_read(ReadWaiter { caller, query }, false);
+                Ok(())
+            }
             Request::StatusRequest => {
                 self.status_reply(conn, id);
                 Ok(())
@@ -243,10 +264,13 @@ impl ShardCore {
                 let (key, value) = (put.key().bytes(), put.value().bytes());
                 self.check_key(key)?;
                 check_value(value)?;
-                let expires_ms = self.deadline(put.ttl_ms())?;
-                self.enqueue_write(caller, key.len() + value.len(), |b| match expires_ms {
-                    0 => b.put(key, value),
-                    deadline => b.put_ttl(key, value, deadline),
+                let (expires_ms, lease) = self.ttl_or_lease(put.ttl_ms(), put.lease())?;
+                self.enqueue_write(caller, key.len() + value.len(), |b| {
+                    match (expires_ms, lease) {
+                        (0, 0) => b.put(key, value),
+                        (0, lease) => b.put_lease(key, value, lease),
+                        (deadline, _) => b.put_ttl(key, value, deadline),
+                    }
                 });
             }
             Request::DeleteRequest => {
@@ -265,11 +289,12 @@ impl ShardCore {
                     size += item.key().len() + item.value().len();
                 }
                 check_entry_size(size)?;
-                let expires_ms = self.deadline(batch.ttl_ms())?;
+                let (expires_ms, lease) = self.ttl_or_lease(batch.ttl_ms(), batch.lease())?;
                 let items = batch.items().iter().map(|i| (i.key().bytes(), i.value().bytes()));
-                self.enqueue_write(caller, size, |b| match expires_ms {
-                    0 => b.batch_put(items),
-                    deadline => b.batch_put_ttl(items, deadline),
+                self.enqueue_write(caller, size, |b| match (expires_ms, lease) {
+                    (0, 0) => b.batch_put(items),
+                    (0, lease) => b.batch_put_lease(items, lease),
+                    (deadline, _) => b.batch_put_ttl(items, deadline),
                 });
             }
             Request::BatchDeleteRequest => {
@@ -293,9 +318,93 @@ impl ShardCore {
                     b.txn(compares.into_iter(), success.into_iter(), failure.into_iter())
                 });
             }
+            Request::LeaseGrantRequest => {
+                let grant = request.request_as_lease_grant_request().expect("type checked");
+                let ttl_ms = grant.ttl_ms();
+                if !(LEASE_TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl_ms) {
+                    return Err(Refusal::Invalid(format!(
+                        "a lease's time to live must be from {LEASE_TTL_MS_MIN} ms to \
+                         {TTL_MS_MAX} ms (ten years); {ttl_ms} ms asked"
+                    )));
+                }
+                self.check_leases_supported()?;
+                let items = grant.items().unwrap_or_default();
+                check_count(items.len())?;
+                let mut size = 0;
+                for item in items {
+                    self.check_key(item.key().bytes())?;
+                    check_value(item.value().bytes())?;
+                    size += item.key().len() + item.value().len();
+                }
+                check_entry_size(size)?;
+                let shard = self.cfg.shard.get();
+                let items = items.iter().map(|i| (i.key().bytes(), i.value().bytes()));
+                self.enqueue_write(caller, size, |b| b.lease_grant(shard, ttl_ms, items));
+            }
+            Request::LeaseRevokeRequest => {
+                let revoke = request.request_as_lease_revoke_request().expect("type checked");
+                let lease = self.check_lease_request(revoke.lease())?;
+                self.enqueue_write(caller, 8, |b| b.lease_revoke(lease));
+            }
             other => return Err(Refusal::Invalid(format!("unknown request type {}", other.0))),
         }
         Ok(())
+    }
+
+    /// A write's deadline (0: none) and lease (0: none), checked: not both; the lease on
+    /// this shard.
+    fn ttl_or_lease(&self, ttl_ms: u64, lease: u64) -> Result<(u64, u64), Refusal> {
+        if lease == 0 {
+            return Ok((self.deadline(ttl_ms)?, 0));
+        }
+        if ttl_ms != 0 {
+            return Err(Refusal::Invalid(
+                "a write takes a time to live or a lease, not both".to_string(),
+            ));
+        }
+        self.check_leases_supported()?;
+        let shard = lease_shard(lease);
+        if shard != self.cfg.shard.get() {
+            return Err(Refusal::Invalid(format!(
+                "lease {lease:016x} lives on shard {shard}, and this key on shard {}: keys \
+                 attached to a lease must be on its shard (give them a hash tag, `{{tag}}`, \
+                 that places them there, or grant the lease near the key)",
+                self.cfg.shard
+            )));
+        }
+        Ok((0, lease))
+    }
+
+    /// A request naming a lease (a revoke, a keep-alive, a time to live), checked: every
+    /// member keeps leases, and the lease is this shard's (else the client routed it wrong).
+    fn check_lease_request(&self, lease: u64) -> Result<u64, Refusal> {
+        if lease == 0 {
+            return Err(Refusal::Invalid("lease 0 names no lease".to_string()));
+        }
+        self.check_leases_supported()?;
+        let shard = lease_shard(lease);
+        if shard != self.cfg.shard.get() {
+            if shard >= self.cfg.shards {
+                return Err(Refusal::Invalid(format!(
+                    "lease {lease:016x} names shard {shard}; the cluster has {} shards",
+                    self.cfg.shards
+                )));
+            }
+            return Err(Refusal::WrongShard(ShardId(shard)));
+        }
+        Ok(lease)
+    }
+
+    fn check_leases_supported(&self) -> Result<(), Refusal> {
+        if self.leases_supported() {
+            Ok(())
+        } else {
+            Err(Refusal::Unavailable(
+                "a member of this shard runs an older corekv (peer protocol 3) that cannot keep \
+                 leases: upgrade every node first"
+                    .to_string(),
+            ))
+        }
     }
 
     /// The deadline of a write asking for `ttl_ms` (0: none).
@@ -387,13 +496,14 @@ impl ShardCore {
                 let value = o.value().map(|v| v.bytes()).unwrap_or_default();
                 check_value(value)?;
                 size += o.key().len() + value.len();
-                let expires_ms = match o.kind() {
-                    WireTxnOpKind::Put => self.deadline(o.ttl_ms())?,
-                    _ => 0,
+                let (expires_ms, lease) = match o.kind() {
+                    WireTxnOpKind::Put => self.ttl_or_lease(o.ttl_ms(), o.lease())?,
+                    _ => (0, 0),
                 };
                 let kind = match o.kind() {
                     WireTxnOpKind::Get => TxnOpKind::Get,
                     WireTxnOpKind::Put if expires_ms != 0 => TxnOpKind::PutTtl,
+                    WireTxnOpKind::Put if lease != 0 => TxnOpKind::PutLease,
                     WireTxnOpKind::Put => TxnOpKind::Put,
                     WireTxnOpKind::Delete => TxnOpKind::Delete,
                     other => {
@@ -403,7 +513,7 @@ impl ShardCore {
                         )))
                     }
                 };
-                branch.push(TxnOp { kind, key: o.key().bytes(), value, expires_ms });
+                branch.push(TxnOp { kind, key: o.key().bytes(), value, expires_ms, lease });
             }
         }
         check_entry_size(size)?;

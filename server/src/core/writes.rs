@@ -21,6 +21,7 @@ use corekv_storage::command::BatchBuilder;
 use corekv_storage::state_machine::{OpResult, TxnResult};
 use raft::eraftpb::{Entry, EntryType};
 
+use super::leases::LeaseApplied;
 use super::replies::{push_reply, Caller};
 use super::ShardCore;
 use crate::constants::{
@@ -161,10 +162,19 @@ impl ShardCore {
         let now_us = self.now_us;
         let mut answered = 0usize;
         let mut expired = Vec::new();
+        let mut lease_events = Vec::new();
         let applied = sm.apply(index, entry.term, &entry.data, |result| {
-            if let OpResult::Expire(deadlines) = result {
-                expired.extend_from_slice(deadlines.unwrap_or_default());
-                return;
+            if let Some(event) = LeaseApplied::of(&result) {
+                lease_events.push(event);
+            }
+            match result {
+                OpResult::Expire(deadlines) => {
+                    expired.extend_from_slice(deadlines.unwrap_or_default());
+                    return;
+                }
+                // The leader's own entries: nobody waits on them.
+                OpResult::LeaseCheckpointed(_) | OpResult::LeaseExpired(_) => return,
+                _ => {}
             }
             let Some(w) = waiters.as_ref().and_then(|ws| ws.get(answered)) else {
                 answered += 1;
@@ -180,7 +190,19 @@ impl ShardCore {
                     encoder.batch_put(w.id, &metas)
                 }
                 OpResult::BatchDelete(flags) => encoder.batch_delete(w.id, flags, index),
-                OpResult::Expire(_) => unreachable!("answered above"),
+                OpResult::Expire(_)
+                | OpResult::LeaseCheckpointed(_)
+                | OpResult::LeaseExpired(_) => unreachable!("answered above"),
+                OpResult::LeaseMissing(lease)
+                | OpResult::LeaseRevoked { lease, found: false, .. } => {
+                    metrics.error(super::ErrorKind::LeaseNotFound);
+                    encoder.error(w.id, &ErrorInfo::LeaseNotFound { lease })
+                }
+                OpResult::LeaseRevoked { keys, .. } => encoder.lease_revoke(w.id, keys, index),
+                OpResult::LeaseGranted { lease, ttl_ms, metas, .. } => {
+                    let metas: Vec<WireMeta> = metas.iter().copied().map(WireMeta::from).collect();
+                    encoder.lease_grant(w.id, lease, ttl_ms, &metas, index)
+                }
                 OpResult::Txn(outcome) if !outcome.succeeded && outcome.branch_empty => {
                     metrics.error(super::ErrorKind::CompareFailed);
                     let compare = outcome.failed_compare.unwrap_or(0);
@@ -192,11 +214,12 @@ impl ShardCore {
                         .iter()
                         .map(|r| match r {
                             TxnResult::Get { key, found } => TxnResultRef::Get(found.as_ref().map(
-                                |(value, meta, expires_ms)| EntryRef {
+                                |(value, meta, expires_ms, lease)| EntryRef {
                                     key,
                                     value: Some(value),
                                     meta: (*meta).into(),
                                     ttl_ms: ttl_left(*expires_ms, read_ms),
+                                    lease: *lease,
                                 },
                             )),
                             TxnResult::Put(meta) => TxnResultRef::Put((*meta).into()),
@@ -226,6 +249,9 @@ impl ShardCore {
         }
         if !expired.is_empty() {
             self.note_expired(&expired);
+        }
+        for event in lease_events {
+            self.on_lease_applied(event);
         }
         self.watch_applied(index);
     }

@@ -25,7 +25,7 @@ pub(super) async fn make_snapshot(shard: Rc<Shard>, job: SnapshotJob) {
         // Merging and serializing touch every key: off the executor, at the lowest priority.
         let built = background::run(format!("snapshot-{}", meta.shard), move || {
             let (base, clock_ms) = (frozen.base.as_deref(), frozen.clock_ms);
-            Archive::build(meta, &membership, base, &frozen.overlay, clock_ms)
+            Archive::build(meta, &membership, base, &frozen.overlay, clock_ms, &frozen.leases)
         })?;
         let archive = built.await.context("the snapshot thread died")??;
         let archive = Arc::new(archive);

@@ -67,8 +67,13 @@ impl Sim {
                 value: Some(&expect),
                 number: 0,
             };
-            let put =
-                TxnOpSpec { kind: TxnOpKind::Put, key: &key_bytes, value: Some(&value), ttl_ms: 0 };
+            let put = TxnOpSpec {
+                kind: TxnOpKind::Put,
+                key: &key_bytes,
+                value: Some(&value),
+                ttl_ms: 0,
+                lease: 0,
+            };
             let frame = self.encoder.txn(request, &[compare], &[put], &[]).to_vec();
             (KvOp::Cas { expect, new: value.clone() }, Kind::Write, frame)
         } else {

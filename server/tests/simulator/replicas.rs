@@ -184,6 +184,7 @@ impl Sim {
                 job.frozen.base.as_deref(),
                 &job.frozen.overlay,
                 job.frozen.clock_ms,
+                &job.frozen.leases,
             )
             .map(Arc::new)
             .map_err(|e| e.to_string());

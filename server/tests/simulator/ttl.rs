@@ -104,7 +104,13 @@ impl Sim {
                 0 => self.encoder.put_ttl(request, key, &value, ttl_ms).to_vec(),
                 1 => self.encoder.batch_put_ttl(request, &[(key, &value[..])], ttl_ms).to_vec(),
                 _ => {
-                    let put = TxnOpSpec { kind: TxnOpKind::Put, key, value: Some(&value), ttl_ms };
+                    let put = TxnOpSpec {
+                        kind: TxnOpKind::Put,
+                        key,
+                        value: Some(&value),
+                        ttl_ms,
+                        lease: 0,
+                    };
                     self.encoder.txn(request, &[], &[put], &[]).to_vec()
                 }
             };

@@ -21,11 +21,13 @@
 //! file, a crc32c over it and rkyv's validation (`bytecheck`), never a deserialization pass.
 //! The header block keeps the payload 4096-aligned for direct I/O and rkyv alike.
 //!
-//! Format versions: 3 adds the keys' deadlines (a list of `(position, expires_ms)` beside the
+//! Format versions: 4 adds the leases (each lease's id, time to live and deadline; the keys
+//! attached to one as `(position, lease)` beside the entries, like the deadlines) and the
+//! counter of the last lease granted; 3 adds the keys' deadlines (a list of `(position, expires_ms)` beside the
 //! entries, sorted by position: keys without one cost nothing) and the state machine's clock
 //! (the largest batch stamp applied); 2 recorded the membership ([`Membership::encode`]); 1
-//! the voters only (a cluster of fixed shape). Versions 1 and 2 are still read (no deadlines,
-//! a clock of 0), version 1's member addresses left for the caller to take from the registry.
+//! the voters only (a cluster of fixed shape). Versions 1 to 3 are still read (no leases; 1
+//! and 2 without deadlines, with a clock of 0), version 1's member addresses left for the caller to take from the registry.
 //! A file of a newer version is refused by name.
 //!
 //! Files are written whole under a temporary name, synced, and renamed into place (by the
@@ -44,6 +46,7 @@ use rkyv::{Archive as RkyvArchive, Serialize};
 use crate::constants::BLOCK_BYTES;
 use crate::error::{Result, StorageError};
 use crate::key::Key;
+use crate::lease::LeaseTable;
 use crate::value::{Record, ValueRef};
 use corekv_types::ids::NodeId;
 use corekv_types::membership::Membership;
@@ -58,7 +61,7 @@ use files::{read_header, write_header};
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CKVSNAP\x01";
 
 /// Version of the layout this build writes.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
 
 /// Oldest version this build reads.
 pub const SNAPSHOT_FORMAT_OLDEST: u32 = 1;
@@ -97,10 +100,56 @@ pub struct SnapshotTimer {
     pub expires_ms: u64,
 }
 
-/// A whole shard state, as archived (format version 3).
+/// A lease in a snapshot.
+#[derive(RkyvArchive, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(bytecheck())]
+pub struct SnapshotLease {
+    /// Its id.
+    pub id: u64,
+    /// The time to live it was granted, ms.
+    pub ttl_ms: u64,
+    /// Its deadline (ms since the Unix epoch).
+    pub deadline_ms: u64,
+}
+
+/// A key attached to a lease, in a snapshot.
+#[derive(RkyvArchive, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(bytecheck())]
+pub struct SnapshotLeaseKey {
+    /// The key's position among the entries.
+    pub position: u64,
+    /// The lease's id.
+    pub lease: u64,
+}
+
+/// A whole shard state, as archived (format version 4).
 #[derive(RkyvArchive, Serialize)]
 #[rkyv(bytecheck())]
 pub struct SnapshotData<'a> {
+    /// Last log index the state includes.
+    pub applied_index: u64,
+    /// Term of that entry.
+    pub applied_term: u64,
+    /// The membership as of `applied_index` ([`Membership::encode`]).
+    pub membership: Vec<u8>,
+    /// Every key, sorted.
+    pub entries: Vec<SnapshotEntry<'a>>,
+    /// The state machine's clock: the largest batch stamp applied (ms since the Unix epoch).
+    pub clock_ms: u64,
+    /// The deadlines of the keys that have one, by ascending position.
+    pub timers: Vec<SnapshotTimer>,
+    /// The counter of the last lease granted.
+    pub last_lease: u64,
+    /// Every lease, by id.
+    pub leases: Vec<SnapshotLease>,
+    /// The keys attached to a lease, by ascending position.
+    pub lease_keys: Vec<SnapshotLeaseKey>,
+}
+
+/// A whole shard state in format version 3: no leases.
+#[derive(RkyvArchive, Serialize)]
+#[rkyv(bytecheck())]
+pub struct SnapshotDataV3<'a> {
     /// Last log index the state includes.
     pub applied_index: u64,
     /// Term of that entry.
@@ -171,6 +220,8 @@ pub struct Archive {
     membership: Membership,
     /// The state machine's clock it records (0 before version 3).
     clock_ms: u64,
+    /// The leases it records (none before version 4).
+    leases: LeaseTable,
 }
 
 impl std::fmt::Debug for Archive {
@@ -207,6 +258,7 @@ impl Archive {
             match self.version {
                 1 => &rkyv::access_unchecked::<ArchivedSnapshotDataV1<'static>>(payload).entries,
                 2 => &rkyv::access_unchecked::<ArchivedSnapshotDataV2<'static>>(payload).entries,
+                3 => &rkyv::access_unchecked::<ArchivedSnapshotDataV3<'static>>(payload).entries,
                 _ => &rkyv::access_unchecked::<ArchivedSnapshotData<'static>>(payload).entries,
             }
         }
@@ -219,7 +271,12 @@ impl Archive {
         }
         let payload = &self.bytes[SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES + self.payload_len];
         // SAFETY: as in `entries`: validated as this version's type, never changed since.
-        unsafe { &rkyv::access_unchecked::<ArchivedSnapshotData<'static>>(payload).timers }
+        unsafe {
+            match self.version {
+                3 => &rkyv::access_unchecked::<ArchivedSnapshotDataV3<'static>>(payload).timers,
+                _ => &rkyv::access_unchecked::<ArchivedSnapshotData<'static>>(payload).timers,
+            }
+        }
     }
 
     /// The deadline of the key at position `i`; 0: none.
@@ -247,6 +304,11 @@ impl Archive {
     /// older than format version 3).
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms
+    }
+
+    /// The leases the snapshot records (none from a file older than format version 4).
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
     }
 
     /// The membership the snapshot records, as of its index. From a version 1 file, the
@@ -306,17 +368,25 @@ impl Archive {
     }
 
     /// Builds the file image of a snapshot merging `base` (an older snapshot, if any) with
-    /// `overlay` (newer changes win; `None` deletes), with the state machine's clock, and
-    /// validates it. Runs off the shard's thread: it touches every key.
+    /// `overlay` (newer changes win; `None` deletes), with the state machine's clock and
+    /// leases, and validates it. Runs off the shard's thread: it touches every key.
     pub fn build(
         meta: SnapshotMeta,
         membership: &Membership,
         base: Option<&Archive>,
         overlay: &Overlay,
         clock_ms: u64,
+        leases: &LeaseTable,
     ) -> Result<Archive> {
-        let mut entries = Vec::with_capacity(base.map_or(0, Archive::len) + overlay.len());
+        let mut entries: Vec<SnapshotEntry<'_>> =
+            Vec::with_capacity(base.map_or(0, Archive::len) + overlay.len());
         let mut timers = Vec::new();
+        let mut lease_keys = Vec::new();
+        let mut note_lease = |position: usize, key: &[u8]| {
+            if let Some(lease) = leases.lease_of(key) {
+                lease_keys.push(SnapshotLeaseKey { position: position as u64, lease });
+            }
+        };
         let mut from_base =
             (0..base.map_or(0, Archive::len)).map(|i| base.expect("len > 0").entry(i)).peekable();
         let mut from_overlay = overlay.iter().peekable();
@@ -329,6 +399,7 @@ impl Archive {
             };
             if order == std::cmp::Ordering::Less {
                 let (key, v) = from_base.next().expect("peeked");
+                note_lease(entries.len(), key);
                 if v.expires_ms != 0 {
                     let position = entries.len() as u64;
                     timers.push(SnapshotTimer { position, expires_ms: v.expires_ms });
@@ -348,6 +419,7 @@ impl Archive {
             }
             let (key, record) = from_overlay.next().expect("peeked");
             if let Some(r) = record {
+                note_lease(entries.len(), key);
                 if r.expires_ms != 0 {
                     let position = entries.len() as u64;
                     timers.push(SnapshotTimer { position, expires_ms: r.expires_ms });
@@ -368,6 +440,12 @@ impl Archive {
             entries,
             clock_ms,
             timers,
+            last_lease: leases.last_counter(),
+            leases: leases
+                .iter()
+                .map(|(id, l)| SnapshotLease { id, ttl_ms: l.ttl_ms, deadline_ms: l.deadline_ms })
+                .collect(),
+            lease_keys,
         };
         // Sized for the whole image up front: growing a buffer of this size means `mremap`,
         // which holds the process's memory-map lock, and this runs on a low-priority thread
@@ -422,6 +500,7 @@ impl Archive {
             )));
         }
         let invalid = |e: rancor::Error| bad(format!("archive does not validate: {e}"));
+        let mut leases = LeaseTable::default();
         let (applied, entries, membership, clock_ms) = if version == 1 {
             let data = rkyv::access::<ArchivedSnapshotDataV1<'static>, rancor::Error>(payload)
                 .map_err(invalid)?;
@@ -446,18 +525,49 @@ impl Archive {
                 membership,
                 0,
             )
+        } else if version == 3 {
+            let data = rkyv::access::<ArchivedSnapshotDataV3<'static>, rancor::Error>(payload)
+                .map_err(invalid)?;
+            let membership = Membership::decode(&data.membership)
+                .map_err(|e| bad(format!("its membership does not decode: {e}")))?;
+            check_timers(&data.timers, data.entries.len()).map_err(bad)?;
+            (
+                (data.applied_index.to_native(), data.applied_term.to_native()),
+                &data.entries,
+                membership,
+                data.clock_ms.to_native(),
+            )
         } else {
             let data = rkyv::access::<ArchivedSnapshotData<'static>, rancor::Error>(payload)
                 .map_err(invalid)?;
             let membership = Membership::decode(&data.membership)
                 .map_err(|e| bad(format!("its membership does not decode: {e}")))?;
-            let positions_ok = data.timers.windows(2).all(|w| w[0].position < w[1].position)
-                && data.timers.iter().all(|t| {
-                    t.position.to_native() < data.entries.len() as u64 && t.expires_ms != 0
-                });
-            if !positions_ok {
-                return Err(bad("its key deadlines are out of order or out of range".to_string()));
-            }
+            check_timers(&data.timers, data.entries.len()).map_err(bad)?;
+            let keys_ok = data.lease_keys.windows(2).all(|w| w[0].position < w[1].position)
+                && data
+                    .lease_keys
+                    .iter()
+                    .all(|k| k.position.to_native() < data.entries.len() as u64);
+            let restored = keys_ok
+                .then(|| {
+                    LeaseTable::restore(
+                        data.last_lease.to_native(),
+                        data.leases.iter().map(|l| {
+                            (l.id.to_native(), l.ttl_ms.to_native(), l.deadline_ms.to_native())
+                        }),
+                        data.lease_keys.iter().map(|k| {
+                            (
+                                data.entries[k.position.to_native() as usize].key.get(),
+                                k.lease.to_native(),
+                            )
+                        }),
+                    )
+                })
+                .flatten();
+            leases = restored.ok_or_else(|| {
+                bad("its lease keys are out of order, out of range or name a missing lease"
+                    .to_string())
+            })?;
             (
                 (data.applied_index.to_native(), data.applied_term.to_native()),
                 &data.entries,
@@ -479,6 +589,7 @@ impl Archive {
             version,
             membership,
             clock_ms,
+            leases,
         })
     }
 
@@ -491,6 +602,17 @@ impl Archive {
         bytes.resize(len, 0);
         file.read_exact(&mut bytes).map_err(|e| StorageError::io("read", path, e))?;
         Archive::from_file_image(bytes, path, Some((cluster, shard)))
+    }
+}
+
+/// Checks that key deadlines are by ascending position, within the entries, never 0.
+fn check_timers(timers: &ArchivedTimers, entries: usize) -> std::result::Result<(), String> {
+    let ok = timers.windows(2).all(|w| w[0].position < w[1].position)
+        && timers.iter().all(|t| t.position.to_native() < entries as u64 && t.expires_ms != 0);
+    if ok {
+        Ok(())
+    } else {
+        Err("its key deadlines are out of order or out of range".to_string())
     }
 }
 
@@ -582,6 +704,8 @@ fn image_capacity(data: &SnapshotData<'_>) -> usize {
         + bytes
         + 64 * (entries.len() + 1)
         + 16 * data.timers.len()
+        + 24 * data.leases.len()
+        + 16 * data.lease_keys.len()
         + data.membership.len()
         + BLOCK_BYTES
 }

@@ -51,11 +51,11 @@ where
     image
 }
 
-// Shows: a file of format version 1 (voters, no addresses) or 2 (no deadlines), as an
-// older corekv wrote it, is still read: its keys (none with a deadline), and its voters or
+// Shows: a file of format version 1 (voters, no addresses), 2 (no deadlines) or 3 (no
+// leases), as an older corekv wrote it, is still read: its keys (none with a deadline), and its voters or
 // membership; a file of a newer version than this build's is refused by name.
 #[test]
-fn files_of_versions_1_and_2_are_read_and_newer_ones_refused() {
+fn files_of_versions_1_to_3_are_read_and_newer_ones_refused() {
     let entries =
         vec![SnapshotEntry { key: b"k", value: b"v", create_index: 3, mod_index: 4, version: 2 }];
     let data = SnapshotDataV1 { applied_index: 9, applied_term: 2, voters: vec![3, 1, 2], entries };
@@ -78,7 +78,26 @@ fn files_of_versions_1_and_2_are_read_and_newer_ones_refused() {
     assert_eq!((v2.clock_ms(), v2.deadlines().count()), (0, 0));
     assert_eq!(v2.membership(), &members(&[1, 2]));
 
-    let current = Archive::build(meta(3), &members(&[1]), None, &Overlay::new(), 0).unwrap();
+    let entries =
+        vec![SnapshotEntry { key: b"k", value: b"v3", create_index: 3, mod_index: 4, version: 2 }];
+    let membership = members(&[1, 2]).encode();
+    let timers = vec![SnapshotTimer { position: 0, expires_ms: 70 }];
+    let data = SnapshotDataV3 {
+        applied_index: 9,
+        applied_term: 2,
+        membership,
+        entries,
+        clock_ms: 5,
+        timers,
+    };
+    let v3 = Archive::from_file_image(file_image(&data, 3), Path::new("v3.snap"), None).unwrap();
+    assert_eq!((v3.format_version(), v3.clock_ms()), (3, 5));
+    assert_eq!(v3.get(b"k").unwrap().expires_ms, 70);
+    assert!(v3.leases().is_empty(), "a version 3 file has no leases");
+
+    let current =
+        Archive::build(meta(3), &members(&[1]), None, &Overlay::new(), 0, &LeaseTable::default())
+            .unwrap();
     let mut newer = AlignedVec::new();
     newer.extend_from_slice(current.file_bytes());
     set_version(&mut newer, SNAPSHOT_FORMAT_VERSION + 1);
@@ -112,7 +131,8 @@ fn release_returns_pages_a_step_at_a_time() {
     for i in 0..20_000u32 {
         overlay.insert(format!("key-{i:08}").as_bytes().into(), record(&"v".repeat(100), 1));
     }
-    let archive = Archive::build(meta(1), &members(&[1]), None, &overlay, 0).unwrap();
+    let archive =
+        Archive::build(meta(1), &members(&[1]), None, &overlay, 0, &LeaseTable::default()).unwrap();
     // The buffer was sized for the image up front, never grown (growing doubles it).
     let spare = archive.bytes.capacity() - archive.bytes.len();
     assert!(spare < 24 * 20_001 + 64 + 2 * BLOCK_BYTES, "{spare} bytes to spare");
@@ -154,7 +174,9 @@ fn build_merge_and_read() {
     first.insert(b"gone".as_slice().into(), None);
     let timed = |value: &str, expires_ms| record(value, 1).map(|r| Record { expires_ms, ..r });
     first.insert(b"t1".as_slice().into(), timed("x", 500));
-    let s1 = Archive::build(meta(10), &members(&[1, 2, 3]), None, &first, 77).unwrap();
+    let s1 =
+        Archive::build(meta(10), &members(&[1, 2, 3]), None, &first, 77, &LeaseTable::default())
+            .unwrap();
     assert_eq!(s1.get(b"t1").unwrap().expires_ms, 500);
     assert_eq!(s1.get(b"a").unwrap().expires_ms, 0);
     assert_eq!(s1.clock_ms(), 77);
@@ -171,7 +193,15 @@ fn build_merge_and_read() {
     second.insert(b"bb".as_slice().into(), record("new", 1));
     second.insert(b"z".as_slice().into(), record("last", 1));
     second.insert(b"t2".as_slice().into(), timed("y", 900));
-    let s2 = Archive::build(meta(20), &members(&[1, 2, 3]), Some(&s1), &second, 88).unwrap();
+    let s2 = Archive::build(
+        meta(20),
+        &members(&[1, 2, 3]),
+        Some(&s1),
+        &second,
+        88,
+        &LeaseTable::default(),
+    )
+    .unwrap();
     let deadlines: Vec<(&[u8], u64)> = s2.deadlines().collect();
     assert_eq!(deadlines, vec![(&b"t1"[..], 500), (&b"t2"[..], 900)], "kept and added");
     assert_eq!(s2.get(b"t2").unwrap().expires_ms, 900);
@@ -180,7 +210,15 @@ fn build_merge_and_read() {
     let mut third = Overlay::new();
     third.insert(b"t1".as_slice().into(), None);
     third.insert(b"t2".as_slice().into(), None);
-    let s2 = Archive::build(meta(20), &members(&[1, 2, 3]), Some(&s2), &third, 88).unwrap();
+    let s2 = Archive::build(
+        meta(20),
+        &members(&[1, 2, 3]),
+        Some(&s2),
+        &third,
+        88,
+        &LeaseTable::default(),
+    )
+    .unwrap();
     assert_eq!(s2.deadlines().count(), 0, "deleted keys take their deadlines along");
     let keys: Vec<(String, String, u64)> = (0..s2.len())
         .map(|i| {
@@ -218,7 +256,8 @@ fn damage_is_refused() {
         b"timed".as_slice().into(),
         record("value", 1).map(|r| Record { expires_ms: 9, ..r }),
     );
-    let good = Archive::build(meta(3), &members(&[1]), None, &overlay, 5).unwrap();
+    let good =
+        Archive::build(meta(3), &members(&[1]), None, &overlay, 5, &LeaseTable::default()).unwrap();
     let image = good.file_bytes().to_vec();
     let payload_end = SNAPSHOT_HEADER_BYTES + good.payload_len;
     for at in (0..HEADER_CRC_OFFSET + 4).chain((SNAPSHOT_HEADER_BYTES..payload_end).step_by(97)) {
@@ -232,6 +271,24 @@ fn damage_is_refused() {
     let err =
         Archive::from_file_image(other_shard, Path::new("x.snap"), Some(("c", 2))).unwrap_err();
     assert!(err.to_string().contains("expected cluster \"c\" shard 2"), "{err}");
+
+    // Checksums right, contents inconsistent: a key attached to a lease the file lacks.
+    let entries =
+        vec![SnapshotEntry { key: b"k", value: b"v", create_index: 3, mod_index: 4, version: 2 }];
+    let data = SnapshotData {
+        applied_index: 9,
+        applied_term: 2,
+        membership: members(&[1]).encode(),
+        entries,
+        clock_ms: 5,
+        timers: vec![],
+        last_lease: 1,
+        leases: vec![SnapshotLease { id: 1, ttl_ms: 5_000, deadline_ms: 6_000 }],
+        lease_keys: vec![SnapshotLeaseKey { position: 0, lease: 2 }],
+    };
+    let image = file_image(&data, SNAPSHOT_FORMAT_VERSION);
+    let err = Archive::from_file_image(image, Path::new("l.snap"), None).unwrap_err();
+    assert!(err.to_string().contains("name a missing lease"), "{err}");
 }
 
 // Shows: file names round-trip and order newest first.

@@ -47,6 +47,7 @@ mod reads;
 pub use reads::ScanEnd;
 
 use crate::key::Key;
+use crate::lease::LeaseTable;
 use crate::snapshot::{Archive, Overlay};
 
 use crate::constants::PREV_VALUE_BYTES_PER_ENTRY_MAX;
@@ -68,8 +69,8 @@ pub enum TxnResult {
     Get {
         /// The key read.
         key: Vec<u8>,
-        /// Its value, metadata and deadline (0: none), when it exists.
-        found: Option<(Vec<u8>, KeyMeta, u64)>,
+        /// Its value, metadata, deadline (0: none) and lease (0: none), when it exists.
+        found: Option<(Vec<u8>, KeyMeta, u64, u64)>,
     },
     /// A put: the key's metadata after it.
     Put(KeyMeta),
@@ -106,6 +107,34 @@ pub enum OpResult<'a> {
     /// An expiry: the deadlines of the keys it deleted, or `None` when it was refused
     /// (proposed in another term than its entry's).
     Expire(Option<&'a [u64]>),
+    /// A put, batch put or transaction named a lease that does not exist: nothing changed.
+    LeaseMissing(u64),
+    /// A lease was granted (and its items put, metadata per item in order).
+    LeaseGranted {
+        /// Its id.
+        lease: u64,
+        /// Its time to live, ms.
+        ttl_ms: u64,
+        /// Its deadline (ms since the Unix epoch).
+        deadline_ms: u64,
+        /// The metadata of the keys put with it.
+        metas: &'a [KeyMeta],
+    },
+    /// A revoke: whether the lease existed, and how many keys it deleted.
+    LeaseRevoked {
+        /// The lease.
+        lease: u64,
+        /// Whether it existed.
+        found: bool,
+        /// Keys deleted with it.
+        keys: u64,
+    },
+    /// A checkpoint: the leases and deadlines it named (those that exist moved to at least
+    /// that deadline).
+    LeaseCheckpointed(&'a [(u64, u64)]),
+    /// A lease expiry: the leases it ended (each with the deadline it had), or `None` when it
+    /// was refused (proposed in another term than its entry's).
+    LeaseExpired(Option<&'a [(u64, u64)]>),
 }
 
 /// What a key holds as a change is about to be made to it (see `StateMachine::current`).
@@ -145,6 +174,8 @@ pub struct FrozenState {
     pub term: u64,
     /// The state machine's clock then (ms since the Unix epoch).
     pub clock_ms: u64,
+    /// The leases then.
+    pub leases: Arc<LeaseTable>,
 }
 
 /// A shard's data. See the module docs.
@@ -159,6 +190,8 @@ pub struct StateMachine {
     clock_ms: u64,
     /// The keys that have a deadline, as [`timer_key`]s: by deadline, then key.
     deadlines: BTreeSet<Key>,
+    /// The leases, shared with the snapshot being made (copied on the first change after).
+    leases: Arc<LeaseTable>,
     /// Keys, counted across the layers.
     keys: usize,
     /// Bytes of keys and values, counted across the layers.
@@ -167,6 +200,7 @@ pub struct StateMachine {
     scratch_flags: Vec<bool>,
     scratch_txn: Vec<TxnResult>,
     scratch_deadlines: Vec<u64>,
+    scratch_leases: Vec<(u64, u64)>,
     /// Whether applying records each key's change ([`StateMachine::record_changes`]).
     recording: bool,
     /// The changes of the entries applied since the last [`StateMachine::take_changes`],
@@ -203,6 +237,7 @@ impl StateMachine {
         self.data_bytes = archive.data_bytes();
         self.clock_ms = archive.clock_ms();
         self.deadlines = archive.deadlines().map(|(key, ms)| timer_key(ms, key)).collect();
+        self.leases = Arc::new(archive.leases().clone());
         Replaced {
             base: self.base.replace(archive),
             frozen: self.frozen.take(),
@@ -223,6 +258,7 @@ impl StateMachine {
             index: self.applied_index,
             term: self.applied_term,
             clock_ms: self.clock_ms,
+            leases: self.leases.clone(),
         })
     }
 
@@ -296,6 +332,11 @@ impl StateMachine {
         self.clock_ms
     }
 
+    /// The leases.
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
+    }
+
     /// Keys that have a deadline (those past it and not yet deleted included).
     pub fn timed_keys(&self) -> usize {
         self.deadlines.len()
@@ -349,22 +390,69 @@ impl StateMachine {
             self.changes.reserve(batch.len() * 2 + 64);
         }
         let batch = decode_batch(batch)?;
+        let stamp_ms = batch.stamp_ms.unwrap_or(self.clock_ms);
         if let Some(stamp) = batch.stamp_ms {
             self.clock_ms = self.clock_ms.max(stamp);
         }
         for op in batch.ops {
             match op {
-                Op::Put { key, value, expires_ms } => {
-                    on_result(OpResult::Put(self.put(index, key, value, expires_ms)))
+                Op::Put { lease, .. } | Op::BatchPut { lease, .. }
+                    if lease != 0 && self.leases.get(lease).is_none() =>
+                {
+                    on_result(OpResult::LeaseMissing(lease))
+                }
+                Op::Put { key, value, expires_ms, lease } => {
+                    on_result(OpResult::Put(self.put(index, key, value, expires_ms, lease)))
                 }
                 Op::Delete { key } => on_result(OpResult::Delete(self.delete(key))),
-                Op::BatchPut { items, expires_ms } => {
+                Op::BatchPut { items, expires_ms, lease } => {
                     let mut metas = std::mem::take(&mut self.scratch_metas);
                     metas.clear();
-                    metas.extend(items.iter().map(|(k, v)| self.put(index, k, v, expires_ms)));
+                    metas.extend(
+                        items.iter().map(|(k, v)| self.put(index, k, v, expires_ms, lease)),
+                    );
                     on_result(OpResult::BatchPut(&metas));
                     self.scratch_metas = metas;
                 }
+                Op::LeaseGrant { shard, ttl_ms, items } => {
+                    let deadline_ms = stamp_ms.saturating_add(ttl_ms);
+                    let lease = Arc::make_mut(&mut self.leases).grant(shard, ttl_ms, deadline_ms);
+                    let mut metas = std::mem::take(&mut self.scratch_metas);
+                    metas.clear();
+                    metas.extend(items.iter().map(|(k, v)| self.put(index, k, v, 0, lease)));
+                    on_result(OpResult::LeaseGranted { lease, ttl_ms, deadline_ms, metas: &metas });
+                    self.scratch_metas = metas;
+                }
+                Op::LeaseRevoke { lease } => {
+                    let keys = self.end_lease(lease, false);
+                    on_result(OpResult::LeaseRevoked {
+                        lease,
+                        found: keys.is_some(),
+                        keys: keys.unwrap_or(0),
+                    });
+                }
+                Op::LeaseCheckpoint(pairs) => {
+                    if pairs.iter().any(|&(lease, _)| self.leases.get(lease).is_some()) {
+                        let leases = Arc::make_mut(&mut self.leases);
+                        for &(lease, deadline_ms) in &pairs {
+                            leases.checkpoint(lease, deadline_ms);
+                        }
+                    }
+                    on_result(OpResult::LeaseCheckpointed(&pairs));
+                }
+                Op::LeaseExpire { term, leases } if term == entry_term => {
+                    let mut ended = std::mem::take(&mut self.scratch_leases);
+                    ended.clear();
+                    for (lease, seen_ms) in leases {
+                        let due = self.leases.get(lease).is_some_and(|l| l.deadline_ms == seen_ms);
+                        if due && self.end_lease(lease, true).is_some() {
+                            ended.push((lease, seen_ms));
+                        }
+                    }
+                    on_result(OpResult::LeaseExpired(Some(&ended)));
+                    self.scratch_leases = ended;
+                }
+                Op::LeaseExpire { .. } => on_result(OpResult::LeaseExpired(None)),
                 Op::BatchDelete(keys) => {
                     let mut flags = std::mem::take(&mut self.scratch_flags);
                     flags.clear();
@@ -376,6 +464,13 @@ impl StateMachine {
                     let failed_compare =
                         compares.iter().position(|c| !self.compare_holds(c)).map(|i| i as u32);
                     let branch = if failed_compare.is_none() { &success } else { &failure };
+                    let missing = branch.iter().find(|op| {
+                        op.kind == TxnOpKind::PutLease && self.leases.get(op.lease).is_none()
+                    });
+                    if let Some(op) = missing {
+                        on_result(OpResult::LeaseMissing(op.lease));
+                        continue;
+                    }
                     let mut results = std::mem::take(&mut self.scratch_txn);
                     results.clear();
                     for op in branch {
@@ -419,7 +514,45 @@ impl StateMachine {
         std::mem::take(&mut self.changes)
     }
 
-    fn put(&mut self, index: u64, key: &[u8], value: &[u8], expires_ms: u64) -> KeyMeta {
+    /// Ends lease `lease`, deleting its keys (as expiries when `expired`); returns how many
+    /// it deleted, or `None` when it does not exist.
+    fn end_lease(&mut self, lease: u64, expired: bool) -> Option<u64> {
+        self.leases.get(lease)?;
+        let keys = Arc::make_mut(&mut self.leases).remove(lease)?;
+        let mut deleted = 0;
+        for key in &keys {
+            if let Some(current) = self.current(key) {
+                self.remove_current(key, current, expired);
+                deleted += 1;
+            }
+        }
+        Some(deleted)
+    }
+
+    /// Attaches `key` to `lease` (0: detaches it from any).
+    fn set_lease(&mut self, key: &[u8], lease: u64) {
+        if lease != 0 {
+            Arc::make_mut(&mut self.leases).attach(key, lease);
+        } else if self.leases.lease_of(key).is_some() {
+            Arc::make_mut(&mut self.leases).detach(key);
+        }
+    }
+
+    /// Puts `key`, with a deadline (0: none) or attached to a lease (0: none).
+    fn put(
+        &mut self,
+        index: u64,
+        key: &[u8],
+        value: &[u8],
+        expires_ms: u64,
+        lease: u64,
+    ) -> KeyMeta {
+        let meta = self.put_record(index, key, value, expires_ms);
+        self.set_lease(key, lease);
+        meta
+    }
+
+    fn put_record(&mut self, index: u64, key: &[u8], value: &[u8], expires_ms: u64) -> KeyMeta {
         // Overwriting a live key the overlay already holds (the common case under load): one
         // search; the value's allocation is reused when the length is unchanged, or, when
         // recording, handed to the change as the value before (no copy).
@@ -465,7 +598,7 @@ impl StateMachine {
         let mut current = self.current(key);
         if current.as_ref().is_some_and(|c| c.expires_ms != 0 && c.expires_ms <= clock) {
             // Past its deadline: it goes as an expiry, and this put creates it again.
-            self.remove_current(key, current.take().expect("checked"));
+            self.remove_current(key, current.take().expect("checked"), false);
         }
         retime(&mut self.deadlines, key, current.as_ref().map_or(0, |c| c.expires_ms), expires_ms);
         let meta = match &current {
@@ -523,7 +656,7 @@ impl StateMachine {
     /// as an expiry).
     fn delete(&mut self, key: &[u8]) -> bool {
         let Some(current) = self.current(key) else { return false };
-        self.remove_current(key, current)
+        self.remove_current(key, current, false)
     }
 
     /// Deletes `key` as an expiry if it is past its deadline and its mod index is still
@@ -534,15 +667,17 @@ impl StateMachine {
             .is_some_and(|v| v.meta.mod_index == mod_index && !v.live_at(self.clock_ms));
         let current = due.then(|| self.current(key)).flatten()?;
         let deadline = current.expires_ms;
-        self.remove_current(key, current);
+        self.remove_current(key, current, false);
         Some(deadline)
     }
 
     /// Removes `key`, which holds `current`: a delete, or an expiry when it is past its
-    /// deadline. Returns whether it was a delete (the key existed).
-    fn remove_current(&mut self, key: &[u8], current: Current) -> bool {
+    /// deadline or `lease_expired` (its lease's expiry deletes it). Returns whether it was a
+    /// delete (the key existed).
+    fn remove_current(&mut self, key: &[u8], current: Current, lease_expired: bool) -> bool {
         let Current { len: old_len, meta, copy, expires_ms } = current;
-        let expired = expires_ms != 0 && expires_ms <= self.clock_ms;
+        let expired = lease_expired || (expires_ms != 0 && expires_ms <= self.clock_ms);
+        self.set_lease(key, 0);
         if self.recording {
             if expired {
                 self.changes.push_expired(key, (meta, copy.as_deref()));
@@ -571,10 +706,16 @@ impl StateMachine {
         match op.kind {
             TxnOpKind::Get => TxnResult::Get {
                 key: op.key.to_vec(),
-                found: self.live(op.key).map(|v| (v.value.to_vec(), v.meta, v.expires_ms)),
+                found: self.live(op.key).map(|v| {
+                    let lease = self.leases.lease_of(op.key).unwrap_or(0);
+                    (v.value.to_vec(), v.meta, v.expires_ms, lease)
+                }),
             },
-            TxnOpKind::Put => TxnResult::Put(self.put(index, op.key, op.value, 0)),
-            TxnOpKind::PutTtl => TxnResult::Put(self.put(index, op.key, op.value, op.expires_ms)),
+            TxnOpKind::Put => TxnResult::Put(self.put(index, op.key, op.value, 0, 0)),
+            TxnOpKind::PutTtl => {
+                TxnResult::Put(self.put(index, op.key, op.value, op.expires_ms, 0))
+            }
+            TxnOpKind::PutLease => TxnResult::Put(self.put(index, op.key, op.value, 0, op.lease)),
             TxnOpKind::Delete => TxnResult::Delete(self.delete(op.key)),
         }
     }

@@ -73,7 +73,7 @@ fn changes_are_recorded_with_previous_values() {
         value: b"",
         number: 0,
     };
-    let put = |key| TxnOp { kind: TxnOpKind::Put, key, value: b"t", expires_ms: 0 };
+    let put = |key| TxnOp::new(TxnOpKind::Put, key, b"t");
     apply_one(&mut sm, 3, |b| {
         b.txn([never].into_iter(), [put(b"s")].into_iter(), [put(b"f")].into_iter())
     });
@@ -125,12 +125,9 @@ fn transactions() {
                 number: expect_version,
             }]
             .into_iter(),
-            [
-                TxnOp { kind: TxnOpKind::Put, key: b"a", value: b"2", expires_ms: 0 },
-                TxnOp { kind: TxnOpKind::Get, key: b"a", value: b"", expires_ms: 0 },
-            ]
-            .into_iter(),
-            [TxnOp { kind: TxnOpKind::Get, key: b"a", value: b"", expires_ms: 0 }].into_iter(),
+            [TxnOp::new(TxnOpKind::Put, b"a", b"2"), TxnOp::new(TxnOpKind::Get, b"a", b"")]
+                .into_iter(),
+            [TxnOp::new(TxnOpKind::Get, b"a", b"")].into_iter(),
         )
     };
     let mut seen = Vec::new();
@@ -144,7 +141,7 @@ fn transactions() {
     })
     .unwrap();
     let meta2 = KeyMeta { create_index: 1, mod_index: 2, version: 2 };
-    let get_a = TxnResult::Get { key: b"a".to_vec(), found: Some((b"2".to_vec(), meta2, 0)) };
+    let get_a = TxnResult::Get { key: b"a".to_vec(), found: Some((b"2".to_vec(), meta2, 0, 0)) };
     assert_eq!(seen[0], (true, None, vec![TxnResult::Put(meta2), get_a.clone()]));
     assert_eq!(seen[1], (false, Some(0), vec![get_a]));
 
@@ -327,6 +324,7 @@ fn deadlines_survive_a_snapshot() {
         frozen.base.as_deref(),
         &frozen.overlay,
         frozen.clock_ms,
+        &frozen.leases,
     )
     .unwrap();
     let restored = StateMachine::from_snapshot(Arc::new(archive));
@@ -377,4 +375,160 @@ fn malformed_batch_is_a_deterministic_no_op() {
     let mut sm = StateMachine::new();
     assert!(sm.apply(1, 1, &[1, 9, 0, 0, 0], |_| panic!("no results")).is_err());
     assert_eq!((sm.applied_index(), sm.len()), (1, 0));
+}
+
+/// A term-aware `apply_at`: the entry's term is `term`.
+fn apply_in_term(
+    sm: &mut StateMachine,
+    index: u64,
+    term: u64,
+    stamp_ms: u64,
+    build: impl FnOnce(&mut BatchBuilder),
+) -> Vec<String> {
+    let mut b = BatchBuilder::new();
+    build(&mut b);
+    let mut out = Vec::new();
+    sm.apply(index, term, &b.take(stamp_ms), |r| out.push(format!("{r:?}"))).unwrap();
+    out
+}
+
+// Shows: a grant's deadline is its stamp plus the time to live and its id names the shard;
+// keys put with it (in the grant, by a put, a batch put, a transaction put) are attached;
+// a put naming a missing lease changes nothing, in a transaction too; a plain put or a
+// delete detaches a key; revoking deletes the attached keys in its entry and says how many.
+#[test]
+fn leases_attach_keys_and_revoking_deletes_them() {
+    let mut sm = StateMachine::new();
+    sm.record_changes(true);
+    let r = apply_at(&mut sm, 1, 1_000, |b| {
+        b.lease_grant(2, 5_000, [(&b"g"[..], &b"1"[..])].into_iter())
+    });
+    let id = crate::lease::lease_id(2, 1);
+    assert_eq!(r, vec![format!("LeaseGranted {{ lease: {id}, ttl_ms: 5000, deadline_ms: 6000, metas: [KeyMeta {{ create_index: 1, mod_index: 1, version: 1 }}] }}")]);
+    assert_eq!(sm.leases().get(id).map(|l| (l.ttl_ms, l.deadline_ms)), Some((5_000, 6_000)));
+    apply_at(&mut sm, 2, 1_100, |b| {
+        b.put_lease(b"p", b"1", id);
+        b.batch_put_lease([(&b"q"[..], &b"1"[..]), (&b"r"[..], &b"1"[..])].into_iter(), id);
+        b.txn(
+            std::iter::empty(),
+            [TxnOp { lease: id, ..TxnOp::new(TxnOpKind::PutLease, b"t", b"1") }].into_iter(),
+            std::iter::empty(),
+        );
+    });
+    let missing = id + 1;
+    let r = apply_at(&mut sm, 3, 1_200, |b| {
+        b.put_lease(b"x", b"1", missing);
+        b.txn(
+            std::iter::empty(),
+            [
+                TxnOp::new(TxnOpKind::Put, b"y", b"1"),
+                TxnOp { lease: missing, ..TxnOp::new(TxnOpKind::PutLease, b"z", b"1") },
+            ]
+            .into_iter(),
+            std::iter::empty(),
+        );
+    });
+    assert_eq!(r, vec![format!("LeaseMissing({missing})"), format!("LeaseMissing({missing})")]);
+    assert!(sm.get(b"x").is_none() && sm.get(b"y").is_none(), "nothing of either changed");
+    let attached = |sm: &StateMachine| -> Vec<Vec<u8>> {
+        sm.leases().get(id).map_or(vec![], |l| l.keys.iter().map(|k| k.to_vec()).collect())
+    };
+    assert_eq!(
+        attached(&sm),
+        vec![b"g".to_vec(), b"p".to_vec(), b"q".to_vec(), b"r".to_vec(), b"t".to_vec()]
+    );
+    apply_at(&mut sm, 4, 1_300, |b| {
+        b.put(b"p", b"2");
+        b.delete(b"q");
+    });
+    assert_eq!(sm.leases().lease_of(b"p"), None);
+    assert_eq!(attached(&sm), vec![b"g".to_vec(), b"r".to_vec(), b"t".to_vec()]);
+    sm.take_changes();
+    let r = apply_at(&mut sm, 5, 1_400, |b| {
+        b.lease_revoke(id);
+        b.lease_revoke(id);
+    });
+    assert_eq!(
+        r,
+        vec![
+            format!("LeaseRevoked {{ lease: {id}, found: true, keys: 3 }}"),
+            format!("LeaseRevoked {{ lease: {id}, found: false, keys: 0 }}")
+        ]
+    );
+    assert!(sm.get(b"g").is_none() && sm.get(b"t").is_none() && sm.get(b"p").is_some());
+    let changes = sm.take_changes();
+    let deleted: Vec<(&[u8], bool)> =
+        changes.iter().map(|c| (c.key, c.put.is_none() && !c.expired)).collect();
+    assert_eq!(deleted, vec![(&b"g"[..], true), (&b"r"[..], true), (&b"t"[..], true)]);
+    assert!(sm.leases().is_empty() && sm.leases().lease_of(b"g").is_none());
+}
+
+// Shows: a checkpoint only moves a deadline later; an expiry ends a lease only while its
+// deadline is the one the expiry names (a checkpoint in between wins) and only in the term it
+// names; an expiry's deletes are recorded as expiries.
+#[test]
+fn lease_expiries_are_conditional_and_bound_to_their_term() {
+    let mut sm = StateMachine::new();
+    sm.record_changes(true);
+    apply_in_term(&mut sm, 1, 2, 1_000, |b| {
+        b.lease_grant(0, 2_000, [(&b"k"[..], &b"v"[..])].into_iter())
+    });
+    let id = crate::lease::lease_id(0, 1);
+    apply_in_term(&mut sm, 2, 2, 1_500, |b| {
+        b.lease_checkpoint([(id, 4_000)].into_iter());
+        b.lease_checkpoint([(id, 3_500)].into_iter());
+    });
+    assert_eq!(sm.leases().get(id).map(|l| l.deadline_ms), Some(4_000));
+    // Seen before the checkpoint: refused.
+    let r = apply_in_term(&mut sm, 3, 2, 4_100, |b| b.lease_expire(2, [(id, 3_000)].into_iter()));
+    assert_eq!(r, vec!["LeaseExpired(Some([]))"]);
+    // Decided in term 2, proposed in term 3: refused.
+    let r = apply_in_term(&mut sm, 4, 3, 4_100, |b| b.lease_expire(2, [(id, 4_000)].into_iter()));
+    assert_eq!(r, vec!["LeaseExpired(None)"]);
+    assert!(sm.get(b"k").is_some());
+    sm.take_changes();
+    let r = apply_in_term(&mut sm, 5, 3, 4_200, |b| b.lease_expire(3, [(id, 4_000)].into_iter()));
+    assert_eq!(r, vec![format!("LeaseExpired(Some([({id}, 4000)]))")]);
+    assert!(sm.get(b"k").is_none() && sm.leases().is_empty());
+    let changes = sm.take_changes();
+    assert_eq!(
+        changes.iter().map(|c| (c.key, c.expired)).collect::<Vec<_>>(),
+        vec![(&b"k"[..], true)]
+    );
+}
+
+// Shows: leases, their deadlines and attached keys, and the grant counter survive a
+// snapshot; a snapshot being written keeps the leases as they were when it froze.
+#[test]
+fn leases_survive_a_snapshot() {
+    let mut sm = StateMachine::new();
+    apply_at(&mut sm, 1, 1_000, |b| {
+        b.lease_grant(1, 5_000, [(&b"a"[..], &b"1"[..])].into_iter());
+        b.lease_grant(1, 9_000, std::iter::empty());
+        b.put(b"plain", b"1");
+    });
+    let (first, second) = (crate::lease::lease_id(1, 1), crate::lease::lease_id(1, 2));
+    apply_at(&mut sm, 2, 1_000, |b| b.put_lease(b"b", b"1", second));
+    let frozen = sm.freeze().unwrap();
+    apply_at(&mut sm, 3, 1_000, |b| b.lease_revoke(second));
+    let meta = crate::snapshot::SnapshotMeta { cluster: "c".into(), shard: 1, index: 2, term: 1 };
+    let archive = Archive::build(
+        meta,
+        &corekv_types::membership::Membership::default(),
+        frozen.base.as_deref(),
+        &frozen.overlay,
+        frozen.clock_ms,
+        &frozen.leases,
+    )
+    .unwrap();
+    let mut restored = StateMachine::from_snapshot(Arc::new(archive));
+    assert_eq!(restored.leases().len(), 2, "the revoke came after the freeze");
+    assert_eq!(restored.leases().lease_of(b"a"), Some(first));
+    assert_eq!(restored.leases().lease_of(b"b"), Some(second));
+    assert_eq!(
+        restored.leases().get(second).map(|l| (l.ttl_ms, l.deadline_ms)),
+        Some((9_000, 10_000))
+    );
+    let r = apply_at(&mut restored, 3, 1_000, |b| b.lease_grant(1, 5_000, std::iter::empty()));
+    assert!(r[0].contains(&format!("lease: {}", crate::lease::lease_id(1, 3))), "{r:?}");
 }

@@ -11,6 +11,9 @@
 //!   member list|add|promote|remove|replace   change the cluster while it runs
 //!   watch KEY [--prefix | --range-end END] [--from CURSOR] [--prev] [--progress D] [--count N]
 //!   leader transfer SHARD NODE | leader balance
+//!   lease grant TTL [--key KEY | --shard N] | keep-alive ID [--once] | revoke ID | ttl ID [--keys]
+//!   lock NAME [--ttl D] [-- CMD ARGS...]    hold a lock while CMD runs (or until Ctrl-C)
+//!   elect NAME [PROPOSAL] [--ttl D]          campaign and lead, or print each new leader
 //! ```
 //!
 //! The registry is `--registry`, else `$COREKV_REGISTRY`, else `./corekv.toml`. Durations read
@@ -31,11 +34,13 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use corekv_client::registry::Registry;
 use corekv_client::{
-    Client, ClientConfig, Error, ReadOptions, ScanOptions, ScanRange, WriteOptions,
+    Client, ClientConfig, Error, LeaseId, ReadOptions, ScanOptions, ScanRange, WriteOptions,
 };
 use futures_util::StreamExt;
 use serde_json::json;
 
+mod lease;
+mod lock;
 mod member;
 mod output;
 mod txn;
@@ -111,12 +116,17 @@ enum Command {
         strip_newline: bool,
         /// The key expires this long after the leader takes the write (500ms, 30s, 5m, 2h,
         /// 7d); reads never return it past that.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration, conflicts_with = "lease")]
         ttl: Option<Duration>,
+        /// Attach the key to this lease (`lease grant`): it goes when the lease ends. The
+        /// key must be on the lease's shard.
+        #[arg(long)]
+        lease: Option<LeaseId>,
     },
     /// Read a value (exit status 1 when the key does not exist).
     ///
-    /// -o json adds "ttl_ms", the time left for a key with a time to live.
+    /// -o json adds "ttl_ms", the time left for a key with a time to live, and "lease", the
+    /// lease a key is attached to.
     ///
     /// Text output escapes bytes that are not printable text (\xNN; \\ for a backslash)
     /// and ends with a newline, so binary values show safely on a terminal; --raw writes the
@@ -175,6 +185,21 @@ enum Command {
     /// Exit status 1 when the cursor is older than the history the cluster keeps (list
     /// again with `scan`, then watch from now).
     Watch(watch::WatchArgs),
+    /// Leases: grant, keep alive, revoke, time to live. Keys put with `--lease ID` go when
+    /// the lease ends (revoked, or not kept alive for its time to live).
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
+    /// Take a distributed lock and hold it while a command runs (`lock NAME -- CMD ARGS`),
+    /// or until Ctrl-C. Prints the lock's key and fencing token (also given to the command
+    /// as $COREKV_LOCK_KEY and $COREKV_LOCK_TOKEN: a token grows with each holder). The
+    /// lock is released when the command exits, whose exit status is corekvctl's; if this
+    /// process dies or hangs, the lock goes when its lease's time to live (--ttl) runs out.
+    /// Exit status 3 when the lease is lost while the command runs (the command is killed).
+    Lock(lock::LockArgs),
+    /// Campaign in an election and lead until Ctrl-C (`elect NAME PROPOSAL`), printing the
+    /// proposal once elected; or, without a proposal, print the leader's value each time
+    /// it changes.
+    Elect(lock::ElectArgs),
 }
 
 /// A failure with its exit status.
@@ -185,7 +210,12 @@ pub(crate) struct Failure {
 
 impl From<Error> for Failure {
     fn from(error: Error) -> Self {
-        let code = if error.is_unavailable() { 3 } else { 2 };
+        let code = match error {
+            _ if error.is_unavailable() => 3,
+            // The lease is gone: the condition asked about does not hold.
+            Error::LeaseNotFound(_) => 1,
+            _ => 2,
+        };
         Failure { code, message: error.to_string() }
     }
 }
@@ -275,10 +305,10 @@ async fn run(args: Args) -> Result<u8, Failure> {
     let json = args.output == Output::Json;
     let mut out = std::io::stdout().lock();
     match args.command {
-        Command::Put { key, value, file, strip_newline: strip, ttl } => {
+        Command::Put { key, value, file, strip_newline: strip, ttl, lease } => {
             let value = put_value(value, file)?;
             let value = if strip { strip_newline(value) } else { value };
-            let options = WriteOptions { ttl, ..Default::default() };
+            let options = WriteOptions { ttl, lease, ..Default::default() };
             let meta = client.put_with(key.as_bytes(), &value, options).await?;
             write(
                 &mut out,
@@ -328,6 +358,18 @@ async fn run(args: Args) -> Result<u8, Failure> {
         Command::Watch(watch_args) => {
             drop(out);
             watch::watch(&client, json, watch_args).await?;
+        }
+        Command::Lease(command) => {
+            drop(out);
+            return lease::lease(&client, json, command).await;
+        }
+        Command::Lock(lock_args) => {
+            drop(out);
+            return lock::lock(&client, json, lock_args).await;
+        }
+        Command::Elect(elect_args) => {
+            drop(out);
+            return lock::elect(&client, json, elect_args).await;
         }
     }
     Ok(0)

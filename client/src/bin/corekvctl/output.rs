@@ -38,6 +38,9 @@ pub(crate) fn entry_json(e: &KeyValue) -> Value {
     if let Some(ttl) = e.ttl {
         object["ttl_ms"] = json!(ttl.as_millis() as u64);
     }
+    if let Some(lease) = e.lease {
+        object["lease"] = json!(lease.to_string());
+    }
     object
 }
 

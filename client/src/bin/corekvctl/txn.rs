@@ -77,12 +77,17 @@ fn parse_op(op: &Value) -> Result<TxnOp, String> {
     let key = string_field(op, "key")?;
     Ok(match string_field(op, "op")? {
         "get" => TxnOp::get(key),
-        "put" => match op.get("ttl") {
-            None => TxnOp::put(key, string_field(op, "value")?),
-            Some(ttl) => {
+        "put" => match (op.get("ttl"), op.get("lease")) {
+            (None, None) => TxnOp::put(key, string_field(op, "value")?),
+            (Some(ttl), None) => {
                 let ttl = ttl.as_str().ok_or("\"ttl\" must be a duration string like \"30s\"")?;
                 TxnOp::put_with_ttl(key, string_field(op, "value")?, crate::parse_duration(ttl)?)
             }
+            (None, Some(lease)) => {
+                let lease = lease.as_str().ok_or("\"lease\" must be a lease id string")?;
+                TxnOp::put_with_lease(key, string_field(op, "value")?, lease.parse()?)
+            }
+            (Some(_), Some(_)) => Err("a put takes \"ttl\" or \"lease\", not both")?,
         },
         "delete" => TxnOp::delete(key),
         other => Err(format!("unknown op {other:?}"))?,
