@@ -4,7 +4,8 @@
 #   bench/compare-etcd.sh [--out DIR] [--runs N] [--duration S] [--warmup S]
 #                         [--concurrency "1 16 64 256"] [--workloads "put get mixed"]
 #                         [--keys N] [--systems "corekv etcd"] [--bin-dir DIR] [--no-build]
-#                         [--watch "WATCHERS@RATE ..."] [--expire "RATE@TTL_MS ..."] [--quick]
+#                         [--watch "WATCHERS@RATE ..."] [--expire "RATE@TTL_MS ..."]
+#                         [--expire-with-leases] [--leases "LEASES@TTL_MS ..."] [--quick]
 #
 # Each system runs alone on the machine: first a 3-node, 2-shard corekv (`corekv dev`), then a
 # 3-member etcd (the Debian package `etcd-server`, default durable settings: every write is
@@ -24,6 +25,11 @@
 # time to live of TTL_MS (etcd: leases of that many whole seconds, one granted every 100 ms for
 # the keys put meanwhile), one watcher noting each expiry; DIR/expire/*.txt has each run's lag
 # from deadline to the expiry's arrival (p50/p99/max) and the keys that never expired.
+# --expire-with-leases makes corekv's keys go with leases too: one per key, granted with it.
+#
+# --leases adds, per system, `corekv-bench leases` runs: LEASES leases of TTL_MS kept alive
+# every third of it; DIR/leases/*.txt has the keep-alives per second, their latency and the
+# servers' CPU per keep-alive and per lease per second.
 #
 # --quick is the CI smoke run: 1 run of 1 s at concurrency 1 and 16 on 1,000 keys.
 set -euo pipefail
@@ -39,6 +45,8 @@ keys=100000
 systems="corekv etcd"
 watch=""
 expire=""
+expire_leases=0
+leases=""
 bin_dir="target/release"
 build=1
 corekv_port=7500
@@ -59,6 +67,8 @@ while [ $# -gt 0 ]; do
     --systems) systems="${2:?}"; shift 2 ;;
     --watch) watch="${2?}"; shift 2 ;;
     --expire) expire="${2?}"; shift 2 ;;
+    --expire-with-leases) expire_leases=1; shift ;;
+    --leases) leases="${2?}"; shift 2 ;;
     --bin-dir) bin_dir="${2:?}"; shift 2 ;;
     --no-build) build=0; shift ;;
     --quick) runs=1; duration=1; warmup=0.5; concurrency="1 16"; keys=1000; shift ;;
@@ -77,6 +87,10 @@ done
 for spec in $expire; do
   case "$spec" in *@*) ;; *) die "--expire takes RATE@TTL_MS pairs, not '$spec'" ;; esac
   case "${spec%@*}${spec#*@}" in ''|*[!0-9]*) die "--expire '$spec': numbers, like 10000@2000" ;; esac
+done
+for spec in $leases; do
+  case "$spec" in *@*) ;; *) die "--leases takes LEASES@TTL_MS pairs, not '$spec'" ;; esac
+  case "${spec%@*}${spec#*@}" in ''|*[!0-9]*) die "--leases '$spec': numbers, like 1000@3000" ;; esac
 done
 for s in $systems; do
   case "$s" in corekv|etcd) ;; *) die "unknown system '$s' (corekv or etcd)" ;; esac
@@ -207,11 +221,30 @@ run_system() {
     mkdir -p "$out/expire"
     for r in $(seq 1 "$runs"); do
       name="$system-expire-$rate-ttl-$ttl-r$r"
-      "$bench" expire "${target_args[@]}" --rate "$rate" --ttl-ms "$ttl" --warmup "$warmup" \
-        --duration "$duration" --json "$out/expire/$name.json" \
+      extra=()
+      if [ "$system" = corekv ] && [ "$expire_leases" = 1 ]; then
+        extra=(--with-leases)
+        name="$system-expire-leases-$rate-ttl-$ttl-r$r"
+      fi
+      "$bench" expire "${target_args[@]}" "${extra[@]}" --rate "$rate" --ttl-ms "$ttl" \
+        --warmup "$warmup" --duration "$duration" --json "$out/expire/$name.json" \
         >"$out/expire/$name.txt" 2>"$out/expire/$name.progress" \
         || die "$name failed: $(tail -n 3 "$out/expire/$name.progress")"
       say "$name: $(head -n 1 "$out/expire/$name.txt")"
+    done
+  done
+  local count
+  for spec in $leases; do
+    count="${spec%@*}"
+    ttl="${spec#*@}"
+    mkdir -p "$out/leases"
+    for r in $(seq 1 "$runs"); do
+      name="$system-leases-$count-ttl-$ttl-r$r"
+      "$bench" leases "${target_args[@]}" --leases "$count" --ttl-ms "$ttl" \
+        --connections 4 --warmup "$warmup" --duration "$duration" --json "$out/leases/$name.json" \
+        >"$out/leases/$name.txt" 2>"$out/leases/$name.progress" \
+        || die "$name failed: $(tail -n 3 "$out/leases/$name.progress")"
+      say "$name: $(tr -s ' \n' ' ' <"$out/leases/$name.txt")"
     done
   done
   cleanup

@@ -7,7 +7,8 @@
 //!    to live to the expiry's arrival: at least the time from its deadline (the leader fixes
 //!    it between the send and the acknowledgement) to its deletion, plus the watch's delivery.
 //!    Keys whose expiry never arrives (within `--ttl-ms` plus 10 s of the last put) are
-//!    counted as missing.
+//!    counted as missing. With `--with-leases`, each key is put with a lease of its own
+//!    instead (granted with the key in one request; its lag from the grant's sending).
 //! 2. **Writes while many keys expire** (`--expiring N`, 0 to skip): N keys are put with one
 //!    time to live (`--ttl-ms`) in batches of 1,000, then `--concurrency` writers put other
 //!    keys in a closed loop until every one of the N expired (the watcher counts them) and
@@ -42,6 +43,8 @@ pub struct ExpireConfig {
     pub expiring: usize,
     pub concurrency: usize,
     pub timeout: Duration,
+    /// Each key goes with a lease of its own (granted with it) rather than a time to live.
+    pub with_leases: bool,
 }
 
 /// Part 1's result.
@@ -115,10 +118,16 @@ pub async fn run_lag(client: &Client, config: &ExpireConfig) -> anyhow::Result<L
             ..Default::default()
         };
         let value = vec![b'v'; config.value_size];
+        let (with_leases, ttl, timeout) = (config.with_leases, config.ttl, config.timeout);
         tasks.push(tokio::spawn(async move {
             let key = format!("{LAG_PREFIX}{seq}");
             lags.due_from_now(seq);
-            if client.put_with(key, value, options).await.is_err() {
+            let written = if with_leases {
+                client.lease_grant_with(ttl, &[(key, value)], Some(timeout)).await.map(|_| ())
+            } else {
+                client.put_with(key, value, options).await.map(|_| ())
+            };
+            if written.is_err() {
                 lags.forget(seq);
                 errors.fetch_add(1, Ordering::Relaxed);
             }

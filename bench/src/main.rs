@@ -8,12 +8,14 @@
 //!              [--duration S | --ops N] [--json FILE] [--hgrm FILE]
 //!              [--spawn-cluster N [--shards S]] [--target corekv|etcd --endpoints URLS]
 //! corekv-bench watch [--watchers N] [--rate W] ...   watchers on a prefix while writers write
-//! corekv-bench expire [--rate R] [--ttl-ms T] [--expiring N] ...   keys with a time to live
+//! corekv-bench expire [--rate R] [--ttl-ms T] [--expiring N] [--with-leases] ...   expiries
+//! corekv-bench leases [--leases N] [--ttl-ms T] ...   what keeping leases alive costs
 //! corekv-bench plot RESULT.json... --plot OUT.svg
 //! ```
 
 mod cluster;
 mod expire;
+mod leases;
 mod plot;
 mod report;
 mod run;
@@ -139,6 +141,13 @@ struct Args {
     /// (0: skip that part).
     #[arg(long, default_value_t = 0)]
     expiring: usize,
+    /// With `expire` on corekv: each key goes with a lease of its own, granted with it in one
+    /// request, rather than a time to live.
+    #[arg(long)]
+    with_leases: bool,
+    /// With `leases`: leases kept alive.
+    #[arg(long, default_value_t = 1_000)]
+    leases: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -259,6 +268,78 @@ async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `corekv-bench leases`: see the `leases` module.
+async fn bench_leases(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
+    let process = args.server_process.clone().unwrap_or_else(|| {
+        match args.target {
+            TargetKind::Corekv => "corekv",
+            TargetKind::Etcd => "etcd",
+        }
+        .to_string()
+    });
+    let config = leases::LeasesConfig {
+        leases: args.leases,
+        ttl: Duration::from_millis(args.ttl_ms),
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        process,
+    };
+    if config.leases == 0 {
+        bail!("leases needs --leases of at least 1");
+    }
+    let result = match args.target {
+        TargetKind::Corekv => {
+            let clients: Vec<Client> = targets.into_iter().filter_map(Target::corekv).collect();
+            let shards = clients.first().map_or(1, Client::shard_count);
+            leases::run_corekv(&clients, shards, &config).await?
+        }
+        TargetKind::Etcd => leases_etcd(args, &config).await?,
+    };
+    let label =
+        args.label.clone().unwrap_or_else(|| format!("{:?} leases", args.target).to_lowercase());
+    print!("{}", leases::summary(&label, &config, &result));
+    if let Some(path) = &args.json {
+        let (latency, _) = report::latency_json(&result.latency_us);
+        let secs = result.elapsed.as_secs_f64();
+        let value = json!({
+            "label": label,
+            "keep_alives_per_sec": result.keep_alives as f64 / secs,
+            "failed": result.failed,
+            "lost": result.lost,
+            "latency_us": latency,
+            "server_cpu_us": result.server_cpu_us,
+            "server_idle_cpu_us_per_sec": result.idle_cpu_us_per_sec,
+            "net_cpu_us_per_keep_alive": leases::net_cpu_us(&result)
+                .map(|us| us / result.keep_alives.max(1) as f64),
+            "net_cpu_us_per_lease_second": leases::net_cpu_us(&result)
+                .map(|us| us / secs / config.leases as f64),
+            "config": {
+                "target": format!("{:?}", args.target).to_lowercase(), "workload": "leases",
+                "leases": config.leases, "ttl_ms": args.ttl_ms, "connections": args.connections,
+                "warmup_s": args.warmup, "duration_s": args.duration,
+            },
+            "machine": report::machine(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "etcd")]
+async fn leases_etcd(
+    args: &Args,
+    config: &leases::LeasesConfig,
+) -> anyhow::Result<leases::LeasesResult> {
+    let endpoints = args.endpoints.as_deref().context("--target etcd needs --endpoints")?;
+    leases::run_etcd(endpoints, args.connections, config).await
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn leases_etcd(_: &Args, _: &leases::LeasesConfig) -> anyhow::Result<leases::LeasesResult> {
+    bail!("this corekv-bench was built without the etcd target (cargo build --features etcd)")
+}
+
 /// `corekv-bench expire`: see the `expire` module.
 async fn bench_expire(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
     let config = expire::ExpireConfig {
@@ -270,6 +351,7 @@ async fn bench_expire(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
         expiring: args.expiring,
         concurrency: args.concurrency,
         timeout: Duration::from_millis(args.timeout_ms),
+        with_leases: args.with_leases,
     };
     if config.rate.is_nan() || config.rate <= 0.0 || args.ttl_ms == 0 {
         bail!("expire needs --rate above 0 and --ttl-ms above 0");
@@ -388,6 +470,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     if args.workload == Workload::Expire {
         let result = bench_expire(&args, targets).await;
+        drop(spawned);
+        return result;
+    }
+    if args.workload == Workload::Leases {
+        let result = bench_leases(&args, targets).await;
         drop(spawned);
         return result;
     }

@@ -25,6 +25,8 @@ pub enum Workload {
     Watch,
     /// Keys with a time to live: expiry lag at `--rate`, writes while `--expiring` keys go.
     Expire,
+    /// Leases kept alive: what keep-alives cost (`--leases`, `--ttl-ms`).
+    Leases,
     /// Draw the latency curves of result files (`--plot FILE.svg`).
     Plot,
 }
@@ -33,9 +35,12 @@ impl Workload {
     /// Share of operations that are reads.
     pub fn read_ratio(self, mixed: f64) -> f64 {
         match self {
-            Workload::Put | Workload::Txn | Workload::Watch | Workload::Expire | Workload::Plot => {
-                0.0
-            }
+            Workload::Put
+            | Workload::Txn
+            | Workload::Watch
+            | Workload::Expire
+            | Workload::Leases
+            | Workload::Plot => 0.0,
             Workload::Get | Workload::YcsbC => 1.0,
             Workload::Mixed => mixed,
             Workload::YcsbA => 0.5,
@@ -60,6 +65,7 @@ impl Workload {
             Workload::Txn => "txn",
             Workload::Watch => "watch",
             Workload::Expire => "expire",
+            Workload::Leases => "leases",
             Workload::Plot => "plot",
         }
     }

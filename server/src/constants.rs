@@ -200,10 +200,17 @@ pub const EXPIRY_KEYS_PER_ENTRY: usize = 10_000;
 pub const EXPIRY_ENTRIES_IN_FLIGHT: usize = 4;
 
 /// How often a leader proposes the checkpoint of the leases kept alive since the last one,
-/// ms. A new leader starts from the checkpointed deadlines, so a lease loses at most this
-/// (plus a checkpoint's commit) of its holder's last keep-alives across a change of leader;
-/// `LEASE_TTL_MS_MIN` (proto constants) leaves room for it and an election.
-pub const LEASE_CHECKPOINT_INTERVAL_MS: u64 = 500;
+/// in ticks (500 ms). A new leader starts from the checkpointed deadlines, so a lease loses
+/// at most this (plus a checkpoint's commit) of its holder's last keep-alives across a
+/// change of leader. In ticks, like elections, so that a simulated cluster's faster clock
+/// scales it with them.
+pub const LEASE_CHECKPOINT_TICKS: u64 = 10;
+
+/// The shortest time to live a leader grants a lease, in ticks (2 s: the client's
+/// `LEASE_TTL_MS_MIN`): room for a checkpoint interval and an election.
+pub const LEASE_TTL_MIN_TICKS: u64 = 40;
+
+const _: () = assert!(LEASE_TTL_MIN_TICKS * TICK_MS == corekv_proto::constants::LEASE_TTL_MS_MIN);
 
 /// Keys one lease expiry entry deletes at most, over all the leases it ends (a lease with
 /// more keys still goes whole, alone in its entry: its keys go in one entry).

@@ -187,7 +187,8 @@ impl Client {
         Ok(shard)
     }
 
-    fn shard_count(&self) -> u32 {
+    /// Shards in the cluster (the registry's count).
+    pub fn shard_count(&self) -> u32 {
         self.inner.config.registry.shards
     }
 }

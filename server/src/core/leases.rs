@@ -14,7 +14,7 @@
 //! round — which raft-rs serves only once the leader committed an entry of its term, so every
 //! entry of earlier leaders is applied by then. The leader keeps the new deadline in memory
 //! and puts every lease kept alive since the last checkpoint into the next one, at most
-//! [`LEASE_CHECKPOINT_INTERVAL_MS`] later (a new leader's first one at once). A new leader
+//! [`LEASE_CHECKPOINT_TICKS`] ticks (500 ms) later (a new leader's first one at once). A new leader
 //! starts from the deadlines the state machine holds: a lease loses at most the keep-alives
 //! of the last checkpoint interval (and of the checkpoint's commit), never gains time. A
 //! holder that keeps alive every third of the time to live therefore keeps its lease
@@ -40,7 +40,7 @@ use corekv_storage::state_machine::OpResult;
 use super::replies::{push_reply, Caller};
 use super::ShardCore;
 use crate::constants::{
-    LEASES_EXPIRING_MAX, LEASE_CHECKPOINT_INTERVAL_MS, LEASE_EXPIRY_KEYS_PER_ENTRY,
+    LEASES_EXPIRING_MAX, LEASE_CHECKPOINT_TICKS, LEASE_EXPIRY_KEYS_PER_ENTRY, LEASE_TTL_MIN_TICKS,
 };
 
 /// The first peer protocol whose nodes apply lease operations.
@@ -103,6 +103,8 @@ pub(super) struct Leases {
     dirty: BTreeSet<u64>,
     /// Leases whose expiry is proposed: the index of its entry.
     expiring: HashMap<u64, u64>,
+    /// The indexes of the expiry entries proposed, oldest first (those applied go).
+    expiry_entries: std::collections::VecDeque<u64>,
     /// When the next checkpoint may be proposed (the core's clock, µs).
     checkpoint_at_us: u64,
     /// Raft refused the last proposal: no other before this time (µs).
@@ -137,6 +139,16 @@ impl ShardCore {
             .members()
             .into_iter()
             .all(|id| self.peer_protocols.get(&id.get()).is_none_or(|&p| p >= LEASE_PEER_PROTOCOL))
+    }
+
+    /// How often the leader checkpoints kept-alive deadlines, µs.
+    fn lease_checkpoint_us(&self) -> u64 {
+        LEASE_CHECKPOINT_TICKS * self.cfg.tick_ms * 1000
+    }
+
+    /// The shortest time to live the leader grants, ms.
+    pub(super) fn lease_ttl_min_ms(&self) -> u64 {
+        LEASE_TTL_MIN_TICKS * self.cfg.tick_ms
     }
 
     /// Whether this replica keeps the leader's view of leases: it leads, is not shutting
@@ -222,6 +234,9 @@ impl ShardCore {
         // refused and it is judged again below.
         let applied = self.sm.applied_index();
         self.leases.expiring.retain(|_, index| *index > applied);
+        while self.leases.expiry_entries.front().is_some_and(|&index| index <= applied) {
+            self.leases.expiry_entries.pop_front();
+        }
         if self.now_us >= self.leases.checkpoint_at_us && !self.leases.dirty.is_empty() {
             self.propose_lease_checkpoint();
         }
@@ -245,15 +260,13 @@ impl ShardCore {
         for (id, _) in &pairs {
             self.leases.dirty.remove(id);
         }
-        self.leases.checkpoint_at_us = self.now_us + LEASE_CHECKPOINT_INTERVAL_MS * 1000;
+        self.leases.checkpoint_at_us = self.now_us + self.lease_checkpoint_us();
     }
 
     /// Lease expiry entries proposed and not yet applied.
     fn lease_expiries_in_flight(&self) -> usize {
         let applied = self.sm.applied_index();
-        let entries: BTreeSet<u64> =
-            self.leases.expiring.values().copied().filter(|&index| index > applied).collect();
-        entries.len()
+        self.leases.expiry_entries.iter().filter(|&&index| index > applied).count()
     }
 
     /// Whether the leader may propose another lease expiry entry now.
@@ -290,6 +303,7 @@ impl ShardCore {
             return;
         }
         let index = self.raw.raft.raft_log.last_index();
+        self.leases.expiry_entries.push_back(index);
         for (id, _) in due {
             self.leases.expiring.insert(id, index);
         }
@@ -319,11 +333,12 @@ impl ShardCore {
         let checkpoint = (!self.leases.dirty.is_empty()).then_some(self.leases.checkpoint_at_us);
         let applied = self.sm.applied_index();
         // With as many expiries in flight as it keeps, their applying wakes it.
+        let may_expire = self.may_expire_leases();
         let deadline = self
             .leases
             .timers
             .iter()
-            .filter(|_| self.may_expire_leases())
+            .filter(|_| may_expire)
             .find(|(_, id)| self.leases.expiring.get(id).is_none_or(|&index| index <= applied))
             .map(|&(deadline_ms, _)| {
                 let now_ms = self.read_time_ms();
@@ -405,7 +420,7 @@ mod tests {
     use corekv_storage::lease::lease_id;
 
     use super::super::test_support::{Replica, ReplyKind};
-    use crate::constants::LEASE_CHECKPOINT_INTERVAL_MS;
+    use crate::constants::{LEASE_CHECKPOINT_TICKS, TICK_MS};
 
     /// Grants a lease of `ttl_ms` with `items` as request `id`; its id.
     fn grant(r: &mut Replica, id: u64, ttl_ms: u64, items: &[(&[u8], &[u8])]) -> u64 {
@@ -455,7 +470,7 @@ mod tests {
         assert_eq!((kept.ttl_ms(), kept.durable_ms()), (2_000, 500), "the log holds the grant's");
         assert_eq!(remaining(&mut r, 4, lease), Ok(2_000));
         // The checkpoint follows within its interval and moves the state machine's deadline.
-        r.advance_ms(LEASE_CHECKPOINT_INTERVAL_MS);
+        r.advance_ms(LEASE_CHECKPOINT_TICKS * TICK_MS);
         r.settle();
         assert_eq!(r.core.metrics.lease_checkpoints.load(Relaxed), 1);
         let held = r.core.state_machine().leases().get(lease).map(|l| l.deadline_ms);
@@ -492,7 +507,7 @@ mod tests {
         r.send(7, &frame);
         let frame = r.encoder.put_with(5, b"m", b"v", 1_000, lease).to_vec();
         r.send(7, &frame);
-        let frame = r.encoder.lease_grant(6, 1_999, &[]).to_vec();
+        let frame = r.encoder.lease_grant(6, 399, &[]).to_vec();
         r.send(7, &frame);
         r.settle();
         let invalid = ReplyKind::Error(WireErrorKind::InvalidRequest);

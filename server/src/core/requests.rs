@@ -14,8 +14,8 @@ use corekv_proto::client::{
     Request, RequestFrame, TxnOpKind as WireTxnOpKind,
 };
 use corekv_proto::constants::{
-    BATCH_KEYS_MAX, CLIENT_PROTOCOL_OLDEST, CLIENT_PROTOCOL_VERSION, KEY_BYTES_MAX,
-    LEASE_TTL_MS_MIN, SCAN_LIMIT_MAX, TTL_MS_MAX, VALUE_BYTES_MAX,
+    BATCH_KEYS_MAX, CLIENT_PROTOCOL_OLDEST, CLIENT_PROTOCOL_VERSION, KEY_BYTES_MAX, SCAN_LIMIT_MAX,
+    TTL_MS_MAX, VALUE_BYTES_MAX,
 };
 use corekv_proto::encode::ErrorInfo;
 use corekv_proto::frame::verify_request;
@@ -321,9 +321,10 @@ impl ShardCore {
             Request::LeaseGrantRequest => {
                 let grant = request.request_as_lease_grant_request().expect("type checked");
                 let ttl_ms = grant.ttl_ms();
-                if !(LEASE_TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl_ms) {
+                let min = self.lease_ttl_min_ms();
+                if !(min..=TTL_MS_MAX).contains(&ttl_ms) {
                     return Err(Refusal::Invalid(format!(
-                        "a lease's time to live must be from {LEASE_TTL_MS_MIN} ms to \
+                        "a lease's time to live must be from {min} ms to \
                          {TTL_MS_MAX} ms (ten years); {ttl_ms} ms asked"
                     )));
                 }

@@ -160,5 +160,10 @@ pub(crate) fn digest(core: &ShardCore) -> u64 {
         value.expires_ms.hash(&mut hasher);
     }
     core.state_machine().clock_ms().hash(&mut hasher);
+    let leases = core.state_machine().leases();
+    leases.last_counter().hash(&mut hasher);
+    for (id, lease) in leases.iter() {
+        (id, lease.ttl_ms, lease.deadline_ms, &lease.keys).hash(&mut hasher);
+    }
     hasher.finish()
 }

@@ -33,12 +33,16 @@ impl Sim {
         match op {
             OpRef::Checked(id) => self.history.forget(id),
             OpRef::Ttl(i) => self.ttl.forget(i),
+            OpRef::Lease(i) => self.leases.forget(i),
         }
     }
 
     pub(crate) fn issue(&mut self, client: usize) {
         if !self.opts.clock_skews.is_empty() && self.rng.chance(0.2) {
             return self.issue_ttl(client);
+        }
+        if !self.opts.clock_skews.is_empty() && self.rng.chance(0.2) {
+            return self.issue_lease(client);
         }
         let key = self.rng.below(self.keys.len() as u64) as usize;
         let key_bytes = self.keys[key].clone();
@@ -188,6 +192,12 @@ impl Sim {
         }
         let pending = self.clients[client].pending.take().expect("checked");
         let now = self.now;
+        if let (OpRef::Lease(i), Some(ret)) = (pending.op, Sim::lease_outcome(&reply)) {
+            self.leases.complete(i, ret, now);
+            self.clients[client].leaders.insert(shard, node);
+            self.next_op_later(client);
+            return Ok(());
+        }
         let outcome = match reply.reply_type() {
             Reply::GetReply => {
                 let get = reply.reply_as_get_reply().expect("typed");
@@ -252,6 +262,12 @@ impl Sim {
                         self.served_after_heal.insert(shard);
                     }
                 }
+            }
+            (Some(_), OpRef::Lease(i)) => {
+                return Err(format!(
+                    "lease operation {i} answered as another: {:?}",
+                    reply.reply_type()
+                ))
             }
             (Some(ret), OpRef::Ttl(i)) => {
                 // Any replica answers a stale read: it says nothing of who leads.

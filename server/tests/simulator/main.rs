@@ -22,7 +22,9 @@
 //! - each key's history is linearizable (`common/linearizability.rs`);
 //! - in runs whose nodes' clocks are apart (by up to 25 ms each way), keys put with a time
 //!   to live are never read past their deadline plus the clocks' spread, nor missed before
-//!   it (`ttl`), and replicas agree on deadlines and on the state machine's clock;
+//!   it (`ttl`), and replicas agree on deadlines and on the state machine's clock; in the same
+//!   runs clients hold leases, and a lease's key is never read after the lease ended nor
+//!   missed while it surely lived (`leases`), and replicas agree on the leases;
 //! - replicas record the same watch history for an index, and every watcher's events (runs
 //!   drawn in half the seeds, following leaders through everything above) are exactly that
 //!   history's changes in its scope, from where it started to where it got (`watchers`).
@@ -39,6 +41,7 @@ mod linearizability;
 
 mod checker;
 mod clients;
+mod leases;
 mod nemesis;
 mod network;
 mod operator;
@@ -301,6 +304,7 @@ enum Kind {
 enum OpRef {
     Checked(OpId),
     Ttl(usize),
+    Lease(usize),
 }
 
 struct Pending {
@@ -377,6 +381,11 @@ struct Stats {
     ttl_reads: u64,
     ttl_reads_empty: u64,
     expired: u64,
+    /// Leases granted (acknowledged), and reads of their keys checked (those that found
+    /// nothing).
+    lease_grants: u64,
+    lease_reads: u64,
+    lease_reads_empty: u64,
 }
 
 struct Sim {
@@ -426,6 +435,7 @@ struct Sim {
     conn_delivery: HashMap<ConnId, u64>,
     /// The keys with a time to live, and what was done to them (see `ttl`).
     ttl: ttl::TtlLog,
+    leases: leases::LeaseLog,
 }
 
 type SimResult<T> = Result<T, String>;

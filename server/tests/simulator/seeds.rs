@@ -74,6 +74,9 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
                 total.ttl_reads += stats.ttl_reads;
                 total.ttl_reads_empty += stats.ttl_reads_empty;
                 total.expired += stats.expired;
+                total.lease_grants += stats.lease_grants;
+                total.lease_reads += stats.lease_reads;
+                total.lease_reads_empty += stats.lease_reads_empty;
             }
             Err(error) => panic!("{error}"),
         }
@@ -86,7 +89,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
          unanswered; {watch_runs} watch runs: {} events checked, {} watches resumed elsewhere, {} \
          told to list again, {} history reads from disk; {ttl_runs} runs with keys with a time \
          to live on skewed clocks: {} of their reads checked ({} found nothing), {} keys \
-         expired",
+         expired; {} leases granted, {} reads of their keys checked ({} found nothing)",
         total.operations,
         total.open,
         total.crashes,
@@ -108,6 +111,9 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
         total.ttl_reads,
         total.ttl_reads_empty,
         total.expired,
+        total.lease_grants,
+        total.lease_reads,
+        total.lease_reads_empty,
     );
 }
 

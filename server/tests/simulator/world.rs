@@ -110,6 +110,7 @@ impl Sim {
             truth: HashMap::new(),
             conn_delivery: HashMap::new(),
             ttl: ttl::TtlLog::default(),
+            leases: leases::LeaseLog::default(),
         }
     }
 
@@ -179,6 +180,7 @@ impl Sim {
         self.check_acknowledged()?;
         self.check_watchers()?;
         self.check_ttl()?;
+        self.check_leases()?;
         let checked = self.history.check()?;
         self.stats.operations = checked.operations as u64;
         self.stats.open = checked.open as u64;
