@@ -12,9 +12,10 @@
 //! indexes order them; a contender whose session ends (revoked, or its keep-alives stopped
 //! for its time to live) loses its key with its lease, and the next one goes ahead.
 //!
-//! A holder knows its lease lives at least until [`Session::valid_until`]: the last
-//! keep-alive that was answered, plus the time to live, less the checkpoint interval a
-//! change of shard leader may cost it. Past that moment — a process paused, a network cut —
+//! A holder knows its lease lives at least until [`Session::valid_until`]: the latest
+//! answered keep-alive's sending plus the time the log then held for the lease (its
+//! `durable_ms`), less the clock skew between nodes — whatever happens to the shard's
+//! leader. Past that moment — a process paused, a network cut —
 //! another contender may hold the lock: fence what the lock protects with the token
 //! ([`LockGuard::token`]), which the protected resource should check is not smaller than
 //! the largest it has seen.
@@ -26,10 +27,6 @@ mod session;
 pub use election::{Election, Leader};
 pub use mutex::{LockGuard, Mutex};
 pub use session::{Session, SessionLost};
-
-/// How much a change of shard leader may cut a lease short: the servers' lease checkpoint
-/// interval (a new leader starts from the last checkpointed deadline).
-pub const LEASE_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The keys of recipe `kind`'s `name`: one hash tag, so they share a shard.
 fn prefix(kind: &str, name: &str) -> Vec<u8> {

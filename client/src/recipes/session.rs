@@ -131,8 +131,8 @@ impl Session {
     /// Until when every lease of the session surely lives, whatever happens to the
     /// shards' leaders: for each, the latest answered keep-alive's sending plus the time the
     /// log then held for it ([`crate::LeaseKept::durable`]) — about a keep-alive period and a
-    /// checkpoint interval ([`super::LEASE_CHECKPOINT_INTERVAL`]) short of the time to live
-    /// — less the clock skew between nodes. `None` when the session holds no lease yet, or
+    /// checkpoint interval (500 ms with the default ticks) short of the time to live — less
+    /// the clock skew between nodes. `None` when the session holds no lease yet, or
     /// was lost. A lock holder past it may no longer hold the lock.
     pub async fn valid_until(&self) -> Option<Instant> {
         if self.is_lost().is_some() {

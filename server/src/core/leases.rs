@@ -420,7 +420,7 @@ mod tests {
     use corekv_storage::lease::lease_id;
 
     use super::super::test_support::{Replica, ReplyKind};
-    use crate::constants::{LEASE_CHECKPOINT_TICKS, TICK_MS};
+    use crate::constants::LEASE_CHECKPOINT_TICKS;
 
     /// Grants a lease of `ttl_ms` with `items` as request `id`; its id.
     fn grant(r: &mut Replica, id: u64, ttl_ms: u64, items: &[(&[u8], &[u8])]) -> u64 {
@@ -469,15 +469,27 @@ mod tests {
         let kept = reply.reply_as_lease_keep_alive_reply().unwrap();
         assert_eq!((kept.ttl_ms(), kept.durable_ms()), (2_000, 500), "the log holds the grant's");
         assert_eq!(remaining(&mut r, 4, lease), Ok(2_000));
-        // The checkpoint follows within its interval and moves the state machine's deadline.
-        r.advance_ms(LEASE_CHECKPOINT_TICKS * TICK_MS);
-        r.settle();
-        assert_eq!(r.core.metrics.lease_checkpoints.load(Relaxed), 1);
-        let held = r.core.state_machine().leases().get(lease).map(|l| l.deadline_ms);
-        assert_eq!(held, Some(1_500 + 2_000), "the keep-alive's deadline, on the leader's clock");
+        // A new leader checkpoints the first keep-alive it answers at once, moving the state
+        // machine's deadline...
+        let checkpoints = |r: &Replica| r.core.metrics.lease_checkpoints.load(Relaxed);
+        let held = |r: &Replica| r.core.state_machine().leases().get(lease).map(|l| l.deadline_ms);
+        assert_eq!(checkpoints(&r), 1);
+        assert_eq!(
+            held(&r),
+            Some(1_500 + 2_000),
+            "the keep-alive's deadline, by the leader's clock"
+        );
+        // ...and later ones a checkpoint interval after the last.
+        let interval = LEASE_CHECKPOINT_TICKS * r.core.config().tick_ms;
+        r.advance_ms(10);
+        assert_eq!(keep_alive(&mut r, 5, lease), ReplyKind::Ok(Reply::LeaseKeepAliveReply));
+        r.advance_ms(interval - 20);
+        assert_eq!(checkpoints(&r), 1, "not before the interval");
+        r.advance_ms(20);
+        assert_eq!((checkpoints(&r), held(&r)), (2, Some(1_510 + 2_000)));
         r.advance_ms(1_000);
         assert!(r.core.state_machine().get(b"a").is_some(), "kept alive past the first deadline");
-        r.advance_ms(600);
+        r.advance_ms(1_000);
         r.settle();
         assert!(
             r.core.state_machine().get(b"a").is_none()
