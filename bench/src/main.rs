@@ -259,8 +259,7 @@ async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
             "machine": report::machine(),
             "percentiles": curve,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&value)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &value)?;
     }
     if let Some(path) = &args.hgrm {
         report::write_hgrm(path, &result.latency_us)?;
@@ -268,15 +267,26 @@ async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `corekv-bench leases`: see the `leases` module.
-async fn bench_leases(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
-    let process = args.server_process.clone().unwrap_or_else(|| {
+/// The name of the server processes whose CPU time is measured.
+fn server_process(args: &Args) -> String {
+    args.server_process.clone().unwrap_or_else(|| {
         match args.target {
             TargetKind::Corekv => "corekv",
             TargetKind::Etcd => "etcd",
         }
         .to_string()
-    });
+    })
+}
+
+/// Writes a result's JSON to `path`.
+fn write_json(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `corekv-bench leases`: see the `leases` module.
+async fn bench_leases(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
+    let process = server_process(args);
     let config = leases::LeasesConfig {
         leases: args.leases,
         ttl: Duration::from_millis(args.ttl_ms),
@@ -320,8 +330,7 @@ async fn bench_leases(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
             },
             "machine": report::machine(),
         });
-        std::fs::write(path, serde_json::to_string_pretty(&value)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &value)?;
     }
     Ok(())
 }
@@ -393,8 +402,7 @@ async fn bench_expire(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
             },
             "machine": report::machine(),
         });
-        std::fs::write(path, serde_json::to_string_pretty(&value)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &value)?;
     }
     Ok(())
 }
@@ -504,13 +512,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         run::prefill(&targets, &config).await?;
         eprintln!("corekv-bench: prefill done in {:.1}s", started.elapsed().as_secs_f64());
     }
-    let process = args.server_process.clone().unwrap_or_else(|| {
-        match args.target {
-            TargetKind::Corekv => "corekv",
-            TargetKind::Etcd => "etcd",
-        }
-        .to_string()
-    });
+    let process = server_process(&args);
     let progress = Arc::new(Progress::default());
     let ticker = {
         let progress = progress.clone();
@@ -590,8 +592,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             "started_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             "percentiles": curve,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&value)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &value)?;
     }
     if let Some(path) = &args.hgrm {
         report::write_hgrm(path, &result.latency_us)?;

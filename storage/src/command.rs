@@ -226,10 +226,15 @@ impl BatchBuilder {
 
     /// Adds a put of a key that expires at `expires_ms` (ms since the Unix epoch).
     pub fn put_ttl(&mut self, key: &[u8], value: &[u8], expires_ms: u64) {
-        self.bytes.push(kind::PUT_TTL);
+        self.put_and(kind::PUT_TTL, key, value, expires_ms);
+    }
+
+    /// A put of `kind` whose key and value are followed by `number` (a deadline, a lease).
+    fn put_and(&mut self, kind: u8, key: &[u8], value: &[u8], number: u64) {
+        self.bytes.push(kind);
         put_bytes(&mut self.bytes, key);
         put_bytes(&mut self.bytes, value);
-        self.bytes.extend_from_slice(&expires_ms.to_le_bytes());
+        self.bytes.extend_from_slice(&number.to_le_bytes());
         self.ops += 1;
         self.needs_stamp = true;
     }
@@ -242,13 +247,7 @@ impl BatchBuilder {
     ) {
         self.bytes.push(kind::BATCH_PUT_TTL);
         self.bytes.extend_from_slice(&expires_ms.to_le_bytes());
-        self.bytes.extend_from_slice(&(items.len() as u32).to_le_bytes());
-        for (key, value) in items {
-            put_bytes(&mut self.bytes, key);
-            put_bytes(&mut self.bytes, value);
-        }
-        self.ops += 1;
-        self.needs_stamp = true;
+        self.items(items);
     }
 
     /// Adds the expiry of `keys` (each with the mod index it had when found past its
@@ -267,12 +266,7 @@ impl BatchBuilder {
 
     /// Adds a put of a key attached to lease `lease`.
     pub fn put_lease(&mut self, key: &[u8], value: &[u8], lease: u64) {
-        self.bytes.push(kind::PUT_LEASE);
-        put_bytes(&mut self.bytes, key);
-        put_bytes(&mut self.bytes, value);
-        self.bytes.extend_from_slice(&lease.to_le_bytes());
-        self.ops += 1;
-        self.needs_stamp = true;
+        self.put_and(kind::PUT_LEASE, key, value, lease);
     }
 
     /// Adds an atomic multi-key put of keys attached to lease `lease`.

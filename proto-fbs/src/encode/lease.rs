@@ -8,18 +8,7 @@ impl RequestEncoder {
     /// Grants a lease of `ttl_ms` on the receiving shard, with `items` put attached to it.
     pub fn lease_grant(&mut self, id: u64, ttl_ms: u64, items: &[(&[u8], &[u8])]) -> &[u8] {
         self.fbb.reset();
-        let tables: Vec<_> = items
-            .iter()
-            .map(|(k, v)| {
-                let key = self.fbb.create_vector(k);
-                let value = self.fbb.create_vector(v);
-                c::KeyValue::create(
-                    &mut self.fbb,
-                    &c::KeyValueArgs { key: Some(key), value: Some(value) },
-                )
-            })
-            .collect();
-        let items = Some(self.fbb.create_vector(&tables));
+        let items = Some(super::request::key_values(&mut self.fbb, items));
         let grant = c::LeaseGrantRequest::create(
             &mut self.fbb,
             &c::LeaseGrantRequestArgs { ttl_ms, items },

@@ -150,18 +150,7 @@ impl RequestEncoder {
         lease: u64,
     ) -> &[u8] {
         self.fbb.reset();
-        let tables: Vec<_> = items
-            .iter()
-            .map(|(k, v)| {
-                let key = self.fbb.create_vector(k);
-                let value = self.fbb.create_vector(v);
-                c::KeyValue::create(
-                    &mut self.fbb,
-                    &c::KeyValueArgs { key: Some(key), value: Some(value) },
-                )
-            })
-            .collect();
-        let items = self.fbb.create_vector(&tables);
+        let items = key_values(&mut self.fbb, items);
         let batch = c::BatchPutRequest::create(
             &mut self.fbb,
             &c::BatchPutRequestArgs { items: Some(items), ttl_ms, lease },
@@ -249,6 +238,22 @@ impl RequestEncoder {
         let status = c::StatusRequest::create(&mut self.fbb, &c::StatusRequestArgs {});
         self.finish(id, c::Request::StatusRequest, status.as_union_value())
     }
+}
+
+/// A vector of key-value tables.
+pub(super) fn key_values<'b>(
+    fbb: &mut FlatBufferBuilder<'b>,
+    items: &[(&[u8], &[u8])],
+) -> WIPOffset<flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<c::KeyValue<'b>>>> {
+    let tables: Vec<_> = items
+        .iter()
+        .map(|(k, v)| {
+            let key = fbb.create_vector(k);
+            let value = fbb.create_vector(v);
+            c::KeyValue::create(fbb, &c::KeyValueArgs { key: Some(key), value: Some(value) })
+        })
+        .collect();
+    fbb.create_vector(&tables)
 }
 
 fn txn_ops<'b>(

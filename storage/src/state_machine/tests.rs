@@ -163,6 +163,26 @@ fn transactions() {
     assert!(!missing(CompareTarget::Value, CompareOp::Equal, 0));
 }
 
+/// A state machine restored from the snapshot of `frozen` (of shard `shard`).
+fn restore_frozen(frozen: &FrozenState, shard: u32) -> StateMachine {
+    let meta = crate::snapshot::SnapshotMeta {
+        cluster: "c".into(),
+        shard,
+        index: frozen.index,
+        term: frozen.term,
+    };
+    let archive = Archive::build(
+        meta,
+        &corekv_types::membership::Membership::default(),
+        frozen.base.as_deref(),
+        &frozen.overlay,
+        frozen.clock_ms,
+        &frozen.leases,
+    )
+    .unwrap();
+    StateMachine::from_snapshot(Arc::new(archive))
+}
+
 fn apply_at(
     sm: &mut StateMachine,
     index: u64,
@@ -317,17 +337,7 @@ fn deadlines_survive_a_snapshot() {
         b.put(b"b", b"1");
     });
     let frozen = sm.freeze().unwrap();
-    let meta = crate::snapshot::SnapshotMeta { cluster: "c".into(), shard: 0, index: 1, term: 3 };
-    let archive = Archive::build(
-        meta,
-        &corekv_types::membership::Membership::default(),
-        frozen.base.as_deref(),
-        &frozen.overlay,
-        frozen.clock_ms,
-        &frozen.leases,
-    )
-    .unwrap();
-    let restored = StateMachine::from_snapshot(Arc::new(archive));
+    let restored = restore_frozen(&frozen, 0);
     assert_eq!(restored.clock_ms(), 1_000);
     assert_eq!(
         restored.due(5_000, None).map(|(k, ms, _)| (k.to_vec(), ms)).collect::<Vec<_>>(),
@@ -511,17 +521,7 @@ fn leases_survive_a_snapshot() {
     apply_at(&mut sm, 2, 1_000, |b| b.put_lease(b"b", b"1", second));
     let frozen = sm.freeze().unwrap();
     apply_at(&mut sm, 3, 1_000, |b| b.lease_revoke(second));
-    let meta = crate::snapshot::SnapshotMeta { cluster: "c".into(), shard: 1, index: 2, term: 1 };
-    let archive = Archive::build(
-        meta,
-        &corekv_types::membership::Membership::default(),
-        frozen.base.as_deref(),
-        &frozen.overlay,
-        frozen.clock_ms,
-        &frozen.leases,
-    )
-    .unwrap();
-    let mut restored = StateMachine::from_snapshot(Arc::new(archive));
+    let mut restored = restore_frozen(&frozen, 1);
     assert_eq!(restored.leases().len(), 2, "the revoke came after the freeze");
     assert_eq!(restored.leases().lease_of(b"a"), Some(first));
     assert_eq!(restored.leases().lease_of(b"b"), Some(second));
