@@ -182,6 +182,8 @@ pub struct BatchBuilder {
     ops: u32,
     /// Whether an op needs a stamped batch (a deadline, an expiry).
     needs_stamp: bool,
+    /// Whether an op is a lease operation (a peer protocol before 4 cannot apply it).
+    has_lease_ops: bool,
 }
 
 impl Default for BatchBuilder {
@@ -198,7 +200,7 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 impl BatchBuilder {
     /// An empty batch.
     pub fn new() -> Self {
-        BatchBuilder { bytes: empty_batch(), ops: 0, needs_stamp: false }
+        BatchBuilder { bytes: empty_batch(), ops: 0, needs_stamp: false, has_lease_ops: false }
     }
 
     /// Operations in the batch.
@@ -267,6 +269,7 @@ impl BatchBuilder {
     /// Adds a put of a key attached to lease `lease`.
     pub fn put_lease(&mut self, key: &[u8], value: &[u8], lease: u64) {
         self.put_and(kind::PUT_LEASE, key, value, lease);
+        self.has_lease_ops = true;
     }
 
     /// Adds an atomic multi-key put of keys attached to lease `lease`.
@@ -278,6 +281,7 @@ impl BatchBuilder {
         self.bytes.push(kind::BATCH_PUT_LEASE);
         self.bytes.extend_from_slice(&lease.to_le_bytes());
         self.items(items);
+        self.has_lease_ops = true;
     }
 
     /// Adds the grant of a lease on `shard` living `ttl_ms` from the batch's stamp, with
@@ -292,6 +296,7 @@ impl BatchBuilder {
         self.bytes.extend_from_slice(&shard.to_le_bytes());
         self.bytes.extend_from_slice(&ttl_ms.to_le_bytes());
         self.items(items);
+        self.has_lease_ops = true;
     }
 
     /// Adds the revocation of lease `lease`.
@@ -300,6 +305,7 @@ impl BatchBuilder {
         self.bytes.extend_from_slice(&lease.to_le_bytes());
         self.ops += 1;
         self.needs_stamp = true;
+        self.has_lease_ops = true;
     }
 
     /// Adds a checkpoint of lease deadlines: each lease and its new deadline.
@@ -334,11 +340,18 @@ impl BatchBuilder {
         }
         self.ops += 1;
         self.needs_stamp = true;
+        self.has_lease_ops = true;
     }
 
     /// Whether an op needs a stamped batch ([`BatchBuilder::take_plain`] refuses it).
     pub fn needs_stamp(&self) -> bool {
         self.needs_stamp
+    }
+
+    /// Whether an op is a lease operation, which only replicas of peer protocol 4 or later
+    /// apply.
+    pub fn has_lease_ops(&self) -> bool {
+        self.has_lease_ops
     }
 
     /// Adds a delete.
@@ -398,6 +411,7 @@ impl BatchBuilder {
                 if op.kind == TxnOpKind::PutLease {
                     self.bytes.extend_from_slice(&op.lease.to_le_bytes());
                     self.needs_stamp = true;
+                    self.has_lease_ops = true;
                 }
             }
         }
@@ -433,6 +447,7 @@ impl BatchBuilder {
     fn reset(&mut self) -> Vec<u8> {
         self.ops = 0;
         self.needs_stamp = false;
+        self.has_lease_ops = false;
         std::mem::replace(&mut self.bytes, empty_batch())
     }
 }
@@ -830,8 +845,12 @@ mod tests {
             matches!(&ops[13], Op::LeaseExpire { term: 3, leases } if leases == &vec![(6, 8_000)])
         );
         let mut b = BatchBuilder::new();
+        b.put(b"k", b"v");
+        assert!(!b.has_lease_ops());
         b.lease_revoke(1);
+        assert!(b.has_lease_ops());
         assert!(b.take_plain().is_none(), "lease ops need a stamped batch");
+        assert!(!b.has_lease_ops(), "the builder is left empty");
         b.lease_revoke(0);
         assert!(decode_batch(&b.take(1)).unwrap_err().reason.contains("lease of 0"));
     }

@@ -310,6 +310,7 @@ impl ShardCore {
     }
 
     /// Proposes an entry of the leader's own (no writer waits on it); whether raft took it.
+    /// Only called while every member applies lease operations (`leads_leases`).
     fn propose_internal(&mut self, builder: &mut BatchBuilder) -> bool {
         let Some(data) = super::expiry::finish_batch(builder, self.batch_stamp()) else {
             return false;
@@ -551,7 +552,8 @@ mod tests {
     }
 
     // Shows: while a member speaks the peer protocol before leases, lease requests are refused
-    // as unavailable and the leader proposes no lease work.
+    // as unavailable and the leader proposes no lease work; a grant admitted just before is
+    // refused rather than proposed.
     #[test]
     fn leases_wait_for_every_member_to_apply_them() {
         let mut r = Replica::new(1);
@@ -568,5 +570,14 @@ mod tests {
         r.advance_ms(3_000);
         r.settle();
         assert_eq!(r.core.state_machine().leases().len(), 1, "no expiry proposed meanwhile");
+        // A grant admitted before such a member's hello arrives is not proposed either.
+        r.core.note_peer_protocol(1, 4);
+        let last = r.core.raft().raft.raft_log.last_index();
+        let frame = r.encoder.lease_grant(4, 2_000, &[]).to_vec();
+        r.send(7, &frame);
+        r.core.note_peer_protocol(1, 3);
+        r.settle();
+        assert_eq!(r.reply_kinds().last(), Some(&(4, unavailable)));
+        assert_eq!(r.core.raft().raft.raft_log.last_index(), last, "nothing appended");
     }
 }

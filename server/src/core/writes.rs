@@ -101,13 +101,20 @@ impl ShardCore {
         }
         let ops = self.writes.batch.ops();
         let stamp = self.batch_stamp();
-        let data = super::expiry::finish_batch(&mut self.writes.batch, stamp);
+        // A lease operation or a write with a deadline, admitted before a member of an older
+        // peer protocol joined, is not proposed: that member could not apply it.
+        let lease_refused = self.writes.batch.has_lease_ops() && !self.leases_supported();
+        let data =
+            super::expiry::finish_batch(&mut self.writes.batch, stamp).filter(|_| !lease_refused);
         let waiters = std::mem::take(&mut self.writes.batch_waiters);
         let Some(data) = data else {
-            // A write with a deadline, admitted before a member of an older peer protocol
-            // joined: nothing was appended.
+            // Nothing was appended.
             self.writes.in_flight -= waiters.len();
-            let reason = "a member of this shard runs an older corekv that cannot keep deadlines";
+            let reason = if lease_refused {
+                "a member of this shard runs an older corekv that cannot keep leases"
+            } else {
+                "a member of this shard runs an older corekv that cannot keep deadlines"
+            };
             for w in waiters {
                 self.reply_error(w, &ErrorInfo::Unavailable { reason });
             }
