@@ -38,10 +38,13 @@ use corekv_storage::command::BatchBuilder;
 use corekv_storage::state_machine::OpResult;
 
 use super::replies::{push_reply, Caller};
+use super::requests::Refusal;
 use super::ShardCore;
 use crate::constants::{
     LEASES_EXPIRING_MAX, LEASE_CHECKPOINT_TICKS, LEASE_EXPIRY_KEYS_PER_ENTRY, LEASE_TTL_MIN_TICKS,
 };
+use corekv_storage::lease::lease_shard;
+use corekv_types::ids::ShardId;
 
 /// The first peer protocol whose nodes apply lease operations.
 const LEASE_PEER_PROTOCOL: u32 = 4;
@@ -139,6 +142,62 @@ impl ShardCore {
             .members()
             .into_iter()
             .all(|id| self.peer_protocols.get(&id.get()).is_none_or(|&p| p >= LEASE_PEER_PROTOCOL))
+    }
+
+    /// A write's deadline (0: none) and lease (0: none), checked: not both; the lease on
+    /// this shard.
+    pub(super) fn ttl_or_lease(&self, ttl_ms: u64, lease: u64) -> Result<(u64, u64), Refusal> {
+        if lease == 0 {
+            return Ok((self.deadline(ttl_ms)?, 0));
+        }
+        if ttl_ms != 0 {
+            return Err(Refusal::Invalid(
+                "a write takes a time to live or a lease, not both".to_string(),
+            ));
+        }
+        self.check_leases_supported()?;
+        let shard = lease_shard(lease);
+        if shard != self.cfg.shard.get() {
+            return Err(Refusal::Invalid(format!(
+                "lease {lease:016x} lives on shard {shard}, and this key on shard {}: keys \
+                 attached to a lease must be on its shard (give them a hash tag, `{{tag}}`, \
+                 that places them there, or grant the lease near the key)",
+                self.cfg.shard
+            )));
+        }
+        Ok((0, lease))
+    }
+
+    /// A request naming a lease (a revoke, a keep-alive, a time to live), checked: every
+    /// member keeps leases, and the lease is this shard's (else the client routed it wrong).
+    pub(super) fn check_lease_request(&self, lease: u64) -> Result<u64, Refusal> {
+        if lease == 0 {
+            return Err(Refusal::Invalid("lease 0 names no lease".to_string()));
+        }
+        self.check_leases_supported()?;
+        let shard = lease_shard(lease);
+        if shard != self.cfg.shard.get() {
+            if shard >= self.cfg.shards {
+                return Err(Refusal::Invalid(format!(
+                    "lease {lease:016x} names shard {shard}; the cluster has {} shards",
+                    self.cfg.shards
+                )));
+            }
+            return Err(Refusal::WrongShard(ShardId(shard)));
+        }
+        Ok(lease)
+    }
+
+    pub(super) fn check_leases_supported(&self) -> Result<(), Refusal> {
+        if self.leases_supported() {
+            Ok(())
+        } else {
+            Err(Refusal::Unavailable(
+                "a member of this shard runs an older corekv (peer protocol 3) that cannot keep \
+                 leases: upgrade every node first"
+                    .to_string(),
+            ))
+        }
     }
 
     /// How often the leader checkpoints kept-alive deadlines, µs.

@@ -20,7 +20,6 @@ use corekv_proto::constants::{
 use corekv_proto::encode::ErrorInfo;
 use corekv_proto::frame::verify_request;
 use corekv_storage::command::{Compare, CompareOp, CompareTarget, TxnOp, TxnOpKind};
-use corekv_storage::lease::lease_shard;
 use corekv_types::ids::ShardId;
 use corekv_types::placement::{shard_for_slot, slot};
 
@@ -31,7 +30,7 @@ use super::{ConnId, ShardCore};
 use crate::constants::ENTRY_BYTES_MAX;
 
 /// Why a request is refused before it does anything.
-enum Refusal {
+pub(super) enum Refusal {
     Invalid(String),
     TooLarge { what: &'static str, size: usize, limit: usize },
     WrongShard(ShardId),
@@ -352,64 +351,8 @@ impl ShardCore {
         Ok(())
     }
 
-    /// A write's deadline (0: none) and lease (0: none), checked: not both; the lease on
-    /// this shard.
-    fn ttl_or_lease(&self, ttl_ms: u64, lease: u64) -> Result<(u64, u64), Refusal> {
-        if lease == 0 {
-            return Ok((self.deadline(ttl_ms)?, 0));
-        }
-        if ttl_ms != 0 {
-            return Err(Refusal::Invalid(
-                "a write takes a time to live or a lease, not both".to_string(),
-            ));
-        }
-        self.check_leases_supported()?;
-        let shard = lease_shard(lease);
-        if shard != self.cfg.shard.get() {
-            return Err(Refusal::Invalid(format!(
-                "lease {lease:016x} lives on shard {shard}, and this key on shard {}: keys \
-                 attached to a lease must be on its shard (give them a hash tag, `{{tag}}`, \
-                 that places them there, or grant the lease near the key)",
-                self.cfg.shard
-            )));
-        }
-        Ok((0, lease))
-    }
-
-    /// A request naming a lease (a revoke, a keep-alive, a time to live), checked: every
-    /// member keeps leases, and the lease is this shard's (else the client routed it wrong).
-    fn check_lease_request(&self, lease: u64) -> Result<u64, Refusal> {
-        if lease == 0 {
-            return Err(Refusal::Invalid("lease 0 names no lease".to_string()));
-        }
-        self.check_leases_supported()?;
-        let shard = lease_shard(lease);
-        if shard != self.cfg.shard.get() {
-            if shard >= self.cfg.shards {
-                return Err(Refusal::Invalid(format!(
-                    "lease {lease:016x} names shard {shard}; the cluster has {} shards",
-                    self.cfg.shards
-                )));
-            }
-            return Err(Refusal::WrongShard(ShardId(shard)));
-        }
-        Ok(lease)
-    }
-
-    fn check_leases_supported(&self) -> Result<(), Refusal> {
-        if self.leases_supported() {
-            Ok(())
-        } else {
-            Err(Refusal::Unavailable(
-                "a member of this shard runs an older corekv (peer protocol 3) that cannot keep \
-                 leases: upgrade every node first"
-                    .to_string(),
-            ))
-        }
-    }
-
     /// The deadline of a write asking for `ttl_ms` (0: none).
-    fn deadline(&self, ttl_ms: u64) -> Result<u64, Refusal> {
+    pub(super) fn deadline(&self, ttl_ms: u64) -> Result<u64, Refusal> {
         self.deadline_for(ttl_ms).map_err(|refused| match refused {
             super::expiry::DeadlineRefused::Invalid(reason) => Refusal::Invalid(reason),
             super::expiry::DeadlineRefused::Unavailable(reason) => Refusal::Unavailable(reason),

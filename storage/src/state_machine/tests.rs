@@ -189,11 +189,7 @@ fn apply_at(
     stamp_ms: u64,
     build: impl FnOnce(&mut BatchBuilder),
 ) -> Vec<String> {
-    let mut b = BatchBuilder::new();
-    build(&mut b);
-    let mut out = Vec::new();
-    sm.apply(index, 1, &b.take(stamp_ms), |r| out.push(format!("{r:?}"))).unwrap();
-    out
+    apply_in_term(sm, index, 1, stamp_ms, build)
 }
 
 // Shows: a key with a deadline exists until the clock reaches it — for reads at a given
