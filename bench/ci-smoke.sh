@@ -46,6 +46,22 @@ ET.parse(f"{work}/plot.svg")
 print("bench outputs are well-formed")
 EOF
 
+say "corekv-bench backup: writes without and during a backup, then a restore"
+"$bin/corekv-bench" backup --spawn-cluster 3 --shards 2 --base-port 7400 --keys 2000 --prefill \
+  --concurrency 4 --duration 1 --json "$work/backup.json" >"$work/backup.txt" \
+  2>"$work/backup.err" || { cat "$work/backup.err"; exit 1; }
+cat "$work/backup.txt"
+no_leftover_nodes
+python3 - "$work/backup.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["backup_keys"] == 2000 and r["backup_bytes"] > 0 and r["restore_seconds"] > 0, r
+for phase in ("writes_without", "writes_during"):
+    assert r[phase]["errors"] == 0, r[phase]
+assert r["writes_without"]["writes_per_sec"] > 0, r
+print("backup outputs are well-formed")
+EOF
+
 say "corekv-bench refuses bad flags with a clear error"
 if "$bin/corekv-bench" put --concurrency 0 --registry /nonexistent 2>"$work/bad.err"; then
   echo "corekv-bench accepted --concurrency 0" >&2; exit 1

@@ -10,9 +10,11 @@
 //! corekv-bench watch [--watchers N] [--rate W] ...   watchers on a prefix while writers write
 //! corekv-bench expire [--rate R] [--ttl-ms T] [--expiring N] [--with-leases] ...   expiries
 //! corekv-bench leases [--leases N] [--ttl-ms T] ...   what keeping leases alive costs
+//! corekv-bench backup [--prefill] [--keys N] ...   writes during an online backup; restore time
 //! corekv-bench plot RESULT.json... --plot OUT.svg
 //! ```
 
+mod backup;
 mod cluster;
 mod expire;
 mod leases;
@@ -284,6 +286,73 @@ fn write_json(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Resu
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// `corekv-bench backup`: see the `backup` module.
+async fn bench_backup(
+    args: &Args,
+    targets: Vec<Target>,
+    registry: PathBuf,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let config = backup::BackupConfig {
+        keys: args.keys,
+        key_size: args.key_size,
+        value_size: args.value_size,
+        concurrency: args.concurrency,
+        duration: Duration::from_secs_f64(args.duration),
+        registry,
+        corekv: cluster::corekv_binary(args.corekv.as_deref()),
+    };
+    if args.prefill {
+        let started = Instant::now();
+        eprintln!("corekv-bench: writing {} keys", config.keys);
+        let run_config = RunConfig {
+            workload: Workload::Put,
+            keys: args.keys,
+            key_size: args.key_size,
+            value_size: args.value_size,
+            distribution: KeyDistribution::Uniform,
+            read_ratio: 0.0,
+            stale: false,
+            concurrency: args.concurrency,
+            rate: None,
+            warmup: Duration::ZERO,
+            duration: Duration::ZERO,
+            ops: None,
+            timeout,
+            open_loop_in_flight_max: args.in_flight_max as usize,
+        };
+        run::prefill(&targets, &run_config).await?;
+        eprintln!("corekv-bench: prefill done in {:.1}s", started.elapsed().as_secs_f64());
+    }
+    let clients: Vec<Client> = targets.into_iter().filter_map(Target::corekv).collect();
+    let result = backup::run(&clients, &config).await?;
+    let label = args.label.clone().unwrap_or_else(|| "corekv backup".to_string());
+    print!("{}", backup::summary(&label, &config, &result));
+    if let Some(path) = &args.json {
+        let phase = |p: &backup::Phase| {
+            let (latency, _) = report::latency_json(&p.latency_us);
+            json!({"writes_per_sec": p.per_sec(), "errors": p.errors, "latency_us": latency})
+        };
+        let value = json!({
+            "label": label,
+            "backup_seconds": result.backup_time.as_secs_f64(),
+            "backup_bytes": result.backup_bytes,
+            "backup_keys": result.backup_keys,
+            "backup_mb_per_sec": result.backup_bytes as f64 / 1e6 / result.backup_time.as_secs_f64(),
+            "writes_without": phase(&result.without),
+            "writes_during": phase(&result.during),
+            "restore_seconds": result.restore_time.as_secs_f64(),
+            "config": {
+                "workload": "backup", "keys": args.keys, "value_size": args.value_size,
+                "concurrency": args.concurrency, "duration_s": args.duration,
+            },
+            "machine": report::machine(),
+        });
+        write_json(path, &value)?;
+    }
+    Ok(())
+}
+
 /// `corekv-bench leases`: see the `leases` module.
 async fn bench_leases(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
     let process = server_process(args);
@@ -438,6 +507,7 @@ async fn watch_etcd(_: &Args, _: &watch::WatchConfig) -> anyhow::Result<watch::W
 async fn bench(args: Args) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut spawned = None;
+    let mut corekv_registry = None;
     let targets = match args.target {
         TargetKind::Corekv => {
             let registry_path = match args.spawn_cluster {
@@ -464,6 +534,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                     .unwrap_or_else(|| PathBuf::from("corekv.toml")),
             };
             let registry = Registry::load(&registry_path)?;
+            corekv_registry = Some(registry_path);
             corekv_targets(registry, args.connections, timeout)
         }
         TargetKind::Etcd => {
@@ -478,6 +549,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     if args.workload == Workload::Expire {
         let result = bench_expire(&args, targets).await;
+        drop(spawned);
+        return result;
+    }
+    if args.workload == Workload::Backup {
+        let registry = corekv_registry.context("backup runs against corekv only")?;
+        let result = bench_backup(&args, targets, registry, timeout).await;
         drop(spawned);
         return result;
     }

@@ -27,6 +27,7 @@ fn corekv_error(error: &Error) -> ErrorKind {
         Error::Compacted { .. } => "compacted",
         Error::LeaseNotFound(_) => "lease_not_found",
         Error::Protocol(_) => "protocol",
+        Error::Output(_) => "output",
         Error::Handshake { .. } | Error::Registry(_) => "config",
     }
 }

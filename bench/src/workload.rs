@@ -27,6 +27,8 @@ pub enum Workload {
     Expire,
     /// Leases kept alive: what keep-alives cost (`--leases`, `--ttl-ms`).
     Leases,
+    /// Writes without and during an online backup, and a restore's time.
+    Backup,
     /// Draw the latency curves of result files (`--plot FILE.svg`).
     Plot,
 }
@@ -40,6 +42,7 @@ impl Workload {
             | Workload::Watch
             | Workload::Expire
             | Workload::Leases
+            | Workload::Backup
             | Workload::Plot => 0.0,
             Workload::Get | Workload::YcsbC => 1.0,
             Workload::Mixed => mixed,
@@ -66,6 +69,7 @@ impl Workload {
             Workload::Watch => "watch",
             Workload::Expire => "expire",
             Workload::Leases => "leases",
+            Workload::Backup => "backup",
             Workload::Plot => "plot",
         }
     }

@@ -91,6 +91,11 @@ pub enum Error {
     #[error("lease {0} not found (revoked or expired)")]
     LeaseNotFound(crate::LeaseId),
 
+    /// Writing what a call streams (a backup) to the caller's writer failed: a full disk, a
+    /// closed pipe. Fix the destination and call again.
+    #[error("writing the output: {0}")]
+    Output(String),
+
     /// A node refused the connection handshake (a different cluster name, an unsupported
     /// protocol version). Check the registry file.
     #[error("handshake refused by {addr}: {reason}")]

@@ -151,7 +151,7 @@ pub mod watch;
 pub use corekv_types::ids::{LogIndex, NodeId, ShardId, Term};
 pub use corekv_types::{membership, placement, registry};
 
-pub use client::{Client, ClientConfig};
+pub use client::{BackupOptions, Client, ClientConfig, ShardSnapshot};
 pub use error::{Error, Result};
 pub use types::{
     Compare, CompareBuilder, CompareOp, CompareTarget, Consistency, KeyMeta, KeyValue, Lease,

@@ -13,7 +13,8 @@
 /// Version 6 added leases (the grant, revoke, keep-alive and time-to-live requests and
 /// replies, `lease` on puts, batch puts, transaction puts and read entries, the
 /// `LeaseNotFound` error): a node of version 5 would skip `lease` and keep the key forever.
-pub const CLIENT_PROTOCOL_VERSION: u32 = 6;
+/// Version 7 added online backup (the backup request and the chunks that answer it).
+pub const CLIENT_PROTOCOL_VERSION: u32 = 7;
 
 /// The oldest client protocol a node still serves: everything a version-1 client asks means
 /// the same in version 2, and the fields it does not know it skips.

@@ -5,10 +5,10 @@ mod common;
 use corekv_proto::client::{
     CompareOp, CompareTarget, Consistency, ErrorKind, KeyMeta, Reply, Request, TxnOpKind,
 };
-use corekv_proto::constants::{CLIENT_PROTOCOL_VERSION, PEER_PROTOCOL_VERSION};
+use corekv_proto::constants::{CLIENT_PROTOCOL_VERSION, FRAME_BYTES_MAX, PEER_PROTOCOL_VERSION};
 use corekv_proto::encode::{
-    CompareSpec, EntryRef, ErrorInfo, PeerEncoder, PeerHello, ReplyEncoder, RequestEncoder,
-    ScanSpec, TxnOpSpec, TxnResultRef,
+    ChunkPlace, CompareSpec, EntryRef, ErrorInfo, PeerEncoder, PeerHello, ReplyEncoder,
+    RequestEncoder, ScanSpec, TxnOpSpec, TxnResultRef,
 };
 use corekv_proto::frame::{
     decode_frame, verify_peer, verify_reply, verify_request, Decoded, FrameBuffer,
@@ -328,6 +328,30 @@ fn lease_frames_round_trip() {
     let f = replies.get(11, Some(&entry), false, 3).to_vec();
     let r = verify_reply(payload(&f)).unwrap();
     assert_eq!(r.reply_as_get_reply().unwrap().entry().unwrap().lease(), 90);
+}
+
+// Shows: a backup request and a chunk of its stream cross the wire whole, the chunk's data
+// byte for byte, at the frame size a 1 MiB chunk makes.
+#[test]
+fn backup_frames_round_trip() {
+    let f = RequestEncoder::new().backup(3, 8 << 20).to_vec();
+    let r = verify_request(payload(&f)).unwrap();
+    assert_eq!((r.id(), r.request_as_backup_request().unwrap().bytes_per_sec()), (3, 8 << 20));
+    let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7) as u8).collect();
+    let place = ChunkPlace { shard: 1, index: 900, term: 4, offset: 1 << 20, total: 3 << 20 };
+    let f = ReplyEncoder::new().backup_chunk(3, place, &data, false).to_vec();
+    assert!(f.len() < FRAME_BYTES_MAX, "a chunk fits a frame");
+    let r = verify_reply(payload(&f)).unwrap();
+    let c = r.reply_as_backup_chunk().unwrap();
+    let got = ChunkPlace {
+        shard: c.shard(),
+        index: c.index(),
+        term: c.term(),
+        offset: c.offset(),
+        total: c.total(),
+    };
+    assert_eq!((got, c.last()), (place, false));
+    assert_eq!(c.data().bytes(), &data[..]);
 }
 
 // Shows: the membership requests and replies cross the wire whole: each change kind, the

@@ -159,6 +159,27 @@ pub const WAL_SEGMENT_BYTES_MIN: u64 = 16 * 1024 * 1024;
 /// entry, its 4 MiB of values before and the changes' metadata) still fits.
 pub const HISTORY_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
+/// Backups a shard serves at once (streaming, or waiting for their snapshot); more are
+/// answered `Busy`. Each stream holds its snapshot in memory until it is sent, even after a
+/// newer one replaced it, so this bounds that memory at a few snapshots.
+pub const BACKUP_STREAMS_MAX: usize = 2;
+
+/// Slowest rate a backup may ask for, bytes per second: a stream holds one of
+/// [`BACKUP_STREAMS_MAX`] places and its snapshot's memory until it ends.
+pub const BACKUP_BYTES_PER_SEC_MIN: u64 = 1024 * 1024;
+
+/// A backup stream whose client has taken nothing for this long is given up (its place and
+/// its snapshot's memory go to others).
+pub const BACKUP_STALL_MS: u64 = 60_000;
+
+/// Bytes of a snapshot per backup chunk (one reply frame).
+pub const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// A backup stream queues its next chunk once its connection has at most this many bytes
+/// left to write: the chunk after it is read from the snapshot only as the client takes
+/// them, so a slow client holds no more than this of copies.
+pub const BACKUP_QUEUED_BYTES_MAX: usize = 2 * BACKUP_CHUNK_BYTES;
+
 /// Bytes per snapshot chunk sent to a follower.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 

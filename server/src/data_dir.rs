@@ -5,6 +5,7 @@
 //!   DATA_DIR/
 //!     LOCK              flock'ed for the life of the process: one node per directory
 //!     IDENTITY          cluster name and shard count (written once, before any shard)
+//!     RESTORING         only while `corekv restore` writes the directory
 //!     shard-S/wal/      the shard's WAL segments
 //!     shard-S/snap/     the shard's snapshot files
 //! ```
@@ -30,6 +31,10 @@ use corekv_storage::wal::format::{decode_segment_header, parse_segment_file_name
 
 /// The identity file's name in the data directory.
 pub const IDENTITY_FILE: &str = "IDENTITY";
+
+/// Present while `corekv restore` writes a data directory (removed when it is done): a
+/// directory holding it is refused, since some of its shards may be missing.
+pub const RESTORING_FILE: &str = "RESTORING";
 
 /// Version of the identity file's format; a file with another is refused, never guessed at.
 const IDENTITY_FORMAT: u32 = 1;
@@ -155,6 +160,13 @@ pub fn check_and_record(dir: &Path, expected: &Identity) -> anyhow::Result<()> {
 /// Checks, without writing anything, that the data in `dir` (if any) was written under
 /// `expected`; a disagreement is a [`ShapeMismatch`] inside the error.
 pub fn check(dir: &Path, expected: &Identity) -> anyhow::Result<()> {
+    if dir.join(RESTORING_FILE).exists() {
+        bail!(
+            "data directory {} holds a restore that did not finish (some shards may be \
+             missing): remove the directory and run `corekv restore` again",
+            dir.display()
+        );
+    }
     let held = match read_identity(dir)? {
         Some(identity) => identity,
         None => match infer_identity(dir)? {
@@ -244,7 +256,7 @@ fn compare(dir: &Path, held: &Identity, expected: &Identity) -> Result<(), Shape
 
 /// Writes the identity file: a temporary file, synced, renamed into place, the directory
 /// synced, so that a crash leaves either no file or the whole one.
-fn write_identity(dir: &Path, identity: &Identity) -> anyhow::Result<()> {
+pub fn write_identity(dir: &Path, identity: &Identity) -> anyhow::Result<()> {
     let path = dir.join(IDENTITY_FILE);
     let temporary = dir.join(format!("{IDENTITY_FILE}.tmp"));
     let mut file =

@@ -20,4 +20,5 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod profile;
+pub mod restore;
 pub mod runtime;

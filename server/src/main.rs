@@ -1,4 +1,5 @@
-//! `corekv`: run a node of a corekv cluster (`serve`), or a whole local cluster (`dev`).
+//! `corekv`: run a node of a corekv cluster (`serve`), or a whole local cluster (`dev`), or
+//! make a node's data directory from a backup (`restore`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,32 @@ enum Command {
         #[arg(long)]
         clean: bool,
     },
+    /// Make a node's data directory for a new cluster from a backup (`corekvctl backup
+    /// save`): run it for every node of the new registry, then start them. The registry
+    /// must have the backup's shard count and a cluster name of its own; the data directory
+    /// must be new or empty. The backup is verified whole before anything is written.
+    Restore(RestoreArgs),
+}
+
+/// `corekv restore`'s flags.
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The backup directory.
+    #[arg(long)]
+    backup: PathBuf,
+    /// The new cluster's registry file.
+    #[arg(long)]
+    registry: PathBuf,
+    /// The node whose data directory to make.
+    #[arg(long)]
+    node_id: u64,
+    /// The data directory to make (new or empty).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Let the new cluster have the backup's cluster name (only once the old cluster is
+    /// gone for good: nodes of one name take each other as peers).
+    #[arg(long)]
+    reuse_cluster_name: bool,
 }
 
 /// `corekv serve`'s flags.
@@ -120,6 +147,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Command::Serve(args) => serve(args),
+        Command::Restore(args) => restore(args),
         Command::Dev { action: Some(action), .. } => dev_action(action),
         Command::Dev { action: None, nodes, shards, dir, base_port, clean } => {
             corekv_server::logging::init("warn");
@@ -198,6 +226,46 @@ fn serve_options(args: ServeArgs) -> Result<ServeOptions, String> {
         join: args.join,
         cpus,
     })
+}
+
+/// `corekv restore`: exit 2 when refused before anything was written (a bad backup, a
+/// registry of another shape, a data directory in use), 1 when writing failed.
+fn restore(args: RestoreArgs) -> ExitCode {
+    let registry = match Registry::load(&args.registry) {
+        Ok(registry) => registry,
+        Err(error) => {
+            eprintln!("corekv restore: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = corekv_server::restore::RestoreOptions {
+        backup: args.backup,
+        registry,
+        node_id: NodeId(args.node_id),
+        data_dir: args.data_dir,
+        reuse_cluster_name: args.reuse_cluster_name,
+    };
+    let began = std::time::Instant::now();
+    match corekv_server::restore::run(&options) {
+        Ok(restored) => {
+            for (shard, index, keys) in &restored {
+                println!("shard {shard}: {keys} keys, through index {index}");
+            }
+            println!(
+                "restored node {} of cluster {:?} into {} in {:.1} s",
+                options.node_id,
+                options.registry.cluster,
+                options.data_dir.display(),
+                began.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("corekv restore: {error:#}");
+            let refused = error.downcast_ref::<corekv_server::restore::RestoreRefusal>().is_some();
+            ExitCode::from(if refused { 2 } else { 1 })
+        }
+    }
 }
 
 /// `corekv dev restart|stop N`: asks the running `corekv dev`, prints its answer.

@@ -23,7 +23,7 @@ type Read<T> = fn(&ShardMetrics) -> T;
 type HistogramOf = (fn(&ShardMetrics) -> &Histogram, f64);
 
 /// The counters of one series per shard: name, help, how to read it.
-const COUNTERS: [(&str, &str, Read<u64>); 33] = [
+const COUNTERS: [(&str, &str, Read<u64>); 35] = [
     ("corekv_proposals_total", "Raft entries proposed (each carries a batch of writes).", |m| {
         m.proposals.load(Relaxed)
     }),
@@ -101,6 +101,12 @@ const COUNTERS: [(&str, &str, Read<u64>); 33] = [
     }),
     ("corekv_snapshot_send_failures_total", "Snapshot transfers to followers that failed.", |m| {
         m.snapshot_send_failures.load(Relaxed)
+    }),
+    ("corekv_backups_streamed_total", "Snapshots streamed whole to backups.", |m| {
+        m.backups_streamed.load(Relaxed)
+    }),
+    ("corekv_backup_sent_bytes_total", "Bytes of snapshots streamed to backups.", |m| {
+        m.backup_bytes_sent.load(Relaxed)
     }),
     ("corekv_snapshots_installed_total", "Snapshots received from a leader and installed.", |m| {
         m.snapshots_installed.load(Relaxed)

@@ -160,17 +160,7 @@ impl Node {
 /// Builds the snapshot a core asked for and hands it back, as the runtime's snapshot task
 /// does (at once here).
 fn make_snapshot(node: &mut Node, job: SnapshotJob) {
-    let frozen = &job.frozen;
-    let archive = Archive::build(
-        job.meta,
-        &job.membership,
-        frozen.base.as_deref(),
-        &frozen.overlay,
-        frozen.clock_ms,
-        &frozen.leases,
-    )
-    .unwrap();
-    let archive = Arc::new(archive);
+    let archive = Arc::new(job.build().unwrap());
     node.snapshots_taken.push(archive.meta().index);
     node.newest_snapshot = Some(archive.clone());
     node.core.on_snapshot_written(archive);

@@ -64,6 +64,14 @@ pub enum StorageError {
         /// What is wrong.
         reason: String,
     },
+    /// A file of a backup directory failed its checks.
+    #[error("bad backup file {path}: {reason}")]
+    BadBackup {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A previous WAL write failed; the log accepts nothing more until the node restarts and
     /// recovers from what is on disk.
     #[error("the WAL is failed after an earlier I/O error: {0}")]

@@ -4,6 +4,7 @@
 //!   with crc32c, group commit, recovery that truncates torn tails and refuses corruption.
 //! - [`raft_log`]: raft-rs's [`raft::Storage`] on top of the WAL: entries, hard state,
 //!   compaction, and the hooks for asynchronous persistence.
+//! - [`backup`]: backup directories — a manifest and one snapshot file per shard.
 //! - [`command`]: what a raft entry carries — a batch of writes.
 //! - [`lease`]: a shard's leases — their deadlines and the keys attached to them.
 //! - [`state_machine`]: the ordered map of keys, values and per-key metadata that applying
@@ -21,6 +22,7 @@
 //! runtime is a dependency of this crate.
 #![deny(missing_docs)]
 
+pub mod backup;
 pub mod command;
 pub mod constants;
 pub mod error;

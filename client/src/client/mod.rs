@@ -18,12 +18,15 @@ use crate::placement::shard_for_key;
 use crate::registry::Registry;
 
 mod admin;
+mod backup;
 mod call;
 mod lease;
 mod ops;
 mod watch;
 mod watch_mux;
 mod wire_map;
+
+pub use backup::{BackupOptions, ShardSnapshot};
 
 /// How a client behaves.
 #[derive(Debug, Clone)]

@@ -15,6 +15,7 @@ use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use crate::client::{self as c, CompareOp, CompareTarget, Consistency, KeyMeta, TxnOpKind};
 
+mod backup;
 mod lease;
 mod membership;
 mod peer;
@@ -22,6 +23,7 @@ mod reply;
 mod request;
 mod watch;
 
+pub use backup::ChunkPlace;
 pub use peer::{PeerEncoder, PeerHello};
 pub use reply::ReplyEncoder;
 pub use request::RequestEncoder;

@@ -570,10 +570,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for WatchScope {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 19;
+pub const ENUM_MAX_REQUEST: u8 = 20;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 20] = [
+pub const ENUM_VALUES_REQUEST: [Request; 21] = [
   Request::NONE,
   Request::Hello,
   Request::GetRequest,
@@ -594,6 +594,7 @@ pub const ENUM_VALUES_REQUEST: [Request; 20] = [
   Request::LeaseRevokeRequest,
   Request::LeaseKeepAliveRequest,
   Request::LeaseTimeToLiveRequest,
+  Request::BackupRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -621,9 +622,10 @@ impl Request {
   pub const LeaseRevokeRequest: Self = Self(17);
   pub const LeaseKeepAliveRequest: Self = Self(18);
   pub const LeaseTimeToLiveRequest: Self = Self(19);
+  pub const BackupRequest: Self = Self(20);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 19;
+  pub const ENUM_MAX: u8 = 20;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -645,6 +647,7 @@ impl Request {
     Self::LeaseRevokeRequest,
     Self::LeaseKeepAliveRequest,
     Self::LeaseTimeToLiveRequest,
+    Self::BackupRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -669,6 +672,7 @@ impl Request {
       Self::LeaseRevokeRequest => Some("LeaseRevokeRequest"),
       Self::LeaseKeepAliveRequest => Some("LeaseKeepAliveRequest"),
       Self::LeaseTimeToLiveRequest => Some("LeaseTimeToLiveRequest"),
+      Self::BackupRequest => Some("BackupRequest"),
       _ => None,
     }
   }
@@ -1128,10 +1132,10 @@ pub struct ErrorKindUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 22;
+pub const ENUM_MAX_REPLY: u8 = 23;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 23] = [
+pub const ENUM_VALUES_REPLY: [Reply; 24] = [
   Reply::NONE,
   Reply::HelloReply,
   Reply::GetReply,
@@ -1155,6 +1159,7 @@ pub const ENUM_VALUES_REPLY: [Reply; 23] = [
   Reply::LeaseRevokeReply,
   Reply::LeaseKeepAliveReply,
   Reply::LeaseTimeToLiveReply,
+  Reply::BackupChunk,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -1185,9 +1190,10 @@ impl Reply {
   pub const LeaseRevokeReply: Self = Self(20);
   pub const LeaseKeepAliveReply: Self = Self(21);
   pub const LeaseTimeToLiveReply: Self = Self(22);
+  pub const BackupChunk: Self = Self(23);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 22;
+  pub const ENUM_MAX: u8 = 23;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HelloReply,
@@ -1212,6 +1218,7 @@ impl Reply {
     Self::LeaseRevokeReply,
     Self::LeaseKeepAliveReply,
     Self::LeaseTimeToLiveReply,
+    Self::BackupChunk,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -1239,6 +1246,7 @@ impl Reply {
       Self::LeaseRevokeReply => Some("LeaseRevokeReply"),
       Self::LeaseKeepAliveReply => Some("LeaseKeepAliveReply"),
       Self::LeaseTimeToLiveReply => Some("LeaseTimeToLiveReply"),
+      Self::BackupChunk => Some("BackupChunk"),
       _ => None,
     }
   }
@@ -4659,6 +4667,107 @@ impl ::core::fmt::Debug for LeaseTimeToLiveRequest<'_> {
       ds.finish()
   }
 }
+pub enum BackupRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Streams a snapshot of this shard's whole state, taken at an index the leader applied
+/// after it received this request (so it holds every write acknowledged before). Served by
+/// the shard's leader: `BackupChunk` replies carry the snapshot file's bytes in order under
+/// this request's id, the last one with `last` set; an `ErrorReply` instead ends it.
+pub struct BackupRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for BackupRequest<'a> {
+  type Inner = BackupRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> BackupRequest<'a> {
+  pub const VT_BYTES_PER_SEC: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    BackupRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args BackupRequestArgs
+  ) -> ::flatbuffers::WIPOffset<BackupRequest<'bldr>> {
+    let mut builder = BackupRequestBuilder::new(_fbb);
+    builder.add_bytes_per_sec(args.bytes_per_sec);
+    builder.finish()
+  }
+
+
+  /// Most bytes per second to send; 0: the node's snapshot write rate.
+  #[inline]
+  pub fn bytes_per_sec(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupRequest::VT_BYTES_PER_SEC, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for BackupRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("bytes_per_sec", Self::VT_BYTES_PER_SEC, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BackupRequestArgs {
+    pub bytes_per_sec: u64,
+}
+impl<'a> Default for BackupRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    BackupRequestArgs {
+      bytes_per_sec: 0,
+    }
+  }
+}
+
+pub struct BackupRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_bytes_per_sec(&mut self, bytes_per_sec: u64) {
+    self.fbb_.push_slot::<u64>(BackupRequest::VT_BYTES_PER_SEC, bytes_per_sec, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BackupRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BackupRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<BackupRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for BackupRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("BackupRequest");
+      ds.field("bytes_per_sec", &self.bytes_per_sec());
+      ds.finish()
+  }
+}
 pub enum RequestFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4985,6 +5094,20 @@ impl<'a> RequestFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_backup_request(&self) -> Option<BackupRequest<'a>> {
+    if self.request_type() == Request::BackupRequest {
+      let u = self.request();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { BackupRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RequestFrame<'_> {
@@ -5015,6 +5138,7 @@ impl ::flatbuffers::Verifiable for RequestFrame<'_> {
           Request::LeaseRevokeRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseRevokeRequest>>("Request::LeaseRevokeRequest", pos),
           Request::LeaseKeepAliveRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseKeepAliveRequest>>("Request::LeaseKeepAliveRequest", pos),
           Request::LeaseTimeToLiveRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseTimeToLiveRequest>>("Request::LeaseTimeToLiveRequest", pos),
+          Request::BackupRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupRequest>>("Request::BackupRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -5205,6 +5329,13 @@ impl ::core::fmt::Debug for RequestFrame<'_> {
         },
         Request::LeaseTimeToLiveRequest => {
           if let Some(x) = self.request_as_lease_time_to_live_request() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::BackupRequest => {
+          if let Some(x) = self.request_as_backup_request() {
             ds.field("request", &x)
           } else {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -10097,6 +10228,208 @@ impl ::core::fmt::Debug for LeaseTimeToLiveReply<'_> {
       ds.finish()
   }
 }
+pub enum BackupChunkOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Bytes `[offset, offset + data.len)` of a snapshot file of `total` bytes covering the
+/// shard's log through `index` (of term `term`).
+pub struct BackupChunk<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for BackupChunk<'a> {
+  type Inner = BackupChunk<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> BackupChunk<'a> {
+  pub const VT_SHARD: ::flatbuffers::VOffsetT = 4;
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TERM: ::flatbuffers::VOffsetT = 8;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TOTAL: ::flatbuffers::VOffsetT = 12;
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 14;
+  pub const VT_LAST: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    BackupChunk { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args BackupChunkArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<BackupChunk<'bldr>> {
+    let mut builder = BackupChunkBuilder::new(_fbb);
+    builder.add_total(args.total);
+    builder.add_offset(args.offset);
+    builder.add_term(args.term);
+    builder.add_index(args.index);
+    if let Some(x) = args.data { builder.add_data(x); }
+    builder.add_shard(args.shard);
+    builder.add_last(args.last);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn shard(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(BackupChunk::VT_SHARD, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupChunk::VT_INDEX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn term(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupChunk::VT_TERM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupChunk::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn total(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupChunk::VT_TOTAL, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn data(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(BackupChunk::VT_DATA, None).unwrap()}
+  }
+  /// The file's last chunk: the stream is over.
+  #[inline]
+  pub fn last(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(BackupChunk::VT_LAST, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for BackupChunk<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("shard", Self::VT_SHARD, false)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .visit_field::<u64>("term", Self::VT_TERM, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<u64>("total", Self::VT_TOTAL, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, true)?
+     .visit_field::<bool>("last", Self::VT_LAST, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BackupChunkArgs<'a> {
+    pub shard: u32,
+    pub index: u64,
+    pub term: u64,
+    pub offset: u64,
+    pub total: u64,
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub last: bool,
+}
+impl<'a> Default for BackupChunkArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    BackupChunkArgs {
+      shard: 0,
+      index: 0,
+      term: 0,
+      offset: 0,
+      total: 0,
+      data: None, // required field
+      last: false,
+    }
+  }
+}
+
+pub struct BackupChunkBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupChunkBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_shard(&mut self, shard: u32) {
+    self.fbb_.push_slot::<u32>(BackupChunk::VT_SHARD, shard, 0);
+  }
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(BackupChunk::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn add_term(&mut self, term: u64) {
+    self.fbb_.push_slot::<u64>(BackupChunk::VT_TERM, term, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(BackupChunk::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_total(&mut self, total: u64) {
+    self.fbb_.push_slot::<u64>(BackupChunk::VT_TOTAL, total, 0);
+  }
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BackupChunk::VT_DATA, data);
+  }
+  #[inline]
+  pub fn add_last(&mut self, last: bool) {
+    self.fbb_.push_slot::<bool>(BackupChunk::VT_LAST, last, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BackupChunkBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BackupChunkBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<BackupChunk<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, BackupChunk::VT_DATA,"data");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for BackupChunk<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("BackupChunk");
+      ds.field("shard", &self.shard());
+      ds.field("index", &self.index());
+      ds.field("term", &self.term());
+      ds.field("offset", &self.offset());
+      ds.field("total", &self.total());
+      ds.field("data", &self.data());
+      ds.field("last", &self.last());
+      ds.finish()
+  }
+}
 pub enum ErrorReplyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -10827,6 +11160,20 @@ impl<'a> ReplyFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_backup_chunk(&self) -> Option<BackupChunk<'a>> {
+    if self.reply_type() == Reply::BackupChunk {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { BackupChunk::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ReplyFrame<'_> {
@@ -10860,6 +11207,7 @@ impl ::flatbuffers::Verifiable for ReplyFrame<'_> {
           Reply::LeaseRevokeReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseRevokeReply>>("Reply::LeaseRevokeReply", pos),
           Reply::LeaseKeepAliveReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseKeepAliveReply>>("Reply::LeaseKeepAliveReply", pos),
           Reply::LeaseTimeToLiveReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseTimeToLiveReply>>("Reply::LeaseTimeToLiveReply", pos),
+          Reply::BackupChunk => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupChunk>>("Reply::BackupChunk", pos),
           _ => Ok(()),
         }
      })?
@@ -11071,6 +11419,13 @@ impl ::core::fmt::Debug for ReplyFrame<'_> {
         },
         Reply::LeaseTimeToLiveReply => {
           if let Some(x) = self.reply_as_lease_time_to_live_reply() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::BackupChunk => {
+          if let Some(x) = self.reply_as_backup_chunk() {
             ds.field("reply", &x)
           } else {
             ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")

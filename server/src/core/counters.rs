@@ -118,6 +118,10 @@ pub struct ShardMetrics {
     pub snapshots_sent: AtomicU64,
     /// Snapshot transfers to followers that failed.
     pub snapshot_send_failures: AtomicU64,
+    /// Backup streams sent whole.
+    pub backups_streamed: AtomicU64,
+    /// Bytes of snapshot files streamed to backups.
+    pub backup_bytes_sent: AtomicU64,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: AtomicU64,
     /// Membership (raft configuration) changes applied.
@@ -225,6 +229,8 @@ impl Default for ShardMetrics {
             snapshot_duration_us: Histogram::latency(),
             snapshots_sent: AtomicU64::new(0),
             snapshot_send_failures: AtomicU64::new(0),
+            backups_streamed: AtomicU64::new(0),
+            backup_bytes_sent: AtomicU64::new(0),
             snapshots_installed: AtomicU64::new(0),
             watches_started: AtomicU64::new(0),
             watches_compacted: AtomicU64::new(0),

@@ -47,11 +47,13 @@ pub enum Op {
     LeaseKeepAlive,
     /// A lease's time to live.
     LeaseTimeToLive,
+    /// A backup stream (its latency: until the snapshot is ready to stream).
+    Backup,
 }
 
 impl Op {
     /// Every operation, in label order.
-    pub const ALL: [Op; 19] = [
+    pub const ALL: [Op; 20] = [
         Op::Hello,
         Op::Get,
         Op::Put,
@@ -71,6 +73,7 @@ impl Op {
         Op::LeaseRevoke,
         Op::LeaseKeepAlive,
         Op::LeaseTimeToLive,
+        Op::Backup,
     ];
 
     /// The Prometheus label value.
@@ -95,6 +98,7 @@ impl Op {
             Op::LeaseRevoke => "lease_revoke",
             Op::LeaseKeepAlive => "lease_keep_alive",
             Op::LeaseTimeToLive => "lease_time_to_live",
+            Op::Backup => "backup",
         }
     }
 }

@@ -27,6 +27,7 @@
 
 mod admin;
 mod appends;
+mod backup;
 mod catch_up;
 pub mod counters;
 pub mod driver;
@@ -66,6 +67,7 @@ use crate::constants::{
 };
 use counters::ShardMetrics;
 
+pub use backup::BackupJob;
 pub use corekv_types::membership::MembershipChange;
 pub use corekv_types::status::{PeerProgress, ReplicaStatus, Role};
 pub use driver::{Recovery, RecoveryError, Turn};
@@ -141,6 +143,9 @@ pub struct Outputs {
     /// Connections whose output the core wants to hear about once it is all written
     /// ([`ShardCore::on_client_drained`]).
     pub drain_notify: Vec<ConnId>,
+    /// Snapshots to stream to clients that asked for a backup; the shell reports each end
+    /// ([`ShardCore::on_backup_streamed`]).
+    pub backups: Vec<BackupJob>,
 }
 
 impl Outputs {
@@ -154,6 +159,7 @@ impl Outputs {
             && self.history_reads.is_empty()
             && self.history_retire.is_empty()
             && self.drain_notify.is_empty()
+            && self.backups.is_empty()
     }
 
     /// Empties every list, keeping the allocations.
@@ -169,6 +175,7 @@ impl Outputs {
         self.history_reads.clear();
         self.history_retire.clear();
         self.drain_notify.clear();
+        self.backups.clear();
     }
 }
 
@@ -191,6 +198,8 @@ pub struct ShardCore {
     failure: Option<String>,
     shutting_down: bool,
     snapshots: snapshots::SnapshotState,
+    /// Backups waiting for a snapshot, and the streams under way (see [`backup`]).
+    backups: backup::Backups,
     /// Fresh, joining or a member (see `catch_up`).
     catch_up: catch_up::CatchUp,
     /// The highest commit index a leader has told this joining (or fresh) replica about.
@@ -299,6 +308,7 @@ impl ShardCore {
             failure: None,
             shutting_down: false,
             snapshots: snapshots::SnapshotState::default(),
+            backups: backup::Backups::default(),
             catch_up: catch_up::CatchUp::Member,
             join_target: 0,
             injected_bug: None,

@@ -49,6 +49,11 @@ pub enum ReadQuery {
         /// Whether to list its keys.
         keys: bool,
     },
+    /// A snapshot of the whole shard, for a backup.
+    Backup {
+        /// Most bytes per second to stream it at (0: the snapshot write rate).
+        bytes_per_sec: u64,
+    },
 }
 
 /// A scan, with its bounds already combined from start, end, prefix and continuation.
@@ -223,6 +228,9 @@ impl ShardCore {
             ReadQuery::LeaseTimeToLive { lease, keys } => {
                 return self.serve_lease_time_to_live(waiter.caller, lease, keys)
             }
+            ReadQuery::Backup { bytes_per_sec } => {
+                return self.serve_backup(waiter.caller, read_index, bytes_per_sec)
+            }
             _ => {}
         }
         let now_ms = self.read_time_ms();
@@ -263,7 +271,9 @@ impl ShardCore {
                     too_large = None;
                 }
             }
-            ReadQuery::LeaseKeepAlive(_) | ReadQuery::LeaseTimeToLive { .. } => {
+            ReadQuery::LeaseKeepAlive(_)
+            | ReadQuery::LeaseTimeToLive { .. }
+            | ReadQuery::Backup { .. } => {
                 unreachable!("served above")
             }
             ReadQuery::Scan(scan) => {

@@ -27,7 +27,7 @@ use super::reads::{ReadQuery, ReadWaiter, ScanQuery};
 use super::replies::{push_reply, Caller};
 use super::Op;
 use super::{ConnId, ShardCore};
-use crate::constants::ENTRY_BYTES_MAX;
+use crate::constants::{BACKUP_BYTES_PER_SEC_MIN, ENTRY_BYTES_MAX};
 
 /// Why a request is refused before it does anything.
 pub(super) enum Refusal {
@@ -74,6 +74,7 @@ impl ShardCore {
             Request::LeaseRevokeRequest => Op::LeaseRevoke,
             Request::LeaseKeepAliveRequest => Op::LeaseKeepAlive,
             Request::LeaseTimeToLiveRequest => Op::LeaseTimeToLive,
+            Request::BackupRequest => Op::Backup,
             _ => Op::Hello,
         };
         self.metrics.request(op);
@@ -175,6 +176,20 @@ impl ShardCore {
                     }
                 };
                 // Linearizable only: the leader confirms it leads before it answers.
+                self.enqueue_read(ReadWaiter { caller, query }, false);
+                Ok(())
+            }
+            Request::BackupRequest if !self.removed() => {
+                let backup = request.request_as_backup_request().expect("type checked");
+                let rate = backup.bytes_per_sec();
+                if rate != 0 && rate < BACKUP_BYTES_PER_SEC_MIN {
+                    return Err(Refusal::Invalid(format!(
+                        "a backup must be sent at least {BACKUP_BYTES_PER_SEC_MIN} bytes per \
+                         second; {rate} asked"
+                    )));
+                }
+                let query = ReadQuery::Backup { bytes_per_sec: rate };
+                // After a ReadIndex round: the snapshot holds every write acknowledged before.
                 self.enqueue_read(ReadWaiter { caller, query }, false);
                 Ok(())
             }

@@ -41,6 +41,16 @@ pub struct SnapshotJob {
     pub membership: Membership,
 }
 
+impl SnapshotJob {
+    /// Builds the snapshot's archive: the frozen state merged and serialized. It touches
+    /// every key, so the shell runs it off the executor.
+    pub fn build(self) -> corekv_storage::Result<Archive> {
+        let SnapshotJob { frozen, meta, membership } = self;
+        let base = frozen.base.as_deref();
+        Archive::build(meta, &membership, base, &frozen.overlay, frozen.clock_ms, &frozen.leases)
+    }
+}
+
 /// When to snapshot: the first threshold reached wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotPolicy {
@@ -193,7 +203,8 @@ impl ShardCore {
         let wanted = self.raw.mut_store().take_snapshot_wanted() && applied > state.newest;
         let due = applied.saturating_sub(state.newest) >= entries
             || state.applied_bytes >= log_bytes
-            || wanted;
+            || wanted
+            || (self.backup_wants_snapshot() && applied > state.newest);
         if !due
             || state.in_progress.is_some()
             || self.ticks < state.retry_tick
@@ -240,6 +251,7 @@ impl ShardCore {
         self.snapshots.prune = true;
         self.metrics.snapshots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(shard = %self.cfg.shard, index, compacted_to = previous, "snapshot durable");
+        self.serve_waiting_backups();
     }
 
     /// Making the snapshot failed: the frozen layer folds back; retry later.
@@ -252,6 +264,7 @@ impl ShardCore {
         let (_, log_bytes) = self.snapshot_thresholds();
         self.snapshots.applied_bytes = self.snapshots.applied_bytes.max(log_bytes);
         self.metrics.snapshot_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.fail_waiting_backups(error);
     }
 
     /// Whether old snapshot files can be removed (once, after each new snapshot).
@@ -317,6 +330,7 @@ impl ShardCore {
         // the snapshot; whether they made it in is unknown here.
         self.fail_pending_through(index);
         self.admin_snapshot_installed(index);
+        self.serve_waiting_backups();
         tracing::info!(shard = %self.cfg.shard, index, term, "installed the leader's snapshot");
         true
     }

@@ -28,6 +28,10 @@ pub(super) struct Replica {
     pub(super) disk_works: bool,
     /// Reply frames, in order.
     pub(super) replies: Vec<(ConnId, Vec<u8>)>,
+    /// Snapshots the core asked for, not made yet.
+    pub(super) snapshot_jobs: Vec<super::SnapshotJob>,
+    /// Backup streams the core handed out.
+    pub(super) backups: Vec<super::BackupJob>,
 }
 
 impl Replica {
@@ -83,6 +87,8 @@ impl Replica {
             held: Vec::new(),
             disk_works: true,
             replies: Vec::new(),
+            snapshot_jobs: Vec::new(),
+            backups: Vec::new(),
         };
         replica.core.start(replica.now_us);
         replica.settle();
@@ -93,10 +99,12 @@ impl Replica {
     /// held, and each completion is followed by a turn.
     pub(super) fn settle(&mut self) {
         loop {
-            let _ = self.core.turn(self.now_us, 0, &mut self.out);
+            let turn = self.core.turn(self.now_us, 0, &mut self.out);
+            self.snapshot_jobs.extend(turn.snapshot);
             for (conn, range) in self.out.replies.drain(..) {
                 self.replies.push((conn, self.out.reply_bytes[range].to_vec()));
             }
+            self.backups.append(&mut self.out.backups);
             while let Some(job) = self.core.take_history_flush_job() {
                 self.history.run(&job);
                 self.core.on_history_flush_complete(job);

@@ -23,10 +23,12 @@
 //! | `snapshot_task` | build and write a snapshot off the executor |
 //! | `shutdown` | drain, answer, flush |
 //! | `client` | client connections |
+//! | `backup` | stream a snapshot to a client taking a backup |
 //! | `peer` | peer links: `sender`, `handshake`, `inbound`, `snapshot_send`, `snapshot_receive` |
 //! | `disk` | the O_DIRECT files: WAL flushes, snapshot files |
 
 mod background;
+mod backup;
 mod client;
 pub mod disk;
 mod driver;

@@ -66,6 +66,9 @@ pub(super) fn dispatch(shard: &Rc<Shard>, out: &mut Outputs, encoder: &mut PeerE
     if !out.garbage.is_empty() {
         background::free_replaced(std::mem::take(&mut out.garbage));
     }
+    for job in out.backups.drain(..) {
+        glommio::spawn_local(super::backup::stream_backup(shard.clone(), job)).detach();
+    }
     for fetch in out.cold_fetches.drain(..) {
         glommio::spawn_local(read_cold_records(shard.clone(), fetch)).detach();
     }

@@ -21,12 +21,8 @@ pub(super) async fn make_snapshot(shard: Rc<Shard>, job: SnapshotJob) {
     let dir = shard.snap_dir.clone();
     let write_bytes_per_sec = shard.core.borrow().config().snapshots.write_bytes_per_sec;
     let result: anyhow::Result<Arc<Archive>> = async {
-        let SnapshotJob { frozen, meta, membership } = job;
         // Merging and serializing touch every key: off the executor, at the lowest priority.
-        let built = background::run(format!("snapshot-{}", meta.shard), move || {
-            let (base, clock_ms) = (frozen.base.as_deref(), frozen.clock_ms);
-            Archive::build(meta, &membership, base, &frozen.overlay, clock_ms, &frozen.leases)
-        })?;
+        let built = background::run(format!("snapshot-{}", job.meta.shard), move || job.build())?;
         let archive = built.await.context("the snapshot thread died")??;
         let archive = Arc::new(archive);
         disk::write_snapshot_file(&dir, &archive, write_bytes_per_sec).await?;

@@ -14,6 +14,7 @@
 //!   lease grant TTL [--key KEY | --shard N] | keep-alive ID [--once] | revoke ID | ttl ID [--keys]
 //!   lock NAME [--ttl D] [-- CMD ARGS...]    hold a lock while CMD runs (or until Ctrl-C)
 //!   elect NAME [PROPOSAL] [--ttl D]          campaign and lead, or print each new leader
+//!   backup save DIR [--rate-mib N] | backup verify DIR   a consistent copy of the cluster
 //! ```
 //!
 //! The registry is `--registry`, else `$COREKV_REGISTRY`, else `./corekv.toml`. Durations read
@@ -39,6 +40,7 @@ use corekv_client::{
 use futures_util::StreamExt;
 use serde_json::json;
 
+mod backup;
 mod lease;
 mod lock;
 mod member;
@@ -200,6 +202,10 @@ enum Command {
     /// proposal once elected; or, without a proposal, print the leader's value each time
     /// it changes.
     Elect(lock::ElectArgs),
+    /// Online backup: save a consistent copy of the running cluster, or verify one
+    /// (`corekv restore` makes a new cluster from it).
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
 }
 
 /// A failure with its exit status.
@@ -297,12 +303,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<u8, Failure> {
+    let json = args.output == Output::Json;
+    if let Command::Backup(backup::BackupCommand::Verify { dir }) = &args.command {
+        return backup::verify(dir, json);
+    }
     let registry = load_registry(args.registry)?;
     let mut config = ClientConfig::new(registry);
     config.timeout = args.timeout;
     config.connect_timeout = args.timeout.min(Duration::from_secs(1));
     let client = Client::connect(config);
-    let json = args.output == Output::Json;
     let mut out = std::io::stdout().lock();
     match args.command {
         Command::Put { key, value, file, strip_newline: strip, ttl, lease } => {
@@ -370,6 +379,14 @@ async fn run(args: Args) -> Result<u8, Failure> {
         Command::Elect(elect_args) => {
             drop(out);
             return lock::elect(&client, json, elect_args).await;
+        }
+        Command::Backup(backup::BackupCommand::Save { dir, rate_mib, start_timeout }) => {
+            drop(out);
+            return backup::save(&client, json, &dir, rate_mib, start_timeout).await;
+        }
+        Command::Backup(backup::BackupCommand::Verify { dir }) => {
+            drop(out);
+            return backup::verify(&dir, json);
         }
     }
     Ok(0)
