@@ -21,7 +21,8 @@ use hdrhistogram::Histogram;
 
 use crate::workload::key_bytes;
 
-/// What the run is asked to do.
+/// What the run is asked to do: the flags of the same names, the registry of the cluster, and
+/// the `corekv` binary for the restore.
 #[derive(Debug, Clone)]
 pub struct BackupConfig {
     pub keys: usize,
@@ -34,7 +35,7 @@ pub struct BackupConfig {
     pub corekv: PathBuf,
 }
 
-/// Writes of one phase.
+/// Writes of one phase: acknowledged, failed, their latencies, and how long it lasted.
 pub struct Phase {
     pub writes: u64,
     pub errors: u64,
@@ -43,6 +44,7 @@ pub struct Phase {
 }
 
 impl Phase {
+    /// Acknowledged writes per second.
     pub fn per_sec(&self) -> f64 {
         self.writes as f64 / self.elapsed.as_secs_f64()
     }

@@ -286,6 +286,30 @@ fn write_json(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Resu
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// The run the flags describe (the workloads of `run`; the others' prefill).
+fn run_config(args: &Args, timeout: Duration) -> RunConfig {
+    RunConfig {
+        workload: args.workload,
+        keys: args.keys,
+        key_size: args.key_size,
+        value_size: args.value_size,
+        distribution: args.distribution.unwrap_or(if args.workload.zipfian_by_default() {
+            KeyDistribution::Zipfian
+        } else {
+            KeyDistribution::Uniform
+        }),
+        read_ratio: args.read_ratio,
+        stale: args.stale,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        ops: args.ops,
+        timeout,
+        open_loop_in_flight_max: args.in_flight_max as usize,
+    }
+}
+
 /// `corekv-bench backup`: see the `backup` module.
 async fn bench_backup(
     args: &Args,
@@ -305,23 +329,7 @@ async fn bench_backup(
     if args.prefill {
         let started = Instant::now();
         eprintln!("corekv-bench: writing {} keys", config.keys);
-        let run_config = RunConfig {
-            workload: Workload::Put,
-            keys: args.keys,
-            key_size: args.key_size,
-            value_size: args.value_size,
-            distribution: KeyDistribution::Uniform,
-            read_ratio: 0.0,
-            stale: false,
-            concurrency: args.concurrency,
-            rate: None,
-            warmup: Duration::ZERO,
-            duration: Duration::ZERO,
-            ops: None,
-            timeout,
-            open_loop_in_flight_max: args.in_flight_max as usize,
-        };
-        run::prefill(&targets, &run_config).await?;
+        run::prefill(&targets, &run_config(args, timeout)).await?;
         eprintln!("corekv-bench: prefill done in {:.1}s", started.elapsed().as_secs_f64());
     }
     let clients: Vec<Client> = targets.into_iter().filter_map(Target::corekv).collect();
@@ -563,26 +571,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         drop(spawned);
         return result;
     }
-    let config = RunConfig {
-        workload: args.workload,
-        keys: args.keys,
-        key_size: args.key_size,
-        value_size: args.value_size,
-        distribution: args.distribution.unwrap_or(if args.workload.zipfian_by_default() {
-            KeyDistribution::Zipfian
-        } else {
-            KeyDistribution::Uniform
-        }),
-        read_ratio: args.read_ratio,
-        stale: args.stale,
-        concurrency: args.concurrency,
-        rate: args.rate,
-        warmup: Duration::from_secs_f64(args.warmup),
-        duration: Duration::from_secs_f64(args.duration),
-        ops: args.ops,
-        timeout,
-        open_loop_in_flight_max: args.in_flight_max as usize,
-    };
+    let config = run_config(&args, timeout);
     if args.prefill {
         let started = Instant::now();
         eprintln!("corekv-bench: writing {} keys", config.keys);

@@ -229,7 +229,8 @@ fn serve_options(args: ServeArgs) -> Result<ServeOptions, String> {
 }
 
 /// `corekv restore`: exit 2 when refused before anything was written (a bad backup, a
-/// registry of another shape, a data directory in use), 1 when writing failed.
+/// registry of another shape, a data directory that is not empty or is in use), 1 when
+/// writing failed.
 fn restore(args: RestoreArgs) -> ExitCode {
     let registry = match Registry::load(&args.registry) {
         Ok(registry) => registry,

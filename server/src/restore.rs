@@ -57,7 +57,7 @@ pub type Restored = Vec<(u32, u64, usize)>;
 pub fn run(options: &RestoreOptions) -> anyhow::Result<Restored> {
     let manifest = check(options)?;
     let dir = &options.data_dir;
-    let _lock = data_dir::lock(dir)?;
+    let _lock = data_dir::lock(dir).map_err(|e| RestoreRefusal(format!("{e:#}")))?;
     if holds_anything_but_the_lock(dir)? {
         bail!(RestoreRefusal(format!(
             "{} is not empty: a restore makes a new data directory",
@@ -66,7 +66,9 @@ pub fn run(options: &RestoreOptions) -> anyhow::Result<Restored> {
     }
     let mark = dir.join(RESTORING_FILE);
     std::fs::write(&mark, b"corekv restore is writing this directory\n")
+        .and_then(|()| std::fs::File::open(&mark)?.sync_all())
         .with_context(|| format!("writing {}", mark.display()))?;
+    sync_dir(dir)?;
     let registry = &options.registry;
     let identity = Identity::new(&registry.cluster, registry.shards);
     // The mark makes `check` refuse; the identity is written directly.
@@ -74,22 +76,32 @@ pub fn run(options: &RestoreOptions) -> anyhow::Result<Restored> {
     let membership = Membership::bootstrap(&registry.nodes);
     let mut restored = Vec::new();
     for entry in &manifest.files {
-        let archive = files::load_shard(&options.backup, &manifest, entry)?;
+        let archive = files::load_shard(&options.backup, &manifest.cluster, entry)?;
         let made = files::rebuild_for_cluster(&archive, &registry.cluster, &membership)?;
         drop(archive);
-        let snap_dir = dir.join(format!("shard-{}", entry.shard)).join("snap");
+        let shard_dir = dir.join(format!("shard-{}", entry.shard));
+        let snap_dir = shard_dir.join("snap");
         std::fs::create_dir_all(&snap_dir)
             .with_context(|| format!("creating {}", snap_dir.display()))?;
         let name = snapshot::file_name(entry.index, entry.term);
         let temp = snap_dir.join(format!("{name}.tmp"));
+        // Syncs the file and `snap/`; the folders above it are synced below.
         files::write_synced(&snap_dir.join(&name), &temp, made.file_bytes())?;
+        sync_dir(&shard_dir)?;
         restored.push((entry.shard, entry.index, made.len()));
     }
+    // Every shard's file and folder is durable before the mark goes: a crash before leaves
+    // the mark, never a directory that looks whole with a shard missing.
+    sync_dir(dir)?;
     std::fs::remove_file(&mark).with_context(|| format!("removing {}", mark.display()))?;
+    sync_dir(dir)?;
+    Ok(restored)
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(restored)
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 /// Every check made before anything is written: the node, the backup whole, the shapes.
@@ -116,7 +128,8 @@ fn check(options: &RestoreOptions) -> anyhow::Result<Manifest> {
         )));
     }
     for entry in &manifest.files {
-        files::load_shard(&options.backup, &manifest, entry).map_err(|e| refuse(e.to_string()))?;
+        files::load_shard(&options.backup, &manifest.cluster, entry)
+            .map_err(|e| refuse(e.to_string()))?;
     }
     let dir = &options.data_dir;
     if dir.exists() && holds_anything_but_the_lock(dir)? {

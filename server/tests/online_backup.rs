@@ -53,12 +53,12 @@ fn restore_with(backup: &Path, registry: &Path, node: u64, data: &Path) -> (i32,
     (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
 }
 
-/// The per-shard indexes a backup's manifest records.
-fn backup_indexes(dir: &Path) -> Vec<u64> {
+/// The per-shard `field` (index, term) a backup's manifest records.
+fn backup_field(dir: &Path, field: &str) -> Vec<u64> {
     let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
     let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
     let files = manifest["files"].as_array().unwrap();
-    files.iter().map(|f| f["index"].as_u64().unwrap()).collect()
+    files.iter().map(|f| f[field].as_u64().unwrap()).collect()
 }
 
 /// Every key of the cluster with its value and metadata.
@@ -103,7 +103,8 @@ async fn preload(client: &Client, count: usize, value_bytes: usize) -> Vec<Acked
 // 3-node cluster restored from it by `corekv restore` holds every key whose last covered
 // write it names, with that write's value, version and mod index, and no other key; a watch
 // on the old cluster from the backup's cursor yields exactly the writes after it; the new
-// cluster takes writes, its log going on from the backup's indexes.
+// cluster elects leaders in terms past the backup's (a replica's term is never below its
+// last entry's) and takes writes, its log going on from the backup's indexes.
 #[test]
 fn a_backup_taken_under_writes_restores_exactly_what_its_indexes_cover() {
     let old = TestCluster::start_with(3, 2, SMALL);
@@ -111,6 +112,9 @@ fn a_backup_taken_under_writes_restores_exactly_what_its_indexes_cover() {
     let client = old.client();
     // About 12 MiB, so the streams (at 8 MiB/s per shard) last long enough to write during.
     let mut history = rt.block_on(preload(&client, 12_000, 1000));
+    // A leadership transfer puts shard 0 in a later term: a restored cluster starts past it.
+    let to = if old.leader_of(0) == 1 { 2 } else { 1 };
+    rt.block_on(client.transfer_leader(ShardId(0), corekv_client::NodeId(to))).unwrap();
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
@@ -156,7 +160,8 @@ fn a_backup_taken_under_writes_restores_exactly_what_its_indexes_cover() {
     assert!(during > 0, "writes were acknowledged while the backup ran");
     assert!(err.contains("MiB"), "progress is shown on stderr: {err}");
     let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let indexes = backup_indexes(&backup);
+    let indexes = backup_field(&backup, "index");
+    let terms = backup_field(&backup, "term");
     let cursor_text = summary["cursor"].as_str().unwrap();
     let expected_cursor = format!("0:{},1:{}", indexes[0] + 1, indexes[1] + 1);
     assert_eq!(cursor_text, expected_cursor);
@@ -199,6 +204,12 @@ fn a_backup_taken_under_writes_restores_exactly_what_its_indexes_cover() {
         assert!(out.contains("through index"), "{out}");
     }
     new.launch();
+    assert!(terms[0] >= 2, "shard 0's term moved on with the transfer: {terms:?}");
+    for shard in 0..2u32 {
+        let leader = new.leader_of(shard);
+        let term = new.shard_number(leader, shard, "term").unwrap();
+        assert!(term > terms[shard as usize], "shard {shard}: term {term} after {terms:?}");
+    }
     let restored_client = new.client();
     let restored = rt.block_on(everything(&restored_client));
     assert_eq!(restored.len(), expected.len(), "the restored cluster's key count");

@@ -165,10 +165,11 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// Reads shard `entry`'s file from the backup in `dir` and checks it against the manifest:
-/// its size, its crc32c, and that it loads as a snapshot of the manifest's cluster, shard,
-/// index and term (the snapshot's own checks: header crc, payload crc, archive validation).
-pub fn load_shard(dir: &Path, manifest: &Manifest, entry: &ShardFile) -> Result<Archive> {
+/// Reads shard `entry`'s file from the backup of cluster `cluster` in `dir` and checks it
+/// against its manifest entry: its size, its crc32c, and that it loads as a snapshot of that
+/// cluster, shard, index and term (the snapshot's own checks: header crc, payload crc,
+/// archive validation).
+pub fn load_shard(dir: &Path, cluster: &str, entry: &ShardFile) -> Result<Archive> {
     use std::io::Read;
     let path = dir.join(&entry.file);
     let mut file = match std::fs::File::open(&path) {
@@ -195,7 +196,7 @@ pub fn load_shard(dir: &Path, manifest: &Manifest, entry: &ShardFile) -> Result<
             format!("checksum mismatch (manifest {:#010x}, file {crc:#010x})", entry.crc32c),
         ));
     }
-    let archive = Archive::from_file_image(bytes, &path, Some((&manifest.cluster, entry.shard)))
+    let archive = Archive::from_file_image(bytes, &path, Some((cluster, entry.shard)))
         .map_err(|e| bad(&path, e.to_string()))?;
     let meta = archive.meta();
     if (meta.index, meta.term) != (entry.index, entry.term) {

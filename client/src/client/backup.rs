@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use corekv_proto::client::Reply;
+use corekv_proto::client::{self as wire, Reply};
 use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::{FrameBuffer, VerifiedReply};
 use corekv_types::ids::{NodeId, ShardId};
@@ -21,6 +21,9 @@ use crate::connection::{hello, OpenError};
 use crate::error::{Error, Result};
 use crate::retry::ServerError;
 
+/// The backup's request id: the only request on its connection.
+const BACKUP_REQUEST_ID: u64 = 1;
+
 /// Read buffer chunk: a chunk of the stream is a 1 MiB frame.
 const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -28,7 +31,8 @@ const READ_CHUNK_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
     /// Most bytes per second the leader sends; 0: the node's snapshot write rate
-    /// (`--snapshot-write-mib`).
+    /// (`--snapshot-write-mib`). Nodes refuse rates under 1 MiB/s (a stream holds one of a
+    /// shard's two backup places while it lasts).
     pub bytes_per_sec: u64,
     /// How long to try before the stream starts: the leader may have to take a snapshot
     /// first, which on a large shard takes seconds.
@@ -53,7 +57,8 @@ impl Default for BackupOptions {
 pub struct ShardSnapshot {
     /// The shard.
     pub shard: ShardId,
-    /// The node that sent it: the shard's leader when it was asked.
+    /// The node that sent it: the shard's leader when its ReadIndex round confirmed the
+    /// request (one that stepped down while taking the snapshot still sends it).
     pub node: NodeId,
     /// The last log index it covers: it holds every write acknowledged before it was asked.
     pub index: u64,
@@ -137,7 +142,8 @@ impl Client {
             Err(OpenError::Fatal(error)) => return Err(error),
             Err(OpenError::Refused(why) | OpenError::Unreachable(why)) => return again(why),
         }
-        let request = RequestEncoder::new().backup(1, options.bytes_per_sec).to_vec();
+        let request =
+            RequestEncoder::new().backup(BACKUP_REQUEST_ID, options.bytes_per_sec).to_vec();
         if let Err(e) = stream.write_all(&request).await {
             return again(format!("sending to {addr}: {e}"));
         }
@@ -149,32 +155,40 @@ impl Client {
             Err(why) => return again(why),
         };
         if let Some(error) = first.reply().reply_as_error_reply() {
-            return match server_error(&error) {
-                Some(ServerError::NotLeader { leader }) => {
-                    if let Some((hint, addr)) = error.kind_as_not_leader().and_then(|h| {
-                        h.leader_addr().map(|addr| (NodeId(h.leader_id()), addr.to_string()))
-                    }) {
-                        self.learn_addr(hint, shard, &addr);
-                    }
-                    Ok(Attempt::Again {
-                        hint: leader,
-                        wait: Some(Duration::ZERO),
-                        why: "not the leader".into(),
-                    })
-                }
-                Some(ServerError::Busy { retry_after }) => Ok(Attempt::Again {
-                    hint: Some(node),
-                    wait: Some(retry_after.max(Duration::from_millis(100))),
-                    why: "busy with other backups".into(),
-                }),
-                Some(ServerError::Unavailable(why)) => again(why),
-                Some(ServerError::Timeout) => again("timed out".into()),
-                Some(ServerError::Final(error)) => Err(error),
-                None => Err(Error::Protocol("a backup answered CompareFailed".into())),
-            };
+            return self.refused(&error, node, shard);
         }
         let snapshot = receive(&mut reader, first, node, shard, options, out, progress).await?;
         Ok(Attempt::Done(snapshot))
+    }
+
+    /// What a node's refusal of a backup means for the next attempt.
+    fn refused(
+        &self,
+        error: &wire::ErrorReply<'_>,
+        node: NodeId,
+        shard: ShardId,
+    ) -> Result<Attempt> {
+        let again = |hint, wait, why: String| Ok(Attempt::Again { hint, wait, why });
+        match server_error(error) {
+            Some(ServerError::NotLeader { leader }) => {
+                if let Some((hint, addr)) = error.kind_as_not_leader().and_then(|h| {
+                    h.leader_addr().map(|addr| (NodeId(h.leader_id()), addr.to_string()))
+                }) {
+                    self.learn_addr(hint, shard, &addr);
+                }
+                // With backoff: two nodes whose hints name each other (an election under way)
+                // are not asked in a tight loop.
+                again(leader, None, "not the leader".into())
+            }
+            Some(ServerError::Busy { retry_after }) => {
+                let wait = retry_after.max(Duration::from_millis(100));
+                again(Some(node), Some(wait), "busy with other backups".into())
+            }
+            Some(ServerError::Unavailable(why)) => again(None, None, why),
+            Some(ServerError::Timeout) => again(None, None, "timed out".into()),
+            Some(ServerError::Final(error)) => Err(error),
+            None => Err(Error::Protocol("a backup answered CompareFailed".into())),
+        }
     }
 }
 
@@ -253,7 +267,9 @@ async fn receive<W: AsyncWrite + Unpin>(
             crc32c: 0,
         });
         let data = chunk.data().bytes();
-        let fits = chunk.shard() == shard.get()
+        let fits = frame.id() == BACKUP_REQUEST_ID
+            && (!data.is_empty() || chunk.last())
+            && chunk.shard() == shard.get()
             && (chunk.index(), chunk.term(), chunk.total())
                 == (expected.index, expected.term, expected.bytes)
             && chunk.offset() == received
@@ -261,11 +277,13 @@ async fn receive<W: AsyncWrite + Unpin>(
             && (chunk.last() == (received + data.len() as u64 == expected.bytes));
         if !fits {
             return Err(Error::Protocol(format!(
-                "backup chunk of shard {} at {} of {} bytes does not follow {received} bytes of \
-                 shard {shard}'s snapshot of {} bytes",
+                "backup chunk (request {}) of shard {} at {} of {} bytes ({} of data) does not \
+                 follow {received} bytes of shard {shard}'s snapshot of {} bytes",
+                frame.id(),
                 chunk.shard(),
                 chunk.offset(),
                 chunk.total(),
+                data.len(),
                 expected.bytes
             )));
         }

@@ -97,10 +97,11 @@ impl ShardCore {
         }
     }
 
-    /// The snapshot the waiting backups need failed: they are answered why (the client may
-    /// ask again; the snapshot is retried on its own schedule).
-    pub(super) fn fail_waiting_backups(&mut self, error: &str) {
-        let reason = format!("taking the backup's snapshot failed: {error}");
+    /// No snapshot will come for the waiting backups (the one taken failed, the node shuts
+    /// down, the shard failed): they are answered why, and the client asks again (this node
+    /// or another).
+    pub(super) fn fail_waiting_backups(&mut self, why: &str) {
+        let reason = format!("no snapshot for the backup: {why}");
         for w in std::mem::take(&mut self.backups.waiting) {
             self.reply_error(w.caller, &ErrorInfo::Unavailable { reason: &reason });
         }
@@ -114,8 +115,10 @@ impl ShardCore {
         }
     }
 
-    /// A connection closed: its waiting backups are dropped.
+    /// A connection closed: its backups, waiting for a ReadIndex round or a snapshot, are
+    /// dropped.
     pub(super) fn drop_backups_of(&mut self, conn: ConnId) {
+        self.reads.drop_backups_of(conn);
         self.backups.waiting.retain(|w| w.caller.conn != conn);
     }
 }

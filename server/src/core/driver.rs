@@ -301,5 +301,6 @@ impl ShardCore {
         for waiter in self.reads.drain_all() {
             self.reply_error(waiter.caller, &ErrorInfo::Unavailable { reason });
         }
+        self.fail_waiting_backups(reason);
     }
 }

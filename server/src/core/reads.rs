@@ -113,19 +113,30 @@ impl Reads {
 
     /// Takes the reads that have waited longer than `timeout_us`.
     pub(super) fn expire(&mut self, now_us: u64, timeout_us: u64) -> Vec<ReadWaiter> {
-        let old = |w: &ReadWaiter| now_us.saturating_sub(w.caller.start_us) > timeout_us;
-        let mut expired: Vec<ReadWaiter> = Vec::new();
+        self.take_where(|w| now_us.saturating_sub(w.caller.start_us) > timeout_us)
+    }
+
+    /// Drops the backups connection `conn` asked for (it closed): a backup served after its
+    /// round would hold a place and force a snapshot for no one. Other reads are cheap to
+    /// answer into the void.
+    pub(super) fn drop_backups_of(&mut self, conn: super::ConnId) {
+        self.take_where(|w| w.caller.conn == conn && matches!(w.query, ReadQuery::Backup { .. }));
+    }
+
+    /// Takes the waiting reads `take` picks, queued or in a round.
+    fn take_where(&mut self, take: impl Fn(&ReadWaiter) -> bool) -> Vec<ReadWaiter> {
+        let mut taken: Vec<ReadWaiter> = Vec::new();
         for round in &mut self.rounds {
-            let (gone, kept): (Vec<_>, Vec<_>) = round.waiters.drain(..).partition(old);
+            let (gone, kept): (Vec<_>, Vec<_>) = round.waiters.drain(..).partition(&take);
             round.waiters = kept;
-            expired.extend(gone);
+            taken.extend(gone);
         }
         self.rounds.retain(|r| !r.waiters.is_empty());
-        let (gone, kept): (Vec<_>, Vec<_>) = self.queued.drain(..).partition(old);
+        let (gone, kept): (Vec<_>, Vec<_>) = self.queued.drain(..).partition(&take);
         self.queued = kept;
-        expired.extend(gone);
-        self.waiting -= expired.len();
-        expired
+        taken.extend(gone);
+        self.waiting -= taken.len();
+        taken
     }
 }
 

@@ -299,6 +299,8 @@ impl ShardCore {
         self.fail_unproposed_writes();
         self.fail_proposed_writes_unknown();
         self.fail_reads_not_leader();
+        let reason = self.failure.clone().unwrap_or_default();
+        self.fail_waiting_backups(&reason);
         if self.is_leader() {
             let best = self
                 .raw

@@ -102,9 +102,15 @@ fn raft_snapshot(index: u64, term: u64, conf: &ConfState) -> Snapshot {
 ///
 /// When the log holds the snapshot's entry, everything up to it is committed. When it does not
 /// — a leader's snapshot was received and its file made durable, but the crash came before
-/// the WAL recorded the reset to it — the log is reset to the snapshot now: its entries were
-/// either older than the snapshot or from a branch the leader's log does not contain, and
-/// raft-rs refuses to start with a commit index past the end of the log.
+/// the WAL recorded the reset to it, or the data directory was made by `corekv restore` and
+/// has no WAL — the log is reset to the snapshot now: its entries were either older than the
+/// snapshot or from a branch the leader's log does not contain, and raft-rs refuses to start
+/// with a commit index past the end of the log. The hard state's term is raised to the
+/// snapshot's when it is lower (a restored directory's is 0): a replica's term is never
+/// below its last entry's, else the first leader of a restored cluster would append entries
+/// of a lower term after the snapshot, and a replica holding only the snapshot would count
+/// as more up to date than those holding them — it could win an election and overwrite
+/// committed entries.
 pub(super) fn reconcile_log_with_snapshot(
     store: &mut RaftLogStore,
     index: u64,
@@ -112,6 +118,14 @@ pub(super) fn reconcile_log_with_snapshot(
     conf: &ConfState,
 ) -> Result<(), String> {
     use raft::Storage;
+    if store.hard_state().term < term {
+        let mut hard_state = store.hard_state().clone();
+        hard_state.term = term;
+        hard_state.vote = raft::INVALID_ID;
+        store
+            .set_hard_state(&hard_state)
+            .map_err(|refused| format!("raising the term to snapshot {index}'s: {refused:?}"))?;
+    }
     if store.term(index).is_ok_and(|t| t == term) {
         store.ensure_committed(index);
         return Ok(());
@@ -264,7 +278,7 @@ impl ShardCore {
         let (_, log_bytes) = self.snapshot_thresholds();
         self.snapshots.applied_bytes = self.snapshots.applied_bytes.max(log_bytes);
         self.metrics.snapshot_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.fail_waiting_backups(error);
+        self.fail_waiting_backups(&format!("taking it failed: {error}"));
     }
 
     /// Whether old snapshot files can be removed (once, after each new snapshot).

@@ -1,22 +1,25 @@
 //! Backup streams: the bytes of a snapshot file (already in memory: the archive is read in
 //! place) sent to the client that asked, in chunks under its request id, at most the job's
-//! rate (by default the snapshot write rate), each chunk queued only once the connection has
-//! written out all but [`BACKUP_QUEUED_BYTES_MAX`] of what it holds. A connection that closes,
-//! a client that takes nothing for [`BACKUP_STALL_MS`], or a node that stops ends the stream;
-//! the client starts that shard over.
+//! rate (by default the snapshot write rate). A chunk is queued only while the connection's
+//! output buffer holds at most [`BACKUP_QUEUED_BYTES_MAX`] (the buffer empties once all of it
+//! is written), so a slow client holds no more than that of copies. A connection that
+//! closes ends the stream; a node that stops, or a client that lets its buffer stay full for
+//! [`BACKUP_STALL_MS`], ends it with an `Unavailable` reply, and the client starts that shard
+//! over.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use corekv_proto::encode::{ChunkPlace, ReplyEncoder};
+use corekv_proto::encode::{ChunkPlace, ErrorInfo, ReplyEncoder};
 
-use super::state::Shard;
+use super::state::{ClientConn, Shard};
 use crate::constants::{BACKUP_CHUNK_BYTES, BACKUP_QUEUED_BYTES_MAX, BACKUP_STALL_MS};
 use crate::core::BackupJob;
 
-/// How often a stream looks again at a connection whose output is full.
-const BACKUP_POLL: Duration = Duration::from_millis(2);
+/// How often a stream looks again at a connection whose output is full (a 1 MiB chunk takes
+/// 30 ms at the default rate: polling costs a hundred wake-ups a second, only while blocked).
+const BACKUP_POLL: Duration = Duration::from_millis(10);
 
 /// Streams `job`'s snapshot, then tells the core the stream is over.
 pub(super) async fn stream_backup(shard: Rc<Shard>, job: BackupJob) {
@@ -29,7 +32,7 @@ pub(super) async fn stream_backup(shard: Rc<Shard>, job: BackupJob) {
     core.on_backup_streamed(sent);
 }
 
-/// Sends every chunk; false when the connection or the node went away first.
+/// Sends every chunk; false when the stream ended first.
 async fn send(shard: &Shard, job: &BackupJob) -> bool {
     let bytes = job.archive.file_bytes();
     let meta = job.archive.meta();
@@ -40,14 +43,16 @@ async fn send(shard: &Shard, job: &BackupJob) -> bool {
     let mut offset = 0usize;
     let mut progress = Instant::now();
     loop {
+        let Some(conn) = shard.conns.borrow().get(&job.conn).cloned() else { return false };
         if shard.stopping.get() {
+            end_stream(&conn, job.id, "the node is shutting down");
             return false;
         }
-        let Some(conn) = shard.conns.borrow().get(&job.conn).cloned() else { return false };
         if conn.out.borrow().len() > BACKUP_QUEUED_BYTES_MAX {
             if progress.elapsed() > Duration::from_millis(BACKUP_STALL_MS) {
                 tracing::warn!(shard = %shard.shard, conn = job.conn, offset,
                     "a backup's client took nothing for a minute; its stream is given up");
+                end_stream(&conn, job.id, "the backup's client took nothing for a minute");
                 return false;
             }
             glommio::timer::sleep(BACKUP_POLL).await;
@@ -76,4 +81,10 @@ async fn send(shard: &Shard, job: &BackupJob) -> bool {
             return true;
         }
     }
+}
+
+/// Ends a stream before its last chunk: the request is answered `Unavailable`, why.
+fn end_stream(conn: &ClientConn, id: u64, reason: &str) {
+    let frame = ReplyEncoder::new().error(id, &ErrorInfo::Unavailable { reason }).to_vec();
+    conn.push_reply(&frame, true);
 }

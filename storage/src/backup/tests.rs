@@ -92,7 +92,7 @@ fn a_backup_reads_back_whole() {
     assert_eq!(manifest, written);
     assert_eq!(manifest.cursor(), vec![40, 40]);
     for entry in &manifest.files {
-        let archive = load_shard(dir.path(), &manifest, entry).unwrap();
+        let archive = load_shard(dir.path(), &manifest.cluster, entry).unwrap();
         assert_eq!(archive.len(), 3);
         assert_eq!(archive.meta().shard, entry.shard);
     }
@@ -134,7 +134,7 @@ fn damaged_shard_files_are_refused_with_the_file_and_the_reason() {
     let manifest = write_backup(dir.path());
     let path = dir.path().join("shard-1.snap");
     let good = std::fs::read(&path).unwrap();
-    let load = |m: &Manifest| refusal(load_shard(dir.path(), m, &m.files[1]));
+    let load = |m: &Manifest| refusal(load_shard(dir.path(), &m.cluster, &m.files[1]));
 
     std::fs::write(&path, &good[..good.len() - 4096]).unwrap();
     let error = load(&manifest);

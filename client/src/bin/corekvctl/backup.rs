@@ -31,9 +31,9 @@ pub(crate) enum BackupCommand {
     Save {
         /// The backup directory.
         dir: PathBuf,
-        /// Most MiB per second each shard's leader sends [default: the node's snapshot
-        /// write rate, --snapshot-write-mib].
-        #[arg(long)]
+        /// Most MiB per second each shard's leader sends, at least 1 [default: the node's
+        /// snapshot write rate, --snapshot-write-mib].
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         rate_mib: Option<u64>,
         /// How long to wait for a shard's stream to start (its leader may first have to
         /// take a snapshot).
@@ -51,12 +51,15 @@ pub(crate) enum BackupCommand {
 
 /// Runs `backup verify`, which needs no registry.
 pub(crate) fn verify(dir: &Path, json: bool) -> Result<u8, Failure> {
+    if !dir.is_dir() {
+        return Err(input_error(format!("{} is not a directory", dir.display())));
+    }
     let manifest =
         files::read_manifest(dir).map_err(|e| Failure { code: 1, message: e.to_string() })?;
     let mut problems = Vec::new();
     let mut shards = Vec::new();
     for entry in &manifest.files {
-        match files::load_shard(dir, &manifest, entry) {
+        match files::load_shard(dir, &manifest.cluster, entry) {
             Ok(archive) => shards.push(json!({
                 "shard": entry.shard, "index": entry.index, "term": entry.term,
                 "keys": archive.len(), "bytes": entry.bytes, "ok": true,
@@ -207,14 +210,7 @@ async fn save_shard(
     let dir_owned = dir.to_path_buf();
     let (check, cluster) = (entry.clone(), client.registry().cluster.clone());
     let loaded = tokio::task::spawn_blocking(move || {
-        let manifest = Manifest {
-            format: files::BACKUP_FORMAT_VERSION,
-            cluster,
-            shards: 0,
-            created_unix_ms: 0,
-            files: Vec::new(),
-        };
-        files::load_shard(&dir_owned, &manifest, &check).map(|a| a.len() as u64)
+        files::load_shard(&dir_owned, &cluster, &check).map(|a| a.len() as u64)
     })
     .await
     .map_err(|e| Failure { code: 3, message: format!("checking shard {shard}'s file: {e}") })?;

@@ -11,7 +11,9 @@ use crate::constants::BACKUP_STREAMS_MAX;
 
 /// Makes the snapshot the replica's core asked for, as the shell's snapshot task does.
 fn make_snapshot(r: &mut Replica) -> u64 {
-    // The next turns take it (a tick's, in a node).
+    // The job is asked for by a turn after the one whose read round admitted the backup (a
+    // tick's, in a node), and handed out once the watch history is durable through its index
+    // (the turn after).
     r.advance_ms(10);
     r.advance_ms(10);
     let job = r.snapshot_jobs.pop().expect("a snapshot was asked for");
@@ -98,7 +100,7 @@ fn a_failed_snapshot_or_a_follower_refuses_the_backup() {
     let reply = corekv_proto::frame::verify_reply(frame).unwrap();
     let reason =
         reply.reply_as_error_reply().and_then(|e| e.kind_as_unavailable()).and_then(|u| u.reason());
-    assert_eq!(reason, Some("taking the backup's snapshot failed: disk full"));
+    assert_eq!(reason, Some("no snapshot for the backup: taking it failed: disk full"));
 
     let mut follower = Replica::new(3);
     let backup = follower.encoder.backup(5, 0).to_vec();
@@ -113,4 +115,26 @@ fn a_failed_snapshot_or_a_follower_refuses_the_backup() {
     let reply = corekv_proto::frame::verify_reply(frame).unwrap();
     let invalid = reply.reply_as_error_reply().and_then(|e| e.kind_as_invalid_request());
     assert!(invalid.and_then(|i| i.reason()).is_some_and(|r| r.contains("at least")));
+}
+
+// Shows: a backup whose connection closes before its ReadIndex round is over is dropped: no
+// snapshot is taken for it and it holds no place.
+#[test]
+fn a_backup_of_a_closed_connection_is_dropped() {
+    let mut r = Replica::new(1);
+    put(&mut r, 1, b"k");
+    let backup = r.encoder.backup(2, 0).to_vec();
+    r.send(7, &backup);
+    r.core.on_client_closed(7);
+    r.advance_ms(10);
+    r.advance_ms(10);
+    assert!(r.snapshot_jobs.is_empty(), "no snapshot for a backup no one waits for");
+    assert!(r.backups.is_empty());
+    assert!(r.core.backups.waiting.is_empty());
+    for id in 10..10 + BACKUP_STREAMS_MAX as u64 {
+        let backup = r.encoder.backup(id, 0).to_vec();
+        r.send(8, &backup);
+    }
+    make_snapshot(&mut r);
+    assert_eq!(r.backups.len(), BACKUP_STREAMS_MAX, "every place is free for others");
 }
