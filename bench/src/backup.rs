@@ -35,10 +35,12 @@ pub struct BackupConfig {
     pub corekv: PathBuf,
 }
 
-/// Writes of one phase: acknowledged, failed, their latencies, and how long it lasted.
+/// Writes of one phase: acknowledged, failed (and the first failure), their latencies, and
+/// how long it lasted.
 pub struct Phase {
     pub writes: u64,
     pub errors: u64,
+    pub first_error: Option<String>,
     pub latency_us: Histogram<u64>,
     pub elapsed: Duration,
 }
@@ -79,6 +81,7 @@ async fn write_until(
             let (stop, latency, config) = (stop.clone(), latency.clone(), config.clone());
             tokio::spawn(async move {
                 let (mut writes, mut errors, mut local) = (0u64, 0u64, histogram());
+                let mut first_error = None;
                 let value = vec![b'v'; config.value_size];
                 let mut x = (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 while !stop.load(Ordering::Relaxed) {
@@ -92,22 +95,26 @@ async fn write_until(
                             writes += 1;
                             local.saturating_record(sent.elapsed().as_micros() as u64);
                         }
-                        Err(_) => errors += 1,
+                        Err(error) => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| error.to_string());
+                        }
                     }
                 }
                 latency.lock().unwrap_or_else(|p| p.into_inner()).add(&local).ok();
-                (writes, errors)
+                (writes, errors, first_error)
             })
         })
         .collect();
-    let (mut writes, mut errors) = (0, 0);
+    let (mut writes, mut errors, mut first_error) = (0, 0, None);
     for task in tasks {
-        let (w, e) = task.await.context("a writer failed")?;
+        let (w, e, first) = task.await.context("a writer failed")?;
         writes += w;
         errors += e;
+        first_error = first_error.or(first);
     }
     let latency_us = latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Ok(Phase { writes, errors, latency_us, elapsed: began.elapsed() })
+    Ok(Phase { writes, errors, first_error, latency_us, elapsed: began.elapsed() })
 }
 
 /// Runs the three parts (see the module docs).

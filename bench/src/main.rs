@@ -339,7 +339,10 @@ async fn bench_backup(
     if let Some(path) = &args.json {
         let phase = |p: &backup::Phase| {
             let (latency, _) = report::latency_json(&p.latency_us);
-            json!({"writes_per_sec": p.per_sec(), "errors": p.errors, "latency_us": latency})
+            json!({
+                "writes_per_sec": p.per_sec(), "errors": p.errors, "first_error": p.first_error,
+                "latency_us": latency,
+            })
         };
         let value = json!({
             "label": label,

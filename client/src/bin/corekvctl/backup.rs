@@ -228,8 +228,20 @@ async fn stream_into(
 ) -> corekv_client::Result<ShardSnapshot> {
     let output =
         |e: std::io::Error| corekv_client::Error::Output(format!("{}: {e}", path.display()));
-    let file = tokio::fs::File::create(path).await.map_err(output)?;
-    let mut writer = tokio::io::BufWriter::with_capacity(1024 * 1024, file);
+    // Each 4 MiB write is durable when it returns (O_DSYNC): buffered writes would pile up
+    // a shard's whole file in the page cache and flush it in one burst at the end, which on
+    // a disk the cluster shares stalls the nodes' WAL syncs for up to a second (seen on a
+    // one-disk test machine: writes on a node timed out). Synced as it comes, the backup
+    // loads the disk at the stream's pace instead.
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DSYNC)
+        .open(path)
+        .await
+        .map_err(output)?;
+    let mut writer = tokio::io::BufWriter::with_capacity(4 * 1024 * 1024, file);
     let counters = &received[shard.get() as usize];
     let mut progress = |got: u64, total: u64| {
         counters.0.store(got, Relaxed);
