@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Every file is written under a temporary name (`*.partial`), synced, and renamed into
-//! place; the manifest last. A directory without a manifest is a backup that did not finish
+//! place (`corekvctl` renames the shard files once every shard is in); the manifest last. A directory without a manifest is a backup that did not finish
 //! and is refused as such; a shard file whose size or crc32c differs from the manifest's, or
 //! that does not load as a snapshot of the manifest's cluster, shard, index and term, is
 //! refused with its path and the reason.

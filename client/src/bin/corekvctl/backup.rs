@@ -142,6 +142,8 @@ pub(crate) async fn save(
     for result in results {
         entries.push(result?);
     }
+    let cluster = client.registry().cluster.clone();
+    let entries = finish_and_check(dir, &cluster, entries).await?;
     let manifest = Manifest {
         format: files::BACKUP_FORMAT_VERSION,
         cluster: client.registry().cluster.clone(),
@@ -172,8 +174,8 @@ fn prepare_dir(dir: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Streams one shard's snapshot into its file (started over if the stream breaks), checks
-/// the file loads, and returns its manifest entry.
+/// Streams one shard's snapshot into its file, still under its temporary name (started over
+/// if the stream breaks); returns its manifest entry, the key count left for the check.
 async fn save_shard(
     client: &Client,
     dir: &Path,
@@ -194,9 +196,7 @@ async fn save_shard(
             Err(error) => return Err(error.into()),
         }
     };
-    let path = dir.join(&name);
-    files::finish_file(&partial, &path).map_err(|e| Failure { code: 3, message: e.to_string() })?;
-    let mut entry = ShardFile {
+    Ok(ShardFile {
         shard: shard.get(),
         file: name,
         index: snapshot.index,
@@ -205,17 +205,34 @@ async fn save_shard(
         crc32c: snapshot.crc32c,
         keys: 0,
         node: snapshot.node.get(),
-    };
-    // Read back as `verify` would, before the manifest vouches for it.
-    let dir_owned = dir.to_path_buf();
-    let (check, cluster) = (entry.clone(), client.registry().cluster.clone());
-    let loaded = tokio::task::spawn_blocking(move || {
-        files::load_shard(&dir_owned, &cluster, &check).map(|a| a.len() as u64)
     })
-    .await
-    .map_err(|e| Failure { code: 3, message: format!("checking shard {shard}'s file: {e}") })?;
-    entry.keys = loaded.map_err(|e| Failure { code: 3, message: e.to_string() })?;
-    Ok(entry)
+}
+
+/// Once every shard is in: gives each file its final name, then reads each back as `verify`
+/// would (counting its keys) before the manifest vouches for it. Until then every file is
+/// `*.partial`, so an interrupted save leaves none that looks finished.
+async fn finish_and_check(
+    dir: &Path,
+    cluster: &str,
+    mut entries: Vec<ShardFile>,
+) -> Result<Vec<ShardFile>, Failure> {
+    let failed = |e: String| Failure { code: 3, message: e };
+    for entry in &entries {
+        let partial = dir.join(format!("{}{}", entry.file, files::PARTIAL_SUFFIX));
+        files::finish_file(&partial, &dir.join(&entry.file)).map_err(|e| failed(e.to_string()))?;
+    }
+    let checks = entries.iter().map(|entry| {
+        let (dir, cluster, entry) = (dir.to_path_buf(), cluster.to_string(), entry.clone());
+        tokio::task::spawn_blocking(move || {
+            files::load_shard(&dir, &cluster, &entry).map(|archive| archive.len() as u64)
+        })
+    });
+    let counted = futures_util::future::join_all(checks).await;
+    for (entry, keys) in entries.iter_mut().zip(counted) {
+        let keys = keys.map_err(|e| failed(format!("checking shard {}: {e}", entry.shard)))?;
+        entry.keys = keys.map_err(|e| failed(e.to_string()))?;
+    }
+    Ok(entries)
 }
 
 /// One try at streaming shard `shard` into `path` (written from scratch), synced.
