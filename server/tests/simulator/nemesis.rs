@@ -116,8 +116,11 @@ impl Sim {
     }
 
     /// Whether wiping `victim` stays within what corekv promises to survive: no other node is
-    /// rebuilding, every other member replica has a commit index past zero on disk, and in
-    /// each shard the other voters make a majority. (A replica that would restart knowing of no
+    /// rebuilding, every other member replica has a commit index past zero on disk and is not
+    /// catching up (a replica that started empty and is still joining withholds its vote just
+    /// as a wiped one does: wiping another then leaves a group of three one voter, for good —
+    /// seed 9708 did that, a fresh replica cut off at the start still joining when the
+    /// leader was wiped), and in each shard the other voters make a majority. (A replica that would restart knowing of no
     /// commit could be elected with the wiped one's vote while the replicas holding the data
     /// are down — the case `ShardCore::step` documents as uncovered.) Replicas of nodes that
     /// are not members of their shard (spares not added yet, removed nodes) do not count.
@@ -153,9 +156,9 @@ impl Sim {
                     || (!node.wiped
                         && node.replicas.iter().enumerate().all(|(s, r)| {
                             !self.is_member(&views[s], id)
-                                || r.core
-                                    .as_ref()
-                                    .is_some_and(|c| c.raft().store().durable_commit() > 0)
+                                || r.core.as_ref().is_some_and(|c| {
+                                    c.raft().store().durable_commit() > 0 && !c.catching_up()
+                                })
                         }))
             })
     }
@@ -181,9 +184,13 @@ impl Sim {
     }
 
     /// The operator of a node started with `--join` (wiped, or a spare): once each of its
-    /// replicas that is a member of its shard (as the shard's leader knows) has caught up,
-    /// the node is whole again, and later restarts go without `--join` (as the runbook says).
-    /// A node never added anywhere keeps `--join`.
+    /// replicas that is a member of its shard (as the shard's leader knows; for a shard with
+    /// no leader, as the replica's own membership says) has caught up, the node is whole
+    /// again, and later restarts go without `--join` (as the runbook says). A node never
+    /// added anywhere keeps `--join`. (Waiting for every shard's leader instead left a spare
+    /// promoted in one shard marked as joining while another shard had no leader; it crashed,
+    /// came back with `--join`, and withheld the vote its two-voter shard needed, for good:
+    /// seed 14794.)
     pub(crate) fn tend_joined(&mut self, id: u64) {
         let node = &self.nodes[id as usize - 1];
         if !node.up || !node.join {
@@ -191,12 +198,18 @@ impl Sim {
         }
         let mut member_somewhere = false;
         for shard in 0..self.opts.shards {
-            let Some((_, m)) = self.leader_view(shard) else { return };
-            if !m.contains(NodeId(id)) {
+            let replica = &node.replicas[shard as usize];
+            let member = match self.leader_view(shard) {
+                Some((_, m)) => m.contains(NodeId(id)),
+                None => match replica.core.as_ref() {
+                    Some(core) => core.membership().contains(NodeId(id)),
+                    None => return,
+                },
+            };
+            if !member {
                 continue;
             }
             member_somewhere = true;
-            let replica = &node.replicas[shard as usize];
             let caught_up = replica
                 .core
                 .as_ref()
