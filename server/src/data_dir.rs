@@ -343,6 +343,18 @@ mod tests {
         assert!(error.to_string().contains("format 2"), "{error}");
     }
 
+    // Shows: a directory holding a restore's mark (`corekv restore` stopped part way) is
+    // refused with what to do, whatever else it holds, and nothing is written to it.
+    #[test]
+    fn an_unfinished_restore_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(RESTORING_FILE), b"x").unwrap();
+        let error = check_and_record(dir.path(), &Identity::new("x", 1)).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("restore that did not finish") && text.contains("again"), "{text}");
+        assert_eq!(read_identity(dir.path()).unwrap(), None);
+    }
+
     // Shows: cluster names with quotes and backslashes survive the file.
     #[test]
     fn names_that_need_escaping_round_trip() {

@@ -158,7 +158,7 @@ fn a_backup_taken_under_writes_restores_exactly_what_its_indexes_cover() {
         writes_per_sec(during, took)
     );
     assert!(during > 0, "writes were acknowledged while the backup ran");
-    assert!(err.contains("MiB"), "progress is shown on stderr: {err}");
+    assert!(err.contains("backup: shard 0:") && err.contains("MiB"), "progress on stderr: {err}");
     let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let indexes = backup_field(&backup, "index");
     let terms = backup_field(&backup, "term");

@@ -138,6 +138,8 @@ pub(crate) async fn save(
     let saves = (0..shards).map(|s| save_shard(client, dir, ShardId(s), &options, &received));
     let results = futures_util::future::join_all(saves).await;
     reporter.abort();
+    // The last line, whatever the timer's phase: every shard streamed (or the failure below).
+    print_progress(&received, began);
     let mut entries = Vec::new();
     for result in results {
         entries.push(result?);
@@ -274,22 +276,27 @@ async fn stream_into(
 async fn report_progress(received: Arc<Vec<(AtomicU64, AtomicU64)>>, began: Instant) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut got = 0;
-        let shards: Vec<String> = received
-            .iter()
-            .enumerate()
-            .map(|(s, (g, t))| {
-                let (g, t) = (g.load(Relaxed), t.load(Relaxed));
-                got += g;
-                match t {
-                    0 => format!("shard {s}: waiting for its snapshot"),
-                    t => format!("shard {s}: {:.1}/{:.1} MiB", g as f64 / MIB, t as f64 / MIB),
-                }
-            })
-            .collect();
-        let rate = got as f64 / MIB / began.elapsed().as_secs_f64();
-        eprintln!("backup: {} ({rate:.1} MiB/s)", shards.join(", "));
+        print_progress(&received, began);
     }
+}
+
+/// One line of progress on stderr: each shard's bytes so far, and the rate.
+fn print_progress(received: &[(AtomicU64, AtomicU64)], began: Instant) {
+    let mut got = 0;
+    let shards: Vec<String> = received
+        .iter()
+        .enumerate()
+        .map(|(s, (g, t))| {
+            let (g, t) = (g.load(Relaxed), t.load(Relaxed));
+            got += g;
+            match t {
+                0 => format!("shard {s}: waiting for its snapshot"),
+                t => format!("shard {s}: {:.1}/{:.1} MiB", g as f64 / MIB, t as f64 / MIB),
+            }
+        })
+        .collect();
+    let rate = got as f64 / MIB / began.elapsed().as_secs_f64().max(1e-3);
+    eprintln!("backup: {} ({rate:.1} MiB/s)", shards.join(", "));
 }
 
 fn print_summary(dir: &Path, manifest: &Manifest, elapsed: Duration, json: bool) {
