@@ -153,7 +153,8 @@ impl Client {
         });
     }
 
-    fn check_shard(&self, shard: ShardId) -> Result<()> {
+    /// `shard` when the cluster has it, else `InvalidArgument` naming the shards there are.
+    pub(super) fn check_shard(&self, shard: ShardId) -> Result<()> {
         let shards = self.registry().shards;
         if shard.get() >= shards {
             return Err(Error::InvalidArgument(format!(

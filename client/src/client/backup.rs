@@ -89,6 +89,7 @@ impl Client {
         out: &mut W,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<ShardSnapshot> {
+        self.check_shard(shard)?;
         let started = Instant::now();
         let deadline = started + options.start_timeout;
         let nodes = self.nodes_for_call(shard);
@@ -298,5 +299,31 @@ async fn receive<W: AsyncWrite + Unpin>(
             return Ok(done);
         }
         reply = reader.next(options.stall_timeout).await.map_err(broken)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+
+    // Shows: a backup of a shard the cluster does not have is refused at once, nothing sent
+    // (the registry's node listens nowhere: an attempt would fail otherwise).
+    #[tokio::test]
+    async fn a_shard_the_cluster_lacks_is_refused() {
+        let text = "cluster = \"c\"\nshards = 2\n[[node]]\nid = 1\nhost = \"127.0.0.1\"\n\
+                    client_port = 10\npeer_port = 20\nhttp_port = 30\n";
+        let registry = Registry::parse(text, "test").unwrap();
+        let client = Client::connect(crate::ClientConfig::new(registry));
+        let mut out = Vec::new();
+        let error = client
+            .backup_shard(ShardId(2), &BackupOptions::default(), &mut out, &mut |_, _| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidArgument(m) if m.contains("shards 0 to 1")),
+            "{error}"
+        );
+        assert!(out.is_empty());
     }
 }

@@ -92,12 +92,7 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<Lease> {
         let ttl_ms = lease_ttl_ms(ttl)?;
-        if shard.get() >= self.shard_count() {
-            return Err(Error::InvalidArgument(format!(
-                "shard {shard} does not exist (the cluster has {} shards)",
-                self.shard_count()
-            )));
-        }
+        self.check_shard(shard)?;
         let frame = self
             .call(shard, Retry::Write, timeout, Consistency::Linearizable, |id, e| {
                 e.lease_grant(id, ttl_ms, items)
