@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use corekv_client::Client;
 use hdrhistogram::Histogram;
+use serde_json::json;
 
 use crate::workload::key_bytes;
 
@@ -191,6 +192,33 @@ fn restore(config: &BackupConfig, backup: &Path, dir: &Path) -> anyhow::Result<D
         bail!("restore failed: {}", String::from_utf8_lossy(&output.stderr));
     }
     Ok(began.elapsed())
+}
+
+/// The report as JSON (`--json`).
+pub fn json(label: &str, config: &BackupConfig, r: &BackupResult) -> serde_json::Value {
+    let phase = |p: &Phase| {
+        let (latency, _) = crate::report::latency_json(&p.latency_us);
+        json!({
+            "writes_per_sec": p.per_sec(), "errors": p.errors, "first_error": p.first_error,
+            "latency_us": latency,
+        })
+    };
+    let seconds = r.backup_time.as_secs_f64();
+    json!({
+        "label": label,
+        "backup_seconds": seconds,
+        "backup_bytes": r.backup_bytes,
+        "backup_keys": r.backup_keys,
+        "backup_mb_per_sec": r.backup_bytes as f64 / 1e6 / seconds,
+        "writes_without": phase(&r.without),
+        "writes_during": phase(&r.during),
+        "restore_seconds": r.restore_time.as_secs_f64(),
+        "config": {
+            "workload": "backup", "keys": config.keys, "value_size": config.value_size,
+            "concurrency": config.concurrency, "duration_s": config.duration.as_secs_f64(),
+        },
+        "machine": crate::report::machine(),
+    })
 }
 
 /// The report's text.

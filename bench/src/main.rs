@@ -327,39 +327,14 @@ async fn bench_backup(
         corekv: cluster::corekv_binary(args.corekv.as_deref()),
     };
     if args.prefill {
-        let started = Instant::now();
-        eprintln!("corekv-bench: writing {} keys", config.keys);
         run::prefill(&targets, &run_config(args, timeout)).await?;
-        eprintln!("corekv-bench: prefill done in {:.1}s", started.elapsed().as_secs_f64());
     }
     let clients: Vec<Client> = targets.into_iter().filter_map(Target::corekv).collect();
     let result = backup::run(&clients, &config).await?;
     let label = args.label.clone().unwrap_or_else(|| "corekv backup".to_string());
     print!("{}", backup::summary(&label, &config, &result));
     if let Some(path) = &args.json {
-        let phase = |p: &backup::Phase| {
-            let (latency, _) = report::latency_json(&p.latency_us);
-            json!({
-                "writes_per_sec": p.per_sec(), "errors": p.errors, "first_error": p.first_error,
-                "latency_us": latency,
-            })
-        };
-        let value = json!({
-            "label": label,
-            "backup_seconds": result.backup_time.as_secs_f64(),
-            "backup_bytes": result.backup_bytes,
-            "backup_keys": result.backup_keys,
-            "backup_mb_per_sec": result.backup_bytes as f64 / 1e6 / result.backup_time.as_secs_f64(),
-            "writes_without": phase(&result.without),
-            "writes_during": phase(&result.during),
-            "restore_seconds": result.restore_time.as_secs_f64(),
-            "config": {
-                "workload": "backup", "keys": args.keys, "value_size": args.value_size,
-                "concurrency": args.concurrency, "duration_s": args.duration,
-            },
-            "machine": report::machine(),
-        });
-        write_json(path, &value)?;
+        write_json(path, &backup::json(&label, &config, &result))?;
     }
     Ok(())
 }
@@ -576,10 +551,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     let config = run_config(&args, timeout);
     if args.prefill {
-        let started = Instant::now();
-        eprintln!("corekv-bench: writing {} keys", config.keys);
         run::prefill(&targets, &config).await?;
-        eprintln!("corekv-bench: prefill done in {:.1}s", started.elapsed().as_secs_f64());
     }
     let process = server_process(&args);
     let progress = Arc::new(Progress::default());

@@ -167,9 +167,11 @@ fn value(size: usize, seed: u64) -> Vec<u8> {
     (0..size).map(|_| rng.random_range(b'a'..=b'z')).collect()
 }
 
-/// Writes every key once, in batches, with the given targets.
+/// Writes every key once, in batches, with the given targets, saying so on stderr.
 pub async fn prefill(targets: &[Target], config: &RunConfig) -> anyhow::Result<()> {
     const BATCH: usize = 500;
+    let started = Instant::now();
+    eprintln!("corekv-bench: writing {} keys", config.keys);
     let next = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = targets
         .iter()
@@ -201,6 +203,7 @@ pub async fn prefill(targets: &[Target], config: &RunConfig) -> anyhow::Result<(
     for task in tasks {
         task.await??;
     }
+    eprintln!("corekv-bench: prefill done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

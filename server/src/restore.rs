@@ -65,10 +65,8 @@ pub fn run(options: &RestoreOptions) -> anyhow::Result<Restored> {
         )));
     }
     let mark = dir.join(RESTORING_FILE);
-    std::fs::write(&mark, b"corekv restore is writing this directory\n")
-        .and_then(|()| std::fs::File::open(&mark)?.sync_all())
-        .with_context(|| format!("writing {}", mark.display()))?;
-    sync_dir(dir)?;
+    let temp = dir.join(format!("{RESTORING_FILE}.tmp"));
+    files::write_synced(&mark, &temp, b"corekv restore is writing this directory\n")?;
     let registry = &options.registry;
     let identity = Identity::new(&registry.cluster, registry.shards);
     // The mark makes `check` refuse; the identity is written directly.
@@ -87,21 +85,15 @@ pub fn run(options: &RestoreOptions) -> anyhow::Result<Restored> {
         let temp = snap_dir.join(format!("{name}.tmp"));
         // Syncs the file and `snap/`; the folders above it are synced below.
         files::write_synced(&snap_dir.join(&name), &temp, made.file_bytes())?;
-        sync_dir(&shard_dir)?;
+        files::sync_dir(&shard_dir)?;
         restored.push((entry.shard, entry.index, made.len()));
     }
     // Every shard's file and folder is durable before the mark goes: a crash before leaves
     // the mark, never a directory that looks whole with a shard missing.
-    sync_dir(dir)?;
+    files::sync_dir(dir)?;
     std::fs::remove_file(&mark).with_context(|| format!("removing {}", mark.display()))?;
-    sync_dir(dir)?;
+    files::sync_dir(dir)?;
     Ok(restored)
-}
-
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 /// Every check made before anything is written: the node, the backup whole, the shapes.

@@ -110,7 +110,11 @@ pub fn write_synced(path: &Path, temp: &Path, bytes: &[u8]) -> Result<()> {
 /// Renames a synced temporary file into place and syncs its directory.
 pub fn finish_file(partial: &Path, path: &Path) -> Result<()> {
     std::fs::rename(partial, path).map_err(|e| StorageError::io("rename", partial, e))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Makes the entries of `dir` (files created, renamed or removed in it) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io("fsync directory", dir, e))
