@@ -3,7 +3,7 @@
 #
 #   bench/compare-etcd.sh [--out DIR] [--runs N] [--duration S] [--warmup S]
 #                         [--concurrency "1 16 64 256"] [--workloads "put get mixed"]
-#                         [--keys N] [--systems "corekv etcd"] [--bin-dir DIR] [--no-build]
+#                         [--keys N] [--systems "corekv corekv-tls etcd"] [--bin-dir DIR] [--no-build]
 #                         [--watch "WATCHERS@RATE ..."] [--expire "RATE@TTL_MS ..."]
 #                         [--expire-with-leases] [--leases "LEASES@TTL_MS ..."] [--quick]
 #
@@ -14,7 +14,8 @@
 # write-only (`put`), linearizable read-only (`get`) and 50/50 (`mixed`), closed loop at each
 # concurrency, --runs runs each. The medians of the runs go to DIR/table.md with the ratio
 # corekv/etcd per row; every run's JSON and .hgrm are kept in DIR; DIR/latency-*.svg overlay
-# the two systems' latency curves at the highest concurrency.
+# the two systems' latency curves at the highest concurrency. `corekv-tls` is the same corekv
+# with TLS on every port and a client certificate (`corekv dev --tls`).
 #
 # --watch adds, per system, `corekv-bench watch` runs: WATCHERS watchers on one prefix while
 # writes arrive at RATE per second (open loop); DIR/watch-table.md has their medians
@@ -93,7 +94,7 @@ for spec in $leases; do
   case "${spec%@*}${spec#*@}" in ''|*[!0-9]*) die "--leases '$spec': numbers, like 1000@3000" ;; esac
 done
 for s in $systems; do
-  case "$s" in corekv|etcd) ;; *) die "unknown system '$s' (corekv or etcd)" ;; esac
+  case "$s" in corekv|corekv-tls|etcd) ;; *) die "unknown system '$s' (corekv, corekv-tls or etcd)" ;; esac
 done
 case " $systems " in *" etcd "*)
   command -v etcd >/dev/null || die "etcd not found: apt-get install etcd-server"
@@ -124,14 +125,16 @@ cleanup() {
 trap cleanup EXIT
 
 start_corekv() {
-  local dir="$out/corekv-data"
-  "$corekv" dev --nodes 3 --shards 2 --base-port "$corekv_port" --clean --dir "$dir" \
+  local dir="$out/corekv-data" tls=()
+  [ "${1:-}" = tls ] && tls=(--tls)
+  "$corekv" dev --nodes 3 --shards 2 --base-port "$corekv_port" --clean --dir "$dir" "${tls[@]}" \
     >"$out/corekv-dev.out" 2>"$out/corekv-dev.err" &
   pids+=("$!")
   local i
   for i in $(seq 1 600); do
     if grep -q "every shard has a leader" "$out/corekv-dev.out" 2>/dev/null; then
       target_args=(--registry "$dir/corekv.toml")
+      [ "${#tls[@]}" -gt 0 ] && target_args+=(--cert "$dir/tls/client.pem" --cert-key "$dir/tls/client-key.pem")
       return 0
     fi
     kill -0 "${pids[-1]}" 2>/dev/null || break
@@ -180,7 +183,11 @@ connections_for() { local c=$(( ($1 + 31) / 32 )); [ "$c" -gt 8 ] && c=8; echo "
 run_system() {
   local system="$1" w c r name
   say "starting $system"
-  if [ "$system" = corekv ]; then start_corekv; else start_etcd; fi
+  case "$system" in
+    corekv) start_corekv ;;
+    corekv-tls) start_corekv tls ;;
+    *) start_etcd ;;
+  esac
   if [ -n "$workloads" ]; then
     say "$system: prefilling $keys keys"
     "$bench" put "${target_args[@]}" --keys "$keys" --prefill --ops 1 --warmup 0 \

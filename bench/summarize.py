@@ -31,7 +31,9 @@ def load(directory):
         try:
             result = json.loads(path.read_text())
             config = result["config"]
-            key = (config["target"], config["workload"], int(config["concurrency"]))
+            # A TLS run is a system of its own: corekv-tls.
+            system = config["target"] + ("-tls" if config.get("tls") else "")
+            key = (system, config["workload"], int(config["concurrency"]))
             row = {
                 "path": str(path),
                 "ops": float(result["ops_per_sec"]),
@@ -95,18 +97,24 @@ def tables(groups):
         {(w, c) for (_, w, c) in groups},
         key=lambda k: (WORKLOAD_ORDER.get(k[0], 9), k[1]),
     )
-    compared = [(w, c) for (w, c) in pairs if ("corekv", w, c) in medians and ("etcd", w, c) in medians]
-    if compared:
+    for ours, theirs, heading in (
+        ("corekv", "etcd", "corekv against etcd (throughput: corekv ÷ etcd; latency and CPU: "
+         "etcd ÷ corekv, so above 1× means corekv is ahead):"),
+        ("corekv-tls", "corekv", "corekv with TLS against corekv without (throughput: with ÷ "
+         "without; latency and CPU: without ÷ with, so below 1× is what TLS costs):"),
+    ):
+        compared = [(w, c) for (w, c) in pairs if (ours, w, c) in medians and (theirs, w, c) in medians]
+        if not compared:
+            continue
         lines += [
             "",
-            "corekv against etcd (throughput: corekv ÷ etcd; latency and CPU: etcd ÷ corekv, so "
-            "above 1× means corekv is ahead):",
+            heading,
             "",
             "| workload | C | throughput | p50 | p99 | p99.9 | server CPU per op |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for w, c in compared:
-            k, e = medians[("corekv", w, c)], medians[("etcd", w, c)]
+            k, e = medians[(ours, w, c)], medians[(theirs, w, c)]
             lines.append(
                 f"| {WORKLOAD_NAMES.get(w, w)} | {c} | {ratio(k['ops'], e['ops'])} "
                 f"| {ratio(e['p50'], k['p50'])} | {ratio(e['p99'], k['p99'])} "

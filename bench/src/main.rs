@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use corekv_client::registry::Registry;
-use corekv_client::{Client, ClientConfig};
+use corekv_client::{Client, ClientConfig, TlsConfig};
 use serde_json::json;
 
 use run::{Progress, RunConfig};
@@ -55,6 +55,15 @@ struct Args {
     /// Registry file [default: $COREKV_REGISTRY, then ./corekv.toml].
     #[arg(long)]
     registry: Option<PathBuf>,
+    /// CA (PEM) for a TLS cluster [default: $COREKV_CACERT, then the CA the registry file names].
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for a TLS cluster [default: $COREKV_CERT].
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The key of --cert (PEM) [default: $COREKV_CERT_KEY].
+    #[arg(long, value_name = "FILE")]
+    cert_key: Option<PathBuf>,
     /// Keys in the key space.
     #[arg(long, default_value_t = 100_000)]
     keys: usize,
@@ -189,10 +198,36 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     runtime.block_on(bench(args))
 }
 
-fn corekv_targets(registry: Registry, connections: usize, timeout: Duration) -> Vec<Target> {
+/// The client's TLS for `registry`: from the flags (or their environment variables) and the
+/// registry's `[tls]`; `None` for a plaintext cluster.
+fn tls_config(args: &Args, registry: &Registry) -> anyhow::Result<Option<TlsConfig>> {
+    let from_env = |given: &Option<PathBuf>, var: &str| {
+        given.clone().or_else(|| std::env::var_os(var).map(PathBuf::from))
+    };
+    let cacert = from_env(&args.cacert, "COREKV_CACERT");
+    let cert = from_env(&args.cert, "COREKV_CERT");
+    let key = from_env(&args.cert_key, "COREKV_CERT_KEY");
+    if registry.tls.is_none() && cacert.is_none() {
+        return Ok(None);
+    }
+    let cert_and_key = match (&cert, &key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        _ => bail!("--cert and --cert-key go together"),
+    };
+    Ok(Some(TlsConfig::for_registry(registry, cacert.as_deref(), cert_and_key)?))
+}
+
+fn corekv_targets(
+    registry: Registry,
+    tls: Option<TlsConfig>,
+    connections: usize,
+    timeout: Duration,
+) -> Vec<Target> {
     (0..connections)
         .map(|_| {
             let mut config = ClientConfig::new(registry.clone());
+            config.tls = tls.clone();
             config.timeout = timeout;
             config.max_in_flight_per_connection = 4096;
             Target::Corekv(Client::connect(config))
@@ -494,6 +529,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut spawned = None;
     let mut corekv_registry = None;
+    let mut tls_on = false;
     let targets = match args.target {
         TargetKind::Corekv => {
             let registry_path = match args.spawn_cluster {
@@ -521,7 +557,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             };
             let registry = Registry::load(&registry_path)?;
             corekv_registry = Some(registry_path);
-            corekv_targets(registry, args.connections, timeout)
+            let tls = tls_config(&args, &registry)?;
+            tls_on = tls.is_some();
+            corekv_targets(registry, tls, args.connections, timeout)
         }
         TargetKind::Etcd => {
             let endpoints = args.endpoints.as_deref().context("--target etcd needs --endpoints")?;
@@ -621,6 +659,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             "server_cpu_us_per_op": cpu_us_per_op,
             "config": {
                 "target": format!("{:?}", args.target).to_lowercase(),
+                "tls": tls_on,
                 "workload": args.workload.name(),
                 "keys": args.keys, "key_size": args.key_size, "value_size": args.value_size,
                 "distribution": format!("{:?}", config.distribution).to_lowercase(),

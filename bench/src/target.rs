@@ -28,7 +28,7 @@ fn corekv_error(error: &Error) -> ErrorKind {
         Error::LeaseNotFound(_) => "lease_not_found",
         Error::Protocol(_) => "protocol",
         Error::Output(_) => "output",
-        Error::Handshake { .. } | Error::Registry(_) => "config",
+        Error::Handshake { .. } | Error::Registry(_) | Error::Tls(_) => "config",
     }
 }
 

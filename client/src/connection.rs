@@ -23,12 +23,11 @@ use corekv_proto::constants::CLIENT_PROTOCOL_VERSION;
 use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::{verify_reply, FrameBuffer, VerifiedReply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
 
 use crate::error::Error;
+use crate::net::{self, ReadHalf, Stream, TlsConfig, WriteHalf};
 
 /// Frames queued for the writer task before callers wait.
 const WRITE_QUEUE_FRAMES: usize = 1024;
@@ -90,27 +89,12 @@ impl Connection {
     /// node checks), and starts the reader and writer tasks.
     pub(crate) async fn open(
         addr: &str,
-        cluster: &str,
-        shards: u32,
+        (cluster, shards): (&str, u32),
+        tls: Option<&TlsConfig>,
         connect_timeout: Duration,
         max_in_flight: usize,
     ) -> Result<Arc<Connection>, OpenError> {
-        let unavailable = OpenError::Unreachable;
-        let mut stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| unavailable(format!("connecting to {addr} timed out")))?
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    OpenError::Refused(addr.to_string())
-                } else {
-                    unavailable(format!("connecting to {addr}: {e}"))
-                }
-            })?;
-        stream.set_nodelay(true).map_err(|e| unavailable(format!("{addr}: {e}")))?;
-        // Closing the socket resets it and drops unsent data (see the module docs). A normal
-        // end still delivers everything: the writer shuts its side down (a FIN after the data)
-        // and the socket closes only when the server has closed its side too.
-        stream.set_zero_linger().map_err(|e| unavailable(format!("{addr}: {e}")))?;
+        let mut stream = net::open(addr, tls, connect_timeout).await?;
         hello(&mut stream, addr, cluster, shards, connect_timeout).await?;
         let (read, write) = stream.into_split();
         let (frames, queue) = mpsc::channel(WRITE_QUEUE_FRAMES);
@@ -179,7 +163,7 @@ fn close(pending: &Pending, closed: &AtomicBool) {
     pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
-async fn read_loop(mut read: OwnedReadHalf, pending: Pending, closed: Arc<AtomicBool>) {
+async fn read_loop(mut read: ReadHalf, pending: Pending, closed: Arc<AtomicBool>) {
     let mut buffer = FrameBuffer::new(READ_CHUNK_BYTES);
     'read: loop {
         match read.read(buffer.spare()).await {
@@ -206,7 +190,7 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending, closed: Arc<Atomic
 }
 
 async fn write_loop(
-    mut write: OwnedWriteHalf,
+    mut write: WriteHalf,
     mut queue: mpsc::Receiver<Vec<u8>>,
     pending: Pending,
     closed: Arc<AtomicBool>,
@@ -220,7 +204,7 @@ async fn write_loop(
                 break;
             }
         }
-        if write.write_all(&batch).await.is_err() {
+        if write.write_all(&batch).await.is_err() || write.flush().await.is_err() {
             break;
         }
         batch.clear();
@@ -229,10 +213,22 @@ async fn write_loop(
     let _ = write.shutdown().await;
 }
 
+/// A plaintext hello answered with a TLS alert.
+#[derive(Debug)]
+struct PlaintextToTls;
+
+impl std::fmt::Display for PlaintextToTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the node answered with a TLS alert")
+    }
+}
+
+impl std::error::Error for PlaintextToTls {}
+
 /// The hello exchange on a new connection: the cluster name and shard count this client's
 /// registry names, and the node's acceptance (or its one-line refusal).
 pub(crate) async fn hello(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     addr: &str,
     cluster: &str,
     shards: u32,
@@ -242,8 +238,13 @@ pub(crate) async fn hello(
     let hello = RequestEncoder::new().hello(0, cluster, shards).to_vec();
     let handshake = async {
         stream.write_all(&hello).await?;
+        stream.flush().await?;
         let mut buffer = FrameBuffer::new(4096);
         loop {
+            // A TLS alert record (type 21, version 3.x): the node speaks TLS, this client not.
+            if buffer.pending().starts_with(&[0x15, 0x03]) {
+                return Err(std::io::Error::other(PlaintextToTls));
+            }
             if let Some(frame) = buffer
                 .next_frame()
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
@@ -260,7 +261,17 @@ pub(crate) async fn hello(
     let reply = tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| unavailable(format!("hello to {addr} timed out")))?
-        .map_err(|e| unavailable(format!("hello to {addr}: {e}")))?;
+        .map_err(|e| {
+            if e.get_ref().is_some_and(|inner| inner.is::<PlaintextToTls>()) {
+                return OpenError::Fatal(Error::Tls(format!(
+                    "{addr} speaks TLS and this client plaintext (it answered with a TLS alert): \
+                     the registry file needs the cluster's [tls] section, or give the client a \
+                     TLS configuration (corekvctl: --cacert)"
+                )));
+            }
+            net::tls_failure(addr, &e)
+                .unwrap_or_else(|| unavailable(format!("hello to {addr}: {e}")))
+        })?;
     let frame = verify_reply(&reply)
         .map_err(|e| OpenError::Fatal(Error::Protocol(format!("hello reply from {addr}: {e}"))))?;
     let Some(accepted) = frame.reply_as_hello_reply() else {

@@ -105,6 +105,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// TLS failed or is misconfigured: a certificate one side does not trust, a missing
+    /// client certificate, plaintext against a TLS node, unreadable certificate files.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl Error {

@@ -143,6 +143,7 @@
 mod client;
 mod connection;
 mod error;
+mod net;
 pub mod recipes;
 mod retry;
 mod types;
@@ -153,6 +154,7 @@ pub use corekv_types::{membership, placement, registry};
 
 pub use client::{BackupOptions, Client, ClientConfig, ShardSnapshot};
 pub use error::{Error, Result};
+pub use net::TlsConfig;
 pub use types::{
     Compare, CompareBuilder, CompareOp, CompareTarget, Consistency, KeyMeta, KeyValue, Lease,
     LeaseId, LeaseInfo, LeaseKept, Operand, PeerProgress, ReadOptions, ReplicaReport,

@@ -138,6 +138,18 @@ done
 
 step "alert rules name metrics that exist"
 curl -sf "http://127.0.0.1:$((base + 201))/metrics" > "$work/metrics.txt"
+# The TLS metrics come from a node with TLS: a one-node corekv dev --tls cluster.
+"$bin/corekv" dev --tls --nodes 1 --shards 1 --dir "$work/tls-dev" --base-port 7950 \
+  > "$work/tls-dev.log" 2>&1 &
+pids+=("$!")
+tls=$work/tls-dev/tls
+for _ in $(seq 1 300); do
+  if curl -sf --cacert "$tls/ca.pem" --cert "$tls/client.pem" --key "$tls/client-key.pem" \
+    "https://127.0.0.1:8150/metrics" >> "$work/metrics.txt"; then break; fi
+  sleep 0.1
+done
+grep -q '^corekv_tls_certificate_expiry_timestamp_seconds' "$work/metrics.txt" \
+  || fail "the TLS node exports no certificate expiry ($(tail -3 "$work/tls-dev.log"))"
 python3 - "$here/prometheus/corekv-alerts.yml" "$work/metrics.txt" <<'PY'
 import re, sys, yaml
 rules = yaml.safe_load(open(sys.argv[1]))

@@ -249,6 +249,11 @@ impl FrameBuffer {
         &mut self.bytes[self.end..]
     }
 
+    /// The bytes read and not yet taken as frames.
+    pub fn pending(&self) -> &[u8] {
+        &self.bytes[self.start..self.end]
+    }
+
     /// Records that `n` bytes were written at the start of the last [`FrameBuffer::spare`].
     ///
     /// # Panics

@@ -239,3 +239,13 @@ pub const LEASE_EXPIRY_KEYS_PER_ENTRY: usize = 10_000;
 
 /// Leases a leader keeps in expiry entries proposed and not yet applied.
 pub const LEASES_EXPIRING_MAX: usize = 10_000;
+
+/// Most HTTP connections open at once on a node's `http_port` (a thread each); more are
+/// closed as they come.
+pub const HTTP_CONNECTIONS_MAX: usize = 64;
+
+/// Largest HTTP request head (request line and headers).
+pub const HTTP_HEAD_BYTES_MAX: usize = 16 * 1024;
+
+/// An HTTP connection idle (or stalled mid-request) this long is closed.
+pub const HTTP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

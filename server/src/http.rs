@@ -1,21 +1,27 @@
 //! The HTTP endpoint on `http_port`: `/health`, `/status`, `/metrics`, and
 //! `/debug/pprof/flamegraph?seconds=N` (an SVG of where the process spent its CPU).
 //!
-//! It runs on its own thread, away from the shard executors: it only reads what the shards
-//! publish (status snapshots refreshed every tick, atomic counters). HTTP itself — parsing,
-//! keep-alive, chunked bodies, a thread per open connection so a slow client holds up no
-//! other — is `tiny_http`'s. It is that library and not hyper because hyper 1.x depends on
-//! tokio unconditionally, and the node is a glommio process that compiles no tokio (the
-//! gateway, a tokio process, is where hyper belongs). Only `GET` is served. A profile takes
-//! seconds, so it is taken and answered on a thread of its own.
+//! It runs on threads of its own, away from the shard executors: it only reads what the
+//! shards publish (status snapshots refreshed every tick, atomic counters). The protocol is
+//! the small part of HTTP/1.1 these routes need: `GET` only, no request bodies, keep-alive,
+//! every response whole with its `Content-Length`; requests are parsed by `httparse`. Each
+//! connection has a thread (at most [`HTTP_CONNECTIONS_MAX`], closed after
+//! [`HTTP_IDLE_TIMEOUT`] idle), so a slow client or a profile that takes seconds holds up no
+//! other. With the registry's `[tls]`, it is HTTPS only, with the client ports' certificate
+//! and client-certificate rules (rustls). It is not hyper because hyper 1.x depends on tokio,
+//! and the node is a glommio process that compiles no tokio.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tiny_http::{Header, Method, Request, Response};
+
+use crate::constants::{HTTP_CONNECTIONS_MAX, HTTP_HEAD_BYTES_MAX, HTTP_IDLE_TIMEOUT};
+use crate::tls::NodeTls;
 
 use crate::core::ReplicaStatus;
 use crate::metrics::{self, ShardMetrics};
@@ -42,6 +48,8 @@ pub struct HttpState {
     metrics: Vec<Arc<ShardMetrics>>,
     /// A status older than this means the shard's executor is stuck: the node does not serve.
     stale_after: Duration,
+    /// The node's TLS, for its certificates' expiry in `/metrics`.
+    tls: Option<Arc<NodeTls>>,
 }
 
 impl HttpState {
@@ -54,7 +62,12 @@ impl HttpState {
         metrics: Vec<Arc<ShardMetrics>>,
         stale_after: Duration,
     ) -> Self {
-        HttpState { node_id, cluster, statuses, metrics, stale_after }
+        HttpState { node_id, cluster, statuses, metrics, stale_after, tls: None }
+    }
+
+    /// The same, reporting the expiry of `tls`'s certificates.
+    pub fn with_tls(self, tls: Option<Arc<NodeTls>>) -> Self {
+        HttpState { tls, ..self }
     }
 
     fn shard_statuses(&self) -> Vec<Option<Published>> {
@@ -115,51 +128,160 @@ pub struct HttpServer {
     pub addr: std::net::SocketAddr,
 }
 
-/// Binds `addr` and serves from a background thread.
-pub fn start(addr: &str, state: Arc<HttpState>) -> anyhow::Result<HttpServer> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|error| anyhow::anyhow!("cannot listen for HTTP on {addr}: {error}"))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .with_context(|| format!("the HTTP listener on {addr} has no IP address"))?;
+/// Binds `addr` and serves from a background thread: with `tls`, HTTPS only (the client
+/// ports' certificate and client certificate rules).
+pub fn start(
+    addr: &str,
+    state: Arc<HttpState>,
+    tls: Option<Arc<NodeTls>>,
+) -> anyhow::Result<HttpServer> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+    let bound = listener.local_addr().context("the HTTP listener has no address")?;
+    let open = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("http".to_string())
         .spawn(move || {
-            for request in server.incoming_requests() {
-                handle(request, &state);
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                if open.load(Relaxed) >= HTTP_CONNECTIONS_MAX {
+                    tracing::warn!("HTTP: {HTTP_CONNECTIONS_MAX} connections open; refusing one");
+                    continue;
+                }
+                open.fetch_add(1, Relaxed);
+                let (state, tls, open) = (state.clone(), tls.clone(), open.clone());
+                let spawned =
+                    std::thread::Builder::new().name("http-conn".to_string()).spawn(move || {
+                        if let Err(error) = connection(stream, &state, tls.as_deref()) {
+                            tracing::debug!(%error, "HTTP connection closed");
+                        }
+                        open.fetch_sub(1, Relaxed);
+                    });
+                if spawned.is_err() {
+                    tracing::warn!("HTTP: cannot start a connection thread");
+                }
             }
         })
         .context("starting the HTTP thread")?;
     Ok(HttpServer { addr: bound })
 }
 
-fn handle(request: Request, state: &HttpState) {
-    if *request.method() != Method::Get {
-        return respond(request, 405, "text/plain", "only GET is served\n".into());
+/// One connection, on its own thread: the TLS handshake, then requests until either side
+/// closes or it idles out.
+fn connection(stream: TcpStream, state: &HttpState, tls: Option<&NodeTls>) -> io::Result<()> {
+    stream.set_read_timeout(Some(HTTP_IDLE_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_IDLE_TIMEOUT))?;
+    let peer = stream.peer_addr().ok();
+    match tls {
+        None => serve_requests(&mut { stream }, state),
+        Some(tls) => {
+            let session = rustls::ServerConnection::new(tls.configs().clients.clone())
+                .map_err(io::Error::other)?;
+            let mut stream = rustls::StreamOwned::new(session, stream);
+            while stream.conn.is_handshaking() {
+                if let Err(error) = stream.conn.complete_io(&mut stream.sock) {
+                    tracing::warn!(?peer, %error, "refused an HTTP connection: TLS handshake failed");
+                    return Ok(());
+                }
+            }
+            let served = serve_requests(&mut stream, state);
+            stream.conn.send_close_notify();
+            let _ = stream.conn.complete_io(&mut stream.sock);
+            served
+        }
     }
-    let url = request.url().to_string();
+}
+
+/// Reads requests and answers each, keep-alive, until the client closes, asks to close, or
+/// sends something that is not HTTP.
+fn serve_requests(stream: &mut (impl Read + Write), state: &HttpState) -> io::Result<()> {
+    let mut input: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        let head = match request.parse(&input) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if input.len() < HTTP_HEAD_BYTES_MAX => {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                input.extend_from_slice(&chunk[..n]);
+                continue;
+            }
+            Ok(httparse::Status::Partial) => {
+                return reply(stream, 431, "text/plain", "request head too large\n", true)
+            }
+            Err(error) => {
+                return reply(stream, 400, "text/plain", &format!("bad request: {error}\n"), true)
+            }
+        };
+        let header = |name: &str| {
+            request
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+        };
+        let has_body = header("transfer-encoding").is_some()
+            || header("content-length").is_some_and(|n| n.trim() != "0");
+        let close = request.version == Some(0)
+            || header("connection").is_some_and(|c| c.contains("close"))
+            || has_body;
+        let (code, content_type, body) = if request.method != Some("GET") {
+            (405, "text/plain", "only GET is served\n".to_string())
+        } else if has_body {
+            (400, "text/plain", "a GET request has no body\n".to_string())
+        } else {
+            route(request.path.unwrap_or("/"), state)
+        };
+        input.drain(..head);
+        reply(stream, code, content_type, &body, close)?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn route(url: &str, state: &HttpState) -> (u16, &'static str, String) {
     let (route, query) = match url.split_once('?') {
         Some((route, query)) => (route, Some(query)),
-        None => (url.as_str(), None),
+        None => (url, None),
     };
     match route {
         "/health" => {
             let (code, body) = state.health();
-            respond(request, code, "text/plain", body)
+            (code, "text/plain", body)
         }
-        "/status" => respond(request, 200, "application/json", state.status_json()),
+        "/status" => (200, "application/json", state.status_json()),
         "/metrics" => {
             let shards: Vec<&ShardMetrics> = state.metrics.iter().map(|m| m.as_ref()).collect();
-            let body = metrics::render(state.node_id, &shards);
-            respond(request, 200, metrics::CONTENT_TYPE, body)
+            let expiry = state.tls.as_ref().map(|tls| tls.configs().expiry).unwrap_or_default();
+            let certificates = if state.tls.is_some() { &expiry[..] } else { &[] };
+            (200, metrics::CONTENT_TYPE, metrics::render(state.node_id, &shards, certificates))
         }
+        // A profile takes seconds; this connection's thread waits for it, no other does.
         "/debug/pprof/flamegraph" => match profile::seconds_from_query(query) {
-            Ok(seconds) => profile_on_its_own_thread(request, seconds, state.node_id),
-            Err(message) => respond(request, 400, "text/plain", message + "\n"),
+            Ok(seconds) => {
+                let title = format!("corekv node {}", state.node_id);
+                match profile::flamegraph(Duration::from_secs(seconds), &title) {
+                    Ok(svg) => (200, "image/svg+xml", svg),
+                    Err(error @ profile::ProfileError::Busy) => {
+                        (409, "text/plain", format!("{error}\n"))
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "taking a CPU profile failed");
+                        (500, "text/plain", format!("profile failed: {error}\n"))
+                    }
+                }
+            }
+            Err(message) => (400, "text/plain", message + "\n"),
         },
-        _ => respond(
-            request,
+        _ => (
             404,
             "text/plain",
             "not found: try /health, /status, /metrics or /debug/pprof/flamegraph?seconds=N\n"
@@ -168,44 +290,49 @@ fn handle(request: Request, state: &HttpState) {
     }
 }
 
-/// Takes a CPU profile of `seconds` on a thread of its own (the HTTP thread goes on serving)
-/// and answers with its flamegraph.
-fn profile_on_its_own_thread(request: Request, seconds: u64, node_id: u64) {
-    let title = format!("corekv node {node_id}");
-    let spawned = std::thread::Builder::new().name("pprof".to_string()).spawn(move || {
-        match profile::flamegraph(Duration::from_secs(seconds), &title) {
-            Ok(svg) => respond(request, 200, "image/svg+xml", svg),
-            Err(error @ profile::ProfileError::Busy) => {
-                respond(request, 409, "text/plain", format!("{error}\n"))
-            }
-            Err(error) => {
-                tracing::warn!(%error, "taking a CPU profile failed");
-                respond(request, 500, "text/plain", format!("profile failed: {error}\n"))
-            }
-        }
-    });
-    if let Err(error) = spawned {
-        tracing::warn!(%error, "cannot start a thread for a profile");
-    }
-}
-
-fn respond(request: Request, code: u16, content_type: &str, body: String) {
-    // Every body is whole in memory: sent with its Content-Length, never chunked (tiny_http
-    // would chunk bodies over 32 KiB to HTTP/1.1 clients, such as a flamegraph).
-    let mut response =
-        Response::from_string(body).with_status_code(code).with_chunked_threshold(usize::MAX);
-    // The content types are constants of this module, always valid header values.
-    if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
-        response.add_header(header);
-    }
-    if let Err(error) = request.respond(response) {
-        tracing::debug!(%error, "answering an HTTP request failed");
-    }
+/// Writes one response, whole, with its `Content-Length`.
+fn reply(
+    stream: &mut impl Write,
+    code: u16,
+    content_type: &str,
+    body: &str,
+    close: bool,
+) -> io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    };
+    let connection = if close { "close" } else { "keep-alive" };
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: {connection}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
 }
 
 /// A minimal blocking `GET` for tools and tests (`corekv dev` polls `/status` with it):
 /// returns the status code and body.
 pub fn get(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    get_with(addr, path, timeout, None)
+}
+
+/// [`get`] over TLS when given a client configuration (the node's certificate is checked
+/// against the host part of `addr`).
+pub fn get_with(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<(u16, String)> {
     let socket: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
         .with_context(|| format!("resolving {addr}"))?
         .next()
@@ -213,9 +340,28 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<(u16, St
     let mut stream = TcpStream::connect_timeout(&socket, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
+    match tls {
+        None => {
+            stream.write_all(request.as_bytes())?;
+            stream.read_to_end(&mut response)?;
+        }
+        Some(config) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+            let name = corekv_types::tls::host_name(host).map_err(anyhow::Error::msg)?;
+            let session = rustls::ClientConnection::new(config, name)?;
+            let mut stream = rustls::StreamOwned::new(session, stream);
+            stream.write_all(request.as_bytes())?;
+            stream.flush()?;
+            if let Err(error) = stream.read_to_end(&mut response) {
+                // A server that closes without close_notify after a whole response is fine.
+                if error.kind() != io::ErrorKind::UnexpectedEof || response.is_empty() {
+                    return Err(error.into());
+                }
+            }
+        }
+    }
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut parsed = httparse::Response::new(&mut headers);
     let body_start = match parsed.parse(&response)? {
@@ -232,7 +378,7 @@ mod tests {
 
     fn serve(statuses: Vec<StatusSlot>) -> String {
         let state = HttpState::new(7, "test".into(), statuses, Vec::new(), Duration::from_secs(5));
-        let server = start("127.0.0.1:0", Arc::new(state)).expect("binding on loopback");
+        let server = start("127.0.0.1:0", Arc::new(state), None).expect("binding on loopback");
         server.addr.to_string()
     }
 

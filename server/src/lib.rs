@@ -10,6 +10,7 @@
 //! - [`dev`]: `corekv dev`, the one-command local cluster.
 //! - [`data_dir`]: a node's data directory: its lock and the cluster shape it was written
 //!   under.
+//! - [`tls`]: the node's TLS configurations, from the registry's `[tls]`, reloaded on SIGHUP.
 //! - [`constants`]: limits and timings.
 
 pub mod constants;
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod profile;
 pub mod restore;
 pub mod runtime;
+pub mod tls;

@@ -46,6 +46,10 @@ enum Command {
         /// Remove the directory's data first.
         #[arg(long)]
         clean: bool,
+        /// TLS on every port: makes a throwaway CA, node and client certificates in DIR/tls
+        /// and a registry that uses them (a cluster that has TLS keeps it).
+        #[arg(long)]
+        tls: bool,
     },
     /// Make a node's data directory for a new cluster from a backup (`corekvctl backup
     /// save`): run it for every node of the new registry, then start them. The registry
@@ -113,6 +117,45 @@ struct ServeArgs {
     /// process may run on]
     #[arg(long, value_name = "LIST")]
     cpus: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// This node's replacements for the registry's `[tls]` paths (a node whose files live
+/// elsewhere than the registry says).
+#[derive(clap::Args, Debug)]
+struct TlsArgs {
+    /// CA certificates (PEM) client certificates are checked against.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM) for clients and HTTP.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) peers' certificates are checked against.
+    #[arg(long, value_name = "FILE")]
+    peer_tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM) for its peers; it must name node-ID.corekv.
+    #[arg(long, value_name = "FILE")]
+    peer_tls_cert: Option<PathBuf>,
+    /// The key of --peer-tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    peer_tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn overrides(&self) -> corekv_server::tls::TlsOverrides {
+        corekv_server::tls::TlsOverrides {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            peer_ca: self.peer_tls_ca.clone(),
+            peer_cert: self.peer_tls_cert.clone(),
+            peer_key: self.peer_tls_key.clone(),
+        }
+    }
 }
 
 /// What `corekv dev restart|stop` asks of the `corekv dev` running in a directory.
@@ -149,9 +192,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Restore(args) => restore(args),
         Command::Dev { action: Some(action), .. } => dev_action(action),
-        Command::Dev { action: None, nodes, shards, dir, base_port, clean } => {
+        Command::Dev { action: None, nodes, shards, dir, base_port, clean, tls } => {
             corekv_server::logging::init("warn");
-            let options = DevOptions { nodes, shards, dir, base_port, clean };
+            let options = DevOptions { nodes, shards, dir, base_port, clean, tls };
             match corekv_server::dev::run(options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -216,6 +259,8 @@ fn serve_options(args: ServeArgs) -> Result<ServeOptions, String> {
         log_bytes: args.snapshot_log_mib * 1024 * 1024,
         write_bytes_per_sec: args.snapshot_write_mib * 1024 * 1024,
     };
+    let tls = corekv_server::tls::node_tls(&registry, &args.tls.overrides(), node_id)
+        .map_err(|e| format!("TLS: {e}"))?;
     Ok(ServeOptions {
         registry,
         node_id,
@@ -225,6 +270,7 @@ fn serve_options(args: ServeArgs) -> Result<ServeOptions, String> {
         wal_segment_bytes: args.wal_segment_mib * 1024 * 1024,
         join: args.join,
         cpus,
+        tls,
     })
 }
 
@@ -284,5 +330,17 @@ fn dev_action(action: DevAction) -> ExitCode {
             eprintln!("corekv dev: {error:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Shows: no two flags of any subcommand clash (a clash panics only when that subcommand
+    // runs).
+    #[test]
+    fn flags_do_not_clash() {
+        <Args as clap::CommandFactory>::command().debug_assert();
     }
 }

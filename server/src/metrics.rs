@@ -23,7 +23,7 @@ type Read<T> = fn(&ShardMetrics) -> T;
 type HistogramOf = (fn(&ShardMetrics) -> &Histogram, f64);
 
 /// The counters of one series per shard: name, help, how to read it.
-const COUNTERS: [(&str, &str, Read<u64>); 35] = [
+const COUNTERS: [(&str, &str, Read<u64>); 36] = [
     ("corekv_proposals_total", "Raft entries proposed (each carries a batch of writes).", |m| {
         m.proposals.load(Relaxed)
     }),
@@ -91,6 +91,12 @@ const COUNTERS: [(&str, &str, Read<u64>); 35] = [
         "corekv_malformed_frames_total",
         "Frames refused as malformed on client and peer ports.",
         |m| m.malformed_frames.load(Relaxed),
+    ),
+    (
+        "corekv_tls_refused_total",
+        "Connections refused in their TLS handshake (a plaintext client, an unknown CA, an \
+         expired certificate, ...) on client and peer ports.",
+        |m| m.tls_refused.load(Relaxed),
     ),
     ("corekv_snapshots_total", "Snapshots taken and made durable.", |m| m.snapshots.load(Relaxed)),
     ("corekv_snapshot_errors_total", "Snapshots that failed to be made.", |m| {
@@ -229,8 +235,28 @@ const GAUGES: [(&str, &str, Read<i64>); 20] = [
 ];
 
 /// Renders every shard's metrics as Prometheus text exposition format.
-pub fn render(node_id: u64, shards: &[&ShardMetrics]) -> String {
+pub fn render(node_id: u64, shards: &[&ShardMetrics], certificates: &[(&str, i64)]) -> String {
     let mut families = Families { node: node_id.to_string(), shards, out: Vec::new() };
+    if !certificates.is_empty() {
+        let metrics = certificates
+            .iter()
+            .map(|(usage, at)| {
+                let mut metric = gauge(*at);
+                metric.set_label(vec![
+                    label_pair("node", families.node.clone()),
+                    label_pair("use", usage.to_string()),
+                ]);
+                metric
+            })
+            .collect();
+        families.push(
+            "corekv_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate in use expires (Unix time), by use: clients (client ports and \
+             HTTP) or peers.",
+            MetricType::GAUGE,
+            metrics,
+        );
+    }
     families.per_label(
         "corekv_requests_total",
         "Client requests received, by operation.",
@@ -267,6 +293,13 @@ pub fn render(node_id: u64, shards: &[&ShardMetrics]) -> String {
         tracing::error!(%error, "rendering the metrics failed");
     }
     text
+}
+
+fn label_pair(name: &str, value: String) -> LabelPair {
+    let mut pair = LabelPair::default();
+    pair.set_name(name.to_string());
+    pair.set_value(value);
+    pair
 }
 
 /// The metric families being built, for one node.
@@ -317,12 +350,7 @@ impl Families<'_> {
     }
 
     fn labels(&self, shard: usize, extra: Option<(&str, &str)>) -> Vec<LabelPair> {
-        let pair = |name: &str, value: String| {
-            let mut pair = LabelPair::default();
-            pair.set_name(name.to_string());
-            pair.set_value(value);
-            pair
-        };
+        let pair = label_pair;
         let mut labels = vec![pair("node", self.node.clone()), pair("shard", shard.to_string())];
         if let Some((name, value)) = extra {
             labels.push(pair(name, value.to_string()));
@@ -397,7 +425,7 @@ mod tests {
         for v in [10, 60, 60, 40_000_000] {
             m.wal_flush_latency_us.record(v);
         }
-        let out = render(7, &[&m]);
+        let out = render(7, &[&m], &[]);
         let name = "corekv_wal_flush_duration_seconds";
         let labels = "node=\"7\",shard=\"0\"";
         assert!(out.contains(&format!("{name}_bucket{{{labels},le=\"0.00005\"}} 1\n")), "{out}");
@@ -415,7 +443,7 @@ mod tests {
         m.request(Op::Put);
         m.request(Op::Put);
         m.error(ErrorKind::Busy);
-        let out = render(1, &[&m, &m]);
+        let out = render(1, &[&m, &m], &[]);
         assert!(out.contains("corekv_requests_total{node=\"1\",shard=\"1\",op=\"put\"} 2\n"));
         assert!(out.contains("corekv_errors_total{node=\"1\",shard=\"0\",kind=\"busy\"} 1\n"));
         assert!(out.contains("# TYPE corekv_is_leader gauge\n"));

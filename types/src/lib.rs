@@ -11,6 +11,7 @@
 //!   that owns the slot.
 //! - [`status`]: what a replica reports about itself (role, raft position, whether it
 //!   serves), one shape for `/status`, the wire and the client.
+//! - [`tls`] (feature `tls`): rustls configurations from the registry's `[tls]` files.
 #![deny(missing_docs)]
 
 pub mod ids;
@@ -19,3 +20,5 @@ pub mod meta;
 pub mod placement;
 pub mod registry;
 pub mod status;
+#[cfg(feature = "tls")]
+pub mod tls;

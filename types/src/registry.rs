@@ -20,7 +20,7 @@
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -110,6 +110,141 @@ pub struct Registry {
     /// How much watch history each shard keeps (the optional `[watch]` section).
     #[serde(default)]
     pub watch: WatchSettings,
+    /// TLS on every port (the optional `[tls]` section); plaintext without it.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+}
+
+/// The optional `[tls]` section: with it, every port of every node speaks TLS only (client,
+/// peer and HTTP), peers authenticate each other with their certificates, and a plaintext
+/// client is refused. Paths are relative to the registry file's folder; `{id}` in a
+/// certificate or key path is the node's id, so one file serves every node.
+///
+/// ```toml
+/// [tls]
+/// ca = "tls/ca.pem"                # trusted for client certificates; clients trust it for nodes
+/// cert = "tls/node-{id}.pem"       # each node's certificate (client and HTTP ports)
+/// key = "tls/node-{id}-key.pem"
+/// peer_ca = "tls/ca.pem"           # optional: the peer ports' CA, certificate and key,
+/// peer_cert = "tls/node-{id}.pem"  # when other than the client ports'
+/// peer_key = "tls/node-{id}-key.pem"
+/// client_certs = "required"        # or "optional"
+/// min_version = "1.3"              # or "1.2"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// CA certificates (PEM) client certificates are checked against; clients check nodes
+    /// against it unless told another.
+    pub ca: PathBuf,
+    /// The node's certificate chain (PEM), leaf first; `{id}` is the node id.
+    pub cert: String,
+    /// The node's private key (PEM); `{id}` is the node id.
+    pub key: String,
+    /// CA certificates peers are checked against; `ca` when absent.
+    #[serde(default)]
+    pub peer_ca: Option<PathBuf>,
+    /// The certificate the node shows its peers (both ways); `cert` when absent.
+    #[serde(default)]
+    pub peer_cert: Option<String>,
+    /// The key of `peer_cert`; `key` when absent.
+    #[serde(default)]
+    pub peer_key: Option<String>,
+    /// Whether clients must show a certificate (one they show is checked either way).
+    #[serde(default)]
+    pub client_certs: ClientCerts,
+    /// The oldest TLS version spoken.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+/// Whether a client must show a certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCerts {
+    /// A client without a certificate is refused.
+    #[default]
+    Required,
+    /// A client may come without one (for bearer tokens); one it shows is still checked.
+    Optional,
+}
+
+/// The oldest TLS version a node or client speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[default]
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// The TLS files one node uses, `{id}` filled in (see [`TlsSettings::for_node`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTlsFiles {
+    /// CA for client certificates.
+    pub ca: PathBuf,
+    /// Certificate for the client and HTTP ports.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// CA for peers' certificates.
+    pub peer_ca: PathBuf,
+    /// Certificate shown to peers.
+    pub peer_cert: PathBuf,
+    /// Its key.
+    pub peer_key: PathBuf,
+}
+
+impl TlsSettings {
+    /// Node `id`'s files.
+    pub fn for_node(&self, id: NodeId) -> NodeTlsFiles {
+        let fill = |template: &str| PathBuf::from(template.replace("{id}", &id.to_string()));
+        NodeTlsFiles {
+            ca: self.ca.clone(),
+            cert: fill(&self.cert),
+            key: fill(&self.key),
+            peer_ca: self.peer_ca.clone().unwrap_or_else(|| self.ca.clone()),
+            peer_cert: fill(self.peer_cert.as_deref().unwrap_or(&self.cert)),
+            peer_key: fill(self.peer_key.as_deref().unwrap_or(&self.key)),
+        }
+    }
+
+    /// Makes every relative path relative to `folder` (the registry file's).
+    fn resolve(&mut self, folder: &Path) {
+        let join = |path: &str| {
+            if Path::new(path).is_absolute() {
+                path.to_string()
+            } else {
+                folder.join(path).display().to_string()
+            }
+        };
+        self.ca = PathBuf::from(join(&self.ca.display().to_string()));
+        self.peer_ca = self.peer_ca.as_ref().map(|p| PathBuf::from(join(&p.display().to_string())));
+        self.cert = join(&self.cert);
+        self.key = join(&self.key);
+        self.peer_cert = self.peer_cert.as_deref().map(join);
+        self.peer_key = self.peer_key.as_deref().map(join);
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let paths = [
+            ("ca", Some(self.ca.display().to_string())),
+            ("cert", Some(self.cert.clone())),
+            ("key", Some(self.key.clone())),
+            ("peer_ca", self.peer_ca.as_ref().map(|p| p.display().to_string())),
+            ("peer_cert", self.peer_cert.clone()),
+            ("peer_key", self.peer_key.clone()),
+        ];
+        for (name, path) in paths {
+            if path.is_some_and(|p| p.trim().is_empty()) {
+                return Err(format!("[tls] {name} is empty"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The optional `[watch]` section: how much watch history every shard keeps, so a watcher
@@ -157,7 +292,17 @@ impl Registry {
             path: path.display().to_string(),
             reason: format!("cannot read registry file: {e}"),
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut registry = Self::parse(&text, &path.display().to_string())?;
+        registry.paths_relative_to(path.parent().unwrap_or(Path::new(".")));
+        Ok(registry)
+    }
+
+    /// Makes the file paths the registry names (`[tls]`) relative to `folder` (the registry
+    /// file's; [`Registry::load`] does it), leaving absolute ones be.
+    pub fn paths_relative_to(&mut self, folder: &Path) {
+        if let Some(tls) = &mut self.tls {
+            tls.resolve(folder);
+        }
     }
 
     /// Parses and validates registry text; `path` is used in error messages.
@@ -210,6 +355,9 @@ impl Registry {
                 "[watch] history_min_minutes = {} is too large",
                 watch.history_min_minutes
             ));
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
         }
         let mut ids = HashSet::new();
         for node in &self.nodes {
@@ -413,6 +561,38 @@ http_port = 7310
             .replacen("host = \"127.0.0.1\"\nclient_port = 7100\npeer_port = 7200\nhttp_port = 7300\n\n[[node]]\nid = 2\nhost = \"127.0.0.1\"", "host = \"127.0.0.1\"\nclient_port = 7100\npeer_port = 7200\nhttp_port = 7300\n\n[[node]]\nid = 2\nhost = \"127.0.0.2\"", 1);
         let r = Registry::parse(&text, "r.toml").unwrap();
         assert_eq!(r.node(NodeId(2)).unwrap().host, "127.0.0.2");
+    }
+
+    // Shows: the [tls] section reads with its defaults, `{id}` fills in per node, paths are
+    // made relative to the registry file's folder, and an unknown TLS version is refused.
+    #[test]
+    fn tls_section() {
+        let text = format!(
+            "{GOOD}\n[tls]\nca = \"ca.pem\"\ncert = \"n{{id}}.pem\"\nkey = \"/k/n{{id}}.key\"\n"
+        );
+        let dir = std::env::temp_dir().join(format!("corekv-registry-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("r.toml"), &text).unwrap();
+        let r = Registry::load(dir.join("r.toml")).unwrap();
+        let tls = r.tls.as_ref().unwrap();
+        assert_eq!((tls.client_certs, tls.min_version), (ClientCerts::Required, TlsVersion::Tls13));
+        let files = tls.for_node(NodeId(2));
+        assert_eq!(files.ca, dir.join("ca.pem"));
+        assert_eq!(files.cert, dir.join("n2.pem"));
+        assert_eq!(files.key, PathBuf::from("/k/n2.key"));
+        assert_eq!((files.peer_ca, files.peer_cert), (dir.join("ca.pem"), dir.join("n2.pem")));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let parsed = Registry::parse(
+            &text.replace("key =", "min_version = \"1.2\"\nclient_certs = \"optional\"\nkey ="),
+            "r.toml",
+        )
+        .unwrap();
+        let tls = parsed.tls.unwrap();
+        assert_eq!((tls.client_certs, tls.min_version), (ClientCerts::Optional, TlsVersion::Tls12));
+        let message = error_for(&text.replace("key =", "min_version = \"1.1\"\nkey ="));
+        assert!(message.contains("min_version") || message.contains("1.1"), "{message}");
+        let message = error_for(&text.replace("cert = \"n{id}.pem\"", "cert = \" \""));
+        assert!(message.contains("[tls] cert is empty"), "{message}");
     }
 
     // Shows: a missing file is reported with its path.

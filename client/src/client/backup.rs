@@ -13,7 +13,6 @@ use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::{FrameBuffer, VerifiedReply};
 use corekv_types::ids::{NodeId, ShardId};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::call::server_error;
 use super::Client;
@@ -129,11 +128,11 @@ impl Client {
             return again("no address known".to_string());
         };
         let config = &self.inner.config;
-        let connect = TcpStream::connect(&addr);
-        let mut stream = match tokio::time::timeout(config.connect_timeout, connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return again(format!("connecting to {addr}: {e}")),
-            Err(_) => return again(format!("connecting to {addr} timed out")),
+        let tls = self.tls().map_err(|e| e.into_error(Duration::ZERO))?;
+        let mut stream = match crate::net::open(&addr, tls, config.connect_timeout).await {
+            Ok(stream) => stream,
+            Err(OpenError::Fatal(error)) => return Err(error),
+            Err(OpenError::Refused(why) | OpenError::Unreachable(why)) => return again(why),
         };
         let registry = &config.registry;
         match hello(&mut stream, &addr, &registry.cluster, registry.shards, config.connect_timeout)
@@ -145,7 +144,12 @@ impl Client {
         }
         let request =
             RequestEncoder::new().backup(BACKUP_REQUEST_ID, options.bytes_per_sec).to_vec();
-        if let Err(e) = stream.write_all(&request).await {
+        if let Err(e) = async {
+            stream.write_all(&request).await?;
+            stream.flush().await
+        }
+        .await
+        {
             return again(format!("sending to {addr}: {e}"));
         }
         let mut reader = Frames { stream, buffer: FrameBuffer::new(READ_CHUNK_BYTES), addr };
@@ -195,7 +199,7 @@ impl Client {
 
 /// The reply frames of one connection.
 struct Frames {
-    stream: TcpStream,
+    stream: crate::net::Stream,
     buffer: FrameBuffer,
     addr: String,
 }

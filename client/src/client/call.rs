@@ -39,8 +39,8 @@ impl Client {
         })?;
         let conn = Connection::open(
             &addr,
-            &config.registry.cluster,
-            config.registry.shards,
+            (&config.registry.cluster, config.registry.shards),
+            self.tls()?,
             config.connect_timeout,
             config.max_in_flight_per_connection,
         )

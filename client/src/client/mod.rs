@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use corekv_types::ids::{NodeId, ShardId};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, OpenError};
 use crate::error::Result;
+use crate::net::TlsConfig;
 use crate::placement::shard_for_key;
 use crate::registry::Registry;
 
@@ -49,6 +50,9 @@ pub struct ClientConfig {
     pub backoff_min: Duration,
     /// Longest retry backoff.
     pub backoff_max: Duration,
+    /// TLS to the nodes; required when the registry file has a `[tls]` section (see
+    /// [`TlsConfig::for_registry`]).
+    pub tls: Option<TlsConfig>,
 }
 
 impl ClientConfig {
@@ -63,6 +67,7 @@ impl ClientConfig {
             max_in_flight_per_connection: 1024,
             backoff_min: Duration::from_millis(5),
             backoff_max: Duration::from_millis(500),
+            tls: None,
         }
     }
 }
@@ -113,8 +118,28 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// A client for the cluster in the registry file at `path`. Connections open lazily.
+    /// With a `[tls]` section, nodes are checked against its CA and the client shows no
+    /// certificate (set [`ClientConfig::tls`] to show one).
     pub fn from_registry(path: impl AsRef<std::path::Path>) -> Result<Client> {
-        Ok(Self::connect(ClientConfig::new(Registry::load(path)?)))
+        let mut config = ClientConfig::new(Registry::load(path)?);
+        if config.registry.tls.is_some() {
+            config.tls = Some(TlsConfig::for_registry(&config.registry, None, None)?);
+        }
+        Ok(Self::connect(config))
+    }
+
+    /// The TLS connections use: an error when the registry has a `[tls]` section and the
+    /// configuration no TLS (plaintext would be refused by every node).
+    pub(crate) fn tls(&self) -> std::result::Result<Option<&TlsConfig>, OpenError> {
+        let config = &self.inner.config;
+        match (&config.tls, &config.registry.tls) {
+            (None, Some(_)) => Err(OpenError::Fatal(crate::Error::Tls(
+                "the registry file has a [tls] section: the client needs a TLS configuration \
+                 (ClientConfig::tls; corekvctl reads the registry's CA, --cacert, --cert, --cert-key)"
+                    .into(),
+            ))),
+            (tls, _) => Ok(tls.as_ref()),
+        }
     }
 
     /// A client with this configuration. Connections open lazily, on first use.

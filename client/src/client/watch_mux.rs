@@ -24,7 +24,6 @@ use corekv_proto::encode::RequestEncoder;
 use corekv_proto::frame::{FrameBuffer, VerifiedReply};
 use corekv_types::ids::{NodeId, ShardId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -171,18 +170,10 @@ impl WatchMux {
         addr: &str,
         cluster: &str,
         (shards, shard): (u32, ShardId),
+        tls: Option<&crate::net::TlsConfig>,
         timeout: Duration,
     ) -> Result<Arc<WatchMux>, OpenError> {
-        let connect = tokio::time::timeout(timeout, TcpStream::connect(addr));
-        let mut stream = match connect.await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Err(OpenError::Refused(addr.to_string()))
-            }
-            Ok(Err(e)) => return Err(OpenError::Unreachable(format!("{addr}: {e}"))),
-            Err(_) => return Err(OpenError::Unreachable(format!("{addr}: connect timed out"))),
-        };
-        let _ = stream.set_nodelay(true);
+        let mut stream = crate::net::open(addr, tls, timeout).await?;
         hello(&mut stream, addr, cluster, shards, timeout).await?;
         let (read, write) = stream.into_split();
         let (frames, queue) = mpsc::channel(WRITE_QUEUE_FRAMES);
@@ -303,7 +294,9 @@ impl Client {
             .ok_or_else(|| OpenError::Unreachable(format!("no address known for node {node}")))?;
         let config = &self.inner.config;
         let (cluster, shards) = (&config.registry.cluster, config.registry.shards);
-        let mux = WatchMux::open(&addr, cluster, (shards, shard), config.connect_timeout).await?;
+        let tls = self.tls()?;
+        let mux =
+            WatchMux::open(&addr, cluster, (shards, shard), tls, config.connect_timeout).await?;
         let lease = mux.place().expect("a new connection has room");
         let mut muxes = self.inner.watch_muxes.lock().unwrap_or_else(|p| p.into_inner());
         muxes.entry(key).or_default().push(mux);
@@ -317,7 +310,7 @@ fn close(routes: &Routes, closed: &AtomicBool) {
 }
 
 async fn write_loop(
-    mut write: tokio::net::tcp::OwnedWriteHalf,
+    mut write: crate::net::WriteHalf,
     mut queue: mpsc::Receiver<Vec<u8>>,
     routes: Routes,
     closed: Arc<AtomicBool>,
@@ -328,7 +321,7 @@ async fn write_loop(
         while let Ok(frame) = queue.try_recv() {
             batch.extend_from_slice(&frame);
         }
-        if write.write_all(&batch).await.is_err() {
+        if write.write_all(&batch).await.is_err() || write.flush().await.is_err() {
             break;
         }
         batch.clear();
@@ -349,7 +342,7 @@ fn now_us() -> u64 {
 }
 
 async fn read_loop(
-    mut read: tokio::net::tcp::OwnedReadHalf,
+    mut read: crate::net::ReadHalf,
     shard: ShardId,
     routes: Routes,
     closed: Arc<AtomicBool>,

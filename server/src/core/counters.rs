@@ -108,6 +108,8 @@ pub struct ShardMetrics {
     pub messages_received: AtomicU64,
     /// Frames refused as malformed, on client and peer ports.
     pub malformed_frames: AtomicU64,
+    /// Connections refused in their TLS handshake (client, peer and HTTP ports).
+    pub tls_refused: AtomicU64,
     /// Snapshots taken and made durable.
     pub snapshots: AtomicU64,
     /// Snapshots that failed to be made.
@@ -224,6 +226,7 @@ impl Default for ShardMetrics {
             messages_sent: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
             malformed_frames: AtomicU64::new(0),
+            tls_refused: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             snapshot_errors: AtomicU64::new(0),
             snapshot_duration_us: Histogram::latency(),

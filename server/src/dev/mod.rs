@@ -13,6 +13,7 @@
 //! asked for another, it refuses (a key's shard depends on the shard count, so starting the
 //! data under another count would hide keys) and says how to start it or start afresh.
 
+pub mod certs;
 mod control;
 mod nodes;
 
@@ -57,6 +58,55 @@ pub struct DevOptions {
     pub base_port: Option<u16>,
     /// Remove existing data first.
     pub clean: bool,
+    /// TLS on every port, with a throwaway CA and certificates in `DIR/tls` (kept for a
+    /// cluster that has them).
+    pub tls: bool,
+}
+
+/// The folder of a dev cluster's certificates.
+const TLS_DIR: &str = "tls";
+
+/// The user name of the client certificate `corekv dev --tls` makes.
+pub const DEV_USER: &str = "dev";
+
+/// The `[tls]` section of a dev cluster's registry.
+const TLS_SECTION: &str =
+    "\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/node-{id}.pem\"\nkey = \"tls/node-{id}-key.pem\"\n";
+
+/// Makes `DIR/tls`'s CA, node and client certificates, unless the CA is already there.
+fn make_certs(dir: &Path, registry: &Registry) -> anyhow::Result<()> {
+    let tls = dir.join(TLS_DIR);
+    let complete = std::iter::once(tls.join("ca.pem"))
+        .chain(registry.nodes.iter().map(|n| tls.join(format!("node-{}.pem", n.id))))
+        .all(|p| p.exists());
+    if complete {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&tls).with_context(|| format!("creating {}", tls.display()))?;
+    let ca = certs::Authority::new("corekv dev CA").context("making the dev CA")?;
+    std::fs::write(tls.join("ca.pem"), ca.cert_pem()).context("writing the dev CA")?;
+    for node in &registry.nodes {
+        let issued = ca.node(node.id, &[node.host.as_str(), "localhost"], None)?;
+        issued.write(&tls, &format!("node-{}", node.id)).context("writing a node certificate")?;
+    }
+    ca.client(DEV_USER, None)?.write(&tls, "client").context("writing the client certificate")?;
+    Ok(())
+}
+
+/// What the dev tools use to reach a TLS dev cluster: its CA, and the client certificate.
+fn client_tls(
+    dir: &Path,
+    registry: &Registry,
+) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    let Some(settings) = &registry.tls else { return Ok(None) };
+    let tls = dir.join(TLS_DIR);
+    let config = corekv_types::tls::client_config(
+        &settings.ca,
+        Some((&tls.join("client.pem"), &tls.join("client-key.pem"))),
+        settings.min_version,
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(Some(Arc::new(config)))
 }
 
 /// `corekv dev` refused to start: another one runs in the directory, or the directory holds a
@@ -100,6 +150,10 @@ pub fn run(options: DevOptions) -> anyhow::Result<()> {
         clean(&dir)?;
     }
     let (registry_path, registry) = prepare_registry(&dir, &options)?;
+    if registry.tls.is_some() {
+        make_certs(&dir, &registry)?;
+    }
+    let http_tls = client_tls(&dir, &registry)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
@@ -119,7 +173,7 @@ pub fn run(options: DevOptions) -> anyhow::Result<()> {
         registry.shards,
         dir.display()
     );
-    if let Err(error) = wait_for_leaders(&registry, &mut nodes, &stop) {
+    if let Err(error) = wait_for_leaders(&registry, &mut nodes, &stop, http_tls) {
         nodes.stop_all();
         return Err(error.context(format!("node logs are in {}", dir.display())));
     }
@@ -203,8 +257,12 @@ fn prepare_registry(dir: &Path, options: &DevOptions) -> anyhow::Result<(PathBuf
         .or(existing.as_ref().and_then(|r| r.nodes.first()).map(|n| n.client_port))
         .unwrap_or(DEFAULT_BASE_PORT);
     check_shape(dir, existing.as_ref(), &data, nodes, shards)?;
-    let text = registry_text(nodes, shards, base);
-    let registry = Registry::parse(&text, &path.display().to_string())?;
+    let mut text = registry_text(nodes, shards, base);
+    if options.tls || existing.as_ref().is_some_and(|r| r.tls.is_some()) {
+        text.push_str(TLS_SECTION);
+    }
+    let mut registry = Registry::parse(&text, &path.display().to_string())?;
+    registry.paths_relative_to(dir);
     check_ports_free(&registry)?;
     if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
         std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
@@ -286,12 +344,15 @@ pub fn node_cpus(allowed: &[usize], index: usize, shards: usize) -> Vec<usize> {
 
 /// Whether every shard has a leader that its replicas agree on, as the nodes' `/status`
 /// report it.
-fn all_leaders_elected(registry: &Registry) -> bool {
+fn all_leaders_elected(registry: &Registry, tls: &Option<Arc<rustls::ClientConfig>>) -> bool {
     let mut leaders = vec![None; registry.shards as usize];
     for node in &registry.nodes {
-        let Ok((200, body)) =
-            crate::http::get(&node.http_addr(), "/status", Duration::from_secs(1))
-        else {
+        let Ok((200, body)) = crate::http::get_with(
+            &node.http_addr(),
+            "/status",
+            Duration::from_secs(1),
+            tls.clone(),
+        ) else {
             return false;
         };
         let Ok(status) = serde_json::from_str::<serde_json::Value>(&body) else { return false };
@@ -311,9 +372,10 @@ fn wait_for_leaders(
     registry: &Registry,
     nodes: &mut Nodes,
     stop: &AtomicBool,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    while !all_leaders_elected(registry) {
+    while !all_leaders_elected(registry, &tls) {
         if let Some((id, status)) = nodes.reap_exited() {
             let said = nodes::last_log_line(&nodes.log_path(id))
                 .map(|line| format!(": {line}"))
@@ -335,13 +397,36 @@ fn print_ready(registry: &Registry, registry_path: &Path, dir: &Path) {
     println!("corekv dev: every shard has a leader. Connect with:");
     println!();
     println!("  export COREKV_REGISTRY={}", registry_path.display());
+    let tls = dir.join(TLS_DIR);
+    if registry.tls.is_some() {
+        // corekvctl trusts the registry's CA; the certificate says who the client is.
+        println!("  export COREKV_CERT={}", tls.join("client.pem").display());
+        println!("  export COREKV_CERT_KEY={}", tls.join("client-key.pem").display());
+    }
     println!("  corekvctl put hello world");
     println!("  corekvctl get hello");
     println!("  corekvctl status");
     println!();
+    if registry.tls.is_some() {
+        println!(
+            "  curl --cacert {} --cert {} --key {} https://{}/status",
+            tls.join("ca.pem").display(),
+            tls.join("client.pem").display(),
+            tls.join("client-key.pem").display(),
+            registry.nodes.first().map(|n| n.http_addr()).unwrap_or_default()
+        );
+        println!();
+        println!(
+            "Every port speaks TLS only (CA and certificates in {}; the client certificate is \
+             user {DEV_USER:?}).",
+            tls.display()
+        );
+        println!();
+    }
+    let scheme = if registry.tls.is_some() { "https" } else { "http" };
     for node in &registry.nodes {
         println!(
-            "  node {}: clients {}-{}, http http://{}/status, log {}",
+            "  node {}: clients {}-{}, http {scheme}://{}/status, log {}",
             node.id,
             node.client_addr(ShardId(0)),
             node.client_port as u32 + registry.shards - 1,

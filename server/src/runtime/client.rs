@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use corekv_proto::frame::FrameBuffer;
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 
+use super::net::{self, Stream};
 use super::state::{ClientConn, Shard};
 use crate::constants::{
     CONNECTION_OUTPUT_BYTES_MAX, CONNECTION_REQUESTS_IN_FLIGHT_MAX, SOCKET_READ_CHUNK_BYTES,
@@ -34,6 +35,16 @@ pub(crate) async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
             Ok(stream) => {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
+                    let addr = stream.peer_addr().ok();
+                    let tls = shard.tls.as_ref().map(|tls| tls.configs().clients.clone());
+                    let stream = match net::accept(stream, tls).await {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            shard.metrics.tls_refused.fetch_add(1, Relaxed);
+                            tracing::warn!(shard = %shard.shard, ?addr, %error, "refused a client connection");
+                            return;
+                        }
+                    };
                     let id = shard.next_conn_id();
                     let conn = Rc::new(ClientConn::default());
                     shard.conns.borrow_mut().insert(id, conn.clone());
@@ -57,13 +68,9 @@ pub(crate) async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
 }
 
 /// Reads requests and writes replies on one connection until either side closes.
-async fn serve(
-    shard: &Shard,
-    id: ConnId,
-    conn: &ClientConn,
-    mut stream: TcpStream,
-) -> io::Result<()> {
-    stream.set_nodelay(true)?;
+async fn serve(shard: &Shard, id: ConnId, conn: &ClientConn, mut stream: Stream) -> io::Result<()> {
+    let plaintext_port = matches!(stream, Stream::Plain(_));
+    let mut unflushed = false;
     let mut input = FrameBuffer::new(SOCKET_READ_CHUNK_BYTES);
     let mut written = 0usize;
     let mut greeted = false;
@@ -76,13 +83,22 @@ async fn serve(
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
                         written += n;
+                        unflushed = true;
                         progress = true;
                     }
                     Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                     Poll::Pending => break,
                 }
             }
-            if written == out.len() {
+            // TLS keeps what it could not send yet; pushed out once all is written.
+            if written == out.len() && unflushed {
+                match Pin::new(&mut stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => unflushed = false,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => {}
+                }
+            }
+            if written == out.len() && !unflushed {
                 out.clear();
                 written = 0;
                 if conn.close_after_output.get() {
@@ -109,6 +125,10 @@ async fn serve(
                 Poll::Ready(Ok(n)) => {
                     input.commit(n);
                     progress = true;
+                    if plaintext_port && !greeted && looks_like_tls(input.pending()) {
+                        tracing::warn!(shard = %shard.shard, conn = id, "refused a client that speaks TLS: this node's registry file has no [tls] section");
+                        return Poll::Ready(Ok(()));
+                    }
                     if let Err(error) = take_frames(shard, id, conn, &mut greeted, &mut input) {
                         return Poll::Ready(Err(error));
                     }
@@ -150,4 +170,11 @@ fn take_frames(
             }
         }
     }
+}
+
+/// Whether a connection's first bytes are a TLS handshake record (a ClientHello): type 22,
+/// version 3.1 to 3.4. A frame's length prefix never starts so: it would be a frame of over
+/// 64 KiB before the hello.
+fn looks_like_tls(first: &[u8]) -> bool {
+    first.len() >= 3 && first[0] == 0x16 && first[1] == 0x03 && (1..=4).contains(&first[2])
 }

@@ -33,6 +33,7 @@ mod client;
 pub mod disk;
 mod driver;
 mod flush;
+mod net;
 mod notify;
 mod outputs;
 mod peer;
@@ -53,6 +54,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::constants::{ELECTION_TICKS, HEARTBEAT_TICKS, TICK_MS};
 use crate::http::{HttpState, StatusSlot};
 use crate::metrics::ShardMetrics;
+use crate::tls::NodeTls;
 pub use startup::Timing;
 
 impl Default for Timing {
@@ -85,6 +87,8 @@ pub struct ServeOptions {
     /// The CPUs the shard executors are pinned to, shard `s` on the `s`-th (wrapping round),
     /// checked by [`check_cpus`]; `None`: every CPU the process may run on, in order.
     pub cpus: Option<Vec<usize>>,
+    /// This node's TLS ([`crate::tls::node_tls`]); `None`: plaintext.
+    pub tls: Option<Arc<NodeTls>>,
 }
 
 /// Runs a node until SIGINT/SIGTERM. Errors at start-up (a port in use, a corrupt WAL, a
@@ -100,13 +104,14 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let _lock = crate::data_dir::lock(&options.data_dir)?;
     let identity = crate::data_dir::Identity::new(&registry.cluster, registry.shards);
     crate::data_dir::check_and_record(&options.data_dir, &identity)?;
+    let tls = options.tls.clone();
     let shutdown = Arc::new(AtomicBool::new(false));
-    install_signal_handler(shutdown.clone())?;
+    install_signal_handler(shutdown.clone(), tls.clone())?;
     let cpus = options.cpus.clone().unwrap_or_else(allowed_cpus);
     corekv_storage::pacing::set_background_cpus(cpus.clone());
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let Executors { threads, metrics, statuses } =
-        spawn_executors(&options, &registry, &shutdown, &cpus, started_tx)?;
+        spawn_executors(&options, &registry, (&shutdown, &tls), &cpus, started_tx)?;
     let mut failure = wait_for_start(&started_rx, registry.shards);
     // The HTTP thread lives until the process exits; nothing to join.
     if failure.is_none() {
@@ -116,8 +121,10 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
             statuses,
             metrics,
             status_stale_after(&options.timing),
-        );
-        if let Err(error) = crate::http::start(&node.http_addr(), Arc::new(state)) {
+        )
+        .with_tls(tls.clone());
+        let http_tls = tls.clone();
+        if let Err(error) = crate::http::start(&node.http_addr(), Arc::new(state), http_tls) {
             failure = Some(format!("{error:#}"));
         }
     }
@@ -158,7 +165,7 @@ struct Executors {
 fn spawn_executors(
     options: &ServeOptions,
     registry: &Arc<Registry>,
-    shutdown: &Arc<AtomicBool>,
+    (shutdown, tls): (&Arc<AtomicBool>, &Option<Arc<NodeTls>>),
     cpus: &[usize],
     started: std::sync::mpsc::Sender<(u32, Result<(), String>)>,
 ) -> anyhow::Result<Executors> {
@@ -182,6 +189,7 @@ fn spawn_executors(
             metrics: shard_metrics,
             status,
             shutdown: shutdown.clone(),
+            tls: tls.clone(),
             started: started.clone(),
         };
         let cpu = cpus[shard as usize % cpus.len()];
@@ -223,15 +231,27 @@ fn wait_for_start(
     failure
 }
 
-/// SIGINT/SIGTERM set the shutdown flag; a second signal exits at once.
-fn install_signal_handler(shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+/// SIGINT/SIGTERM set the shutdown flag; a second signal exits at once. SIGHUP reloads the
+/// TLS files (new connections use them; open ones keep theirs).
+fn install_signal_handler(
+    shutdown: Arc<AtomicBool>,
+    tls: Option<Arc<NodeTls>>,
+) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("signals".to_string())
         .spawn(move || {
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    match tls.as_ref().map(|tls| tls.reload()) {
+                        Some(Ok(())) => tracing::info!("SIGHUP: TLS certificates and keys reloaded"),
+                        Some(Err(error)) => tracing::error!(%error, "SIGHUP: TLS reload failed; the files in use before stay in use"),
+                        None => tracing::info!("SIGHUP: nothing to reload (no [tls])"),
+                    }
+                    continue;
+                }
                 if shutdown.swap(true, Ordering::Relaxed) {
                     tracing::warn!(signal, "second signal: exiting without a clean shutdown");
                     std::process::exit(130);

@@ -62,6 +62,8 @@ pub struct ShardContext {
     pub status: StatusSlot,
     /// Set by the signal handler: shut down cleanly.
     pub shutdown: Arc<AtomicBool>,
+    /// The node's TLS; `None`: plaintext.
+    pub tls: Option<Arc<crate::tls::NodeTls>>,
     /// Told once the shard serves (or why it could not start).
     pub started: std::sync::mpsc::Sender<(u32, Result<(), String>)>,
 }
@@ -146,6 +148,7 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
         clock,
         stopping: Cell::new(false),
         next_conn: Cell::new(1),
+        tls: ctx.tls,
     });
     let (shutdown, status, timing) = (ctx.shutdown, ctx.status, ctx.timing);
     Ok((shard, Listeners { client, peer, shutdown, status, flusher, history_flusher, timing }))

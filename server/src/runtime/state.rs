@@ -61,6 +61,8 @@ pub(crate) struct Shard {
     /// Set once shutdown has answered everything: tasks exit.
     pub(crate) stopping: Cell<bool>,
     pub(crate) next_conn: Cell<ConnId>,
+    /// The node's TLS (every executor shares it; SIGHUP reloads it); `None`: plaintext.
+    pub(crate) tls: Option<Arc<crate::tls::NodeTls>>,
 }
 
 impl Shard {

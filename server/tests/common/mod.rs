@@ -76,6 +76,10 @@ pub struct TestCluster {
     /// Nodes started later to join the running cluster (`add_node`): each one's registry
     /// entry, and the file it was started with (the cluster's registry plus itself).
     joined: Vec<(Node, PathBuf)>,
+    /// What [`TestCluster::client`] and [`TestCluster::http`] speak TLS with, for a cluster
+    /// whose registry has `[tls]`.
+    pub client_tls: Option<corekv_client::TlsConfig>,
+    pub http_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl TestCluster {
@@ -140,6 +144,8 @@ impl TestCluster {
             serve_args,
             netns,
             joined: Vec::new(),
+            client_tls: None,
+            http_tls: None,
         }
     }
 
@@ -296,13 +302,15 @@ impl TestCluster {
     pub fn client(&self) -> Client {
         let mut config = ClientConfig::new(self.registry.clone());
         config.timeout = Duration::from_secs(10);
+        config.tls = self.client_tls.clone();
         Client::connect(config)
     }
 
     /// `GET path` on node `id`'s HTTP port.
     pub fn http(&self, id: u64, path: &str) -> Option<(u16, String)> {
         let addr = self.node(id)?.http_addr();
-        corekv_server::http::get(&addr, path, Duration::from_secs(2)).ok()
+        corekv_server::http::get_with(&addr, path, Duration::from_secs(2), self.http_tls.clone())
+            .ok()
     }
 
     /// A number from node `id`'s `/metrics`, summed over its shards.

@@ -17,7 +17,10 @@
 //!   backup save DIR [--rate-mib N] | backup verify DIR   a consistent copy of the cluster
 //! ```
 //!
-//! The registry is `--registry`, else `$COREKV_REGISTRY`, else `./corekv.toml`. Durations read
+//! The registry is `--registry`, else `$COREKV_REGISTRY`, else `./corekv.toml`. A cluster
+//! with TLS (the registry's `[tls]`) is reached with its CA (`--cacert`, `$COREKV_CACERT`, else
+//! the registry's) and, where the nodes require one, a client certificate (`--cert`/`--cert-key`,
+//! `$COREKV_CERT`/`$COREKV_CERT_KEY`). Durations read
 //! like `2s`, `500ms` or `1m`. Exit status: 0 success; 1 the condition asked about does not
 //! hold (`get`: the key does not exist; `txn`: a compare failed, so the `failure` branch ran);
 //! 2 usage or input error (a bad registry file included); 3 cluster unavailable, timed out, or
@@ -35,7 +38,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use corekv_client::registry::Registry;
 use corekv_client::{
-    Client, ClientConfig, Error, LeaseId, ReadOptions, ScanOptions, ScanRange, WriteOptions,
+    Client, ClientConfig, Error, LeaseId, ReadOptions, ScanOptions, ScanRange, TlsConfig,
+    WriteOptions,
 };
 use futures_util::StreamExt;
 use serde_json::json;
@@ -87,6 +91,17 @@ struct Args {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// CA certificates (PEM) to check TLS nodes against [default: $COREKV_CACERT, then the CA the
+    /// registry file names].
+    #[arg(long = "cacert", id = "tls_cacert", global = true, value_name = "FILE")]
+    tls_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) shown to TLS nodes; its subject names the user [default:
+    /// $COREKV_CERT].
+    #[arg(long = "cert", id = "tls_cert", global = true, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --cert (PEM) [default: $COREKV_CERT_KEY].
+    #[arg(long = "cert-key", id = "tls_key", global = true, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -284,6 +299,39 @@ fn strip_newline(mut text: Vec<u8>) -> Vec<u8> {
     text
 }
 
+/// TLS from the flags, their environment variables and the registry: `None` for a
+/// plaintext cluster given no CA.
+fn tls_config(
+    registry: &Registry,
+    cacert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<TlsConfig>, Failure> {
+    let from_env = |given: Option<PathBuf>, var: &str| {
+        given.or_else(|| std::env::var_os(var).map(PathBuf::from))
+    };
+    let cacert = from_env(cacert, "COREKV_CACERT");
+    let (cert, key) = (from_env(cert, "COREKV_CERT"), from_env(key, "COREKV_CERT_KEY"));
+    let cert_and_key = match (&cert, &key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        _ => {
+            return Err(input_error(
+                "--cert and --cert-key go together (or $COREKV_CERT and $COREKV_CERT_KEY)",
+            ))
+        }
+    };
+    if registry.tls.is_none() && cacert.is_none() {
+        if cert_and_key.is_some() {
+            return Err(input_error(
+                "--cert without TLS: the registry file has no [tls] section and no --cacert was given",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(TlsConfig::for_registry(registry, cacert.as_deref(), cert_and_key)?))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -308,7 +356,9 @@ async fn run(args: Args) -> Result<u8, Failure> {
         return backup::verify(dir, json);
     }
     let registry = load_registry(args.registry)?;
+    let tls = tls_config(&registry, args.tls_cacert, args.tls_cert, args.tls_key)?;
     let mut config = ClientConfig::new(registry);
+    config.tls = tls;
     config.timeout = args.timeout;
     config.connect_timeout = args.timeout.min(Duration::from_secs(1));
     let client = Client::connect(config);
@@ -519,5 +569,12 @@ mod tests {
         assert!(parse_duration("2").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    // Shows: no two flags of any subcommand clash (a global flag named like a subcommand's,
+    // such as `--key`, would make that subcommand panic when run).
+    #[test]
+    fn flags_do_not_clash() {
+        <Args as clap::CommandFactory>::command().debug_assert();
     }
 }

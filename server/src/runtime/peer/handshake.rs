@@ -3,16 +3,26 @@
 use corekv_proto::constants::{PEER_PROTOCOL_OLDEST, PEER_PROTOCOL_VERSION};
 use corekv_proto::encode::{PeerEncoder, PeerHello};
 use corekv_proto::frame::{verify_peer, FrameBuffer};
+use corekv_types::ids::NodeId;
 use futures_lite::io::AsyncWriteExt;
-use glommio::net::TcpStream;
 
 use super::{read_frame, within, HANDSHAKE_TIMEOUT};
+use crate::runtime::net::{self, Stream};
 use crate::runtime::state::{PeerLink, Shard};
 
-pub(super) async fn connect(shard: &Shard, link: &PeerLink) -> std::io::Result<TcpStream> {
+pub(super) async fn connect(shard: &Shard, link: &PeerLink) -> std::io::Result<Stream> {
     let attempt = async {
-        let mut stream = TcpStream::connect(link.addr.as_str()).await?;
-        stream.set_nodelay(true)?;
+        // With TLS, the peer's certificate must name the node this link is for.
+        let tls = match &shard.tls {
+            Some(tls) => {
+                let name = corekv_types::tls::node_name(NodeId(link.node_id));
+                let name = corekv_types::tls::host_name(&name)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                Some((tls.configs().peers_out.clone(), name))
+            }
+            None => None,
+        };
+        let mut stream = net::connect(link.addr.as_str(), tls).await?;
         let registry = &shard.registry;
         let me = registry.node(shard.node_id);
         let host = me.map_or("", |n| n.host.as_str());
@@ -26,6 +36,7 @@ pub(super) async fn connect(shard: &Shard, link: &PeerLink) -> std::io::Result<T
         .from_addr(host, port);
         let hello = PeerEncoder::new().hello(&hello).to_vec();
         stream.write_all(&hello).await?;
+        stream.flush().await?;
         let mut buffer = FrameBuffer::new(4096);
         let frame = read_frame(&mut stream, &mut buffer).await?;
         let ack =
@@ -54,8 +65,9 @@ pub(super) async fn connect(shard: &Shard, link: &PeerLink) -> std::io::Result<T
     })
 }
 
-/// Checks a peer's hello; the refusal reason when it does not belong.
-pub(super) fn check_hello(shard: &Shard, frame: &[u8]) -> Result<u64, String> {
+/// Checks a peer's hello (and, with TLS, that the certificate it showed names the node the
+/// hello says it is); the refusal reason when it does not belong.
+pub(super) fn check_hello(shard: &Shard, stream: &Stream, frame: &[u8]) -> Result<u64, String> {
     let frame = verify_peer(frame).map_err(|e| format!("bad hello frame: {e}"))?;
     let hello = frame.message_as_hello().ok_or("the first frame must be a Hello")?;
     if hello.cluster() != shard.registry.cluster {
@@ -95,6 +107,12 @@ pub(super) fn check_hello(shard: &Shard, frame: &[u8]) -> Result<u64, String> {
     let node = hello.node_id();
     if node == shard.node_id.get() || node == 0 {
         return Err(format!("node id {node} cannot be a peer of node {}", shard.node_id));
+    }
+    if shard.tls.is_some() {
+        let cert = stream.peer_cert().ok_or("no peer certificate")?;
+        let name = corekv_types::tls::node_name(NodeId(node));
+        corekv_types::tls::cert_names(cert, &name)
+            .map_err(|e| format!("the peer says it is node {node}, but {e}"))?;
     }
     if let (Some(host), port) = (hello.peer_host(), hello.peer_port()) {
         if !host.is_empty() && port != 0 {

@@ -9,7 +9,7 @@ use corekv_proto::encode::PeerEncoder;
 use corekv_proto::frame::{verify_peer, FrameBuffer};
 use corekv_proto::peer::RaftBatch;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use raft::eraftpb::{Message, MessageType};
 
 use super::handshake::check_hello;
@@ -17,6 +17,7 @@ use super::snapshot_receive::take_chunk;
 use super::{read_frame, within, HANDSHAKE_TIMEOUT};
 use crate::constants::SOCKET_READ_CHUNK_BYTES;
 use crate::runtime::disk::IncomingSnapshot;
+use crate::runtime::net::{self, Stream};
 use crate::runtime::state::Shard;
 
 /// Accepts peer connections for the shard.
@@ -26,6 +27,16 @@ pub(crate) async fn accept_peers(shard: Rc<Shard>, listener: TcpListener) {
             Ok(stream) => {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
+                    let addr = stream.peer_addr().ok();
+                    let tls = shard.tls.as_ref().map(|tls| tls.configs().peers_in.clone());
+                    let stream = match net::accept(stream, tls).await {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            shard.metrics.tls_refused.fetch_add(1, Relaxed);
+                            tracing::warn!(shard = %shard.shard, ?addr, %error, "refused a peer connection");
+                            return;
+                        }
+                    };
                     shard.metrics.peer_connections.fetch_add(1, Relaxed);
                     if let Err(error) = inbound(&shard, stream).await {
                         tracing::debug!(shard = %shard.shard, %error, "inbound peer connection closed");
@@ -44,23 +55,24 @@ pub(crate) async fn accept_peers(shard: Rc<Shard>, listener: TcpListener) {
 
 /// Serves one inbound peer connection: handshake, then raft batches into the core and
 /// snapshot chunks into a file.
-async fn inbound(shard: &Shard, mut stream: TcpStream) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
+async fn inbound(shard: &Shard, mut stream: Stream) -> std::io::Result<()> {
     let mut buffer = FrameBuffer::new(SOCKET_READ_CHUNK_BYTES);
     let first = within(HANDSHAKE_TIMEOUT, read_frame(&mut stream, &mut buffer))
         .await
         .unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into()))?;
     let mut encoder = PeerEncoder::new();
-    let peer = match check_hello(shard, &first) {
+    let peer = match check_hello(shard, &stream, &first) {
         Ok(node) => node,
         Err(reason) => {
             shard.metrics.malformed_frames.fetch_add(1, Relaxed);
-            tracing::warn!(shard = %shard.shard, addr = ?stream.peer_addr().ok(), %reason, "refused a peer connection");
+            tracing::warn!(shard = %shard.shard, addr = ?stream.peer_addr(), %reason, "refused a peer connection");
             let _ = stream.write_all(encoder.hello_ack(shard.node_id.get(), Some(&reason))).await;
+            let _ = stream.flush().await;
             return Ok(());
         }
     };
     stream.write_all(encoder.hello_ack(shard.node_id.get(), None)).await?;
+    stream.flush().await?;
     let mut incoming: Option<IncomingSnapshot> = None;
     let result = receive(shard, peer, &mut stream, &mut buffer, &mut incoming, &mut encoder).await;
     if let Some(partial) = incoming {
@@ -73,7 +85,7 @@ async fn inbound(shard: &Shard, mut stream: TcpStream) -> std::io::Result<()> {
 async fn receive(
     shard: &Shard,
     peer: u64,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buffer: &mut FrameBuffer,
     incoming: &mut Option<IncomingSnapshot>,
     encoder: &mut PeerEncoder,
@@ -109,6 +121,7 @@ async fn receive(
                     let (index, term, received, done, error) = ack;
                     let ack = encoder.snapshot_ack(index, term, received, done, error.as_deref());
                     stream.write_all(ack).await?;
+                    stream.flush().await?;
                 }
                 continue;
             }

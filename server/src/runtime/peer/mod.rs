@@ -36,7 +36,6 @@ use std::time::Duration;
 
 use corekv_proto::frame::FrameBuffer;
 use futures_lite::io::AsyncReadExt;
-use glommio::net::TcpStream;
 
 pub(crate) use inbound::accept_peers;
 pub(crate) use snapshot_send::start_snapshot_send;
@@ -124,7 +123,7 @@ pub(crate) async fn within<T>(
 
 /// Reads one whole frame into `buffer`'s stream; returns its bytes.
 pub(crate) async fn read_frame(
-    stream: &mut TcpStream,
+    stream: &mut crate::runtime::net::Stream,
     buffer: &mut FrameBuffer,
 ) -> std::io::Result<Vec<u8>> {
     loop {

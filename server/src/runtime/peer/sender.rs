@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use corekv_proto::frame::{verify_peer, FrameBuffer};
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 
 use super::handshake::connect;
 use crate::constants::{PEER_BACKOFF_MAX_MS, PEER_BACKOFF_MIN_MS};
+use crate::runtime::net::Stream;
 use crate::runtime::state::{PeerLink, Shard};
 
 /// Keeps a connection to one peer and writes its queue to it, reconnecting with backoff.
@@ -64,8 +64,9 @@ pub(crate) async fn peer_sender(shard: Rc<Shard>, link: Rc<PeerLink>) {
 
 /// Writes queued frames, and reads the receiver's snapshot acknowledgements, until the
 /// connection fails or the shard stops.
-async fn pump(shard: &Shard, link: &PeerLink, mut stream: TcpStream) -> std::io::Result<()> {
+async fn pump(shard: &Shard, link: &PeerLink, mut stream: Stream) -> std::io::Result<()> {
     let mut sending: Vec<u8> = Vec::new();
+    let mut unflushed = false;
     let mut written = 0usize;
     let mut input = FrameBuffer::new(4096);
     poll_fn(|cx| loop {
@@ -82,10 +83,19 @@ async fn pump(shard: &Shard, link: &PeerLink, mut stream: TcpStream) -> std::io:
                 }
                 Poll::Ready(Ok(n)) => {
                     written += n;
+                    unflushed = true;
                     progress = true;
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => break,
+            }
+        }
+        // TLS keeps what it could not send yet; pushed out once all is written.
+        if written == sending.len() && unflushed {
+            match Pin::new(&mut stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => unflushed = false,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {}
             }
         }
         match Pin::new(&mut stream).poll_read(cx, input.spare()) {

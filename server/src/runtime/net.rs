@@ -1,0 +1,136 @@
+//! A connection's byte stream, plain or TLS (futures-rustls over glommio's `TcpStream`), one
+//! type for the client and peer tasks.
+//!
+//! With TLS, a write may leave bytes in the session's buffer: writers flush when they have
+//! nothing more to write (a plain stream's flush does nothing).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ServerConfig};
+
+use super::peer::within;
+
+/// How long a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// See the module docs.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Accepted(Box<futures_rustls::server::TlsStream<TcpStream>>),
+    Dialed(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The address of the other end, for logs.
+    pub(crate) fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Plain(s) => s.peer_addr().ok(),
+            Stream::Accepted(s) => s.get_ref().0.peer_addr().ok(),
+            Stream::Dialed(s) => s.get_ref().0.peer_addr().ok(),
+        }
+    }
+
+    /// The certificate the other end showed, leaf first (TLS only).
+    pub(crate) fn peer_cert(&self) -> Option<&CertificateDer<'static>> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Accepted(s) => s.get_ref().1.peer_certificates()?.first(),
+            Stream::Dialed(s) => s.get_ref().1.peer_certificates()?.first(),
+        }
+    }
+}
+
+/// The TLS handshake of an accepted connection (or the plain stream, without TLS). A failure
+/// says why, with a hint when the other end spoke plaintext.
+pub(crate) async fn accept(
+    stream: TcpStream,
+    tls: Option<Arc<ServerConfig>>,
+) -> io::Result<Stream> {
+    stream.set_nodelay(true)?;
+    let Some(config) = tls else { return Ok(Stream::Plain(stream)) };
+    let handshake = futures_rustls::TlsAcceptor::from(config).accept(stream);
+    match within(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        Some(Ok(stream)) => Ok(Stream::Accepted(Box::new(stream))),
+        Some(Err(error)) => Err(explain(error)),
+        None => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+    }
+}
+
+/// Connects to `addr`, with TLS when given a configuration and the name the other end's
+/// certificate must carry.
+pub(crate) async fn connect(
+    addr: &str,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+) -> io::Result<Stream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let Some((config, name)) = tls else { return Ok(Stream::Plain(stream)) };
+    let handshake = futures_rustls::TlsConnector::from(config).connect(name, stream);
+    match within(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        Some(Ok(stream)) => Ok(Stream::Dialed(Box::new(stream))),
+        Some(Err(error)) => Err(explain(error)),
+        None => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+    }
+}
+
+/// A handshake error in words an operator can act on.
+fn explain(error: io::Error) -> io::Error {
+    let text = error.to_string();
+    let hint = if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        " (the other end does not speak TLS: a plaintext client or peer?)"
+    } else {
+        ""
+    };
+    io::Error::new(error.kind(), format!("TLS handshake failed: {text}{hint}"))
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Accepted(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Dialed(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Accepted(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Dialed(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Accepted(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Dialed(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            Stream::Accepted(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Stream::Dialed(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
