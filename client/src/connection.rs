@@ -236,13 +236,22 @@ pub(crate) async fn hello(
 ) -> Result<(), OpenError> {
     let unavailable = OpenError::Unreachable;
     let hello = RequestEncoder::new().hello(0, cluster, shards).to_vec();
+    let plaintext = matches!(stream, Stream::Plain(_));
     let handshake = async {
         stream.write_all(&hello).await?;
         stream.flush().await?;
         let mut buffer = FrameBuffer::new(4096);
         loop {
-            // A TLS alert record (type 21, version 3.x): the node speaks TLS, this client not.
-            if buffer.pending().starts_with(&[0x15, 0x03]) {
+            // A TLS alert record (type 21, version 3.1-3.4, 2 bytes long): the node speaks
+            // TLS, this client not. A reply frame never starts so before the hello's reply.
+            let alert = |b: &[u8]| {
+                b.len() >= 5
+                    && b[0] == 0x15
+                    && b[1] == 0x03
+                    && (1..=4).contains(&b[2])
+                    && b[3..5] == [0, 2]
+            };
+            if plaintext && alert(buffer.pending()) {
                 return Err(std::io::Error::other(PlaintextToTls));
             }
             if let Some(frame) = buffer

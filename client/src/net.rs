@@ -132,8 +132,15 @@ pub(crate) async fn open(
     let handshake = tokio_rustls::TlsConnector::from(tls.config.clone()).connect(name, stream);
     match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream))),
-        Ok(Err(e)) => Err(tls_failure(addr, &e)
-            .unwrap_or_else(|| unavailable(format!("TLS handshake with {addr}: {e}")))),
+        Ok(Err(e)) => Err(tls_failure(addr, &e).unwrap_or_else(|| {
+            // A node without TLS reads the ClientHello as a frame it refuses, and closes.
+            let hint = if e.kind() == io::ErrorKind::UnexpectedEof {
+                " (a node without TLS closes so: does its registry have the [tls] section?)"
+            } else {
+                ""
+            };
+            unavailable(format!("TLS handshake with {addr}: {e}{hint}"))
+        })),
         Err(_) => Err(unavailable(format!("TLS handshake with {addr} timed out"))),
     }
 }

@@ -172,22 +172,31 @@ pub fn start(
 /// One connection, on its own thread: the TLS handshake, then requests until either side
 /// closes or it idles out.
 fn connection(stream: TcpStream, state: &HttpState, tls: Option<&NodeTls>) -> io::Result<()> {
-    stream.set_read_timeout(Some(HTTP_IDLE_TIMEOUT))?;
     stream.set_write_timeout(Some(HTTP_IDLE_TIMEOUT))?;
+    // The same socket, to set read deadlines through whatever wraps it.
+    let socket = stream.try_clone()?;
     let peer = stream.peer_addr().ok();
     match tls {
-        None => serve_requests(&mut { stream }, state),
+        None => serve_requests(&mut { stream }, &socket, state),
         Some(tls) => {
             let session = rustls::ServerConnection::new(tls.configs().clients.clone())
                 .map_err(io::Error::other)?;
             let mut stream = rustls::StreamOwned::new(session, stream);
+            let deadline = Instant::now() + HTTP_IDLE_TIMEOUT;
             while stream.conn.is_handshaking() {
-                if let Err(error) = stream.conn.complete_io(&mut stream.sock) {
-                    tracing::warn!(?peer, %error, "refused an HTTP connection: TLS handshake failed");
+                let handshake = read_until(&socket, deadline)
+                    .and_then(|()| stream.conn.complete_io(&mut stream.sock).map(drop));
+                if let Err(error) = handshake {
+                    // A client that closed before saying anything (a port probe) is not news.
+                    if error.kind() == io::ErrorKind::UnexpectedEof {
+                        tracing::debug!(?peer, %error, "HTTP connection closed in the TLS handshake");
+                    } else {
+                        tracing::warn!(?peer, %error, "refused an HTTP connection: TLS handshake failed");
+                    }
                     return Ok(());
                 }
             }
-            let served = serve_requests(&mut stream, state);
+            let served = serve_requests(&mut stream, &socket, state);
             stream.conn.send_close_notify();
             let _ = stream.conn.complete_io(&mut stream.sock);
             served
@@ -197,29 +206,25 @@ fn connection(stream: TcpStream, state: &HttpState, tls: Option<&NodeTls>) -> io
 
 /// Reads requests and answers each, keep-alive, until the client closes, asks to close, or
 /// sends something that is not HTTP.
-fn serve_requests(stream: &mut (impl Read + Write), state: &HttpState) -> io::Result<()> {
+fn serve_requests(
+    stream: &mut (impl Read + Write),
+    socket: &TcpStream,
+    state: &HttpState,
+) -> io::Result<()> {
     let mut input: Vec<u8> = Vec::with_capacity(1024);
     loop {
+        // A request's head must be in within the idle timeout of the last answer, however
+        // slowly it trickles in: a connection cannot hold its slot longer.
+        let deadline = Instant::now() + HTTP_IDLE_TIMEOUT;
+        let head = match take_head(stream, socket, &mut input, deadline)? {
+            Head::Complete(n) => n,
+            Head::Closed | Head::Answered => return Ok(()),
+        };
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut request = httparse::Request::new(&mut headers);
-        let head = match request.parse(&input) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if input.len() < HTTP_HEAD_BYTES_MAX => {
-                let mut chunk = [0u8; 4096];
-                let n = stream.read(&mut chunk)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                input.extend_from_slice(&chunk[..n]);
-                continue;
-            }
-            Ok(httparse::Status::Partial) => {
-                return reply(stream, 431, "text/plain", "request head too large\n", true)
-            }
-            Err(error) => {
-                return reply(stream, 400, "text/plain", &format!("bad request: {error}\n"), true)
-            }
-        };
+        if !matches!(request.parse(&input), Ok(httparse::Status::Complete(n)) if n == head) {
+            return reply(stream, 400, "text/plain", "bad request\n", true);
+        }
         let header = |name: &str| {
             request
                 .headers
@@ -245,6 +250,63 @@ fn serve_requests(stream: &mut (impl Read + Write), state: &HttpState) -> io::Re
             return Ok(());
         }
     }
+}
+
+/// What reading a request head came to.
+enum Head {
+    /// A whole head of this many bytes is at the start of the input.
+    Complete(usize),
+    /// The client closed, or took too long.
+    Closed,
+    /// The head was bad and has been answered (the connection closes).
+    Answered,
+}
+
+/// Reads until the input starts with a whole request head, by `deadline`.
+fn take_head(
+    stream: &mut (impl Read + Write),
+    socket: &TcpStream,
+    input: &mut Vec<u8>,
+    deadline: Instant,
+) -> io::Result<Head> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        match httparse::Request::new(&mut headers).parse(input) {
+            Ok(httparse::Status::Complete(n)) => return Ok(Head::Complete(n)),
+            Ok(httparse::Status::Partial) if input.len() < HTTP_HEAD_BYTES_MAX => {}
+            Ok(httparse::Status::Partial) => {
+                reply(stream, 431, "text/plain", "request head too large\n", true)?;
+                return Ok(Head::Answered);
+            }
+            Err(error) => {
+                reply(stream, 400, "text/plain", &format!("bad request: {error}\n"), true)?;
+                return Ok(Head::Answered);
+            }
+        }
+        if read_until(socket, deadline).is_err() {
+            return Ok(Head::Closed);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(Head::Closed),
+            Ok(n) => input.extend_from_slice(&chunk[..n]),
+            Err(error)
+                if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
+                return Ok(Head::Closed)
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Sets the socket's read timeout to what is left until `deadline`; an error once it passed.
+fn read_until(socket: &TcpStream, deadline: Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    socket.set_read_timeout(Some(left))
 }
 
 fn route(url: &str, state: &HttpState) -> (u16, &'static str, String) {
@@ -349,6 +411,7 @@ pub fn get_with(
         }
         Some(config) => {
             let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
             let name = corekv_types::tls::host_name(host).map_err(anyhow::Error::msg)?;
             let session = rustls::ClientConnection::new(config, name)?;
             let mut stream = rustls::StreamOwned::new(session, stream);

@@ -456,3 +456,38 @@ fn misconfigured_tls_is_refused_at_start() {
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     }
 }
+
+// Shows: a TLS client of a node without TLS is told the node may lack the [tls] section, and
+// the node logs a TLS client on its plaintext client port and peer port.
+#[test]
+fn a_tls_client_of_a_plaintext_node_is_told_so() {
+    let cluster = TestCluster::start(1, 1);
+    let dir = cluster.dir.path().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = Authority::new("test CA").unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    let mut config = ClientConfig::new(cluster.registry.clone());
+    config.tls = Some(tls_config(&dir.join("ca.pem"), None));
+    config.timeout = Duration::from_secs(2);
+    let error = put_error(&Client::connect(config));
+    assert!(
+        matches!(&error, Error::Unavailable { last_error, .. } if last_error.contains("does its registry have the [tls] section")),
+        "{error}"
+    );
+    let logged_here = |words: &[&str]| logged(&cluster, 1, words);
+    cluster.wait_until(Duration::from_secs(10), "the client port's log line", || {
+        logged_here(&["refused a client that speaks TLS"])
+    });
+    // A TLS peer: its ClientHello on the peer port.
+    let node = cluster.registry.node(NodeId(1)).unwrap();
+    let peer =
+        corekv_types::tls::client_config(&dir.join("ca.pem"), None, TlsVersion::Tls13).unwrap();
+    let name = corekv_types::tls::host_name("node-1.corekv").unwrap();
+    let mut session = rustls::ClientConnection::new(Arc::new(peer), name).unwrap();
+    let mut socket = TcpStream::connect(node.peer_addr(corekv_types::ids::ShardId(0))).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = session.complete_io(&mut socket);
+    cluster.wait_until(Duration::from_secs(10), "the peer port's log line", || {
+        logged_here(&["refused a peer that speaks TLS"])
+    });
+}

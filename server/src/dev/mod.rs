@@ -76,9 +76,13 @@ const TLS_SECTION: &str =
 /// Makes `DIR/tls`'s CA, node and client certificates, unless the CA is already there.
 fn make_certs(dir: &Path, registry: &Registry) -> anyhow::Result<()> {
     let tls = dir.join(TLS_DIR);
-    let complete = std::iter::once(tls.join("ca.pem"))
-        .chain(registry.nodes.iter().map(|n| tls.join(format!("node-{}.pem", n.id))))
-        .all(|p| p.exists());
+    let names = ["ca".to_string(), "client".into(), "client-key".into()].into_iter().chain(
+        registry
+            .nodes
+            .iter()
+            .flat_map(|n| [format!("node-{}", n.id), format!("node-{}-key", n.id)]),
+    );
+    let complete = names.map(|name| tls.join(format!("{name}.pem"))).all(|p| p.exists());
     if complete {
         return Ok(());
     }

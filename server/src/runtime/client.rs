@@ -41,7 +41,13 @@ pub(crate) async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
                         Ok(stream) => stream,
                         Err(error) => {
                             shard.metrics.tls_refused.fetch_add(1, Relaxed);
-                            tracing::warn!(shard = %shard.shard, ?addr, %error, "refused a client connection");
+                            // A client that closed before saying anything (a port probe, a
+                            // load balancer's check) is not news.
+                            if error.kind() == std::io::ErrorKind::UnexpectedEof {
+                                tracing::debug!(shard = %shard.shard, ?addr, %error, "a client connection closed in the TLS handshake");
+                            } else {
+                                tracing::warn!(shard = %shard.shard, ?addr, %error, "refused a client connection");
+                            }
                             return;
                         }
                     };
@@ -125,7 +131,7 @@ async fn serve(shard: &Shard, id: ConnId, conn: &ClientConn, mut stream: Stream)
                 Poll::Ready(Ok(n)) => {
                     input.commit(n);
                     progress = true;
-                    if plaintext_port && !greeted && looks_like_tls(input.pending()) {
+                    if plaintext_port && !greeted && net::looks_like_tls(input.pending()) {
                         tracing::warn!(shard = %shard.shard, conn = id, "refused a client that speaks TLS: this node's registry file has no [tls] section");
                         return Poll::Ready(Ok(()));
                     }
@@ -170,11 +176,4 @@ fn take_frames(
             }
         }
     }
-}
-
-/// Whether a connection's first bytes are a TLS handshake record (a ClientHello): type 22,
-/// version 3.1 to 3.4. A frame's length prefix never starts so: it would be a frame of over
-/// 64 KiB before the hello.
-fn looks_like_tls(first: &[u8]) -> bool {
-    first.len() >= 3 && first[0] == 0x16 && first[1] == 0x03 && (1..=4).contains(&first[2])
 }

@@ -105,6 +105,9 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let identity = crate::data_dir::Identity::new(&registry.cluster, registry.shards);
     crate::data_dir::check_and_record(&options.data_dir, &identity)?;
     let tls = options.tls.clone();
+    if registry.tls.is_some() && tls.is_none() {
+        anyhow::bail!("the registry has a [tls] section, but the node was given no TLS (crate::tls::node_tls)");
+    }
     let shutdown = Arc::new(AtomicBool::new(false));
     install_signal_handler(shutdown.clone(), tls.clone())?;
     let cpus = options.cpus.clone().unwrap_or_else(allowed_cpus);

@@ -80,6 +80,13 @@ pub(crate) async fn connect(
     }
 }
 
+/// Whether a connection's first bytes are a TLS handshake record (a ClientHello): type 22,
+/// version 3.1 to 3.4. A frame's length prefix never starts so: it would be a frame of over
+/// 64 KiB before the hello.
+pub(crate) fn looks_like_tls(first: &[u8]) -> bool {
+    first.len() >= 3 && first[0] == 0x16 && first[1] == 0x03 && (1..=4).contains(&first[2])
+}
+
 /// A handshake error in words an operator can act on.
 fn explain(error: io::Error) -> io::Error {
     let text = error.to_string();

@@ -33,7 +33,13 @@ pub(crate) async fn accept_peers(shard: Rc<Shard>, listener: TcpListener) {
                         Ok(stream) => stream,
                         Err(error) => {
                             shard.metrics.tls_refused.fetch_add(1, Relaxed);
-                            tracing::warn!(shard = %shard.shard, ?addr, %error, "refused a peer connection");
+                            // A client that closed before saying anything (a port probe, a
+                            // load balancer's check) is not news.
+                            if error.kind() == std::io::ErrorKind::UnexpectedEof {
+                                tracing::debug!(shard = %shard.shard, ?addr, %error, "a peer connection closed in the TLS handshake");
+                            } else {
+                                tracing::warn!(shard = %shard.shard, ?addr, %error, "refused a peer connection");
+                            }
                             return;
                         }
                     };
@@ -59,7 +65,16 @@ async fn inbound(shard: &Shard, mut stream: Stream) -> std::io::Result<()> {
     let mut buffer = FrameBuffer::new(SOCKET_READ_CHUNK_BYTES);
     let first = within(HANDSHAKE_TIMEOUT, read_frame(&mut stream, &mut buffer))
         .await
-        .unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into()))?;
+        .unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into()));
+    let first = match first {
+        Ok(first) => first,
+        Err(error) => {
+            if matches!(stream, Stream::Plain(_)) && net::looks_like_tls(buffer.pending()) {
+                tracing::warn!(shard = %shard.shard, addr = ?stream.peer_addr(), "refused a peer that speaks TLS: this node's registry file has no [tls] section");
+            }
+            return Err(error);
+        }
+    };
     let mut encoder = PeerEncoder::new();
     let peer = match check_hello(shard, &stream, &first) {
         Ok(node) => node,
