@@ -3,7 +3,8 @@
 #
 #   bench/compare-etcd.sh [--out DIR] [--runs N] [--duration S] [--warmup S]
 #                         [--concurrency "1 16 64 256"] [--workloads "put get mixed"]
-#                         [--keys N] [--systems "corekv corekv-tls etcd"] [--bin-dir DIR] [--no-build]
+#                         [--keys N] [--systems "corekv corekv-tls corekv-tls-auth etcd"]
+#                         [--bin-dir DIR] [--no-build]
 #                         [--watch "WATCHERS@RATE ..."] [--expire "RATE@TTL_MS ..."]
 #                         [--expire-with-leases] [--leases "LEASES@TTL_MS ..."] [--quick]
 #
@@ -15,7 +16,8 @@
 # concurrency, --runs runs each. The medians of the runs go to DIR/table.md with the ratio
 # corekv/etcd per row; every run's JSON and .hgrm are kept in DIR; DIR/latency-*.svg overlay
 # the two systems' latency curves at the highest concurrency. `corekv-tls` is the same corekv
-# with TLS on every port and a client certificate (`corekv dev --tls`).
+# with TLS on every port and a client certificate (`corekv dev --tls`); `corekv-tls-auth` adds
+# users and roles, every request checked (`corekv dev --auth`).
 #
 # --watch adds, per system, `corekv-bench watch` runs: WATCHERS watchers on one prefix while
 # writes arrive at RATE per second (open loop); DIR/watch-table.md has their medians
@@ -53,7 +55,7 @@ build=1
 corekv_port=7500
 etcd_port=12379
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "compare-etcd.sh: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
@@ -94,7 +96,10 @@ for spec in $leases; do
   case "${spec%@*}${spec#*@}" in ''|*[!0-9]*) die "--leases '$spec': numbers, like 1000@3000" ;; esac
 done
 for s in $systems; do
-  case "$s" in corekv|corekv-tls|etcd) ;; *) die "unknown system '$s' (corekv, corekv-tls or etcd)" ;; esac
+  case "$s" in
+    corekv|corekv-tls|corekv-tls-auth|etcd) ;;
+    *) die "unknown system '$s' (corekv, corekv-tls, corekv-tls-auth or etcd)" ;;
+  esac
 done
 case " $systems " in *" etcd "*)
   command -v etcd >/dev/null || die "etcd not found: apt-get install etcd-server"
@@ -126,7 +131,7 @@ trap cleanup EXIT
 
 start_corekv() {
   local dir="$out/corekv-data" tls=()
-  [ "${1:-}" = tls ] && tls=(--tls)
+  case "${1:-}" in tls) tls=(--tls) ;; auth) tls=(--auth) ;; esac
   "$corekv" dev --nodes 3 --shards 2 --base-port "$corekv_port" --clean --dir "$dir" "${tls[@]}" \
     >"$out/corekv-dev.out" 2>"$out/corekv-dev.err" &
   pids+=("$!")
@@ -186,6 +191,7 @@ run_system() {
   case "$system" in
     corekv) start_corekv ;;
     corekv-tls) start_corekv tls ;;
+    corekv-tls-auth) start_corekv auth ;;
     *) start_etcd ;;
   esac
   if [ -n "$workloads" ]; then

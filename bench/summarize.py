@@ -31,8 +31,9 @@ def load(directory):
         try:
             result = json.loads(path.read_text())
             config = result["config"]
-            # A TLS run is a system of its own: corekv-tls.
+            # TLS and auth runs are systems of their own: corekv-tls, corekv-tls-auth.
             system = config["target"] + ("-tls" if config.get("tls") else "")
+            system += "-auth" if config.get("auth") else ""
             key = (system, config["workload"], int(config["concurrency"]))
             row = {
                 "path": str(path),
@@ -102,6 +103,9 @@ def tables(groups):
          "etcd ÷ corekv, so above 1× means corekv is ahead):"),
         ("corekv-tls", "corekv", "corekv with TLS against corekv without (throughput: with ÷ "
          "without; latency and CPU: without ÷ with, so below 1× is what TLS costs):"),
+        ("corekv-tls-auth", "corekv", "corekv with TLS and auth against corekv without either "
+         "(throughput: with ÷ without; latency and CPU: without ÷ with, so below 1× is what "
+         "they cost):"),
     ):
         compared = [(w, c) for (w, c) in pairs if (ours, w, c) in medians and (theirs, w, c) in medians]
         if not compared:

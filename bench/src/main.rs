@@ -64,6 +64,9 @@ struct Args {
     /// The key of --cert (PEM) [default: $COREKV_CERT_KEY].
     #[arg(long, value_name = "FILE")]
     cert_key: Option<PathBuf>,
+    /// A bearer token naming the user, for a cluster with auth [default: $COREKV_TOKEN].
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
     /// Keys in the key space.
     #[arg(long, default_value_t = 100_000)]
     keys: usize,
@@ -220,7 +223,7 @@ fn tls_config(args: &Args, registry: &Registry) -> anyhow::Result<Option<TlsConf
 
 fn corekv_targets(
     registry: Registry,
-    tls: Option<TlsConfig>,
+    (tls, token): (Option<TlsConfig>, Option<String>),
     connections: usize,
     timeout: Duration,
 ) -> Vec<Target> {
@@ -228,6 +231,7 @@ fn corekv_targets(
         .map(|_| {
             let mut config = ClientConfig::new(registry.clone());
             config.tls = tls.clone();
+            config.token = token.clone();
             config.timeout = timeout;
             config.max_in_flight_per_connection = 4096;
             Target::Corekv(Client::connect(config))
@@ -529,7 +533,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut spawned = None;
     let mut corekv_registry = None;
-    let mut tls_on = false;
+    let (mut tls_on, mut auth_on) = (false, false);
     let targets = match args.target {
         TargetKind::Corekv => {
             let registry_path = match args.spawn_cluster {
@@ -559,7 +563,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             corekv_registry = Some(registry_path);
             let tls = tls_config(&args, &registry)?;
             tls_on = tls.is_some();
-            corekv_targets(registry, tls, args.connections, timeout)
+            auth_on = registry.auth.is_some();
+            let token = args.token.clone().or_else(|| std::env::var("COREKV_TOKEN").ok());
+            corekv_targets(registry, (tls, token), args.connections, timeout)
         }
         TargetKind::Etcd => {
             let endpoints = args.endpoints.as_deref().context("--target etcd needs --endpoints")?;
@@ -660,6 +666,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             "config": {
                 "target": format!("{:?}", args.target).to_lowercase(),
                 "tls": tls_on,
+                "auth": auth_on,
                 "workload": args.workload.name(),
                 "keys": args.keys, "key_size": args.key_size, "value_size": args.value_size,
                 "distribution": format!("{:?}", config.distribution).to_lowercase(),

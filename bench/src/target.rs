@@ -26,6 +26,7 @@ fn corekv_error(error: &Error) -> ErrorKind {
         Error::WrongShard { .. } => "wrong_shard",
         Error::Compacted { .. } => "compacted",
         Error::LeaseNotFound(_) => "lease_not_found",
+        Error::PermissionDenied(_) => "permission_denied",
         Error::Protocol(_) => "protocol",
         Error::Output(_) => "output",
         Error::Handshake { .. } | Error::Registry(_) | Error::Tls(_) => "config",

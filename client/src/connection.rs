@@ -89,13 +89,13 @@ impl Connection {
     /// node checks), and starts the reader and writer tasks.
     pub(crate) async fn open(
         addr: &str,
-        (cluster, shards): (&str, u32),
+        (cluster, shards, token): (&str, u32, Option<&str>),
         tls: Option<&TlsConfig>,
         connect_timeout: Duration,
         max_in_flight: usize,
     ) -> Result<Arc<Connection>, OpenError> {
         let mut stream = net::open(addr, tls, connect_timeout).await?;
-        hello(&mut stream, addr, cluster, shards, connect_timeout).await?;
+        hello(&mut stream, addr, (cluster, shards, token), connect_timeout).await?;
         let (read, write) = stream.into_split();
         let (frames, queue) = mpsc::channel(WRITE_QUEUE_FRAMES);
         let pending: Pending = Arc::default();
@@ -230,12 +230,11 @@ impl std::error::Error for PlaintextToTls {}
 pub(crate) async fn hello(
     stream: &mut Stream,
     addr: &str,
-    cluster: &str,
-    shards: u32,
+    (cluster, shards, token): (&str, u32, Option<&str>),
     timeout: Duration,
 ) -> Result<(), OpenError> {
     let unavailable = OpenError::Unreachable;
-    let hello = RequestEncoder::new().hello(0, cluster, shards).to_vec();
+    let hello = RequestEncoder::new().hello_with_token(0, cluster, shards, token).to_vec();
     let plaintext = matches!(stream, Stream::Plain(_));
     let handshake = async {
         stream.write_all(&hello).await?;

@@ -105,6 +105,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The cluster's auth refused the request: no user (neither a client certificate nor a
+    /// token it knows), or the user's roles do not grant it. Nothing changed.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// TLS failed or is misconfigured: a certificate one side does not trust, a missing
     /// client certificate, plaintext against a TLS node, unreadable certificate files.
     #[error("TLS: {0}")]

@@ -2,7 +2,8 @@
 //! (tokio-rustls; the node's certificate is checked against the host the registry names).
 //!
 //! A TLS write may leave bytes in the session's buffer: writers flush after each write (a
-//! plain socket's flush does nothing).
+//! plain socket's flush does nothing). rustls reads at most 4 KiB from its socket at a time,
+//! so under TLS the socket is read through a 64 KiB buffer (one read serves many of rustls's).
 
 use std::io;
 use std::path::Path;
@@ -12,10 +13,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use corekv_types::registry::{Registry, TlsVersion};
+use tokio::io::BufReader;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+
+/// A socket read through a buffer (under TLS; writes go straight through).
+type BufferedTcp = BufReader<TcpStream>;
+
+/// The read buffer of a TLS connection: what a plain connection reads at once.
+const TLS_READ_BUFFER_BYTES: usize = 64 * 1024;
 
 use crate::connection::OpenError;
 use crate::error::Error;
@@ -74,19 +82,19 @@ impl TlsConfig {
 /// A connection's byte stream.
 pub(crate) enum Stream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<BufferedTcp>>),
 }
 
 /// The reading half of a [`Stream`].
 pub(crate) enum ReadHalf {
     Plain(OwnedReadHalf),
-    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+    Tls(tokio::io::ReadHalf<TlsStream<BufferedTcp>>),
 }
 
 /// The writing half of a [`Stream`].
 pub(crate) enum WriteHalf {
     Plain(OwnedWriteHalf),
-    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+    Tls(tokio::io::WriteHalf<TlsStream<BufferedTcp>>),
 }
 
 impl Stream {
@@ -129,6 +137,7 @@ pub(crate) async fn open(
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let name = corekv_types::tls::host_name(host).map_err(|e| OpenError::Fatal(Error::Tls(e)))?;
+    let stream = BufReader::with_capacity(TLS_READ_BUFFER_BYTES, stream);
     let handshake = tokio_rustls::TlsConnector::from(tls.config.clone()).connect(name, stream);
     match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream))),

@@ -14,7 +14,9 @@
 /// replies, `lease` on puts, batch puts, transaction puts and read entries, the
 /// `LeaseNotFound` error): a node of version 5 would skip `lease` and keep the key forever.
 /// Version 7 added online backup (the backup request and the chunks that answer it).
-pub const CLIENT_PROTOCOL_VERSION: u32 = 7;
+/// Version 8 added auth: the hello's bearer token and the `PermissionDenied` error (a node
+/// answers an older client `InvalidRequest` instead, with the same reason).
+pub const CLIENT_PROTOCOL_VERSION: u32 = 8;
 
 /// The oldest client protocol a node still serves: everything a version-1 client asks means
 /// the same in version 2, and the fields it does not know it skips.

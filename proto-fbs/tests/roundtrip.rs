@@ -39,6 +39,13 @@ fn requests_round_trip() {
     assert_eq!(hello.cluster(), "local");
     assert_eq!(hello.protocol_version(), CLIENT_PROTOCOL_VERSION);
     assert_eq!(hello.shards(), 4);
+    assert_eq!(hello.token(), None);
+    let f = e.hello_with_token(1, "local", 4, Some("s3cret")).to_vec();
+    let hello = verify_request(payload(&f)).unwrap().request_as_hello().unwrap();
+    assert_eq!(
+        (hello.token(), hello.protocol_version()),
+        (Some("s3cret"), CLIENT_PROTOCOL_VERSION)
+    );
 
     let f = e.get(2, b"key", Consistency::Stale).to_vec();
     let r = verify_request(payload(&f)).unwrap();
@@ -223,6 +230,7 @@ fn replies_round_trip() {
         ErrorKind::NotMember,
         ErrorKind::ChangeRefused,
         ErrorKind::LeaseNotFound,
+        ErrorKind::PermissionDenied,
     ];
     for (error, kind) in common::sample_errors().iter().zip(expected_kinds) {
         let f = e.error(12, error).to_vec();
@@ -264,6 +272,9 @@ fn replies_round_trip() {
             }
             ErrorInfo::LeaseNotFound { lease } => {
                 assert_eq!(er.kind_as_lease_not_found().unwrap().lease(), lease)
+            }
+            ErrorInfo::PermissionDenied { reason } => {
+                assert_eq!(er.kind_as_permission_denied().unwrap().reason(), Some(reason))
             }
         }
     }

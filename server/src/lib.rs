@@ -10,9 +10,12 @@
 //! - [`dev`]: `corekv dev`, the one-command local cluster.
 //! - [`data_dir`]: a node's data directory: its lock and the cluster shape it was written
 //!   under.
+//! - [`auth`]: the node's users and roles (the registry's `[auth]` policy file), reloaded on
+//!   SIGHUP.
 //! - [`tls`]: the node's TLS configurations, from the registry's `[tls]`, reloaded on SIGHUP.
 //! - [`constants`]: limits and timings.
 
+pub mod auth;
 pub mod constants;
 pub mod core;
 pub mod data_dir;

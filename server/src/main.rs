@@ -50,6 +50,10 @@ enum Command {
         /// and a registry that uses them (a cluster that has TLS keeps it).
         #[arg(long)]
         tls: bool,
+        /// Users, roles and permissions (implies --tls): DIR/auth.toml, where user "dev" (the
+        /// client certificate's) may do everything (a cluster that has auth keeps it).
+        #[arg(long)]
+        auth: bool,
     },
     /// Make a node's data directory for a new cluster from a backup (`corekvctl backup
     /// save`): run it for every node of the new registry, then start them. The registry
@@ -192,9 +196,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Restore(args) => restore(args),
         Command::Dev { action: Some(action), .. } => dev_action(action),
-        Command::Dev { action: None, nodes, shards, dir, base_port, clean, tls } => {
+        Command::Dev { action: None, nodes, shards, dir, base_port, clean, tls, auth } => {
             corekv_server::logging::init("warn");
-            let options = DevOptions { nodes, shards, dir, base_port, clean, tls };
+            let options = DevOptions { nodes, shards, dir, base_port, clean, tls, auth };
             match corekv_server::dev::run(options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -261,6 +265,7 @@ fn serve_options(args: ServeArgs) -> Result<ServeOptions, String> {
     };
     let tls = corekv_server::tls::node_tls(&registry, &args.tls.overrides(), node_id)
         .map_err(|e| format!("TLS: {e}"))?;
+    let auth = corekv_server::auth::node_auth(&registry).map_err(|e| format!("auth: {e}"))?;
     Ok(ServeOptions {
         registry,
         node_id,
@@ -271,6 +276,7 @@ fn serve_options(args: ServeArgs) -> Result<ServeOptions, String> {
         join: args.join,
         cpus,
         tls,
+        auth,
     })
 }
 

@@ -1,6 +1,7 @@
 //! What corekv's server, client and tools share, with no runtime under it (no tokio, no
 //! glommio): the words both sides of the wire must agree on.
 //!
+//! - [`auth`]: users, roles and the key prefixes they may read and write (the policy file).
 //! - [`ids`]: node ids, shard ids, terms and log indexes, each a type of its own.
 //! - [`registry`]: the registry file — the cluster's name, shard count and nodes — loaded and
 //!   validated the same way everywhere.
@@ -14,6 +15,7 @@
 //! - [`tls`] (feature `tls`): rustls configurations from the registry's `[tls]` files.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod ids;
 pub mod membership;
 pub mod meta;

@@ -113,6 +113,25 @@ pub struct Registry {
     /// TLS on every port (the optional `[tls]` section); plaintext without it.
     #[serde(default)]
     pub tls: Option<TlsSettings>,
+    /// Users, roles and permissions (the optional `[auth]` section); every client may do
+    /// everything without it.
+    #[serde(default)]
+    pub auth: Option<AuthSettings>,
+}
+
+/// The optional `[auth]` section: every request is checked against the user's roles, the
+/// user being named by its client certificate or a bearer token (see `auth`). It needs
+/// `[tls]`: neither must cross the network in plaintext.
+///
+/// ```toml
+/// [auth]
+/// policy = "auth.toml"   # users and roles, relative to the registry file; reloaded on SIGHUP
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The policy file.
+    pub policy: PathBuf,
 }
 
 /// The optional `[tls]` section: with it, every port of every node speaks TLS only (client,
@@ -303,6 +322,11 @@ impl Registry {
         if let Some(tls) = &mut self.tls {
             tls.resolve(folder);
         }
+        if let Some(auth) = &mut self.auth {
+            if auth.policy.is_relative() {
+                auth.policy = folder.join(&auth.policy);
+            }
+        }
     }
 
     /// Parses and validates registry text; `path` is used in error messages.
@@ -358,6 +382,11 @@ impl Registry {
         }
         if let Some(tls) = &self.tls {
             tls.validate()?;
+        }
+        if self.auth.is_some() && self.tls.is_none() {
+            return Err("[auth] needs [tls]: certificates and tokens name users, and neither \
+                        may cross the network in plaintext"
+                .to_string());
         }
         let mut ids = HashSet::new();
         for node in &self.nodes {

@@ -214,3 +214,33 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
 }
+
+/// The first common name (OID 2.5.4.3) of the certificate `der`'s subject: the user a client
+/// certificate names.
+pub fn subject_common_name(der: &[u8]) -> Option<String> {
+    let (_, certificate, _) = der_item(der)?;
+    let (_, mut tbs, _) = der_item(certificate)?;
+    if tbs.first() == Some(&0xA0) {
+        tbs = der_item(tbs)?.2;
+    }
+    // serialNumber, signature, issuer, validity: skipped; then the subject.
+    for _ in 0..4 {
+        tbs = der_item(tbs)?.2;
+    }
+    let (_, mut names, _) = der_item(tbs)?;
+    while !names.is_empty() {
+        let (_, set, rest) = der_item(names)?;
+        names = rest;
+        let mut set = set;
+        while !set.is_empty() {
+            let (_, pair, rest) = der_item(set)?;
+            set = rest;
+            let (oid_tag, oid, value) = der_item(pair)?;
+            if oid_tag == 0x06 && oid == [0x55, 0x04, 0x03] {
+                let (_, text, _) = der_item(value)?;
+                return String::from_utf8(text.to_vec()).ok();
+            }
+        }
+    }
+    None
+}

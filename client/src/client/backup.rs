@@ -135,9 +135,8 @@ impl Client {
             Err(OpenError::Refused(why) | OpenError::Unreachable(why)) => return again(why),
         };
         let registry = &config.registry;
-        match hello(&mut stream, &addr, &registry.cluster, registry.shards, config.connect_timeout)
-            .await
-        {
+        let greeting = (registry.cluster.as_str(), registry.shards, config.token.as_deref());
+        match hello(&mut stream, &addr, greeting, config.connect_timeout).await {
             Ok(()) => {}
             Err(OpenError::Fatal(error)) => return Err(error),
             Err(OpenError::Refused(why) | OpenError::Unreachable(why)) => return again(why),

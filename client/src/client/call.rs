@@ -39,7 +39,7 @@ impl Client {
         })?;
         let conn = Connection::open(
             &addr,
-            (&config.registry.cluster, config.registry.shards),
+            (&config.registry.cluster, config.registry.shards, config.token.as_deref()),
             self.tls()?,
             config.connect_timeout,
             config.max_in_flight_per_connection,
@@ -372,6 +372,13 @@ pub(super) fn server_error(error: &wire::ErrorReply<'_>) -> Option<ServerError> 
         ErrorKind::ChangeRefused => ServerError::Final(Error::ChangeRefused(
             error
                 .kind_as_change_refused()
+                .and_then(|e| e.reason())
+                .unwrap_or("no reason given")
+                .into(),
+        )),
+        ErrorKind::PermissionDenied => ServerError::Final(Error::PermissionDenied(
+            error
+                .kind_as_permission_denied()
                 .and_then(|e| e.reason())
                 .unwrap_or("no reason given")
                 .into(),

@@ -53,6 +53,9 @@ pub struct ClientConfig {
     /// TLS to the nodes; required when the registry file has a `[tls]` section (see
     /// [`TlsConfig::for_registry`]).
     pub tls: Option<TlsConfig>,
+    /// A bearer token naming the user, for a cluster with `[auth]` (it wins over the client
+    /// certificate's user). Sent only over TLS.
+    pub token: Option<String>,
 }
 
 impl ClientConfig {
@@ -68,6 +71,7 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(5),
             backoff_max: Duration::from_millis(500),
             tls: None,
+            token: None,
         }
     }
 }
@@ -137,6 +141,9 @@ impl Client {
                 "the registry file has a [tls] section: the client needs a TLS configuration \
                  (ClientConfig::tls; corekvctl reads the registry's CA, --cacert, --cert, --cert-key)"
                     .into(),
+            ))),
+            (None, None) if config.token.is_some() => Err(OpenError::Fatal(crate::Error::Tls(
+                "a token is only sent over TLS, and the registry file has no [tls] section".into(),
             ))),
             (tls, _) => Ok(tls.as_ref()),
         }

@@ -170,11 +170,11 @@ impl WatchMux {
         addr: &str,
         cluster: &str,
         (shards, shard): (u32, ShardId),
-        tls: Option<&crate::net::TlsConfig>,
+        (tls, token): (Option<&crate::net::TlsConfig>, Option<&str>),
         timeout: Duration,
     ) -> Result<Arc<WatchMux>, OpenError> {
         let mut stream = crate::net::open(addr, tls, timeout).await?;
-        hello(&mut stream, addr, cluster, shards, timeout).await?;
+        hello(&mut stream, addr, (cluster, shards, token), timeout).await?;
         let (read, write) = stream.into_split();
         let (frames, queue) = mpsc::channel(WRITE_QUEUE_FRAMES);
         let routes: Routes = Arc::default();
@@ -295,8 +295,9 @@ impl Client {
         let config = &self.inner.config;
         let (cluster, shards) = (&config.registry.cluster, config.registry.shards);
         let tls = self.tls()?;
-        let mux =
-            WatchMux::open(&addr, cluster, (shards, shard), tls, config.connect_timeout).await?;
+        let security = (tls, config.token.as_deref());
+        let mux = WatchMux::open(&addr, cluster, (shards, shard), security, config.connect_timeout)
+            .await?;
         let lease = mux.place().expect("a new connection has room");
         let mut muxes = self.inner.watch_muxes.lock().unwrap_or_else(|p| p.into_inner());
         muxes.entry(key).or_default().push(mux);
@@ -445,6 +446,10 @@ fn refusal(error: &wire::ErrorReply<'_>) -> Refusal {
             Refusal::Fatal(Error::InvalidRequest(reason.unwrap_or("no reason given").into()))
         }
         ErrorKind::TooLarge => Refusal::Fatal(Error::InvalidRequest("watch too large".into())),
+        ErrorKind::PermissionDenied => {
+            let reason = error.kind_as_permission_denied().and_then(|e| e.reason());
+            Refusal::Fatal(Error::PermissionDenied(reason.unwrap_or("no reason given").into()))
+        }
         ErrorKind::WrongShard => {
             let shard = error.kind_as_wrong_shard().map_or(0, |w| w.shard());
             Refusal::Fatal(Error::WrongShard { shard: ShardId(shard) })

@@ -110,6 +110,11 @@ pub enum ErrorInfo<'a> {
         /// The lease.
         lease: u64,
     },
+    /// The caller's user may not do this; nothing changed.
+    PermissionDenied {
+        /// Why.
+        reason: &'a str,
+    },
 }
 
 /// The bounds of a scan request. Every bound that is set applies.

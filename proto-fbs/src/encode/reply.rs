@@ -321,6 +321,12 @@ impl ReplyEncoder {
                 let t = c::LeaseNotFound::create(fbb, &c::LeaseNotFoundArgs { lease });
                 (c::ErrorKind::LeaseNotFound, t.as_union_value())
             }
+            ErrorInfo::PermissionDenied { reason } => {
+                let reason = fbb.create_string(reason);
+                let args = c::PermissionDeniedArgs { reason: Some(reason) };
+                let t = c::PermissionDenied::create(fbb, &args);
+                (c::ErrorKind::PermissionDenied, t.as_union_value())
+            }
         };
         let reply = c::ErrorReply::create(fbb, &c::ErrorReplyArgs { kind_type, kind: Some(kind) });
         self.finish(id, c::Reply::ErrorReply, reply.as_union_value())

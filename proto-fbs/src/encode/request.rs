@@ -42,7 +42,30 @@ impl RequestEncoder {
     /// The first request of a connection: the cluster name and the shard count of the
     /// client's registry file.
     pub fn hello(&mut self, id: u64, cluster: &str, shards: u32) -> &[u8] {
-        self.hello_speaking(id, cluster, shards, CLIENT_PROTOCOL_VERSION)
+        self.hello_with_token(id, cluster, shards, None)
+    }
+
+    /// A hello that carries a bearer token naming the user.
+    pub fn hello_with_token(
+        &mut self,
+        id: u64,
+        cluster: &str,
+        shards: u32,
+        token: Option<&str>,
+    ) -> &[u8] {
+        self.fbb.reset();
+        let cluster = self.fbb.create_string(cluster);
+        let token = token.map(|t| self.fbb.create_string(t));
+        let hello = c::Hello::create(
+            &mut self.fbb,
+            &c::HelloArgs {
+                cluster: Some(cluster),
+                protocol_version: CLIENT_PROTOCOL_VERSION,
+                shards,
+                token,
+            },
+        );
+        self.finish(id, c::Request::Hello, hello.as_union_value())
     }
 
     /// A hello that claims protocol version `protocol_version`: how tests speak as an older
@@ -58,7 +81,7 @@ impl RequestEncoder {
         let cluster = self.fbb.create_string(cluster);
         let hello = c::Hello::create(
             &mut self.fbb,
-            &c::HelloArgs { cluster: Some(cluster), protocol_version, shards },
+            &c::HelloArgs { cluster: Some(cluster), protocol_version, shards, token: None },
         );
         self.finish(id, c::Request::Hello, hello.as_union_value())
     }

@@ -1006,10 +1006,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for WatchEndReason {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_KIND: u8 = 11;
+pub const ENUM_MAX_ERROR_KIND: u8 = 12;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 12] = [
+pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 13] = [
   ErrorKind::NONE,
   ErrorKind::NotLeader,
   ErrorKind::WrongShard,
@@ -1022,6 +1022,7 @@ pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 12] = [
   ErrorKind::NotMember,
   ErrorKind::ChangeRefused,
   ErrorKind::LeaseNotFound,
+  ErrorKind::PermissionDenied,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -1041,9 +1042,10 @@ impl ErrorKind {
   pub const NotMember: Self = Self(9);
   pub const ChangeRefused: Self = Self(10);
   pub const LeaseNotFound: Self = Self(11);
+  pub const PermissionDenied: Self = Self(12);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::NotLeader,
@@ -1057,6 +1059,7 @@ impl ErrorKind {
     Self::NotMember,
     Self::ChangeRefused,
     Self::LeaseNotFound,
+    Self::PermissionDenied,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -1073,6 +1076,7 @@ impl ErrorKind {
       Self::NotMember => Some("NotMember"),
       Self::ChangeRefused => Some("ChangeRefused"),
       Self::LeaseNotFound => Some("LeaseNotFound"),
+      Self::PermissionDenied => Some("PermissionDenied"),
       _ => None,
     }
   }
@@ -1871,6 +1875,7 @@ impl<'a> Hello<'a> {
   pub const VT_CLUSTER: ::flatbuffers::VOffsetT = 4;
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 6;
   pub const VT_SHARDS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TOKEN: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1882,6 +1887,7 @@ impl<'a> Hello<'a> {
     args: &'args HelloArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
     let mut builder = HelloBuilder::new(_fbb);
+    if let Some(x) = args.token { builder.add_token(x); }
     builder.add_shards(args.shards);
     builder.add_protocol_version(args.protocol_version);
     if let Some(x) = args.cluster { builder.add_cluster(x); }
@@ -1911,6 +1917,15 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Hello::VT_SHARDS, Some(0)).unwrap()}
   }
+  /// A bearer token naming the user (client protocol 8), for a cluster with auth; absent:
+  /// the user is the client certificate's, if any.
+  #[inline]
+  pub fn token(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_TOKEN, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -1922,6 +1937,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("cluster", Self::VT_CLUSTER, true)?
      .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
      .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("token", Self::VT_TOKEN, false)?
      .finish();
     Ok(())
   }
@@ -1930,6 +1946,7 @@ pub struct HelloArgs<'a> {
     pub cluster: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub protocol_version: u32,
     pub shards: u32,
+    pub token: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -1938,6 +1955,7 @@ impl<'a> Default for HelloArgs<'a> {
       cluster: None, // required field
       protocol_version: 0,
       shards: 0,
+      token: None,
     }
   }
 }
@@ -1958,6 +1976,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_shards(&mut self, shards: u32) {
     self.fbb_.push_slot::<u32>(Hello::VT_SHARDS, shards, 0);
+  }
+  #[inline]
+  pub fn add_token(&mut self, token: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_TOKEN, token);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
@@ -1981,6 +2003,7 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.field("cluster", &self.cluster());
       ds.field("protocol_version", &self.protocol_version());
       ds.field("shards", &self.shards());
+      ds.field("token", &self.token());
       ds.finish()
   }
 }
@@ -9683,6 +9706,104 @@ impl ::core::fmt::Debug for LeaseNotFound<'_> {
       ds.finish()
   }
 }
+pub enum PermissionDeniedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The caller's user may not do this (client protocol 8): no user, or the request touches
+/// keys (or asks for rights) its roles do not grant. Nothing changed.
+pub struct PermissionDenied<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PermissionDenied<'a> {
+  type Inner = PermissionDenied<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PermissionDenied<'a> {
+  pub const VT_REASON: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PermissionDenied { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PermissionDeniedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PermissionDenied<'bldr>> {
+    let mut builder = PermissionDeniedBuilder::new(_fbb);
+    if let Some(x) = args.reason { builder.add_reason(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn reason(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PermissionDenied::VT_REASON, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PermissionDenied<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("reason", Self::VT_REASON, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PermissionDeniedArgs<'a> {
+    pub reason: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for PermissionDeniedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PermissionDeniedArgs {
+      reason: None,
+    }
+  }
+}
+
+pub struct PermissionDeniedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PermissionDeniedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_reason(&mut self, reason: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PermissionDenied::VT_REASON, reason);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PermissionDeniedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PermissionDeniedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PermissionDenied<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PermissionDenied<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PermissionDenied");
+      ds.field("reason", &self.reason());
+      ds.finish()
+  }
+}
 pub enum LeaseGrantReplyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -10633,6 +10754,20 @@ impl<'a> ErrorReply<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn kind_as_permission_denied(&self) -> Option<PermissionDenied<'a>> {
+    if self.kind_type() == ErrorKind::PermissionDenied {
+      let u = self.kind();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { PermissionDenied::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ErrorReply<'_> {
@@ -10654,6 +10789,7 @@ impl ::flatbuffers::Verifiable for ErrorReply<'_> {
           ErrorKind::NotMember => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<NotMember>>("ErrorKind::NotMember", pos),
           ErrorKind::ChangeRefused => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ChangeRefused>>("ErrorKind::ChangeRefused", pos),
           ErrorKind::LeaseNotFound => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaseNotFound>>("ErrorKind::LeaseNotFound", pos),
+          ErrorKind::PermissionDenied => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PermissionDenied>>("ErrorKind::PermissionDenied", pos),
           _ => Ok(()),
         }
      })?
@@ -10781,6 +10917,13 @@ impl ::core::fmt::Debug for ErrorReply<'_> {
         },
         ErrorKind::LeaseNotFound => {
           if let Some(x) = self.kind_as_lease_not_found() {
+            ds.field("kind", &x)
+          } else {
+            ds.field("kind", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ErrorKind::PermissionDenied => {
+          if let Some(x) = self.kind_as_permission_denied() {
             ds.field("kind", &x)
           } else {
             ds.field("kind", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -174,6 +174,7 @@ pub fn sample_errors() -> Vec<ErrorInfo<'static>> {
         ErrorInfo::NotMember { node_id: 3, shard: 1 },
         ErrorInfo::ChangeRefused { reason: "another change is under way" },
         ErrorInfo::LeaseNotFound { lease: 0x0002_0000_0000_0007 },
+        ErrorInfo::PermissionDenied { reason: "user \"app\" may not write \"other/y\"" },
     ]
 }
 

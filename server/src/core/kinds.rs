@@ -128,11 +128,13 @@ pub enum ErrorKind {
     ChangeRefused,
     /// The lease named does not exist.
     LeaseNotFound,
+    /// The caller's user may not do this.
+    PermissionDenied,
 }
 
 impl ErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::NotLeader,
         ErrorKind::WrongShard,
         ErrorKind::Unavailable,
@@ -144,6 +146,7 @@ impl ErrorKind {
         ErrorKind::NotMember,
         ErrorKind::ChangeRefused,
         ErrorKind::LeaseNotFound,
+        ErrorKind::PermissionDenied,
     ];
 
     /// The kind of an error reply.
@@ -160,6 +163,7 @@ impl ErrorKind {
             ErrorInfo::NotMember { .. } => ErrorKind::NotMember,
             ErrorInfo::ChangeRefused { .. } => ErrorKind::ChangeRefused,
             ErrorInfo::LeaseNotFound { .. } => ErrorKind::LeaseNotFound,
+            ErrorInfo::PermissionDenied { .. } => ErrorKind::PermissionDenied,
         }
     }
 
@@ -177,6 +181,7 @@ impl ErrorKind {
             ErrorKind::NotMember => "not_member",
             ErrorKind::ChangeRefused => "change_refused",
             ErrorKind::LeaseNotFound => "lease_not_found",
+            ErrorKind::PermissionDenied => "permission_denied",
         }
     }
 }

@@ -25,6 +25,7 @@
 //! | `admin` | the operator's requests: the membership, a change, a leadership transfer |
 //! | `status`, `health` | what a replica reports, and whether it serves |
 
+mod access;
 mod admin;
 mod appends;
 mod backup;
@@ -244,6 +245,8 @@ pub struct ShardCore {
     /// The leader's view of leases: deadlines kept alive, checkpoints, expiries (see
     /// `leases`).
     leases: leases::Leases,
+    /// Who each client connection is and what it may do (see [`access`]).
+    access: access::AccessControl,
 }
 
 /// A safety rule a test can make a core break, to show that the simulator notices. Nothing
@@ -328,6 +331,7 @@ impl ShardCore {
             recorded_for_tests: None,
             expiry: Default::default(),
             leases: Default::default(),
+            access: Default::default(),
         };
         core.init_catch_up();
         core.init_snapshots();

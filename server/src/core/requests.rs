@@ -78,6 +78,15 @@ impl ShardCore {
             _ => Op::Hello,
         };
         self.metrics.request(op);
+        if let Err(reason) = self.access.check(conn, &request) {
+            let caller = Caller { conn, id, op, start_us: self.now_us };
+            return if self.access.knows_permission_denied(conn) {
+                self.reply_error(caller, &ErrorInfo::PermissionDenied { reason: &reason })
+            } else {
+                let reason = format!("permission denied: {reason}");
+                self.reply_error(caller, &ErrorInfo::InvalidRequest { reason: &reason })
+            };
+        }
         if let Err(refusal) = self.dispatch(conn, id, op, &request) {
             let start = self.now_us;
             match refusal {
@@ -100,6 +109,16 @@ impl ShardCore {
                 ),
             }
         }
+    }
+
+    /// Checks every request against `auth`'s policy from now on (the registry's `[auth]`).
+    pub fn set_auth(&mut self, auth: Option<std::sync::Arc<crate::auth::NodeAuth>>) {
+        self.access.auth = auth;
+    }
+
+    /// A client connection was accepted; its certificate names `cert_user` (see `access`).
+    pub fn on_client_connected(&mut self, conn: ConnId, cert_user: Option<String>) {
+        self.access.connected(conn, cert_user);
     }
 
     fn on_hello(&mut self, conn: ConnId, greeted: &mut bool, request: &RequestFrame<'_>) {
@@ -126,7 +145,7 @@ impl ShardCore {
             Some(hello) if hello.shards() != 0 && hello.shards() != self.cfg.shards => {
                 Some(corekv_types::registry::shard_count_mismatch(self.cfg.shards, hello.shards()))
             }
-            Some(_) => None,
+            Some(hello) => self.access.hello(conn, hello.protocol_version(), hello.token()).err(),
         };
         match refusal {
             Some(reason) => {

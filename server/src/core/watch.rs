@@ -671,6 +671,7 @@ impl ShardCore {
     /// Connection `conn` closed: its watches (and its backups waiting for a snapshot) end
     /// with it.
     pub fn on_client_closed(&mut self, conn: ConnId) {
+        self.access.closed(conn);
         self.drop_backups_of(conn);
         self.watches.watchers.retain(|&(c, _), _| c != conn);
         self.watches.live.retain(|(c, _, _), _| *c != conn);

@@ -126,5 +126,11 @@ mod tests {
         let late = ca.client("u", Some((2020, 2051))).unwrap();
         assert_eq!(not_after(&late), 2_556_144_000); // 2051-01-01T00:00:00Z
         assert!(corekv_types::tls::not_after(b"\x30\x03\x02\x01").is_err());
+        // A client certificate's subject names its user.
+        let client = ca.client("billing-svc", None).unwrap();
+        let der = CertificateDer::from_pem_slice(client.cert_pem.as_bytes()).unwrap();
+        let user = corekv_types::tls::subject_common_name(&der);
+        assert_eq!(user.as_deref(), Some("billing-svc"));
+        assert_eq!(corekv_types::tls::subject_common_name(b"\x30\x82\xff\xff"), None);
     }
 }

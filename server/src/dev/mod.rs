@@ -61,7 +61,28 @@ pub struct DevOptions {
     /// TLS on every port, with a throwaway CA and certificates in `DIR/tls` (kept for a
     /// cluster that has them).
     pub tls: bool,
+    /// Users and roles (implies `tls`): `DIR/auth.toml`, where user `dev` (the client
+    /// certificate's) may do everything.
+    pub auth: bool,
 }
+
+/// The `[auth]` section of a dev cluster's registry.
+const AUTH_SECTION: &str = "\n[auth]\npolicy = \"auth.toml\"\n";
+
+/// A dev cluster's first policy file.
+const DEV_POLICY: &str =
+    "# Users and roles of this dev cluster (see the README, \"Users, roles and permissions\").
+# Edit, then send the nodes SIGHUP (pkill -HUP -f 'corekv serve') to put it in force.
+
+[[role]]
+name = \"everything\"
+write = [\"\"]
+admin = true
+
+[[user]]
+name = \"dev\"
+roles = [\"everything\"]
+";
 
 /// The folder of a dev cluster's certificates.
 const TLS_DIR: &str = "tls";
@@ -262,8 +283,17 @@ fn prepare_registry(dir: &Path, options: &DevOptions) -> anyhow::Result<(PathBuf
         .unwrap_or(DEFAULT_BASE_PORT);
     check_shape(dir, existing.as_ref(), &data, nodes, shards)?;
     let mut text = registry_text(nodes, shards, base);
-    if options.tls || existing.as_ref().is_some_and(|r| r.tls.is_some()) {
+    let auth = options.auth || existing.as_ref().is_some_and(|r| r.auth.is_some());
+    if auth || options.tls || existing.as_ref().is_some_and(|r| r.tls.is_some()) {
         text.push_str(TLS_SECTION);
+    }
+    if auth {
+        text.push_str(AUTH_SECTION);
+        let policy = dir.join("auth.toml");
+        if !policy.exists() {
+            std::fs::write(&policy, DEV_POLICY)
+                .with_context(|| format!("writing {}", policy.display()))?;
+        }
     }
     let mut registry = Registry::parse(&text, &path.display().to_string())?;
     registry.paths_relative_to(dir);
@@ -425,6 +455,13 @@ fn print_ready(registry: &Registry, registry_path: &Path, dir: &Path) {
              user {DEV_USER:?}).",
             tls.display()
         );
+        if registry.auth.is_some() {
+            println!(
+                "Every request is checked against the users and roles of {} (edit it, then \
+                 `pkill -HUP -f 'corekv serve'`).",
+                dir.join("auth.toml").display()
+            );
+        }
         println!();
     }
     let scheme = if registry.tls.is_some() { "https" } else { "http" };

@@ -52,6 +52,12 @@ pub(crate) async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
                         }
                     };
                     let id = shard.next_conn_id();
+                    if shard.auth_on {
+                        let user = stream
+                            .peer_cert()
+                            .and_then(|cert| corekv_types::tls::subject_common_name(cert));
+                        shard.core.borrow_mut().on_client_connected(id, user);
+                    }
                     let conn = Rc::new(ClientConn::default());
                     shard.conns.borrow_mut().insert(id, conn.clone());
                     shard.metrics.client_connections.fetch_add(1, Relaxed);

@@ -89,6 +89,8 @@ pub struct ServeOptions {
     pub cpus: Option<Vec<usize>>,
     /// This node's TLS ([`crate::tls::node_tls`]); `None`: plaintext.
     pub tls: Option<Arc<NodeTls>>,
+    /// This node's auth ([`crate::auth::node_auth`]); `None`: every request allowed.
+    pub auth: Option<Arc<crate::auth::NodeAuth>>,
 }
 
 /// Runs a node until SIGINT/SIGTERM. Errors at start-up (a port in use, a corrupt WAL, a
@@ -108,8 +110,11 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     if registry.tls.is_some() && tls.is_none() {
         anyhow::bail!("the registry has a [tls] section, but the node was given no TLS (crate::tls::node_tls)");
     }
+    if registry.auth.is_some() && options.auth.is_none() {
+        anyhow::bail!("the registry has an [auth] section, but the node was given no policy (crate::auth::node_auth)");
+    }
     let shutdown = Arc::new(AtomicBool::new(false));
-    install_signal_handler(shutdown.clone(), tls.clone())?;
+    install_signal_handler(shutdown.clone(), tls.clone(), options.auth.clone())?;
     let cpus = options.cpus.clone().unwrap_or_else(allowed_cpus);
     corekv_storage::pacing::set_background_cpus(cpus.clone());
     let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -193,6 +198,7 @@ fn spawn_executors(
             status,
             shutdown: shutdown.clone(),
             tls: tls.clone(),
+            auth: options.auth.clone(),
             started: started.clone(),
         };
         let cpu = cpus[shard as usize % cpus.len()];
@@ -235,10 +241,12 @@ fn wait_for_start(
 }
 
 /// SIGINT/SIGTERM set the shutdown flag; a second signal exits at once. SIGHUP reloads the
-/// TLS files (new connections use them; open ones keep theirs).
+/// TLS files (new connections use them; open ones keep theirs) and the auth policy (in force
+/// for every request from then on).
 fn install_signal_handler(
     shutdown: Arc<AtomicBool>,
     tls: Option<Arc<NodeTls>>,
+    auth: Option<Arc<crate::auth::NodeAuth>>,
 ) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
@@ -251,7 +259,12 @@ fn install_signal_handler(
                     match tls.as_ref().map(|tls| tls.reload()) {
                         Some(Ok(())) => tracing::info!("SIGHUP: TLS certificates and keys reloaded"),
                         Some(Err(error)) => tracing::error!(%error, "SIGHUP: TLS reload failed; the files in use before stay in use"),
-                        None => tracing::info!("SIGHUP: nothing to reload (no [tls])"),
+                        None => tracing::info!("SIGHUP: no TLS to reload (no [tls])"),
+                    }
+                    match auth.as_ref().map(|auth| auth.reload()) {
+                        Some(Ok(())) => tracing::info!("SIGHUP: auth policy reloaded"),
+                        Some(Err(error)) => tracing::error!(%error, "SIGHUP: auth policy reload failed; the policy in force stays"),
+                        None => {}
                     }
                     continue;
                 }

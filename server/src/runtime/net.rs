@@ -2,7 +2,10 @@
 //! type for the client and peer tasks.
 //!
 //! With TLS, a write may leave bytes in the session's buffer: writers flush when they have
-//! nothing more to write (a plain stream's flush does nothing).
+//! nothing more to write (a plain stream's flush does nothing). rustls reads at most 4 KiB
+//! from its socket at a time, so under TLS the socket is read through a buffer of
+//! [`SOCKET_READ_CHUNK_BYTES`] (what a plain connection reads at once): one read of the socket
+//! serves many of rustls's.
 
 use std::io;
 use std::pin::Pin;
@@ -11,11 +14,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use glommio::net::{Preallocated, TcpStream};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ServerConfig};
 
 use super::peer::within;
+use crate::constants::SOCKET_READ_CHUNK_BYTES;
+
+/// A socket read through a buffer (under TLS).
+type BufferedTcp = TcpStream<Preallocated>;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,8 +30,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// See the module docs.
 pub(crate) enum Stream {
     Plain(TcpStream),
-    Accepted(Box<futures_rustls::server::TlsStream<TcpStream>>),
-    Dialed(Box<futures_rustls::client::TlsStream<TcpStream>>),
+    Accepted(Box<futures_rustls::server::TlsStream<BufferedTcp>>),
+    Dialed(Box<futures_rustls::client::TlsStream<BufferedTcp>>),
 }
 
 impl Stream {
@@ -55,6 +62,7 @@ pub(crate) async fn accept(
 ) -> io::Result<Stream> {
     stream.set_nodelay(true)?;
     let Some(config) = tls else { return Ok(Stream::Plain(stream)) };
+    let stream = stream.buffered_with(Preallocated::new(SOCKET_READ_CHUNK_BYTES));
     let handshake = futures_rustls::TlsAcceptor::from(config).accept(stream);
     match within(TLS_HANDSHAKE_TIMEOUT, handshake).await {
         Some(Ok(stream)) => Ok(Stream::Accepted(Box::new(stream))),
@@ -72,6 +80,7 @@ pub(crate) async fn connect(
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let Some((config, name)) = tls else { return Ok(Stream::Plain(stream)) };
+    let stream = stream.buffered_with(Preallocated::new(SOCKET_READ_CHUNK_BYTES));
     let handshake = futures_rustls::TlsConnector::from(config).connect(name, stream);
     match within(TLS_HANDSHAKE_TIMEOUT, handshake).await {
         Some(Ok(stream)) => Ok(Stream::Dialed(Box::new(stream))),

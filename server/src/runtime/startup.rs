@@ -64,6 +64,8 @@ pub struct ShardContext {
     pub shutdown: Arc<AtomicBool>,
     /// The node's TLS; `None`: plaintext.
     pub tls: Option<Arc<crate::tls::NodeTls>>,
+    /// The node's auth; `None`: every request allowed.
+    pub auth: Option<Arc<crate::auth::NodeAuth>>,
     /// Told once the shard serves (or why it could not start).
     pub started: std::sync::mpsc::Sender<(u32, Result<(), String>)>,
 }
@@ -99,7 +101,8 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
     let wall_epoch_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let core = recover(&ctx, &segments, &history_segments, &snap_dir, wall_epoch_ms).await?;
+    let mut core = recover(&ctx, &segments, &history_segments, &snap_dir, wall_epoch_ms).await?;
+    core.set_auth(ctx.auth.clone());
     let flusher = DmaFlusher::new(segments.clone());
     flusher
         .ensure_spares_before_serving()
@@ -149,6 +152,7 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
         stopping: Cell::new(false),
         next_conn: Cell::new(1),
         tls: ctx.tls,
+        auth_on: ctx.auth.is_some(),
     });
     let (shutdown, status, timing) = (ctx.shutdown, ctx.status, ctx.timing);
     Ok((shard, Listeners { client, peer, shutdown, status, flusher, history_flusher, timing }))

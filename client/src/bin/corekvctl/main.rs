@@ -20,11 +20,12 @@
 //! The registry is `--registry`, else `$COREKV_REGISTRY`, else `./corekv.toml`. A cluster
 //! with TLS (the registry's `[tls]`) is reached with its CA (`--cacert`, `$COREKV_CACERT`, else
 //! the registry's) and, where the nodes require one, a client certificate (`--cert`/`--cert-key`,
-//! `$COREKV_CERT`/`$COREKV_CERT_KEY`). Durations read
+//! `$COREKV_CERT`/`$COREKV_CERT_KEY`), or a token (`--token`, `$COREKV_TOKEN`) where the cluster
+//! has auth. Durations read
 //! like `2s`, `500ms` or `1m`. Exit status: 0 success; 1 the condition asked about does not
 //! hold (`get`: the key does not exist; `txn`: a compare failed, so the `failure` branch ran);
 //! 2 usage or input error (a bad registry file included); 3 cluster unavailable, timed out, or
-//! a write's outcome unknown. Errors go to stderr as one line. Values are taken as given
+//! a write's outcome unknown; 4 permission denied (the cluster's auth refused the user). Errors go to stderr as one line. Values are taken as given
 //! (every byte of the argument, the file or stdin); in text output, bytes that are not
 //! printable text are escaped (`\xNN`, and `\\` for a backslash) and a newline ends the
 //! value, unless `get --raw`; JSON output gives keys and values in base64. The transaction
@@ -102,6 +103,9 @@ struct Args {
     /// The key of --cert (PEM) [default: $COREKV_CERT_KEY].
     #[arg(long = "cert-key", id = "tls_key", global = true, value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// A bearer token naming the user, for a cluster with auth [default: $COREKV_TOKEN].
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -235,6 +239,7 @@ impl From<Error> for Failure {
             _ if error.is_unavailable() => 3,
             // The lease is gone: the condition asked about does not hold.
             Error::LeaseNotFound(_) => 1,
+            Error::PermissionDenied(_) => 4,
             _ => 2,
         };
         Failure { code, message: error.to_string() }
@@ -359,6 +364,7 @@ async fn run(args: Args) -> Result<u8, Failure> {
     let tls = tls_config(&registry, args.tls_cacert, args.tls_cert, args.tls_key)?;
     let mut config = ClientConfig::new(registry);
     config.tls = tls;
+    config.token = args.token.or_else(|| std::env::var("COREKV_TOKEN").ok());
     config.timeout = args.timeout;
     config.connect_timeout = args.timeout.min(Duration::from_secs(1));
     let client = Client::connect(config);
