@@ -3,6 +3,7 @@
 //! requests against the policy in force (`core::access`).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use corekv_types::auth::Policy;
@@ -12,13 +13,19 @@ use corekv_types::auth::Policy;
 pub struct NodeAuth {
     path: PathBuf,
     current: RwLock<Arc<Policy>>,
+    /// Counts reloads that put a policy in force.
+    generation: AtomicU64,
 }
 
 impl NodeAuth {
     /// Reads and checks the policy file at `path`.
     pub fn load(path: &Path) -> Result<NodeAuth, String> {
         let policy = read(path)?;
-        Ok(NodeAuth { path: path.to_path_buf(), current: RwLock::new(Arc::new(policy)) })
+        Ok(NodeAuth {
+            path: path.to_path_buf(),
+            current: RwLock::new(Arc::new(policy)),
+            generation: AtomicU64::new(0),
+        })
     }
 
     /// The policy in force.
@@ -31,7 +38,13 @@ impl NodeAuth {
     pub fn reload(&self) -> Result<(), String> {
         let policy = read(&self.path)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
+    }
+
+    /// How many reloads have put a policy in force.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 

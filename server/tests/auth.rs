@@ -124,6 +124,20 @@ fn a_read_only_user_reads_only_what_it_may() {
         };
         assert!(event.changes.iter().all(|c| c.key.starts_with(b"app/")), "{event:?}");
     });
+    // Leases: a read-only user may not use them; a writer may not put keys outside its
+    // prefixes with one.
+    let ttl = Duration::from_secs(5);
+    denied(block_on(reader.lease_grant_for("app/x", ttl)), "use leases");
+    let svc = client_as(&cluster, &pki, None, Some(SVC_TOKEN));
+    block_on(svc.lease_grant_with(ttl, &[("app/leased", "1")], None)).expect("keys in app/");
+    let outside = svc.lease_grant_with(ttl, &[("other/leased", "1")], None);
+    denied(block_on(outside), "may not write \"other/leased\"");
+    // Another user's lease holding keys outside svc's prefixes: svc may neither revoke it
+    // (that deletes them) nor keep it alive.
+    let theirs = block_on(root.lease_grant_with(ttl, &[("other/held", "1")], None)).unwrap();
+    denied(block_on(svc.lease_revoke(theirs.id)), "\"other/held\", a key of the lease");
+    denied(block_on(svc.lease_keep_alive(theirs.id)), "a key of the lease");
+    assert!(block_on(root.get("other/held")).unwrap().is_some(), "the key is still there");
     // Admin requests.
     let shard = corekv_client::ShardId(0);
     denied(block_on(reader.transfer_leader(shard, corekv_client::NodeId(2))), "admin right");
@@ -174,6 +188,47 @@ fn policy_changes_apply_on_sighup() {
     cluster.wait_until(Duration::from_secs(10), "the reader to be allowed to write", || {
         block_on(reader.put("app/x", "1")).is_ok()
     });
+    // A running watch of app/ ends when its user loses the right to read app/, and a token
+    // removed from the policy stops working on the connection it opened.
+    let svc = client_as(&cluster, &pki, None, Some(SVC_TOKEN));
+    block_on(async {
+        // (`{t}`: one hash tag, one shard, one connection for both requests; connections
+        // live as long as the runtime that opened them.)
+        svc.put("app/{t}", "1").await.expect("the token works");
+        let mut watch = reader.watch(WatchSpec::prefix("app/")).expect("a watch starts");
+        // Wait until it runs: a change arrives.
+        loop {
+            reader.put("app/x", "w").await.unwrap();
+            match tokio::time::timeout(Duration::from_secs(2), watch.next()).await {
+                Ok(Some(Ok(corekv_client::WatchMessage::Event(_)))) => break,
+                Ok(Some(Ok(_))) | Err(_) => continue,
+                other => panic!("expected a change, got {other:?}"),
+            }
+        }
+        let revoked = policy(&"0".repeat(64), true)
+            .replace("read = [\"app/\"]", "read = [\"else/\"]")
+            .replace("write = [\"app/\"]", "write = [\"else/\"]");
+        std::fs::write(&policy_path, revoked).unwrap();
+        for id in 1..=3 {
+            cluster.signal(id, libc::SIGHUP);
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+                Ok(Some(Err(Error::PermissionDenied(reason)))) => {
+                    assert!(reason.contains("may no longer read"), "{reason}");
+                    break;
+                }
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("expected the watch to end refused, got {other:?}"),
+            }
+        }
+        match svc.put("else/{t}", "1").await {
+            Err(Error::PermissionDenied(reason)) => {
+                assert!(reason.contains("token was removed"), "{reason}")
+            }
+            other => panic!("expected the removed token to be refused, got {other:?}"),
+        }
+    });
     write_bad_policy(&policy_path);
     for id in 1..=3 {
         cluster.signal(id, libc::SIGHUP);
@@ -185,7 +240,9 @@ fn policy_changes_apply_on_sighup() {
                 .contains("auth policy reload failed")
         })
     });
-    block_on(reader.put("app/x", "2")).expect("the policy in force stays");
+    // The policy in force (reader may write else/ now, not app/) stays.
+    block_on(reader.put("else/x", "2")).expect("the policy in force stays");
+    denied(block_on(reader.put("app/x", "2")), "may not write");
 }
 
 fn write_bad_policy(path: &Path) {

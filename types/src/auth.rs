@@ -170,8 +170,11 @@ impl Policy {
                         ))
                     })?
                     .to_ascii_lowercase();
-                if policy.tokens.insert(digest, user.name.clone()).is_some() {
-                    return Err(fail(format!("a token of user {:?} is listed twice", user.name)));
+                if let Some(other) = policy.tokens.insert(digest, user.name.clone()) {
+                    return Err(fail(format!(
+                        "a token of user {:?} is listed again (for user {other:?})",
+                        user.name
+                    )));
                 }
             }
             if policy.users.insert(user.name.clone(), access).is_some() {

@@ -3,19 +3,24 @@
 //!
 //! A connection's user is its client certificate's subject common name (the shell tells the
 //! core at accept) or, when its hello carries a bearer token the policy knows, the token's
-//! user (the token wins). The user's rights are looked up in the policy in force at each
-//! request, so a SIGHUP that changes them applies to open connections at once. Every request
-//! is checked before it is served: reads need read rights on every key they touch, writes
-//! write rights; a scan or a watch needs one readable prefix holding its whole range (it is
-//! refused, never cut down); leases need some write right (and a listing of a lease's keys,
-//! read rights on every key); status, membership changes, leadership transfers and backups
-//! need admin. The membership itself is open to every user: clients route by it.
+//! user (the token wins). The token and the user's rights are looked up in the policy in force
+//! at each request, so a SIGHUP that changes them (or removes the token) applies to open
+//! connections at once; running watches are checked again after a reload and the refused
+//! ones end with `PermissionDenied`. Every request is checked before it is served: reads need
+//! read rights on every key they touch, writes write rights; a scan or a watch needs one
+//! readable prefix holding its whole range (it is refused, never cut down); leases need some
+//! write right, and a grant that puts keys write rights on them; revoking a lease or keeping
+//! it alive needs write rights on every key it holds (revoking deletes them), asking its time
+//! to live read rights on them (checked by the core, which knows a lease's keys); status,
+//! membership changes, leadership transfers and backups need admin. The membership itself is
+//! open to every user: clients route by it. A request of a type this module does not know is
+//! refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use corekv_proto::client::{Request, RequestFrame, TxnOpKind, WatchScope};
-use corekv_types::auth::{prefix_end, Access};
+use corekv_types::auth::{prefix_end, Access, Policy};
 
 use super::ConnId;
 use crate::auth::NodeAuth;
@@ -27,14 +32,19 @@ pub(super) struct AccessControl {
     pub(super) auth: Option<Arc<NodeAuth>>,
     /// Per open connection, who it is.
     principals: HashMap<ConnId, Principal>,
+    /// The policy's reload count when running watches were last checked.
+    seen_generation: u64,
 }
 
 #[derive(Debug, Default, Clone)]
 struct Principal {
     /// The client certificate's user.
     cert_user: Option<String>,
-    /// The hello's token's user.
-    token_user: Option<String>,
+    /// The digest of the hello's token (looked up again at each request: a token removed
+    /// from the policy stops working at once).
+    token: Option<String>,
+    /// A hello of this connection was refused: nothing more is served on it.
+    refused: bool,
     /// The client protocol its hello said it speaks (older than 8: no `PermissionDenied`).
     protocol: u32,
 }
@@ -63,17 +73,93 @@ impl AccessControl {
         protocol: u32,
         token: Option<&str>,
     ) -> Result<(), String> {
-        if let Some(principal) = self.principals.get_mut(&conn) {
-            principal.protocol = protocol;
+        let Some(auth) = &self.auth else { return Ok(()) };
+        let principal = self.principals.entry(conn).or_default();
+        principal.protocol = protocol;
+        if principal.refused {
+            return Err("a hello on this connection was refused".into());
         }
-        let (Some(auth), Some(token)) = (&self.auth, token) else { return Ok(()) };
+        let Some(token) = token else { return Ok(()) };
         let digest = crate::auth::token_digest(token);
-        let policy = auth.policy();
-        let user = policy
-            .token_user(&digest)
-            .ok_or("the token is not one the cluster's policy knows (revoked, or mistyped?)")?;
-        self.principals.entry(conn).or_default().token_user = Some(user.to_string());
+        if auth.policy().token_user(&digest).is_none() {
+            principal.refused = true;
+            return Err(
+                "the token is not one the cluster's policy knows (revoked, or mistyped?)".into()
+            );
+        }
+        principal.token = Some(digest);
         Ok(())
+    }
+
+    /// Connection `conn`'s user and rights under the policy in force; why none, when none.
+    fn access<'a>(
+        &'a self,
+        conn: ConnId,
+        policy: &'a Policy,
+    ) -> Result<(&'a str, &'a Access), String> {
+        let principal = self.principals.get(&conn).filter(|p| !p.refused);
+        let user = match principal.and_then(|p| p.token.as_deref()) {
+            Some(digest) => policy
+                .token_user(digest)
+                .ok_or("the connection's token was removed from the cluster's policy")?,
+            None => principal
+                .and_then(|p| p.cert_user.as_deref())
+                .ok_or("no user: show a client certificate or a token")?,
+        };
+        let access = policy
+            .user(user)
+            .ok_or_else(|| format!("user {user:?} is not in the cluster's policy"))?;
+        Ok((user, access))
+    }
+
+    /// Whether connection `conn`'s user may still read every key in `[start, end)` (a running
+    /// watch, after a reload).
+    pub(super) fn may_read_range(
+        &self,
+        conn: ConnId,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let Some(auth) = &self.auth else { return Ok(()) };
+        let policy = auth.policy();
+        let (user, access) = self.access(conn, &policy)?;
+        if access.can_read_range(start, end) {
+            Ok(())
+        } else {
+            Err(format!("user {user:?} may no longer read the keys this watch follows"))
+        }
+    }
+
+    /// Whether connection `conn`'s user may write (`write`) or read every key of `keys` (a
+    /// lease's, for revoking or keeping it alive, or asking its time to live).
+    pub(super) fn may_touch_all<'k>(
+        &self,
+        conn: ConnId,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+        write: bool,
+    ) -> Result<(), String> {
+        let Some(auth) = &self.auth else { return Ok(()) };
+        let policy = auth.policy();
+        let (user, access) = self.access(conn, &policy)?;
+        for key in keys {
+            let allowed = if write { access.can_write(key) } else { access.can_read(key) };
+            if !allowed {
+                let what = if write { "write" } else { "read" };
+                return Err(format!(
+                    "user {user:?} may not {what} {}, a key of the lease",
+                    show(key)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the policy was reloaded since the last call (running watches are checked
+    /// again).
+    pub(super) fn reloaded(&mut self) -> bool {
+        let Some(auth) = &self.auth else { return false };
+        let generation = auth.generation();
+        std::mem::replace(&mut self.seen_generation, generation) != generation
     }
 
     /// Whether connection `conn` may make `request`; why not, when not.
@@ -84,14 +170,8 @@ impl AccessControl {
 
     pub(super) fn check(&self, conn: ConnId, request: &RequestFrame<'_>) -> Result<(), String> {
         let Some(auth) = &self.auth else { return Ok(()) };
-        let principal = self.principals.get(&conn);
-        let user = principal
-            .and_then(|p| p.token_user.as_deref().or(p.cert_user.as_deref()))
-            .ok_or("no user: show a client certificate or a token")?;
         let policy = auth.policy();
-        let access = policy
-            .user(user)
-            .ok_or_else(|| format!("user {user:?} is not in the cluster's policy"))?;
+        let (user, access) = self.access(conn, &policy)?;
         allowed(access, request).map_err(|what| format!("user {user:?} may not {what}"))
     }
 }
@@ -184,6 +264,12 @@ fn allowed(access: &Access, request: &RequestFrame<'_>) -> Result<(), String> {
             if !access.writes_anything() {
                 return Err("use leases (they need a write right)".into());
             }
+            // A grant may put keys with the lease.
+            if let Some(grant) = request.request_as_lease_grant_request() {
+                for item in grant.items().iter().flatten() {
+                    write(item.key().bytes())?;
+                }
+            }
             match request.request_as_lease_time_to_live_request() {
                 Some(ttl) if ttl.keys() => range(b"", None),
                 _ => Ok(()),
@@ -193,8 +279,10 @@ fn allowed(access: &Access, request: &RequestFrame<'_>) -> Result<(), String> {
         Request::MemberChangeRequest => admin("change the membership"),
         Request::TransferLeaderRequest => admin("transfer leadership"),
         Request::BackupRequest => admin("take a backup"),
-        // The membership (clients route by it), cancelling a watch, the hello.
-        _ => Ok(()),
+        // The membership (clients route by it), cancelling one's own watch, the hello (which
+        // the dispatch refuses when sent twice).
+        Request::MembersRequest | Request::CancelWatchRequest | Request::Hello => Ok(()),
+        other => Err(format!("make a request of type {}", other.0)),
     }
 }
 

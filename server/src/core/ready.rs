@@ -63,6 +63,9 @@ impl ShardCore {
         self.expire_admin();
         self.promote_caught_up_learners();
         self.watch_tick();
+        if self.access.reloaded() {
+            self.recheck_watches();
+        }
         if self.ticks % LEADER_BALANCE_TICKS == 0 {
             self.balance_leadership();
         }

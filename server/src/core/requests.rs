@@ -78,14 +78,11 @@ impl ShardCore {
             _ => Op::Hello,
         };
         self.metrics.request(op);
-        if let Err(reason) = self.access.check(conn, &request) {
-            let caller = Caller { conn, id, op, start_us: self.now_us };
-            return if self.access.knows_permission_denied(conn) {
-                self.reply_error(caller, &ErrorInfo::PermissionDenied { reason: &reason })
-            } else {
-                let reason = format!("permission denied: {reason}");
-                self.reply_error(caller, &ErrorInfo::InvalidRequest { reason: &reason })
-            };
+        if self.access.enabled() {
+            if let Err(reason) = self.check_access(conn, &request) {
+                return self
+                    .permission_denied(Caller { conn, id, op, start_us: self.now_us }, &reason);
+            }
         }
         if let Err(refusal) = self.dispatch(conn, id, op, &request) {
             let start = self.now_us;
@@ -108,6 +105,38 @@ impl ShardCore {
                     &ErrorInfo::Unavailable { reason: &reason },
                 ),
             }
+        }
+    }
+
+    /// Whether connection `conn` may make `request` (see `access`): its type and keys, and for
+    /// a lease the keys the lease holds now.
+    fn check_access(&self, conn: ConnId, request: &RequestFrame<'_>) -> Result<(), String> {
+        self.access.check(conn, request)?;
+        let target = match request.request_type() {
+            Request::LeaseRevokeRequest => {
+                request.request_as_lease_revoke_request().map(|r| (r.lease(), true))
+            }
+            Request::LeaseKeepAliveRequest => {
+                request.request_as_lease_keep_alive_request().map(|r| (r.lease(), true))
+            }
+            Request::LeaseTimeToLiveRequest => {
+                request.request_as_lease_time_to_live_request().map(|r| (r.lease(), false))
+            }
+            _ => None,
+        };
+        let Some((lease, write)) = target else { return Ok(()) };
+        let Some(held) = self.sm.leases().get(lease) else { return Ok(()) };
+        self.access.may_touch_all(conn, held.keys.iter().map(|k| k.as_ref()), write)
+    }
+
+    /// Answers a request its user may not make (`InvalidRequest` to a client older than
+    /// protocol 8, which does not know `PermissionDenied`).
+    pub(super) fn permission_denied(&mut self, caller: Caller, reason: &str) {
+        if self.access.knows_permission_denied(caller.conn) {
+            self.reply_error(caller, &ErrorInfo::PermissionDenied { reason })
+        } else {
+            let reason = format!("permission denied: {reason}");
+            self.reply_error(caller, &ErrorInfo::InvalidRequest { reason: &reason })
         }
     }
 

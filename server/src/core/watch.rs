@@ -668,6 +668,33 @@ impl ShardCore {
         }
     }
 
+    /// The auth policy was reloaded: each running watch whose user may no longer read all it
+    /// follows ends with `PermissionDenied`.
+    pub(super) fn recheck_watches(&mut self) {
+        let mut refused = Vec::new();
+        for (&(conn, id), watcher) in &self.watches.watchers {
+            let (start, end): (&[u8], Option<Vec<u8>>) = match &watcher.scope {
+                Scope::Key(key) => (key, Some([key.as_ref(), &[0]].concat())),
+                Scope::Prefix(prefix) => (prefix, corekv_types::auth::prefix_end(prefix)),
+                Scope::Range(start, end) => (start, (!end.is_empty()).then(|| end.to_vec())),
+            };
+            if let Err(reason) = self.access.may_read_range(conn, start, end.as_deref()) {
+                refused.push((conn, id, reason));
+            }
+        }
+        for (conn, id, reason) in refused {
+            let key = (conn, id);
+            self.leave_live(key);
+            self.watches.waiting.remove(&key);
+            self.watches.reads.retain(|_, reader| *reader != key);
+            self.watches.watchers.remove(&key);
+            self.permission_denied(
+                Caller { conn, id, op: Op::Watch, start_us: self.now_us },
+                &reason,
+            );
+        }
+    }
+
     /// Connection `conn` closed: its watches (and its backups waiting for a snapshot) end
     /// with it.
     pub fn on_client_closed(&mut self, conn: ConnId) {
