@@ -21,8 +21,109 @@ use rustls::{ClientConfig, ServerConfig};
 use super::peer::within;
 use crate::constants::SOCKET_READ_CHUNK_BYTES;
 
-/// A socket read through a buffer (under TLS).
-type BufferedTcp = TcpStream<Preallocated>;
+/// A socket read through a buffer and written through another (under TLS).
+type BufferedTcp = Coalesced<TcpStream<Preallocated>>;
+
+/// Most bytes a [`Coalesced`] stream holds before it waits for the socket.
+const COALESCE_BYTES_MAX: usize = 256 * 1024;
+
+/// Writes gathered into one buffer and sent with one socket write: rustls hands its records
+/// over as a vectored write, which glommio's stream would send one record per submission.
+pub(crate) struct Coalesced<S> {
+    inner: S,
+    pending: Vec<u8>,
+    sent: usize,
+}
+
+impl<S: AsyncWrite + Unpin> Coalesced<S> {
+    fn new(inner: S) -> Self {
+        Coalesced { inner, pending: Vec::new(), sent: 0 }
+    }
+
+    /// Writes what is pending until it is all written or the socket is full.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.pending.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.pending.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes `bufs` into the buffer (when there is room) and tries to write it.
+    fn poll_gather(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.pending.len() - self.sent + total > COALESCE_BYTES_MAX && !self.pending.is_empty() {
+            if let Poll::Ready(Err(error)) = self.poll_drain(cx) {
+                return Poll::Ready(Err(error));
+            }
+            if !self.pending.is_empty() {
+                return Poll::Pending;
+            }
+        }
+        for buf in bufs {
+            self.pending.extend_from_slice(buf);
+        }
+        // Written now if the socket takes it; the rest goes with the next write or flush.
+        if let Poll::Ready(Err(error)) = self.poll_drain(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Poll::Ready(Ok(total))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Coalesced<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_gather(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_gather(cx, bufs)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
+            other => other,
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_close(cx),
+            other => other,
+        }
+    }
+}
 
 /// How long a TLS handshake may take before the connection is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,8 +140,8 @@ impl Stream {
     pub(crate) fn peer_addr(&self) -> Option<std::net::SocketAddr> {
         match self {
             Stream::Plain(s) => s.peer_addr().ok(),
-            Stream::Accepted(s) => s.get_ref().0.peer_addr().ok(),
-            Stream::Dialed(s) => s.get_ref().0.peer_addr().ok(),
+            Stream::Accepted(s) => s.get_ref().0.inner.peer_addr().ok(),
+            Stream::Dialed(s) => s.get_ref().0.inner.peer_addr().ok(),
         }
     }
 
@@ -62,7 +163,7 @@ pub(crate) async fn accept(
 ) -> io::Result<Stream> {
     stream.set_nodelay(true)?;
     let Some(config) = tls else { return Ok(Stream::Plain(stream)) };
-    let stream = stream.buffered_with(Preallocated::new(SOCKET_READ_CHUNK_BYTES));
+    let stream = Coalesced::new(stream.buffered_with(Preallocated::new(SOCKET_READ_CHUNK_BYTES)));
     let handshake = futures_rustls::TlsAcceptor::from(config).accept(stream);
     match within(TLS_HANDSHAKE_TIMEOUT, handshake).await {
         Some(Ok(stream)) => Ok(Stream::Accepted(Box::new(stream))),
@@ -80,7 +181,7 @@ pub(crate) async fn connect(
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let Some((config, name)) = tls else { return Ok(Stream::Plain(stream)) };
-    let stream = stream.buffered_with(Preallocated::new(SOCKET_READ_CHUNK_BYTES));
+    let stream = Coalesced::new(stream.buffered_with(Preallocated::new(SOCKET_READ_CHUNK_BYTES)));
     let handshake = futures_rustls::TlsConnector::from(config).connect(name, stream);
     match within(TLS_HANDSHAKE_TIMEOUT, handshake).await {
         Some(Ok(stream)) => Ok(Stream::Dialed(Box::new(stream))),
