@@ -141,7 +141,16 @@ fn a_read_only_user_reads_only_what_it_may() {
     // Admin requests.
     let shard = corekv_client::ShardId(0);
     denied(block_on(reader.transfer_leader(shard, corekv_client::NodeId(2))), "admin right");
-    // corekvctl: exit status 4 and the reason.
+    // corekvctl: exit status 4 and the reason, for a status too (an admin right).
+    let (code, _, err) = cluster.ctl(&[
+        "--cert",
+        &cert_arg(&pki, "reader"),
+        "--cert-key",
+        &key_arg(&pki, "reader"),
+        "status",
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("admin right"), "{err}");
     let cert = pki.path("user-reader.pem");
     let key = pki.path("user-reader-key.pem");
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
@@ -247,4 +256,12 @@ fn policy_changes_apply_on_sighup() {
 
 fn write_bad_policy(path: &Path) {
     std::fs::write(path, "[[user]]\nname = \"reader\"\nroles = [\"missing\"]\n").unwrap();
+}
+
+fn cert_arg(pki: &Pki, user: &str) -> String {
+    pki.path(&format!("user-{user}.pem")).display().to_string()
+}
+
+fn key_arg(pki: &Pki, user: &str) -> String {
+    pki.path(&format!("user-{user}-key.pem")).display().to_string()
 }

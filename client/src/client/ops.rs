@@ -421,6 +421,13 @@ impl Client {
                     }
                 })?;
         let reply = frame.reply();
+        if let Some(error) = reply.reply_as_error_reply() {
+            // A refusal the caller can act on (the cluster's auth) is said as such.
+            if let Some(crate::retry::ServerError::Final(error)) = super::call::server_error(&error)
+            {
+                return Err(error);
+            }
+        }
         let s = reply.reply_as_status_reply().ok_or_else(|| protocol("status"))?;
         Ok(corekv_proto::shared::replica_status(&s))
     }

@@ -448,7 +448,8 @@ async fn run(args: Args) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// `status`: every replica of every shard; exit status 3 when none answered.
+/// `status`: every replica of every shard; exit status 3 when none answered, 4 when the
+/// cluster's auth refused the user (status is an admin right).
 async fn status(
     client: &Client,
     out: &mut std::io::StdoutLock<'_>,
@@ -458,6 +459,14 @@ async fn status(
     let reachable = reports.iter().filter(|r| r.status.is_ok()).count();
     write(out, if json { format!("{}\n", status_json(&reports)) } else { status_text(&reports) })?;
     if reachable == 0 {
+        // Refused by the cluster's auth, not unreachable: say so (exit 4).
+        let denied = reports.iter().find_map(|r| match &r.status {
+            Err(error @ Error::PermissionDenied(_)) => Some(error.clone()),
+            _ => None,
+        });
+        if let Some(error) = denied {
+            return Err(Failure::from(error));
+        }
         return Err(Failure { code: 3, message: "no replica answered".to_string() });
     }
     Ok(())
