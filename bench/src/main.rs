@@ -201,26 +201,6 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     runtime.block_on(bench(args))
 }
 
-/// The client's TLS for `registry`: from the flags (or their environment variables) and the
-/// registry's `[tls]`; `None` for a plaintext cluster.
-fn tls_config(args: &Args, registry: &Registry) -> anyhow::Result<Option<TlsConfig>> {
-    let from_env = |given: &Option<PathBuf>, var: &str| {
-        given.clone().or_else(|| std::env::var_os(var).map(PathBuf::from))
-    };
-    let cacert = from_env(&args.cacert, "COREKV_CACERT");
-    let cert = from_env(&args.cert, "COREKV_CERT");
-    let key = from_env(&args.cert_key, "COREKV_CERT_KEY");
-    if registry.tls.is_none() && cacert.is_none() {
-        return Ok(None);
-    }
-    let cert_and_key = match (&cert, &key) {
-        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
-        (None, None) => None,
-        _ => bail!("--cert and --cert-key go together"),
-    };
-    Ok(Some(TlsConfig::for_registry(registry, cacert.as_deref(), cert_and_key)?))
-}
-
 fn corekv_targets(
     registry: Registry,
     (tls, token): (Option<TlsConfig>, Option<String>),
@@ -561,7 +541,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             };
             let registry = Registry::load(&registry_path)?;
             corekv_registry = Some(registry_path);
-            let tls = tls_config(&args, &registry)?;
+            let (cacert, cert, key) =
+                (args.cacert.as_deref(), args.cert.as_deref(), args.cert_key.as_deref());
+            let tls = TlsConfig::from_command_line(&registry, cacert, cert, key)?;
             tls_on = tls.is_some();
             auth_on = registry.auth.is_some();
             let token = args.token.clone().or_else(|| std::env::var("COREKV_TOKEN").ok());

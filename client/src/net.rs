@@ -6,7 +6,7 @@
 //! so under TLS the socket is read through a 64 KiB buffer (one read serves many of rustls's).
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -76,6 +76,45 @@ impl TlsConfig {
             }
         };
         Self::from_files(ca, cert_and_key, min)
+    }
+
+    /// What a command-line tool was given: `--cacert`, `--cert` and `--cert-key`, or where
+    /// one is not, `$COREKV_CACERT`, `$COREKV_CERT` and `$COREKV_CERT_KEY`; the registry's CA
+    /// when none is given ([`TlsConfig::for_registry`]). `None` for a cluster without
+    /// `[tls]` given no CA; an error for a certificate without its key (or a key without its
+    /// certificate), or a certificate with no TLS to show it on.
+    pub fn from_command_line(
+        registry: &Registry,
+        cacert: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Option<TlsConfig>, Error> {
+        let from_env = |given: Option<&Path>, var: &str| {
+            given.map(Path::to_path_buf).or_else(|| std::env::var_os(var).map(PathBuf::from))
+        };
+        let cacert = from_env(cacert, "COREKV_CACERT");
+        let (cert, key) = (from_env(cert, "COREKV_CERT"), from_env(key, "COREKV_CERT_KEY"));
+        let cert_and_key = match (&cert, &key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Tls(
+                    "--cert and --cert-key go together (or $COREKV_CERT and $COREKV_CERT_KEY)"
+                        .into(),
+                ))
+            }
+        };
+        if registry.tls.is_none() && cacert.is_none() {
+            if cert_and_key.is_some() {
+                return Err(Error::Tls(
+                    "--cert without TLS: the registry file has no [tls] section and no --cacert \
+                     was given"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(Some(Self::for_registry(registry, cacert.as_deref(), cert_and_key)?))
     }
 }
 

@@ -9,12 +9,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::pki::{tls_cluster, tls_config};
+use common::pki::{tls_cluster, tls_config, Pki};
 use common::{block_on, TestCluster};
 use corekv_client::registry::TlsVersion;
 use corekv_client::{Client, ClientConfig, Error, TlsConfig};
@@ -32,6 +32,23 @@ fn client_with(cluster: &TestCluster, tls: Option<TlsConfig>) -> Client {
 /// The error a put with `client` fails with.
 fn put_error(client: &Client) -> Error {
     block_on(client.put("tls/refused", "x")).expect_err("the node must refuse this client")
+}
+
+/// A client showing `cert_and_key` is refused for its certificate, and a node logs the refusal
+/// with `why`.
+fn refused_certificate(
+    cluster: &TestCluster,
+    pki: &Pki,
+    cert_and_key: (&PathBuf, &PathBuf),
+    why: &str,
+) {
+    let tls = tls_config(&pki.path("ca.pem"), Some(cert_and_key));
+    let error = put_error(&client_with(cluster, Some(tls)));
+    assert!(
+        matches!(&error, Error::Tls(m) if m.contains("refused this client's certificate")),
+        "{error}"
+    );
+    wait_logged(cluster, &["refused a client connection", why]);
 }
 
 /// Whether node `id`'s log has a line with every one of `words`.
@@ -97,27 +114,11 @@ fn clients_are_authenticated_and_bad_ones_refused() {
     // A certificate from another CA.
     let other = Authority::new("other CA").expect("CA");
     let (cert, key) = pki.client(&other, "stranger", "app", None);
-    let error = put_error(&client_with(
-        &cluster,
-        Some(tls_config(&pki.path("ca.pem"), Some((&cert, &key)))),
-    ));
-    assert!(
-        matches!(&error, Error::Tls(m) if m.contains("refused this client's certificate")),
-        "{error}"
-    );
-    wait_logged(&cluster, &["refused a client connection", "UnknownIssuer"]);
+    refused_certificate(&cluster, &pki, (&cert, &key), "UnknownIssuer");
 
     // An expired certificate from the right CA.
     let (cert, key) = pki.client(&pki.ca, "expired", "app", Some((2020, 2021)));
-    let error = put_error(&client_with(
-        &cluster,
-        Some(tls_config(&pki.path("ca.pem"), Some((&cert, &key)))),
-    ));
-    assert!(
-        matches!(&error, Error::Tls(m) if m.contains("refused this client's certificate")),
-        "{error}"
-    );
-    wait_logged(&cluster, &["refused a client connection", "certificate expired"]);
+    refused_certificate(&cluster, &pki, (&cert, &key), "certificate expired");
 
     // A client that trusts another CA does not talk to these nodes.
     std::fs::write(pki.path("other-ca.pem"), other.cert_pem()).unwrap();

@@ -22,7 +22,10 @@ use std::sync::Arc;
 use corekv_proto::client::{Request, RequestFrame, TxnOpKind, WatchScope};
 use corekv_types::auth::{prefix_end, Access, Policy};
 
-use super::ConnId;
+use corekv_proto::encode::ErrorInfo;
+
+use super::replies::Caller;
+use super::{ConnId, ShardCore};
 use crate::auth::NodeAuth;
 
 /// See the module docs.
@@ -173,6 +176,60 @@ impl AccessControl {
         let policy = auth.policy();
         let (user, access) = self.access(conn, &policy)?;
         allowed(access, request).map_err(|what| format!("user {user:?} may not {what}"))
+    }
+}
+
+impl ShardCore {
+    /// Whether connection `conn` may make `request` (see `access`): its type and keys, and for
+    /// a lease the keys the lease holds now.
+    pub(super) fn check_access(
+        &self,
+        conn: ConnId,
+        request: &RequestFrame<'_>,
+    ) -> Result<(), String> {
+        self.access.check(conn, request)?;
+        let target = match request.request_type() {
+            Request::LeaseRevokeRequest => {
+                request.request_as_lease_revoke_request().map(|r| (r.lease(), true))
+            }
+            Request::LeaseKeepAliveRequest => {
+                request.request_as_lease_keep_alive_request().map(|r| (r.lease(), true))
+            }
+            Request::LeaseTimeToLiveRequest => {
+                request.request_as_lease_time_to_live_request().map(|r| (r.lease(), false))
+            }
+            _ => None,
+        };
+        let Some((lease, write)) = target else { return Ok(()) };
+        let Some(held) = self.sm.leases().get(lease) else { return Ok(()) };
+        self.access.may_touch_all(conn, held.keys.iter().map(|k| k.as_ref()), write)
+    }
+
+    /// Answers a request its user may not make (`InvalidRequest` to a client older than
+    /// protocol 8, which does not know `PermissionDenied`).
+    pub(super) fn permission_denied(&mut self, caller: Caller, reason: &str) {
+        if self.access.knows_permission_denied(caller.conn) {
+            self.reply_error(caller, &ErrorInfo::PermissionDenied { reason })
+        } else {
+            let reason = format!("permission denied: {reason}");
+            self.reply_error(caller, &ErrorInfo::InvalidRequest { reason: &reason })
+        }
+    }
+
+    /// Checks every request against `auth`'s policy from now on (the registry's `[auth]`).
+    pub fn set_auth(&mut self, auth: Option<Arc<NodeAuth>>) {
+        self.access.auth = auth;
+    }
+
+    /// Whether requests are checked (the registry has `[auth]`): the shell then reads each
+    /// connection's certificate for its user.
+    pub fn checks_access(&self) -> bool {
+        self.access.enabled()
+    }
+
+    /// A client connection was accepted; its certificate names `cert_user`.
+    pub fn on_client_connected(&mut self, conn: ConnId, cert_user: Option<String>) {
+        self.access.connected(conn, cert_user);
     }
 }
 

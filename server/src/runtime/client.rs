@@ -35,24 +35,13 @@ pub(crate) async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
             Ok(stream) => {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
-                    let addr = stream.peer_addr().ok();
                     let tls = shard.tls.as_ref().map(|tls| tls.configs().clients.clone());
-                    let stream = match net::accept(stream, tls).await {
-                        Ok(stream) => stream,
-                        Err(error) => {
-                            shard.metrics.tls_refused.fetch_add(1, Relaxed);
-                            // A client that closed before saying anything (a port probe, a
-                            // load balancer's check) is not news.
-                            if error.kind() == std::io::ErrorKind::UnexpectedEof {
-                                tracing::debug!(shard = %shard.shard, ?addr, %error, "a client connection closed in the TLS handshake");
-                            } else {
-                                tracing::warn!(shard = %shard.shard, ?addr, %error, "refused a client connection");
-                            }
-                            return;
-                        }
+                    let Some(stream) = net::accept_logged(&shard, stream, tls, "client").await
+                    else {
+                        return;
                     };
                     let id = shard.next_conn_id();
-                    if shard.auth_on {
+                    if shard.core.borrow().checks_access() {
                         let user = stream
                             .peer_cert()
                             .and_then(|cert| corekv_types::tls::subject_common_name(cert));

@@ -19,6 +19,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ServerConfig};
 
 use super::peer::within;
+use super::state::Shard;
 use crate::constants::SOCKET_READ_CHUNK_BYTES;
 
 /// A socket read through a buffer and written through another (under TLS).
@@ -169,6 +170,31 @@ pub(crate) async fn accept(
         Some(Ok(stream)) => Ok(Stream::Accepted(Box::new(stream))),
         Some(Err(error)) => Err(explain(error)),
         None => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+    }
+}
+
+/// [`accept`] for one of `shard`'s listeners (`kind`: "client" or "peer"): a refused
+/// handshake is counted and logged with the address, and gives `None`.
+pub(crate) async fn accept_logged(
+    shard: &Shard,
+    stream: TcpStream,
+    tls: Option<Arc<ServerConfig>>,
+    kind: &str,
+) -> Option<Stream> {
+    let addr = stream.peer_addr().ok();
+    match accept(stream, tls).await {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            shard.metrics.tls_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // One that closed before saying anything (a port probe, a load balancer's check)
+            // is not news.
+            if error.kind() == io::ErrorKind::UnexpectedEof {
+                tracing::debug!(shard = %shard.shard, ?addr, %error, "a {kind} connection closed in the TLS handshake");
+            } else {
+                tracing::warn!(shard = %shard.shard, ?addr, %error, "refused a {kind} connection");
+            }
+            None
+        }
     }
 }
 

@@ -152,7 +152,6 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
         stopping: Cell::new(false),
         next_conn: Cell::new(1),
         tls: ctx.tls,
-        auth_on: ctx.auth.is_some(),
     });
     let (shutdown, status, timing) = (ctx.shutdown, ctx.status, ctx.timing);
     Ok((shard, Listeners { client, peer, shutdown, status, flusher, history_flusher, timing }))

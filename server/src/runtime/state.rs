@@ -63,8 +63,6 @@ pub(crate) struct Shard {
     pub(crate) next_conn: Cell<ConnId>,
     /// The node's TLS (every executor shares it; SIGHUP reloads it); `None`: plaintext.
     pub(crate) tls: Option<Arc<crate::tls::NodeTls>>,
-    /// The registry has `[auth]`: each connection's certificate names its user.
-    pub(crate) auth_on: bool,
 }
 
 impl Shard {

@@ -304,39 +304,6 @@ fn strip_newline(mut text: Vec<u8>) -> Vec<u8> {
     text
 }
 
-/// TLS from the flags, their environment variables and the registry: `None` for a
-/// plaintext cluster given no CA.
-fn tls_config(
-    registry: &Registry,
-    cacert: Option<PathBuf>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-) -> Result<Option<TlsConfig>, Failure> {
-    let from_env = |given: Option<PathBuf>, var: &str| {
-        given.or_else(|| std::env::var_os(var).map(PathBuf::from))
-    };
-    let cacert = from_env(cacert, "COREKV_CACERT");
-    let (cert, key) = (from_env(cert, "COREKV_CERT"), from_env(key, "COREKV_CERT_KEY"));
-    let cert_and_key = match (&cert, &key) {
-        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
-        (None, None) => None,
-        _ => {
-            return Err(input_error(
-                "--cert and --cert-key go together (or $COREKV_CERT and $COREKV_CERT_KEY)",
-            ))
-        }
-    };
-    if registry.tls.is_none() && cacert.is_none() {
-        if cert_and_key.is_some() {
-            return Err(input_error(
-                "--cert without TLS: the registry file has no [tls] section and no --cacert was given",
-            ));
-        }
-        return Ok(None);
-    }
-    Ok(Some(TlsConfig::for_registry(registry, cacert.as_deref(), cert_and_key)?))
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -361,7 +328,9 @@ async fn run(args: Args) -> Result<u8, Failure> {
         return backup::verify(dir, json);
     }
     let registry = load_registry(args.registry)?;
-    let tls = tls_config(&registry, args.tls_cacert, args.tls_cert, args.tls_key)?;
+    let (cacert, cert, key) =
+        (args.tls_cacert.as_deref(), args.tls_cert.as_deref(), args.tls_key.as_deref());
+    let tls = TlsConfig::from_command_line(&registry, cacert, cert, key)?;
     let mut config = ClientConfig::new(registry);
     config.tls = tls;
     config.token = args.token.or_else(|| std::env::var("COREKV_TOKEN").ok());

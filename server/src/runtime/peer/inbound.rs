@@ -27,21 +27,10 @@ pub(crate) async fn accept_peers(shard: Rc<Shard>, listener: TcpListener) {
             Ok(stream) => {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
-                    let addr = stream.peer_addr().ok();
                     let tls = shard.tls.as_ref().map(|tls| tls.configs().peers_in.clone());
-                    let stream = match net::accept(stream, tls).await {
-                        Ok(stream) => stream,
-                        Err(error) => {
-                            shard.metrics.tls_refused.fetch_add(1, Relaxed);
-                            // A client that closed before saying anything (a port probe, a
-                            // load balancer's check) is not news.
-                            if error.kind() == std::io::ErrorKind::UnexpectedEof {
-                                tracing::debug!(shard = %shard.shard, ?addr, %error, "a peer connection closed in the TLS handshake");
-                            } else {
-                                tracing::warn!(shard = %shard.shard, ?addr, %error, "refused a peer connection");
-                            }
-                            return;
-                        }
+                    let Some(stream) = net::accept_logged(&shard, stream, tls, "peer").await
+                    else {
+                        return;
                     };
                     shard.metrics.peer_connections.fetch_add(1, Relaxed);
                     if let Err(error) = inbound(&shard, stream).await {
