@@ -146,6 +146,7 @@ mod error;
 mod net;
 pub mod recipes;
 mod retry;
+pub mod text;
 mod types;
 pub mod watch;
 

@@ -60,6 +60,11 @@ enum Command {
     /// must have the backup's shard count and a cluster name of its own; the data directory
     /// must be new or empty. The backup is verified whole before anything is written.
     Restore(RestoreArgs),
+    /// Serve the HTTP/JSON API (`/v1/kv`, `/v1/txn`, `/v1/lease`, `/v1/watch`) for the
+    /// cluster in the registry file: a stateless process that routes to the shards' leaders;
+    /// run as many as needed behind a load balancer. Stops on SIGINT or SIGTERM, ending watch
+    /// streams with a final event.
+    Gateway(corekv_gateway::GatewayArgs),
 }
 
 /// `corekv restore`'s flags.
@@ -195,6 +200,16 @@ fn main() -> ExitCode {
     match args.command {
         Command::Serve(args) => serve(args),
         Command::Restore(args) => restore(args),
+        Command::Gateway(args) => {
+            corekv_server::logging::init(&args.log);
+            match corekv_gateway::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("corekv gateway: {error:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Dev { action: Some(action), .. } => dev_action(action),
         Command::Dev { action: None, nodes, shards, dir, base_port, clean, tls, auth } => {
             corekv_server::logging::init("warn");

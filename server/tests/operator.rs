@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Lines};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{block_on, corekv_bin, dev_base, wait_exit, TestCluster};
+use common::dev::{dev_client, node_pid, Dev};
+use common::{block_on, corekv_bin, dev_base, TestCluster};
 use corekv_client::registry::Registry;
 use corekv_client::{Client, ClientConfig, Error};
 
@@ -166,71 +166,11 @@ fn a_client_with_another_shard_count_learns_it_at_once() {
     }
 }
 
-/// A `corekv dev` process under test, with its output read line by line.
-struct Dev {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    printed: String,
-}
-
-impl Dev {
-    fn start(dir: &std::path::Path, args: &[&str]) -> Dev {
-        let mut child = Command::new(corekv_bin())
-            .arg("dev")
-            .args(args)
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Dev { child, lines, printed: String::new() }
-    }
-
-    /// Reads output until a line containing `text`; panics if the output ends first.
-    fn wait_for(&mut self, text: &str) -> String {
-        loop {
-            let Some(Ok(line)) = self.lines.next() else {
-                panic!("corekv dev's output ended before {text:?}:\n{}", self.printed);
-            };
-            self.printed.push_str(&line);
-            self.printed.push('\n');
-            if line.contains(text) {
-                return line;
-            }
-        }
-    }
-
-    fn interrupt(&mut self) -> std::process::ExitStatus {
-        // SAFETY: signalling the child we started.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
-        }
-        wait_exit(&mut self.child, Duration::from_secs(40))
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.interrupt();
-        }
-    }
-}
-
 /// `corekv dev` with `args`, run to its end: exit code and stderr.
 fn dev_exit(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
     let output = Command::new(corekv_bin()).arg("dev").args(args).arg("--dir").arg(dir).output();
     let output = output.unwrap();
     (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
-}
-
-fn dev_client(dir: &std::path::Path) -> Client {
-    let registry = Registry::load(dir.join("corekv.toml")).unwrap();
-    let mut config = ClientConfig::new(registry);
-    config.timeout = Duration::from_secs(10);
-    Client::connect(config)
 }
 
 // Shows: in `corekv dev`, a node killed with SIGKILL is reported and left down while the
@@ -301,17 +241,6 @@ fn dev_action(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.code().unwrap_or(-1), text)
-}
-
-/// The pid of the `corekv serve` process of dev node `id` in `dir`, if one runs.
-fn node_pid(dir: &std::path::Path, id: u64) -> Option<libc::pid_t> {
-    let data = dir.join(format!("node-{id}")).display().to_string();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: libc::pid_t = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        (cmdline.contains(" serve ") && cmdline.contains(&format!("{data} "))).then_some(pid)
-    })
 }
 
 // Shows: `corekv dev` on a directory that holds a 1-node, 4-shard cluster refuses to start it

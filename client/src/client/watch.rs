@@ -211,9 +211,9 @@ impl Client {
         Ok((listing, last + 1))
     }
 
-    /// The shards a scope's keys can live on: one for a key, or for a prefix that starts with
-    /// a whole hash tag (`{user:1}...`); every shard otherwise.
-    fn shards_of(&self, scope: &WatchScope) -> Vec<ShardId> {
+    /// The shards a scope's keys can live on, which a watch of it follows: one for a key, or
+    /// for a prefix that starts with a whole hash tag (`{user:1}...`); every shard otherwise.
+    pub fn shards_of(&self, scope: &WatchScope) -> Vec<ShardId> {
         let one = match scope {
             WatchScope::Key(key) => Some(self.shard_of(key)),
             WatchScope::Prefix(prefix) => whole_hash_tag(prefix).then(|| self.shard_of(prefix)),

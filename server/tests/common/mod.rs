@@ -3,6 +3,8 @@
 //! and a raw protocol connection for talking to one specific replica.
 #![allow(dead_code)]
 
+pub mod dev;
+pub mod gateway;
 pub mod pki;
 
 use std::io::{Read, Write};

@@ -50,11 +50,10 @@ mod lease;
 mod lock;
 mod member;
 mod output;
-mod txn;
 mod watch;
 
+use corekv_client::text::{parse_duration, parse_txn};
 use output::{entry_json, escape, meta_json, status_json, status_text, txn_json, txn_text};
-use txn::parse_txn;
 
 /// `corekvctl txn --help`: the transaction format, with an example.
 const TXN_HELP: &str = r#"Run a transaction described in JSON: if every compare holds, the success ops run, else the failure ops; atomically, on one shard (give the keys one hash tag, like {u1}:n and {u1}:m).
@@ -248,26 +247,6 @@ impl From<Error> for Failure {
 
 pub(crate) fn input_error(message: impl Into<String>) -> Failure {
     Failure { code: 2, message: message.into() }
-}
-
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 =
-        number.parse().map_err(|_| format!("{text:?} is not a duration like 2s or 500ms"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86_400.0,
-        _ => return Err(format!("{text:?}: unit must be ms, s, m, h or d")),
-    };
-    if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(format!("{text:?} must be greater than zero"));
-    }
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too long"))
 }
 
 /// The registry file to use, and where that choice came from (for error messages).

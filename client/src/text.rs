@@ -1,10 +1,30 @@
-//! The JSON transaction format of `corekvctl txn` (see `TXN_HELP` in `main.rs`) into a
-//! [`Txn`], naming the first mistake.
+//! The text forms `corekvctl` and the HTTP gateway share: a transaction as JSON, and
+//! durations like `30s`.
+//!
+//! A transaction:
+//!
+//! ```json
+//! {
+//!   "compare": [{"key": "{u1}:n", "target": "version", "op": "=", "value": 3},
+//!               {"key": "{u1}:m", "target": "missing"}],
+//!   "success": [{"op": "put", "key": "{u1}:n", "value": "Ada", "ttl": "30s"},
+//!               {"op": "get", "key": "{u1}:n"}],
+//!   "failure": [{"op": "get", "key": "{u1}:n"}]
+//! }
+//! ```
+//!
+//! `compare` targets are `value` (a string operand), `version`, `mod_index`,
+//! `create_index` (numbers) with `op` one of `=`, `!=`, `<`, `>`; and `exists`, `missing`
+//! (no op, no value). Ops are `get`, `put` (with `value`, and `ttl` or `lease`) and
+//! `delete`. Every part may be left out.
 
-use corekv_client::{Compare, Txn, TxnOp};
+use std::time::Duration;
+
+use crate::{Compare, Txn, TxnOp};
 use serde_json::Value;
 
-pub(crate) fn parse_txn(text: &str) -> Result<Txn, String> {
+/// Reads a transaction in the JSON form above; the error names the first mistake.
+pub fn parse_txn(text: &str) -> Result<Txn, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let object = value.as_object().ok_or("expected a JSON object")?;
     for key in object.keys() {
@@ -52,7 +72,7 @@ fn parse_compare(c: &Value) -> Result<Compare, String> {
         "create_index" => Compare::create_index(key),
         other => return Err(format!("unknown target {other:?}")),
     };
-    let operand: corekv_client::Operand = match (target, c.get("value")) {
+    let operand: crate::Operand = match (target, c.get("value")) {
         ("value", Some(Value::String(s))) => s.as_str().into(),
         (_, Some(Value::Number(n))) if target != "value" => {
             n.as_u64().ok_or("the value must be a whole number")?.into()
@@ -81,7 +101,7 @@ fn parse_op(op: &Value) -> Result<TxnOp, String> {
             (None, None) => TxnOp::put(key, string_field(op, "value")?),
             (Some(ttl), None) => {
                 let ttl = ttl.as_str().ok_or("\"ttl\" must be a duration string like \"30s\"")?;
-                TxnOp::put_with_ttl(key, string_field(op, "value")?, crate::parse_duration(ttl)?)
+                TxnOp::put_with_ttl(key, string_field(op, "value")?, parse_duration(ttl)?)
             }
             (None, Some(lease)) => {
                 let lease = lease.as_str().ok_or("\"lease\" must be a lease id string")?;
@@ -92,6 +112,27 @@ fn parse_op(op: &Value) -> Result<TxnOp, String> {
         "delete" => TxnOp::delete(key),
         other => Err(format!("unknown op {other:?}"))?,
     })
+}
+
+/// A duration like `2s`, `500ms`, `1.5m`, `2h` or `1d` (greater than zero).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration like 2s or 500ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => return Err(format!("{text:?}: unit must be ms, s, m, h or d")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("{text:?} must be greater than zero"));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too long"))
 }
 
 #[cfg(test)]
