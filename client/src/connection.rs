@@ -89,13 +89,13 @@ impl Connection {
     /// node checks), and starts the reader and writer tasks.
     pub(crate) async fn open(
         addr: &str,
-        (cluster, shards, token): (&str, u32, Option<&str>),
+        greeting: Greeting<'_>,
         tls: Option<&TlsConfig>,
         connect_timeout: Duration,
         max_in_flight: usize,
     ) -> Result<Arc<Connection>, OpenError> {
         let mut stream = net::open(addr, tls, connect_timeout).await?;
-        hello(&mut stream, addr, (cluster, shards, token), connect_timeout).await?;
+        hello(&mut stream, addr, greeting, connect_timeout).await?;
         let (read, write) = stream.into_split();
         let (frames, queue) = mpsc::channel(WRITE_QUEUE_FRAMES);
         let pending: Pending = Arc::default();
@@ -225,16 +225,38 @@ impl std::fmt::Display for PlaintextToTls {
 
 impl std::error::Error for PlaintextToTls {}
 
+/// What a hello says: the cluster name and shard count of this client's registry, and who
+/// the client is (a token's user; the user it acts for).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Greeting<'a> {
+    pub(crate) cluster: &'a str,
+    pub(crate) shards: u32,
+    pub(crate) token: Option<&'a str>,
+    pub(crate) as_user: Option<&'a str>,
+}
+
+impl crate::ClientConfig {
+    pub(crate) fn greeting(&self) -> Greeting<'_> {
+        Greeting {
+            cluster: &self.registry.cluster,
+            shards: self.registry.shards,
+            token: self.token.as_deref(),
+            as_user: self.act_as.as_deref(),
+        }
+    }
+}
+
 /// The hello exchange on a new connection: the cluster name and shard count this client's
 /// registry names, and the node's acceptance (or its one-line refusal).
 pub(crate) async fn hello(
     stream: &mut Stream,
     addr: &str,
-    (cluster, shards, token): (&str, u32, Option<&str>),
+    greeting: Greeting<'_>,
     timeout: Duration,
 ) -> Result<(), OpenError> {
     let unavailable = OpenError::Unreachable;
-    let hello = RequestEncoder::new().hello_with_token(0, cluster, shards, token).to_vec();
+    let Greeting { cluster, shards, token, as_user } = greeting;
+    let hello = RequestEncoder::new().hello_as(0, cluster, shards, token, as_user).to_vec();
     let plaintext = matches!(stream, Stream::Plain(_));
     let handshake = async {
         stream.write_all(&hello).await?;
@@ -283,8 +305,13 @@ pub(crate) async fn hello(
     let frame = verify_reply(&reply)
         .map_err(|e| OpenError::Fatal(Error::Protocol(format!("hello reply from {addr}: {e}"))))?;
     let Some(accepted) = frame.reply_as_hello_reply() else {
-        let reason = frame
-            .reply_as_error_reply()
+        let error = frame.reply_as_error_reply();
+        // An unknown token, or a user that may not act as it asked.
+        if let Some(denied) = error.and_then(|e| e.kind_as_permission_denied()) {
+            let reason = denied.reason().unwrap_or("refused").to_string();
+            return Err(OpenError::Fatal(Error::PermissionDenied(reason)));
+        }
+        let reason = error
             .and_then(|e| e.kind_as_invalid_request())
             .and_then(|e| e.reason())
             .unwrap_or("unexpected reply to hello")

@@ -12,13 +12,16 @@
 //! - `GET /v1/watch/{key}` ([`crate::watch`]).
 //!
 //! Keys in paths are percent-decoded to bytes, so any key is reachable (`%00`...). A bearer
-//! token (`Authorization: Bearer T`) is passed to the nodes, which check the user's rights.
+//! token (`Authorization: Bearer T`) is passed to the nodes, which check the user's rights;
+//! so is the user of a client certificate the gateway verified (`--client-ca`): the gateway
+//! acts for it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -35,7 +38,8 @@ use serde_json::{json, Map, Value};
 use corekv_proto::constants::VALUE_BYTES_MAX;
 
 use crate::error::{ApiError, ApiResult};
-use crate::Gateway;
+use crate::serve::CertUser;
+use crate::{Gateway, Identity};
 
 /// The most entries one listing page returns, and the default.
 pub const LIST_LIMIT_MAX: usize = 10_000;
@@ -128,12 +132,12 @@ async fn kv(
     State(gateway): State<Arc<Gateway>>,
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
     body: Body,
 ) -> ApiResult<Response> {
     let key = path_key(uri.path(), "/v1/kv")?;
     let query = Query::parse(uri.query())?;
-    let client = gateway.client(bearer_token(&headers)?.as_deref());
+    let client = gateway.client(caller.0.as_ref());
     let shard = || client.shard_of(&key);
     match method {
         Method::GET | Method::HEAD if query.flag("prefix") => {
@@ -301,11 +305,11 @@ fn unexpected_txn() -> ApiError {
 async fn txn(
     State(gateway): State<Arc<Gateway>>,
     uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
     body: Body,
 ) -> ApiResult<Response> {
     Query::parse(uri.query())?.only(&[])?;
-    let client = gateway.client(bearer_token(&headers)?.as_deref());
+    let client = gateway.client(caller.0.as_ref());
     let body = read_body(body, gateway.max_body, "the body").await?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("transaction: the body is not UTF-8"))?;
@@ -338,11 +342,11 @@ async fn txn(
 async fn lease_grant(
     State(gateway): State<Arc<Gateway>>,
     uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Response> {
     let query = Query::parse(uri.query())?;
     query.only(&["ttl", "key", "shard"])?;
-    let client = gateway.client(bearer_token(&headers)?.as_deref());
+    let client = gateway.client(caller.0.as_ref());
     let ttl = query.get("ttl").ok_or_else(|| ApiError::bad_request("ttl is required"))?;
     let ttl = duration(ttl).map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
     let lease = match (query.get("key"), query.number("shard")?) {
@@ -373,11 +377,11 @@ async fn lease_info(
     State(gateway): State<Arc<Gateway>>,
     Path(id): Path<String>,
     uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Response> {
     let query = Query::parse(uri.query())?;
     query.only(&["keys"])?;
-    let client = gateway.client(bearer_token(&headers)?.as_deref());
+    let client = gateway.client(caller.0.as_ref());
     let info = client.lease_time_to_live(lease_id(&id)?, query.flag("keys")).await?;
     let keys: Vec<Value> = info.keys.iter().map(|k| bytes_json(k)).collect();
     Ok(Json(json!({"id": info.id.to_string(), "ttl_ms": info.ttl.as_millis() as u64,
@@ -390,10 +394,10 @@ async fn lease_keep_alive(
     State(gateway): State<Arc<Gateway>>,
     Path(id): Path<String>,
     uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Response> {
     Query::parse(uri.query())?.only(&[])?;
-    let client = gateway.client(bearer_token(&headers)?.as_deref());
+    let client = gateway.client(caller.0.as_ref());
     let id = lease_id(&id)?;
     let kept = client.lease_keep_alive(id).await?;
     Ok(Json(json!({"id": id.to_string(), "ttl_ms": kept.ttl.as_millis() as u64,
@@ -406,10 +410,10 @@ async fn lease_revoke(
     State(gateway): State<Arc<Gateway>>,
     Path(id): Path<String>,
     uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Response> {
     Query::parse(uri.query())?.only(&[])?;
-    let client = gateway.client(bearer_token(&headers)?.as_deref());
+    let client = gateway.client(caller.0.as_ref());
     let id = lease_id(&id)?;
     let deleted = client.lease_revoke(id).await?;
     Ok(Json(json!({"id": id.to_string(), "deleted_keys": deleted})).into_response())
@@ -506,8 +510,24 @@ pub(crate) fn path_key(path: &str, base: &str) -> ApiResult<Vec<u8>> {
     percent_decode(rest.strip_prefix('/').unwrap_or(rest))
 }
 
+/// Who a request is: its bearer token (which wins), else the user of the client certificate
+/// the gateway verified, else nobody (the gateway's own user).
+pub(crate) struct Caller(pub(crate) Option<Identity>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Caller, ApiError> {
+        if let Some(token) = bearer_token(&parts.headers)? {
+            return Ok(Caller(Some(Identity::Token(token))));
+        }
+        let user = parts.extensions.get::<CertUser>().map(|u| Identity::User(u.0.clone()));
+        Ok(Caller(user))
+    }
+}
+
 /// The bearer token of `Authorization`, if any.
-pub(crate) fn bearer_token(headers: &HeaderMap) -> ApiResult<Option<String>> {
+fn bearer_token(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let value = value.to_str().map_err(|_| ApiError::bad_request("Authorization: not text"))?;
     match value.split_once(' ') {

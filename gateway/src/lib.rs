@@ -33,8 +33,9 @@ pub mod watch;
 /// The OpenAPI document of the API.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
-/// Clients kept for bearer tokens: one per token, the oldest dropped past this many.
-const TOKEN_CLIENTS_MAX: usize = 1024;
+/// Clients kept for callers (tokens, certificate users): one each, the oldest dropped past
+/// this many.
+const CALLER_CLIENTS_MAX: usize = 1024;
 
 /// `corekv gateway`'s flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -68,6 +69,11 @@ pub struct GatewayArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Ask HTTPS clients for a certificate and check it against these CA certificate(s)
+    /// (PEM): a request that shows one acts as its subject's user (the gateway's own user,
+    /// --cert, needs a role with `proxy = true`). A bearer token wins over it.
+    #[arg(long, requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
     /// CA certificate(s) (PEM) of the cluster's nodes, if not the registry's `[tls]` CA.
     #[arg(long)]
     pub cacert: Option<PathBuf>,
@@ -88,8 +94,9 @@ pub struct Gateway {
     config: ClientConfig,
     /// The client of requests without a token (the gateway's own identity, if any).
     anonymous: Client,
-    /// Clients of bearer tokens: each authenticates to the nodes as the token's user.
-    by_token: Mutex<TokenClients>,
+    /// Clients of bearer tokens and of the users of client certificates: each
+    /// authenticates to the nodes as its user.
+    by_caller: Mutex<CallerClients>,
     /// Watches open at once.
     pub(crate) watches: Arc<Semaphore>,
     pub(crate) max_body: usize,
@@ -100,10 +107,19 @@ pub struct Gateway {
 }
 
 #[derive(Default)]
-struct TokenClients {
-    clients: HashMap<String, Client>,
-    /// Tokens in the order they were first seen (the oldest is dropped first).
-    order: std::collections::VecDeque<String>,
+struct CallerClients {
+    clients: HashMap<Identity, Client>,
+    /// Callers in the order they were first seen (the oldest is dropped first).
+    order: std::collections::VecDeque<Identity>,
+}
+
+/// Who a request is, as the nodes will be told.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// A bearer token: the nodes look up its user.
+    Token(String),
+    /// The user of a client certificate the gateway verified: the gateway acts for it.
+    User(String),
 }
 
 impl Gateway {
@@ -116,7 +132,7 @@ impl Gateway {
         Gateway {
             anonymous: Client::connect(config.clone()),
             config,
-            by_token: Mutex::default(),
+            by_caller: Mutex::default(),
             watches: Arc::new(Semaphore::new(args.max_watches)),
             max_body: args.max_body,
             heartbeat: args.heartbeat,
@@ -125,23 +141,26 @@ impl Gateway {
         }
     }
 
-    /// The client a request acts through: its bearer token's, or the gateway's own.
-    pub(crate) fn client(&self, token: Option<&str>) -> Client {
-        let Some(token) = token else { return self.anonymous.clone() };
-        let mut cache = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = cache.clients.get(token) {
+    /// The client a request acts through: its caller's, or the gateway's own.
+    pub(crate) fn client(&self, caller: Option<&Identity>) -> Client {
+        let Some(caller) = caller else { return self.anonymous.clone() };
+        let mut cache = self.by_caller.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = cache.clients.get(caller) {
             return client.clone();
         }
-        if cache.order.len() >= TOKEN_CLIENTS_MAX {
+        if cache.order.len() >= CALLER_CLIENTS_MAX {
             if let Some(oldest) = cache.order.pop_front() {
                 cache.clients.remove(&oldest);
             }
         }
         let mut config = self.config.clone();
-        config.token = Some(token.to_string());
+        match caller {
+            Identity::Token(token) => config.token = Some(token.clone()),
+            Identity::User(user) => config.act_as = Some(user.clone()),
+        }
         let client = Client::connect(config);
-        cache.clients.insert(token.to_string(), client.clone());
-        cache.order.push_back(token.to_string());
+        cache.clients.insert(caller.clone(), client.clone());
+        cache.order.push_back(caller.clone());
         client
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use corekv_types::registry::{ClientCerts, TlsVersion};
+use corekv_types::tls;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -29,16 +31,19 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The TLS the flags ask for (`--tls-cert`, `--tls-key`), if any.
 pub fn tls_acceptor(args: &GatewayArgs) -> anyhow::Result<Option<TlsAcceptor>> {
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else { return Ok(None) };
-    let certs = corekv_types::tls::read_certs(cert).map_err(anyhow::Error::msg)?;
-    let key_der = corekv_types::tls::read_key(key).map_err(anyhow::Error::msg)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(corekv_types::tls::provider())
-        .with_protocol_versions(corekv_types::tls::versions(
-            corekv_types::registry::TlsVersion::Tls12,
-        ))
-        .context("TLS versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .with_context(|| format!("{} and {}", cert.display(), key.display()))?;
+    let min = TlsVersion::Tls12;
+    let mut config = match &args.client_ca {
+        Some(ca) => tls::server_config(ca, cert, key, ClientCerts::Optional, min)
+            .map_err(anyhow::Error::msg)?,
+        None => rustls::ServerConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(tls::versions(min))
+            .context("TLS versions")?
+            .with_no_client_auth()
+            .with_single_cert(tls::read_certs(cert).map_err(anyhow::Error::msg)?, {
+                tls::read_key(key).map_err(anyhow::Error::msg)?
+            })
+            .with_context(|| format!("{} and {}", cert.display(), key.display()))?,
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
@@ -79,10 +84,20 @@ pub async fn serve(
         tokio::spawn(async move {
             metrics.connections.inc();
             let served = match tls {
-                None => serve_connection(tcp, router, watcher).await,
+                None => serve_connection(tcp, None, router, watcher).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, router, watcher).await,
+                        Ok(Ok(stream)) => {
+                            // A certificate the handshake verified names the caller.
+                            let user = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(|cert| tls::subject_common_name(cert))
+                                .map(CertUser);
+                            serve_connection(stream, user, router, watcher).await
+                        }
                         Ok(Err(error)) => Err(format!("TLS handshake: {error}")),
                         Err(_) => Err("TLS handshake timed out".to_string()),
                     }
@@ -104,9 +119,15 @@ pub async fn serve(
     }
 }
 
+/// The user a connection's verified client certificate names (its subject's common name),
+/// in every request's extensions.
+#[derive(Debug, Clone)]
+pub struct CertUser(pub String);
+
 /// One connection's requests.
 async fn serve_connection<S>(
     stream: S,
+    user: Option<CertUser>,
     router: Router,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> Result<(), String>
@@ -115,7 +136,11 @@ where
 {
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut router = router.clone();
-        async move { router.call(request.map(axum::body::Body::new)).await }
+        let mut request = request.map(axum::body::Body::new);
+        if let Some(user) = &user {
+            request.extensions_mut().insert(user.clone());
+        }
+        async move { router.call(request).await }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).max_buf_size(64 * 1024);

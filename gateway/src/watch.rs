@@ -41,7 +41,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch as signal, OwnedSemaphorePermit};
 
-use crate::api::{add_meta, bearer_token, path_key, put_bytes, Query};
+use crate::api::{add_meta, path_key, put_bytes, Caller, Query};
 use crate::error::{ApiError, ApiResult};
 use crate::Gateway;
 
@@ -57,6 +57,7 @@ pub(crate) async fn watch(
     State(gateway): State<Arc<Gateway>>,
     uri: Uri,
     headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Response> {
     let key = path_key(uri.path(), "/v1/watch")?;
     let query = Query::parse(uri.query())?;
@@ -83,7 +84,7 @@ pub(crate) async fn watch(
     let permit = gateway.watches.clone().try_acquire_owned().map_err(|_| {
         ApiError::unavailable("the gateway is at its limit of watches: try another, or later")
     })?;
-    let client = gateway.client(bearer_token(&headers)?.as_deref());
+    let client = gateway.client(caller.0.as_ref());
     let shards: BTreeSet<ShardId> = client.shards_of(&scope).into_iter().collect();
     let spec = WatchSpec {
         scope,

@@ -16,7 +16,9 @@
 /// Version 7 added online backup (the backup request and the chunks that answer it).
 /// Version 8 added auth: the hello's bearer token and the `PermissionDenied` error (a node
 /// answers an older client `InvalidRequest` instead, with the same reason).
-pub const CLIENT_PROTOCOL_VERSION: u32 = 8;
+/// Version 9 added the hello's `as_user` (a proxy acting for another user): a node of
+/// version 8 would skip it and check the proxy's own rights instead.
+pub const CLIENT_PROTOCOL_VERSION: u32 = 9;
 
 /// The oldest client protocol a node still serves: everything a version-1 client asks means
 /// the same in version 2, and the fields it does not know it skips.

@@ -39,12 +39,12 @@ fn requests_round_trip() {
     assert_eq!(hello.cluster(), "local");
     assert_eq!(hello.protocol_version(), CLIENT_PROTOCOL_VERSION);
     assert_eq!(hello.shards(), 4);
-    assert_eq!(hello.token(), None);
-    let f = e.hello_with_token(1, "local", 4, Some("s3cret")).to_vec();
+    assert_eq!((hello.token(), hello.as_user()), (None, None));
+    let f = e.hello_as(1, "local", 4, Some("s3cret"), Some("alice")).to_vec();
     let hello = verify_request(payload(&f)).unwrap().request_as_hello().unwrap();
     assert_eq!(
-        (hello.token(), hello.protocol_version()),
-        (Some("s3cret"), CLIENT_PROTOCOL_VERSION)
+        (hello.token(), hello.as_user(), hello.protocol_version()),
+        (Some("s3cret"), Some("alice"), CLIENT_PROTOCOL_VERSION)
     );
 
     let f = e.get(2, b"key", Consistency::Stale).to_vec();

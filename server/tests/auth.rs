@@ -26,6 +26,8 @@ fn policy(svc_digest: &str, reader_writes: bool) -> String {
         "[[role]]\nname = \"app-read\"\nread = [\"app/\"]\n\n\
          [[role]]\nname = \"app-write\"\nwrite = [\"app/\"]\n\n\
          [[role]]\nname = \"all\"\nwrite = [\"\"]\nadmin = true\n\n\
+         [[role]]\nname = \"gateway\"\nproxy = true\n\n\
+         [[user]]\nname = \"gw\"\nroles = [\"gateway\"]\n\n\
          [[user]]\nname = \"reader\"\nroles = {reader_roles}\n\n\
          [[user]]\nname = \"root\"\nroles = [\"all\"]\n\n\
          [[user]]\nname = \"svc\"\nroles = [\"app-write\"]\ntokens = [\"sha256:{svc_digest}\"]\n"
@@ -172,13 +174,41 @@ fn tokens_and_unknown_users() {
     denied(block_on(svc.get("other/y")), "user \"svc\" may not read");
     let wrong = client_as(&cluster, &pki, None, Some("not-a-token"));
     match block_on(wrong.get("app/svc")) {
-        Err(Error::Handshake { reason, .. }) => assert!(reason.contains("token"), "{reason}"),
+        Err(Error::PermissionDenied(reason)) => assert!(reason.contains("token"), "{reason}"),
         other => panic!("expected the hello to be refused, got {other:?}"),
     }
     let nobody = client_as(&cluster, &pki, None, None);
     denied(block_on(nobody.get("app/svc")), "no user");
     let stranger = client_as(&cluster, &pki, Some("stranger"), None);
     denied(block_on(stranger.get("app/svc")), "\"stranger\" is not in the cluster's policy");
+}
+
+// Shows: a user with the proxy right acts for another user and gets exactly that user's
+// rights (a read-only user's reads pass, its writes are refused); without the right, or for
+// a user the policy does not know, the hello is refused; the proxy alone may do nothing.
+#[test]
+fn a_proxy_acts_for_other_users_with_their_rights() {
+    let (cluster, pki, _) = auth_cluster();
+    let root = cluster.client();
+    block_on(root.put("app/x", "1")).expect("root writes");
+    let acting = |user: &str, as_user: Option<&str>| {
+        let cert = pki.client(&pki.ca, &format!("user-{user}"), user, None);
+        let mut config = ClientConfig::new(cluster.registry.clone());
+        config.tls = Some(tls_config(&pki.path("ca.pem"), Some((&cert.0, &cert.1))));
+        config.act_as = as_user.map(str::to_string);
+        config.timeout = Duration::from_secs(5);
+        Client::connect(config)
+    };
+    let as_reader = acting("gw", Some("reader"));
+    let read = block_on(as_reader.get("app/x")).expect("the proxy reads as reader");
+    assert_eq!(read.map(|e| e.value), Some(b"1".to_vec()));
+    denied(block_on(as_reader.put("app/x", "2")), "user \"reader\" may not write");
+    denied(block_on(as_reader.get("other/y")), "user \"reader\" may not read");
+    let as_root = acting("gw", Some("root"));
+    block_on(as_root.put("other/y", "1")).expect("the proxy writes as root");
+    denied(block_on(acting("reader", Some("root")).get("app/x")), "may not act for other users");
+    denied(block_on(acting("gw", Some("nobody")).get("app/x")), "\"nobody\" is not in");
+    denied(block_on(acting("gw", None).get("app/x")), "user \"gw\" may not read");
 }
 
 // Shows: a changed policy applies after SIGHUP to connections already open (no restart), and

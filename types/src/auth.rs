@@ -14,11 +14,19 @@
 //! name = "operator"
 //! admin = true              # membership, leadership, status, backup
 //!
+//! [[role]]
+//! name = "gateway"
+//! proxy = true              # may act for any other user (the HTTP gateway)
+//!
 //! [[user]]
 //! name = "billing"          # a client certificate's subject common name, or a token's user
 //! roles = ["app-writer"]
 //! tokens = ["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
 //! ```
+//!
+//! A connection whose user has `proxy` may name, in its hello, another user to act for: every
+//! request is then checked against that user's rights alone. `corekv gateway` does this for
+//! the HTTP clients whose certificates it verified; give its user no other rights.
 //!
 //! A key range is readable when one prefix the user may read holds all of it (so a scan or a
 //! watch of a range is allowed or refused whole; it is never cut down silently).
@@ -47,6 +55,8 @@ struct RoleEntry {
     write: Vec<String>,
     #[serde(default)]
     admin: bool,
+    #[serde(default)]
+    proxy: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +78,8 @@ pub struct Access {
     pub write: Vec<Vec<u8>>,
     /// Membership, leadership transfers, status and backups.
     pub admin: bool,
+    /// May act for any other user (see the module docs).
+    pub proxy: bool,
 }
 
 impl Access {
@@ -157,6 +169,7 @@ impl Policy {
                     .read
                     .extend(role.read.iter().chain(&role.write).map(|p| p.as_bytes().to_vec()));
                 access.admin |= role.admin;
+                access.proxy |= role.proxy;
             }
             for token in &user.tokens {
                 let digest = token
@@ -212,6 +225,14 @@ write = ["logs/"]
 name = "ops"
 admin = true
 
+[[role]]
+name = "gateway"
+proxy = true
+
+[[user]]
+name = "gw"
+roles = ["gateway"]
+
 [[user]]
 name = "app"
 roles = ["reader", "writer"]
@@ -232,6 +253,9 @@ roles = ["ops"]
         assert!(app.can_read(b"logs/1") && app.can_write(b"logs/1"));
         assert!(!app.can_read(b"other/y") && !app.admin);
         assert!(policy.user("root").unwrap().admin);
+        assert!(!policy.user("root").unwrap().proxy && !app.proxy);
+        let gw = policy.user("gw").unwrap();
+        assert!(gw.proxy && !gw.admin && !gw.can_read(b"app/x"));
         assert!(policy.user("nobody").is_none());
         let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
         assert_eq!(policy.token_user(digest), Some("app"));

@@ -134,9 +134,7 @@ impl Client {
             Err(OpenError::Fatal(error)) => return Err(error),
             Err(OpenError::Refused(why) | OpenError::Unreachable(why)) => return again(why),
         };
-        let registry = &config.registry;
-        let greeting = (registry.cluster.as_str(), registry.shards, config.token.as_deref());
-        match hello(&mut stream, &addr, greeting, config.connect_timeout).await {
+        match hello(&mut stream, &addr, config.greeting(), config.connect_timeout).await {
             Ok(()) => {}
             Err(OpenError::Fatal(error)) => return Err(error),
             Err(OpenError::Refused(why) | OpenError::Unreachable(why)) => return again(why),

@@ -39,7 +39,7 @@ impl Client {
         })?;
         let conn = Connection::open(
             &addr,
-            (&config.registry.cluster, config.registry.shards, config.token.as_deref()),
+            config.greeting(),
             self.tls()?,
             config.connect_timeout,
             config.max_in_flight_per_connection,

@@ -56,6 +56,11 @@ pub struct ClientConfig {
     /// A bearer token naming the user, for a cluster with `[auth]` (it wins over the client
     /// certificate's user). Sent only over TLS.
     pub token: Option<String>,
+    /// The user to act for: the client's own user (certificate or token) needs a role with
+    /// `proxy = true` in the cluster's policy, and every request is then checked as this
+    /// user's (what the HTTP gateway does for the clients whose certificates it verified).
+    /// Sent only over TLS.
+    pub act_as: Option<String>,
 }
 
 impl ClientConfig {
@@ -72,6 +77,7 @@ impl ClientConfig {
             backoff_max: Duration::from_millis(500),
             tls: None,
             token: None,
+            act_as: None,
         }
     }
 }
@@ -142,9 +148,13 @@ impl Client {
                  (ClientConfig::tls; corekvctl reads the registry's CA, --cacert, --cert, --cert-key)"
                     .into(),
             ))),
-            (None, None) if config.token.is_some() => Err(OpenError::Fatal(crate::Error::Tls(
-                "a token is only sent over TLS, and the registry file has no [tls] section".into(),
-            ))),
+            (None, None) if config.token.is_some() || config.act_as.is_some() => {
+                Err(OpenError::Fatal(crate::Error::Tls(
+                    "a token or a user to act for is only sent over TLS, and the registry file \
+                     has no [tls] section"
+                        .into(),
+                )))
+            }
             (tls, _) => Ok(tls.as_ref()),
         }
     }

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::Client;
-use crate::connection::{hello, OpenError};
+use crate::connection::{hello, Greeting, OpenError};
 use crate::error::{Error, Result as ClientResult};
 use crate::types::KeyValue;
 use crate::watch::{Change, ChangeKind, PrevValue, WatchEvent, WatchMessage};
@@ -168,13 +168,13 @@ pub(super) struct WatchMux {
 impl WatchMux {
     async fn open(
         addr: &str,
-        cluster: &str,
-        (shards, shard): (u32, ShardId),
-        (tls, token): (Option<&crate::net::TlsConfig>, Option<&str>),
+        greeting: Greeting<'_>,
+        shard: ShardId,
+        tls: Option<&crate::net::TlsConfig>,
         timeout: Duration,
     ) -> Result<Arc<WatchMux>, OpenError> {
         let mut stream = crate::net::open(addr, tls, timeout).await?;
-        hello(&mut stream, addr, (cluster, shards, token), timeout).await?;
+        hello(&mut stream, addr, greeting, timeout).await?;
         let (read, write) = stream.into_split();
         let (frames, queue) = mpsc::channel(WRITE_QUEUE_FRAMES);
         let routes: Routes = Arc::default();
@@ -293,11 +293,9 @@ impl Client {
             .client_addr(node, shard)
             .ok_or_else(|| OpenError::Unreachable(format!("no address known for node {node}")))?;
         let config = &self.inner.config;
-        let (cluster, shards) = (&config.registry.cluster, config.registry.shards);
         let tls = self.tls()?;
-        let security = (tls, config.token.as_deref());
-        let mux = WatchMux::open(&addr, cluster, (shards, shard), security, config.connect_timeout)
-            .await?;
+        let mux =
+            WatchMux::open(&addr, config.greeting(), shard, tls, config.connect_timeout).await?;
         let lease = mux.place().expect("a new connection has room");
         let mut muxes = self.inner.watch_muxes.lock().unwrap_or_else(|p| p.into_inner());
         muxes.entry(key).or_default().push(mux);

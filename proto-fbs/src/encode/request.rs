@@ -42,20 +42,23 @@ impl RequestEncoder {
     /// The first request of a connection: the cluster name and the shard count of the
     /// client's registry file.
     pub fn hello(&mut self, id: u64, cluster: &str, shards: u32) -> &[u8] {
-        self.hello_with_token(id, cluster, shards, None)
+        self.hello_as(id, cluster, shards, None, None)
     }
 
-    /// A hello that carries a bearer token naming the user.
-    pub fn hello_with_token(
+    /// A hello that carries a bearer token naming the user, and the user the connection
+    /// acts for (its own user needs the `proxy` right).
+    pub fn hello_as(
         &mut self,
         id: u64,
         cluster: &str,
         shards: u32,
         token: Option<&str>,
+        as_user: Option<&str>,
     ) -> &[u8] {
         self.fbb.reset();
         let cluster = self.fbb.create_string(cluster);
         let token = token.map(|t| self.fbb.create_string(t));
+        let as_user = as_user.map(|u| self.fbb.create_string(u));
         let hello = c::Hello::create(
             &mut self.fbb,
             &c::HelloArgs {
@@ -63,6 +66,7 @@ impl RequestEncoder {
                 protocol_version: CLIENT_PROTOCOL_VERSION,
                 shards,
                 token,
+                as_user,
             },
         );
         self.finish(id, c::Request::Hello, hello.as_union_value())
@@ -81,7 +85,12 @@ impl RequestEncoder {
         let cluster = self.fbb.create_string(cluster);
         let hello = c::Hello::create(
             &mut self.fbb,
-            &c::HelloArgs { cluster: Some(cluster), protocol_version, shards, token: None },
+            &c::HelloArgs {
+                cluster: Some(cluster),
+                protocol_version,
+                shards,
+                ..Default::default()
+            },
         );
         self.finish(id, c::Request::Hello, hello.as_union_value())
     }

@@ -1876,6 +1876,7 @@ impl<'a> Hello<'a> {
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 6;
   pub const VT_SHARDS: ::flatbuffers::VOffsetT = 8;
   pub const VT_TOKEN: ::flatbuffers::VOffsetT = 10;
+  pub const VT_AS_USER: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1887,6 +1888,7 @@ impl<'a> Hello<'a> {
     args: &'args HelloArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
     let mut builder = HelloBuilder::new(_fbb);
+    if let Some(x) = args.as_user { builder.add_as_user(x); }
     if let Some(x) = args.token { builder.add_token(x); }
     builder.add_shards(args.shards);
     builder.add_protocol_version(args.protocol_version);
@@ -1926,6 +1928,15 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_TOKEN, None)}
   }
+  /// The user this connection acts for (client protocol 9): its own user (certificate or
+  /// token) needs the `proxy` right, and every request is checked as this user's.
+  #[inline]
+  pub fn as_user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_AS_USER, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -1938,6 +1949,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
      .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
      .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("token", Self::VT_TOKEN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("as_user", Self::VT_AS_USER, false)?
      .finish();
     Ok(())
   }
@@ -1947,6 +1959,7 @@ pub struct HelloArgs<'a> {
     pub protocol_version: u32,
     pub shards: u32,
     pub token: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub as_user: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -1956,6 +1969,7 @@ impl<'a> Default for HelloArgs<'a> {
       protocol_version: 0,
       shards: 0,
       token: None,
+      as_user: None,
     }
   }
 }
@@ -1982,6 +1996,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_TOKEN, token);
   }
   #[inline]
+  pub fn add_as_user(&mut self, as_user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_AS_USER, as_user);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloBuilder {
@@ -2004,6 +2022,7 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.field("protocol_version", &self.protocol_version());
       ds.field("shards", &self.shards());
       ds.field("token", &self.token());
+      ds.field("as_user", &self.as_user());
       ds.finish()
   }
 }

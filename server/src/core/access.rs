@@ -3,7 +3,9 @@
 //!
 //! A connection's user is its client certificate's subject common name (the shell tells the
 //! core at accept) or, when its hello carries a bearer token the policy knows, the token's
-//! user (the token wins). The token and the user's rights are looked up in the policy in force
+//! user (the token wins). A hello may also name a user to act for (`as_user`): the
+//! connection's own user must then have the `proxy` right, and requests are checked as the
+//! named user's (the HTTP gateway acting for the clients whose certificates it verified). The token and the user's rights are looked up in the policy in force
 //! at each request, so a SIGHUP that changes them (or removes the token) applies to open
 //! connections at once; running watches are checked again after a reload and the refused
 //! ones end with `PermissionDenied`. Every request is checked before it is served: reads need
@@ -46,6 +48,8 @@ struct Principal {
     /// The digest of the hello's token (looked up again at each request: a token removed
     /// from the policy stops working at once).
     token: Option<String>,
+    /// The user the hello said the connection acts for.
+    as_user: Option<String>,
     /// A hello of this connection was refused: nothing more is served on it.
     refused: bool,
     /// The client protocol its hello said it speaks (older than 8: no `PermissionDenied`).
@@ -68,29 +72,41 @@ impl AccessControl {
         self.principals.remove(&conn);
     }
 
-    /// The hello's protocol version and token: the user the token names, or why it is
-    /// refused.
+    /// The hello's protocol version, token and user to act for: the user the connection
+    /// is, or why it is refused.
     pub(super) fn hello(
         &mut self,
         conn: ConnId,
         protocol: u32,
         token: Option<&str>,
+        as_user: Option<&str>,
     ) -> Result<(), String> {
-        let Some(auth) = &self.auth else { return Ok(()) };
+        let Some(auth) = self.auth.clone() else { return Ok(()) };
         let principal = self.principals.entry(conn).or_default();
         principal.protocol = protocol;
         if principal.refused {
             return Err("a hello on this connection was refused".into());
         }
-        let Some(token) = token else { return Ok(()) };
-        let digest = crate::auth::token_digest(token);
-        if auth.policy().token_user(&digest).is_none() {
-            principal.refused = true;
-            return Err(
-                "the token is not one the cluster's policy knows (revoked, or mistyped?)".into()
-            );
+        if let Some(token) = token {
+            let digest = crate::auth::token_digest(token);
+            if auth.policy().token_user(&digest).is_none() {
+                principal.refused = true;
+                return Err("the token is not one the cluster's policy knows (revoked, or \
+                            mistyped?)"
+                    .into());
+            }
+            principal.token = Some(digest);
         }
-        principal.token = Some(digest);
+        principal.as_user = as_user.map(str::to_string);
+        if as_user.is_some() {
+            let policy = auth.policy();
+            if let Err(reason) = self.access(conn, &policy) {
+                if let Some(principal) = self.principals.get_mut(&conn) {
+                    principal.refused = true;
+                }
+                return Err(reason);
+            }
+        }
         Ok(())
     }
 
@@ -112,7 +128,18 @@ impl AccessControl {
         let access = policy
             .user(user)
             .ok_or_else(|| format!("user {user:?} is not in the cluster's policy"))?;
-        Ok((user, access))
+        let Some(acting) = principal.and_then(|p| p.as_user.as_deref()) else {
+            return Ok((user, access));
+        };
+        if !access.proxy {
+            return Err(format!(
+                "user {user:?} may not act for other users (none of its roles has proxy = true)"
+            ));
+        }
+        let access = policy
+            .user(acting)
+            .ok_or_else(|| format!("user {acting:?} is not in the cluster's policy"))?;
+        Ok((acting, access))
     }
 
     /// Whether connection `conn`'s user may still read every key in `[start, end)` (a running

@@ -132,7 +132,18 @@ impl ShardCore {
             Some(hello) if hello.shards() != 0 && hello.shards() != self.cfg.shards => {
                 Some(corekv_types::registry::shard_count_mismatch(self.cfg.shards, hello.shards()))
             }
-            Some(hello) => self.access.hello(conn, hello.protocol_version(), hello.token()).err(),
+            Some(hello) => {
+                let (protocol, token, as_user) =
+                    (hello.protocol_version(), hello.token(), hello.as_user());
+                if let Err(reason) = self.access.hello(conn, protocol, token, as_user) {
+                    // The user is unknown or may not act as it asks: a permission refusal.
+                    let caller = Caller { conn, id, op: Op::Hello, start_us: self.now_us };
+                    self.permission_denied(caller, &reason);
+                    self.out.close.push(conn);
+                    return;
+                }
+                None
+            }
         };
         match refusal {
             Some(reason) => {
