@@ -14,6 +14,22 @@ with_etcd="${2:-}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 say() { printf '\n-- %s\n' "$*"; }
+# check_table TABLE ROWS SYSTEM...: summarize.py's table has ROWS rows of the SYSTEMs, each
+# with a throughput and no errors.
+check_table() {
+  python3 - "$@" <<'EOF'
+import sys
+path, want, systems = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+table = open(path).read().splitlines()
+rows = [l for l in table if l.startswith("| ") and any(f" {s} |" in l for s in systems)]
+assert len(rows) == want, f"expected {want} rows of {systems}: {rows}"
+for row in rows:
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[4].replace(",", "")) > 0, row
+    assert cells[10] == "0", f"errors in {row}"
+print(f"{path}: {want} rows, well-formed")
+EOF
+}
 no_leftover_nodes() { # a spawned cluster's nodes must not outlive corekv-bench
   if pgrep -af 'corekv serve --registry [^ ]*corekv-bench'; then
     echo "nodes of a spawned cluster outlived corekv-bench" >&2
@@ -68,20 +84,21 @@ if "$bin/corekv-bench" put --concurrency 0 --registry /nonexistent 2>"$work/bad.
 fi
 grep -q "at least 1" "$work/bad.err"
 
+say "bench/compare-etcd.sh --quick: the HTTP gateway under wrk (HTTP/1.1) and h2load (HTTP/2)"
+bench/compare-etcd.sh --quick --no-build --bin-dir "$bin" --systems "corekv-http corekv-http2" \
+  --workloads "put get" --out "$work/http" >/dev/null
+cat "$work/http/table.md"
+check_table "$work/http/table.md" 8 corekv-http corekv-http2
+
 if [ "$with_etcd" = "--with-etcd" ]; then
 say "bench/compare-etcd.sh --quick: corekv and a 3-member etcd, side by side"
 bench/compare-etcd.sh --quick --no-build --bin-dir "$bin" --out "$work/compare" >/dev/null
 cat "$work/compare/table.md"
+check_table "$work/compare/table.md" 12 corekv etcd
 python3 - "$work/compare" <<'EOF'
 import sys, xml.etree.ElementTree as ET
 out = sys.argv[1]
 table = open(f"{out}/table.md").read().splitlines()
-rows = [l for l in table if l.startswith("| ") and ("corekv |" in l or "etcd |" in l)]
-assert len(rows) == 12, f"expected 12 rows (2 systems x 3 workloads x 2 concurrencies): {rows}"
-for row in rows:
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert float(cells[4].replace(",", "")) > 0, row
-    assert cells[10] == "0", f"errors in {row}"
 ratios = [l for l in table if l.startswith("| ") and l.rstrip().endswith("× |")]
 assert len(ratios) == 6, ratios
 for w in ("put", "get", "mixed"):

@@ -3,7 +3,8 @@
 #
 #   bench/compare-etcd.sh [--out DIR] [--runs N] [--duration S] [--warmup S]
 #                         [--concurrency "1 16 64 256"] [--workloads "put get mixed"]
-#                         [--keys N] [--systems "corekv corekv-tls corekv-tls-auth etcd"]
+#                         [--keys N]
+#                         [--systems "corekv corekv-tls corekv-tls-auth corekv-http corekv-http2 etcd"]
 #                         [--bin-dir DIR] [--no-build]
 #                         [--watch "WATCHERS@RATE ..."] [--expire "RATE@TTL_MS ..."]
 #                         [--expire-with-leases] [--leases "LEASES@TTL_MS ..."] [--quick]
@@ -17,7 +18,9 @@
 # corekv/etcd per row; every run's JSON and .hgrm are kept in DIR; DIR/latency-*.svg overlay
 # the two systems' latency curves at the highest concurrency. `corekv-tls` is the same corekv
 # with TLS on every port and a client certificate (`corekv dev --tls`); `corekv-tls-auth` adds
-# users and roles, every request checked (`corekv dev --auth`).
+# users and roles, every request checked (`corekv dev --auth`). `corekv-http` is the same
+# corekv through one `corekv gateway` (the HTTP API), loaded by wrk (the Debian package) with
+# bench/http.lua: the same keys, values and workloads, one request in flight per connection.
 #
 # --watch adds, per system, `corekv-bench watch` runs: WATCHERS watchers on one prefix while
 # writes arrive at RATE per second (open loop); DIR/watch-table.md has their medians
@@ -54,6 +57,7 @@ bin_dir="target/release"
 build=1
 corekv_port=7500
 etcd_port=12379
+gateway_port=7680
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "compare-etcd.sh: $*" >&2; exit 2; }
@@ -97,10 +101,16 @@ for spec in $leases; do
 done
 for s in $systems; do
   case "$s" in
-    corekv|corekv-tls|corekv-tls-auth|etcd) ;;
-    *) die "unknown system '$s' (corekv, corekv-tls, corekv-tls-auth or etcd)" ;;
+    corekv|corekv-tls|corekv-tls-auth|corekv-http|corekv-http2|etcd) ;;
+    *) die "unknown system '$s' (corekv, corekv-tls, corekv-tls-auth, corekv-http, corekv-http2 or etcd)" ;;
   esac
 done
+case " $systems " in *" corekv-http "*)
+  command -v wrk >/dev/null || die "wrk not found: apt-get install wrk"
+esac
+case " $systems " in *" corekv-http2 "*)
+  command -v h2load >/dev/null || die "h2load not found: apt-get install nghttp2-client"
+esac
 case " $systems " in *" etcd "*)
   command -v etcd >/dev/null || die "etcd not found: apt-get install etcd-server"
 esac
@@ -149,6 +159,67 @@ start_corekv() {
   die "corekv dev did not come up (see $out/corekv-dev.err)"
 }
 
+# One `corekv gateway` in front of the running corekv, on one thread: it shares the machine's
+# CPUs with the three nodes and wrk, and hand-offs between its threads cost more than a
+# second thread gains there (bench/RESULTS.md).
+start_gateway() {
+  "$corekv" gateway --registry "$out/corekv-data/corekv.toml" \
+    --listen "127.0.0.1:$gateway_port" --max-connections 8192 --threads 1 \
+    >"$out/gateway.out" 2>"$out/gateway.err" &
+  pids+=("$!")
+  local i
+  for i in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$gateway_port/health" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  cat "$out/gateway.err" >&2
+  die "corekv gateway did not come up (see $out/gateway.err)"
+}
+
+# One run through the gateway: wrk with bench/http.lua, after a warm-up run.
+run_http() {
+  local w="$1" c="$2" name="$3" threads=2 warm="${warmup%.*}"
+  [ "$c" -lt 2 ] && threads=1
+  [ "${warm:-0}" -lt 1 ] && warm=1
+  local url="http://127.0.0.1:$gateway_port"
+  WORKLOAD="$w" KEYS="$keys" CONCURRENCY="$c" \
+    wrk -t"$threads" -c"$c" -d"${warm}s" --timeout 10s -s bench/http.lua "$url" \
+    >/dev/null 2>&1 || true
+  WORKLOAD="$w" KEYS="$keys" CONCURRENCY="$c" JSON="$out/$name.json" \
+    wrk -t"$threads" -c"$c" -d"${duration}s" --timeout 10s -s bench/http.lua "$url" \
+    >"$out/$name.txt" 2>"$out/$name.progress" \
+    || die "$name failed: $(tail -n 3 "$out/$name.progress")"
+}
+
+# One run through the gateway over HTTP/2: h2load over a fixed list of random keys' URLs.
+run_http2() {
+  local w="$1" c="$2" name="$3" conns streams threads=1 warm="${warmup%.*}"
+  conns="$(connections_for "$c")"
+  streams=$((c / conns))
+  [ "$conns" -ge 2 ] && threads=2
+  [ "${warm:-0}" -lt 1 ] && warm=1
+  python3 - "$out/h2-urls.txt" "$keys" "http://127.0.0.1:$gateway_port" <<'EOF'
+import random, sys
+path, keys, base = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(path, "w") as f:
+    for _ in range(16384):
+        f.write(f"{base}/v1/kv/k{random.randrange(keys):015d}\n")
+EOF
+  local put=()
+  if [ "$w" = put ]; then
+    printf 'v%.0s' $(seq 100) >"$out/h2-value"
+    put=(-d "$out/h2-value" -H ':method: PUT')
+  fi
+  rm -f "$out/$name.h2log"
+  h2load "${put[@]}" -i "$out/h2-urls.txt" -c "$conns" -m "$streams" -t "$threads" \
+    -D "$duration" --warm-up-time "$warm" --log-file "$out/$name.h2log" \
+    >"$out/$name.txt" 2>"$out/$name.progress" \
+    || die "$name failed: $(tail -n 3 "$out/$name.progress")"
+  python3 bench/h2load-result.py "$out/$name.txt" "$out/$name.h2log" "$w" "$c" "$out/$name.json" \
+    || die "$name: h2load's output was not understood"
+  rm -f "$out/$name.h2log"
+}
+
 start_etcd() {
   local cluster="" i client peer
   for i in 1 2 3; do
@@ -192,6 +263,7 @@ run_system() {
     corekv) start_corekv ;;
     corekv-tls) start_corekv tls ;;
     corekv-tls-auth) start_corekv auth ;;
+    corekv-http|corekv-http2) start_corekv && start_gateway ;;
     *) start_etcd ;;
   esac
   if [ -n "$workloads" ]; then
@@ -203,6 +275,18 @@ run_system() {
     for c in $concurrency; do
       for r in $(seq 1 "$runs"); do
         name="$system-$w-c$c-r$r"
+        if [ "$system" = corekv-http ] || [ "$system" = corekv-http2 ]; then
+          if [ "$system" = corekv-http ]; then
+            run_http "$w" "$c" "$name"
+          elif [ "$w" = mixed ]; then
+            say "$name: skipped (h2load sends one method per run)"
+            continue
+          else
+            run_http2 "$w" "$c" "$name"
+          fi
+          say "$name: $(grep -o '"ops_per_sec": [0-9.]*' "$out/$name.json")"
+          continue
+        fi
         "$bench" "$w" "${target_args[@]}" --keys "$keys" --concurrency "$c" \
           --connections "$(connections_for "$c")" --warmup "$warmup" --duration "$duration" \
           --label "$system $w c=$c" --json "$out/$name.json" --hgrm "$out/$name.hgrm" \
@@ -213,6 +297,10 @@ run_system() {
     done
   done
   local spec watchers rate
+  if [ "$system" = corekv-http ] || [ "$system" = corekv-http2 ]; then
+    cleanup
+    return 0 # the watch, expiry and lease runs speak the native protocol
+  fi
   for spec in $watch; do
     watchers="${spec%@*}"
     rate="${spec#*@}"
@@ -280,6 +368,8 @@ top="${concurrency##* }"
 for w in $workloads; do
   files=()
   for system in $systems; do
+    # wrk and h2load keep no latency histogram file.
+    [ "$system" = corekv-http ] || [ "$system" = corekv-http2 ] && continue
     median="$(python3 bench/summarize.py --median-file "$out" "$system" "$w" "$top")"
     [ -n "$median" ] && files+=("$median")
   done

@@ -33,6 +33,7 @@ prefix=$work/root
 "$here/install.sh" --prefix "$prefix" --bin-dir "$bin" \
   --registry "$here/registry/cluster-3-nodes.toml" --node-id 2 > "$work/install1.log"
 for f in usr/local/bin/corekv usr/local/bin/corekvctl etc/systemd/system/corekv.service \
+  etc/systemd/system/corekv-gateway.service etc/corekv/corekv-gateway.env \
   etc/sysctl.d/90-corekv.conf etc/corekv/corekv.env etc/corekv/corekv.toml \
   usr/local/share/doc/corekv/RUNBOOK.md usr/local/share/doc/corekv/TUNING.md \
   usr/local/share/corekv/corekv-alerts.yml usr/local/share/corekv/rolling-restart.sh \
@@ -63,7 +64,9 @@ step "systemd-analyze verify"
 mkdir -p "$work/units"
 sed "s|/usr/local/bin/corekv|$prefix/usr/local/bin/corekv|" \
   "$prefix/etc/systemd/system/corekv.service" > "$work/units/corekv.service"
-systemd-analyze verify "$work/units/corekv.service"
+sed "s|/usr/local/bin/corekv|$prefix/usr/local/bin/corekv|" \
+  "$prefix/etc/systemd/system/corekv-gateway.service" > "$work/units/corekv-gateway.service"
+systemd-analyze verify "$work/units/corekv.service" "$work/units/corekv-gateway.service"
 
 step "setup-nvme.sh --dry-run"
 image=$work/disk.img

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs corekv on a host: the binaries, the systemd unit, the per-host environment file,
-# the registry file, the sysctl file and the runbook. Safe to run again (an upgrade replaces
-# the binaries, the unit and the docs; the environment and registry files the operator edited
-# are kept unless --force-config).
+# Installs corekv on a host: the binaries, the systemd units (the node's; the HTTP gateway's,
+# not enabled), the environment files, the registry file, the sysctl file and the runbook.
+# Safe to run again (an upgrade replaces the binaries, the units and the docs; the
+# environment and registry files the operator edited are kept unless --force-config).
 #
 #   install.sh [--prefix DIR] [--bin-dir DIR] [--registry FILE] [--node-id N]
 #              [--data-dir DIR] [--force-config]
@@ -70,7 +70,8 @@ install -m 0755 "$bin_dir/corekv" "$bin_dir/corekvctl" "$prefix/usr/local/bin/"
 echo "== systemd unit, sysctl, docs"
 install -d -m 0755 "$prefix/etc/systemd/system" "$prefix/etc/sysctl.d" \
   "$prefix/usr/local/share/doc/corekv" "$prefix/usr/local/share/corekv"
-install -m 0644 "$here/systemd/corekv.service" "$prefix/etc/systemd/system/corekv.service"
+install -m 0644 "$here/systemd/corekv.service" "$here/systemd/corekv-gateway.service" \
+  "$prefix/etc/systemd/system/"
 install -m 0644 "$here/sysctl/90-corekv.conf" "$prefix/etc/sysctl.d/90-corekv.conf"
 install -m 0644 "$here/RUNBOOK.md" "$here/TUNING.md" "$prefix/usr/local/share/doc/corekv/"
 install -m 0644 "$here/prometheus/corekv-alerts.yml" "$prefix/usr/local/share/corekv/"
@@ -90,6 +91,12 @@ else
   chmod 0644 "$env_file.tmp"
   mv "$env_file.tmp" "$env_file"
   [ -n "$node_id" ] || echo "note: set COREKV_NODE_ID in $env_file (written with 1)"
+fi
+gateway_env="$prefix/etc/corekv/corekv-gateway.env"
+if [ -e "$gateway_env" ] && [ "$force_config" = 0 ]; then
+  echo "keeping $gateway_env"
+else
+  install -m 0644 "$here/systemd/corekv-gateway.env" "$gateway_env"
 fi
 if [ -n "$registry" ]; then
   if [ -e "$prefix/etc/corekv/corekv.toml" ] && [ "$force_config" = 0 ] &&
@@ -115,3 +122,4 @@ echo "== system"
 host sysctl --quiet --system
 host systemctl daemon-reload
 echo "installed. Next: systemctl enable --now corekv; then corekvctl status (RUNBOOK.md, 'First start')"
+echo "the HTTP gateway, where wanted: systemctl enable --now corekv-gateway (RUNBOOK.md, 'The HTTP gateway')"

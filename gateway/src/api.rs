@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -38,6 +38,7 @@ use serde_json::{json, Map, Value};
 use corekv_proto::constants::VALUE_BYTES_MAX;
 
 use crate::error::{ApiError, ApiResult};
+use crate::metrics::ENDPOINTS;
 use crate::serve::CertUser;
 use crate::{Gateway, Identity};
 
@@ -85,10 +86,18 @@ async fn track(State(gateway): State<Arc<Gateway>>, request: Request, next: Next
     response
 }
 
-/// The endpoint a request is for, as a metrics label.
-fn endpoint_of(method: &Method, uri: &Uri) -> &'static str {
+/// The endpoint a request is for: its index in [`ENDPOINTS`].
+fn endpoint_of(method: &Method, uri: &Uri) -> usize {
+    let name = endpoint_name(method, uri);
+    ENDPOINTS.iter().position(|e| *e == name).unwrap_or(ENDPOINTS.len() - 1)
+}
+
+fn endpoint_name(method: &Method, uri: &Uri) -> &'static str {
     let path = uri.path();
-    let prefix = Query::parse(uri.query()).map(|q| q.flag("prefix")).unwrap_or(false);
+    // As Query::flag reads it, without decoding the query.
+    let prefix = uri.query().is_some_and(|query| {
+        query.split('&').any(|p| matches!(p, "prefix" | "prefix=" | "prefix=true" | "prefix=1"))
+    });
     match (method, path) {
         (_, p) if p.starts_with("/v1/kv") => match (method, prefix) {
             (&Method::GET, true) => "kv_list",
@@ -138,9 +147,13 @@ async fn kv(
     let key = path_key(uri.path(), "/v1/kv")?;
     let query = Query::parse(uri.query())?;
     let client = gateway.client(caller.0.as_ref());
-    let shard = || client.shard_of(&key);
+    let shard = client.shard_of(&key);
+    let prefix = query.flag("prefix")?;
     match method {
-        Method::GET | Method::HEAD if query.flag("prefix") => {
+        Method::HEAD if prefix => {
+            Err(ApiError::bad_request("a listing has no HEAD: GET it (?prefix)"))
+        }
+        Method::GET if prefix => {
             query.only(&["prefix", "limit", "page", "keys_only", "stale", "format"])?;
             if !json_format(&query)? && query.get("format").is_some() {
                 return Err(ApiError::bad_request("a listing is JSON: format=json or none"));
@@ -148,23 +161,23 @@ async fn kv(
             list(&client, key, &query).await
         }
         Method::GET | Method::HEAD => {
-            query.only(&["stale", "format"])?;
+            query.only(&["stale", "format", "prefix"])?;
             let json = json_format(&query)?;
-            let options = ReadOptions { consistency: consistency(&query), ..Default::default() };
+            let options = ReadOptions { consistency: consistency(&query)?, ..Default::default() };
             let entry = client.get_with(&key, options).await?;
             let entry = entry.ok_or_else(|| ApiError::not_found("the key does not exist"))?;
             let stale = options.consistency == Consistency::Stale;
             Ok(if json {
-                let mut response = Json(entry_json(&entry, shard())).into_response();
-                meta_headers(response.headers_mut(), &entry.meta, shard());
+                let mut response = Json(entry_json(&entry, shard)).into_response();
+                meta_headers(response.headers_mut(), &entry.meta, shard);
                 response
             } else {
-                value_response(&entry, shard(), stale)
+                value_response(entry, shard, stale)
             })
         }
         Method::PUT => {
             query.only(&["cas", "ttl", "lease"])?;
-            let value = read_body(body, VALUE_BYTES_MAX, "the value").await?;
+            let value = read_body(body, VALUE_BYTES_MAX.min(gateway.max_body), "the value").await?;
             let options = write_options(&query)?;
             let meta = match query.number("cas")? {
                 None => client.put_with(&key, &value, options).await?,
@@ -186,17 +199,17 @@ async fn kv(
                     }
                 }
             };
-            let mut response = Json(meta_json(&key, &meta, shard())).into_response();
-            meta_headers(response.headers_mut(), &meta, shard());
+            let mut response = Json(meta_json(&key, &meta, shard)).into_response();
+            meta_headers(response.headers_mut(), &meta, shard);
             Ok(response)
         }
-        Method::DELETE if query.flag("prefix") => {
+        Method::DELETE if prefix => {
             query.only(&["prefix"])?;
             let deleted = delete_prefix(&client, &key).await?;
             Ok(Json(json!({"deleted": deleted})).into_response())
         }
         Method::DELETE => {
-            query.only(&["cas"])?;
+            query.only(&["cas", "prefix"])?;
             let deleted = match query.number("cas")? {
                 None => client.delete(&key).await?,
                 Some(cas) => {
@@ -242,8 +255,8 @@ async fn list(client: &Client, prefix: Vec<u8>, query: &Query) -> ApiResult<Resp
     }
     let options = ScanOptions {
         limit,
-        keys_only: query.flag("keys_only"),
-        consistency: consistency(query),
+        keys_only: query.flag("keys_only")?,
+        consistency: consistency(query)?,
         continuation,
         timeout: None,
     };
@@ -375,14 +388,13 @@ async fn lease_grant(
 /// `GET /v1/lease/{id}`: its time to live and time left; `?keys` lists its keys.
 async fn lease_info(
     State(gateway): State<Arc<Gateway>>,
-    Path(id): Path<String>,
     uri: Uri,
     caller: Caller,
 ) -> ApiResult<Response> {
     let query = Query::parse(uri.query())?;
     query.only(&["keys"])?;
     let client = gateway.client(caller.0.as_ref());
-    let info = client.lease_time_to_live(lease_id(&id)?, query.flag("keys")).await?;
+    let info = client.lease_time_to_live(lease_in_path(&uri)?, query.flag("keys")?).await?;
     let keys: Vec<Value> = info.keys.iter().map(|k| bytes_json(k)).collect();
     Ok(Json(json!({"id": info.id.to_string(), "ttl_ms": info.ttl.as_millis() as u64,
         "remaining_ms": info.remaining.as_millis() as u64, "keys": keys}))
@@ -392,13 +404,12 @@ async fn lease_info(
 /// `POST /v1/lease/{id}/keepalive`: restarts its time to live.
 async fn lease_keep_alive(
     State(gateway): State<Arc<Gateway>>,
-    Path(id): Path<String>,
     uri: Uri,
     caller: Caller,
 ) -> ApiResult<Response> {
     Query::parse(uri.query())?.only(&[])?;
     let client = gateway.client(caller.0.as_ref());
-    let id = lease_id(&id)?;
+    let id = lease_in_path(&uri)?;
     let kept = client.lease_keep_alive(id).await?;
     Ok(Json(json!({"id": id.to_string(), "ttl_ms": kept.ttl.as_millis() as u64,
         "durable_ms": kept.durable.as_millis() as u64}))
@@ -408,15 +419,22 @@ async fn lease_keep_alive(
 /// `DELETE /v1/lease/{id}`: ends it and deletes its keys.
 async fn lease_revoke(
     State(gateway): State<Arc<Gateway>>,
-    Path(id): Path<String>,
     uri: Uri,
     caller: Caller,
 ) -> ApiResult<Response> {
     Query::parse(uri.query())?.only(&[])?;
     let client = gateway.client(caller.0.as_ref());
-    let id = lease_id(&id)?;
+    let id = lease_in_path(&uri)?;
     let deleted = client.lease_revoke(id).await?;
     Ok(Json(json!({"id": id.to_string(), "deleted_keys": deleted})).into_response())
+}
+
+/// The lease id of `/v1/lease/{id}[/...]`.
+fn lease_in_path(uri: &Uri) -> ApiResult<LeaseId> {
+    let segment = uri.path().split('/').nth(3).unwrap_or_default();
+    let text = String::from_utf8(percent_decode(segment)?)
+        .map_err(|_| ApiError::bad_request("lease id: not text"))?;
+    lease_id(&text)
 }
 
 fn lease_id(text: &str) -> ApiResult<LeaseId> {
@@ -467,9 +485,16 @@ impl Query {
         self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
-    /// A flag: present without a value, or `true`/`1`.
-    pub(crate) fn flag(&self, name: &str) -> bool {
-        matches!(self.get(name), Some("" | "true" | "1"))
+    /// A flag: true when present without a value or as `true`/`1`, false when absent or
+    /// `false`/`0`; anything else is an error (not a silent false).
+    pub(crate) fn flag(&self, name: &str) -> ApiResult<bool> {
+        match self.get(name) {
+            None | Some("false" | "0") => Ok(false),
+            Some("" | "true" | "1") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "{name}={other:?}: a flag is true or false (1 or 0, or given without a value)"
+            ))),
+        }
     }
 
     pub(crate) fn number(&self, name: &str) -> ApiResult<Option<u64>> {
@@ -490,7 +515,8 @@ pub(crate) fn percent_decode(text: &str) -> ApiResult<Vec<u8>> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+            let hex = hex.and_then(|h| std::str::from_utf8(h).ok());
             let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| {
                 ApiError::bad_request("a % in the URL is not followed by two hexadecimal digits")
             })?;
@@ -514,11 +540,21 @@ pub(crate) fn path_key(path: &str, base: &str) -> ApiResult<Vec<u8>> {
 /// the gateway verified, else nobody (the gateway's own user).
 pub(crate) struct Caller(pub(crate) Option<Identity>);
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
+impl FromRequestParts<Arc<Gateway>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Caller, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        gateway: &Arc<Gateway>,
+    ) -> Result<Caller, ApiError> {
         if let Some(token) = bearer_token(&parts.headers)? {
+            if !gateway.tokens_allowed {
+                return Err(ApiError::bad_request(
+                    "a bearer token over plaintext HTTP is refused: use the gateway's HTTPS \
+                     (--tls-cert), or start it with --plaintext-tokens behind a proxy that \
+                     terminates TLS",
+                ));
+            }
             return Ok(Caller(Some(Identity::Token(token))));
         }
         let user = parts.extensions.get::<CertUser>().map(|u| Identity::User(u.0.clone()));
@@ -540,19 +576,23 @@ fn bearer_token(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
-/// The request body, up to `limit` bytes (413 past it, without reading the rest).
+/// The request body, up to `limit` bytes (413 past it, without reading the rest; 400 for a
+/// body that could not be read).
 async fn read_body(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::too_large(format!("{what} is over the limit of {limit} bytes")))
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(inner) = cause {
+            if inner.is::<http_body_util::LengthLimitError>() {
+                return ApiError::too_large(format!("{what} is over the limit of {limit} bytes"));
+            }
+            cause = inner.source();
+        }
+        ApiError::bad_request(format!("reading the body: {error}"))
+    })
 }
 
-fn consistency(query: &Query) -> Consistency {
-    if query.flag("stale") {
-        Consistency::Stale
-    } else {
-        Consistency::Linearizable
-    }
+fn consistency(query: &Query) -> ApiResult<Consistency> {
+    Ok(if query.flag("stale")? { Consistency::Stale } else { Consistency::Linearizable })
 }
 
 fn json_format(query: &Query) -> ApiResult<bool> {
@@ -647,8 +687,8 @@ fn meta_headers(headers: &mut HeaderMap, meta: &KeyMeta, shard: ShardId) {
 }
 
 /// A value's raw bytes, its metadata in headers.
-fn value_response(entry: &KeyValue, shard: ShardId, stale: bool) -> Response {
-    let mut response = Response::new(Body::from(entry.value.clone()));
+fn value_response(entry: KeyValue, shard: ShardId, stale: bool) -> Response {
+    let mut response = Response::new(Body::from(entry.value));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     meta_headers(headers, &entry.meta, shard);
@@ -679,8 +719,13 @@ mod tests {
         assert_eq!(path_key("/v1/kv/", "/v1/kv").unwrap(), b"");
         assert!(path_key("/v1/kv/%zz", "/v1/kv").is_err());
         assert!(path_key("/v1/kv/%4", "/v1/kv").is_err());
+        assert!(path_key("/v1/kv/%+5", "/v1/kv").is_err());
         let query = Query::parse(Some("prefix&limit=10&page=a%3Db&stale=true")).unwrap();
-        assert!(query.flag("prefix") && query.flag("stale") && !query.flag("keys_only"));
+        assert!(query.flag("prefix").unwrap() && query.flag("stale").unwrap());
+        assert!(!query.flag("keys_only").unwrap());
+        let flags = Query::parse(Some("a=false&b=0&c=TRUE")).unwrap();
+        assert!(!flags.flag("a").unwrap() && !flags.flag("b").unwrap());
+        assert!(flags.flag("c").unwrap_err().message.contains("true or false"));
         assert_eq!(query.number("limit").unwrap(), Some(10));
         assert_eq!(query.get("page"), Some("a=b"));
         assert!(query.only(&["prefix", "limit", "page", "stale"]).is_ok());

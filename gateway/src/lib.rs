@@ -60,6 +60,14 @@ pub struct GatewayArgs {
     /// larger).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_body: usize,
+    /// How long a connection may take to send its TLS handshake, or a request's head (and a
+    /// new connection its first bytes).
+    #[arg(long, default_value = "30s", value_parser = corekv_client::text::parse_duration)]
+    pub head_timeout: Duration,
+    /// Accept bearer tokens over plaintext HTTP (behind a proxy that terminates TLS);
+    /// otherwise a token reaches only an HTTPS gateway (--tls-cert).
+    #[arg(long)]
+    pub plaintext_tokens: bool,
     /// How often a watch stream sends a heartbeat comment while nothing changes.
     #[arg(long, default_value = "15s", value_parser = corekv_client::text::parse_duration)]
     pub heartbeat: Duration,
@@ -71,7 +79,9 @@ pub struct GatewayArgs {
     pub tls_key: Option<PathBuf>,
     /// Ask HTTPS clients for a certificate and check it against these CA certificate(s)
     /// (PEM): a request that shows one acts as its subject's user (the gateway's own user,
-    /// --cert, needs a role with `proxy = true`). A bearer token wins over it.
+    /// --cert, needs a role with `proxy = true`). A bearer token wins over it. Every
+    /// certificate this CA signs acts as the user its subject names: trust it as much as the
+    /// cluster's CA.
     #[arg(long, requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
     /// CA certificate(s) (PEM) of the cluster's nodes, if not the registry's `[tls]` CA.
@@ -84,6 +94,10 @@ pub struct GatewayArgs {
     /// The private key of --cert (PEM).
     #[arg(long, requires = "cert")]
     pub cert_key: Option<PathBuf>,
+    /// Threads serving requests: 0 for one per CPU; 1 runs the whole gateway on one thread
+    /// (no hand-offs between threads: the cheapest per request where CPUs are shared).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Log filter (`RUST_LOG` syntax).
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -101,6 +115,8 @@ pub struct Gateway {
     pub(crate) watches: Arc<Semaphore>,
     pub(crate) max_body: usize,
     pub(crate) heartbeat: Duration,
+    /// Bearer tokens are taken over plaintext HTTP (`--plaintext-tokens`, or HTTPS serving).
+    pub(crate) tokens_allowed: bool,
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// Turns true when the gateway is shutting down: watch streams end with a final event.
     pub(crate) shutdown: signal::Receiver<bool>,
@@ -108,9 +124,9 @@ pub struct Gateway {
 
 #[derive(Default)]
 struct CallerClients {
-    clients: HashMap<Identity, Client>,
-    /// Callers in the order they were first seen (the oldest is dropped first).
-    order: std::collections::VecDeque<Identity>,
+    /// Each caller's client, and when it was last used (a count of uses).
+    clients: HashMap<Identity, (Client, u64)>,
+    uses: u64,
 }
 
 /// Who a request is, as the nodes will be told.
@@ -136,20 +152,26 @@ impl Gateway {
             watches: Arc::new(Semaphore::new(args.max_watches)),
             max_body: args.max_body,
             heartbeat: args.heartbeat,
+            tokens_allowed: args.plaintext_tokens || args.tls_cert.is_some(),
             metrics: Arc::new(metrics::Metrics::new()),
             shutdown,
         }
     }
 
-    /// The client a request acts through: its caller's, or the gateway's own.
+    /// The client a request acts through: its caller's, or the gateway's own. Past
+    /// [`CALLER_CLIENTS_MAX`] callers, the one unused longest is dropped.
     pub(crate) fn client(&self, caller: Option<&Identity>) -> Client {
         let Some(caller) = caller else { return self.anonymous.clone() };
         let mut cache = self.by_caller.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = cache.clients.get(caller) {
+        cache.uses += 1;
+        let now = cache.uses;
+        if let Some((client, used)) = cache.clients.get_mut(caller) {
+            *used = now;
             return client.clone();
         }
-        if cache.order.len() >= CALLER_CLIENTS_MAX {
-            if let Some(oldest) = cache.order.pop_front() {
+        if cache.clients.len() >= CALLER_CLIENTS_MAX {
+            let oldest = cache.clients.iter().min_by_key(|(_, (_, used))| *used);
+            if let Some(oldest) = oldest.map(|(identity, _)| identity.clone()) {
                 cache.clients.remove(&oldest);
             }
         }
@@ -159,8 +181,7 @@ impl Gateway {
             Identity::User(user) => config.act_as = Some(user.clone()),
         }
         let client = Client::connect(config);
-        cache.clients.insert(caller.clone(), client.clone());
-        cache.order.push_back(caller.clone());
+        cache.clients.insert(caller.clone(), (client.clone(), now));
         client
     }
 }
@@ -179,6 +200,18 @@ pub fn client_config(args: &GatewayArgs) -> anyhow::Result<ClientConfig> {
         args.cert.as_deref(),
         args.cert_key.as_deref(),
     )?;
+    if args.client_ca.is_some() && args.cert.is_none() {
+        anyhow::bail!(
+            "--client-ca: acting for the users of callers' certificates needs the gateway's \
+             own certificate (--cert, --cert-key) for a user whose role has proxy = true"
+        );
+    }
+    if args.client_ca.is_some() && tls.is_none() {
+        anyhow::bail!(
+            "--client-ca: acting for the users of callers' certificates needs TLS to the nodes \
+             (the registry file has no [tls] section and no --cacert was given)"
+        );
+    }
     let mut config = ClientConfig::new(registry);
     config.tls = tls;
     config.timeout = args.timeout;
@@ -190,10 +223,12 @@ pub fn client_config(args: &GatewayArgs) -> anyhow::Result<ClientConfig> {
 pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let config = client_config(&args)?;
     let tls = serve::tls_acceptor(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    }
+    .context("starting the runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -210,7 +245,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
             listener,
             tls,
             api::router(gateway.clone()),
-            args.max_connections,
+            (args.max_connections, args.head_timeout),
             shutdown,
             gateway.metrics.clone(),
         ));

@@ -10,19 +10,42 @@
 //! - `corekv_gateway_watches`, `corekv_gateway_watch_changes_total`: open watch streams, and
 //!   the changes they sent.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
+
+/// The endpoints requests are counted by.
+pub(crate) const ENDPOINTS: [&str; 11] = [
+    "kv_get",
+    "kv_put",
+    "kv_delete",
+    "kv_list",
+    "kv_delete_prefix",
+    "txn",
+    "lease",
+    "watch",
+    "health",
+    "metrics",
+    "other",
+];
+
+/// One endpoint's series, resolved once (a label lookup per request costs a hash and a lock).
+struct EndpointSeries {
+    duration: Histogram,
+    /// Its request counter per status code seen so far.
+    by_code: Mutex<Vec<(u16, IntCounter)>>,
+}
 
 /// The gateway's counters.
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
-    durations: HistogramVec,
+    endpoints: Vec<EndpointSeries>,
     pub(crate) connections: IntGauge,
     pub(crate) connections_refused: IntCounter,
     watches: IntGauge,
@@ -78,10 +101,17 @@ impl Metrics {
         for collector in collectors {
             registry.register(collector).expect("distinct metric names");
         }
+        let endpoints = ENDPOINTS
+            .iter()
+            .map(|endpoint| EndpointSeries {
+                duration: durations.with_label_values(&[endpoint]),
+                by_code: Mutex::default(),
+            })
+            .collect();
         Metrics {
             registry,
             requests,
-            durations,
+            endpoints,
             connections,
             connections_refused,
             watches,
@@ -89,9 +119,21 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn request(&self, endpoint: &str, status: StatusCode, took: Duration) {
-        self.requests.with_label_values(&[endpoint, status.as_str()]).inc();
-        self.durations.with_label_values(&[endpoint]).observe(took.as_secs_f64());
+    /// A request to `ENDPOINTS[endpoint]` answered `status` after `took`.
+    pub(crate) fn request(&self, endpoint: usize, status: StatusCode, took: Duration) {
+        let Some(series) = self.endpoints.get(endpoint) else { return };
+        series.duration.observe(took.as_secs_f64());
+        let mut by_code = series.by_code.lock().unwrap_or_else(|e| e.into_inner());
+        let code = status.as_u16();
+        match by_code.iter().find(|(c, _)| *c == code) {
+            Some((_, counter)) => counter.inc(),
+            None => {
+                let counter =
+                    self.requests.with_label_values(&[ENDPOINTS[endpoint], status.as_str()]);
+                counter.inc();
+                by_code.push((code, counter));
+            }
+        }
     }
 
     pub(crate) fn watch_started(&self) {

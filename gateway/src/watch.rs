@@ -52,6 +52,9 @@ const LAST_EVENT_ID: &str = "last-event-id";
 /// 503.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Messages a starting watch holds while it waits for every shard's first.
+const START_BUFFER_MAX: usize = 10_000;
+
 /// `GET /v1/watch/{key}`: see the module docs.
 pub(crate) async fn watch(
     State(gateway): State<Arc<Gateway>>,
@@ -62,7 +65,7 @@ pub(crate) async fn watch(
     let key = path_key(uri.path(), "/v1/watch")?;
     let query = Query::parse(uri.query())?;
     query.only(&["prefix", "prev", "from"])?;
-    let scope = match query.flag("prefix") {
+    let scope = match query.flag("prefix")? {
         true => WatchScope::Prefix(key),
         false if key.is_empty() => {
             return Err(ApiError::bad_request("name a key (/v1/watch/KEY) or add ?prefix"))
@@ -89,7 +92,7 @@ pub(crate) async fn watch(
     let spec = WatchSpec {
         scope,
         from: from.clone(),
-        prev_value: query.flag("prev"),
+        prev_value: query.flag("prev")?,
         progress: Some(gateway.heartbeat),
     };
     let mut watch = client.watch(spec)?;
@@ -128,23 +131,37 @@ pub(crate) async fn watch(
     Ok(response)
 }
 
-/// Waits until every shard the watch follows has said where it starts, so the first id
-/// already names every shard (a shard missing from a resume cursor would start from "now"
-/// again and skip what changed meanwhile). Returns the starting cursor and the messages
-/// seen meanwhile. An error here (no permission, a compacted cursor) is the HTTP answer.
+/// Waits until every shard the watch follows has sent its first message: a shard watched
+/// from now says where it starts (so the first id already names every shard: a shard missing
+/// from a resume cursor would start from "now" again and skip what changed meanwhile), and a
+/// shard resumed from a cursor has been found able to (a compacted cursor, a user who may not
+/// read the keys: an HTTP error, not an event after a 200 that an `EventSource` would
+/// reconnect to for ever). Returns the starting cursor and the messages seen meanwhile, at
+/// most [`START_BUFFER_MAX`].
 async fn start(
     watch: &mut Watch,
     from: Option<Cursor>,
     shards: &BTreeSet<ShardId>,
 ) -> ApiResult<(Cursor, Vec<WatchMessage>)> {
     let mut cursor = from.unwrap_or_default();
+    let mut heard = BTreeSet::new();
     let mut buffered = Vec::new();
-    while shards.iter().any(|&s| cursor.next(s).is_none()) {
+    while heard.len() < shards.len() {
+        if buffered.len() >= START_BUFFER_MAX {
+            if shards.iter().all(|&s| cursor.next(s).is_some()) {
+                break; // a long replay: the rest streams as it comes
+            }
+            return Err(ApiError::bad_request(
+                "the cursor names only some of the watched shards, and the others replay too \
+                 much history to wait for: resume from an event id, which names every shard",
+            ));
+        }
         let message = match watch.next().await {
             Some(message) => message?,
             None => return Err(ApiError::unavailable("the watch ended before it started")),
         };
         let (shard, index) = message.position();
+        heard.insert(shard);
         if cursor.next(shard).is_none() {
             // The first message of a shard watched from now: a shard going live reports
             // the index before its first (a progress); an event is its own first.

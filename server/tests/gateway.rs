@@ -1,14 +1,15 @@
 //! The HTTP gateway with real parts: `corekv dev` (three `corekv serve` processes), two or
-//! more `corekv gateway` processes, curl for requests, and Python's httpx with httpx-sse as
-//! a browser-grade event-stream client. Every endpoint, binary keys and values, paging
-//! across shards, bad input, the limits, a watch resumed with `Last-Event-ID` after its
-//! gateway is SIGKILLed, a leader SIGKILLed under a curl write loop, and the OpenAPI
-//! document walked against the implementation.
+//! more `corekv gateway` processes, curl for requests (HTTP/1.1 and HTTP/2), and Python's
+//! httpx with httpx-sse as a browser-grade event-stream client. Every endpoint, binary keys
+//! and values, paging across shards, bad input, the limits, a watch resumed with
+//! `Last-Event-ID` after its gateway is SIGKILLed, a leader SIGKILLed under a curl write
+//! loop, TLS and auth passed through, and the OpenAPI document walked against the
+//! implementation.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -85,6 +86,10 @@ fn every_endpoint_through_two_gateways() {
     );
     let stale = get(&b, "/v1/kv/greeting?stale");
     assert_eq!((stale.status, stale.header("x-corekv-stale")), (200, Some("true")));
+    // HTTP/2 (cleartext, prior knowledge) on the same port.
+    let h2 = curl(&["--http2-prior-knowledge", &b.url("/v1/kv/greeting")]);
+    assert_eq!((h2.version.as_str(), h2.status, h2.text()), ("HTTP/2", 200, "hello".into()));
+    assert_eq!(h2.header("x-corekv-mod-index"), Some(mod_index.to_string().as_str()));
     let head = curl(&["-I", &b.url("/v1/kv/greeting")]);
     assert_eq!((head.status, head.body.len()), (200, 0));
     assert_eq!(head.header("x-corekv-version"), Some("1"));
@@ -462,10 +467,19 @@ fn a_watch_resumes_after_its_gateway_is_killed() {
     let mut a = gateway(dir.path(), "a", &["--heartbeat", "1s"]);
     let client = dev_client(dir.path());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/sse_follow.py");
+    // One stop key per shard: changes on different shards come in no set order.
+    let stops: Vec<String> = (0..2)
+        .map(|shard| {
+            (0..)
+                .map(|n| format!("feed/~stop-{n}"))
+                .find(|k| client.shard_of(k.as_bytes()).get() == shard)
+                .unwrap()
+        })
+        .collect();
     let mut follower = Command::new("python3")
         .arg(&script)
         .arg(a.url("/v1/watch/feed/?prefix"))
-        .arg("feed/~stop")
+        .args(&stops)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -504,7 +518,9 @@ fn a_watch_resumes_after_its_gateway_is_killed() {
     for i in 120..180 {
         write(format!("feed/{i:03}"));
     }
-    write("feed/~stop".to_string());
+    for stop in &stops {
+        write(stop.clone());
+    }
 
     let mut seen: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
     let mut reconnects = 0;
@@ -512,7 +528,7 @@ fn a_watch_resumes_after_its_gateway_is_killed() {
     loop {
         let line = lines
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the follower reports the stop key's change within 60 s");
+            .expect("the follower reports the stop keys' changes within 60 s");
         if line.get("reconnect").is_some() {
             reconnects += 1;
             continue;
@@ -523,7 +539,7 @@ fn a_watch_resumes_after_its_gateway_is_killed() {
         let key = line["key"].as_str().unwrap_or_else(|| panic!("{line}")).to_string();
         let entry = (line["index"].as_u64().unwrap(), key.clone());
         seen.entry(line["shard"].as_u64().unwrap()).or_default().push(entry);
-        if key == "feed/~stop" {
+        if stops.iter().all(|stop| seen.values().flatten().any(|(_, k)| k == stop)) {
             break;
         }
     }
@@ -546,13 +562,15 @@ fn a_watch_resumes_after_its_gateway_is_killed() {
 }
 
 // Shows: the gateway's limits: past --max-connections a connection gets 503 with
-// Retry-After; past --max-watches a watch gets 503 `unavailable`, and a slot frees when a
-// stream ends.
+// Retry-After; a connection that sends nothing, half the HTTP/2 preface or half a request
+// head is closed at --head-timeout; past --max-watches a watch gets 503 `unavailable`, and a
+// slot frees when a stream ends.
 #[test]
 fn limits_answer_503_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let _dev = dev(dir.path());
-    let gw = gateway(dir.path(), "limits", &["--max-connections", "2", "--max-watches", "1"]);
+    let flags = ["--max-connections", "2", "--max-watches", "1", "--head-timeout", "2s"];
+    let gw = gateway(dir.path(), "limits", &flags);
     let held: Vec<_> =
         (0..2).map(|_| std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(200));
@@ -561,6 +579,22 @@ fn limits_answer_503_with_retry_after() {
     assert_eq!(refused.header("retry-after"), Some("1"));
     drop(held);
     wait_until(Duration::from_secs(5), "a connection slot", || get(&gw, "/health").status == 200);
+
+    // A connection that sends nothing, or half of the HTTP/2 preface, or half a request head,
+    // is closed at --head-timeout (and gives its slot back).
+    for start in [&b""[..], b"PRI * HTTP/2", b"GET /health HTTP/1.1\r\n"] {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        tcp.write_all(start).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let opened = Instant::now();
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest);
+        let open_for = opened.elapsed();
+        let why = String::from_utf8_lossy(start);
+        assert!(open_for >= Duration::from_millis(1500), "{why:?}: closed after {open_for:?}");
+        assert!(open_for < Duration::from_secs(8), "{why:?}: open for {open_for:?}");
+    }
+    wait_until(Duration::from_secs(5), "the slots back", || get(&gw, "/health").status == 200);
 
     let mut first = Command::new("curl")
         .args(["-s", "-N", "--max-time", "3", &gw.url("/v1/watch/w/?prefix")])
@@ -718,6 +752,11 @@ fn tokens_and_client_certificates_pass_through_to_the_nodes() {
     };
     let read = as_reader(&[&gw.url("/v1/kv/app/x")]);
     assert_eq!((read.status, read.text()), (200, "1".to_string()));
+    // HTTP/2 by ALPN, the certificate's user passed through the same way.
+    let h2 = as_reader(&["--http2", &gw.url("/v1/kv/app/x")]);
+    assert_eq!((h2.version.as_str(), h2.status), ("HTTP/2", 200), "{}", h2.text());
+    let h2 = as_reader(&["--http2", "-X", "PUT", "--data-binary", "2", &gw.url("/v1/kv/app/x")]);
+    assert_eq!(h2.error_code(403), "permission_denied");
     let refused = as_reader(&["-X", "PUT", "--data-binary", "2", &gw.url("/v1/kv/app/x")]);
     assert_eq!(refused.error_code(403), "permission_denied");
     assert!(refused.text().contains("reader"), "{}", refused.text());
@@ -746,6 +785,56 @@ fn tokens_and_client_certificates_pass_through_to_the_nodes() {
     assert!(unknown.text().contains("token"), "{}", unknown.text());
     let nobody = curl(&["--cacert", &ca, &gw.url("/v1/kv/app/x")]);
     assert_eq!(nobody.error_code(403), "permission_denied");
+    // Plaintext HTTP to the HTTPS port gets no HTTP answer (the handshake fails).
     let plaintext = curl(&[&gw.url("/v1/kv/app/x").replace("https", "http")]);
-    assert_ne!(plaintext.status, 200, "plaintext to the HTTPS port");
+    assert_eq!(plaintext.status, 0, "plaintext to the HTTPS port: {}", plaintext.text());
+    // A resumed watch the user may not read is refused before its stream starts (403), not
+    // inside it, so an EventSource stops rather than reconnecting for ever.
+    let resumed = as_reader(&["-H", "Last-Event-ID: 0:1,1:1", &gw.url("/v1/watch/other/?prefix")]);
+    assert_eq!(resumed.error_code(403), "permission_denied");
+}
+
+// ---------------------------------------------------------------------------------------
+// Start-up mistakes
+// ---------------------------------------------------------------------------------------
+
+// Shows: a gateway given a missing registry, a certificate without its key, client
+// certificates to check without a certificate of its own, or a port already taken, exits 2
+// at once with one line saying what is wrong.
+#[test]
+fn bad_flags_are_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("corekv.toml");
+    std::fs::write(&registry, corekv_server::dev::registry_text(3, 2, 7100)).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let registry = registry.display().to_string();
+    let missing = dir.path().join("missing.toml").display().to_string();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--registry", &missing], "missing.toml"),
+        (&["--registry", &registry, "--tls-cert", "c.pem"], "--tls-key"),
+        (
+            &[
+                "--registry",
+                &registry,
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+                "--client-ca",
+                "ca.pem",
+            ],
+            "own certificate",
+        ),
+        (&["--registry", &registry, "--listen", &taken], &taken),
+    ];
+    for (args, words) in cases {
+        let output = Command::new(common::corekv_bin()).arg("gateway").args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(words), "{args:?}: {err}");
+        if !words.starts_with("--") {
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+        }
+    }
 }

@@ -135,14 +135,18 @@ impl ShardCore {
             Some(hello) => {
                 let (protocol, token, as_user) =
                     (hello.protocol_version(), hello.token(), hello.as_user());
-                if let Err(reason) = self.access.hello(conn, protocol, token, as_user) {
-                    // The user is unknown or may not act as it asks: a permission refusal.
-                    let caller = Caller { conn, id, op: Op::Hello, start_us: self.now_us };
-                    self.permission_denied(caller, &reason);
-                    self.out.close.push(conn);
-                    return;
+                match self.access.hello(conn, protocol, token, as_user) {
+                    // The user is unknown or may not act as it asks: a permission refusal,
+                    // for clients whose hello reads one (protocol 9 on).
+                    Err(reason) if protocol >= 9 => {
+                        let caller = Caller { conn, id, op: Op::Hello, start_us: self.now_us };
+                        self.permission_denied(caller, &reason);
+                        self.out.close.push(conn);
+                        return;
+                    }
+                    Err(reason) => Some(reason),
+                    Ok(()) => None,
                 }
-                None
             }
         };
         match refusal {

@@ -119,6 +119,8 @@ impl Drop for Gateway {
 /// An HTTP answer as curl saw it.
 #[derive(Debug)]
 pub struct Reply {
+    /// `HTTP/1.1`, `HTTP/2`.
+    pub version: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -163,16 +165,20 @@ pub fn curl(args: &[&str]) -> Reply {
 pub fn parse_reply(mut raw: &[u8]) -> Reply {
     loop {
         let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return Reply { status: 0, headers: Vec::new(), body: raw.to_vec() };
+            return Reply {
+                version: String::new(),
+                status: 0,
+                headers: Vec::new(),
+                body: raw.to_vec(),
+            };
         };
         let head = String::from_utf8_lossy(&raw[..end]).into_owned();
         let body = &raw[end + 4..];
         let mut lines = head.lines();
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let status_line = lines.next().unwrap_or_default();
+        let mut words = status_line.split_whitespace();
+        let version = words.next().unwrap_or_default().to_string();
+        let status: u16 = words.next().and_then(|s| s.parse().ok()).unwrap_or(0);
         if status == 100 {
             raw = body;
             continue;
@@ -181,6 +187,6 @@ pub fn parse_reply(mut raw: &[u8]) -> Reply {
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
             .collect();
-        return Reply { status, headers, body: body.to_vec() };
+        return Reply { version, status, headers, body: body.to_vec() };
     }
 }

@@ -2,11 +2,12 @@
 reads server-sent events, remembers the last event id, and after a dropped connection, a
 refused one or an `end` event reconnects with `Last-Event-ID` (every 200 ms, for up to 60 s).
 
-Usage: sse_follow.py URL STOP_KEY
+Usage: sse_follow.py URL STOP_KEY...
 
 Prints one JSON line per change ({"shard", "index", "type", "key"}), {"ready": cursor} when a
-stream starts and {"reconnect": why} when it reconnects; exits 0 after the change of
-STOP_KEY, 2 on an HTTP error other than 503, 3 on an `error` event.
+stream starts and {"reconnect": why} when it reconnects; exits 0 once it has seen the change
+of every STOP_KEY (changes on different shards come in no set order, so a test gives one stop
+key per shard), 2 on an HTTP error other than 503, 3 on an `error` event.
 """
 
 import json
@@ -18,7 +19,7 @@ from httpx_sse import connect_sse
 
 
 def main():
-    url, stop_key = sys.argv[1], sys.argv[2]
+    url, stop_keys = sys.argv[1], set(sys.argv[2:])
     last_id = None
     down_since = None
     with httpx.Client(timeout=httpx.Timeout(10.0, read=30.0)) as client:
@@ -45,7 +46,8 @@ def main():
                                 line = {"shard": event["shard"], "index": event["index"],
                                         "type": change["type"], "key": change["key"]}
                                 print(json.dumps(line), flush=True)
-                                if change["key"] == stop_key:
+                                stop_keys.discard(change["key"])
+                                if not stop_keys:
                                     return 0
                         elif sse.event == "error":
                             print(json.dumps({"error": sse.data}), flush=True)
