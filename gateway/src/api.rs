@@ -34,6 +34,7 @@ use corekv_client::{
     ShardId, Txn, TxnOp, TxnOpResult, WriteOptions,
 };
 use serde_json::{json, Map, Value};
+use tokio::sync::OwnedSemaphorePermit;
 
 use corekv_proto::constants::VALUE_BYTES_MAX;
 
@@ -177,7 +178,8 @@ async fn kv(
         }
         Method::PUT => {
             query.only(&["cas", "ttl", "lease"])?;
-            let value = read_body(body, VALUE_BYTES_MAX.min(gateway.max_body), "the value").await?;
+            let limit = VALUE_BYTES_MAX.min(gateway.max_body);
+            let (value, _held) = read_body(&gateway, body, limit, "the value").await?;
             let options = write_options(&query)?;
             let meta = match query.number("cas")? {
                 None => client.put_with(&key, &value, options).await?,
@@ -323,7 +325,7 @@ async fn txn(
 ) -> ApiResult<Response> {
     Query::parse(uri.query())?.only(&[])?;
     let client = gateway.client(caller.0.as_ref());
-    let body = read_body(body, gateway.max_body, "the body").await?;
+    let (body, _held) = read_body(&gateway, body, gateway.max_body, "the body").await?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("transaction: the body is not UTF-8"))?;
     let txn = parse_txn(text).map_err(|e| ApiError::bad_request(format!("transaction: {e}")))?;
@@ -577,9 +579,22 @@ fn bearer_token(headers: &HeaderMap) -> ApiResult<Option<String>> {
 }
 
 /// The request body, up to `limit` bytes (413 past it, without reading the rest; 400 for a
-/// body that could not be read).
-async fn read_body(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
-    axum::body::to_bytes(body, limit).await.map_err(|error| {
+/// body that could not be read), with its share of the gateway's memory for bodies (its
+/// length when it says, else `limit`): 503 when every request body held would pass
+/// `--max-body-memory`. The share is held until the returned permit drops.
+async fn read_body(
+    gateway: &Gateway,
+    body: Body,
+    limit: usize,
+    what: &str,
+) -> ApiResult<(Bytes, OwnedSemaphorePermit)> {
+    use axum::body::HttpBody;
+    let size = body.size_hint().exact().map_or(limit as u64, |n| n.min(limit as u64));
+    let kib = u32::try_from(size.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let held = gateway.body_memory.clone().try_acquire_many_owned(kib).map_err(|_| {
+        ApiError::unavailable("the gateway holds as many request bodies as it may: retry")
+    })?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(inner) = cause {
             if inner.is::<http_body_util::LengthLimitError>() {
@@ -588,7 +603,8 @@ async fn read_body(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
             cause = inner.source();
         }
         ApiError::bad_request(format!("reading the body: {error}"))
-    })
+    })?;
+    Ok((bytes, held))
 }
 
 fn consistency(query: &Query) -> ApiResult<Consistency> {

@@ -60,6 +60,10 @@ pub struct GatewayArgs {
     /// larger).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_body: usize,
+    /// Memory for request bodies being read or sent, all requests together, in MiB; a
+    /// request past it is answered 503 (each counts its Content-Length, else --max-body).
+    #[arg(long, default_value_t = 256)]
+    pub max_body_memory: usize,
     /// How long a connection may take to send its TLS handshake, or a request's head (and a
     /// new connection its first bytes).
     #[arg(long, default_value = "30s", value_parser = corekv_client::text::parse_duration)]
@@ -114,6 +118,8 @@ pub struct Gateway {
     /// Watches open at once.
     pub(crate) watches: Arc<Semaphore>,
     pub(crate) max_body: usize,
+    /// Request bodies held, in KiB (`--max-body-memory`).
+    pub(crate) body_memory: Arc<Semaphore>,
     pub(crate) heartbeat: Duration,
     /// Bearer tokens are taken over plaintext HTTP (`--plaintext-tokens`, or HTTPS serving).
     pub(crate) tokens_allowed: bool,
@@ -151,6 +157,9 @@ impl Gateway {
             by_caller: Mutex::default(),
             watches: Arc::new(Semaphore::new(args.max_watches)),
             max_body: args.max_body,
+            body_memory: Arc::new(Semaphore::new(
+                args.max_body_memory.saturating_mul(1024).min(Semaphore::MAX_PERMITS),
+            )),
             heartbeat: args.heartbeat,
             tokens_allowed: args.plaintext_tokens || args.tls_cert.is_some(),
             metrics: Arc::new(metrics::Metrics::new()),

@@ -19,7 +19,11 @@ use futures_util::StreamExt;
 /// The token of user `svc`, and its digest as the policy writes it.
 const SVC_TOKEN: &str = "svc-secret-token";
 
+/// The token of user `gw` (who may act for other users).
+const GW_TOKEN: &str = "gw-secret-token";
+
 fn policy(svc_digest: &str, reader_writes: bool) -> String {
+    let gw_digest = corekv_server::auth::token_digest(GW_TOKEN);
     let reader_roles =
         if reader_writes { "[\"app-read\", \"app-write\"]" } else { "[\"app-read\"]" };
     format!(
@@ -27,7 +31,7 @@ fn policy(svc_digest: &str, reader_writes: bool) -> String {
          [[role]]\nname = \"app-write\"\nwrite = [\"app/\"]\n\n\
          [[role]]\nname = \"all\"\nwrite = [\"\"]\nadmin = true\n\n\
          [[role]]\nname = \"gateway\"\nproxy = true\n\n\
-         [[user]]\nname = \"gw\"\nroles = [\"gateway\"]\n\n\
+         [[user]]\nname = \"gw\"\nroles = [\"gateway\"]\ntokens = [\"sha256:{gw_digest}\"]\n\n\
          [[user]]\nname = \"reader\"\nroles = {reader_roles}\n\n\
          [[user]]\nname = \"root\"\nroles = [\"all\"]\n\n\
          [[user]]\nname = \"svc\"\nroles = [\"app-write\"]\ntokens = [\"sha256:{svc_digest}\"]\n"
@@ -183,12 +187,14 @@ fn tokens_and_unknown_users() {
     denied(block_on(stranger.get("app/svc")), "\"stranger\" is not in the cluster's policy");
 }
 
-// Shows: a user with the proxy right acts for another user and gets exactly that user's
-// rights (a read-only user's reads pass, its writes are refused); without the right, or for
-// a user the policy does not know, the hello is refused; the proxy alone may do nothing.
+// Shows: a user with the proxy right (by certificate or by token) acts for another user and
+// gets exactly that user's rights (a read-only user's reads pass, its writes are refused);
+// without the right, or for a user the policy does not know, the hello is refused; the proxy
+// alone may do nothing; a policy reload that takes the right away refuses the next request on
+// a connection already acting.
 #[test]
 fn a_proxy_acts_for_other_users_with_their_rights() {
-    let (cluster, pki, _) = auth_cluster();
+    let (cluster, pki, policy_path) = auth_cluster();
     let root = cluster.client();
     block_on(root.put("app/x", "1")).expect("root writes");
     let acting = |user: &str, as_user: Option<&str>| {
@@ -209,6 +215,38 @@ fn a_proxy_acts_for_other_users_with_their_rights() {
     denied(block_on(acting("reader", Some("root")).get("app/x")), "may not act for other users");
     denied(block_on(acting("gw", Some("nobody")).get("app/x")), "\"nobody\" is not in");
     denied(block_on(acting("gw", None).get("app/x")), "user \"gw\" may not read");
+
+    // A proxy known by its token acts the same way.
+    let mut config = ClientConfig::new(cluster.registry.clone());
+    config.tls = Some(tls_config(&pki.path("ca.pem"), None));
+    config.token = Some(GW_TOKEN.to_string());
+    config.act_as = Some("reader".to_string());
+    let by_token = Client::connect(config);
+    assert!(block_on(by_token.get("app/x")).expect("reads as reader").is_some());
+    denied(block_on(by_token.put("app/x", "3")), "user \"reader\" may not write");
+
+    // Taking the proxy right away applies, after SIGHUP, to a connection already open.
+    let digest = corekv_server::auth::token_digest(SVC_TOKEN);
+    block_on(async {
+        as_reader.get("app/x").await.expect("the proxy reads as reader");
+        let without = policy(&digest, false).replace("proxy = true", "");
+        std::fs::write(&policy_path, without).unwrap();
+        for id in 1..=3 {
+            cluster.signal(id, libc::SIGHUP);
+        }
+        let started = std::time::Instant::now();
+        loop {
+            match as_reader.get("app/x").await {
+                Err(Error::PermissionDenied(reason)) => {
+                    assert!(reason.contains("may not act for other users"), "{reason}");
+                    break;
+                }
+                Ok(_) => assert!(started.elapsed() < Duration::from_secs(10), "still acting"),
+                Err(other) => panic!("expected a refusal, got {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
 
 // Shows: a changed policy applies after SIGHUP to connections already open (no restart), and

@@ -562,23 +562,48 @@ fn a_watch_resumes_after_its_gateway_is_killed() {
 }
 
 // Shows: the gateway's limits: past --max-connections a connection gets 503 with
-// Retry-After; a connection that sends nothing, half the HTTP/2 preface or half a request
+// Retry-After, and so does a body past --max-body-memory; a connection that sends nothing, half the HTTP/2 preface or half a request
 // head is closed at --head-timeout; past --max-watches a watch gets 503 `unavailable`, and a
 // slot frees when a stream ends.
 #[test]
 fn limits_answer_503_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let _dev = dev(dir.path());
-    let flags = ["--max-connections", "2", "--max-watches", "1", "--head-timeout", "2s"];
+    let flags = [
+        "--max-connections",
+        "2",
+        "--max-watches",
+        "1",
+        "--head-timeout",
+        "2s",
+        "--max-body-memory",
+        "1",
+    ];
     let gw = gateway(dir.path(), "limits", &flags);
+    // Start from no other connection open (the start-up health checks' have closed): the
+    // metrics request sees only itself.
+    wait_until(Duration::from_secs(5), "no connection but this one", || {
+        get(&gw, "/metrics").text().contains("corekv_gateway_connections 1\n")
+    });
+    std::thread::sleep(Duration::from_millis(300)); // and that one closes too
     let held: Vec<_> =
         (0..2).map(|_| std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(300));
     let refused = get(&gw, "/health");
     assert_eq!(refused.error_code(503), "unavailable");
     assert_eq!(refused.header("retry-after"), Some("1"));
     drop(held);
     wait_until(Duration::from_secs(5), "a connection slot", || get(&gw, "/health").status == 200);
+
+    // A body that would take the gateway past --max-body-memory waits for nobody: 503.
+    let big = dir.path().join("two-mib-txn");
+    std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
+    let at = format!("@{}", big.display());
+    let refused = curl(&["-X", "POST", "--data-binary", &at, &gw.url("/v1/txn")]);
+    assert_eq!(refused.error_code(503), "unavailable");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let small = r#"{"success": [{"op": "get", "key": "k"}]}"#;
+    assert_eq!(post_json(&gw, "/v1/txn", small).status, 200);
 
     // A connection that sends nothing, or half of the HTTP/2 preface, or half a request head,
     // is closed at --head-timeout (and gives its slot back).
