@@ -580,8 +580,9 @@ fn bearer_token(headers: &HeaderMap) -> ApiResult<Option<String>> {
 
 /// The request body, up to `limit` bytes (413 past it, without reading the rest; 400 for a
 /// body that could not be read), with its share of the gateway's memory for bodies (its
-/// length when it says, else `limit`): 503 when every request body held would pass
-/// `--max-body-memory`. The share is held until the returned permit drops.
+/// length when it says, else `limit`): 503 when the bodies held would pass
+/// `--max-body-memory` (413 when this one alone would). The share is held until the returned
+/// permit drops.
 async fn read_body(
     gateway: &Gateway,
     body: Body,
@@ -591,6 +592,12 @@ async fn read_body(
     use axum::body::HttpBody;
     let size = body.size_hint().exact().map_or(limit as u64, |n| n.min(limit as u64));
     let kib = u32::try_from(size.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    if kib as usize > gateway.body_memory_kib {
+        return Err(ApiError::too_large(format!(
+            "{what} of {size} bytes is more than the gateway's memory for request bodies \
+             (--max-body-memory)"
+        )));
+    }
     let held = gateway.body_memory.clone().try_acquire_many_owned(kib).map_err(|_| {
         ApiError::unavailable("the gateway holds as many request bodies as it may: retry")
     })?;

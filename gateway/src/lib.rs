@@ -118,8 +118,9 @@ pub struct Gateway {
     /// Watches open at once.
     pub(crate) watches: Arc<Semaphore>,
     pub(crate) max_body: usize,
-    /// Request bodies held, in KiB (`--max-body-memory`).
+    /// Request bodies held, in KiB (`--max-body-memory`), and its size.
     pub(crate) body_memory: Arc<Semaphore>,
+    pub(crate) body_memory_kib: usize,
     pub(crate) heartbeat: Duration,
     /// Bearer tokens are taken over plaintext HTTP (`--plaintext-tokens`, or HTTPS serving).
     pub(crate) tokens_allowed: bool,
@@ -151,15 +152,15 @@ impl Gateway {
         args: &GatewayArgs,
         shutdown: signal::Receiver<bool>,
     ) -> Gateway {
+        let body_memory_kib = args.max_body_memory.saturating_mul(1024).min(Semaphore::MAX_PERMITS);
         Gateway {
             anonymous: Client::connect(config.clone()),
             config,
             by_caller: Mutex::default(),
             watches: Arc::new(Semaphore::new(args.max_watches)),
             max_body: args.max_body,
-            body_memory: Arc::new(Semaphore::new(
-                args.max_body_memory.saturating_mul(1024).min(Semaphore::MAX_PERMITS),
-            )),
+            body_memory: Arc::new(Semaphore::new(body_memory_kib)),
+            body_memory_kib,
             heartbeat: args.heartbeat,
             tokens_allowed: args.plaintext_tokens || args.tls_cert.is_some(),
             metrics: Arc::new(metrics::Metrics::new()),

@@ -562,7 +562,8 @@ fn a_watch_resumes_after_its_gateway_is_killed() {
 }
 
 // Shows: the gateway's limits: past --max-connections a connection gets 503 with
-// Retry-After, and so does a body past --max-body-memory; a connection that sends nothing, half the HTTP/2 preface or half a request
+// Retry-After, and so does a body that would take the gateway past --max-body-memory (one
+// larger than all of it: 413); a connection that sends nothing, half the HTTP/2 preface or half a request
 // head is closed at --head-timeout; past --max-watches a watch gets 503 `unavailable`, and a
 // slot frees when a stream ends.
 #[test]
@@ -595,13 +596,30 @@ fn limits_answer_503_with_retry_after() {
     drop(held);
     wait_until(Duration::from_secs(5), "a connection slot", || get(&gw, "/health").status == 200);
 
-    // A body that would take the gateway past --max-body-memory waits for nobody: 503.
-    let big = dir.path().join("two-mib-txn");
-    std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
-    let at = format!("@{}", big.display());
+    // --max-body-memory (1 MiB): a body being read slowly holds its 600 KiB; a second one at
+    // the same time would pass the limit and is answered 503; one larger than the whole
+    // budget is 413 (retrying cannot help).
+    let body = dir.path().join("600-kib");
+    std::fs::write(&body, vec![b' '; 600 << 10]).unwrap();
+    let at = format!("@{}", body.display());
+    let slow = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--limit-rate", "200K"])
+        .args(["-H", "Expect:", "-X", "POST", "--data-binary", &at, &gw.url("/v1/txn")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
     let refused = curl(&["-X", "POST", "--data-binary", &at, &gw.url("/v1/txn")]);
     assert_eq!(refused.error_code(503), "unavailable");
     assert_eq!(refused.header("retry-after"), Some("1"));
+    let slow_status = slow.wait_with_output().unwrap();
+    // (600 KiB of spaces is not a transaction: read whole, then refused as such.)
+    assert_eq!(String::from_utf8_lossy(&slow_status.stdout), "400");
+    let big = dir.path().join("two-mib-txn");
+    std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
+    let at = format!("@{}", big.display());
+    let too_big = curl(&["-X", "POST", "--data-binary", &at, &gw.url("/v1/txn")]);
+    assert_eq!(too_big.error_code(413), "too_large");
     let small = r#"{"success": [{"op": "get", "key": "k"}]}"#;
     assert_eq!(post_json(&gw, "/v1/txn", small).status, 200);
 
