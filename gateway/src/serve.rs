@@ -1,8 +1,9 @@
 //! The accept loop: at most `--max-connections` connections (one more is answered 503 and
 //! closed), TLS when `--tls-cert` is given, then HTTP/1.1 (with a deadline on request heads)
 //! or HTTP/2 (chosen by ALPN over TLS, by the connection's first bytes in cleartext; a
-//! connection that sends nothing is closed at the same deadline) by hyper, and a graceful stop: no new connections, idle ones closed, requests in flight
-//! finished (watch streams end with their final event), for up to 10 s.
+//! connection that sends nothing is closed at the same deadline) by hyper, and a graceful
+//! stop: no new connections, idle ones closed, requests in flight finished (watch streams end
+//! with their final event), for up to 10 s.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -238,7 +238,8 @@ fn bad_input(a: &Gateway, dir: &Path) {
         post_json(a, "/v1/txn", r#"{"compare": [{"key": "k""#).error_code(400),
         "bad_request"
     );
-    let two_shards = r#"{"success": [{"op": "put", "key": "a", "value": "1"}, {"op": "put", "key": "b", "value": "1"}]}"#;
+    let two_shards = r#"{"success": [{"op": "put", "key": "a", "value": "1"},
+                                     {"op": "put", "key": "b", "value": "1"}]}"#;
     assert_eq!(post_json(a, "/v1/txn", two_shards).error_code(400), "bad_request");
     assert_eq!(put(a, "/v1/kv/k?ttl=1&lease=0001000000000001", "v").error_code(400), "bad_request");
     assert_eq!(put(a, "/v1/kv/k?cas=abc", "v").error_code(400), "bad_request");
@@ -563,9 +564,9 @@ fn a_watch_resumes_after_its_gateway_is_killed() {
 
 // Shows: the gateway's limits: past --max-connections a connection gets 503 with
 // Retry-After, and so does a body that would take the gateway past --max-body-memory (one
-// larger than all of it: 413); a connection that sends nothing, half the HTTP/2 preface or half a request
-// head is closed at --head-timeout; past --max-watches a watch gets 503 `unavailable`, and a
-// slot frees when a stream ends.
+// larger than all of it: 413); a connection that sends nothing, half the HTTP/2 preface or
+// half a request head is closed at --head-timeout; past --max-watches a watch gets 503
+// `unavailable`, and a slot frees when a stream ends.
 #[test]
 fn limits_answer_503_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();

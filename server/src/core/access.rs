@@ -5,11 +5,12 @@
 //! core at accept) or, when its hello carries a bearer token the policy knows, the token's
 //! user (the token wins). A hello may also name a user to act for (`as_user`): the
 //! connection's own user must then have the `proxy` right, and requests are checked as the
-//! named user's (the HTTP gateway acting for the clients whose certificates it verified). The token and the user's rights are looked up in the policy in force
-//! at each request, so a SIGHUP that changes them (or removes the token) applies to open
-//! connections at once; running watches are checked again after a reload and the refused
-//! ones end with `PermissionDenied`. Every request is checked before it is served: reads need
-//! read rights on every key they touch, writes write rights; a scan or a watch needs one
+//! named user's (the HTTP gateway acting for the clients whose certificates it verified).
+//! The token and the user's rights are looked up in the policy in force at each request, so
+//! a SIGHUP that changes them (or removes the token) applies to open connections at once;
+//! running watches are checked again after a reload and the refused ones end with
+//! `PermissionDenied`. Every request is checked before it is served: reads need read rights
+//! on every key they touch, writes write rights; a scan or a watch needs one
 //! readable prefix holding its whole range (it is refused, never cut down); leases need some
 //! write right, and a grant that puts keys write rights on them; revoking a lease or keeping
 //! it alive needs write rights on every key it holds (revoking deletes them), asking its time
