@@ -33,6 +33,7 @@ use corekv_client::{
     Client, Compare, Consistency, KeyMeta, KeyValue, LeaseId, ReadOptions, ScanOptions, ScanRange,
     ShardId, Txn, TxnOp, TxnOpResult, WriteOptions,
 };
+use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -46,6 +47,11 @@ use crate::{Gateway, Identity};
 /// The most entries one listing page returns, and the default.
 pub const LIST_LIMIT_MAX: usize = 10_000;
 const LIST_LIMIT_DEFAULT: usize = 1_000;
+
+/// An over-limit body of at most this many bytes is read (and dropped) before the 413, so
+/// that the caller, still sending, sees the answer.
+const DRAIN_BYTES_MAX: u64 = 16 * 1024 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Keys deleted per round of a `DELETE ?prefix`.
 const DELETE_PREFIX_BATCH: usize = 1_000;
@@ -578,11 +584,10 @@ fn bearer_token(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
-/// The request body, up to `limit` bytes (413 past it, without reading the rest; 400 for a
-/// body that could not be read), with its share of the gateway's memory for bodies (its
-/// length when it says, else `limit`): 503 when the bodies held would pass
-/// `--max-body-memory` (413 when this one alone would). The share is held until the returned
-/// permit drops.
+/// The request body, up to `limit` bytes (413 past it, kept nowhere; 400 for a body that
+/// could not be read), with its share of the gateway's memory for bodies (its length when it
+/// says, else `limit`): 503 when the bodies held would pass `--max-body-memory` (413 when
+/// this one alone would). The share is held until the returned permit drops.
 async fn read_body(
     gateway: &Gateway,
     body: Body,
@@ -590,17 +595,41 @@ async fn read_body(
     what: &str,
 ) -> ApiResult<(Bytes, OwnedSemaphorePermit)> {
     use axum::body::HttpBody;
-    let size = body.size_hint().exact().map_or(limit as u64, |n| n.min(limit as u64));
+    let length = body.size_hint().exact();
+    let size = length.map_or(limit as u64, |n| n.min(limit as u64));
     let kib = u32::try_from(size.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-    if kib as usize > gateway.body_memory_kib {
-        return Err(ApiError::too_large(format!(
+    let refusal = if let Some(length) = length.filter(|&n| n > limit as u64) {
+        Some(ApiError::too_large(format!(
+            "{what} of {length} bytes is over the limit of {limit} bytes"
+        )))
+    } else if kib as usize > gateway.body_memory_kib {
+        Some(ApiError::too_large(format!(
             "{what} of {size} bytes is more than the gateway's memory for request bodies \
              (--max-body-memory)"
-        )));
-    }
-    let held = gateway.body_memory.clone().try_acquire_many_owned(kib).map_err(|_| {
-        ApiError::unavailable("the gateway holds as many request bodies as it may: retry")
-    })?;
+        )))
+    } else {
+        None
+    };
+    let held = match refusal {
+        Some(refusal) => Err(refusal),
+        None => gateway.body_memory.clone().try_acquire_many_owned(kib).map_err(|_| {
+            ApiError::unavailable("the gateway holds as many request bodies as it may: retry")
+        }),
+    };
+    let held = match held {
+        Ok(held) => held,
+        Err(refusal) => {
+            // Read what the caller sends (up to a bound) before answering: an answer sent
+            // while it still sends can be lost in the reset of a connection closed with data
+            // unread.
+            if length.is_some_and(|n| n <= DRAIN_BYTES_MAX) {
+                let mut chunks = body.into_data_stream();
+                let drain = async { while let Some(Ok(_)) = chunks.next().await {} };
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+            }
+            return Err(refusal);
+        }
+    };
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(inner) = cause {
