@@ -148,12 +148,11 @@ async fn kv(
     State(gateway): State<Arc<Gateway>>,
     method: Method,
     uri: Uri,
-    caller: Caller,
+    Caller(client): Caller,
     body: Body,
 ) -> ApiResult<Response> {
     let key = path_key(uri.path(), "/v1/kv")?;
     let query = Query::parse(uri.query())?;
-    let client = gateway.client(caller.0.as_ref());
     let shard = client.shard_of(&key);
     let prefix = query.flag("prefix")?;
     match method {
@@ -326,11 +325,10 @@ fn unexpected_txn() -> ApiError {
 async fn txn(
     State(gateway): State<Arc<Gateway>>,
     uri: Uri,
-    caller: Caller,
+    Caller(client): Caller,
     body: Body,
 ) -> ApiResult<Response> {
-    Query::parse(uri.query())?.only(&[])?;
-    let client = gateway.client(caller.0.as_ref());
+    Query::taking(&uri, &[])?;
     let (body, _held) = read_body(&gateway, body, gateway.max_body, "the body").await?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("transaction: the body is not UTF-8"))?;
@@ -360,14 +358,8 @@ async fn txn(
 
 /// `POST /v1/lease?ttl=30s&key=K` (the lease lives on K's shard, where the keys put with it
 /// must be) or `&shard=N`.
-async fn lease_grant(
-    State(gateway): State<Arc<Gateway>>,
-    uri: Uri,
-    caller: Caller,
-) -> ApiResult<Response> {
-    let query = Query::parse(uri.query())?;
-    query.only(&["ttl", "key", "shard"])?;
-    let client = gateway.client(caller.0.as_ref());
+async fn lease_grant(uri: Uri, Caller(client): Caller) -> ApiResult<Response> {
+    let query = Query::taking(&uri, &["ttl", "key", "shard"])?;
     let ttl = query.get("ttl").ok_or_else(|| ApiError::bad_request("ttl is required"))?;
     let ttl = duration(ttl).map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
     let lease = match (query.get("key"), query.number("shard")?) {
@@ -394,14 +386,8 @@ async fn lease_grant(
 }
 
 /// `GET /v1/lease/{id}`: its time to live and time left; `?keys` lists its keys.
-async fn lease_info(
-    State(gateway): State<Arc<Gateway>>,
-    uri: Uri,
-    caller: Caller,
-) -> ApiResult<Response> {
-    let query = Query::parse(uri.query())?;
-    query.only(&["keys"])?;
-    let client = gateway.client(caller.0.as_ref());
+async fn lease_info(uri: Uri, Caller(client): Caller) -> ApiResult<Response> {
+    let query = Query::taking(&uri, &["keys"])?;
     let info = client.lease_time_to_live(lease_in_path(&uri)?, query.flag("keys")?).await?;
     let keys: Vec<Value> = info.keys.iter().map(|k| bytes_json(k)).collect();
     Ok(Json(json!({"id": info.id.to_string(), "ttl_ms": info.ttl.as_millis() as u64,
@@ -410,13 +396,8 @@ async fn lease_info(
 }
 
 /// `POST /v1/lease/{id}/keepalive`: restarts its time to live.
-async fn lease_keep_alive(
-    State(gateway): State<Arc<Gateway>>,
-    uri: Uri,
-    caller: Caller,
-) -> ApiResult<Response> {
-    Query::parse(uri.query())?.only(&[])?;
-    let client = gateway.client(caller.0.as_ref());
+async fn lease_keep_alive(uri: Uri, Caller(client): Caller) -> ApiResult<Response> {
+    Query::taking(&uri, &[])?;
     let id = lease_in_path(&uri)?;
     let kept = client.lease_keep_alive(id).await?;
     Ok(Json(json!({"id": id.to_string(), "ttl_ms": kept.ttl.as_millis() as u64,
@@ -425,13 +406,8 @@ async fn lease_keep_alive(
 }
 
 /// `DELETE /v1/lease/{id}`: ends it and deletes its keys.
-async fn lease_revoke(
-    State(gateway): State<Arc<Gateway>>,
-    uri: Uri,
-    caller: Caller,
-) -> ApiResult<Response> {
-    Query::parse(uri.query())?.only(&[])?;
-    let client = gateway.client(caller.0.as_ref());
+async fn lease_revoke(uri: Uri, Caller(client): Caller) -> ApiResult<Response> {
+    Query::taking(&uri, &[])?;
     let id = lease_in_path(&uri)?;
     let deleted = client.lease_revoke(id).await?;
     Ok(Json(json!({"id": id.to_string(), "deleted_keys": deleted})).into_response())
@@ -473,6 +449,13 @@ impl Query {
             params.push((text(name)?, text(value)?));
         }
         Ok(Query { params })
+    }
+
+    /// The parameters of `uri`, which must all be in `allowed` (see [`Query::only`]).
+    pub(crate) fn taking(uri: &Uri, allowed: &[&str]) -> ApiResult<Query> {
+        let query = Query::parse(uri.query())?;
+        query.only(allowed)?;
+        Ok(query)
     }
 
     /// An error naming the first parameter not in `allowed`.
@@ -544,9 +527,9 @@ pub(crate) fn path_key(path: &str, base: &str) -> ApiResult<Vec<u8>> {
     percent_decode(rest.strip_prefix('/').unwrap_or(rest))
 }
 
-/// Who a request is: its bearer token (which wins), else the user of the client certificate
-/// the gateway verified, else nobody (the gateway's own user).
-pub(crate) struct Caller(pub(crate) Option<Identity>);
+/// The client a request acts through: its bearer token's (which wins), else that of the user
+/// of the client certificate the gateway verified, else the gateway's own.
+pub(crate) struct Caller(pub(crate) Client);
 
 impl FromRequestParts<Arc<Gateway>> for Caller {
     type Rejection = ApiError;
@@ -563,10 +546,10 @@ impl FromRequestParts<Arc<Gateway>> for Caller {
                      terminates TLS",
                 ));
             }
-            return Ok(Caller(Some(Identity::Token(token))));
+            return Ok(Caller(gateway.client(Some(&Identity::Token(token)))));
         }
         let user = parts.extensions.get::<CertUser>().map(|u| Identity::User(u.0.clone()));
-        Ok(Caller(user))
+        Ok(Caller(gateway.client(user.as_ref())))
     }
 }
 

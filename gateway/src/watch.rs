@@ -60,11 +60,10 @@ pub(crate) async fn watch(
     State(gateway): State<Arc<Gateway>>,
     uri: Uri,
     headers: HeaderMap,
-    caller: Caller,
+    Caller(client): Caller,
 ) -> ApiResult<Response> {
     let key = path_key(uri.path(), "/v1/watch")?;
-    let query = Query::parse(uri.query())?;
-    query.only(&["prefix", "prev", "from"])?;
+    let query = Query::taking(&uri, &["prefix", "prev", "from"])?;
     let scope = match query.flag("prefix")? {
         true => WatchScope::Prefix(key),
         false if key.is_empty() => {
@@ -87,7 +86,6 @@ pub(crate) async fn watch(
     let permit = gateway.watches.clone().try_acquire_owned().map_err(|_| {
         ApiError::unavailable("the gateway is at its limit of watches: try another, or later")
     })?;
-    let client = gateway.client(caller.0.as_ref());
     let shards: BTreeSet<ShardId> = client.shards_of(&scope).into_iter().collect();
     let spec = WatchSpec {
         scope,
