@@ -18,7 +18,9 @@
 /// answers an older client `InvalidRequest` instead, with the same reason).
 /// Version 9 added the hello's `as_user` (a proxy acting for another user): a node of
 /// version 8 would skip it and check the proxy's own rights instead.
-pub const CLIENT_PROTOCOL_VERSION: u32 = 9;
+/// Version 10 added the computed transaction ops (`Incr`, `Append`, `Expire`…) and their
+/// results; a node of version 9 refuses them as an unknown op kind.
+pub const CLIENT_PROTOCOL_VERSION: u32 = 10;
 
 /// The oldest client protocol a node still serves: everything a version-1 client asks means
 /// the same in version 2, and the fields it does not know it skips.
@@ -32,8 +34,10 @@ const _: () = assert!(CLIENT_PROTOCOL_OLDEST <= CLIENT_PROTOCOL_VERSION);
 /// dialer's peer listener is. Version 3: entries may be stamped batches carrying deadlines
 /// and expiries, which a node of version 2 cannot decode (it would apply them as nothing).
 /// Version 4: entries may carry lease operations (grants, puts attached to a lease, revokes,
-/// checkpoints, expiries), which a node of version 3 cannot decode.
-pub const PEER_PROTOCOL_VERSION: u32 = 4;
+/// checkpoints, expiries), which a node of version 3 cannot decode. Version 5: transactions
+/// may carry computed ops (the Redis endpoint's `INCR`, `APPEND`, `EXPIRE`…), which a node of
+/// version 4 cannot decode.
+pub const PEER_PROTOCOL_VERSION: u32 = 5;
 
 /// The oldest peer protocol a node talks to: everything of version 1 means the same in
 /// version 2, except that a version-1 node cannot apply membership changes; a leader

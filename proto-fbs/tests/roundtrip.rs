@@ -114,10 +114,22 @@ fn requests_round_trip() {
         value: None,
         number: 42,
     }];
-    let success =
-        [TxnOpSpec { kind: TxnOpKind::Put, key: b"{t}a", value: Some(b"v"), ttl_ms: 0, lease: 0 }];
-    let failure =
-        [TxnOpSpec { kind: TxnOpKind::Get, key: b"{t}a", value: None, ttl_ms: 0, lease: 0 }];
+    let success = [TxnOpSpec {
+        kind: TxnOpKind::Put,
+        key: b"{t}a",
+        value: Some(b"v"),
+        ttl_ms: 0,
+        lease: 0,
+        number: 0,
+    }];
+    let failure = [TxnOpSpec {
+        kind: TxnOpKind::Get,
+        key: b"{t}a",
+        value: None,
+        ttl_ms: 0,
+        lease: 0,
+        number: 0,
+    }];
     let f = e.txn(9, &compares, &success, &failure).to_vec();
     let r = verify_request(payload(&f)).unwrap();
     let txn = r.request_as_txn_request().unwrap();
@@ -204,6 +216,20 @@ fn replies_round_trip() {
     let f = e.txn(11, None, &[], 13).to_vec();
     let t = verify_reply(payload(&f)).unwrap().reply_as_txn_reply().unwrap();
     assert_eq!((t.succeeded(), t.failed_compare()), (true, -1));
+    // Computed ops' results (client protocol 10): a value, a length, a flag, an error.
+    let computed = [
+        TxnResultRef::Value(b"42"),
+        TxnResultRef::Length(11),
+        TxnResultRef::Applied(true),
+        TxnResultRef::Failed("ERR value is not an integer or out of range"),
+    ];
+    let f = e.txn(12, None, &computed, 14).to_vec();
+    let t = verify_reply(payload(&f)).unwrap().reply_as_txn_reply().unwrap();
+    let results = t.results();
+    assert_eq!(results.get(0).value().map(|v| v.bytes()), Some(&b"42"[..]));
+    assert_eq!((results.get(1).kind(), results.get(1).length()), (TxnOpKind::Append, 11));
+    assert!(results.get(2).applied() && results.get(2).error().is_none());
+    assert_eq!(results.get(3).error(), Some("ERR value is not an integer or out of range"));
 
     // The status shape crosses the wire whole, both peers' progress and the serving state.
     let status = common::sample_status();

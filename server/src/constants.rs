@@ -90,6 +90,28 @@ pub const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = 4096;
 /// Reply bytes queued for one client connection before the server stops reading from it.
 pub const CONNECTION_OUTPUT_BYTES_MAX: usize = 32 * 1024 * 1024;
 
+/// Commands a Redis (RESP) connection may have unanswered (pipelined); past it the server
+/// stops reading from it, as for a client connection.
+pub const RESP_COMMANDS_IN_FLIGHT_MAX: usize = CONNECTION_REQUESTS_IN_FLIGHT_MAX;
+
+/// Most arguments in one RESP command: `MSET` of a batch's most keys, with its name.
+pub const RESP_ARGS_MAX: usize = 2 * corekv_proto::constants::BATCH_KEYS_MAX + 1;
+
+/// Most bytes in one RESP bulk string: the largest value and room to say so (a value over
+/// the value limit is refused with an error, the connection carrying on; a bulk string over
+/// this closes it).
+pub const RESP_BULK_BYTES_MAX: usize = corekv_proto::constants::VALUE_BYTES_MAX + 64 * 1024;
+
+/// Most bytes in one RESP command, all arguments together: a frame's worth.
+pub const RESP_COMMAND_BYTES_MAX: usize = corekv_proto::constants::FRAME_BYTES_MAX;
+
+/// Most bytes in one inline command (a line typed into telnet): Redis's limit.
+pub const RESP_INLINE_BYTES_MAX: usize = 64 * 1024;
+
+/// `SCAN` cursors a shard remembers, over all its RESP connections; the oldest is forgotten
+/// first (a client using it is told to start again).
+pub const RESP_SCAN_CURSORS_MAX: usize = 16 * 1024;
+
 /// Watches one client connection may run (each is a request in flight until it ends, so
 /// well under [`CONNECTION_REQUESTS_IN_FLIGHT_MAX`]); the protocol's limit, which clients
 /// know.
@@ -197,6 +219,7 @@ const _: () = assert!(BATCH_BYTES_TARGET <= ENTRY_BYTES_MAX);
 const _: () = assert!(WAL_BACKLOG_BYTES_BUSY + ENTRY_BYTES_MAX < WRITE_BUFFER_BYTES_MAX);
 const _: () = assert!(READ_RETRY_TICKS * TICK_MS < READ_TIMEOUT_MS);
 const _: () = assert!(WATCHERS_PER_CONNECTION_MAX < CONNECTION_REQUESTS_IN_FLIGHT_MAX);
+const _: () = assert!(RESP_BULK_BYTES_MAX < RESP_COMMAND_BYTES_MAX);
 const _: () = assert!(WATCH_DRAIN_NOTICE_BYTES < WATCH_CONNECTION_QUEUE_BYTES_MAX);
 const _: () = assert!(
     ENTRY_BYTES_MAX
@@ -249,3 +272,7 @@ pub const HTTP_HEAD_BYTES_MAX: usize = 16 * 1024;
 
 /// An HTTP connection idle (or stalled mid-request) this long is closed.
 pub const HTTP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+// The state machine's bound on values it computes (APPEND, SETRANGE) is the protocol's.
+const _: () = assert!(
+    corekv_storage::constants::COMPUTED_VALUE_BYTES_MAX == corekv_proto::constants::VALUE_BYTES_MAX
+);

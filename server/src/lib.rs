@@ -13,6 +13,8 @@
 //! - [`auth`]: the node's users and roles (the registry's `[auth]` policy file), reloaded on
 //!   SIGHUP.
 //! - [`tls`]: the node's TLS configurations, from the registry's `[tls]`, reloaded on SIGHUP.
+//! - [`resp`]: the Redis protocol endpoint's commands and replies (its connections are in
+//!   the runtime).
 //! - [`constants`]: limits and timings.
 
 pub mod auth;
@@ -24,6 +26,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod profile;
+pub mod resp;
 pub mod restore;
 pub mod runtime;
 pub mod tls;

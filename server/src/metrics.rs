@@ -177,7 +177,7 @@ const HISTOGRAMS: [(&str, &str, HistogramOf); 5] = [
 ];
 
 /// The gauges of one series per shard.
-const GAUGES: [(&str, &str, Read<i64>); 20] = [
+const GAUGES: [(&str, &str, Read<i64>); 21] = [
     (
         "corekv_clock_behind_milliseconds",
         "How far this node's clock is behind the largest one a leader stamped entries with.",
@@ -190,6 +190,9 @@ const GAUGES: [(&str, &str, Read<i64>); 20] = [
     ("corekv_lease_keys", "Keys attached to a lease.", |m| m.lease_keys.load(Relaxed)),
     ("corekv_client_connections", "Open client connections.", |m| {
         m.client_connections.load(Relaxed)
+    }),
+    ("corekv_resp_connections", "Open Redis protocol (RESP) connections.", |m| {
+        m.resp_connections.load(Relaxed)
     }),
     ("corekv_peer_connections", "Open peer connections, both directions.", |m| {
         m.peer_connections.load(Relaxed)

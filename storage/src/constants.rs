@@ -124,3 +124,8 @@ const _: () =
 /// on): a range full of keys whose expiry has not applied yet costs a bounded amount per
 /// request.
 pub const SCAN_SKIPPED_MAX: usize = 10_000;
+
+/// The largest value a computed transaction op (`APPEND`, `SETRANGE`) may make: the client
+/// protocol's value limit (the server checks the two agree), so every value the state
+/// machine holds is one a client can read back.
+pub const COMPUTED_VALUE_BYTES_MAX: usize = 1024 * 1024;

@@ -56,6 +56,7 @@ impl MemberAddr {
             client_port: self.client_port,
             peer_port: self.peer_port,
             http_port: self.http_port,
+            resp_port: None,
         }
     }
 

@@ -65,19 +65,28 @@ pub struct Node {
     pub peer_port: u16,
     /// `/health`, `/status` and `/metrics`.
     pub http_port: u16,
+    /// Optional: shard `s` speaks the Redis protocol (RESP) on `resp_port + s`.
+    #[serde(default)]
+    pub resp_port: Option<u16>,
 }
 
 impl Node {
     /// The node's `[[node]]` table, as a registry file holds it (with a blank line before).
     pub fn to_toml(&self) -> String {
+        let resp = self.resp_port.map(|port| format!("resp_port = {port}\n")).unwrap_or_default();
         format!(
-            "\n[[node]]\nid = {}\nhost = {}\nclient_port = {}\npeer_port = {}\nhttp_port = {}\n",
+            "\n[[node]]\nid = {}\nhost = {}\nclient_port = {}\npeer_port = {}\nhttp_port = {}\n{resp}",
             self.id,
             toml_string(&self.host),
             self.client_port,
             self.peer_port,
             self.http_port
         )
+    }
+
+    /// `host:port` of shard `shard`'s RESP port, when the node has one.
+    pub fn resp_addr(&self, shard: ShardId) -> Option<String> {
+        self.resp_port.map(|port| format!("{}:{}", self.host, port as u32 + shard.get()))
     }
 
     /// `host:port` of shard `shard`'s client port.
@@ -399,7 +408,9 @@ impl Registry {
             if node.host.trim().is_empty() {
                 return Err(format!("node {}: host is empty", node.id));
             }
-            for (name, base) in [("client_port", node.client_port), ("peer_port", node.peer_port)] {
+            let mut bases = vec![("client_port", node.client_port), ("peer_port", node.peer_port)];
+            bases.extend(node.resp_port.map(|port| ("resp_port", port)));
+            for (name, base) in bases {
                 if base == 0 || base as u32 + self.shards - 1 > u16::MAX as u32 {
                     return Err(format!(
                         "node {}: {name} {base} + {} shards does not fit in 1..=65535",
@@ -435,6 +446,9 @@ impl Registry {
                 node.http_port as u32 + 1,
                 format!("node {} http port", node.id),
             ));
+            if let Some(port) = node.resp_port {
+                ranges.push((port as u32, port as u32 + n, format!("node {} resp ports", node.id)));
+            }
         }
         for (host, ranges) in by_host {
             for (i, a) in ranges.iter().enumerate() {

@@ -119,5 +119,5 @@ pub(super) fn op_spec(op: &TxnOp) -> Result<TxnOpSpec<'_>> {
         TxnOp::PutWithLease(k, v, lease) => (wire::TxnOpKind::Put, k, Some(&v[..]), 0, lease.0),
         TxnOp::Delete(k) => (wire::TxnOpKind::Delete, k, None, 0, 0),
     };
-    Ok(TxnOpSpec { kind, key, value, ttl_ms, lease })
+    Ok(TxnOpSpec { kind, key, value, ttl_ms, lease, number: 0 })
 }

@@ -164,6 +164,8 @@ pub struct TxnOpSpec<'a> {
     pub ttl_ms: u64,
     /// For a put: the lease the key is attached to; 0: none.
     pub lease: u64,
+    /// For `SetRange`: the offset; for `Expire`: the condition.
+    pub number: u64,
 }
 
 /// The result of one transaction operation, as the server reports it.
@@ -175,6 +177,14 @@ pub enum TxnResultRef<'a> {
     Put(KeyMeta),
     /// A delete: whether the key existed.
     Delete(bool),
+    /// `Incr`, `IncrFloat`: the new value.
+    Value(&'a [u8]),
+    /// `Append`, `SetRange`: the new length.
+    Length(u64),
+    /// `Expire`: whether the deadline was set.
+    Applied(bool),
+    /// A computed op that could not apply: why.
+    Failed(&'a str),
 }
 
 pub(super) fn bytes_vector<'b>(

@@ -192,6 +192,44 @@ impl ReplyEncoder {
                         ..Default::default()
                     },
                 ),
+                TxnResultRef::Value(value) => {
+                    let value = self.fbb.create_vector(value);
+                    c::TxnOpResult::create(
+                        &mut self.fbb,
+                        &c::TxnOpResultArgs {
+                            kind: TxnOpKind::Incr,
+                            value: Some(value),
+                            ..Default::default()
+                        },
+                    )
+                }
+                TxnResultRef::Length(length) => c::TxnOpResult::create(
+                    &mut self.fbb,
+                    &c::TxnOpResultArgs {
+                        kind: TxnOpKind::Append,
+                        length: *length,
+                        ..Default::default()
+                    },
+                ),
+                TxnResultRef::Applied(applied) => c::TxnOpResult::create(
+                    &mut self.fbb,
+                    &c::TxnOpResultArgs {
+                        kind: TxnOpKind::Expire,
+                        applied: *applied,
+                        ..Default::default()
+                    },
+                ),
+                TxnResultRef::Failed(reason) => {
+                    let error = self.fbb.create_string(reason);
+                    c::TxnOpResult::create(
+                        &mut self.fbb,
+                        &c::TxnOpResultArgs {
+                            kind: TxnOpKind::Incr,
+                            error: Some(error),
+                            ..Default::default()
+                        },
+                    )
+                }
             })
             .collect();
         let results = self.fbb.create_vector(&tables);

@@ -303,6 +303,7 @@ fn txn_ops<'b>(
                 value,
                 ttl_ms: op.ttl_ms,
                 lease: op.lease,
+                number: op.number,
             };
             c::TxnOp::create(fbb, &args)
         })

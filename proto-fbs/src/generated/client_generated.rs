@@ -294,15 +294,26 @@ impl ::flatbuffers::SimpleToVerifyInSlice for CompareOp {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_TXN_OP_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_TXN_OP_KIND: u8 = 2;
+pub const ENUM_MAX_TXN_OP_KIND: u8 = 8;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_TXN_OP_KIND: [TxnOpKind; 3] = [
+pub const ENUM_VALUES_TXN_OP_KIND: [TxnOpKind; 9] = [
   TxnOpKind::Get,
   TxnOpKind::Put,
   TxnOpKind::Delete,
+  TxnOpKind::Incr,
+  TxnOpKind::IncrFloat,
+  TxnOpKind::Append,
+  TxnOpKind::SetRange,
+  TxnOpKind::PutKeepTtl,
+  TxnOpKind::Expire,
 ];
 
+/// Computed kinds (client protocol 10; a shard with a member older than peer protocol 5
+/// answers `Unavailable`) read the key's value and write what they compute from it in the
+/// same apply. Each keeps the key's deadline and lease, but `Expire`, which sets the
+/// deadline. One that cannot apply (a value that is not a number, a result over the value
+/// limit) changes nothing and reports `error`; the other ops of the branch still apply.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
 pub struct TxnOpKind(pub u8);
@@ -311,13 +322,33 @@ impl TxnOpKind {
   pub const Get: Self = Self(0);
   pub const Put: Self = Self(1);
   pub const Delete: Self = Self(2);
+  /// Adds the decimal integer in `value` to the key's (0 when missing); result: `value`.
+  pub const Incr: Self = Self(3);
+  /// Adds the decimal number in `value` to the key's (0 when missing); result: `value`.
+  pub const IncrFloat: Self = Self(4);
+  /// Appends `value`; result: `length`.
+  pub const Append: Self = Self(5);
+  /// Writes `value` from byte `number`, padding with zero bytes; result: `length`.
+  pub const SetRange: Self = Self(6);
+  /// Writes `value`, keeping the key's deadline; result: `meta`.
+  pub const PutKeepTtl: Self = Self(7);
+  /// Gives an existing key the deadline `ttl_ms` from now (0: none) when condition `number`
+  /// holds (0 always, 1 it has none, 2 it has one, 3 later than its own, 4 earlier; no
+  /// deadline counts as the latest); result: `applied`.
+  pub const Expire: Self = Self(8);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_MAX: u8 = 8;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Get,
     Self::Put,
     Self::Delete,
+    Self::Incr,
+    Self::IncrFloat,
+    Self::Append,
+    Self::SetRange,
+    Self::PutKeepTtl,
+    Self::Expire,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -325,6 +356,12 @@ impl TxnOpKind {
       Self::Get => Some("Get"),
       Self::Put => Some("Put"),
       Self::Delete => Some("Delete"),
+      Self::Incr => Some("Incr"),
+      Self::IncrFloat => Some("IncrFloat"),
+      Self::Append => Some("Append"),
+      Self::SetRange => Some("SetRange"),
+      Self::PutKeepTtl => Some("PutKeepTtl"),
+      Self::Expire => Some("Expire"),
       _ => None,
     }
   }
@@ -3131,6 +3168,7 @@ impl<'a> TxnOp<'a> {
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 8;
   pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 10;
   pub const VT_LEASE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_NUMBER: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3142,6 +3180,7 @@ impl<'a> TxnOp<'a> {
     args: &'args TxnOpArgs<'args>
   ) -> ::flatbuffers::WIPOffset<TxnOp<'bldr>> {
     let mut builder = TxnOpBuilder::new(_fbb);
+    builder.add_number(args.number);
     builder.add_lease(args.lease);
     builder.add_ttl_ms(args.ttl_ms);
     if let Some(x) = args.value { builder.add_value(x); }
@@ -3165,7 +3204,7 @@ impl<'a> TxnOp<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(TxnOp::VT_KEY, None).unwrap()}
   }
-  /// The value for `Put`.
+  /// The value for `Put`; the operand of computed kinds.
   #[inline]
   pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
     // Safety:
@@ -3173,7 +3212,7 @@ impl<'a> TxnOp<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(TxnOp::VT_VALUE, None)}
   }
-  /// For `Put`: as `PutRequest.ttl_ms`.
+  /// For `Put`: as `PutRequest.ttl_ms`; for `Expire`: the time to live.
   #[inline]
   pub fn ttl_ms(&self) -> u64 {
     // Safety:
@@ -3189,6 +3228,14 @@ impl<'a> TxnOp<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(TxnOp::VT_LEASE, Some(0)).unwrap()}
   }
+  /// For `SetRange`: the offset; for `Expire`: the condition.
+  #[inline]
+  pub fn number(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TxnOp::VT_NUMBER, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TxnOp<'_> {
@@ -3202,6 +3249,7 @@ impl ::flatbuffers::Verifiable for TxnOp<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
      .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
      .visit_field::<u64>("lease", Self::VT_LEASE, false)?
+     .visit_field::<u64>("number", Self::VT_NUMBER, false)?
      .finish();
     Ok(())
   }
@@ -3212,6 +3260,7 @@ pub struct TxnOpArgs<'a> {
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub ttl_ms: u64,
     pub lease: u64,
+    pub number: u64,
 }
 impl<'a> Default for TxnOpArgs<'a> {
   #[inline]
@@ -3222,6 +3271,7 @@ impl<'a> Default for TxnOpArgs<'a> {
       value: None,
       ttl_ms: 0,
       lease: 0,
+      number: 0,
     }
   }
 }
@@ -3252,6 +3302,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnOpBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(TxnOp::VT_LEASE, lease, 0);
   }
   #[inline]
+  pub fn add_number(&mut self, number: u64) {
+    self.fbb_.push_slot::<u64>(TxnOp::VT_NUMBER, number, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnOpBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     TxnOpBuilder {
@@ -3275,6 +3329,7 @@ impl ::core::fmt::Debug for TxnOp<'_> {
       ds.field("value", &self.value());
       ds.field("ttl_ms", &self.ttl_ms());
       ds.field("lease", &self.lease());
+      ds.field("number", &self.number());
       ds.finish()
   }
 }
@@ -6494,6 +6549,10 @@ impl<'a> TxnOpResult<'a> {
   pub const VT_ENTRY: ::flatbuffers::VOffsetT = 6;
   pub const VT_META: ::flatbuffers::VOffsetT = 8;
   pub const VT_DELETED: ::flatbuffers::VOffsetT = 10;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_LENGTH: ::flatbuffers::VOffsetT = 14;
+  pub const VT_APPLIED: ::flatbuffers::VOffsetT = 16;
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6505,14 +6564,20 @@ impl<'a> TxnOpResult<'a> {
     args: &'args TxnOpResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<TxnOpResult<'bldr>> {
     let mut builder = TxnOpResultBuilder::new(_fbb);
+    builder.add_length(args.length);
+    if let Some(x) = args.error { builder.add_error(x); }
+    if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.meta { builder.add_meta(x); }
     if let Some(x) = args.entry { builder.add_entry(x); }
+    builder.add_applied(args.applied);
     builder.add_deleted(args.deleted);
     builder.add_kind(args.kind);
     builder.finish()
   }
 
 
+  /// The op's kind; for computed ops, the field that answers: `Incr` for `value` or `error`,
+  /// `Append` for `length`, `Expire` for `applied`, `Put` for `meta` (`PutKeepTtl`).
   #[inline]
   pub fn kind(&self) -> TxnOpKind {
     // Safety:
@@ -6544,6 +6609,38 @@ impl<'a> TxnOpResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(TxnOpResult::VT_DELETED, Some(false)).unwrap()}
   }
+  /// `Incr`, `IncrFloat`: the new value.
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(TxnOpResult::VT_VALUE, None)}
+  }
+  /// `Append`, `SetRange`: the new length.
+  #[inline]
+  pub fn length(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TxnOpResult::VT_LENGTH, Some(0)).unwrap()}
+  }
+  /// `Expire`: whether the deadline was set.
+  #[inline]
+  pub fn applied(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(TxnOpResult::VT_APPLIED, Some(false)).unwrap()}
+  }
+  /// A computed op that could not apply (and changed nothing): why.
+  #[inline]
+  pub fn error(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TxnOpResult::VT_ERROR, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TxnOpResult<'_> {
@@ -6556,6 +6653,10 @@ impl ::flatbuffers::Verifiable for TxnOpResult<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<Entry>>("entry", Self::VT_ENTRY, false)?
      .visit_field::<KeyMeta>("meta", Self::VT_META, false)?
      .visit_field::<bool>("deleted", Self::VT_DELETED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("length", Self::VT_LENGTH, false)?
+     .visit_field::<bool>("applied", Self::VT_APPLIED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
      .finish();
     Ok(())
   }
@@ -6565,6 +6666,10 @@ pub struct TxnOpResultArgs<'a> {
     pub entry: Option<::flatbuffers::WIPOffset<Entry<'a>>>,
     pub meta: Option<&'a KeyMeta>,
     pub deleted: bool,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub length: u64,
+    pub applied: bool,
+    pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for TxnOpResultArgs<'a> {
   #[inline]
@@ -6574,6 +6679,10 @@ impl<'a> Default for TxnOpResultArgs<'a> {
       entry: None,
       meta: None,
       deleted: false,
+      value: None,
+      length: 0,
+      applied: false,
+      error: None,
     }
   }
 }
@@ -6600,6 +6709,22 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnOpResultBuilder<'a, 'b, A>
     self.fbb_.push_slot::<bool>(TxnOpResult::VT_DELETED, deleted, false);
   }
   #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnOpResult::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_length(&mut self, length: u64) {
+    self.fbb_.push_slot::<u64>(TxnOpResult::VT_LENGTH, length, 0);
+  }
+  #[inline]
+  pub fn add_applied(&mut self, applied: bool) {
+    self.fbb_.push_slot::<bool>(TxnOpResult::VT_APPLIED, applied, false);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnOpResult::VT_ERROR, error);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnOpResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     TxnOpResultBuilder {
@@ -6621,6 +6746,10 @@ impl ::core::fmt::Debug for TxnOpResult<'_> {
       ds.field("entry", &self.entry());
       ds.field("meta", &self.meta());
       ds.field("deleted", &self.deleted());
+      ds.field("value", &self.value());
+      ds.field("length", &self.length());
+      ds.field("applied", &self.applied());
+      ds.field("error", &self.error());
       ds.finish()
   }
 }

@@ -64,11 +64,31 @@ pub fn sample_requests() -> Vec<Vec<u8>> {
         },
     ];
     let success = [
-        TxnOpSpec { kind: TxnOpKind::Put, key: b"{t}a", value: Some(b"y"), ttl_ms: 0, lease: 0 },
-        TxnOpSpec { kind: TxnOpKind::Get, key: b"{t}b", value: None, ttl_ms: 0, lease: 0 },
+        TxnOpSpec {
+            kind: TxnOpKind::Put,
+            key: b"{t}a",
+            value: Some(b"y"),
+            ttl_ms: 0,
+            lease: 0,
+            number: 0,
+        },
+        TxnOpSpec {
+            kind: TxnOpKind::Get,
+            key: b"{t}b",
+            value: None,
+            ttl_ms: 0,
+            lease: 0,
+            number: 0,
+        },
     ];
-    let failure =
-        [TxnOpSpec { kind: TxnOpKind::Delete, key: b"{t}c", value: None, ttl_ms: 0, lease: 0 }];
+    let failure = [TxnOpSpec {
+        kind: TxnOpKind::Delete,
+        key: b"{t}c",
+        value: None,
+        ttl_ms: 0,
+        lease: 0,
+        number: 0,
+    }];
     vec![
         e.hello(1, "local", 2).to_vec(),
         e.get(2, b"k", Consistency::Stale).to_vec(),

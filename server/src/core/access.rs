@@ -69,6 +69,37 @@ impl AccessControl {
         }
     }
 
+    /// A Redis (RESP) connection was accepted: it has no hello, and reads refusals as
+    /// `NOPERM` (it speaks the newest protocol's error kinds).
+    fn resp_connected(&mut self, conn: ConnId, cert_user: Option<String>) {
+        if self.enabled() {
+            let protocol = corekv_proto::constants::CLIENT_PROTOCOL_VERSION;
+            self.principals.insert(conn, Principal { cert_user, protocol, ..Principal::default() });
+        }
+    }
+
+    /// A RESP `AUTH`: bearer token `token` (of user `user`, when named) becomes the
+    /// connection's; the user it names, or why not (the connection keeps what it had).
+    fn authenticate(
+        &mut self,
+        conn: ConnId,
+        user: Option<&str>,
+        token: &str,
+    ) -> Result<String, String> {
+        let Some(auth) = self.auth.clone() else {
+            return Err("the cluster has no [auth]".into());
+        };
+        let digest = crate::auth::token_digest(token);
+        let policy = auth.policy();
+        let named = policy.token_user(&digest).ok_or("the token is not one the policy knows")?;
+        if user.is_some_and(|user| user != named) {
+            return Err(format!("the token is user {named:?}'s, not {user:?}'s"));
+        }
+        let principal = self.principals.entry(conn).or_default();
+        principal.token = Some(digest);
+        Ok(named.to_string())
+    }
+
     pub(super) fn closed(&mut self, conn: ConnId) {
         self.principals.remove(&conn);
     }
@@ -258,6 +289,22 @@ impl ShardCore {
     /// A client connection was accepted; its certificate names `cert_user`.
     pub fn on_client_connected(&mut self, conn: ConnId, cert_user: Option<String>) {
         self.access.connected(conn, cert_user);
+    }
+
+    /// A Redis (RESP) connection was accepted; its certificate names `cert_user`.
+    pub fn on_resp_connected(&mut self, conn: ConnId, cert_user: Option<String>) {
+        self.access.resp_connected(conn, cert_user);
+    }
+
+    /// A RESP connection's `AUTH` with a bearer token (of `user`, when named): the user the
+    /// connection is from now on, or why it was refused.
+    pub fn authenticate_resp(
+        &mut self,
+        conn: ConnId,
+        user: Option<&str>,
+        token: &str,
+    ) -> Result<String, String> {
+        self.access.authenticate(conn, user, token)
     }
 }
 

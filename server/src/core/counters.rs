@@ -132,6 +132,8 @@ pub struct ShardMetrics {
     pub cold_records_read: AtomicU64,
     /// Open client connections.
     pub client_connections: AtomicI64,
+    /// Open Redis protocol (RESP) connections.
+    pub resp_connections: AtomicI64,
     /// Open peer connections (both directions).
     pub peer_connections: AtomicI64,
     /// 1 while this replica leads its shard.
@@ -264,6 +266,7 @@ impl Default for ShardMetrics {
             conf_changes: AtomicU64::new(0),
             cold_records_read: AtomicU64::new(0),
             client_connections: AtomicI64::new(0),
+            resp_connections: AtomicI64::new(0),
             peer_connections: AtomicI64::new(0),
             is_leader: AtomicI64::new(0),
             term: AtomicI64::new(0),

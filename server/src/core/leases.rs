@@ -49,6 +49,9 @@ use corekv_types::ids::ShardId;
 /// The first peer protocol whose nodes apply lease operations.
 const LEASE_PEER_PROTOCOL: u32 = 4;
 
+/// The first peer protocol whose replicas apply computed transaction ops.
+const COMPUTED_OPS_PEER_PROTOCOL: u32 = 5;
+
 /// Leases in one checkpoint entry at most (16 bytes each).
 const CHECKPOINT_LEASES_PER_ENTRY: usize = 65_536;
 
@@ -142,6 +145,17 @@ impl ShardCore {
             .members()
             .into_iter()
             .all(|id| self.peer_protocols.get(&id.get()).is_none_or(|&p| p >= LEASE_PEER_PROTOCOL))
+    }
+
+    /// Whether every member applies computed transaction ops (peer protocol 5), counted as
+    /// for leases.
+    pub(super) fn computed_ops_supported(&self) -> bool {
+        if self.peer_protocols.values().all(|&p| p >= COMPUTED_OPS_PEER_PROTOCOL) {
+            return true;
+        }
+        self.membership.members().into_iter().all(|id| {
+            self.peer_protocols.get(&id.get()).is_none_or(|&p| p >= COMPUTED_OPS_PEER_PROTOCOL)
+        })
     }
 
     /// A write's deadline (0: none) and lease (0: none), checked: not both; the lease on

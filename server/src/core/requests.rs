@@ -478,6 +478,8 @@ impl ShardCore {
                 size += o.key().len() + value.len();
                 let (expires_ms, lease) = match o.kind() {
                     WireTxnOpKind::Put => self.ttl_or_lease(o.ttl_ms(), o.lease())?,
+                    // 0: the key's deadline is removed.
+                    WireTxnOpKind::Expire => (self.deadline(o.ttl_ms())?, 0),
                     _ => (0, 0),
                 };
                 let kind = match o.kind() {
@@ -486,19 +488,70 @@ impl ShardCore {
                     WireTxnOpKind::Put if lease != 0 => TxnOpKind::PutLease,
                     WireTxnOpKind::Put => TxnOpKind::Put,
                     WireTxnOpKind::Delete => TxnOpKind::Delete,
-                    other => {
-                        return Err(Refusal::Invalid(format!(
-                            "unknown transaction op kind {}",
-                            other.0
-                        )))
-                    }
+                    other => self.computed_kind(other, value, o.number())?,
                 };
-                branch.push(TxnOp { kind, key: o.key().bytes(), value, expires_ms, lease });
+                let (key, number) = (o.key().bytes(), o.number());
+                branch.push(TxnOp { kind, key, value, expires_ms, lease, number });
             }
         }
         check_entry_size(size)?;
         let [success, failure] = branches;
         Ok((compares, success, failure, size))
+    }
+}
+
+impl ShardCore {
+    /// The storage kind of computed wire op `kind` with operand `value` and `number`,
+    /// checked: the operand a number where one is needed, the offset and condition in range,
+    /// and every member able to apply it.
+    fn computed_kind(
+        &self,
+        kind: WireTxnOpKind,
+        value: &[u8],
+        number: u64,
+    ) -> Result<TxnOpKind, Refusal> {
+        let text = std::str::from_utf8(value).unwrap_or_default();
+        let kind = match kind {
+            WireTxnOpKind::Incr if text.parse::<i64>().is_ok() => TxnOpKind::Incr,
+            WireTxnOpKind::Incr => {
+                return Err(Refusal::Invalid("ERR value is not an integer or out of range".into()))
+            }
+            WireTxnOpKind::IncrFloat if text.parse::<f64>().is_ok_and(f64::is_finite) => {
+                TxnOpKind::IncrFloat
+            }
+            WireTxnOpKind::IncrFloat => {
+                return Err(Refusal::Invalid("ERR value is not a valid float".into()))
+            }
+            WireTxnOpKind::Append => TxnOpKind::Append,
+            WireTxnOpKind::SetRange if number <= VALUE_BYTES_MAX as u64 => TxnOpKind::SetRange,
+            WireTxnOpKind::SetRange => {
+                return Err(Refusal::TooLarge {
+                    what: "offset",
+                    size: usize::try_from(number).unwrap_or(usize::MAX),
+                    limit: VALUE_BYTES_MAX,
+                })
+            }
+            WireTxnOpKind::PutKeepTtl => TxnOpKind::PutKeepTtl,
+            WireTxnOpKind::Expire
+                if corekv_storage::command::DeadlineCondition::from_u64(number).is_some() =>
+            {
+                TxnOpKind::SetDeadline
+            }
+            WireTxnOpKind::Expire => {
+                return Err(Refusal::Invalid(format!("unknown expire condition {number}")))
+            }
+            other => {
+                return Err(Refusal::Invalid(format!("unknown transaction op kind {}", other.0)))
+            }
+        };
+        if !self.computed_ops_supported() {
+            return Err(Refusal::Unavailable(
+                "a member of this shard runs an older corekv (before peer protocol 5) that \
+                 cannot apply computed transaction ops: upgrade every node first"
+                    .into(),
+            ));
+        }
+        Ok(kind)
     }
 }
 

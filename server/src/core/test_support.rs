@@ -50,6 +50,7 @@ impl Replica {
                     client_port: 7100,
                     peer_port: 7200,
                     http_port: 7300,
+                    resp_port: None,
                 })
                 .collect(),
             election_ticks: 10,

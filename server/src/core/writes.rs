@@ -104,14 +104,19 @@ impl ShardCore {
         // A lease operation or a write with a deadline, admitted before a member of an older
         // peer protocol joined, is not proposed: that member could not apply it.
         let lease_refused = self.writes.batch.has_lease_ops() && !self.leases_supported();
-        let data =
-            super::expiry::finish_batch(&mut self.writes.batch, stamp).filter(|_| !lease_refused);
+        let computed_refused =
+            self.writes.batch.has_computed_ops() && !self.computed_ops_supported();
+        let data = super::expiry::finish_batch(&mut self.writes.batch, stamp)
+            .filter(|_| !lease_refused && !computed_refused);
         let waiters = std::mem::take(&mut self.writes.batch_waiters);
         let Some(data) = data else {
             // Nothing was appended.
             self.writes.in_flight -= waiters.len();
             let reason = if lease_refused {
                 "a member of this shard runs an older corekv that cannot keep leases"
+            } else if computed_refused {
+                "a member of this shard runs an older corekv that cannot apply computed \
+                 transaction ops (INCR, APPEND, EXPIRE…)"
             } else {
                 "a member of this shard runs an older corekv that cannot keep deadlines"
             };
@@ -231,6 +236,10 @@ impl ShardCore {
                             )),
                             TxnResult::Put(meta) => TxnResultRef::Put((*meta).into()),
                             TxnResult::Delete(deleted) => TxnResultRef::Delete(*deleted),
+                            TxnResult::Value(value) => TxnResultRef::Value(value),
+                            TxnResult::Length(length) => TxnResultRef::Length(*length),
+                            TxnResult::Applied(applied) => TxnResultRef::Applied(*applied),
+                            TxnResult::Failed(reason) => TxnResultRef::Failed(reason),
                         })
                         .collect();
                     encoder.txn(w.id, outcome.failed_compare, &results, index)

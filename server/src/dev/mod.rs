@@ -142,18 +142,21 @@ pub struct DevRefusal(pub String);
 
 /// The registry of a dev cluster: node `i` (from 1) gets client ports from
 /// `base + stride*(i-1)`, peer ports from `base + 100 + stride*(i-1)` and HTTP port
-/// `base + 200 + (i-1)`, where the stride is at least the shard count.
+/// `base + 200 + (i-1)` and Redis (RESP) ports from `base + 300 + stride*(i-1)`, where the
+/// stride is at least the shard count (and each block at least `stride * nodes`).
 pub fn registry_text(nodes: u32, shards: u32, base: u16) -> String {
     let stride = shards.max(10);
+    let block = 100.max(stride * nodes);
     let mut text = format!("cluster = \"dev\"\nshards = {shards}\n");
     for i in 0..nodes {
         let base = base as u32;
         text.push_str(&format!(
-            "\n[[node]]\nid = {}\nhost = \"127.0.0.1\"\nclient_port = {}\npeer_port = {}\nhttp_port = {}\n",
+            "\n[[node]]\nid = {}\nhost = \"127.0.0.1\"\nclient_port = {}\npeer_port = {}\nhttp_port = {}\nresp_port = {}\n",
             i + 1,
             base + stride * i,
-            base + 100.max(stride * nodes) + stride * i,
-            base + 2 * 100.max(stride * nodes) + i,
+            base + block + stride * i,
+            base + 2 * block + i,
+            base + 3 * block + stride * i,
         ));
     }
     text
@@ -350,6 +353,7 @@ fn check_ports_free(registry: &Registry) -> anyhow::Result<()> {
         for s in 0..registry.shards {
             ports.push(node.client_port as u32 + s);
             ports.push(node.peer_port as u32 + s);
+            ports.extend(node.resp_port.map(|port| port as u32 + s));
         }
         ports.push(node.http_port as u32);
         for port in ports {
@@ -440,6 +444,10 @@ fn print_ready(registry: &Registry, registry_path: &Path, dir: &Path) {
     println!("  corekvctl put hello world");
     println!("  corekvctl get hello");
     println!("  corekvctl status");
+    if let Some(resp) = registry.nodes.first().and_then(|n| n.resp_port) {
+        let tls = if registry.tls.is_some() { " --tls" } else { "" };
+        println!("  redis-cli -c -p {resp}{tls} set hello world");
+    }
     println!();
     if registry.tls.is_some() {
         println!(

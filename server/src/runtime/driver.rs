@@ -56,8 +56,12 @@ pub async fn run(ctx: ShardContext) {
 }
 
 async fn serve(shard: Rc<Shard>, listeners: Listeners) {
-    let Listeners { client, peer, shutdown, status, flusher, history_flusher, timing } = listeners;
+    let Listeners { client, peer, resp, shutdown, status, flusher, history_flusher, timing } =
+        listeners;
     glommio::spawn_local(accept_clients(shard.clone(), client)).detach();
+    if let Some(resp) = resp {
+        glommio::spawn_local(super::resp::accept_resp(shard.clone(), resp)).detach();
+    }
     glommio::spawn_local(accept_peers(shard.clone(), peer)).detach();
     sync_links(&shard);
     let flush_task = glommio::spawn_local(flush_loop(shard.clone(), flusher));

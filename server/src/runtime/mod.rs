@@ -23,6 +23,7 @@
 //! | `snapshot_task` | build and write a snapshot off the executor |
 //! | `shutdown` | drain, answer, flush |
 //! | `client` | client connections |
+//! | `resp` | Redis protocol connections (the commands are in `crate::resp`) |
 //! | `backup` | stream a snapshot to a client taking a backup |
 //! | `peer` | peer links: `sender`, `handshake`, `inbound`, `snapshot_send`, `snapshot_receive` |
 //! | `disk` | the O_DIRECT files: WAL flushes, snapshot files |
@@ -37,6 +38,7 @@ mod net;
 mod notify;
 mod outputs;
 mod peer;
+mod resp;
 mod shutdown;
 mod snapshot_task;
 mod startup;
@@ -179,11 +181,12 @@ fn spawn_executors(
 ) -> anyhow::Result<Executors> {
     let mut executors =
         Executors { threads: Vec::new(), metrics: Vec::new(), statuses: Vec::new() };
+    executors.statuses = (0..registry.shards).map(|_| Arc::new(Mutex::new(None))).collect();
+    let statuses = Arc::new(executors.statuses.clone());
     for shard in 0..registry.shards {
         let shard_metrics = Arc::new(ShardMetrics::default());
-        let status = Arc::new(Mutex::new(None));
+        let status = executors.statuses[shard as usize].clone();
         executors.metrics.push(shard_metrics.clone());
-        executors.statuses.push(status.clone());
         let ctx = startup::ShardContext {
             snapshots: options.snapshots,
             wal_segment_bytes: options.wal_segment_bytes,
@@ -196,6 +199,7 @@ fn spawn_executors(
             timing: options.timing,
             metrics: shard_metrics,
             status,
+            statuses: statuses.clone(),
             shutdown: shutdown.clone(),
             tls: tls.clone(),
             auth: options.auth.clone(),

@@ -60,6 +60,8 @@ pub struct ShardContext {
     pub metrics: Arc<ShardMetrics>,
     /// Status the HTTP endpoint reads, refreshed every tick.
     pub status: StatusSlot,
+    /// Every shard's status slot (this one's included), by shard.
+    pub statuses: Arc<Vec<StatusSlot>>,
     /// Set by the signal handler: shut down cleanly.
     pub shutdown: Arc<AtomicBool>,
     /// The node's TLS; `None`: plaintext.
@@ -73,6 +75,8 @@ pub struct ShardContext {
 pub(super) struct Listeners {
     pub(super) client: TcpListener,
     pub(super) peer: TcpListener,
+    /// The Redis protocol port, when the node has one.
+    pub(super) resp: Option<TcpListener>,
     pub(super) shutdown: Arc<AtomicBool>,
     pub(super) status: StatusSlot,
     pub(super) flusher: DmaFlusher,
@@ -127,6 +131,13 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
     let peer = listen(&peer_addr).map_err(|e| {
         anyhow::anyhow!("shard {}: cannot listen for peers on {peer_addr}: {e}", ctx.shard)
     })?;
+    let resp = match node.resp_addr(ctx.shard) {
+        Some(addr) => Some(listen(&addr).map_err(|e| {
+            anyhow::anyhow!("shard {}: cannot listen for redis clients on {addr}: {e}", ctx.shard)
+        })?),
+        None => None,
+    };
+    let cursor_seed = wall_epoch_ms.wrapping_mul(1_000_003) % (1 << 40);
     let shard = Rc::new(Shard {
         core: RefCell::new(core),
         wake: Notify::default(),
@@ -152,9 +163,13 @@ pub(super) async fn start(ctx: ShardContext) -> anyhow::Result<(Rc<Shard>, Liste
         stopping: Cell::new(false),
         next_conn: Cell::new(1),
         tls: ctx.tls,
+        statuses: ctx.statuses,
+        resp_cursors: RefCell::new(crate::resp::cursors::Cursors::new(cursor_seed)),
     });
     let (shutdown, status, timing) = (ctx.shutdown, ctx.status, ctx.timing);
-    Ok((shard, Listeners { client, peer, shutdown, status, flusher, history_flusher, timing }))
+    let listeners =
+        Listeners { client, peer, resp, shutdown, status, flusher, history_flusher, timing };
+    Ok((shard, listeners))
 }
 
 /// The core, recovered through the driver contract from the WAL in `segments` and the newest

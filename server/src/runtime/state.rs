@@ -63,6 +63,11 @@ pub(crate) struct Shard {
     pub(crate) next_conn: Cell<ConnId>,
     /// The node's TLS (every executor shares it; SIGHUP reloads it); `None`: plaintext.
     pub(crate) tls: Option<Arc<crate::tls::NodeTls>>,
+    /// Every shard's published status, by shard: where the RESP endpoint learns the other
+    /// shards' leaders.
+    pub(crate) statuses: Arc<Vec<crate::http::StatusSlot>>,
+    /// The RESP endpoint's `SCAN` cursors.
+    pub(crate) resp_cursors: RefCell<crate::resp::cursors::Cursors>,
 }
 
 impl Shard {

@@ -58,7 +58,8 @@ fn free_base(nodes: u64, shards: u32) -> u16 {
         let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
         let all_free = (0..nodes).all(|i| {
             let (client, peer, http) = node_ports(base, i);
-            (0..shards as u16).all(|s| free(client + s) && free(peer + s)) && free(http)
+            (0..shards as u16).all(|s| free(client + s) && free(peer + s) && free(client + 10 + s))
+                && free(http)
         });
         if all_free {
             return base;
@@ -133,6 +134,8 @@ impl TestCluster {
                 client_port: *client_port,
                 peer_port: *peer_port,
                 http_port: *http_port,
+                // Redis ports after the client ports, in the 20 ports each node has for them.
+                resp_port: (shards <= 10).then_some(*client_port + 10),
             };
             text.push_str(&node.to_toml());
         }
@@ -226,6 +229,7 @@ impl TestCluster {
             client_port,
             peer_port,
             http_port,
+            resp_port: None,
         };
         let text = std::fs::read_to_string(&self.registry_path).expect("registry");
         let text = format!("{text}{}", node.to_toml());
@@ -586,8 +590,11 @@ pub fn dev_base(nodes: u32, shards: u32) -> u16 {
         let registry = Registry::parse(&text, "dev").expect("a valid dev registry");
         let free = |p: u32| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
         let all_free = registry.nodes.iter().all(|n| {
-            (0..shards).all(|s| free(n.client_port as u32 + s) && free(n.peer_port as u32 + s))
-                && free(n.http_port as u32)
+            (0..shards).all(|s| {
+                free(n.client_port as u32 + s)
+                    && free(n.peer_port as u32 + s)
+                    && n.resp_port.is_none_or(|r| free(r as u32 + s))
+            }) && free(n.http_port as u32)
         });
         if all_free {
             return base;

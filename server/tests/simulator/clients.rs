@@ -77,6 +77,7 @@ impl Sim {
                 value: Some(&value),
                 ttl_ms: 0,
                 lease: 0,
+                number: 0,
             };
             let frame = self.encoder.txn(request, &[compare], &[put], &[]).to_vec();
             (KvOp::Cas { expect, new: value.clone() }, Kind::Write, frame)

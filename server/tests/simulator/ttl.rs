@@ -110,6 +110,7 @@ impl Sim {
                         value: Some(&value),
                         ttl_ms,
                         lease: 0,
+                        number: 0,
                     };
                     self.encoder.txn(request, &[], &[put], &[]).to_vec()
                 }

@@ -19,6 +19,7 @@ fn members(ids: &[u64], host: &str) -> Membership {
             client_port: 7100 + id as u16 * 10,
             peer_port: 7200,
             http_port: 7300,
+            resp_port: None,
         })
         .collect();
     Membership::bootstrap(&nodes)

@@ -180,10 +180,9 @@ impl Op<'_> {
             | Op::LeaseRevoke { .. }
             | Op::LeaseCheckpoint(_)
             | Op::LeaseExpire { .. } => true,
-            Op::Txn { success, failure, .. } => success
-                .iter()
-                .chain(failure)
-                .any(|op| matches!(op.kind, TxnOpKind::PutTtl | TxnOpKind::PutLease)),
+            Op::Txn { success, failure, .. } => success.iter().chain(failure).any(|op| {
+                matches!(op.kind, TxnOpKind::PutTtl | TxnOpKind::PutLease) || op.kind.is_computed()
+            }),
             Op::Delete { .. } | Op::BatchDelete(_) => false,
         }
     }
@@ -309,9 +308,15 @@ fn decode_txn_ops<'a>(r: &mut Reader<'a>) -> Result<Vec<TxnOp<'a>>, CommandError
             return r.fail("unknown transaction op kind");
         };
         let (key, value) = (r.bytes()?, r.bytes()?);
-        let expires_ms = if kind == TxnOpKind::PutTtl { deadline(r)? } else { 0 };
-        let lease = if kind == TxnOpKind::PutLease { lease(r)? } else { 0 };
-        ops.push(TxnOp { kind, key, value, expires_ms, lease });
+        let (expires_ms, lease, number) = match kind {
+            TxnOpKind::PutTtl => (deadline(r)?, 0, 0),
+            TxnOpKind::PutLease => (0, lease(r)?, 0),
+            TxnOpKind::SetRange => (0, 0, r.u64()?),
+            // A deadline of 0 removes the key's.
+            TxnOpKind::SetDeadline => (r.u64()?, 0, r.u64()?),
+            _ => (0, 0, 0),
+        };
+        ops.push(TxnOp { kind, key, value, expires_ms, lease, number });
     }
     Ok(ops)
 }

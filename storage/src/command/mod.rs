@@ -21,8 +21,11 @@
 //!   LEASE_CHECKPOINT n u32 | (lease u64 | deadline_ms u64) * n           (version 2 only)
 //!   LEASE_EXPIRE   term u64 | n u32 | (lease u64 | deadline_ms u64) * n  (version 2 only)
 //! compare: target u8 | op u8 | key | value | number u64
-//! txn-op:  kind u8 (0 get, 1 put, 2 delete, 3 put with a deadline, 4 put with a lease)
+//! txn-op:  kind u8 (0 get, 1 put, 2 delete, 3 put with a deadline, 4 put with a lease,
+//!          5 incr, 6 incr float, 7 append, 8 set range, 9 put keeping the deadline,
+//!          10 set the deadline)
 //!          | key | value | [kind 3: expires_ms u64] | [kind 4: lease u64]
+//!          | [kind 8: offset u64] | [kind 10: expires_ms u64 | condition u64]
 //! key, value: length u32 | bytes
 //! ```
 //!
@@ -46,6 +49,14 @@
 //! deadline is still that one (a checkpoint in between wins), and nothing when its entry has
 //! another term than the one it names (an expiry decided under one leadership and proposed
 //! under another).
+//!
+//! Computed transaction ops (kinds 5–10, the Redis endpoint's read-modify-write commands)
+//! read the key's value and write what they compute from it in the same apply, so no write
+//! comes between; each keeps the key's deadline and lease (but kind 10, which sets the
+//! deadline). One that cannot apply (a value that is not a number, a result over the value
+//! limit) changes nothing and says why in its result; the transaction's other ops apply.
+//! Replicas before peer protocol 5 cannot decode them: a leader proposes none while such a
+//! member is in the shard.
 //!
 //! All integers are little-endian. Decoding never trusts lengths: a malformed batch decodes to
 //! an error, which apply turns into the same failed result on every replica.
@@ -107,6 +118,51 @@ pub enum TxnOpKind {
     PutTtl = 3,
     /// Write a key attached to a lease (`lease`).
     PutLease = 4,
+    /// Add the integer in `value` (decimal) to the key's value, a decimal integer (0 when
+    /// missing); the result is the new value.
+    Incr = 5,
+    /// Add the number in `value` (decimal) to the key's value, a decimal number.
+    IncrFloat = 6,
+    /// Append `value` to the key's value; the result is the new length.
+    Append = 7,
+    /// Write `value` over the key's value from byte `number`, padding with zero bytes; the
+    /// result is the new length.
+    SetRange = 8,
+    /// Write a key, keeping the deadline it has.
+    PutKeepTtl = 9,
+    /// Set an existing key's deadline to `expires_ms` (0: none) if [`DeadlineCondition`]
+    /// `number` holds; the result says whether it did.
+    SetDeadline = 10,
+}
+
+/// When a [`TxnOpKind::SetDeadline`] applies (Redis `EXPIRE`'s options); a key without a
+/// deadline counts as living forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineCondition {
+    /// Always.
+    Always = 0,
+    /// Only when the key has no deadline.
+    IfNone = 1,
+    /// Only when it has one.
+    IfSome = 2,
+    /// Only when the new deadline is later.
+    IfLater = 3,
+    /// Only when the new deadline is earlier.
+    IfEarlier = 4,
+}
+
+impl DeadlineCondition {
+    /// From its number.
+    pub fn from_u64(v: u64) -> Option<Self> {
+        Some(match v {
+            0 => Self::Always,
+            1 => Self::IfNone,
+            2 => Self::IfSome,
+            3 => Self::IfLater,
+            4 => Self::IfEarlier,
+            _ => return None,
+        })
+    }
 }
 
 impl CompareTarget {
@@ -132,8 +188,19 @@ impl TxnOpKind {
             2 => Self::Delete,
             3 => Self::PutTtl,
             4 => Self::PutLease,
+            5 => Self::Incr,
+            6 => Self::IncrFloat,
+            7 => Self::Append,
+            8 => Self::SetRange,
+            9 => Self::PutKeepTtl,
+            10 => Self::SetDeadline,
             _ => return None,
         })
+    }
+
+    /// Whether the op computes what it writes from the key's value (kinds 5–10).
+    pub fn is_computed(self) -> bool {
+        self as u8 >= Self::Incr as u8
     }
 }
 
@@ -165,12 +232,15 @@ pub struct TxnOp<'a> {
     pub expires_ms: u64,
     /// For [`TxnOpKind::PutLease`]: the lease.
     pub lease: u64,
+    /// For [`TxnOpKind::SetRange`]: the offset; for [`TxnOpKind::SetDeadline`]: the
+    /// [`DeadlineCondition`].
+    pub number: u64,
 }
 
 impl<'a> TxnOp<'a> {
     /// An op of `kind` on `key` (a get or a delete; a plain put with `value`).
     pub fn new(kind: TxnOpKind, key: &'a [u8], value: &'a [u8]) -> Self {
-        TxnOp { kind, key, value, expires_ms: 0, lease: 0 }
+        TxnOp { kind, key, value, expires_ms: 0, lease: 0, number: 0 }
     }
 }
 
@@ -184,6 +254,9 @@ pub struct BatchBuilder {
     needs_stamp: bool,
     /// Whether an op is a lease operation (a peer protocol before 4 cannot apply it).
     has_lease_ops: bool,
+    /// Whether an op is a computed transaction op (a peer protocol before 5 cannot apply
+    /// it).
+    has_computed_ops: bool,
 }
 
 impl Default for BatchBuilder {
@@ -200,7 +273,13 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 impl BatchBuilder {
     /// An empty batch.
     pub fn new() -> Self {
-        BatchBuilder { bytes: empty_batch(), ops: 0, needs_stamp: false, has_lease_ops: false }
+        BatchBuilder {
+            bytes: empty_batch(),
+            ops: 0,
+            needs_stamp: false,
+            has_lease_ops: false,
+            has_computed_ops: false,
+        }
     }
 
     /// Operations in the batch.
@@ -354,6 +433,12 @@ impl BatchBuilder {
         self.has_lease_ops
     }
 
+    /// Whether an op is a computed transaction op, which only replicas of peer protocol 5 or
+    /// later apply.
+    pub fn has_computed_ops(&self) -> bool {
+        self.has_computed_ops
+    }
+
     /// Adds a delete.
     pub fn delete(&mut self, key: &[u8]) {
         self.bytes.push(kind::DELETE);
@@ -413,6 +498,17 @@ impl BatchBuilder {
                     self.needs_stamp = true;
                     self.has_lease_ops = true;
                 }
+                if op.kind == TxnOpKind::SetRange {
+                    self.bytes.extend_from_slice(&op.number.to_le_bytes());
+                }
+                if op.kind == TxnOpKind::SetDeadline {
+                    self.bytes.extend_from_slice(&op.expires_ms.to_le_bytes());
+                    self.bytes.extend_from_slice(&op.number.to_le_bytes());
+                }
+                if op.kind.is_computed() {
+                    self.needs_stamp = true;
+                    self.has_computed_ops = true;
+                }
             }
         }
         self.ops += 1;
@@ -448,6 +544,7 @@ impl BatchBuilder {
         self.ops = 0;
         self.needs_stamp = false;
         self.has_lease_ops = false;
+        self.has_computed_ops = false;
         std::mem::replace(&mut self.bytes, empty_batch())
     }
 }

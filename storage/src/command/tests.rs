@@ -122,3 +122,28 @@ proptest! {
         }
     }
 }
+
+// Shows: every computed op kind survives encode/decode with its offset, deadline and
+// condition; a batch holding one says so and needs a stamp (a plain batch cannot carry it).
+#[test]
+fn computed_ops_round_trip() {
+    let ops = [
+        TxnOp::new(TxnOpKind::Incr, b"n", b"-5"),
+        TxnOp::new(TxnOpKind::IncrFloat, b"f", b"0.5"),
+        TxnOp::new(TxnOpKind::Append, b"a", b"tail"),
+        TxnOp { number: 7, ..TxnOp::new(TxnOpKind::SetRange, b"r", b"xy") },
+        TxnOp::new(TxnOpKind::PutKeepTtl, b"k", b"v"),
+        TxnOp { expires_ms: 5_000, number: 3, ..TxnOp::new(TxnOpKind::SetDeadline, b"d", b"") },
+        TxnOp::new(TxnOpKind::SetDeadline, b"p", b""),
+    ];
+    let mut b = BatchBuilder::new();
+    b.txn([].into_iter(), ops.iter().copied(), [].into_iter());
+    assert!(b.has_computed_ops() && b.needs_stamp());
+    assert_eq!(b.clone().take_plain(), None);
+    let bytes = b.take(1);
+    assert!(!b.has_computed_ops());
+    match &decode_batch(&bytes).unwrap().ops[0] {
+        Op::Txn { success, .. } => assert_eq!(success, &ops),
+        other => panic!("{other:?}"),
+    }
+}

@@ -17,6 +17,7 @@ fn members(ids: &[u64]) -> Membership {
             client_port: 7100,
             peer_port: 7200,
             http_port: 7300,
+            resp_port: None,
         })
         .collect();
     Membership::bootstrap(&nodes)

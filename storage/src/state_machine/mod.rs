@@ -42,6 +42,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+mod computed;
 mod leases;
 mod reads;
 
@@ -77,6 +78,15 @@ pub enum TxnResult {
     Put(KeyMeta),
     /// A delete: whether the key existed.
     Delete(bool),
+    /// [`TxnOpKind::Incr`], [`TxnOpKind::IncrFloat`]: the new value.
+    Value(Vec<u8>),
+    /// [`TxnOpKind::Append`], [`TxnOpKind::SetRange`]: the value's new length.
+    Length(u64),
+    /// [`TxnOpKind::SetDeadline`]: whether the deadline was set.
+    Applied(bool),
+    /// A computed op that could not apply (and changed nothing): why, as a Redis error
+    /// (`ERR value is not an integer or out of range`).
+    Failed(String),
 }
 
 /// What a transaction did.
@@ -661,6 +671,50 @@ impl StateMachine {
             }
             TxnOpKind::PutLease => TxnResult::Put(self.put(index, op.key, op.value, 0, op.lease)),
             TxnOpKind::Delete => TxnResult::Delete(self.delete(op.key)),
+            _ => self.computed(index, op),
+        }
+    }
+
+    /// A computed op ([`crate::command`]): reads the key's live value and deadline, writes
+    /// what it computes from them (keeping the deadline and the lease, but for
+    /// [`TxnOpKind::SetDeadline`]), or fails changing nothing.
+    fn computed(&mut self, index: u64, op: &TxnOp<'_>) -> TxnResult {
+        let current = self.live(op.key).map(|v| (v.value.to_vec(), v.expires_ms));
+        let lease = self.leases.lease_of(op.key).unwrap_or(0);
+        let (value, expires_ms) = match current {
+            Some((value, expires_ms)) => (Some(value), expires_ms),
+            None => (None, 0),
+        };
+        let computed = match op.kind {
+            TxnOpKind::Incr => computed::incr(value.as_deref(), op.value),
+            TxnOpKind::IncrFloat => computed::incr_float(value.as_deref(), op.value),
+            TxnOpKind::Append => computed::append(value.as_deref(), op.value),
+            TxnOpKind::SetRange => computed::set_range(value.as_deref(), op.value, op.number),
+            TxnOpKind::PutKeepTtl => {
+                Ok(computed::Write::Put(op.value.to_vec(), computed::Outcome::Meta))
+            }
+            TxnOpKind::SetDeadline => {
+                let Some(value) = value else { return TxnResult::Applied(false) };
+                if !computed::deadline_holds(op.number, expires_ms, op.expires_ms) {
+                    return TxnResult::Applied(false);
+                }
+                // A lease's key gets a deadline instead (a put detaches it).
+                self.put(index, op.key, &value, op.expires_ms, 0);
+                return TxnResult::Applied(true);
+            }
+            _ => unreachable!("{:?} is not computed", op.kind),
+        };
+        match computed {
+            Err(reason) => TxnResult::Failed(reason),
+            Ok(computed::Write::Nothing(result)) => result,
+            Ok(computed::Write::Put(new, outcome)) => {
+                let meta = self.put(index, op.key, &new, expires_ms, lease);
+                match outcome {
+                    computed::Outcome::Meta => TxnResult::Put(meta),
+                    computed::Outcome::Value => TxnResult::Value(new),
+                    computed::Outcome::Length => TxnResult::Length(new.len() as u64),
+                }
+            }
         }
     }
 

@@ -528,3 +528,87 @@ fn leases_survive_a_snapshot() {
     let r = apply_at(&mut restored, 3, 1_000, |b| b.lease_grant(1, 5_000, std::iter::empty()));
     assert!(r[0].contains(&format!("lease: {}", crate::lease::lease_id(1, 3))), "{r:?}");
 }
+
+/// Applies one transaction of `ops` (no compares) at `index`, stamped `stamp_ms`; its results.
+fn computed_txn(
+    sm: &mut StateMachine,
+    index: u64,
+    stamp_ms: u64,
+    ops: &[TxnOp<'_>],
+) -> Vec<TxnResult> {
+    let mut b = BatchBuilder::new();
+    b.txn([].into_iter(), ops.iter().copied(), [].into_iter());
+    assert!(b.has_computed_ops() == ops.iter().any(|op| op.kind.is_computed()));
+    let mut results = Vec::new();
+    sm.apply(index, 1, &b.take(stamp_ms), |r| {
+        if let OpResult::Txn(t) = r {
+            results = t.results.to_vec();
+        }
+    })
+    .unwrap();
+    results
+}
+
+// Shows computed ops read and write in one apply: INCR creates, adds and keeps the key's
+// deadline; a failing op changes nothing while the transaction's other ops apply; APPEND
+// and SETRANGE answer lengths; KEEPTTL keeps the deadline; SET-DEADLINE sets, conditions
+// and removes one, and does nothing to a missing key.
+#[test]
+fn computed_ops_read_modify_write() {
+    let mut sm = StateMachine::new();
+    let op = |kind, key, value| TxnOp::new(kind, key, value);
+    assert_eq!(
+        computed_txn(&mut sm, 1, 1_000, &[op(TxnOpKind::Incr, b"n", b"5")]),
+        [TxnResult::Value(b"5".to_vec())]
+    );
+    apply_at(&mut sm, 2, 1_000, |b| b.put_ttl(b"t", b"10", 9_000));
+    let results = computed_txn(
+        &mut sm,
+        3,
+        1_000,
+        &[
+            op(TxnOpKind::Incr, b"t", b"-3"),
+            op(TxnOpKind::Append, b"s", b"ab"),
+            op(TxnOpKind::Incr, b"s", b"1"),
+        ],
+    );
+    assert_eq!(results[0], TxnResult::Value(b"7".to_vec()));
+    assert_eq!(results[1], TxnResult::Length(2));
+    assert_eq!(results[2], TxnResult::Failed("ERR value is not an integer or out of range".into()));
+    let t = sm.get_at(b"t", 1_000).unwrap();
+    assert_eq!((t.value, t.expires_ms, t.meta.version), (&b"7"[..], 9_000, 2));
+    assert_eq!(sm.get_at(b"s", 0).unwrap().value, b"ab", "the failed INCR changed nothing");
+
+    let range = TxnOp { number: 4, ..op(TxnOpKind::SetRange, b"s", b"xy") };
+    assert_eq!(computed_txn(&mut sm, 4, 1_000, &[range]), [TxnResult::Length(6)]);
+    assert_eq!(sm.get_at(b"s", 0).unwrap().value, b"ab\0\0xy");
+    let keep = op(TxnOpKind::PutKeepTtl, b"t", b"kept");
+    assert!(matches!(computed_txn(&mut sm, 5, 1_000, &[keep])[0], TxnResult::Put(_)));
+    assert_eq!(sm.get_at(b"t", 1_000).unwrap().expires_ms, 9_000);
+
+    let deadline = |key, expires_ms, condition| TxnOp {
+        expires_ms,
+        number: condition,
+        ..op(TxnOpKind::SetDeadline, key, b"")
+    };
+    let later_only = 3;
+    assert_eq!(
+        computed_txn(&mut sm, 6, 1_000, &[deadline(b"t", 5_000, later_only)]),
+        [TxnResult::Applied(false)]
+    );
+    assert_eq!(
+        computed_txn(&mut sm, 7, 1_000, &[deadline(b"t", 5_000, 0)]),
+        [TxnResult::Applied(true)]
+    );
+    assert_eq!(sm.get_at(b"t", 1_000).unwrap().expires_ms, 5_000);
+    assert_eq!(
+        computed_txn(&mut sm, 8, 1_000, &[deadline(b"t", 0, 0)]),
+        [TxnResult::Applied(true)]
+    );
+    assert_eq!(sm.get_at(b"t", u64::MAX).unwrap().value, b"kept", "no deadline any more");
+    assert_eq!(
+        computed_txn(&mut sm, 9, 1_000, &[deadline(b"gone", 5_000, 0)]),
+        [TxnResult::Applied(false)]
+    );
+    assert!(sm.get_at(b"gone", 0).is_none());
+}

@@ -1,0 +1,376 @@
+//! One RESP connection's state and its commands: which protocol it speaks, its name, whether
+//! it reads stale, who it is; the requests it has sent the shard core and how to answer each;
+//! the replies in the order the commands came.
+//!
+//! Redis answers a connection's commands in order; the shard core answers requests when they
+//! are done (a read can overtake a write). Each command gets the next sequence number, which
+//! is also its request id in the core: answers wait in `ready` until every earlier command's
+//! answer is out, then go to `out` in order.
+//!
+//! Sans-IO: the connection task in the runtime feeds commands ([`Session::command`]) and the
+//! core's reply frames ([`Session::on_reply`]) in, writes [`Session::out`] to the socket, and
+//! answers the [`Host`] calls (topology, authentication, scan cursors, submitting requests).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use corekv_proto::client::ReplyFrame;
+use corekv_proto::encode::RequestEncoder;
+use corekv_types::ids::{NodeId, ShardId};
+use corekv_types::placement::{shard_for_slot, slot};
+
+use super::commands::{self, Spec};
+use super::render::Render;
+use super::reply::Reply;
+
+/// What the connection task provides a session.
+pub trait Host {
+    /// Hands the request frame in `frame` (request id = the command's sequence number) to the
+    /// shard core.
+    fn submit(&mut self, frame: &[u8]);
+    /// `host:port` of shard `shard`'s RESP listener on node `node`, when it has one.
+    fn resp_addr(&self, node: NodeId, shard: ShardId) -> Option<String>;
+    /// Every shard as this node last heard of it.
+    fn shard_views(&self) -> Vec<ShardView>;
+    /// Whether the cluster checks who clients are.
+    fn auth_enabled(&self) -> bool;
+    /// Authenticates the connection with bearer token `token` (of user `user`, when given):
+    /// the user it names, or why not.
+    fn authenticate(&mut self, user: Option<&str>, token: &str) -> Result<String, String>;
+    /// Keys in this shard's state, as this replica has applied it (`DBSIZE`, `INFO`).
+    fn key_count(&self) -> u64;
+    /// Wall-clock time, ms since the Unix epoch (for `EXAT`, `PXAT`).
+    fn now_ms(&self) -> u64;
+    /// Remembers where a `SCAN` stopped; the cursor that names it.
+    fn save_cursor(&mut self, after: Vec<u8>) -> u64;
+    /// Where cursor `cursor` stopped; `None` when unknown (expired, or never given).
+    fn load_cursor(&mut self, cursor: u64) -> Option<Vec<u8>>;
+}
+
+/// A shard as a node last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardView {
+    /// The shard.
+    pub shard: ShardId,
+    /// Its leader; [`NodeId::NONE`] when unknown.
+    pub leader: NodeId,
+    /// Its voters and learners.
+    pub members: Vec<NodeId>,
+}
+
+/// Where the session runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// This node.
+    pub node: NodeId,
+    /// The shard whose RESP port the connection came to.
+    pub shard: ShardId,
+    /// Shards in the cluster.
+    pub shards: u32,
+    /// The cluster's name.
+    pub cluster: String,
+}
+
+/// What a command does to the shard's state, for ordering a connection's commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Reads it.
+    Read = 0,
+    /// Writes it (and may read it).
+    Write = 1,
+    /// Neither: answered by the session.
+    Local = 2,
+}
+
+/// An answer: written now, or waiting for the core.
+pub(super) enum Answer {
+    /// The reply's bytes.
+    Now(Vec<u8>),
+    /// A request went to the core; this renders its reply. The slot its keys are in, for a
+    /// redirection.
+    Core(Render, Option<u32>),
+    /// The reply's bytes, then close (`QUIT`, a protocol error).
+    Close(Vec<u8>),
+}
+
+/// One connection's state.
+pub struct Session {
+    pub(super) place: Place,
+    /// The connection's id (`CLIENT ID`).
+    pub(super) id: u64,
+    pub(super) resp3: bool,
+    pub(super) name: Option<Vec<u8>>,
+    pub(super) lib: (Option<Vec<u8>>, Option<Vec<u8>>),
+    /// `READONLY`: reads are served by this replica from its applied state.
+    pub(super) readonly: bool,
+    /// The user, once known (a client certificate or `AUTH`).
+    pub(super) user: Option<String>,
+    /// The `MULTI` being queued, if any.
+    pub(super) multi: Option<super::multi::Multi>,
+    /// `WATCH`ed keys and the mod index each had (0: missing).
+    pub(super) watched: Vec<(Vec<u8>, u64)>,
+    pub(super) encoder: RequestEncoder,
+    /// Requests in the core, by sequence number: how to answer, the slot of its keys, and
+    /// whether it reads or writes.
+    pending: HashMap<u64, (Render, Option<u32>, Effect)>,
+    /// Requests in the core that read, and that write.
+    in_core: [usize; 2],
+    /// Commands read off the socket and not run yet: a read waits for this connection's
+    /// writes in the core to be answered, and a write for its reads, so each command sees
+    /// the effect of every one before it and of none after (the core answers concurrent
+    /// requests in any order). Everything after a waiting command waits too.
+    waiting: VecDeque<Vec<Vec<u8>>>,
+    /// Answers that wait for an earlier one.
+    ready: BTreeMap<u64, Vec<u8>>,
+    /// The next command's sequence number.
+    next_seq: u64,
+    /// The next sequence number to write out.
+    next_out: u64,
+    /// Replies in order, for the socket.
+    pub out: Vec<u8>,
+    /// Close once `out` is written.
+    pub close: bool,
+}
+
+impl Session {
+    /// A session for connection `id`; `user`: its client certificate's, if any.
+    pub fn new(place: Place, id: u64, user: Option<String>) -> Self {
+        Session {
+            place,
+            id,
+            resp3: false,
+            name: None,
+            lib: (None, None),
+            readonly: false,
+            user,
+            multi: None,
+            watched: Vec::new(),
+            encoder: RequestEncoder::new(),
+            pending: HashMap::new(),
+            in_core: [0, 0],
+            waiting: VecDeque::new(),
+            ready: BTreeMap::new(),
+            next_seq: 1,
+            next_out: 1,
+            out: Vec::new(),
+            close: false,
+        }
+    }
+
+    /// Commands whose answers are not in `out` yet.
+    pub fn unanswered(&self) -> usize {
+        (self.next_seq - self.next_out) as usize + self.waiting.len()
+    }
+
+    /// Bytes of answers held back behind an earlier command's.
+    pub fn held_bytes(&self) -> usize {
+        self.ready.values().map(Vec::len).sum()
+    }
+
+    /// Takes one command (its arguments, the name first): runs it, or queues it behind
+    /// requests of the other kind ([`Session::waiting`]).
+    pub fn command(&mut self, args: Vec<Vec<u8>>, host: &mut dyn Host) {
+        self.waiting.push_back(args);
+        self.run_waiting(host);
+    }
+
+    /// Runs waiting commands, in order, while they need not wait.
+    fn run_waiting(&mut self, host: &mut dyn Host) {
+        while let Some(args) = self.waiting.front() {
+            if self.close {
+                // After QUIT or a protocol error nothing more runs.
+                self.waiting.clear();
+                return;
+            }
+            let effect = self.effect(args);
+            let blocked = match effect {
+                Effect::Local => false,
+                Effect::Read => self.in_core[Effect::Write as usize] > 0,
+                Effect::Write => self.in_core[Effect::Read as usize] > 0,
+            };
+            if blocked {
+                return;
+            }
+            let args = self.waiting.pop_front().expect("looked at");
+            self.run(args, effect, host);
+        }
+    }
+
+    fn run(&mut self, args: Vec<Vec<u8>>, effect: Effect, host: &mut dyn Host) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let answer = self.answer(seq, &args, host);
+        match answer {
+            Answer::Now(bytes) => self.answered(seq, bytes),
+            Answer::Core(render, slot) => {
+                // A command classed local never sends a request; one that reads may write
+                // (`GETEX` with options): the stricter kind holds.
+                let effect = if effect == Effect::Local { Effect::Write } else { effect };
+                self.in_core[effect as usize] += 1;
+                self.pending.insert(seq, (render, slot, effect));
+            }
+            Answer::Close(bytes) => {
+                self.answered(seq, bytes);
+                self.close = true;
+            }
+        }
+    }
+
+    /// What the command does to the shard's state.
+    fn effect(&self, args: &[Vec<u8>]) -> Effect {
+        let name = &args[0];
+        let transaction = ["exec", "discard", "multi", "watch", "unwatch", "quit"];
+        if self.multi.is_some() && !transaction.iter().any(|t| is(name, t)) {
+            return Effect::Local;
+        }
+        if is(name, "exec") {
+            return Effect::Write;
+        }
+        if is(name, "watch") || is(name, "scan") || is(name, "keys") {
+            return Effect::Read;
+        }
+        match commands::find(name) {
+            Some(spec) if spec.first_key > 0 && spec.writes => Effect::Write,
+            Some(spec) if spec.first_key > 0 => Effect::Read,
+            _ => Effect::Local,
+        }
+    }
+
+    /// A protocol error: said, then the connection closes.
+    pub fn protocol_error(&mut self, error: &super::frame::ProtocolError) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let bytes = self.reply(|r| r.error(&format!("ERR {error}")));
+        self.answered(seq, bytes);
+        self.close = true;
+    }
+
+    /// Takes the core's reply frame (verified) to one of this session's requests.
+    pub fn on_reply(&mut self, frame: &ReplyFrame<'_>, host: &mut dyn Host) {
+        let seq = frame.id();
+        let Some((render, slot, effect)) = self.pending.remove(&seq) else {
+            // Id 0 answers a frame the core could not verify (ours always verify), and a
+            // stray id cannot be placed: neither is a reply to a command of ours.
+            tracing::warn!(
+                conn = self.id,
+                id = seq,
+                "a RESP connection got a reply it did not ask for"
+            );
+            return;
+        };
+        if let Render::Watch(keys) = &render {
+            self.watched_read(keys, frame);
+        }
+        let bytes = self.render(&render, slot, frame, host);
+        self.answered(seq, bytes);
+        self.in_core[effect as usize] -= 1;
+        self.run_waiting(host);
+    }
+
+    fn answered(&mut self, seq: u64, bytes: Vec<u8>) {
+        if seq == self.next_out {
+            self.out.extend_from_slice(&bytes);
+            self.next_out += 1;
+            while let Some(next) = self.ready.remove(&self.next_out) {
+                self.out.extend_from_slice(&next);
+                self.next_out += 1;
+            }
+        } else {
+            self.ready.insert(seq, bytes);
+        }
+    }
+
+    /// A reply written by `write` in this connection's protocol.
+    pub(super) fn reply(&self, write: impl FnOnce(&mut Reply<'_>)) -> Vec<u8> {
+        let mut buf = Vec::new();
+        write(&mut Reply { buf: &mut buf, resp3: self.resp3 });
+        buf
+    }
+
+    pub(super) fn error(&self, text: &str) -> Answer {
+        Answer::Now(self.reply(|r| r.error(text)))
+    }
+
+    fn answer(&mut self, seq: u64, args: &[Vec<u8>], host: &mut dyn Host) -> Answer {
+        let spec = commands::find(&args[0]);
+        let no_auth = spec.is_some_and(|spec| spec.flags.contains(&"no-auth"));
+        if self.user.is_none() && !no_auth && host.auth_enabled() {
+            return self.error("NOAUTH Authentication required.");
+        }
+        if let Some(answer) = self.transaction_command(seq, args, host) {
+            return answer;
+        }
+        if self.multi.is_some() && !is(&args[0], "QUIT") {
+            return self.queue(args.to_vec(), host);
+        }
+        let Some(spec) = spec else {
+            return self.error(&unknown_command(args));
+        };
+        if !spec.arity_ok(args.len()) {
+            return self
+                .error(&format!("ERR wrong number of arguments for '{}' command", spec.name));
+        }
+        if spec.first_key > 0 {
+            return match self.route(spec, args, host) {
+                Ok(slot) => self.keyed(seq, spec, args, slot, host),
+                Err(refusal) => self.error(&refusal),
+            };
+        }
+        self.unkeyed(seq, spec, args, host)
+    }
+
+    /// The slot the command's keys share, when this shard owns it; the error to answer
+    /// otherwise: `CROSSSLOT`, or `MOVED` to the shard's leader (`TRYAGAIN` with none known).
+    pub(super) fn route(
+        &self,
+        spec: &Spec,
+        args: &[Vec<u8>],
+        host: &dyn Host,
+    ) -> Result<u32, String> {
+        let mut keys = spec.key_indexes(args.len()).map(|i| &args[i]);
+        let first = keys.next().map(|key| slot(key)).unwrap_or(0);
+        if keys.any(|key| slot(key) != first) {
+            return Err("CROSSSLOT Keys in request don't hash to the same slot".into());
+        }
+        let owner = shard_for_slot(first, self.place.shards);
+        if owner == self.place.shard {
+            return Ok(first);
+        }
+        Err(self.moved(first, owner, host))
+    }
+
+    /// The redirection for `slot` of `shard`: `MOVED` to its leader's RESP port.
+    pub(super) fn moved(&self, slot: u32, shard: ShardId, host: &dyn Host) -> String {
+        let leader = host.shard_views().into_iter().find(|v| v.shard == shard).map(|v| v.leader);
+        match leader.filter(|l| *l != NodeId::NONE).and_then(|l| host.resp_addr(l, shard)) {
+            Some(addr) => format!("MOVED {slot} {addr}"),
+            None => format!("TRYAGAIN shard {shard} has no leader this node knows of; retry"),
+        }
+    }
+}
+
+/// Redis's answer to a command it does not know.
+pub(super) fn unknown_command(args: &[Vec<u8>]) -> String {
+    let mut text = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&args[0]).chars().take(128).collect::<String>()
+    );
+    for arg in args.iter().skip(1).take(8) {
+        let arg = String::from_utf8_lossy(arg).chars().take(64).collect::<String>();
+        text.push_str(&format!("'{arg}' "));
+    }
+    text
+}
+
+/// An integer argument, as Redis reads one.
+pub(super) fn integer(arg: &[u8]) -> Result<i64, String> {
+    std::str::from_utf8(arg)
+        .ok()
+        .filter(|text| !(text.starts_with('+') || text.len() > 1 && text.starts_with('0')))
+        .and_then(|text| text.parse::<i64>().ok())
+        .ok_or_else(|| "ERR value is not an integer or out of range".to_string())
+}
+
+/// Whether `arg` is `word`, in any case.
+pub(super) fn is(arg: &[u8], word: &str) -> bool {
+    arg.eq_ignore_ascii_case(word.as_bytes())
+}
