@@ -90,6 +90,19 @@ bench/compare-etcd.sh --quick --no-build --bin-dir "$bin" --systems "corekv-http
 cat "$work/http/table.md"
 check_table "$work/http/table.md" 8 corekv-http corekv-http2
 
+say "bench/compare-redis.sh --quick: the Redis endpoint and Redis under redis-benchmark"
+bench/compare-redis.sh --quick --no-build --bin-dir "$bin" --out "$work/redis" >/dev/null
+cat "$work/redis/table.md"
+python3 - "$work/redis/table.md" <<'EOF'
+import sys
+rows = [l for l in open(sys.argv[1]) if l.startswith("| SET") or l.startswith("| GET")]
+assert len(rows) == 6, rows
+for row in rows:
+    rps = float(row.split("|")[3].replace(",", ""))
+    assert rps > 0, row
+print("the Redis comparison table is well-formed")
+EOF
+
 if [ "$with_etcd" = "--with-etcd" ]; then
 say "bench/compare-etcd.sh --quick: corekv and a 3-member etcd, side by side"
 bench/compare-etcd.sh --quick --no-build --bin-dir "$bin" --out "$work/compare" >/dev/null

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::pki::tls_cluster_with;
 use common::{block_on, TestCluster};
 use corekv_types::ids::{NodeId, ShardId};
 
@@ -387,4 +388,69 @@ fn resp_fuzz_leaves_the_node_serving() {
     assert_eq!(answer, expected);
     let metrics = cluster.http(1, "/metrics").expect("the node serves /metrics");
     assert_eq!(metrics.0, 200);
+}
+
+/// Runs `redis-cli -c --tls --cacert CA -p PORT EXTRA… ARGS…`; its output and whether it
+/// exited 0.
+fn tls_cli(ca: &Path, port: u16, extra: &[&str], args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-c", "--tls", "--cacert"])
+        .arg(ca)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(extra)
+        .args(args)
+        .output()
+        .expect("redis-cli (apt-get install redis-tools)");
+    let text = String::from_utf8_lossy(&output.stdout).trim_end().to_string();
+    text + String::from_utf8_lossy(&output.stderr).trim_end()
+}
+
+// Shows: on a cluster with TLS and users, the Redis ports speak TLS only; a connection with
+// no user is told NOAUTH; AUTH with a token (redis-cli --user/--pass) acts as its user, and
+// a client certificate names its user; each may do what its roles grant and gets NOPERM for
+// the rest; a wrong token is WRONGPASS.
+#[test]
+fn redis_over_tls_with_users() {
+    let digest = corekv_server::auth::token_digest("svc-token");
+    let (cluster, pki) = tls_cluster_with(
+        |dir| {
+            let policy = dir.join("auth.toml");
+            let text = format!(
+                "[[role]]\nname = \"app-read\"\nread = [\"app/\"]\n\n\
+                 [[role]]\nname = \"app-write\"\nwrite = [\"app/\"]\n\n\
+                 [[role]]\nname = \"all\"\nwrite = [\"\"]\nadmin = true\n\n\
+                 [[user]]\nname = \"reader\"\nroles = [\"app-read\"]\n\n\
+                 [[user]]\nname = \"root\"\nroles = [\"all\"]\n\n\
+                 [[user]]\nname = \"svc\"\nroles = [\"app-write\"]\n\
+                 tokens = [\"sha256:{digest}\"]\n"
+            );
+            std::fs::write(&policy, text).expect("write the policy");
+            format!("client_certs = \"optional\"\n\n[auth]\npolicy = \"{}\"\n", policy.display())
+        },
+        "root",
+    );
+    let ca = pki.path("ca.pem");
+    let (_, port) = resp_addr(&cluster, 1, 0);
+    assert!(tls_cli(&ca, port, &[], &["get", "app/x"]).contains("NOAUTH"));
+    let svc = ["--user", "svc", "--pass", "svc-token", "--no-auth-warning"];
+    assert_eq!(tls_cli(&ca, port, &svc, &["set", "app/x", "1"]), "OK");
+    assert_eq!(tls_cli(&ca, port, &svc, &["incr", "app/n"]), "1");
+    assert!(tls_cli(&ca, port, &svc, &["set", "other/y", "1"]).contains("NOPERM"));
+    let wrong = ["--user", "svc", "--pass", "nope", "--no-auth-warning"];
+    assert!(tls_cli(&ca, port, &wrong, &["get", "app/x"]).contains("WRONGPASS"));
+
+    let (cert, key) = pki.client(&pki.ca, "reader", "reader", None);
+    let reader = ["--cert", cert.to_str().expect("a path"), "--key", key.to_str().expect("a path")];
+    assert_eq!(tls_cli(&ca, port, &reader, &["get", "app/x"]), "1");
+    assert!(tls_cli(&ca, port, &reader, &["set", "app/x", "2"]).contains("NOPERM"));
+    assert!(tls_cli(&ca, port, &reader, &["get", "other/y"]).contains("NOPERM"));
+
+    // A plaintext Redis client gets no answer: the port speaks TLS only.
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "ping"])
+        .output()
+        .expect("redis-cli");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("PONG"), "{output:?}");
+    let log = cluster.log_tail(1);
+    assert!(log.contains("redis"), "the refused handshake is logged: {log}");
 }
