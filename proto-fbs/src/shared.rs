@@ -101,6 +101,7 @@ fn member_addr(member: &c::Member<'_>) -> Result<MemberAddr, String> {
         client_port: member.client_port(),
         peer_port: member.peer_port(),
         http_port: member.http_port(),
+        resp_port: Some(member.resp_port()).filter(|&port| port != 0),
     })
 }
 

@@ -404,6 +404,7 @@ fn membership_frames_round_trip() {
         client_port: 7100,
         peer_port: 7200,
         http_port: 7300 + n,
+        resp_port: (n % 2 == 0).then_some(7400),
     };
     let mut requests = RequestEncoder::new();
     let changes = [

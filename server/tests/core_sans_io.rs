@@ -654,7 +654,13 @@ fn appends_to_a_lagging_follower_stay_within_the_message_bound() {
 }
 
 fn addr(id: u64) -> MemberAddr {
-    MemberAddr { host: format!("10.0.0.{id}"), client_port: 7100, peer_port: 7200, http_port: 7300 }
+    MemberAddr {
+        host: format!("10.0.0.{id}"),
+        client_port: 7100,
+        peer_port: 7200,
+        http_port: 7300,
+        resp_port: None,
+    }
 }
 
 fn ids(list: &[u64]) -> Vec<NodeId> {

@@ -454,3 +454,39 @@ fn redis_over_tls_with_users() {
     let log = cluster.log_tail(1);
     assert!(log.contains("redis"), "the refused handshake is logged: {log}");
 }
+
+// Shows: a node added while the cluster runs (`member add --from-registry`, its entry with a
+// `resp_port`) appears in the Redis topology of the nodes that were there before — from
+// the address in the membership, not their registry file — and serves its replicas' stale
+// reads after READONLY.
+#[test]
+fn an_added_node_joins_the_redis_topology() {
+    let mut cluster = TestCluster::start(3, 2);
+    let (_, port) = resp_addr(&cluster, 1, 0);
+    assert_eq!(cli(port, &["set", "before", "1"]), "OK");
+    let id = cluster.add_node();
+    let registry = cluster.registry_of(id);
+    let registry = registry.to_str().expect("a path");
+    let (code, out, err) =
+        cluster.ctl(&["member", "add", &id.to_string(), "--from-registry", registry]);
+    assert_eq!(code, 0, "{out}{err}");
+    let node = cluster.node(id).expect("the added node");
+    let added_port = node.resp_port.expect("added with a Redis port");
+    let nodes = cli(port, &["cluster", "nodes"]);
+    for shard in 0..2 {
+        let endpoint = format!("127.0.0.1:{}@", added_port as u32 + shard);
+        assert!(nodes.contains(&endpoint), "shard {shard} lists node {id}: {nodes}");
+    }
+    assert_eq!(nodes.lines().count(), 8, "{nodes}");
+    // The new replica of `before`'s shard serves it to a READONLY connection.
+    let shard = shard_of(b"before");
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &(added_port as u32 + shard).to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    child.stdin.take().expect("stdin").write_all(b"READONLY\nGET before\n").expect("feeding");
+    let output = child.wait_with_output().expect("redis-cli output");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "OK\n1\n");
+}

@@ -9,6 +9,10 @@
 //!
 //! - [`MemberAddr::encode`]: the context of a configuration change that adds a member;
 //! - [`Membership::encode`]: the membership recorded in a snapshot file.
+//!
+//! Version 2 of each adds a member's Redis port. Version 1 is still written whenever no
+//! member has one, so a cluster that does not serve Redis stays readable by nodes from before
+//! it.
 
 use std::collections::BTreeMap;
 
@@ -17,11 +21,11 @@ use serde::{Deserialize, Serialize};
 use crate::ids::NodeId;
 use crate::registry::Node;
 
-/// Version of [`MemberAddr::encode`]'s layout.
-pub const MEMBER_ADDR_ENCODING: u8 = 1;
+/// Version of [`MemberAddr::encode`]'s layout for an address with a Redis port (1: without).
+pub const MEMBER_ADDR_ENCODING: u8 = 2;
 
-/// Version of [`Membership::encode`]'s layout.
-pub const MEMBERSHIP_ENCODING: u8 = 1;
+/// Version of [`Membership::encode`]'s layout when a member has a Redis port (1: none has).
+pub const MEMBERSHIP_ENCODING: u8 = 2;
 
 /// Where a member listens: the fields of a registry node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +38,9 @@ pub struct MemberAddr {
     pub peer_port: u16,
     /// `/health`, `/status`, `/metrics`.
     pub http_port: u16,
+    /// Shard `s` speaks Redis on `resp_port + s`, when set.
+    #[serde(default)]
+    pub resp_port: Option<u16>,
 }
 
 impl From<&Node> for MemberAddr {
@@ -43,6 +50,7 @@ impl From<&Node> for MemberAddr {
             client_port: node.client_port,
             peer_port: node.peer_port,
             http_port: node.http_port,
+            resp_port: node.resp_port,
         }
     }
 }
@@ -56,24 +64,26 @@ impl MemberAddr {
             client_port: self.client_port,
             peer_port: self.peer_port,
             http_port: self.http_port,
-            resp_port: None,
+            resp_port: self.resp_port,
         }
     }
 
-    /// `[version 1][host length u16][host][client port u16][peer port u16][http port u16]`,
+    /// `[version][host length u16][host][client port u16][peer port u16][http port u16]`
+    /// and, in version 2 (written when there is a Redis port), `[resp port u16]`;
     /// little-endian.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + self.host.len());
-        out.push(MEMBER_ADDR_ENCODING);
-        put_addr(&mut out, self);
+        let mut out = Vec::with_capacity(11 + self.host.len());
+        let version = if self.resp_port.is_some() { MEMBER_ADDR_ENCODING } else { 1 };
+        out.push(version);
+        put_addr(&mut out, self, version);
         out
     }
 
     /// Reads what [`MemberAddr::encode`] wrote.
     pub fn decode(bytes: &[u8]) -> Result<MemberAddr, String> {
         let mut reader = Reader { bytes, at: 0 };
-        reader.version(MEMBER_ADDR_ENCODING, "member address")?;
-        let addr = reader.addr()?;
+        let version = reader.version(MEMBER_ADDR_ENCODING, "member address")?;
+        let addr = reader.addr(version)?;
         reader.end("member address")?;
         Ok(addr)
     }
@@ -163,9 +173,12 @@ impl Membership {
     /// `[version 1][auto_leave u8]`, then the five id lists (voters, learners, outgoing
     /// voters, next learners, learners to promote; each a u32 count and u64 ids),
     /// then the addresses (a u32 count, each a u64 id and an address as in
-    /// [`MemberAddr::encode`] without its version byte), little-endian.
+    /// [`MemberAddr::encode`] of the same version, without its version byte), little-endian.
+    /// Version 2 when a member has a Redis port, else 1.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![MEMBERSHIP_ENCODING, u8::from(self.auto_leave)];
+        let any_resp = self.addrs.values().any(|addr| addr.resp_port.is_some());
+        let version = if any_resp { MEMBERSHIP_ENCODING } else { 1 };
+        let mut out = vec![version, u8::from(self.auto_leave)];
         let lists = [
             &self.voters,
             &self.learners,
@@ -182,7 +195,7 @@ impl Membership {
         out.extend_from_slice(&(self.addrs.len() as u32).to_le_bytes());
         for (id, addr) in &self.addrs {
             out.extend_from_slice(&id.get().to_le_bytes());
-            put_addr(&mut out, addr);
+            put_addr(&mut out, addr, version);
         }
         out
     }
@@ -190,7 +203,7 @@ impl Membership {
     /// Reads what [`Membership::encode`] wrote.
     pub fn decode(bytes: &[u8]) -> Result<Membership, String> {
         let mut reader = Reader { bytes, at: 0 };
-        reader.version(MEMBERSHIP_ENCODING, "membership")?;
+        let version = reader.version(MEMBERSHIP_ENCODING, "membership")?;
         let auto_leave = match reader.take(1)?[0] {
             0 => false,
             1 => true,
@@ -208,7 +221,7 @@ impl Membership {
         let mut addrs = BTreeMap::new();
         for _ in 0..reader.u32()? {
             let id = NodeId(reader.u64()?);
-            addrs.insert(id, reader.addr()?);
+            addrs.insert(id, reader.addr(version)?);
         }
         reader.end("membership")?;
         Ok(Membership {
@@ -278,13 +291,17 @@ pub struct ShardMembers {
     pub pending_change: crate::ids::LogIndex,
 }
 
-fn put_addr(out: &mut Vec<u8>, addr: &MemberAddr) {
+fn put_addr(out: &mut Vec<u8>, addr: &MemberAddr, version: u8) {
     // Registry hosts are checked to be short; a longer one is cut at the u16 limit.
     let host = &addr.host.as_bytes()[..addr.host.len().min(u16::MAX as usize)];
     out.extend_from_slice(&(host.len() as u16).to_le_bytes());
     out.extend_from_slice(host);
     for port in [addr.client_port, addr.peer_port, addr.http_port] {
         out.extend_from_slice(&port.to_le_bytes());
+    }
+    if version >= 2 {
+        // 0: no Redis port.
+        out.extend_from_slice(&addr.resp_port.unwrap_or(0).to_le_bytes());
     }
 }
 
@@ -304,15 +321,16 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
-    fn version(&mut self, expected: u8, what: &str) -> Result<(), String> {
+    /// The version byte: 1 up to `newest`, else an error naming it.
+    fn version(&mut self, newest: u8, what: &str) -> Result<u8, String> {
         let version = *self.take(1)?.first().ok_or("empty")?;
-        if version != expected {
+        if !(1..=newest).contains(&version) {
             return Err(format!(
-                "{what} encoding version {version}, this build reads {expected} (a newer node \
-                 wrote it: upgrade this one)"
+                "{what} encoding version {version}, this build reads 1 to {newest} (a newer \
+                 node wrote it: upgrade this one)"
             ));
         }
-        Ok(())
+        Ok(version)
     }
 
     fn u16(&mut self) -> Result<u16, String> {
@@ -332,7 +350,7 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(array))
     }
 
-    fn addr(&mut self) -> Result<MemberAddr, String> {
+    fn addr(&mut self, version: u8) -> Result<MemberAddr, String> {
         let len = self.u16()? as usize;
         let host = std::str::from_utf8(self.take(len)?)
             .map_err(|_| "member host is not UTF-8".to_string())?
@@ -341,7 +359,8 @@ impl<'a> Reader<'a> {
             return Err("member host is empty".to_string());
         }
         let (client_port, peer_port, http_port) = (self.u16()?, self.u16()?, self.u16()?);
-        Ok(MemberAddr { host, client_port, peer_port, http_port })
+        let resp_port = if version >= 2 { Some(self.u16()?).filter(|&p| p != 0) } else { None };
+        Ok(MemberAddr { host, client_port, peer_port, http_port, resp_port })
     }
 
     fn end(&self, what: &str) -> Result<(), String> {
@@ -362,9 +381,12 @@ mod tests {
             client_port: 7100 + n,
             peer_port: 7200,
             http_port: 7300,
+            resp_port: None,
         }
     }
 
+    // Shows addresses and memberships round trip, with and without Redis ports; version 1 is
+    // written when no member has one (older nodes read it), 2 when one does.
     #[test]
     fn addresses_and_memberships_round_trip() {
         let a = addr(4);
@@ -383,6 +405,16 @@ mod tests {
         assert_eq!(membership.members(), vec![NodeId(1), NodeId(2), NodeId(4), NodeId(5)]);
         assert!(membership.is_voter(NodeId(2)) && membership.is_learner(NodeId(2)));
         assert!(!membership.contains(NodeId(3)));
+        assert_eq!(membership.encode()[0], 1);
+        assert_eq!(a.encode()[0], 1);
+
+        let redis = MemberAddr { resp_port: Some(7400), ..addr(5) };
+        assert_eq!(redis.encode()[0], 2);
+        assert_eq!(MemberAddr::decode(&redis.encode()), Ok(redis.clone()));
+        let mut with_redis = membership.clone();
+        with_redis.addrs.insert(NodeId(5), redis);
+        assert_eq!(with_redis.encode()[0], 2);
+        assert_eq!(Membership::decode(&with_redis.encode()), Ok(with_redis));
     }
 
     #[test]
@@ -392,9 +424,9 @@ mod tests {
             assert!(MemberAddr::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         let mut newer = bytes.clone();
-        newer[0] = 2;
+        newer[0] = 3;
         let error = MemberAddr::decode(&newer).unwrap_err();
-        assert!(error.contains("version 2") && error.contains("upgrade"), "{error}");
+        assert!(error.contains("version 3") && error.contains("upgrade"), "{error}");
         let mut longer = bytes;
         longer.push(0);
         assert!(MemberAddr::decode(&longer).unwrap_err().contains("left over"));

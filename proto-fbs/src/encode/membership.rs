@@ -22,6 +22,7 @@ fn member<'b>(
             client_port: addr.client_port,
             peer_port: addr.peer_port,
             http_port: addr.http_port,
+            resp_port: addr.resp_port.unwrap_or(0),
         },
     )
 }

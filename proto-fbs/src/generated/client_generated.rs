@@ -3566,6 +3566,7 @@ impl<'a> Member<'a> {
   pub const VT_CLIENT_PORT: ::flatbuffers::VOffsetT = 8;
   pub const VT_PEER_PORT: ::flatbuffers::VOffsetT = 10;
   pub const VT_HTTP_PORT: ::flatbuffers::VOffsetT = 12;
+  pub const VT_RESP_PORT: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3579,6 +3580,7 @@ impl<'a> Member<'a> {
     let mut builder = MemberBuilder::new(_fbb);
     builder.add_node_id(args.node_id);
     if let Some(x) = args.host { builder.add_host(x); }
+    builder.add_resp_port(args.resp_port);
     builder.add_http_port(args.http_port);
     builder.add_peer_port(args.peer_port);
     builder.add_client_port(args.client_port);
@@ -3621,6 +3623,14 @@ impl<'a> Member<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u16>(Member::VT_HTTP_PORT, Some(0)).unwrap()}
   }
+  /// Shard `s` speaks Redis on `resp_port + s`; 0: it does not (client protocol 10).
+  #[inline]
+  pub fn resp_port(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Member::VT_RESP_PORT, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Member<'_> {
@@ -3634,6 +3644,7 @@ impl ::flatbuffers::Verifiable for Member<'_> {
      .visit_field::<u16>("client_port", Self::VT_CLIENT_PORT, false)?
      .visit_field::<u16>("peer_port", Self::VT_PEER_PORT, false)?
      .visit_field::<u16>("http_port", Self::VT_HTTP_PORT, false)?
+     .visit_field::<u16>("resp_port", Self::VT_RESP_PORT, false)?
      .finish();
     Ok(())
   }
@@ -3644,6 +3655,7 @@ pub struct MemberArgs<'a> {
     pub client_port: u16,
     pub peer_port: u16,
     pub http_port: u16,
+    pub resp_port: u16,
 }
 impl<'a> Default for MemberArgs<'a> {
   #[inline]
@@ -3654,6 +3666,7 @@ impl<'a> Default for MemberArgs<'a> {
       client_port: 0,
       peer_port: 0,
       http_port: 0,
+      resp_port: 0,
     }
   }
 }
@@ -3684,6 +3697,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MemberBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u16>(Member::VT_HTTP_PORT, http_port, 0);
   }
   #[inline]
+  pub fn add_resp_port(&mut self, resp_port: u16) {
+    self.fbb_.push_slot::<u16>(Member::VT_RESP_PORT, resp_port, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MemberBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MemberBuilder {
@@ -3706,6 +3723,7 @@ impl ::core::fmt::Debug for Member<'_> {
       ds.field("client_port", &self.client_port());
       ds.field("peer_port", &self.peer_port());
       ds.field("http_port", &self.http_port());
+      ds.field("resp_port", &self.resp_port());
       ds.finish()
   }
 }

@@ -124,7 +124,13 @@ pub fn sample_requests() -> Vec<Vec<u8>> {
 }
 
 fn sample_addr() -> MemberAddr {
-    MemberAddr { host: "10.0.0.4".to_string(), client_port: 7100, peer_port: 7200, http_port: 7300 }
+    MemberAddr {
+        host: "10.0.0.4".to_string(),
+        client_port: 7100,
+        peer_port: 7200,
+        http_port: 7300,
+        resp_port: Some(7400),
+    }
 }
 
 /// A shard's membership mid-change: a learner, a pending change, the leader's view.

@@ -67,7 +67,6 @@ pub const COMMANDS: &[Spec] = &[
     spec("client", -2, ADMIN, NO_KEYS, false, "connection", "Names and identifies the connection"),
     spec("cluster", -2, ADMIN, NO_KEYS, false, "cluster", "The shards, their slots and leaders"),
     spec("command", -1, ADMIN, NO_KEYS, false, "server", "This table"),
-    spec("dbsize", 1, &["readonly", "fast"], NO_KEYS, false, "server", "Keys in this shard"),
     spec(
         "config",
         -2,
@@ -77,6 +76,7 @@ pub const COMMANDS: &[Spec] = &[
         "server",
         "CONFIG GET of the settings clients ask about",
     ),
+    spec("dbsize", 1, &["readonly", "fast"], NO_KEYS, false, "server", "Keys in this shard"),
     spec("decr", 2, WRITE_FAST, ONE_KEY, true, "string", "Subtracts 1, atomically"),
     spec("decrby", 3, WRITE_FAST, ONE_KEY, true, "string", "Subtracts an integer, atomically"),
     spec("del", -2, &["write"], ALL_KEYS, true, "generic", "Deletes keys (one slot)"),

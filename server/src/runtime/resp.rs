@@ -96,7 +96,13 @@ impl Host for ShardHost<'_> {
     }
 
     fn resp_addr(&self, node: NodeId, shard: ShardId) -> Option<String> {
-        self.shard.registry.node(node)?.resp_addr(shard)
+        // The membership's address (a node added since start carries its own), else the
+        // registry's.
+        let member = self.shard.core.borrow().membership().addrs.get(&node).cloned();
+        match member {
+            Some(addr) if addr.resp_port.is_some() => addr.node(node).resp_addr(shard),
+            _ => self.shard.registry.node(node)?.resp_addr(shard),
+        }
     }
 
     fn shard_views(&self) -> Vec<ShardView> {

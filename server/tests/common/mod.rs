@@ -229,7 +229,7 @@ impl TestCluster {
             client_port,
             peer_port,
             http_port,
-            resp_port: None,
+            resp_port: (self.registry.shards <= 10).then_some(client_port + 10),
         };
         let text = std::fs::read_to_string(&self.registry_path).expect("registry");
         let text = format!("{text}{}", node.to_toml());

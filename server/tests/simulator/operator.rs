@@ -24,6 +24,7 @@ impl Sim {
             client_port: 7100,
             peer_port: 7200,
             http_port: 7300,
+            resp_port: None,
         }
     }
 

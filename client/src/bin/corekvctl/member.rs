@@ -102,8 +102,11 @@ pub(crate) struct AddrArgs {
     /// HTTP port.
     #[arg(long)]
     http_port: Option<u16>,
+    /// First Redis port (optional: shard s speaks Redis on it + s).
+    #[arg(long)]
+    resp_port: Option<u16>,
     /// Take the addresses from the node's entry in this registry file.
-    #[arg(long, conflicts_with_all = ["host", "client_port", "peer_port", "http_port"])]
+    #[arg(long, conflicts_with_all = ["host", "client_port", "peer_port", "http_port", "resp_port"])]
     from_registry: Option<std::path::PathBuf>,
 }
 
@@ -125,7 +128,8 @@ impl AddrArgs {
             (Some(host), Some(client_port), Some(peer_port), Some(http_port))
                 if !host.is_empty() =>
             {
-                Ok(MemberAddr { host: host.clone(), client_port, peer_port, http_port })
+                let resp_port = self.resp_port;
+                Ok(MemberAddr { host: host.clone(), client_port, peer_port, http_port, resp_port })
             }
             _ => Err(input(
                 "the new node's addresses: --host, --client-port, --peer-port and --http-port \
