@@ -6,7 +6,7 @@
 //! shard or a command that cannot run in a transaction fails the transaction, and `EXEC`
 //! then answers `EXECABORT`, as Redis does). `EXEC` sends one transaction: a compare of each
 //! watched key's mod index with the one read (0: it did not exist), then every queued
-//! command's ops ([`super::keys::txn_form`]) — all applied at one raft index, or none when a
+//! command's ops (`keys::txn_form`) — all applied at one raft index, or none when a
 //! watched key changed (`EXEC` answers null). A command that fails as it runs (`INCR` of a
 //! word) answers its error in `EXEC`'s array while the others apply, as in Redis.
 

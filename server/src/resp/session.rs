@@ -167,7 +167,7 @@ impl Session {
     }
 
     /// Takes one command (its arguments, the name first): runs it, or queues it behind
-    /// requests of the other kind ([`Session::waiting`]).
+    /// requests of the other kind (see `waiting`).
     pub fn command(&mut self, args: Vec<Vec<u8>>, host: &mut dyn Host) {
         self.waiting.push_back(args);
         self.run_waiting(host);
