@@ -102,8 +102,20 @@ pub const RESP_ARGS_MAX: usize = 2 * corekv_proto::constants::BATCH_KEYS_MAX + 1
 /// this closes it).
 pub const RESP_BULK_BYTES_MAX: usize = corekv_proto::constants::VALUE_BYTES_MAX + 64 * 1024;
 
-/// Most bytes in one RESP command, all arguments together: a frame's worth.
-pub const RESP_COMMAND_BYTES_MAX: usize = corekv_proto::constants::FRAME_BYTES_MAX;
+/// Most bytes in one RESP command, all arguments together (and in one `MULTI`'s queue): the
+/// request it becomes — its bytes plus a table per argument — fits in a frame.
+pub const RESP_COMMAND_BYTES_MAX: usize = corekv_proto::constants::FRAME_BYTES_MAX - (2 << 20);
+
+/// Bytes of commands a Redis connection may hold read but not run (waiting behind another,
+/// or queued in a `MULTI`); past it the connection is not read from.
+pub const RESP_HELD_COMMAND_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Steps a `SCAN` page or a `KEYS` may spend matching its pattern (a step compares a byte);
+/// past it the command is refused, so no pattern holds the shard's core for long.
+pub const RESP_PATTERN_STEPS_MAX: u64 = 50_000_000;
+
+/// Longest `MATCH` or `KEYS` pattern.
+pub const RESP_PATTERN_BYTES_MAX: usize = 2 * corekv_proto::constants::KEY_BYTES_MAX;
 
 /// Most bytes in one inline command (a line typed into telnet): Redis's limit.
 pub const RESP_INLINE_BYTES_MAX: usize = 64 * 1024;
@@ -220,6 +232,11 @@ const _: () = assert!(WAL_BACKLOG_BYTES_BUSY + ENTRY_BYTES_MAX < WRITE_BUFFER_BY
 const _: () = assert!(READ_RETRY_TICKS * TICK_MS < READ_TIMEOUT_MS);
 const _: () = assert!(WATCHERS_PER_CONNECTION_MAX < CONNECTION_REQUESTS_IN_FLIGHT_MAX);
 const _: () = assert!(RESP_BULK_BYTES_MAX < RESP_COMMAND_BYTES_MAX);
+// A request's tables (at most 64 bytes an argument) fit in what the frame has left.
+const _: () = assert!(
+    RESP_COMMAND_BYTES_MAX + 64 * RESP_ARGS_MAX <= corekv_proto::constants::FRAME_BYTES_MAX
+);
+const _: () = assert!(RESP_COMMAND_BYTES_MAX <= RESP_HELD_COMMAND_BYTES_MAX);
 const _: () = assert!(WATCH_DRAIN_NOTICE_BYTES < WATCH_CONNECTION_QUEUE_BYTES_MAX);
 const _: () = assert!(
     ENTRY_BYTES_MAX

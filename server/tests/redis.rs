@@ -467,26 +467,72 @@ fn an_added_node_joins_the_redis_topology() {
     let id = cluster.add_node();
     let registry = cluster.registry_of(id);
     let registry = registry.to_str().expect("a path");
+    // A learner is a member of the topology as much as a voter: no need to wait for it to
+    // catch up and be promoted (which a loaded test machine can make slow).
     let (code, out, err) =
-        cluster.ctl(&["member", "add", &id.to_string(), "--from-registry", registry]);
+        cluster.ctl(&["member", "add", &id.to_string(), "--from-registry", registry, "--no-wait"]);
     assert_eq!(code, 0, "{out}{err}");
     let node = cluster.node(id).expect("the added node");
     let added_port = node.resp_port.expect("added with a Redis port");
+    // Each shard lists it once node 1's replica of it has applied the change.
+    let listed = |nodes: &str| {
+        (0..2).all(|shard| nodes.contains(&format!("127.0.0.1:{}@", added_port as u32 + shard)))
+    };
+    cluster.wait_until(Duration::from_secs(30), "both shards to list the new node", || {
+        listed(&cli(port, &["cluster", "nodes"]))
+    });
     let nodes = cli(port, &["cluster", "nodes"]);
-    for shard in 0..2 {
-        let endpoint = format!("127.0.0.1:{}@", added_port as u32 + shard);
-        assert!(nodes.contains(&endpoint), "shard {shard} lists node {id}: {nodes}");
-    }
     assert_eq!(nodes.lines().count(), 8, "{nodes}");
-    // The new replica of `before`'s shard serves it to a READONLY connection.
+    // The new replica of `before`'s shard serves it to a READONLY connection once it has
+    // caught up.
     let shard = shard_of(b"before");
-    let mut child = Command::new("redis-cli")
-        .args(["-p", &(added_port as u32 + shard).to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("redis-cli");
-    child.stdin.take().expect("stdin").write_all(b"READONLY\nGET before\n").expect("feeding");
-    let output = child.wait_with_output().expect("redis-cli output");
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "OK\n1\n");
+    let stale_read = || {
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &(added_port as u32 + shard).to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli");
+        child.stdin.take().expect("stdin").write_all(b"READONLY\nGET before\n").expect("feeding");
+        let output = child.wait_with_output().expect("redis-cli output");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    cluster.wait_until(Duration::from_secs(60), "the new replica to serve `before`", || {
+        stale_read() == "OK\n1\n"
+    });
+}
+
+// Shows: a pipeline far longer than the commands a connection may have unanswered, written
+// whole before any answer is read, is answered whole and in order (commands read and not
+// taken at the bound are taken as answers go out); QUIT closes only after answering every
+// command before it, and nothing after it runs.
+#[test]
+fn long_pipelines_and_quit_are_answered_in_full() {
+    let cluster = TestCluster::start(1, 1);
+    let (host, port) = resp_addr(&cluster, 1, 0);
+    let mut stream = TcpStream::connect((host.as_str(), port)).expect("connecting");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("a timeout");
+    let commands = 10_000;
+    let mut pipeline = b"SET counter 0\r\n".to_vec();
+    for _ in 0..commands {
+        pipeline.extend_from_slice(b"*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n");
+    }
+    pipeline.extend_from_slice(b"GET counter\r\nQUIT\r\nSET counter gone\r\n");
+    let writer = {
+        let mut stream = stream.try_clone().expect("a second handle");
+        std::thread::spawn(move || stream.write_all(&pipeline).expect("writing the pipeline"))
+    };
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("reading until the server closes");
+    writer.join().expect("the writer");
+    let text = String::from_utf8(answer).expect("text answers");
+    let mut lines = text.split("\r\n");
+    assert_eq!(lines.next(), Some("+OK"));
+    for n in 1..=commands {
+        assert_eq!(lines.next(), Some(format!(":{n}").as_str()), "answer {n} in order");
+    }
+    let rest: Vec<&str> = lines.collect();
+    assert_eq!(rest, ["$5", "10000", "+OK", ""], "GET, QUIT, then the close");
+    let (_, port) = resp_addr(&cluster, 1, 0);
+    assert_eq!(cli(port, &["get", "counter"]), "10000", "nothing after QUIT ran");
 }

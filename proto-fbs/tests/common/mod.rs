@@ -223,7 +223,7 @@ fn touch(bytes: &[u8]) -> usize {
 
 /// Reads every field of a verified request; returns a checksum so nothing is optimised away.
 pub fn walk_request(frame: &RequestFrame<'_>) -> usize {
-    let mut sum = frame.id() as usize;
+    let mut sum = frame.id() as u32 as usize;
     if let Some(r) = frame.request_as_hello() {
         sum += r.cluster().len() + r.protocol_version() as usize;
     }
@@ -258,18 +258,18 @@ pub fn walk_request(frame: &RequestFrame<'_>) -> usize {
     if let Some(r) = frame.request_as_txn_request() {
         for c in r.compares().iter().flatten() {
             sum += touch(c.key().bytes()) + c.target().0 as usize + c.op().0 as usize;
-            sum += c.value().map(|v| touch(v.bytes())).unwrap_or(0) + c.number() as usize;
+            sum += c.value().map(|v| touch(v.bytes())).unwrap_or(0) + c.number() as u32 as usize;
         }
         for op in r.success().iter().flatten().chain(r.failure().iter().flatten()) {
             sum += touch(op.key().bytes()) + op.kind().0 as usize;
-            sum += op.value().map(|v| touch(v.bytes())).unwrap_or(0);
+            sum += op.value().map(|v| touch(v.bytes())).unwrap_or(0) + op.number() as u32 as usize;
         }
     }
     if let Some(r) = frame.request_as_member_change_request() {
         sum += corekv_proto::shared::membership_change(&r).map_or(1, |c| format!("{c:?}").len());
     }
     if let Some(r) = frame.request_as_transfer_leader_request() {
-        sum += r.node_id() as usize;
+        sum += r.node_id() as u32 as usize;
     }
     sum
 }
@@ -277,25 +277,26 @@ pub fn walk_request(frame: &RequestFrame<'_>) -> usize {
 fn walk_entry(e: &corekv_proto::client::Entry<'_>) -> usize {
     touch(e.key().bytes())
         + e.value().map(|v| touch(v.bytes())).unwrap_or(0)
-        + e.meta().create_index() as usize
-        + e.meta().mod_index() as usize
-        + e.meta().version() as usize
+        + e.meta().create_index() as u32 as usize
+        + e.meta().mod_index() as u32 as usize
+        + e.meta().version() as u32 as usize
 }
 
-/// Reads every field of a verified reply.
+/// Reads every field of a verified reply. (Numbers count by their low 32 bits: a flipped
+/// high bit must not overflow the sum.)
 pub fn walk_reply(frame: &ReplyFrame<'_>) -> usize {
-    let mut sum = frame.id() as usize;
+    let mut sum = frame.id() as u32 as usize;
     if let Some(r) = frame.reply_as_hello_reply() {
-        sum += r.node_id() as usize + r.shard() as usize + r.shards() as usize;
+        sum += r.node_id() as u32 as usize + r.shard() as usize + r.shards() as usize;
     }
     if let Some(r) = frame.reply_as_get_reply() {
-        sum += r.entry().map(|e| walk_entry(&e)).unwrap_or(0) + r.read_index() as usize;
+        sum += r.entry().map(|e| walk_entry(&e)).unwrap_or(0) + r.read_index() as u32 as usize;
     }
     if let Some(r) = frame.reply_as_put_reply() {
-        sum += r.meta().version() as usize;
+        sum += r.meta().version() as u32 as usize;
     }
     if let Some(r) = frame.reply_as_delete_reply() {
-        sum += r.deleted() as usize + r.index() as usize;
+        sum += r.deleted() as u32 as usize + r.index() as u32 as usize;
     }
     if let Some(r) = frame.reply_as_batch_get_reply() {
         sum += r
@@ -305,7 +306,7 @@ pub fn walk_reply(frame: &ReplyFrame<'_>) -> usize {
             .sum::<usize>();
     }
     if let Some(r) = frame.reply_as_batch_put_reply() {
-        sum += r.metas().iter().map(|m| m.version() as usize).sum::<usize>();
+        sum += r.metas().iter().map(|m| m.version() as u32 as usize).sum::<usize>();
     }
     if let Some(r) = frame.reply_as_batch_delete_reply() {
         sum += r.deleted().iter().filter(|d| *d).count();
@@ -317,34 +318,38 @@ pub fn walk_reply(frame: &ReplyFrame<'_>) -> usize {
     if let Some(r) = frame.reply_as_txn_reply() {
         for res in r.results() {
             sum += res.entry().map(|e| walk_entry(&e)).unwrap_or(0);
-            sum += res.meta().map(|m| m.version() as usize).unwrap_or(0) + res.deleted() as usize;
+            sum += res.meta().map(|m| m.version() as u32 as usize).unwrap_or(0)
+                + res.deleted() as u32 as usize;
+            sum +=
+                res.value().map(|v| touch(v.bytes())).unwrap_or(0) + res.length() as u32 as usize;
+            sum += res.applied() as usize + res.error().map_or(0, str::len);
         }
     }
     if let Some(r) = frame.reply_as_status_reply() {
-        sum += r.term() as usize + r.commit_index() as usize;
-        sum += r.peers().iter().flatten().map(|p| p.match_index() as usize).sum::<usize>();
+        sum += r.term() as u32 as usize + r.commit_index() as u32 as usize;
+        sum += r.peers().iter().flatten().map(|p| p.match_index() as u32 as usize).sum::<usize>();
     }
     if let Some(r) = frame.reply_as_members_reply() {
         sum += format!("{:?}", corekv_proto::shared::shard_members(&r)).len();
     }
     if let Some(r) = frame.reply_as_member_change_reply() {
-        sum += r.index() as usize;
+        sum += r.index() as u32 as usize;
     }
     if let Some(r) = frame.reply_as_transfer_leader_reply() {
-        sum += r.leader_id() as usize;
+        sum += r.leader_id() as u32 as usize;
     }
     if let Some(r) = frame.reply_as_error_reply() {
         if let Some(e) = r.kind_as_not_member() {
-            sum += e.node_id() as usize + e.shard() as usize;
+            sum += e.node_id() as u32 as usize + e.shard() as u32 as usize;
         }
         if let Some(e) = r.kind_as_change_refused() {
             sum += e.reason().map(str::len).unwrap_or(0);
         }
         if let Some(e) = r.kind_as_not_leader() {
-            sum += e.leader_id() as usize + e.leader_addr().map(str::len).unwrap_or(0);
+            sum += e.leader_id() as u32 as usize + e.leader_addr().map(str::len).unwrap_or(0);
         }
         if let Some(e) = r.kind_as_wrong_shard() {
-            sum += e.shard() as usize;
+            sum += e.shard() as u32 as usize;
         }
         if let Some(e) = r.kind_as_unavailable() {
             sum += e.reason().map(str::len).unwrap_or(0);
@@ -353,13 +358,13 @@ pub fn walk_reply(frame: &ReplyFrame<'_>) -> usize {
             sum += e.reason().map(str::len).unwrap_or(0);
         }
         if let Some(e) = r.kind_as_too_large() {
-            sum += e.what().map(str::len).unwrap_or(0) + e.size() as usize;
+            sum += e.what().map(str::len).unwrap_or(0) + e.size() as u32 as usize;
         }
         if let Some(e) = r.kind_as_compare_failed() {
-            sum += e.compare() as usize;
+            sum += e.compare() as u32 as usize;
         }
         if let Some(e) = r.kind_as_busy() {
-            sum += e.retry_after_ms() as usize;
+            sum += e.retry_after_ms() as u32 as usize;
         }
     }
     sum
@@ -369,20 +374,20 @@ pub fn walk_reply(frame: &ReplyFrame<'_>) -> usize {
 pub fn walk_peer(frame: &PeerFrame<'_>) -> usize {
     let mut sum = 0;
     if let Some(m) = frame.message_as_hello() {
-        sum += m.cluster().len() + m.node_id() as usize + m.shard() as usize;
-        sum += m.peer_host().map(str::len).unwrap_or(0) + m.peer_port() as usize;
+        sum += m.cluster().len() + m.node_id() as u32 as usize + m.shard() as u32 as usize;
+        sum += m.peer_host().map(str::len).unwrap_or(0) + m.peer_port() as u32 as usize;
     }
     if let Some(m) = frame.message_as_hello_ack() {
-        sum += m.accepted() as usize + m.reason().map(str::len).unwrap_or(0);
+        sum += m.accepted() as u32 as usize + m.reason().map(str::len).unwrap_or(0);
     }
     if let Some(m) = frame.message_as_raft_batch() {
         sum += m.messages().iter().map(|r| touch(r.data().bytes())).sum::<usize>();
     }
     if let Some(m) = frame.message_as_snapshot_chunk() {
-        sum += touch(m.data().bytes()) + m.offset() as usize + m.last() as usize;
+        sum += touch(m.data().bytes()) + m.offset() as u32 as usize + m.last() as u32 as usize;
     }
     if let Some(m) = frame.message_as_snapshot_ack() {
-        sum += m.received() as usize + m.error().map(str::len).unwrap_or(0);
+        sum += m.received() as u32 as usize + m.error().map(str::len).unwrap_or(0);
     }
     sum
 }

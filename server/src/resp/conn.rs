@@ -11,9 +11,14 @@ use super::render::Render;
 use super::reply::Reply;
 use super::session::{integer, is, Answer, Host, Session};
 use super::{glob, KEYS_MAX, REDIS_VERSION};
+use crate::constants::RESP_PATTERN_BYTES_MAX;
 
 /// `SCAN`'s page size when `COUNT` is not given (Redis's).
 const SCAN_COUNT_DEFAULT: u32 = 10;
+
+/// Why a pattern was refused before reading.
+const PATTERN_TOO_LONG: &str = "ERR pattern longer than 8192 bytes";
+const _: () = assert!(RESP_PATTERN_BYTES_MAX == 8192);
 
 impl Session {
     pub(super) fn unkeyed(
@@ -60,9 +65,10 @@ impl Session {
             "cluster" => self.cluster(args, host),
             "config" => self.config(args),
             "scan" => match self.scan(seq, args, host) {
-                Ok(render) => Answer::Core(render, None),
+                Ok(render) => Answer::Core(render, Some(self.first_slot())),
                 Err(error) => self.error(&error),
             },
+            "keys" if args[1].len() > RESP_PATTERN_BYTES_MAX => self.error(PATTERN_TOO_LONG),
             "keys" => {
                 let pattern = args[1].clone();
                 let prefix = glob::literal_prefix(&pattern);
@@ -74,10 +80,16 @@ impl Session {
                     ..ScanSpec::default()
                 };
                 host.submit(self.encoder.scan(seq, &spec));
-                Answer::Core(Render::Keys { pattern }, None)
+                Answer::Core(Render::Keys { pattern }, Some(self.first_slot()))
             }
             other => unreachable!("{other} is in the table but has no handler"),
         }
+    }
+
+    /// The first slot of this connection's shard: where a shard-wide command (`SCAN`,
+    /// `KEYS`) sent to a replica that does not lead is redirected.
+    fn first_slot(&self) -> u32 {
+        corekv_types::placement::slot_range(self.place.shard, self.place.shards).start
     }
 
     /// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]` over this shard's keys. The
@@ -102,6 +114,9 @@ impl Session {
         while at < args.len() {
             let value = args.get(at + 1).ok_or("ERR syntax error")?;
             if is(&args[at], "MATCH") {
+                if value.len() > RESP_PATTERN_BYTES_MAX {
+                    return Err(PATTERN_TOO_LONG.into());
+                }
                 pattern = Some(value.clone());
             } else if is(&args[at], "COUNT") {
                 count = match integer(value)? {
@@ -184,7 +199,7 @@ impl Session {
                 }
                 at += 3;
             } else if is(&args[at], "SETNAME") && at + 1 < args.len() {
-                if args[at + 1].iter().any(|b| *b <= b' ') {
+                if args[at + 1].iter().any(|b| *b <= b' ' || *b > b'~') {
                     return self.error(
                         "ERR Client names cannot contain spaces, newlines or special characters.",
                     );
@@ -232,6 +247,10 @@ impl Session {
             return self.error("ERR syntax error");
         }
         if !host.auth_enabled() {
+            // As Redis's `nopass` default user: any password for `default`.
+            if args.len() == 2 && is(&args[0], "default") {
+                return Answer::Now(self.reply(|r| r.ok()));
+            }
             return self.error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
         }
         let (user, token) = match args {

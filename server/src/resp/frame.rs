@@ -3,9 +3,9 @@
 //! `telnet`).
 //!
 //! The parser is restartable: it reads from the start of the unconsumed bytes every time and
-//! says how many bytes one whole command took, or that the command is not whole yet. A bulk
-//! string's body is skipped by its length, so a large value arriving in pieces is not
-//! scanned again each time; only the headers are.
+//! says how many bytes one whole command took, or that the command is not whole yet. Bulk
+//! strings' bodies are skipped by their lengths and copied only once the whole command has
+//! arrived, so a large command arriving in pieces costs a pass over its headers each time.
 //!
 //! Every length is checked against [`Limits`] before anything is allocated for it. Anything
 //! that is not a command — a negative or oversized length, a nested array, a bad header byte,
@@ -99,8 +99,10 @@ fn parse_array(input: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
             limits.args_max
         )));
     }
+    // Where each argument's bytes are; copied once the whole command has arrived (a large
+    // command arriving in pieces is parsed again each time, its bodies not copied again).
     // Allocate only for what has arrived: a header alone must not reserve a large vector.
-    let mut args = Vec::with_capacity((count as usize).min(64));
+    let mut spans = Vec::with_capacity((count as usize).min(64));
     for _ in 0..count {
         let Some(&kind) = input.get(at) else { return Ok(Parsed::Incomplete) };
         if kind != b'$' {
@@ -127,9 +129,10 @@ fn parse_array(input: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
         if &input[end..end + 2] != b"\r\n" {
             return Err(ProtocolError("a bulk string must end with CRLF".into()));
         }
-        args.push(input[body..end].to_vec());
+        spans.push(body..end);
         at = end + 2;
     }
+    let args = spans.into_iter().map(|span| input[span].to_vec()).collect();
     Ok(Parsed::Command { args, consumed: at })
 }
 

@@ -7,11 +7,19 @@
 
 /// Whether `key` matches `pattern`.
 pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
+    let mut unbounded = u64::MAX;
+    matches_within(pattern, key, &mut unbounded).unwrap_or(false)
+}
+
+/// Whether `key` matches `pattern`, spending at most `steps` (one per byte compared, taken
+/// off it); `None` once they are spent.
+pub fn matches_within(pattern: &[u8], key: &[u8], steps: &mut u64) -> Option<bool> {
     let (mut p, mut k) = (0, 0);
     // Where to resume after the last `*`: the pattern after it, and the key byte it absorbs
     // next.
     let mut star: Option<(usize, usize)> = None;
     while k < key.len() {
+        *steps = steps.checked_sub(1)?;
         match pattern.get(p) {
             Some(b'*') => {
                 star = Some((p + 1, k));
@@ -19,7 +27,7 @@ pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
                 continue;
             }
             Some(_) => {
-                if let Some(next) = one(pattern, p, key[k]) {
+                if let Some(next) = one(pattern, p, key[k], steps) {
                     p = next;
                     k += 1;
                     continue;
@@ -33,31 +41,33 @@ pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
                 k = absorbed + 1;
                 star = Some((after, absorbed + 1));
             }
-            None => return false,
+            None => return Some(false),
         }
     }
-    pattern[p..].iter().all(|&b| b == b'*')
+    Some(pattern[p..].iter().all(|&b| b == b'*'))
 }
 
 /// Whether the pattern element at `p` (not `*`) matches `byte`; the index after it if so.
-fn one(pattern: &[u8], p: usize, byte: u8) -> Option<usize> {
+fn one(pattern: &[u8], p: usize, byte: u8, steps: &mut u64) -> Option<usize> {
     match pattern[p] {
         b'?' => Some(p + 1),
         b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == byte).then_some(p + 2),
-        b'[' => class(pattern, p + 1, byte),
+        b'[' => class(pattern, p + 1, byte, steps),
         literal => (literal == byte).then_some(p + 1),
     }
 }
 
 /// A `[…]` class starting after its `[`: whether `byte` is in it, and the index after its
 /// `]`. An unterminated class runs to the end of the pattern, as in Redis.
-fn class(pattern: &[u8], mut p: usize, byte: u8) -> Option<usize> {
+fn class(pattern: &[u8], mut p: usize, byte: u8, steps: &mut u64) -> Option<usize> {
     let negated = pattern.get(p) == Some(&b'^');
     if negated {
         p += 1;
     }
     let mut found = false;
     while p < pattern.len() && pattern[p] != b']' {
+        // A spent budget ends the class as a mismatch; the caller then finds it spent.
+        *steps = steps.saturating_sub(1);
         if pattern[p] == b'\\' && p + 1 < pattern.len() {
             found |= pattern[p + 1] == byte;
             p += 2;
@@ -128,6 +138,20 @@ mod tests {
         let key = vec![b'a'; 4096];
         let pattern = "a*".repeat(200) + "b";
         assert!(!matches(pattern.as_bytes(), &key));
+    }
+
+    // Shows a budget bounds the work: a costly match stops with None once it is spent.
+    #[test]
+    fn budgets_bound_the_work() {
+        let key = vec![b'a'; 4096];
+        // Each of the key's 2,097 first bytes starts an attempt of 2,001 steps.
+        let pattern = [b"*".to_vec(), b"a".repeat(2000), b"b".to_vec()].concat();
+        let mut steps = 100_000;
+        assert_eq!(matches_within(&pattern, &key, &mut steps), None);
+        assert_eq!(steps, 0);
+        let mut plenty = 1_000;
+        assert_eq!(matches_within(b"a*", b"abc", &mut plenty), Some(true));
+        assert!(plenty < 1_000);
     }
 
     #[test]

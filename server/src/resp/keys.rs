@@ -94,7 +94,7 @@ impl Session {
                 (enc.batch_put(seq, &items), Render::Ok)
             }
             "set" => {
-                let options = set_options(&args[3..], host.now_ms())?;
+                let options = set_options(&args[3..], host.now_ms(), "set")?;
                 if options.exists.is_some() {
                     return Ok(self.conditional_set(seq, key, &args[2], &options, host));
                 }
@@ -195,7 +195,7 @@ pub(super) fn txn_form<'a>(
             (deletes, Shape::Deleted(args.len() - 1))
         }
         "set" => {
-            let options = set_options(&args[3..], now_ms)?;
+            let options = set_options(&args[3..], now_ms, "set")?;
             if options.exists.is_some() {
                 return Err("ERR SET NX and XX are not supported inside MULTI: WATCH the key, \
                             then SET"
@@ -267,7 +267,7 @@ pub(super) fn txn_form<'a>(
         }
         "persist" => (vec![TxnStep::new(TxnOpKind::Expire, key, None)], Shape::Flag),
         "getex" => {
-            let options = set_options(&args[2..], now_ms).map_err(|_| "ERR syntax error")?;
+            let options = set_options(&args[2..], now_ms, "getex")?;
             let persist = args[2..].iter().any(|a| is(a, "PERSIST"));
             if options.exists.is_some() || options.get || options.keep_ttl {
                 return Err("ERR syntax error".into());
@@ -393,10 +393,13 @@ fn expire_op<'a>(
         let found = EXPIRE_CONDITIONS.iter().find(|(name, _)| is(option, name));
         match found {
             Some((_, number)) if condition == 0 || condition == *number => condition = *number,
-            Some(_) => {
-                return Err(
-                    "ERR NX and XX, GT or LT options at the same time are not compatible".into()
-                )
+            Some((_, number)) => {
+                let text = if condition >= 3 && *number >= 3 {
+                    "ERR GT and LT options at the same time are not compatible"
+                } else {
+                    "ERR NX and XX, GT or LT options at the same time are not compatible"
+                };
+                return Err(text.into());
             }
             None => {
                 return Err(format!("ERR Unsupported option {}", String::from_utf8_lossy(option)))
@@ -418,8 +421,8 @@ fn expire_op<'a>(
 }
 
 /// `SET`'s (and `GETEX`'s) options after the value: `NX|XX`, `GET`, `KEEPTTL`, `EX s|PX
-/// ms|EXAT ts|PXAT ms-ts` (`PERSIST` passes, for `GETEX`).
-fn set_options(args: &[Vec<u8>], now_ms: u64) -> Result<SetOptions, String> {
+/// ms|EXAT ts|PXAT ms-ts` (and `PERSIST` for `GETEX`); errors name `command`.
+fn set_options(args: &[Vec<u8>], now_ms: u64, command: &str) -> Result<SetOptions, String> {
     let syntax = || "ERR syntax error".to_string();
     let mut options = SetOptions::default();
     let mut expiry = false;
@@ -433,7 +436,7 @@ fn set_options(args: &[Vec<u8>], now_ms: u64) -> Result<SetOptions, String> {
             options.exists = Some(is(arg, "XX"));
         } else if is(arg, "GET") {
             options.get = true;
-        } else if is(arg, "KEEPTTL") || is(arg, "PERSIST") {
+        } else if is(arg, "KEEPTTL") || (is(arg, "PERSIST") && command == "getex") {
             if expiry {
                 return Err(syntax());
             }
@@ -448,9 +451,9 @@ fn set_options(args: &[Vec<u8>], now_ms: u64) -> Result<SetOptions, String> {
             let amount = integer(amount)?;
             let unit = if is(arg, "EX") || is(arg, "EXAT") { 1000 } else { 1 };
             options.ttl_ms = if is(arg, "EX") || is(arg, "PX") {
-                ttl(amount, unit, "set")?
+                ttl(amount, unit, command)?
             } else {
-                ttl_until(amount, unit, "set", now_ms)?
+                ttl_until(amount, unit, command, now_ms)?
             };
             at += 1;
         } else {
@@ -473,7 +476,7 @@ mod tests {
     // expiry times are checked.
     #[test]
     fn set_options_parse_like_redis() {
-        let parse = |words: &[&str]| set_options(&args(words), 1_000_000);
+        let parse = |words: &[&str]| set_options(&args(words), 1_000_000, "set");
         assert_eq!(parse(&[]), Ok(SetOptions::default()));
         assert_eq!(
             parse(&["nx", "GET", "EX", "10"]),
@@ -484,11 +487,14 @@ mod tests {
         assert_eq!(parse(&["PXAT", "1000500"]).map(|o| o.ttl_ms), Ok(500));
         assert_eq!(parse(&["EXAT", "1"]).map(|o| o.ttl_ms), Ok(1));
         let now = 1_780_000_000_000u64;
-        let far = set_options(&args(&["EXAT", &(now / 1000 + 60).to_string()]), now);
+        let far = set_options(&args(&["EXAT", &(now / 1000 + 60).to_string()]), now, "set");
         assert_eq!(far.map(|o| o.ttl_ms), Ok(60_000), "a real clock's deadlines");
         assert_eq!(parse(&["NX", "XX"]), Err("ERR syntax error".into()));
         assert_eq!(parse(&["EX", "1", "PX", "5"]), Err("ERR syntax error".into()));
         assert_eq!(parse(&["EX", "1", "KEEPTTL"]), Err("ERR syntax error".into()));
+        assert_eq!(parse(&["PERSIST"]), Err("ERR syntax error".into()), "GETEX's only");
+        let getex = set_options(&args(&["EX", "0"]), 0, "getex");
+        assert_eq!(getex, Err("ERR invalid expire time in 'getex' command".into()));
         assert_eq!(parse(&["EX"]), Err("ERR syntax error".into()));
         assert_eq!(parse(&["BOGUS"]), Err("ERR syntax error".into()));
         assert!(parse(&["EX", "0"]).is_err_and(|e| e.contains("invalid expire time")));
@@ -510,7 +516,8 @@ mod tests {
         assert_eq!(expire("expire", &["0"]).map(ttl_of), Ok((TxnOpKind::Delete, 0, 0)));
         assert_eq!(expire("expireat", &["5"]).map(ttl_of), Ok((TxnOpKind::Delete, 0, 0)));
         assert_eq!(expire("expire", &["-1", "NX"]).map(ttl_of), Ok((TxnOpKind::Expire, 1, 1)));
-        assert!(expire("expire", &["10", "NX", "XX"]).is_err_and(|e| e.contains("not compatible")));
+        assert!(expire("expire", &["10", "NX", "XX"]).is_err_and(|e| e.contains("NX and XX")));
+        assert!(expire("expire", &["10", "GT", "LT"]).is_err_and(|e| e.contains("GT and LT")));
         assert!(expire("expire", &["10", "ZZ"]).is_err_and(|e| e.contains("Unsupported option")));
         assert!(expire("expire", &["x"]).is_err_and(|e| e.contains("not an integer")));
     }

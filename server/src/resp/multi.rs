@@ -17,6 +17,8 @@ use super::commands;
 use super::keys::{txn_form, TxnStep};
 use super::render::{Render, Shape};
 use super::session::{Answer, Host, Session};
+use crate::constants::RESP_COMMAND_BYTES_MAX;
+use corekv_proto::constants::BATCH_KEYS_MAX;
 
 /// Most commands one `MULTI` may queue (a transaction's ops are bounded by the batch limit).
 pub const QUEUED_COMMANDS_MAX: usize = 1_000;
@@ -29,8 +31,19 @@ pub const WATCHED_KEYS_MAX: usize = 1_000;
 pub(super) struct Multi {
     /// The queued commands' arguments.
     queued: Vec<Vec<Vec<u8>>>,
+    /// Their bytes: at most [`RESP_COMMAND_BYTES_MAX`], so `EXEC`'s request fits a frame.
+    bytes: usize,
+    /// Their transaction ops: at most [`BATCH_KEYS_MAX`], a transaction's bound.
+    ops: usize,
     /// A command failed to queue: `EXEC` answers `EXECABORT`.
     failed: bool,
+}
+
+impl Multi {
+    /// Bytes of the queued commands.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 impl Session {
@@ -75,7 +88,9 @@ impl Session {
         let checked = self.check_queued(&args, host);
         let Some(multi) = self.multi.as_mut() else { unreachable!("queueing outside MULTI") };
         match checked {
-            Ok(()) => {
+            Ok(ops) => {
+                multi.bytes += args.iter().map(Vec::len).sum::<usize>();
+                multi.ops += ops;
                 multi.queued.push(args);
                 Answer::Now(self.reply(|r| r.simple("QUEUED")))
             }
@@ -86,13 +101,20 @@ impl Session {
         }
     }
 
-    fn check_queued(&self, args: &[Vec<u8>], host: &dyn Host) -> Result<(), String> {
+    /// Whether the command may be queued: the transaction ops it adds, or why not.
+    fn check_queued(&self, args: &[Vec<u8>], host: &dyn Host) -> Result<usize, String> {
         let spec = commands::find(&args[0]).ok_or_else(|| super::session::unknown_command(args))?;
         if !spec.arity_ok(args.len()) {
             return Err(format!("ERR wrong number of arguments for '{}' command", spec.name));
         }
-        if self.multi.as_ref().is_some_and(|m| m.queued.len() >= QUEUED_COMMANDS_MAX) {
+        let Some(multi) = self.multi.as_ref() else { unreachable!("checking outside MULTI") };
+        if multi.queued.len() >= QUEUED_COMMANDS_MAX {
             return Err(format!("ERR a transaction queues at most {QUEUED_COMMANDS_MAX} commands"));
+        }
+        if multi.bytes + args.iter().map(Vec::len).sum::<usize>() > RESP_COMMAND_BYTES_MAX {
+            return Err(format!(
+                "ERR a transaction's commands take at most {RESP_COMMAND_BYTES_MAX} bytes"
+            ));
         }
         if spec.first_key == 0 {
             return Err(format!(
@@ -101,7 +123,11 @@ impl Session {
             ));
         }
         self.route(spec, args, host)?;
-        txn_form(spec, args, host.now_ms()).map(|_| ())
+        let ops = txn_form(spec, args, host.now_ms())?.0.len();
+        if multi.ops + ops > BATCH_KEYS_MAX {
+            return Err(format!("ERR a transaction holds at most {BATCH_KEYS_MAX} operations"));
+        }
+        Ok(ops)
     }
 
     /// `EXEC`: the queued commands as one transaction, guarded by the watched keys.
@@ -113,7 +139,7 @@ impl Session {
         if multi.failed {
             return self.error("EXECABORT Transaction discarded because of previous errors.");
         }
-        if multi.queued.is_empty() {
+        if multi.queued.is_empty() && watched.is_empty() {
             return Answer::Now(self.reply(|r| r.array(0)));
         }
         let now_ms = host.now_ms();
@@ -143,7 +169,8 @@ impl Session {
         let ops: Vec<TxnOpSpec<'_>> = steps.iter().map(TxnStep::spec).collect();
         host.submit(self.encoder.txn(seq, &compares, &ops, &[]));
         // The slot of the first key, for a redirection: every key is this shard's.
-        let slot = multi.queued.first().map(|args| corekv_types::placement::slot(&args[1]));
+        let first = multi.queued.first().map(|args| &args[1]).or(watched.first().map(|w| &w.0));
+        let slot = first.map(|key| corekv_types::placement::slot(key));
         Answer::Core(Render::Exec(shapes), slot)
     }
 

@@ -264,12 +264,11 @@ impl Session {
                     Some(after) => host.save_cursor(after.bytes().to_vec()),
                     None => 0,
                 };
-                let keys: Vec<&[u8]> = scan
-                    .entries()
-                    .iter()
-                    .map(|e| e.key().bytes())
-                    .filter(|k| pattern.as_ref().is_none_or(|p| glob::matches(p, k)))
-                    .collect();
+                let keys = scan.entries().iter().map(|e| e.key().bytes());
+                let Some(keys) = matching(keys, pattern.as_deref()) else {
+                    r.error(PATTERN_TOO_COSTLY);
+                    return true;
+                };
                 r.array(2);
                 r.bulk(cursor.to_string().as_bytes());
                 r.array(keys.len());
@@ -279,17 +278,17 @@ impl Session {
                 let Some(scan) = frame.reply_as_scan_reply() else { return false };
                 if scan.continuation().is_some() {
                     r.error(&format!(
-                        "ERR KEYS matches more than {} keys of this shard: use SCAN",
+                        "ERR KEYS would read more than {} keys of this shard (those starting \
+                         with the pattern's literal prefix): use SCAN",
                         super::KEYS_MAX
                     ));
                     return true;
                 }
-                let keys: Vec<&[u8]> = scan
-                    .entries()
-                    .iter()
-                    .map(|e| e.key().bytes())
-                    .filter(|k| glob::matches(pattern, k))
-                    .collect();
+                let keys = scan.entries().iter().map(|e| e.key().bytes());
+                let Some(keys) = matching(keys, Some(pattern)) else {
+                    r.error(PATTERN_TOO_COSTLY);
+                    return true;
+                };
                 r.array(keys.len());
                 keys.iter().for_each(|k| r.bulk(k));
             }
@@ -370,6 +369,30 @@ fn single(render: &Render, entry: Option<Entry<'_>>, r: &mut Reply<'_>) {
         Render::Range { start, end } => r.bulk(range(bytes.unwrap_or_default(), *start, *end)),
         _ => unreachable!("not a single-key render"),
     }
+}
+
+/// Why a `SCAN` or `KEYS` was refused after reading.
+const PATTERN_TOO_COSTLY: &str =
+    "ERR the pattern takes too long to match against these keys: use a simpler one";
+
+/// The keys `pattern` (all, without one) matches, within the step budget
+/// ([`crate::constants::RESP_PATTERN_STEPS_MAX`]); `None` past it.
+fn matching<'k>(
+    keys: impl Iterator<Item = &'k [u8]>,
+    pattern: Option<&[u8]>,
+) -> Option<Vec<&'k [u8]>> {
+    let mut steps = crate::constants::RESP_PATTERN_STEPS_MAX;
+    let mut found = Vec::new();
+    for key in keys {
+        let matched = match pattern {
+            Some(pattern) => glob::matches_within(pattern, key, &mut steps)?,
+            None => true,
+        };
+        if matched {
+            found.push(key);
+        }
+    }
+    Some(found)
 }
 
 /// One command's answer from its run of transaction results (as many as its shape takes).

@@ -79,6 +79,9 @@ enum Effect {
     Write = 1,
     /// Neither: answered by the session.
     Local = 2,
+    /// Changes what the connection watches (`WATCH`, `MULTI`, `EXEC`…): runs once nothing
+    /// of the connection is in the core.
+    Barrier = 3,
 }
 
 /// An answer: written now, or waiting for the core.
@@ -109,16 +112,22 @@ pub struct Session {
     /// `WATCH`ed keys and the mod index each had (0: missing).
     pub(super) watched: Vec<(Vec<u8>, u64)>,
     pub(super) encoder: RequestEncoder,
-    /// Requests in the core, by sequence number: how to answer, the slot of its keys, and
-    /// whether it reads or writes.
-    pending: HashMap<u64, (Render, Option<u32>, Effect)>,
+    /// Requests in the core, by sequence number: how to answer, the slot of its keys, what
+    /// it does, and whether it was sent under RESP3 (a later `HELLO` does not change how it
+    /// is answered).
+    pending: HashMap<u64, (Render, Option<u32>, Effect, bool)>,
     /// Requests in the core that read, and that write.
     in_core: [usize; 2],
     /// Commands read off the socket and not run yet: a read waits for this connection's
     /// writes in the core to be answered, and a write for its reads, so each command sees
     /// the effect of every one before it and of none after (the core answers concurrent
     /// requests in any order). Everything after a waiting command waits too.
-    waiting: VecDeque<Vec<Vec<u8>>>,
+    waiting: VecDeque<Waiting>,
+    /// Bytes of the commands in `waiting`.
+    waiting_bytes: usize,
+    /// The core answered a request this session cannot place (a bug): the connection is
+    /// closed rather than left waiting for an answer that will not come.
+    pub failed: bool,
     /// Answers that wait for an earlier one.
     ready: BTreeMap<u64, Vec<u8>>,
     /// The next command's sequence number.
@@ -127,8 +136,20 @@ pub struct Session {
     next_out: u64,
     /// Replies in order, for the socket.
     pub out: Vec<u8>,
-    /// Close once `out` is written.
+    /// Close once every command taken is answered and `out` is written; read no more.
     pub close: bool,
+}
+
+/// A command read and not run yet, or a protocol error to answer in its turn.
+#[derive(Debug)]
+enum Waiting {
+    Command(Vec<Vec<u8>>),
+    ProtocolError(String),
+}
+
+/// Bytes a command's arguments take.
+fn command_bytes(args: &[Vec<u8>]) -> usize {
+    args.iter().map(Vec::len).sum::<usize>() + args.len()
 }
 
 impl Session {
@@ -148,6 +169,8 @@ impl Session {
             pending: HashMap::new(),
             in_core: [0, 0],
             waiting: VecDeque::new(),
+            waiting_bytes: 0,
+            failed: false,
             ready: BTreeMap::new(),
             next_seq: 1,
             next_out: 1,
@@ -166,32 +189,68 @@ impl Session {
         self.ready.values().map(Vec::len).sum()
     }
 
+    /// Bytes of commands taken and not run: waiting, or queued in a `MULTI`.
+    pub fn held_command_bytes(&self) -> usize {
+        self.waiting_bytes + self.multi.as_ref().map_or(0, super::multi::Multi::bytes)
+    }
+
+    /// Whether the connection is done: closing, and every command taken answered.
+    pub fn finished(&self) -> bool {
+        self.failed || (self.close && self.unanswered() == 0)
+    }
+
     /// Takes one command (its arguments, the name first): runs it, or queues it behind
     /// requests of the other kind (see `waiting`).
     pub fn command(&mut self, args: Vec<Vec<u8>>, host: &mut dyn Host) {
-        self.waiting.push_back(args);
+        self.waiting_bytes += command_bytes(&args);
+        self.waiting.push_back(Waiting::Command(args));
+        self.run_waiting(host);
+    }
+
+    /// A protocol error: answered in its turn (after the commands before it), then the
+    /// connection closes.
+    pub fn protocol_error(&mut self, error: &super::frame::ProtocolError, host: &mut dyn Host) {
+        self.waiting.push_back(Waiting::ProtocolError(format!("ERR {error}")));
         self.run_waiting(host);
     }
 
     /// Runs waiting commands, in order, while they need not wait.
     fn run_waiting(&mut self, host: &mut dyn Host) {
-        while let Some(args) = self.waiting.front() {
+        while let Some(next) = self.waiting.front() {
             if self.close {
                 // After QUIT or a protocol error nothing more runs.
                 self.waiting.clear();
+                self.waiting_bytes = 0;
                 return;
             }
-            let effect = self.effect(args);
+            let effect = match next {
+                Waiting::Command(args) => self.effect(args),
+                Waiting::ProtocolError(_) => Effect::Local,
+            };
+            let reads = self.in_core[Effect::Read as usize];
+            let writes = self.in_core[Effect::Write as usize];
             let blocked = match effect {
                 Effect::Local => false,
-                Effect::Read => self.in_core[Effect::Write as usize] > 0,
-                Effect::Write => self.in_core[Effect::Read as usize] > 0,
+                Effect::Read => writes > 0,
+                Effect::Write => reads > 0,
+                Effect::Barrier => reads + writes > 0,
             };
             if blocked {
                 return;
             }
-            let args = self.waiting.pop_front().expect("looked at");
-            self.run(args, effect, host);
+            match self.waiting.pop_front().expect("looked at") {
+                Waiting::Command(args) => {
+                    self.waiting_bytes -= command_bytes(&args);
+                    self.run(args, effect, host);
+                }
+                Waiting::ProtocolError(text) => {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    let bytes = self.reply(|r| r.error(&text));
+                    self.answered(seq, bytes);
+                    self.close = true;
+                }
+            }
         }
     }
 
@@ -202,11 +261,12 @@ impl Session {
         match answer {
             Answer::Now(bytes) => self.answered(seq, bytes),
             Answer::Core(render, slot) => {
-                // A command classed local never sends a request; one that reads may write
-                // (`GETEX` with options): the stricter kind holds.
-                let effect = if effect == Effect::Local { Effect::Write } else { effect };
+                // A local command sends no request, nor does a barrier but `WATCH` and
+                // `EXEC`: counting them as writes keeps the next read and write waiting
+                // for them.
+                let effect = if effect == Effect::Read { Effect::Read } else { Effect::Write };
                 self.in_core[effect as usize] += 1;
-                self.pending.insert(seq, (render, slot, effect));
+                self.pending.insert(seq, (render, slot, effect, self.resp3));
             }
             Answer::Close(bytes) => {
                 self.answered(seq, bytes);
@@ -218,14 +278,15 @@ impl Session {
     /// What the command does to the shard's state.
     fn effect(&self, args: &[Vec<u8>]) -> Effect {
         let name = &args[0];
-        let transaction = ["exec", "discard", "multi", "watch", "unwatch", "quit"];
-        if self.multi.is_some() && !transaction.iter().any(|t| is(name, t)) {
+        let transaction = ["exec", "discard", "multi", "watch", "unwatch"];
+        if transaction.iter().any(|t| is(name, t)) {
+            // They change what the connection watches: after every request before them.
+            return Effect::Barrier;
+        }
+        if self.multi.is_some() {
             return Effect::Local;
         }
-        if is(name, "exec") {
-            return Effect::Write;
-        }
-        if is(name, "watch") || is(name, "scan") || is(name, "keys") {
+        if is(name, "scan") || is(name, "keys") {
             return Effect::Read;
         }
         match commands::find(name) {
@@ -235,32 +296,26 @@ impl Session {
         }
     }
 
-    /// A protocol error: said, then the connection closes.
-    pub fn protocol_error(&mut self, error: &super::frame::ProtocolError) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let bytes = self.reply(|r| r.error(&format!("ERR {error}")));
-        self.answered(seq, bytes);
-        self.close = true;
-    }
-
     /// Takes the core's reply frame (verified) to one of this session's requests.
     pub fn on_reply(&mut self, frame: &ReplyFrame<'_>, host: &mut dyn Host) {
         let seq = frame.id();
-        let Some((render, slot, effect)) = self.pending.remove(&seq) else {
-            // Id 0 answers a frame the core could not verify (ours always verify), and a
-            // stray id cannot be placed: neither is a reply to a command of ours.
-            tracing::warn!(
+        let Some((render, slot, effect, resp3)) = self.pending.remove(&seq) else {
+            // Id 0 answers a frame the core could not verify, and a stray id cannot be
+            // placed: a command is left without its answer, so the connection closes.
+            tracing::error!(
                 conn = self.id,
                 id = seq,
-                "a RESP connection got a reply it did not ask for"
+                "a RESP connection got a reply it did not ask for: closing it"
             );
+            self.failed = true;
             return;
         };
         if let Render::Watch(keys) = &render {
             self.watched_read(keys, frame);
         }
+        let now = std::mem::replace(&mut self.resp3, resp3);
         let bytes = self.render(&render, slot, frame, host);
+        self.resp3 = now;
         self.answered(seq, bytes);
         self.in_core[effect as usize] -= 1;
         self.run_waiting(host);

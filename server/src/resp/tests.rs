@@ -276,3 +276,81 @@ fn errors_and_connection_commands() {
     run(&mut session, &mut host, &["QUIT"]);
     assert!(session.close);
 }
+
+// Shows QUIT and a protocol error close only once every command before them is answered,
+// each answer in its place; nothing after them runs.
+#[test]
+fn closing_waits_for_earlier_answers() {
+    let (mut session, mut host) = setup();
+    let key = key0(9);
+    run(&mut session, &mut host, &["SET", &key, "1"]);
+    run(&mut session, &mut host, &["GET", &key]);
+    run(&mut session, &mut host, &["QUIT"]);
+    run(&mut session, &mut host, &["SET", &key, "2"]);
+    assert!(!session.finished(), "the SET and GET are still unanswered");
+    assert_eq!(host.submitted.len(), 1);
+    let mut encoder = ReplyEncoder::new();
+    reply(&mut session, &mut host, encoder.put(1, KeyMeta::default()));
+    assert_eq!(host.submitted.len(), 2, "the GET went after the SET was answered");
+    assert!(session.close && !session.finished(), "QUIT ran; the GET is unanswered");
+    reply(&mut session, &mut host, encoder.get(2, None, false, 9));
+    assert!(session.finished());
+    assert_eq!(take(&mut session), "+OK\r\n$-1\r\n+OK\r\n");
+    assert_eq!(host.submitted.len(), 2, "nothing after QUIT ran");
+
+    let (mut session, mut host) = setup();
+    run(&mut session, &mut host, &["SET", &key, "1"]);
+    run(&mut session, &mut host, &["GET", &key]);
+    let error = super::frame::ProtocolError("bad".into());
+    session.protocol_error(&error, &mut host);
+    reply(&mut session, &mut host, encoder.put(1, KeyMeta::default()));
+    reply(&mut session, &mut host, encoder.get(2, None, false, 9));
+    assert!(session.finished());
+    assert_eq!(take(&mut session), "+OK\r\n$-1\r\n-ERR Protocol error: bad\r\n");
+}
+
+// Shows a reply the session cannot place (id 0: a request the core could not read) fails
+// the connection instead of leaving it waiting for ever.
+#[test]
+fn an_unplaceable_reply_fails_the_connection() {
+    let (mut session, mut host) = setup();
+    run(&mut session, &mut host, &["GET", &key0(10)]);
+    let mut encoder = ReplyEncoder::new();
+    let invalid = ErrorInfo::InvalidRequest { reason: "unreadable" };
+    reply(&mut session, &mut host, encoder.error(0, &invalid));
+    assert!(session.failed && session.finished());
+}
+
+// Shows a command answers in the protocol it was sent under, whatever HELLO came after it,
+// and that WATCH-state commands wait for what is in the core (UNWATCH after a pipelined
+// WATCH really forgets the key).
+#[test]
+fn answers_keep_their_protocol_and_unwatch_waits() {
+    let (mut session, mut host) = setup();
+    let key = key0(11);
+    run(&mut session, &mut host, &["GET", &key]);
+    run(&mut session, &mut host, &["HELLO", "3"]);
+    let mut encoder = ReplyEncoder::new();
+    reply(&mut session, &mut host, encoder.get(1, None, false, 9));
+    let text = take(&mut session);
+    assert!(text.starts_with("$-1\r\n%7\r\n"), "{text}");
+
+    run(&mut session, &mut host, &["WATCH", &key]);
+    run(&mut session, &mut host, &["UNWATCH"]);
+    run(&mut session, &mut host, &["MULTI"]);
+    run(&mut session, &mut host, &["SET", &key, "v"]);
+    run(&mut session, &mut host, &["EXEC"]);
+    assert_eq!(host.submitted.len(), 2, "UNWATCH waits for the WATCH");
+    let entry = EntryRef {
+        key: key.as_bytes(),
+        value: Some(b"x"),
+        meta: KeyMeta::default(),
+        ttl_ms: 0,
+        lease: 0,
+    };
+    reply(&mut session, &mut host, encoder.batch_get(3, [Some(entry)], false, 9));
+    assert_eq!(host.submitted.len(), 3, "EXEC went once the WATCH was answered");
+    let exec = verify_request(&host.submitted[2]).unwrap();
+    let txn = exec.request_as_txn_request().expect("EXEC is a transaction");
+    assert_eq!(txn.compares().map(|c| c.len()), Some(0), "the UNWATCHed key is not compared");
+}

@@ -41,15 +41,21 @@ impl Session {
         let views = host.shard_views();
         let shards = self.place.shards;
         if is(sub, "SLOTS") {
+            // A shard none of whose members has a Redis port is left out (its slots are not
+            // served over Redis), never listed without a master.
+            let served: Vec<(&ShardView, Vec<(NodeId, String, u16)>)> = views
+                .iter()
+                .map(|view| (view, endpoints(view, host)))
+                .filter(|(_, ends)| !ends.is_empty())
+                .collect();
             return Answer::Now(self.reply(|r| {
-                r.array(views.len());
-                for view in &views {
+                r.array(served.len());
+                for (view, ends) in &served {
                     let range = slot_range(view.shard, shards);
-                    let ends = endpoints(view, host);
                     r.array(2 + ends.len());
                     r.int(range.start as i64);
                     r.int(range.end as i64 - 1);
-                    for (node, ip, port) in &ends {
+                    for (node, ip, port) in ends.iter() {
                         r.array(3);
                         r.bulk(ip.as_bytes());
                         r.int(*port as i64);

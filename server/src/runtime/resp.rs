@@ -3,8 +3,11 @@
 //! core's replies into Redis's and writes them in command order.
 //!
 //! Backpressure as on the client port: with [`RESP_COMMANDS_IN_FLIGHT_MAX`] commands
-//! unanswered, or [`CONNECTION_OUTPUT_BYTES_MAX`] reply bytes unsent (or held back behind
-//! a slower command), the connection is not read from. Bytes that are not RESP get Redis's
+//! unanswered, [`RESP_HELD_COMMAND_BYTES_MAX`] bytes of commands taken and not run, or
+//! [`CONNECTION_OUTPUT_BYTES_MAX`] reply bytes unsent (or held back behind a slower
+//! command), the connection is not read from; whole commands already read wait in the input
+//! buffer and are taken as room comes. After `QUIT` or a protocol error nothing more is read,
+//! and the connection closes once every command before it is answered. Bytes that are not RESP get Redis's
 //! `-ERR Protocol error` and the connection closes; other connections are not affected.
 
 use std::future::poll_fn;
@@ -24,7 +27,8 @@ use super::net::{self, Stream};
 use super::state::{ClientConn, Shard};
 use crate::constants::{
     CONNECTION_OUTPUT_BYTES_MAX, RESP_ARGS_MAX, RESP_BULK_BYTES_MAX, RESP_COMMANDS_IN_FLIGHT_MAX,
-    RESP_COMMAND_BYTES_MAX, RESP_INLINE_BYTES_MAX, SOCKET_READ_CHUNK_BYTES,
+    RESP_COMMAND_BYTES_MAX, RESP_HELD_COMMAND_BYTES_MAX, RESP_INLINE_BYTES_MAX,
+    SOCKET_READ_CHUNK_BYTES,
 };
 use crate::core::ConnId;
 use crate::resp::frame::{self, Limits, Parsed};
@@ -172,6 +176,8 @@ async fn serve(
     let mut input: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; SOCKET_READ_CHUNK_BYTES];
     let mut read_any = false;
+    // `input` holds whole commands not taken yet (the connection reached a bound).
+    let mut input_held = false;
     let (mut written, mut unflushed) = (0usize, false);
     poll_fn(|cx| loop {
         let mut progress = take_replies(shard, id, conn, session);
@@ -197,17 +203,26 @@ async fn serve(
         if written == session.out.len() && !unflushed {
             session.out.clear();
             written = 0;
-            if session.close {
+            if session.finished() {
                 return Poll::Ready(Ok(()));
             }
+        }
+        if session.failed {
+            return Poll::Ready(Err(io::Error::other("the core answered a request unknown here")));
         }
         if shard.stopping.get() {
             return Poll::Ready(Ok(()));
         }
         let room = !session.close
             && session.unanswered() < RESP_COMMANDS_IN_FLIGHT_MAX
+            && session.held_command_bytes() < RESP_HELD_COMMAND_BYTES_MAX
             && session.out.len() + session.held_bytes() < CONNECTION_OUTPUT_BYTES_MAX;
-        if room {
+        if room && input_held {
+            // Commands read before and not taken then: nothing more may come to take them.
+            input_held = take_commands(shard, id, session, &mut input);
+            shard.wake.notify();
+            progress = true;
+        } else if room {
             match Pin::new(&mut stream).poll_read(cx, &mut chunk) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
                 Poll::Ready(Ok(n)) => {
@@ -218,7 +233,7 @@ async fn serve(
                         return Poll::Ready(Ok(()));
                     }
                     read_any = true;
-                    take_commands(shard, id, session, &mut input);
+                    input_held = take_commands(shard, id, session, &mut input);
                     shard.wake.notify();
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
@@ -233,11 +248,19 @@ async fn serve(
     .await
 }
 
-/// Runs every whole command in `input` (as many as there is room for) and drops their bytes.
-fn take_commands(shard: &Shard, id: ConnId, session: &mut Session, input: &mut Vec<u8>) {
+/// Runs the whole commands in `input` (as many as there is room for) and drops their bytes;
+/// whether it stopped at a bound with whole commands left.
+fn take_commands(shard: &Shard, id: ConnId, session: &mut Session, input: &mut Vec<u8>) -> bool {
     let mut host = ShardHost { shard, conn: id };
     let mut at = 0;
-    while at < input.len() && !session.close && session.unanswered() < RESP_COMMANDS_IN_FLIGHT_MAX {
+    let mut held = false;
+    while at < input.len() && !session.close {
+        if session.unanswered() >= RESP_COMMANDS_IN_FLIGHT_MAX
+            || session.held_command_bytes() >= RESP_HELD_COMMAND_BYTES_MAX
+        {
+            held = true;
+            break;
+        }
         match frame::parse(&input[at..], &LIMITS) {
             Ok(Parsed::Incomplete) => break,
             Ok(Parsed::Nothing { consumed }) => at += consumed,
@@ -248,12 +271,18 @@ fn take_commands(shard: &Shard, id: ConnId, session: &mut Session, input: &mut V
             Err(error) => {
                 shard.metrics.malformed_frames.fetch_add(1, Relaxed);
                 tracing::debug!(shard = %shard.shard, conn = id, %error, "closing a redis connection");
-                session.protocol_error(&error);
+                session.protocol_error(&error, &mut host);
                 at = input.len();
             }
         }
     }
+    if session.close {
+        // Nothing after QUIT or a protocol error is read.
+        input.clear();
+        return false;
+    }
     input.drain(..at);
+    held
 }
 
 /// Hands the core's replies for this connection to the session; whether there were any.

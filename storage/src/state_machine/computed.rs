@@ -73,9 +73,29 @@ pub(super) fn incr_float(value: Option<&[u8]>, delta: &[u8]) -> Result<Write, St
     if !new.is_finite() {
         return Err("ERR increment would produce NaN or Infinity".into());
     }
-    let text = format!("{new}");
-    let text = text.strip_suffix(".0").map(str::to_string).unwrap_or(text);
-    Ok(Write::Put(text.into_bytes(), Outcome::Value))
+    Ok(Write::Put(decimal(new).into_bytes(), Outcome::Value))
+}
+
+/// A number as `INCRBYFLOAT` writes it: rounded to 15 significant digits (what an f64 holds
+/// exactly, so 0.1 + 0.2 is 0.3, as Redis's long double arithmetic gives), no exponent, no
+/// trailing zeros.
+fn decimal(value: f64) -> String {
+    const SIGNIFICANT: i32 = 15;
+    if value == 0.0 {
+        return "0".into();
+    }
+    let magnitude = value.abs().log10().floor() as i32;
+    let places = (SIGNIFICANT - 1 - magnitude).max(0) as usize;
+    let text = format!("{value:.places$}");
+    if !text.contains('.') {
+        return text;
+    }
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".into()
+    } else {
+        text.into()
+    }
 }
 
 /// `APPEND`: the value (empty when missing) and `tail`.
@@ -159,6 +179,10 @@ mod tests {
         assert_eq!(put(incr_float(Some(b"10.50"), b"0.1")), b"10.6");
         assert_eq!(put(incr_float(Some(b"5.0e3"), b"2.0e2")), b"5200");
         assert_eq!(put(incr_float(None, b"-1.5")), b"-1.5");
+        assert_eq!(put(incr_float(Some(b"0.2"), b"0.1")), b"0.3");
+        assert_eq!(put(incr_float(Some(b"1e20"), b"1")), b"100000000000000000000");
+        assert_eq!(put(incr_float(Some(b"1.5"), b"-1.5")), b"0");
+        assert_eq!(put(incr_float(Some(b"3"), b"0.0001")), b"3.0001");
         assert_eq!(incr_float(Some(b"abc"), b"1"), Err(NOT_A_FLOAT.into()));
         assert_eq!(incr_float(Some(b"1"), b"inf"), Err(NOT_A_FLOAT.into()));
         assert!(incr_float(Some(b"1.7e308"), b"1.7e308").is_err_and(|e| e.contains("Infinity")));
