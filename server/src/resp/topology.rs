@@ -18,9 +18,12 @@ pub fn endpoint_id(node: NodeId, shard: ShardId) -> String {
     format!("{:020x}{:020x}", node.get(), shard.get())
 }
 
+/// A Redis endpoint: the node, its host and the port.
+type Endpoint = (NodeId, String, u16);
+
 /// A shard's endpoints, master first: the leader, or with none known the first member (a
 /// client sent there is redirected or told to retry).
-fn endpoints(view: &ShardView, host: &dyn Host) -> Vec<(NodeId, String, u16)> {
+fn endpoints(view: &ShardView, host: &dyn Host) -> Vec<Endpoint> {
     let mut order: Vec<NodeId> = view.members.clone();
     if let Some(at) = order.iter().position(|n| *n == view.leader) {
         order.swap(0, at);
@@ -43,7 +46,7 @@ impl Session {
         if is(sub, "SLOTS") {
             // A shard none of whose members has a Redis port is left out (its slots are not
             // served over Redis), never listed without a master.
-            let served: Vec<(&ShardView, Vec<(NodeId, String, u16)>)> = views
+            let served: Vec<(&ShardView, Vec<Endpoint>)> = views
                 .iter()
                 .map(|view| (view, endpoints(view, host)))
                 .filter(|(_, ends)| !ends.is_empty())
