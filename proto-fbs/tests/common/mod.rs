@@ -340,7 +340,7 @@ pub fn walk_reply(frame: &ReplyFrame<'_>) -> usize {
     }
     if let Some(r) = frame.reply_as_error_reply() {
         if let Some(e) = r.kind_as_not_member() {
-            sum += e.node_id() as u32 as usize + e.shard() as u32 as usize;
+            sum += e.node_id() as u32 as usize + e.shard() as usize;
         }
         if let Some(e) = r.kind_as_change_refused() {
             sum += e.reason().map(str::len).unwrap_or(0);
@@ -349,7 +349,7 @@ pub fn walk_reply(frame: &ReplyFrame<'_>) -> usize {
             sum += e.leader_id() as u32 as usize + e.leader_addr().map(str::len).unwrap_or(0);
         }
         if let Some(e) = r.kind_as_wrong_shard() {
-            sum += e.shard() as u32 as usize;
+            sum += e.shard() as usize;
         }
         if let Some(e) = r.kind_as_unavailable() {
             sum += e.reason().map(str::len).unwrap_or(0);
@@ -361,10 +361,10 @@ pub fn walk_reply(frame: &ReplyFrame<'_>) -> usize {
             sum += e.what().map(str::len).unwrap_or(0) + e.size() as u32 as usize;
         }
         if let Some(e) = r.kind_as_compare_failed() {
-            sum += e.compare() as u32 as usize;
+            sum += e.compare() as usize;
         }
         if let Some(e) = r.kind_as_busy() {
-            sum += e.retry_after_ms() as u32 as usize;
+            sum += e.retry_after_ms() as usize;
         }
     }
     sum
@@ -374,7 +374,7 @@ pub fn walk_reply(frame: &ReplyFrame<'_>) -> usize {
 pub fn walk_peer(frame: &PeerFrame<'_>) -> usize {
     let mut sum = 0;
     if let Some(m) = frame.message_as_hello() {
-        sum += m.cluster().len() + m.node_id() as u32 as usize + m.shard() as u32 as usize;
+        sum += m.cluster().len() + m.node_id() as u32 as usize + m.shard() as usize;
         sum += m.peer_host().map(str::len).unwrap_or(0) + m.peer_port() as u32 as usize;
     }
     if let Some(m) = frame.message_as_hello_ack() {
