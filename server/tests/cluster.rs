@@ -196,7 +196,7 @@ fn malformed_frames_leave_the_node_serving() {
 
     let log = std::fs::read_to_string(cluster.log_path(node)).unwrap();
     assert!(
-        log.contains("peer protocol 99 not supported (this node speaks 1 to 4; upgrade this node)"),
+        log.contains("peer protocol 99 not supported (this node speaks 1 to 5; upgrade this node)"),
         "a newer peer is refused by name"
     );
     block_on(async {
