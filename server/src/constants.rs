@@ -110,6 +110,12 @@ pub const RESP_COMMAND_BYTES_MAX: usize = corekv_proto::constants::FRAME_BYTES_M
 /// or queued in a `MULTI`); past it the connection is not read from.
 pub const RESP_HELD_COMMAND_BYTES_MAX: usize = 32 * 1024 * 1024;
 
+/// Answers a Redis connection may have waiting to be written (in order, or behind a slower
+/// command): past it the connection is closed, as Redis closes a client over its output
+/// buffer limit. Reading stops at [`CONNECTION_OUTPUT_BYTES_MAX`]; this bounds what the
+/// commands already taken then answer (say, pipelined `KEYS` of large shards).
+pub const RESP_OUTPUT_BYTES_HARD_MAX: usize = 8 * CONNECTION_OUTPUT_BYTES_MAX;
+
 /// Steps a `SCAN` page or a `KEYS` may spend matching its pattern (a step compares a byte);
 /// past it the command is refused, so no pattern holds the shard's core for long.
 pub const RESP_PATTERN_STEPS_MAX: u64 = 50_000_000;

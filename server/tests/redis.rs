@@ -536,3 +536,34 @@ fn long_pipelines_and_quit_are_answered_in_full() {
     let (_, port) = resp_addr(&cluster, 1, 0);
     assert_eq!(cli(port, &["get", "counter"]), "10000", "nothing after QUIT ran");
 }
+
+// Shows: a client that pipelines commands with large answers and reads none is closed once
+// its unwritten answers pass the hard limit (256 MiB), instead of growing the node's memory;
+// the node goes on serving others.
+#[test]
+fn a_client_that_does_not_read_is_closed_at_the_output_limit() {
+    let cluster = TestCluster::start(1, 1);
+    let (host, port) = resp_addr(&cluster, 1, 0);
+    let value = "v".repeat(1 << 20);
+    let mut stream = TcpStream::connect((host.as_str(), port)).expect("connecting");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("a timeout");
+    let set = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n{value}\r\n", value.len());
+    stream.write_all(set.as_bytes()).expect("writing the SET");
+    let mut ok = [0u8; 5];
+    stream.read_exact(&mut ok).expect("the SET's answer");
+    assert_eq!(&ok, b"+OK\r\n");
+    // 400 MiB of answers asked for, none read until the node has had time to write them.
+    stream.write_all(&b"GET big\r\n".repeat(400)).expect("writing the GETs");
+    std::thread::sleep(Duration::from_secs(5));
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n,
+        }
+    }
+    assert!(received < 400 << 20, "the connection was closed before every answer ({received})");
+    assert!(cluster.log_tail(1).contains("closing a redis connection whose unread answers"));
+    assert_eq!(cli(port, &["strlen", "big"]), (1 << 20).to_string(), "the node still serves");
+}

@@ -54,6 +54,10 @@ impl Session {
         args: &[Vec<u8>],
         host: &mut dyn Host,
     ) -> Option<Answer> {
+        // Most commands are none of these: no allocation to find that out.
+        if !(4..=7).contains(&args[0].len()) {
+            return None;
+        }
         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
         Some(match name.as_str() {
             "multi" if args.len() == 1 => {

@@ -7,7 +7,9 @@
 //! [`CONNECTION_OUTPUT_BYTES_MAX`] reply bytes unsent (or held back behind a slower
 //! command), the connection is not read from; whole commands already read wait in the input
 //! buffer and are taken as room comes. After `QUIT` or a protocol error nothing more is read,
-//! and the connection closes once every command before it is answered. Bytes that are not RESP get Redis's
+//! and the connection closes once every command before it is answered. A connection whose
+//! unwritten answers pass [`RESP_OUTPUT_BYTES_HARD_MAX`] (a client that does not read) is
+//! closed. Bytes that are not RESP get Redis's
 //! `-ERR Protocol error` and the connection closes; other connections are not affected.
 
 use std::future::poll_fn;
@@ -28,7 +30,7 @@ use super::state::{ClientConn, Shard};
 use crate::constants::{
     CONNECTION_OUTPUT_BYTES_MAX, RESP_ARGS_MAX, RESP_BULK_BYTES_MAX, RESP_COMMANDS_IN_FLIGHT_MAX,
     RESP_COMMAND_BYTES_MAX, RESP_HELD_COMMAND_BYTES_MAX, RESP_INLINE_BYTES_MAX,
-    SOCKET_READ_CHUNK_BYTES,
+    RESP_OUTPUT_BYTES_HARD_MAX, SOCKET_READ_CHUNK_BYTES,
 };
 use crate::core::ConnId;
 use crate::resp::frame::{self, Limits, Parsed};
@@ -209,6 +211,10 @@ async fn serve(
         }
         if session.failed {
             return Poll::Ready(Err(io::Error::other("the core answered a request unknown here")));
+        }
+        if session.out.len() - written + session.held_bytes() > RESP_OUTPUT_BYTES_HARD_MAX {
+            tracing::warn!(shard = %shard.shard, conn = id, "closing a redis connection whose unread answers passed {RESP_OUTPUT_BYTES_HARD_MAX} bytes");
+            return Poll::Ready(Err(io::Error::other("output limit")));
         }
         if shard.stopping.get() {
             return Poll::Ready(Ok(()));
