@@ -15,7 +15,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
-use std::time::Duration;
 
 use corekv_proto::frame::FrameBuffer;
 use futures_lite::io::{AsyncRead, AsyncWrite};
@@ -30,42 +29,24 @@ use crate::core::ConnId;
 
 /// Accepts client connections for the shard.
 pub(crate) async fn accept_clients(shard: Rc<Shard>, listener: TcpListener) {
-    while !shard.stopping.get() {
-        match listener.accept().await {
-            Ok(stream) => {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let tls = shard.tls.as_ref().map(|tls| tls.configs().clients.clone());
-                    let Some(stream) = net::accept_logged(&shard, stream, tls, "client").await
-                    else {
-                        return;
-                    };
-                    let id = shard.next_conn_id();
-                    if shard.core.borrow().checks_access() {
-                        let user = stream
-                            .peer_cert()
-                            .and_then(|cert| corekv_types::tls::subject_common_name(cert));
-                        shard.core.borrow_mut().on_client_connected(id, user);
-                    }
-                    let conn = Rc::new(ClientConn::default());
-                    shard.conns.borrow_mut().insert(id, conn.clone());
-                    shard.metrics.client_connections.fetch_add(1, Relaxed);
-                    if let Err(error) = serve(&shard, id, &conn, stream).await {
-                        tracing::debug!(shard = %shard.shard, conn = id, %error, "client connection closed");
-                    }
-                    shard.conns.borrow_mut().remove(&id);
-                    shard.core.borrow_mut().on_client_closed(id);
-                    shard.metrics.client_connections.fetch_sub(1, Relaxed);
-                })
-                .detach();
-            }
-            Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(shard = %shard.shard, %error, "accepting a client connection failed");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            }
+    net::accept_clients_with(shard, listener, "client", |shard, stream| async move {
+        let id = shard.next_conn_id();
+        if shard.core.borrow().checks_access() {
+            let user =
+                stream.peer_cert().and_then(|cert| corekv_types::tls::subject_common_name(cert));
+            shard.core.borrow_mut().on_client_connected(id, user);
         }
-    }
+        let conn = Rc::new(ClientConn::default());
+        shard.conns.borrow_mut().insert(id, conn.clone());
+        shard.metrics.client_connections.fetch_add(1, Relaxed);
+        if let Err(error) = serve(&shard, id, &conn, stream).await {
+            tracing::debug!(shard = %shard.shard, conn = id, %error, "client connection closed");
+        }
+        shard.conns.borrow_mut().remove(&id);
+        shard.core.borrow_mut().on_client_closed(id);
+        shard.metrics.client_connections.fetch_sub(1, Relaxed);
+    })
+    .await
 }
 
 /// Reads requests and writes replies on one connection until either side closes.

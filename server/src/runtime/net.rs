@@ -9,12 +9,13 @@
 
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::{Preallocated, TcpStream};
+use glommio::net::{Preallocated, TcpListener, TcpStream};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ServerConfig};
 
@@ -170,6 +171,40 @@ pub(crate) async fn accept(
         Some(Ok(stream)) => Ok(Stream::Accepted(Box::new(stream))),
         Some(Err(error)) => Err(explain(error)),
         None => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+    }
+}
+
+/// Accepts connections on `listener` (the client or Redis port, whose TLS is the client
+/// ports') until the shard stops, each served by a task of its own running `serve` once its
+/// handshake passed ([`accept_logged`]). A failed accept (out of file descriptors and the
+/// like) backs off instead of spinning.
+pub(crate) async fn accept_clients_with<F, Fut>(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    kind: &'static str,
+    serve: F,
+) where
+    F: Fn(Rc<Shard>, Stream) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let serve = Rc::new(serve);
+    while !shard.stopping.get() {
+        match listener.accept().await {
+            Ok(stream) => {
+                let (shard, serve) = (shard.clone(), serve.clone());
+                glommio::spawn_local(async move {
+                    let tls = shard.tls.as_ref().map(|tls| tls.configs().clients.clone());
+                    if let Some(stream) = accept_logged(&shard, stream, tls, kind).await {
+                        serve(shard, stream).await;
+                    }
+                })
+                .detach();
+            }
+            Err(error) => {
+                tracing::warn!(shard = %shard.shard, %error, "accepting a {kind} connection failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 

@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
-use std::time::Duration;
 
 use corekv_proto::frame::verify_reply;
 use corekv_types::ids::{NodeId, ShardId};
@@ -45,46 +44,28 @@ const LIMITS: Limits = Limits {
 
 /// Accepts RESP connections for the shard.
 pub(crate) async fn accept_resp(shard: Rc<Shard>, listener: TcpListener) {
-    while !shard.stopping.get() {
-        match listener.accept().await {
-            Ok(stream) => {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let tls = shard.tls.as_ref().map(|tls| tls.configs().clients.clone());
-                    let Some(stream) = net::accept_logged(&shard, stream, tls, "redis").await
-                    else {
-                        return;
-                    };
-                    let id = shard.next_conn_id();
-                    let user = stream
-                        .peer_cert()
-                        .and_then(|cert| corekv_types::tls::subject_common_name(cert));
-                    shard.core.borrow_mut().on_resp_connected(id, user.clone());
-                    let conn = Rc::new(ClientConn::default());
-                    shard.conns.borrow_mut().insert(id, conn.clone());
-                    shard.metrics.resp_connections.fetch_add(1, Relaxed);
-                    let place = Place {
-                        node: shard.node_id,
-                        shard: shard.shard,
-                        shards: shard.registry.shards,
-                        cluster: shard.registry.cluster.clone(),
-                    };
-                    let mut session = Session::new(place, id, user);
-                    if let Err(error) = serve(&shard, id, &conn, &mut session, stream).await {
-                        tracing::debug!(shard = %shard.shard, conn = id, %error, "redis connection closed");
-                    }
-                    shard.conns.borrow_mut().remove(&id);
-                    shard.core.borrow_mut().on_client_closed(id);
-                    shard.metrics.resp_connections.fetch_sub(1, Relaxed);
-                })
-                .detach();
-            }
-            Err(error) => {
-                tracing::warn!(shard = %shard.shard, %error, "accepting a redis connection failed");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            }
+    net::accept_clients_with(shard, listener, "redis", |shard, stream| async move {
+        let id = shard.next_conn_id();
+        let user = stream.peer_cert().and_then(|cert| corekv_types::tls::subject_common_name(cert));
+        shard.core.borrow_mut().on_resp_connected(id, user.clone());
+        let conn = Rc::new(ClientConn::default());
+        shard.conns.borrow_mut().insert(id, conn.clone());
+        shard.metrics.resp_connections.fetch_add(1, Relaxed);
+        let place = Place {
+            node: shard.node_id,
+            shard: shard.shard,
+            shards: shard.registry.shards,
+            cluster: shard.registry.cluster.clone(),
+        };
+        let mut session = Session::new(place, id, user);
+        if let Err(error) = serve(&shard, id, &conn, &mut session, stream).await {
+            tracing::debug!(shard = %shard.shard, conn = id, %error, "redis connection closed");
         }
-    }
+        shard.conns.borrow_mut().remove(&id);
+        shard.core.borrow_mut().on_client_closed(id);
+        shard.metrics.resp_connections.fetch_sub(1, Relaxed);
+    })
+    .await
 }
 
 /// What a session asks of the shard, answered from the shard's state.
