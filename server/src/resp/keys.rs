@@ -71,18 +71,26 @@ impl Session {
         let keys = || args[1..].iter().map(Vec::as_slice).collect::<Vec<&[u8]>>();
         let enc = &mut self.encoder;
         let (frame, render) = match spec.name {
-            "get" => (enc.get(seq, key, consistency), Render::Value),
-            "getex" if args.len() == 2 => (enc.get(seq, key, consistency), Render::Value),
-            "strlen" => (enc.get(seq, key, consistency), Render::Strlen),
-            "type" => (enc.get(seq, key, consistency), Render::Type),
-            "ttl" => (enc.get(seq, key, consistency), Render::Ttl { ms: false }),
-            "pttl" => (enc.get(seq, key, consistency), Render::Ttl { ms: true }),
+            "get" => (enc.get(seq, key, consistency), Render::Get(Shape::Value)),
+            "getex" if args.len() == 2 => {
+                (enc.get(seq, key, consistency), Render::Get(Shape::Value))
+            }
+            "strlen" => (enc.get(seq, key, consistency), Render::Get(Shape::Strlen)),
+            "type" => (enc.get(seq, key, consistency), Render::Get(Shape::Type)),
+            "ttl" => (enc.get(seq, key, consistency), Render::Get(Shape::Ttl { ms: false })),
+            "pttl" => (enc.get(seq, key, consistency), Render::Get(Shape::Ttl { ms: true })),
             "getrange" => {
                 let (start, end) = (integer(&args[2])?, integer(&args[3])?);
-                (enc.get(seq, key, consistency), Render::Range { start, end })
+                (enc.get(seq, key, consistency), Render::Get(Shape::Range { start, end }))
             }
-            "mget" => (enc.batch_get(seq, &keys(), consistency), Render::Values),
-            "exists" => (enc.batch_get(seq, &keys(), consistency), Render::Exists),
+            "mget" => {
+                let shape = Shape::Values(args.len() - 1);
+                (enc.batch_get(seq, &keys(), consistency), Render::BatchGet(shape))
+            }
+            "exists" => {
+                let shape = Shape::Exists(args.len() - 1);
+                (enc.batch_get(seq, &keys(), consistency), Render::BatchGet(shape))
+            }
             "del" | "unlink" => (enc.batch_delete(seq, &keys()), Render::Deleted),
             "setex" | "psetex" => {
                 let unit = if spec.name == "setex" { 1000 } else { 1 };

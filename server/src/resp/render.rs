@@ -23,28 +23,11 @@ use super::session::{Host, Session};
 pub enum Render {
     /// `+OK`.
     Ok,
-    /// The value, or null.
-    Value,
-    /// The value's length (0: no key).
-    Strlen,
-    /// `string`, or `none`.
-    Type,
-    /// Time to live: -2 no key, -1 no deadline, else in s (rounded) or ms.
-    Ttl {
-        /// In ms (`PTTL`).
-        ms: bool,
-    },
-    /// `GETRANGE`'s part of the value.
-    Range {
-        /// First byte; negative counts from the end.
-        start: i64,
-        /// Last byte, included; negative counts from the end.
-        end: i64,
-    },
-    /// The values of a batch get, null for missing keys.
-    Values,
-    /// How many of a batch get's keys exist.
-    Exists,
+    /// A get's entry, answered as the shape says (one of the one-key shapes).
+    Get(Shape),
+    /// A batch get's entries, answered as the shape says ([`Shape::Values`] or
+    /// [`Shape::Exists`]).
+    BatchGet(Shape),
     /// How many keys a batch delete deleted.
     Deleted,
     /// `SET` with a condition or `GET`: `OK` (or the old value) when written, null when the
@@ -196,25 +179,13 @@ impl Session {
     ) -> bool {
         match render {
             Render::Ok => r.ok(),
-            Render::Value
-            | Render::Strlen
-            | Render::Type
-            | Render::Ttl { .. }
-            | Render::Range { .. } => {
+            Render::Get(shape) => {
                 let Some(get) = frame.reply_as_get_reply() else { return false };
-                single(render, get.entry(), r);
+                single(shape, get.entry(), r);
             }
-            Render::Values | Render::Exists => {
+            Render::BatchGet(shape) => {
                 let Some(batch) = frame.reply_as_batch_get_reply() else { return false };
-                let results = batch.results();
-                if *render == Render::Exists {
-                    r.int(results.iter().filter(|x| x.entry().is_some()).count() as i64);
-                } else {
-                    r.array(results.len());
-                    for result in results {
-                        r.bulk_or_null(value(result.entry()));
-                    }
-                }
+                many(shape, batch.results().iter().map(|x| x.entry()), r);
             }
             Render::Deleted => {
                 let Some(batch) = frame.reply_as_batch_delete_reply() else { return false };
@@ -353,21 +324,38 @@ impl Session {
     }
 }
 
-/// The answer from one key's entry.
-fn single(render: &Render, entry: Option<Entry<'_>>, r: &mut Reply<'_>) {
+/// The answer from one key's entry (or its absence), for a one-key shape.
+fn single(shape: &Shape, entry: Option<Entry<'_>>, r: &mut Reply<'_>) {
     let bytes = value(entry);
-    match render {
-        Render::Value => r.bulk_or_null(bytes),
-        Render::Strlen => r.int(bytes.map_or(0, <[u8]>::len) as i64),
-        Render::Type => r.simple(if entry.is_some() { "string" } else { "none" }),
-        Render::Ttl { ms } => r.int(match entry {
+    match shape {
+        Shape::Value | Shape::OldValue => r.bulk_or_null(bytes),
+        Shape::Strlen => r.int(bytes.map_or(0, <[u8]>::len) as i64),
+        Shape::Type => r.simple(if entry.is_some() { "string" } else { "none" }),
+        Shape::Ttl { ms } => r.int(match entry {
             None => -2,
             Some(e) if e.ttl_ms() == 0 => -1,
             Some(e) if *ms => e.ttl_ms() as i64,
             Some(e) => (e.ttl_ms() as i64 + 500) / 1000,
         }),
-        Render::Range { start, end } => r.bulk(range(bytes.unwrap_or_default(), *start, *end)),
-        _ => unreachable!("not a single-key render"),
+        Shape::Range { start, end } => r.bulk(range(bytes.unwrap_or_default(), *start, *end)),
+        other => unreachable!("{other:?} is not a one-key shape"),
+    }
+}
+
+/// The answer from several keys' entries (or their absence): their values, or how many
+/// exist.
+fn many<'a>(
+    shape: &Shape,
+    entries: impl ExactSizeIterator<Item = Option<Entry<'a>>>,
+    r: &mut Reply<'_>,
+) {
+    match shape {
+        Shape::Exists(_) => r.int(entries.filter(Option::is_some).count() as i64),
+        Shape::Values(_) => {
+            r.array(entries.len());
+            entries.for_each(|entry| r.bulk_or_null(value(entry)));
+        }
+        other => unreachable!("{other:?} is not a several-key shape"),
     }
 }
 
@@ -402,21 +390,15 @@ fn shaped(shape: &Shape, results: &[TxnOpResult<'_>], r: &mut Reply<'_>) {
     }
     let first = &results[0];
     match shape {
-        Shape::Value => r.bulk_or_null(value(first.entry())),
-        Shape::Strlen => single(&Render::Strlen, first.entry(), r),
-        Shape::Type => single(&Render::Type, first.entry(), r),
-        Shape::Ttl { ms } => single(&Render::Ttl { ms: *ms }, first.entry(), r),
-        Shape::Range { start, end } => {
-            single(&Render::Range { start: *start, end: *end }, first.entry(), r)
-        }
-        Shape::Values(_) => {
-            r.array(results.len());
-            results.iter().for_each(|x| r.bulk_or_null(value(x.entry())));
-        }
-        Shape::Exists(_) => r.int(results.iter().filter(|x| x.entry().is_some()).count() as i64),
+        Shape::Value
+        | Shape::Strlen
+        | Shape::Type
+        | Shape::Ttl { .. }
+        | Shape::Range { .. }
+        | Shape::OldValue => single(shape, first.entry(), r),
+        Shape::Values(_) | Shape::Exists(_) => many(shape, results.iter().map(|x| x.entry()), r),
         Shape::Deleted(_) => r.int(results.iter().filter(|x| x.deleted()).count() as i64),
         Shape::Ok(_) => r.ok(),
-        Shape::OldValue => r.bulk_or_null(value(first.entry())),
         Shape::Number => {
             let text = first.value().map(|v| v.bytes()).unwrap_or_default();
             match std::str::from_utf8(text).ok().and_then(|t| t.parse::<i64>().ok()) {
