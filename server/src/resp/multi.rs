@@ -47,19 +47,16 @@ impl Multi {
 }
 
 impl Session {
-    /// Runs `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH`; `None` for other commands.
+    /// Runs `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH` (`name`: the command's, as the
+    /// table has it); `None` for other commands.
     pub(super) fn transaction_command(
         &mut self,
         seq: u64,
+        name: &str,
         args: &[Vec<u8>],
         host: &mut dyn Host,
     ) -> Option<Answer> {
-        // Most commands are none of these: no allocation to find that out.
-        if !(4..=7).contains(&args[0].len()) {
-            return None;
-        }
-        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-        Some(match name.as_str() {
+        Some(match name {
             "multi" if args.len() == 1 => {
                 if self.multi.is_some() {
                     return Some(self.error("ERR MULTI calls can not be nested"));

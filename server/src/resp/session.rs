@@ -223,9 +223,12 @@ impl Session {
                 self.waiting_bytes = 0;
                 return;
             }
-            let effect = match next {
-                Waiting::Command(args) => self.effect(args),
-                Waiting::ProtocolError(_) => Effect::Local,
+            let (spec, effect) = match next {
+                Waiting::Command(args) => {
+                    let spec = commands::find(&args[0]);
+                    (spec, self.effect(spec))
+                }
+                Waiting::ProtocolError(_) => (None, Effect::Local),
             };
             let reads = self.in_core[Effect::Read as usize];
             let writes = self.in_core[Effect::Write as usize];
@@ -241,7 +244,7 @@ impl Session {
             match self.waiting.pop_front().expect("looked at") {
                 Waiting::Command(args) => {
                     self.waiting_bytes -= command_bytes(&args);
-                    self.run(args, effect, host);
+                    self.run(args, spec, effect, host);
                 }
                 Waiting::ProtocolError(text) => {
                     let seq = self.next_seq;
@@ -254,10 +257,16 @@ impl Session {
         }
     }
 
-    fn run(&mut self, args: Vec<Vec<u8>>, effect: Effect, host: &mut dyn Host) {
+    fn run(
+        &mut self,
+        args: Vec<Vec<u8>>,
+        spec: Option<&'static Spec>,
+        effect: Effect,
+        host: &mut dyn Host,
+    ) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let answer = self.answer(seq, &args, host);
+        let answer = self.answer(seq, &args, spec, host);
         match answer {
             Answer::Now(bytes) => self.answered(seq, bytes),
             Answer::Core(render, slot) => {
@@ -275,23 +284,17 @@ impl Session {
         }
     }
 
-    /// What the command does to the shard's state.
-    fn effect(&self, args: &[Vec<u8>]) -> Effect {
-        let name = &args[0];
-        let transaction = ["exec", "discard", "multi", "watch", "unwatch"];
-        if transaction.iter().any(|t| is(name, t)) {
+    /// What the command (`spec`, as the table has it; `None`: unknown) does to the shard's
+    /// state.
+    fn effect(&self, spec: Option<&Spec>) -> Effect {
+        let Some(spec) = spec else { return Effect::Local };
+        match spec.name {
             // They change what the connection watches: after every request before them.
-            return Effect::Barrier;
-        }
-        if self.multi.is_some() {
-            return Effect::Local;
-        }
-        if is(name, "scan") || is(name, "keys") {
-            return Effect::Read;
-        }
-        match commands::find(name) {
-            Some(spec) if spec.first_key > 0 && spec.writes => Effect::Write,
-            Some(spec) if spec.first_key > 0 => Effect::Read,
+            "exec" | "discard" | "multi" | "watch" | "unwatch" => Effect::Barrier,
+            _ if self.multi.is_some() => Effect::Local,
+            "scan" | "keys" => Effect::Read,
+            _ if spec.first_key > 0 && spec.writes => Effect::Write,
+            _ if spec.first_key > 0 => Effect::Read,
             _ => Effect::Local,
         }
     }
@@ -345,16 +348,22 @@ impl Session {
         Answer::Now(self.reply(|r| r.error(text)))
     }
 
-    fn answer(&mut self, seq: u64, args: &[Vec<u8>], host: &mut dyn Host) -> Answer {
-        let spec = commands::find(&args[0]);
+    fn answer(
+        &mut self,
+        seq: u64,
+        args: &[Vec<u8>],
+        spec: Option<&'static Spec>,
+        host: &mut dyn Host,
+    ) -> Answer {
         let no_auth = spec.is_some_and(|spec| spec.flags.contains(&"no-auth"));
         if self.user.is_none() && !no_auth && host.auth_enabled() {
             return self.error("NOAUTH Authentication required.");
         }
-        if let Some(answer) = self.transaction_command(seq, args, host) {
+        let name = spec.map_or("", |spec| spec.name);
+        if let Some(answer) = self.transaction_command(seq, name, args, host) {
             return answer;
         }
-        if self.multi.is_some() && !is(&args[0], "QUIT") {
+        if self.multi.is_some() && name != "quit" {
             return self.queue(args.to_vec(), host);
         }
         let Some(spec) = spec else {
