@@ -158,12 +158,15 @@ async fn serve(
     // Unconsumed bytes (a command not whole yet), and the buffer reads land in.
     let mut input: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; SOCKET_READ_CHUNK_BYTES];
+    // The core's reply frames, swapped out of the connection's output (the two buffers keep
+    // their capacity between turns).
+    let mut frames: Vec<u8> = Vec::new();
     let mut read_any = false;
     // `input` holds whole commands not taken yet (the connection reached a bound).
     let mut input_held = false;
     let (mut written, mut unflushed) = (0usize, false);
     poll_fn(|cx| loop {
-        let mut progress = take_replies(shard, id, conn, session);
+        let mut progress = take_replies(shard, id, conn, session, &mut frames);
         while written < session.out.len() {
             match Pin::new(&mut stream).poll_write(cx, &session.out[written..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
@@ -273,8 +276,15 @@ fn take_commands(shard: &Shard, id: ConnId, session: &mut Session, input: &mut V
 }
 
 /// Hands the core's replies for this connection to the session; whether there were any.
-fn take_replies(shard: &Shard, id: ConnId, conn: &ClientConn, session: &mut Session) -> bool {
-    let frames = std::mem::take(&mut *conn.out.borrow_mut());
+fn take_replies(
+    shard: &Shard,
+    id: ConnId,
+    conn: &ClientConn,
+    session: &mut Session,
+    frames: &mut Vec<u8>,
+) -> bool {
+    frames.clear();
+    std::mem::swap(&mut *conn.out.borrow_mut(), frames);
     if frames.is_empty() {
         return false;
     }
@@ -286,10 +296,11 @@ fn take_replies(shard: &Shard, id: ConnId, conn: &ClientConn, session: &mut Sess
         let end = (at + 4).saturating_add(length as usize).min(frames.len());
         match verify_reply(&frames[at..end]) {
             Ok(reply) => session.on_reply(&reply, &mut host),
-            // The core's own encoder made it: a bug, said loudly, and the command is left
-            // unanswered rather than answered wrongly.
+            // The core's own encoder made it: a bug, said loudly. Its command cannot be
+            // answered, so the connection closes rather than wait for the answer.
             Err(error) => {
-                tracing::error!(shard = %shard.shard, conn = id, %error, "the core sent a redis connection a reply that does not verify")
+                tracing::error!(shard = %shard.shard, conn = id, %error, "the core sent a redis connection a reply that does not verify");
+                session.failed = true;
             }
         }
         at = end;
