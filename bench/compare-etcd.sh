@@ -125,19 +125,9 @@ corekv="$bin_dir/corekv"
 [ -x "$bench" ] || die "$bench not found (build it, or give --bin-dir)"
 [ -x "$corekv" ] || die "$corekv not found (build it, or give --bin-dir)"
 
-mkdir -p "$out"
-out="$(cd "$out" && pwd)"
-log="$out/log.txt"
-: >"$log"
-say() { printf '%s  %s\n' "$(date -u +%H:%M:%S)" "$*" | tee -a "$log"; }
-
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=()
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_log "$out"
 
 start_corekv() {
   local dir="$out/corekv-data" tls=()

@@ -69,19 +69,9 @@ fi
 corekv="$bin_dir/corekv"
 [ -x "$corekv" ] || die "$corekv not found (build it, or give --bin-dir)"
 
-mkdir -p "$out"
-out="$(cd "$out" && pwd)"
-log="$out/log.txt"
-: >"$log"
-say() { printf '%s  %s\n' "$(date -u +%H:%M:%S)" "$*" | tee -a "$log"; }
-
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=()
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_log "$out"
 
 # Waits until every shard is led by its preferred node (shard s by node s mod 3 + 1: a new
 # cluster moves each shard's leadership there once it is caught up): redis-benchmark
