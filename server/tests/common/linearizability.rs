@@ -30,6 +30,11 @@ pub enum KvOp {
         expect: Vec<u8>,
         new: Vec<u8>,
     },
+    /// Appends to the value (a missing key is empty), in the state machine.
+    Append(Vec<u8>),
+    /// Adds to the value read as a decimal integer (a missing key is 0), in the state
+    /// machine; refused, changing nothing, when the value is not one.
+    Incr(i64),
 }
 
 /// What an operation returned.
@@ -41,6 +46,10 @@ pub enum KvRet {
     Delete(bool),
     /// Whether the compare held (and the write happened).
     Cas(bool),
+    /// The value's length after an append.
+    Length(u64),
+    /// The value after an increment; `None`: refused (the value is not an integer).
+    Incr(Option<i64>),
 }
 
 /// The sequential specification: one register that may be absent.
@@ -67,8 +76,36 @@ impl SequentialSpec for Register {
                     KvRet::Cas(false)
                 }
             }
+            KvOp::Append(tail) => {
+                let value = self.0.get_or_insert_with(Vec::new);
+                value.extend_from_slice(tail);
+                KvRet::Length(value.len() as u64)
+            }
+            KvOp::Incr(delta) => {
+                let current = match &self.0 {
+                    None => Some(0),
+                    Some(value) => integer(value),
+                };
+                let new = current.and_then(|c| c.checked_add(*delta));
+                if let Some(new) = new {
+                    self.0 = Some(new.to_string().into_bytes());
+                }
+                KvRet::Incr(new)
+            }
         }
     }
+}
+
+/// A value as Redis's `INCRBY` reads one: a decimal integer, an optional `-`, no leading zero,
+/// no `+`, no spaces.
+fn integer(value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let leading_zero = digits.len() > 1 && digits.starts_with('0');
+    if digits.is_empty() || leading_zero || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// Identifies a recorded operation.
@@ -92,6 +129,8 @@ pub struct CheckStats {
     pub operations: usize,
     /// Operations whose outcome is unknown.
     pub open: usize,
+    /// Appends and increments (read-modify-writes in the state machine).
+    pub computed: usize,
 }
 
 /// A history of operations on many keys. Times are any monotonic clock (simulated
@@ -127,6 +166,11 @@ impl History {
         op.returned = Some((at, ret));
     }
 
+    /// What `id` asked.
+    pub fn op(&self, id: OpId) -> &KvOp {
+        &self.ops[id.0].op
+    }
+
     /// When `id` was invoked.
     pub fn invoked_at(&self, id: OpId) -> u64 {
         self.ops[id.0].invoked
@@ -148,6 +192,8 @@ impl History {
         for (key, ops) in &by_key {
             stats.operations += ops.len();
             stats.open += ops.iter().filter(|o| o.returned.is_none()).count();
+            let computed = |o: &&&Recorded| matches!(o.op, KvOp::Append(_) | KvOp::Incr(_));
+            stats.computed += ops.iter().filter(computed).count();
             check_key(ops).map_err(|why| {
                 let mut text = format!(
                     "history of key {:?} is not linearizable: {why}\n",

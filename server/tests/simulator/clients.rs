@@ -55,7 +55,33 @@ impl Sim {
         self.next_request += 1;
         let roll = self.rng.below(100);
         let known = &self.values[key];
-        let (op, kind, frame) = if roll < 35 {
+        // Runs with computed ops take their share from puts (appends) and deletes
+        // (increments, which mostly find a value that is not a number unless a delete or an
+        // increment came last).
+        let computed = match roll {
+            60..70 if self.opts.computed => Some(true),
+            92..100 if self.opts.computed => Some(false),
+            _ => None,
+        };
+        let (op, kind, frame) = if let Some(append) = computed {
+            let (kind, value, op) = if append {
+                let tail = format!("+c{client}.{}", self.clients[client].written).into_bytes();
+                (TxnOpKind::Append, tail.clone(), KvOp::Append(tail))
+            } else {
+                let delta = self.rng.range(1, 9) as i64 - 4;
+                (TxnOpKind::Incr, delta.to_string().into_bytes(), KvOp::Incr(delta))
+            };
+            let spec = TxnOpSpec {
+                kind,
+                key: &key_bytes,
+                value: Some(&value),
+                ttl_ms: 0,
+                lease: 0,
+                number: 0,
+            };
+            let frame = self.encoder.txn(request, &[], &[spec], &[]).to_vec();
+            (op, Kind::Write, frame)
+        } else if roll < 35 {
             let frame = self.encoder.get(request, &key_bytes, Consistency::Linearizable).to_vec();
             (KvOp::Get, Kind::Read, frame)
         } else if roll < 70 {
@@ -217,7 +243,33 @@ impl Sim {
                 Some(KvRet::Delete(reply.reply_as_delete_reply().expect("typed").deleted()))
             }
             Reply::TxnReply => {
-                Some(KvRet::Cas(reply.reply_as_txn_reply().expect("typed").succeeded()))
+                let txn = reply.reply_as_txn_reply().expect("typed");
+                let asked = match pending.op {
+                    OpRef::Checked(id) => Some(self.history.op(id)),
+                    _ => None,
+                };
+                let result = txn.results().iter().next();
+                match asked {
+                    Some(KvOp::Append(_)) => {
+                        let length = result.filter(|r| r.kind() == TxnOpKind::Append);
+                        let length = length.ok_or("an append answered without a length")?;
+                        Some(KvRet::Length(length.length()))
+                    }
+                    Some(KvOp::Incr(_)) => {
+                        let result = result.ok_or("an increment answered without a result")?;
+                        if result.error().is_some() {
+                            Some(KvRet::Incr(None))
+                        } else {
+                            let value = result.value().map(|v| v.bytes()).unwrap_or_default();
+                            let value =
+                                std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+                            Some(KvRet::Incr(Some(
+                                value.ok_or("an increment's value is no integer")?,
+                            )))
+                        }
+                    }
+                    _ => Some(KvRet::Cas(txn.succeeded())),
+                }
             }
             Reply::ErrorReply => {
                 let error = reply.reply_as_error_reply().expect("typed");

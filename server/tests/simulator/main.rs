@@ -9,8 +9,10 @@
 //! restarts with or without `--join`. Membership runs (half the seeds, drawn from a PRNG of
 //! their own) add one or two spare nodes, started with `--join`, and an operator that changes
 //! each shard's members while the faults go on: adds learners, promotes them, removes members,
-//! replaces a voter with a learner (one joint change), moves leadership. Clients issue puts, gets, deletes and compare-and-sets
-//! on a few keys per shard and record every operation's invocation and answer.
+//! replaces a voter with a learner (one joint change), moves leadership. Clients issue puts,
+//! gets, deletes and compare-and-sets on a few keys per shard — in half the runs (a PRNG of
+//! their own) also appends and increments, read-modify-writes the state machine computes —
+//! and record every operation's invocation and answer.
 //!
 //! Checked during and after each run:
 //! - replicas that applied the same index hold identical state (keys, values, metadata) and
@@ -150,6 +152,9 @@ struct Options {
     /// Each node's clock, ms from a common start (what its `wall_epoch_ms` is; 0 in runs
     /// without keys with a time to live). Keys with a time to live are used when set.
     clock_skews: Vec<i64>,
+    /// Clients also append to values and increment them (transactions of one computed op,
+    /// read-modify-writes in the state machine), checked with the rest of the history.
+    computed: bool,
 }
 
 enum Event {
@@ -368,6 +373,7 @@ struct Stats {
     watch_resumes: u64,
     watch_compacted: u64,
     operations: u64,
+    computed: u64,
     open: u64,
     leader_changes: u64,
     /// The operator's changes applied, leadership transfers made, requests refused, and

@@ -60,6 +60,7 @@ impl Options {
             watchers: Vec::new(),
             slow_watchers: None,
             clock_skews: Vec::new(),
+            computed: false,
         }
     }
 
@@ -109,6 +110,7 @@ impl Options {
                 .map(|_| ttl_rng.range(0, 2 * max) as i64 - max as i64)
                 .collect();
         }
+        opts.computed = Rng(seed ^ 0x434f_4d50_434f_4d50).chance(0.5);
         (opts, rng, wipe_rng, member_rng)
     }
 
@@ -123,7 +125,7 @@ impl Options {
              disk={}..{}us crashes={} torn={} partitions={} asymmetric={} snapshot_every={} \
              faults={}ms nemesis_every~{}ms tick_skew={}% wipes={} entry_cache={}B spares={} \
              operator_every~{}ms history_cache={}B history_max={}B watchers={:?} \
-             slow_watchers={:?} clock_skews_ms={:?}",
+             slow_watchers={:?} clock_skews_ms={:?} computed={}",
             self.nodes,
             self.shards,
             self.clients,
@@ -151,6 +153,7 @@ impl Options {
             self.watchers,
             self.slow_watchers,
             self.clock_skews,
+            self.computed,
         )
     }
 }

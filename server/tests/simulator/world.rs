@@ -183,6 +183,7 @@ impl Sim {
         self.check_leases()?;
         let checked = self.history.check()?;
         self.stats.operations = checked.operations as u64;
+        self.stats.computed = checked.computed as u64;
         self.stats.open = checked.open as u64;
         Ok(self.stats)
     }
