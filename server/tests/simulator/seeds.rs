@@ -273,38 +273,37 @@ fn checker_accepts_and_refuses() {
 // number.
 #[test]
 fn checker_models_appends_and_increments() {
-    let mut h = History::new();
-    let append = h.invoke(1, b"k", KvOp::Append(b"a".to_vec()), 0);
-    h.complete(append, KvRet::Length(1), 10);
-    let append = h.invoke(1, b"k", KvOp::Append(b"b".to_vec()), 20);
-    h.complete(append, KvRet::Length(2), 30);
-    let get = h.invoke(2, b"k", KvOp::Get, 40);
-    h.complete(get, KvRet::Get(Some(b"ab".to_vec())), 50);
-    let incr = h.invoke(2, b"k", KvOp::Incr(3), 60);
-    h.complete(incr, KvRet::Incr(None), 70);
-    let delete = h.invoke(2, b"k", KvOp::Delete, 80);
-    h.complete(delete, KvRet::Delete(true), 90);
-    let incr = h.invoke(2, b"k", KvOp::Incr(-4), 100);
-    h.complete(incr, KvRet::Incr(Some(-4)), 110);
-    let incr = h.invoke(2, b"k", KvOp::Incr(5), 120);
-    h.complete(incr, KvRet::Incr(Some(1)), 130);
+    let append = |tail: &[u8], length| (1, KvOp::Append(tail.to_vec()), KvRet::Length(length));
+    let get = |value: &[u8]| (2, KvOp::Get, KvRet::Get(Some(value.to_vec())));
+    let incr = |delta, new| (2, KvOp::Incr(delta), KvRet::Incr(new));
+    let h = in_turn(vec![
+        append(b"a", 1),
+        append(b"b", 2),
+        get(b"ab"),
+        incr(3, None),
+        (2, KvOp::Delete, KvRet::Delete(true)),
+        incr(-4, Some(-4)),
+        incr(5, Some(1)),
+    ]);
     assert!(h.check().is_ok(), "{:?}", h.check());
 
-    let mut reordered = History::new();
-    let append = reordered.invoke(1, b"k", KvOp::Append(b"a".to_vec()), 0);
-    reordered.complete(append, KvRet::Length(1), 10);
-    let append = reordered.invoke(1, b"k", KvOp::Append(b"b".to_vec()), 20);
-    reordered.complete(append, KvRet::Length(2), 30);
-    let get = reordered.invoke(2, b"k", KvOp::Get, 40);
-    reordered.complete(get, KvRet::Get(Some(b"ba".to_vec())), 50);
+    let reordered = in_turn(vec![append(b"a", 1), append(b"b", 2), get(b"ba")]);
     assert!(reordered.check().is_err(), "appends applied out of order");
 
-    let mut not_a_number = History::new();
-    let put = not_a_number.invoke(1, b"k", KvOp::Put(b"007".to_vec()), 0);
-    not_a_number.complete(put, KvRet::Put, 10);
-    let incr = not_a_number.invoke(1, b"k", KvOp::Incr(1), 20);
-    not_a_number.complete(incr, KvRet::Incr(Some(8)), 30);
+    let not_a_number = in_turn(vec![(1, KvOp::Put(b"007".to_vec()), KvRet::Put), incr(1, Some(8))]);
     assert!(not_a_number.check().is_err(), "007 is not an integer to INCRBY");
+}
+
+/// A history of `ops` (thread, operation, answer) on one key, one after another: each
+/// answered before the next is invoked.
+fn in_turn(ops: Vec<(u64, KvOp, KvRet)>) -> History {
+    let mut history = History::new();
+    for (i, (thread, op, ret)) in ops.into_iter().enumerate() {
+        let at = 20 * i as u64;
+        let id = history.invoke(thread, b"k", op, at);
+        history.complete(id, ret, at + 10);
+    }
+    history
 }
 
 /// Replays one seed (`WIPES=0` turns wipes off): `SEED=N cargo test -p corekv-server --test
