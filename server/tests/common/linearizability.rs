@@ -97,7 +97,8 @@ impl SequentialSpec for Register {
 }
 
 /// A value as Redis's `INCRBY` reads one: a decimal integer, an optional `-`, no leading zero,
-/// no `+`, no spaces.
+/// no `+`, no spaces. Written apart from the state machine's reading (`computed.rs`) on
+/// purpose: the model is what the server is checked against, so it must not share its code.
 fn integer(value: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(value).ok()?;
     let digits = text.strip_prefix('-').unwrap_or(text);
