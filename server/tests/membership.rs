@@ -202,9 +202,10 @@ fn every_node_replaced_one_by_one_with_a_client_of_the_original_registry() {
         }
     }
     for shard in 0..2 {
-        let status = cluster.status(last).unwrap();
-        let leader = status["shards"][shard]["leader_id"].as_u64().unwrap();
-        assert!((4..=6).contains(&leader), "shard {shard} led by a new node: {status}");
+        // The nodes left (4, 5 and 6) agree on a leader: a node that has not yet heard from
+        // the leader elected after node 3 stopped says 0 for a moment.
+        let leader = cluster.leader_of(shard);
+        assert!((4..=6).contains(&leader), "shard {shard} led by node {leader}");
     }
     let history = workload.finish_reading_with(
         corekv_client::Client::from_registry(cluster.registry_of(last)).unwrap(),

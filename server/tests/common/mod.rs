@@ -372,12 +372,46 @@ impl TestCluster {
     /// The leader of `shard`, waiting (up to 15 s) while an election or a leadership transfer
     /// is under way.
     pub fn leader_of(&self, shard: u32) -> u64 {
-        let mut leader = None;
-        self.wait_until(Duration::from_secs(15), &format!("a leader of shard {shard}"), || {
-            leader = self.leader(shard);
-            leader.is_some()
-        });
-        leader.expect("checked")
+        let started = Instant::now();
+        loop {
+            if let Some(leader) = self.leader(shard) {
+                return leader;
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                panic!(
+                    "timed out after 15s waiting for a leader of shard {shard}; each live node's view:\n{}",
+                    self.views_of(shard)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What each live node says of shard `shard` (its `/status` entry, or why there is none),
+    /// and the tail of its log: what a test shows when the nodes do not agree on a leader.
+    pub fn views_of(&self, shard: u32) -> String {
+        self.live_nodes()
+            .iter()
+            .map(|&id| {
+                // An exited child not yet waited for is a zombie ('Z' in /proc's stat).
+                let stat = self
+                    .pid(id)
+                    .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok());
+                let exited = stat.is_some_and(|s| {
+                    s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
+                });
+                let view = match self.http(id, "/status") {
+                    None if exited => "its process has exited".to_string(),
+                    None => "no answer on /status".to_string(),
+                    Some((code, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
+                        Ok(status) if code == 200 => status["shards"][shard as usize].to_string(),
+                        _ => format!("/status answered {code}: {body}"),
+                    },
+                };
+                format!("--- node {id}: {view}\n{}", self.log_tail(id))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Waits until every shard has an agreed leader among the live nodes.
