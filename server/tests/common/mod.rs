@@ -55,17 +55,52 @@ fn free_base(nodes: u64, shards: u32) -> u16 {
         x ^= x >> 7;
         x ^= x << 17;
         let base = 10_000 + (x % 20_000) as u16;
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        let all_free = (0..nodes).all(|i| {
+        let mut ports = Vec::new();
+        for i in 0..nodes {
             let (client, peer, http) = node_ports(base, i);
-            (0..shards as u16).all(|s| free(client + s) && free(peer + s) && free(client + 10 + s))
-                && free(http)
-        });
-        if all_free {
+            for s in 0..shards as u16 {
+                ports.extend([client + s, peer + s, client + 10 + s]);
+            }
+            ports.push(http);
+        }
+        let free = |p: &u16| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok();
+        if ports.iter().all(free) && reserve(&ports) {
             return base;
         }
     }
     panic!("no free port range found");
+}
+
+/// Reserves `ports` for this test process against the other test processes running now
+/// (nextest runs each test in a process of its own, several at once): one file per port, in a
+/// folder of the temporary directory, naming the process that holds it; a port whose holder
+/// is gone is taken over. Without this, a cluster starting in one test could pick the ports of
+/// a node another test has killed and is about to restart, which then cannot bind them. Gives
+/// false, reserving nothing, when a live process (this one included) holds one of them.
+fn reserve(ports: &[u16]) -> bool {
+    use std::os::fd::AsRawFd;
+    let dir = std::env::temp_dir().join("corekv-test-ports");
+    std::fs::create_dir_all(&dir).expect("create the test port reservations' folder");
+    // One reservation at a time across processes: the lock goes with the file's descriptor.
+    let lock = std::fs::File::create(dir.join("lock")).expect("open the reservations' lock");
+    // SAFETY: flock on a descriptor this function owns for the whole call.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0, "lock reservations");
+    let path = |port: u16| dir.join(port.to_string());
+    let held = |port: u16| {
+        let holder = std::fs::read_to_string(path(port)).ok()?.trim().parse::<i32>().ok()?;
+        // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+        let exists = unsafe { libc::kill(holder, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        exists.then_some(())
+    };
+    if ports.iter().any(|&port| held(port).is_some()) {
+        return false;
+    }
+    let me = std::process::id().to_string();
+    for &port in ports {
+        std::fs::write(path(port), &me).expect("write a port reservation");
+    }
+    true
 }
 
 /// A running test cluster. Every node process is killed when it is dropped.
@@ -622,15 +657,16 @@ pub fn dev_base(nodes: u32, shards: u32) -> u16 {
         let base = 12_000 + ((std::process::id() * 7 + attempt * 331) % 15_000) as u16;
         let text = corekv_server::dev::registry_text(nodes, shards, base);
         let registry = Registry::parse(&text, "dev").expect("a valid dev registry");
-        let free = |p: u32| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
-        let all_free = registry.nodes.iter().all(|n| {
-            (0..shards).all(|s| {
-                free(n.client_port as u32 + s)
-                    && free(n.peer_port as u32 + s)
-                    && n.resp_port.is_none_or(|r| free(r as u32 + s))
-            }) && free(n.http_port as u32)
-        });
-        if all_free {
+        let mut ports = Vec::new();
+        for n in &registry.nodes {
+            for s in 0..shards as u16 {
+                ports.extend([n.client_port + s, n.peer_port + s]);
+                ports.extend(n.resp_port.map(|r| r + s));
+            }
+            ports.push(n.http_port);
+        }
+        let free = |p: &u16| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok();
+        if ports.iter().all(free) && reserve(&ports) {
             return base;
         }
     }
