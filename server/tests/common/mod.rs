@@ -87,7 +87,9 @@ fn reserve(ports: &[u16]) -> bool {
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0, "lock reservations");
     let path = |port: u16| dir.join(port.to_string());
     let held = |port: u16| {
-        let holder = std::fs::read_to_string(path(port)).ok()?.trim().parse::<i32>().ok()?;
+        let holder = std::fs::read_to_string(path(port)).ok()?.trim().parse::<i32>().ok();
+        // (kill with 0 or less would ask about process groups: such a file is stale.)
+        let holder = holder.filter(|&pid| pid > 0)?;
         // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
         let exists = unsafe { libc::kill(holder, 0) } == 0
             || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
