@@ -24,6 +24,9 @@ use hdrhistogram::Histogram;
 /// The prefix watched and written.
 pub const PREFIX: &str = "bench-watch/";
 
+/// Failed writes whose error is printed (to stderr) before the rest are only counted.
+const WRITE_ERRORS_REPORTED: u64 = 5;
+
 /// What the run is asked to do.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
@@ -247,11 +250,21 @@ pub async fn run_corekv(clients: &[Client], config: &WatchConfig) -> anyhow::Res
         .collect();
     let writer = clients[0].clone();
     let timeout = config.timeout;
+    let reported = Arc::new(AtomicU64::new(0));
     let (writes, write_errors) = write_load(&shared, config, move |key, value| {
-        let writer = writer.clone();
+        let (writer, reported) = (writer.clone(), reported.clone());
         async move {
             let options = corekv_client::WriteOptions::with_timeout(timeout);
-            writer.put_with(key, value, options).await.is_ok()
+            match writer.put_with(key.clone(), value, options).await {
+                Ok(_) => true,
+                Err(error) => {
+                    // The first few say why; the count is in the result.
+                    if reported.fetch_add(1, Ordering::Relaxed) < WRITE_ERRORS_REPORTED {
+                        eprintln!("a write of {} failed: {error}", String::from_utf8_lossy(&key));
+                    }
+                    false
+                }
+            }
         }
     })
     .await;
