@@ -311,11 +311,7 @@ fn policy_changes_apply_on_sighup() {
         cluster.signal(id, libc::SIGHUP);
     }
     cluster.wait_until(Duration::from_secs(10), "the failed reload in the logs", || {
-        (1..=3).all(|id| {
-            std::fs::read_to_string(cluster.log_path(id))
-                .unwrap_or_default()
-                .contains("auth policy reload failed")
-        })
+        (1..=3).all(|id| cluster.logged(id, &["auth policy reload failed"]))
     });
     // The policy in force (reader may write else/ now, not app/) stays.
     block_on(reader.put("else/x", "2")).expect("the policy in force stays");

@@ -452,15 +452,7 @@ fn redis_over_tls_with_users() {
         .expect("redis-cli");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("PONG"), "{output:?}");
     // The handshake's failure closes the socket before the node writes its log line.
-    let logged = || {
-        std::fs::read_to_string(cluster.log_path(1))
-            .is_ok_and(|log| log.contains("refused a redis connection"))
-    };
-    let started = Instant::now();
-    while !logged() && started.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(logged(), "the refused handshake is logged: {}", cluster.log_tail(1));
+    cluster.wait_logged(&[1], &["refused a redis connection"]);
 }
 
 // Shows: a node added while the cluster runs (`member add --from-registry`, its entry with a

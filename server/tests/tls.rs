@@ -48,21 +48,7 @@ fn refused_certificate(
         matches!(&error, Error::Tls(m) if m.contains("refused this client's certificate")),
         "{error}"
     );
-    wait_logged(cluster, &["refused a client connection", why]);
-}
-
-/// Whether node `id`'s log has a line with every one of `words`.
-fn logged(cluster: &TestCluster, id: u64, words: &[&str]) -> bool {
-    std::fs::read_to_string(cluster.log_path(id))
-        .unwrap_or_default()
-        .lines()
-        .any(|line| words.iter().all(|w| line.contains(w)))
-}
-
-fn wait_logged(cluster: &TestCluster, words: &[&str]) {
-    cluster.wait_until(Duration::from_secs(10), &format!("a log line with {words:?}"), || {
-        (1..=3).any(|id| logged(cluster, id, words))
-    });
+    cluster.wait_logged(&[1, 2, 3], &["refused a client connection", why]);
 }
 
 // Shows: with a good certificate, writes, reads, corekvctl and HTTPS work; a plaintext client,
@@ -98,7 +84,7 @@ fn clients_are_authenticated_and_bad_ones_refused() {
         matches!(&error, Error::Tls(m) if m.contains("speaks TLS and this client plaintext")),
         "{error}"
     );
-    wait_logged(&cluster, &["refused a client connection", "does not speak TLS"]);
+    cluster.wait_logged(&[1, 2, 3], &["refused a client connection", "does not speak TLS"]);
     let (code, _, err) = cluster.ctl_with(&plain_registry, &["get", "tls/a"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("speaks TLS and this client plaintext"), "{err}");
@@ -109,7 +95,7 @@ fn clients_are_authenticated_and_bad_ones_refused() {
         matches!(&error, Error::Tls(m) if m.contains("requires a client certificate")),
         "{error}"
     );
-    wait_logged(&cluster, &["refused a client connection", "peer sent no certificates"]);
+    cluster.wait_logged(&[1, 2, 3], &["refused a client connection", "peer sent no certificates"]);
 
     // A certificate from another CA.
     let other = Authority::new("other CA").expect("CA");
@@ -173,12 +159,12 @@ fn a_peer_cannot_pose_as_another_node() {
     assert!(!ack.accepted());
     let reason = ack.reason().unwrap_or_default();
     assert!(reason.contains("says it is node 2") && reason.contains("node-2.corekv"), "{reason}");
-    wait_logged(&cluster, &["refused a peer connection", "says it is node 2"]);
+    cluster.wait_logged(&[1, 2, 3], &["refused a peer connection", "says it is node 2"]);
 
     // A peer speaking plaintext.
     let mut plain = TcpStream::connect(&peer_addr).unwrap();
     plain.write_all(&hello).unwrap();
-    wait_logged(&cluster, &["refused a peer connection", "does not speak TLS"]);
+    cluster.wait_logged(&[1, 2, 3], &["refused a peer connection", "does not speak TLS"]);
 
     let client = cluster.client();
     block_on(client.put("peer/after", "ok")).expect("the cluster still replicates");
@@ -301,7 +287,7 @@ fn certificates_rotate_on_sighup_under_load() {
     }
     sighup_all(&cluster);
     progress("after the new node certificates");
-    wait_logged(&cluster, &["TLS certificates and keys reloaded"]);
+    cluster.wait_logged(&[1, 2, 3], &["TLS certificates and keys reloaded"]);
     cluster.wait_until(
         Duration::from_secs(10),
         "the expiry metric to show the new certificate",
@@ -331,7 +317,7 @@ fn certificates_rotate_on_sighup_under_load() {
     // A broken key: the reload fails, the node keeps the files it has.
     std::fs::write(pki.path("node-1-key.pem"), "not a key").unwrap();
     cluster.signal(1, libc::SIGHUP);
-    wait_logged(&cluster, &["TLS reload failed", "node-1-key.pem"]);
+    cluster.wait_logged(&[1, 2, 3], &["TLS reload failed", "node-1-key.pem"]);
     progress("after a failed reload");
     block_on(fresh.put("rot/new2", "ok")).expect("serving after a failed reload");
     stop.store(true, Ordering::Relaxed);
@@ -416,10 +402,7 @@ fn a_tls_client_of_a_plaintext_node_is_told_so() {
         matches!(&error, Error::Unavailable { last_error, .. } if last_error.contains("does its registry have the [tls] section")),
         "{error}"
     );
-    let logged_here = |words: &[&str]| logged(&cluster, 1, words);
-    cluster.wait_until(Duration::from_secs(10), "the client port's log line", || {
-        logged_here(&["refused a client that speaks TLS"])
-    });
+    cluster.wait_logged(&[1], &["refused a client that speaks TLS"]);
     // A TLS peer: its ClientHello on the peer port.
     let node = cluster.registry.node(NodeId(1)).unwrap();
     let peer =
@@ -429,7 +412,5 @@ fn a_tls_client_of_a_plaintext_node_is_told_so() {
     let mut socket = TcpStream::connect(node.peer_addr(corekv_types::ids::ShardId(0))).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = session.complete_io(&mut socket);
-    cluster.wait_until(Duration::from_secs(10), "the peer port's log line", || {
-        logged_here(&["refused a peer that speaks TLS"])
-    });
+    cluster.wait_logged(&[1], &["refused a peer that speaks TLS"]);
 }

@@ -63,21 +63,21 @@ fn free_base(nodes: u64, shards: u32) -> u16 {
             }
             ports.push(http);
         }
-        let free = |p: &u16| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok();
-        if ports.iter().all(free) && reserve(&ports) {
+        if claim_free(&ports) {
             return base;
         }
     }
     panic!("no free port range found");
 }
 
-/// Reserves `ports` for this test process against the other test processes running now
-/// (nextest runs each test in a process of its own, several at once): one file per port, in a
-/// folder of the temporary directory, naming the process that holds it; a port whose holder
-/// is gone is taken over. Without this, a cluster starting in one test could pick the ports of
-/// a node another test has killed and is about to restart, which then cannot bind them. Gives
-/// false, reserving nothing, when a live process (this one included) holds one of them.
-fn reserve(ports: &[u16]) -> bool {
+/// Reserves `ports` for this test process if each is free on 127.0.0.1 and not reserved by a
+/// live process (this one included) against the other test processes running now (nextest
+/// runs each test in a process of its own, several at once): one file per port, in a folder
+/// of the temporary directory, naming the process that holds it; a port whose holder is gone
+/// is taken over. Without this, a cluster starting in one test could pick the ports of a node
+/// another test has killed and is about to restart, which then cannot bind them. Gives false,
+/// reserving nothing, when one of them is taken.
+fn claim_free(ports: &[u16]) -> bool {
     use std::os::fd::AsRawFd;
     let dir = std::env::temp_dir().join("corekv-test-ports");
     std::fs::create_dir_all(&dir).expect("create the test port reservations' folder");
@@ -95,7 +95,8 @@ fn reserve(ports: &[u16]) -> bool {
             || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
         exists.then_some(())
     };
-    if ports.iter().any(|&port| held(port).is_some()) {
+    let bound = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_err();
+    if ports.iter().any(|&port| held(port).is_some() || bound(port)) {
         return false;
     }
     let me = std::process::id().to_string();
@@ -341,6 +342,21 @@ impl TestCluster {
         } else {
             format!("{}\n...\n{tail}", panics.join("\n"))
         }
+    }
+
+    /// Whether node `id`'s log has a line with every one of `words`.
+    pub fn logged(&self, id: u64, words: &[&str]) -> bool {
+        std::fs::read_to_string(self.log_path(id))
+            .unwrap_or_default()
+            .lines()
+            .any(|line| words.iter().all(|w| line.contains(w)))
+    }
+
+    /// Waits (up to 10 s) until one of nodes `ids` logs a line with every one of `words`.
+    pub fn wait_logged(&self, ids: &[u64], words: &[&str]) {
+        self.wait_until(Duration::from_secs(10), &format!("a log line with {words:?}"), || {
+            ids.iter().any(|&id| self.logged(id, words))
+        });
     }
 
     /// A client for this cluster.
@@ -667,8 +683,7 @@ pub fn dev_base(nodes: u32, shards: u32) -> u16 {
             }
             ports.push(n.http_port);
         }
-        let free = |p: &u16| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok();
-        if ports.iter().all(free) && reserve(&ports) {
+        if claim_free(&ports) {
             return base;
         }
     }
