@@ -30,6 +30,7 @@
 
 use corekv_storage::raft_log::ColdFetch;
 use corekv_storage::wal::{FlushJob, Lsn};
+use corekv_types::ids::NodeId;
 use raft::eraftpb::{Entry, Message};
 use raft::StateRole;
 
@@ -54,8 +55,9 @@ impl ShardCore {
         self.health.tick(self.now_us, self.election_timeout_us());
         self.tick_catch_up();
         // A joining replica's election timer does not run: it must not campaign before it
-        // caught up.
-        if !self.joining() {
+        // caught up. Nor, for its first election timeout, does that of a replica that knows no
+        // leader and is not the shard's preferred one (see `holds_first_election`).
+        if !self.joining() && !self.holds_first_election() {
             self.raw.tick();
         }
         self.retry_reads();
@@ -72,6 +74,23 @@ impl ShardCore {
         if self.raw.store().needs_trim() {
             self.raw.mut_store().trim(TRIM_ENTRIES_PER_TICK, TRIM_BYTES_PER_TICK);
         }
+    }
+
+    /// Whether this replica's election timer waits: during its first election timeout's
+    /// ticks, while it knows no leader, unless it is the shard's preferred leader. The
+    /// preferred leader campaigns at start (`campaign_if_preferred`); when its peers were not
+    /// listening yet, its votes were lost and it campaigns again after its election timeout,
+    /// which now always comes before the others' (10–20 ticks against 20–30). Without the
+    /// wait, a cluster started at once got a leader picked by the race of timers, and the
+    /// leadership moved to the preferred one five seconds later, under the first load
+    /// (`balance_leadership`). A node started alone waits half a second longer for its first
+    /// election when the preferred leader is down; one that hears from a leader is unaffected.
+    fn holds_first_election(&self) -> bool {
+        let preferred = self.preferred_leader();
+        self.ticks <= self.cfg.election_ticks as u64
+            && self.raw.raft.leader_id == 0
+            && preferred != NodeId::NONE
+            && preferred != self.cfg.node_id
     }
 
     /// Runs the Ready loop (see the module docs) until raft has nothing more, or the WAL has
