@@ -271,6 +271,7 @@ async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
             "latency_us": latency,
             "write_errors": result.write_errors,
             "server_rss_bytes": {"before": result.rss[0], "watching": result.rss[1], "end": result.rss[2]},
+            "worst_delay_us_by_tenth_of_a_second": result.worst_by_tenth,
             "config": {
                 "target": format!("{:?}", args.target).to_lowercase(), "workload": "watch",
                 "watchers": args.watchers, "rate": config.rate, "keys": args.keys,

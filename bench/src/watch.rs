@@ -53,7 +53,13 @@ pub struct WatchResult {
     /// Resident memory (bytes) of the servers: before the watchers, with them started, at
     /// the end.
     pub rss: [Option<u64>; 3],
+    /// The longest delay of a change received in each tenth of a second of the measured
+    /// window, µs: where in the run the tail came from (one stall or spread thin).
+    pub worst_by_tenth: Vec<u64>,
 }
+
+/// The slice of the measured window [`WatchResult::worst_by_tenth`] keeps a maximum for.
+const TENTH_US: u64 = 100_000;
 
 /// Acknowledgement times by sequence number (µs since the run's start, +1; 0: not yet).
 struct Acks {
@@ -80,6 +86,7 @@ struct Shared {
     measure_to_us: u64,
     events: AtomicU64,
     latency: Mutex<Histogram<u64>>,
+    worst_by_tenth: Mutex<Vec<u64>>,
 }
 
 impl Shared {
@@ -91,6 +98,10 @@ impl Shared {
         }
         if let Some(delay) = self.acks.delay_us(seq) {
             local.record(delay.max(1));
+            let tenth = ((now - self.measure_from_us) / TENTH_US) as usize;
+            if let Some(worst) = local.worst_by_tenth.get_mut(tenth) {
+                *worst = (*worst).max(delay);
+            }
         }
     }
 
@@ -104,6 +115,14 @@ impl Shared {
         local.flush();
         self.events.fetch_add(local.events, Ordering::Relaxed);
         let _ = self.latency.lock().unwrap_or_else(|p| p.into_inner()).add(&local.histogram);
+        let mut worst = self.worst_by_tenth.lock().unwrap_or_else(|p| p.into_inner());
+        for (all, one) in worst.iter_mut().zip(&local.worst_by_tenth) {
+            *all = (*all).max(*one);
+        }
+    }
+
+    fn tenths(&self) -> usize {
+        ((self.measure_to_us - self.measure_from_us) / TENTH_US + 1) as usize
     }
 }
 
@@ -127,14 +146,20 @@ struct Local {
     delays: Vec<u64>,
     histogram: Histogram<u64>,
     events: u64,
+    worst_by_tenth: Vec<u64>,
 }
 
 /// Delays a watcher lists before putting them into its histogram.
 const DELAYS_LISTED: usize = 16 * 1024;
 
 impl Local {
-    fn new() -> Local {
-        Local { delays: Vec::with_capacity(DELAYS_LISTED), histogram: histogram(), events: 0 }
+    fn new(shared: &Shared) -> Local {
+        Local {
+            delays: Vec::with_capacity(DELAYS_LISTED),
+            histogram: histogram(),
+            events: 0,
+            worst_by_tenth: vec![0; shared.tenths()],
+        }
     }
 
     fn record(&mut self, delay_us: u64) {
@@ -205,12 +230,14 @@ fn shared(config: &WatchConfig) -> Arc<Shared> {
     let acks = Acks { start: Instant::now(), at: (0..writes).map(|_| AtomicU64::new(0)).collect() };
     let measure_from_us = acks.now_us() + config.warmup.as_micros() as u64;
     let measure_to_us = measure_from_us + config.duration.as_micros() as u64;
+    let tenths = ((measure_to_us - measure_from_us) / TENTH_US + 1) as usize;
     Arc::new(Shared {
         acks,
         measure_from_us,
         measure_to_us,
         events: AtomicU64::new(0),
         latency: Mutex::new(histogram()),
+        worst_by_tenth: Mutex::new(vec![0; tenths]),
     })
 }
 
@@ -232,7 +259,7 @@ pub async fn run_corekv(clients: &[Client], config: &WatchConfig) -> anyhow::Res
         .map(|mut watch| {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let mut local = Local::new();
+                let mut local = Local::new(&shared);
                 let mut deadline = shared.deadline();
                 while let Some(Some(Ok(message))) = before(&mut deadline, watch.next()).await {
                     if let WatchMessage::Event(event) = message {
@@ -287,6 +314,7 @@ fn finish(
         latency_us: shared.latency.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         elapsed: config.duration,
         rss,
+        worst_by_tenth: shared.worst_by_tenth.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     }
 }
 
@@ -320,7 +348,7 @@ pub async fn run_etcd(
         .map(|mut stream| {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let mut local = Local::new();
+                let mut local = Local::new(&shared);
                 let mut deadline = shared.deadline();
                 while let Some(Ok(Some(response))) = before(&mut deadline, stream.message()).await {
                     for event in response.events() {
@@ -370,5 +398,29 @@ pub fn summary(label: &str, result: &WatchResult) -> String {
         mib(result.rss[0]),
         mib(result.rss[1]),
         mib(result.rss[2]),
+    ) + &slowest_tenths(&result.worst_by_tenth)
+}
+
+/// Tenths of a second of the measured window that the longest delays fell in.
+const SLOWEST_TENTHS_SHOWN: usize = 5;
+
+/// A line naming the tenths of a second of the window with the longest delays (seconds
+/// into the window, the longest delay in it), slowest first, and how many tenths had a delay
+/// over 2 ms: one stall, or a tail spread over the whole run.
+fn slowest_tenths(worst_by_tenth: &[u64]) -> String {
+    let mut tenths: Vec<(usize, u64)> = worst_by_tenth.iter().copied().enumerate().collect();
+    tenths.sort_by_key(|&(_, worst)| std::cmp::Reverse(worst));
+    let over = worst_by_tenth.iter().filter(|&&worst| worst > 2_000).count();
+    let shown: Vec<String> = tenths
+        .iter()
+        .take(SLOWEST_TENTHS_SHOWN)
+        .filter(|&&(_, worst)| worst > 0)
+        .map(|&(tenth, worst)| format!("{:.1}s {} us", tenth as f64 / 10.0, worst))
+        .collect();
+    format!(
+        "slowest tenths of a second (time into the window, longest delay): {}; {over} of {} \
+         tenths had a delay over 2 ms\n",
+        shown.join(", "),
+        worst_by_tenth.len()
     )
 }
