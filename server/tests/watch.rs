@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::{corekvctl_bin, TestCluster};
 use corekv_client::watch::{ChangeKind, WatchEvent};
 use corekv_client::{Client, KeyMeta, ScanOptions, ScanRange, Watch, WatchMessage, WatchSpec};
+use corekv_types::ids::{NodeId, ShardId};
 use futures_util::StreamExt;
 
 /// What a key holds: its value and metadata.
@@ -450,8 +451,23 @@ fn a_listing_of_many_pages_per_shard_is_one_state() {
     wait_replayed(&events, &start, &want, "the listing and its watch");
 }
 
+/// Waits until every one of `watches` recorded at least `n` events.
+fn wait_all_got(watches: &[Arc<Mutex<Vec<WatchEvent>>>], n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = watches.iter().filter(|w| w.lock().unwrap().len() >= n).count();
+        if got == watches.len() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{got} of {} watches got change {n}", watches.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 // Shows: one client running more watches on a node and shard than a node takes on one
-// connection (1,024) opens another, and every watch gets the change.
+// connection (1,024) opens another — and no more: the watches started together share the
+// connections (one request connection and two watch connections in all) — and every watch
+// gets the change.
 #[test]
 fn a_client_runs_more_watches_than_one_connection_takes() {
     let cluster = TestCluster::start(1, 1);
@@ -461,13 +477,36 @@ fn a_client_runs_more_watches_than_one_connection_takes() {
         (0..1100).map(|_| record(&rt, &client, WatchSpec::prefix("many/"))).collect();
     std::thread::sleep(Duration::from_secs(2));
     rt.block_on(client.put("many/x", "1")).expect("put");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = watches.iter().filter(|w| !w.lock().unwrap().is_empty()).count();
-        if got == watches.len() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{got} of {} watches got the change", watches.len());
-        std::thread::sleep(Duration::from_millis(100));
+    wait_all_got(&watches, 1);
+    let connections = cluster.metric(1, "corekv_client_connections").expect("metrics");
+    assert_eq!(connections, 3.0, "1,100 watches started together: two watch connections");
+}
+
+// Shows: 300 watches that end together at a leadership transfer resume at the new leader on
+// one connection, not one each, and miss nothing.
+#[test]
+fn watches_resuming_together_at_a_new_leader_share_one_connection() {
+    let cluster = TestCluster::start(3, 1);
+    let rt = runtime();
+    let client = cluster.client();
+    let watches: Vec<_> = (0..300).map(|_| record(&rt, &client, WatchSpec::prefix("r/"))).collect();
+    let old = cluster.leader_of(0);
+    cluster.wait_until(Duration::from_secs(20), "the watches to start", || {
+        cluster.metric(old, "corekv_watches") == Some(300.0)
+    });
+    rt.block_on(client.put("r/1", "1")).expect("put");
+    wait_all_got(&watches, 1);
+    let new = if old == 1 { 2 } else { 1 };
+    rt.block_on(client.transfer_leader(ShardId(0), NodeId(new))).expect("transfer");
+    rt.block_on(client.put("r/2", "2")).expect("put after the transfer");
+    wait_all_got(&watches, 2);
+    for watch in &watches {
+        let events = watch.lock().unwrap();
+        let keys: Vec<&[u8]> =
+            events.iter().flat_map(|e| e.changes.iter()).map(|c| &c.key[..]).collect();
+        assert_eq!(keys, [&b"r/1"[..], b"r/2"], "each change once, in order");
     }
+    // The watch connection, and the request connection of the put.
+    let connections = cluster.metric(new, "corekv_client_connections").expect("metrics");
+    assert!(connections <= 2.0, "{connections} client connections on the new leader");
 }

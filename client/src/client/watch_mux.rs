@@ -146,8 +146,28 @@ struct Routed {
 
 type Routes = Arc<Mutex<HashMap<u64, Routed>>>;
 
-/// A client's watch connections to one node and shard.
-pub(super) type Muxes = Vec<Arc<WatchMux>>;
+/// A client's watch connections to one node and shard, and how new ones are opened: one at a
+/// time, so watches that start together (a thousand at once, or all of them resuming at a new
+/// leader) share the connection the first of them opens instead of each opening its own — the
+/// node then sends each change once per connection, not once per watch.
+#[derive(Default)]
+pub(super) struct Muxes {
+    open: Vec<Arc<WatchMux>>,
+    /// Held while a connection is being opened.
+    gate: Arc<tokio::sync::Mutex<()>>,
+    /// Opens finished (either way), and how the last one failed: the watches that waited for
+    /// it take its failure instead of each trying again at once.
+    rounds: u64,
+    failed: Option<OpenError>,
+}
+
+impl Muxes {
+    /// A place on one of the open connections, if one has room.
+    fn place(&mut self) -> Option<Lease> {
+        self.open.retain(|mux| !mux.is_closed());
+        self.open.iter().find_map(WatchMux::place)
+    }
+}
 
 /// See the module docs.
 pub(super) struct WatchMux {
@@ -281,25 +301,57 @@ impl Client {
     /// client has, or a new one.
     pub(super) async fn watch_mux(&self, node: NodeId, shard: ShardId) -> Result<Lease, OpenError> {
         let key = (node, shard);
-        {
-            let mut muxes = self.inner.watch_muxes.lock().unwrap_or_else(|p| p.into_inner());
-            let open = muxes.entry(key).or_default();
-            open.retain(|mux| !mux.is_closed());
-            if let Some(lease) = open.iter().find_map(WatchMux::place) {
+        let muxes = || self.inner.watch_muxes.lock().unwrap_or_else(|p| p.into_inner());
+        let (gate, rounds) = {
+            let mut muxes = muxes();
+            let set = muxes.entry(key).or_default();
+            if let Some(lease) = set.place() {
                 return Ok(lease);
             }
+            (set.gate.clone(), set.rounds)
+        };
+        let _opening = gate.lock().await;
+        {
+            let mut muxes = muxes();
+            let set = muxes.entry(key).or_default();
+            if let Some(lease) = set.place() {
+                return Ok(lease);
+            }
+            if set.rounds != rounds {
+                if let Some(failed) = &set.failed {
+                    return Err(failed.clone());
+                }
+            }
         }
+        let opened = self.open_watch_mux(node, shard).await;
+        let mut muxes = muxes();
+        let set = muxes.entry(key).or_default();
+        set.rounds += 1;
+        match opened {
+            Ok(mux) => {
+                set.failed = None;
+                let lease = mux.place().expect("a new connection has room");
+                set.open.push(mux);
+                Ok(lease)
+            }
+            Err(error) => {
+                set.failed = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    async fn open_watch_mux(
+        &self,
+        node: NodeId,
+        shard: ShardId,
+    ) -> Result<Arc<WatchMux>, OpenError> {
         let addr = self
             .client_addr(node, shard)
             .ok_or_else(|| OpenError::Unreachable(format!("no address known for node {node}")))?;
         let config = &self.inner.config;
         let tls = self.tls()?;
-        let mux =
-            WatchMux::open(&addr, config.greeting(), shard, tls, config.connect_timeout).await?;
-        let lease = mux.place().expect("a new connection has room");
-        let mut muxes = self.inner.watch_muxes.lock().unwrap_or_else(|p| p.into_inner());
-        muxes.entry(key).or_default().push(mux);
-        Ok(lease)
+        WatchMux::open(&addr, config.greeting(), shard, tls, config.connect_timeout).await
     }
 }
 
