@@ -167,6 +167,42 @@ fn make_snapshot(node: &mut Node, job: SnapshotJob) {
     node.core.on_snapshot_written(archive);
 }
 
+/// Turns of `node` (the first with `ticks` ticks) until its flushes are done (or, with
+/// `hold`, held back: their count is returned), its messages appended to `messages`.
+fn turns(
+    node: &mut Node,
+    now_us: u64,
+    mut ticks: u64,
+    hold: bool,
+    out: &mut Outputs,
+    messages: &mut Vec<raft::eraftpb::Message>,
+) -> usize {
+    let (mut held_jobs, mut flushed) = (0, true);
+    while flushed {
+        let turn = node.core.turn(now_us, ticks, out);
+        ticks = 0;
+        if let Some(job) = turn.snapshot {
+            make_snapshot(node, job);
+        }
+        messages.append(&mut out.messages);
+        for (conn, range) in out.replies.drain(..) {
+            let frame = out.reply_bytes[range].to_vec();
+            node.replies.entry(conn).or_default().push(frame);
+        }
+        flushed = node.run_history(out);
+        while let Some(job) = node.core.take_flush_job() {
+            if hold {
+                held_jobs += 1;
+                continue;
+            }
+            node.disk.run(&job);
+            node.core.on_flush_complete(job);
+            flushed = true;
+        }
+    }
+    held_jobs
+}
+
 struct Cluster {
     nodes: BTreeMap<u64, Node>,
     now_us: u64,
@@ -212,29 +248,8 @@ impl Cluster {
         for _ in 0..10_000 {
             let mut messages = Vec::new();
             for (id, node) in self.nodes.iter_mut() {
-                let (mut flushed, mut node_ticks) = (true, ticks);
-                while flushed {
-                    let turn = node.core.turn(self.now_us, node_ticks, &mut self.out);
-                    node_ticks = 0;
-                    if let Some(job) = turn.snapshot {
-                        make_snapshot(node, job);
-                    }
-                    messages.append(&mut self.out.messages);
-                    for (conn, range) in self.out.replies.drain(..) {
-                        let frame = self.out.reply_bytes[range].to_vec();
-                        node.replies.entry(conn).or_default().push(frame);
-                    }
-                    flushed = node.run_history(&mut self.out);
-                    while let Some(job) = node.core.take_flush_job() {
-                        if held.contains(id) {
-                            held_jobs += 1;
-                            continue;
-                        }
-                        node.disk.run(&job);
-                        node.core.on_flush_complete(job);
-                        flushed = true;
-                    }
-                }
+                let hold = held.contains(id);
+                held_jobs += turns(node, self.now_us, ticks, hold, &mut self.out, &mut messages);
             }
             ticks = 0;
             if messages.is_empty() {
@@ -676,6 +691,21 @@ impl Cluster {
     }
 
     /// Ticks until `done` holds, at most `ticks` times.
+    /// Turns of node `id` alone (no message delivered): the messages it sends.
+    fn turn_of(&mut self, id: u64) -> Vec<raft::eraftpb::Message> {
+        let mut messages = Vec::new();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        turns(node, self.now_us, 0, false, &mut self.out, &mut messages);
+        messages
+    }
+
+    /// Steps each of `messages` into the node it is for.
+    fn deliver(&mut self, messages: Vec<raft::eraftpb::Message>) {
+        for message in messages {
+            self.nodes.get_mut(&message.to).expect("known node").core.step(message);
+        }
+    }
+
     fn tick_until(&mut self, ticks: u64, what: &str, done: impl Fn(&Cluster) -> bool) {
         for _ in 0..ticks {
             if done(self) {
@@ -878,6 +908,59 @@ fn the_preferred_node_wins_a_new_clusters_first_election_after_its_campaign_was_
         cluster.cut.clear();
         cluster.tick_until(60, "a leader", |c| c.leader().is_some());
         assert_eq!(cluster.leader(), Some(1), "round {round}: the preferred node leads");
+    }
+}
+
+// Shows: a write admitted by a leader that steps down before proposing it (the new leader's
+// vote request and first append arrive in between) is answered `NotLeader` at once and never
+// applies. raft-rs would forward the proposal of a replica that has just become a follower to
+// the new leader and report it taken: the write then applied with its writer never answered
+// (the new leader's empty entry took the index the writer waited on), which a client saw as
+// "did not answer" at every leadership transfer under load.
+#[test]
+fn a_write_admitted_by_a_leader_that_steps_down_before_proposing_it_is_refused() {
+    let mut cluster = Cluster::new();
+    assert_eq!(cluster.elect(), 1);
+    // Heartbeats carry the commit index: every replica has caught up with the leader.
+    cluster.tick();
+    cluster.tick();
+    let mut encoder = RequestEncoder::new();
+    // Node 1 hands leadership to node 2, which wins with node 3's vote; what node 2 sends
+    // node 1 waits.
+    cluster.send(1, 7, &[encoder.transfer_leader(1, NodeId(2)).to_vec()]);
+    let from_1 = cluster.turn_of(1);
+    cluster.deliver(from_1);
+    let (to_1, to_3): (Vec<_>, Vec<_>) = cluster.turn_of(2).into_iter().partition(|m| m.to == 1);
+    cluster.deliver(to_3);
+    let from_3 = cluster.turn_of(3);
+    cluster.deliver(from_3);
+    let (appends_to_1, to_3): (Vec<_>, Vec<_>) =
+        cluster.turn_of(2).into_iter().partition(|m| m.to == 1);
+    assert!(cluster.nodes[&2].core.raft().raft.state == raft::StateRole::Leader);
+    // A put reaches node 1 while it still leads; then node 2's vote request and append.
+    cluster.send(1, 8, &[encoder.put(9, b"k", b"v").to_vec()]);
+    cluster.deliver(to_1);
+    cluster.deliver(appends_to_1);
+    cluster.deliver(to_3);
+    cluster.settle();
+    cluster.tick();
+    cluster.tick();
+
+    let frames = cluster.nodes[&1].replies.get(&8).cloned().unwrap_or_default();
+    let kinds: Vec<String> = frames
+        .iter()
+        .map(|f| {
+            let reply = verify_reply(f).unwrap();
+            match reply.reply_as_error_reply() {
+                Some(error) => format!("{:?}", error.kind_type()),
+                None => format!("{:?}", reply.reply_type()),
+            }
+        })
+        .filter(|kind| kind != "HelloReply")
+        .collect();
+    assert_eq!(kinds, ["NotLeader"], "the put is answered, once");
+    for (id, node) in &cluster.nodes {
+        assert!(node.core.state_machine().get(b"k").is_none(), "node {id} applied the put");
     }
 }
 

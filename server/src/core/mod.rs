@@ -381,9 +381,13 @@ impl ShardCore {
         &self.sm
     }
 
-    /// Whether this replica is the leader.
+    /// Whether this replica is the leader: as the last Ready said, and still in raft-rs. A
+    /// leader that steps down on a message of a higher term (a vote request, the new leader's
+    /// append) is a follower in raft-rs at once, before its next Ready says so; in between it
+    /// must neither admit nor propose (raft-rs would forward the proposal to the new leader and
+    /// report it taken, and nothing here would then answer its writers).
     pub fn is_leader(&self) -> bool {
-        self.role == StateRole::Leader
+        self.role == StateRole::Leader && self.raw.raft.state == StateRole::Leader
     }
 
     /// The leader this replica knows of, 0 for none.

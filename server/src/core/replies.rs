@@ -37,16 +37,18 @@ impl ShardCore {
 
     /// The `NotLeader` error for this shard, with the leader's address when known.
     pub(super) fn not_leader(&self) -> (u64, Option<String>) {
-        let leader = corekv_types::ids::NodeId(self.leader_id);
+        // raft-rs's own: newer than the last Ready's when this replica just stepped down.
+        let leader_id = self.raw.raft.leader_id;
+        let leader = corekv_types::ids::NodeId(leader_id);
         let addr = self
             .membership
             .addrs
             .get(&leader)
             .map(|addr| addr.node(leader))
             .or_else(|| self.cfg.registry.iter().find(|n| n.id == leader).cloned())
-            .filter(|_| self.leader_id != raft::INVALID_ID)
+            .filter(|_| leader_id != raft::INVALID_ID)
             .map(|node| node.client_addr(self.cfg.shard));
-        (self.leader_id, addr)
+        (leader_id, addr)
     }
 
     /// Answers `caller` with `error`.

@@ -125,6 +125,15 @@ impl ShardCore {
             }
             return;
         };
+        if !self.is_leader() {
+            // Stepped down since they were admitted (see `is_leader`): nothing was appended,
+            // so a retry at the new leader is safe.
+            self.writes.in_flight -= waiters.len();
+            for w in waiters {
+                self.reply_not_leader(w);
+            }
+            return;
+        }
         self.metrics.proposals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics.batch_ops.record(ops as u64);
         match self.raw.propose(Vec::new(), data) {
@@ -159,6 +168,14 @@ impl ShardCore {
     pub(super) fn apply_entry(&mut self, entry: &Entry) {
         self.note_applied_bytes(entry.data.len());
         let waiters = self.take_waiters_for(entry);
+        let ours = entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty();
+        if let (false, Some(waiters)) = (ours, &waiters) {
+            // Writers wait only on batches this replica proposed; should the books ever say
+            // otherwise, they are told their outcome is unknown rather than nothing.
+            for &w in waiters {
+                self.reply_error(w, &ErrorInfo::Timeout);
+            }
+        }
         if entry.get_entry_type() != EntryType::EntryNormal {
             self.apply_conf_entry(entry);
             return self.watch_applied(entry.index);
