@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use corekv_client::{Client, WatchMessage, WatchSpec};
-use futures_util::future::Either;
+use futures_util::future::{AbortHandle, Abortable, Either};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 
@@ -105,10 +105,14 @@ impl Shared {
         }
     }
 
-    /// When watchers stop: two seconds after the measured window.
-    fn deadline(&self) -> Pin<Box<tokio::time::Sleep>> {
+    /// Stops every watcher two seconds after the measured window (once `stops` are all the
+    /// watchers'), so changes still on their way when the window closed are counted.
+    async fn stop_after_window(&self, stops: Vec<AbortHandle>) {
         let stop = Duration::from_micros(self.measure_to_us + 2_000_000);
-        Box::pin(tokio::time::sleep_until((self.acks.start + stop).into()))
+        tokio::time::sleep_until((self.acks.start + stop).into()).await;
+        for stop in stops {
+            stop.abort();
+        }
     }
 
     fn merge(&self, mut local: Local) {
@@ -126,14 +130,21 @@ impl Shared {
     }
 }
 
-/// `next`'s output, unless `deadline` passes first: one timer for a watcher's whole run, not
-/// one per message (a timer per message cost the load generator a tenth of its CPU).
-async fn before<F: Future>(
-    deadline: &mut Pin<Box<tokio::time::Sleep>>,
-    next: F,
-) -> Option<F::Output> {
+/// What a watcher waits on beside its stream: ready once its [`AbortHandle`] is aborted.
+/// Polling it at each message is an atomic (a timer per watcher, polled at each message, cost
+/// the load generator a twentieth of the machine's CPU at 1,000 watchers).
+type Stop = Pin<Box<Abortable<futures_util::future::Pending<()>>>>;
+
+/// A watcher's [`Stop`] and the handle that fires it.
+fn stop() -> (AbortHandle, Stop) {
+    let (handle, registration) = AbortHandle::new_pair();
+    (handle, Box::pin(Abortable::new(futures_util::future::pending(), registration)))
+}
+
+/// `next`'s output, unless the watcher was stopped first.
+async fn before<F: Future>(stop: &mut Stop, next: F) -> Option<F::Output> {
     let next = std::pin::pin!(next);
-    match futures_util::future::select(deadline.as_mut(), next).await {
+    match futures_util::future::select(stop.as_mut(), next).await {
         Either::Left(_) => None,
         Either::Right((output, _)) => Some(output),
     }
@@ -254,14 +265,16 @@ pub async fn run_corekv(clients: &[Client], config: &WatchConfig) -> anyhow::Res
     tokio::time::sleep(Duration::from_millis(500 + config.watchers as u64 / 20)).await;
     let rss_started = crate::report::process_rss_bytes("corekv");
     let shared = shared(config);
+    let mut stops = Vec::new();
     let watchers: Vec<_> = watches
         .into_iter()
         .map(|mut watch| {
             let shared = shared.clone();
+            let (handle, mut stop) = stop();
+            stops.push(handle);
             tokio::spawn(async move {
                 let mut local = Local::new(&shared);
-                let mut deadline = shared.deadline();
-                while let Some(Some(Ok(message))) = before(&mut deadline, watch.next()).await {
+                while let Some(Some(Ok(message))) = before(&mut stop, watch.next()).await {
                     if let WatchMessage::Event(event) = message {
                         for change in event.changes.iter() {
                             let seq = change.value.as_ref().and_then(|v| seq_of(&v.value));
@@ -296,6 +309,7 @@ pub async fn run_corekv(clients: &[Client], config: &WatchConfig) -> anyhow::Res
     })
     .await;
     let rss_end = crate::report::process_rss_bytes("corekv");
+    shared.stop_after_window(stops).await;
     futures_util::future::join_all(watchers).await;
     Ok(finish(&shared, config, writes, write_errors, [rss_before, rss_started, rss_end]))
 }
@@ -343,14 +357,16 @@ pub async fn run_etcd(
     tokio::time::sleep(Duration::from_millis(500 + config.watchers as u64 / 20)).await;
     let rss_started = crate::report::process_rss_bytes("etcd");
     let shared = shared(config);
+    let mut stops = Vec::new();
     let watchers: Vec<_> = streams
         .into_iter()
         .map(|mut stream| {
             let shared = shared.clone();
+            let (handle, mut stop) = stop();
+            stops.push(handle);
             tokio::spawn(async move {
                 let mut local = Local::new(&shared);
-                let mut deadline = shared.deadline();
-                while let Some(Ok(Some(response))) = before(&mut deadline, stream.message()).await {
+                while let Some(Ok(Some(response))) = before(&mut stop, stream.message()).await {
                     for event in response.events() {
                         if event.event_type() != EventType::Put {
                             continue;
@@ -375,6 +391,7 @@ pub async fn run_etcd(
         })
         .await;
     let rss_end = crate::report::process_rss_bytes("etcd");
+    shared.stop_after_window(stops).await;
     futures_util::future::join_all(watchers).await;
     Ok(finish(&shared, config, writes, write_errors, [rss_before, rss_started, rss_end]))
 }
