@@ -259,7 +259,7 @@ run_system() {
   if [ -n "$workloads" ]; then
     say "$system: prefilling $keys keys"
     "$bench" put "${target_args[@]}" --keys "$keys" --prefill --ops 1 --warmup 0 \
-      >>"$log" 2>&1 || die "$system prefill failed (see $log)"
+      >>"$log" 2>&1 || die "$system prefill failed: $(tail -n 5 "$log")"
   fi
   for w in $workloads; do
     for c in $concurrency; do
