@@ -126,8 +126,13 @@ impl Shared {
     }
 
     fn tenths(&self) -> usize {
-        ((self.measure_to_us - self.measure_from_us) / TENTH_US + 1) as usize
+        tenths(self.measure_from_us, self.measure_to_us)
     }
+}
+
+/// Tenths of a second (each [`TENTH_US`]) a window from `from_us` to `to_us` spans.
+fn tenths(from_us: u64, to_us: u64) -> usize {
+    ((to_us - from_us) / TENTH_US + 1) as usize
 }
 
 /// What a watcher waits on beside its stream: ready once its [`AbortHandle`] is aborted.
@@ -241,7 +246,7 @@ fn shared(config: &WatchConfig) -> Arc<Shared> {
     let acks = Acks { start: Instant::now(), at: (0..writes).map(|_| AtomicU64::new(0)).collect() };
     let measure_from_us = acks.now_us() + config.warmup.as_micros() as u64;
     let measure_to_us = measure_from_us + config.duration.as_micros() as u64;
-    let tenths = ((measure_to_us - measure_from_us) / TENTH_US + 1) as usize;
+    let tenths = tenths(measure_from_us, measure_to_us);
     Arc::new(Shared {
         acks,
         measure_from_us,
