@@ -168,14 +168,6 @@ impl ShardCore {
     pub(super) fn apply_entry(&mut self, entry: &Entry) {
         self.note_applied_bytes(entry.data.len());
         let waiters = self.take_waiters_for(entry);
-        let ours = entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty();
-        if let (false, Some(waiters)) = (ours, &waiters) {
-            // Writers wait only on batches this replica proposed; should the books ever say
-            // otherwise, they are told their outcome is unknown rather than nothing.
-            for &w in waiters {
-                self.reply_error(w, &ErrorInfo::Timeout);
-            }
-        }
         if entry.get_entry_type() != EntryType::EntryNormal {
             self.apply_conf_entry(entry);
             return self.watch_applied(entry.index);
@@ -306,13 +298,22 @@ impl ShardCore {
         }
         let pending = self.writes.pending.pop_front().expect("checked");
         self.writes.in_flight -= pending.waiters.len();
-        if pending.term == entry.term {
-            return Some(pending.waiters);
+        if pending.term != entry.term {
+            for w in pending.waiters {
+                self.reply_not_leader(w);
+            }
+            return None;
         }
-        for w in pending.waiters {
-            self.reply_not_leader(w);
+        if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+            // Writers wait only on batches this replica proposed; should the books ever say
+            // otherwise (a new leader's empty entry, a configuration change), they are told
+            // their outcome is unknown rather than nothing.
+            for w in pending.waiters {
+                self.reply_error(w, &ErrorInfo::Timeout);
+            }
+            return None;
         }
-        None
+        Some(pending.waiters)
     }
 
     /// Answers the writers of the batch not yet proposed: they never entered the log.
