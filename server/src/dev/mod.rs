@@ -188,11 +188,11 @@ pub fn run(options: DevOptions) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("finding the corekv binary")?;
     let allowed = crate::runtime::allowed_cpus();
-    let ids = registry
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, node)| (node.id.get(), node_cpus(&allowed, i, registry.shards as usize)));
+    // Node `i` in id order prefers to lead the shards `s` with `s mod N = i`.
+    let mut ids: Vec<u64> = registry.nodes.iter().map(|node| node.id.get()).collect();
+    ids.sort_unstable();
+    let cpus = dev_cpus(&allowed, ids.len(), registry.shards as usize);
+    let ids = ids.into_iter().zip(cpus);
     let mut nodes = Nodes::new(exe, registry_path.clone(), dir.clone(), ids);
     nodes.start_all()?;
     println!(
@@ -368,16 +368,54 @@ fn check_ports_free(registry: &Registry) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The CPUs the `index`-th node (from 0) of a dev cluster pins its `shards` executors to: the
-/// nodes share the machine, so each starts where the one before it ended, wrapping round
-/// `allowed`. Left to itself every node would put shard 0 on the first CPU: with one shard,
-/// all the executors would share one core while the others idled.
-pub fn node_cpus(allowed: &[usize], index: usize, shards: usize) -> Vec<usize> {
-    if allowed.is_empty() {
-        return Vec::new();
-    }
+/// The CPUs each node of a dev cluster of `nodes` nodes pins its `shards` executors to (shard
+/// `s` on the `s mod len`-th of its list). The nodes share the machine, so the executors are
+/// dealt out together: first each shard's preferred leader's (the `s mod nodes`-th node,
+/// DESIGN.md §4), each to the CPU with the fewest leaders, then the rest node by node, each to
+/// the CPU with the fewest replicas of its shard; ties go to the CPU with the fewest
+/// executors, then to the first in `allowed`, and a node never puts two executors on one CPU
+/// while it has one it does not use. With CPUs to spare every executor gets its own. On a
+/// smaller machine the leaders still run on different CPUs, and a shard's replicas too where
+/// they can, so a write does not wait for its leader and followers to take turns on one core
+/// while another idles (with the nodes laid out one after another, on two CPUs, every
+/// replica of a shard shared one CPU: puts at one in flight ran at three quarters of the
+/// rate).
+pub fn dev_cpus(allowed: &[usize], nodes: usize, shards: usize) -> Vec<Vec<usize>> {
     let n = allowed.len();
-    (0..shards.min(n)).map(|k| allowed[(index * shards + k) % n]).collect()
+    // Shards beyond the CPUs share the CPUs of those below them (`s mod len`).
+    let per_node = shards.min(n);
+    let mut layout: Vec<Vec<Option<usize>>> = vec![vec![None; per_node]; nodes];
+    if n == 0 || nodes == 0 {
+        return vec![Vec::new(); nodes];
+    }
+    let mut load = vec![0usize; n];
+    let mut leaders = vec![0usize; n];
+    let mut replicas = vec![vec![0usize; n]; per_node];
+    let leaders_first = (0..per_node).map(|k| (k % nodes, k));
+    let rest = (0..nodes).flat_map(|node| (0..per_node).map(move |k| (node, k)));
+    for (i, (node, k)) in leaders_first.chain(rest).enumerate() {
+        if layout[node][k].is_some() {
+            continue;
+        }
+        let leader = i < per_node;
+        let used: Vec<usize> = layout[node].iter().flatten().copied().collect();
+        let Some(cpu) = (0..n).filter(|c| !used.contains(c)).min_by_key(|&c| {
+            let first = if leader { leaders[c] } else { replicas[k][c] };
+            (first, load[c], c)
+        }) else {
+            continue;
+        };
+        layout[node][k] = Some(cpu);
+        load[cpu] += 1;
+        replicas[k][cpu] += 1;
+        if leader {
+            leaders[cpu] += 1;
+        }
+    }
+    layout
+        .into_iter()
+        .map(|cpus| cpus.into_iter().flatten().map(|c| allowed[c]).collect())
+        .collect()
 }
 
 /// Whether every shard has a leader that its replicas agree on, as the nodes' `/status`
@@ -528,20 +566,33 @@ fn supervise(nodes: &mut Nodes, control: Option<&control::Control>, dir: &Path, 
 mod tests {
     use super::*;
 
-    // Shows: the nodes of a dev cluster start on different CPUs, so one shard per node on two
-    // CPUs does not put every executor on the first; with as many shards as CPUs each node
-    // uses them all; and the list never names a CPU twice.
+    // Shows: the executors of a dev cluster are spread over the CPUs: each its own where there
+    // are enough; on two CPUs the two shards' leaders on different ones and each shard's
+    // replicas not all on one; one shard per node on two CPUs does not put every executor on
+    // the first; a node never names a CPU twice.
     #[test]
     fn nodes_spread_over_the_cpus() {
         let two = [0, 1];
-        let one_shard: Vec<_> = (0..3).map(|i| node_cpus(&two, i, 1)).collect();
-        assert_eq!(one_shard, [vec![0], vec![1], vec![0]]);
-        assert_eq!(node_cpus(&two, 2, 2), [0, 1]);
-        assert_eq!(node_cpus(&two, 1, 5), [1, 0], "more shards than CPUs: each CPU once");
+        assert_eq!(dev_cpus(&two, 3, 1), [vec![0], vec![1], vec![0]]);
+        let layout = dev_cpus(&two, 3, 2);
+        assert_eq!(layout, [vec![0, 1], vec![0, 1], vec![1, 0]]);
+        assert_ne!(layout[0][0], layout[1][1], "the leaders of shards 0 and 1 share a CPU");
+        for shard in 0..2 {
+            let on: Vec<usize> = layout.iter().map(|cpus| cpus[shard]).collect();
+            assert!(on.contains(&0) && on.contains(&1), "shard {shard}'s replicas on one CPU");
+        }
+        assert_eq!(dev_cpus(&two, 3, 5)[1], [0, 1], "more shards than CPUs: each CPU once");
         let sixteen: Vec<usize> = (0..16).collect();
-        assert_eq!(node_cpus(&sixteen, 2, 2), [4, 5]);
-        assert_eq!(node_cpus(&[2, 5, 7, 9], 1, 3), [9, 2, 5]);
-        assert!(node_cpus(&[], 0, 2).is_empty());
+        let mut all: Vec<usize> = dev_cpus(&sixteen, 3, 2).concat();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 6, "every executor on a CPU of its own");
+        for cpus in dev_cpus(&[2, 5, 7, 9], 3, 3) {
+            assert_eq!(cpus.len(), 3);
+            assert!(cpus.iter().all(|c| [2, 5, 7, 9].contains(c)));
+            assert!((1..3).all(|i| !cpus[..i].contains(&cpus[i])), "a CPU twice: {cpus:?}");
+        }
+        assert!(dev_cpus(&[], 3, 2).iter().all(Vec::is_empty));
         assert_eq!(nodes::cpu_args(&[3, 1]), ["--cpus", "3,1"]);
         assert!(nodes::cpu_args(&[]).is_empty());
     }
