@@ -7,7 +7,8 @@
 //!              [--concurrency C] [--connections K] [--rate R] [--warmup S]
 //!              [--duration S | --ops N] [--json FILE] [--hgrm FILE]
 //!              [--spawn-cluster N [--shards S]] [--target corekv|etcd --endpoints URLS]
-//! corekv-bench watch [--watchers N] [--rate W] ...   watchers on a prefix while writers write
+//! corekv-bench watch [--watchers N] [--watcher-tasks T] [--rate W] ...   watchers on a prefix
+//!              while writers write
 //! corekv-bench expire [--rate R] [--ttl-ms T] [--expiring N] [--with-leases] ...   expiries
 //! corekv-bench leases [--leases N] [--ttl-ms T] ...   what keeping leases alive costs
 //! corekv-bench backup [--prefill] [--keys N] ...   writes during an online backup; restore time
@@ -146,6 +147,10 @@ struct Args {
     /// With `watch`: watchers on the prefix (spread over --connections clients).
     #[arg(long, default_value_t = 100)]
     watchers: usize,
+    /// With `watch`: tasks reading the watchers' streams, each reading those of its share
+    /// that woke it [default: one per watcher].
+    #[arg(long)]
+    watcher_tasks: Option<usize>,
     /// Name of the server processes whose CPU time is measured [default: corekv or etcd].
     #[arg(long)]
     server_process: Option<String>,

@@ -25,9 +25,14 @@ pub(crate) async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Re
         warmup: Duration::from_secs_f64(args.warmup),
         duration: Duration::from_secs_f64(args.duration),
         timeout: Duration::from_millis(args.timeout_ms),
+        watcher_tasks: args.watcher_tasks.unwrap_or(args.watchers),
     };
-    if config.rate.is_nan() || config.rate <= 0.0 || config.watchers == 0 {
-        bail!("watch needs --rate above 0 and at least one watcher");
+    if config.rate.is_nan()
+        || config.rate <= 0.0
+        || config.watchers == 0
+        || config.watcher_tasks == 0
+    {
+        bail!("watch needs --rate above 0, at least one watcher and at least one watcher task");
     }
     let result = match args.target {
         TargetKind::Corekv => {
@@ -55,6 +60,7 @@ pub(crate) async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Re
                 "target": format!("{:?}", args.target).to_lowercase(), "workload": "watch",
                 "watchers": args.watchers, "rate": config.rate, "keys": args.keys,
                 "value_size": args.value_size, "connections": args.connections,
+                "watcher_tasks": config.watcher_tasks,
                 "warmup_s": args.warmup, "duration_s": args.duration,
             },
             "machine": report::machine(),

@@ -7,17 +7,22 @@
 //! Every value starts with the write's sequence number; the acknowledgement times are kept
 //! in a table by sequence number, which the watchers look their changes up in. The watchers
 //! are spread over `--connections` clients (a corekv client carries all of its watches on one
-//! connection per node and shard; etcd's, each on a gRPC stream of one channel).
+//! connection per node and shard; etcd's, each on a gRPC stream of one channel), and read by
+//! `--watcher-tasks` tasks: by default one per watcher; fewer share the watchers out, each
+//! task reading those of its share that woke it (one task wake-up for many watchers: less
+//! work per change, but a task that falls behind reads its changes from a cold cache and
+//! falls further behind, so at 3,000 writes/s and more its delays grow without bound).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use corekv_client::{Client, WatchMessage, WatchSpec};
-use futures_util::future::{AbortHandle, Abortable, Either};
+use futures_util::future::{AbortHandle, Abortable};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 
@@ -37,6 +42,8 @@ pub struct WatchConfig {
     pub warmup: Duration,
     pub duration: Duration,
     pub timeout: Duration,
+    /// Tasks reading the watchers' streams (each watcher's stream is read by one).
+    pub watcher_tasks: usize,
 }
 
 /// What it measured.
@@ -135,28 +142,19 @@ fn tenths(from_us: u64, to_us: u64) -> usize {
     ((to_us - from_us) / TENTH_US + 1) as usize
 }
 
-/// What a watcher waits on beside its stream: ready once its [`AbortHandle`] is aborted.
-/// Polling it at each message is an atomic (a timer per watcher, polled at each message, cost
-/// the load generator a twentieth of the machine's CPU at 1,000 watchers).
+/// What a reading task checks at each wake-up beside its streams: ready once its
+/// [`AbortHandle`] is aborted. Polling it is an atomic (a timer per watcher, polled at each
+/// message, cost the load generator a twentieth of the machine's CPU at 1,000 watchers).
 type Stop = Pin<Box<Abortable<futures_util::future::Pending<()>>>>;
 
-/// A watcher's [`Stop`] and the handle that fires it.
+/// A reading task's [`Stop`] and the handle that fires it.
 fn stop() -> (AbortHandle, Stop) {
     let (handle, registration) = AbortHandle::new_pair();
     (handle, Box::pin(Abortable::new(futures_util::future::pending(), registration)))
 }
 
-/// `next`'s output, unless the watcher was stopped first.
-async fn before<F: Future>(stop: &mut Stop, next: F) -> Option<F::Output> {
-    let next = std::pin::pin!(next);
-    match futures_util::future::select(stop.as_mut(), next).await {
-        Either::Left(_) => None,
-        Either::Right((output, _)) => Some(output),
-    }
-}
-
-/// One watcher's delays: appended to a list, put into its histogram a list at a time (a
-/// thousand watchers' histograms do not stay in cache; recording into them one change at a
+/// One reading task's delays: appended to a list, put into its histogram a list at a time (a
+/// thousand tasks' histograms do not stay in cache; recording into them one change at a
 /// time cost the load generator a fifth of its CPU).
 struct Local {
     delays: Vec<u64>,
@@ -205,6 +203,150 @@ fn value(seq: u64, size: usize) -> Vec<u8> {
 
 fn seq_of(value: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(value.get(..8)?.try_into().ok()?))
+}
+
+/// Spawns `tasks` tasks (at most one per watch) that read the watches' streams, the watches
+/// dealt out among them in turn (with as many tasks as clients, each task reads one
+/// client's); `received` records each message. Returns the tasks and the handles that stop
+/// them.
+fn consume<S, F>(
+    streams: Vec<S>,
+    tasks: usize,
+    shared: &Arc<Shared>,
+    received: F,
+) -> (Vec<tokio::task::JoinHandle<()>>, Vec<AbortHandle>)
+where
+    S: futures_util::Stream + Unpin + Send + 'static,
+    S::Item: Send,
+    F: Fn(S::Item, &Shared, &mut Local) + Clone + Send + Sync + 'static,
+{
+    let tasks = tasks.clamp(1, streams.len().max(1));
+    let mut shares: Vec<Vec<S>> = (0..tasks).map(|_| Vec::new()).collect();
+    for (i, stream) in streams.into_iter().enumerate() {
+        shares[i % tasks].push(stream);
+    }
+    let mut stops = Vec::new();
+    let handles = shares
+        .into_iter()
+        .map(|share| {
+            let (shared, received) = (shared.clone(), received.clone());
+            let (handle, mut stop) = stop();
+            stops.push(handle);
+            tokio::spawn(async move {
+                let mut local = Local::new(&shared);
+                let mut share = Share::new(share);
+                std::future::poll_fn(|cx| {
+                    if stop.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(());
+                    }
+                    share.poll(cx, |message| received(message, &shared, &mut local))
+                })
+                .await;
+                shared.merge(local);
+            })
+        })
+        .collect();
+    (handles, stops)
+}
+
+/// A reading task's streams. Each is polled with a waker of its own, which notes it as woken
+/// and wakes the task; at each wake-up the task reads only the streams noted, each until it
+/// has nothing more (one task wake-up serves every watch of a client that hears of a change,
+/// and no stream is polled for nothing).
+struct Share<S> {
+    streams: Vec<Option<S>>,
+    wakers: Vec<(Arc<StreamWaker>, std::task::Waker)>,
+    woken: Arc<Woken>,
+    live: usize,
+}
+
+/// The streams of a [`Share`] woken since the task last looked, and the task's waker.
+struct Woken {
+    streams: Mutex<Vec<usize>>,
+    task: futures_util::task::AtomicWaker,
+}
+
+/// The waker one stream of a [`Share`] is polled with.
+struct StreamWaker {
+    index: usize,
+    /// Whether the stream is in [`Woken::streams`] (so it goes in once).
+    noted: std::sync::atomic::AtomicBool,
+    woken: Arc<Woken>,
+}
+
+impl futures_util::task::ArcWake for StreamWaker {
+    fn wake_by_ref(this: &Arc<Self>) {
+        if !this.noted.swap(true, Ordering::AcqRel) {
+            this.woken.streams.lock().unwrap_or_else(|p| p.into_inner()).push(this.index);
+            this.woken.task.wake();
+        }
+    }
+}
+
+impl<S: futures_util::Stream + Unpin> Share<S> {
+    /// Every stream noted as woken, so the first poll reads them all.
+    fn new(streams: Vec<S>) -> Share<S> {
+        let woken = Arc::new(Woken {
+            streams: Mutex::new((0..streams.len()).collect()),
+            task: futures_util::task::AtomicWaker::new(),
+        });
+        let wakers = (0..streams.len())
+            .map(|index| {
+                let noted = std::sync::atomic::AtomicBool::new(true);
+                let note = Arc::new(StreamWaker { index, noted, woken: woken.clone() });
+                (note.clone(), futures_util::task::waker(note))
+            })
+            .collect();
+        let live = streams.len();
+        Share { streams: streams.into_iter().map(Some).collect(), wakers, woken, live }
+    }
+
+    /// Reads the woken streams, passing each message to `received`; ready once every stream
+    /// has ended.
+    fn poll(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        mut received: impl FnMut(S::Item),
+    ) -> Poll<()> {
+        if let [Some(stream)] = &mut self.streams[..] {
+            // One stream is polled with the task's own waker.
+            while let Poll::Ready(next) = stream.poll_next_unpin(cx) {
+                let Some(message) = next else {
+                    self.streams[0] = None;
+                    self.live = 0;
+                    return Poll::Ready(());
+                };
+                received(message);
+            }
+            return Poll::Pending;
+        }
+        self.woken.task.register(cx.waker());
+        let woken =
+            std::mem::take(&mut *self.woken.streams.lock().unwrap_or_else(|p| p.into_inner()));
+        for index in woken {
+            let (note, waker) = &self.wakers[index];
+            // Cleared before reading: a message that arrives meanwhile notes it again.
+            note.noted.store(false, Ordering::Release);
+            let Some(stream) = &mut self.streams[index] else { continue };
+            let mut stream_cx = std::task::Context::from_waker(waker);
+            loop {
+                match stream.poll_next_unpin(&mut stream_cx) {
+                    Poll::Ready(Some(message)) => received(message),
+                    Poll::Ready(None) => {
+                        self.streams[index] = None;
+                        self.live -= 1;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        if self.live == 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// Writes at `rate` per second until the window ends; returns (acknowledged in the window,
@@ -270,29 +412,16 @@ pub async fn run_corekv(clients: &[Client], config: &WatchConfig) -> anyhow::Res
     tokio::time::sleep(Duration::from_millis(500 + config.watchers as u64 / 20)).await;
     let rss_started = crate::report::process_rss_bytes("corekv");
     let shared = shared(config);
-    let mut stops = Vec::new();
-    let watchers: Vec<_> = watches
-        .into_iter()
-        .map(|mut watch| {
-            let shared = shared.clone();
-            let (handle, mut stop) = stop();
-            stops.push(handle);
-            tokio::spawn(async move {
-                let mut local = Local::new(&shared);
-                while let Some(Some(Ok(message))) = before(&mut stop, watch.next()).await {
-                    if let WatchMessage::Event(event) = message {
-                        for change in event.changes.iter() {
-                            let seq = change.value.as_ref().and_then(|v| seq_of(&v.value));
-                            if let Some(seq) = seq {
-                                shared.received(seq, &mut local);
-                            }
-                        }
+    let (watchers, stops) =
+        consume(watches, config.watcher_tasks, &shared, |message, shared, local| {
+            if let Ok(WatchMessage::Event(event)) = message {
+                for change in event.changes.iter() {
+                    if let Some(seq) = change.value.as_ref().and_then(|v| seq_of(&v.value)) {
+                        shared.received(seq, local);
                     }
                 }
-                shared.merge(local);
-            })
-        })
-        .collect();
+            }
+        });
     let writer = clients[0].clone();
     let timeout = config.timeout;
     let reported = Arc::new(AtomicU64::new(0));
@@ -362,29 +491,18 @@ pub async fn run_etcd(
     tokio::time::sleep(Duration::from_millis(500 + config.watchers as u64 / 20)).await;
     let rss_started = crate::report::process_rss_bytes("etcd");
     let shared = shared(config);
-    let mut stops = Vec::new();
-    let watchers: Vec<_> = streams
-        .into_iter()
-        .map(|mut stream| {
-            let shared = shared.clone();
-            let (handle, mut stop) = stop();
-            stops.push(handle);
-            tokio::spawn(async move {
-                let mut local = Local::new(&shared);
-                while let Some(Ok(Some(response))) = before(&mut stop, stream.message()).await {
-                    for event in response.events() {
-                        if event.event_type() != EventType::Put {
-                            continue;
-                        }
-                        if let Some(seq) = event.kv().and_then(|kv| seq_of(kv.value())) {
-                            shared.received(seq, &mut local);
-                        }
-                    }
+    let (watchers, stops) =
+        consume(streams, config.watcher_tasks, &shared, |message, shared, local| {
+            let Ok(response) = message else { return };
+            for event in response.events() {
+                if event.event_type() != EventType::Put {
+                    continue;
                 }
-                shared.merge(local);
-            })
-        })
-        .collect();
+                if let Some(seq) = event.kv().and_then(|kv| seq_of(kv.value())) {
+                    shared.received(seq, local);
+                }
+            }
+        });
     let kv = clients[0].kv_client();
     let timeout = config.timeout;
     let (writes, write_errors) =
@@ -445,4 +563,69 @@ fn slowest_tenths(worst_by_tenth: &[u64]) -> String {
         shown.join(", "),
         worst_by_tenth.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Boxed = Pin<Box<dyn futures_util::Stream<Item = u64> + Send>>;
+
+    /// `n` streams fed by hand, in one [`Share`].
+    fn channels(n: usize) -> (Vec<tokio::sync::mpsc::UnboundedSender<u64>>, Share<Boxed>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
+        let streams = receivers.into_iter().map(tokio_stream_of).collect();
+        (senders, Share::new(streams))
+    }
+
+    fn tokio_stream_of(mut receiver: tokio::sync::mpsc::UnboundedReceiver<u64>) -> Boxed {
+        Box::pin(futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx)))
+    }
+
+    // Shows: a task reading several streams gets every message of each, including messages
+    // that arrive after it went to sleep on them (their stream's waker wakes it), and ends
+    // once every stream has ended; one stream alone is read the same way.
+    #[tokio::test]
+    async fn a_share_reads_every_stream_until_all_end() {
+        for n in [1, 5] {
+            let (senders, mut share) = channels(n);
+            let (got, done) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicU64::new(0)));
+            let (task_got, task_done) = (got.clone(), done.clone());
+            let reader = tokio::spawn(async move {
+                std::future::poll_fn(|cx| {
+                    share.poll(cx, |m| task_got.lock().unwrap_or_else(|p| p.into_inner()).push(m))
+                })
+                .await;
+                task_done.store(1, Ordering::SeqCst);
+            });
+            for round in 0..3u64 {
+                for (i, sender) in senders.iter().enumerate() {
+                    sender.send(round * 10 + i as u64).expect("reader alive");
+                }
+                // The reader has drained everything and sleeps before the next round.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                assert_eq!(
+                    got.lock().unwrap_or_else(|p| p.into_inner()).len(),
+                    (round as usize + 1) * n
+                );
+            }
+            let mut senders = senders;
+            let last = senders.pop().expect("at least one");
+            drop(senders);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(done.load(Ordering::SeqCst), 0, "ended while a stream was open");
+            drop(last);
+            tokio::time::timeout(Duration::from_secs(5), reader)
+                .await
+                .expect("ends")
+                .expect("no panic");
+            let mut got = got.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            got.sort_unstable();
+            let mut want: Vec<u64> =
+                (0..3u64).flat_map(|r| (0..n as u64).map(move |i| r * 10 + i)).collect();
+            want.sort_unstable();
+            assert_eq!(got, want);
+        }
+    }
 }
