@@ -7,8 +7,8 @@
 //!              [--concurrency C] [--connections K] [--rate R] [--warmup S]
 //!              [--duration S | --ops N] [--json FILE] [--hgrm FILE]
 //!              [--spawn-cluster N [--shards S]] [--target corekv|etcd --endpoints URLS]
-//! corekv-bench watch [--watchers N] [--watcher-tasks T] [--rate W] ...   watchers on a prefix
-//!              while writers write
+//! corekv-bench watch [--watchers N] [--watcher-tasks T] [--writers-beside] [--rate W] ...
+//!              watchers on a prefix while writers write
 //! corekv-bench expire [--rate R] [--ttl-ms T] [--expiring N] [--with-leases] ...   expiries
 //! corekv-bench leases [--leases N] [--ttl-ms T] ...   what keeping leases alive costs
 //! corekv-bench backup [--prefill] [--keys N] ...   writes during an online backup; restore time
@@ -148,9 +148,14 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     watchers: usize,
     /// With `watch`: tasks reading the watchers' streams, each reading those of its share
-    /// that woke it [default: one per watcher].
+    /// that woke it [default: one per client, --connections].
     #[arg(long)]
     watcher_tasks: Option<usize>,
+    /// With `watch`: the writers on the watchers' runtime instead of a thread of their own
+    /// (their acknowledgements then wait for the watchers' tasks to be timed, which makes the
+    /// delays look shorter).
+    #[arg(long)]
+    writers_beside: bool,
     /// Name of the server processes whose CPU time is measured [default: corekv or etcd].
     #[arg(long)]
     server_process: Option<String>,
@@ -321,7 +326,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             tls_on = tls.is_some();
             auth_on = registry.auth.is_some();
             let token = args.token.clone().or_else(|| std::env::var("COREKV_TOKEN").ok());
-            corekv_targets(registry, (tls, token), args.connections, timeout)
+            // `watch` writes through a client of its own besides the watchers'.
+            let extra = usize::from(args.workload == Workload::Watch);
+            corekv_targets(registry, (tls, token), args.connections + extra, timeout)
         }
         TargetKind::Etcd => {
             let endpoints = args.endpoints.as_deref().context("--target etcd needs --endpoints")?;

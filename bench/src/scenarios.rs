@@ -5,9 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
-#[cfg(feature = "etcd")]
-use anyhow::Context;
+use anyhow::{bail, Context};
 use corekv_client::Client;
 use serde_json::json;
 
@@ -25,7 +23,8 @@ pub(crate) async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Re
         warmup: Duration::from_secs_f64(args.warmup),
         duration: Duration::from_secs_f64(args.duration),
         timeout: Duration::from_millis(args.timeout_ms),
-        watcher_tasks: args.watcher_tasks.unwrap_or(args.watchers),
+        watcher_tasks: args.watcher_tasks.unwrap_or(args.connections),
+        writers_apart: !args.writers_beside,
     };
     if config.rate.is_nan()
         || config.rate <= 0.0
@@ -36,8 +35,11 @@ pub(crate) async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Re
     }
     let result = match args.target {
         TargetKind::Corekv => {
-            let clients: Vec<Client> = targets.into_iter().filter_map(Target::corekv).collect();
-            watch::run_corekv(&clients, &config).await?
+            // The writers' client is the last (see `corekv_targets`); the watchers' are the
+            // --connections before it.
+            let mut clients: Vec<Client> = targets.into_iter().filter_map(Target::corekv).collect();
+            let writer = clients.pop().context("no client for the writers")?;
+            watch::run_corekv(&clients, writer, &config).await?
         }
         TargetKind::Etcd => watch_etcd(args, &config).await?,
     };
@@ -60,7 +62,7 @@ pub(crate) async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Re
                 "target": format!("{:?}", args.target).to_lowercase(), "workload": "watch",
                 "watchers": args.watchers, "rate": config.rate, "keys": args.keys,
                 "value_size": args.value_size, "connections": args.connections,
-                "watcher_tasks": config.watcher_tasks,
+                "watcher_tasks": config.watcher_tasks, "writers_apart": config.writers_apart,
                 "warmup_s": args.warmup, "duration_s": args.duration,
             },
             "machine": report::machine(),

@@ -8,10 +8,14 @@
 //! in a table by sequence number, which the watchers look their changes up in. The watchers
 //! are spread over `--connections` clients (a corekv client carries all of its watches on one
 //! connection per node and shard; etcd's, each on a gRPC stream of one channel), and read by
-//! `--watcher-tasks` tasks: by default one per watcher; fewer share the watchers out, each
-//! task reading those of its share that woke it (one task wake-up for many watchers: less
-//! work per change, but a task that falls behind reads its changes from a cold cache and
-//! falls further behind, so at 3,000 writes/s and more its delays grow without bound).
+//! `--watcher-tasks` tasks: by default one per client, reading, when it wakes, every stream of
+//! its share that has messages until none has (one task wake-up for a client's watchers; a
+//! task per watcher costs the load generator a wake-up per watcher and change, which on a
+//! small machine it takes from the nodes). Such a task is exempt from tokio's budget of work
+//! per wake-up: held to it, a task of 125 watchers yielded after a change or two and, at
+//! 3,000 writes/s, fell further behind with every turn. The writers write through a client of
+//! their own, on a thread of their own (so each acknowledgement is timed as it arrives; on the
+//! watchers' runtime, with `--writers-beside`, it waits for the watchers' tasks to be timed).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,6 +48,8 @@ pub struct WatchConfig {
     pub timeout: Duration,
     /// Tasks reading the watchers' streams (each watcher's stream is read by one).
     pub watcher_tasks: usize,
+    /// Whether the writers run on a thread of their own (see [`apart`]).
+    pub writers_apart: bool,
 }
 
 /// What it measured.
@@ -235,12 +241,12 @@ where
             tokio::spawn(async move {
                 let mut local = Local::new(&shared);
                 let mut share = Share::new(share);
-                std::future::poll_fn(|cx| {
+                tokio::task::unconstrained(std::future::poll_fn(|cx| {
                     if stop.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(());
                     }
                     share.poll(cx, |message| received(message, &shared, &mut local))
-                })
+                }))
                 .await;
                 shared.merge(local);
             })
@@ -349,6 +355,35 @@ impl<S: futures_util::Stream + Unpin> Share<S> {
     }
 }
 
+/// Runs the writers' `work`: with `apart`, on a runtime of its own on a thread of its own,
+/// so the tasks of the writers' client (which read the acknowledgements) never wait behind
+/// the watchers' tasks and an acknowledgement is timed when it arrives rather than when the
+/// watchers let its task run (which makes delays look shorter, at the price of a third
+/// thread of the load generator competing for the CPUs); else here, beside the watchers.
+async fn apart<F, Fut, T>(apart: bool, work: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<T>>,
+    T: Send + 'static,
+{
+    if !apart {
+        return work().await;
+    }
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("writers".into())
+        .spawn(move || {
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the writers' runtime")
+                .and_then(|runtime| runtime.block_on(work()));
+            let _ = done.send(outcome);
+        })
+        .context("starting the writers' thread")?;
+    result.await.context("the writers' thread ended without a result")?
+}
+
 /// Writes at `rate` per second until the window ends; returns (acknowledged in the window,
 /// errors). `write(key, value)` is the system's put.
 async fn write_load<F, Fut>(shared: &Arc<Shared>, config: &WatchConfig, write: F) -> (u64, u64)
@@ -400,7 +435,11 @@ fn shared(config: &WatchConfig) -> Arc<Shared> {
 }
 
 /// Runs the watch benchmark against corekv through `clients`.
-pub async fn run_corekv(clients: &[Client], config: &WatchConfig) -> anyhow::Result<WatchResult> {
+pub async fn run_corekv(
+    clients: &[Client],
+    writer: Client,
+    config: &WatchConfig,
+) -> anyhow::Result<WatchResult> {
     let rss_before = crate::report::process_rss_bytes("corekv");
     let mut watches = Vec::new();
     for i in 0..config.watchers {
@@ -422,26 +461,32 @@ pub async fn run_corekv(clients: &[Client], config: &WatchConfig) -> anyhow::Res
                 }
             }
         });
-    let writer = clients[0].clone();
     let timeout = config.timeout;
     let reported = Arc::new(AtomicU64::new(0));
-    let (writes, write_errors) = write_load(&shared, config, move |key, value| {
-        let (writer, reported) = (writer.clone(), reported.clone());
-        async move {
-            let options = corekv_client::WriteOptions::with_timeout(timeout);
-            match writer.put_with(key.clone(), value, options).await {
-                Ok(_) => true,
-                Err(error) => {
-                    // The first few say why; the count is in the result.
-                    if reported.fetch_add(1, Ordering::Relaxed) < WRITE_ERRORS_REPORTED {
-                        eprintln!("a write of {} failed: {error}", String::from_utf8_lossy(&key));
+    let (load_shared, load_config) = (shared.clone(), config.clone());
+    let (writes, write_errors) = apart(config.writers_apart, move || async move {
+        let write = move |key: Vec<u8>, value| {
+            let (writer, reported) = (writer.clone(), reported.clone());
+            async move {
+                let options = corekv_client::WriteOptions::with_timeout(timeout);
+                match writer.put_with(key.clone(), value, options).await {
+                    Ok(_) => true,
+                    Err(error) => {
+                        // The first few say why; the count is in the result.
+                        if reported.fetch_add(1, Ordering::Relaxed) < WRITE_ERRORS_REPORTED {
+                            eprintln!(
+                                "a write of {} failed: {error}",
+                                String::from_utf8_lossy(&key)
+                            );
+                        }
+                        false
                     }
-                    false
                 }
             }
-        }
+        };
+        Ok(write_load(&load_shared, &load_config, write).await)
     })
-    .await;
+    .await?;
     let rss_end = crate::report::process_rss_bytes("corekv");
     shared.stop_after_window(stops).await;
     futures_util::future::join_all(watchers).await;
@@ -503,16 +548,22 @@ pub async fn run_etcd(
                 }
             }
         });
-    let kv = clients[0].kv_client();
     let timeout = config.timeout;
-    let (writes, write_errors) =
-        write_load(&shared, config, move |key, value| {
+    let urls: Vec<String> = urls.iter().map(|url| url.to_string()).collect();
+    let (load_shared, load_config) = (shared.clone(), config.clone());
+    let (writes, write_errors) = apart(config.writers_apart, move || async move {
+        let client =
+            etcd_client::Client::connect(&urls, None).await.context("connecting to etcd")?;
+        let kv = client.kv_client();
+        let write = move |key: Vec<u8>, value: Vec<u8>| {
             let mut kv = kv.clone();
             async move {
                 matches!(tokio::time::timeout(timeout, kv.put(key, value, None)).await, Ok(Ok(_)))
             }
-        })
-        .await;
+        };
+        Ok(write_load(&load_shared, &load_config, write).await)
+    })
+    .await?;
     let rss_end = crate::report::process_rss_bytes("etcd");
     shared.stop_after_window(stops).await;
     futures_util::future::join_all(watchers).await;
