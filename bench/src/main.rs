@@ -23,6 +23,7 @@ mod plot;
 mod report;
 mod run;
 mod scenarios;
+mod share;
 mod target;
 mod watch;
 mod workload;
