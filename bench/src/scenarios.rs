@@ -13,6 +13,25 @@ use crate::target::Target;
 use crate::{backup, cluster, expire, leases, report, run, watch};
 use crate::{run_config, server_process, write_json, Args, TargetKind};
 
+/// `$run` with `$endpoints` bound to `--endpoints`, or the error of a corekv-bench built
+/// without the etcd target (where `$run`, which names the etcd drivers, is not compiled).
+macro_rules! with_etcd {
+    ($args:expr, |$endpoints:ident| $run:expr) => {{
+        #[cfg(feature = "etcd")]
+        {
+            let $endpoints =
+                $args.endpoints.as_deref().context("--target etcd needs --endpoints")?;
+            $run
+        }
+        #[cfg(not(feature = "etcd"))]
+        {
+            bail!(
+                "this corekv-bench was built without the etcd target (cargo build --features etcd)"
+            )
+        }
+    }};
+}
+
 /// `corekv-bench watch`: see the `watch` module.
 pub(crate) async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
     let config = watch::WatchConfig {
@@ -41,7 +60,10 @@ pub(crate) async fn bench_watch(args: &Args, targets: Vec<Target>) -> anyhow::Re
             let writer = clients.pop().context("no client for the writers")?;
             watch::run_corekv(&clients, writer, &config).await?
         }
-        TargetKind::Etcd => watch_etcd(args, &config).await?,
+        TargetKind::Etcd => {
+            with_etcd!(args, |endpoints| watch::run_etcd(endpoints, args.connections, &config)
+                .await?)
+        }
     };
     let label = args.label.clone().unwrap_or_else(|| {
         format!("{:?} watch {} watchers", args.target, args.watchers).to_lowercase()
@@ -124,7 +146,10 @@ pub(crate) async fn bench_leases(args: &Args, targets: Vec<Target>) -> anyhow::R
             let shards = clients.first().map_or(1, Client::shard_count);
             leases::run_corekv(&clients, shards, &config).await?
         }
-        TargetKind::Etcd => leases_etcd(args, &config).await?,
+        TargetKind::Etcd => {
+            with_etcd!(args, |endpoints| leases::run_etcd(endpoints, args.connections, &config)
+                .await?)
+        }
     };
     let label =
         args.label.clone().unwrap_or_else(|| format!("{:?} leases", args.target).to_lowercase());
@@ -156,20 +181,6 @@ pub(crate) async fn bench_leases(args: &Args, targets: Vec<Target>) -> anyhow::R
     Ok(())
 }
 
-#[cfg(feature = "etcd")]
-async fn leases_etcd(
-    args: &Args,
-    config: &leases::LeasesConfig,
-) -> anyhow::Result<leases::LeasesResult> {
-    let endpoints = args.endpoints.as_deref().context("--target etcd needs --endpoints")?;
-    leases::run_etcd(endpoints, args.connections, config).await
-}
-
-#[cfg(not(feature = "etcd"))]
-async fn leases_etcd(_: &Args, _: &leases::LeasesConfig) -> anyhow::Result<leases::LeasesResult> {
-    bail!("this corekv-bench was built without the etcd target (cargo build --features etcd)")
-}
-
 /// `corekv-bench expire`: see the `expire` module.
 pub(crate) async fn bench_expire(args: &Args, targets: Vec<Target>) -> anyhow::Result<()> {
     let config = expire::ExpireConfig {
@@ -192,7 +203,9 @@ pub(crate) async fn bench_expire(args: &Args, targets: Vec<Target>) -> anyhow::R
     let lag = match (args.target, &client) {
         (TargetKind::Corekv, Some(client)) => expire::run_lag(client, &config).await?,
         (TargetKind::Corekv, None) => bail!("no corekv client"),
-        (TargetKind::Etcd, _) => expire_etcd(args, &config).await?,
+        (TargetKind::Etcd, _) => {
+            with_etcd!(args, |endpoints| expire::run_lag_etcd(endpoints, &config).await?)
+        }
     };
     print!("{}", expire::lag_summary(&label, &lag));
     let many = if let (true, Some(client)) = (config.expiring > 0, &client) {
@@ -226,32 +239,4 @@ pub(crate) async fn bench_expire(args: &Args, targets: Vec<Target>) -> anyhow::R
         write_json(path, &value)?;
     }
     Ok(())
-}
-
-#[cfg(feature = "etcd")]
-async fn expire_etcd(
-    args: &Args,
-    config: &expire::ExpireConfig,
-) -> anyhow::Result<expire::LagResult> {
-    let endpoints = args.endpoints.as_deref().context("--target etcd needs --endpoints")?;
-    expire::run_lag_etcd(endpoints, config).await
-}
-
-#[cfg(not(feature = "etcd"))]
-async fn expire_etcd(_: &Args, _: &expire::ExpireConfig) -> anyhow::Result<expire::LagResult> {
-    bail!("this corekv-bench was built without the etcd target (cargo build --features etcd)")
-}
-
-#[cfg(feature = "etcd")]
-async fn watch_etcd(
-    args: &Args,
-    config: &watch::WatchConfig,
-) -> anyhow::Result<watch::WatchResult> {
-    let endpoints = args.endpoints.as_deref().context("--target etcd needs --endpoints")?;
-    watch::run_etcd(endpoints, args.connections, config).await
-}
-
-#[cfg(not(feature = "etcd"))]
-async fn watch_etcd(_: &Args, _: &watch::WatchConfig) -> anyhow::Result<watch::WatchResult> {
-    bail!("this corekv-bench was built without the etcd target (cargo build --features etcd)")
 }
