@@ -198,6 +198,13 @@ async fn write_loop(
     let mut batch = Vec::with_capacity(READ_CHUNK_BYTES);
     while let Some(frame) = queue.recv().await {
         batch.extend_from_slice(&frame);
+        // Callers woken together (by the replies of one read) queue their next requests one
+        // after another: written at once, each would go in a socket write (and a TLS record)
+        // of its own. One turn of the scheduler lets them all be queued first; a lone caller
+        // (nothing else in flight) is not kept waiting for it.
+        if pending.lock().unwrap_or_else(|p| p.into_inner()).len() > 1 {
+            tokio::task::yield_now().await;
+        }
         while let Ok(frame) = queue.try_recv() {
             batch.extend_from_slice(&frame);
             if batch.len() > READ_CHUNK_BYTES * 16 {
