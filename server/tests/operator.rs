@@ -200,7 +200,7 @@ fn dev_survives_a_dead_node_and_a_second_dev() {
     assert!(line.contains("the other nodes keep serving"), "{line}");
     dev.wait_for("corekv dev restart 2");
     let client = dev_client(&dir);
-    put_during_failover(&client, "while-2-is-down");
+    put_during_failover(&client, &dir, "while-2-is-down");
     block_on(async { assert!(client.get("while-2-is-down").await.unwrap().is_some()) });
 
     let (code, out) = dev_action(&dir, &["restart", "2"]);
@@ -211,15 +211,17 @@ fn dev_survives_a_dead_node_and_a_second_dev() {
     let (code, out) = dev_action(&dir, &["stop", "3"]);
     assert_eq!((code, out.contains("node 3 stopped")), (0, true), "{out}");
     // Nodes 1 and 2 are a majority: node 2 caught up and serves.
-    put_during_failover(&client, "after-restart");
+    put_during_failover(&client, &dir, "after-restart");
     let status = dev.interrupt();
     assert!(status.success(), "corekv dev exited with {status}");
     assert!(node_pid(&dir, 1).is_none() && node_pid(&dir, 2).is_none(), "every node stopped");
 }
 
 /// Puts `key` while leaders may be changing: a put in flight when a leader goes away may end
-/// `Indeterminate` (the client never sends a write twice), so the test puts again.
-fn put_during_failover(client: &Client, key: &str) {
+/// `Indeterminate` (the client never sends a write twice), so the test puts again. Gives up
+/// after 20 s, showing the end of every node's log in `dir` (the cluster's temporary directory
+/// is gone once the test fails).
+fn put_during_failover(client: &Client, dir: &std::path::Path, key: &str) {
     let started = Instant::now();
     loop {
         match block_on(client.put(key, "yes")) {
@@ -229,9 +231,27 @@ fn put_during_failover(client: &Client, key: &str) {
             {
                 eprintln!("put {key}: {error}; again");
             }
-            Err(error) => panic!("put {key}: {error}"),
+            Err(error) => panic!("put {key}: {error}\n{}", node_log_tails(dir)),
         }
     }
+}
+
+/// The last lines of each `node-N.log` of a `corekv dev` directory.
+fn node_log_tails(dir: &std::path::Path) -> String {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    logs.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".log")));
+    logs.sort();
+    let mut text = String::new();
+    for log in logs {
+        let content = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = content.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(40)..];
+        text +=
+            &format!("--- {} (last {} lines)\n{}\n", log.display(), tail.len(), tail.join("\n"));
+    }
+    text
 }
 
 /// `corekv dev ACTION... --dir DIR`: exit code and stdout+stderr.
