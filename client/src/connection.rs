@@ -1,12 +1,13 @@
 //! One multiplexed connection to one shard of one node.
 //!
-//! Many requests share the connection at once: each gets a request id, the writer task sends
-//! frames in the order they are handed over (coalescing whatever is queued into one write), and
-//! the reader task matches replies — which may come back in any order — to their callers by id.
-//! At most `max_in_flight` requests are outstanding; further callers wait for a slot. When the
-//! connection fails, every request in flight fails at once with [`CallError::Lost`] (the server
-//! may or may not have received it) and the connection is discarded; the client reconnects
-//! lazily on the next call.
+//! Many requests share the connection at once: each gets a request id, the writer task sends frames
+//! in the order they are handed over (coalescing whatever is queued into one write, after one turn
+//! of the scheduler when other requests are in flight, so that callers woken by the same read go
+//! together), and the reader task matches replies — which may come back in any order — to their
+//! callers by id. At most `max_in_flight` requests are outstanding; further callers wait for a
+//! slot. When the connection fails, every request in flight fails at once with [`CallError::Lost`]
+//! (the server may or may not have received it) and the connection is discarded; the client
+//! reconnects lazily on the next call.
 //!
 //! A connection the client gives up on ([`Connection::abort`]: a node that did not answer in
 //! time) is reset, not closed: what the kernel still holds unsent is thrown away. Closed
