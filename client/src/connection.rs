@@ -197,14 +197,25 @@ async fn write_loop(
     closed: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(READ_CHUNK_BYTES);
+    let one_thread = matches!(
+        tokio::runtime::Handle::current().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::CurrentThread
+    );
     while let Some(frame) = queue.recv().await {
         batch.extend_from_slice(&frame);
         // Callers woken together (by the replies of one read) queue their next requests one
         // after another: written at once, each would go in a socket write (and a TLS record)
         // of its own. One turn of the scheduler lets them all be queued first; a lone caller
-        // (nothing else in flight) is not kept waiting for it.
+        // (nothing else in flight) is not kept waiting for it. On several threads the callers
+        // may be running on another one meanwhile, so the writer waits for its thread's next
+        // look at the sockets too (`yield_now`); on one thread that cost the HTTP gateway a
+        // fifth of its HTTP/1.1 gets, so there it only lets the tasks already runnable go first.
         if pending.lock().unwrap_or_else(|p| p.into_inner()).len() > 1 {
-            tokio::task::yield_now().await;
+            if one_thread {
+                run_others_first().await;
+            } else {
+                tokio::task::yield_now().await;
+            }
         }
         while let Ok(frame) = queue.try_recv() {
             batch.extend_from_slice(&frame);
@@ -219,6 +230,23 @@ async fn write_loop(
     }
     close(&pending, &closed);
     let _ = write.shutdown().await;
+}
+
+/// Lets the tasks already waiting to run go first: the task wakes itself and so goes to the back
+/// of the run queue. (`tokio::task::yield_now` also waits for the runtime's next look at the
+/// sockets: on the HTTP gateway's one thread that cost a fifth of its HTTP/1.1 gets.)
+async fn run_others_first() {
+    let mut waited = false;
+    std::future::poll_fn(|cx| {
+        if waited {
+            std::task::Poll::Ready(())
+        } else {
+            waited = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// A plaintext hello answered with a TLS alert.
