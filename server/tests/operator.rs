@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::dev::{dev_client, node_pid, Dev};
-use common::{block_on, corekv_bin, dev_base, TestCluster};
+use common::{block_on, corekv_bin, dev_base, log_tail, TestCluster};
 use corekv_client::registry::Registry;
 use corekv_client::{Client, ClientConfig, Error};
 
@@ -236,22 +236,14 @@ fn put_during_failover(client: &Client, dir: &std::path::Path, key: &str) {
     }
 }
 
-/// The last lines of each `node-N.log` of a `corekv dev` directory.
+/// The end of each `node-N.log` of a `corekv dev` directory.
 fn node_log_tails(dir: &std::path::Path) -> String {
     let mut logs: Vec<_> = std::fs::read_dir(dir)
         .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
     logs.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".log")));
     logs.sort();
-    let mut text = String::new();
-    for log in logs {
-        let content = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = content.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(40)..];
-        text +=
-            &format!("--- {} (last {} lines)\n{}\n", log.display(), tail.len(), tail.join("\n"));
-    }
-    text
+    logs.iter().map(|log| format!("--- {}\n{}\n", log.display(), log_tail(log))).collect()
 }
 
 /// `corekv dev ACTION... --dir DIR`: exit code and stdout+stderr.

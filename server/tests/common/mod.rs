@@ -328,20 +328,7 @@ impl TestCluster {
 
     /// The last lines of a node's log, and any panic message in it (for assertion messages).
     pub fn log_tail(&self, id: u64) -> String {
-        let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let panics: Vec<String> = lines
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.contains("panicked at"))
-            .map(|(i, _)| lines[i..(i + 3).min(lines.len())].join("\n"))
-            .collect();
-        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-        if panics.is_empty() {
-            tail
-        } else {
-            format!("{}\n...\n{tail}", panics.join("\n"))
-        }
+        log_tail(&self.log_path(id))
     }
 
     /// Whether node `id`'s log has a line with every one of `words`.
@@ -742,4 +729,22 @@ pub fn serve_until_exit(
         let _ = pipe.read_to_string(&mut stderr);
     }
     (status.code().unwrap_or(-1), stderr)
+}
+
+/// The last lines of the log at `path`, and any panic message in it (for assertion messages).
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let panics: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("panicked at"))
+        .map(|(i, _)| lines[i..(i + 3).min(lines.len())].join("\n"))
+        .collect();
+    let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+    if panics.is_empty() {
+        tail
+    } else {
+        format!("{}\n...\n{tail}", panics.join("\n"))
+    }
 }
