@@ -132,21 +132,10 @@ bench_log "$out"
 start_corekv() {
   local dir="$out/corekv-data" tls=()
   case "${1:-}" in tls) tls=(--tls) ;; auth) tls=(--auth) ;; esac
-  "$corekv" dev --nodes 3 --shards 2 --base-port "$corekv_port" --clean --dir "$dir" "${tls[@]}" \
-    >"$out/corekv-dev.out" 2>"$out/corekv-dev.err" &
-  pids+=("$!")
-  local i
-  for i in $(seq 1 600); do
-    if grep -q "every shard has a leader" "$out/corekv-dev.out" 2>/dev/null; then
-      target_args=(--registry "$dir/corekv.toml")
-      [ "${#tls[@]}" -gt 0 ] && target_args+=(--cert "$dir/tls/client.pem" --cert-key "$dir/tls/client-key.pem")
-      return 0
-    fi
-    kill -0 "${pids[-1]}" 2>/dev/null || break
-    sleep 0.2
-  done
-  cat "$out/corekv-dev.err" >&2
-  die "corekv dev did not come up (see $out/corekv-dev.err)"
+  start_dev "$dir" "$corekv_port" corekv-dev "${tls[@]}"
+  target_args=(--registry "$dir/corekv.toml")
+  [ "${#tls[@]}" -gt 0 ] && target_args+=(--cert "$dir/tls/client.pem" --cert-key "$dir/tls/client-key.pem")
+  return 0
 }
 
 # One `corekv gateway` in front of the running corekv, on one thread: it shares the machine's

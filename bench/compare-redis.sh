@@ -96,25 +96,12 @@ settle() {
 start_system() {
   case "$1" in
     corekv)
-      local dir="$out/corekv-data"
-      "$corekv" dev --nodes 3 --shards 2 --base-port "$corekv_port" --clean --dir "$dir" \
-        >"$out/corekv-dev.out" 2>"$out/corekv-dev.err" &
-      pids+=("$!")
-      local _
-      for _ in $(seq 1 600); do
-        if grep -q "every shard has a leader" "$out/corekv-dev.out" 2>/dev/null; then
-          local resp
-          resp=$(sed -n 's/^resp_port = //p' "$dir/corekv.toml" | head -1)
-          [ -n "$resp" ] || die "the dev registry has no resp_port"
-          target=(--cluster -h 127.0.0.1 -p "$resp")
-          settle "$resp"
-          return 0
-        fi
-        kill -0 "${pids[-1]}" 2>/dev/null || break
-        sleep 0.2
-      done
-      cat "$out/corekv-dev.err" >&2
-      die "corekv dev did not come up (see $out/corekv-dev.err)"
+      local dir="$out/corekv-data" resp
+      start_dev "$dir" "$corekv_port" corekv-dev
+      resp=$(sed -n 's/^resp_port = //p' "$dir/corekv.toml" | head -1)
+      [ -n "$resp" ] || die "the dev registry has no resp_port"
+      target=(--cluster -h 127.0.0.1 -p "$resp")
+      settle "$resp"
       ;;
     redis-*)
       local dir="$out/$1-data"

@@ -4,6 +4,11 @@
 #   say WORDS       a time-stamped line on stdout and in $log
 #   pids, cleanup   the processes the script started; cleanup stops and reaps them (it runs
 #                   on exit, and between systems)
+#   start_dev DIR PORT NAME [FLAG...]
+#                   starts `$corekv dev` (3 nodes, 2 shards, data in DIR, client ports from
+#                   PORT, FLAGs added) in the background, output in $out/NAME.out and .err,
+#                   prefixed by ${launch[@]} when set (taskset), and waits until every shard
+#                   has a leader; dies (the caller's `die`) when it exits first or after 120 s
 
 bench_log() {
   mkdir -p "$1"
@@ -21,3 +26,19 @@ cleanup() {
   pids=()
 }
 trap cleanup EXIT
+
+launch=()
+start_dev() {
+  local dir="$1" port="$2" name="$3" _
+  shift 3
+  "${launch[@]}" "${corekv:?set by the script}" dev --nodes 3 --shards 2 --base-port "$port" \
+    --clean --dir "$dir" "$@" >"$out/$name.out" 2>"$out/$name.err" &
+  pids+=("$!")
+  for _ in $(seq 1 600); do
+    grep -q "every shard has a leader" "$out/$name.out" 2>/dev/null && return 0
+    kill -0 "${pids[-1]}" 2>/dev/null || break
+    sleep 0.2
+  done
+  cat "$out/$name.err" >&2
+  die "corekv dev did not come up (see $out/$name.err)"
+}

@@ -55,7 +55,7 @@ corekv="$bin_dir/corekv"
 [ -x "$bench" ] || die "$bench not found (cargo build --release, or give --bin-dir)"
 [ -x "$corekv" ] || die "$corekv not found (cargo build --release, or give --bin-dir)"
 
-node_cpus=() bench_cpus=()
+bench_cpus=()
 if [ "$split" = 1 ]; then
   command -v taskset >/dev/null || die "--split-cpus needs taskset (util-linux)"
   mapfile -t allowed < <(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)), sep="\n")')
@@ -63,13 +63,13 @@ if [ "$split" = 1 ]; then
   half=$(( ${#allowed[@]} / 2 ))
   nodes_list="$(IFS=,; echo "${allowed[*]:0:$half}")"
   bench_list="$(IFS=,; echo "${allowed[*]:$half}")"
-  node_cpus=(taskset -c "$nodes_list")
   bench_cpus=(taskset -c "$bench_list")
 fi
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 bench_log "$out"
+[ "$split" = 1 ] && launch=(taskset -c "$nodes_list")
 [ "$split" = 1 ] && say "nodes on CPUs $nodes_list, the load generator on $bench_list"
 
 # The busy share of each CPU between two /proc/stat samples.
@@ -90,15 +90,7 @@ EOF
 run_mode() { # MODE ROUND
   local mode="$1" round="$2" dir="$out/data" creds=() flags=() w name
   [ "$mode" = auth ] && flags=(--auth)
-  "${node_cpus[@]}" "$corekv" dev --nodes 3 --shards 2 --base-port "$port" --clean --dir "$dir" \
-    "${flags[@]}" >"$out/dev-$mode-$round.out" 2>"$out/dev-$mode-$round.err" &
-  pids+=("$!")
-  for _ in $(seq 1 600); do
-    grep -q "every shard has a leader" "$out/dev-$mode-$round.out" 2>/dev/null && break
-    kill -0 "${pids[-1]}" 2>/dev/null || die "corekv dev exited: $(tail -n 3 "$out/dev-$mode-$round.err")"
-    sleep 0.1
-  done
-  grep -q "every shard has a leader" "$out/dev-$mode-$round.out" || die "no leaders within 60 s"
+  start_dev "$dir" "$port" "dev-$mode-$round" "${flags[@]}"
   [ "$mode" = auth ] && creds=(--cert "$dir/tls/client.pem" --cert-key "$dir/tls/client-key.pem")
   "$bench" put --registry "$dir/corekv.toml" "${creds[@]}" --keys "$keys" --prefill \
     --concurrency 256 --connections 8 --duration 1 --warmup 0 >/dev/null 2>"$out/prefill.err" \
